@@ -1,0 +1,253 @@
+//! Command-line flags and environment variables, parsed by clap and then
+//! validated into typed settings. Owns every default of DESIGN.md's command
+//! line; nothing else in the crate reads `std::env` for settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// treecache: a hierarchical tree cache coordinated by ZooKeeper.
+#[derive(Debug, Parser)]
+#[command(name = "treecache", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one cache node (the root with --root).
+    Node(NodeArgs),
+    /// Start a local tree on loopback: ZooKeeper (unless --zk), a root and N-1 nodes.
+    Up(crate::cli::up::UpArgs),
+    /// Read a key through a node.
+    Get(crate::cli::client::GetArgs),
+    /// Write a key through a node.
+    Put(crate::cli::client::PutArgs),
+    /// Delete a key through a node.
+    Del(crate::cli::client::DelArgs),
+    /// Draw the tree as ZooKeeper records it.
+    Tree(crate::cli::tree::TreeArgs),
+    /// Load generator: hit, miss, write, converge, mixed and scale scenarios.
+    Bench(crate::cli::bench::BenchArgs),
+}
+
+/// Coherence mode, chosen at the root and handed to nodes at registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The root pushes every committed write down to the children that hold the key.
+    Push,
+    /// No pushes; entries below the root are fresh for --max-age, then revalidated.
+    Ttl,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Push => "push",
+            Mode::Ttl => "ttl",
+        }
+    }
+}
+
+/// When the root's commit log is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Fsync {
+    Always,
+    Everysec,
+    Never,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// ZooKeeper connect string, HOST:PORT[,HOST:PORT..].
+    #[arg(long, env = "TREECACHE_ZK")]
+    pub zk: String,
+    /// Cluster name; the znodes live under /treecache/<cluster>.
+    #[arg(long, env = "TREECACHE_CLUSTER", default_value = "default")]
+    pub cluster: String,
+    /// Address the HTTP server binds.
+    #[arg(long, env = "TREECACHE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// URL other nodes use to reach this one (default: http://<listen>).
+    #[arg(long, env = "TREECACHE_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Run as a root candidate: the source of truth and the registrar.
+    #[arg(long, env = "TREECACHE_ROOT")]
+    pub root: bool,
+    /// Root URL to register with, instead of looking it up in ZooKeeper.
+    #[arg(long, env = "TREECACHE_ROOT_URL")]
+    pub root_url: Option<String>,
+    /// Ask for this node id (granted unless a live node holds it).
+    #[arg(long, env = "TREECACHE_ID")]
+    pub id: Option<u64>,
+    /// Children per node before placement goes one level deeper.
+    #[arg(long, env = "TREECACHE_FANOUT", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub fanout: u32,
+    /// Coherence mode (root only; nodes take the root's).
+    #[arg(long, env = "TREECACHE_MODE", value_enum, default_value_t = Mode::Push)]
+    pub mode: Mode,
+    /// Freshness bound per level in ttl mode, e.g. 500ms, 2s, 1m.
+    #[arg(long, env = "TREECACHE_MAX_AGE", value_parser = parse_duration)]
+    pub max_age: Option<Duration>,
+    /// Directory for the root's commit log.
+    #[arg(long, env = "TREECACHE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Commit log fsync policy.
+    #[arg(long, env = "TREECACHE_FSYNC", value_enum, default_value_t = Fsync::Everysec)]
+    pub fsync: Fsync,
+    /// Memory bound for cached entries (non-root), e.g. 64MiB; LRU eviction past it.
+    #[arg(long, env = "TREECACHE_MAX_MEMORY", value_parser = parse_bytes)]
+    pub max_memory: Option<u64>,
+    /// Largest value accepted, e.g. 1MiB.
+    #[arg(long, env = "TREECACHE_MAX_VALUE_BYTES", value_parser = parse_bytes, default_value = "1MiB")]
+    pub max_value_bytes: u64,
+}
+
+impl NodeArgs {
+    /// Checks what clap cannot: combinations of flags.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.mode == Mode::Ttl && self.max_age.is_none() {
+            return Err("--mode ttl needs --max-age (e.g. --max-age 2s)".into());
+        }
+        if self.mode == Mode::Push && self.max_age.is_some() {
+            return Err("--max-age only applies to --mode ttl".into());
+        }
+        if let Some(age) = self.max_age {
+            if age.is_zero() {
+                return Err("--max-age must be greater than zero".into());
+            }
+        }
+        if self.cluster.is_empty() || self.cluster.contains('/') {
+            return Err(format!("--cluster {:?}: must be non-empty and contain no '/'", self.cluster));
+        }
+        if self.max_value_bytes == 0 {
+            return Err("--max-value-bytes must be greater than zero".into());
+        }
+        if let Some(url) = &self.advertise {
+            check_url("--advertise", url)?;
+        }
+        if let Some(url) = &self.root_url {
+            check_url("--root-url", url)?;
+        }
+        if self.id == Some(0) {
+            return Err("--id must be 1 or more".into());
+        }
+        Ok(())
+    }
+
+    /// The URL this node gives the tree for itself.
+    pub fn advertise_url(&self) -> String {
+        match &self.advertise {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+}
+
+fn check_url(flag: &str, url: &str) -> Result<(), String> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(format!("{flag} {url:?}: must start with http:// or https://"))
+    }
+}
+
+/// Parses `250ms`, `2s`, `1.5s`, `3m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (try 500ms, 2s, 1m)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 365.0 * 86400.0 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `1048576`, `512KiB`, `64MiB`, `1GiB`, `10KB`, `2MB`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (try 1048576, 512KiB, 64MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("2 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_bytes("100").unwrap(), 100);
+        assert_eq!(parse_bytes("10KB").unwrap(), 10_000);
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("1XB").is_err());
+        assert!(parse_bytes("99999999999999999999GiB").is_err());
+    }
+
+    fn node(args: &[&str]) -> Result<NodeArgs, String> {
+        let mut full = vec!["treecache", "node", "--zk", "127.0.0.1:2181"];
+        full.extend_from_slice(args);
+        match Cli::try_parse_from(full).map_err(|e| e.to_string())?.command {
+            Command::Node(n) => n.validate().map(|_| n),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn ttl_mode_needs_max_age() {
+        assert!(node(&["--mode", "ttl"]).is_err());
+        assert!(node(&["--mode", "ttl", "--max-age", "1s"]).is_ok());
+        assert!(node(&["--max-age", "1s"]).is_err());
+        assert!(node(&["--mode", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        assert!(node(&["--fanout", "0"]).is_err());
+        assert!(node(&["--id", "0"]).is_err());
+        assert!(node(&["--cluster", "a/b"]).is_err());
+        assert!(node(&["--advertise", "10.0.0.1:80"]).is_err());
+        assert!(node(&["--listen", "nowhere"]).is_err());
+        let n = node(&[]).unwrap();
+        assert_eq!(n.cluster, "default");
+        assert_eq!(n.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(n.mode, Mode::Push);
+        assert_eq!(n.max_value_bytes, 1 << 20);
+        assert_eq!(n.advertise_url(), "http://127.0.0.1:8080");
+    }
+}

@@ -1,0 +1,129 @@
+//! The one error type. Every failure a request can meet is a variant here,
+//! and this file alone turns them into HTTP: a status, a stable `code`, the
+//! JSON body `{"error", "code"}` and `Retry-After` on 503.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("bad key: {0}")]
+    BadKey(String),
+    #[error("bad parameter {name}: {reason}")]
+    BadParam { name: &'static str, reason: String },
+    #[error("value is {size} bytes, limit {max}")]
+    ValueTooLarge { size: usize, max: u64 },
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("key {0:?} not found")]
+    NotFound(String),
+    #[error("id {id} is held by live node {url}")]
+    IdTaken { id: u64, url: String },
+    #[error("this node is not registered in the tree yet")]
+    NotRegistered,
+    #[error("this node is not the root; the root is {root}")]
+    NotRoot { root: String },
+    #[error("message from epoch {got} refused, this node is at epoch {have}")]
+    StaleEpoch { got: u64, have: u64 },
+    #[error("parent {url} unreachable: {reason}")]
+    ParentUnreachable { url: String, reason: String },
+    #[error("{url} answered {status}: {body}")]
+    Upstream { url: String, status: u16, body: String },
+    #[error("zookeeper {op} {path}: {source}")]
+    Zk {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: zookeeper_client::Error,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The stable machine-readable code clients can branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::BadKey(_) => "bad_key",
+            Error::BadParam { .. } => "bad_parameter",
+            Error::ValueTooLarge { .. } => "value_too_large",
+            Error::BadRequest(_) => "bad_request",
+            Error::NotFound(_) => "not_found",
+            Error::IdTaken { .. } => "id_taken",
+            Error::NotRegistered => "not_registered",
+            Error::NotRoot { .. } => "not_root",
+            Error::StaleEpoch { .. } => "stale_epoch",
+            Error::ParentUnreachable { .. } => "parent_unreachable",
+            Error::Upstream { .. } => "upstream_error",
+            Error::Zk { .. } => "zookeeper",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    pub fn zk(op: &'static str, path: impl Into<String>, source: zookeeper_client::Error) -> Self {
+        Error::Zk { op, path: path.into(), source }
+    }
+
+    pub fn bad_param(name: &'static str, reason: impl Into<String>) -> Self {
+        Error::BadParam { name, reason: reason.into() }
+    }
+
+    pub fn parent_unreachable(url: &str, err: impl std::fmt::Display) -> Self {
+        Error::ParentUnreachable { url: url.to_string(), reason: err.to_string() }
+    }
+
+    /// True for the 503 family: the client may retry the same request.
+    pub fn is_retryable(&self) -> bool {
+        self.status_code() == StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+impl ResponseError for Error {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Error::BadKey(_) | Error::BadParam { .. } | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::IdTaken { .. } | Error::NotRoot { .. } | Error::StaleEpoch { .. } => StatusCode::CONFLICT,
+            Error::NotRegistered | Error::ParentUnreachable { .. } | Error::Zk { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status_code());
+        if self.is_retryable() {
+            resp.insert_header((header::RETRY_AFTER, "1"));
+        }
+        resp.json(serde_json::json!({ "error": self.to_string(), "code": self.code() }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn error_is_send_and_sync() {
+        assert_send_sync::<Error>();
+    }
+
+    #[test]
+    fn retryable_errors_carry_retry_after() {
+        let err = Error::parent_unreachable("http://10.0.0.1:8080", "connection refused");
+        let resp = err.error_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let resp = Error::BadKey("empty".into()).error_response();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert!(resp.headers().get(header::RETRY_AFTER).is_none());
+    }
+}

@@ -1,0 +1,41 @@
+//! treecache: a hierarchical tree cache coordinated by ZooKeeper.
+//!
+//! The map, one line per component:
+//!
+//! - [`config`]: flags and environment variables into typed settings.
+//! - [`error`]: the one error enum and its HTTP mapping.
+//! - [`store`]: pure versioned store: entries, tombstones, expiry, holder
+//!   directory, LRU choice, "expecting" markers for in-flight fills.
+//! - [`wire`]: internal formats between nodes (push batches, write batches).
+//! - [`tree`]: placement (pure), the root's registry of the whole tree and its
+//!   ZooKeeper mirror, and a node's own view of its place ([`tree::Topology`]).
+//! - [`coherence`]: push vs ttl; the only place that matches on the mode.
+//! - [`node`]: the running node. Read path: local store, else one
+//!   singleflight fill from the parent. Write path: up the chain to the root,
+//!   which commits and pushes. Push path: per-child coalescing queues.
+//! - [`http`]: actix routes: public `/kv`, admin (`/health`, `/tree`,
+//!   `/metrics`, `/dump`), registration and the internal node-to-node routes.
+//! - [`metrics`]: counters rendered as Prometheus text.
+//! - [`zkserver`]: a private ZooKeeper from the installed package (tests, `up`).
+//! - [`cli`]: `up`, `tree`, `get|put|del`, `bench`.
+//!
+//! Task ownership: long-lived tasks (push queues, the write forwarder, the
+//! ZooKeeper supervisor, the expiry sweeper) start in [`node::Node::start`]
+//! and stop on the node's shutdown signal; handlers never spawn them.
+
+#![warn(clippy::all, rust_2018_idioms)]
+
+pub mod cli;
+pub mod clock;
+pub mod coherence;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod store;
+pub mod tree;
+pub mod wire;
+pub mod zkserver;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! A private ZooKeeper from the installed package. (Being written.)
