@@ -126,7 +126,8 @@ struct Entry {
     value: Option<Bytes>,
     expires_at: Option<Millis>,
     received_at: Millis,
-    holders: Vec<NodeId>,
+    /// Children holding the key, each with the store tick when recorded.
+    holders: Vec<(NodeId, u64)>,
     /// LRU clock tick of the last read or write; atomic so reads need only
     /// the shard's read lock.
     last_used: AtomicU64,
@@ -155,17 +156,39 @@ impl Entry {
     }
 }
 
+impl Entry {
+    fn holder_ids(&self) -> Vec<NodeId> {
+        self.holders.iter().map(|&(id, _)| id).collect()
+    }
+    fn hold(&mut self, child: NodeId, tick: u64) {
+        match self.holders.iter_mut().find(|(id, _)| *id == child) {
+            Some(h) => h.1 = tick,
+            None => self.holders.push((child, tick)),
+        }
+    }
+    fn as_update(&self, key: &str) -> Update {
+        Update { key: key.to_string(), version: self.version, value: self.value.clone(), expires_at: self.expires_at }
+    }
+}
+
+/// Fills and writes in flight for one key: how many, and until when at most.
+#[derive(Clone, Copy)]
+struct Expecting {
+    count: u32,
+    until: Millis,
+}
+
 #[derive(Default)]
 struct Shard {
     map: HashMap<String, Entry>,
-    /// Keys with a fill or write in flight, until the given deadline.
-    expecting: HashMap<String, Millis>,
+    /// Keys with fills or writes in flight: pushes for them are accepted.
+    expecting: HashMap<String, Expecting>,
     bytes: usize,
 }
 
 impl Shard {
     fn is_expecting(&self, key: &str, now: Millis) -> bool {
-        self.expecting.get(key).is_some_and(|&until| until > now)
+        self.expecting.get(key).is_some_and(|e| e.until > now)
     }
 
     /// Stores `update` if it is newer than what the shard has; keeps holders.
@@ -180,7 +203,7 @@ impl Shard {
                 entry.expires_at = update.expires_at;
                 entry.received_at = now;
                 *entry.last_used.get_mut() = tick;
-                Applied::Newer { holders: entry.holders.clone() }
+                Applied::Newer { holders: entry.holder_ids() }
             }
             None => {
                 self.bytes += charge;
@@ -238,7 +261,13 @@ impl Store {
     }
 
     fn next_tick(&self) -> u64 {
-        self.tick.fetch_add(1, Ordering::Relaxed)
+        self.tick.fetch_add(1, Ordering::AcqRel)
+    }
+
+    /// The store's logical clock now. A push batch notes it when sent, so a
+    /// "not held" answer only removes holders recorded before the batch.
+    pub fn tick_now(&self) -> u64 {
+        self.next_tick()
     }
 
     pub fn generation(&self) -> u64 {
@@ -268,8 +297,8 @@ impl Store {
             Some(entry) => {
                 *entry.last_used.get_mut() = tick;
                 let found = entry.lookup(now);
-                if matches!(found, Lookup::Value { .. }) && !entry.holders.contains(&child) {
-                    entry.holders.push(child);
+                if matches!(found, Lookup::Value { .. }) {
+                    entry.hold(child, tick);
                 }
                 found
             }
@@ -279,40 +308,48 @@ impl Store {
 
     /// Records `child` as a holder of `key` if the key is held here.
     pub fn add_holder(&self, key: &str, child: NodeId) -> bool {
+        let tick = self.next_tick();
         let mut shard = self.shard(key).write();
         match shard.map.get_mut(key) {
             Some(entry) => {
-                if !entry.holders.contains(&child) {
-                    entry.holders.push(child);
-                }
+                entry.hold(child, tick);
                 true
             }
             None => false,
         }
     }
 
-    /// Forgets `child` as a holder of `key`.
-    pub fn remove_holder(&self, key: &str, child: NodeId) {
+    /// Forgets `child` as a holder of `key`, unless it was recorded at or
+    /// after `before` (a fill that began after the push that was refused).
+    pub fn remove_holder(&self, key: &str, child: NodeId, before: u64) {
         if let Some(entry) = self.shard(key).write().map.get_mut(key) {
-            entry.holders.retain(|&c| c != child);
+            entry.holders.retain(|&(c, since)| c != child || since >= before);
         }
     }
 
     pub fn holders_of(&self, key: &str) -> Vec<NodeId> {
-        self.shard(key).read().map.get(key).map(|e| e.holders.clone()).unwrap_or_default()
+        self.shard(key).read().map.get(key).map(Entry::holder_ids).unwrap_or_default()
     }
 
     /// Marks `key` as expected until `until`: a fill or write is in flight,
     /// so pushes for it are accepted even though the key is not held yet.
+    /// Counted: each `expect` needs its own `unexpect`.
     pub fn expect(&self, key: &str, until: Millis) {
         let mut shard = self.shard(key).write();
-        let slot = shard.expecting.entry(key.to_string()).or_insert(until);
-        *slot = (*slot).max(until);
+        let slot = shard.expecting.entry(key.to_string()).or_insert(Expecting { count: 0, until });
+        slot.count += 1;
+        slot.until = slot.until.max(until);
     }
 
-    /// Ends an `expect`.
+    /// Ends one `expect`; the marker goes with the last one.
     pub fn unexpect(&self, key: &str) {
-        self.shard(key).write().expecting.remove(key);
+        let mut shard = self.shard(key).write();
+        if let Some(slot) = shard.expecting.get_mut(key) {
+            slot.count = slot.count.saturating_sub(1);
+            if slot.count == 0 {
+                shard.expecting.remove(key);
+            }
+        }
     }
 
     /// Stores an update this node asked for (a fill answer or a write's
@@ -320,6 +357,21 @@ impl Store {
     pub fn apply(&self, update: &Update, now: Millis) -> Applied {
         let tick = self.next_tick();
         self.shard(&update.key).write().apply_if_newer(update, now, tick)
+    }
+
+    /// Stores a committed update coming back down the write path and records
+    /// `child` (the node the write came from) as a holder, atomically. Also
+    /// returns what the store now has, for when it holds something newer
+    /// that the child must be sent.
+    pub fn apply_and_hold(&self, update: &Update, child: NodeId, now: Millis) -> (Applied, Update) {
+        let tick = self.next_tick();
+        let mut shard = self.shard(&update.key).write();
+        let applied = shard.apply_if_newer(update, now, tick);
+        let Some(entry) = shard.map.get_mut(update.key.as_str()) else {
+            return (applied, update.clone());
+        };
+        entry.hold(child, tick);
+        (applied, entry.as_update(&update.key))
     }
 
     /// Stores a pushed update if this node holds or expects the key and the
@@ -337,13 +389,16 @@ impl Store {
     /// The root's commit: gives the write the next version (from
     /// `next_version`, called under the shard lock so versions of one key are
     /// applied in order) and stores it. A delete of an absent key commits
-    /// nothing.
+    /// nothing. `holder`, the child the write came from, is recorded in the
+    /// same critical section (it learns the version from the reply, every
+    /// later commit pushes to it) and left out of the returned holders.
     pub fn commit(
         &self,
         key: &str,
         value: Option<Bytes>,
         expires_at: Option<Millis>,
         now: Millis,
+        holder: Option<NodeId>,
         next_version: impl FnOnce() -> Version,
     ) -> Committed {
         let tick = self.next_tick();
@@ -354,10 +409,23 @@ impl Store {
         }
         let update = Update { key: key.to_string(), version: next_version(), value, expires_at };
         match shard.apply_if_newer(&update, now, tick) {
-            Applied::Newer { holders } => Committed::Done { version: update.version, created: !live, holders },
+            Applied::Newer { mut holders } => {
+                if let Some(child) = holder {
+                    holders.retain(|&h| h != child);
+                    if let Some(entry) = shard.map.get_mut(key) {
+                        entry.hold(child, tick);
+                    }
+                }
+                Committed::Done { version: update.version, created: !live, holders }
+            }
             // Versions come from one increasing counter: cannot happen.
             Applied::Stale | Applied::NotHeld => Committed::Absent,
         }
+    }
+
+    /// What the store has for `key`, as an update (for pushing it on).
+    pub fn current(&self, key: &str) -> Option<Update> {
+        self.shard(key).read().map.get(key).map(|e| e.as_update(key))
     }
 
     /// Restarts the freshness clock of an entry whose version the parent
@@ -374,7 +442,7 @@ impl Store {
 
     /// Drops a key (no longer held), returning its holders.
     pub fn remove(&self, key: &str) -> Option<Vec<NodeId>> {
-        self.shard(key).write().remove(key).map(|e| e.holders)
+        self.shard(key).write().remove(key).map(|e| e.holder_ids())
     }
 
     /// Drops everything this node holds (re-attachment to a new parent or a
@@ -401,7 +469,7 @@ impl Store {
                 shard.remove(&key);
                 removed += 1;
             }
-            shard.expecting.retain(|_, until| *until > now);
+            shard.expecting.retain(|_, e| e.until > now);
         }
         removed
     }
@@ -468,7 +536,9 @@ impl Store {
         let mut keys = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.read();
-            keys.extend(shard.map.iter().filter(|(_, e)| e.holders.contains(&child)).map(|(k, _)| k.clone()));
+            keys.extend(
+                shard.map.iter().filter(|(_, e)| e.holders.iter().any(|h| h.0 == child)).map(|(k, _)| k.clone()),
+            );
         }
         keys
     }
@@ -477,7 +547,7 @@ impl Store {
     pub fn forget_child(&self, child: NodeId) {
         for shard in self.shards.iter() {
             for entry in shard.write().map.values_mut() {
-                entry.holders.retain(|&c| c != child);
+                entry.holders.retain(|&(c, _)| c != child);
             }
         }
     }
@@ -558,6 +628,43 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_push_does_not_unhold_a_later_fill() {
+        let s = Store::new();
+        s.apply(&put("k", 1, "a"), 0);
+        let sent = s.tick_now(); // push batch sent
+        s.get_and_hold("k", 7, 0); // child's new fill recorded after
+        s.remove_holder("k", 7, sent); // child's "not held" for the old push
+        assert_eq!(s.holders_of("k"), vec![7]);
+        s.remove_holder("k", 7, s.tick_now());
+        assert!(s.holders_of("k").is_empty());
+    }
+
+    #[test]
+    fn expectations_are_counted() {
+        let s = Store::new();
+        s.expect("k", 1_000);
+        s.expect("k", 500);
+        s.unexpect("k");
+        assert!(matches!(s.apply_push(&put("k", 1, "a"), 10), Applied::Newer { .. }));
+        s.unexpect("k");
+        s.remove("k");
+        assert_eq!(s.apply_push(&put("k", 2, "b"), 10), Applied::NotHeld);
+    }
+
+    #[test]
+    fn apply_and_hold_records_the_writer_and_reports_newer() {
+        let s = Store::new();
+        s.apply(&put("k", 5, "newer"), 0);
+        let (applied, current) = s.apply_and_hold(&put("k", 4, "mine"), 3, 0);
+        assert_eq!(applied, Applied::Stale);
+        assert_eq!(current.version, 5);
+        assert_eq!(s.holders_of("k"), vec![3]);
+        let (applied, current) = s.apply_and_hold(&put("k", 6, "mine"), 8, 0);
+        assert_eq!(applied, Applied::Newer { holders: vec![3] });
+        assert_eq!(current.version, 6);
+    }
+
+    #[test]
     fn expired_expectation_no_longer_accepts_pushes() {
         let s = Store::new();
         s.expect("k", 100);
@@ -584,7 +691,7 @@ mod tests {
         assert!(matches!(s.get_and_hold("k", 7, 0), Lookup::Value { .. }));
         s.add_holder("k", 9);
         assert_eq!(s.holders_of("k"), vec![7, 9]);
-        s.remove_holder("k", 7);
+        s.remove_holder("k", 7, s.tick_now());
         assert_eq!(s.holders_of("k"), vec![9]);
         // Holders survive value updates: the next push must reach them.
         assert_eq!(s.apply(&put("k", 2, "b"), 0), Applied::Newer { holders: vec![9] });
@@ -601,25 +708,26 @@ mod tests {
             next += 1;
             next
         };
-        assert_eq!(s.commit("k", None, None, 0, &mut bump), Committed::Absent);
+        assert_eq!(s.commit("k", None, None, 0, None, &mut bump), Committed::Absent);
         assert_eq!(
-            s.commit("k", Some(Bytes::from_static(b"a")), None, 0, &mut bump),
+            s.commit("k", Some(Bytes::from_static(b"a")), None, 0, None, &mut bump),
             Committed::Done { version: 1, created: true, holders: vec![] }
         );
         s.add_holder("k", 4);
         assert_eq!(
-            s.commit("k", Some(Bytes::from_static(b"b")), None, 0, &mut bump),
+            s.commit("k", Some(Bytes::from_static(b"b")), None, 0, Some(5), &mut bump),
             Committed::Done { version: 2, created: false, holders: vec![4] }
         );
+        // The writer became a holder: the next commit pushes to it.
         assert_eq!(
-            s.commit("k", None, None, 0, &mut bump),
-            Committed::Done { version: 3, created: false, holders: vec![4] }
+            s.commit("k", None, None, 0, None, &mut bump),
+            Committed::Done { version: 3, created: false, holders: vec![4, 5] }
         );
-        assert_eq!(s.commit("k", None, None, 0, &mut bump), Committed::Absent);
+        assert_eq!(s.commit("k", None, None, 0, None, &mut bump), Committed::Absent);
         // Writing an expired key creates it anew.
-        s.commit("e", Some(Bytes::from_static(b"x")), Some(10), 0, &mut bump);
+        s.commit("e", Some(Bytes::from_static(b"x")), Some(10), 0, None, &mut bump);
         assert!(matches!(
-            s.commit("e", Some(Bytes::from_static(b"y")), None, 10, &mut bump),
+            s.commit("e", Some(Bytes::from_static(b"y")), None, 10, None, &mut bump),
             Committed::Done { created: true, .. }
         ));
     }

@@ -1,1 +1,239 @@
-//! (Being written.)
+//! Formats between nodes: the binary batch of updates (pushes down, writes
+//! up) and the small JSON messages (registration, topology, write results).
+//!
+//! A batch is `[count u32]` then per update
+//! `[key_len u16][key][version u64][flags u8][expires_at u64]?[value_len u32][value]?`,
+//! big-endian. Flags: bit 0 has a value (else tombstone), bit 1 has an expiry.
+//! Decoding slices values out of the received `Bytes`, so a value travels
+//! from socket to store to the next push without a copy.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Mode;
+use crate::store::{NodeId, Update, Version};
+
+const HAS_VALUE: u8 = 1;
+const HAS_EXPIRY: u8 = 2;
+/// Upper bound on updates in one batch, so a corrupt count cannot make the
+/// decoder reserve gigabytes.
+pub const MAX_BATCH: usize = 1 << 20;
+
+/// Encodes updates into one batch.
+pub fn encode_updates(updates: &[Update]) -> Bytes {
+    let size: usize = 4 + updates
+        .iter()
+        .map(|u| 2 + u.key.len() + 8 + 1 + 8 + 4 + u.value.as_ref().map_or(0, Bytes::len))
+        .sum::<usize>();
+    let mut buf = BytesMut::with_capacity(size);
+    buf.put_u32(updates.len() as u32);
+    for u in updates {
+        buf.put_u16(u.key.len() as u16);
+        buf.put_slice(u.key.as_bytes());
+        buf.put_u64(u.version);
+        let flags = if u.value.is_some() { HAS_VALUE } else { 0 } | if u.expires_at.is_some() { HAS_EXPIRY } else { 0 };
+        buf.put_u8(flags);
+        if let Some(at) = u.expires_at {
+            buf.put_u64(at);
+        }
+        if let Some(value) = &u.value {
+            buf.put_u32(value.len() as u32);
+            buf.put_slice(value);
+        }
+    }
+    buf.freeze()
+}
+
+/// Decodes a batch; values are slices of `body`, not copies.
+pub fn decode_updates(body: &Bytes) -> Result<Vec<Update>, String> {
+    let mut buf = body.clone();
+    let count = take_u32(&mut buf, "count")? as usize;
+    if count > MAX_BATCH {
+        return Err(format!("batch claims {count} updates, limit {MAX_BATCH}"));
+    }
+    let mut out = Vec::with_capacity(count.min(4096));
+    for i in 0..count {
+        let key_len = take_u16(&mut buf, "key length")? as usize;
+        let key = take_bytes(&mut buf, key_len, "key")?;
+        let key = String::from_utf8(key.to_vec()).map_err(|_| format!("update {i}: key is not UTF-8"))?;
+        let version = take_u64(&mut buf, "version")?;
+        let flags = take_u8(&mut buf, "flags")?;
+        let expires_at = if flags & HAS_EXPIRY != 0 { Some(take_u64(&mut buf, "expiry")?) } else { None };
+        let value = if flags & HAS_VALUE != 0 {
+            let len = take_u32(&mut buf, "value length")? as usize;
+            Some(take_bytes(&mut buf, len, "value")?)
+        } else {
+            None
+        };
+        out.push(Update { key, version, value, expires_at });
+    }
+    if buf.has_remaining() {
+        return Err(format!("{} trailing bytes after {count} updates", buf.remaining()));
+    }
+    Ok(out)
+}
+
+fn need(buf: &Bytes, n: usize, what: &str) -> Result<(), String> {
+    if buf.remaining() < n {
+        Err(format!("batch truncated in {what}"))
+    } else {
+        Ok(())
+    }
+}
+fn take_u8(buf: &mut Bytes, what: &str) -> Result<u8, String> {
+    need(buf, 1, what)?;
+    Ok(buf.get_u8())
+}
+fn take_u16(buf: &mut Bytes, what: &str) -> Result<u16, String> {
+    need(buf, 2, what)?;
+    Ok(buf.get_u16())
+}
+fn take_u32(buf: &mut Bytes, what: &str) -> Result<u32, String> {
+    need(buf, 4, what)?;
+    Ok(buf.get_u32())
+}
+fn take_u64(buf: &mut Bytes, what: &str) -> Result<u64, String> {
+    need(buf, 8, what)?;
+    Ok(buf.get_u64())
+}
+fn take_bytes(buf: &mut Bytes, n: usize, what: &str) -> Result<Bytes, String> {
+    need(buf, n, what)?;
+    Ok(buf.split_to(n))
+}
+
+/// `POST /clients/register` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub url: String,
+    #[serde(default)]
+    pub id: Option<NodeId>,
+}
+
+/// `POST /clients/register` answer (DESIGN.md fields, plus `depth`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Registration {
+    pub id: NodeId,
+    pub zk_path: String,
+    pub parent_id: NodeId,
+    pub parent_url: String,
+    pub mode: Mode,
+    pub max_age_ms: Option<u64>,
+    pub epoch: u64,
+    pub depth: u32,
+}
+
+/// One node as the tree sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Peer {
+    pub id: NodeId,
+    pub url: String,
+}
+
+/// A node's place in the tree, as the root tells it (`POST /internal/topology`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Topology {
+    pub id: NodeId,
+    pub parent: Option<Peer>,
+    pub children: Vec<Peer>,
+    pub depth: u32,
+    pub epoch: u64,
+}
+
+impl Topology {
+    pub fn is_root(&self) -> bool {
+        self.parent.is_none()
+    }
+
+    pub fn role(&self) -> &'static str {
+        match (&self.parent, self.children.is_empty()) {
+            (None, _) => "root",
+            (Some(_), false) => "inner",
+            (Some(_), true) => "leaf",
+        }
+    }
+
+    pub fn child(&self, id: NodeId) -> Option<&Peer> {
+        self.children.iter().find(|c| c.id == id)
+    }
+}
+
+/// The outcome of one write in a forwarded batch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteResult {
+    /// Committed at this version.
+    Committed { version: Version, created: bool },
+    /// A delete of a key the root does not have.
+    Absent,
+    /// Accepted by the parent, to be committed (ack=parent).
+    Accepted,
+    /// Could not be forwarded.
+    Failed { error: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WriteResults {
+    pub results: Vec<WriteResult>,
+}
+
+/// A child's answer to a push: the keys it no longer holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PushReply {
+    pub not_held: Vec<String>,
+}
+
+/// Keys a parent asks a child to drop, or a child tells its parent it dropped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyList {
+    pub keys: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Update> {
+        vec![
+            Update { key: "a".into(), version: 1, value: Some(Bytes::from_static(b"hello")), expires_at: None },
+            Update { key: "b/ключ".into(), version: u64::MAX, value: None, expires_at: Some(1_700_000_000_000) },
+            Update { key: "c".into(), version: 7, value: Some(Bytes::new()), expires_at: Some(5) },
+        ]
+    }
+
+    #[test]
+    fn batch_round_trips() {
+        let encoded = encode_updates(&sample());
+        assert_eq!(decode_updates(&encoded).unwrap(), sample());
+        assert_eq!(decode_updates(&encode_updates(&[])).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn truncated_or_padded_batches_are_refused() {
+        let encoded = encode_updates(&sample());
+        for cut in 0..encoded.len() {
+            assert!(decode_updates(&encoded.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut padded = BytesMut::from(&encoded[..]);
+        padded.put_u8(0);
+        assert!(decode_updates(&padded.freeze()).unwrap_err().contains("trailing"));
+    }
+
+    #[test]
+    fn absurd_counts_are_refused() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(u32::MAX);
+        assert!(decode_updates(&buf.freeze()).unwrap_err().contains("limit"));
+    }
+
+    #[test]
+    fn roles_follow_the_topology() {
+        let peer = |id| Peer { id, url: format!("http://n{id}") };
+        let mut t = Topology { id: 1, parent: None, children: vec![peer(2)], depth: 0, epoch: 1 };
+        assert_eq!(t.role(), "root");
+        t.parent = Some(peer(9));
+        assert_eq!(t.role(), "inner");
+        t.children.clear();
+        assert_eq!(t.role(), "leaf");
+    }
+}

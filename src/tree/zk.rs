@@ -1,0 +1,263 @@
+//! ZooKeeper: the layout under `/treecache/<cluster>` and the operations on
+//! it. Everything here is a short async call with the path in its error;
+//! the decisions (what to write, when) belong to the node and the registry.
+//!
+//! ```text
+//! root          EPHEMERAL   current root {"id","url","epoch"}
+//! election/n_   EPHEMERAL_SEQUENTIAL root candidates
+//! tree/1/2/5    PERSISTENT  one znode per node at its tree path {"id","url","depth"}
+//! live/5        EPHEMERAL   node 5 is alive (its own session) {"url"}
+//! next_id       PERSISTENT  the next id never handed out
+//! epoch         PERSISTENT  the last root epoch
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error as ZkError};
+
+use crate::error::{Error, Result};
+
+/// ZooKeeper session timeout for every node: long enough to ride out a GC
+/// pause or a busy machine, short enough that a dead node is noticed fast.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn persistent() -> CreateOptions<'static> {
+    CreateMode::Persistent.with_acls(Acls::anyone_all())
+}
+
+fn ephemeral() -> CreateOptions<'static> {
+    CreateMode::Ephemeral.with_acls(Acls::anyone_all())
+}
+
+/// The znode paths of one cluster.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    base: String,
+}
+
+impl Paths {
+    pub fn new(cluster: &str) -> Self {
+        Paths { base: format!("/treecache/{cluster}") }
+    }
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+    pub fn root(&self) -> String {
+        format!("{}/root", self.base)
+    }
+    pub fn election(&self) -> String {
+        format!("{}/election", self.base)
+    }
+    pub fn tree(&self) -> String {
+        format!("{}/tree", self.base)
+    }
+    /// `tree/<rel>` for a registry path like `1/2/5`.
+    pub fn tree_node(&self, rel: &str) -> String {
+        format!("{}/tree/{rel}", self.base)
+    }
+    pub fn live(&self) -> String {
+        format!("{}/live", self.base)
+    }
+    pub fn live_node(&self, id: u64) -> String {
+        format!("{}/live/{id}", self.base)
+    }
+    pub fn next_id(&self) -> String {
+        format!("{}/next_id", self.base)
+    }
+    pub fn epoch(&self) -> String {
+        format!("{}/epoch", self.base)
+    }
+}
+
+/// Connects with the node session timeout, failing after a deadline rather
+/// than hanging when ZooKeeper is down.
+pub async fn connect(addr: &str) -> Result<Client> {
+    let connecting = Client::connector().with_session_timeout(SESSION_TIMEOUT).connect(addr);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(Error::zk("connect", addr, e)),
+        Err(_) => Err(Error::zk("connect", addr, ZkError::Timeout)),
+    }
+}
+
+/// Creates the cluster's persistent directories if missing.
+pub async fn ensure_layout(zk: &Client, paths: &Paths) -> Result<()> {
+    for dir in [paths.tree(), paths.live(), paths.election()] {
+        zk.mkdir(&dir, &persistent()).await.map_err(|e| Error::zk("mkdir", dir.clone(), e))?;
+    }
+    Ok(())
+}
+
+/// Reads a decimal counter znode; a missing one reads as `default`.
+async fn read_counter(zk: &Client, path: &str, default: u64) -> Result<(u64, Option<i32>)> {
+    match zk.get_data(path).await {
+        Ok((data, stat)) => {
+            let text = String::from_utf8_lossy(&data);
+            let n = text.trim().parse().map_err(|_| Error::Internal(format!("counter {path} holds {text:?}")))?;
+            Ok((n, Some(stat.version)))
+        }
+        Err(ZkError::NoNode) => Ok((default, None)),
+        Err(e) => Err(Error::zk("get", path, e)),
+    }
+}
+
+/// Compare-and-set of a counter: `update(current)` gives the new value;
+/// retried when another writer got there first. Returns (old, new).
+async fn cas_counter(zk: &Client, path: &str, default: u64, update: impl Fn(u64) -> u64) -> Result<(u64, u64)> {
+    loop {
+        let (cur, version) = read_counter(zk, path, default).await?;
+        let next = update(cur);
+        let data = next.to_string();
+        let result = match version {
+            Some(v) => zk.set_data(path, data.as_bytes(), Some(v)).await.map(|_| ()),
+            None => zk.create(path, data.as_bytes(), &persistent()).await.map(|_| ()),
+        };
+        match result {
+            Ok(()) => return Ok((cur, next)),
+            Err(ZkError::BadVersion) | Err(ZkError::NodeExists) => continue,
+            Err(e) => return Err(Error::zk("set", path, e)),
+        }
+    }
+}
+
+/// Hands out the next never-used id.
+pub async fn allocate_id(zk: &Client, paths: &Paths) -> Result<u64> {
+    Ok(cas_counter(zk, &paths.next_id(), 1, |n| n + 1).await?.0)
+}
+
+/// Records that `id` is used, so the counter never hands it out.
+pub async fn reserve_id(zk: &Client, paths: &Paths, id: u64) -> Result<()> {
+    cas_counter(zk, &paths.next_id(), 1, |n| n.max(id + 1)).await.map(|_| ())
+}
+
+/// Raises the cluster epoch by one and returns it.
+pub async fn bump_epoch(zk: &Client, paths: &Paths) -> Result<u64> {
+    Ok(cas_counter(zk, &paths.epoch(), 0, |n| n + 1).await?.1)
+}
+
+/// Creates an ephemeral znode owned by this session. One left by an older
+/// session of the same node (a restart before that session expired) is
+/// replaced.
+pub async fn create_ephemeral(zk: &Client, path: &str, data: &[u8]) -> Result<()> {
+    loop {
+        match zk.create(path, data, &ephemeral()).await {
+            Ok(_) => return Ok(()),
+            Err(ZkError::NodeExists) => match zk.check_stat(path).await {
+                Ok(Some(stat)) if stat.ephemeral_owner == zk.session_id().0 => {
+                    zk.set_data(path, data, None).await.map_err(|e| Error::zk("set", path, e))?;
+                    return Ok(());
+                }
+                Ok(_) => match zk.delete(path, None).await {
+                    Ok(()) | Err(ZkError::NoNode) => continue,
+                    Err(e) => return Err(Error::zk("delete", path, e)),
+                },
+                Err(e) => return Err(Error::zk("stat", path, e)),
+            },
+            Err(e) => return Err(Error::zk("create", path, e)),
+        }
+    }
+}
+
+/// Reads a znode's data, `None` if absent.
+pub async fn read(zk: &Client, path: &str) -> Result<Option<Vec<u8>>> {
+    match zk.get_data(path).await {
+        Ok((data, _)) => Ok(Some(data)),
+        Err(ZkError::NoNode) => Ok(None),
+        Err(e) => Err(Error::zk("get", path, e)),
+    }
+}
+
+/// Deletes `path` and everything below it.
+pub async fn delete_recursive(zk: &Client, path: &str) -> Result<()> {
+    let children = match zk.list_children(path).await {
+        Ok(c) => c,
+        Err(ZkError::NoNode) => return Ok(()),
+        Err(e) => return Err(Error::zk("list", path, e)),
+    };
+    for child in children {
+        Box::pin(delete_recursive(zk, &format!("{path}/{child}"))).await?;
+    }
+    match zk.delete(path, None).await {
+        Ok(()) | Err(ZkError::NoNode) => Ok(()),
+        Err(e) => Err(Error::zk("delete", path, e)),
+    }
+}
+
+/// Brings the `tree/` znodes from `current` to `desired` (tree path -> data):
+/// removes what went (deepest first), creates what came (shallowest first),
+/// rewrites what changed. `current` tracks what ZooKeeper holds.
+pub async fn mirror(
+    zk: &Client,
+    paths: &Paths,
+    desired: &BTreeMap<String, String>,
+    current: &mut BTreeMap<String, String>,
+) -> Result<()> {
+    let depth = |p: &String| p.matches('/').count();
+    let mut gone: Vec<String> = current.keys().filter(|p| !desired.contains_key(*p)).cloned().collect();
+    gone.sort_by_key(|p| std::cmp::Reverse(depth(p)));
+    for rel in gone {
+        let path = paths.tree_node(&rel);
+        match zk.delete(&path, None).await {
+            Ok(()) | Err(ZkError::NoNode) => {
+                current.remove(&rel);
+            }
+            // Children not yet moved away: delete them all; they come back
+            // below when they are in `desired`.
+            Err(ZkError::NotEmpty) => {
+                delete_recursive(zk, &path).await?;
+                let prefix = format!("{rel}/");
+                current.retain(|p, _| p != &rel && !p.starts_with(&prefix));
+            }
+            Err(e) => return Err(Error::zk("delete", path, e)),
+        }
+    }
+    let mut todo: Vec<(&String, &String)> = desired.iter().filter(|(p, d)| current.get(*p) != Some(*d)).collect();
+    todo.sort_by_key(|(p, _)| depth(p));
+    for (rel, data) in todo {
+        let path = paths.tree_node(rel);
+        let result = if current.contains_key(rel) {
+            zk.set_data(&path, data.as_bytes(), None).await.map(|_| ())
+        } else {
+            match zk.create(&path, data.as_bytes(), &persistent()).await {
+                Err(ZkError::NodeExists) => zk.set_data(&path, data.as_bytes(), None).await.map(|_| ()),
+                other => other.map(|_| ()),
+            }
+        };
+        result.map_err(|e| Error::zk("write", path, e))?;
+        current.insert(rel.clone(), data.clone());
+    }
+    Ok(())
+}
+
+/// Joins the root election and returns once this candidate leads (its
+/// sequential znode is the lowest). Each candidate watches only its
+/// predecessor, so a leader's death wakes one standby, not all.
+pub async fn elect(zk: &Client, paths: &Paths, data: &[u8]) -> Result<()> {
+    let prefix = format!("{}/n_", paths.election());
+    let opts = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+    let (_, seq) = zk.create(&prefix, data, &opts).await.map_err(|e| Error::zk("create", prefix.clone(), e))?;
+    let mine = format!("n_{seq}");
+    loop {
+        let dir = paths.election();
+        let mut candidates = zk.list_children(&dir).await.map_err(|e| Error::zk("list", dir.clone(), e))?;
+        candidates.sort();
+        let pos = candidates.iter().position(|c| *c == mine);
+        let Some(pos) = pos else {
+            return Err(Error::Internal(format!("election znode {dir}/{mine} vanished (session lost?)")));
+        };
+        if pos == 0 {
+            return Ok(());
+        }
+        let before = format!("{dir}/{}", candidates[pos - 1]);
+        log::info!("standing by as root candidate {mine}; watching {before}");
+        match zk.check_and_watch_stat(&before).await {
+            Ok((Some(_), watcher)) => {
+                watcher.changed().await;
+            }
+            Ok((None, _)) => {}
+            Err(e) => return Err(Error::zk("watch", before, e)),
+        }
+    }
+}
