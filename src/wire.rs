@@ -121,6 +121,11 @@ pub struct Registration {
     pub max_age_ms: Option<u64>,
     pub epoch: u64,
     pub depth: u32,
+    /// True when the root placed the node now (it was not in the tree):
+    /// whatever the node cached before is unknown to its new parent.
+    pub fresh: bool,
+    /// The node's full place, children included.
+    pub topology: Topology,
 }
 
 /// One node as the tree sees it.
@@ -138,6 +143,10 @@ pub struct Topology {
     pub children: Vec<Peer>,
     pub depth: u32,
     pub epoch: u64,
+    /// The registry's change counter when this was computed: a node keeps
+    /// the newest, so notifications that arrive out of order do no harm.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 impl Topology {
@@ -229,7 +238,7 @@ mod tests {
     #[test]
     fn roles_follow_the_topology() {
         let peer = |id| Peer { id, url: format!("http://n{id}") };
-        let mut t = Topology { id: 1, parent: None, children: vec![peer(2)], depth: 0, epoch: 1 };
+        let mut t = Topology { id: 1, parent: None, children: vec![peer(2)], depth: 0, epoch: 1, seq: 0 };
         assert_eq!(t.role(), "root");
         t.parent = Some(peer(9));
         assert_eq!(t.role(), "inner");

@@ -1,1 +1,142 @@
-//! (Being written.)
+//! HTTP: one [`routes`] function wires every route. Handlers parse and
+//! check input, call the node, and shape the answer; status codes and error
+//! bodies come from [`crate::error`] only.
+//!
+//! - [`kv`]: `GET/PUT/POST/DELETE /kv/{key}`.
+//! - [`admin`]: `/health`, `/tree`, `/metrics`, `/dump`.
+//! - [`internal`]: registration and the node-to-node routes (fills,
+//!   forwarded writes, pushes, topology, clear, leave).
+
+mod admin;
+mod internal;
+mod kv;
+
+use actix_web::{web, HttpRequest};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use percent_encoding::percent_decode_str;
+
+use crate::error::{Error, Result};
+use crate::store::check_key;
+
+/// Registers every route. `max_value` is `--max-value-bytes`.
+pub fn routes(cfg: &mut web::ServiceConfig, max_value: usize) {
+    cfg.app_data(MaxValue(max_value))
+        .service(
+            web::resource("/kv/{key:.*}")
+                .route(web::get().to(kv::get))
+                .route(web::put().to(kv::put))
+                .route(web::post().to(kv::put))
+                .route(web::delete().to(kv::delete)),
+        )
+        .route("/health", web::get().to(admin::health))
+        .route("/tree", web::get().to(admin::tree))
+        .route("/metrics", web::get().to(admin::metrics))
+        .route("/dump", web::get().to(admin::dump))
+        .route("/clients/register", web::post().to(internal::register))
+        .route("/internal/fill/{key:.*}", web::get().to(internal::fill))
+        .route("/internal/write", web::post().to(internal::write))
+        .route("/internal/push", web::post().to(internal::push))
+        .route("/internal/topology", web::post().to(internal::topology))
+        .route("/internal/clear", web::post().to(internal::clear))
+        .route("/internal/leave", web::post().to(internal::leave))
+        .default_service(web::to(not_found));
+}
+
+#[derive(Clone, Copy)]
+struct MaxValue(usize);
+
+async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse> {
+    Err(Error::NotFound(req.path().to_string()))
+}
+
+/// The key after `prefix` in the raw request path, percent-decoded and
+/// checked (1–250 bytes of UTF-8, no control characters).
+fn key_from(req: &HttpRequest, prefix: &str) -> Result<String> {
+    let raw = req.uri().path().strip_prefix(prefix).unwrap_or("");
+    let key = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| Error::BadKey("not valid UTF-8 after percent-decoding".into()))?
+        .into_owned();
+    check_key(&key).map_err(Error::BadKey)?;
+    Ok(key)
+}
+
+/// Query parameters, refusing any not in `allowed`.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(req: &HttpRequest, allowed: &[&str]) -> Result<Query> {
+        let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+            .map_err(|e| Error::BadRequest(format!("bad query string: {e}")))?
+            .into_inner();
+        if let Some((name, _)) = pairs.iter().find(|(n, _)| !allowed.contains(&n.as_str())) {
+            return Err(Error::BadRequest(format!("unknown parameter {name:?} (allowed: {})", allowed.join(", "))));
+        }
+        Ok(Query(pairs))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn bool(&self, name: &'static str) -> Result<Option<bool>> {
+        self.get(name)
+            .map(|v| match v {
+                "true" | "1" => Ok(true),
+                "false" | "0" => Ok(false),
+                other => Err(Error::bad_param(name, format!("{other:?} is not true or false"))),
+            })
+            .transpose()
+    }
+
+    fn u64(&self, name: &'static str) -> Result<Option<u64>> {
+        self.get(name)
+            .map(|v| v.parse::<u64>().map_err(|_| Error::bad_param(name, format!("{v:?} is not a whole number"))))
+            .transpose()
+    }
+}
+
+/// Reads a body of at most `limit` bytes. One chunk (the usual case for a
+/// small value) is passed on as is, without a copy.
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(size) = declared.filter(|&s| s > limit) {
+        return Err(Error::ValueTooLarge { size, max: limit as u64 });
+    }
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| Error::BadRequest(format!("reading the body: {e}")))?;
+        let size = buf.len() + first.as_ref().map_or(0, Bytes::len) + chunk.len();
+        if size > limit {
+            return Err(Error::ValueTooLarge { size, max: limit as u64 });
+        }
+        match first.take() {
+            None if buf.is_empty() => first = Some(chunk),
+            Some(f) => {
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&chunk);
+            }
+            None => buf.extend_from_slice(&chunk),
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
+/// The sender's epoch from an internal request, if it said.
+fn epoch_of(req: &HttpRequest) -> Result<Option<u64>> {
+    req.headers()
+        .get(crate::node::EPOCH_HEADER)
+        .map(|v| {
+            v.to_str().ok().and_then(|s| s.parse().ok()).ok_or_else(|| Error::bad_param("epoch", "not a whole number"))
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests;

@@ -28,13 +28,15 @@ pub struct Registry {
     nodes: BTreeMap<NodeId, NodeRec>,
     root: NodeId,
     fanout: usize,
+    /// Bumped by every change; stamped on the topologies handed out.
+    seq: u64,
 }
 
 impl Registry {
     pub fn new(root: NodeId, url: String, fanout: u32, now: u64) -> Self {
         let mut nodes = BTreeMap::new();
         nodes.insert(root, NodeRec { id: root, url, parent: None, children: vec![], depth: 0, registered_at: now });
-        Registry { nodes, root, fanout: fanout.max(1) as usize }
+        Registry { nodes, root, fanout: fanout.max(1) as usize, seq: 1 }
     }
 
     pub fn root(&self) -> NodeId {
@@ -87,6 +89,7 @@ impl Registry {
     pub fn place(&mut self, id: NodeId, url: String, now: u64) -> NodeId {
         let parent = self.free_slot(None);
         let depth = self.nodes[&parent].depth + 1;
+        self.seq += 1;
         self.attach(id, parent);
         self.nodes.insert(id, NodeRec { id, url, parent: Some(parent), children: vec![], depth, registered_at: now });
         parent
@@ -115,6 +118,7 @@ impl Registry {
             return None;
         }
         let rec = self.nodes.remove(&id)?;
+        self.seq += 1;
         if let Some(p) = rec.parent.and_then(|p| self.nodes.get_mut(&p)) {
             p.children.retain(|&c| c != id);
         }
@@ -193,6 +197,7 @@ impl Registry {
             children: rec.children.iter().filter_map(|&c| self.peer(c)).collect(),
             depth: rec.depth,
             epoch,
+            seq: self.seq,
         })
     }
 
@@ -213,10 +218,11 @@ impl Registry {
     }
 }
 
-/// Topologies that differ between two snapshots (new or changed), so only
-/// those nodes are told.
+/// Topologies that differ between two snapshots (new or changed; `seq`
+/// aside), so only those nodes are told.
 pub fn changed(before: &BTreeMap<NodeId, Topology>, after: &BTreeMap<NodeId, Topology>) -> Vec<Topology> {
-    after.iter().filter(|(id, t)| before.get(id) != Some(t)).map(|(_, t)| t.clone()).collect()
+    let same = |a: &Topology, b: &Topology| Topology { seq: 0, ..a.clone() } == Topology { seq: 0, ..b.clone() };
+    after.iter().filter(|(id, t)| !before.get(id).is_some_and(|b| same(b, t))).map(|(_, t)| t.clone()).collect()
 }
 
 #[cfg(test)]

@@ -145,10 +145,8 @@ pub async fn create_ephemeral(zk: &Client, path: &str, data: &[u8]) -> Result<()
         match zk.create(path, data, &ephemeral()).await {
             Ok(_) => return Ok(()),
             Err(ZkError::NodeExists) => match zk.check_stat(path).await {
-                Ok(Some(stat)) if stat.ephemeral_owner == zk.session_id().0 => {
-                    zk.set_data(path, data, None).await.map_err(|e| Error::zk("set", path, e))?;
-                    return Ok(());
-                }
+                // Ours already: leave it (rewriting it would fire our own watch).
+                Ok(Some(stat)) if stat.ephemeral_owner == zk.session_id().0 => return Ok(()),
                 Ok(_) => match zk.delete(path, None).await {
                     Ok(()) | Err(ZkError::NoNode) => continue,
                     Err(e) => return Err(Error::zk("delete", path, e)),

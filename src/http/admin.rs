@@ -1,0 +1,88 @@
+//! Admin routes: `/health`, `/tree`, `/metrics`, `/dump`.
+
+use actix_web::web::ThinData;
+use actix_web::{HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::Query;
+use crate::clock::now_ms;
+use crate::error::{Error, Result};
+use crate::node::Node;
+
+/// Largest `/dump` page.
+const MAX_DUMP_LIMIT: u64 = 10_000;
+
+pub async fn health(node: ThinData<Node>) -> Result<HttpResponse> {
+    let place = node.place()?;
+    let t = &place.topology;
+    Ok(HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "id": t.id,
+        "role": t.role(),
+        "parent": t.parent.as_ref().map(|p| p.id),
+        "depth": t.depth,
+        "children": t.children.iter().map(|c| c.id).collect::<Vec<_>>(),
+        "epoch": t.epoch,
+    })))
+}
+
+pub async fn tree(node: ThinData<Node>) -> Result<HttpResponse> {
+    let place = node.place()?;
+    let t = &place.topology;
+    Ok(HttpResponse::Ok().json(json!({
+        "id": t.id,
+        "url": node.url(),
+        "role": t.role(),
+        "depth": t.depth,
+        "epoch": t.epoch,
+        "parent": t.parent,
+        "children": t.children,
+        "mode": place.coherence.mode,
+        "max_age_ms": place.coherence.max_age_ms,
+        "root_url": place.root_url,
+    })))
+}
+
+pub async fn metrics(node: ThinData<Node>) -> HttpResponse {
+    let store = node.store();
+    let t = node.topology();
+    let gauges = [
+        ("entries", "Entries held (values and tombstones).", store.len() as f64),
+        ("bytes", "Bytes held: keys, values and per-entry overhead.", store.bytes() as f64),
+        ("registered", "1 once the node has its place in the tree.", if t.is_some() { 1.0 } else { 0.0 }),
+        ("is_root", "1 on the root.", if t.as_ref().is_some_and(|t| t.is_root()) { 1.0 } else { 0.0 }),
+        ("depth", "Depth in the tree (root 0).", t.as_ref().map_or(0.0, |t| t.depth as f64)),
+        ("children", "Children attached.", t.as_ref().map_or(0.0, |t| t.children.len() as f64)),
+        ("epoch", "Root epoch this node follows.", node.epoch() as f64),
+    ];
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(node.metrics().render(&gauges))
+}
+
+/// `/dump?prefix=&limit=&after=`: entries in key order, one JSON object a
+/// line; pass the last key as `after` for the next page.
+pub async fn dump(node: ThinData<Node>, req: HttpRequest) -> Result<HttpResponse> {
+    let q = Query::parse(&req, &["prefix", "limit", "after"])?;
+    let limit = q.u64("limit")?.unwrap_or(1000);
+    if limit == 0 || limit > MAX_DUMP_LIMIT {
+        return Err(Error::bad_param("limit", format!("{limit}: must be 1 to {MAX_DUMP_LIMIT}")));
+    }
+    let entries = node.store().dump(q.get("prefix").unwrap_or(""), q.get("after"), limit as usize, now_ms());
+    let mut out = String::new();
+    for e in entries {
+        let mut line = json!({ "key": e.key, "version": e.version, "expires_at": e.expires_at });
+        match &e.value {
+            None => line["tombstone"] = json!(true),
+            Some(v) => match std::str::from_utf8(v) {
+                Ok(text) => line["value"] = json!(text),
+                Err(_) => line["value_hex"] = json!(hex(v)),
+            },
+        }
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    Ok(HttpResponse::Ok().content_type("application/x-ndjson").body(out))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

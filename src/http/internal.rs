@@ -1,0 +1,99 @@
+//! Registration (`POST /clients/register`, public, at the root) and the
+//! routes nodes use among themselves. Bodies are the formats in
+//! [`crate::wire`]; each route checks the sender's epoch.
+
+use actix_web::web::{self, ThinData};
+use actix_web::{HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use super::{epoch_of, key_from, read_body, Query};
+use crate::error::{Error, Result};
+use crate::node::read::FillAnswer;
+use crate::node::{Ack, Node};
+use crate::wire::{self, RegisterRequest, Topology, WriteResults};
+
+/// Largest internal batch body.
+const MAX_BATCH_BYTES: usize = 512 << 20;
+/// Largest JSON control message.
+const MAX_CONTROL_BYTES: usize = 1 << 20;
+
+fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("malformed {what}: {e}")))
+}
+
+pub async fn register(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
+    let body = read_body(&req, body, MAX_CONTROL_BYTES).await?;
+    let request: RegisterRequest = json_body(&body, "registration (expected {\"url\": ..., \"id\": N?})")?;
+    Ok(HttpResponse::Ok().json(node.register(request).await?))
+}
+
+fn child_of(q: &Query) -> Result<u64> {
+    q.u64("child")?.ok_or_else(|| Error::bad_param("child", "required"))
+}
+
+pub async fn fill(node: ThinData<Node>, req: HttpRequest) -> Result<HttpResponse> {
+    node.check_epoch(epoch_of(&req)?)?;
+    let key = key_from(&req, "/internal/fill/")?;
+    let q = Query::parse(&req, &["child", "have"])?;
+    let child = child_of(&q)?;
+    Ok(match node.serve_fill(&key, child, q.u64("have")?).await? {
+        FillAnswer::Value { version, value, expires_at } => {
+            let mut resp = HttpResponse::Ok();
+            resp.insert_header(("X-Version", version.to_string()));
+            if let Some(at) = expires_at {
+                resp.insert_header(("X-Expires-At", at.to_string()));
+            }
+            resp.body(value)
+        }
+        FillAnswer::NotModified { version } => {
+            HttpResponse::NotModified().insert_header(("X-Version", version.to_string())).finish()
+        }
+        FillAnswer::NotFound => return Err(Error::NotFound(key)),
+    })
+}
+
+pub async fn write(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
+    node.check_epoch(epoch_of(&req)?)?;
+    let q = Query::parse(&req, &["child", "ack"])?;
+    let child = child_of(&q)?;
+    let ack = match q.get("ack") {
+        Some(s) => Ack::parse(s).ok_or_else(|| Error::bad_param("ack", format!("{s:?}: use parent or root")))?,
+        None => Ack::Root,
+    };
+    let body = read_body(&req, body, MAX_BATCH_BYTES).await?;
+    let updates = wire::decode_updates(&body).map_err(Error::BadRequest)?;
+    let results = node.accept_writes(child, updates, ack).await?;
+    Ok(HttpResponse::Ok().json(WriteResults { results }))
+}
+
+pub async fn push(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
+    node.check_epoch(epoch_of(&req)?)?;
+    let body = read_body(&req, body, MAX_BATCH_BYTES).await?;
+    let updates = wire::decode_updates(&body).map_err(Error::BadRequest)?;
+    Ok(HttpResponse::Ok().json(node.receive_push(updates)?))
+}
+
+pub async fn topology(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
+    let body = read_body(&req, body, MAX_CONTROL_BYTES).await?;
+    let t: Topology = json_body(&body, "topology")?;
+    node.receive_topology(t)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "ok": true })))
+}
+
+pub async fn clear(node: ThinData<Node>, req: HttpRequest) -> Result<HttpResponse> {
+    node.check_epoch(epoch_of(&req)?)?;
+    node.receive_clear()?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "ok": true })))
+}
+
+#[derive(Deserialize)]
+struct Leave {
+    id: u64,
+}
+
+pub async fn leave(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
+    let body = read_body(&req, body, MAX_CONTROL_BYTES).await?;
+    let leave: Leave = json_body(&body, "leave (expected {\"id\": N})")?;
+    node.remove_member(leave.id).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "ok": true })))
+}

@@ -1,0 +1,107 @@
+//! `/kv/{key}`: the public read and write routes.
+
+use actix_web::http::StatusCode;
+use actix_web::web::ThinData;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+
+use super::{key_from, read_body, MaxValue, Query};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::node::{answer_body, Ack, Node};
+use crate::wire::WriteResult;
+
+/// Longest `?ttl=`: ten years.
+const MAX_TTL_SECS: u64 = 10 * 365 * 86_400;
+
+/// Adds `X-Node` to every answer, errors included, and counts bad input.
+fn answer(node: &Node, result: Result<HttpResponse, Error>) -> HttpResponse {
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            if e.status_code() == StatusCode::BAD_REQUEST || e.status_code() == StatusCode::PAYLOAD_TOO_LARGE {
+                Metrics::inc(&node.metrics().bad_requests);
+            }
+            e.error_response()
+        }
+    };
+    if let Some(t) = node.topology() {
+        if let Ok(v) = t.id.to_string().parse() {
+            resp.headers_mut().insert(actix_web::http::header::HeaderName::from_static("x-node"), v);
+        }
+    }
+    resp
+}
+
+pub async fn get(node: ThinData<Node>, req: HttpRequest) -> HttpResponse {
+    answer(&node, get_inner(&node, &req).await)
+}
+
+async fn get_inner(node: &Node, req: &HttpRequest) -> Result<HttpResponse, Error> {
+    let key = key_from(req, "/kv/")?;
+    let q = Query::parse(req, &["consistent", "use_cache"])?;
+    let consistent = match (q.bool("consistent")?, q.bool("use_cache")?) {
+        (Some(c), Some(u)) if c == u => {
+            return Err(Error::BadRequest("consistent and use_cache contradict each other".into()));
+        }
+        (Some(c), _) => c,
+        (None, Some(u)) => !u,
+        (None, None) => false,
+    };
+    let found = node.get(&key, consistent).await?;
+    let mut resp = HttpResponse::Ok();
+    resp.content_type("application/octet-stream")
+        .insert_header(("X-Version", found.version.to_string()))
+        .insert_header(("X-Cache", found.cache.as_str()));
+    if let Some(at) = found.expires_at {
+        resp.insert_header(("X-Expires-At", at.to_string()));
+    }
+    Ok(resp.body(found.value))
+}
+
+fn ack_of(q: &Query) -> Result<Ack, Error> {
+    match q.get("ack") {
+        None => Ok(Ack::Parent),
+        Some(s) => Ack::parse(s).ok_or_else(|| Error::bad_param("ack", format!("{s:?}: use parent or root"))),
+    }
+}
+
+pub async fn put(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> HttpResponse {
+    answer(&node, put_inner(&node, &req, body).await)
+}
+
+async fn put_inner(node: &Node, req: &HttpRequest, body: web::Payload) -> Result<HttpResponse, Error> {
+    let key = key_from(req, "/kv/")?;
+    let q = Query::parse(req, &["ttl", "ack"])?;
+    let ack = ack_of(&q)?;
+    let ttl = q.u64("ttl")?;
+    if let Some(t) = ttl {
+        if t == 0 || t > MAX_TTL_SECS {
+            return Err(Error::bad_param("ttl", format!("{t}: must be 1 to {MAX_TTL_SECS} seconds")));
+        }
+    }
+    let max = req.app_data::<MaxValue>().map_or(1 << 20, |m| m.0);
+    let value = read_body(req, body, max).await?;
+    let result = node.write(&key, Some(value), ttl, ack).await?;
+    write_answer(&key, &result, ack)
+}
+
+pub async fn delete(node: ThinData<Node>, req: HttpRequest) -> HttpResponse {
+    answer(&node, delete_inner(&node, &req).await)
+}
+
+async fn delete_inner(node: &Node, req: &HttpRequest) -> Result<HttpResponse, Error> {
+    let key = key_from(req, "/kv/")?;
+    let q = Query::parse(req, &["ack"])?;
+    let ack = ack_of(&q)?;
+    let result = node.write(&key, None, None, ack).await?;
+    write_answer(&key, &result, ack)
+}
+
+fn write_answer(key: &str, result: &WriteResult, ack: Ack) -> Result<HttpResponse, Error> {
+    match result {
+        WriteResult::Committed { created: true, .. } => Ok(HttpResponse::Created().json(answer_body(result, ack))),
+        WriteResult::Absent if ack == Ack::Root => Err(Error::NotFound(key.to_string())),
+        WriteResult::Failed { error } => Err(Error::Internal(error.clone())),
+        _ => Ok(HttpResponse::Ok().json(answer_body(result, ack))),
+    }
+}

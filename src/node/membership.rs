@@ -1,0 +1,524 @@
+//! Membership: how a node gets and keeps its place.
+//!
+//! A non-root node finds the root (`--root-url` or the `root` znode),
+//! registers, creates its own `live/<id>` znode, and re-joins whenever the
+//! root znode changes, its live znode goes (session expiry), or every few
+//! seconds as a check (registration is idempotent, and its answer repairs a
+//! lost topology message).
+//!
+//! The root wins the election, raises the epoch, rebuilds `tree/` from its
+//! registry, and is the registrar: it places nodes, reaps those whose live
+//! znode went, re-attaches their children, mirrors the registry to
+//! ZooKeeper, and tells each node whose place changed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use zookeeper_client::{Client, OneshotWatcher};
+
+use super::{Node, Place, EPOCH_HEADER};
+use crate::clock::now_ms;
+use crate::coherence::Coherence;
+use crate::error::{Error, Result};
+use crate::store::NodeId;
+use crate::tree::placement::{self, Registry};
+use crate::tree::zk;
+use crate::wire::{RegisterRequest, Registration, Topology};
+
+/// How often a registered node re-checks its place with the root.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// A node placed this recently is not reaped for lacking a live znode yet.
+const LIVE_GRACE_MS: u64 = 5_000;
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(super) struct Membership {
+    zk: Mutex<Option<Client>>,
+    /// The whole tree; `Some` at the root only.
+    registry: Mutex<Option<Registry>>,
+    /// What `tree/` holds in ZooKeeper; the lock serializes mirror writes.
+    mirror: tokio::sync::Mutex<BTreeMap<String, String>>,
+    /// Our id once granted (0: none yet).
+    id: AtomicU64,
+}
+
+impl Membership {
+    pub(super) fn new() -> Self {
+        Membership {
+            zk: Mutex::new(None),
+            registry: Mutex::new(None),
+            mirror: tokio::sync::Mutex::new(BTreeMap::new()),
+            id: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What wakes a registered node to re-join.
+struct Watches {
+    zk: Client,
+    root: Option<OneshotWatcher>,
+    live: Option<OneshotWatcher>,
+}
+
+impl Node {
+    pub(super) async fn run_membership(self) {
+        let mut failures: u32 = 0;
+        loop {
+            if self.is_shutting_down() {
+                return;
+            }
+            let joined = if self.args().root { self.become_root().await } else { self.join().await };
+            match joined {
+                Ok(watches) => {
+                    failures = 0;
+                    if self.args().root {
+                        self.watch_live(watches.zk).await;
+                    } else {
+                        self.wait_for_change(watches).await;
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures % 20 == 0 {
+                        log::warn!("joining the tree failed (try {failures}): {e}");
+                    }
+                    let backoff = Duration::from_millis((100u64 << failures.min(4)).min(1_000));
+                    if !self.pause(backoff).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The ZooKeeper client, reconnecting if the session is gone.
+    async fn zk(&self) -> Result<Client> {
+        if let Some(client) = self.inner.membership.zk.lock().clone() {
+            if !client.state().is_terminated() {
+                return Ok(client);
+            }
+        }
+        let client = zk::connect(&self.args().zk).await?;
+        *self.inner.membership.zk.lock() = Some(client.clone());
+        Ok(client)
+    }
+
+    fn my_id(&self) -> Option<NodeId> {
+        match self.inner.membership.id.load(Ordering::Acquire) {
+            0 => self.args().id,
+            id => Some(id),
+        }
+    }
+
+    async fn root_url(&self, zk: &Client) -> Result<String> {
+        if let Some(url) = &self.args().root_url {
+            return Ok(url.trim_end_matches('/').to_string());
+        }
+        let path = self.inner.paths.root();
+        let data = zk::read(zk, &path).await?.ok_or_else(|| Error::Internal(format!("no root published at {path}")))?;
+        let root: serde_json::Value =
+            serde_json::from_slice(&data).map_err(|e| Error::Internal(format!("{path} holds bad JSON: {e}")))?;
+        root["url"].as_str().map(str::to_string).ok_or_else(|| Error::Internal(format!("{path} has no url")))
+    }
+
+    /// Registers with the root and takes the place it gives.
+    async fn join(&self) -> Result<Watches> {
+        let zk = self.zk().await?;
+        let root_url = self.root_url(&zk).await?;
+        let request = RegisterRequest { url: self.url().to_string(), id: self.my_id() };
+        let url = format!("{root_url}/clients/register");
+        let resp = self
+            .inner
+            .http
+            .post(&url)
+            .json(&request)
+            .timeout(CONTROL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| Error::parent_unreachable(&root_url, e))?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            return Err(Error::Upstream { url, status, body: resp.text().await.unwrap_or_default() });
+        }
+        let reg: Registration = resp.json().await.map_err(|e| Error::parent_unreachable(&root_url, e))?;
+        let have = self.epoch();
+        if reg.epoch < have {
+            return Err(Error::StaleEpoch { got: reg.epoch, have });
+        }
+        zk::create_ephemeral(&zk, &self.inner.paths.live_node(reg.id), self.live_data().as_bytes()).await?;
+        let first = self.inner.membership.id.swap(reg.id, Ordering::AcqRel) == 0;
+        if first {
+            log::info!(
+                "registered as node {} under {} ({}), depth {}",
+                reg.id,
+                reg.parent_id,
+                reg.parent_url,
+                reg.depth
+            );
+        }
+        self.inner.epoch.fetch_max(reg.epoch, Ordering::AcqRel);
+        let coherence = Coherence::new(reg.mode, reg.max_age_ms);
+        self.adopt(reg.topology, coherence, root_url, reg.fresh || reg.epoch > have);
+        let root = zk.check_and_watch_stat(&self.inner.paths.root()).await.ok().map(|(_, w)| w);
+        let live = zk.check_and_watch_stat(&self.inner.paths.live_node(reg.id)).await.ok().map(|(_, w)| w);
+        Ok(Watches { zk, root, live })
+    }
+
+    fn live_data(&self) -> String {
+        serde_json::json!({ "url": self.url() }).to_string()
+    }
+
+    async fn wait_for_change(&self, w: Watches) {
+        let mut state = w.zk.state_watcher();
+        let mut shutdown = self.subscribe_shutdown();
+        let fired = |w: Option<OneshotWatcher>| async move {
+            match w {
+                Some(w) => {
+                    w.changed().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = fired(w.root) => log::info!("the root znode changed: re-joining"),
+            _ = fired(w.live) => log::info!("our live znode changed: re-joining"),
+            s = state.changed() => if s.is_terminated() {
+                log::warn!("ZooKeeper session {s:?}: reconnecting and re-joining");
+            },
+            _ = tokio::time::sleep(CHECK_EVERY) => {},
+            _ = shutdown.changed() => {},
+        }
+    }
+
+    /// Takes a place. `reset`: what we hold is unknown to the (new) parent,
+    /// so drop it, and have our subtree drop theirs.
+    pub(super) fn adopt(&self, topology: Topology, coherence: Coherence, root_url: String, reset: bool) {
+        let (reset, children) = {
+            let mut place = self.inner.place.write();
+            let reset = match place.as_ref() {
+                None => true,
+                Some(old) => {
+                    if !reset && old.topology.epoch == topology.epoch && topology.seq < old.topology.seq {
+                        return; // an older notification overtaken by a newer one
+                    }
+                    reset || old.topology.parent != topology.parent || old.topology.epoch != topology.epoch
+                }
+            };
+            let children = topology.children.clone();
+            *place = Some(Place { topology, coherence, root_url });
+            (reset, children)
+        };
+        if reset {
+            self.clear_subtree(&children);
+        }
+        self.sync_children(&children);
+    }
+
+    /// Drops what we hold and tells our children to do the same.
+    pub fn clear_subtree(&self, children: &[crate::wire::Peer]) {
+        if !self.inner.store.is_empty() {
+            log::info!("dropping {} cached entries: our place in the tree changed", self.inner.store.len());
+        }
+        self.inner.store.clear();
+        for child in children {
+            let node = self.clone();
+            let url = format!("{}/internal/clear", child.url);
+            self.spawn(async move {
+                let sent =
+                    node.inner.http.post(&url).header(EPOCH_HEADER, node.epoch()).timeout(CONTROL_TIMEOUT).send().await;
+                if let Err(e) = sent {
+                    log::warn!("telling {url} to drop its entries failed: {e}");
+                }
+            });
+        }
+    }
+
+    /// `POST /internal/clear` from our parent.
+    pub fn receive_clear(&self) -> Result<()> {
+        let place = self.place()?;
+        self.clear_subtree(&place.topology.children);
+        Ok(())
+    }
+
+    /// `POST /internal/topology` from the root.
+    pub fn receive_topology(&self, topology: Topology) -> Result<()> {
+        self.check_epoch(Some(topology.epoch))?;
+        let place = self.place()?;
+        if topology.id != place.topology.id {
+            return Err(Error::BadRequest(format!(
+                "topology for node {} sent to node {}",
+                topology.id, place.topology.id
+            )));
+        }
+        self.adopt(topology, place.coherence, place.root_url, false);
+        Ok(())
+    }
+
+    // ---- the root ----
+
+    async fn become_root(&self) -> Result<Watches> {
+        let zk = self.zk().await?;
+        let paths = &self.inner.paths;
+        zk::ensure_layout(&zk, paths).await?;
+        zk::elect(&zk, paths, self.url().as_bytes()).await?;
+        let epoch = zk::bump_epoch(&zk, paths).await?;
+        let id = match self.my_id() {
+            Some(id) => {
+                zk::reserve_id(&zk, paths, id).await?;
+                id
+            }
+            None => zk::allocate_id(&zk, paths).await?,
+        };
+        self.inner.membership.id.store(id, Ordering::Release);
+        zk::delete_recursive(&zk, &paths.tree()).await?;
+        zk::ensure_layout(&zk, paths).await?;
+        self.inner.epoch.store(epoch, Ordering::Release);
+        // Versions stay monotonic across root restarts: each epoch starts
+        // its sequence above every version of the epochs before it.
+        self.inner.versions.fetch_max(epoch << 40, Ordering::AcqRel);
+        let registry = Registry::new(id, self.url().to_string(), self.args().fanout, now_ms());
+        let topology =
+            registry.topology(id, epoch).ok_or_else(|| Error::Internal("root missing from registry".into()))?;
+        *self.inner.membership.registry.lock() = Some(registry);
+        self.inner.membership.mirror.lock().await.clear();
+        self.sync_mirror().await?;
+        zk::create_ephemeral(&zk, &paths.live_node(id), self.live_data().as_bytes()).await?;
+        let root_data = serde_json::json!({ "id": id, "url": self.url(), "epoch": epoch }).to_string();
+        zk::create_ephemeral(&zk, &paths.root(), root_data.as_bytes()).await?;
+        let max_age_ms = self.args().max_age.map(|d| d.as_millis() as u64);
+        self.adopt(topology, Coherence::new(self.args().mode, max_age_ms), self.url().to_string(), true);
+        log::info!("root: node {id}, epoch {epoch}, mode {}", self.args().mode.as_str());
+        Ok(Watches { zk, root: None, live: None })
+    }
+
+    /// Watches `live/` and reaps nodes whose znode went, until the session
+    /// is lost or the node shuts down.
+    async fn watch_live(&self, zk: Client) {
+        let mut state = zk.state_watcher();
+        let mut shutdown = self.subscribe_shutdown();
+        let live_dir = self.inner.paths.live();
+        loop {
+            let (live, watcher) = match zk.list_and_watch_children(&live_dir).await {
+                Ok(found) => found,
+                Err(e) => {
+                    log::warn!("watching {live_dir}: {e}");
+                    return;
+                }
+            };
+            let live: HashSet<NodeId> = live.iter().filter_map(|s| s.parse().ok()).collect();
+            self.reap(&live).await;
+            tokio::select! {
+                _ = watcher.changed() => {},
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+                s = state.changed() => if s.is_terminated() {
+                    log::error!("the root lost its ZooKeeper session ({s:?}); standing for election again");
+                    return;
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Removes registered nodes that have no live znode (past the grace
+    /// period after placement); their children re-attach.
+    async fn reap(&self, live: &HashSet<NodeId>) {
+        let now = now_ms();
+        let epoch = self.epoch();
+        let (before, dead) = {
+            let mut guard = self.inner.membership.registry.lock();
+            let Some(reg) = guard.as_mut() else { return };
+            let dead: Vec<NodeId> = reg
+                .ids()
+                .filter(|&id| id != reg.root() && !live.contains(&id))
+                .filter(|&id| reg.get(id).is_some_and(|n| now.saturating_sub(n.registered_at) > LIVE_GRACE_MS))
+                .collect();
+            if dead.is_empty() {
+                return;
+            }
+            let before = reg.topologies(epoch);
+            for &id in &dead {
+                reg.remove(id);
+            }
+            (before, dead)
+        };
+        log::info!("nodes {dead:?} are gone; re-attaching their children");
+        self.after_change(before, None).await;
+    }
+
+    /// Brings ZooKeeper's `tree/` to the registry, as it is now.
+    async fn sync_mirror(&self) -> Result<()> {
+        let zk = self.zk().await?;
+        let mut current = self.inner.membership.mirror.lock().await;
+        let desired = match self.inner.membership.registry.lock().as_ref() {
+            Some(reg) => reg.znodes(),
+            None => return Ok(()),
+        };
+        zk::mirror(&zk, &self.inner.paths, &desired, &mut current).await
+    }
+
+    /// After a registry change: mirror it, then tell every node whose place
+    /// changed (but `skip`, who hears it in its registration answer).
+    async fn after_change(&self, before: BTreeMap<NodeId, Topology>, skip: Option<NodeId>) {
+        if let Err(e) = self.sync_mirror().await {
+            log::warn!("mirroring the tree to ZooKeeper: {e}");
+        }
+        let epoch = self.epoch();
+        let after = match self.inner.membership.registry.lock().as_ref() {
+            Some(reg) => reg.topologies(epoch),
+            None => return,
+        };
+        let me = self.my_id();
+        let mut sends = Vec::new();
+        for t in placement::changed(&before, &after) {
+            if Some(t.id) == me {
+                if let Ok(place) = self.place() {
+                    self.adopt(t, place.coherence, place.root_url, false);
+                }
+            } else if Some(t.id) != skip {
+                sends.push(self.send_topology(t));
+            }
+        }
+        futures::future::join_all(sends).await;
+    }
+
+    async fn send_topology(&self, t: Topology) {
+        let Some(url) = self.inner.membership.registry.lock().as_ref().and_then(|r| r.get(t.id).map(|n| n.url.clone()))
+        else {
+            return;
+        };
+        let target = format!("{url}/internal/topology");
+        for attempt in 1..=2 {
+            let sent = self.inner.http.post(&target).json(&t).timeout(CONTROL_TIMEOUT).send().await;
+            match sent {
+                Ok(r) if r.status().is_success() => return,
+                Ok(r) => log::warn!("{target} answered {} (try {attempt})", r.status()),
+                Err(e) => log::warn!("telling node {} its place: {e} (try {attempt})", t.id),
+            }
+        }
+    }
+
+    /// `POST /clients/register` at the root.
+    pub async fn register(&self, req: RegisterRequest) -> Result<Registration> {
+        check_peer_url(&req.url)?;
+        if req.id == Some(0) {
+            return Err(Error::bad_param("id", "ids start at 1"));
+        }
+        let place = self.place()?;
+        if !place.topology.is_root() {
+            return Err(Error::NotRoot { root: place.root_url });
+        }
+        if req.url == self.url() {
+            return Err(Error::BadRequest(format!("{} is the root's own URL", req.url)));
+        }
+        let zk = self.zk().await?;
+        let paths = &self.inner.paths;
+        let registry_url =
+            |id| self.inner.membership.registry.lock().as_ref().and_then(|r| r.get(id).map(|n| n.url.clone()));
+        let (id, known) = match req.id {
+            Some(id) if id == place.topology.id => return Err(Error::IdTaken { id, url: self.url().to_string() }),
+            Some(id) if registry_url(id).as_deref() == Some(req.url.as_str()) => (id, true),
+            Some(id) => {
+                if let Some(data) = zk::read(&zk, &paths.live_node(id)).await? {
+                    let live: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
+                    let live_url = live["url"].as_str().unwrap_or("(unknown)");
+                    if live_url != req.url {
+                        return Err(Error::IdTaken { id, url: live_url.to_string() });
+                    }
+                }
+                zk::reserve_id(&zk, paths, id).await?;
+                (id, false)
+            }
+            None => (zk::allocate_id(&zk, paths).await?, false),
+        };
+        let epoch = self.epoch();
+        let now = now_ms();
+        let before = {
+            let mut guard = self.inner.membership.registry.lock();
+            let reg = guard.as_mut().ok_or(Error::NotRegistered)?;
+            let before = reg.topologies(epoch);
+            if known {
+                reg.touch(id, now);
+            } else {
+                // A new process: the id's old holder and the url's old
+                // owner are gone.
+                reg.remove(id);
+                if let Some(old) = reg.find_by_url(&req.url) {
+                    reg.remove(old);
+                }
+                reg.place(id, req.url.clone(), now);
+            }
+            before
+        };
+        if !known {
+            log::info!("registered node {id} at {}", req.url);
+            self.after_change(before, Some(id)).await;
+        }
+        let guard = self.inner.membership.registry.lock();
+        let reg = guard.as_ref().ok_or(Error::NotRegistered)?;
+        let topology =
+            reg.topology(id, epoch).ok_or_else(|| Error::Internal(format!("node {id} left while registering")))?;
+        let parent =
+            topology.parent.clone().ok_or_else(|| Error::Internal(format!("node {id} placed without a parent")))?;
+        Ok(Registration {
+            id,
+            zk_path: paths.tree_node(&reg.tree_path(id)),
+            parent_id: parent.id,
+            parent_url: parent.url,
+            mode: place.coherence.mode,
+            max_age_ms: place.coherence.max_age_ms,
+            epoch,
+            depth: topology.depth,
+            fresh: !known,
+            topology,
+        })
+    }
+
+    /// `POST /internal/leave` at the root: a node leaves on SIGTERM.
+    pub async fn remove_member(&self, id: NodeId) -> Result<()> {
+        let epoch = self.epoch();
+        let before = {
+            let mut guard = self.inner.membership.registry.lock();
+            let reg = guard.as_mut().ok_or(Error::NotRegistered)?;
+            let before = reg.topologies(epoch);
+            if reg.remove(id).is_none() {
+                return Ok(());
+            }
+            before
+        };
+        log::info!("node {id} left; re-attaching its children");
+        self.after_change(before, None).await;
+        Ok(())
+    }
+
+    /// Leaves the tree: the root is told first (children re-attach at once),
+    /// then the live znode goes.
+    pub(super) async fn leave(&self) {
+        let Some(topology) = self.topology() else { return };
+        let Ok(zk) = self.zk().await else { return };
+        let paths = &self.inner.paths;
+        if topology.is_root() {
+            let _ = zk.delete(&paths.root(), None).await;
+        } else if let Ok(place) = self.place() {
+            let url = format!("{}/internal/leave", place.root_url);
+            let body = serde_json::json!({ "id": topology.id });
+            if let Err(e) = self.inner.http.post(&url).json(&body).timeout(CONTROL_TIMEOUT).send().await {
+                log::warn!("telling the root we leave: {e}");
+            }
+        }
+        let _ = zk.delete(&paths.live_node(topology.id), None).await;
+    }
+}
+
+/// A peer URL: http(s), a host, no spaces, of sane length.
+pub fn check_peer_url(url: &str) -> Result<()> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && url.len() <= 2048
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control())
+        && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::bad_param("url", format!("{url:?} is not an http(s) URL")))
+    }
+}

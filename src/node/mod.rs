@@ -1,0 +1,261 @@
+//! The running node: one [`Node`] value shared by the HTTP handlers and the
+//! node's own tasks. Cloning it bumps a refcount.
+//!
+//! - [`read`]: the read path (store, else one singleflight fill from the
+//!   parent) and the parent's side of fills.
+//! - [`write`]: the write path (up the chain to the root, which commits; the
+//!   result comes back down the same path) and the ack=parent forwarder.
+//! - [`push`]: per-child coalescing push queues and applying received pushes.
+//! - [`membership`]: ZooKeeper, registration, the root's registrar, and
+//!   re-attachment when parents, sessions or roots change.
+//!
+//! Role is data: the node is the root when its topology has no parent.
+//! Long-lived tasks start in [`Node::start`] on the node's own runtime and
+//! stop when [`Node::shutdown`] flips the shutdown signal.
+
+mod membership;
+mod push;
+pub mod read;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web::ThinData;
+use actix_web::{App, HttpServer};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{mpsc, watch};
+
+use crate::clock::now_ms;
+use crate::coherence::Coherence;
+use crate::config::NodeArgs;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::store::{NodeId, Store};
+use crate::tree::zk::Paths;
+use crate::wire::{Peer, Topology};
+
+pub use read::{CacheStatus, Found};
+pub use write::{answer_body, Ack};
+
+/// How long a fill or a forwarded write may take before it fails.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Header carrying the sender's epoch on internal requests.
+pub const EPOCH_HEADER: &str = "x-treecache-epoch";
+
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    args: NodeArgs,
+    url: String,
+    paths: Paths,
+    store: Store,
+    http: reqwest::Client,
+    metrics: Metrics,
+    /// Where this node hangs and how it keeps coherent; `None` until
+    /// registered.
+    place: RwLock<Option<Place>>,
+    /// Highest epoch seen; messages from older epochs are refused.
+    epoch: AtomicU64,
+    /// The root's version sequence (meaningful at the root).
+    versions: AtomicU64,
+    flights: Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<read::FillOutcome>>>>,
+    pushers: Mutex<HashMap<NodeId, Arc<push::PushQueue>>>,
+    membership: membership::Membership,
+    forward_tx: mpsc::Sender<write::Forward>,
+    forward_rx: Mutex<Option<mpsc::Receiver<write::Forward>>>,
+    shutdown: watch::Sender<bool>,
+    /// The runtime the node's tasks run on (handlers run on actix workers).
+    runtime: tokio::runtime::Handle,
+}
+
+/// A registered node's place and rules.
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub topology: Topology,
+    pub coherence: Coherence,
+    pub root_url: String,
+}
+
+impl Node {
+    /// Builds the node; nothing runs until [`Node::start`].
+    pub fn new(args: NodeArgs) -> Result<Node> {
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
+        let (forward_tx, forward_rx) = mpsc::channel(4096);
+        let (shutdown, _) = watch::channel(false);
+        Ok(Node {
+            inner: Arc::new(Inner {
+                url: args.advertise_url(),
+                paths: Paths::new(&args.cluster),
+                membership: membership::Membership::new(),
+                args,
+                store: Store::new(),
+                http,
+                metrics: Metrics::default(),
+                place: RwLock::new(None),
+                epoch: AtomicU64::new(0),
+                versions: AtomicU64::new(0),
+                flights: Mutex::new(HashMap::new()),
+                pushers: Mutex::new(HashMap::new()),
+                forward_tx,
+                forward_rx: Mutex::new(Some(forward_rx)),
+                shutdown,
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        })
+    }
+
+    /// Starts the node's long-lived tasks: membership (ZooKeeper and
+    /// registration), the expiry sweeper and the ack=parent forwarder.
+    pub fn start(&self) {
+        self.spawn(self.clone().run_membership());
+        self.spawn(self.clone().run_sweeper());
+        if let Some(rx) = self.inner.forward_rx.lock().take() {
+            self.spawn(self.clone().run_forwarder(rx));
+        }
+    }
+
+    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, task: F) {
+        self.inner.runtime.spawn(task);
+    }
+
+    pub fn args(&self) -> &NodeArgs {
+        &self.inner.args
+    }
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Acquire)
+    }
+
+    /// This node's place, or 503 before registration.
+    pub fn place(&self) -> Result<Place> {
+        self.inner.place.read().clone().ok_or(Error::NotRegistered)
+    }
+
+    pub fn topology(&self) -> Option<Topology> {
+        self.inner.place.read().as_ref().map(|p| p.topology.clone())
+    }
+
+    /// Refuses a message from an older epoch.
+    pub fn check_epoch(&self, got: Option<u64>) -> Result<()> {
+        let have = self.epoch();
+        match got {
+            Some(got) if got < have => Err(Error::StaleEpoch { got, have }),
+            _ => Ok(()),
+        }
+    }
+
+    fn subscribe_shutdown(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        *self.inner.shutdown.borrow()
+    }
+
+    /// Waits `d`, or less if the node is shutting down; false on shutdown.
+    async fn pause(&self, d: Duration) -> bool {
+        let mut rx = self.subscribe_shutdown();
+        if *rx.borrow() {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = rx.changed() => false,
+        }
+    }
+
+    /// Removes expired entries every second.
+    async fn run_sweeper(self) {
+        while self.pause(Duration::from_secs(1)).await {
+            let removed = self.inner.store.sweep_expired(now_ms());
+            Metrics::add(&self.inner.metrics.expired, removed as u64);
+        }
+    }
+
+    /// Leaves the tree (children re-attach at once, znodes removed) and stops
+    /// the node's tasks.
+    pub async fn shutdown(&self) {
+        self.leave().await;
+        let _ = self.inner.shutdown.send(true);
+        for queue in self.inner.pushers.lock().drain() {
+            queue.1.close();
+        }
+    }
+
+    /// Children as peers (empty before registration).
+    pub fn children(&self) -> Vec<Peer> {
+        self.topology().map(|t| t.children).unwrap_or_default()
+    }
+}
+
+/// `treecache node`: validate, bind, serve, register; on SIGTERM or Ctrl-C
+/// leave the tree cleanly.
+pub async fn run_from_args(args: NodeArgs) -> std::result::Result<(), String> {
+    args.validate()?;
+    if let Some(dir) = &args.data_dir {
+        return Err(format!(
+            "--data-dir {}: the root's commit log is not built yet; refusing to start rather than \
+             pretend writes are durable (run without --data-dir: data lives in memory)",
+            dir.display()
+        ));
+    }
+    let listener =
+        std::net::TcpListener::bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let node = Node::new(args).map_err(|e| e.to_string())?;
+    let max_body = node.args().max_value_bytes as usize;
+    let app_node = node.clone();
+    let server = HttpServer::new(move || {
+        App::new().app_data(ThinData(app_node.clone())).configure(|cfg| crate::http::routes(cfg, max_body))
+    })
+    .workers(2)
+    .disable_signals()
+    .listen(listener)
+    .map_err(|e| format!("cannot serve: {e}"))?
+    .run();
+    let handle = server.handle();
+    let serving = tokio::spawn(server);
+    log::info!("treecache node listening on {} (advertised as {})", node.args().listen, node.url());
+    node.start();
+    wait_for_signal().await;
+    log::info!("shutting down: leaving the tree");
+    node.shutdown().await;
+    handle.stop(true).await;
+    let _ = serving.await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

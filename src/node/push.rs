@@ -1,0 +1,218 @@
+//! The push path. Each child has one queue that coalesces updates by key
+//! (only the newest version of a key waits), and one task that sends what
+//! is queued as a single batch, so under load a child gets one request per
+//! round trip, not one per write. A failed batch is re-queued (newer
+//! updates win) and retried with backoff while the child is ours.
+//!
+//! Receiving: an update is applied only if newer and only for keys held or
+//! expected; keys not held are named in the reply, and the parent forgets
+//! this node as their holder.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::{Node, EPOCH_HEADER};
+use crate::clock::now_ms;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::store::{Applied, NodeId, Update};
+use crate::wire::{self, Peer, PushReply};
+
+/// Most updates in one push request.
+const PUSH_BATCH: usize = 1024;
+const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct PushQueue {
+    peer: Peer,
+    pending: Mutex<HashMap<String, Update>>,
+    notify: Notify,
+    closed: AtomicBool,
+}
+
+impl PushQueue {
+    fn new(peer: Peer) -> Self {
+        PushQueue { peer, pending: Mutex::new(HashMap::new()), notify: Notify::new(), closed: AtomicBool::new(false) }
+    }
+
+    fn enqueue(&self, update: &Update) {
+        {
+            let mut pending = self.pending.lock();
+            match pending.get_mut(&update.key) {
+                Some(queued) if queued.version >= update.version => {}
+                Some(queued) => *queued = update.clone(),
+                None => {
+                    pending.insert(update.key.clone(), update.clone());
+                }
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    fn requeue(&self, batch: Vec<Update>) {
+        let mut pending = self.pending.lock();
+        for u in batch {
+            match pending.get(&u.key) {
+                Some(newer) if newer.version >= u.version => {}
+                _ => {
+                    pending.insert(u.key.clone(), u);
+                }
+            }
+        }
+    }
+
+    fn take(&self) -> Vec<Update> {
+        let mut pending = self.pending.lock();
+        if pending.len() <= PUSH_BATCH {
+            return pending.drain().map(|(_, u)| u).collect();
+        }
+        let keys: Vec<String> = pending.keys().take(PUSH_BATCH).cloned().collect();
+        keys.iter().filter_map(|k| pending.remove(k)).collect()
+    }
+
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+impl Node {
+    /// Queues `update` for each of `holders` that is a child of ours.
+    pub(super) fn push_to(&self, holders: &[NodeId], update: &Update) {
+        if holders.is_empty() {
+            return;
+        }
+        let queues = self.inner.pushers.lock();
+        for h in holders {
+            if let Some(q) = queues.get(h) {
+                q.enqueue(update);
+            }
+        }
+    }
+
+    /// Makes the push queues match `children`: a queue (and task) per child;
+    /// a child that went is forgotten as a holder everywhere.
+    pub(super) fn sync_children(&self, children: &[Peer]) {
+        let (gone, added) = {
+            let mut queues = self.inner.pushers.lock();
+            let gone: Vec<NodeId> = queues
+                .iter()
+                .filter(|(id, q)| !children.iter().any(|c| c.id == **id && c.url == q.peer.url))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in &gone {
+                if let Some(q) = queues.remove(id) {
+                    q.close();
+                }
+            }
+            let mut added = Vec::new();
+            for c in children {
+                if !queues.contains_key(&c.id) {
+                    let q = Arc::new(PushQueue::new(c.clone()));
+                    queues.insert(c.id, q.clone());
+                    added.push(q);
+                }
+            }
+            (gone, added)
+        };
+        for id in gone {
+            self.inner.store.forget_child(id);
+        }
+        for q in added {
+            self.spawn(self.clone().run_push_queue(q));
+        }
+    }
+
+    async fn run_push_queue(self, q: Arc<PushQueue>) {
+        let mut backoff = Duration::from_millis(50);
+        let mut shutdown = self.subscribe_shutdown();
+        loop {
+            if q.is_closed() || self.is_shutting_down() {
+                return;
+            }
+            let batch = q.take();
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = q.notify.notified() => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let sent_at = self.inner.store.tick_now();
+            match self.send_push(&q.peer, &batch).await {
+                Ok(reply) => {
+                    Metrics::add(&self.inner.metrics.pushes_sent, batch.len() as u64);
+                    Metrics::inc(&self.inner.metrics.push_batches_sent);
+                    for key in reply.not_held {
+                        self.inner.store.remove_holder(&key, q.peer.id, sent_at);
+                    }
+                    backoff = Duration::from_millis(50);
+                }
+                Err(e) => {
+                    Metrics::inc(&self.inner.metrics.push_failures);
+                    log::warn!("push of {} updates to child {} ({}) failed: {e}", batch.len(), q.peer.id, q.peer.url);
+                    q.requeue(batch);
+                    if !self.pause(backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    async fn send_push(&self, child: &Peer, batch: &[Update]) -> Result<PushReply> {
+        let url = format!("{}/internal/push", child.url);
+        let resp = self
+            .inner
+            .http
+            .post(&url)
+            .header(EPOCH_HEADER, self.epoch())
+            .timeout(PUSH_TIMEOUT)
+            .body(wire::encode_updates(batch))
+            .send()
+            .await
+            .map_err(|e| Error::parent_unreachable(&child.url, e))?;
+        if !resp.status().is_success() {
+            return Err(Error::Upstream {
+                url,
+                status: resp.status().as_u16(),
+                body: resp.text().await.unwrap_or_default(),
+            });
+        }
+        resp.json().await.map_err(|e| Error::parent_unreachable(&child.url, e))
+    }
+
+    /// `POST /internal/push`: apply what is newer and held, pass it on to
+    /// our own holders, name what we do not hold.
+    pub fn receive_push(&self, updates: Vec<Update>) -> Result<PushReply> {
+        self.place()?;
+        let store = &self.inner.store;
+        let metrics = &self.inner.metrics;
+        Metrics::add(&metrics.pushes_received, updates.len() as u64);
+        let mut reply = PushReply::default();
+        let now = now_ms();
+        for u in updates {
+            match store.apply_push(&u, now) {
+                Applied::Newer { holders } => {
+                    Metrics::inc(&metrics.pushes_applied);
+                    self.push_to(&holders, &u);
+                }
+                Applied::Stale => {}
+                Applied::NotHeld => {
+                    Metrics::inc(&metrics.pushes_not_held);
+                    reply.not_held.push(u.key);
+                }
+            }
+        }
+        Ok(reply)
+    }
+}
