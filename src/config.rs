@@ -105,6 +105,10 @@ pub struct NodeArgs {
     /// Largest value accepted, e.g. 1MiB.
     #[arg(long, env = "TREECACHE_MAX_VALUE_BYTES", value_parser = parse_bytes, default_value = "1MiB")]
     pub max_value_bytes: u64,
+    /// Fault injection for tests: hold every fill answer this long after
+    /// reading it (so a push can overtake it). Never set in production.
+    #[arg(long, env = "TREECACHE_FAULT_FILL_DELAY_MS", hide = true, default_value_t = 0)]
+    pub fault_fill_delay_ms: u64,
 }
 
 impl NodeArgs {

@@ -20,6 +20,8 @@ pub enum Error {
     BadRequest(String),
     #[error("key {0:?} not found")]
     NotFound(String),
+    #[error("no route {0}")]
+    NoRoute(String),
     #[error("id {id} is held by live node {url}")]
     IdTaken { id: u64, url: String },
     #[error("this node is not registered in the tree yet")]
@@ -52,6 +54,7 @@ impl Error {
             Error::ValueTooLarge { .. } => "value_too_large",
             Error::BadRequest(_) => "bad_request",
             Error::NotFound(_) => "not_found",
+            Error::NoRoute(_) => "no_route",
             Error::IdTaken { .. } => "id_taken",
             Error::NotRegistered => "not_registered",
             Error::NotRoot { .. } => "not_root",
@@ -86,7 +89,7 @@ impl ResponseError for Error {
         match self {
             Error::BadKey(_) | Error::BadParam { .. } | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::NotFound(_) | Error::NoRoute(_) => StatusCode::NOT_FOUND,
             Error::IdTaken { .. } | Error::NotRoot { .. } | Error::StaleEpoch { .. } => StatusCode::CONFLICT,
             Error::NotRegistered | Error::ParentUnreachable { .. } | Error::Zk { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE

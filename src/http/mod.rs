@@ -47,7 +47,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_value: usize) {
 struct MaxValue(usize);
 
 async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse> {
-    Err(Error::NotFound(req.path().to_string()))
+    Err(Error::NoRoute(format!("{} {}", req.method(), req.path())))
 }
 
 /// The key after `prefix` in the raw request path, percent-decoded and

@@ -296,6 +296,10 @@ impl Node {
                 Decision::Fetch => self.refill(key, None).await.map(|_| hold(now_ms()))?,
             }
         };
+        let delay = self.args().fault_fill_delay_ms;
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
         Ok(match lookup {
             Lookup::Value { version, .. } if have == Some(version) => FillAnswer::NotModified { version },
             Lookup::Value { version, value, expires_at, .. } => FillAnswer::Value { version, value, expires_at },
