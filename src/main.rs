@@ -4,7 +4,10 @@ use clap::Parser;
 use treecache::config::{Cli, Command};
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,zookeeper_client=warn,actix_server=warn"),
+    )
+    .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

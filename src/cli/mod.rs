@@ -4,5 +4,6 @@
 
 pub mod bench;
 pub mod client;
+pub mod local;
 pub mod tree;
 pub mod up;
