@@ -3,7 +3,6 @@
 //! N-1 nodes as child processes, prints each node and the tree, and stops
 //! everything on Ctrl-C or SIGTERM.
 
-use std::path::PathBuf;
 use std::process::Child;
 use std::time::Duration;
 
@@ -49,7 +48,7 @@ impl Drop for Running {
 
 pub async fn run(args: UpArgs) -> Result<(), String> {
     let bin = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
-    let logs = PathBuf::from(std::env::temp_dir()).join(format!("treecache-up-{}", std::process::id()));
+    let logs = std::env::temp_dir().join(format!("treecache-up-{}", std::process::id()));
     std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
     let zk = match &args.zk {
         Some(_) => None,

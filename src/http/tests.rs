@@ -1,1 +1,112 @@
+//! Route tests in-process: bad input gets a 400/413 JSON error, changes
+//! nothing, and never panics. The node is not registered (no ZooKeeper), so
+//! these reach only the checks that come before any work.
 
+use actix_web::http::StatusCode;
+use actix_web::test::{call_service, init_service, read_body_json, TestRequest};
+use actix_web::web::ThinData;
+use actix_web::App;
+use clap::Parser;
+
+use crate::config::{Cli, Command};
+use crate::node::Node;
+
+fn node() -> Node {
+    let cli = Cli::parse_from(["treecache", "node", "--zk", "127.0.0.1:1", "--max-value-bytes", "16"]);
+    match cli.command {
+        Command::Node(args) => Node::new(args).expect("node"),
+        _ => unreachable!(),
+    }
+}
+
+async fn call(node: &Node, req: TestRequest) -> (StatusCode, serde_json::Value) {
+    let app = init_service(App::new().app_data(ThinData(node.clone())).configure(|cfg| super::routes(cfg, 16))).await;
+    let resp = call_service(&app, req.to_request()).await;
+    let status = resp.status();
+    (status, read_body_json(resp).await)
+}
+
+async fn expect(req: TestRequest, status: StatusCode, code: &str) {
+    let n = node();
+    let (got, body) = call(&n, req).await;
+    assert_eq!((got, body["code"].as_str()), (status, Some(code)), "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()));
+    assert!(n.store().is_empty(), "nothing stored");
+}
+
+#[actix_web::test]
+async fn bad_keys_are_refused() {
+    let long = "k".repeat(251);
+    expect(TestRequest::get().uri(&format!("/kv/{long}")), StatusCode::BAD_REQUEST, "bad_key").await;
+    expect(TestRequest::put().uri(&format!("/kv/{long}")).set_payload("v"), StatusCode::BAD_REQUEST, "bad_key").await;
+    expect(TestRequest::get().uri("/kv/a%0Ab"), StatusCode::BAD_REQUEST, "bad_key").await;
+    expect(TestRequest::delete().uri("/kv/a%7Fb"), StatusCode::BAD_REQUEST, "bad_key").await;
+    expect(TestRequest::get().uri("/kv/"), StatusCode::BAD_REQUEST, "bad_key").await;
+    expect(TestRequest::get().uri("/kv/%FF%FE"), StatusCode::BAD_REQUEST, "bad_key").await;
+}
+
+#[actix_web::test]
+async fn bad_parameters_are_refused() {
+    expect(TestRequest::put().uri("/kv/k?ttl=abc").set_payload("v"), StatusCode::BAD_REQUEST, "bad_parameter").await;
+    expect(TestRequest::put().uri("/kv/k?ttl=0").set_payload("v"), StatusCode::BAD_REQUEST, "bad_parameter").await;
+    expect(TestRequest::put().uri("/kv/k?ttl=-5").set_payload("v"), StatusCode::BAD_REQUEST, "bad_parameter").await;
+    expect(TestRequest::put().uri("/kv/k?ack=maybe").set_payload("v"), StatusCode::BAD_REQUEST, "bad_parameter").await;
+    expect(TestRequest::delete().uri("/kv/k?ack=nobody"), StatusCode::BAD_REQUEST, "bad_parameter").await;
+    expect(TestRequest::put().uri("/kv/k?mode=ttl").set_payload("v"), StatusCode::BAD_REQUEST, "bad_request").await;
+    expect(TestRequest::get().uri("/kv/k?consistent=perhaps"), StatusCode::BAD_REQUEST, "bad_parameter").await;
+    expect(TestRequest::get().uri("/kv/k?consistent=true&use_cache=true"), StatusCode::BAD_REQUEST, "bad_request")
+        .await;
+    expect(TestRequest::get().uri("/dump?limit=0"), StatusCode::BAD_REQUEST, "bad_parameter").await;
+    expect(TestRequest::get().uri("/dump?limit=many"), StatusCode::BAD_REQUEST, "bad_parameter").await;
+    expect(TestRequest::get().uri("/dump?colour=red"), StatusCode::BAD_REQUEST, "bad_request").await;
+}
+
+#[actix_web::test]
+async fn a_value_over_the_limit_is_413() {
+    expect(
+        TestRequest::put().uri("/kv/k").set_payload("x".repeat(17)),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "value_too_large",
+    )
+    .await;
+    expect(
+        TestRequest::post().uri("/kv/k").set_payload("x".repeat(100)),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "value_too_large",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn malformed_registrations_and_internal_messages_are_refused() {
+    let reg = |body: &str| TestRequest::post().uri("/clients/register").set_payload(body.to_string());
+    expect(reg("not json"), StatusCode::BAD_REQUEST, "bad_request").await;
+    expect(reg(r#"{"id": 3}"#), StatusCode::BAD_REQUEST, "bad_request").await;
+    expect(reg(r#"{"url": "http://a", "id": -1}"#), StatusCode::BAD_REQUEST, "bad_request").await;
+    expect(reg(r#"{"url": "http://a", "extra": 1}"#), StatusCode::BAD_REQUEST, "bad_request").await;
+    expect(reg(r#"{"url": "gopher://a"}"#), StatusCode::BAD_REQUEST, "bad_parameter").await;
+    expect(reg(r#"{"url": "http://a", "id": 0}"#), StatusCode::BAD_REQUEST, "bad_parameter").await;
+    let push = TestRequest::post().uri("/internal/push").set_payload(vec![0u8, 0, 0, 9, 1]);
+    expect(push, StatusCode::BAD_REQUEST, "bad_request").await;
+    let write = TestRequest::post().uri("/internal/write?ack=root").set_payload(vec![0u8, 0, 0, 0]);
+    expect(write, StatusCode::BAD_REQUEST, "bad_parameter").await;
+    let epoch = TestRequest::post().uri("/internal/clear").insert_header((crate::node::EPOCH_HEADER, "x"));
+    expect(epoch, StatusCode::BAD_REQUEST, "bad_parameter").await;
+    expect(TestRequest::post().uri("/internal/topology").set_payload("{}"), StatusCode::BAD_REQUEST, "bad_request")
+        .await;
+}
+
+#[actix_web::test]
+async fn before_registration_reads_are_503_with_retry_after() {
+    let n = node();
+    let app = init_service(App::new().app_data(ThinData(n.clone())).configure(|cfg| super::routes(cfg, 16))).await;
+    for uri in ["/health", "/kv/k", "/tree"] {
+        let resp = call_service(&app, TestRequest::get().uri(uri).to_request()).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+        assert!(resp.headers().contains_key("retry-after"));
+    }
+    let resp = call_service(&app, TestRequest::get().uri("/metrics").to_request()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = call_service(&app, TestRequest::get().uri("/no/such/route").to_request()).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}

@@ -80,7 +80,7 @@ impl Node {
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || failures % 20 == 0 {
+                    if failures == 1 || failures.is_multiple_of(20) {
                         log::warn!("joining the tree failed (try {failures}): {e}");
                     }
                     let backoff = Duration::from_millis((100u64 << failures.min(4)).min(1_000));

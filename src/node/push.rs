@@ -115,9 +115,9 @@ impl Node {
             }
             let mut added = Vec::new();
             for c in children {
-                if !queues.contains_key(&c.id) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = queues.entry(c.id) {
                     let q = Arc::new(PushQueue::new(c.clone()));
-                    queues.insert(c.id, q.clone());
+                    slot.insert(q.clone());
                     added.push(q);
                 }
             }
