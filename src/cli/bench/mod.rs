@@ -1,0 +1,451 @@
+//! `treecache bench`: a load generator for a treecache tree (and, for
+//! baselines, any URL).
+//!
+//! - [`dist`]: key popularity (uniform, zipfian, sequential) and value sizes.
+//! - [`load`]: the engine: connections, closed or open loop, tickets, progress.
+//! - [`report`]: HDR-histogram figures, the consistency check, text and JSON.
+//! - [`topo`]: finding the tree from one URL.
+//! - [`scenarios`]: hit, miss, write, mixed, converge and url.
+//! - [`scale`]: start N node processes, time their registration, read their RSS.
+//!
+//! Flags are checked here into a [`Plan`] before any request is sent, so a
+//! bad flag is a clear error and no load.
+
+pub mod dist;
+pub mod load;
+pub mod report;
+pub mod scale;
+pub mod scenarios;
+pub mod topo;
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::config::parse_duration;
+use dist::{KeyChooser, Popularity, ValueSizes};
+use load::Load;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// GET keys the target already holds (pre-written at the root, pre-read at the target).
+    Hit,
+    /// GET cold keys at one node per depth; reports the cost of each extra level.
+    Miss,
+    /// PUT with --ack parent or root.
+    Write,
+    /// Write at one node (ack=root) and time until every holder in the tree serves it.
+    Converge,
+    /// Reads and writes, --read-pct reads (YCSB A: --ycsb a, 50%; B: --ycsb b, 95%).
+    Mixed,
+    /// Start --nodes node processes; time until all registered; idle RSS per node.
+    Scale,
+    /// GET one --url (a baseline: examples/bare, examples/hop, any server).
+    Url,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Hit => "hit",
+            Scenario::Miss => "miss",
+            Scenario::Write => "write",
+            Scenario::Converge => "converge",
+            Scenario::Mixed => "mixed",
+            Scenario::Scale => "scale",
+            Scenario::Url => "url",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AckArg {
+    Parent,
+    Root,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Ycsb {
+    /// 50% reads, 50% writes.
+    A,
+    /// 95% reads, 5% writes.
+    B,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Targets {
+    /// The deepest node (lowest id): a read there travels the most levels.
+    One,
+    /// Every leaf, connections spread over them.
+    Leaves,
+    /// Every node.
+    All,
+}
+
+/// `treecache bench SCENARIO [flags]`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Examples:
+  treecache bench hit --root http://127.0.0.1:8080 -c 16 -d 10s
+  treecache bench mixed --root http://127.0.0.1:8080 --ycsb b --popularity zipfian
+  treecache bench write --node http://127.0.0.1:8083 --ack root -c 64
+  treecache bench miss --root http://127.0.0.1:8080 -n 2000
+  treecache bench converge --root http://127.0.0.1:8080 --rate 100 --value-size 1KiB
+  treecache bench scale --nodes 63
+  treecache bench url --url http://127.0.0.1:9000/ -c 16 -d 10s")]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Node(s) to send requests to (repeat or comma-separate). Without
+    /// --root, the tree is found from the first one.
+    #[arg(long, env = "TREECACHE_BENCH_NODE", value_delimiter = ',')]
+    pub node: Vec<String>,
+    /// The tree's root (or any node): the tree is discovered from it and
+    /// keys are pre-written there.
+    #[arg(long, env = "TREECACHE_BENCH_ROOT")]
+    pub root: Option<String>,
+    /// Which nodes of the discovered tree get the load when --node is not given.
+    #[arg(long, value_enum, default_value_t = Targets::One)]
+    pub targets: Targets,
+    /// The URL for the `url` scenario.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Concurrent connections (each one keep-alive connection).
+    #[arg(short = 'c', long, default_value_t = 16)]
+    pub connections: usize,
+    /// How long to load, e.g. 10s, 500ms (default 10s unless --requests).
+    #[arg(short = 'd', long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Stop after this many requests (per depth for `miss`).
+    #[arg(short = 'n', long)]
+    pub requests: Option<u64>,
+    /// Open loop at this many requests per second in total (default:
+    /// closed loop; `converge` defaults to 100).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Load this long first and discard what it measured.
+    #[arg(long, value_parser = parse_duration)]
+    pub warmup: Option<Duration>,
+    /// Number of distinct keys (default 10000; `converge` 100; `miss`:
+    /// cold keys per depth, default --requests or 10000).
+    #[arg(long)]
+    pub keys: Option<u64>,
+    /// Key popularity.
+    #[arg(long, value_enum, default_value_t = Popularity::Uniform)]
+    pub popularity: Popularity,
+    /// Zipfian exponent.
+    #[arg(long, default_value_t = 0.99)]
+    pub theta: f64,
+    /// Value size, fixed (1KiB) or a range (512-8192) (default 512-8192,
+    /// as session data is; `converge` 1KiB).
+    #[arg(long)]
+    pub value_size: Option<String>,
+    /// When a write returns: once the parent has it, or once the root committed it.
+    #[arg(long, value_enum, default_value_t = AckArg::Parent)]
+    pub ack: AckArg,
+    /// Percent of reads in `mixed`.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub read_pct: Option<u32>,
+    /// YCSB workload for `mixed`: a (50% reads) or b (95% reads).
+    #[arg(long, value_enum)]
+    pub ycsb: Option<Ycsb>,
+    /// Key names start with this.
+    #[arg(long, default_value = "bench")]
+    pub key_prefix: String,
+    /// Do not pre-write the keys at the root (they are already there).
+    #[arg(long)]
+    pub no_prefill: bool,
+    /// Per-request timeout.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub timeout: Duration,
+    /// `converge`: pause between two polls of one holder.
+    #[arg(long, value_parser = parse_duration, default_value = "1ms")]
+    pub poll_interval: Duration,
+    /// `converge`: stop waiting for a write to reach every holder after this long.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub converge_timeout: Duration,
+    /// `scale`: node processes to start, the root included.
+    #[arg(long, default_value_t = 15)]
+    pub nodes: usize,
+    /// `scale`: children per node.
+    #[arg(long, default_value_t = 2)]
+    pub fanout: u32,
+    /// `scale`: ZooKeeper to use (default: start a private one).
+    #[arg(long)]
+    pub zk: Option<String>,
+    /// `scale`: how long to wait for every node to register.
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    pub ready_timeout: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar (it is drawn only when stdout is a terminal anyway).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Checked settings: everything a scenario needs, nothing left to parse.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub scenario: Scenario,
+    pub nodes: Vec<String>,
+    pub root: Option<String>,
+    pub targets: Targets,
+    pub url: Option<String>,
+    pub load: Load,
+    pub warmup: Option<Duration>,
+    pub keys: u64,
+    pub chooser: KeyChooser,
+    pub popularity: Popularity,
+    pub theta: f64,
+    pub sizes: ValueSizes,
+    pub ack: &'static str,
+    pub read_pct: u32,
+    pub prefix: String,
+    pub prefill: bool,
+    pub poll_interval: Duration,
+    pub converge_timeout: Duration,
+    pub scale_nodes: usize,
+    pub fanout: u32,
+    pub zk: Option<String>,
+    pub ready_timeout: Duration,
+    pub json: bool,
+}
+
+const MAX_CONNECTIONS: usize = 10_000;
+const MAX_SCALE_NODES: usize = 1_000;
+
+fn check_url(flag: &str, url: &str) -> Result<String, String> {
+    let u = url.trim().trim_end_matches('/');
+    if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() <= "http://".len() {
+        return Err(format!("{flag} {url:?}: not an http:// URL"));
+    }
+    Ok(u.to_string())
+}
+
+impl BenchArgs {
+    /// Checks the flags and resolves the scenario's defaults.
+    pub fn plan(&self) -> Result<Plan, String> {
+        let s = self.scenario;
+        if self.connections == 0 || self.connections > MAX_CONNECTIONS {
+            return Err(format!("--connections {}: must be 1 to {MAX_CONNECTIONS}", self.connections));
+        }
+        if self.duration.is_some_and(|d| d.is_zero()) {
+            return Err("--duration must be greater than zero".into());
+        }
+        if self.requests == Some(0) {
+            return Err("--requests must be at least 1".into());
+        }
+        let rate = match (self.rate, s) {
+            (Some(r), _) if !(r.is_finite() && r > 0.0 && r <= 10_000_000.0) => {
+                return Err(format!("--rate {r}: must be a number of requests per second above 0"));
+            }
+            (Some(r), _) => Some(r),
+            (None, Scenario::Converge) => Some(100.0),
+            (None, _) => None,
+        };
+        let nodes = self.node.iter().map(|u| check_url("--node", u)).collect::<Result<Vec<_>, _>>()?;
+        let root = self.root.as_deref().map(|u| check_url("--root", u)).transpose()?;
+        let url = self.url.as_deref().map(|u| check_url("--url", u)).transpose()?;
+        match s {
+            Scenario::Url if url.is_none() => return Err("bench url needs --url URL".into()),
+            Scenario::Url | Scenario::Scale => {}
+            _ if nodes.is_empty() && root.is_none() => {
+                return Err(format!("bench {} needs --root URL or --node URL", s.name()));
+            }
+            _ => {}
+        }
+        if self.url.is_some() && s != Scenario::Url {
+            return Err("--url is for the url scenario; use --node or --root".into());
+        }
+        if (self.read_pct.is_some() || self.ycsb.is_some()) && s != Scenario::Mixed {
+            return Err("--read-pct and --ycsb are for the mixed scenario".into());
+        }
+        let read_pct = match (self.read_pct, self.ycsb) {
+            (Some(_), Some(_)) => return Err("give --read-pct or --ycsb, not both".into()),
+            (Some(p), None) => p,
+            (None, Some(Ycsb::A)) => 50,
+            (None, Some(Ycsb::B)) => 95,
+            (None, None) => match s {
+                Scenario::Hit | Scenario::Miss | Scenario::Url => 100,
+                Scenario::Write | Scenario::Converge => 0,
+                Scenario::Mixed => 50,
+                Scenario::Scale => 0,
+            },
+        };
+        let keys = match (self.keys, s) {
+            (Some(k), _) => k,
+            (None, Scenario::Converge) => 100,
+            (None, Scenario::Miss) => self.requests.unwrap_or(10_000),
+            (None, _) => 10_000,
+        };
+        let chooser = KeyChooser::new(self.popularity, keys, self.theta)?;
+        let sizes = ValueSizes::parse(self.value_size.as_deref().unwrap_or(match s {
+            Scenario::Converge => "1024",
+            _ => "512-8192",
+        }))?;
+        if self.key_prefix.is_empty()
+            || self.key_prefix.len() > 200
+            || !self.key_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        {
+            return Err(format!("--key-prefix {:?}: 1 to 200 characters of A-Z a-z 0-9 - _ . :", self.key_prefix));
+        }
+        if self.timeout.is_zero() {
+            return Err("--timeout must be greater than zero".into());
+        }
+        if self.poll_interval > Duration::from_secs(1) {
+            return Err("--poll-interval: at most 1s (it bounds how precisely convergence is timed)".into());
+        }
+        if self.converge_timeout.is_zero() {
+            return Err("--converge-timeout must be greater than zero".into());
+        }
+        if s == Scenario::Scale && !(1..=MAX_SCALE_NODES).contains(&self.nodes) {
+            return Err(format!("--nodes {}: must be 1 to {MAX_SCALE_NODES}", self.nodes));
+        }
+        if self.fanout == 0 {
+            return Err("--fanout must be at least 1".into());
+        }
+        let duration = match (self.duration, self.requests) {
+            (None, None) => Some(Duration::from_secs(10)),
+            (d, _) => d,
+        };
+        Ok(Plan {
+            scenario: s,
+            nodes,
+            root,
+            targets: self.targets,
+            url,
+            load: Load {
+                connections: self.connections,
+                duration,
+                requests: self.requests,
+                rate,
+                timeout: self.timeout,
+                progress: load::progress_wanted(self.json, self.quiet),
+            },
+            warmup: self.warmup.filter(|w| !w.is_zero()),
+            keys,
+            chooser,
+            popularity: self.popularity,
+            theta: self.theta,
+            sizes,
+            ack: match self.ack {
+                AckArg::Parent => "parent",
+                AckArg::Root => "root",
+            },
+            read_pct,
+            prefix: self.key_prefix.clone(),
+            prefill: !self.no_prefill,
+            poll_interval: self.poll_interval,
+            converge_timeout: self.converge_timeout,
+            scale_nodes: self.nodes,
+            fanout: self.fanout,
+            zk: self.zk.clone(),
+            ready_timeout: self.ready_timeout,
+            json: self.json,
+        })
+    }
+}
+
+impl Plan {
+    pub fn settings(&self) -> report::Settings {
+        let uses_keys = !matches!(self.scenario, Scenario::Url | Scenario::Scale);
+        report::Settings {
+            connections: self.load.connections,
+            loop_kind: if self.load.rate.is_some() { "open" } else { "closed" }.into(),
+            rate: self.load.rate,
+            duration_s: self.load.duration.map(|d| d.as_secs_f64()),
+            requests: self.load.requests,
+            warmup_s: self.warmup.map_or(0.0, |w| w.as_secs_f64()),
+            keys: if uses_keys { self.keys } else { 0 },
+            popularity: if self.scenario == Scenario::Miss {
+                "cold".into()
+            } else {
+                format!("{:?}", self.popularity).to_lowercase()
+            },
+            theta: (self.popularity == Popularity::Zipfian && self.scenario != Scenario::Miss).then_some(self.theta),
+            value_size: self.sizes.label(),
+            ack: matches!(self.scenario, Scenario::Write | Scenario::Mixed).then(|| self.ack.to_string()),
+            read_pct: (self.scenario == Scenario::Mixed).then_some(self.read_pct),
+        }
+    }
+}
+
+/// `treecache bench`: check the flags, run the scenario, print the report.
+pub async fn run(args: BenchArgs) -> Result<(), String> {
+    let plan = args.plan()?;
+    let report = match plan.scenario {
+        Scenario::Scale => scale::run(&plan).await?,
+        _ => scenarios::run(&plan).await?,
+    };
+    let mut report = report;
+    if let Err(e) = report.check() {
+        report.notes.push(format!("INCONSISTENT REPORT (a bench bug): {e}"));
+    }
+    if plan.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| format!("cannot write JSON: {e}"))?;
+        println!("{text}");
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn plan(args: &[&str]) -> Result<Plan, String> {
+        let mut argv = vec!["bench"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map_err(|e| e.to_string())?.bench.plan()
+    }
+
+    #[test]
+    fn defaults_follow_the_scenario() {
+        let p = plan(&["hit", "--root", "http://127.0.0.1:8080/"]).unwrap();
+        assert_eq!(p.root.as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(p.load.duration, Some(Duration::from_secs(10)));
+        assert_eq!(p.load.rate, None);
+        assert_eq!((p.keys, p.read_pct), (10_000, 100));
+        assert_eq!(p.sizes, ValueSizes { min: 512, max: 8192 });
+        let c = plan(&["converge", "--root", "http://127.0.0.1:8080"]).unwrap();
+        assert_eq!((c.load.rate, c.keys, c.sizes.max), (Some(100.0), 100, 1024));
+        let m = plan(&["mixed", "--node", "http://a:1,http://b:2", "--ycsb", "b", "-n", "50"]).unwrap();
+        assert_eq!(m.nodes, ["http://a:1", "http://b:2"]);
+        assert_eq!((m.read_pct, m.load.duration, m.load.requests), (95, None, Some(50)));
+        let miss = plan(&["miss", "--root", "http://127.0.0.1:1", "-n", "300"]).unwrap();
+        assert_eq!(miss.keys, 300);
+        assert_eq!(miss.settings().popularity, "cold");
+    }
+
+    #[test]
+    fn bad_flags_are_clear_errors() {
+        let err = |args: &[&str]| plan(args).unwrap_err();
+        assert!(err(&["hit"]).contains("needs --root URL or --node URL"));
+        assert!(err(&["url"]).contains("needs --url"));
+        assert!(err(&["hit", "--root", "localhost:80"]).contains("not an http:// URL"));
+        assert!(err(&["hit", "--root", "http://x:1", "-c", "0"]).contains("--connections 0"));
+        assert!(err(&["hit", "--root", "http://x:1", "-n", "0"]).contains("--requests"));
+        assert!(err(&["hit", "--root", "http://x:1", "-d", "0s"]).contains("--duration"));
+        assert!(err(&["hit", "--root", "http://x:1", "--rate=-3"]).contains("--rate"));
+        assert!(err(&["hit", "--root", "http://x:1", "--rate", "NaN"]).contains("--rate"));
+        assert!(err(&["hit", "--root", "http://x:1", "--keys", "0"]).contains("--keys 0"));
+        assert!(err(&["hit", "--root", "http://x:1", "--popularity", "zipfian", "--theta", "1.5"]).contains("--theta"));
+        assert!(err(&["hit", "--root", "http://x:1", "--value-size", "9-3"]).contains("empty"));
+        assert!(err(&["hit", "--root", "http://x:1", "--read-pct", "50"]).contains("mixed"));
+        assert!(err(&["mixed", "--root", "http://x:1", "--read-pct", "50", "--ycsb", "a"]).contains("not both"));
+        assert!(err(&["mixed", "--root", "http://x:1", "--read-pct", "101"]).contains("101"));
+        assert!(err(&["hit", "--root", "http://x:1", "--key-prefix", "a b"]).contains("--key-prefix"));
+        assert!(err(&["scale", "--nodes", "0"]).contains("--nodes 0"));
+        assert!(err(&["hit", "--url", "http://x:1", "--root", "http://x:1"]).contains("--url is for"));
+        assert!(err(&["sideways"]).contains("invalid value"));
+    }
+}

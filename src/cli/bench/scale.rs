@@ -1,0 +1,165 @@
+//! `bench scale`: start N node processes on loopback (a root, then N-1 at
+//! once), time until every one answers `/health` (registered), then read
+//! each one's idle RSS from /proc. Uses ZooKeeper from `--zk` or a private
+//! one, a cluster name of its own, and the same process helpers as
+//! `treecache up` ([`crate::cli::local`]). Every process it started is
+//! stopped before it returns, on success or failure.
+
+use std::process::Child;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::report::{Report, Scale};
+use super::Plan;
+use crate::cli::local::{spawn_node, wait_healthy};
+use crate::zkserver::{free_port, LocalZk};
+
+/// The node processes of one run; dropping it stops them all: SIGTERM to
+/// every one, then SIGKILL to whatever is left after the grace period.
+struct Procs {
+    children: Vec<Child>,
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &self.children {
+            // SAFETY: kill(2) on a pid we spawned and have not reaped.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for c in self.children.iter_mut() {
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Resident set size of `pid` in KiB, from /proc/<pid>/status.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_rss(&status)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+pub async fn run(plan: &Plan) -> Result<Report, String> {
+    let bin = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
+    let logs = tempfile::Builder::new()
+        .prefix("treecache-bench-scale-")
+        .tempdir()
+        .map_err(|e| format!("cannot make a log directory: {e}"))?;
+    let private_zk = match &plan.zk {
+        Some(_) => None,
+        None => Some(LocalZk::start().await?),
+    };
+    let zk = plan.zk.clone().or_else(|| private_zk.as_ref().map(LocalZk::addr)).unwrap_or_default();
+    let cluster = format!("bench-scale-{}-{}", std::process::id(), crate::clock::now_ms());
+    let http =
+        reqwest::Client::builder().no_proxy().build().map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let mut procs = Procs { children: Vec::new() };
+    let mut urls = Vec::new();
+    let spawn = |i: usize, procs: &mut Procs| -> Result<String, String> {
+        let port = free_port()?;
+        let mut flags = vec![
+            "--zk".to_string(),
+            zk.clone(),
+            "--cluster".into(),
+            cluster.clone(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--fanout".into(),
+            plan.fanout.to_string(),
+        ];
+        if i == 0 {
+            flags.push("--root".into());
+        }
+        let log = logs.path().join(format!("node-{i}.log"));
+        procs.children.push(spawn_node(&bin, &flags, &log)?);
+        Ok(format!("http://127.0.0.1:{port}"))
+    };
+    let log_hint = |e: String| format!("{e} (node logs in {})", logs.path().display());
+
+    let start = Instant::now();
+    urls.push(spawn(0, &mut procs)?);
+    wait_healthy(&http, &urls[0], plan.ready_timeout, procs.children.first_mut()).await.map_err(log_hint)?;
+    let root_ready = start.elapsed();
+    for i in 1..plan.scale_nodes {
+        urls.push(spawn(i, &mut procs)?);
+    }
+    let deadline = start + plan.ready_timeout;
+    let waits = procs.children.iter_mut().zip(&urls).skip(1).map(|(child, url)| {
+        let http = http.clone();
+        async move {
+            let left = deadline.saturating_duration_since(Instant::now());
+            wait_healthy(&http, url, left, Some(child)).await
+        }
+    });
+    let results = futures::future::join_all(waits).await;
+    let all_registered = start.elapsed();
+    let mut depths = Vec::new();
+    let mut failures = Vec::new();
+    let mut registered = 1;
+    depths.push(0);
+    for r in results {
+        match r {
+            Ok(health) => {
+                registered += 1;
+                depths.push(health["depth"].as_u64().unwrap_or(0) as u32);
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    // Idle: read after everyone registered, with no load running.
+    let mut rss: Vec<u64> = procs.children.iter().filter_map(|c| rss_kib(c.id())).collect();
+    let root_rss = rss.first().copied().unwrap_or(0);
+    rss.sort_unstable();
+    let mean = if rss.is_empty() { 0 } else { rss.iter().sum::<u64>() / rss.len() as u64 };
+    drop(procs);
+    drop(private_zk);
+    let mut notes = Vec::new();
+    if !failures.is_empty() {
+        notes.push(format!("{} nodes did not register: {}", failures.len(), failures[0]));
+        notes.push(format!("node logs in {}", logs.keep().display()));
+    }
+    let scale = Scale {
+        nodes: plan.scale_nodes,
+        registered,
+        fanout: plan.fanout,
+        max_depth: depths.iter().copied().max().unwrap_or(0),
+        root_ready_ms: (root_ready.as_secs_f64() * 1e4).round() / 10.0,
+        all_registered_ms: (all_registered.as_secs_f64() * 1e4).round() / 10.0,
+        rss_kib_min: rss.first().copied().unwrap_or(0),
+        rss_kib_p50: rss.get(rss.len() / 2).copied().unwrap_or(0),
+        rss_kib_max: rss.last().copied().unwrap_or(0),
+        rss_kib_mean: mean,
+        rss_kib_root: root_rss,
+    };
+    Ok(Report { scenario: "scale".into(), settings: plan.settings(), scale: Some(scale), notes, ..Default::default() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_vm_rss_from_proc_status() {
+        let status = "Name:\ttreecache\nVmPeak:\t  20000 kB\nVmRSS:\t    7312 kB\nThreads:\t5\n";
+        assert_eq!(parse_vm_rss(status), Some(7312));
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
+        assert!(rss_kib(std::process::id()).is_some_and(|k| k > 0));
+    }
+}

@@ -1,0 +1,514 @@
+//! The scenarios that load a running tree (hit, miss, write, mixed,
+//! converge) and the `url` baseline: each sets up its keys, runs the load
+//! engine and shapes the report.
+//!
+//! Set-up writes go to the root with `ack=root`, so when the load starts
+//! the root has every key; `hit` and `mixed` then read each key once at
+//! each target so the targets hold them; `miss` uses keys nobody has read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+
+use super::dist::{KeyChooser, ValuePool};
+use super::load::{self, Answer, Connections, Load, Method, Request, Workload};
+use super::report::{self, Converge, Latency, Level, LevelCost, Phase, Report, Tally};
+use super::topo::{self, TreeNode};
+use super::{Plan, Scenario, Targets};
+
+fn kv_url(base: &str, prefix: &str, key: u64) -> String {
+    format!("{base}/kv/{prefix}{key}")
+}
+
+/// A prefix no earlier run used, for keys that must be cold.
+fn fresh_prefix(prefix: &str, what: &str) -> String {
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    format!("{prefix}-{what}-{:x}{:x}-", nonce, std::process::id())
+}
+
+/// GETs and PUTs of keys `prefix0..prefix{keys}` spread over `targets`:
+/// worker i sticks to target i mod n.
+struct Kv {
+    targets: Vec<String>,
+    prefix: String,
+    chooser: KeyChooser,
+    values: ValuePool,
+    read_pct: u32,
+    put_query: String,
+}
+
+impl Workload for Kv {
+    fn request(&self, n: u64, worker: usize, rng: &mut StdRng) -> Option<Request> {
+        let base = &self.targets[worker % self.targets.len()];
+        let key = self.chooser.pick(n, rng);
+        let read = self.read_pct >= 100 || (self.read_pct > 0 && rng.gen_range(0..100) < self.read_pct);
+        let url = kv_url(base, &self.prefix, key);
+        Some(if read {
+            Request { method: Method::Get, url, body: None, want_version: false, key }
+        } else {
+            Request {
+                method: Method::Put,
+                url: url + &self.put_query,
+                body: Some(self.values.value(rng)),
+                want_version: false,
+                key,
+            }
+        })
+    }
+}
+
+/// Writes keys `0..keys` once each through `base` with `ack=root`.
+struct Prefill {
+    base: String,
+    prefix: String,
+    keys: u64,
+    values: ValuePool,
+}
+
+impl Workload for Prefill {
+    fn request(&self, n: u64, _worker: usize, rng: &mut StdRng) -> Option<Request> {
+        (n < self.keys).then(|| Request {
+            method: Method::Put,
+            url: kv_url(&self.base, &self.prefix, n) + "?ack=root",
+            body: Some(self.values.value(rng)),
+            want_version: false,
+            key: n,
+        })
+    }
+}
+
+/// Reads keys `0..keys` once each at every target.
+struct Warm {
+    targets: Vec<String>,
+    prefix: String,
+    keys: u64,
+}
+
+impl Workload for Warm {
+    fn request(&self, n: u64, _worker: usize, _rng: &mut StdRng) -> Option<Request> {
+        let t = self.targets.len() as u64;
+        let key = n / t;
+        (key < self.keys).then(|| Request {
+            method: Method::Get,
+            url: kv_url(&self.targets[(n % t) as usize], &self.prefix, key),
+            body: None,
+            want_version: false,
+            key,
+        })
+    }
+}
+
+/// Reads each cold key once at one node; runs out after `keys`.
+struct ColdReads {
+    target: String,
+    prefix: String,
+    keys: u64,
+}
+
+impl Workload for ColdReads {
+    fn request(&self, n: u64, _worker: usize, _rng: &mut StdRng) -> Option<Request> {
+        (n < self.keys).then(|| Request {
+            method: Method::Get,
+            url: kv_url(&self.target, &self.prefix, n),
+            body: None,
+            want_version: false,
+            key: n,
+        })
+    }
+}
+
+/// GET one URL.
+struct Url(String);
+
+impl Workload for Url {
+    fn request(&self, n: u64, _worker: usize, _rng: &mut StdRng) -> Option<Request> {
+        Some(Request { method: Method::Get, url: self.0.clone(), body: None, want_version: false, key: n })
+    }
+}
+
+/// A set-up step: runs `workload` to its end and fails on any error.
+async fn setup<W: Workload>(
+    what: &str,
+    plan: &Plan,
+    conns: &Connections,
+    workload: W,
+    count: u64,
+) -> Result<(), String> {
+    let load = Load {
+        connections: plan.load.connections,
+        duration: None,
+        requests: Some(count),
+        rate: None,
+        timeout: plan.load.timeout,
+        progress: plan.load.progress,
+    };
+    let (phase, _, _) = load::run(what, vec![], &load, conns, Arc::new(workload)).await?;
+    if phase.error_count() > 0 {
+        return Err(format!(
+            "{what}: {} of {} requests failed: {:?}",
+            phase.error_count(),
+            phase.requests,
+            phase.errors
+        ));
+    }
+    Ok(())
+}
+
+async fn prefill(plan: &Plan, conns: &Connections, base: &str, prefix: &str, keys: u64) -> Result<(), String> {
+    let values = ValuePool::new(plan.sizes, &mut StdRng::from_entropy());
+    let w = Prefill { base: base.to_string(), prefix: prefix.to_string(), keys, values };
+    setup("prefill", plan, conns, w, keys).await
+}
+
+async fn warm(plan: &Plan, conns: &Connections, targets: &[String], prefix: &str, keys: u64) -> Result<(), String> {
+    let w = Warm { targets: targets.to_vec(), prefix: prefix.to_string(), keys };
+    setup("warm", plan, conns, w, keys * targets.len() as u64).await
+}
+
+/// The tree, if the flags name one; the root URL; the nodes to load.
+struct Place {
+    tree: Vec<TreeNode>,
+    root: String,
+    targets: Vec<String>,
+}
+
+async fn place(plan: &Plan, http: &reqwest::Client) -> Result<Place, String> {
+    let from = plan.root.clone().or_else(|| plan.nodes.first().cloned()).ok_or("no --root or --node")?;
+    let tree = topo::discover(http, &from).await?;
+    let root = tree.first().map(|n| n.url.clone()).ok_or("the tree has no nodes")?;
+    let targets = if !plan.nodes.is_empty() {
+        plan.nodes.clone()
+    } else {
+        match plan.targets {
+            Targets::One => topo::deepest(&tree).map(|n| vec![n.url.clone()]).unwrap_or_default(),
+            Targets::Leaves => tree.iter().filter(|n| n.is_leaf()).map(|n| n.url.clone()).collect(),
+            Targets::All => tree.iter().map(|n| n.url.clone()).collect(),
+        }
+    };
+    Ok(Place { tree, root, targets })
+}
+
+fn setup_client(plan: &Plan) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .timeout(plan.load.timeout)
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
+/// Runs the warm-up (if asked), then the measured phase.
+async fn measure<W: Workload>(
+    plan: &Plan,
+    name: &str,
+    targets: Vec<String>,
+    conns: &Connections,
+    workload: Arc<W>,
+) -> Result<(Phase, Tally, bool), String> {
+    if let Some(w) = plan.warmup {
+        let warm = Load { duration: Some(w), requests: None, ..plan.load.clone() };
+        load::run("warm-up", targets.clone(), &warm, conns, workload.clone()).await?;
+    }
+    load::run(name, targets, &plan.load, conns, workload).await
+}
+
+fn single(plan: &Plan, phase: Phase) -> Report {
+    Report {
+        scenario: plan.scenario.name().into(),
+        settings: plan.settings(),
+        total: Phase { name: "total".into(), ..phase.clone() },
+        phases: vec![phase],
+        ..Default::default()
+    }
+}
+
+pub async fn run(plan: &Plan) -> Result<Report, String> {
+    let conns = Connections::new(plan.load.connections, plan.load.timeout)?;
+    match plan.scenario {
+        Scenario::Url => {
+            let url = plan.url.clone().ok_or("bench url needs --url")?;
+            let (phase, _, _) = measure(plan, "url", vec![url.clone()], &conns, Arc::new(Url(url))).await?;
+            Ok(single(plan, phase))
+        }
+        Scenario::Hit | Scenario::Write | Scenario::Mixed => kv(plan, &conns).await,
+        Scenario::Miss => miss(plan, &conns).await,
+        Scenario::Converge => converge(plan, &conns).await,
+        Scenario::Scale => Err("scale is not a load scenario".into()),
+    }
+}
+
+async fn kv(plan: &Plan, conns: &Connections) -> Result<Report, String> {
+    let http = setup_client(plan)?;
+    let place = place(plan, &http).await?;
+    let prefix = format!("{}-", plan.prefix);
+    let reads = plan.scenario != Scenario::Write;
+    if reads && plan.prefill {
+        prefill(plan, conns, &place.root, &prefix, plan.keys).await?;
+    }
+    if reads {
+        warm(plan, conns, &place.targets, &prefix, plan.keys).await?;
+    }
+    let mut rng = StdRng::from_entropy();
+    let workload = Kv {
+        targets: place.targets.clone(),
+        prefix,
+        chooser: plan.chooser.clone(),
+        values: ValuePool::new(plan.sizes, &mut rng),
+        read_pct: plan.read_pct,
+        put_query: format!("?ack={}", plan.ack),
+    };
+    let (phase, _, _) = measure(plan, plan.scenario.name(), place.targets.clone(), conns, Arc::new(workload)).await?;
+    let mut report = single(plan, phase);
+    if reads && plan.targets != Targets::One && plan.nodes.is_empty() {
+        report.notes.push(format!("connections spread over {} nodes", place.targets.len()));
+    }
+    report.notes.push(format!("tree: {} nodes, depth {}", place.tree.len(), max_depth(&place.tree)));
+    Ok(report)
+}
+
+fn max_depth(tree: &[TreeNode]) -> u32 {
+    tree.iter().map(|n| n.depth).max().unwrap_or(0)
+}
+
+/// Cold reads at one node per depth. Depth 0 is the root, which holds
+/// every key: its latency is the floor; each depth below adds one hop.
+async fn miss(plan: &Plan, conns: &Connections) -> Result<Report, String> {
+    let http = setup_client(plan)?;
+    let place = place(plan, &http).await?;
+    let mut chosen: Vec<TreeNode> = topo::one_per_depth(&place.tree).into_iter().cloned().collect();
+    if let Some(url) = plan.nodes.first() {
+        // --node picks the deepest node to read at; the others stay one per depth above it.
+        if let Some(n) = place.tree.iter().find(|n| &n.url == url) {
+            chosen.retain(|c| c.depth < n.depth);
+            chosen.push(n.clone());
+        }
+    }
+    let mut phases = Vec::new();
+    let mut total = Tally::default();
+    let mut levels: Vec<Level> = Vec::new();
+    let mut notes = Vec::new();
+    for node in &chosen {
+        let prefix = fresh_prefix(&plan.prefix, &format!("miss-d{}", node.depth));
+        prefill(plan, conns, &place.root, &prefix, plan.keys).await?;
+        let w = ColdReads { target: node.url.clone(), prefix, keys: plan.keys };
+        let name = format!("depth {}", node.depth);
+        let (phase, tally, exhausted) =
+            load::run(&name, vec![node.url.clone()], &plan.load, conns, Arc::new(w)).await?;
+        if exhausted {
+            notes.push(format!(
+                "depth {}: ran out of cold keys after {} reads (raise --keys for longer runs)",
+                node.depth, phase.requests
+            ));
+        }
+        total.merge(&tally);
+        let prev = levels.last();
+        levels.push(Level {
+            depth: node.depth,
+            node_id: node.id,
+            url: node.url.clone(),
+            p50_us: phase.latency.p50_us,
+            p99_us: phase.latency.p99_us,
+            extra_p50_us: prev.map(|p| phase.latency.p50_us as i64 - p.p50_us as i64),
+            extra_p99_us: prev.map(|p| phase.latency.p99_us as i64 - p.p99_us as i64),
+            hit_ratio: phase.hit_ratio,
+        });
+        phases.push(phase);
+    }
+    let per_level = match (levels.first(), levels.last()) {
+        (Some(top), Some(bottom)) if bottom.depth > top.depth => {
+            let d = (bottom.depth - top.depth) as f64;
+            Some(LevelCost {
+                p50_us: (bottom.p50_us as f64 - top.p50_us as f64) / d,
+                p99_us: (bottom.p99_us as f64 - top.p99_us as f64) / d,
+            })
+        }
+        _ => {
+            notes.push("the tree has one level: no per-level cost".into());
+            None
+        }
+    };
+    let elapsed = Duration::from_secs_f64(phases.iter().map(|p| p.elapsed_s).sum());
+    let targets = chosen.iter().map(|n| n.url.clone()).collect();
+    Ok(Report {
+        scenario: "miss".into(),
+        settings: plan.settings(),
+        total: total.phase("total", targets, elapsed),
+        phases,
+        levels: Some(levels),
+        per_level,
+        notes,
+        ..Default::default()
+    })
+}
+
+/// Convergence of one run: the write side records, poll tasks fill in.
+struct Tracker {
+    holders: Vec<String>,
+    prefix: String,
+    http: reqwest::Client,
+    poll_interval: Duration,
+    timeout: Duration,
+    state: Mutex<TrackState>,
+}
+
+struct TrackState {
+    all: Histogram<u64>,
+    each: Histogram<u64>,
+    converged: u64,
+    not_converged: u64,
+    polls: u64,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Tracker {
+    /// Polls every holder until it serves `version` of `key` or the
+    /// deadline passes; records the time from `sent`.
+    async fn follow(self: Arc<Self>, key: u64, version: u64, sent: Instant) {
+        let deadline = sent + self.timeout;
+        let waits = self.holders.iter().map(|h| self.until_served(kv_url(h, &self.prefix, key), version, deadline));
+        let results = futures::future::join_all(waits).await;
+        let mut state = self.state.lock();
+        let mut slowest = Some(Duration::ZERO);
+        for (seen_at, polls) in results {
+            state.polls += polls;
+            match seen_at {
+                Some(at) => {
+                    let d = at - sent;
+                    report::record(&mut state.each, d);
+                    slowest = slowest.map(|s| s.max(d));
+                }
+                None => slowest = None,
+            }
+        }
+        match slowest {
+            Some(d) => {
+                report::record(&mut state.all, d);
+                state.converged += 1;
+            }
+            None => state.not_converged += 1,
+        }
+    }
+
+    /// When `url` first answered with `version` or newer, and the polls it took.
+    async fn until_served(&self, url: String, version: u64, deadline: Instant) -> (Option<Instant>, u64) {
+        let mut polls = 0;
+        loop {
+            polls += 1;
+            if let Ok(resp) = self.http.get(&url).send().await {
+                let v = resp.headers().get("x-version").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                let ok = resp.status().is_success();
+                let _ = resp.bytes().await;
+                if ok && v.is_some_and(|v| v >= version) {
+                    return (Some(Instant::now()), polls);
+                }
+            }
+            if Instant::now() >= deadline {
+                return (None, polls);
+            }
+            tokio::time::sleep(self.poll_interval).await;
+        }
+    }
+}
+
+/// `ack=root` writes at one node; each answered write starts a [`Tracker::follow`].
+struct ConvergeWrites {
+    writer: String,
+    prefix: String,
+    chooser: KeyChooser,
+    values: ValuePool,
+    tracker: Arc<Tracker>,
+}
+
+impl Workload for ConvergeWrites {
+    fn request(&self, n: u64, _worker: usize, rng: &mut StdRng) -> Option<Request> {
+        let key = self.chooser.pick(n, rng);
+        Some(Request {
+            method: Method::Put,
+            url: kv_url(&self.writer, &self.prefix, key) + "?ack=root",
+            body: Some(self.values.value(rng)),
+            want_version: true,
+            key,
+        })
+    }
+
+    fn answered(&self, req: &Request, answer: &Answer) {
+        if let Some(v) = answer.version {
+            let task = tokio::spawn(self.tracker.clone().follow(req.key, v, answer.sent));
+            self.tracker.state.lock().tasks.push(task);
+        }
+    }
+}
+
+async fn converge(plan: &Plan, conns: &Connections) -> Result<Report, String> {
+    let http = setup_client(plan)?;
+    let place = place(plan, &http).await?;
+    let writer = match plan.nodes.first() {
+        Some(n) => n.clone(),
+        None => topo::deepest(&place.tree).map(|n| n.url.clone()).ok_or("the tree has no nodes")?,
+    };
+    let holders: Vec<String> = place.tree.iter().map(|n| n.url.clone()).collect();
+    let prefix = fresh_prefix(&plan.prefix, "converge");
+    prefill(plan, conns, &place.root, &prefix, plan.keys).await?;
+    warm(plan, conns, &holders, &prefix, plan.keys).await?;
+    let poll_http = reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(64)
+        .timeout(plan.load.timeout)
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let tracker = Arc::new(Tracker {
+        holders: holders.clone(),
+        prefix: prefix.clone(),
+        http: poll_http,
+        poll_interval: plan.poll_interval,
+        timeout: plan.converge_timeout,
+        state: Mutex::new(TrackState {
+            all: report::new_histogram(),
+            each: report::new_histogram(),
+            converged: 0,
+            not_converged: 0,
+            polls: 0,
+            tasks: Vec::new(),
+        }),
+    });
+    let workload = ConvergeWrites {
+        writer: writer.clone(),
+        prefix,
+        chooser: plan.chooser.clone(),
+        values: ValuePool::new(plan.sizes, &mut StdRng::from_entropy()),
+        tracker: tracker.clone(),
+    };
+    let (phase, _, _) = load::run("writes", vec![writer.clone()], &plan.load, conns, Arc::new(workload)).await?;
+    // Every follow ends by its deadline, so this wait is bounded.
+    let tasks = std::mem::take(&mut tracker.state.lock().tasks);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let state = tracker.state.lock();
+    let converge = Converge {
+        writer,
+        holders: holders.len(),
+        writes: phase.ok,
+        converged: state.converged,
+        not_converged: state.not_converged,
+        all_holders: Latency::of(&state.all),
+        per_holder: Latency::of(&state.each),
+        polls: state.polls,
+    };
+    let mut report = single(plan, phase);
+    if converge.not_converged > 0 {
+        report.notes.push(format!(
+            "{} writes did not reach every holder within {:?}",
+            converge.not_converged, plan.converge_timeout
+        ));
+    }
+    report.notes.push(format!("tree: {} nodes, depth {}", place.tree.len(), max_depth(&place.tree)));
+    report.converge = Some(converge);
+    Ok(report)
+}
