@@ -307,3 +307,23 @@ async fn random_operations_converge_to_the_root() {
         .await;
     }
 }
+
+#[test]
+fn unbuilt_features_are_refused_not_ignored() {
+    for flags in [&["--data-dir", "/tmp/x"][..], &["--max-memory", "64MiB"][..]] {
+        let out = std::process::Command::new(common::BIN)
+            .args(["node", "--zk", "127.0.0.1:1", "--listen", "127.0.0.1:0"])
+            .args(flags)
+            .output()
+            .expect("run treecache");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not built yet"), "{err}");
+    }
+    let out = std::process::Command::new(common::BIN)
+        .args(["node", "--zk", "127.0.0.1:1", "--mode", "ttl"])
+        .output()
+        .expect("run treecache");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-age"));
+}

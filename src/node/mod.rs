@@ -219,6 +219,12 @@ pub async fn run_from_args(args: NodeArgs) -> std::result::Result<(), String> {
             dir.display()
         ));
     }
+    if let Some(bytes) = args.max_memory {
+        return Err(format!(
+            "--max-memory {bytes}: LRU eviction is not built yet; refusing to start rather than \
+             ignore the bound (run without --max-memory)"
+        ));
+    }
     let listener =
         std::net::TcpListener::bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let node = Node::new(args).map_err(|e| e.to_string())?;
