@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 provision/install-zookeeper.sh
 cargo build --release --locked
-bin=target/release/treecache
+bin="${CARGO_TARGET_DIR:-target}/release/treecache"
 out=$(mktemp)
 trap 'kill "$up" 2>/dev/null; wait "$up" 2>/dev/null; rm -f "$out"' EXIT INT TERM
 
