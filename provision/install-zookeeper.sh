@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Installs ZooKeeper from Debian's package (and the Java it needs), once.
-# Idempotent: does nothing when it is already installed. Needs root.
+# Installs ZooKeeper from Debian's `zookeeper` package (it pulls in a JRE).
+# Idempotent: does nothing when the package and java are already there.
+# Needs root to install. The `zookeeper` package ships no service (that is
+# `zookeeperd`), so nothing system-wide starts: treecache's tools run their
+# own private server from the package's jars.
 set -euo pipefail
 
-if [ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null 2>&1; then
+installed() {
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
+}
+
+if installed zookeeper && command -v java >/dev/null 2>&1; then
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -11,8 +18,12 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-if ! apt-cache show zookeeper >/dev/null 2>&1; then
-    apt-get update -qq
+# Refresh the package lists only when apt does not know the package yet.
+if ! apt-cache policy zookeeper 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    apt-get update -q
 fi
-apt-get install -y -qq zookeeper default-jre-headless >/dev/null
-echo "install-zookeeper: installed $(dpkg-query -W -f='${Version}' zookeeper)"
+apt-get install -y -q zookeeper </dev/null
+if ! command -v java >/dev/null 2>&1; then
+    apt-get install -y -q default-jre-headless </dev/null
+fi
+echo "install-zookeeper: installed zookeeper $(dpkg-query -W -f='${Version}' zookeeper)"

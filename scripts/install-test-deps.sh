@@ -1,25 +1,62 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs, idempotently: ZooKeeper, and the
-# tools the deployment tests call (vagrant, shellcheck, iproute2), plus the
-# cargo components for the lint steps. Needs root for apt.
+# Installs what the test suite needs, idempotently: ZooKeeper (through
+# provision/install-zookeeper.sh), the tools the deployment and baseline
+# tests call (vagrant, shellcheck, iproute2, redis), and the cargo
+# components for the lint steps. Then checks that every one of them is
+# there, and fails naming what is missing. Needs root only to install.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+export DEBIAN_FRONTEND=noninteractive
 
-"$here/provision/install-zookeeper.sh"
+packages=(vagrant shellcheck iproute2 redis-server redis-tools)
 
-missing=()
-command -v vagrant >/dev/null 2>&1 || missing+=(vagrant)
-command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
-command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-if [ ${#missing[@]} -gt 0 ]; then
+installed() {
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
+}
+
+install_packages() {
+    local missing=()
+    for p in "${packages[@]}"; do
+        installed "$p" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ]; then
         echo "install-test-deps: missing ${missing[*]}; installing needs root" >&2
         exit 1
     fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+    # Refresh the lists only when apt cannot place a candidate for one of them.
+    for p in "${missing[@]}"; do
+        if ! apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+            apt-get update -q
+            break
+        fi
+    done
+    apt-get install -y -q "${missing[@]}" </dev/null
+}
 
-rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
-rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+install_components() {
+    local c
+    for c in rustfmt clippy; do
+        if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
+            rustup component add "$c"
+        fi
+    done
+}
+
+check_tools() {
+    local missing=() t
+    for t in java /usr/share/zookeeper/bin/zkCli.sh vagrant shellcheck ip redis-server redis-cli cargo; do
+        command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+    done
+    cargo fmt --version >/dev/null 2>&1 || missing+=("cargo fmt")
+    cargo clippy --version >/dev/null 2>&1 || missing+=("cargo clippy")
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "install-test-deps: still missing: ${missing[*]}" >&2
+        exit 1
+    fi
+}
+
+"$here/provision/install-zookeeper.sh"
+install_packages
+install_components
+check_tools

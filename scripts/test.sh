@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# The whole test suite, the README's second command and what CI runs:
-# installs what the tests need, then format check, clippy, and every test
-# (unit, in-process routes, real ZooKeeper + real node processes).
+# The whole test suite, the README's second command and what CI runs
+# (.ci/run): installs what the tests need (scripts/install-test-deps.sh),
+# then the format check, clippy with warnings as errors, and every test:
+# unit, in-process routes, and real ZooKeeper + real node processes.
+# Runs unattended (CI=true, no stdin); any failure or missing tool exits
+# non-zero. The last line is cargo's own test summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/install-test-deps.sh
+scripts/install-test-deps.sh </dev/null
 
 echo "== cargo fmt --check"
 cargo fmt --check
-echo "== cargo clippy"
+echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
-echo "== cargo test"
-cargo test --all-targets --locked
+echo "== cargo test --all-targets"
+exec cargo test --all-targets --locked </dev/null

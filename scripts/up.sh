@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The quick start, the README's first command: installs ZooKeeper if it is
-# missing, builds treecache, brings up a local tree of 7 nodes on loopback,
-# shows a write at one leaf read at a leaf of the other branch, and keeps
-# the tree up until Ctrl-C.
+# missing, builds treecache, brings up a local tree of 7 nodes on loopback
+# (`treecache up`: a private ZooKeeper, a root and 6 nodes), shows a write
+# at one leaf read at a leaf of the other branch, and keeps the tree up
+# until Ctrl-C, which stops every process it started.
+#   NODES=15 ./scripts/up.sh     a bigger tree
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,28 +12,61 @@ provision/install-zookeeper.sh
 cargo build --release --locked
 bin="${CARGO_TARGET_DIR:-target}/release/treecache"
 out=$(mktemp)
-trap 'kill "$up" 2>/dev/null; wait "$up" 2>/dev/null; rm -f "$out"' EXIT INT TERM
+up=""
+
+cleanup() {
+    if [ -n "$up" ] && kill -0 "$up" 2>/dev/null; then
+        kill -TERM "$up" 2>/dev/null || true
+        wait "$up" 2>/dev/null || true
+    fi
+    rm -f "$out"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 "$bin" up --nodes "${NODES:-7}" >"$out" 2>&1 &
 up=$!
-for _ in $(seq 1 600); do
-    grep -q 'Ctrl-C' "$out" && break
-    kill -0 "$up" 2>/dev/null || { cat "$out"; exit 1; }
+
+# Wait (at most two minutes) for the line that says the tree is up.
+for _ in $(seq 1 1200); do
+    grep -q '^Ctrl-C' "$out" && break
+    if ! kill -0 "$up" 2>/dev/null; then
+        cat "$out"
+        echo "treecache up failed" >&2
+        exit 1
+    fi
     sleep 0.1
 done
 cat "$out"
-first=$(grep -m1 '^node ' "$out" | awk '{print $3}')
-leaves=$(grep '^node ' "$out" | grep ' leaf ' | awk '{print $3}')
-a=$(echo "$leaves" | head -n1)
-b=$(echo "$leaves" | tail -n1)
+grep -q '^Ctrl-C' "$out" || { echo "treecache up did not come up within 2 minutes" >&2; exit 1; }
+
+root=$(awk '$1 == "node" && $4 == "root" {print $3; exit}' "$out")
+a=$(awk '$1 == "node" && $4 == "leaf" {print $3}' "$out" | head -n1)
+b=$(awk '$1 == "node" && $4 == "leaf" {print $3}' "$out" | tail -n1)
+a=${a:-$root}
+b=${b:-$root}
+
+show_get() {
+    if command -v curl >/dev/null 2>&1; then
+        curl -s -i "$1/kv/hello"
+        echo
+    else
+        "$bin" get --node "$1" hello
+        echo
+    fi
+}
+
 echo
-echo "== PUT at $a (ack=root), then GET at $b"
-"$bin" put --node "$a" --ack root hello "world"
-"$bin" get --node "$b" hello
-echo "== the same key again at $b: now a hit"
-"$bin" get --node "$b" hello
-echo "== /health of the root ($first)"
-curl -s "$first/health"; echo
+echo "== PUT hello=world at $a (ack=root: returns once the root committed it)"
+"$bin" put --node "$a" --ack root hello world
 echo
-echo "Tree is up; try: $bin get --node $a hello   (Ctrl-C to stop)"
+echo "== GET hello at $b: a miss, filled through its parent from the root"
+show_get "$b"
+echo "== GET hello at $b again: a hit"
+show_get "$b"
+echo "== PUT hello=again at $b, then GET at $a: the root pushed it down"
+"$bin" put --node "$b" --ack root hello again
+show_get "$a"
+echo "Tree is up. Try:  $bin get --node $a hello    $bin tree --zk <ZooKeeper above>"
+echo "Ctrl-C stops it."
 wait "$up"

@@ -1,131 +1,279 @@
-//! A private ZooKeeper from Debian's `zookeeper` package, for tests and
-//! `treecache up`: its own temp dir, a free loopback port, the admin server
-//! off. Java runs directly (standalone server main class, the package's
-//! classpath) in its own process group, so stopping it kills the JVM and
-//! not just a wrapper script.
+//! A private ZooKeeper from Debian's `zookeeper` package, for tests,
+//! `treecache up` and `bench`: its own temp dir, a free loopback port, the
+//! admin server off, a short tick so sessions of a few seconds are allowed.
+//!
+//! Java runs directly (the standalone server's main class, the package's
+//! jars), not through `zkServer.sh`: the JVM is the child we hold, it leads
+//! its own process group, and it dies with the thread that started it, so
+//! stopping it (or crashing the caller) never leaves a JVM behind.
+//!
+//! It owns the server process and its files; it never touches a system-wide
+//! ZooKeeper.
 
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CLASSPATH: &str = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar";
-const MAIN: &str = "org.apache.zookeeper.server.ZooKeeperServerMain";
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A running private ZooKeeper; dropped, it is killed and reaped.
+use crate::cli::local::{die_with_parent, log_tail, open_log};
+
+const MAIN_CLASS: &str = "org.apache.zookeeper.server.ZooKeeperServerMain";
+/// Where the package puts its config dir (log4j.properties) and jars; the
+/// log4j binding is there so the server's log says why it failed.
+const PACKAGE_CLASSPATH: [&str; 4] = [
+    "/etc/zookeeper/conf",
+    "/usr/share/java/zookeeper.jar",
+    "/usr/share/java/slf4j-log4j12.jar",
+    "/usr/share/java/log4j-1.2.jar",
+];
+const PORT_ATTEMPTS: usize = 5;
+const LOG_TAIL_LINES: usize = 30;
+const POLL: Duration = Duration::from_millis(50);
+
+/// How to launch the server. `Default` is the installed package; tests of
+/// the failure paths point it elsewhere.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    pub java: PathBuf,
+    pub classpath: Vec<PathBuf>,
+    /// How long a start may take before it is called failed.
+    pub start_timeout: Duration,
+}
+
+impl Default for Launcher {
+    fn default() -> Self {
+        Launcher {
+            java: PathBuf::from("java"),
+            classpath: PACKAGE_CLASSPATH.iter().map(PathBuf::from).collect(),
+            start_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Launcher {
+    /// Every classpath entry must exist; otherwise the package is missing.
+    fn check_installed(&self) -> Result<(), String> {
+        match self.classpath.iter().find(|p| !p.exists()) {
+            Some(missing) => Err(format!(
+                "ZooKeeper is not installed ({} is missing): run provision/install-zookeeper.sh",
+                missing.display()
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn command(&self, dir: &Path, cfg: &Path) -> Command {
+        let classpath: Vec<String> = self.classpath.iter().map(|p| p.display().to_string()).collect();
+        let mut cmd = Command::new(&self.java);
+        cmd.args(["-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:-UsePerfData"])
+            .arg("-Dzookeeper.root.logger=INFO,CONSOLE")
+            .arg(format!("-Dzookeeper.log.dir={}", dir.display()))
+            // Tests need no durability across machine crashes; page cache is enough.
+            .arg("-Dzookeeper.forceSync=no")
+            .arg("-cp")
+            .arg(classpath.join(":"))
+            .arg(MAIN_CLASS)
+            .arg(cfg)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .process_group(0);
+        die_with_parent(&mut cmd);
+        cmd
+    }
+}
+
+/// The server's `zoo.cfg`: standalone, loopback only, 500 ms ticks with
+/// sessions from 1 s to 60 s, the admin server off, every four-letter word on.
+pub fn config_text(data_dir: &Path, port: u16) -> String {
+    format!(
+        "tickTime=500\n\
+         dataDir={}\n\
+         clientPort={port}\n\
+         clientPortAddress=127.0.0.1\n\
+         minSessionTimeout=1000\n\
+         maxSessionTimeout=60000\n\
+         maxClientCnxns=0\n\
+         admin.enableServer=false\n\
+         4lw.commands.whitelist=*\n",
+        data_dir.display()
+    )
+}
+
+/// Why one launch did not give a serving ZooKeeper.
+#[derive(Debug)]
+enum LaunchError {
+    /// Someone else holds the port: try another one.
+    PortTaken,
+    /// Anything else, with the log tail: give up.
+    Failed(String),
+}
+
+/// A running private ZooKeeper; dropped, it is killed and reaped and its
+/// directory removed.
 pub struct LocalZk {
     dir: tempfile::TempDir,
     port: u16,
+    launcher: Launcher,
     child: Option<Child>,
 }
 
 impl LocalZk {
-    /// Starts a server on a free port and waits until a session opens.
+    /// Starts the installed package on a free port (another one if that is
+    /// taken meanwhile) and returns once a client session opens.
     pub async fn start() -> Result<LocalZk, String> {
-        if !Path::new("/usr/share/java/zookeeper.jar").exists() {
-            return Err("ZooKeeper is not installed (/usr/share/java/zookeeper.jar missing): \
-                        run provision/install-zookeeper.sh"
-                .into());
-        }
-        let dir = tempfile::Builder::new().prefix("treecache-zk-").tempdir().map_err(|e| format!("temp dir: {e}"))?;
-        let mut zk = LocalZk { dir, port: 0, child: None };
-        let mut last = String::new();
-        for _ in 0..5 {
+        Self::start_with(Launcher::default()).await
+    }
+
+    /// [`LocalZk::start`] with another java, classpath or timeout.
+    pub async fn start_with(launcher: Launcher) -> Result<LocalZk, String> {
+        launcher.check_installed()?;
+        let dir = tempfile::Builder::new()
+            .prefix("treecache-zk-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temp dir for ZooKeeper: {e}"))?;
+        let mut zk = LocalZk { dir, port: 0, launcher, child: None };
+        for _ in 0..PORT_ATTEMPTS {
             zk.port = free_port()?;
             match zk.launch().await {
                 Ok(()) => return Ok(zk),
-                Err(e) => last = e,
+                Err(LaunchError::PortTaken) => log::info!("ZooKeeper port {} was taken, trying another", zk.port),
+                Err(LaunchError::Failed(why)) => return Err(why),
             }
         }
-        Err(format!("ZooKeeper did not start: {last}"))
+        Err(format!("ZooKeeper did not start: {PORT_ATTEMPTS} ports in a row were taken"))
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `127.0.0.1:PORT`, the connect string.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's directory: `zoo.cfg`, `data/`, `zookeeper.log`.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("zookeeper.log")
     }
 
-    /// Stops the server (an outage); `restart` brings it back on the same
-    /// port with the same data.
+    /// The last lines of the server's log (every start appends to it).
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log_path(), LOG_TAIL_LINES)
+    }
+
+    /// True while the server process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kills the server (an outage for everyone connected) and reaps it.
+    /// The port and data stay: [`LocalZk::start_again`] brings it back.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // The JVM leads its own process group: kill the group.
-            unsafe {
-                libc::kill(-(child.id() as i32), libc::SIGKILL);
-            }
+            kill_group(&mut child);
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    pub async fn restart(&mut self) -> Result<(), String> {
-        self.stop();
-        self.launch().await
-    }
-
-    async fn launch(&mut self) -> Result<(), String> {
-        let cfg = self.dir.path().join("zoo.cfg");
-        let data = self.dir.path().join("data");
-        std::fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
-        let conf = format!(
-            "tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={}\nclientPortAddress=127.0.0.1\n\
-             admin.enableServer=false\n4lw.commands.whitelist=*\nminSessionTimeout=1000\nmaxSessionTimeout=60000\n",
-            data.display(),
-            self.port
-        );
-        std::fs::write(&cfg, conf).map_err(|e| format!("{}: {e}", cfg.display()))?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .map_err(|e| format!("zookeeper log: {e}"))?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new("java")
-            .args(["-Xmx256m", "-XX:+UseSerialGC", "-Dzookeeper.root.logger=INFO,CONSOLE", "-cp", CLASSPATH, MAIN])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("cannot run java: {e}"))?;
-        self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    return Err(format!("java exited with {status}: {}", self.log_tail()));
-                }
+    /// Starts the stopped server again on the same port with the same data.
+    pub async fn start_again(&mut self) -> Result<(), String> {
+        if self.is_running() {
+            return Err(format!("ZooKeeper at {} is already running", self.addr()));
+        }
+        match self.launch().await {
+            Ok(()) => Ok(()),
+            Err(LaunchError::PortTaken) => {
+                Err(format!("cannot restart ZooKeeper: port {} is taken by another process", self.port))
             }
-            if let Ok(Ok(_client)) =
-                tokio::time::timeout(Duration::from_secs(2), zookeeper_client::Client::connect(&self.addr())).await
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                self.stop();
-                return Err(format!("no session within {START_TIMEOUT:?}: {}", self.log_tail()));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(LaunchError::Failed(why)) => Err(why),
         }
     }
 
-    /// The last lines of the server's log.
-    pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+    /// [`LocalZk::stop`] then [`LocalZk::start_again`].
+    pub async fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.start_again().await
+    }
+
+    /// Writes the config, spawns the JVM and waits until it serves.
+    async fn launch(&mut self) -> Result<(), LaunchError> {
+        let cfg = self.write_config().map_err(LaunchError::Failed)?;
+        let log_start = std::fs::metadata(self.log_path()).map(|m| m.len()).unwrap_or(0);
+        let (out, err) = open_log(&self.log_path()).map_err(LaunchError::Failed)?;
+        let child = self
+            .launcher
+            .command(self.dir.path(), &cfg)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| LaunchError::Failed(format!("cannot run {}: {e}", self.launcher.java.display())))?;
+        self.child = Some(child);
+        let result = self.wait_serving(log_start).await;
+        if result.is_err() {
+            self.stop();
+        }
+        result
+    }
+
+    fn write_config(&self) -> Result<PathBuf, String> {
+        let data = self.data_dir();
+        std::fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+        let cfg = self.dir.path().join("zoo.cfg");
+        std::fs::write(&cfg, config_text(&data, self.port))
+            .map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
+        Ok(cfg)
+    }
+
+    /// Polls until the server on our port is ours (its `conf` names our data
+    /// dir) and a real client session opens; fails early when the JVM exits.
+    async fn wait_serving(&mut self, log_start: u64) -> Result<(), LaunchError> {
+        let timeout = self.launcher.start_timeout;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exit_status() {
+                return Err(self.exited(status, log_start));
+            }
+            match serving_data_dir(&self.addr()).await {
+                Some(dir) if dir != self.data_dir() => return Err(LaunchError::PortTaken),
+                Some(_) if client_connects(&self.addr()).await => return Ok(()),
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                return Err(LaunchError::Failed(format!(
+                    "ZooKeeper at {} did not serve within {timeout:?}; log tail:\n{}",
+                    self.addr(),
+                    self.log_tail()
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Classifies an early exit: a bind failure means the port was taken.
+    fn exited(&mut self, status: std::process::ExitStatus, log_start: u64) -> LaunchError {
+        self.child = None;
+        let text = std::fs::read(self.log_path()).unwrap_or_default();
+        let this_launch = String::from_utf8_lossy(text.get(log_start as usize..).unwrap_or_default());
+        if this_launch.contains("Address already in use") {
+            return LaunchError::PortTaken;
+        }
+        LaunchError::Failed(format!("ZooKeeper exited with {status} while starting; log tail:\n{}", self.log_tail()))
     }
 }
 
@@ -135,10 +283,153 @@ impl Drop for LocalZk {
     }
 }
 
-/// A loopback port free right now.
+/// SIGKILLs the child's process group (the JVM leads its own), unless the
+/// child was already reaped.
+fn kill_group(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: plain syscall on a process group we created and whose
+            // leader we have not reaped.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Asks the server at `addr` for its config (`conf`, a four-letter word)
+/// and returns its `dataDir`; `None` while nothing serves there yet.
+async fn serving_data_dir(addr: &str) -> Option<PathBuf> {
+    let ask = async {
+        let mut sock = tokio::net::TcpStream::connect(addr).await.ok()?;
+        sock.write_all(b"conf").await.ok()?;
+        let mut answer = String::new();
+        sock.read_to_string(&mut answer).await.ok()?;
+        parse_data_dir(&answer)
+    };
+    tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()
+}
+
+/// The `dataDir=` line of a `conf` answer. ZooKeeper appends `version-2`.
+pub fn parse_data_dir(conf: &str) -> Option<PathBuf> {
+    let dir = conf.lines().find_map(|l| l.trim().strip_prefix("dataDir="))?;
+    let dir = Path::new(dir);
+    Some(if dir.ends_with("version-2") { dir.parent().unwrap_or(dir).to_path_buf() } else { dir.to_path_buf() })
+}
+
+/// True when a real client session opens within two seconds.
+async fn client_connects(addr: &str) -> bool {
+    matches!(tokio::time::timeout(Duration::from_secs(2), zookeeper_client::Client::connect(addr)).await, Ok(Ok(_)))
+}
+
+/// A loopback port free right now (the caller still has to win the race).
 pub fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
+    std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
+        .map_err(|e| format!("no free loopback port: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A launcher whose "java" is this shell script.
+    fn fake_java(dir: &Path, script: &str, timeout: Duration) -> Launcher {
+        let java = dir.join("java");
+        std::fs::write(&java, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&java, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Launcher { java, classpath: vec![dir.to_path_buf()], start_timeout: timeout }
+    }
+
+    /// Alive: the pid exists and is not a zombie waiting to be reaped.
+    fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| stat.rsplit(')').next().map(|rest| rest.trim_start().chars().next()) != Some(Some('Z')))
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn config_is_standalone_on_loopback_with_short_sessions() {
+        let cfg = config_text(Path::new("/tmp/zk/data"), 2999);
+        for line in [
+            "dataDir=/tmp/zk/data",
+            "clientPort=2999",
+            "clientPortAddress=127.0.0.1",
+            "tickTime=500",
+            "minSessionTimeout=1000",
+            "admin.enableServer=false",
+            "4lw.commands.whitelist=*",
+        ] {
+            assert!(cfg.lines().any(|l| l == line), "{line} missing from\n{cfg}");
+        }
+    }
+
+    #[test]
+    fn data_dir_is_read_from_a_conf_answer() {
+        let conf = "clientPort=2181\ndataDir=/tmp/treecache-zk-x/data/version-2\ndataLogDir=/tmp/x\n";
+        assert_eq!(parse_data_dir(conf), Some(PathBuf::from("/tmp/treecache-zk-x/data")));
+        assert_eq!(parse_data_dir("dataDir=/srv/zk\n"), Some(PathBuf::from("/srv/zk")));
+        assert_eq!(parse_data_dir("This ZooKeeper instance is not currently serving requests\n"), None);
+    }
+
+    #[tokio::test]
+    async fn a_missing_package_is_reported_with_the_fix() {
+        let launcher = Launcher { classpath: vec![PathBuf::from("/nonexistent/zookeeper.jar")], ..Launcher::default() };
+        let err = LocalZk::start_with(launcher).await.err().unwrap();
+        assert!(err.contains("/nonexistent/zookeeper.jar is missing"), "{err}");
+        assert!(err.contains("provision/install-zookeeper.sh"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_java_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let launcher = Launcher {
+            java: PathBuf::from("/nonexistent/java"),
+            classpath: vec![dir.path().to_path_buf()],
+            ..Launcher::default()
+        };
+        let err = LocalZk::start_with(launcher).await.err().unwrap();
+        assert!(err.contains("cannot run /nonexistent/java"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_exits_is_reported_with_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let launcher = fake_java(dir.path(), "echo 'bad heap size' >&2; exit 3", Duration::from_secs(30));
+        let err = LocalZk::start_with(launcher).await.err().unwrap();
+        assert!(err.contains("exited with exit status: 3"), "{err}");
+        assert!(err.contains("bad heap size"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_bind_failure_moves_to_another_port_then_gives_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let launcher = fake_java(
+            dir.path(),
+            "echo 'java.net.BindException: Address already in use'; exit 1",
+            Duration::from_secs(30),
+        );
+        let err = LocalZk::start_with(launcher).await.err().unwrap();
+        assert!(err.contains("ports in a row were taken"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_serves_times_out_and_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        // A wrapper that forks: the whole process group must die.
+        let script = format!("sleep 600 & echo $! > {}; echo 'still starting'; wait", pid_file.display());
+        let launcher = fake_java(dir.path(), &script, Duration::from_millis(500));
+        let err = LocalZk::start_with(launcher).await.err().unwrap();
+        assert!(err.contains("did not serve within 500ms"), "{err}");
+        assert!(err.contains("still starting"), "{err}");
+        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pid) {
+            assert!(Instant::now() < deadline, "the server's child {pid} outlived the failed start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

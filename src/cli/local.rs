@@ -1,71 +1,285 @@
-//! Running node processes on loopback: shared by `treecache up` and the
-//! test harness, so both start nodes the same way.
+//! Running node processes on loopback, shared by `treecache up`, `bench`
+//! and the test harness (`tests/common`), so all of them start, watch and
+//! stop nodes the same way. Owns process plumbing only: it knows the
+//! `node` flags it passes, not what a node does with them.
 
+use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Starts `bin node ...` with its output appended to `log`.
+/// Log filter handed to nodes unless `RUST_LOG` says otherwise.
+const NODE_LOG_FILTER: &str = "info,zookeeper_client=warn,actix_server=warn";
+const POLL: Duration = Duration::from_millis(50);
+
+/// The flags every local node needs: where ZooKeeper is, which cluster,
+/// and the loopback port to listen on.
+pub fn node_args(zk: &str, cluster: &str, port: u16) -> Vec<String> {
+    vec!["--zk".into(), zk.into(), "--cluster".into(), cluster.into(), "--listen".into(), format!("127.0.0.1:{port}")]
+}
+
+/// Starts `bin node ARGS..` with stdout and stderr appended to `log`. The
+/// node leads its own process group (a Ctrl-C meant for the caller does not
+/// reach it; the caller stops it) and is killed if the spawning thread dies
+/// (see [`die_with_parent`]).
 pub fn spawn_node(bin: &Path, args: &[String], log: &Path) -> Result<Child, String> {
+    let (out, err) = open_log(log)?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("node")
+        .args(args)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| NODE_LOG_FILTER.into()))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    die_with_parent(&mut cmd);
+    cmd.spawn().map_err(|e| format!("cannot start {}: {e}", bin.display()))
+}
+
+/// Opens `log` for appending, twice: one handle for stdout, one for stderr.
+pub fn open_log(log: &Path) -> Result<(std::fs::File, std::fs::File), String> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .map_err(|e| format!("{}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
-    Command::new(bin)
-        .arg("node")
-        .args(args)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info,zookeeper_client=warn,actix_server=warn".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))
+        .map_err(|e| format!("cannot open log {}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| format!("cannot open log {}: {e}", log.display()))?;
+    Ok((out, err))
 }
 
-/// Polls `url/health` until it answers 200, and returns its JSON.
+/// Asks the kernel to SIGKILL the child when the thread that spawned it
+/// exits, so an interrupted test run or a killed `up` leaves no orphans.
+/// Spawn from a long-lived thread (a runtime's `block_on` thread or worker),
+/// never from a `spawn_blocking` thread, which exits when idle.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs between fork and exec; prctl is
+    // async-signal-safe and the closure touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Polls `url/health` every 50 ms until it answers 200 and returns its JSON.
+/// Fails when `timeout` passes or when `child` (the node's process) exits.
 pub async fn wait_healthy(
     http: &reqwest::Client,
     url: &str,
     timeout: Duration,
-    child: Option<&mut Child>,
+    mut child: Option<&mut Child>,
 ) -> Result<serde_json::Value, String> {
     let deadline = Instant::now() + timeout;
-    let mut child = child;
     loop {
-        if let Ok(resp) = http.get(format!("{url}/health")).timeout(Duration::from_secs(2)).send().await {
-            if resp.status().is_success() {
-                return resp.json().await.map_err(|e| e.to_string());
-            }
-        }
-        if let Some(c) = child.as_deref_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                return Err(format!("{url} exited with {status} before it was healthy"));
-            }
+        let last = match probe_health(http, url).await {
+            Ok(health) => return Ok(health),
+            Err(e) => e,
+        };
+        if let Some(status) = child.as_deref_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            return Err(format!("{url} exited with {status} before it was healthy"));
         }
         if Instant::now() > deadline {
-            return Err(format!("{url} not healthy within {timeout:?}"));
+            return Err(format!("{url} not healthy within {timeout:?} (last: {last})"));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 
-/// Sends SIGTERM, waits up to `grace`, then kills.
+/// One GET /health: its JSON on 200; otherwise what came back instead, for
+/// the timeout message.
+async fn probe_health(http: &reqwest::Client, url: &str) -> Result<serde_json::Value, String> {
+    let resp = http
+        .get(format!("{url}/health"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}/health: {e}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("GET {url}/health answered {status}"));
+    }
+    resp.json().await.map_err(|e| format!("GET {url}/health: bad JSON: {e}"))
+}
+
+/// Sends `signal` to the child if it has not been reaped yet (a reaped
+/// child's pid may already belong to someone else).
+fn signal(child: &mut Child, signal: libc::c_int) {
+    if matches!(child.try_wait(), Ok(None)) {
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: plain syscall on a pid we own and have not reaped.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
+    }
+}
+
+/// Sends SIGTERM, waits up to `grace` for the process to leave, then kills
+/// it. Always reaps.
 pub fn stop(child: &mut Child, grace: Duration) {
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
+    stop_all(std::slice::from_mut(child), grace);
+}
+
+/// [`stop`] for many processes at once: SIGTERM to all, one shared grace
+/// period, then SIGKILL to whoever is left. Always reaps every child.
+pub fn stop_all(children: &mut [Child], grace: Duration) {
+    for child in children.iter_mut() {
+        signal(child, libc::SIGTERM);
     }
     let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
+    while Instant::now() < deadline && children.iter_mut().any(|c| matches!(c.try_wait(), Ok(None))) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    for child in children.iter_mut() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// The last `lines` lines of a log file; a note instead when it is unreadable.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// Opens a ZooKeeper session at `addr`, giving up after `timeout` (an
+/// unreachable server fails fast instead of being retried forever).
+pub async fn zk_connect(addr: &str, timeout: Duration) -> Result<zookeeper_client::Client, String> {
+    let connecting = zookeeper_client::Client::connector().with_fail_eagerly().connect(addr);
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(format!("cannot reach ZooKeeper at {addr}: {e}")),
+        Err(_) => Err(format!("cannot reach ZooKeeper at {addr}: no session within {timeout:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Child {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", script]).stdin(Stdio::null());
+        die_with_parent(&mut cmd);
+        cmd.spawn().unwrap()
+    }
+
+    #[test]
+    fn node_args_name_zookeeper_cluster_and_listen_address() {
+        assert_eq!(
+            node_args("127.0.0.1:2181", "c1", 9000).join(" "),
+            "--zk 127.0.0.1:2181 --cluster c1 --listen 127.0.0.1:9000"
+        );
+    }
+
+    #[test]
+    fn spawn_node_reports_a_missing_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = spawn_node(Path::new("/nonexistent/treecache"), &[], &dir.path().join("log")).unwrap_err();
+        assert!(err.contains("cannot start /nonexistent/treecache"), "{err}");
+    }
+
+    #[test]
+    fn spawn_node_reports_an_unwritable_log() {
+        let err = spawn_node(Path::new("/bin/true"), &[], Path::new("/nonexistent/dir/log")).unwrap_err();
+        assert!(err.contains("cannot open log /nonexistent/dir/log"), "{err}");
+    }
+
+    #[test]
+    fn spawn_node_sends_output_to_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        // /bin/echo prints its arguments: "node --x".
+        let mut child = spawn_node(Path::new("/bin/echo"), &["--x".into()], &log).unwrap();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(log_tail(&log, 5), "node --x");
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_lines_and_explains_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        std::fs::write(&log, "a\nb\nc\n").unwrap();
+        assert_eq!(log_tail(&log, 2), "b\nc");
+        assert_eq!(log_tail(&log, 10), "a\nb\nc");
+        assert!(log_tail(&dir.path().join("missing"), 2).starts_with("(cannot read "));
+    }
+
+    #[test]
+    fn stop_kills_a_process_that_ignores_sigterm() {
+        let mut child = sh("trap '' TERM; while :; do sleep 1; done");
+        let started = Instant::now();
+        stop(&mut child, Duration::from_millis(300));
+        assert!(child.try_wait().unwrap().is_some(), "reaped");
+        assert!(started.elapsed() >= Duration::from_millis(300), "waited the grace period first");
+    }
+
+    #[test]
+    fn stop_all_returns_as_soon_as_everyone_left() {
+        let mut children = vec![sh("exec sleep 600"), sh("exec sleep 600")];
+        let started = Instant::now();
+        stop_all(&mut children, Duration::from_secs(30));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        for child in children.iter_mut() {
+            assert!(child.try_wait().unwrap().is_some());
+        }
+        // Stopping again (already reaped) is harmless.
+        stop_all(&mut children, Duration::from_millis(10));
+    }
+
+    #[tokio::test]
+    async fn wait_healthy_times_out_when_nothing_listens() {
+        let port = crate::zkserver::free_port().unwrap();
+        let http = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{port}");
+        let err = wait_healthy(&http, &url, Duration::from_millis(200), None).await.unwrap_err();
+        assert!(err.contains("not healthy within"), "{err}");
+        assert!(err.contains("last: GET"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn wait_healthy_notices_the_process_exiting() {
+        let port = crate::zkserver::free_port().unwrap();
+        let http = reqwest::Client::new();
+        let mut child = sh("exit 3");
+        let url = format!("http://127.0.0.1:{port}");
+        let err = wait_healthy(&http, &url, Duration::from_secs(30), Some(&mut child)).await.unwrap_err();
+        assert!(err.contains("exited with exit status: 3"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn wait_healthy_reports_a_non_200_answer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").await;
+            }
+        });
+        let http = reqwest::Client::new();
+        let err = wait_healthy(&http, &url, Duration::from_millis(300), None).await.unwrap_err();
+        assert!(err.contains("answered 503"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn zk_connect_fails_fast_when_nothing_listens() {
+        let port = crate::zkserver::free_port().unwrap();
+        let started = Instant::now();
+        let err = zk_connect(&format!("127.0.0.1:{port}"), Duration::from_secs(20)).await.unwrap_err();
+        assert!(err.contains(&format!("cannot reach ZooKeeper at 127.0.0.1:{port}")), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
 }

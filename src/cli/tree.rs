@@ -1,19 +1,26 @@
-//! `treecache tree`: the tree as ZooKeeper records it, drawn. Reads
-//! `tree/` (one znode per node at its path), `live/` and `root`.
+//! `treecache tree`: the tree as ZooKeeper records it, drawn like `tree(1)`.
+//! Reads `/treecache/<cluster>/tree` (one znode per node at its path),
+//! `live/` (who is alive) and `root` (who leads), and only reads: it never
+//! writes to ZooKeeper or talks to a node.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use clap::Args;
+use zookeeper_client::Client;
 
+use crate::cli::local::zk_connect;
 use crate::tree::zk::Paths;
+
+/// How long `tree` waits for ZooKeeper: the session, then the whole read.
+const ZK_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Args)]
 pub struct TreeArgs {
-    /// ZooKeeper connect string.
+    /// ZooKeeper connect string, HOST:PORT[,HOST:PORT..].
     #[arg(long, env = "TREECACHE_ZK", default_value = "127.0.0.1:2181")]
     pub zk: String,
-    /// Cluster name.
+    /// Cluster name; the znodes live under /treecache/<cluster>.
     #[arg(long, env = "TREECACHE_CLUSTER", default_value = "default")]
     pub cluster: String,
 }
@@ -23,102 +30,168 @@ pub async fn run(args: TreeArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// One node's record under `tree/`.
+/// One node's record under `tree/`: its path from the root (ids) and URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub path: Vec<u64>,
     pub url: String,
 }
 
-/// Reads the cluster's tree from ZooKeeper and draws it.
-pub async fn render(zk_addr: &str, cluster: &str) -> Result<String, String> {
-    let connecting = zookeeper_client::Client::connect(zk_addr);
-    let zk = tokio::time::timeout(Duration::from_secs(5), connecting)
-        .await
-        .map_err(|_| format!("ZooKeeper at {zk_addr} did not answer within 5 s"))?
-        .map_err(|e| format!("ZooKeeper at {zk_addr}: {e}"))?;
-    let paths = Paths::new(cluster);
-    let mut records = Vec::new();
-    collect(&zk, &paths.tree(), &mut vec![], &mut records).await?;
-    if records.is_empty() {
-        return Err(format!("cluster {cluster:?} has no tree in ZooKeeper at {zk_addr}"));
+impl Record {
+    pub fn id(&self) -> u64 {
+        self.path.last().copied().unwrap_or_default()
     }
-    let live: BTreeSet<u64> = match zk.list_children(&paths.live()).await {
-        Ok(ids) => ids.iter().filter_map(|s| s.parse().ok()).collect(),
-        Err(_) => BTreeSet::new(),
-    };
-    let root = zk.get_data(&paths.root()).await.ok().map(|(d, _)| String::from_utf8_lossy(&d).to_string());
-    let mut out = format!("cluster {cluster} (root: {})\n", root.unwrap_or_else(|| "none published".into()));
-    out.push_str(&draw(&records, &live));
-    Ok(out)
 }
 
-async fn collect(
-    zk: &zookeeper_client::Client,
-    path: &str,
-    at: &mut Vec<u64>,
-    out: &mut Vec<Record>,
-) -> Result<(), String> {
-    let children = match zk.list_children(path).await {
-        Ok(c) => c,
-        Err(zookeeper_client::Error::NoNode) => return Ok(()),
-        Err(e) => return Err(format!("listing {path}: {e}")),
-    };
-    for child in children {
+/// The current root as `root` records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootInfo {
+    pub id: u64,
+    pub url: String,
+    pub epoch: u64,
+}
+
+/// Everything `tree` reads from ZooKeeper for one cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Parents before children, siblings by id.
+    pub records: Vec<Record>,
+    pub live: BTreeSet<u64>,
+    pub root: Option<RootInfo>,
+}
+
+/// Reads the cluster's tree from ZooKeeper at `zk` and draws it.
+pub async fn render(zk: &str, cluster: &str) -> Result<String, String> {
+    let snapshot = read(zk, cluster, ZK_TIMEOUT).await?;
+    if snapshot.records.is_empty() {
+        return Err(format!(
+            "cluster {cluster:?} has no tree in ZooKeeper at {zk} (is a root running with --cluster {cluster}?)"
+        ));
+    }
+    Ok(format!("{}\n{}", header(cluster, &snapshot), draw(&snapshot)))
+}
+
+/// Reads `tree/`, `live/` and `root` of `cluster`, each step within `timeout`.
+pub async fn read(zk: &str, cluster: &str, timeout: Duration) -> Result<Snapshot, String> {
+    let client = zk_connect(zk, timeout).await?;
+    match tokio::time::timeout(timeout, read_with(&client, &Paths::new(cluster))).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("ZooKeeper at {zk} did not answer within {timeout:?}")),
+    }
+}
+
+/// The reads themselves, on an open session. Missing znodes are empty, not
+/// errors: a cluster that never ran has no tree.
+pub async fn read_with(zk: &Client, paths: &Paths) -> Result<Snapshot, String> {
+    let mut records = Vec::new();
+    collect(zk, &paths.tree(), &mut Vec::new(), &mut records).await?;
+    let live = list(zk, &paths.live()).await?.iter().filter_map(|s| s.parse().ok()).collect();
+    let root = get(zk, &paths.root()).await?.as_deref().and_then(parse_root);
+    Ok(Snapshot { records, live, root })
+}
+
+/// Children of `path`, sorted as ids; none when the znode does not exist.
+async fn list(zk: &Client, path: &str) -> Result<Vec<String>, String> {
+    match zk.list_children(path).await {
+        Ok(mut children) => {
+            children.sort_by_key(|c| (c.parse::<u64>().unwrap_or(u64::MAX), c.clone()));
+            Ok(children)
+        }
+        Err(zookeeper_client::Error::NoNode) => Ok(Vec::new()),
+        Err(e) => Err(format!("cannot list {path}: {e}")),
+    }
+}
+
+/// Data of `path`; `None` when the znode does not exist.
+async fn get(zk: &Client, path: &str) -> Result<Option<Vec<u8>>, String> {
+    match zk.get_data(path).await {
+        Ok((data, _)) => Ok(Some(data)),
+        Err(zookeeper_client::Error::NoNode) => Ok(None),
+        Err(e) => Err(format!("cannot read {path}: {e}")),
+    }
+}
+
+/// Depth-first walk of `tree/`, parents before children.
+async fn collect(zk: &Client, path: &str, at: &mut Vec<u64>, out: &mut Vec<Record>) -> Result<(), String> {
+    for child in list(zk, path).await? {
         let Ok(id) = child.parse::<u64>() else { continue };
         let full = format!("{path}/{child}");
-        let url = match zk.get_data(&full).await {
-            Ok((data, _)) => serde_json::from_slice::<serde_json::Value>(&data)
-                .ok()
-                .and_then(|v| v["url"].as_str().map(str::to_string))
-                .unwrap_or_default(),
-            Err(_) => String::new(),
-        };
+        let Some(data) = get(zk, &full).await? else { continue }; // went away meanwhile
         at.push(id);
-        out.push(Record { path: at.clone(), url });
+        out.push(Record { path: at.clone(), url: parse_url(&data) });
         Box::pin(collect(zk, &full, at, out)).await?;
         at.pop();
     }
     Ok(())
 }
 
-/// Draws records (each with its path from the root) like `tree(1)`.
-pub fn draw(records: &[Record], live: &BTreeSet<u64>) -> String {
-    let by_path: BTreeMap<&[u64], &Record> = records.iter().map(|r| (r.path.as_slice(), r)).collect();
+/// The `url` of a tree znode's `{"id","url","depth"}`; `?` when unreadable.
+pub fn parse_url(data: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(data)
+        .ok()
+        .and_then(|v| v["url"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The root znode's `{"id","url","epoch"}`; `None` when unreadable.
+pub fn parse_root(data: &[u8]) -> Option<RootInfo> {
+    let v: serde_json::Value = serde_json::from_slice(data).ok()?;
+    Some(RootInfo {
+        id: v["id"].as_u64()?,
+        url: v["url"].as_str()?.to_string(),
+        epoch: v["epoch"].as_u64().unwrap_or(0),
+    })
+}
+
+/// One line on the cluster: its name, root, size and how many are alive.
+pub fn header(cluster: &str, s: &Snapshot) -> String {
+    let root = match &s.root {
+        Some(r) => format!("root {} at {} (epoch {})", r.id, r.url, r.epoch),
+        None => "no root elected".into(),
+    };
+    let alive = s.records.iter().filter(|r| s.live.contains(&r.id())).count();
+    format!("cluster {cluster}: {root}; {} nodes, {alive} live", s.records.len())
+}
+
+/// Draws the records like `tree(1)`: one line per node, `id  url`, with
+/// `(root)` on the elected root and `(dead)` on nodes without a live znode.
+pub fn draw(s: &Snapshot) -> String {
+    let mut children: BTreeMap<&[u64], Vec<&Record>> = BTreeMap::new();
+    for r in &s.records {
+        children.entry(&r.path[..r.path.len().saturating_sub(1)]).or_default().push(r);
+    }
+    for kids in children.values_mut() {
+        kids.sort_by_key(|r| r.id());
+    }
     let mut out = String::new();
-    for r in records.iter().filter(|r| r.path.len() == 1) {
-        draw_node(r, &by_path, live, "", true, true, &mut out);
+    for top in children.get(&[][..]).into_iter().flatten() {
+        out.push_str(&line(top, s));
+        draw_children(top, &children, s, "", &mut out);
     }
     out
 }
 
-fn draw_node(
-    r: &Record,
-    by_path: &BTreeMap<&[u64], &Record>,
-    live: &BTreeSet<u64>,
-    prefix: &str,
-    last: bool,
-    top: bool,
-    out: &mut String,
-) {
-    let id = *r.path.last().unwrap_or(&0);
-    let state = if live.contains(&id) { "" } else { "  (not live)" };
-    let role = if top { "  root" } else { "" };
-    let branch = if top {
-        ""
-    } else if last {
-        "└── "
-    } else {
-        "├── "
-    };
-    out.push_str(&format!("{prefix}{branch}{id}  {}{role}{state}\n", r.url));
-    let mut kids: Vec<&Record> =
-        by_path.values().filter(|c| c.path.len() == r.path.len() + 1 && c.path.starts_with(&r.path)).copied().collect();
-    kids.sort_by_key(|c| c.path.last().copied());
-    let child_prefix = if top { String::new() } else { format!("{prefix}{}", if last { "    " } else { "│   " }) };
-    for (i, k) in kids.iter().enumerate() {
-        draw_node(k, by_path, live, &child_prefix, i + 1 == kids.len(), false, out);
+fn draw_children(r: &Record, children: &BTreeMap<&[u64], Vec<&Record>>, s: &Snapshot, prefix: &str, out: &mut String) {
+    let kids = children.get(r.path.as_slice()).map(Vec::as_slice).unwrap_or_default();
+    for (i, kid) in kids.iter().enumerate() {
+        let last = i + 1 == kids.len();
+        let (branch, indent) = if last { ("└── ", "    ") } else { ("├── ", "│   ") };
+        out.push_str(&format!("{prefix}{branch}{}", line(kid, s)));
+        draw_children(kid, children, s, &format!("{prefix}{indent}"), out);
     }
+}
+
+/// `id  url` and the markers, with a newline.
+fn line(r: &Record, s: &Snapshot) -> String {
+    let mut text = format!("{}  {}", r.id(), r.url);
+    if s.root.as_ref().is_some_and(|root| root.id == r.id()) {
+        text.push_str("  (root)");
+    }
+    if !s.live.contains(&r.id()) {
+        text.push_str("  (dead)");
+    }
+    text.push('\n');
+    text
 }
 
 #[cfg(test)]
@@ -129,14 +202,76 @@ mod tests {
         Record { path: path.to_vec(), url: format!("http://n{}", path.last().unwrap()) }
     }
 
+    fn snapshot(paths: &[&[u64]], live: &[u64], root: Option<u64>) -> Snapshot {
+        Snapshot {
+            records: paths.iter().map(|p| rec(p)).collect(),
+            live: live.iter().copied().collect(),
+            root: root.map(|id| RootInfo { id, url: format!("http://n{id}"), epoch: 2 }),
+        }
+    }
+
     #[test]
-    fn draws_a_binary_tree() {
-        let records = vec![rec(&[1]), rec(&[1, 2]), rec(&[1, 3]), rec(&[1, 2, 4]), rec(&[1, 2, 5])];
-        let live: BTreeSet<u64> = [1, 2, 3, 4].into_iter().collect();
-        let drawn = draw(&records, &live);
+    fn draws_a_binary_tree_with_root_and_dead_markers() {
+        let s = snapshot(&[&[1], &[1, 2], &[1, 2, 4], &[1, 2, 5], &[1, 3]], &[1, 2, 3, 4], Some(1));
         assert_eq!(
-            drawn,
-            "1  http://n1  root\n├── 2  http://n2\n│   ├── 4  http://n4\n│   └── 5  http://n5  (not live)\n└── 3  http://n3\n"
+            draw(&s),
+            "1  http://n1  (root)\n\
+             ├── 2  http://n2\n\
+             │   ├── 4  http://n4\n\
+             │   └── 5  http://n5  (dead)\n\
+             └── 3  http://n3\n"
         );
+    }
+
+    #[test]
+    fn a_last_child_indents_its_subtree_with_spaces() {
+        let s = snapshot(&[&[1], &[1, 2], &[1, 3], &[1, 3, 6], &[1, 3, 6, 8]], &[1, 2, 3, 6, 8], Some(1));
+        assert_eq!(
+            draw(&s),
+            "1  http://n1  (root)\n├── 2  http://n2\n└── 3  http://n3\n    └── 6  http://n6\n        └── 8  http://n8\n"
+        );
+    }
+
+    #[test]
+    fn siblings_are_ordered_by_id_not_by_text() {
+        let s = snapshot(&[&[1], &[1, 10], &[1, 9]], &[1, 9, 10], None);
+        assert_eq!(draw(&s), "1  http://n1\n├── 9  http://n9\n└── 10  http://n10\n");
+    }
+
+    #[test]
+    fn no_elected_root_means_no_root_marker() {
+        let s = snapshot(&[&[1]], &[], None);
+        assert_eq!(draw(&s), "1  http://n1  (dead)\n");
+        assert_eq!(header("c", &s), "cluster c: no root elected; 1 nodes, 0 live");
+    }
+
+    #[test]
+    fn an_empty_tree_draws_nothing() {
+        assert_eq!(draw(&Snapshot::default()), "");
+    }
+
+    #[test]
+    fn header_names_root_size_and_live_count() {
+        let s = snapshot(&[&[1], &[1, 2], &[1, 3]], &[1, 3, 99], Some(1));
+        assert_eq!(header("default", &s), "cluster default: root 1 at http://n1 (epoch 2); 3 nodes, 2 live");
+    }
+
+    #[test]
+    fn znode_data_is_parsed_and_garbage_is_tolerated() {
+        assert_eq!(parse_url(br#"{"id":5,"url":"http://10.0.0.5:8080","depth":2}"#), "http://10.0.0.5:8080");
+        assert_eq!(parse_url(b"not json"), "?");
+        assert_eq!(
+            parse_root(br#"{"id":1,"url":"http://r","epoch":3}"#),
+            Some(RootInfo { id: 1, url: "http://r".into(), epoch: 3 })
+        );
+        assert_eq!(parse_root(br#"{"url":"http://r"}"#), None);
+        assert_eq!(parse_root(b""), None);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_zookeeper_is_a_clear_error() {
+        let port = crate::zkserver::free_port().unwrap();
+        let err = render(&format!("127.0.0.1:{port}"), "default").await.unwrap_err();
+        assert!(err.contains(&format!("cannot reach ZooKeeper at 127.0.0.1:{port}")), "{err}");
     }
 }

@@ -1,105 +1,301 @@
 //! `treecache up`: a local tree on loopback, the quick start. Starts a
 //! private ZooKeeper from the installed package (unless `--zk`), a root and
-//! N-1 nodes as child processes, prints each node and the tree, and stops
-//! everything on Ctrl-C or SIGTERM.
+//! N-1 nodes as child processes of this binary, prints each node and the
+//! tree, and on Ctrl-C or SIGTERM stops the nodes (leaves first, then the
+//! root), then ZooKeeper. Everything it starts, it stops; its logs stay.
 
+use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use super::local::{spawn_node, stop, wait_healthy};
+use super::local::{self, log_tail, node_args, spawn_node, stop_all, wait_healthy, zk_connect};
+use crate::config::{parse_duration, Mode};
 use crate::zkserver::{free_port, LocalZk};
+
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+const ZK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the drawn tree may take to show every node in ZooKeeper.
+const TREE_TIMEOUT: Duration = Duration::from_secs(15);
+/// SIGTERM, then this long to leave the tree, then SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+const LOG_LINES: usize = 30;
 
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
     /// Number of nodes, the root included.
     #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub nodes: u32,
-    /// Use this ZooKeeper instead of starting a private one.
+    /// Use this ZooKeeper (HOST:PORT[,..]) instead of starting a private one.
     #[arg(long)]
     pub zk: Option<String>,
-    /// Cluster name.
+    /// Cluster name; the znodes live under /treecache/<cluster>.
     #[arg(long, default_value = "default")]
     pub cluster: String,
-    /// Children per node.
-    #[arg(long, default_value_t = 2)]
+    /// Children per node before placement goes one level deeper.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub fanout: u32,
-    /// First HTTP port (root); nodes take the next ones. 0: free ports.
+    /// Coherence mode of the tree.
+    #[arg(long, value_enum, default_value_t = Mode::Push)]
+    pub mode: Mode,
+    /// Freshness bound per level in ttl mode, e.g. 2s.
+    #[arg(long, value_parser = parse_duration)]
+    pub max_age: Option<Duration>,
+    /// HTTP port of the root; node k takes base-port + k. 0: free ports.
     #[arg(long, default_value_t = 0)]
     pub base_port: u16,
-    /// Extra flags for the root (e.g. "--mode ttl --max-age 2s").
-    #[arg(long, allow_hyphen_values = true)]
-    pub root_flags: Option<String>,
 }
 
+impl UpArgs {
+    /// Checks flag combinations before anything is started.
+    pub fn validate(&self) -> Result<(), String> {
+        match (self.mode, self.max_age) {
+            (Mode::Ttl, None) => return Err("--mode ttl needs --max-age (e.g. --max-age 2s)".into()),
+            (Mode::Push, Some(_)) => return Err("--max-age only applies to --mode ttl".into()),
+            (_, Some(age)) if age.is_zero() => return Err("--max-age must be greater than zero".into()),
+            _ => {}
+        }
+        if self.cluster.is_empty() || self.cluster.contains('/') {
+            return Err(format!("--cluster {:?}: must be non-empty and contain no '/'", self.cluster));
+        }
+        if self.base_port != 0 && u32::from(self.base_port) + self.nodes - 1 > u32::from(u16::MAX) {
+            return Err(format!("--base-port {} leaves no room for {} nodes", self.base_port, self.nodes));
+        }
+        Ok(())
+    }
+
+    /// The HTTP port of node `k` (0 is the root).
+    fn port(&self, k: u32) -> Result<u16, String> {
+        match self.base_port {
+            0 => free_port(),
+            base => u16::try_from(u32::from(base) + k).map_err(|_| format!("port {base} + {k} is out of range")),
+        }
+    }
+
+    /// The `node` flags of node `k`: the root also gets the mode.
+    fn flags(&self, zk: &str, k: u32, port: u16) -> Vec<String> {
+        let mut flags = node_args(zk, &self.cluster, port);
+        flags.extend(["--fanout".into(), self.fanout.to_string()]);
+        if k == 0 {
+            flags.extend(["--root".into(), "--mode".into(), self.mode.as_str().into()]);
+            if let Some(age) = self.max_age {
+                flags.extend(["--max-age".into(), format!("{}ms", age.as_millis())]);
+            }
+        }
+        flags
+    }
+}
+
+/// Everything `up` started. Dropped, it stops the nodes (leaves before the
+/// root, so they leave cleanly) and then ZooKeeper.
 struct Running {
-    children: Vec<Child>,
-    _zk: Option<LocalZk>,
+    nodes: Vec<Child>,
+    zk: Option<LocalZk>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        for child in self.children.iter_mut().rev() {
-            stop(child, Duration::from_secs(3));
+        if self.nodes.len() > 1 {
+            stop_all(&mut self.nodes[1..], STOP_GRACE);
+        }
+        if let Some(root) = self.nodes.first_mut() {
+            local::stop(root, STOP_GRACE);
+        }
+        if let Some(zk) = self.zk.as_mut() {
+            zk.stop();
         }
     }
 }
 
 pub async fn run(args: UpArgs) -> Result<(), String> {
-    let bin = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
-    let logs = std::env::temp_dir().join(format!("treecache-up-{}", std::process::id()));
-    std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
-    let zk = match &args.zk {
-        Some(_) => None,
+    args.validate()?;
+    let bin = std::env::current_exe().map_err(|e| format!("cannot find the treecache binary: {e}"))?;
+    let zk = start_or_check_zk(args.zk.as_deref()).await?;
+    let logs = log_dir()?;
+    let zk_addr = args.zk.clone().or_else(|| zk.as_ref().map(LocalZk::addr)).unwrap_or_default();
+    let mut running = Running { nodes: Vec::new(), zk };
+    println!("ZooKeeper  {zk_addr}{}", if args.zk.is_some() { "" } else { " (private, stopped with the tree)" });
+    let http = reqwest::Client::new();
+    let mut urls = Vec::new();
+    for k in 0..args.nodes {
+        let port = args.port(k)?;
+        let url = format!("http://127.0.0.1:{port}");
+        let log = logs.join(format!("node-{k}.log"));
+        running.nodes.push(spawn_node(&bin, &args.flags(&zk_addr, k, port), &log)?);
+        let child = running.nodes.last_mut();
+        wait_healthy(&http, &url, HEALTH_TIMEOUT, child).await.map_err(|e| with_log(e, &log))?;
+        urls.push(url);
+    }
+    print_nodes(&http, &urls).await;
+    print_tree(&zk_addr, &args.cluster, urls.len()).await;
+    println!("logs in {}\nCtrl-C stops the tree.", logs.display());
+    watch(&mut running.nodes).await;
+    eprintln!("stopping {} nodes{}...", running.nodes.len(), if running.zk.is_some() { " and ZooKeeper" } else { "" });
+    drop(running);
+    eprintln!("stopped.");
+    Ok(())
+}
+
+/// A directory for the nodes' logs that outlives the run.
+fn log_dir() -> Result<PathBuf, String> {
+    tempfile::Builder::new()
+        .prefix("treecache-up-")
+        .tempdir()
+        .map(tempfile::TempDir::keep)
+        .map_err(|e| format!("cannot create a log directory: {e}"))
+}
+
+/// With `--zk`, checks that it answers (so a typo fails now, not after 30 s
+/// of a root that cannot register); without, starts a private one.
+async fn start_or_check_zk(zk: Option<&str>) -> Result<Option<LocalZk>, String> {
+    match zk {
+        Some(addr) => {
+            zk_connect(addr, ZK_TIMEOUT).await?;
+            Ok(None)
+        }
         None => {
             eprintln!("starting a private ZooKeeper...");
-            Some(LocalZk::start().await?)
+            LocalZk::start().await.map(Some)
         }
-    };
-    let zk_addr = args.zk.clone().unwrap_or_else(|| zk.as_ref().map(LocalZk::addr).unwrap_or_default());
-    let mut running = Running { children: Vec::new(), _zk: zk };
-    let http = reqwest::Client::new();
-    println!("ZooKeeper   {zk_addr}");
-    for i in 0..args.nodes {
-        let port = if args.base_port == 0 { free_port()? } else { args.base_port + i as u16 };
-        let url = format!("http://127.0.0.1:{port}");
-        let mut flags = vec![
-            "--zk".into(),
-            zk_addr.clone(),
-            "--cluster".into(),
-            args.cluster.clone(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--fanout".into(),
-            args.fanout.to_string(),
-        ];
-        if i == 0 {
-            flags.push("--root".into());
-            flags.extend(args.root_flags.iter().flat_map(|f| f.split_whitespace().map(str::to_string)));
+    }
+}
+
+fn with_log(error: String, log: &Path) -> String {
+    format!("{error}\nlast lines of {}:\n{}", log.display(), log_tail(log, LOG_LINES))
+}
+
+/// One line per node from its /health, read once all have joined (so roles
+/// are final): `node ID  URL  ROLE  depth D  parent P`.
+async fn print_nodes(http: &reqwest::Client, urls: &[String]) {
+    for url in urls {
+        match wait_healthy(http, url, HEALTH_TIMEOUT, None).await {
+            Ok(h) => println!("{}", node_line(url, &h)),
+            Err(e) => println!("node ?   {url}  {e}"),
         }
-        let log = logs.join(format!("node-{i}.log"));
-        running.children.push(spawn_node(&bin, &flags, &log)?);
-        let child = running.children.last_mut();
-        let health = wait_healthy(&http, &url, Duration::from_secs(30), child)
-            .await
-            .map_err(|e| format!("{e} (log: {})", log.display()))?;
-        println!(
-            "node {:<4} {url}  {:<5} depth {} parent {}",
-            health["id"],
-            health["role"].as_str().unwrap_or("?"),
-            health["depth"],
-            health["parent"]
+    }
+}
+
+/// Formats a node's /health answer for [`print_nodes`].
+pub fn node_line(url: &str, health: &serde_json::Value) -> String {
+    let id = health["id"].as_u64().map_or("?".into(), |id| id.to_string());
+    let role = health["role"].as_str().unwrap_or("?");
+    let depth = health["depth"].as_u64().map_or("?".into(), |d| d.to_string());
+    let parent = health["parent"].as_u64().map_or("-".into(), |p| p.to_string());
+    format!("node {id:<3} {url:<23} {role:<5}  depth {depth}  parent {parent}")
+}
+
+/// Waits until ZooKeeper records all `n` nodes as live, then draws the tree.
+async fn print_tree(zk: &str, cluster: &str, n: usize) {
+    let deadline = Instant::now() + TREE_TIMEOUT;
+    loop {
+        match super::tree::read(zk, cluster, ZK_TIMEOUT).await {
+            Ok(s) if complete(&s, n) || Instant::now() > deadline => {
+                println!("\n{}\n{}", super::tree::header(cluster, &s), super::tree::draw(&s));
+                return;
+            }
+            Err(e) if Instant::now() > deadline => {
+                eprintln!("cannot draw the tree: {e}");
+                return;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+fn complete(s: &super::tree::Snapshot, n: usize) -> bool {
+    s.records.len() == n && s.records.iter().all(|r| s.live.contains(&r.id())) && s.root.is_some()
+}
+
+/// Waits for Ctrl-C or SIGTERM; meanwhile reports nodes that exit.
+async fn watch(nodes: &mut [Child]) {
+    let signal = crate::node::wait_for_signal();
+    tokio::pin!(signal);
+    let mut reported = vec![false; nodes.len()];
+    loop {
+        tokio::select! {
+            _ = &mut signal => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => report_exits(nodes, &mut reported),
+        }
+    }
+}
+
+fn report_exits(nodes: &mut [Child], reported: &mut [bool]) {
+    for (k, child) in nodes.iter_mut().enumerate() {
+        if let (false, Ok(Some(status))) = (reported[k], child.try_wait()) {
+            eprintln!("node process {k} (pid {}) exited with {status}", child.id());
+            reported[k] = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        up: UpArgs,
+    }
+
+    fn up(args: &[&str]) -> Result<UpArgs, String> {
+        let cli = Cli::try_parse_from(std::iter::once("up").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+        cli.up.validate().map(|_| cli.up)
+    }
+
+    #[test]
+    fn defaults_are_seven_nodes_push_mode_free_ports() {
+        let a = up(&[]).unwrap();
+        assert_eq!((a.nodes, a.fanout, a.mode, a.base_port, a.zk), (7, 2, Mode::Push, 0, None));
+        assert_eq!(a.cluster, "default");
+    }
+
+    #[test]
+    fn bad_combinations_are_refused_before_anything_starts() {
+        assert!(up(&["--mode", "ttl"]).unwrap_err().contains("--max-age"));
+        assert!(up(&["--max-age", "2s"]).unwrap_err().contains("only applies"));
+        assert!(up(&["--mode", "ttl", "--max-age", "0s"]).unwrap_err().contains("greater than zero"));
+        assert!(up(&["--cluster", "a/b"]).unwrap_err().contains("no '/'"));
+        assert!(up(&["--base-port", "65530", "--nodes", "7"]).unwrap_err().contains("no room"));
+        assert!(up(&["--nodes", "0"]).is_err());
+        assert!(up(&["--base-port", "65529", "--nodes", "7"]).is_ok());
+    }
+
+    #[test]
+    fn the_root_gets_the_mode_and_nodes_do_not() {
+        let a = up(&["--mode", "ttl", "--max-age", "1.5s", "--fanout", "3", "--cluster", "c"]).unwrap();
+        assert_eq!(
+            a.flags("zk:1", 0, 9000).join(" "),
+            "--zk zk:1 --cluster c --listen 127.0.0.1:9000 --fanout 3 --root --mode ttl --max-age 1500ms"
         );
+        assert_eq!(a.flags("zk:1", 2, 9002).join(" "), "--zk zk:1 --cluster c --listen 127.0.0.1:9002 --fanout 3");
     }
-    // Placement settles as nodes join; draw once ZooKeeper shows them all.
-    match super::tree::render(&zk_addr, &args.cluster).await {
-        Ok(tree) => println!("\n{tree}"),
-        Err(e) => eprintln!("cannot draw the tree: {e}"),
+
+    #[test]
+    fn ports_count_up_from_the_base_port() {
+        let a = up(&["--base-port", "9000"]).unwrap();
+        assert_eq!((a.port(0).unwrap(), a.port(6).unwrap()), (9000, 9006));
+        let a = up(&["--base-port", "65535", "--nodes", "1"]).unwrap();
+        assert!(a.port(1).unwrap_err().contains("out of range"));
+        assert_ne!(up(&[]).unwrap().port(0).unwrap(), 0);
     }
-    println!("logs in {}\nCtrl-C stops the tree.", logs.display());
-    crate::node::wait_for_signal().await;
-    eprintln!("stopping {} nodes...", running.children.len());
-    drop(running);
-    Ok(())
+
+    #[test]
+    fn node_lines_show_id_role_depth_and_parent() {
+        let h = serde_json::json!({"status":"ok","id":5,"role":"leaf","parent":2,"depth":2,"children":[],"epoch":1});
+        assert_eq!(node_line("http://127.0.0.1:9004", &h), "node 5   http://127.0.0.1:9004   leaf   depth 2  parent 2");
+        let root = serde_json::json!({"id":1,"role":"root","parent":null,"depth":0});
+        assert!(node_line("http://r", &root).ends_with("root   depth 0  parent -"));
+        assert!(node_line("http://x", &serde_json::json!({})).starts_with("node ?"));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_zookeeper_fails_fast() {
+        let port = free_port().unwrap();
+        let a = up(&["--zk", &format!("127.0.0.1:{port}"), "--nodes", "1"]).unwrap();
+        let err = run(a).await.unwrap_err();
+        assert!(err.contains("cannot reach ZooKeeper"), "{err}");
+    }
 }

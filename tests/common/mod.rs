@@ -1,33 +1,42 @@
-//! The test harness: a real ZooKeeper (`treecache::zkserver::LocalZk`) and
-//! real `treecache node` processes on loopback. Readiness is polled
-//! (`/health`, or any condition through `wait_until`), never slept for.
-//! Dropping a `Cluster` kills and reaps every process; if the test is
-//! failing, each node's log tail is printed first.
+//! The test harness: a real ZooKeeper ([`Zk`], over
+//! `treecache::zkserver::LocalZk`) and real `treecache node` processes on
+//! loopback, started the way `treecache up` starts them
+//! (`treecache::cli::local`). Readiness is polled (`/health`, or any
+//! condition through [`wait_until`]), never slept for. Dropping a [`Cluster`]
+//! kills and reaps every process; if the test is failing, each node's log
+//! tail (and ZooKeeper's) is printed first.
+//!
+//! Index `i` is the order nodes were started in: 0 is the root, and since
+//! nodes start one at a time, node `i` gets id `i + 1` unless a test
+//! restarts or replaces nodes ([`Cluster::node_ids`] has the truth).
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use reqwest::header::HeaderMap;
 use serde_json::Value;
-use treecache::cli::local::{spawn_node, stop, wait_healthy};
+use treecache::cli::local::{log_tail, node_args, spawn_node, stop, wait_healthy};
 use treecache::zkserver::{free_port, LocalZk};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_treecache");
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_GRACE: Duration = Duration::from_secs(10);
+const LOG_LINES: usize = 40;
 
-/// Polls `probe` every 50 ms until it holds; panics with `what` after `timeout`.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut probe: F)
+/// Polls `probe` every 50 ms until it holds; panics with `what` after `deadline`.
+pub async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut probe: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
+    let until = Instant::now() + deadline;
     while !probe().await {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(Instant::now() < until, "timed out after {deadline:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -39,10 +48,93 @@ pub async fn wait_past(at: Instant) {
     wait_until(Duration::from_secs(600), "the clock", || async { Instant::now() >= at }).await;
 }
 
+/// A private ZooKeeper for one test. Panics (with the server's log) when it
+/// cannot start: a test without ZooKeeper has nothing to say.
+pub struct Zk {
+    server: LocalZk,
+}
+
+impl Zk {
+    pub async fn start() -> Zk {
+        match LocalZk::start().await {
+            Ok(server) => Zk { server },
+            Err(e) => panic!("cannot start ZooKeeper: {e}"),
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        self.server.addr()
+    }
+
+    /// Kills the server: an outage for every node. Data and port stay.
+    pub fn stop(&mut self) {
+        self.server.stop();
+    }
+
+    /// Brings the server back after [`Zk::stop`], same port, same data.
+    pub async fn start_again(&mut self) {
+        if let Err(e) = self.server.start_again().await {
+            panic!("cannot restart ZooKeeper: {e}");
+        }
+    }
+
+    /// A fresh client session.
+    pub async fn client(&self) -> zookeeper_client::Client {
+        zookeeper_client::Client::connect(&self.addr()).await.expect("ZooKeeper client session")
+    }
+
+    pub fn log_tail(&self) -> String {
+        self.server.log_tail()
+    }
+}
+
+/// How to start a cluster. `Opts { nodes: 7, ..Opts::default() }`.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    /// Nodes including the root.
+    pub nodes: usize,
+    pub fanout: u32,
+    /// "push" or "ttl" (the root's flag; nodes take the root's mode).
+    pub mode: &'static str,
+    /// `--max-age` for ttl mode, e.g. "1s".
+    pub max_age: Option<&'static str>,
+    /// Extra flags for the root only.
+    pub root_args: Vec<String>,
+    /// Extra flags for every other node (also those added later).
+    pub node_args: Vec<String>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts { nodes: 1, fanout: 2, mode: "push", max_age: None, root_args: Vec::new(), node_args: Vec::new() }
+    }
+}
+
+impl Opts {
+    /// The root's flags beyond the common ones. Defaults are left out so a
+    /// test may still pass `--mode` or `--fanout` in `root_args`.
+    fn root_flags(&self) -> Vec<String> {
+        let mut flags = vec!["--root".to_string()];
+        if self.fanout != 2 {
+            flags.extend(["--fanout".into(), self.fanout.to_string()]);
+        }
+        if self.mode != "push" {
+            flags.extend(["--mode".into(), self.mode.into()]);
+        }
+        if let Some(age) = self.max_age {
+            flags.extend(["--max-age".into(), age.into()]);
+        }
+        flags.extend(self.root_args.iter().cloned());
+        flags
+    }
+}
+
 /// An answer to GET /kv.
 #[derive(Debug)]
 pub struct Read {
     pub status: u16,
+    pub headers: HeaderMap,
     pub version: Option<u64>,
     pub cache: Option<String>,
     pub node: Option<String>,
@@ -55,85 +147,97 @@ impl Read {
     }
 }
 
+/// One node process: its flags (to restart it the same way), its log and
+/// the id its last healthy /health reported.
 struct NodeProc {
     port: u16,
     child: Option<Child>,
     log: PathBuf,
     args: Vec<String>,
+    id: Option<u64>,
 }
 
 pub struct Cluster {
-    pub zk: LocalZk,
+    pub zk: Zk,
+    /// The cluster name, unique per test.
     pub name: String,
-    nodes: Vec<NodeProc>,
     pub http: reqwest::Client,
-    dir: tempfile::TempDir,
+    nodes: Vec<NodeProc>,
     node_args: Vec<String>,
+    dir: tempfile::TempDir,
 }
 
 static CLUSTERS: AtomicU32 = AtomicU32::new(0);
 
+fn unique_name() -> String {
+    format!("t{}-{}", std::process::id(), CLUSTERS.fetch_add(1, Ordering::Relaxed))
+}
+
 impl Cluster {
-    /// A root plus `n - 1` nodes, started one by one so ids are 1..=n and
-    /// placement is deterministic. `root_args` go to the root only.
+    /// A root plus `n - 1` nodes; `root_args` go to the root only.
     pub async fn start(n: usize, root_args: &[&str]) -> Cluster {
         Self::start_with(n, root_args, &[]).await
     }
 
+    /// [`Cluster::start`] with flags for every non-root node too.
     pub async fn start_with(n: usize, root_args: &[&str], node_args: &[&str]) -> Cluster {
-        let zk = LocalZk::start().await.expect("start ZooKeeper");
-        let name = format!("t{}-{}", std::process::id(), CLUSTERS.fetch_add(1, Ordering::Relaxed));
+        let owned = |args: &[&str]| args.iter().map(|s| s.to_string()).collect();
+        Self::start_opts(Opts { nodes: n, root_args: owned(root_args), node_args: owned(node_args), ..Opts::default() })
+            .await
+    }
+
+    /// Starts ZooKeeper, the root, then the other nodes one at a time, each
+    /// waited for until its /health answers 200.
+    pub async fn start_opts(opts: Opts) -> Cluster {
+        assert!(opts.nodes >= 1, "a cluster has at least its root");
         let mut cluster = Cluster {
-            zk,
-            name,
-            nodes: Vec::new(),
+            zk: Zk::start().await,
+            name: unique_name(),
             http: reqwest::Client::new(),
-            dir: tempfile::tempdir().expect("temp dir"),
-            node_args: node_args.iter().map(|s| s.to_string()).collect(),
+            nodes: Vec::new(),
+            node_args: opts.node_args.clone(),
+            dir: tempfile::Builder::new().prefix("treecache-test-").tempdir().expect("temp dir"),
         };
-        let mut extra: Vec<String> = vec!["--root".into()];
-        extra.extend(root_args.iter().map(|s| s.to_string()));
-        cluster.spawn(extra).await;
-        for _ in 1..n {
+        cluster.spawn(opts.root_flags()).await;
+        for _ in 1..opts.nodes {
             cluster.add_node().await;
         }
         cluster
     }
 
-    async fn spawn(&mut self, extra: Vec<String>) -> usize {
-        let port = free_port().expect("free port");
-        let mut args = vec![
-            "--zk".to_string(),
-            self.zk.addr(),
-            "--cluster".into(),
-            self.name.clone(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-        ];
-        args.extend(extra);
-        let i = self.nodes.len();
-        let log = self.dir.path().join(format!("node-{i}.log"));
-        let child = spawn_node(std::path::Path::new(BIN), &args, &log).expect("spawn node");
-        self.nodes.push(NodeProc { port, child: Some(child), log, args });
-        self.wait_healthy(i).await;
-        i
-    }
-
-    /// Starts one more node; returns its index.
+    /// Starts one more (non-root) node and waits for it; returns its index.
     pub async fn add_node(&mut self) -> usize {
         let extra = self.node_args.clone();
         self.spawn(extra).await
     }
 
-    async fn wait_healthy(&mut self, i: usize) {
+    async fn spawn(&mut self, extra: Vec<String>) -> usize {
+        let port = free_port().expect("free port");
+        let mut args = node_args(&self.zk.addr(), &self.name, port);
+        args.extend(extra);
+        let i = self.nodes.len();
+        let log = self.dir.path().join(format!("node-{i}.log"));
+        let child = spawn_node(Path::new(BIN), &args, &log).expect("spawn node");
+        self.nodes.push(NodeProc { port, child: Some(child), log, args, id: None });
+        self.wait_healthy(i).await;
+        i
+    }
+
+    /// Waits for node `i`'s /health 200 and records its id; on failure
+    /// prints every log and panics.
+    pub async fn wait_healthy(&mut self, i: usize) {
         let url = self.url(i);
         let node = &mut self.nodes[i];
-        if let Err(e) = wait_healthy(&self.http, &url, HEALTH_TIMEOUT, node.child.as_mut()).await {
-            self.print_logs();
-            panic!("node {i}: {e}");
+        match wait_healthy(&self.http, &url, HEALTH_TIMEOUT, node.child.as_mut()).await {
+            Ok(health) => node.id = health["id"].as_u64(),
+            Err(e) => {
+                self.print_logs();
+                panic!("node {i}: {e}");
+            }
         }
     }
 
+    /// How many nodes were started (dead ones included).
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
@@ -142,52 +246,75 @@ impl Cluster {
         format!("http://127.0.0.1:{}", self.nodes[i].port)
     }
 
-    /// SIGKILL: the node dies without leaving.
-    pub fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    /// Ids of the running nodes, as their /health said when they came up.
+    pub fn node_ids(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|n| n.child.is_some()).filter_map(|n| n.id).collect()
     }
 
-    /// SIGTERM: the node leaves cleanly.
-    pub fn term(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].child.take() {
-            stop(&mut c, Duration::from_secs(10));
-        }
+    /// The index of the running node with this id.
+    pub fn index_of(&self, id: u64) -> Option<usize> {
+        self.nodes.iter().position(|n| n.child.is_some() && n.id == Some(id))
     }
 
-    /// Starts node `i` again with the same flags (same address).
-    pub async fn restart(&mut self, i: usize) {
-        self.kill(i);
-        let node = &self.nodes[i];
-        let child = spawn_node(std::path::Path::new(BIN), &node.args, &node.log).expect("respawn node");
-        self.nodes[i].child = Some(child);
-        self.wait_healthy(i).await;
-    }
-
+    /// Indexes of the running nodes.
     pub fn alive(&self) -> Vec<usize> {
         (0..self.nodes.len()).filter(|&i| self.nodes[i].child.is_some()).collect()
     }
 
+    /// SIGKILL: the node dies without leaving.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the node to leave cleanly (SIGKILL after 10 s).
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            stop(&mut child, STOP_GRACE);
+        }
+    }
+
+    /// Same as [`Cluster::stop`].
+    pub fn term(&mut self, i: usize) {
+        self.stop(i);
+    }
+
+    /// Starts node `i` again (killing it first if it runs) with the same
+    /// flags and address, and waits until it is healthy.
+    pub async fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let node = &self.nodes[i];
+        let child = spawn_node(Path::new(BIN), &node.args, &node.log).expect("respawn node");
+        self.nodes[i].child = Some(child);
+        self.wait_healthy(i).await;
+    }
+
     pub async fn health(&self, i: usize) -> Value {
-        self.http.get(format!("{}/health", self.url(i))).send().await.expect("health").json().await.expect("json")
+        let resp = self.http.get(format!("{}/health", self.url(i))).send().await.expect("GET /health");
+        resp.json().await.expect("/health JSON")
     }
 
+    /// The id node `i` reports now.
     pub async fn id(&self, i: usize) -> u64 {
-        self.health(i).await["id"].as_u64().expect("id")
+        self.health(i).await["id"].as_u64().expect("id in /health")
     }
 
+    /// GET /kv/KEY (percent-encoded) with `query` appended as is ("" or "?...").
     pub async fn get(&self, i: usize, key: &str, query: &str) -> Read {
         let url = format!("{}/kv/{}{query}", self.url(i), enc(key));
         let resp = self.http.get(url).send().await.expect("GET /kv");
-        let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
         let (version, cache, node) =
             (header("x-version").and_then(|v| v.parse().ok()), header("x-cache"), header("x-node"));
-        let status = resp.status().as_u16();
-        Read { status, version, cache, node, body: resp.bytes().await.expect("body") }
+        let body = resp.bytes().await.expect("GET /kv body");
+        Read { status, headers, version, cache, node, body }
     }
 
+    /// PUT /kv/KEY; the status and the JSON body (Null when not JSON).
     pub async fn put(&self, i: usize, key: &str, value: &str, query: &str) -> (u16, Value) {
         let url = format!("{}/kv/{}{query}", self.url(i), enc(key));
         let resp = self.http.put(url).body(value.to_string()).send().await.expect("PUT /kv");
@@ -195,6 +322,7 @@ impl Cluster {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// DELETE /kv/KEY; the status and the JSON body (Null when not JSON).
     pub async fn del(&self, i: usize, key: &str, query: &str) -> (u16, Value) {
         let url = format!("{}/kv/{}{query}", self.url(i), enc(key));
         let resp = self.http.delete(url).send().await.expect("DELETE /kv");
@@ -202,28 +330,29 @@ impl Cluster {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    /// A counter from the node's /metrics.
+    /// A sample from the node's /metrics (`treecache_NAME VALUE`).
     pub async fn metric(&self, i: usize, name: &str) -> f64 {
-        let text =
-            self.http.get(format!("{}/metrics", self.url(i))).send().await.expect("metrics").text().await.unwrap();
+        let resp = self.http.get(format!("{}/metrics", self.url(i))).send().await.expect("GET /metrics");
+        let text = resp.text().await.expect("/metrics body");
+        let prefix = format!("treecache_{name} ");
         text.lines()
-            .find_map(|l| l.strip_prefix(&format!("treecache_{name} ")).and_then(|v| v.parse().ok()))
-            .unwrap_or_else(|| panic!("metric {name} missing"))
+            .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.parse().ok()))
+            .unwrap_or_else(|| panic!("metric {name} missing from /metrics of node {i}"))
     }
 
     /// Keys in the node's /dump.
     pub async fn dump_keys(&self, i: usize) -> Vec<String> {
-        let text =
-            self.http.get(format!("{}/dump?limit=10000", self.url(i))).send().await.unwrap().text().await.unwrap();
+        let resp = self.http.get(format!("{}/dump?limit=10000", self.url(i))).send().await.expect("GET /dump");
+        let text = resp.text().await.expect("/dump body");
         text.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter_map(|v| v["key"].as_str().map(String::from))
             .collect()
     }
 
-    /// Every znode path under `/treecache/<cluster>/<sub>`, relative to it.
+    /// Every znode path under `/treecache/<cluster>/<sub>`, relative to it, sorted.
     pub async fn zk_tree(&self, sub: &str) -> Vec<String> {
-        let zk = zookeeper_client::Client::connect(&self.zk.addr()).await.expect("zk connect");
+        let zk = self.zk.client().await;
         let base = format!("/treecache/{}/{sub}", self.name);
         let mut out = Vec::new();
         let mut stack = vec![base.clone()];
@@ -238,16 +367,14 @@ impl Cluster {
         out
     }
 
+    /// Each node's log tail, then ZooKeeper's, on stderr.
     pub fn print_logs(&self) {
         for (i, n) in self.nodes.iter().enumerate() {
-            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!("----- node {i} ({}) log tail -----", n.port);
-            for l in &lines[lines.len().saturating_sub(30)..] {
-                eprintln!("{l}");
-            }
+            let state = if n.child.is_some() { "running" } else { "stopped" };
+            eprintln!("----- node {i} (id {:?}, port {}, {state}) log tail -----", n.id, n.port);
+            eprintln!("{}", log_tail(&n.log, LOG_LINES));
         }
-        eprintln!("----- zookeeper log tail -----\n{}", self.zk.log_tail());
+        eprintln!("----- zookeeper {} log tail -----\n{}", self.zk.addr(), self.zk.log_tail());
     }
 }
 
@@ -265,6 +392,7 @@ impl Drop for Cluster {
     }
 }
 
+/// Percent-encodes a key for a URL path.
 pub fn enc(key: &str) -> String {
     percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

@@ -1,0 +1,198 @@
+//! `treecache up` and `treecache tree`, run as a person runs them: the real
+//! binary, a real ZooKeeper, real node processes.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Zk, BIN};
+use treecache::cli::tree::{read_with, render};
+use treecache::tree::zk::Paths;
+use treecache::zkserver::free_port;
+use zookeeper_client::{Acls, Client, CreateMode};
+
+const UP_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn treecache(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).stdin(Stdio::null()).output().expect("run treecache")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A `treecache up` child: SIGKILLed if the test fails before stopping it
+/// (its nodes and ZooKeeper die with it).
+struct Up {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Up {
+    fn start(args: &[&str]) -> Up {
+        let mut child = Command::new(BIN)
+            .arg("up")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run treecache up");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Up { child, lines, seen: Vec::new() }
+    }
+
+    /// Collects stdout up to the line that says the tree is up.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + UP_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("Ctrl-C") => return,
+                Ok(line) => self.seen.push(line),
+                Err(e) => panic!("treecache up not ready ({e}); it printed:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    fn sigterm_and_wait(&mut self) -> std::process::ExitStatus {
+        // SAFETY: plain syscall on our own, unreaped child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "treecache up did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_starts_a_tree_prints_it_and_stops_everything_on_sigterm() {
+    let mut up = Up::start(&["--nodes", "3", "--cluster", "uptest"]);
+    up.wait_ready();
+    let out = up.seen.join("\n");
+    let zk = out.lines().find_map(|l| l.strip_prefix("ZooKeeper  ")).expect("ZooKeeper line");
+    let zk = zk.split_whitespace().next().unwrap().to_string();
+    let nodes: Vec<Vec<&str>> =
+        out.lines().filter(|l| l.starts_with("node ")).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(nodes.len(), 3, "{out}");
+    let ids_roles: Vec<(&str, &str)> = nodes.iter().map(|n| (n[1], n[3])).collect();
+    assert_eq!(ids_roles, [("1", "root"), ("2", "leaf"), ("3", "leaf")], "{out}");
+    let urls: Vec<String> = nodes.iter().map(|n| n[2].to_string()).collect();
+    assert!(out.contains(&format!("1  {}  (root)", urls[0])), "{out}");
+    assert!(out.contains(&format!("├── 2  {}", urls[1])), "{out}");
+    assert!(out.contains(&format!("└── 3  {}", urls[2])), "{out}");
+    for url in &urls {
+        assert_eq!(reqwest::get(format!("{url}/health")).await.unwrap().status(), 200, "{url}");
+    }
+
+    let tree = treecache(&["tree", "--zk", &zk, "--cluster", "uptest"]);
+    let drawn = String::from_utf8_lossy(&tree.stdout);
+    assert!(tree.status.success(), "{}", stderr(&tree));
+    assert!(drawn.starts_with("cluster uptest: root 1 at "), "{drawn}");
+    assert!(drawn.contains("3 nodes, 3 live"), "{drawn}");
+
+    let status = up.sigterm_and_wait();
+    assert!(status.success(), "treecache up exited with {status}");
+    for url in &urls {
+        assert!(reqwest::get(format!("{url}/health")).await.is_err(), "{url} still answers");
+    }
+    assert!(std::net::TcpStream::connect(&zk).is_err(), "the private ZooKeeper still listens");
+}
+
+#[test]
+fn up_refuses_an_unreachable_zookeeper_quickly() {
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let out = treecache(&["up", "--nodes", "2", "--zk", &addr]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(&format!("cannot reach ZooKeeper at {addr}")), "{}", stderr(&out));
+}
+
+#[test]
+fn up_refuses_ttl_mode_without_max_age() {
+    let out = treecache(&["up", "--mode", "ttl"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--max-age"), "{}", stderr(&out));
+}
+
+#[test]
+fn tree_reports_an_unreachable_zookeeper() {
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let out = treecache(&["tree", "--zk", &addr]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(&format!("cannot reach ZooKeeper at {addr}")), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tree_reports_a_cluster_that_never_ran() {
+    let zk = Zk::start().await;
+    let out = treecache(&["tree", "--zk", &zk.addr(), "--cluster", "nothing-here"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cluster \"nothing-here\" has no tree"), "{}", stderr(&out));
+}
+
+async fn create(zk: &Client, path: &str, data: &str) {
+    let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    zk.mkdir(path.rsplit_once('/').unwrap().0, &options).await.unwrap();
+    zk.create(path, data.as_bytes(), &options).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tree_draws_what_zookeeper_records() {
+    let zk = Zk::start().await;
+    let client = zk.client().await;
+    for (path, id) in [("1", 1), ("1/2", 2), ("1/3", 3), ("1/2/4", 4), ("1/2/5", 5), ("1/3/10", 10)] {
+        let data = format!(r#"{{"id":{id},"url":"http://n{id}","depth":{}}}"#, path.matches('/').count());
+        create(&client, &format!("/treecache/c1/tree/{path}"), &data).await;
+    }
+    for id in [1, 2, 3, 5, 10] {
+        create(&client, &format!("/treecache/c1/live/{id}"), "").await;
+    }
+    create(&client, "/treecache/c1/root", r#"{"id":1,"url":"http://n1","epoch":4}"#).await;
+    let drawn = render(&zk.addr(), "c1").await.unwrap();
+    assert_eq!(
+        drawn,
+        "cluster c1: root 1 at http://n1 (epoch 4); 6 nodes, 5 live\n\
+         1  http://n1  (root)\n\
+         ├── 2  http://n2\n\
+         │   ├── 4  http://n4  (dead)\n\
+         │   └── 5  http://n5\n\
+         └── 3  http://n3\n\
+         \u{20}   └── 10  http://n10\n"
+    );
+    let out = treecache(&["tree", "--zk", &zk.addr(), "--cluster", "c1"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), drawn);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tree_reports_zookeeper_going_away_mid_read() {
+    let mut zk = Zk::start().await;
+    let client = zk.client().await;
+    create(&client, "/treecache/c2/tree/1", r#"{"id":1,"url":"http://n1","depth":0}"#).await;
+    zk.stop();
+    let read = tokio::time::timeout(Duration::from_secs(30), read_with(&client, &Paths::new("c2"))).await;
+    let err = read.expect("the read gives up").unwrap_err();
+    assert!(err.contains("cannot list /treecache/c2/tree"), "{err}");
+}
