@@ -1,0 +1,157 @@
+# shellcheck shell=bash
+# Shared by the provision scripts (sourced, never run). Every script takes a
+# mode, so the steps that set up a VM also serve a local run and the tests:
+#
+#   systemd     install under /usr/local and /etc, run as a systemd service
+#               (what Vagrant does in each VM; needs root)
+#   foreground  run in this process (exec), state under $TREECACHE_STATE_DIR;
+#               touches nothing outside it (what tests/netns.rs does)
+#   background  the same, detached; pid and log in the state dir
+#   stop        stop what `background` started
+#
+# Every step checks before it changes anything, so running a script twice
+# changes nothing the second time.
+
+PROVISION_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# The source tree: the synced folder (/vagrant) in a VM, the checkout here.
+SRC_DIR=$(cd "$PROVISION_DIR/.." && pwd)
+PROG=$(basename "$0" .sh)
+
+log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() {
+    log "$*"
+    exit 1
+}
+
+# The mode from the first argument, or a usage message.
+parse_mode() {
+    case "${1:-}" in
+        systemd | foreground | background | stop) printf '%s\n' "$1" ;;
+        *) die "usage: $0 systemd|foreground|background|stop (see the top of $0)" ;;
+    esac
+}
+
+need_root() {
+    [ "$(id -u)" -eq 0 ] || die "$* needs root (run it with sudo)"
+}
+
+# write_if_changed PATH PERM < CONTENT: replaces PATH atomically when the
+# content differs; succeeds only if it changed something.
+write_if_changed() {
+    local path=$1 perm=$2 tmp
+    mkdir -p "$(dirname "$path")"
+    tmp=$(mktemp "$path.XXXXXX")
+    cat >"$tmp"
+    chmod "$perm" "$tmp"
+    if [ -f "$path" ] && cmp -s "$tmp" "$path"; then
+        rm -f "$tmp"
+        return 1
+    fi
+    mv -f "$tmp" "$path"
+}
+
+# apt_install PACKAGE...: installs those not installed yet.
+apt_install() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    need_root "installing ${missing[*]}"
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# systemd_unit NAME CHANGED: reloads units, enables NAME, and restarts it when
+# CHANGED is 1 (config or binary changed), else starts it if it is stopped.
+systemd_unit() {
+    local name=$1 changed=$2
+    systemctl daemon-reload
+    systemctl enable --quiet "$name"
+    if [ "$changed" = 1 ]; then
+        log "(re)starting $name"
+        systemctl restart "$name"
+    else
+        systemctl start "$name"
+    fi
+}
+
+# state_dir NAME: $TREECACHE_STATE_DIR, or target/deploy/NAME in the checkout.
+state_dir() {
+    local dir=${TREECACHE_STATE_DIR:-$SRC_DIR/target/deploy/$1}
+    mkdir -p "$dir"
+    (cd "$dir" && pwd)
+}
+
+# running PIDFILE: the pid in PIDFILE is alive.
+running() {
+    [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
+# start_background PIDFILE LOG COMMAND...: starts COMMAND detached, in its own
+# session, unless the one recorded in PIDFILE still runs.
+start_background() {
+    local pidfile=$1 logfile=$2
+    shift 2
+    if running "$pidfile"; then
+        log "already running (pid $(cat "$pidfile"), log $logfile)"
+        return 0
+    fi
+    setsid "$@" >>"$logfile" 2>&1 </dev/null &
+    echo $! >"$pidfile"
+    log "started (pid $!, log $logfile)"
+}
+
+# stop_background PIDFILE: SIGTERM (a node leaves the tree cleanly), then
+# SIGKILL after 15 s.
+stop_background() {
+    local pidfile=$1 pid i
+    if ! running "$pidfile"; then
+        log "not running"
+        rm -f "$pidfile"
+        return 0
+    fi
+    pid=$(cat "$pidfile")
+    kill -TERM "$pid"
+    for i in $(seq 1 150); do
+        kill -0 "$pid" 2>/dev/null || break
+        [ "$i" -eq 150 ] && kill -KILL "$pid" 2>/dev/null
+        sleep 0.1
+    done
+    rm -f "$pidfile"
+    log "stopped (pid $pid)"
+}
+
+# wait_for DESCRIPTION SECONDS COMMAND...: polls COMMAND every half second
+# until it succeeds; fails after SECONDS.
+wait_for() {
+    local what=$1 secs=$2 deadline
+    shift 2
+    deadline=$((SECONDS + secs))
+    until "$@"; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log "gave up after ${secs}s waiting for $what"
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
+# Where provision/build-treecache.sh leaves the binary for every VM (the
+# synced folder), with the hash of the sources it was built from.
+SHARED_BUILD=$SRC_DIR/target/vagrant
+
+# source_hash: a hash of what the binary is built from.
+source_hash() {
+    (
+        cd "$SRC_DIR" || exit 1
+        find Cargo.toml Cargo.lock src -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1
+    )
+}
+
+# shared_build_current: the shared binary exists and matches the sources.
+shared_build_current() {
+    [ -x "$SHARED_BUILD/treecache" ] && [ "$(cat "$SHARED_BUILD/treecache.src" 2>/dev/null)" = "$(source_hash)" ]
+}

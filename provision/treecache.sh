@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# One treecache node (or the root), configured by the TREECACHE_* variables
+# that `treecache node` reads (src/config.rs). Vagrant passes each VM its own
+# (deploy/topology.rb); so does tests/netns.rs, in a network namespace.
+#
+#   provision/treecache.sh systemd     a VM: /usr/local/bin/treecache,
+#                                      /etc/treecache/treecache.env, treecache.service
+#   provision/treecache.sh foreground  run the node in this process
+#   provision/treecache.sh background  run it detached (pid, log in the state dir)
+#   provision/treecache.sh stop        stop the background node (SIGTERM: it leaves the tree)
+#
+# Environment, besides TREECACHE_ZK, TREECACHE_LISTEN, TREECACHE_ADVERTISE,
+# TREECACHE_ID, TREECACHE_ROOT, TREECACHE_ROOT_URL, ... for the node:
+#   TREECACHE_BIN        the binary to run. Default: in systemd mode the shared
+#                        build (target/vagrant/treecache, from build-treecache.sh),
+#                        otherwise target/release/treecache, built if missing
+#   TREECACHE_STATE_DIR  foreground/background state (default
+#                        target/deploy/node-ADDRESS-PORT in the checkout)
+#   TREECACHE_BUILD_WAIT seconds a VM waits for the shared build (default 1800)
+set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+. "$(dirname "$0")/lib.sh"
+
+mode=$(parse_mode "${1:-}")
+listen=${TREECACHE_LISTEN:-127.0.0.1:8080}
+url=${TREECACHE_ADVERTISE:-http://$listen}
+# Variables for this script, not for the node.
+PROVISION_ONLY='^TREECACHE_(BIN|STATE_DIR|BUILD_WAIT)='
+
+describe() {
+    local what="node ${TREECACHE_ID:-(id from the root)}"
+    [ "${TREECACHE_ROOT:-}" = true ] && what="root ${TREECACHE_ID:-}"
+    printf '%s at %s, ZooKeeper %s' "$what" "$url" "${TREECACHE_ZK:-(unset)}"
+}
+
+# health: the node answers /health with 200 (it is registered).
+health() {
+    curl -sf --max-time 3 "$url/health" >/dev/null
+}
+
+# local_binary: TREECACHE_BIN, or the checkout's release build (built once).
+local_binary() {
+    if [ -n "${TREECACHE_BIN:-}" ]; then
+        [ -x "$TREECACHE_BIN" ] || die "TREECACHE_BIN=$TREECACHE_BIN is not an executable"
+        printf '%s\n' "$TREECACHE_BIN"
+        return
+    fi
+    local bin=$SRC_DIR/target/release/treecache
+    if [ ! -x "$bin" ]; then
+        command -v cargo >/dev/null || die "no $bin and no cargo to build it: set TREECACHE_BIN"
+        log "building $bin"
+        cargo build --release --locked --bin treecache --manifest-path "$SRC_DIR/Cargo.toml" >&2
+    fi
+    printf '%s\n' "$bin"
+}
+
+# shared_binary: TREECACHE_BIN, or the shared build once it matches the sources.
+shared_binary() {
+    if [ -n "${TREECACHE_BIN:-}" ]; then
+        local_binary
+        return
+    fi
+    if ! shared_build_current; then
+        log "waiting for the zk VM to build target/vagrant/treecache (provision/build-treecache.sh)"
+        wait_for "the shared build" "${TREECACHE_BUILD_WAIT:-1800}" shared_build_current ||
+            die "no up-to-date $SHARED_BUILD/treecache: is /vagrant a two-way synced folder (see docs/deploy.md)? run: vagrant provision zk"
+    fi
+    printf '%s\n' "$SHARED_BUILD/treecache"
+}
+
+install_systemd() {
+    need_root "$0 systemd"
+    if [ -z "${TREECACHE_ZK:-}" ] || [ -z "${TREECACHE_LISTEN:-}" ]; then
+        die "TREECACHE_ZK and TREECACHE_LISTEN must be set (Vagrant sets them from deploy/hosts)"
+    fi
+    apt_install curl ca-certificates
+    local bin changed=0
+    bin=$(shared_binary)
+    if ! cmp -s "$bin" /usr/local/bin/treecache; then
+        install -m 0755 "$bin" /usr/local/bin/treecache.new
+        mv -f /usr/local/bin/treecache.new /usr/local/bin/treecache
+        changed=1
+    fi
+    {
+        echo "# Written by provision/treecache.sh from the environment Vagrant gave it."
+        env | grep -E '^(TREECACHE_[A-Z_]+|RUST_LOG)=' | grep -Ev "$PROVISION_ONLY" | LC_ALL=C sort
+    } | write_if_changed /etc/treecache/treecache.env 0644 && changed=1
+    write_if_changed /etc/systemd/system/treecache.service 0644 <<'EOF' && changed=1
+# Written by provision/treecache.sh.
+[Unit]
+Description=treecache node
+Documentation=file:///vagrant/docs/deploy.md
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+EnvironmentFile=/etc/treecache/treecache.env
+ExecStart=/usr/local/bin/treecache node
+# SIGTERM: the node leaves the tree (its children re-attach at once).
+KillSignal=SIGTERM
+TimeoutStopSec=20
+Restart=always
+RestartSec=2
+DynamicUser=yes
+StateDirectory=treecache
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+
+[Install]
+WantedBy=multi-user.target
+EOF
+    systemd_unit treecache.service "$changed"
+    if wait_for "$(describe) to register" 60 health; then
+        log "$(describe): $(curl -sf --max-time 3 "$url/health")"
+    elif systemctl is-active --quiet treecache.service; then
+        log "$(describe) runs but has not registered yet (is the root up?): journalctl -u treecache"
+    else
+        die "treecache.service is not running: journalctl -u treecache"
+    fi
+}
+
+case "$mode" in
+    systemd)
+        install_systemd
+        ;;
+    foreground)
+        bin=$(local_binary)
+        log "$(describe)"
+        exec "$bin" node
+        ;;
+    background)
+        bin=$(local_binary)
+        dir=$(state_dir "node-${listen//[:.]/-}")
+        start_background "$dir/treecache.pid" "$dir/treecache.log" "$bin" node
+        if command -v curl >/dev/null && wait_for "$(describe) to register" 60 health; then
+            log "$(describe): registered"
+        else
+            log "$(describe): not registered yet; see $dir/treecache.log"
+        fi
+        ;;
+    stop)
+        dir=$(state_dir "node-${listen//[:.]/-}")
+        stop_background "$dir/treecache.pid"
+        ;;
+esac
