@@ -40,6 +40,7 @@ done
 cat "$out"
 grep -q '^Ctrl-C' "$out" || { echo "treecache up did not come up within 2 minutes" >&2; exit 1; }
 
+zk=$(awk '$1 == "ZooKeeper" {print $2; exit}' "$out")
 root=$(awk '$1 == "node" && $4 == "root" {print $3; exit}' "$out")
 a=$(awk '$1 == "node" && $4 == "leaf" {print $3}' "$out" | head -n1)
 b=$(awk '$1 == "node" && $4 == "leaf" {print $3}' "$out" | tail -n1)
@@ -67,6 +68,8 @@ show_get "$b"
 echo "== PUT hello=again at $b, then GET at $a: the root pushed it down"
 "$bin" put --node "$b" --ack root hello again
 show_get "$a"
-echo "Tree is up. Try:  $bin get --node $a hello    $bin tree --zk <ZooKeeper above>"
+echo "Tree is up. Try:"
+echo "  $bin get --node $a hello"
+echo "  $bin tree --zk $zk"
 echo "Ctrl-C stops it."
 wait "$up"

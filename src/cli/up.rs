@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::local::{self, log_tail, node_args, spawn_node, stop_all, wait_healthy, zk_connect};
+use super::tree;
 use crate::config::{parse_duration, Mode};
+use crate::tree::zk::Paths;
 use crate::zkserver::{free_port, LocalZk};
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -185,25 +187,31 @@ pub fn node_line(url: &str, health: &serde_json::Value) -> String {
     format!("node {id:<3} {url:<23} {role:<5}  depth {depth}  parent {parent}")
 }
 
-/// Waits until ZooKeeper records all `n` nodes as live, then draws the tree.
+/// Waits until ZooKeeper records all `n` nodes as live, then draws the tree
+/// (as it is by then, if that takes longer than [`TREE_TIMEOUT`]).
 async fn print_tree(zk: &str, cluster: &str, n: usize) {
-    let deadline = Instant::now() + TREE_TIMEOUT;
-    loop {
-        match super::tree::read(zk, cluster, ZK_TIMEOUT).await {
-            Ok(s) if complete(&s, n) || Instant::now() > deadline => {
-                println!("\n{}\n{}", super::tree::header(cluster, &s), super::tree::draw(&s));
-                return;
-            }
-            Err(e) if Instant::now() > deadline => {
-                eprintln!("cannot draw the tree: {e}");
-                return;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
+    match read_complete_tree(zk, cluster, n).await {
+        Ok(s) => println!("\n{}\n{}", tree::header(cluster, &s), tree::draw(&s)),
+        Err(e) => eprintln!("cannot draw the tree: {e}"),
     }
 }
 
-fn complete(s: &super::tree::Snapshot, n: usize) -> bool {
+async fn read_complete_tree(zk: &str, cluster: &str, n: usize) -> Result<tree::Snapshot, String> {
+    let client = zk_connect(zk, ZK_TIMEOUT).await?;
+    let paths = Paths::new(cluster);
+    let deadline = Instant::now() + TREE_TIMEOUT;
+    loop {
+        let reading = tokio::time::timeout(ZK_TIMEOUT, tree::read_with(&client, &paths));
+        let snapshot =
+            reading.await.map_err(|_| format!("ZooKeeper at {zk} did not answer within {ZK_TIMEOUT:?}"))??;
+        if complete(&snapshot, n) || Instant::now() > deadline {
+            return Ok(snapshot);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn complete(s: &tree::Snapshot, n: usize) -> bool {
     s.records.len() == n && s.records.iter().all(|r| s.live.contains(&r.id())) && s.root.is_some()
 }
 
