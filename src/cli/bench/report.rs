@@ -335,7 +335,9 @@ impl Report {
         let mut out = String::new();
         let s = &self.settings;
         let _ = write!(out, "treecache bench {}: ", self.scenario);
-        if self.scale.is_none() {
+        if let Some(sc) = &self.scale {
+            let _ = write!(out, "{} node processes on loopback", sc.nodes);
+        } else {
             let _ = write!(out, "{} connections, {} loop", s.connections, s.loop_kind);
             if let Some(r) = s.rate {
                 let _ = write!(out, " at {r} req/s");
