@@ -196,3 +196,15 @@ async fn tree_reports_zookeeper_going_away_mid_read() {
     let err = read.expect("the read gives up").unwrap_err();
     assert!(err.contains("cannot list /treecache/c2/tree"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_reports_a_node_that_cannot_start_with_its_log() {
+    let zk = Zk::start().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = treecache(&["up", "--nodes", "2", "--zk", &zk.addr(), "--base-port", &port]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("http://127.0.0.1:{port} exited with")), "{err}");
+    assert!(err.contains("last lines of "), "{err}");
+}

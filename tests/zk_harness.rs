@@ -136,3 +136,37 @@ async fn cluster_passes_fanout_and_ttl_mode_to_the_root() {
     let tree = c.http.get(format!("{}/tree", c.url(3))).send().await.unwrap().text().await.unwrap();
     assert!(tree.contains("ttl"), "node 4's /tree: {tree}");
 }
+
+/// Holds `addr` with a server that answers every connection with `answer`.
+async fn squat(addr: &str, answer: &'static [u8]) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("take the port");
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = [0u8; 16];
+            let _ = sock.read(&mut buf).await;
+            let _ = sock.write_all(answer).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_refuses_a_port_someone_else_took() {
+    let mut zk = LocalZk::start().await.unwrap();
+    zk.stop();
+    let squatter = squat(&zk.addr(), b"").await;
+    let err = zk.start_again().await.unwrap_err();
+    assert!(err.contains(&format!("port {} is taken", zk.port())), "{err}");
+    assert!(!zk.is_running());
+    squatter.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_zookeeper_on_the_port_is_not_mistaken_for_ours() {
+    let mut zk = LocalZk::start().await.unwrap();
+    zk.stop();
+    let squatter = squat(&zk.addr(), b"clientPort=1\ndataDir=/somewhere/else/version-2\n").await;
+    let err = zk.start_again().await.unwrap_err();
+    assert!(err.contains("is taken by another process"), "{err}");
+    squatter.abort();
+}
