@@ -124,6 +124,27 @@ stop_background() {
     log "stopped (pid $pid)"
 }
 
+# wait_started PIDFILE LOG SECONDS DESCRIPTION COMMAND...: after
+# start_background, polls COMMAND until it succeeds. Dies with the log's tail
+# if the process exits (say, its port was taken); fails after SECONDS.
+wait_started() {
+    local pidfile=$1 logfile=$2 secs=$3 what=$4 deadline
+    shift 4
+    deadline=$((SECONDS + secs))
+    until "$@"; do
+        if ! running "$pidfile"; then
+            tail -n 20 "$logfile" >&2
+            die "$what: the process exited (log above, $logfile)"
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log "gave up after ${secs}s waiting for $what"
+            return 1
+        fi
+        sleep 0.5
+    done
+    running "$pidfile" || die "$what: the process exited, yet something answers: is another one using its address?"
+}
+
 # wait_for DESCRIPTION SECONDS COMMAND...: polls COMMAND every half second
 # until it succeeds; fails after SECONDS.
 wait_for() {

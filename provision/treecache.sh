@@ -134,10 +134,12 @@ case "$mode" in
         bin=$(local_binary)
         dir=$(state_dir "node-${listen//[:.]/-}")
         start_background "$dir/treecache.pid" "$dir/treecache.log" "$bin" node
-        if command -v curl >/dev/null && wait_for "$(describe) to register" 60 health; then
+        if ! command -v curl >/dev/null; then
+            log "$(describe): no curl here to check it registered; see $dir/treecache.log"
+        elif wait_started "$dir/treecache.pid" "$dir/treecache.log" 60 "$(describe)" health; then
             log "$(describe): registered"
         else
-            log "$(describe): not registered yet; see $dir/treecache.log"
+            log "$(describe): not registered yet (is the root up?); see $dir/treecache.log"
         fi
         ;;
     stop)

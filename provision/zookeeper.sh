@@ -145,7 +145,8 @@ case "$mode" in
         configure_local "$dir"
         mapfile -t cmd < <(server_cmd "$dir/zoo.cfg")
         start_background "$dir/zookeeper.pid" "$dir/zookeeper.log" "${cmd[@]}"
-        wait_for "ZooKeeper on $listen" 120 ruok || die "ZooKeeper does not answer on $listen: see $dir/zookeeper.log"
+        wait_started "$dir/zookeeper.pid" "$dir/zookeeper.log" 120 "ZooKeeper on $listen" ruok ||
+            die "ZooKeeper does not answer on $listen: see $dir/zookeeper.log"
         log "ZooKeeper answers on $listen; CLI: $dir/bin/zkCli.sh ls -R /treecache"
         ;;
     stop)

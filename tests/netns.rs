@@ -45,6 +45,7 @@ fn the_vagrant_tree_forms_serves_and_heals_across_hosts() {
     let worker = std::thread::Builder::new()
         .name("netns".into())
         .spawn(|| {
+            preflight();
             let lab = Lab::build(Plan::load());
             lab.enter(LAPTOP);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
@@ -422,7 +423,6 @@ struct Proc {
 impl Lab {
     /// The switch, the laptop and one namespace per VM, wired to the bridge.
     fn build(plan: Plan) -> Lab {
-        preflight();
         remove_stale_namespaces();
         let mut lab = Lab {
             prefix: format!("{NS_PREFIX}{}", std::process::id()),
@@ -623,10 +623,10 @@ impl Drop for Lab {
 fn preflight() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
+    assert!(
+        euid == 0,
         "tests/netns.rs builds the Vagrant topology from network namespaces, which needs root \
-         (CI runs as root); run it as root: sudo -E cargo test --test netns"
+         (CI runs as root), and this runs as uid {euid}: run it as root, sudo -E cargo test --test netns"
     );
     run_ip(&["-V"]).unwrap_or_else(|e| panic!("`ip` (iproute2) is needed: apt-get install iproute2 ({e})"));
     assert!(
