@@ -29,7 +29,7 @@ PROVISION_ONLY='^TREECACHE_(BIN|STATE_DIR|BUILD_WAIT)='
 
 describe() {
     local what="node ${TREECACHE_ID:-(id from the root)}"
-    [ "${TREECACHE_ROOT:-}" = true ] && what="root ${TREECACHE_ID:-}"
+    [ "${TREECACHE_ROOT:-}" = true ] && what="root${TREECACHE_ID:+ $TREECACHE_ID}"
     printf '%s at %s, ZooKeeper %s' "$what" "$url" "${TREECACHE_ZK:-(unset)}"
 }
 
