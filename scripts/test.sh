@@ -15,4 +15,4 @@ cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test --all-targets"
-exec cargo test --all-targets --locked </dev/null
+exec cargo test --all-targets --locked --no-fail-fast </dev/null

@@ -217,7 +217,16 @@ mod tests {
 
     #[test]
     fn stop_kills_a_process_that_ignores_sigterm() {
-        let mut child = sh("trap '' TERM; while :; do sleep 1; done");
+        // The shell says so once its trap is set: a SIGTERM sent before
+        // that would kill it at once and prove nothing.
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready");
+        let mut child = sh(&format!("trap '' TERM; touch {}; while :; do sleep 1; done", ready.display()));
+        let waiting = Instant::now();
+        while !ready.exists() {
+            assert!(waiting.elapsed() < Duration::from_secs(30), "the shell never set its trap");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let started = Instant::now();
         stop(&mut child, Duration::from_millis(300));
         assert!(child.try_wait().unwrap().is_some(), "reaped");
