@@ -22,6 +22,8 @@ pub enum Error {
     NotFound(String),
     #[error("no route {0}")]
     NoRoute(String),
+    #[error("method {method} not allowed on {path} (allowed: {allowed})")]
+    MethodNotAllowed { method: String, path: String, allowed: &'static str },
     #[error("id {id} is held by live node {url}")]
     IdTaken { id: u64, url: String },
     #[error("this node is not registered in the tree yet")]
@@ -55,6 +57,7 @@ impl Error {
             Error::BadRequest(_) => "bad_request",
             Error::NotFound(_) => "not_found",
             Error::NoRoute(_) => "no_route",
+            Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::IdTaken { .. } => "id_taken",
             Error::NotRegistered => "not_registered",
             Error::NotRoot { .. } => "not_root",
@@ -90,6 +93,7 @@ impl ResponseError for Error {
             Error::BadKey(_) | Error::BadParam { .. } | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::NotFound(_) | Error::NoRoute(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::IdTaken { .. } | Error::NotRoot { .. } | Error::StaleEpoch { .. } => StatusCode::CONFLICT,
             Error::NotRegistered | Error::ParentUnreachable { .. } | Error::Zk { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -103,6 +107,9 @@ impl ResponseError for Error {
         let mut resp = HttpResponse::build(self.status_code());
         if self.is_retryable() {
             resp.insert_header((header::RETRY_AFTER, "1"));
+        }
+        if let Error::MethodNotAllowed { allowed, .. } = self {
+            resp.insert_header((header::ALLOW, *allowed));
         }
         resp.json(serde_json::json!({ "error": self.to_string(), "code": self.code() }))
     }

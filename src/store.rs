@@ -171,6 +171,17 @@ impl Entry {
     }
 }
 
+/// The value in an allocation of its own, exactly its size. A value read
+/// from a socket is a slice of the reader's buffer (hyper's 8 KiB and up,
+/// a push batch's whole body); storing that slice would pin the whole
+/// buffer for as long as the entry lives. Measured before this copy: 60,000
+/// 1 KiB values filled at a node took 340 MB of RSS for 69 MB of data. One
+/// memcpy per stored write is the price; reads, fills served and pushes
+/// share the stored copy without copying.
+fn compact(value: &Option<Bytes>) -> Option<Bytes> {
+    value.as_deref().map(Bytes::copy_from_slice)
+}
+
 /// Fills and writes in flight for one key: how many, and until when at most.
 #[derive(Clone, Copy)]
 struct Expecting {
@@ -199,7 +210,7 @@ impl Shard {
             Some(entry) => {
                 self.bytes = self.bytes + charge - Entry::charge(&update.key, &entry.value);
                 entry.version = update.version;
-                entry.value = update.value.clone();
+                entry.value = compact(&update.value);
                 entry.expires_at = update.expires_at;
                 entry.received_at = now;
                 *entry.last_used.get_mut() = tick;
@@ -211,7 +222,7 @@ impl Shard {
                     update.key.clone(),
                     Entry {
                         version: update.version,
-                        value: update.value.clone(),
+                        value: compact(&update.value),
                         expires_at: update.expires_at,
                         received_at: now,
                         holders: Vec::new(),
@@ -580,6 +591,19 @@ mod tests {
         assert!(check_key("a\nb").is_err());
         assert!(check_key("a\u{7f}").is_err());
         assert!(check_key("ключ").is_ok());
+    }
+
+    #[test]
+    fn a_stored_value_does_not_pin_the_buffer_it_was_read_into() {
+        let store = Store::new();
+        // A 10-byte value sliced out of a 64 KiB read buffer.
+        let buffer = Bytes::from(vec![7u8; 64 << 10]);
+        let value = buffer.slice(100..110);
+        store.apply(&Update { key: "k".into(), version: 1, value: Some(value.clone()), expires_at: None }, 0);
+        let Lookup::Value { value: stored, .. } = store.get("k", 0) else { panic!("stored") };
+        assert_eq!(stored, value);
+        let within = buffer.as_ptr_range().contains(&stored.as_ptr());
+        assert!(!within, "the store keeps its own copy, not a slice of the read buffer");
     }
 
     #[test]

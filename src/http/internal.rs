@@ -6,11 +6,13 @@ use actix_web::web::{self, ThinData};
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
 
+use super::kv::{X_EXPIRES_AT, X_VERSION};
 use super::{epoch_of, key_from, read_body, Query};
 use crate::error::{Error, Result};
 use crate::node::read::FillAnswer;
 use crate::node::{Ack, Node};
 use crate::wire::{self, RegisterRequest, Topology, WriteResults};
+use actix_web::http::header::HeaderValue;
 
 /// Largest internal batch body.
 const MAX_BATCH_BYTES: usize = 512 << 20;
@@ -32,6 +34,13 @@ fn child_of(q: &Query) -> Result<u64> {
 }
 
 pub async fn fill(node: ThinData<Node>, req: HttpRequest) -> Result<HttpResponse> {
+    if req.method() != actix_web::http::Method::GET {
+        return Err(Error::MethodNotAllowed {
+            method: req.method().to_string(),
+            path: req.path().to_string(),
+            allowed: "GET",
+        });
+    }
     node.check_epoch(epoch_of(&req)?)?;
     let key = key_from(&req, "/internal/fill/")?;
     let q = Query::parse(&req, &["child", "have"])?;
@@ -39,14 +48,14 @@ pub async fn fill(node: ThinData<Node>, req: HttpRequest) -> Result<HttpResponse
     Ok(match node.serve_fill(&key, child, q.u64("have")?).await? {
         FillAnswer::Value { version, value, expires_at } => {
             let mut resp = HttpResponse::Ok();
-            resp.insert_header(("X-Version", version.to_string()));
+            resp.insert_header((X_VERSION, HeaderValue::from(version)));
             if let Some(at) = expires_at {
-                resp.insert_header(("X-Expires-At", at.to_string()));
+                resp.insert_header((X_EXPIRES_AT, HeaderValue::from(at)));
             }
             resp.body(value)
         }
         FillAnswer::NotModified { version } => {
-            HttpResponse::NotModified().insert_header(("X-Version", version.to_string())).finish()
+            HttpResponse::NotModified().insert_header((X_VERSION, HeaderValue::from(version))).finish()
         }
         FillAnswer::NotFound => return Err(Error::NotFound(key)),
     })

@@ -1,6 +1,7 @@
 //! `/kv/{key}`: the public read and write routes.
 
-use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 use actix_web::web::ThinData;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 
@@ -9,6 +10,10 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::node::{answer_body, Ack, Node};
 use crate::wire::WriteResult;
+
+const X_NODE: HeaderName = HeaderName::from_static("x-node");
+pub(super) const X_VERSION: HeaderName = HeaderName::from_static("x-version");
+pub(super) const X_EXPIRES_AT: HeaderName = HeaderName::from_static("x-expires-at");
 
 /// Longest `?ttl=`: ten years.
 const MAX_TTL_SECS: u64 = 10 * 365 * 86_400;
@@ -24,16 +29,25 @@ fn answer(node: &Node, result: Result<HttpResponse, Error>) -> HttpResponse {
             e.error_response()
         }
     };
-    if let Some(t) = node.topology() {
-        if let Ok(v) = t.id.to_string().parse() {
-            resp.headers_mut().insert(actix_web::http::header::HeaderName::from_static("x-node"), v);
-        }
+    if let Ok(place) = node.place() {
+        resp.headers_mut().insert(X_NODE, HeaderValue::from(place.topology.id));
     }
     resp
 }
 
-pub async fn get(node: ThinData<Node>, req: HttpRequest) -> HttpResponse {
-    answer(&node, get_inner(&node, &req).await)
+/// Every `/kv/...` request: GET reads, PUT and POST write, DELETE deletes.
+pub async fn route(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> HttpResponse {
+    let result = match *req.method() {
+        Method::GET => get_inner(&node, &req).await,
+        Method::PUT | Method::POST => put_inner(&node, &req, body).await,
+        Method::DELETE => delete_inner(&node, &req).await,
+        _ => Err(Error::MethodNotAllowed {
+            method: req.method().to_string(),
+            path: req.path().to_string(),
+            allowed: "GET, PUT, POST, DELETE",
+        }),
+    };
+    answer(&node, result)
 }
 
 async fn get_inner(node: &Node, req: &HttpRequest) -> Result<HttpResponse, Error> {
@@ -50,10 +64,10 @@ async fn get_inner(node: &Node, req: &HttpRequest) -> Result<HttpResponse, Error
     let found = node.get(&key, consistent).await?;
     let mut resp = HttpResponse::Ok();
     resp.content_type("application/octet-stream")
-        .insert_header(("X-Version", found.version.to_string()))
+        .insert_header((X_VERSION, HeaderValue::from(found.version)))
         .insert_header(("X-Cache", found.cache.as_str()));
     if let Some(at) = found.expires_at {
-        resp.insert_header(("X-Expires-At", at.to_string()));
+        resp.insert_header((X_EXPIRES_AT, HeaderValue::from(at)));
     }
     Ok(resp.body(found.value))
 }
@@ -63,10 +77,6 @@ fn ack_of(q: &Query) -> Result<Ack, Error> {
         None => Ok(Ack::Parent),
         Some(s) => Ack::parse(s).ok_or_else(|| Error::bad_param("ack", format!("{s:?}: use parent or root"))),
     }
-}
-
-pub async fn put(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> HttpResponse {
-    answer(&node, put_inner(&node, &req, body).await)
 }
 
 async fn put_inner(node: &Node, req: &HttpRequest, body: web::Payload) -> Result<HttpResponse, Error> {
@@ -83,10 +93,6 @@ async fn put_inner(node: &Node, req: &HttpRequest, body: web::Payload) -> Result
     let value = read_body(req, body, max).await?;
     let result = node.write(&key, Some(value), ttl, ack).await?;
     write_answer(&key, &result, ack)
-}
-
-pub async fn delete(node: ThinData<Node>, req: HttpRequest) -> HttpResponse {
-    answer(&node, delete_inner(&node, &req).await)
 }
 
 async fn delete_inner(node: &Node, req: &HttpRequest) -> Result<HttpResponse, Error> {

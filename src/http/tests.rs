@@ -110,3 +110,20 @@ async fn before_registration_reads_are_503_with_retry_after() {
     let resp = call_service(&app, TestRequest::get().uri("/no/such/route").to_request()).await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
+
+#[actix_web::test]
+async fn other_methods_are_405_with_allow_and_other_paths_are_not_kv() {
+    expect(TestRequest::patch().uri("/kv/k").set_payload("v"), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+        .await;
+    expect(TestRequest::post().uri("/internal/fill/k?child=2"), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+        .await;
+    let n = node();
+    let app = init_service(App::new().app_data(ThinData(n.clone())).configure(|cfg| super::routes(cfg, 16))).await;
+    let resp = call_service(&app, TestRequest::patch().uri("/kv/k").to_request()).await;
+    assert_eq!(resp.headers().get("allow").and_then(|v| v.to_str().ok()), Some("GET, PUT, POST, DELETE"));
+    // The /kv scope is a path segment, not a string prefix.
+    expect(TestRequest::get().uri("/kvx"), StatusCode::NOT_FOUND, "no_route").await;
+    expect(TestRequest::get().uri("/kv"), StatusCode::BAD_REQUEST, "bad_key").await;
+    expect(TestRequest::get().uri("/internal/fill/?child=2"), StatusCode::BAD_REQUEST, "bad_key").await;
+    expect(TestRequest::get().uri("/internal/fillx?child=2"), StatusCode::NOT_FOUND, "no_route").await;
+}

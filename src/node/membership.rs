@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -206,7 +207,7 @@ impl Node {
                 }
             };
             let children = topology.children.clone();
-            *place = Some(Place { topology, coherence, root_url });
+            *place = Some(Arc::new(Place { topology, coherence, root_url }));
             (reset, children)
         };
         if reset {
@@ -251,7 +252,7 @@ impl Node {
                 topology.id, place.topology.id
             )));
         }
-        self.adopt(topology, place.coherence, place.root_url, false);
+        self.adopt(topology, place.coherence, place.root_url.clone(), false);
         Ok(())
     }
 
@@ -373,7 +374,7 @@ impl Node {
         for t in placement::changed(&before, &after) {
             if Some(t.id) == me {
                 if let Ok(place) = self.place() {
-                    self.adopt(t, place.coherence, place.root_url, false);
+                    self.adopt(t, place.coherence, place.root_url.clone(), false);
                 }
             } else if Some(t.id) != skip {
                 sends.push(self.send_topology(t));
@@ -406,7 +407,7 @@ impl Node {
         }
         let place = self.place()?;
         if !place.topology.is_root() {
-            return Err(Error::NotRoot { root: place.root_url });
+            return Err(Error::NotRoot { root: place.root_url.clone() });
         }
         if req.url == self.url() {
             return Err(Error::BadRequest(format!("{} is the root's own URL", req.url)));

@@ -59,7 +59,8 @@ struct Inner {
     metrics: Metrics,
     /// Where this node hangs and how it keeps coherent; `None` until
     /// registered.
-    place: RwLock<Option<Place>>,
+    /// Shared, not cloned, per request: a read takes one refcount.
+    place: RwLock<Option<Arc<Place>>>,
     /// Highest epoch seen; messages from older epochs are refused.
     epoch: AtomicU64,
     /// The root's version sequence (meaningful at the root).
@@ -74,6 +75,18 @@ struct Inner {
     runtime: tokio::runtime::Handle,
 }
 
+/// The node-to-node HTTP client: keep-alive pool, no Nagle delay, a short
+/// connect timeout so a dead parent is noticed quickly.
+fn build_http() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))
+}
+
 /// A registered node's place and rules.
 #[derive(Debug, Clone)]
 pub struct Place {
@@ -85,13 +98,7 @@ pub struct Place {
 impl Node {
     /// Builds the node; nothing runs until [`Node::start`].
     pub fn new(args: NodeArgs) -> Result<Node> {
-        let http = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
+        let http = build_http()?;
         let (forward_tx, forward_rx) = mpsc::channel(4096);
         let (shutdown, _) = watch::channel(false);
         Ok(Node {
@@ -126,6 +133,21 @@ impl Node {
         }
     }
 
+    /// The HTTP client for a request made on a handler's behalf (a fill, a
+    /// forwarded write): the calling thread's own. An actix worker is a
+    /// single-threaded runtime; a pooled connection is driven by a task on
+    /// the runtime that opened it, so with one client shared with the
+    /// node's background tasks a fill crossed three threads (worker, the
+    /// connection's runtime thread, back), a futex wake-up each way. With
+    /// a client per worker the request, the connection and the answer stay
+    /// on one thread. Each worker keeps its own keep-alive pool.
+    fn local_http(&self) -> reqwest::Client {
+        thread_local! {
+            static HTTP: std::cell::OnceCell<reqwest::Client> = const { std::cell::OnceCell::new() };
+        }
+        HTTP.with(|cell| cell.get_or_init(|| build_http().unwrap_or_else(|_| self.inner.http.clone())).clone())
+    }
+
     fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, task: F) {
         self.inner.runtime.spawn(task);
     }
@@ -147,7 +169,7 @@ impl Node {
     }
 
     /// This node's place, or 503 before registration.
-    pub fn place(&self) -> Result<Place> {
+    pub fn place(&self) -> Result<Arc<Place>> {
         self.inner.place.read().clone().ok_or(Error::NotRegistered)
     }
 

@@ -225,7 +225,8 @@ impl Node {
         if let Some(v) = have {
             url.push_str(&format!("&have={v}"));
         }
-        let sent = self.inner.http.get(&url).header(EPOCH_HEADER, self.epoch()).timeout(UPSTREAM_TIMEOUT).send().await;
+        let sent =
+            self.local_http().get(&url).header(EPOCH_HEADER, self.epoch()).timeout(UPSTREAM_TIMEOUT).send().await;
         let failed = |reason: String| FillOutcome::Failed { url: parent.to_string(), reason };
         let resp = match sent {
             Ok(r) => r,
@@ -252,8 +253,7 @@ impl Node {
         Metrics::inc(&self.inner.metrics.upstream_requests);
         let url = format!("{root}/kv/{}", encode_key(key));
         let resp = self
-            .inner
-            .http
+            .local_http()
             .get(&url)
             .timeout(UPSTREAM_TIMEOUT)
             .send()

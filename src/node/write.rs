@@ -190,12 +190,11 @@ impl Node {
     /// `POST {parent}/internal/write`.
     async fn send_writes(&self, updates: &[Update], ack: Ack) -> Result<Vec<WriteResult>> {
         let place = self.place()?;
-        let parent = place.topology.parent.ok_or_else(|| Error::Internal("the root has no parent".into()))?;
+        let parent = place.topology.parent.as_ref().ok_or_else(|| Error::Internal("the root has no parent".into()))?;
         Metrics::inc(&self.inner.metrics.upstream_requests);
         let url = format!("{}/internal/write?child={}&ack={}", parent.url, place.topology.id, ack.as_str());
         let resp = self
-            .inner
-            .http
+            .local_http()
             .post(&url)
             .header(EPOCH_HEADER, self.epoch())
             .timeout(UPSTREAM_TIMEOUT)
