@@ -1,7 +1,7 @@
 //! The deployment files hold together without VMs: `vagrant validate`
 //! accepts the Vagrantfile (the default tree and a 16-node one with two root
 //! candidates), the plan in deploy/topology.rb refuses what it cannot build,
-//! and shellcheck passes over provision/. A missing tool fails the test and
+//! and shellcheck passes over provision/, scripts/, bench/ and .ci/run. A missing tool fails the test and
 //! says how to install it (scripts/test.sh does).
 
 use std::path::{Path, PathBuf};
@@ -115,14 +115,16 @@ fn the_plan_refuses_what_deploy_hosts_cannot_give() {
 }
 
 #[test]
-fn shellcheck_passes_over_provision() {
-    let mut scripts: Vec<PathBuf> = std::fs::read_dir(Path::new(REPO).join("provision"))
-        .expect("provision/")
+fn shellcheck_passes_over_provision_and_the_other_scripts() {
+    let mut scripts: Vec<PathBuf> = ["provision", "scripts", "bench"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(Path::new(REPO).join(dir)).unwrap_or_else(|e| panic!("{dir}/: {e}")))
         .map(|e| e.expect("dir entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "sh"))
         .collect();
+    scripts.push(Path::new(REPO).join(".ci/run"));
     scripts.sort();
-    assert!(scripts.len() >= 5, "provision/*.sh: {scripts:?}");
+    assert!(scripts.len() >= 9, "*.sh: {scripts:?}");
     let mut args = vec!["-x".to_string()];
     args.extend(scripts.iter().map(|p| p.strip_prefix(REPO).unwrap().display().to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# bench/compare.sh: treecache beside its baselines, on this machine, one
+# run after another with the same connections and duration, and the ratio
+# of each figure to its baseline.
+#
+#   baselines   examples/bare (actix-web, constant body), examples/hop (one
+#               reqwest keep-alive hop to bare), Redis GET/SET with
+#               redis-benchmark (no pipelining) when redis-server is installed
+#   treecache   hit, miss (per-level cost), write ack=parent, write ack=root
+#               with 64 writers, YCSB A and B, converge in a 63-node tree,
+#               100k x 100 B memory, scale (63 processes)
+#
+# Usage: bench/compare.sh [-c CONNECTIONS] [-d DURATION] [--value-size BYTES]
+#                         [--big-tree N] [--quick] [--markdown FILE] [--keep DIR]
+#                         [--bin-dir DIR]
+#   --quick       1 s runs, a 15-node big tree, 10k memory entries (a smoke test)
+#   --markdown F  also write the results table as markdown to F
+#   --keep DIR    keep every JSON report and log in DIR
+#   --bin-dir DIR use DIR/treecache, DIR/examples/bare and DIR/examples/hop
+#                 as they are instead of a release build (the suite's smoke test)
+# Needs cargo; installs jq, curl, Redis and ZooKeeper when missing (apt, as root).
+# All traffic stays on 127.0.0.1. Every process started here is stopped on exit.
+set -euo pipefail
+
+CONNS=16
+DUR=10s
+VALUE=1024
+BIG_TREE=63
+MEM_KEYS=100000
+WRITERS=64
+REDIS_N=200000
+MARKDOWN=""
+KEEP=""
+BIN_DIR=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -c) CONNS="$2"; shift 2 ;;
+        -d) DUR="$2"; shift 2 ;;
+        --value-size) VALUE="$2"; shift 2 ;;
+        --big-tree) BIG_TREE="$2"; shift 2 ;;
+        --quick) DUR=1s; BIG_TREE=15; MEM_KEYS=10000; REDIS_N=20000; shift ;;
+        --markdown) MARKDOWN="$2"; shift 2 ;;
+        --keep) KEEP="$2"; shift 2 ;;
+        --bin-dir) BIN_DIR="$2"; shift 2 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+ROOT_DIR=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT_DIR"
+# What the runs need, installed when missing (Debian packages; root then):
+# jq reads the reports, curl the metrics, Redis is a baseline, and
+# ZooKeeper comes with `treecache up` through provision/install-zookeeper.sh.
+# shellcheck source=provision/lib.sh
+. provision/lib.sh
+apt_install jq curl redis-server redis-tools
+provision/install-zookeeper.sh
+if [ -z "$BIN_DIR" ]; then
+    echo "building release binaries..." >&2
+    cargo build --release --quiet --bin treecache --example bare --example hop
+    BIN_DIR=${CARGO_TARGET_DIR:-$ROOT_DIR/target}/release
+fi
+BIN=$BIN_DIR/treecache
+BARE=$BIN_DIR/examples/bare
+HOP=$BIN_DIR/examples/hop
+for b in "$BIN" "$BARE" "$HOP"; do
+    [ -x "$b" ] || { echo "compare.sh: no executable $b" >&2; exit 2; }
+done
+
+WORK=$(mktemp -d -t treecache-compare.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -n "$KEEP" ]; then mkdir -p "$KEEP" && cp -r "$WORK"/. "$KEEP"/ && echo "reports and logs kept in $KEEP" >&2; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CMD...: runs CMD in the background, output in $WORK/NAME.log.
+start() {
+    local name=$1; shift
+    "$@" >"$WORK/$name.log" 2>&1 &
+    PIDS+=($!)
+    LAST_PID=$!
+}
+# stop PID: SIGTERM and wait (the process leaves cleanly).
+stop() {
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+# wait_for FILE REGEX SECONDS: polls FILE until a line matches.
+wait_for() {
+    local deadline=$((SECONDS + $3))
+    until grep -qE "$2" "$1" 2>/dev/null; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "compare.sh: timed out waiting for /$2/ in $1:" >&2; tail -20 "$1" >&2; exit 1
+        fi
+        sleep 0.1
+    done
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# bench NAME ARGS...: treecache bench ARGS --json into $WORK/NAME.json.
+bench() {
+    local name=$1; shift
+    echo "  $name: treecache bench $*" >&2
+    echo "treecache bench $*" >"$WORK/$name.cmd"
+    "$BIN" bench "$@" --json --quiet >"$WORK/$name.json"
+}
+j() { jq -r "$2" "$WORK/$1.json"; }
+# up N NAME: a local tree of N nodes; sets UP_PID and ROOT.
+up() {
+    start "$2" "$BIN" up --nodes "$1"
+    UP_PID=$LAST_PID
+    wait_for "$WORK/$2.log" 'Ctrl-C stops the tree' $((30 + 2 * $1))
+    ROOT=$(grep -E '^node .* root ' "$WORK/$2.log" | grep -oE 'http://[0-9.:]+' | head -1)
+}
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)" >&2
+echo "load: $CONNS connections, $DUR per run, values $VALUE B" >&2
+
+# --- baselines ------------------------------------------------------------
+start bare "$BARE" --body-bytes "$VALUE"
+wait_for "$WORK/bare.log" '^listening on' 10
+BARE_URL=$(grep -oE 'http://[0-9.:]+' "$WORK/bare.log" | head -1)
+start hop "$HOP" --upstream "$BARE_URL/"
+wait_for "$WORK/hop.log" '^listening on' 10
+HOP_URL=$(grep -oE 'http://[0-9.:]+' "$WORK/hop.log" | head -1)
+bench bare url --url "$BARE_URL/" -c "$CONNS" -d "$DUR" --warmup 1s
+bench hop url --url "$HOP_URL/" -c "$CONNS" -d "$DUR" --warmup 1s
+
+HAVE_REDIS=0
+if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null && command -v redis-cli >/dev/null; then
+    HAVE_REDIS=1
+    RPORT=$(free_port)
+    start redis redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --enable-debug-command local
+    REDIS_PID=$LAST_PID
+    until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do sleep 0.1; done
+    echo "  redis: redis-benchmark -c $CONNS -n $REDIS_N -d $VALUE -t get,set" >&2
+    redis-benchmark -p "$RPORT" -c "$CONNS" -n "$REDIS_N" -d "$VALUE" -r 10000 -t set,get --csv >"$WORK/redis.csv"
+    echo "  redis: redis-benchmark -c $WRITERS -n $REDIS_N -d $VALUE -t set" >&2
+    redis-benchmark -p "$RPORT" -c "$WRITERS" -n "$REDIS_N" -d "$VALUE" -r 10000 -t set --csv >"$WORK/redis64.csv"
+    redis-cli -p "$RPORT" flushall >/dev/null
+    REDIS_MEM0=$(redis-cli -p "$RPORT" info memory | awk -F: '/^used_memory:/ {print $2+0}')
+    REDIS_RSS0=$(rss_kib "$REDIS_PID")
+    redis-cli -p "$RPORT" debug populate "$MEM_KEYS" key 100 >/dev/null
+    REDIS_MEM1=$(redis-cli -p "$RPORT" info memory | awk -F: '/^used_memory:/ {print $2+0}')
+    REDIS_RSS1=$(rss_kib "$REDIS_PID")
+    stop "$REDIS_PID"
+fi
+csv() { awk -F'","' -v t="\"$2" -v col="$3" '$1 == t {gsub(/"/, "", $col); print $col}' "$WORK/$1.csv"; }
+
+# --- treecache, a 7-node tree ------------------------------------------------
+up 7 tree7
+bench hit hit --root "$ROOT" -c "$CONNS" -d "$DUR" --warmup 1s --value-size "$VALUE" --keys 10000
+bench miss miss --root "$ROOT" -c "$CONNS" -n 5000 --value-size "$VALUE"
+bench write_parent write --root "$ROOT" --ack parent -c "$CONNS" -d "$DUR" --value-size "$VALUE"
+bench write_root write --root "$ROOT" --ack root -c "$WRITERS" -d "$DUR" --value-size "$VALUE"
+bench ycsb_a mixed --root "$ROOT" --ycsb a --popularity zipfian -c "$CONNS" -d "$DUR" --value-size "$VALUE"
+bench ycsb_b mixed --root "$ROOT" --ycsb b --popularity zipfian -c "$CONNS" -d "$DUR" --value-size "$VALUE"
+stop "$UP_PID"
+
+# --- memory: one root, N entries of 100 B -------------------------------------
+up 1 tree1
+MEM_PORT=${ROOT##*:}
+MEM_PID=$(pgrep -f -- "--listen 127.0.0.1:$MEM_PORT" | head -1)
+TC_RSS0=$(rss_kib "$MEM_PID")
+bench memory write --root "$ROOT" --ack root --popularity sequential --keys "$MEM_KEYS" -n "$MEM_KEYS" --value-size 100 -c "$CONNS"
+TC_RSS1=$(rss_kib "$MEM_PID")
+TC_BYTES=$(curl -s "$ROOT/metrics" | awk '/^treecache_bytes / {print $2+0}')
+TC_ENTRIES=$(curl -s "$ROOT/metrics" | awk '/^treecache_entries / {print $2+0}')
+stop "$UP_PID"
+
+# --- converge in a big tree, then scale ---------------------------------------
+up "$BIG_TREE" treebig
+bench converge converge --root "$ROOT" --rate 100 --value-size 1024 -c "$CONNS" -d "$DUR"
+stop "$UP_PID"
+bench scale scale --nodes "$BIG_TREE"
+
+# --- the table ------------------------------------------------------------------
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.2f", a / b }'; }
+us2ms() { awk -v u="$1" 'BEGIN { printf "%.3f", u / 1000 }'; }
+# verdict VALUE OP LIMIT: "yes" or "NO".
+verdict() { awk -v v="$1" -v l="$3" -v op="$2" 'BEGIN { ok = (op == "<=") ? (v <= l) : (v >= l); print ok ? "yes" : "NO" }'; }
+ROWS=()
+row() { ROWS+=("$1|$2|$3|$4|$5|$6"); }
+
+BARE_RPS=$(j bare .total.throughput_rps); BARE_P50=$(j bare .total.latency.p50_us); BARE_P99=$(j bare .total.latency.p99_us)
+HOP_P50=$(j hop .total.latency.p50_us); HOP_P99=$(j hop .total.latency.p99_us)
+HOP_COST_P50=$((HOP_P50 - BARE_P50)); HOP_COST_P99=$((HOP_P99 - BARE_P99))
+HIT_RPS=$(j hit .total.throughput_rps); HIT_P99=$(j hit .total.latency.p99_us)
+row "bare actix constant, GET" "$BARE_RPS req/s, p50 $(us2ms "$BARE_P50") p99 $(us2ms "$BARE_P99") ms" "" "" "" ""
+row "bare reqwest hop (hop − bare)" "p50 $(us2ms "$HOP_COST_P50") ms, p99 $(us2ms "$HOP_COST_P99") ms" "" "" "" ""
+r=$(ratio "$HIT_RPS" "$BARE_RPS")
+row "leaf hit GET, throughput" "$HIT_RPS req/s" "bare $BARE_RPS" "$r" "≥ 0.85" "$(verdict "$r" '>=' 0.85)"
+r=$(ratio "$HIT_P99" "$BARE_P99")
+row "leaf hit GET, p99" "$(us2ms "$HIT_P99") ms" "bare $(us2ms "$BARE_P99") ms" "$r" "≤ 1.5" "$(verdict "$r" '<=' 1.5)"
+if [ $HAVE_REDIS = 1 ]; then
+    R_GET=$(csv redis GET 2); R_SET=$(csv redis SET 2); R_SET64=$(csv redis64 SET 2)
+    r=$(ratio "$HIT_RPS" "$R_GET")
+    row "leaf hit GET vs Redis GET" "$HIT_RPS req/s" "redis $R_GET (p50 $(csv redis GET 5) p99 $(csv redis GET 7) ms)" "$r" "≥ 1" "$(verdict "$r" '>=' 1)"
+fi
+PL_P50=$(j miss .per_level.p50_us); PL_P99=$(j miss .per_level.p99_us)
+r=$(ratio "$PL_P50" "$HOP_COST_P50")
+row "miss, cost per extra level, p50" "$(us2ms "$PL_P50") ms" "hop $(us2ms "$HOP_COST_P50") ms" "$r" "≤ 2" "$(verdict "$r" '<=' 2)"
+r=$(ratio "$PL_P99" "$HOP_COST_P99")
+row "miss, cost per extra level, p99" "$(us2ms "$PL_P99") ms" "hop $(us2ms "$HOP_COST_P99") ms" "$r" "≤ 2" "$(verdict "$r" '<=' 2)"
+WP_RPS=$(j write_parent .total.throughput_rps)
+row "write ack=parent, $CONNS conns" "$WP_RPS req/s, p99 $(us2ms "$(j write_parent .total.latency.p99_us)") ms" "" "" "" ""
+WR_RPS=$(j write_root .total.throughput_rps)
+if [ $HAVE_REDIS = 1 ]; then
+    row "write ack=root, $WRITERS writers" "$WR_RPS req/s, p99 $(us2ms "$(j write_root .total.latency.p99_us)") ms" "redis SET $R_SET64" "$(ratio "$WR_RPS" "$R_SET64")" "(beside)" ""
+    row "Redis SET, $CONNS conns" "$R_SET req/s" "" "" "" ""
+else
+    row "write ack=root, $WRITERS writers" "$WR_RPS req/s" "" "" "" ""
+fi
+for w in ycsb_a ycsb_b; do
+    row "$w (zipfian 0.99), $CONNS conns" "$(j $w .total.throughput_rps) req/s, p99 $(us2ms "$(j $w .total.latency.p99_us)") ms, hits $(j $w '.total.hit_ratio // 0 | . * 100 | floor')%" "" "" "" ""
+done
+CV_P99=$(j converge .converge.all_holders.p99_us)
+row "converge, $(j converge .converge.holders) holders, 100 w/s 1 KB, p50/p99/max" "$(us2ms "$(j converge .converge.all_holders.p50_us)") / $(us2ms "$CV_P99") / $(us2ms "$(j converge .converge.all_holders.max_us)") ms" "20 ms" "$(ratio "$CV_P99" 20000)" "p99 ≤ 20 ms" "$(verdict "$CV_P99" '<=' 20000)"
+TC_RSS_D=$(( (TC_RSS1 - TC_RSS0) * 1024 ))
+if [ $HAVE_REDIS = 1 ]; then
+    R_MEM=$((REDIS_MEM1 - REDIS_MEM0)); R_RSS_D=$(( (REDIS_RSS1 - REDIS_RSS0) * 1024 ))
+    r=$(ratio "$TC_BYTES" "$R_MEM")
+    row "$MEM_KEYS x 100 B, node's own accounting" "$TC_BYTES B ($TC_ENTRIES entries)" "redis used_memory +$R_MEM B" "$r" "≤ 1.5" "$(verdict "$r" '<=' 1.5)"
+    r=$(ratio "$TC_RSS_D" "$R_MEM")
+    row "$MEM_KEYS x 100 B, RSS growth" "$TC_RSS_D B" "redis used_memory +$R_MEM B (RSS +$R_RSS_D)" "$r" "≤ 1.5" "$(verdict "$r" '<=' 1.5)"
+else
+    row "$MEM_KEYS x 100 B" "accounting $TC_BYTES B, RSS +$TC_RSS_D B" "" "" "" ""
+fi
+SC_MS=$(j scale .scale.all_registered_ms); SC_MAX=$(j scale .scale.rss_kib_max)
+row "scale: $(j scale .scale.registered)/$BIG_TREE registered" "$SC_MS ms" "30000 ms" "$(ratio "$SC_MS" 30000)" "< 30 s" "$(verdict "$SC_MS" '<=' 30000)"
+row "scale: idle RSS per node, max (p50)" "$SC_MAX KiB ($(j scale .scale.rss_kib_p50) KiB)" "10240 KiB" "$(ratio "$SC_MAX" 10240)" "≤ 10 MiB" "$(verdict "$SC_MAX" '<=' 10240)"
+
+print_table() {
+    printf '| %s | %s | %s | %s | %s | %s |\n' figure treecache baseline ratio target met
+    printf '| --- | --- | --- | --- | --- | --- |\n'
+    for r in "${ROWS[@]}"; do
+        IFS='|' read -r a b c d e f <<<"$r"
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$a" "$b" "$c" "$d" "$e" "$f"
+    done
+}
+echo
+print_table
+if [ -n "$MARKDOWN" ]; then
+    {
+        echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -sr). Date: $(date -u +%Y-%m-%dT%H:%MZ). Commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')."
+        echo "Load: $CONNS connections, $DUR per run, values $VALUE B unless the row says otherwise."
+        echo
+        print_table
+        echo
+        echo "Commands (each with --json):"
+        echo
+        for f in "$WORK"/*.cmd; do echo "    $(cat "$f")"; done
+        [ $HAVE_REDIS = 1 ] && echo "    redis-benchmark -c $CONNS -n $REDIS_N -d $VALUE -r 10000 -t set,get; -c $WRITERS -t set; DEBUG POPULATE $MEM_KEYS key 100"
+    } >"$MARKDOWN"
+    echo "table written to $MARKDOWN" >&2
+fi

@@ -1,0 +1,85 @@
+//! `bench/compare.sh --quick` end to end, the way docs/benchmarks.md runs
+//! it (with this build's binaries instead of a release build): every
+//! baseline and every treecache figure must come out as a row with a
+//! number, against real ZooKeeper, real nodes and a real Redis. Whether a
+//! target is met is for docs/benchmarks.md, never asserted here.
+
+use std::path::Path;
+use std::process::Command;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+#[test]
+fn compare_sh_prints_every_figure_beside_its_baseline() {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_treecache")).parent().expect("target dir").to_path_buf();
+    // The baseline servers are examples; `cargo test --all-targets` builds
+    // them, a lone `cargo test --test compare` may not have.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(&cargo)
+        .args(["build", "--quiet", "--example", "bare", "--example", "hop"])
+        .current_dir(REPO)
+        .status()
+        .expect("run cargo build");
+    assert!(built.success(), "cargo build --example bare --example hop failed");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let table = dir.path().join("table.md");
+    let out = Command::new("bash")
+        .arg("bench/compare.sh")
+        .args(["--quick", "--bin-dir"])
+        .arg(&bin_dir)
+        .arg("--markdown")
+        .arg(&table)
+        .current_dir(REPO)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("run bench/compare.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "compare.sh failed:\n{stderr}\n{stdout}");
+
+    let md = std::fs::read_to_string(&table).expect("the markdown table");
+    assert!(md.starts_with("Machine: "), "{md}");
+    let rows: Vec<Vec<&str>> = md
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| figure") && !l.starts_with("| ---"))
+        .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
+        .collect();
+    let row = |figure: &str| -> &Vec<&str> {
+        rows.iter().find(|r| r[0].starts_with(figure)).unwrap_or_else(|| panic!("no row {figure:?} in\n{md}"))
+    };
+    // Every figure is there with a number; a ratio wherever there is a baseline.
+    for figure in [
+        "bare actix constant",
+        "bare reqwest hop",
+        "leaf hit GET, throughput",
+        "leaf hit GET, p99",
+        "leaf hit GET vs Redis GET",
+        "miss, cost per extra level, p50",
+        "miss, cost per extra level, p99",
+        "write ack=parent",
+        "write ack=root",
+        "ycsb_a",
+        "ycsb_b",
+        "converge",
+        "10000 x 100 B, node's own accounting",
+        "10000 x 100 B, RSS growth",
+        "scale: 15/15 registered",
+        "scale: idle RSS per node",
+    ] {
+        let r = row(figure);
+        assert!(r[1].chars().any(|c| c.is_ascii_digit()), "{figure}: no figure in {r:?}");
+        if !r[4].is_empty() {
+            assert!(r[3].parse::<f64>().is_ok(), "{figure}: ratio {:?} is not a number", r[3]);
+        }
+        // A target gets a verdict; a figure shown "(beside)" a baseline does not.
+        if !r[4].is_empty() && r[4] != "(beside)" {
+            assert!(r[5] == "yes" || r[5] == "NO", "{figure}: verdict {:?}", r[5]);
+        }
+    }
+    // The YCSB mixes read keys that were written: all hits, no errors.
+    assert!(row("ycsb_b")[1].contains("hits 100%"), "{:?}", row("ycsb_b"));
+    // Every command that produced a figure is written down.
+    assert!(md.contains("treecache bench hit --root"), "{md}");
+    assert!(md.contains("redis-benchmark"), "{md}");
+}
