@@ -42,6 +42,11 @@ pub use write::{answer_body, Ack};
 
 /// How long a fill or a forwarded write may take before it fails.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the server keeps an idle connection open.
+const SERVER_KEEP_ALIVE: Duration = Duration::from_secs(75);
+/// How long a client keeps an idle pooled connection: less than the server's.
+const CLIENT_POOL_IDLE: Duration = Duration::from_secs(60);
+const _: () = assert!(SERVER_KEEP_ALIVE.as_secs() > CLIENT_POOL_IDLE.as_secs(), "the client must close first");
 /// Header carrying the sender's epoch on internal requests.
 pub const EPOCH_HEADER: &str = "x-treecache-epoch";
 
@@ -79,7 +84,7 @@ struct Inner {
 /// connect timeout so a dead parent is noticed quickly.
 fn build_http() -> Result<reqwest::Client> {
     reqwest::Client::builder()
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(CLIENT_POOL_IDLE)
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(2))
@@ -256,6 +261,11 @@ pub async fn run_from_args(args: NodeArgs) -> std::result::Result<(), String> {
         App::new().app_data(ThinData(app_node.clone())).configure(|cfg| crate::http::routes(cfg, max_body))
     })
     .workers(2)
+    // Longer than the clients' pool idle timeout (60 s, build_http): the
+    // client closes an idle connection first. With actix's default (5 s)
+    // a child reusing a pooled connection the parent was closing got a
+    // connection error, and its reader a 503, after any pause over 5 s.
+    .keep_alive(SERVER_KEEP_ALIVE)
     .disable_signals()
     .listen(listener)
     .map_err(|e| format!("cannot serve: {e}"))?
