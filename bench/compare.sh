@@ -234,6 +234,7 @@ fi
 SC_MS=$(j scale .scale.all_registered_ms); SC_MAX=$(j scale .scale.rss_kib_max)
 row "scale: $(j scale .scale.registered)/$BIG_TREE registered" "$SC_MS ms" "30000 ms" "$(ratio "$SC_MS" 30000)" "< 30 s" "$(verdict "$SC_MS" '<=' 30000)"
 row "scale: idle RSS per node, max (p50)" "$SC_MAX KiB ($(j scale .scale.rss_kib_p50) KiB)" "10240 KiB" "$(ratio "$SC_MAX" 10240)" "≤ 10 MiB" "$(verdict "$SC_MAX" '<=' 10240)"
+row "scale: idle PSS per node, max (p50); private max" "$(j scale .scale.pss_kib_max) KiB ($(j scale .scale.pss_kib_p50) KiB); $(j scale .scale.private_kib_max) KiB" "" "" "" ""
 
 print_table() {
     printf '| %s | %s | %s | %s | %s | %s |\n' figure treecache baseline ratio target met

@@ -147,6 +147,9 @@ async fn scale_starts_registers_measures_and_stops_its_nodes() {
     assert_eq!((s.nodes, s.registered, s.max_depth), (5, 5, 2), "notes: {:?}", r.notes);
     assert!(s.root_ready_ms > 0.0 && s.all_registered_ms >= s.root_ready_ms);
     assert!(s.rss_kib_min > 0 && s.rss_kib_min <= s.rss_kib_p50 && s.rss_kib_p50 <= s.rss_kib_max);
+    // Shared pages count in RSS but only in part in PSS; private is part of both.
+    assert!(s.pss_kib_p50 > 0 && s.pss_kib_p50 <= s.pss_kib_max && s.pss_kib_max <= s.rss_kib_max);
+    assert!(s.private_kib_p50 > 0 && s.private_kib_p50 <= s.private_kib_max && s.private_kib_max <= s.pss_kib_max);
     // The nodes are gone: none of them is still registered in ZooKeeper.
     let client = zookeeper_client::Client::connect(&zk.addr()).await.expect("zk connect");
     wait_until(Duration::from_secs(30), "the scale nodes to leave ZooKeeper", || async {

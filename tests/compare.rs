@@ -66,6 +66,7 @@ fn compare_sh_prints_every_figure_beside_its_baseline() {
         "10000 x 100 B, RSS growth",
         "scale: 15/15 registered",
         "scale: idle RSS per node",
+        "scale: idle PSS per node",
     ] {
         let r = row(figure);
         assert!(r[1].chars().any(|c| c.is_ascii_digit()), "{figure}: no figure in {r:?}");

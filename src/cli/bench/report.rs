@@ -224,6 +224,17 @@ pub struct Scale {
     pub rss_kib_max: u64,
     pub rss_kib_mean: u64,
     pub rss_kib_root: u64,
+    /// Proportional set size: shared pages (the binary, libc) split among
+    /// the processes that map them. What a node really adds.
+    #[serde(default)]
+    pub pss_kib_p50: u64,
+    #[serde(default)]
+    pub pss_kib_max: u64,
+    /// Pages only this process holds (its heap, stacks, private data).
+    #[serde(default)]
+    pub private_kib_p50: u64,
+    #[serde(default)]
+    pub private_kib_max: u64,
 }
 
 /// Echo of what was asked, so a JSON report stands on its own.
@@ -416,6 +427,11 @@ impl Report {
                 out,
                 "  idle RSS per node: min {} KiB  p50 {} KiB  mean {} KiB  max {} KiB  (root {} KiB)",
                 sc.rss_kib_min, sc.rss_kib_p50, sc.rss_kib_mean, sc.rss_kib_max, sc.rss_kib_root
+            );
+            let _ = writeln!(
+                out,
+                "  idle PSS per node: p50 {} KiB  max {} KiB;  private: p50 {} KiB  max {} KiB",
+                sc.pss_kib_p50, sc.pss_kib_max, sc.private_kib_p50, sc.private_kib_max
             );
         }
         for n in &self.notes {

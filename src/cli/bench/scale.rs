@@ -50,11 +50,37 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 fn parse_vm_rss(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    kib_field(status, "VmRSS:")
 }
+
+/// A `Name:   1234 kB` line's number.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// What a process costs beyond what it shares, from /proc/<pid>/smaps_rollup:
+/// (PSS, private) in KiB. RSS counts the binary's text in every process
+/// although 63 nodes share one copy in memory; PSS splits shared pages
+/// among their users, private is what only this process holds.
+pub fn pss_private_kib(pid: u32) -> Option<(u64, u64)> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    parse_rollup(&rollup)
+}
+
+fn parse_rollup(rollup: &str) -> Option<(u64, u64)> {
+    let pss = kib_field(rollup, "Pss:")?;
+    let private = kib_field(rollup, "Private_Clean:")? + kib_field(rollup, "Private_Dirty:")?;
+    Some((pss, private))
+}
+
+/// p50 and max of `values` (sorted here).
+fn p50_max(mut values: Vec<u64>) -> (u64, u64) {
+    values.sort_unstable();
+    (values.get(values.len() / 2).copied().unwrap_or(0), values.last().copied().unwrap_or(0))
+}
+
+/// Pause between the last registration and reading memory.
+const IDLE_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub async fn run(plan: &Plan) -> Result<Report, String> {
     let bin = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
@@ -123,8 +149,13 @@ pub async fn run(plan: &Plan) -> Result<Report, String> {
             Err(e) => failures.push(e),
         }
     }
-    // Idle: read after everyone registered, with no load running.
+    // Idle: read once everyone registered and the root's notifications
+    // settled, with no load running.
+    tokio::time::sleep(IDLE_SETTLE).await;
     let mut rss: Vec<u64> = procs.children.iter().filter_map(|c| rss_kib(c.id())).collect();
+    let (pss, private): (Vec<u64>, Vec<u64>) = procs.children.iter().filter_map(|c| pss_private_kib(c.id())).unzip();
+    let (pss_kib_p50, pss_kib_max) = p50_max(pss);
+    let (private_kib_p50, private_kib_max) = p50_max(private);
     let root_rss = rss.first().copied().unwrap_or(0);
     rss.sort_unstable();
     let mean = if rss.is_empty() { 0 } else { rss.iter().sum::<u64>() / rss.len() as u64 };
@@ -147,6 +178,10 @@ pub async fn run(plan: &Plan) -> Result<Report, String> {
         rss_kib_max: rss.last().copied().unwrap_or(0),
         rss_kib_mean: mean,
         rss_kib_root: root_rss,
+        pss_kib_p50,
+        pss_kib_max,
+        private_kib_p50,
+        private_kib_max,
     };
     Ok(Report { scenario: "scale".into(), settings: plan.settings(), scale: Some(scale), notes, ..Default::default() })
 }
@@ -154,6 +189,17 @@ pub async fn run(plan: &Plan) -> Result<Report, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_pss_and_private_from_smaps_rollup() {
+        let rollup = "55a0-7ff [rollup]\nRss:  10324 kB\nPss:   2694 kB\nPss_Dirty: 2564 kB\n\
+                      Shared_Clean: 7600 kB\nPrivate_Clean: 60 kB\nPrivate_Dirty: 2564 kB\n";
+        assert_eq!(parse_rollup(rollup), Some((2694, 2624)));
+        assert_eq!(parse_rollup("Rss: 1 kB\n"), None);
+        assert!(pss_private_kib(std::process::id()).is_some_and(|(pss, private)| pss > 0 && private > 0));
+        assert_eq!(p50_max(vec![5, 1, 9]), (5, 9));
+        assert_eq!(p50_max(vec![]), (0, 0));
+    }
 
     #[test]
     fn reads_vm_rss_from_proc_status() {
