@@ -78,8 +78,9 @@ fn store_writes(c: &mut Criterion) {
             version = next;
         })
     });
-    // A key the store has never seen (map insert).
-    g.bench_function("insert_new", |b| {
+    // Keys the store has never seen (map inserts), 1000 per iteration.
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("insert_new/1000", |b| {
         b.iter_batched(
             Store::new,
             |s| {
