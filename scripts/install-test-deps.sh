@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently: ZooKeeper (through
 # provision/install-zookeeper.sh), the tools the deployment and baseline
-# tests call (vagrant, shellcheck, iproute2, redis), and the cargo
+# tests call (vagrant, shellcheck, iproute2, redis, jq, curl), and the cargo
 # components for the lint steps. Then checks that every one of them is
 # there, and fails naming what is missing. Needs root only to install.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(vagrant shellcheck iproute2 redis-server redis-tools)
+packages=(vagrant shellcheck iproute2 redis-server redis-tools jq curl)
 
 installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
@@ -45,7 +45,7 @@ install_components() {
 
 check_tools() {
     local missing=() t
-    for t in java /usr/share/zookeeper/bin/zkCli.sh vagrant shellcheck ip redis-server redis-cli cargo; do
+    for t in java /usr/share/zookeeper/bin/zkCli.sh vagrant shellcheck ip redis-server redis-cli redis-benchmark jq curl cargo; do
         command -v "$t" >/dev/null 2>&1 || missing+=("$t")
     done
     cargo fmt --version >/dev/null 2>&1 || missing+=("cargo fmt")
