@@ -18,7 +18,9 @@
 #   --keep DIR    keep every JSON report and log in DIR
 #   --bin-dir DIR use DIR/treecache, DIR/examples/bare and DIR/examples/hop
 #                 as they are instead of a release build (the suite's smoke test)
-# Needs cargo; installs jq, curl, Redis and ZooKeeper when missing (apt, as root).
+# Needs cargo; installs jq, curl, Redis and ZooKeeper when missing (apt, as root;
+# Debian then also runs a system Redis on 6379, which is left alone: the
+# baseline runs its own on a free port).
 # All traffic stays on 127.0.0.1. Every process started here is stopped on exit.
 set -euo pipefail
 
@@ -46,6 +48,10 @@ while [ $# -gt 0 ]; do
         *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
+# Paths given relative to where we were called from, before the cd.
+[ -n "$BIN_DIR" ] && BIN_DIR=$(cd "$BIN_DIR" && pwd)
+[ -n "$MARKDOWN" ] && MARKDOWN=$(realpath -m "$MARKDOWN")
+[ -n "$KEEP" ] && KEEP=$(realpath -m "$KEEP")
 ROOT_DIR=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT_DIR"
 # What the runs need, installed when missing (Debian packages; root then):
@@ -70,8 +76,12 @@ done
 WORK=$(mktemp -d -t treecache-compare.XXXXXX)
 PIDS=()
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    # Only our own children still running: a pid already waited for may
+    # belong to someone else by now.
+    local live
+    live=$(jobs -pr)
+    for pid in $live; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in $live; do wait "$pid" 2>/dev/null || true; done
     if [ -n "$KEEP" ]; then mkdir -p "$KEEP" && cp -r "$WORK"/. "$KEEP"/ && echo "reports and logs kept in $KEEP" >&2; fi
     rm -rf "$WORK"
 }
@@ -90,10 +100,14 @@ stop() {
     kill -TERM "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true
 }
-# wait_for FILE REGEX SECONDS: polls FILE until a line matches.
-wait_for() {
+# wait_log FILE REGEX SECONDS [PID]: polls FILE until a line matches; gives
+# up at once if PID (the process writing FILE) has exited.
+wait_log() {
     local deadline=$((SECONDS + $3))
     until grep -qE "$2" "$1" 2>/dev/null; do
+        if [ -n "${4:-}" ] && ! kill -0 "$4" 2>/dev/null; then
+            echo "compare.sh: the process writing $1 exited:" >&2; tail -20 "$1" >&2; exit 1
+        fi
         if [ $SECONDS -ge $deadline ]; then
             echo "compare.sh: timed out waiting for /$2/ in $1:" >&2; tail -20 "$1" >&2; exit 1
         fi
@@ -114,7 +128,7 @@ j() { jq -r "$2" "$WORK/$1.json"; }
 up() {
     start "$2" "$BIN" up --nodes "$1"
     UP_PID=$LAST_PID
-    wait_for "$WORK/$2.log" 'Ctrl-C stops the tree' $((30 + 2 * $1))
+    wait_log "$WORK/$2.log" 'Ctrl-C stops the tree' $((30 + 2 * $1)) "$UP_PID"
     ROOT=$(grep -E '^node .* root ' "$WORK/$2.log" | grep -oE 'http://[0-9.:]+' | head -1)
 }
 
@@ -123,10 +137,10 @@ echo "load: $CONNS connections, $DUR per run, values $VALUE B" >&2
 
 # --- baselines ------------------------------------------------------------
 start bare "$BARE" --body-bytes "$VALUE"
-wait_for "$WORK/bare.log" '^listening on' 10
+wait_log "$WORK/bare.log" '^listening on' 10 "$LAST_PID"
 BARE_URL=$(grep -oE 'http://[0-9.:]+' "$WORK/bare.log" | head -1)
 start hop "$HOP" --upstream "$BARE_URL/"
-wait_for "$WORK/hop.log" '^listening on' 10
+wait_log "$WORK/hop.log" '^listening on' 10 "$LAST_PID"
 HOP_URL=$(grep -oE 'http://[0-9.:]+' "$WORK/hop.log" | head -1)
 bench bare url --url "$BARE_URL/" -c "$CONNS" -d "$DUR" --warmup 1s
 bench hop url --url "$HOP_URL/" -c "$CONNS" -d "$DUR" --warmup 1s
@@ -137,7 +151,7 @@ if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null &
     RPORT=$(free_port)
     start redis redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --enable-debug-command local
     REDIS_PID=$LAST_PID
-    until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do sleep 0.1; done
+    wait_log "$WORK/redis.log" 'Ready to accept connections' 30 "$REDIS_PID"
     echo "  redis: redis-benchmark -c $CONNS -n $REDIS_N -d $VALUE -t get,set" >&2
     redis-benchmark -p "$RPORT" -c "$CONNS" -n "$REDIS_N" -d "$VALUE" -r 10000 -t set,get --csv >"$WORK/redis.csv"
     echo "  redis: redis-benchmark -c $WRITERS -n $REDIS_N -d $VALUE -t set" >&2
@@ -165,7 +179,8 @@ stop "$UP_PID"
 # --- memory: one root, N entries of 100 B -------------------------------------
 up 1 tree1
 MEM_PORT=${ROOT##*:}
-MEM_PID=$(pgrep -f -- "--listen 127.0.0.1:$MEM_PORT" | head -1)
+MEM_PID=$(pgrep -f -- "--listen 127.0.0.1:$MEM_PORT" | head -1) ||
+    { echo "compare.sh: no node process listening on port $MEM_PORT" >&2; exit 1; }
 TC_RSS0=$(rss_kib "$MEM_PID")
 bench memory write --root "$ROOT" --ack root --popularity sequential --keys "$MEM_KEYS" -n "$MEM_KEYS" --value-size 100 -c "$CONNS"
 TC_RSS1=$(rss_kib "$MEM_PID")

@@ -15,11 +15,11 @@ fn compare_sh_prints_every_figure_beside_its_baseline() {
     // The baseline servers are examples; `cargo test --all-targets` builds
     // them, a lone `cargo test --test compare` may not have.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(&cargo)
-        .args(["build", "--quiet", "--example", "bare", "--example", "hop"])
-        .current_dir(REPO)
-        .status()
-        .expect("run cargo build");
+    let mut build = vec!["build", "--quiet", "--example", "bare", "--example", "hop"];
+    if bin_dir.ends_with("release") {
+        build.push("--release");
+    }
+    let built = Command::new(&cargo).args(&build).current_dir(REPO).status().expect("run cargo build");
     assert!(built.success(), "cargo build --example bare --example hop failed");
 
     let dir = tempfile::tempdir().expect("temp dir");

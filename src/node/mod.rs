@@ -146,9 +146,16 @@ impl Node {
     /// connection's runtime thread, back), a futex wake-up each way. With
     /// a client per worker the request, the connection and the answer stay
     /// on one thread. Each worker keeps its own keep-alive pool.
+    /// Tasks on the node's own multi-threaded runtime (the ack=parent
+    /// forwarder) move between threads: they use the shared client.
     fn local_http(&self) -> reqwest::Client {
         thread_local! {
             static HTTP: std::cell::OnceCell<reqwest::Client> = const { std::cell::OnceCell::new() };
+        }
+        let on_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        if !on_worker {
+            return self.inner.http.clone();
         }
         HTTP.with(|cell| cell.get_or_init(|| build_http().unwrap_or_else(|_| self.inner.http.clone())).clone())
     }
