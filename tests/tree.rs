@@ -80,6 +80,12 @@ async fn a_write_at_one_leaf_is_seen_at_a_leaf_of_the_other_branch() {
     let r = c.get(6, "greeting", "").await;
     assert_eq!((r.status, r.text()), (200, "hello".into()));
     assert_eq!(r.version, body["version"].as_u64());
+    // HEAD: the same answer's headers, no body.
+    let head = c.http.head(format!("{}/kv/greeting", c.url(6))).send().await.expect("HEAD /kv");
+    assert_eq!(head.status(), 200);
+    let version = head.headers().get("x-version").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    assert_eq!(version, r.version);
+    assert_eq!(head.bytes().await.expect("HEAD body").len(), 0);
     // ack=parent (the default) returns before the root commits; the value
     // arrives everywhere shortly after.
     let (status, _) = c.put(4, "greeting", "world", "").await;

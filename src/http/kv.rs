@@ -35,16 +35,17 @@ fn answer(node: &Node, result: Result<HttpResponse, Error>) -> HttpResponse {
     resp
 }
 
-/// Every `/kv/...` request: GET reads, PUT and POST write, DELETE deletes.
+/// Every `/kv/...` request: GET reads (HEAD too: the same answer without
+/// the body, which the server leaves out), PUT and POST write, DELETE deletes.
 pub async fn route(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> HttpResponse {
     let result = match *req.method() {
-        Method::GET => get_inner(&node, &req).await,
+        Method::GET | Method::HEAD => get_inner(&node, &req).await,
         Method::PUT | Method::POST => put_inner(&node, &req, body).await,
         Method::DELETE => delete_inner(&node, &req).await,
         _ => Err(Error::MethodNotAllowed {
             method: req.method().to_string(),
             path: req.path().to_string(),
-            allowed: "GET, PUT, POST, DELETE",
+            allowed: "GET, HEAD, PUT, POST, DELETE",
         }),
     };
     answer(&node, result)

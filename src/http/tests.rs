@@ -43,6 +43,12 @@ async fn bad_keys_are_refused() {
     expect(TestRequest::delete().uri("/kv/a%7Fb"), StatusCode::BAD_REQUEST, "bad_key").await;
     expect(TestRequest::get().uri("/kv/"), StatusCode::BAD_REQUEST, "bad_key").await;
     expect(TestRequest::get().uri("/kv/%FF%FE"), StatusCode::BAD_REQUEST, "bad_key").await;
+    expect(
+        TestRequest::default().method(actix_web::http::Method::HEAD).uri("/kv/a%0Ab"),
+        StatusCode::BAD_REQUEST,
+        "bad_key",
+    )
+    .await;
 }
 
 #[actix_web::test]
@@ -120,7 +126,7 @@ async fn other_methods_are_405_with_allow_and_other_paths_are_not_kv() {
     let n = node();
     let app = init_service(App::new().app_data(ThinData(n.clone())).configure(|cfg| super::routes(cfg, 16))).await;
     let resp = call_service(&app, TestRequest::patch().uri("/kv/k").to_request()).await;
-    assert_eq!(resp.headers().get("allow").and_then(|v| v.to_str().ok()), Some("GET, PUT, POST, DELETE"));
+    assert_eq!(resp.headers().get("allow").and_then(|v| v.to_str().ok()), Some("GET, HEAD, PUT, POST, DELETE"));
     // The /kv scope is a path segment, not a string prefix.
     expect(TestRequest::get().uri("/kvx"), StatusCode::NOT_FOUND, "no_route").await;
     expect(TestRequest::get().uri("/kv"), StatusCode::BAD_REQUEST, "bad_key").await;
