@@ -59,7 +59,7 @@ cd "$ROOT_DIR"
 # ZooKeeper comes with `treecache up` through provision/install-zookeeper.sh.
 # shellcheck source=provision/lib.sh
 . provision/lib.sh
-apt_install jq curl redis-server redis-tools
+apt_install jq curl iproute2 redis-server redis-tools
 provision/install-zookeeper.sh
 if [ -z "$BIN_DIR" ]; then
     echo "building release binaries..." >&2
@@ -114,7 +114,14 @@ wait_log() {
         sleep 0.1
     done
 }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# free_port: a TCP port nothing listens on (iproute2's ss; no python needed).
+free_port() {
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 40000))
+        ss -Htln "sport = :$port" | grep -q . || { echo "$port"; return; }
+    done
+}
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # bench NAME ARGS...: treecache bench ARGS --json into $WORK/NAME.json.
 bench() {
