@@ -6,8 +6,7 @@ use actix_web::web::{self, ThinData};
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use super::kv::{X_EXPIRES_AT, X_VERSION};
-use super::{epoch_of, key_from, read_body, Query};
+use super::{epoch_of, key_from, read_body, Query, X_EXPIRES_AT, X_VERSION};
 use crate::error::{Error, Result};
 use crate::node::read::FillAnswer;
 use crate::node::{Ack, Node};

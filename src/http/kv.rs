@@ -1,19 +1,15 @@
 //! `/kv/{key}`: the public read and write routes.
 
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::HeaderValue;
 use actix_web::http::{Method, StatusCode};
 use actix_web::web::ThinData;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 
-use super::{key_from, read_body, MaxValue, Query};
+use super::{key_from, read_body, MaxValue, Query, X_EXPIRES_AT, X_NODE, X_VERSION};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::node::{answer_body, Ack, Node};
 use crate::wire::WriteResult;
-
-const X_NODE: HeaderName = HeaderName::from_static("x-node");
-pub(super) const X_VERSION: HeaderName = HeaderName::from_static("x-version");
-pub(super) const X_EXPIRES_AT: HeaderName = HeaderName::from_static("x-expires-at");
 
 /// Longest `?ttl=`: ten years.
 const MAX_TTL_SECS: u64 = 10 * 365 * 86_400;

@@ -11,6 +11,7 @@ mod admin;
 mod internal;
 mod kv;
 
+use actix_web::http::header::HeaderName;
 use actix_web::{web, HttpRequest};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -40,6 +41,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_value: usize) {
         .route("/internal/leave", web::post().to(internal::leave))
         .default_service(web::to(not_found));
 }
+
+/// Response headers DESIGN.md names, shared by the public and internal routes.
+const X_NODE: HeaderName = HeaderName::from_static("x-node");
+const X_VERSION: HeaderName = HeaderName::from_static("x-version");
+const X_EXPIRES_AT: HeaderName = HeaderName::from_static("x-expires-at");
 
 #[derive(Clone, Copy)]
 struct MaxValue(usize);

@@ -160,6 +160,34 @@ impl Node {
         HTTP.with(|cell| cell.get_or_init(|| build_http().unwrap_or_else(|_| self.inner.http.clone())).clone())
     }
 
+    /// POSTs a batch of updates to another node's internal route `url`
+    /// (`peer` is its base URL, for errors) and reads its JSON answer.
+    async fn post_updates<T: serde::de::DeserializeOwned>(
+        &self,
+        http: reqwest::Client,
+        peer: &str,
+        url: &str,
+        updates: &[crate::store::Update],
+        timeout: Duration,
+    ) -> Result<T> {
+        let resp = http
+            .post(url)
+            .header(EPOCH_HEADER, self.epoch())
+            .timeout(timeout)
+            .body(crate::wire::encode_updates(updates))
+            .send()
+            .await
+            .map_err(|e| Error::parent_unreachable(peer, e))?;
+        if !resp.status().is_success() {
+            return Err(Error::Upstream {
+                url: url.to_string(),
+                status: resp.status().as_u16(),
+                body: resp.text().await.unwrap_or_default(),
+            });
+        }
+        resp.json().await.map_err(|e| Error::parent_unreachable(peer, e))
+    }
+
     fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, task: F) {
         self.inner.runtime.spawn(task);
     }

@@ -16,12 +16,12 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::{Node, EPOCH_HEADER};
+use super::Node;
 use crate::clock::now_ms;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::store::{Applied, NodeId, Update};
-use crate::wire::{self, Peer, PushReply};
+use crate::wire::{Peer, PushReply};
 
 /// Most updates in one push request.
 const PUSH_BATCH: usize = 1024;
@@ -171,24 +171,7 @@ impl Node {
 
     async fn send_push(&self, child: &Peer, batch: &[Update]) -> Result<PushReply> {
         let url = format!("{}/internal/push", child.url);
-        let resp = self
-            .inner
-            .http
-            .post(&url)
-            .header(EPOCH_HEADER, self.epoch())
-            .timeout(PUSH_TIMEOUT)
-            .body(wire::encode_updates(batch))
-            .send()
-            .await
-            .map_err(|e| Error::parent_unreachable(&child.url, e))?;
-        if !resp.status().is_success() {
-            return Err(Error::Upstream {
-                url,
-                status: resp.status().as_u16(),
-                body: resp.text().await.unwrap_or_default(),
-            });
-        }
-        resp.json().await.map_err(|e| Error::parent_unreachable(&child.url, e))
+        self.post_updates(self.inner.http.clone(), &child.url, &url, batch, PUSH_TIMEOUT).await
     }
 
     /// `POST /internal/push`: apply what is newer and held, pass it on to

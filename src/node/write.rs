@@ -11,12 +11,12 @@
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{Node, EPOCH_HEADER, UPSTREAM_TIMEOUT};
+use super::{Node, UPSTREAM_TIMEOUT};
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::store::{check_key, Applied, Committed, NodeId, Update};
-use crate::wire::{self, WriteResult, WriteResults};
+use crate::wire::{WriteResult, WriteResults};
 
 /// When a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,23 +193,8 @@ impl Node {
         let parent = place.topology.parent.as_ref().ok_or_else(|| Error::Internal("the root has no parent".into()))?;
         Metrics::inc(&self.inner.metrics.upstream_requests);
         let url = format!("{}/internal/write?child={}&ack={}", parent.url, place.topology.id, ack.as_str());
-        let resp = self
-            .local_http()
-            .post(&url)
-            .header(EPOCH_HEADER, self.epoch())
-            .timeout(UPSTREAM_TIMEOUT)
-            .body(wire::encode_updates(updates))
-            .send()
-            .await
-            .map_err(|e| Error::parent_unreachable(&parent.url, e))?;
-        if !resp.status().is_success() {
-            return Err(Error::Upstream {
-                url,
-                status: resp.status().as_u16(),
-                body: resp.text().await.unwrap_or_default(),
-            });
-        }
-        let results: WriteResults = resp.json().await.map_err(|e| Error::parent_unreachable(&parent.url, e))?;
+        let results: WriteResults =
+            self.post_updates(self.local_http(), &parent.url, &url, updates, UPSTREAM_TIMEOUT).await?;
         if results.results.len() != updates.len() {
             return Err(Error::Internal(format!(
                 "{url} answered {} results for {} writes",
