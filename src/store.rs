@@ -52,6 +52,19 @@ pub fn check_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Names one client write for exactly-once commit (DESIGN.md guarantee 6):
+/// the node that first took it from a client, that process's incarnation
+/// (random per start, so a restarted node's sequence cannot collide with its
+/// earlier one), and a sequence number in the order that node received its
+/// writes. The root commits each id once and remembers the outcome, so a
+/// retried write learns its result instead of committing twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WriteId {
+    pub origin: NodeId,
+    pub incarnation: u64,
+    pub seq: u64,
+}
+
 /// One committed change of a key, as the root ordered it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Update {
