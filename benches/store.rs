@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use treecache::store::{Store, Update};
+use treecache::store::{Store, Time, Update};
 use treecache::wire::{decode_updates, encode_updates};
 
 const NOW: u64 = 1_700_000_000_000;
+const T: Time = Time::at(NOW);
 const ENTRIES: u64 = 100_000;
 
 fn key(i: u64) -> String {
@@ -28,7 +29,7 @@ fn update(i: u64, version: u64, value: &Bytes, expires_at: Option<u64>) -> Updat
 fn filled(n: u64, value: &Bytes) -> Store {
     let store = Store::new();
     for i in 0..n {
-        store.apply(&update(i, i + 1, value, None), NOW);
+        store.apply(&update(i, i + 1, value, None), T);
     }
     store
 }
@@ -42,12 +43,12 @@ fn store_reads(c: &mut Criterion) {
     g.bench_function("hit", |b| {
         b.iter(|| {
             i = (i + 7919) % ENTRIES;
-            black_box(store.get(&key(i), NOW))
+            black_box(store.get(&key(i), T))
         })
     });
-    g.bench_function("absent", |b| b.iter(|| black_box(store.get("session:missing", NOW))));
+    g.bench_function("absent", |b| b.iter(|| black_box(store.get("session:missing", T))));
     let k = key(42);
-    g.bench_function("hit_prebuilt_key", |b| b.iter(|| black_box(store.get(black_box(&k), NOW))));
+    g.bench_function("hit_prebuilt_key", |b| b.iter(|| black_box(store.get(black_box(&k), T))));
     g.finish();
 }
 
@@ -63,7 +64,7 @@ fn store_writes(c: &mut Criterion) {
         b.iter(|| {
             version += 1;
             i = (i + 7919) % ENTRIES;
-            black_box(store.apply(&update(i, version, &value, None), NOW))
+            black_box(store.apply(&update(i, version, &value, None), T))
         })
     });
     // The root's write: next version under the shard lock.
@@ -71,7 +72,7 @@ fn store_writes(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 7919) % ENTRIES;
             let mut next = version;
-            black_box(store.commit(&key(i), Some(value.clone()), None, NOW, Some(2), || {
+            black_box(store.commit(&key(i), Some(value.clone()), None, T, Some(2), || {
                 next += 1;
                 next
             }));
@@ -85,7 +86,7 @@ fn store_writes(c: &mut Criterion) {
             Store::new,
             |s| {
                 for j in 0..1000 {
-                    s.apply(&update(j, 1, &value, None), NOW);
+                    s.apply(&update(j, 1, &value, None), T);
                 }
                 s
             },
@@ -98,11 +99,11 @@ fn store_writes(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     // A late or duplicated push: refused by the version check.
     let stale = update(7, 1, &value, None);
-    g.bench_function("apply_stale", |b| b.iter(|| black_box(store.apply(black_box(&stale), NOW))));
+    g.bench_function("apply_stale", |b| b.iter(|| black_box(store.apply(black_box(&stale), T))));
     g.bench_function("apply_push_not_held", |b| {
         let u =
             Update { key: "session:nobody".into(), version: u64::MAX, value: Some(value.clone()), expires_at: None };
-        b.iter(|| black_box(store.apply_push(black_box(&u), NOW)))
+        b.iter(|| black_box(store.apply_push(black_box(&u), T)))
     });
     let k = key(7);
     g.bench_function("has_version", |b| b.iter(|| black_box(store.has_version(black_box(&k), 8))));
@@ -117,10 +118,10 @@ fn store_sweep(c: &mut Criterion) {
         // Nothing due: the cost of the periodic scan itself.
         let store = Store::new();
         for i in 0..n {
-            store.apply(&update(i, i + 1, &value, Some(NOW + 60_000)), NOW);
+            store.apply(&update(i, i + 1, &value, Some(NOW + 60_000)), T);
         }
         g.throughput(Throughput::Elements(n));
-        g.bench_with_input(BenchmarkId::new("none_due", n), &store, |b, s| b.iter(|| black_box(s.sweep_expired(NOW))));
+        g.bench_with_input(BenchmarkId::new("none_due", n), &store, |b, s| b.iter(|| black_box(s.sweep_expired(T))));
     }
     // Half of 10k entries due: scan plus removals (the store is rebuilt per batch).
     g.throughput(Throughput::Elements(10_000));
@@ -130,11 +131,11 @@ fn store_sweep(c: &mut Criterion) {
                 let s = Store::new();
                 for i in 0..10_000 {
                     let at = if i % 2 == 0 { NOW - 1 } else { NOW + 60_000 };
-                    s.apply(&update(i, i + 1, &value, Some(at)), NOW - 10);
+                    s.apply(&update(i, i + 1, &value, Some(at)), Time::at(NOW - 10));
                 }
                 s
             },
-            |s| black_box(s.sweep_expired(NOW)),
+            |s| black_box(s.sweep_expired(T)),
             BatchSize::LargeInput,
         )
     });
@@ -156,7 +157,7 @@ fn holder_directory(c: &mut Criterion) {
     g.bench_function("get_and_hold", |b| {
         b.iter(|| {
             i = (i + 7919) % ENTRIES;
-            black_box(store.get_and_hold(&key(i), 3, NOW))
+            black_box(store.get_and_hold(&key(i), 3, T))
         })
     });
     g.bench_function("add_holder", |b| {

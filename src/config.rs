@@ -99,6 +99,11 @@ pub struct NodeArgs {
     /// Commit log fsync policy.
     #[arg(long, env = "TREECACHE_FSYNC", value_enum, default_value_t = Fsync::Everysec)]
     pub fsync: Fsync,
+    /// When the parent cannot be reached, keep serving a stale (ttl mode) or
+    /// unconfirmed entry for this long past its freshness, marked
+    /// `X-Cache: stale` (default: 503 instead), e.g. 30s.
+    #[arg(long, env = "TREECACHE_STALE_IF_ERROR", value_parser = parse_duration)]
+    pub stale_if_error: Option<Duration>,
     /// Memory bound for cached entries (non-root), e.g. 64MiB; LRU eviction past it.
     #[arg(long, env = "TREECACHE_MAX_MEMORY", value_parser = parse_bytes)]
     pub max_memory: Option<u64>,
@@ -109,7 +114,20 @@ pub struct NodeArgs {
     /// reading it (so a push can overtake it). Never set in production.
     #[arg(long, env = "TREECACHE_FAULT_FILL_DELAY_MS", hide = true, default_value_t = 0)]
     pub fault_fill_delay_ms: u64,
+    /// Fault injection for tests: a node answering a child's write batch
+    /// holds the answer this long after the writes are settled (so the
+    /// child's request can time out and resend). Never set in production.
+    #[arg(long, env = "TREECACHE_FAULT_WRITE_DELAY_MS", hide = true, default_value_t = 0)]
+    pub fault_write_delay_ms: u64,
+    /// Fault injection for tests: hold every push batch this long before
+    /// sending it. Never set in production.
+    #[arg(long, env = "TREECACHE_FAULT_PUSH_DELAY_MS", hide = true, default_value_t = 0)]
+    pub fault_push_delay_ms: u64,
 }
+
+/// The largest `--max-value-bytes` accepted: one value must fit in one
+/// internal batch body (see `http::internal`).
+pub const MAX_VALUE_CEILING: u64 = 64 << 20;
 
 impl NodeArgs {
     /// Checks what clap cannot: combinations of flags.
@@ -131,14 +149,27 @@ impl NodeArgs {
         if self.max_value_bytes == 0 {
             return Err("--max-value-bytes must be greater than zero".into());
         }
+        if self.max_value_bytes > MAX_VALUE_CEILING {
+            return Err(format!(
+                "--max-value-bytes {}: the most is {MAX_VALUE_CEILING} (64MiB); a cache is no place for larger values",
+                self.max_value_bytes
+            ));
+        }
         if let Some(url) = &self.advertise {
             check_url("--advertise", url)?;
         }
         if let Some(url) = &self.root_url {
             check_url("--root-url", url)?;
         }
-        if self.id == Some(0) {
-            return Err("--id must be 1 or more".into());
+        if let Some(id) = self.id {
+            if !(1..=u64::from(u32::MAX)).contains(&id) {
+                return Err(format!("--id {id}: must be 1 to {}", u32::MAX));
+            }
+        }
+        if let Some(extra) = self.stale_if_error {
+            if extra.is_zero() {
+                return Err("--stale-if-error must be greater than zero (leave it out to answer 503)".into());
+            }
         }
         Ok(())
     }

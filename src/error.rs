@@ -45,6 +45,14 @@ pub enum Error {
     },
     #[error("{0}")]
     Internal(String),
+    #[error("node {child} is not a child of node {me} (the tree changed; re-registering fixes it)")]
+    NotChild { child: u64, me: u64 },
+    #[error("node {from} is not this node's parent ({parent})")]
+    NotParent { from: String, parent: String },
+    #[error("this node is shutting down")]
+    ShuttingDown,
+    #[error("the write of {key:?} is queued but not yet acknowledged; it will still be delivered")]
+    WriteInFlight { key: String },
 }
 
 impl Error {
@@ -66,6 +74,10 @@ impl Error {
             Error::Upstream { .. } => "upstream_error",
             Error::Zk { .. } => "zookeeper",
             Error::Internal(_) => "internal",
+            Error::NotChild { .. } => "not_child",
+            Error::NotParent { .. } => "not_parent",
+            Error::ShuttingDown => "shutting_down",
+            Error::WriteInFlight { .. } => "write_in_flight",
         }
     }
 
@@ -94,10 +106,16 @@ impl ResponseError for Error {
             Error::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::NotFound(_) | Error::NoRoute(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Error::IdTaken { .. } | Error::NotRoot { .. } | Error::StaleEpoch { .. } => StatusCode::CONFLICT,
-            Error::NotRegistered | Error::ParentUnreachable { .. } | Error::Zk { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::IdTaken { .. }
+            | Error::NotRoot { .. }
+            | Error::StaleEpoch { .. }
+            | Error::NotChild { .. }
+            | Error::NotParent { .. } => StatusCode::CONFLICT,
+            Error::NotRegistered
+            | Error::ParentUnreachable { .. }
+            | Error::Zk { .. }
+            | Error::ShuttingDown
+            | Error::WriteInFlight { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

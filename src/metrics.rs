@@ -34,6 +34,9 @@ counters! {
     expired: "Entries removed because their ttl passed.",
     evictions: "Entries evicted under --max-memory.",
     bad_requests: "Requests refused for bad input.",
+    duplicate_writes: "Writes the root had decided before (a resend or a second path): answered with the first outcome.",
+    stale_served: "Reads answered from a stale or unconfirmed entry because the parent was unreachable (--stale-if-error).",
+    resets: "Times this node's store was reset (new parent or epoch): entries kept, to be revalidated.",
 }
 
 impl Metrics {

@@ -1,5 +1,6 @@
 //! The versioned key-value store of one node. Pure: no I/O, no async, no
-//! clock — every time-dependent call takes `now` (unix milliseconds).
+//! clock — every time-dependent call takes a [`Time`] (wall clock for
+//! expiry, monotonic for ttl-mode freshness).
 //!
 //! It owns, per key: the value or a tombstone, the version the root gave it,
 //! its expiry, when it arrived (ttl-mode freshness), and the holder directory
@@ -21,6 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::RwLock;
+
+pub use crate::clock::Time;
 
 pub type Version = u64;
 pub type NodeId = u64;
@@ -75,7 +78,10 @@ pub struct Update {
     pub expires_at: Option<Millis>,
 }
 
-/// What a read finds.
+/// What a read finds. `received_at` is on the monotonic clock. `current`
+/// is false for an entry kept across a reset (a new parent or epoch): its
+/// value was right once, but no parent has confirmed it since, so it must
+/// be revalidated before it is served.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
     Value {
@@ -83,11 +89,13 @@ pub enum Lookup {
         value: Bytes,
         expires_at: Option<Millis>,
         received_at: Millis,
+        current: bool,
     },
     /// Deleted at `version`; this node holds the deletion.
     Tombstone {
         version: Version,
         received_at: Millis,
+        current: bool,
     },
     /// Not held here (or expired).
     Absent,
@@ -98,6 +106,13 @@ impl Lookup {
         match self {
             Lookup::Value { version, .. } | Lookup::Tombstone { version, .. } => Some(*version),
             Lookup::Absent => None,
+        }
+    }
+    /// Whether a parent has confirmed this entry since the last reset.
+    pub fn is_current(&self) -> bool {
+        match self {
+            Lookup::Value { current, .. } | Lookup::Tombstone { current, .. } => *current,
+            Lookup::Absent => false,
         }
     }
     pub fn received_at(&self) -> Option<Millis> {
@@ -142,17 +157,41 @@ pub struct DumpEntry {
 
 /// One slot of the map. Kept small (72 bytes; a 100k-entry node pays for
 /// it in every slot): expiry as a non-zero niche, holders boxed because
-/// most entries (every leaf's) have none.
+/// most entries (every leaf's) have none, and the arrival time and the
+/// generation it was confirmed in packed into one word ([`Stamp`]).
 struct Entry {
     version: Version,
     value: Option<Bytes>,
     expires_at: Option<NonZeroU64>,
-    received_at: Millis,
+    stamp: Stamp,
     /// Children holding the key, each with the store tick when recorded.
     holders: Holders,
     /// LRU clock tick of the last read or write; atomic so reads need only
     /// the shard's read lock.
     last_used: AtomicU64,
+}
+
+/// When an entry arrived (monotonic ms, low 44 bits: 557 years) and the
+/// store generation it was confirmed in (low 20 bits of it, high bits of
+/// the word). A reset bumps the generation, so every entry stored before
+/// reads as not current without touching it; a wrap would need 2^20 resets
+/// while one entry sits unconfirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp(u64);
+
+const STAMP_TIME_BITS: u32 = 44;
+const STAMP_TIME_MASK: u64 = (1 << STAMP_TIME_BITS) - 1;
+
+impl Stamp {
+    fn new(received_at: Millis, generation: u64) -> Stamp {
+        Stamp((generation << STAMP_TIME_BITS) | (received_at & STAMP_TIME_MASK))
+    }
+    fn received_at(self) -> Millis {
+        self.0 & STAMP_TIME_MASK
+    }
+    fn is_current(self, generation: u64) -> bool {
+        (self.0 >> STAMP_TIME_BITS) == (generation << STAMP_TIME_BITS) >> STAMP_TIME_BITS
+    }
 }
 
 impl Entry {
@@ -165,18 +204,21 @@ impl Entry {
     fn charge(key: &str, value: &Option<Bytes>) -> usize {
         key.len() + value.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD
     }
-    fn lookup(&self, now: Millis) -> Lookup {
-        if self.is_expired(now) {
+    fn lookup(&self, t: Time, generation: u64) -> Lookup {
+        if self.is_expired(t.wall) {
             return Lookup::Absent;
         }
+        let received_at = self.stamp.received_at();
+        let current = self.stamp.is_current(generation);
         match &self.value {
             Some(value) => Lookup::Value {
                 version: self.version,
                 value: value.clone(),
                 expires_at: self.expires_at(),
-                received_at: self.received_at,
+                received_at,
+                current,
             },
-            None => Lookup::Tombstone { version: self.version, received_at: self.received_at },
+            None => Lookup::Tombstone { version: self.version, received_at, current },
         }
     }
 }
@@ -238,11 +280,19 @@ fn compact(value: &Option<Bytes>) -> Option<Bytes> {
     value.as_deref().map(Bytes::copy_from_slice)
 }
 
-/// Fills and writes in flight for one key: how many, and until when at most.
+/// Fills and writes in flight for one key (`count`), and after the last
+/// one, until when (monotonic ms) pushes are still welcome: an ack=parent
+/// write's commit comes back by push some time after the parent took it.
 #[derive(Clone, Copy)]
 struct Expecting {
     count: u32,
     until: Millis,
+}
+
+impl Expecting {
+    fn is_live(&self, mono: Millis) -> bool {
+        self.count > 0 || self.until > mono
+    }
 }
 
 #[derive(Default)]
@@ -254,21 +304,28 @@ struct Shard {
 }
 
 impl Shard {
-    fn is_expecting(&self, key: &str, now: Millis) -> bool {
-        self.expecting.get(key).is_some_and(|e| e.until > now)
+    fn is_expecting(&self, key: &str, mono: Millis) -> bool {
+        self.expecting.get(key).is_some_and(|e| e.is_live(mono))
     }
 
     /// Stores `update` if it is newer than what the shard has; keeps holders.
-    fn apply_if_newer(&mut self, update: &Update, now: Millis, tick: u64) -> Applied {
+    /// Either way the entry is now current: whoever hands us an update for
+    /// a key (a parent's push, a fill answer, a write's commit) has
+    /// recorded this node as a holder of it, so later changes will come.
+    fn apply_if_newer(&mut self, update: &Update, t: Time, tick: u64, generation: u64) -> Applied {
         let charge = Entry::charge(&update.key, &update.value);
+        let stamp = Stamp::new(t.mono, generation);
         match self.map.get_mut(update.key.as_str()) {
-            Some(entry) if entry.version >= update.version => Applied::Stale,
+            Some(entry) if entry.version >= update.version => {
+                entry.stamp = stamp;
+                Applied::Stale
+            }
             Some(entry) => {
                 self.bytes = self.bytes + charge - Entry::charge(&update.key, &entry.value);
                 entry.version = update.version;
                 entry.value = compact(&update.value);
                 entry.expires_at = expiry(update.expires_at);
-                entry.received_at = now;
+                entry.stamp = stamp;
                 *entry.last_used.get_mut() = tick;
                 Applied::Newer { holders: entry.holder_ids() }
             }
@@ -280,7 +337,7 @@ impl Shard {
                         version: update.version,
                         value: compact(&update.value),
                         expires_at: expiry(update.expires_at),
-                        received_at: now,
+                        stamp,
                         holders: Holders::default(),
                         last_used: AtomicU64::new(tick),
                     },
@@ -342,12 +399,12 @@ impl Store {
     }
 
     /// Reads a key; expired entries read as absent. Marks the entry used.
-    pub fn get(&self, key: &str, now: Millis) -> Lookup {
+    pub fn get(&self, key: &str, t: Time) -> Lookup {
         let shard = self.shard(key).read();
         match shard.map.get(key) {
             Some(entry) => {
                 entry.last_used.store(self.next_tick(), Ordering::Relaxed);
-                entry.lookup(now)
+                entry.lookup(t, self.generation())
             }
             None => Lookup::Absent,
         }
@@ -355,16 +412,19 @@ impl Store {
 
     /// Reads a key for `child` and records the child as a holder in the same
     /// critical section, so no update can commit between the read and the
-    /// record (the child would miss its push). Absent keys and tombstones
-    /// record nothing: the child caches no negative answer from a fill.
-    pub fn get_and_hold(&self, key: &str, child: NodeId, now: Millis) -> Lookup {
+    /// record (the child would miss its push). Only a current value records
+    /// the child: absent keys and tombstones record nothing (the child
+    /// caches no negative answer from a fill), and an entry kept across a
+    /// reset must be revalidated here first.
+    pub fn get_and_hold(&self, key: &str, child: NodeId, t: Time) -> Lookup {
+        let generation = self.generation();
         let mut shard = self.shard(key).write();
         let tick = self.next_tick();
         match shard.map.get_mut(key) {
             Some(entry) => {
                 *entry.last_used.get_mut() = tick;
-                let found = entry.lookup(now);
-                if matches!(found, Lookup::Value { .. }) {
+                let found = entry.lookup(t, generation);
+                if matches!(found, Lookup::Value { current: true, .. }) {
                     entry.hold(child, tick);
                 }
                 found
@@ -398,42 +458,52 @@ impl Store {
         self.shard(key).read().map.get(key).map(Entry::holder_ids).unwrap_or_default()
     }
 
-    /// Marks `key` as expected until `until`: a fill or write is in flight,
-    /// so pushes for it are accepted even though the key is not held yet.
-    /// Counted: each `expect` needs its own `unexpect`.
-    pub fn expect(&self, key: &str, until: Millis) {
+    /// Marks `key` as expected: a fill or write is in flight, so pushes for
+    /// it are accepted even though the key is not held yet. Counted: each
+    /// `expect` needs its own [`Store::unexpect`], and the mark does not
+    /// lapse while any is open, however long the write takes.
+    pub fn expect(&self, key: &str) {
         let mut shard = self.shard(key).write();
-        let slot = shard.expecting.entry(key.to_string()).or_insert(Expecting { count: 0, until });
+        let slot = shard.expecting.entry(key.to_string()).or_insert(Expecting { count: 0, until: 0 });
         slot.count += 1;
-        slot.until = slot.until.max(until);
     }
 
-    /// Ends one `expect`; the marker goes with the last one.
-    pub fn unexpect(&self, key: &str) {
+    /// Ends one `expect`. Pushes stay welcome until `linger_until`
+    /// (monotonic ms; 0 for none): an ack=parent write's commit arrives by
+    /// push after the parent took it.
+    pub fn unexpect(&self, key: &str, linger_until: Millis) {
         let mut shard = self.shard(key).write();
         if let Some(slot) = shard.expecting.get_mut(key) {
             slot.count = slot.count.saturating_sub(1);
-            if slot.count == 0 {
+            slot.until = slot.until.max(linger_until);
+            if slot.count == 0 && slot.until == 0 {
                 shard.expecting.remove(key);
             }
         }
     }
 
+    /// Whether a push for `key` would be accepted though it is not held.
+    pub fn is_expecting(&self, key: &str, t: Time) -> bool {
+        self.shard(key).read().is_expecting(key, t.mono)
+    }
+
     /// Stores an update this node asked for (a fill answer or a write's
-    /// commit coming back), if newer.
-    pub fn apply(&self, update: &Update, now: Millis) -> Applied {
+    /// commit coming back), if newer; the entry is current either way.
+    pub fn apply(&self, update: &Update, t: Time) -> Applied {
         let tick = self.next_tick();
-        self.shard(&update.key).write().apply_if_newer(update, now, tick)
+        let generation = self.generation();
+        self.shard(&update.key).write().apply_if_newer(update, t, tick, generation)
     }
 
     /// Stores a committed update coming back down the write path and records
     /// `child` (the node the write came from) as a holder, atomically. Also
     /// returns what the store now has, for when it holds something newer
     /// that the child must be sent.
-    pub fn apply_and_hold(&self, update: &Update, child: NodeId, now: Millis) -> (Applied, Update) {
+    pub fn apply_and_hold(&self, update: &Update, child: NodeId, t: Time) -> (Applied, Update) {
         let tick = self.next_tick();
+        let generation = self.generation();
         let mut shard = self.shard(&update.key).write();
-        let applied = shard.apply_if_newer(update, now, tick);
+        let applied = shard.apply_if_newer(update, t, tick, generation);
         let Some(entry) = shard.map.get_mut(update.key.as_str()) else {
             return (applied, update.clone());
         };
@@ -444,43 +514,48 @@ impl Store {
     /// Stores a pushed update if this node holds or expects the key and the
     /// update is newer. A push for anything else is `NotHeld`, and the
     /// sender forgets this node as a holder.
-    pub fn apply_push(&self, update: &Update, now: Millis) -> Applied {
+    pub fn apply_push(&self, update: &Update, t: Time) -> Applied {
         let tick = self.next_tick();
+        let generation = self.generation();
         let mut shard = self.shard(&update.key).write();
-        if !shard.map.contains_key(update.key.as_str()) && !shard.is_expecting(&update.key, now) {
+        if !shard.map.contains_key(update.key.as_str()) && !shard.is_expecting(&update.key, t.mono) {
             return Applied::NotHeld;
         }
-        shard.apply_if_newer(update, now, tick)
+        shard.apply_if_newer(update, t, tick, generation)
     }
 
     /// The root's commit: gives the write the next version (from
     /// `next_version`, called under the shard lock so versions of one key are
     /// applied in order) and stores it. A delete of an absent key commits
     /// nothing. `holder`, the child the write came from, is recorded in the
-    /// same critical section (it learns the version from the reply, every
-    /// later commit pushes to it) and left out of the returned holders.
+    /// same critical section, and is among the returned holders: the commit
+    /// is pushed down the writer's branch too, so a writer whose reply is
+    /// lost still learns it (a duplicate is dropped there as stale).
     pub fn commit(
         &self,
         key: &str,
         value: Option<Bytes>,
         expires_at: Option<Millis>,
-        now: Millis,
+        t: Time,
         holder: Option<NodeId>,
         next_version: impl FnOnce() -> Version,
     ) -> Committed {
         let tick = self.next_tick();
+        let generation = self.generation();
         let mut shard = self.shard(key).write();
-        let live = shard.map.get(key).is_some_and(|e| e.value.is_some() && !e.is_expired(now));
+        let live = shard.map.get(key).is_some_and(|e| e.value.is_some() && !e.is_expired(t.wall));
         if value.is_none() && !live {
             return Committed::Absent;
         }
         let update = Update { key: key.to_string(), version: next_version(), value, expires_at };
-        match shard.apply_if_newer(&update, now, tick) {
+        match shard.apply_if_newer(&update, t, tick, generation) {
             Applied::Newer { mut holders } => {
                 if let Some(child) = holder {
-                    holders.retain(|&h| h != child);
                     if let Some(entry) = shard.map.get_mut(key) {
                         entry.hold(child, tick);
+                    }
+                    if !holders.contains(&child) {
+                        holders.push(child);
                     }
                 }
                 Committed::Done { version: update.version, created: !live, holders }
@@ -495,16 +570,36 @@ impl Store {
         self.shard(key).read().map.get(key).map(|e| e.as_update(key))
     }
 
-    /// Restarts the freshness clock of an entry whose version the parent
-    /// confirmed unchanged (ttl mode). Returns false if the entry changed.
-    pub fn refresh(&self, key: &str, version: Version, now: Millis) -> bool {
+    /// The parent confirmed that `version` is still the key's version (a
+    /// 304): the entry is current again and, in ttl mode, fresh from `t`.
+    /// Returns false if the entry changed meanwhile.
+    pub fn refresh(&self, key: &str, version: Version, t: Time) -> bool {
+        let generation = self.generation();
         match self.shard(key).write().map.get_mut(key) {
             Some(entry) if entry.version == version => {
-                entry.received_at = now;
+                entry.stamp = Stamp::new(t.mono, generation);
                 true
             }
             _ => false,
         }
+    }
+
+    /// The parent says the key is absent, deleted at `version` if it knows
+    /// when: drops the entry unless it is newer than that deletion (then
+    /// the parent is behind, and the newer value stays). An entry the
+    /// parent is behind on is current: the parent holds the key and will
+    /// push what comes. Returns whether the entry went.
+    pub fn remove_unless_newer(&self, key: &str, deleted_at: Option<Version>) -> bool {
+        let mut shard = self.shard(key).write();
+        let keep = match (shard.map.get(key), deleted_at) {
+            (Some(entry), Some(deleted)) => entry.version > deleted,
+            (Some(_), None) => false,
+            (None, _) => return false,
+        };
+        if keep {
+            return false;
+        }
+        shard.remove(key).is_some()
     }
 
     /// Drops a key (no longer held), returning its holders.
@@ -512,31 +607,42 @@ impl Store {
         self.shard(key).write().remove(key).map(|e| e.holder_ids())
     }
 
-    /// Drops everything this node holds (re-attachment to a new parent or a
-    /// new root epoch); fills begun before now are not cached.
-    pub fn clear(&self) {
+    /// A new parent or epoch: what this node holds was right once, but the
+    /// new parent does not know this node holds it. Values are kept and
+    /// read as not current until a parent confirms them (so a node never
+    /// serves an older version than before the move, and loses no memory
+    /// with a session); tombstones and holder records go (the children are
+    /// reset too and re-register as holders when they revalidate). Fills
+    /// and writes in flight stay expected, and any fill begun before the
+    /// reset is not cached ([`Store::generation`]).
+    pub fn reset(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         for shard in self.shards.iter() {
             let mut shard = shard.write();
-            shard.map.clear();
-            shard.expecting.clear();
-            shard.bytes = 0;
+            let tombstones: Vec<Box<str>> =
+                shard.map.iter().filter(|(_, e)| e.value.is_none()).map(|(k, _)| k.clone()).collect();
+            for key in tombstones {
+                shard.remove(&key);
+            }
+            for entry in shard.map.values_mut() {
+                entry.holders = Holders::default();
+            }
         }
     }
 
-    /// Removes expired entries and stale `expect` markers. Returns how many
+    /// Removes expired entries and lapsed `expect` markers. Returns how many
     /// entries went.
-    pub fn sweep_expired(&self, now: Millis) -> usize {
+    pub fn sweep_expired(&self, t: Time) -> usize {
         let mut removed = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.write();
             let expired: Vec<String> =
-                shard.map.iter().filter(|(_, e)| e.is_expired(now)).map(|(k, _)| k.to_string()).collect();
+                shard.map.iter().filter(|(_, e)| e.is_expired(t.wall)).map(|(k, _)| k.to_string()).collect();
             for key in expired {
                 shard.remove(&key);
                 removed += 1;
             }
-            shard.expecting.retain(|_, e| e.until > now);
+            shard.expecting.retain(|_, e| e.is_live(t.mono));
         }
         removed
     }
@@ -629,6 +735,10 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn t(ms: Millis) -> Time {
+        Time::at(ms)
+    }
+
     fn put(key: &str, version: Version, value: &str) -> Update {
         Update { key: key.into(), version, value: Some(Bytes::from(value.to_string())), expires_at: None }
     }
@@ -671,8 +781,8 @@ mod tests {
         // A 10-byte value sliced out of a 64 KiB read buffer.
         let buffer = Bytes::from(vec![7u8; 64 << 10]);
         let value = buffer.slice(100..110);
-        store.apply(&Update { key: "k".into(), version: 1, value: Some(value.clone()), expires_at: None }, 0);
-        let Lookup::Value { value: stored, .. } = store.get("k", 0) else { panic!("stored") };
+        store.apply(&Update { key: "k".into(), version: 1, value: Some(value.clone()), expires_at: None }, t(0));
+        let Lookup::Value { value: stored, .. } = store.get("k", t(0)) else { panic!("stored") };
         assert_eq!(stored, value);
         let within = buffer.as_ptr_range().contains(&stored.as_ptr());
         assert!(!within, "the store keeps its own copy, not a slice of the read buffer");
@@ -681,54 +791,54 @@ mod tests {
     #[test]
     fn newer_version_replaces_older() {
         let s = Store::new();
-        assert_eq!(s.apply(&put("k", 1, "a"), 0), Applied::Newer { holders: vec![] });
-        assert!(matches!(s.apply(&put("k", 3, "c"), 0), Applied::Newer { .. }));
-        assert!(matches!(s.get("k", 0), Lookup::Value { version: 3, ref value, .. } if value == "c"));
+        assert_eq!(s.apply(&put("k", 1, "a"), t(0)), Applied::Newer { holders: vec![] });
+        assert!(matches!(s.apply(&put("k", 3, "c"), t(0)), Applied::Newer { .. }));
+        assert!(matches!(s.get("k", t(0)), Lookup::Value { version: 3, ref value, .. } if value == "c"));
     }
 
     #[test]
     fn late_push_never_overwrites_newer_version() {
         let s = Store::new();
-        s.apply(&put("k", 5, "new"), 0);
-        assert_eq!(s.apply_push(&put("k", 4, "old"), 0), Applied::Stale);
-        assert_eq!(s.apply_push(&put("k", 5, "dup"), 0), Applied::Stale);
-        assert!(matches!(s.get("k", 0), Lookup::Value { version: 5, ref value, .. } if value == "new"));
+        s.apply(&put("k", 5, "new"), t(0));
+        assert_eq!(s.apply_push(&put("k", 4, "old"), t(0)), Applied::Stale);
+        assert_eq!(s.apply_push(&put("k", 5, "dup"), t(0)), Applied::Stale);
+        assert!(matches!(s.get("k", t(0)), Lookup::Value { version: 5, ref value, .. } if value == "new"));
     }
 
     #[test]
     fn tombstone_beats_a_late_push() {
         let s = Store::new();
-        s.apply(&put("k", 1, "a"), 0);
-        assert!(matches!(s.apply_push(&del("k", 2), 0), Applied::Newer { .. }));
-        assert_eq!(s.apply_push(&put("k", 1, "a"), 0), Applied::Stale);
-        assert_eq!(s.get("k", 0), Lookup::Tombstone { version: 2, received_at: 0 });
+        s.apply(&put("k", 1, "a"), t(0));
+        assert!(matches!(s.apply_push(&del("k", 2), t(0)), Applied::Newer { .. }));
+        assert_eq!(s.apply_push(&put("k", 1, "a"), t(0)), Applied::Stale);
+        assert_eq!(s.get("k", t(0)), Lookup::Tombstone { version: 2, received_at: 0, current: true });
     }
 
     #[test]
     fn push_for_unheld_key_is_refused() {
         let s = Store::new();
-        assert_eq!(s.apply_push(&put("k", 1, "a"), 0), Applied::NotHeld);
-        assert_eq!(s.get("k", 0), Lookup::Absent);
+        assert_eq!(s.apply_push(&put("k", 1, "a"), t(0)), Applied::NotHeld);
+        assert_eq!(s.get("k", t(0)), Lookup::Absent);
     }
 
     #[test]
     fn push_overtaking_a_fill_is_kept_and_the_fill_dropped() {
         let s = Store::new();
-        s.expect("k", 1_000);
+        s.expect("k");
         // The parent recorded us as holder, then a newer write was pushed
         // before the fill's answer (version 1) arrived.
-        assert!(matches!(s.apply_push(&put("k", 2, "pushed"), 10), Applied::Newer { .. }));
-        assert_eq!(s.apply(&put("k", 1, "filled"), 20), Applied::Stale);
-        s.unexpect("k");
-        assert!(matches!(s.get("k", 30), Lookup::Value { version: 2, ref value, .. } if value == "pushed"));
+        assert!(matches!(s.apply_push(&put("k", 2, "pushed"), t(10)), Applied::Newer { .. }));
+        assert_eq!(s.apply(&put("k", 1, "filled"), t(20)), Applied::Stale);
+        s.unexpect("k", 0);
+        assert!(matches!(s.get("k", t(30)), Lookup::Value { version: 2, ref value, .. } if value == "pushed"));
     }
 
     #[test]
     fn a_refused_push_does_not_unhold_a_later_fill() {
         let s = Store::new();
-        s.apply(&put("k", 1, "a"), 0);
+        s.apply(&put("k", 1, "a"), t(0));
         let sent = s.tick_now(); // push batch sent
-        s.get_and_hold("k", 7, 0); // child's new fill recorded after
+        s.get_and_hold("k", 7, t(0)); // child's new fill recorded after
         s.remove_holder("k", 7, sent); // child's "not held" for the old push
         assert_eq!(s.holders_of("k"), vec![7]);
         s.remove_holder("k", 7, s.tick_now());
@@ -738,42 +848,49 @@ mod tests {
     #[test]
     fn expectations_are_counted() {
         let s = Store::new();
-        s.expect("k", 1_000);
-        s.expect("k", 500);
-        s.unexpect("k");
-        assert!(matches!(s.apply_push(&put("k", 1, "a"), 10), Applied::Newer { .. }));
-        s.unexpect("k");
+        s.expect("k");
+        s.expect("k");
+        s.unexpect("k", 0);
+        assert!(matches!(s.apply_push(&put("k", 1, "a"), t(10)), Applied::Newer { .. }));
+        s.unexpect("k", 0);
         s.remove("k");
-        assert_eq!(s.apply_push(&put("k", 2, "b"), 10), Applied::NotHeld);
+        assert_eq!(s.apply_push(&put("k", 2, "b"), t(10)), Applied::NotHeld);
     }
 
     #[test]
     fn apply_and_hold_records_the_writer_and_reports_newer() {
         let s = Store::new();
-        s.apply(&put("k", 5, "newer"), 0);
-        let (applied, current) = s.apply_and_hold(&put("k", 4, "mine"), 3, 0);
+        s.apply(&put("k", 5, "newer"), t(0));
+        let (applied, current) = s.apply_and_hold(&put("k", 4, "mine"), 3, t(0));
         assert_eq!(applied, Applied::Stale);
         assert_eq!(current.version, 5);
         assert_eq!(s.holders_of("k"), vec![3]);
-        let (applied, current) = s.apply_and_hold(&put("k", 6, "mine"), 8, 0);
+        let (applied, current) = s.apply_and_hold(&put("k", 6, "mine"), 8, t(0));
         assert_eq!(applied, Applied::Newer { holders: vec![3] });
         assert_eq!(current.version, 6);
     }
 
     #[test]
-    fn expired_expectation_no_longer_accepts_pushes() {
+    fn an_open_expectation_never_lapses_and_a_closed_one_lingers() {
         let s = Store::new();
-        s.expect("k", 100);
-        assert_eq!(s.apply_push(&put("k", 1, "a"), 100), Applied::NotHeld);
+        s.expect("k");
+        // However long the write takes, the mark holds while it is open.
+        assert_eq!(s.sweep_expired(t(u64::MAX / 4)), 0);
+        assert!(s.is_expecting("k", t(1 << 40)));
+        s.unexpect("k", 100);
+        assert!(s.is_expecting("k", t(99)));
+        assert_eq!(s.apply_push(&put("k", 1, "a"), t(100)), Applied::NotHeld);
+        s.sweep_expired(t(100));
+        assert!(!s.is_expecting("k", t(0)), "the lapsed mark is swept");
     }
 
     #[test]
     fn expired_entries_read_as_absent_and_are_swept() {
         let s = Store::new();
-        s.apply(&Update { expires_at: Some(1_000), ..put("k", 1, "a") }, 0);
-        assert!(matches!(s.get("k", 999), Lookup::Value { .. }));
-        assert_eq!(s.get("k", 1_000), Lookup::Absent);
-        assert_eq!(s.sweep_expired(1_000), 1);
+        s.apply(&Update { expires_at: Some(1_000), ..put("k", 1, "a") }, t(0));
+        assert!(matches!(s.get("k", t(999)), Lookup::Value { .. }));
+        assert_eq!(s.get("k", t(1_000)), Lookup::Absent);
+        assert_eq!(s.sweep_expired(t(1_000)), 1);
         assert!(s.is_empty());
         assert_eq!(s.bytes(), 0);
     }
@@ -781,16 +898,16 @@ mod tests {
     #[test]
     fn holders_are_recorded_only_for_values() {
         let s = Store::new();
-        assert_eq!(s.get_and_hold("k", 7, 0), Lookup::Absent);
-        s.apply(&put("k", 1, "a"), 0);
-        assert!(matches!(s.get_and_hold("k", 7, 0), Lookup::Value { .. }));
-        assert!(matches!(s.get_and_hold("k", 7, 0), Lookup::Value { .. }));
+        assert_eq!(s.get_and_hold("k", 7, t(0)), Lookup::Absent);
+        s.apply(&put("k", 1, "a"), t(0));
+        assert!(matches!(s.get_and_hold("k", 7, t(0)), Lookup::Value { .. }));
+        assert!(matches!(s.get_and_hold("k", 7, t(0)), Lookup::Value { .. }));
         s.add_holder("k", 9);
         assert_eq!(s.holders_of("k"), vec![7, 9]);
         s.remove_holder("k", 7, s.tick_now());
         assert_eq!(s.holders_of("k"), vec![9]);
         // Holders survive value updates: the next push must reach them.
-        assert_eq!(s.apply(&put("k", 2, "b"), 0), Applied::Newer { holders: vec![9] });
+        assert_eq!(s.apply(&put("k", 2, "b"), t(0)), Applied::Newer { holders: vec![9] });
         s.forget_child(9);
         assert!(s.holders_of("k").is_empty());
         assert!(!s.add_holder("missing", 1));
@@ -804,26 +921,27 @@ mod tests {
             next += 1;
             next
         };
-        assert_eq!(s.commit("k", None, None, 0, None, &mut bump), Committed::Absent);
+        assert_eq!(s.commit("k", None, None, t(0), None, &mut bump), Committed::Absent);
         assert_eq!(
-            s.commit("k", Some(Bytes::from_static(b"a")), None, 0, None, &mut bump),
+            s.commit("k", Some(Bytes::from_static(b"a")), None, t(0), None, &mut bump),
             Committed::Done { version: 1, created: true, holders: vec![] }
         );
         s.add_holder("k", 4);
         assert_eq!(
-            s.commit("k", Some(Bytes::from_static(b"b")), None, 0, Some(5), &mut bump),
-            Committed::Done { version: 2, created: false, holders: vec![4] }
+            s.commit("k", Some(Bytes::from_static(b"b")), None, t(0), Some(5), &mut bump),
+            Committed::Done { version: 2, created: false, holders: vec![4, 5] }
         );
-        // The writer became a holder: the next commit pushes to it.
+        // The writer is pushed its own commit (its reply may be lost) and
+        // stays a holder: the next commit pushes to it too.
         assert_eq!(
-            s.commit("k", None, None, 0, None, &mut bump),
+            s.commit("k", None, None, t(0), None, &mut bump),
             Committed::Done { version: 3, created: false, holders: vec![4, 5] }
         );
-        assert_eq!(s.commit("k", None, None, 0, None, &mut bump), Committed::Absent);
+        assert_eq!(s.commit("k", None, None, t(0), None, &mut bump), Committed::Absent);
         // Writing an expired key creates it anew.
-        s.commit("e", Some(Bytes::from_static(b"x")), Some(10), 0, None, &mut bump);
+        s.commit("e", Some(Bytes::from_static(b"x")), Some(10), t(0), None, &mut bump);
         assert!(matches!(
-            s.commit("e", Some(Bytes::from_static(b"y")), None, 10, None, &mut bump),
+            s.commit("e", Some(Bytes::from_static(b"y")), None, t(10), None, &mut bump),
             Committed::Done { created: true, .. }
         ));
     }
@@ -831,32 +949,74 @@ mod tests {
     #[test]
     fn refresh_only_matches_the_same_version() {
         let s = Store::new();
-        s.apply(&put("k", 3, "a"), 0);
-        assert!(s.refresh("k", 3, 500));
-        assert_eq!(s.get("k", 600).received_at(), Some(500));
-        assert!(!s.refresh("k", 2, 700));
-        assert!(!s.refresh("nope", 1, 700));
+        s.apply(&put("k", 3, "a"), t(0));
+        assert!(s.refresh("k", 3, t(500)));
+        assert_eq!(s.get("k", t(600)).received_at(), Some(500));
+        assert!(!s.refresh("k", 2, t(700)));
+        assert!(!s.refresh("nope", 1, t(700)));
     }
 
     #[test]
-    fn clear_drops_everything_and_bumps_generation() {
+    fn reset_keeps_values_as_not_current_and_drops_tombstones_and_holders() {
         let s = Store::new();
-        s.apply(&put("a", 1, "x"), 0);
-        s.expect("b", 1_000);
+        s.apply(&put("a", 3, "x"), t(0));
+        s.get_and_hold("a", 7, t(0));
+        s.apply(&del("d", 2), t(0));
+        s.expect("b");
         let g = s.generation();
-        s.clear();
-        assert!(s.is_empty());
+        s.reset();
         assert_eq!(s.generation(), g + 1);
-        assert_eq!(s.apply_push(&put("b", 2, "y"), 0), Applied::NotHeld);
+        assert!(matches!(s.get("a", t(1)), Lookup::Value { version: 3, current: false, .. }));
+        assert_eq!(s.get("d", t(1)), Lookup::Absent, "a tombstone is only worth its confirmation");
+        assert!(s.holders_of("a").is_empty(), "children re-register when they revalidate");
+        // A not-current value is not handed to a child as a holder.
+        assert!(matches!(s.get_and_hold("a", 7, t(1)), Lookup::Value { current: false, .. }));
+        assert!(s.holders_of("a").is_empty());
+        // Writes in flight stay expected across the reset.
+        assert!(matches!(s.apply_push(&put("b", 2, "y"), t(1)), Applied::Newer { .. }));
+    }
+
+    #[test]
+    fn a_confirmation_makes_a_kept_entry_current_even_when_the_parent_is_behind() {
+        let s = Store::new();
+        s.apply(&put("k", 5, "seen"), t(0));
+        s.reset();
+        // The new parent answers an older version: ours stays (a node never
+        // goes back) and is current, since the parent now pushes to us.
+        assert_eq!(s.apply(&put("k", 4, "behind"), t(9)), Applied::Stale);
+        assert!(matches!(s.get("k", t(9)), Lookup::Value { version: 5, current: true, received_at: 9, .. }));
+        s.reset();
+        assert!(s.refresh("k", 5, t(12)));
+        assert!(matches!(s.get("k", t(12)), Lookup::Value { current: true, received_at: 12, .. }));
+    }
+
+    #[test]
+    fn an_absent_answer_removes_only_what_is_not_newer() {
+        let s = Store::new();
+        s.apply(&put("k", 5, "v"), t(0));
+        assert!(!s.remove_unless_newer("k", Some(4)), "the parent is behind: keep ours");
+        assert!(s.remove_unless_newer("k", Some(6)));
+        s.apply(&put("k", 7, "v"), t(0));
+        assert!(s.remove_unless_newer("k", None));
+        assert!(!s.remove_unless_newer("k", None));
+    }
+
+    #[test]
+    fn stamps_keep_time_and_generation_apart() {
+        let st = Stamp::new(123_456, 9);
+        assert_eq!(st.received_at(), 123_456);
+        assert!(st.is_current(9));
+        assert!(!st.is_current(10));
+        assert!(Stamp::new(1, (1 << 20) + 3).is_current(3), "generations compare in 20 bits");
     }
 
     #[test]
     fn byte_accounting_follows_values() {
         let s = Store::new();
-        s.apply(&put("k", 1, "aaaa"), 0);
+        s.apply(&put("k", 1, "aaaa"), t(0));
         let one = s.bytes();
         assert_eq!(one, 1 + 4 + ENTRY_OVERHEAD);
-        s.apply(&put("k", 2, "aaaaaaaa"), 0);
+        s.apply(&put("k", 2, "aaaaaaaa"), t(0));
         assert_eq!(s.bytes(), one + 4);
         s.remove("k");
         assert_eq!(s.bytes(), 0);
@@ -866,10 +1026,10 @@ mod tests {
     fn lru_victim_is_the_least_recently_used() {
         let s = Store::new();
         for i in 0..10 {
-            s.apply(&put(&format!("k{i}"), 1, "v"), 0);
+            s.apply(&put(&format!("k{i}"), 1, "v"), t(0));
         }
         for i in 1..10 {
-            s.get(&format!("k{i}"), 0);
+            s.get(&format!("k{i}"), t(0));
         }
         assert_eq!(s.lru_victim(1000).as_deref(), Some("k0"));
     }
@@ -878,7 +1038,7 @@ mod tests {
     fn dump_pages_in_key_order() {
         let s = Store::new();
         for k in ["b", "a", "c", "ab", "x/1"] {
-            s.apply(&put(k, 1, "v"), 0);
+            s.apply(&put(k, 1, "v"), t(0));
         }
         let keys = |v: Vec<DumpEntry>| v.into_iter().map(|e| e.key).collect::<Vec<_>>();
         assert_eq!(keys(s.dump("", None, 2, 0)), vec!["a", "ab"]);

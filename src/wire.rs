@@ -4,6 +4,9 @@
 //! A batch is `[count u32]` then per update
 //! `[key_len u16][key][version u64][flags u8][expires_at u64]?[value_len u32][value]?`,
 //! big-endian. Flags: bit 0 has a value (else tombstone), bit 1 has an expiry.
+//! A write batch (up the tree) is the same with a write id after the flags
+//! (`[origin u64][incarnation u64][seq u64]`, flag bit 2) and flag bit 3 for
+//! a write whose sender waits for the root's commit (ack=root).
 //! Decoding slices values out of the received `Bytes`, so a value travels
 //! from socket to store to the next push without a copy.
 
@@ -11,41 +14,112 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Mode;
-use crate::store::{NodeId, Update, Version};
+use crate::store::{NodeId, Update, Version, WriteId};
 
 const HAS_VALUE: u8 = 1;
 const HAS_EXPIRY: u8 = 2;
+const HAS_WRITE_ID: u8 = 4;
+const ACK_ROOT: u8 = 8;
+const KNOWN_FLAGS: u8 = HAS_VALUE | HAS_EXPIRY | HAS_WRITE_ID | ACK_ROOT;
 /// Upper bound on updates in one batch, so a corrupt count cannot make the
 /// decoder reserve gigabytes.
 pub const MAX_BATCH: usize = 1 << 20;
 
+/// A client write on its way to the root: the change (version 0 until
+/// committed), its id, and whether the sender waits for the commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    pub update: Update,
+    pub id: WriteId,
+    pub ack_root: bool,
+}
+
+/// Bytes an update takes in a batch.
+pub fn encoded_len(u: &Update) -> usize {
+    2 + u.key.len() + 8 + 1 + 8 + 4 + u.value.as_ref().map_or(0, Bytes::len)
+}
+
+const WRITE_ID_LEN: usize = 24;
+
+fn put_update(buf: &mut BytesMut, u: &Update, write: Option<(&WriteId, bool)>) {
+    buf.put_u16(u.key.len() as u16);
+    buf.put_slice(u.key.as_bytes());
+    buf.put_u64(u.version);
+    let mut flags = if u.value.is_some() { HAS_VALUE } else { 0 } | if u.expires_at.is_some() { HAS_EXPIRY } else { 0 };
+    if let Some((_, ack_root)) = write {
+        flags |= HAS_WRITE_ID | if ack_root { ACK_ROOT } else { 0 };
+    }
+    buf.put_u8(flags);
+    if let Some((id, _)) = write {
+        buf.put_u64(id.origin);
+        buf.put_u64(id.incarnation);
+        buf.put_u64(id.seq);
+    }
+    if let Some(at) = u.expires_at {
+        buf.put_u64(at);
+    }
+    if let Some(value) = &u.value {
+        buf.put_u32(value.len() as u32);
+        buf.put_slice(value);
+    }
+}
+
 /// Encodes updates into one batch.
 pub fn encode_updates(updates: &[Update]) -> Bytes {
-    let size: usize = 4 + updates
-        .iter()
-        .map(|u| 2 + u.key.len() + 8 + 1 + 8 + 4 + u.value.as_ref().map_or(0, Bytes::len))
-        .sum::<usize>();
+    let size: usize = 4 + updates.iter().map(encoded_len).sum::<usize>();
     let mut buf = BytesMut::with_capacity(size);
     buf.put_u32(updates.len() as u32);
     for u in updates {
-        buf.put_u16(u.key.len() as u16);
-        buf.put_slice(u.key.as_bytes());
-        buf.put_u64(u.version);
-        let flags = if u.value.is_some() { HAS_VALUE } else { 0 } | if u.expires_at.is_some() { HAS_EXPIRY } else { 0 };
-        buf.put_u8(flags);
-        if let Some(at) = u.expires_at {
-            buf.put_u64(at);
-        }
-        if let Some(value) = &u.value {
-            buf.put_u32(value.len() as u32);
-            buf.put_slice(value);
-        }
+        put_update(&mut buf, u, None);
     }
     buf.freeze()
 }
 
-/// Decodes a batch; values are slices of `body`, not copies.
-pub fn decode_updates(body: &Bytes) -> Result<Vec<Update>, String> {
+/// Encodes writes into one batch.
+pub fn encode_writes(writes: &[Write]) -> Bytes {
+    let size: usize = 4 + writes.iter().map(|w| encoded_len(&w.update) + WRITE_ID_LEN).sum::<usize>();
+    let mut buf = BytesMut::with_capacity(size);
+    buf.put_u32(writes.len() as u32);
+    for w in writes {
+        put_update(&mut buf, &w.update, Some((&w.id, w.ack_root)));
+    }
+    buf.freeze()
+}
+
+/// One update and, when the batch carries them, its write id and ack.
+fn take_update(buf: &mut Bytes, i: usize) -> Result<(Update, Option<(WriteId, bool)>), String> {
+    let key_len = take_u16(buf, "key length")? as usize;
+    let key = take_bytes(buf, key_len, "key")?;
+    let key = String::from_utf8(key.to_vec()).map_err(|_| format!("update {i}: key is not UTF-8"))?;
+    let version = take_u64(buf, "version")?;
+    let flags = take_u8(buf, "flags")?;
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(format!("update {i}: unknown flags {flags:#04x}"));
+    }
+    let write = if flags & HAS_WRITE_ID != 0 {
+        let id = WriteId {
+            origin: take_u64(buf, "write origin")?,
+            incarnation: take_u64(buf, "write incarnation")?,
+            seq: take_u64(buf, "write seq")?,
+        };
+        Some((id, flags & ACK_ROOT != 0))
+    } else {
+        None
+    };
+    let expires_at = if flags & HAS_EXPIRY != 0 { Some(take_u64(buf, "expiry")?) } else { None };
+    let value = if flags & HAS_VALUE != 0 {
+        let len = take_u32(buf, "value length")? as usize;
+        Some(take_bytes(buf, len, "value")?)
+    } else {
+        None
+    };
+    Ok((Update { key, version, value, expires_at }, write))
+}
+
+fn decode_batch<T>(
+    body: &Bytes,
+    mut each: impl FnMut(usize, Update, Option<(WriteId, bool)>) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
     let mut buf = body.clone();
     let count = take_u32(&mut buf, "count")? as usize;
     if count > MAX_BATCH {
@@ -53,24 +127,29 @@ pub fn decode_updates(body: &Bytes) -> Result<Vec<Update>, String> {
     }
     let mut out = Vec::with_capacity(count.min(4096));
     for i in 0..count {
-        let key_len = take_u16(&mut buf, "key length")? as usize;
-        let key = take_bytes(&mut buf, key_len, "key")?;
-        let key = String::from_utf8(key.to_vec()).map_err(|_| format!("update {i}: key is not UTF-8"))?;
-        let version = take_u64(&mut buf, "version")?;
-        let flags = take_u8(&mut buf, "flags")?;
-        let expires_at = if flags & HAS_EXPIRY != 0 { Some(take_u64(&mut buf, "expiry")?) } else { None };
-        let value = if flags & HAS_VALUE != 0 {
-            let len = take_u32(&mut buf, "value length")? as usize;
-            Some(take_bytes(&mut buf, len, "value")?)
-        } else {
-            None
-        };
-        out.push(Update { key, version, value, expires_at });
+        let (update, write) = take_update(&mut buf, i)?;
+        out.push(each(i, update, write)?);
     }
     if buf.has_remaining() {
         return Err(format!("{} trailing bytes after {count} updates", buf.remaining()));
     }
     Ok(out)
+}
+
+/// Decodes a push batch; values are slices of `body`, not copies.
+pub fn decode_updates(body: &Bytes) -> Result<Vec<Update>, String> {
+    decode_batch(body, |i, update, write| match write {
+        None => Ok(update),
+        Some(_) => Err(format!("update {i}: a push carries no write id")),
+    })
+}
+
+/// Decodes a write batch: every write carries its id.
+pub fn decode_writes(body: &Bytes) -> Result<Vec<Write>, String> {
+    decode_batch(body, |i, update, write| match write {
+        Some((id, ack_root)) => Ok(Write { update, id, ack_root }),
+        None => Err(format!("write {i}: no write id")),
+    })
 }
 
 fn need(buf: &Bytes, n: usize, what: &str) -> Result<(), String> {
@@ -177,6 +256,9 @@ pub enum WriteResult {
     Absent,
     /// Accepted by the parent, to be committed (ack=parent).
     Accepted,
+    /// The parent has the write queued and is still waiting for the root:
+    /// send the same write (same id) again later to learn the outcome.
+    InProgress,
     /// Could not be forwarded.
     Failed { error: String },
 }
@@ -226,6 +308,37 @@ mod tests {
         let mut padded = BytesMut::from(&encoded[..]);
         padded.put_u8(0);
         assert!(decode_updates(&padded.freeze()).unwrap_err().contains("trailing"));
+    }
+
+    #[test]
+    fn write_batches_carry_ids_and_acks() {
+        let writes: Vec<Write> = sample()
+            .into_iter()
+            .enumerate()
+            .map(|(i, update)| Write {
+                update,
+                id: WriteId { origin: 3, incarnation: u64::MAX - i as u64, seq: i as u64 },
+                ack_root: i % 2 == 0,
+            })
+            .collect();
+        let encoded = encode_writes(&writes);
+        assert_eq!(decode_writes(&encoded).unwrap(), writes);
+        for cut in 0..encoded.len() {
+            assert!(decode_writes(&encoded.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        assert!(decode_updates(&encoded).unwrap_err().contains("no write id"));
+        assert!(decode_writes(&encode_updates(&sample())).unwrap_err().contains("no write id"));
+    }
+
+    #[test]
+    fn unknown_flags_are_refused() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(1);
+        buf.put_u16(1);
+        buf.put_slice(b"k");
+        buf.put_u64(1);
+        buf.put_u8(0x40);
+        assert!(decode_updates(&buf.freeze()).unwrap_err().contains("unknown flags"));
     }
 
     #[test]

@@ -3,18 +3,19 @@
 //! [`crate::wire`]; each route checks the sender's epoch.
 
 use actix_web::web::{self, ThinData};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Deserialize;
 
 use super::{epoch_of, key_from, read_body, Query, X_EXPIRES_AT, X_VERSION};
 use crate::error::{Error, Result};
 use crate::node::read::FillAnswer;
-use crate::node::{Ack, Node};
+use crate::node::Node;
 use crate::wire::{self, RegisterRequest, Topology, WriteResults};
 use actix_web::http::header::HeaderValue;
 
-/// Largest internal batch body.
-const MAX_BATCH_BYTES: usize = 512 << 20;
+/// Largest internal batch body: a full batch, or one write of the largest
+/// value a node may take, with room for its key and framing.
+const MAX_BATCH_BYTES: usize = crate::node::BATCH_BYTES + crate::config::MAX_VALUE_CEILING as usize + (64 << 10);
 /// Largest JSON control message.
 const MAX_CONTROL_BYTES: usize = 1 << 20;
 
@@ -42,9 +43,10 @@ pub async fn fill(node: ThinData<Node>, req: HttpRequest) -> Result<HttpResponse
     }
     node.check_epoch(epoch_of(&req)?)?;
     let key = key_from(&req, "/internal/fill/")?;
-    let q = Query::parse(&req, &["child", "have"])?;
+    let q = Query::parse(&req, &["child", "have", "consistent"])?;
     let child = child_of(&q)?;
-    Ok(match node.serve_fill(&key, child, q.u64("have")?).await? {
+    let consistent = q.bool("consistent")?.unwrap_or(false);
+    Ok(match node.serve_fill(&key, child, q.u64("have")?, consistent).await? {
         FillAnswer::Value { version, value, expires_at } => {
             let mut resp = HttpResponse::Ok();
             resp.insert_header((X_VERSION, HeaderValue::from(version)));
@@ -56,21 +58,38 @@ pub async fn fill(node: ThinData<Node>, req: HttpRequest) -> Result<HttpResponse
         FillAnswer::NotModified { version } => {
             HttpResponse::NotModified().insert_header((X_VERSION, HeaderValue::from(version))).finish()
         }
-        FillAnswer::NotFound => return Err(Error::NotFound(key)),
+        FillAnswer::NotFound { deleted_at } => {
+            let mut resp = Error::NotFound(key).error_response();
+            if let Some(v) = deleted_at {
+                resp.headers_mut().insert(X_VERSION, HeaderValue::from(v));
+            }
+            resp
+        }
     })
+}
+
+/// The sending node's id (`X-Treecache-From`), required on pushes and clears.
+fn sender_of(req: &HttpRequest) -> Result<u64> {
+    req.headers()
+        .get(crate::node::FROM_HEADER)
+        .ok_or_else(|| Error::bad_param("x-treecache-from", "required: the sending node's id"))?
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::bad_param("x-treecache-from", "not a node id"))
 }
 
 pub async fn write(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
     node.check_epoch(epoch_of(&req)?)?;
-    let q = Query::parse(&req, &["child", "ack"])?;
+    let q = Query::parse(&req, &["child"])?;
     let child = child_of(&q)?;
-    let ack = match q.get("ack") {
-        Some(s) => Ack::parse(s).ok_or_else(|| Error::bad_param("ack", format!("{s:?}: use parent or root")))?,
-        None => Ack::Root,
-    };
     let body = read_body(&req, body, MAX_BATCH_BYTES).await?;
-    let updates = wire::decode_updates(&body).map_err(Error::BadRequest)?;
-    let results = node.accept_writes(child, updates, ack).await?;
+    let writes = wire::decode_writes(&body).map_err(Error::BadRequest)?;
+    let results = node.accept_writes(child, writes).await?;
+    let delay = node.args().fault_write_delay_ms;
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     Ok(HttpResponse::Ok().json(WriteResults { results }))
 }
 
@@ -78,7 +97,7 @@ pub async fn push(node: ThinData<Node>, req: HttpRequest, body: web::Payload) ->
     node.check_epoch(epoch_of(&req)?)?;
     let body = read_body(&req, body, MAX_BATCH_BYTES).await?;
     let updates = wire::decode_updates(&body).map_err(Error::BadRequest)?;
-    Ok(HttpResponse::Ok().json(node.receive_push(updates)?))
+    Ok(HttpResponse::Ok().json(node.receive_push(sender_of(&req)?, updates)?))
 }
 
 pub async fn topology(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
@@ -90,7 +109,7 @@ pub async fn topology(node: ThinData<Node>, req: HttpRequest, body: web::Payload
 
 pub async fn clear(node: ThinData<Node>, req: HttpRequest) -> Result<HttpResponse> {
     node.check_epoch(epoch_of(&req)?)?;
-    node.receive_clear()?;
+    node.receive_clear(sender_of(&req)?)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "ok": true })))
 }
 

@@ -95,7 +95,30 @@ async fn malformed_registrations_and_internal_messages_are_refused() {
     let push = TestRequest::post().uri("/internal/push").set_payload(vec![0u8, 0, 0, 9, 1]);
     expect(push, StatusCode::BAD_REQUEST, "bad_request").await;
     let write = TestRequest::post().uri("/internal/write?ack=root").set_payload(vec![0u8, 0, 0, 0]);
+    expect(write, StatusCode::BAD_REQUEST, "bad_request").await;
+    let write = TestRequest::post().uri("/internal/write").set_payload(vec![0u8, 0, 0, 0]);
     expect(write, StatusCode::BAD_REQUEST, "bad_parameter").await;
+    // A write batch whose writes carry no id (a push batch) is refused.
+    let update = crate::store::Update { key: "k".into(), version: 0, value: None, expires_at: None };
+    let no_ids = crate::wire::encode_updates(&[update]);
+    let write = TestRequest::post().uri("/internal/write?child=2").set_payload(no_ids);
+    expect(write, StatusCode::BAD_REQUEST, "bad_request").await;
+    // A push must say who sends it.
+    let push = TestRequest::post().uri("/internal/push").set_payload(vec![0u8, 0, 0, 0]);
+    expect(push, StatusCode::BAD_REQUEST, "bad_parameter").await;
+    let push = TestRequest::post().uri("/internal/push").insert_header((crate::node::FROM_HEADER, "me"));
+    expect(push.set_payload(vec![0u8, 0, 0, 0]), StatusCode::BAD_REQUEST, "bad_parameter").await;
+    expect(TestRequest::post().uri("/internal/clear"), StatusCode::BAD_REQUEST, "bad_parameter").await;
+    // Ids out of range and URLs that are not a node's base URL.
+    expect(
+        reg(r#"{"url": "http://127.0.0.1:9", "id": 18446744073709551615}"#),
+        StatusCode::BAD_REQUEST,
+        "bad_parameter",
+    )
+    .await;
+    for url in ["http://", "http:///x", "http://h/path", "http://h?q=1", "http://u:p@h", "http://h#f", "ftp://h"] {
+        expect(reg(&format!(r#"{{"url": "{url}"}}"#)), StatusCode::BAD_REQUEST, "bad_parameter").await;
+    }
     let epoch = TestRequest::post().uri("/internal/clear").insert_header((crate::node::EPOCH_HEADER, "x"));
     expect(epoch, StatusCode::BAD_REQUEST, "bad_parameter").await;
     expect(TestRequest::post().uri("/internal/topology").set_payload("{}"), StatusCode::BAD_REQUEST, "bad_request")

@@ -192,53 +192,89 @@ impl Node {
         }
     }
 
-    /// Takes a place. `reset`: what we hold is unknown to the (new) parent,
-    /// so drop it, and have our subtree drop theirs.
+    /// Takes a place. `reset`: what we hold is unknown to the (new) parent:
+    /// keep it, but unconfirmed, and have our subtree do the same. The root
+    /// never resets: its store is the truth, whatever happened to its
+    /// ZooKeeper session.
     pub(super) fn adopt(&self, topology: Topology, coherence: Coherence, root_url: String, reset: bool) {
-        let (reset, children) = {
+        let (reset, new_epoch, children) = {
             let mut place = self.inner.place.write();
-            let reset = match place.as_ref() {
-                None => true,
+            let (reset, new_epoch) = match place.as_ref() {
+                None => (true, true),
                 Some(old) => {
                     if !reset && old.topology.epoch == topology.epoch && topology.seq < old.topology.seq {
                         return; // an older notification overtaken by a newer one
                     }
-                    reset || old.topology.parent != topology.parent || old.topology.epoch != topology.epoch
+                    let new_epoch = old.topology.epoch != topology.epoch;
+                    (reset || new_epoch || old.topology.parent != topology.parent, new_epoch)
                 }
             };
+            let reset = reset && !topology.is_root();
             let children = topology.children.clone();
             *place = Some(Arc::new(Place { topology, coherence, root_url }));
-            (reset, children)
+            (reset, new_epoch, children)
         };
-        if reset {
-            self.clear_subtree(&children);
+        if new_epoch {
+            self.drop_queued_pushes();
         }
         self.sync_children(&children);
+        if reset {
+            self.reset_subtree(&children);
+        }
     }
 
-    /// Drops what we hold and tells our children to do the same.
-    pub fn clear_subtree(&self, children: &[crate::wire::Peer]) {
-        if !self.inner.store.is_empty() {
-            log::info!("dropping {} cached entries: our place in the tree changed", self.inner.store.len());
+    /// Marks what we hold as unconfirmed (see [`crate::store::Store::reset`])
+    /// and tells each child to do the same, until it hears or is no
+    /// longer our child: a child that missed it would go on serving what
+    /// no parent pushes to any more.
+    pub fn reset_subtree(&self, children: &[crate::wire::Peer]) {
+        let store = &self.inner.store;
+        if !store.is_empty() {
+            log::info!("our place in the tree changed: {} entries kept, to be revalidated before use", store.len());
         }
-        self.inner.store.clear();
-        for child in children {
+        store.reset();
+        crate::metrics::Metrics::inc(&self.inner.metrics.resets);
+        let generation = store.generation();
+        for child in children.iter().cloned() {
             let node = self.clone();
-            let url = format!("{}/internal/clear", child.url);
-            self.spawn(async move {
-                let sent =
-                    node.inner.http.post(&url).header(EPOCH_HEADER, node.epoch()).timeout(CONTROL_TIMEOUT).send().await;
-                if let Err(e) = sent {
-                    log::warn!("telling {url} to drop its entries failed: {e}");
-                }
-            });
+            self.spawn(async move { node.send_reset(child, generation).await });
         }
     }
 
-    /// `POST /internal/clear` from our parent.
-    pub fn receive_clear(&self) -> Result<()> {
+    async fn send_reset(&self, child: crate::wire::Peer, generation: u64) {
+        let url = format!("{}/internal/clear", child.url);
+        let mut backoff = Duration::from_millis(100);
+        for attempt in 1u32.. {
+            let still_ours = self.children().contains(&child);
+            if !still_ours || self.inner.store.generation() != generation || self.is_shutting_down() {
+                return; // a newer reset took over, or the child moved on
+            }
+            let mut req = self.inner.http.post(&url).header(EPOCH_HEADER, self.epoch()).timeout(CONTROL_TIMEOUT);
+            if let Some(t) = self.topology() {
+                req = req.header(super::FROM_HEADER, t.id);
+            }
+            match req.send().await {
+                Ok(r) if r.status().is_success() => return,
+                Ok(r) if attempt == 1 || attempt % 20 == 0 => {
+                    log::warn!("telling child {} to revalidate: {url} answered {} (retrying)", child.id, r.status())
+                }
+                Err(e) if attempt == 1 || attempt % 20 == 0 => {
+                    log::warn!("telling child {} to revalidate: {e} (retrying)", child.id)
+                }
+                _ => {}
+            }
+            if !self.pause(backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// `POST /internal/clear` from node `from`, which must be our parent.
+    pub fn receive_clear(&self, from: NodeId) -> Result<()> {
+        self.check_from_parent(from)?;
         let place = self.place()?;
-        self.clear_subtree(&place.topology.children);
+        self.reset_subtree(&place.topology.children);
         Ok(())
     }
 
@@ -278,10 +314,14 @@ impl Node {
         // Versions stay monotonic across root restarts: each epoch starts
         // its sequence above every version of the epochs before it.
         self.inner.versions.fetch_max(epoch << 40, Ordering::AcqRel);
-        let registry = Registry::new(id, self.url().to_string(), self.args().fanout, now_ms());
-        let topology =
-            registry.topology(id, epoch).ok_or_else(|| Error::Internal("root missing from registry".into()))?;
-        *self.inner.membership.registry.lock() = Some(registry);
+        let topology = {
+            let mut guard = self.inner.membership.registry.lock();
+            // Winning again in the same process (our session expired, we
+            // lived): keep the tree we had; nodes re-register into it.
+            let registry =
+                guard.get_or_insert_with(|| Registry::new(id, self.url().to_string(), self.args().fanout, now_ms()));
+            registry.topology(id, epoch).ok_or_else(|| Error::Internal("root missing from registry".into()))?
+        };
         self.inner.membership.mirror.lock().await.clear();
         self.sync_mirror().await?;
         zk::create_ephemeral(&zk, &paths.live_node(id), self.live_data().as_bytes()).await?;
@@ -402,8 +442,8 @@ impl Node {
     /// `POST /clients/register` at the root.
     pub async fn register(&self, req: RegisterRequest) -> Result<Registration> {
         check_peer_url(&req.url)?;
-        if req.id == Some(0) {
-            return Err(Error::bad_param("id", "ids start at 1"));
+        if let Some(id) = req.id {
+            check_node_id(id)?;
         }
         let place = self.place()?;
         if !place.topology.is_root() {
@@ -511,15 +551,42 @@ impl Node {
     }
 }
 
-/// A peer URL: http(s), a host, no spaces, of sane length.
+/// Highest node id the registrar grants or accepts (ids are also znode
+/// names and travel in JSON, where larger numbers lose precision).
+pub const MAX_NODE_ID: NodeId = u32::MAX as NodeId;
+
+/// A peer URL is a node's base URL: http or https, a host (and port), no
+/// user info, path, query or fragment, of sane length.
 pub fn check_peer_url(url: &str) -> Result<()> {
-    let ok = (url.starts_with("http://") || url.starts_with("https://"))
-        && url.len() <= 2048
-        && !url.chars().any(|c| c.is_whitespace() || c.is_control())
-        && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty());
-    if ok {
+    let bad = |why: &str| Error::bad_param("url", format!("{url:?} is not a node's base URL: {why}"));
+    if url.len() > 2048 {
+        return Err(bad("longer than 2048 bytes"));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad("the scheme must be http or https"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(bad("user info is not allowed"));
+    }
+    if parsed.path() != "/" || parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(bad("no path, query or fragment"));
+    }
+    let host_part = url.split("://").nth(1).unwrap_or("");
+    if host_part.is_empty() || host_part.starts_with('/') {
+        return Err(bad("no host"));
+    }
+    Ok(())
+}
+
+/// A node id in a registration: 1 to [`MAX_NODE_ID`].
+pub fn check_node_id(id: NodeId) -> Result<()> {
+    if (1..=MAX_NODE_ID).contains(&id) {
         Ok(())
     } else {
-        Err(Error::bad_param("url", format!("{url:?} is not an http(s) URL")))
+        Err(Error::bad_param("id", format!("{id} is out of range (1 to {MAX_NODE_ID})")))
     }
 }

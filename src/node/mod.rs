@@ -26,9 +26,9 @@ use std::time::Duration;
 use actix_web::web::ThinData;
 use actix_web::{App, HttpServer};
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::clock::now_ms;
+use crate::clock::Time;
 use crate::coherence::Coherence;
 use crate::config::NodeArgs;
 use crate::error::{Error, Result};
@@ -38,7 +38,7 @@ use crate::tree::zk::Paths;
 use crate::wire::{Peer, Topology};
 
 pub use read::{CacheStatus, Found};
-pub use write::{answer_body, Ack};
+pub use write::{answer_body, Ack, BATCH_BYTES, HOP_WAIT};
 
 /// How long a fill or a forwarded write may take before it fails.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,6 +49,11 @@ const CLIENT_POOL_IDLE: Duration = Duration::from_secs(60);
 const _: () = assert!(SERVER_KEEP_ALIVE.as_secs() > CLIENT_POOL_IDLE.as_secs(), "the client must close first");
 /// Header carrying the sender's epoch on internal requests.
 pub const EPOCH_HEADER: &str = "x-treecache-epoch";
+/// Header naming the sending node on pushes and clears: a node takes them
+/// from its parent only.
+pub const FROM_HEADER: &str = "x-treecache-from";
+/// How long a leaving node waits for its queued writes to reach its parent.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct Node {
@@ -70,11 +75,15 @@ struct Inner {
     epoch: AtomicU64,
     /// The root's version sequence (meaningful at the root).
     versions: AtomicU64,
+    /// This process's incarnation: part of every write id it makes.
+    incarnation: u64,
+    /// Writes on their way to the root, in the order this node got them.
+    uplink: write::Uplink,
+    /// The root's record of committed write ids.
+    outcomes: Mutex<write::Outcomes>,
     flights: Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<read::FillOutcome>>>>,
     pushers: Mutex<HashMap<NodeId, Arc<push::PushQueue>>>,
     membership: membership::Membership,
-    forward_tx: mpsc::Sender<write::Forward>,
-    forward_rx: Mutex<Option<mpsc::Receiver<write::Forward>>>,
     shutdown: watch::Sender<bool>,
     /// The runtime the node's tasks run on (handlers run on actix workers).
     runtime: tokio::runtime::Handle,
@@ -104,7 +113,6 @@ impl Node {
     /// Builds the node; nothing runs until [`Node::start`].
     pub fn new(args: NodeArgs) -> Result<Node> {
         let http = build_http()?;
-        let (forward_tx, forward_rx) = mpsc::channel(4096);
         let (shutdown, _) = watch::channel(false);
         Ok(Node {
             inner: Arc::new(Inner {
@@ -118,10 +126,11 @@ impl Node {
                 place: RwLock::new(None),
                 epoch: AtomicU64::new(0),
                 versions: AtomicU64::new(0),
+                incarnation: rand::random::<u64>() | 1,
+                uplink: write::Uplink::default(),
+                outcomes: Mutex::new(write::Outcomes::default()),
                 flights: Mutex::new(HashMap::new()),
                 pushers: Mutex::new(HashMap::new()),
-                forward_tx,
-                forward_rx: Mutex::new(Some(forward_rx)),
                 shutdown,
                 runtime: tokio::runtime::Handle::current(),
             }),
@@ -129,13 +138,11 @@ impl Node {
     }
 
     /// Starts the node's long-lived tasks: membership (ZooKeeper and
-    /// registration), the expiry sweeper and the ack=parent forwarder.
+    /// registration), the expiry sweeper and the write uplink.
     pub fn start(&self) {
         self.spawn(self.clone().run_membership());
         self.spawn(self.clone().run_sweeper());
-        if let Some(rx) = self.inner.forward_rx.lock().take() {
-            self.spawn(self.clone().run_forwarder(rx));
-        }
+        self.spawn(self.clone().run_uplink());
     }
 
     /// The HTTP client for a request made on a handler's behalf (a fill, a
@@ -160,24 +167,22 @@ impl Node {
         HTTP.with(|cell| cell.get_or_init(|| build_http().unwrap_or_else(|_| self.inner.http.clone())).clone())
     }
 
-    /// POSTs a batch of updates to another node's internal route `url`
-    /// (`peer` is its base URL, for errors) and reads its JSON answer.
-    async fn post_updates<T: serde::de::DeserializeOwned>(
+    /// POSTs an encoded batch to another node's internal route `url`
+    /// (`peer` is its base URL, for errors), saying who sends it and from
+    /// which epoch, and reads its JSON answer.
+    async fn post_internal<T: serde::de::DeserializeOwned>(
         &self,
         http: reqwest::Client,
         peer: &str,
         url: &str,
-        updates: &[crate::store::Update],
+        body: bytes::Bytes,
         timeout: Duration,
     ) -> Result<T> {
-        let resp = http
-            .post(url)
-            .header(EPOCH_HEADER, self.epoch())
-            .timeout(timeout)
-            .body(crate::wire::encode_updates(updates))
-            .send()
-            .await
-            .map_err(|e| Error::parent_unreachable(peer, e))?;
+        let mut req = http.post(url).header(EPOCH_HEADER, self.epoch()).timeout(timeout).body(body);
+        if let Some(t) = self.topology() {
+            req = req.header(FROM_HEADER, t.id);
+        }
+        let resp = req.send().await.map_err(|e| Error::parent_unreachable(peer, e))?;
         if !resp.status().is_success() {
             return Err(Error::Upstream {
                 url: url.to_string(),
@@ -249,14 +254,15 @@ impl Node {
     /// Removes expired entries every second.
     async fn run_sweeper(self) {
         while self.pause(Duration::from_secs(1)).await {
-            let removed = self.inner.store.sweep_expired(now_ms());
+            let removed = self.inner.store.sweep_expired(Time::now());
             Metrics::add(&self.inner.metrics.expired, removed as u64);
         }
     }
 
-    /// Leaves the tree (children re-attach at once, znodes removed) and stops
-    /// the node's tasks.
+    /// Hands queued writes to the parent, leaves the tree (children
+    /// re-attach at once, znodes removed) and stops the node's tasks.
     pub async fn shutdown(&self) {
+        self.drain_uplink(DRAIN_LIMIT).await;
         self.leave().await;
         let _ = self.inner.shutdown.send(true);
         for queue in self.inner.pushers.lock().drain() {

@@ -4,9 +4,11 @@
 //! round trip, not one per write. A failed batch is re-queued (newer
 //! updates win) and retried with backoff while the child is ours.
 //!
-//! Receiving: an update is applied only if newer and only for keys held or
-//! expected; keys not held are named in the reply, and the parent forgets
-//! this node as their holder.
+//! Receiving: only from this node's parent (the batch names its sender), in
+//! the current epoch; an update is applied only if newer and only for keys
+//! held or expected; keys not held are named in the reply, and the parent
+//! forgets this node as their holder. Batches are bounded in count and
+//! bytes, so large values never make a batch too big to be taken.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,14 +19,16 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::Node;
-use crate::clock::now_ms;
-use crate::error::Result;
+use crate::clock::Time;
+use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::store::{Applied, NodeId, Update};
 use crate::wire::{Peer, PushReply};
 
-/// Most updates in one push request.
+/// Most updates in one push request, and most bytes (at least one update
+/// goes, whatever its size).
 const PUSH_BATCH: usize = 1024;
+use super::write::BATCH_BYTES;
 const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PushQueue {
@@ -67,11 +71,22 @@ impl PushQueue {
 
     fn take(&self) -> Vec<Update> {
         let mut pending = self.pending.lock();
-        if pending.len() <= PUSH_BATCH {
-            return pending.drain().map(|(_, u)| u).collect();
+        let mut keys = Vec::new();
+        let mut bytes = 0;
+        for (key, u) in pending.iter() {
+            let size = crate::wire::encoded_len(u);
+            if !keys.is_empty() && (keys.len() >= PUSH_BATCH || bytes + size > BATCH_BYTES) {
+                break;
+            }
+            bytes += size;
+            keys.push(key.clone());
         }
-        let keys: Vec<String> = pending.keys().take(PUSH_BATCH).cloned().collect();
         keys.iter().filter_map(|k| pending.remove(k)).collect()
+    }
+
+    /// Drops what is queued: updates of an epoch that ended.
+    pub(super) fn clear(&self) {
+        self.pending.lock().clear();
     }
 
     pub fn close(&self) {
@@ -85,6 +100,25 @@ impl PushQueue {
 }
 
 impl Node {
+    /// Refuses a push or clear that does not come from our parent.
+    pub(super) fn check_from_parent(&self, from: NodeId) -> Result<()> {
+        let place = self.place()?;
+        match &place.topology.parent {
+            Some(parent) if parent.id == from => Ok(()),
+            parent => Err(Error::NotParent {
+                from: format!("node {from}"),
+                parent: parent.as_ref().map_or("none: this node is the root".into(), |p| format!("node {}", p.id)),
+            }),
+        }
+    }
+
+    /// Drops every queued push: they belong to an epoch that ended.
+    pub(super) fn drop_queued_pushes(&self) {
+        for q in self.inner.pushers.lock().values() {
+            q.clear();
+        }
+    }
+
     /// Queues `update` for each of `holders` that is a child of ours.
     pub(super) fn push_to(&self, holders: &[NodeId], update: &Update) {
         if holders.is_empty() {
@@ -146,6 +180,10 @@ impl Node {
                 }
                 continue;
             }
+            let delay = self.args().fault_push_delay_ms;
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
             let sent_at = self.inner.store.tick_now();
             match self.send_push(&q.peer, &batch).await {
                 Ok(reply) => {
@@ -171,20 +209,22 @@ impl Node {
 
     async fn send_push(&self, child: &Peer, batch: &[Update]) -> Result<PushReply> {
         let url = format!("{}/internal/push", child.url);
-        self.post_updates(self.inner.http.clone(), &child.url, &url, batch, PUSH_TIMEOUT).await
+        let body = crate::wire::encode_updates(batch);
+        self.post_internal(self.inner.http.clone(), &child.url, &url, body, PUSH_TIMEOUT).await
     }
 
-    /// `POST /internal/push`: apply what is newer and held, pass it on to
-    /// our own holders, name what we do not hold.
-    pub fn receive_push(&self, updates: Vec<Update>) -> Result<PushReply> {
-        self.place()?;
+    /// `POST /internal/push` from node `from`: apply what is newer and
+    /// held, pass it on to our own holders, name what we do not hold. Only
+    /// our parent may push to us.
+    pub fn receive_push(&self, from: NodeId, updates: Vec<Update>) -> Result<PushReply> {
+        self.check_from_parent(from)?;
         let store = &self.inner.store;
         let metrics = &self.inner.metrics;
         Metrics::add(&metrics.pushes_received, updates.len() as u64);
         let mut reply = PushReply::default();
-        let now = now_ms();
+        let t = Time::now();
         for u in updates {
-            match store.apply_push(&u, now) {
+            match store.apply_push(&u, t) {
                 Applied::Newer { holders } => {
                     Metrics::inc(&metrics.pushes_applied);
                     self.push_to(&holders, &u);

@@ -4,6 +4,12 @@
 //! a newer push got there first. The parent's side, [`Node::serve_fill`],
 //! records the child as a holder in the same critical section as the read,
 //! so every later commit reaches it.
+//!
+//! A consistent read (`?consistent=true`) is a fill that no cache on the
+//! way may answer: each hop asks its own parent, up to the root, stores
+//! what comes back and records the hop below as a holder, so the node that
+//! answers keeps what it returned and never serves older afterwards
+//! (DESIGN.md guarantees 2 and 4).
 
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
@@ -11,7 +17,7 @@ use reqwest::StatusCode;
 use tokio::sync::oneshot;
 
 use super::{Node, EPOCH_HEADER, UPSTREAM_TIMEOUT};
-use crate::clock::now_ms;
+use crate::clock::Time;
 use crate::coherence::Decision;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -22,6 +28,9 @@ use crate::store::{Lookup, Millis, NodeId, Update, Version};
 pub enum CacheStatus {
     Hit,
     Miss,
+    /// The parent could not be reached and `--stale-if-error` allowed
+    /// serving what is held past its freshness.
+    Stale,
 }
 
 impl CacheStatus {
@@ -29,6 +38,7 @@ impl CacheStatus {
         match self {
             CacheStatus::Hit => "hit",
             CacheStatus::Miss => "miss",
+            CacheStatus::Stale => "stale",
         }
     }
 }
@@ -52,7 +62,10 @@ pub enum FillOutcome {
     },
     /// 304: the version we hold is still current.
     Unchanged,
-    NotFound,
+    /// 404; `deleted_at` when the parent knows the deletion's version.
+    NotFound {
+        deleted_at: Option<Version>,
+    },
     Failed {
         url: String,
         reason: String,
@@ -63,7 +76,7 @@ pub enum FillOutcome {
 pub enum FillAnswer {
     Value { version: Version, value: Bytes, expires_at: Option<Millis> },
     NotModified { version: Version },
-    NotFound,
+    NotFound { deleted_at: Option<Version> },
 }
 
 /// Percent-encodes a key for a URL path segment.
@@ -83,17 +96,17 @@ impl Node {
     pub async fn get(&self, key: &str, consistent: bool) -> Result<Found> {
         let place = self.place()?;
         let store = &self.inner.store;
-        let now = now_ms();
+        let t = Time::now();
         if place.topology.is_root() {
             Metrics::inc(&self.inner.metrics.hits);
-            return found(store.get(key, now), CacheStatus::Hit).ok_or_else(|| Error::NotFound(key.into()));
+            return found(store.get(key, t), CacheStatus::Hit).ok_or_else(|| Error::NotFound(key.into()));
         }
+        let lookup = store.get(key, t);
         if consistent {
             Metrics::inc(&self.inner.metrics.misses);
-            return self.read_from_root(&place.root_url, key).await;
+            return self.fill_and_read(key, Read::Consistent, &lookup).await;
         }
-        let lookup = store.get(key, now);
-        match place.coherence.judge(&lookup, now) {
+        match place.coherence.judge(&lookup, t.mono) {
             Decision::Serve => {
                 Metrics::inc(&self.inner.metrics.hits);
                 found(lookup, CacheStatus::Hit).ok_or_else(|| Error::NotFound(key.into()))
@@ -104,35 +117,50 @@ impl Node {
             }
             Decision::Revalidate(have) => {
                 Metrics::inc(&self.inner.metrics.misses);
-                self.fill_and_read(key, Some(have)).await
+                self.fill_and_read(key, Read::Have(have), &lookup).await
             }
             Decision::Fetch => {
                 Metrics::inc(&self.inner.metrics.misses);
-                self.fill_and_read(key, None).await
+                self.fill_and_read(key, Read::Fetch, &lookup).await
             }
         }
     }
 
     /// Fills `key` and answers from the store afterwards: if a push overtook
     /// the fill, the store has the newer version and that is what we serve.
-    async fn fill_and_read(&self, key: &str, have: Option<Version>) -> Result<Found> {
-        let outcome = self.fill(key, have).await;
-        let held = found(self.inner.store.get(key, now_ms()), CacheStatus::Miss);
+    /// `before` is what the store held when the read began.
+    async fn fill_and_read(&self, key: &str, read: Read, before: &Lookup) -> Result<Found> {
+        let outcome = match read {
+            Read::Consistent => self.fetch_from_parent(key, read).await,
+            Read::Fetch | Read::Have(_) => self.fill(key, read).await,
+        };
+        let t = Time::now();
+        let held = self.inner.store.get(key, t);
+        let confirmed = || found(held.clone(), CacheStatus::Miss).filter(|_| held.is_current());
         match outcome {
-            FillOutcome::Failed { url, reason } => match held {
-                // The parent is unreachable but a value is held (ttl mode,
-                // stale): keep serving what we have.
-                Some(f) if have.is_some() => Ok(Found { cache: CacheStatus::Hit, ..f }),
-                _ => Err(Error::ParentUnreachable { url, reason }),
-            },
-            FillOutcome::NotFound => held.ok_or_else(|| Error::NotFound(key.into())),
-            FillOutcome::Found { version, value, expires_at } => {
-                // Not cached (the store was cleared meanwhile): serve the answer.
-                Ok(held.unwrap_or(Found { version, value, expires_at, cache: CacheStatus::Miss }))
+            FillOutcome::Failed { url, reason } => {
+                let place = self.place()?;
+                if place.coherence.may_serve_stale(before, t.mono, self.args().stale_if_error) {
+                    if let Some(f) = found(before.clone(), CacheStatus::Stale) {
+                        Metrics::inc(&self.inner.metrics.stale_served);
+                        return Ok(f);
+                    }
+                }
+                Err(Error::ParentUnreachable { url, reason })
             }
-            FillOutcome::Unchanged => match held {
+            FillOutcome::NotFound { .. } => confirmed().ok_or_else(|| Error::NotFound(key.into())),
+            FillOutcome::Found { version, value, expires_at } => {
+                // Not cached (the store was reset meanwhile): serve the answer.
+                Ok(confirmed().filter(|f| f.version >= version).unwrap_or(Found {
+                    version,
+                    value,
+                    expires_at,
+                    cache: CacheStatus::Miss,
+                }))
+            }
+            FillOutcome::Unchanged => match confirmed() {
                 Some(f) => Ok(f),
-                None => match Box::pin(self.fill(key, None)).await {
+                None => match Box::pin(self.fill(key, Read::Fetch)).await {
                     FillOutcome::Found { version, value, expires_at } => {
                         Ok(Found { version, value, expires_at, cache: CacheStatus::Miss })
                     }
@@ -146,7 +174,7 @@ impl Node {
     /// One upstream request per key at a time: the first reader fetches,
     /// the others wait for its outcome. If the fetching reader is dropped
     /// (client gone), the waiters see their sender dropped and retry.
-    async fn fill(&self, key: &str, have: Option<Version>) -> FillOutcome {
+    async fn fill(&self, key: &str, read: Read) -> FillOutcome {
         loop {
             let waiter = {
                 let mut flights = self.inner.flights.lock();
@@ -169,7 +197,7 @@ impl Node {
                 },
                 None => {
                     let flight = Flight { node: self, key };
-                    let outcome = self.fetch_from_parent(key, have).await;
+                    let outcome = self.fetch_from_parent(key, read).await;
                     flight.land(&outcome);
                     return outcome;
                 }
@@ -177,20 +205,24 @@ impl Node {
         }
     }
 
-    /// Asks the parent for `key` (with `have`, a revalidation) and stores
-    /// the answer if it is newer than what arrived meanwhile.
-    async fn fetch_from_parent(&self, key: &str, have: Option<Version>) -> FillOutcome {
+    /// Asks the parent for `key` and stores the answer if it is newer than
+    /// what arrived meanwhile (and the store was not reset meanwhile: the
+    /// parent the answer came from may not be ours any more). The key is
+    /// expected while the request is out, so a push that overtakes the
+    /// answer is kept.
+    async fn fetch_from_parent(&self, key: &str, read: Read) -> FillOutcome {
         let Ok(place) = self.place() else {
             return FillOutcome::Failed { url: "(none)".into(), reason: "not registered".into() };
         };
         let Some(parent) = place.topology.parent.clone() else {
-            return FillOutcome::NotFound;
+            return FillOutcome::NotFound { deleted_at: None };
         };
         let store = &self.inner.store;
         let generation = store.generation();
-        store.expect(key, now_ms() + UPSTREAM_TIMEOUT.as_millis() as u64);
-        let outcome = self.request_fill(&parent.url, key, place.topology.id, have).await;
-        let now = now_ms();
+        // Freshness counts from when we asked, not from when the answer came.
+        let asked = Time::now();
+        store.expect(key);
+        let outcome = self.request_fill(&parent.url, key, place.topology.id, read).await;
         if generation == store.generation() {
             match &outcome {
                 FillOutcome::Found { version, value, expires_at } => {
@@ -200,30 +232,31 @@ impl Node {
                         value: Some(value.clone()),
                         expires_at: *expires_at,
                     };
-                    store.apply(&update, now);
+                    store.apply(&update, asked);
                 }
                 FillOutcome::Unchanged => {
-                    if let Some(v) = have {
-                        store.refresh(key, v, now);
+                    if let Read::Have(v) = read {
+                        store.refresh(key, v, asked);
                     }
                     Metrics::inc(&self.inner.metrics.revalidations_unchanged);
                 }
-                // A held entry (ttl mode) whose key is gone upstream goes too.
-                FillOutcome::NotFound if have.is_some() => {
-                    store.remove(key);
+                FillOutcome::NotFound { deleted_at } => {
+                    store.remove_unless_newer(key, *deleted_at);
                 }
-                _ => {}
+                FillOutcome::Failed { .. } => {}
             }
         }
-        store.unexpect(key);
+        store.unexpect(key, 0);
         outcome
     }
 
-    async fn request_fill(&self, parent: &str, key: &str, me: NodeId, have: Option<Version>) -> FillOutcome {
+    async fn request_fill(&self, parent: &str, key: &str, me: NodeId, read: Read) -> FillOutcome {
         Metrics::inc(&self.inner.metrics.upstream_requests);
         let mut url = format!("{parent}/internal/fill/{}?child={me}", encode_key(key));
-        if let Some(v) = have {
-            url.push_str(&format!("&have={v}"));
+        match read {
+            Read::Have(v) => url.push_str(&format!("&have={v}")),
+            Read::Consistent => url.push_str("&consistent=true"),
+            Read::Fetch => {}
         }
         let sent =
             self.local_http().get(&url).header(EPOCH_HEADER, self.epoch()).timeout(UPSTREAM_TIMEOUT).send().await;
@@ -243,78 +276,92 @@ impl Node {
                 }
             }
             StatusCode::NOT_MODIFIED => FillOutcome::Unchanged,
-            StatusCode::NOT_FOUND => FillOutcome::NotFound,
+            StatusCode::NOT_FOUND => FillOutcome::NotFound { deleted_at: header_u64(&resp, "x-version") },
             status => failed(format!("{status}: {}", resp.text().await.unwrap_or_default())),
         }
     }
 
-    /// `?consistent=true`: read at the root, bypassing every cache.
-    async fn read_from_root(&self, root: &str, key: &str) -> Result<Found> {
-        Metrics::inc(&self.inner.metrics.upstream_requests);
-        let url = format!("{root}/kv/{}", encode_key(key));
-        let resp = self
-            .local_http()
-            .get(&url)
-            .timeout(UPSTREAM_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| Error::parent_unreachable(root, e))?;
-        match resp.status() {
-            StatusCode::OK => {
-                let version = header_u64(&resp, "x-version").unwrap_or(0);
-                let value = resp.bytes().await.map_err(|e| Error::parent_unreachable(root, e))?;
-                Ok(Found { version, value, expires_at: None, cache: CacheStatus::Miss })
-            }
-            StatusCode::NOT_FOUND => Err(Error::NotFound(key.into())),
-            status => {
-                Err(Error::Upstream { url, status: status.as_u16(), body: resp.text().await.unwrap_or_default() })
-            }
-        }
-    }
-
     /// The parent's side of a fill from `child`. In push mode the child is
-    /// recorded as a holder atomically with the read.
-    pub async fn serve_fill(&self, key: &str, child: NodeId, have: Option<Version>) -> Result<FillAnswer> {
+    /// recorded as a holder atomically with the read. `consistent`: no
+    /// cache on the way answers; this node asks its parent first (and
+    /// keeps the answer), up to the root.
+    pub async fn serve_fill(
+        &self,
+        key: &str,
+        child: NodeId,
+        have: Option<Version>,
+        consistent: bool,
+    ) -> Result<FillAnswer> {
         let place = self.place()?;
+        if place.topology.child(child).is_none() {
+            return Err(Error::NotChild { child, me: place.topology.id });
+        }
         Metrics::inc(&self.inner.metrics.fills_served);
         let store = &self.inner.store;
-        let hold = |now| {
+        let hold = |t| {
             if place.coherence.pushes() {
-                store.get_and_hold(key, child, now)
+                store.get_and_hold(key, child, t)
             } else {
-                store.get(key, now)
+                store.get(key, t)
             }
         };
-        let lookup = if place.topology.is_root() {
-            hold(now_ms())
-        } else {
-            let now = now_ms();
-            match place.coherence.judge(&store.get(key, now), now) {
-                Decision::Serve => hold(now),
-                Decision::Deleted => Lookup::Absent,
-                Decision::Revalidate(v) => self.refill(key, Some(v)).await.map(|_| hold(now_ms()))?,
-                Decision::Fetch => self.refill(key, None).await.map(|_| hold(now_ms()))?,
+        let t = Time::now();
+        let mut fetched = None;
+        if !place.topology.is_root() {
+            let read = match (consistent, place.coherence.judge(&store.get(key, t), t.mono)) {
+                (true, _) => Some(Read::Consistent),
+                (false, Decision::Serve | Decision::Deleted) => None,
+                (false, Decision::Revalidate(v)) => Some(Read::Have(v)),
+                (false, Decision::Fetch) => Some(Read::Fetch),
+            };
+            if let Some(read) = read {
+                fetched = Some(self.refill(key, read).await?);
             }
-        };
+        }
+        let lookup = hold(Time::now());
         let delay = self.args().fault_fill_delay_ms;
         if delay > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
         }
-        Ok(match lookup {
-            Lookup::Value { version, .. } if have == Some(version) => FillAnswer::NotModified { version },
-            Lookup::Value { version, value, expires_at, .. } => FillAnswer::Value { version, value, expires_at },
-            _ => FillAnswer::NotFound,
+        Ok(match (lookup, fetched) {
+            (Lookup::Value { version, .. }, _) if have == Some(version) => FillAnswer::NotModified { version },
+            (Lookup::Value { version, value, expires_at, current: true, .. }, _) => {
+                FillAnswer::Value { version, value, expires_at }
+            }
+            // Reset while we asked: pass on what our parent said (our
+            // child is reset too, and revalidates).
+            (_, Some(FillOutcome::Found { version, value, expires_at })) => {
+                FillAnswer::Value { version, value, expires_at }
+            }
+            (_, Some(FillOutcome::NotFound { deleted_at })) => FillAnswer::NotFound { deleted_at },
+            (Lookup::Tombstone { version, .. }, _) => FillAnswer::NotFound { deleted_at: Some(version) },
+            _ => FillAnswer::NotFound { deleted_at: None },
         })
     }
 
     /// A fill on behalf of a child: a miss here too goes up first.
-    async fn refill(&self, key: &str, have: Option<Version>) -> Result<()> {
+    async fn refill(&self, key: &str, read: Read) -> Result<FillOutcome> {
         Metrics::inc(&self.inner.metrics.misses);
-        match self.fill(key, have).await {
+        let outcome = match read {
+            Read::Consistent => self.fetch_from_parent(key, read).await,
+            Read::Fetch | Read::Have(_) => self.fill(key, read).await,
+        };
+        match outcome {
             FillOutcome::Failed { url, reason } => Err(Error::ParentUnreachable { url, reason }),
-            _ => Ok(()),
+            other => Ok(other),
         }
     }
+}
+
+/// What a read asks its parent for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Not held: the value.
+    Fetch,
+    /// Held at this version, stale or unconfirmed: still current?
+    Have(Version),
+    /// Whatever the root has now, no cache on the way answering.
+    Consistent,
 }
 
 fn header_u64(resp: &reqwest::Response, name: &str) -> Option<u64> {

@@ -1,22 +1,44 @@
-//! The write path. A client write travels hop by hop to the root, which
-//! gives it the next version and commits it; the result comes back down the
-//! same path, and every hop stores it and records the hop below as a holder
-//! (inclusion: the writer's ancestors hold what it holds). Other holders
-//! hear of it by push.
+//! The write path (DESIGN.md guarantees 5 and 6).
 //!
-//! `ack=root` waits for all of that. `ack=parent` returns once the parent
-//! has taken the write: the parent queues it for its forwarder, which sends
-//! queued writes up in batches and pushes each commit to the writer.
+//! Every write a non-root node receives, from its own clients or from a
+//! child, whatever its `ack`, joins the node's one FIFO **uplink** and gets
+//! a [`WriteId`] if it has none (this node, its incarnation, the next
+//! sequence number). One task sends the uplink's head to the parent as a
+//! batch, one batch at a time, and retries it (to whatever parent the node
+//! has by then) until the parent answers: nothing is dropped while the node
+//! lives. The parent appends the batch to its own uplink in order, so the
+//! order in which a node received its writes is the order they reach the
+//! root, hop after hop.
+//!
+//! A parent answers an ack=parent write `Accepted` as soon as it is queued
+//! (it now owns the delivery), and an ack=root write with the root's commit
+//! once that comes back, or `InProgress` if it takes longer than
+//! [`HOP_WAIT`] (the sender sends the same id again; the parent finds it
+//! queued and waits again). Each hop remembers the ids it has queued and
+//! recently settled, so a resend is never queued twice.
+//!
+//! The root commits each id once ([`Outcomes`]): a resend, or the same
+//! write arriving by a second path after a re-attachment, gets the first
+//! outcome; a write from a node older than one already committed from that
+//! node (it was overtaken on another path) is refused, never committed out
+//! of order. The root pushes each commit to every holder, the writer's
+//! branch included: each hop on the way held the key as expected while the
+//! write was in flight, and records the hop below as a holder when the
+//! commit comes back, so a writer whose reply was lost still learns it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, Notify};
 
-use super::{Node, UPSTREAM_TIMEOUT};
-use crate::clock::now_ms;
+use super::Node;
+use crate::clock::{mono_ms, now_ms, Time};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::store::{check_key, Applied, Committed, NodeId, Update};
-use crate::wire::{WriteResult, WriteResults};
+use crate::store::{check_key, Applied, Committed, NodeId, Update, WriteId};
+use crate::wire::{self, Write, WriteResult, WriteResults};
 
 /// When a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,212 +65,498 @@ impl Ack {
     }
 }
 
-/// Writes a child handed over with ack=parent, waiting for the forwarder.
-pub struct Forward {
-    child: NodeId,
-    updates: Vec<Update>,
+/// How long a parent holds a child's ack=root write request waiting for
+/// the root before it answers `InProgress`.
+pub const HOP_WAIT: Duration = Duration::from_secs(10);
+/// How long the uplink waits for its parent's answer (longer than HOP_WAIT).
+const UPLINK_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a client's write waits for its acknowledgement before it is
+/// answered 503 `write_in_flight` (the write stays queued and is delivered).
+const CLIENT_WAIT: Duration = Duration::from_secs(30);
+/// After an ack=parent write was taken by the parent, how long pushes for
+/// its key are welcome here though the key is not held (its commit comes
+/// back by push).
+const ACCEPTED_LINGER_MS: u64 = 60_000;
+/// Most writes in one uplink batch, and most bytes (at least one write is
+/// always sent, whatever its size: values are bounded by
+/// `--max-value-bytes`, whose ceiling keeps one write under the internal
+/// body limit).
+const UPLINK_BATCH: usize = 1024;
+pub const BATCH_BYTES: usize = 4 << 20;
+/// Settled ids a hop remembers, so a resend after a lost answer finds its
+/// outcome.
+const RECENT_IDS: usize = 65_536;
+/// Outcomes the root remembers per writing node (incarnation), and how many
+/// writing nodes.
+const OUTCOMES_PER_ORIGIN: usize = 4_096;
+const ORIGINS: usize = 4_096;
+
+/// A write in this node's uplink: who gave it to us (`None`: our client).
+struct Pending {
+    write: Write,
+    child: Option<NodeId>,
 }
 
-/// Most writes the forwarder sends up in one request.
-const FORWARD_BATCH: usize = 512;
-/// Tries before the forwarder gives up on a batch (the parent is gone; the
-/// tree is re-forming).
-const FORWARD_TRIES: u32 = 5;
+#[derive(Default)]
+struct UplinkState {
+    queue: VecDeque<Pending>,
+    /// Writes taken by the sender and not settled yet.
+    in_flight: usize,
+    /// Every queued or in-flight id, with whoever waits for its outcome.
+    waiting: HashMap<WriteId, Vec<oneshot::Sender<WriteResult>>>,
+    /// Outcomes of recently settled ids, oldest first out.
+    recent: HashMap<WriteId, WriteResult>,
+    recent_order: VecDeque<WriteId>,
+    next_seq: u64,
+    /// Set on SIGTERM: no new writes are taken.
+    draining: bool,
+}
+
+impl UplinkState {
+    fn remember(&mut self, id: WriteId, result: WriteResult) {
+        if self.recent.insert(id, result).is_none() {
+            self.recent_order.push_back(id);
+        }
+        while self.recent_order.len() > RECENT_IDS {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent.remove(&old);
+            }
+        }
+    }
+}
+
+/// This node's FIFO of writes on their way to the root.
+#[derive(Default)]
+pub(super) struct Uplink {
+    state: Mutex<UplinkState>,
+    /// Wakes the sender (a write queued) and the drain (a batch settled).
+    wake: Notify,
+    settled: Notify,
+}
+
+impl Uplink {
+    pub(super) fn len(&self) -> usize {
+        let s = self.state.lock();
+        s.queue.len() + s.in_flight
+    }
+}
+
+/// What joining the uplink gave one write.
+enum Joined {
+    /// Settled before: its outcome.
+    Known(WriteResult),
+    /// Queued (now or before); the receiver gets the outcome.
+    Waiting(oneshot::Receiver<WriteResult>),
+    /// Queued (now or before); nobody waits here (ack=parent from a child).
+    Queued,
+}
+
+/// The root's memory of which write ids it committed, with their outcomes.
+#[derive(Default)]
+pub(super) struct Outcomes {
+    origins: HashMap<(NodeId, u64), Origin>,
+    tick: u64,
+}
+
+#[derive(Default)]
+struct Origin {
+    /// Highest sequence decided from this node incarnation.
+    high: u64,
+    results: BTreeMap<u64, WriteResult>,
+    used: u64,
+}
+
+/// What the root makes of a write id.
+enum Verdict {
+    New,
+    Decided(WriteResult),
+}
+
+impl Outcomes {
+    fn check(&mut self, id: &WriteId) -> Verdict {
+        self.tick += 1;
+        let Some(origin) = self.origins.get_mut(&(id.origin, id.incarnation)) else { return Verdict::New };
+        origin.used = self.tick;
+        if id.seq > origin.high {
+            return Verdict::New;
+        }
+        Verdict::Decided(origin.results.get(&id.seq).cloned().unwrap_or_else(|| WriteResult::Failed {
+            error: format!(
+                "write {}/{}/{} reached the root after a later write from the same node was committed; \
+                 it was not committed (per-node write order)",
+                id.origin, id.incarnation, id.seq
+            ),
+        }))
+    }
+
+    fn record(&mut self, id: &WriteId, result: WriteResult) {
+        let origin = self.origins.entry((id.origin, id.incarnation)).or_default();
+        origin.high = origin.high.max(id.seq);
+        origin.used = self.tick;
+        origin.results.insert(id.seq, result);
+        while origin.results.len() > OUTCOMES_PER_ORIGIN {
+            origin.results.pop_first();
+        }
+        if self.origins.len() > ORIGINS {
+            if let Some(oldest) = self.origins.iter().min_by_key(|(_, o)| o.used).map(|(k, _)| *k) {
+                self.origins.remove(&oldest);
+            }
+        }
+    }
+
+    /// Every remembered outcome as (id, version; 0 for a delete of an
+    /// absent key), for a snapshot of the root's state.
+    pub(super) fn export(&self) -> Vec<(WriteId, u64)> {
+        let mut out = Vec::new();
+        for (&(origin, incarnation), o) in &self.origins {
+            for (&seq, r) in &o.results {
+                let version = match r {
+                    WriteResult::Committed { version, .. } => *version,
+                    _ => 0,
+                };
+                out.push((WriteId { origin, incarnation, seq }, version));
+            }
+        }
+        out
+    }
+}
 
 impl Node {
     /// A client's `PUT`/`POST` (`value` is `Some`) or `DELETE` (`None`).
     pub async fn write(&self, key: &str, value: Option<Bytes>, ttl_secs: Option<u64>, ack: Ack) -> Result<WriteResult> {
         Metrics::inc(&self.inner.metrics.writes);
         let place = self.place()?;
-        let now = now_ms();
-        let expires_at = ttl_secs.map(|s| now.saturating_add(s.saturating_mul(1000)));
-        if place.topology.is_root() {
-            return Ok(self.commit(key, value, expires_at, None));
-        }
-        let store = &self.inner.store;
-        let generation = store.generation();
-        store.expect(key, now + UPSTREAM_TIMEOUT.as_millis() as u64);
+        let expires_at = ttl_secs.map(|s| now_ms().saturating_add(s.saturating_mul(1000)));
         let update = Update { key: key.to_string(), version: 0, value, expires_at };
-        let sent = self.send_writes(std::slice::from_ref(&update), ack).await;
-        let result = match sent {
-            Ok(mut results) => results.pop().unwrap_or(WriteResult::Failed { error: "empty answer".into() }),
-            Err(e) => {
-                store.unexpect(key);
-                return Err(e);
+        if place.topology.is_root() {
+            return self.commit_own(update).await;
+        }
+        let rx = self.join_own(update, ack, place.topology.id)?;
+        match tokio::time::timeout(CLIENT_WAIT, rx).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err(Error::ShuttingDown),
+            Err(_) => Err(Error::WriteInFlight { key: key.to_string() }),
+        }
+    }
+
+    /// Queues a write from this node's client with a new id.
+    fn join_own(&self, update: Update, ack: Ack, me: NodeId) -> Result<oneshot::Receiver<WriteResult>> {
+        let mut s = self.inner.uplink.state.lock();
+        if s.draining {
+            return Err(Error::ShuttingDown);
+        }
+        s.next_seq += 1;
+        let id = WriteId { origin: me, incarnation: self.inner.incarnation, seq: s.next_seq };
+        let (tx, rx) = oneshot::channel();
+        self.inner.store.expect(&update.key);
+        s.waiting.insert(id, vec![tx]);
+        s.queue.push_back(Pending { write: Write { update, id, ack_root: ack == Ack::Root }, child: None });
+        drop(s);
+        self.inner.uplink.wake.notify_one();
+        Ok(rx)
+    }
+
+    /// Queues writes from `child`, in order, each once however often it is
+    /// sent.
+    fn join_forwarded(&self, child: NodeId, writes: Vec<Write>) -> Result<Vec<Joined>> {
+        let mut s = self.inner.uplink.state.lock();
+        if s.draining {
+            return Err(Error::ShuttingDown);
+        }
+        let mut joined = Vec::with_capacity(writes.len());
+        for w in writes {
+            if let Some(result) = s.recent.get(&w.id) {
+                joined.push(Joined::Known(result.clone()));
+                continue;
             }
-        };
-        match &result {
-            WriteResult::Committed { version, .. } => {
-                if generation == store.generation() {
-                    let committed = Update { version: *version, ..update };
-                    if let Applied::Newer { holders } = store.apply(&committed, now_ms()) {
-                        self.push_to(&holders, &committed);
-                    }
+            let (tx, rx) = oneshot::channel();
+            let waiter = if w.ack_root { Some(tx) } else { None };
+            match s.waiting.get_mut(&w.id) {
+                Some(waiters) => waiters.extend(waiter),
+                None => {
+                    self.inner.store.expect(&w.update.key);
+                    s.waiting.insert(w.id, waiter.into_iter().collect());
+                    s.queue.push_back(Pending { write: w.clone(), child: Some(child) });
                 }
-                store.unexpect(key);
             }
-            // The parent will push the commit to us: keep expecting it until
-            // the marker's deadline.
-            WriteResult::Accepted => {}
-            WriteResult::Absent | WriteResult::Failed { .. } => store.unexpect(key),
+            joined.push(if w.ack_root { Joined::Waiting(rx) } else { Joined::Queued });
+        }
+        drop(s);
+        self.inner.uplink.wake.notify_one();
+        Ok(joined)
+    }
+
+    /// `POST /internal/write` from `child`.
+    pub async fn accept_writes(&self, child: NodeId, writes: Vec<Write>) -> Result<Vec<WriteResult>> {
+        let place = self.place()?;
+        if place.topology.child(child).is_none() {
+            return Err(Error::NotChild { child, me: place.topology.id });
+        }
+        for w in &writes {
+            check_key(&w.update.key).map_err(Error::BadKey)?;
+        }
+        if place.topology.is_root() {
+            return self.commit_batch(Some(child), writes).await;
+        }
+        let joined = self.join_forwarded(child, writes)?;
+        let deadline = tokio::time::Instant::now() + HOP_WAIT;
+        let mut results = Vec::with_capacity(joined.len());
+        for j in joined {
+            results.push(match j {
+                Joined::Known(result) => result,
+                Joined::Queued => WriteResult::Accepted,
+                Joined::Waiting(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) | Err(_) => WriteResult::InProgress,
+                },
+            });
+        }
+        Ok(results)
+    }
+
+    /// The root commits a write from its own client.
+    async fn commit_own(&self, update: Update) -> Result<WriteResult> {
+        let (result, push) = self.commit_one(update, None);
+        if let Some((update, _)) = &push {
+            self.make_durable(std::slice::from_ref(&(update.clone(), None))).await?;
+        }
+        if let Some((update, holders)) = push {
+            self.push_to(&holders, &update);
         }
         Ok(result)
     }
 
-    /// The root's commit of one write; `child` is the node it came from.
-    pub(super) fn commit(
-        &self,
-        key: &str,
-        value: Option<Bytes>,
-        expires_at: Option<u64>,
-        child: Option<NodeId>,
-    ) -> WriteResult {
+    /// The root commits a batch from `child`, each write id once, in order.
+    /// Nothing is pushed or answered before the batch is durable.
+    pub(super) async fn commit_batch(&self, child: Option<NodeId>, writes: Vec<Write>) -> Result<Vec<WriteResult>> {
+        let mut results = Vec::with_capacity(writes.len());
+        let mut durable = Vec::new();
+        let mut pushes = Vec::new();
+        let mut seen_before = false;
+        for w in writes {
+            let mut outcomes = self.inner.outcomes.lock();
+            match outcomes.check(&w.id) {
+                Verdict::Decided(result) => {
+                    Metrics::inc(&self.inner.metrics.duplicate_writes);
+                    seen_before = true;
+                    results.push(result);
+                }
+                Verdict::New => {
+                    let (result, push) = self.commit_one(w.update, child);
+                    outcomes.record(&w.id, result.clone());
+                    drop(outcomes);
+                    if let Some((update, holders)) = push {
+                        durable.push((update.clone(), Some(w.id)));
+                        pushes.push((update, holders));
+                    }
+                    results.push(result);
+                }
+            }
+        }
+        if !durable.is_empty() || seen_before {
+            // A write seen before may still be on its way to disk in
+            // another batch: waiting covers everything appended so far.
+            self.make_durable(&durable).await?;
+        }
+        for (update, holders) in pushes {
+            self.push_to(&holders, &update);
+        }
+        Ok(results)
+    }
+
+    /// Gives one write its version and stores it; returns the answer and
+    /// what to push to whom once it is durable.
+    fn commit_one(&self, update: Update, child: Option<NodeId>) -> (WriteResult, Option<(Update, Vec<NodeId>)>) {
         let pushes = self.place().map(|p| p.coherence.pushes()).unwrap_or(true);
         let holder = child.filter(|_| pushes);
         let versions = &self.inner.versions;
         let next = || versions.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
-        match self.inner.store.commit(key, value.clone(), expires_at, now_ms(), holder, next) {
+        let Update { key, value, expires_at, .. } = update;
+        match self.inner.store.commit(&key, value.clone(), expires_at, Time::now(), holder, next) {
             Committed::Done { version, created, holders } => {
                 Metrics::inc(&self.inner.metrics.commits);
-                let update = Update { key: key.to_string(), version, value, expires_at };
-                self.push_to(&holders, &update);
-                WriteResult::Committed { version, created }
+                let update = Update { key, version, value, expires_at };
+                (WriteResult::Committed { version, created }, Some((update, holders)))
             }
-            Committed::Absent => WriteResult::Absent,
+            Committed::Absent => (WriteResult::Absent, None),
         }
     }
 
-    /// `POST /internal/write` from `child`.
-    pub async fn accept_writes(&self, child: NodeId, updates: Vec<Update>, ack: Ack) -> Result<Vec<WriteResult>> {
-        let place = self.place()?;
-        for u in &updates {
-            check_key(&u.key).map_err(Error::BadKey)?;
-        }
-        if place.topology.is_root() {
-            return Ok(updates.into_iter().map(|u| self.commit(&u.key, u.value, u.expires_at, Some(child))).collect());
-        }
-        match ack {
-            Ack::Root => {
-                let results = self.forward_up(&updates).await?;
-                for (u, r) in updates.iter().zip(&results) {
-                    self.settle(child, u, r, true);
+    /// Waits until `records` (and everything committed before them) is as
+    /// durable as the root promises. Without a commit log the root's state
+    /// lives in its memory only: there is nothing to wait for.
+    async fn make_durable(&self, _records: &[(Update, Option<WriteId>)]) -> Result<()> {
+        Ok(())
+    }
+
+    /// The root's remembered write outcomes, for a snapshot.
+    pub fn write_outcomes(&self) -> Vec<(WriteId, u64)> {
+        self.inner.outcomes.lock().export()
+    }
+
+    /// Sends the uplink's head to the parent, batch after batch, until the
+    /// node stops; retries a batch until the parent answers.
+    pub(super) async fn run_uplink(self) {
+        let uplink = &self.inner.uplink;
+        let mut backoff = Duration::from_millis(50);
+        let mut failures = 0u32;
+        loop {
+            let batch = self.take_batch();
+            if batch.is_empty() {
+                if self.is_shutting_down() {
+                    return;
                 }
-                Ok(results)
+                let mut shutdown = self.subscribe_shutdown();
+                tokio::select! {
+                    _ = uplink.wake.notified() => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
             }
-            Ack::Parent => {
-                let n = updates.len();
-                self.inner
-                    .forward_tx
-                    .send(Forward { child, updates })
-                    .await
-                    .map_err(|_| Error::Internal("the write forwarder has stopped".into()))?;
-                Ok(vec![WriteResult::Accepted; n])
+            let generation = self.inner.store.generation();
+            match self.send_writes(&batch).await {
+                Ok(results) => {
+                    if failures > 0 {
+                        log::info!("the uplink delivers again after {failures} failed tries");
+                    }
+                    failures = 0;
+                    backoff = Duration::from_millis(50);
+                    let mut again = Vec::new();
+                    for (p, result) in batch.into_iter().zip(results) {
+                        if result == WriteResult::InProgress {
+                            again.push(p);
+                        } else {
+                            self.settle(&p, &result, generation);
+                            self.resolve(p, result);
+                        }
+                    }
+                    self.requeue(again);
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(20) {
+                        log::warn!("sending {} writes up failed (try {failures}; retrying): {e}", batch.len());
+                    }
+                    self.requeue(batch);
+                    if self.is_shutting_down() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
             }
         }
     }
 
-    /// Sends writes up (ack=root), expecting their keys meanwhile so a push
-    /// that overtakes the answer is kept.
-    async fn forward_up(&self, updates: &[Update]) -> Result<Vec<WriteResult>> {
-        let store = &self.inner.store;
-        let until = now_ms() + UPSTREAM_TIMEOUT.as_millis() as u64;
-        for u in updates {
-            store.expect(&u.key, until);
+    /// Takes the head of the uplink: up to [`UPLINK_BATCH`] writes and
+    /// [`BATCH_BYTES`], at least one.
+    fn take_batch(&self) -> Vec<Pending> {
+        let mut s = self.inner.uplink.state.lock();
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(front) = s.queue.front() {
+            let size = wire::encoded_len(&front.write.update);
+            if !batch.is_empty() && (batch.len() >= UPLINK_BATCH || bytes + size > BATCH_BYTES) {
+                break;
+            }
+            bytes += size;
+            batch.extend(s.queue.pop_front());
         }
-        let results = self.send_writes(updates, Ack::Root).await;
-        for u in updates {
-            store.unexpect(&u.key);
-        }
-        results
+        s.in_flight += batch.len();
+        batch
     }
 
-    /// A commit coming back down through this node for `child`'s write:
-    /// store it, record the child as a holder, push it on. If this node
-    /// already holds something newer, the child gets that instead.
-    fn settle(&self, child: NodeId, sent: &Update, result: &WriteResult, child_gets_reply: bool) {
+    /// Puts unsettled writes back at the head, in their order.
+    fn requeue(&self, batch: Vec<Pending>) {
+        let mut s = self.inner.uplink.state.lock();
+        s.in_flight -= batch.len();
+        for p in batch.into_iter().rev() {
+            s.queue.push_front(p);
+        }
+    }
+
+    /// Hands a settled write's outcome to whoever waits for it.
+    fn resolve(&self, p: Pending, result: WriteResult) {
+        let linger = match result {
+            WriteResult::Accepted => mono_ms() + ACCEPTED_LINGER_MS,
+            _ => 0,
+        };
+        self.inner.store.unexpect(&p.write.update.key, linger);
+        let waiters = {
+            let mut s = self.inner.uplink.state.lock();
+            s.in_flight -= 1;
+            s.remember(p.write.id, result.clone());
+            s.waiting.remove(&p.write.id).unwrap_or_default()
+        };
+        for tx in waiters {
+            let _ = tx.send(result.clone());
+        }
+        self.inner.uplink.settled.notify_waiters();
+    }
+
+    /// A commit coming back down through this node: store it and record
+    /// the child it came from as a holder, then push it to every holder,
+    /// that child included (it may not get our answer). If this node
+    /// already holds something newer, the child gets that instead. If the
+    /// store was reset since the batch was sent (new parent, new epoch),
+    /// the new parent does not know we hold the key: nothing is stored.
+    fn settle(&self, p: &Pending, result: &WriteResult, sent_in: u64) {
         let WriteResult::Committed { version, .. } = result else { return };
-        let update = Update { version: *version, ..sent.clone() };
-        let Ok(place) = self.place() else { return };
         let store = &self.inner.store;
-        if !place.coherence.pushes() {
-            store.apply(&update, now_ms());
+        if store.generation() != sent_in {
             return;
         }
-        match store.apply_and_hold(&update, child, now_ms()) {
-            (Applied::Newer { holders }, _) => {
-                let mut targets: Vec<NodeId> = holders.into_iter().filter(|&h| h != child).collect();
-                if !child_gets_reply {
-                    targets.push(child);
+        let Ok(place) = self.place() else { return };
+        let update = Update { version: *version, ..p.write.update.clone() };
+        let t = Time::now();
+        match p.child.filter(|_| place.coherence.pushes()) {
+            None => {
+                if let Applied::Newer { holders } = store.apply(&update, t) {
+                    self.push_to(&holders, &update);
                 }
-                self.push_to(&targets, &update);
             }
-            (Applied::Stale, current) => self.push_to(&[child], &current),
-            (Applied::NotHeld, _) => {}
+            Some(child) => match store.apply_and_hold(&update, child, t) {
+                (Applied::Newer { holders }, _) => self.push_to(&holders, &update),
+                (_, current) => self.push_to(&[child], &current),
+            },
         }
     }
 
-    /// `POST {parent}/internal/write`.
-    async fn send_writes(&self, updates: &[Update], ack: Ack) -> Result<Vec<WriteResult>> {
+    /// `POST {parent}/internal/write` with a batch from the uplink.
+    async fn send_writes(&self, batch: &[Pending]) -> Result<Vec<WriteResult>> {
         let place = self.place()?;
         let parent = place.topology.parent.as_ref().ok_or_else(|| Error::Internal("the root has no parent".into()))?;
         Metrics::inc(&self.inner.metrics.upstream_requests);
-        let url = format!("{}/internal/write?child={}&ack={}", parent.url, place.topology.id, ack.as_str());
-        let results: WriteResults =
-            self.post_updates(self.local_http(), &parent.url, &url, updates, UPSTREAM_TIMEOUT).await?;
-        if results.results.len() != updates.len() {
+        let url = format!("{}/internal/write?child={}", parent.url, place.topology.id);
+        let writes: Vec<Write> = batch.iter().map(|p| p.write.clone()).collect();
+        let results: WriteResults = self
+            .post_internal(self.inner.http.clone(), &parent.url, &url, wire::encode_writes(&writes), UPLINK_TIMEOUT)
+            .await?;
+        if results.results.len() != batch.len() {
             return Err(Error::Internal(format!(
                 "{url} answered {} results for {} writes",
                 results.results.len(),
-                updates.len()
+                batch.len()
             )));
         }
         Ok(results.results)
     }
 
-    /// Sends ack=parent writes up in batches, then pushes each commit to
-    /// the child that wrote it.
-    pub(super) async fn run_forwarder(self, mut rx: mpsc::Receiver<Forward>) {
-        let mut shutdown = self.subscribe_shutdown();
+    /// SIGTERM: takes no new writes and waits (at most `limit`) until every
+    /// queued write has been handed to the parent.
+    pub(super) async fn drain_uplink(&self, limit: Duration) {
+        let uplink = &self.inner.uplink;
+        uplink.state.lock().draining = true;
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let first = tokio::select! {
-                got = rx.recv() => match got { Some(f) => f, None => return },
-                _ = shutdown.changed() => return,
-            };
-            let mut batch = vec![first];
-            let mut count = batch[0].updates.len();
-            while count < FORWARD_BATCH {
-                match rx.try_recv() {
-                    Ok(f) => {
-                        count += f.updates.len();
-                        batch.push(f);
-                    }
-                    Err(_) => break,
-                }
+            let settled = uplink.settled.notified();
+            let left = uplink.len();
+            if left == 0 {
+                return;
             }
-            let owners: Vec<NodeId> = batch.iter().flat_map(|f| f.updates.iter().map(|_| f.child)).collect();
-            let updates: Vec<Update> = batch.into_iter().flat_map(|f| f.updates).collect();
-            self.forward_batch(&owners, &updates).await;
-        }
-    }
-
-    async fn forward_batch(&self, owners: &[NodeId], updates: &[Update]) {
-        for attempt in 1..=FORWARD_TRIES {
-            match self.forward_up(updates).await {
-                Ok(results) => {
-                    for ((child, u), r) in owners.iter().zip(updates).zip(&results) {
-                        self.settle(*child, u, r, false);
-                    }
-                    return;
-                }
-                Err(e) if attempt == FORWARD_TRIES => {
-                    log::error!("dropping {} ack=parent writes after {attempt} tries: {e}", updates.len());
-                }
-                Err(e) => {
-                    log::warn!("forwarding {} writes failed (try {attempt}): {e}", updates.len());
-                    if !self.pause(std::time::Duration::from_millis(200 << attempt)).await {
-                        return;
-                    }
-                }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                log::error!("leaving with {left} writes not yet handed to the parent (waited {limit:?})");
+                return;
             }
         }
     }
@@ -262,5 +570,62 @@ pub fn answer_body(result: &WriteResult, ack: Ack) -> serde_json::Value {
             serde_json::json!({ "ack": "parent", "version": version })
         }
         _ => serde_json::json!({ "ack": ack.as_str() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(seq: u64) -> WriteId {
+        WriteId { origin: 7, incarnation: 99, seq }
+    }
+
+    #[test]
+    fn the_root_decides_each_write_id_once() {
+        let mut o = Outcomes::default();
+        assert!(matches!(o.check(&id(1)), Verdict::New));
+        o.record(&id(1), WriteResult::Committed { version: 10, created: true });
+        match o.check(&id(1)) {
+            Verdict::Decided(r) => assert_eq!(r, WriteResult::Committed { version: 10, created: true }),
+            Verdict::New => panic!("a resend must get the first outcome"),
+        }
+        assert!(matches!(o.check(&id(2)), Verdict::New));
+        assert!(matches!(o.check(&WriteId { incarnation: 100, ..id(1) }), Verdict::New), "a new incarnation");
+    }
+
+    #[test]
+    fn a_write_overtaken_by_a_later_one_from_its_node_is_refused() {
+        let mut o = Outcomes::default();
+        o.record(&id(5), WriteResult::Committed { version: 3, created: false });
+        match o.check(&id(4)) {
+            Verdict::Decided(WriteResult::Failed { error }) => assert!(error.contains("per-node write order")),
+            _ => panic!("seq 4 after seq 5 must not commit"),
+        }
+    }
+
+    #[test]
+    fn outcomes_stay_bounded() {
+        let mut o = Outcomes::default();
+        for seq in 1..=(OUTCOMES_PER_ORIGIN as u64 + 10) {
+            o.record(&id(seq), WriteResult::Absent);
+        }
+        assert_eq!(o.export().len(), OUTCOMES_PER_ORIGIN);
+        for origin in 0..(ORIGINS as u64 + 5) {
+            o.check(&WriteId { origin, incarnation: 1, seq: 1 });
+            o.record(&WriteId { origin, incarnation: 1, seq: 1 }, WriteResult::Absent);
+        }
+        assert!(o.origins.len() <= ORIGINS);
+    }
+
+    #[test]
+    fn hops_remember_a_bounded_number_of_settled_ids() {
+        let mut s = UplinkState::default();
+        for seq in 0..(RECENT_IDS as u64 + 3) {
+            s.remember(id(seq), WriteResult::Accepted);
+        }
+        assert_eq!(s.recent.len(), RECENT_IDS);
+        assert!(!s.recent.contains_key(&id(0)));
+        assert!(s.recent.contains_key(&id(RECENT_IDS as u64 + 2)));
     }
 }

@@ -232,7 +232,13 @@ pub async fn mirror(
 /// Joins the root election and returns once this candidate leads (its
 /// sequential znode is the lowest). Each candidate watches only its
 /// predecessor, so a leader's death wakes one standby, not all.
+///
+/// `data` names the candidate (its URL). Any candidacy of ours left from
+/// an earlier try (a ZooKeeper error after we were elected, a session that
+/// ended while we lived) is withdrawn first: otherwise our new znode would
+/// wait forever behind our own old one.
 pub async fn elect(zk: &Client, paths: &Paths, data: &[u8]) -> Result<()> {
+    withdraw_candidacy(zk, paths, data).await?;
     let prefix = format!("{}/n_", paths.election());
     let opts = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
     let (_, seq) = zk.create(&prefix, data, &opts).await.map_err(|e| Error::zk("create", prefix.clone(), e))?;
@@ -258,4 +264,26 @@ pub async fn elect(zk: &Client, paths: &Paths, data: &[u8]) -> Result<()> {
             Err(e) => return Err(Error::zk("watch", before, e)),
         }
     }
+}
+
+/// Deletes every election znode whose data is `data` (ours).
+pub async fn withdraw_candidacy(zk: &Client, paths: &Paths, data: &[u8]) -> Result<()> {
+    let dir = paths.election();
+    let candidates = match zk.list_children(&dir).await {
+        Ok(c) => c,
+        Err(ZkError::NoNode) => return Ok(()),
+        Err(e) => return Err(Error::zk("list", dir, e)),
+    };
+    for c in candidates {
+        let path = format!("{dir}/{c}");
+        match zk.get_data(&path).await {
+            Ok((found, _)) if found == data => match zk.delete(&path, None).await {
+                Ok(()) | Err(ZkError::NoNode) => log::info!("withdrew our earlier candidacy {path}"),
+                Err(e) => return Err(Error::zk("delete", path, e)),
+            },
+            Ok(_) | Err(ZkError::NoNode) => {}
+            Err(e) => return Err(Error::zk("get", path, e)),
+        }
+    }
+    Ok(())
 }
