@@ -283,10 +283,14 @@ fn compact(value: &Option<Bytes>) -> Option<Bytes> {
 /// Fills and writes in flight for one key (`count`), and after the last
 /// one, until when (monotonic ms) pushes are still welcome: an ack=parent
 /// write's commit comes back by push some time after the parent took it.
-#[derive(Clone, Copy)]
+/// `holders`: children whose writes of the key pass through here while it
+/// is not held; they become holders when the key arrives, so the root's
+/// push of their commit reaches them even if our answer to them is lost.
+#[derive(Clone, Default)]
 struct Expecting {
     count: u32,
     until: Millis,
+    holders: Vec<NodeId>,
 }
 
 impl Expecting {
@@ -308,11 +312,31 @@ impl Shard {
         self.expecting.get(key).is_some_and(|e| e.is_live(mono))
     }
 
-    /// Stores `update` if it is newer than what the shard has; keeps holders.
+    /// Stores `update` if it is newer than what the shard has; keeps holders
+    /// (and takes on the children waiting for the key, see [`Expecting`]).
     /// Either way the entry is now current: whoever hands us an update for
     /// a key (a parent's push, a fill answer, a write's commit) has
     /// recorded this node as a holder of it, so later changes will come.
     fn apply_if_newer(&mut self, update: &Update, t: Time, tick: u64, generation: u64) -> Applied {
+        let applied = self.store_if_newer(update, t, tick, generation);
+        let waiting = match self.expecting.get_mut(update.key.as_str()) {
+            Some(e) if !e.holders.is_empty() => std::mem::take(&mut e.holders),
+            _ => return applied,
+        };
+        let Some(entry) = self.map.get_mut(update.key.as_str()) else { return applied };
+        for child in &waiting {
+            entry.hold(*child, tick);
+        }
+        match applied {
+            Applied::Newer { mut holders } => {
+                holders.extend(waiting.into_iter().filter(|c| !holders.contains(c)).collect::<Vec<_>>());
+                Applied::Newer { holders }
+            }
+            other => other,
+        }
+    }
+
+    fn store_if_newer(&mut self, update: &Update, t: Time, tick: u64, generation: u64) -> Applied {
         let charge = Entry::charge(&update.key, &update.value);
         let stamp = Stamp::new(t.mono, generation);
         match self.map.get_mut(update.key.as_str()) {
@@ -464,8 +488,28 @@ impl Store {
     /// lapse while any is open, however long the write takes.
     pub fn expect(&self, key: &str) {
         let mut shard = self.shard(key).write();
-        let slot = shard.expecting.entry(key.to_string()).or_insert(Expecting { count: 0, until: 0 });
+        shard.expecting.entry(key.to_string()).or_default().count += 1;
+    }
+
+    /// [`Store::expect`] for a write that `child` sends up through this
+    /// node: the child also becomes a holder of the key, now if the key is
+    /// held here and current, else as soon as it arrives.
+    pub fn expect_for(&self, key: &str, child: NodeId) {
+        let generation = self.generation();
+        let tick = self.next_tick();
+        let mut shard = self.shard(key).write();
+        let held = match shard.map.get_mut(key) {
+            Some(entry) if entry.stamp.is_current(generation) => {
+                entry.hold(child, tick);
+                true
+            }
+            _ => false,
+        };
+        let slot = shard.expecting.entry(key.to_string()).or_default();
         slot.count += 1;
+        if !held && !slot.holders.contains(&child) {
+            slot.holders.push(child);
+        }
     }
 
     /// Ends one `expect`. Pushes stay welcome until `linger_until`
@@ -476,6 +520,9 @@ impl Store {
         if let Some(slot) = shard.expecting.get_mut(key) {
             slot.count = slot.count.saturating_sub(1);
             slot.until = slot.until.max(linger_until);
+            if slot.count == 0 {
+                slot.holders.clear();
+            }
             if slot.count == 0 && slot.until == 0 {
                 shard.expecting.remove(key);
             }
@@ -626,6 +673,9 @@ impl Store {
             }
             for entry in shard.map.values_mut() {
                 entry.holders = Holders::default();
+            }
+            for e in shard.expecting.values_mut() {
+                e.holders.clear();
             }
         }
     }
@@ -868,6 +918,26 @@ mod tests {
         let (applied, current) = s.apply_and_hold(&put("k", 6, "mine"), 8, t(0));
         assert_eq!(applied, Applied::Newer { holders: vec![3] });
         assert_eq!(current.version, 6);
+    }
+
+    #[test]
+    fn a_child_writing_through_becomes_a_holder_when_the_key_arrives() {
+        let s = Store::new();
+        s.expect_for("k", 4);
+        s.expect_for("k", 4);
+        assert!(s.holders_of("k").is_empty(), "not held yet");
+        // The root's push of the commit reaches us before our answer: the
+        // child must get it too.
+        assert_eq!(s.apply_push(&put("k", 3, "v"), t(0)), Applied::Newer { holders: vec![4] });
+        assert_eq!(s.holders_of("k"), vec![4]);
+        // Held and current: the child is recorded at once.
+        s.expect_for("k", 5);
+        assert_eq!(s.holders_of("k"), vec![4, 5]);
+        // A reset forgets waiting children along with holders.
+        s.remove("k");
+        s.expect_for("j", 6);
+        s.reset();
+        assert!(matches!(s.apply_push(&put("j", 1, "v"), t(0)), Applied::Newer { ref holders } if holders.is_empty()));
     }
 
     #[test]

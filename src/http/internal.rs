@@ -90,6 +90,9 @@ pub async fn write(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
+    if node.lose_this_write_reply() {
+        return Err(Error::Internal("fault injection: this write answer is lost (--fault-lose-write-replies)".into()));
+    }
     Ok(HttpResponse::Ok().json(WriteResults { results }))
 }
 

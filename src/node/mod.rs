@@ -81,6 +81,8 @@ struct Inner {
     uplink: write::Uplink,
     /// The root's record of committed write ids.
     outcomes: Mutex<write::Outcomes>,
+    /// Write answers dropped so far (`--fault-lose-write-replies`).
+    lost_replies: AtomicU64,
     flights: Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<read::FillOutcome>>>>,
     pushers: Mutex<HashMap<NodeId, Arc<push::PushQueue>>>,
     membership: membership::Membership,
@@ -129,6 +131,7 @@ impl Node {
                 incarnation: rand::random::<u64>() | 1,
                 uplink: write::Uplink::default(),
                 outcomes: Mutex::new(write::Outcomes::default()),
+                lost_replies: AtomicU64::new(0),
                 flights: Mutex::new(HashMap::new()),
                 pushers: Mutex::new(HashMap::new()),
                 shutdown,
@@ -220,6 +223,12 @@ impl Node {
 
     pub fn topology(&self) -> Option<Topology> {
         self.inner.place.read().as_ref().map(|p| p.topology.clone())
+    }
+
+    /// `--fault-lose-write-replies`: whether to drop this write answer.
+    pub fn lose_this_write_reply(&self) -> bool {
+        let limit = self.args().fault_lose_write_replies;
+        limit > 0 && self.inner.lost_replies.fetch_add(1, Ordering::AcqRel) < limit
     }
 
     /// Refuses a message from an older epoch.

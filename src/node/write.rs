@@ -274,7 +274,10 @@ impl Node {
             match s.waiting.get_mut(&w.id) {
                 Some(waiters) => waiters.extend(waiter),
                 None => {
-                    self.inner.store.expect(&w.update.key);
+                    match self.place().map(|p| p.coherence.pushes()) {
+                        Ok(true) => self.inner.store.expect_for(&w.update.key, child),
+                        _ => self.inner.store.expect(&w.update.key),
+                    }
                     s.waiting.insert(w.id, waiter.into_iter().collect());
                     s.queue.push_back(Pending { write: w.clone(), child: Some(child) });
                 }

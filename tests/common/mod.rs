@@ -211,6 +211,13 @@ impl Cluster {
         self.spawn(extra).await
     }
 
+    /// [`Cluster::add_node`] with flags of its own beside the common ones.
+    pub async fn add_node_with(&mut self, flags: &[&str]) -> usize {
+        let mut extra = self.node_args.clone();
+        extra.extend(flags.iter().map(|f| f.to_string()));
+        self.spawn(extra).await
+    }
+
     async fn spawn(&mut self, extra: Vec<String>) -> usize {
         let port = free_port().expect("free port");
         let mut args = node_args(&self.zk.addr(), &self.name, port);
@@ -267,6 +274,29 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The node's process id, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(Child::id)
+    }
+
+    /// SIGSTOP: the process freezes (a GC pause, a stuck VM); its ZooKeeper
+    /// session expires if this lasts past the session timeout.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Cluster::pause`].
+    pub fn resume(&self, i: usize) {
+        self.signal(i, libc::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, sig: i32) {
+        let pid = self.pid(i).unwrap_or_else(|| panic!("node {i} is not running"));
+        // SAFETY: kill(2) with a pid we spawned and still own (not reaped).
+        let rc = unsafe { libc::kill(pid as i32, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
     }
 
     /// SIGTERM, then wait for the node to leave cleanly (SIGKILL after 10 s).

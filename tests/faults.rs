@@ -1,0 +1,291 @@
+//! Coherence under faults (issue 9): each test reproduces one way the tree
+//! used to lose, double or reorder a write, or serve a version older than
+//! one it had served, with real processes, a real ZooKeeper and the hidden
+//! fault knobs of docs/testing.md. Waits are polls on conditions, never
+//! sleeps; the only durations are the faults themselves.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{wait_past, wait_until, Cluster, Opts};
+use serde_json::Value;
+
+/// A chain: the root, then each node the only child of the one before.
+async fn chain(n: usize, root_args: &[&str], node_args: &[&str]) -> Cluster {
+    let owned = |a: &[&str]| a.iter().map(|s| s.to_string()).collect();
+    Cluster::start_opts(Opts {
+        nodes: n,
+        fanout: 1,
+        root_args: owned(root_args),
+        node_args: owned(node_args),
+        ..Opts::default()
+    })
+    .await
+}
+
+async fn post(c: &Cluster, url: String, body: Vec<u8>, headers: &[(&str, String)]) -> (u16, Value) {
+    let mut req = c.http.post(url).body(body);
+    for (name, value) in headers {
+        req = req.header(*name, value.as_str());
+    }
+    let resp = req.send().await.expect("POST");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_paused_past_its_session_keeps_every_acknowledged_write() {
+    let c = chain(3, &[], &[]).await;
+    let root_id = c.id(0).await;
+    let epoch = c.health(0).await["epoch"].as_u64().expect("epoch");
+    let mut acked = Vec::new();
+    for k in 0..20 {
+        let (status, body) = c.put(2, &format!("k{k}"), &format!("v{k}"), "?ack=root").await;
+        assert!(status == 200 || status == 201, "{status} {body}");
+        acked.push(body["version"].as_u64().expect("version"));
+        assert_eq!(c.get(2, &format!("k{k}"), "").await.status, 200);
+    }
+    // Freeze the root until ZooKeeper declares its session dead: its live
+    // znode goes. Then let it run again.
+    c.pause(0);
+    wait_until(Duration::from_secs(30), "the paused root's session to expire", || async {
+        !c.zk_tree("live").await.contains(&root_id.to_string())
+    })
+    .await;
+    c.resume(0);
+    wait_until(Duration::from_secs(30), "the root to lead again in a new epoch", || async {
+        let h = c.health(0).await;
+        h["status"] == "ok" && h["epoch"].as_u64().is_some_and(|e| e > epoch)
+    })
+    .await;
+    wait_until(Duration::from_secs(30), "the leaf to re-join in the new epoch", || async {
+        let r = c.http.get(format!("{}/health", c.url(2))).send().await;
+        match r {
+            Ok(r) => r.json::<Value>().await.is_ok_and(|h| h["epoch"].as_u64().is_some_and(|e| e > epoch)),
+            Err(_) => false,
+        }
+    })
+    .await;
+    for (k, &version) in acked.iter().enumerate() {
+        let key = format!("k{k}");
+        let at_root = c.get(0, &key, "").await;
+        assert_eq!((at_root.status, at_root.text()), (200, format!("v{k}")), "{key} at the root after the pause");
+        assert_eq!(at_root.version, Some(version), "{key}: the same commit, not a new one");
+        for query in ["", "?consistent=true", ""] {
+            let r = c.get(2, &key, query).await;
+            assert_eq!((r.status, r.text()), (200, format!("v{k}")), "{key}{query} at the leaf");
+            assert!(r.version >= Some(version), "{key}: the leaf never goes back");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_write_answer_is_resent_and_committed_once() {
+    // The root commits each of the first two batches it gets, then answers
+    // as if the answer were lost: the node below resends the same ids.
+    let c = chain(3, &["--fault-lose-write-replies", "2"], &[]).await;
+    let (status, _) = c.put(2, "j", "parent-acked", "").await;
+    assert_eq!(status, 200, "ack=parent: taken by the parent");
+    let (status, body) = c.put(2, "k", "root-acked", "?ack=root").await;
+    assert_eq!(status, 201, "{body}");
+    let version = body["version"].as_u64().expect("version");
+    wait_until(Duration::from_secs(20), "the ack=parent write to reach the leaf by push", || async {
+        let r = c.get(2, "j", "").await;
+        r.status == 200 && r.text() == "parent-acked" && r.cache.as_deref() == Some("hit")
+    })
+    .await;
+    assert_eq!(c.metric(0, "commits_total").await, 2.0, "each write committed exactly once");
+    assert!(c.metric(0, "duplicate_writes_total").await >= 2.0, "the resends were recognised");
+    for i in [1, 2] {
+        let r = c.get(i, "k", "").await;
+        assert_eq!((r.status, r.text().as_str(), r.version), (200, "root-acked", Some(version)), "node {i}");
+        assert_eq!(r.cache.as_deref(), Some("hit"), "node {i} holds the commit");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_parent_writes_wait_out_a_root_restart_instead_of_being_dropped() {
+    let mut c = chain(3, &[], &[]).await;
+    let tries_before = c.metric(1, "upstream_requests_total").await;
+    c.kill(0);
+    for k in 0..10 {
+        let (status, body) = c.put(2, &format!("w{k}"), "queued", "").await;
+        assert!(status == 200 || status == 201, "the parent takes the write: {status} {body}");
+    }
+    // The old forwarder gave up after 5 tries (about 6 s); keep the root
+    // away until the middle node has tried well past that.
+    wait_until(Duration::from_secs(60), "the middle node to keep retrying", || async {
+        c.metric(1, "upstream_requests_total").await - tries_before >= 12.0
+    })
+    .await;
+    c.restart(0).await;
+    for k in 0..10 {
+        let key = format!("w{k}");
+        wait_until(Duration::from_secs(60), &format!("{key} to reach the restarted root"), || async {
+            let r = c.get(0, &key, "").await;
+            r.status == 200 && r.text() == "queued"
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_queued_writes_to_the_parent_before_leaving() {
+    // The root answers write batches slowly, so the middle node still has
+    // the writes queued or in flight when it is told to stop.
+    let mut c = chain(3, &["--fault-write-delay-ms", "1500"], &[]).await;
+    for k in 0..5 {
+        let (status, _) = c.put(2, &format!("t{k}"), "before-sigterm", "").await;
+        assert_eq!(status, 200);
+    }
+    c.stop(1);
+    for k in 0..5 {
+        let key = format!("t{k}");
+        wait_until(Duration::from_secs(30), &format!("{key} at the root"), || async {
+            let r = c.get(0, &key, "").await;
+            r.status == 200 && r.text() == "before-sigterm"
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_one_node_commit_in_the_order_it_received_them() {
+    // A slow root widens the window in which a later ack=root write used to
+    // overtake an earlier ack=parent one still queued below.
+    let c = chain(4, &["--fault-write-delay-ms", "100"], &[]).await;
+    for k in 0..20 {
+        let key = format!("o{k}");
+        let (status, _) = c.put(3, &key, "first", "").await;
+        assert_eq!(status, 200);
+        let (status, body) = c.put(3, &key, "second", "?ack=root").await;
+        assert!(status == 200 || status == 201, "{key}: {status} {body}");
+    }
+    for k in 0..20 {
+        let key = format!("o{k}");
+        let r = c.get(0, &key, "").await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "second"),
+            "{key}: a later write never loses to an earlier one"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consistent_read_is_kept_so_the_next_plain_read_is_not_older() {
+    // Pushes from the root are held 3 s: only the consistent read can bring
+    // the new version down in that time.
+    let c = chain(3, &["--fault-push-delay-ms", "3000"], &[]).await;
+    let (_, body) = c.put(0, "k", "one", "?ack=root").await;
+    let v1 = body["version"].as_u64().expect("version");
+    assert_eq!(c.get(2, "k", "").await.version, Some(v1));
+    let (_, body) = c.put(0, "k", "two", "?ack=root").await;
+    let v2 = body["version"].as_u64().expect("version");
+    let fresh = c.get(2, "k", "?consistent=true").await;
+    assert_eq!((fresh.text().as_str(), fresh.version), ("two", Some(v2)));
+    for i in [2, 1] {
+        let plain = c.get(i, "k", "").await;
+        assert_eq!((plain.text().as_str(), plain.version), ("two", Some(v2)), "node {i} kept what it answered");
+        assert_eq!(plain.cache.as_deref(), Some("hit"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_mode_keeps_its_bound_when_the_parent_is_paused() {
+    // root -> {a, x}; a -> {strict, lenient}. Only `lenient` may serve stale.
+    let mut c = Cluster::start_opts(Opts { nodes: 3, mode: "ttl", max_age: Some("1s"), ..Opts::default() }).await;
+    let strict = c.add_node_with(&[]).await;
+    let lenient = c.add_node_with(&["--stale-if-error", "60s"]).await;
+    let a_id = c.id(1).await;
+    for i in [strict, lenient] {
+        assert_eq!(c.health(i).await["parent"].as_u64(), Some(a_id), "node {i} hangs under a");
+    }
+    c.put(0, "k", "v", "?ack=root").await;
+    for i in [strict, lenient] {
+        assert_eq!(c.get(i, "k", "").await.status, 200);
+    }
+    let filled = Instant::now();
+    wait_past(filled + Duration::from_millis(1_100)).await;
+    c.pause(1);
+    let (s, l) = tokio::join!(c.get(strict, "k", ""), c.get(lenient, "k", ""));
+    c.resume(1);
+    assert_eq!(s.status, 503, "past max-age with the parent unreachable: no stale answer");
+    assert!(s.headers.contains_key("retry-after"));
+    assert_eq!((l.status, l.cache.as_deref(), l.text().as_str()), (200, Some("stale"), "v"), "--stale-if-error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_messages_from_strangers_are_refused_and_change_nothing() {
+    let c = chain(3, &[], &[]).await;
+    c.put(0, "k", "v", "?ack=root").await;
+    assert_eq!(c.get(2, "k", "").await.text(), "v");
+    let (a, b) = (c.id(1).await, c.id(2).await);
+    let epoch = c.health(2).await["epoch"].as_u64().expect("epoch");
+    // A fill or a write from a node that is not a child.
+    let r = c.http.get(format!("{}/internal/fill/k?child=999", c.url(0))).send().await.expect("fill");
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.expect("json")["code"], "not_child");
+    let (status, body) = post(&c, format!("{}/internal/write?child={b}", c.url(0)), vec![0, 0, 0, 0], &[]).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("not_child")), "b is a's child, not the root's");
+    // A push from someone other than the parent, and one from an old epoch.
+    let update = treecache::store::Update {
+        key: "k".into(),
+        version: u64::MAX - 1,
+        value: Some(bytes::Bytes::from_static(b"forged")),
+        expires_at: None,
+    };
+    let body = treecache::wire::encode_updates(&[update]).to_vec();
+    let push = format!("{}/internal/push", c.url(2));
+    let (status, reply) = post(
+        &c,
+        push.clone(),
+        body.clone(),
+        &[("x-treecache-from", "999".into()), ("x-treecache-epoch", epoch.to_string())],
+    )
+    .await;
+    assert_eq!((status, reply["code"].as_str()), (409, Some("not_parent")));
+    let (status, reply) =
+        post(&c, push, body, &[("x-treecache-from", a.to_string()), ("x-treecache-epoch", (epoch - 1).to_string())])
+            .await;
+    assert_eq!((status, reply["code"].as_str()), (409, Some("stale_epoch")));
+    let r = c.get(2, "k", "").await;
+    assert_eq!((r.text().as_str(), r.cache.as_deref()), ("v", Some("hit")), "nothing changed");
+    // Registration: ids out of range and URLs that are not a node's.
+    let reg = format!("{}/clients/register", c.url(0));
+    for body in [
+        r#"{"url": "http://127.0.0.1:9", "id": 18446744073709551615}"#,
+        r#"{"url": "http://127.0.0.1:9", "id": 4294967296}"#,
+        r#"{"url": "http://127.0.0.1:9/x"}"#,
+        r#"{"url": "file:///etc/passwd"}"#,
+    ] {
+        let (status, reply) = post(&c, reg.clone(), body.as_bytes().to_vec(), &[]).await;
+        assert_eq!((status, reply["code"].as_str()), (400, Some("bad_parameter")), "{body}");
+    }
+    assert_eq!(c.zk_tree("tree").await.len(), 3, "no node was placed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_election_retried_in_the_same_session_does_not_wait_for_itself() {
+    let zk_server = common::Zk::start().await;
+    let zk = zk_server.client().await;
+    let paths = treecache::tree::zk::Paths::new("elect-test");
+    treecache::tree::zk::ensure_layout(&zk, &paths).await.expect("layout");
+    let me = b"http://127.0.0.1:1";
+    let first = tokio::time::timeout(Duration::from_secs(10), treecache::tree::zk::elect(&zk, &paths, me)).await;
+    assert!(matches!(first, Ok(Ok(()))), "first election: {first:?}");
+    // A ZooKeeper error after winning made the node stand again in the same
+    // session: it used to wait forever behind its own older znode.
+    let again = tokio::time::timeout(Duration::from_secs(10), treecache::tree::zk::elect(&zk, &paths, me)).await;
+    assert!(matches!(again, Ok(Ok(()))), "second election: {again:?}");
+    let candidates = zk.list_children(&paths.election()).await.expect("election znodes");
+    assert_eq!(candidates.len(), 1, "the earlier candidacy was withdrawn: {candidates:?}");
+    // Another candidate still waits behind the leader.
+    let other = tokio::time::timeout(
+        Duration::from_millis(500),
+        treecache::tree::zk::elect(&zk, &paths, b"http://127.0.0.1:2"),
+    )
+    .await;
+    assert!(other.is_err(), "a second candidate stands by");
+}
