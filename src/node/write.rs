@@ -397,6 +397,16 @@ impl Node {
         self.inner.outcomes.lock().export()
     }
 
+    /// Replay: the write `id` was decided before a restart, committed at
+    /// `version` (0: a delete of an absent key). A resend finds it.
+    pub fn restore_write_outcome(&self, id: WriteId, version: u64) {
+        let result = match version {
+            0 => WriteResult::Absent,
+            version => WriteResult::Committed { version, created: false },
+        };
+        self.inner.outcomes.lock().record(&id, result);
+    }
+
     /// Sends the uplink's head to the parent, batch after batch, until the
     /// node stops; retries a batch until the parent answers.
     pub(super) async fn run_uplink(self) {
@@ -605,6 +615,24 @@ mod tests {
             Verdict::Decided(WriteResult::Failed { error }) => assert!(error.contains("per-node write order")),
             _ => panic!("seq 4 after seq 5 must not commit"),
         }
+    }
+
+    #[test]
+    fn outcomes_survive_an_export_and_restore() {
+        let mut o = Outcomes::default();
+        o.record(&id(3), WriteResult::Committed { version: 42, created: true });
+        o.record(&id(4), WriteResult::Absent);
+        let mut again = Outcomes::default();
+        for (id, version) in o.export() {
+            let result = match version {
+                0 => WriteResult::Absent,
+                v => WriteResult::Committed { version: v, created: false },
+            };
+            again.record(&id, result);
+        }
+        assert!(matches!(again.check(&id(3)), Verdict::Decided(WriteResult::Committed { version: 42, .. })));
+        assert!(matches!(again.check(&id(4)), Verdict::Decided(WriteResult::Absent)));
+        assert!(matches!(again.check(&id(5)), Verdict::New));
     }
 
     #[test]
