@@ -172,6 +172,16 @@ impl LocalZk {
         log_tail(&self.log_path(), LOG_TAIL_LINES)
     }
 
+    /// The server's process id while it runs (for tests that pause it with
+    /// SIGSTOP); `None` once stopped.
+    pub fn pid(&mut self) -> Option<u32> {
+        if self.is_running() {
+            self.child.as_ref().map(Child::id)
+        } else {
+            None
+        }
+    }
+
     /// True while the server process runs.
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))

@@ -12,6 +12,9 @@
 
 #![allow(dead_code)]
 
+pub mod history;
+pub mod workload;
+
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -77,6 +80,18 @@ impl Zk {
         if let Err(e) = self.server.start_again().await {
             panic!("cannot restart ZooKeeper: {e}");
         }
+    }
+
+    /// SIGSTOP: the server hangs (connections stay open, nothing answers),
+    /// as in a long GC pause. Sessions time out unless [`Zk::resume`] comes
+    /// first. Returns whether a running server was paused.
+    pub fn pause(&mut self) -> bool {
+        self.server.pid().is_some_and(|pid| send_signal(pid, libc::SIGSTOP))
+    }
+
+    /// SIGCONT after [`Zk::pause`].
+    pub fn resume(&mut self) -> bool {
+        self.server.pid().is_some_and(|pid| send_signal(pid, libc::SIGCONT))
     }
 
     /// A fresh client session.
@@ -306,6 +321,42 @@ impl Cluster {
         }
     }
 
+    /// SIGSTOP node `i` (it hangs, its ZooKeeper session runs out after
+    /// `SESSION_TIMEOUT`); returns whether a running node was paused.
+    pub fn pause(&mut self, i: usize) -> bool {
+        self.signal(i, libc::SIGSTOP)
+    }
+
+    /// SIGCONT after [`Cluster::pause`].
+    pub fn resume(&mut self, i: usize) -> bool {
+        self.signal(i, libc::SIGCONT)
+    }
+
+    fn signal(&mut self, i: usize, sig: libc::c_int) -> bool {
+        let Some(child) = self.nodes[i].child.as_mut() else { return false };
+        matches!(child.try_wait(), Ok(None)) && send_signal(child.id(), sig)
+    }
+
+    /// The id node `i` reported when it last came up healthy.
+    pub fn id_of(&self, i: usize) -> Option<u64> {
+        self.nodes[i].id
+    }
+
+    /// [`Cluster::restart`] that reports a node that does not come up
+    /// healthy within `timeout` instead of panicking (a fault loop goes on
+    /// and the history checker reports it). Returns the node's id.
+    pub async fn restart_within(&mut self, i: usize, timeout: Duration) -> Result<u64, String> {
+        self.kill(i);
+        let node = &self.nodes[i];
+        let child = spawn_node(Path::new(BIN), &node.args, &node.log)?;
+        self.nodes[i].child = Some(child);
+        let url = self.url(i);
+        let node = &mut self.nodes[i];
+        let health = wait_healthy(&self.http, &url, timeout, node.child.as_mut()).await?;
+        node.id = health["id"].as_u64();
+        node.id.ok_or_else(|| format!("{url}/health has no id: {health}"))
+    }
+
     /// Same as [`Cluster::stop`].
     pub fn term(&mut self, i: usize) {
         self.stop(i);
@@ -419,6 +470,15 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
+    }
+}
+
+/// Sends `sig` to a process we started and have not reaped.
+fn send_signal(pid: u32, sig: libc::c_int) -> bool {
+    match libc::pid_t::try_from(pid) {
+        // SAFETY: a plain syscall on a child of ours that has not been reaped.
+        Ok(pid) => unsafe { libc::kill(pid, sig) == 0 },
+        Err(_) => false,
     }
 }
 
