@@ -421,11 +421,14 @@ fn read_rank(op: &Op, deletes: &HashMap<&str, Vec<&Op>>) -> Option<u64> {
     }
 }
 
+/// One node (index, incarnation) and one key: the unit of guarantees 2 and 5.
+type NodeKey<'a> = ((usize, u32), &'a str);
+
 /// c. Per node (one incarnation), per key: a read that started after
 /// another read there completed never sees an older version.
 pub fn monotonic_reads(ops: &[Op]) -> Vec<Violation> {
     let deletes = deletes_by_key(ops);
-    let mut groups: HashMap<((usize, u32), &str), Vec<(&Op, u64)>> = HashMap::new();
+    let mut groups: HashMap<NodeKey<'_>, Vec<(&Op, u64)>> = HashMap::new();
     for op in ops.iter().filter(|o| o.kind.is_read()) {
         if let Some(rank) = read_rank(op, &deletes) {
             groups.entry((op.node.life(), op.key.as_str())).or_default().push((op, rank));
@@ -452,7 +455,8 @@ pub fn monotonic_reads(ops: &[Op]) -> Vec<Violation> {
 }
 
 /// d. A consistent read that started after a write with a known version
-/// was acknowledged returns at least that version.
+/// was acknowledged returns at least that version. The final reads are
+/// left to check f, which reports the same loss as a lost write.
 pub fn consistent_reads_see_acked_writes(ops: &[Op]) -> Vec<Violation> {
     let deletes = deletes_by_key(ops);
     let mut writes: HashMap<&str, Vec<(&Op, u64)>> = HashMap::new();
@@ -462,7 +466,7 @@ pub fn consistent_reads_see_acked_writes(ops: &[Op]) -> Vec<Violation> {
         }
     }
     let mut out = Vec::new();
-    for r in ops.iter().filter(|o| o.kind == Kind::GetConsistent) {
+    for r in ops.iter().filter(|o| o.kind == Kind::GetConsistent && o.process != FINAL_PROCESS) {
         let Some(ws) = writes.get(r.key.as_str()) else { continue };
         let Some(&(w, vw)) = ws.iter().filter(|(w, _)| w.before(r)).max_by_key(|(_, v)| *v) else { continue };
         let missed = match read_rank(r, &deletes) {
@@ -488,21 +492,41 @@ pub fn consistent_reads_see_acked_writes(ops: &[Op]) -> Vec<Violation> {
     out
 }
 
-/// The version each put's value was seen at (the lowest, if several).
-fn learned_versions(ops: &[Op]) -> HashMap<(&str, &str), u64> {
-    let mut out: HashMap<(&str, &str), u64> = HashMap::new();
-    for (key, v, value, _) in observations(ops) {
+/// The version each put's value was seen at (the lowest, if several),
+/// and the op that showed it.
+fn learned_versions(ops: &[Op]) -> HashMap<(&str, &str), (u64, usize)> {
+    let mut out: HashMap<(&str, &str), (u64, usize)> = HashMap::new();
+    for (key, v, value, id) in observations(ops) {
         if let Some(value) = value {
-            let e = out.entry((key, value)).or_insert(v);
-            *e = (*e).min(v);
+            let e = out.entry((key, value)).or_insert((v, id));
+            if v < e.0 {
+                *e = (v, id);
+            }
         }
     }
     out
 }
 
 /// A write's version: its reply's, or (a put) where its value was seen.
-fn version_of(w: &Op, learned: &HashMap<(&str, &str), u64>) -> Option<u64> {
-    w.acked_version().or_else(|| w.value.as_deref().and_then(|v| learned.get(&(w.key.as_str(), v)).copied()))
+fn version_of(w: &Op, learned: &HashMap<(&str, &str), (u64, usize)>) -> Option<u64> {
+    known_version(w, learned).map(|(v, _)| v)
+}
+
+/// A write's version and the op that showed it (the write itself, or a read).
+fn known_version(w: &Op, learned: &HashMap<(&str, &str), (u64, usize)>) -> Option<(u64, usize)> {
+    w.acked_version()
+        .map(|v| (v, w.id))
+        .or_else(|| w.value.as_deref().and_then(|v| learned.get(&(w.key.as_str(), v)).copied()))
+}
+
+/// `ops` with the ops that showed each write's version, without repeats.
+fn with_witnesses(mut ops: Vec<usize>, witnesses: &[usize]) -> Vec<usize> {
+    for &w in witnesses {
+        if !ops.contains(&w) {
+            ops.push(w);
+        }
+    }
+    ops
 }
 
 /// The root's final read of `key`: (op, state) with state `Some((version, value))`.
@@ -516,7 +540,7 @@ fn root_final<'a>(ops: &'a [Op], fin: &Final, key: &str) -> Option<&'a Op> {
 /// the root.
 pub fn per_node_write_order(ops: &[Op], fin: Option<&Final>) -> Vec<Violation> {
     let learned = learned_versions(ops);
-    let mut groups: HashMap<((usize, u32), &str), Vec<&Op>> = HashMap::new();
+    let mut groups: HashMap<NodeKey<'_>, Vec<&Op>> = HashMap::new();
     for op in ops.iter().filter(|o| o.acked() && o.process != FINAL_PROCESS) {
         groups.entry((op.node.life(), op.key.as_str())).or_default().push(op);
     }
@@ -526,7 +550,7 @@ pub fn per_node_write_order(ops: &[Op], fin: Option<&Final>) -> Vec<Violation> {
         let final_value = root.and_then(|r| r.read_state()).and_then(|(_, v)| v);
         for &w1 in &writes {
             for &w2 in writes.iter().filter(|w2| w1.before(w2)) {
-                if let (Some(v1), Some(v2)) = (version_of(w1, &learned), version_of(w2, &learned)) {
+                if let (Some((v1, s1)), Some((v2, s2))) = (known_version(w1, &learned), known_version(w2, &learned)) {
                     if v1 > v2 {
                         out.push(violation(
                             WRITE_ORDER,
@@ -535,7 +559,7 @@ pub fn per_node_write_order(ops: &[Op], fin: Option<&Final>) -> Vec<Violation> {
                                 "through node {}: op {} (v{v1}) was acked before op {} (v{v2}) was sent",
                                 w1.node.index, w1.id, w2.id
                             ),
-                            vec![w1.id, w2.id],
+                            with_witnesses(vec![w1.id, w2.id], &[s1, s2]),
                         ));
                         continue;
                     }
@@ -607,6 +631,7 @@ pub fn convergence(ops: &[Op], faults: &[Fault], fin: &Final) -> Vec<Violation> 
         let root_state = root.read_state();
         let later_delete =
             || deletes.get(w.key.as_str()).is_some_and(|ds| ds.iter().any(|d| d.id != w.id && may_follow(d, w)));
+        let witness = known_version(w, &learned).map(|(_, id)| id);
         let lost = match (version_of(w, &learned), root_state, &root.outcome) {
             (Some(vw), Some((vr, _)), _) => vr < vw,
             (_, None, Some(Outcome::NotFound { version: None })) => w.kind == Kind::Put && !later_delete(),
@@ -627,7 +652,7 @@ pub fn convergence(ops: &[Op], faults: &[Fault], fin: &Final) -> Vec<Violation> 
                     version_of(w, &learned).map(|v| format!(" at v{v}")).unwrap_or_default(),
                     show_outcome(root)
                 ),
-                vec![w.id, root.id],
+                with_witnesses(vec![w.id, root.id], &witness.into_iter().collect::<Vec<_>>()),
             ));
         }
     }

@@ -98,7 +98,14 @@ impl Nodes {
 #[derive(Debug, Clone)]
 pub struct Workload {
     pub clients: usize,
+    /// Keys `k0`..: the first `hot` take half the operations (they collide
+    /// all the time); the rest are written rarely, so a lost write there is
+    /// seldom hidden behind a later one.
     pub keys: usize,
+    pub hot: usize,
+    /// Percent of puts that go to a fresh key of their own (`f{process}-{n}`),
+    /// written once and never superseded: any loss of one shows at the end.
+    pub fresh_percent: u32,
     /// Weights of plain reads, consistent reads, puts and deletes.
     pub mix: [u32; 4],
     /// Percent of writes sent with `ack=root`.
@@ -113,7 +120,9 @@ impl Default for Workload {
     fn default() -> Self {
         Workload {
             clients: 6,
-            keys: 8,
+            keys: 24,
+            hot: 4,
+            fresh_percent: 15,
             mix: [50, 15, 30, 5],
             ack_root_percent: 50,
             think_ms: (5, 30),
@@ -155,11 +164,7 @@ impl Workload {
 }
 
 fn http_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .expect("HTTP client")
+    reqwest::Client::builder().timeout(timeout).connect_timeout(Duration::from_secs(1)).build().expect("HTTP client")
 }
 
 struct Client {
@@ -186,7 +191,9 @@ impl Client {
     }
 
     async fn one(&mut self, n: usize, node: NodeRef, url: &str) {
-        let key = format!("k{}", self.rng.gen_range(0..self.work.keys));
+        let hot = self.work.hot.clamp(1, self.work.keys);
+        let k = if self.rng.gen_bool(0.5) { self.rng.gen_range(0..hot) } else { self.rng.gen_range(0..self.work.keys) };
+        let key = format!("k{k}");
         let total: u32 = self.work.mix.iter().sum();
         let mut roll = self.rng.gen_range(0..total.max(1));
         let mut kind = Kind::Get;
@@ -197,10 +204,19 @@ impl Client {
             }
             roll -= w;
         }
-        let ack = kind
-            .is_write()
-            .then(|| if self.rng.gen_range(0..100) < self.work.ack_root_percent { Ack::Root } else { Ack::Parent });
+        let ack = kind.is_write().then(|| {
+            if self.rng.gen_range(0..100) < self.work.ack_root_percent {
+                Ack::Root
+            } else {
+                Ack::Parent
+            }
+        });
         let value = (kind == Kind::Put).then(|| format!("p{}-{n}", self.process));
+        let key = if kind == Kind::Put && self.rng.gen_range(0..100) < self.work.fresh_percent {
+            format!("f{}-{n}", self.process)
+        } else {
+            key
+        };
         let id = self.history.invoke(self.process, node, kind, &key, value.clone(), ack);
         let outcome = request(&self.http, url, kind, &key, value, ack).await;
         self.history.complete(id, outcome);
@@ -404,12 +420,12 @@ async fn root_state(http: &reqwest::Client, url: &str, keys: &[String]) -> Vec<O
 }
 
 /// After the clients and faults stopped: waits (polling, up to `settle`)
-/// until the root's answers are stable and, when `compare_dumps`, every
-/// live node's `/dump` agrees with them, then `fresh_after` more (ttl mode:
-/// depth × max-age, after which guarantee 1 holds); then records the final
-/// reads (a consistent read of every key at the root, a plain read of every
-/// key at every live node) in `history` and returns the [`Final`] for the
-/// checker.
+/// until the root's answers for `keys` are stable and, when
+/// `compare_dumps`, every live node's `/dump` agrees with them, then
+/// `fresh_after` more (ttl mode: depth × max-age, after which guarantee 1
+/// holds); then records the final reads in `history` (a consistent read at
+/// the root of every key any op touched, a plain read of each of `keys` at
+/// every live node) and returns the [`Final`] for the checker.
 pub async fn final_state(
     nodes: &Nodes,
     history: &History,
@@ -451,7 +467,11 @@ pub async fn final_state(
         return fin;
     };
     let (root_ref, root_url) = nodes.node(root);
-    for key in keys {
+    let mut all: Vec<String> = keys.to_vec();
+    all.extend(history.ops().into_iter().map(|o| o.key));
+    all.sort();
+    all.dedup();
+    for key in &all {
         let id = history.invoke(FINAL_PROCESS, root_ref, Kind::GetConsistent, key, None, None);
         history.complete(id, request(&http, &root_url, Kind::GetConsistent, key, None, None).await);
         fin.root.insert(key.clone(), id);
