@@ -288,6 +288,9 @@ pub enum Step {
     KillInner,
     /// kill -9 a live leaf and start it again.
     KillLeaf,
+    /// kill -9 the root and start it again (with standby roots, the
+    /// leader: the chaos test of issue 11).
+    KillRoot,
     /// SIGSTOP the root for this long, then SIGCONT.
     PauseRoot(Duration),
     /// SIGSTOP ZooKeeper for this long, then SIGCONT.
@@ -333,13 +336,13 @@ pub async fn run_faults(
             Step::KillInner | Step::KillLeaf => {
                 let want = if matches!(step, Step::KillInner) { "inner" } else { "leaf" };
                 let Some(i) = pick_role(cluster, nodes, want, &mut rng).await else { continue };
-                nodes.down(i);
-                let f = history.fault(format!("kill -9 node {i} ({want}) and restart"), Some(i), true);
-                match cluster.restart_within(i, RESTART_TIMEOUT).await {
-                    Ok(id) => nodes.restarted(i, Some(id)),
-                    Err(e) => unhealthy.push((i, e)),
-                }
-                history.fault_end(f);
+                let what = format!("kill -9 node {i} ({want}) and restart");
+                unhealthy.extend(kill_and_restart(cluster, nodes, history, i, what).await);
+            }
+            Step::KillRoot => {
+                let Some(i) = root_index(cluster, nodes).await else { continue };
+                let what = format!("kill -9 root (node {i}) and restart");
+                unhealthy.extend(kill_and_restart(cluster, nodes, history, i, what).await);
             }
             Step::PauseRoot(hold) => {
                 let Some(i) = root_index(cluster, nodes).await else { continue };
@@ -359,6 +362,28 @@ pub async fn run_faults(
         }
     }
     unhealthy
+}
+
+/// kill -9 node `i` and start it again as a new incarnation; the node and
+/// why, when it does not come back healthy (it stays down).
+async fn kill_and_restart(
+    cluster: &mut Cluster,
+    nodes: &Nodes,
+    history: &History,
+    i: usize,
+    what: String,
+) -> Option<(usize, String)> {
+    nodes.down(i);
+    let f = history.fault(what, Some(i), true);
+    let result = cluster.restart_within(i, RESTART_TIMEOUT).await;
+    history.fault_end(f);
+    match result {
+        Ok(id) => {
+            nodes.restarted(i, Some(id));
+            None
+        }
+        Err(e) => Some((i, e)),
+    }
 }
 
 /// /health of node `i`, with a short timeout.
