@@ -153,6 +153,8 @@ pub struct DumpEntry {
     pub version: Version,
     pub value: Option<Bytes>,
     pub expires_at: Option<Millis>,
+    /// Confirmed since the last reset (a kept entry is revalidated before use).
+    pub current: bool,
 }
 
 /// One slot of the map. Kept small (72 bytes; a 100k-entry node pays for
@@ -721,6 +723,7 @@ impl Store {
     /// Entries in key order after `after`, starting with `prefix`, at most `limit`.
     pub fn dump(&self, prefix: &str, after: Option<&str>, limit: usize, now: Millis) -> Vec<DumpEntry> {
         let mut out: Vec<DumpEntry> = Vec::new();
+        let generation = self.generation();
         for shard in self.shards.iter() {
             let shard = shard.read();
             for (key, entry) in shard.map.iter() {
@@ -732,6 +735,7 @@ impl Store {
                     version: entry.version,
                     value: entry.value.clone(),
                     expires_at: entry.expires_at(),
+                    current: entry.stamp.is_current(generation),
                 });
             }
         }
@@ -1114,5 +1118,15 @@ mod tests {
         assert_eq!(keys(s.dump("", None, 2, 0)), vec!["a", "ab"]);
         assert_eq!(keys(s.dump("", Some("ab"), 2, 0)), vec!["b", "c"]);
         assert_eq!(keys(s.dump("a", None, 10, 0)), vec!["a", "ab"]);
+    }
+
+    #[test]
+    fn dump_says_which_entries_a_reset_left_unconfirmed() {
+        let s = Store::new();
+        s.apply(&put("kept", 1, "v"), t(0));
+        s.reset();
+        s.apply(&put("new", 2, "w"), t(1));
+        let current = |s: &Store| s.dump("", None, 10, 0).into_iter().map(|e| (e.key, e.current)).collect::<Vec<_>>();
+        assert_eq!(current(&s), vec![("kept".to_string(), false), ("new".to_string(), true)]);
     }
 }

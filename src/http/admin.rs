@@ -69,7 +69,7 @@ pub async fn dump(node: ThinData<Node>, req: HttpRequest) -> Result<HttpResponse
     let entries = node.store().dump(q.get("prefix").unwrap_or(""), q.get("after"), limit as usize, now_ms());
     let mut out = String::new();
     for e in entries {
-        let mut line = json!({ "key": e.key, "version": e.version, "expires_at": e.expires_at });
+        let mut line = json!({ "key": e.key, "version": e.version, "expires_at": e.expires_at, "current": e.current });
         match &e.value {
             None => line["tombstone"] = json!(true),
             Some(v) => match std::str::from_utf8(v) {

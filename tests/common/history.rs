@@ -193,10 +193,14 @@ pub struct Final {
     pub root: HashMap<String, usize>,
     /// Op ids of the plain reads of every key at every live node.
     pub node_reads: Vec<usize>,
-    /// What each live node held (`/dump`): node, key, version, value (None: tombstone).
-    pub dumps: Vec<(NodeRef, String, u64, Option<String>)>,
-    /// Whether held entries must equal the root's (push mode). In ttl mode
-    /// a held entry may be stale until it is read, so only reads count.
+    /// What each live node held (`/dump`): node, key, version, value (None:
+    /// tombstone), and whether it is current (confirmed since the node's
+    /// last re-attachment; one that is not is revalidated before it is
+    /// served, so only what the node serves for it counts).
+    pub dumps: Vec<(NodeRef, String, u64, Option<String>, bool)>,
+    /// Whether held current entries must equal the root's (push mode). In
+    /// ttl mode a held entry may be stale until it is read, so only reads
+    /// count.
     pub compare_dumps: bool,
     /// Nodes that were meant to be up but never answered healthy.
     pub unhealthy: Vec<(usize, String)>,
@@ -692,7 +696,7 @@ pub fn convergence(ops: &[Op], faults: &[Fault], fin: &Final) -> Vec<Violation> 
         }
     }
     if fin.compare_dumps {
-        for (node, key, version, value) in &fin.dumps {
+        for (node, key, version, value, _) in fin.dumps.iter().filter(|d| d.4) {
             let Some(root) = root_final(ops, fin, key) else { continue };
             let agrees = match root.read_state() {
                 Some((rv, rval)) => rv == *version && rval == value.as_deref(),

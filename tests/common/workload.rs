@@ -417,8 +417,9 @@ async fn root_index(cluster: &Cluster, nodes: &Nodes) -> Option<usize> {
     None
 }
 
-/// One node's `/dump`: (key, version, value; None for a tombstone).
-async fn dump(http: &reqwest::Client, url: &str) -> Option<Vec<(String, u64, Option<String>)>> {
+/// One node's `/dump`: (key, version, value or None for a tombstone,
+/// current; a node that does not say counts as current).
+async fn dump(http: &reqwest::Client, url: &str) -> Option<Vec<(String, u64, Option<String>, bool)>> {
     let resp = http.get(format!("{url}/dump?limit=10000")).send().await.ok()?;
     if !resp.status().is_success() {
         return None;
@@ -430,7 +431,7 @@ async fn dump(http: &reqwest::Client, url: &str) -> Option<Vec<(String, u64, Opt
         let key = v["key"].as_str()?.to_string();
         let version = v["version"].as_u64()?;
         let value = if v["tombstone"] == true { None } else { Some(v["value"].as_str()?.to_string()) };
-        out.push((key, version, value));
+        out.push((key, version, value, v["current"].as_bool().unwrap_or(true)));
     }
     Some(out)
 }
@@ -449,8 +450,9 @@ async fn root_state(http: &reqwest::Client, url: &str, keys: &[String]) -> Vec<O
 /// `compare_dumps`, every live node's `/dump` agrees with them, then
 /// `fresh_after` more (ttl mode: depth × max-age, after which guarantee 1
 /// holds); then records the final reads in `history` (a consistent read at
-/// the root of every key any op touched, a plain read of each of `keys` at
-/// every live node) and returns the [`Final`] for the checker.
+/// the root of every key any op touched, a plain read at every live node of
+/// each of `keys` and of every key it holds) and returns the [`Final`] for
+/// the checker.
 pub async fn final_state(
     nodes: &Nodes,
     history: &History,
@@ -504,13 +506,18 @@ pub async fn final_state(
     for i in nodes.up() {
         let (node, url) = nodes.node(i);
         match dump(&http, &url).await {
-            Some(entries) => fin.dumps.extend(entries.into_iter().map(|(k, v, val)| (node, k, v, val))),
+            Some(entries) => fin.dumps.extend(entries.into_iter().map(|(k, v, val, cur)| (node, k, v, val, cur))),
             None => fin.unhealthy.push((i, "GET /dump failed after quiet".into())),
         }
     }
     for i in nodes.up() {
         let (node, url) = nodes.node(i);
-        for key in keys {
+        // The workload's keys, and whatever else this node holds.
+        let mut mine: Vec<String> = keys.to_vec();
+        mine.extend(fin.dumps.iter().filter(|d| d.0.index == i).map(|d| d.1.clone()));
+        mine.sort();
+        mine.dedup();
+        for key in &mine {
             let id = history.invoke(FINAL_PROCESS, node, Kind::Get, key, None, None);
             history.complete(id, request(&http, &url, Kind::Get, key, None, None).await);
             fin.node_reads.push(id);
@@ -523,7 +530,7 @@ pub async fn final_state(
 async fn dumps_agree(http: &reqwest::Client, nodes: &Nodes, keys: &[String], root: &[Outcome]) -> bool {
     for i in nodes.up() {
         let Some(entries) = dump(http, &nodes.node(i).1).await else { return false };
-        for (key, version, value) in entries {
+        for (key, version, value, _) in entries.into_iter().filter(|e| e.3) {
             let Some(k) = keys.iter().position(|k| *k == key) else { continue };
             let agrees = match &root[k] {
                 Outcome::Ok { version: rv, value: rval } => *rv == Some(version) && *rval == value,
