@@ -817,6 +817,8 @@ fn abs_ms(a: Instant, b: Instant) -> u128 {
 
 /// Most violations printed in full per check.
 const PRINT_PER_CHECK: usize = 3;
+/// Most more violations named in one line each, per check.
+const LIST_PER_CHECK: usize = 20;
 
 /// The text a failing run prints: the seed, a count per check, and the
 /// first few violations of each check with their excerpts.
@@ -834,6 +836,12 @@ pub fn report(seed: u64, ops: &[Op], faults: &[Fault], start: Instant, violation
         for v in list.iter().take(PRINT_PER_CHECK) {
             let _ = writeln!(text, "- {}", v.what);
             text.push_str(&excerpt(ops, faults, start, v));
+        }
+        for v in list.iter().skip(PRINT_PER_CHECK).take(LIST_PER_CHECK) {
+            let _ = writeln!(text, "- {}", v.what);
+        }
+        if list.len() > PRINT_PER_CHECK + LIST_PER_CHECK {
+            let _ = writeln!(text, "- ... and {} more", list.len() - PRINT_PER_CHECK - LIST_PER_CHECK);
         }
     }
     text
