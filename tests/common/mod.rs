@@ -321,22 +321,6 @@ impl Cluster {
         }
     }
 
-    /// SIGSTOP node `i` (it hangs, its ZooKeeper session runs out after
-    /// `SESSION_TIMEOUT`); returns whether a running node was paused.
-    pub fn pause(&mut self, i: usize) -> bool {
-        self.signal(i, libc::SIGSTOP)
-    }
-
-    /// SIGCONT after [`Cluster::pause`].
-    pub fn resume(&mut self, i: usize) -> bool {
-        self.signal(i, libc::SIGCONT)
-    }
-
-    fn signal(&mut self, i: usize, sig: libc::c_int) -> bool {
-        let Some(child) = self.nodes[i].child.as_mut() else { return false };
-        matches!(child.try_wait(), Ok(None)) && send_signal(child.id(), sig)
-    }
-
     /// The id node `i` reported when it last came up healthy.
     pub fn id_of(&self, i: usize) -> Option<u64> {
         self.nodes[i].id
