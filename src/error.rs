@@ -51,6 +51,8 @@ pub enum Error {
     NotParent { from: String, parent: String },
     #[error("this node is shutting down")]
     ShuttingDown,
+    #[error("message from store generation {got} refused: the sender has since reset (generation {have})")]
+    StaleGeneration { got: u64, have: u64 },
     #[error("the write of {key:?} is queued but not yet acknowledged; it will still be delivered")]
     WriteInFlight { key: String },
 }
@@ -77,6 +79,7 @@ impl Error {
             Error::NotChild { .. } => "not_child",
             Error::NotParent { .. } => "not_parent",
             Error::ShuttingDown => "shutting_down",
+            Error::StaleGeneration { .. } => "stale_generation",
             Error::WriteInFlight { .. } => "write_in_flight",
         }
     }
@@ -110,7 +113,8 @@ impl ResponseError for Error {
             | Error::NotRoot { .. }
             | Error::StaleEpoch { .. }
             | Error::NotChild { .. }
-            | Error::NotParent { .. } => StatusCode::CONFLICT,
+            | Error::NotParent { .. }
+            | Error::StaleGeneration { .. } => StatusCode::CONFLICT,
             Error::NotRegistered
             | Error::ParentUnreachable { .. }
             | Error::Zk { .. }

@@ -633,22 +633,33 @@ impl Store {
         }
     }
 
-    /// The parent says the key is absent, deleted at `version` if it knows
-    /// when: drops the entry unless it is newer than that deletion (then
-    /// the parent is behind, and the newer value stays). An entry the
-    /// parent is behind on is current: the parent holds the key and will
-    /// push what comes. Returns whether the entry went.
-    pub fn remove_unless_newer(&self, key: &str, deleted_at: Option<Version>) -> bool {
+    /// The parent says the key is absent, deleted at `deleted_at` if it
+    /// knows when. An entry newer than that deletion stays (the parent is
+    /// behind). A current entry becomes the tombstone, keeping its holders
+    /// (`Newer`: push it to them): removing it would orphan them, and the
+    /// deletion's own push, still on its way, would then be refused as not
+    /// held, leaving the children with the old value for good. Any other
+    /// entry (unconfirmed, so without holders, or no version to go by) is
+    /// removed (`NotHeld`).
+    pub fn apply_absent(&self, key: &str, deleted_at: Option<Version>, t: Time) -> Applied {
+        let generation = self.generation();
+        let tick = self.next_tick();
         let mut shard = self.shard(key).write();
-        let keep = match (shard.map.get(key), deleted_at) {
-            (Some(entry), Some(deleted)) => entry.version > deleted,
-            (Some(_), None) => false,
-            (None, _) => return false,
+        let (version, current) = match shard.map.get(key) {
+            None => return Applied::NotHeld,
+            Some(entry) => (entry.version, entry.stamp.is_current(generation)),
         };
-        if keep {
-            return false;
+        match deleted_at {
+            Some(deleted) if version > deleted => Applied::Stale,
+            Some(deleted) if current => {
+                let tombstone = Update { key: key.to_string(), version: deleted, value: None, expires_at: None };
+                shard.apply_if_newer(&tombstone, t, tick, generation)
+            }
+            _ => {
+                shard.remove(key);
+                Applied::NotHeld
+            }
         }
-        shard.remove(key).is_some()
     }
 
     /// Drops a key (no longer held), returning its holders.
@@ -1065,14 +1076,24 @@ mod tests {
     }
 
     #[test]
-    fn an_absent_answer_removes_only_what_is_not_newer() {
+    fn an_absent_answer_keeps_newer_entries_and_holders() {
         let s = Store::new();
         s.apply(&put("k", 5, "v"), t(0));
-        assert!(!s.remove_unless_newer("k", Some(4)), "the parent is behind: keep ours");
-        assert!(s.remove_unless_newer("k", Some(6)));
-        s.apply(&put("k", 7, "v"), t(0));
-        assert!(s.remove_unless_newer("k", None));
-        assert!(!s.remove_unless_newer("k", None));
+        s.get_and_hold("k", 7, t(0));
+        assert_eq!(s.apply_absent("k", Some(4), t(1)), Applied::Stale, "the parent is behind: keep ours");
+        // Deleted later than what we hold: the tombstone replaces the value
+        // and the child that holds it is to be told.
+        assert_eq!(s.apply_absent("k", Some(6), t(1)), Applied::Newer { holders: vec![7] });
+        assert!(matches!(s.get("k", t(1)), Lookup::Tombstone { version: 6, .. }));
+        assert_eq!(s.holders_of("k"), vec![7]);
+        // Unconfirmed (after a reset) or no version to go by: removed.
+        s.apply(&put("j", 2, "v"), t(0));
+        s.reset();
+        assert_eq!(s.apply_absent("j", Some(3), t(1)), Applied::NotHeld);
+        assert_eq!(s.get("j", t(1)), Lookup::Absent);
+        s.apply(&put("j", 4, "v"), t(0));
+        assert_eq!(s.apply_absent("j", None, t(1)), Applied::NotHeld);
+        assert_eq!(s.apply_absent("missing", Some(9), t(1)), Applied::NotHeld);
     }
 
     #[test]

@@ -236,20 +236,49 @@ async fn internal_messages_from_strangers_are_refused_and_change_nothing() {
         value: Some(bytes::Bytes::from_static(b"forged")),
         expires_at: None,
     };
-    let body = treecache::wire::encode_updates(&[update]).to_vec();
+    let body = treecache::wire::encode_updates(std::slice::from_ref(&update)).to_vec();
+    let body_again = || treecache::wire::encode_updates(std::slice::from_ref(&update)).to_vec();
     let push = format!("{}/internal/push", c.url(2));
     let (status, reply) = post(
         &c,
         push.clone(),
         body.clone(),
-        &[("x-treecache-from", "999".into()), ("x-treecache-epoch", epoch.to_string())],
+        &[
+            ("x-treecache-from", "999".into()),
+            ("x-treecache-epoch", epoch.to_string()),
+            ("x-treecache-generation", "99".into()),
+        ],
     )
     .await;
     assert_eq!((status, reply["code"].as_str()), (409, Some("not_parent")));
-    let (status, reply) =
-        post(&c, push, body, &[("x-treecache-from", a.to_string()), ("x-treecache-epoch", (epoch - 1).to_string())])
-            .await;
+    let (status, reply) = post(
+        &c,
+        push,
+        body,
+        &[
+            ("x-treecache-from", a.to_string()),
+            ("x-treecache-epoch", (epoch - 1).to_string()),
+            ("x-treecache-generation", "99".into()),
+        ],
+    )
+    .await;
     assert_eq!((status, reply["code"].as_str()), (409, Some("stale_epoch")));
+    let r = c.get(2, "k", "").await;
+    assert_eq!((r.text().as_str(), r.cache.as_deref()), ("v", Some("hit")), "nothing changed");
+    // A push formed before a reset the child has already heard of.
+    let empty = treecache::wire::encode_updates(&[]).to_vec();
+    let from_a = |generation: &str| {
+        vec![
+            ("x-treecache-from", a.to_string()),
+            ("x-treecache-epoch", epoch.to_string()),
+            ("x-treecache-generation", generation.to_string()),
+        ]
+    };
+    let push = format!("{}/internal/push", c.url(2));
+    let (status, _) = post(&c, push.clone(), empty, &from_a("1000")).await;
+    assert_eq!(status, 200, "the parent announces generation 1000");
+    let (status, reply) = post(&c, push, body_again(), &from_a("999")).await;
+    assert_eq!((status, reply["code"].as_str()), (409, Some("stale_generation")));
     let r = c.get(2, "k", "").await;
     assert_eq!((r.text().as_str(), r.cache.as_deref()), ("v", Some("hit")), "nothing changed");
     // Registration: ids out of range and URLs that are not a node's.

@@ -68,15 +68,19 @@ pub async fn fill(node: ThinData<Node>, req: HttpRequest) -> Result<HttpResponse
     })
 }
 
-/// The sending node's id (`X-Treecache-From`), required on pushes and clears.
-fn sender_of(req: &HttpRequest) -> Result<u64> {
-    req.headers()
-        .get(crate::node::FROM_HEADER)
-        .ok_or_else(|| Error::bad_param("x-treecache-from", "required: the sending node's id"))?
-        .to_str()
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::bad_param("x-treecache-from", "not a node id"))
+/// The sending node's id (`X-Treecache-From`) and store generation
+/// (`X-Treecache-Generation`), required on pushes and clears.
+fn sender_of(req: &HttpRequest) -> Result<(u64, u64)> {
+    let number = |name: &'static str, what: &str| {
+        req.headers()
+            .get(name)
+            .ok_or_else(|| Error::bad_param(name, format!("required: the sender's {what}")))?
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::bad_param(name, format!("not a {what}")))
+    };
+    Ok((number(crate::node::FROM_HEADER, "node id")?, number(crate::node::GENERATION_HEADER, "store generation")?))
 }
 
 pub async fn write(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
@@ -100,7 +104,8 @@ pub async fn push(node: ThinData<Node>, req: HttpRequest, body: web::Payload) ->
     node.check_epoch(epoch_of(&req)?)?;
     let body = read_body(&req, body, MAX_BATCH_BYTES).await?;
     let updates = wire::decode_updates(&body).map_err(Error::BadRequest)?;
-    Ok(HttpResponse::Ok().json(node.receive_push(sender_of(&req)?, updates)?))
+    let (from, generation) = sender_of(&req)?;
+    Ok(HttpResponse::Ok().json(node.receive_push(from, generation, updates)?))
 }
 
 pub async fn topology(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
@@ -112,7 +117,8 @@ pub async fn topology(node: ThinData<Node>, req: HttpRequest, body: web::Payload
 
 pub async fn clear(node: ThinData<Node>, req: HttpRequest) -> Result<HttpResponse> {
     node.check_epoch(epoch_of(&req)?)?;
-    node.receive_clear(sender_of(&req)?)?;
+    let (from, generation) = sender_of(&req)?;
+    node.receive_clear(from, generation)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "ok": true })))
 }
 

@@ -108,6 +108,8 @@ async fn malformed_registrations_and_internal_messages_are_refused() {
     expect(push, StatusCode::BAD_REQUEST, "bad_parameter").await;
     let push = TestRequest::post().uri("/internal/push").insert_header((crate::node::FROM_HEADER, "me"));
     expect(push.set_payload(vec![0u8, 0, 0, 0]), StatusCode::BAD_REQUEST, "bad_parameter").await;
+    let push = TestRequest::post().uri("/internal/push").insert_header((crate::node::FROM_HEADER, "4"));
+    expect(push.set_payload(vec![0u8, 0, 0, 0]), StatusCode::BAD_REQUEST, "bad_parameter").await;
     expect(TestRequest::post().uri("/internal/clear"), StatusCode::BAD_REQUEST, "bad_parameter").await;
     // Ids out of range and URLs that are not a node's base URL.
     expect(

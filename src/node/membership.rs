@@ -210,11 +210,15 @@ impl Node {
                 }
             };
             let reset = reset && !topology.is_root();
+            let new_parent = place.as_ref().is_none_or(|old| old.topology.parent != topology.parent);
+            if new_parent {
+                self.inner.parent_generation.store(0, Ordering::Release);
+            }
             let children = topology.children.clone();
             *place = Some(Arc::new(Place { topology, coherence, root_url }));
             (reset, new_epoch, children)
         };
-        if new_epoch {
+        if new_epoch || reset {
             self.drop_queued_pushes();
         }
         self.sync_children(&children);
@@ -249,7 +253,13 @@ impl Node {
             if !still_ours || self.inner.store.generation() != generation || self.is_shutting_down() {
                 return; // a newer reset took over, or the child moved on
             }
-            let mut req = self.inner.http.post(&url).header(EPOCH_HEADER, self.epoch()).timeout(CONTROL_TIMEOUT);
+            let mut req = self
+                .inner
+                .http
+                .post(&url)
+                .header(EPOCH_HEADER, self.epoch())
+                .header(super::GENERATION_HEADER, generation)
+                .timeout(CONTROL_TIMEOUT);
             if let Some(t) = self.topology() {
                 req = req.header(super::FROM_HEADER, t.id);
             }
@@ -271,8 +281,9 @@ impl Node {
     }
 
     /// `POST /internal/clear` from node `from`, which must be our parent.
-    pub fn receive_clear(&self, from: NodeId) -> Result<()> {
+    pub fn receive_clear(&self, from: NodeId, generation: u64) -> Result<()> {
         self.check_from_parent(from)?;
+        self.heard_parent_generation(generation)?;
         let place = self.place()?;
         self.reset_subtree(&place.topology.children);
         Ok(())

@@ -52,6 +52,10 @@ pub const EPOCH_HEADER: &str = "x-treecache-epoch";
 /// Header naming the sending node on pushes and clears: a node takes them
 /// from its parent only.
 pub const FROM_HEADER: &str = "x-treecache-from";
+/// Header carrying the sender's store generation on pushes and resets: a
+/// push formed before its sender's last reset is refused by a child that
+/// has already heard of that reset (the sender forgot it as a holder).
+pub const GENERATION_HEADER: &str = "x-treecache-generation";
 /// How long a leaving node waits for its queued writes to reach its parent.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
@@ -83,6 +87,9 @@ struct Inner {
     outcomes: Mutex<write::Outcomes>,
     /// Write answers dropped so far (`--fault-lose-write-replies`).
     lost_replies: AtomicU64,
+    /// The highest store generation our current parent has announced (in
+    /// a push or a reset); 0 after a change of parent.
+    parent_generation: AtomicU64,
     flights: Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<read::FillOutcome>>>>,
     pushers: Mutex<HashMap<NodeId, Arc<push::PushQueue>>>,
     membership: membership::Membership,
@@ -132,6 +139,7 @@ impl Node {
                 uplink: write::Uplink::default(),
                 outcomes: Mutex::new(write::Outcomes::default()),
                 lost_replies: AtomicU64::new(0),
+                parent_generation: AtomicU64::new(0),
                 flights: Mutex::new(HashMap::new()),
                 pushers: Mutex::new(HashMap::new()),
                 shutdown,
@@ -171,8 +179,8 @@ impl Node {
     }
 
     /// POSTs an encoded batch to another node's internal route `url`
-    /// (`peer` is its base URL, for errors), saying who sends it and from
-    /// which epoch, and reads its JSON answer.
+    /// (`peer` is its base URL, for errors), saying who sends it, from which
+    /// epoch and store generation, and reads its JSON answer.
     async fn post_internal<T: serde::de::DeserializeOwned>(
         &self,
         http: reqwest::Client,
@@ -180,8 +188,14 @@ impl Node {
         url: &str,
         body: bytes::Bytes,
         timeout: Duration,
+        generation: u64,
     ) -> Result<T> {
-        let mut req = http.post(url).header(EPOCH_HEADER, self.epoch()).timeout(timeout).body(body);
+        let mut req = http
+            .post(url)
+            .header(EPOCH_HEADER, self.epoch())
+            .header(GENERATION_HEADER, generation)
+            .timeout(timeout)
+            .body(body);
         if let Some(t) = self.topology() {
             req = req.header(FROM_HEADER, t.id);
         }

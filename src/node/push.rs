@@ -112,7 +112,18 @@ impl Node {
         }
     }
 
-    /// Drops every queued push: they belong to an epoch that ended.
+    /// Notes the generation our parent sends from; refuses a push formed
+    /// before a reset of the parent's that we have already heard of.
+    pub(super) fn heard_parent_generation(&self, generation: u64) -> Result<()> {
+        let known = self.inner.parent_generation.fetch_max(generation, std::sync::atomic::Ordering::AcqRel);
+        if generation < known {
+            return Err(Error::StaleGeneration { got: generation, have: known });
+        }
+        Ok(())
+    }
+
+    /// Drops every queued push: they were formed before an epoch change
+    /// or a reset.
     pub(super) fn drop_queued_pushes(&self) {
         for q in self.inner.pushers.lock().values() {
             q.clear();
@@ -172,6 +183,9 @@ impl Node {
             if q.is_closed() || self.is_shutting_down() {
                 return;
             }
+            // Taken in this generation: if we reset before it is delivered,
+            // the child may have heard of the reset first and refuses it.
+            let generation = self.inner.store.generation();
             let batch = q.take();
             if batch.is_empty() {
                 tokio::select! {
@@ -185,7 +199,7 @@ impl Node {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             let sent_at = self.inner.store.tick_now();
-            match self.send_push(&q.peer, &batch).await {
+            match self.send_push(&q.peer, &batch, generation).await {
                 Ok(reply) => {
                     Metrics::add(&self.inner.metrics.pushes_sent, batch.len() as u64);
                     Metrics::inc(&self.inner.metrics.push_batches_sent);
@@ -197,7 +211,9 @@ impl Node {
                 Err(e) => {
                     Metrics::inc(&self.inner.metrics.push_failures);
                     log::warn!("push of {} updates to child {} ({}) failed: {e}", batch.len(), q.peer.id, q.peer.url);
-                    q.requeue(batch);
+                    if self.inner.store.generation() == generation {
+                        q.requeue(batch);
+                    } // else: formed before our reset; the child revalidates instead
                     if !self.pause(backoff).await {
                         return;
                     }
@@ -207,17 +223,18 @@ impl Node {
         }
     }
 
-    async fn send_push(&self, child: &Peer, batch: &[Update]) -> Result<PushReply> {
+    async fn send_push(&self, child: &Peer, batch: &[Update], generation: u64) -> Result<PushReply> {
         let url = format!("{}/internal/push", child.url);
         let body = crate::wire::encode_updates(batch);
-        self.post_internal(self.inner.http.clone(), &child.url, &url, body, PUSH_TIMEOUT).await
+        self.post_internal(self.inner.http.clone(), &child.url, &url, body, PUSH_TIMEOUT, generation).await
     }
 
     /// `POST /internal/push` from node `from`: apply what is newer and
     /// held, pass it on to our own holders, name what we do not hold. Only
     /// our parent may push to us.
-    pub fn receive_push(&self, from: NodeId, updates: Vec<Update>) -> Result<PushReply> {
+    pub fn receive_push(&self, from: NodeId, generation: u64, updates: Vec<Update>) -> Result<PushReply> {
         self.check_from_parent(from)?;
+        self.heard_parent_generation(generation)?;
         let store = &self.inner.store;
         let metrics = &self.inner.metrics;
         Metrics::add(&metrics.pushes_received, updates.len() as u64);

@@ -21,7 +21,7 @@ use crate::clock::Time;
 use crate::coherence::Decision;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::store::{Lookup, Millis, NodeId, Update, Version};
+use crate::store::{Applied, Lookup, Millis, NodeId, Update, Version};
 
 /// Whether a read was answered from this node's store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,7 +241,13 @@ impl Node {
                     Metrics::inc(&self.inner.metrics.revalidations_unchanged);
                 }
                 FillOutcome::NotFound { deleted_at } => {
-                    store.remove_unless_newer(key, *deleted_at);
+                    if let Applied::Newer { holders } = store.apply_absent(key, *deleted_at, asked) {
+                        if let Some(version) = deleted_at {
+                            let tombstone =
+                                Update { key: key.to_string(), version: *version, value: None, expires_at: None };
+                            self.push_to(&holders, &tombstone);
+                        }
+                    }
                 }
                 FillOutcome::Failed { .. } => {}
             }

@@ -543,7 +543,14 @@ impl Node {
         let url = format!("{}/internal/write?child={}", parent.url, place.topology.id);
         let writes: Vec<Write> = batch.iter().map(|p| p.write.clone()).collect();
         let results: WriteResults = self
-            .post_internal(self.inner.http.clone(), &parent.url, &url, wire::encode_writes(&writes), UPLINK_TIMEOUT)
+            .post_internal(
+                self.inner.http.clone(),
+                &parent.url,
+                &url,
+                wire::encode_writes(&writes),
+                UPLINK_TIMEOUT,
+                self.inner.store.generation(),
+            )
             .await?;
         if results.results.len() != batch.len() {
             return Err(Error::Internal(format!(
