@@ -239,6 +239,11 @@ impl Node {
         self.inner.place.read().as_ref().map(|p| p.topology.clone())
     }
 
+    /// Writes queued here or in flight to the parent, not yet taken by it.
+    pub fn uplink_pending(&self) -> usize {
+        self.inner.uplink.len()
+    }
+
     /// `--fault-lose-write-replies`: whether to drop this write answer.
     pub fn lose_this_write_reply(&self) -> bool {
         let limit = self.args().fault_lose_write_replies;

@@ -387,6 +387,27 @@ async fn kill_and_restart(
 }
 
 /// /health of node `i`, with a short timeout.
+/// Every live node is registered in the root's epoch and has handed its
+/// parent every write it took: nothing is still on its way to the root.
+async fn tree_settled(http: &reqwest::Client, nodes: &Nodes, root_url: &str) -> bool {
+    let Some(epoch) = health(http, root_url).await.and_then(|h| h["epoch"].as_u64()) else { return false };
+    for i in nodes.up() {
+        let url = nodes.node(i).1;
+        if health(http, &url).await.and_then(|h| h["epoch"].as_u64()) != Some(epoch) {
+            return false;
+        }
+        let metrics = match http.get(format!("{url}/metrics")).timeout(Duration::from_secs(2)).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => return false,
+        };
+        let pending = metrics.lines().find_map(|l| l.strip_prefix("treecache_uplink_pending ")).map(str::trim);
+        if pending != Some("0") {
+            return false;
+        }
+    }
+    true
+}
+
 async fn health(http: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
     let resp = http.get(format!("{url}/health")).timeout(Duration::from_secs(2)).send().await.ok()?;
     if !resp.status().is_success() {
@@ -476,6 +497,10 @@ pub async fn final_state(
         }
         root = found;
         if let Some(r) = root {
+            if !tree_settled(&http, nodes, &nodes.node(r).1).await {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
             let url = nodes.node(r).1;
             let now = root_state(&http, &url, keys).await;
             let answered = now.iter().all(|o| matches!(o, Outcome::Ok { .. } | Outcome::NotFound { .. }));
