@@ -192,3 +192,17 @@ async fn every_route_answers_a_wrong_method_with_a_json_405_and_allow() {
     }
     assert!(n.store().is_empty(), "nothing stored");
 }
+
+#[actix_web::test]
+async fn docs_operations_md_lists_every_metric_the_node_renders() {
+    let n = node();
+    let app = init_service(App::new().app_data(ThinData(n.clone())).configure(|cfg| super::routes(cfg, 16))).await;
+    let resp = call_service(&app, TestRequest::get().uri("/metrics").to_request()).await;
+    let text = String::from_utf8_lossy(&actix_web::test::read_body(resp).await).into_owned();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).expect("operations.md");
+    let names: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next()).collect();
+    assert!(names.len() > 10, "{text}");
+    let missing: Vec<_> = names.iter().filter(|n| !doc.contains(&format!("`{n}`"))).collect();
+    assert!(missing.is_empty(), "docs/operations.md does not list {missing:?}");
+}
