@@ -21,13 +21,16 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 use treecache::config::{Cli, Command};
 use treecache::node::Node;
-use treecache::store::{check_key, Update, MAX_KEY_BYTES};
-use treecache::wire::{decode_updates, encode_updates, KeyList, PushReply, RegisterRequest, Topology, WriteResults};
+use treecache::store::{check_key, Update, WriteId, MAX_KEY_BYTES};
+use treecache::wire::{
+    decode_updates, decode_writes, encode_updates, encode_writes, KeyList, PushReply, RegisterRequest, Topology, Write,
+    WriteResults,
+};
 
 const CASES: u32 = 512;
 /// Large enough for the byte-flip property to reach the flags byte of
 /// every update kind; still about a second.
-const FLIP_CASES: u32 = 4096;
+const FLIP_CASES: u32 = 2048;
 const MAX_VALUE: usize = 64;
 
 /// Random seeds (each run explores new inputs); a failure is saved to
@@ -91,6 +94,44 @@ fn batches_round_trip() {
         .run(&proptest::collection::vec(any_update(), 0..20), |updates| {
             let encoded = encode_updates(&updates);
             prop_assert_eq!(decode_updates(&encoded).map_err(TestCaseError::fail)?, updates);
+            Ok(())
+        })
+        .unwrap();
+}
+
+fn any_write() -> impl Strategy<Value = Write> {
+    (any_update(), any::<(u64, u64, u64)>(), any::<bool>()).prop_map(
+        |(update, (origin, incarnation, seq), ack_root)| Write {
+            update,
+            id: WriteId { origin, incarnation, seq },
+            ack_root,
+        },
+    )
+}
+
+#[test]
+fn write_batches_round_trip_and_are_not_pushes() {
+    TestRunner::new(config())
+        .run(&proptest::collection::vec(any_write(), 1..12), |writes| {
+            let encoded = encode_writes(&writes);
+            prop_assert_eq!(decode_writes(&encoded).map_err(TestCaseError::fail)?, writes);
+            prop_assert!(decode_updates(&encoded).is_err(), "a write batch is no push");
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_write_batch_with_one_byte_changed_decodes_to_what_it_says_or_is_an_error() {
+    let cases = (proptest::collection::vec(any_write(), 1..4), any::<prop::sample::Index>(), 1u8..=255);
+    TestRunner::new(Config { cases: FLIP_CASES, ..config() })
+        .run(&cases, |(writes, at, flip)| {
+            let mut bytes = encode_writes(&writes).to_vec();
+            let i = at.index(bytes.len());
+            bytes[i] ^= flip;
+            if let Ok(decoded) = decode_writes(&Bytes::from(bytes.clone())) {
+                prop_assert_eq!(&encode_writes(&decoded)[..], &bytes[..], "byte {} ^ {:#x}", i, flip);
+            }
             Ok(())
         })
         .unwrap();
@@ -424,7 +465,17 @@ fn unknown_flag_bits_are_refused() {
     let update = Update { key: "k".into(), version: 1, value: None, expires_at: None };
     let mut bytes = encode_updates(&[update]).to_vec();
     let flags = bytes.len() - 1;
-    bytes[flags] |= 0x04;
+    bytes[flags] |= 0x10;
     let err = decode_updates(&Bytes::from(bytes)).unwrap_err();
-    assert!(err.contains("unknown flags 0x04"), "{err}");
+    assert!(err.contains("unknown flags 0x10"), "{err}");
+}
+
+#[test]
+fn a_push_flagged_ack_root_without_a_write_id_is_refused() {
+    let update = Update { key: "k".into(), version: 1, value: None, expires_at: None };
+    let mut bytes = encode_updates(&[update]).to_vec();
+    let flags = bytes.len() - 1;
+    bytes[flags] |= 0x08;
+    let err = decode_updates(&Bytes::from(bytes)).unwrap_err();
+    assert!(err.contains("without a write id"), "{err}");
 }

@@ -90,6 +90,25 @@ fn every_error_response_is_the_json_error_shape() {
     }
 }
 
+#[test]
+fn every_error_code_the_server_has_is_in_the_error_schema() {
+    let spec = spec();
+    let documented: BTreeSet<&str> = spec["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
+        .as_vec()
+        .expect("Error.code is an enum")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    // The codes are the string literals of Error::code() in src/error.rs.
+    let source = std::fs::read_to_string(repo().join("src/error.rs")).expect("src/error.rs");
+    let body = source.split("pub fn code(&self)").nth(1).and_then(|rest| rest.split("\n    }\n").next()).unwrap_or("");
+    let codes: BTreeSet<&str> = body.lines().filter_map(|l| l.split("=> \"").nth(1)?.split('"').next()).collect();
+    assert!(codes.len() > 10, "found the codes in src/error.rs: {codes:?}");
+    let missing: Vec<_> = codes.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&codes).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "codes not in the spec: {missing:?}; in the spec only: {extra:?}");
+}
+
 fn schemathesis() -> PathBuf {
     let bin = repo().join(".venv-tests/bin/schemathesis");
     assert!(bin.exists(), "{} is missing: run scripts/install-test-deps.sh", bin.display());
