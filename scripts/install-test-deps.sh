@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently: ZooKeeper (through
 # provision/install-zookeeper.sh), the tools the deployment and baseline
-# tests call (vagrant, shellcheck, iproute2, redis, jq, curl), and the cargo
-# components for the lint steps. Then checks that every one of them is
-# there, and fails naming what is missing. Needs root only to install.
+# tests call (vagrant, shellcheck, iproute2, redis, jq, curl), schemathesis
+# (PyPI, pinned, in a venv at .venv-tests/ so Debian's pip need not touch the
+# system Python) for tests/openapi.rs, and the cargo components for the lint
+# steps. Then checks that every one of them is there, and fails naming what
+# is missing. Needs root only to install.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(vagrant shellcheck iproute2 redis-server redis-tools jq curl)
+packages=(vagrant shellcheck iproute2 redis-server redis-tools jq curl python3 python3-venv)
+# The version tests/openapi.rs was written against; its CLI changes between majors.
+schemathesis_version=4.32.5
+venv="$here/.venv-tests"
 
 installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
@@ -43,11 +48,24 @@ install_components() {
     done
 }
 
+# Debian's python3 (not a pyenv or other shim on PATH), so the venv lives
+# as long as the package does.
+install_schemathesis() {
+    if [ -x "$venv/bin/schemathesis" ] &&
+        [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null)" = "$schemathesis_version" ]; then
+        return 0
+    fi
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check --no-input "schemathesis==$schemathesis_version" </dev/null
+}
+
 check_tools() {
     local missing=() t
     for t in java /usr/share/zookeeper/bin/zkCli.sh vagrant shellcheck ip redis-server redis-cli redis-benchmark jq curl cargo; do
         command -v "$t" >/dev/null 2>&1 || missing+=("$t")
     done
+    [ -x "$venv/bin/schemathesis" ] || missing+=("$venv/bin/schemathesis")
     cargo fmt --version >/dev/null 2>&1 || missing+=("cargo fmt")
     cargo clippy --version >/dev/null 2>&1 || missing+=("cargo clippy")
     if [ ${#missing[@]} -gt 0 ]; then
@@ -59,4 +77,5 @@ check_tools() {
 "$here/provision/install-zookeeper.sh"
 install_packages
 install_components
+install_schemathesis
 check_tools

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// treecache: a hierarchical tree cache coordinated by ZooKeeper.
 #[derive(Debug, Parser)]
-#[command(name = "treecache", version, about, long_about = None)]
+#[command(name = "treecache", version, about, long_about = None, after_long_help = crate::cli::EXIT_CODES_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -32,6 +32,10 @@ pub enum Command {
     Tree(crate::cli::tree::TreeArgs),
     /// Load generator: hit, miss, write, converge, mixed and scale scenarios.
     Bench(crate::cli::bench::BenchArgs),
+    /// Shell completions (bash, zsh, fish, ...) on stdout.
+    Completions(crate::cli::docs::CompletionsArgs),
+    /// The man page (roff) on stdout: treecache man > treecache.1
+    Man,
 }
 
 /// Coherence mode, chosen at the root and handed to nodes at registration.
@@ -274,6 +278,26 @@ mod tests {
         assert!(node(&["--mode", "ttl", "--max-age", "1s"]).is_ok());
         assert!(node(&["--max-age", "1s"]).is_err());
         assert!(node(&["--mode", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn every_flag_of_every_subcommand_reads_an_environment_variable() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if arg.is_positional() || builtin {
+                    continue;
+                }
+                match arg.get_env().and_then(|e| e.to_str()) {
+                    Some(env) if env.starts_with("TREECACHE_") => {}
+                    _ => missing.push(format!("treecache {} --{}", sub.get_name(), arg.get_id())),
+                }
+            }
+        }
+        assert!(missing.is_empty(), "flags without a TREECACHE_ variable: {missing:?}");
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! The `treecache` binary: parse flags, set up logging, hand over to the library.
+//! The `treecache` binary: parse flags, set up logging, hand over to the
+//! library, and exit with the code the failure calls for (`treecache --help`
+//! lists them; `cli::Exit`).
 
 use clap::Parser;
+use treecache::cli::{Exit, Failure};
 use treecache::config::{Cli, Command};
 
 fn main() {
@@ -8,27 +11,33 @@ fn main() {
         env_logger::Env::default().default_filter_or("info,zookeeper_client=warn,actix_server=warn"),
     )
     .init();
+    // Usage errors exit 2 (clap's own code, and Exit::Usage).
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("treecache: cannot start the async runtime: {e}");
-            std::process::exit(1);
+            std::process::exit(Exit::Other as i32);
         }
     };
-    let result = runtime.block_on(async move {
+    let result: Result<(), Failure> = runtime.block_on(async move {
         match cli.command {
-            Command::Node(args) => treecache::node::run_from_args(args).await,
+            Command::Node(args) => {
+                args.validate().map_err(Failure::usage)?;
+                treecache::node::run_from_args(args).await.map_err(Failure::from)
+            }
             Command::Up(args) => treecache::cli::up::run(args).await,
             Command::Get(args) => treecache::cli::client::get(args).await,
             Command::Put(args) => treecache::cli::client::put(args).await,
             Command::Del(args) => treecache::cli::client::del(args).await,
             Command::Tree(args) => treecache::cli::tree::run(args).await,
-            Command::Bench(args) => treecache::cli::bench::run(args).await,
+            Command::Bench(args) => treecache::cli::bench::run(args).await.map_err(Failure::from),
+            Command::Completions(args) => treecache::cli::docs::completions(args),
+            Command::Man => treecache::cli::docs::man(),
         }
     });
-    if let Err(message) = result {
-        eprintln!("treecache: {message}");
-        std::process::exit(1);
+    if let Err(failure) = result {
+        eprintln!("treecache: {}", failure.message);
+        std::process::exit(failure.exit as i32);
     }
 }

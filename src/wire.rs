@@ -96,6 +96,9 @@ fn take_update(buf: &mut Bytes, i: usize) -> Result<(Update, Option<(WriteId, bo
     if flags & !KNOWN_FLAGS != 0 {
         return Err(format!("update {i}: unknown flags {flags:#04x}"));
     }
+    if flags & ACK_ROOT != 0 && flags & HAS_WRITE_ID == 0 {
+        return Err(format!("update {i}: flags {flags:#04x}: ack=root without a write id"));
+    }
     let write = if flags & HAS_WRITE_ID != 0 {
         let id = WriteId {
             origin: take_u64(buf, "write origin")?,

@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Zk, BIN};
@@ -30,6 +30,8 @@ struct Up {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    /// What it printed on stderr so far.
+    stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl Up {
@@ -39,17 +41,26 @@ impl Up {
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("run treecache up");
         let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
             }
         });
-        Up { child, lines, seen: Vec::new() }
+        let progress = Arc::new(Mutex::new(Vec::new()));
+        let errors = progress.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("up: {line}");
+                errors.lock().unwrap().push(line);
+            }
+        });
+        Up { child, lines, seen: Vec::new(), stderr: progress }
     }
 
     /// Collects stdout up to the line that says the tree is up.
@@ -101,6 +112,13 @@ async fn up_starts_a_tree_prints_it_and_stops_everything_on_sigterm() {
     let ids_roles: Vec<(&str, &str)> = nodes.iter().map(|n| (n[1], n[3])).collect();
     assert_eq!(ids_roles, [("1", "root"), ("2", "leaf"), ("3", "leaf")], "{out}");
     let urls: Vec<String> = nodes.iter().map(|n| n[2].to_string()).collect();
+    // Progress while the nodes started (one line each: stderr is no terminal).
+    let progress = up.stderr.lock().unwrap().clone();
+    for (k, url) in urls.iter().enumerate() {
+        let line = format!("started {}/3 {url}", k + 1);
+        assert!(progress.contains(&line), "no {line:?} in {progress:?}");
+    }
+    assert!(out.lines().chain(progress.iter().map(String::as_str)).all(|l| l.chars().count() <= 80), "{out}");
     assert!(out.contains(&format!("1  {}  (root)", urls[0])), "{out}");
     assert!(out.contains(&format!("├── 2  {}", urls[1])), "{out}");
     assert!(out.contains(&format!("└── 3  {}", urls[2])), "{out}");
@@ -113,6 +131,10 @@ async fn up_starts_a_tree_prints_it_and_stops_everything_on_sigterm() {
     assert!(tree.status.success(), "{}", stderr(&tree));
     assert!(drawn.starts_with("cluster uptest: root 1 at "), "{drawn}");
     assert!(drawn.contains("3 nodes, 3 live"), "{drawn}");
+    // Each node's state, as it reports it, in 80 columns.
+    assert!(drawn.contains(&format!("1  {}  (root)  alive, depth 0, ", urls[0])), "{drawn}");
+    assert!(drawn.contains(&format!("└── 3  {}  alive, depth 1, 0 keys", urls[2])), "{drawn}");
+    assert!(drawn.lines().all(|l| l.chars().count() <= 80), "{drawn}");
 
     let status = up.sigterm_and_wait();
     assert!(status.success(), "treecache up exited with {status}");
@@ -182,8 +204,20 @@ async fn tree_draws_what_zookeeper_records() {
          └── 3  http://n3\n\
          \u{20}   └── 10  http://n10\n"
     );
+    // The command also asks each live node for its state; these URLs
+    // lead nowhere, so every live node gets "(no answer)".
     let out = treecache(&["tree", "--zk", &zk.addr(), "--cluster", "c1"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), drawn);
+    let expected: String = drawn
+        .lines()
+        .map(|l| {
+            if l.starts_with("cluster") || l.ends_with("(dead)") {
+                format!("{l}\n")
+            } else {
+                format!("{l}  (no answer)\n")
+            }
+        })
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,13 +19,21 @@ pub fn node_args(zk: &str, cluster: &str, port: u16) -> Vec<String> {
     vec!["--zk".into(), zk.into(), "--cluster".into(), cluster.into(), "--listen".into(), format!("127.0.0.1:{port}")]
 }
 
-/// Starts `bin node ARGS..` with stdout and stderr appended to `log`. The
+/// Starts `bin node ARGS..` with stdout and stderr appended to `log`, and
+/// no `TREECACHE_*` variables from this process's environment. The
 /// node leads its own process group (a Ctrl-C meant for the caller does not
 /// reach it; the caller stops it) and is killed if the spawning thread dies
 /// (see [`die_with_parent`]).
 pub fn spawn_node(bin: &Path, args: &[String], log: &Path) -> Result<Child, String> {
     let (out, err) = open_log(log)?;
     let mut cmd = Command::new(bin);
+    // The flags say everything; a TREECACHE_* variable meant for the
+    // caller (TREECACHE_ROOT, say) must not turn every node into a root.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|n| n.starts_with("TREECACHE_")) {
+            cmd.env_remove(name);
+        }
+    }
     cmd.arg("node")
         .args(args)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| NODE_LOG_FILTER.into()))

@@ -1,7 +1,9 @@
-//! `treecache tree`: the tree as ZooKeeper records it, drawn like `tree(1)`.
-//! Reads `/treecache/<cluster>/tree` (one znode per node at its path),
-//! `live/` (who is alive) and `root` (who leads), and only reads: it never
-//! writes to ZooKeeper or talks to a node.
+//! `treecache tree`: the tree as ZooKeeper records it, drawn like `tree(1)`,
+//! with each live node's state as the node itself reports it. Reads
+//! `/treecache/<cluster>/tree` (one znode per node at its path), `live/`
+//! (who is alive) and `root` (who leads), then asks each live node's
+//! `/health` and `/metrics` (short timeout). It only reads: it never writes
+//! to ZooKeeper or to a node.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -9,11 +11,14 @@ use std::time::Duration;
 use clap::Args;
 use zookeeper_client::Client;
 
+use super::{Exit, Failure};
 use crate::cli::local::zk_connect;
 use crate::tree::zk::Paths;
 
 /// How long `tree` waits for ZooKeeper: the session, then the whole read.
 const ZK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long each node may take to answer `/health` and `/metrics`.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Args)]
 pub struct TreeArgs {
@@ -25,9 +30,75 @@ pub struct TreeArgs {
     pub cluster: String,
 }
 
-pub async fn run(args: TreeArgs) -> Result<(), String> {
-    print!("{}", render(&args.zk, &args.cluster).await?);
+pub async fn run(args: TreeArgs) -> Result<(), Failure> {
+    let snapshot = read(&args.zk, &args.cluster, ZK_TIMEOUT).await.map_err(Failure::unavailable)?;
+    if snapshot.records.is_empty() {
+        return Err(Failure::new(Exit::NotFound, no_tree(&args.zk, &args.cluster)));
+    }
+    let states = probe_all(&snapshot).await;
+    print!("{}\n{}", header(&args.cluster, &snapshot), draw_with(&snapshot, &states));
     Ok(())
+}
+
+fn no_tree(zk: &str, cluster: &str) -> String {
+    format!("cluster {cluster:?} has no tree in ZooKeeper at {zk} (is a root running with --cluster {cluster}?)")
+}
+
+/// What a live node says of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// It answered `/health`: its depth, and the entries `/metrics` counts.
+    Alive { depth: u64, keys: Option<u64> },
+    /// Live in ZooKeeper, but no answer over HTTP.
+    NoAnswer,
+}
+
+impl State {
+    fn text(&self) -> String {
+        match self {
+            State::Alive { depth, keys } => {
+                let keys = keys.map_or("? keys".to_string(), |k| format!("{k} key{}", if k == 1 { "" } else { "s" }));
+                format!("alive, depth {depth}, {keys}")
+            }
+            State::NoAnswer => "(no answer)".into(),
+        }
+    }
+}
+
+/// Asks every live node for its state, all at once, each within [`PROBE_TIMEOUT`].
+pub async fn probe_all(s: &Snapshot) -> BTreeMap<u64, State> {
+    let http = match reqwest::Client::builder().timeout(PROBE_TIMEOUT).build() {
+        Ok(http) => http,
+        Err(_) => return BTreeMap::new(),
+    };
+    let live = s.records.iter().filter(|r| s.live.contains(&r.id()));
+    let probes = live.map(|r| {
+        let http = http.clone();
+        async move { (r.id(), probe(&http, &r.url).await) }
+    });
+    futures::future::join_all(probes).await.into_iter().collect()
+}
+
+async fn probe(http: &reqwest::Client, url: &str) -> State {
+    let health = async { http.get(format!("{url}/health")).send().await?.error_for_status()?.json().await };
+    let health: serde_json::Value = match health.await {
+        Ok(h) => h,
+        Err::<_, reqwest::Error>(_) => return State::NoAnswer,
+    };
+    let metrics = async { http.get(format!("{url}/metrics")).send().await?.error_for_status()?.text().await };
+    let keys = metrics.await.ok().and_then(|text| gauge(&text, "treecache_entries"));
+    match health["depth"].as_u64() {
+        Some(depth) => State::Alive { depth, keys },
+        None => State::NoAnswer,
+    }
+}
+
+/// An unlabelled gauge's value from Prometheus text.
+pub fn gauge(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
 }
 
 /// One node's record under `tree/`: its path from the root (ids) and URL.
@@ -60,13 +131,12 @@ pub struct Snapshot {
     pub root: Option<RootInfo>,
 }
 
-/// Reads the cluster's tree from ZooKeeper at `zk` and draws it.
+/// Reads the cluster's tree from ZooKeeper at `zk` and draws it, without
+/// asking the nodes.
 pub async fn render(zk: &str, cluster: &str) -> Result<String, String> {
     let snapshot = read(zk, cluster, ZK_TIMEOUT).await?;
     if snapshot.records.is_empty() {
-        return Err(format!(
-            "cluster {cluster:?} has no tree in ZooKeeper at {zk} (is a root running with --cluster {cluster}?)"
-        ));
+        return Err(no_tree(zk, cluster));
     }
     Ok(format!("{}\n{}", header(cluster, &snapshot), draw(&snapshot)))
 }
@@ -156,6 +226,11 @@ pub fn header(cluster: &str, s: &Snapshot) -> String {
 /// Draws the records like `tree(1)`: one line per node, `id  url`, with
 /// `(root)` on the elected root and `(dead)` on nodes without a live znode.
 pub fn draw(s: &Snapshot) -> String {
+    draw_with(s, &BTreeMap::new())
+}
+
+/// [`draw`], each line ending in the node's state when `states` has it.
+pub fn draw_with(s: &Snapshot, states: &BTreeMap<u64, State>) -> String {
     let mut children: BTreeMap<&[u64], Vec<&Record>> = BTreeMap::new();
     for r in &s.records {
         children.entry(&r.path[..r.path.len().saturating_sub(1)]).or_default().push(r);
@@ -165,30 +240,43 @@ pub fn draw(s: &Snapshot) -> String {
     }
     let mut out = String::new();
     for top in children.get(&[][..]).into_iter().flatten() {
-        out.push_str(&line(top, s));
-        draw_children(top, &children, s, "", &mut out);
+        out.push_str(&line(top, s, states));
+        draw_children(top, &children, s, states, "", &mut out);
     }
     out
 }
 
-fn draw_children(r: &Record, children: &BTreeMap<&[u64], Vec<&Record>>, s: &Snapshot, prefix: &str, out: &mut String) {
+type Children<'a> = BTreeMap<&'a [u64], Vec<&'a Record>>;
+
+fn draw_children(
+    r: &Record,
+    children: &Children<'_>,
+    s: &Snapshot,
+    states: &BTreeMap<u64, State>,
+    prefix: &str,
+    out: &mut String,
+) {
     let kids = children.get(r.path.as_slice()).map(Vec::as_slice).unwrap_or_default();
     for (i, kid) in kids.iter().enumerate() {
         let last = i + 1 == kids.len();
         let (branch, indent) = if last { ("└── ", "    ") } else { ("├── ", "│   ") };
-        out.push_str(&format!("{prefix}{branch}{}", line(kid, s)));
-        draw_children(kid, children, s, &format!("{prefix}{indent}"), out);
+        out.push_str(&format!("{prefix}{branch}{}", line(kid, s, states)));
+        draw_children(kid, children, s, states, &format!("{prefix}{indent}"), out);
     }
 }
 
-/// `id  url` and the markers, with a newline.
-fn line(r: &Record, s: &Snapshot) -> String {
+/// `id  url`, the markers and the state, with a newline.
+fn line(r: &Record, s: &Snapshot, states: &BTreeMap<u64, State>) -> String {
     let mut text = format!("{}  {}", r.id(), r.url);
     if s.root.as_ref().is_some_and(|root| root.id == r.id()) {
         text.push_str("  (root)");
     }
     if !s.live.contains(&r.id()) {
         text.push_str("  (dead)");
+    }
+    if let Some(state) = states.get(&r.id()) {
+        text.push_str("  ");
+        text.push_str(&state.text());
     }
     text.push('\n');
     text
@@ -243,6 +331,32 @@ mod tests {
         let s = snapshot(&[&[1]], &[], None);
         assert_eq!(draw(&s), "1  http://n1  (dead)\n");
         assert_eq!(header("c", &s), "cluster c: no root elected; 1 nodes, 0 live");
+    }
+
+    #[test]
+    fn states_end_the_lines_and_fit_in_80_columns() {
+        let s = snapshot(&[&[1], &[1, 2], &[1, 2, 4], &[1, 3]], &[1, 2, 3], Some(1));
+        let states = BTreeMap::from([
+            (1, State::Alive { depth: 0, keys: Some(12345) }),
+            (2, State::Alive { depth: 1, keys: Some(1) }),
+            (3, State::NoAnswer),
+        ]);
+        let drawn = draw_with(&s, &states);
+        assert_eq!(
+            drawn,
+            "1  http://n1  (root)  alive, depth 0, 12345 keys\n\
+             ├── 2  http://n2  alive, depth 1, 1 key\n\
+             │   └── 4  http://n4  (dead)\n\
+             └── 3  http://n3  (no answer)\n"
+        );
+    }
+
+    #[test]
+    fn the_entries_gauge_is_read_from_prometheus_text() {
+        let text = "# HELP treecache_entries_total x\ntreecache_entries_total 9\ntreecache_entries 42\n";
+        assert_eq!(gauge(text, "treecache_entries"), Some(42));
+        assert_eq!(gauge("treecache_entries NaN\n", "treecache_entries"), Some(0));
+        assert_eq!(gauge("", "treecache_entries"), None);
     }
 
     #[test]

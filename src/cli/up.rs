@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::local::{self, log_tail, node_args, spawn_node, stop_all, wait_healthy, zk_connect};
-use super::tree;
+use super::{tree, Failure};
 use crate::config::{parse_duration, Mode};
 use crate::tree::zk::Paths;
 use crate::zkserver::{free_port, LocalZk};
@@ -27,25 +27,25 @@ const LOG_LINES: usize = 30;
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
     /// Number of nodes, the root included.
-    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=256))]
+    #[arg(long, env = "TREECACHE_NODES", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub nodes: u32,
     /// Use this ZooKeeper (HOST:PORT[,..]) instead of starting a private one.
-    #[arg(long)]
+    #[arg(long, env = "TREECACHE_ZK")]
     pub zk: Option<String>,
     /// Cluster name; the znodes live under /treecache/<cluster>.
-    #[arg(long, default_value = "default")]
+    #[arg(long, env = "TREECACHE_CLUSTER", default_value = "default")]
     pub cluster: String,
     /// Children per node before placement goes one level deeper.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, env = "TREECACHE_FANOUT", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub fanout: u32,
     /// Coherence mode of the tree.
-    #[arg(long, value_enum, default_value_t = Mode::Push)]
+    #[arg(long, env = "TREECACHE_MODE", value_enum, default_value_t = Mode::Push)]
     pub mode: Mode,
     /// Freshness bound per level in ttl mode, e.g. 2s.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, env = "TREECACHE_MAX_AGE", value_parser = parse_duration)]
     pub max_age: Option<Duration>,
     /// HTTP port of the root; node k takes base-port + k. 0: free ports.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "TREECACHE_BASE_PORT", default_value_t = 0)]
     pub base_port: u16,
 }
 
@@ -110,8 +110,8 @@ impl Drop for Running {
     }
 }
 
-pub async fn run(args: UpArgs) -> Result<(), String> {
-    args.validate()?;
+pub async fn run(args: UpArgs) -> Result<(), Failure> {
+    args.validate().map_err(Failure::usage)?;
     let bin = std::env::current_exe().map_err(|e| format!("cannot find the treecache binary: {e}"))?;
     let zk = start_or_check_zk(args.zk.as_deref()).await?;
     let logs = log_dir()?;
@@ -120,15 +120,19 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
     println!("ZooKeeper  {zk_addr}{}", if args.zk.is_some() { "" } else { " (private, stopped with the tree)" });
     let http = reqwest::Client::new();
     let mut urls = Vec::new();
+    let progress = Progress::new(args.nodes);
     for k in 0..args.nodes {
         let port = args.port(k)?;
         let url = format!("http://127.0.0.1:{port}");
         let log = logs.join(format!("node-{k}.log"));
+        progress.starting(k, &url);
         running.nodes.push(spawn_node(&bin, &args.flags(&zk_addr, k, port), &log)?);
         let child = running.nodes.last_mut();
         wait_healthy(&http, &url, HEALTH_TIMEOUT, child).await.map_err(|e| with_log(e, &log))?;
+        progress.up(k, &url);
         urls.push(url);
     }
+    progress.finish();
     print_nodes(&http, &urls).await;
     print_tree(&zk_addr, &args.cluster, urls.len()).await;
     println!("logs in {}\nCtrl-C stops the tree.", logs.display());
@@ -150,15 +154,15 @@ fn log_dir() -> Result<PathBuf, String> {
 
 /// With `--zk`, checks that it answers (so a typo fails now, not after 30 s
 /// of a root that cannot register); without, starts a private one.
-async fn start_or_check_zk(zk: Option<&str>) -> Result<Option<LocalZk>, String> {
+async fn start_or_check_zk(zk: Option<&str>) -> Result<Option<LocalZk>, Failure> {
     match zk {
         Some(addr) => {
-            zk_connect(addr, ZK_TIMEOUT).await?;
+            zk_connect(addr, ZK_TIMEOUT).await.map_err(Failure::unavailable)?;
             Ok(None)
         }
         None => {
             eprintln!("starting a private ZooKeeper...");
-            LocalZk::start().await.map(Some)
+            Ok(LocalZk::start().await.map(Some)?)
         }
     }
 }
@@ -175,6 +179,39 @@ async fn print_nodes(http: &reqwest::Client, urls: &[String]) {
             Ok(h) => println!("{}", node_line(url, &h)),
             Err(e) => println!("node ?   {url}  {e}"),
         }
+    }
+}
+
+/// Progress while nodes start, on stderr: a bar on a terminal, one line
+/// per node otherwise (a log, a CI run).
+struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    fn new(nodes: u32) -> Progress {
+        let bar = indicatif::ProgressBar::new(u64::from(nodes));
+        let style = indicatif::ProgressStyle::with_template("{spinner} starting nodes {pos}/{len} [{bar:20}] {msg}")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress { bar }
+    }
+
+    fn starting(&self, k: u32, url: &str) {
+        self.bar.set_message(format!("{} {url}", if k == 0 { "root" } else { "node" }));
+    }
+
+    fn up(&self, k: u32, url: &str) {
+        self.bar.inc(1);
+        if self.bar.is_hidden() {
+            eprintln!("started {}/{} {url}", k + 1, self.bar.length().unwrap_or(0));
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
     }
 }
 
@@ -304,6 +341,7 @@ mod tests {
         let port = free_port().unwrap();
         let a = up(&["--zk", &format!("127.0.0.1:{port}"), "--nodes", "1"]).unwrap();
         let err = run(a).await.unwrap_err();
-        assert!(err.contains("cannot reach ZooKeeper"), "{err}");
+        assert_eq!(err.exit, super::super::Exit::Unavailable);
+        assert!(err.message.contains("cannot reach ZooKeeper"), "{}", err.message);
     }
 }

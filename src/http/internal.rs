@@ -35,11 +35,7 @@ fn child_of(q: &Query) -> Result<u64> {
 
 pub async fn fill(node: ThinData<Node>, req: HttpRequest) -> Result<HttpResponse> {
     if req.method() != actix_web::http::Method::GET {
-        return Err(Error::MethodNotAllowed {
-            method: req.method().to_string(),
-            path: req.path().to_string(),
-            allowed: "GET",
-        });
+        return super::method_not_allowed(&req, &super::FILL);
     }
     node.check_epoch(epoch_of(&req)?)?;
     let key = key_from(&req, "/internal/fill/")?;

@@ -41,7 +41,7 @@ pub async fn route(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -
         _ => Err(Error::MethodNotAllowed {
             method: req.method().to_string(),
             path: req.path().to_string(),
-            allowed: "GET, HEAD, PUT, POST, DELETE",
+            allowed: super::KV.methods,
         }),
     };
     answer(&node, result)

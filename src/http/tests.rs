@@ -158,3 +158,53 @@ async fn other_methods_are_405_with_allow_and_other_paths_are_not_kv() {
     expect(TestRequest::get().uri("/internal/fill/?child=2"), StatusCode::BAD_REQUEST, "bad_key").await;
     expect(TestRequest::get().uri("/internal/fillx?child=2"), StatusCode::NOT_FOUND, "no_route").await;
 }
+
+/// A concrete path for a route pattern.
+fn sample_path(route: &super::Route) -> String {
+    route.path.replace("{key}", "k")
+}
+
+#[actix_web::test]
+async fn every_route_answers_a_wrong_method_with_a_json_405_and_allow() {
+    use actix_web::http::Method;
+    let n = node();
+    let app = init_service(App::new().app_data(ThinData(n.clone())).configure(|cfg| super::routes(cfg, 16))).await;
+    let all = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "TRACE"];
+    for route in super::ROUTES {
+        let path = sample_path(route);
+        for method in all {
+            let req = TestRequest::default().method(Method::from_bytes(method.as_bytes()).unwrap()).uri(&path);
+            let resp = call_service(&app, req.to_request()).await;
+            let status = resp.status();
+            let allow = resp.headers().get("allow").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let bytes = actix_web::test::read_body(resp).await;
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            if route.methods().any(|m| m == method) {
+                assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {body}");
+                assert_ne!(body["code"], "no_route", "{method} {path} is not registered");
+            } else {
+                assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+                assert_eq!(allow.as_deref(), Some(route.methods), "{method} {path}");
+                if method != "HEAD" {
+                    assert_eq!(body["code"], "method_not_allowed", "{method} {path}: {body}");
+                    assert!(body["error"].as_str().is_some_and(|e| e.contains(route.methods)), "{body}");
+                }
+            }
+        }
+    }
+    assert!(n.store().is_empty(), "nothing stored");
+}
+
+#[actix_web::test]
+async fn docs_operations_md_lists_every_metric_the_node_renders() {
+    let n = node();
+    let app = init_service(App::new().app_data(ThinData(n.clone())).configure(|cfg| super::routes(cfg, 16))).await;
+    let resp = call_service(&app, TestRequest::get().uri("/metrics").to_request()).await;
+    let text = String::from_utf8_lossy(&actix_web::test::read_body(resp).await).into_owned();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).expect("operations.md");
+    let names: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next()).collect();
+    assert!(names.len() > 10, "{text}");
+    let missing: Vec<_> = names.iter().filter(|n| !doc.contains(&format!("`{n}`"))).collect();
+    assert!(missing.is_empty(), "docs/operations.md does not list {missing:?}");
+}

@@ -58,9 +58,12 @@ impl Scenario {
     }
 }
 
+/// When a write is acknowledged (`?ack=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AckArg {
+    /// Once the parent holds the write.
     Parent,
+    /// Once the root has committed it.
     Root,
 }
 
@@ -105,82 +108,82 @@ pub struct BenchArgs {
     #[arg(long, env = "TREECACHE_BENCH_ROOT")]
     pub root: Option<String>,
     /// Which nodes of the discovered tree get the load when --node is not given.
-    #[arg(long, value_enum, default_value_t = Targets::One)]
+    #[arg(long, env = "TREECACHE_BENCH_TARGETS", value_enum, default_value_t = Targets::One)]
     pub targets: Targets,
     /// The URL for the `url` scenario.
-    #[arg(long)]
+    #[arg(long, env = "TREECACHE_BENCH_URL")]
     pub url: Option<String>,
     /// Concurrent connections (each one keep-alive connection).
-    #[arg(short = 'c', long, default_value_t = 16)]
+    #[arg(short = 'c', long, env = "TREECACHE_BENCH_CONNECTIONS", default_value_t = 16)]
     pub connections: usize,
     /// How long to load, e.g. 10s, 500ms (default 10s unless --requests).
-    #[arg(short = 'd', long, value_parser = parse_duration)]
+    #[arg(short = 'd', long, env = "TREECACHE_BENCH_DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Stop after this many requests (per depth for `miss`).
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, env = "TREECACHE_BENCH_REQUESTS")]
     pub requests: Option<u64>,
     /// Open loop at this many requests per second in total (default:
     /// closed loop; `converge` defaults to 100).
-    #[arg(long)]
+    #[arg(long, env = "TREECACHE_BENCH_RATE")]
     pub rate: Option<f64>,
     /// Load this long first and discard what it measured.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, env = "TREECACHE_BENCH_WARMUP", value_parser = parse_duration)]
     pub warmup: Option<Duration>,
     /// Number of distinct keys (default 10000; `converge` 100; `miss`:
     /// cold keys per depth, default --requests or 10000).
-    #[arg(long)]
+    #[arg(long, env = "TREECACHE_BENCH_KEYS")]
     pub keys: Option<u64>,
     /// Key popularity.
-    #[arg(long, value_enum, default_value_t = Popularity::Uniform)]
+    #[arg(long, env = "TREECACHE_BENCH_POPULARITY", value_enum, default_value_t = Popularity::Uniform)]
     pub popularity: Popularity,
     /// Zipfian exponent.
-    #[arg(long, default_value_t = 0.99)]
+    #[arg(long, env = "TREECACHE_BENCH_THETA", default_value_t = 0.99)]
     pub theta: f64,
     /// Value size, fixed (1KiB) or a range (512-8192) (default 512-8192,
     /// as session data is; `converge` 1KiB).
-    #[arg(long)]
+    #[arg(long, env = "TREECACHE_BENCH_VALUE_SIZE")]
     pub value_size: Option<String>,
     /// When a write returns: once the parent has it, or once the root committed it.
-    #[arg(long, value_enum, default_value_t = AckArg::Parent)]
+    #[arg(long, env = "TREECACHE_BENCH_ACK", value_enum, default_value_t = AckArg::Parent)]
     pub ack: AckArg,
     /// Percent of reads in `mixed`.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
+    #[arg(long, env = "TREECACHE_BENCH_READ_PCT", value_parser = clap::value_parser!(u32).range(0..=100))]
     pub read_pct: Option<u32>,
     /// YCSB workload for `mixed`: a (50% reads) or b (95% reads).
-    #[arg(long, value_enum)]
+    #[arg(long, env = "TREECACHE_BENCH_YCSB", value_enum)]
     pub ycsb: Option<Ycsb>,
     /// Key names start with this.
-    #[arg(long, default_value = "bench")]
+    #[arg(long, env = "TREECACHE_BENCH_KEY_PREFIX", default_value = "bench")]
     pub key_prefix: String,
     /// Do not pre-write the keys at the root (they are already there).
-    #[arg(long)]
+    #[arg(long, env = "TREECACHE_BENCH_NO_PREFILL")]
     pub no_prefill: bool,
     /// Per-request timeout.
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, env = "TREECACHE_BENCH_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
     pub timeout: Duration,
     /// `converge`: pause between two polls of one holder.
-    #[arg(long, value_parser = parse_duration, default_value = "1ms")]
+    #[arg(long, env = "TREECACHE_BENCH_POLL_INTERVAL", value_parser = parse_duration, default_value = "1ms")]
     pub poll_interval: Duration,
     /// `converge`: stop waiting for a write to reach every holder after this long.
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, env = "TREECACHE_BENCH_CONVERGE_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub converge_timeout: Duration,
     /// `scale`: node processes to start, the root included.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, env = "TREECACHE_BENCH_NODES", default_value_t = 15)]
     pub nodes: usize,
     /// `scale`: children per node.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, env = "TREECACHE_BENCH_FANOUT", default_value_t = 2)]
     pub fanout: u32,
     /// `scale`: ZooKeeper to use (default: start a private one).
-    #[arg(long)]
+    #[arg(long, env = "TREECACHE_BENCH_ZK")]
     pub zk: Option<String>,
     /// `scale`: how long to wait for every node to register.
-    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    #[arg(long, env = "TREECACHE_BENCH_READY_TIMEOUT", value_parser = parse_duration, default_value = "120s")]
     pub ready_timeout: Duration,
     /// Print the report as JSON.
-    #[arg(long)]
+    #[arg(long, env = "TREECACHE_BENCH_JSON")]
     pub json: bool,
     /// No progress bar (it is drawn only when stdout is a terminal anyway).
-    #[arg(short, long)]
+    #[arg(short, long, env = "TREECACHE_BENCH_QUIET")]
     pub quiet: bool,
 }
 
