@@ -51,6 +51,8 @@ pub enum Error {
     NotParent { from: String, parent: String },
     #[error("this node is shutting down")]
     ShuttingDown,
+    #[error("the write of {key:?} was not committed: {reason}")]
+    WriteRefused { key: String, reason: String },
     #[error("message from store generation {got} refused: the sender has since reset (generation {have})")]
     StaleGeneration { got: u64, have: u64 },
     #[error("the write of {key:?} is queued but not yet acknowledged; it will still be delivered")]
@@ -79,6 +81,7 @@ impl Error {
             Error::NotChild { .. } => "not_child",
             Error::NotParent { .. } => "not_parent",
             Error::ShuttingDown => "shutting_down",
+            Error::WriteRefused { .. } => "write_refused",
             Error::StaleGeneration { .. } => "stale_generation",
             Error::WriteInFlight { .. } => "write_in_flight",
         }
@@ -114,7 +117,8 @@ impl ResponseError for Error {
             | Error::StaleEpoch { .. }
             | Error::NotChild { .. }
             | Error::NotParent { .. }
-            | Error::StaleGeneration { .. } => StatusCode::CONFLICT,
+            | Error::StaleGeneration { .. }
+            | Error::WriteRefused { .. } => StatusCode::CONFLICT,
             Error::NotRegistered
             | Error::ParentUnreachable { .. }
             | Error::Zk { .. }

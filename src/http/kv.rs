@@ -104,7 +104,7 @@ fn write_answer(key: &str, result: &WriteResult, ack: Ack) -> Result<HttpRespons
     match result {
         WriteResult::Committed { created: true, .. } => Ok(HttpResponse::Created().json(answer_body(result, ack))),
         WriteResult::Absent if ack == Ack::Root => Err(Error::NotFound(key.to_string())),
-        WriteResult::Failed { error } => Err(Error::Internal(error.clone())),
+        WriteResult::Failed { error } => Err(Error::WriteRefused { key: key.to_string(), reason: error.clone() }),
         _ => Ok(HttpResponse::Ok().json(answer_body(result, ack))),
     }
 }

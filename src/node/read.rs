@@ -140,7 +140,9 @@ impl Node {
         match outcome {
             FillOutcome::Failed { url, reason } => {
                 let place = self.place()?;
-                if place.coherence.may_serve_stale(before, t.mono, self.args().stale_if_error) {
+                // A consistent read is the root's answer or none.
+                let allowance = self.args().stale_if_error.filter(|_| read != Read::Consistent);
+                if place.coherence.may_serve_stale(before, t.mono, allowance) {
                     if let Some(f) = found(before.clone(), CacheStatus::Stale) {
                         Metrics::inc(&self.inner.metrics.stale_served);
                         return Ok(f);
