@@ -128,7 +128,7 @@ pub struct NodeArgs {
     #[arg(long, env = "TREECACHE_FAULT_PUSH_DELAY_MS", hide = true, default_value_t = 0)]
     pub fault_push_delay_ms: u64,
     /// Fault injection for tests: the first N write batches this node
-    /// answers are settled (committed at the root) and then answered 503,
+    /// answers are settled (committed at the root) and then answered 500,
     /// as if the answer were lost. Never set in production.
     #[arg(long, env = "TREECACHE_FAULT_LOSE_WRITE_REPLIES", hide = true, default_value_t = 0)]
     pub fault_lose_write_replies: u64,

@@ -11,15 +11,16 @@
 //!   ZooKeeper mirror, and a node's own view of its place ([`tree::Topology`]).
 //! - [`coherence`]: push vs ttl; the only place that matches on the mode.
 //! - [`node`]: the running node. Read path: local store, else one
-//!   singleflight fill from the parent. Write path: up the chain to the root,
-//!   which commits and pushes. Push path: per-child coalescing queues.
+//!   singleflight fill from the parent. Write path: one FIFO uplink per
+//!   node to the root, which commits each write id once and pushes. Push
+//!   path: per-child coalescing queues.
 //! - [`http`]: actix routes: public `/kv`, admin (`/health`, `/tree`,
 //!   `/metrics`, `/dump`), registration and the internal node-to-node routes.
 //! - [`metrics`]: counters rendered as Prometheus text.
 //! - [`zkserver`]: a private ZooKeeper from the installed package (tests, `up`).
 //! - [`cli`]: `up`, `tree`, `get|put|del`, `bench`.
 //!
-//! Task ownership: long-lived tasks (push queues, the write forwarder, the
+//! Task ownership: long-lived tasks (push queues, the write uplink, the
 //! ZooKeeper supervisor, the expiry sweeper) start in [`node::Node::start`]
 //! and stop on the node's shutdown signal; handlers never spawn them.
 

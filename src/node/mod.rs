@@ -3,8 +3,8 @@
 //!
 //! - [`read`]: the read path (store, else one singleflight fill from the
 //!   parent) and the parent's side of fills.
-//! - [`write`]: the write path (up the chain to the root, which commits; the
-//!   result comes back down the same path) and the ack=parent forwarder.
+//! - [`write`]: the write path: one FIFO uplink per node for every write,
+//!   the root's commit (each write id once) and settling on the way back.
 //! - [`push`]: per-child coalescing push queues and applying received pushes.
 //! - [`membership`]: ZooKeeper, registration, the root's registrar, and
 //!   re-attachment when parents, sessions or roots change.
@@ -164,8 +164,8 @@ impl Node {
     /// connection's runtime thread, back), a futex wake-up each way. With
     /// a client per worker the request, the connection and the answer stay
     /// on one thread. Each worker keeps its own keep-alive pool.
-    /// Tasks on the node's own multi-threaded runtime (the ack=parent
-    /// forwarder) move between threads: they use the shared client.
+    /// Tasks on the node's own multi-threaded runtime (the uplink, push
+    /// queues) move between threads: they use the shared client.
     fn local_http(&self) -> reqwest::Client {
         thread_local! {
             static HTTP: std::cell::OnceCell<reqwest::Client> = const { std::cell::OnceCell::new() };
