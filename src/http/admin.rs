@@ -54,7 +54,11 @@ pub async fn metrics(node: ThinData<Node>) -> HttpResponse {
         ("depth", "Depth in the tree (root 0).", t.as_ref().map_or(0.0, |t| t.depth as f64)),
         ("children", "Children attached.", t.as_ref().map_or(0.0, |t| t.children.len() as f64)),
         ("epoch", "Root epoch this node follows.", node.epoch() as f64),
-        ("uplink_pending", "Writes this node holds that its parent has not taken yet (queued or in flight).", node.uplink_pending() as f64),
+        (
+            "uplink_pending",
+            "Writes this node holds that its parent has not taken yet (queued or in flight).",
+            node.uplink_pending() as f64,
+        ),
     ];
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(node.metrics().render(&gauges))
 }

@@ -245,7 +245,7 @@ impl Node {
         }
     }
 
-    async fn send_reset(&self, child: crate::wire::Peer, generation: u64) {
+    pub(super) async fn send_reset(&self, child: crate::wire::Peer, generation: u64) {
         let url = format!("{}/internal/clear", child.url);
         let mut backoff = Duration::from_millis(100);
         for attempt in 1u32.. {
@@ -281,7 +281,12 @@ impl Node {
     }
 
     /// `POST /internal/clear` from node `from`, which must be our parent.
+    /// Before registration nothing here is confirmed: nothing to do (the
+    /// new parent tells a child it adds, which may not have its answer yet).
     pub fn receive_clear(&self, from: NodeId, generation: u64) -> Result<()> {
+        if self.place().is_err() {
+            return Ok(());
+        }
         self.check_from_parent(from)?;
         self.heard_parent_generation(generation)?;
         let place = self.place()?;

@@ -144,7 +144,10 @@ impl Node {
     }
 
     /// Makes the push queues match `children`: a queue (and task) per child;
-    /// a child that went is forgotten as a holder everywhere.
+    /// a child that went is forgotten as a holder everywhere. A child that
+    /// comes (or comes back) is told to revalidate what it holds: had it
+    /// been ours before, we forgot it as a holder when it went, and it may
+    /// never have noticed going (a topology message lost or overtaken).
     pub(super) fn sync_children(&self, children: &[Peer]) {
         let (gone, added) = {
             let mut queues = self.inner.pushers.lock();
@@ -171,7 +174,10 @@ impl Node {
         for id in gone {
             self.inner.store.forget_child(id);
         }
+        let generation = self.inner.store.generation();
         for q in added {
+            let (node, child) = (self.clone(), q.peer.clone());
+            self.spawn(async move { node.send_reset(child, generation).await });
             self.spawn(self.clone().run_push_queue(q));
         }
     }
