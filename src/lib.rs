@@ -32,6 +32,7 @@ pub mod coherence;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod log;
 pub mod metrics;
 pub mod node;
 pub mod store;

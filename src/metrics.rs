@@ -65,6 +65,48 @@ impl Metrics {
     }
 }
 
+/// Upper bounds (seconds) of [`Histogram`]'s buckets: from a fast SSD's
+/// fdatasync (~50 µs) to a slow disk's (~1 s).
+const BUCKETS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// A Prometheus histogram of seconds: cumulative buckets, count and sum,
+/// all plain atomics.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, seconds: f64) {
+        if let Some(i) = BUCKETS.iter().position(|&b| seconds <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Appends `treecache_{name}` (a `_seconds` name) in Prometheus text.
+    pub fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP treecache_{name} {help}");
+        let _ = writeln!(out, "# TYPE treecache_{name} histogram");
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "treecache_{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count();
+        let _ = writeln!(out, "treecache_{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "treecache_{name}_sum {}", self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9);
+        let _ = writeln!(out, "treecache_{name}_count {count}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +120,23 @@ mod tests {
         assert!(text.contains("# TYPE treecache_hits_total counter\ntreecache_hits_total 1\n"));
         assert!(text.contains("treecache_pushes_sent_total 3\n"));
         assert!(text.contains("# TYPE treecache_entries gauge\ntreecache_entries 2\n"));
+    }
+
+    #[test]
+    fn histograms_render_cumulative_buckets() {
+        let h = Histogram::default();
+        h.observe(0.0002);
+        h.observe(0.003);
+        h.observe(10.0);
+        let mut text = String::new();
+        h.render("fsync_seconds", "Fsync latency.", &mut text);
+        assert!(text.contains("# TYPE treecache_fsync_seconds histogram\n"));
+        assert!(text.contains("treecache_fsync_seconds_bucket{le=\"0.0001\"} 0\n"));
+        assert!(text.contains("treecache_fsync_seconds_bucket{le=\"0.00025\"} 1\n"));
+        assert!(text.contains("treecache_fsync_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(text.contains("treecache_fsync_seconds_bucket{le=\"2.5\"} 2\n"));
+        assert!(text.contains("treecache_fsync_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("treecache_fsync_seconds_count 3\n"));
+        assert!(text.contains("treecache_fsync_seconds_sum 10.0032"));
     }
 }

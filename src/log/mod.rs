@@ -1,0 +1,546 @@
+//! The root's commit log (DESIGN.md guarantee 3 and "Root restart"): every
+//! committed write is appended here before it is acknowledged or pushed;
+//! a restart rebuilds the store from the newest snapshot and the log after
+//! it. Knows nothing of HTTP or of the tree: the node calls it.
+//!
+//! - [`codec`]: the frame format (length, CRC-32C, 8-byte alignment) and
+//!   the records; pure.
+//! - [`replay`]: recovery from bytes, torn tail versus corruption; pure.
+//! - [`files`]: the only file I/O: the directory layout, the writer thread
+//!   that owns the active segment (group commit), snapshot files.
+//!
+//! A standby (next issue) can take the same frames as a stream: a segment
+//! is a run of self-checking frames, and a snapshot is one too.
+
+pub mod codec;
+mod files;
+pub mod replay;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Fsync;
+use crate::metrics::Histogram;
+use crate::store::{Update, WriteId};
+
+pub use files::{SEGMENT_PREFIX, SNAPSHOT_PREFIX};
+
+/// One committed write as the log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The root epoch that committed it.
+    pub epoch: u64,
+    /// Version 0: the write committed nothing (a delete of an absent key);
+    /// only its write id's outcome is kept.
+    pub update: Update,
+    pub write_id: Option<WriteId>,
+}
+
+/// What a start found on disk.
+#[derive(Clone, Debug, Default)]
+pub struct Recovered {
+    /// Snapshot content first, then the log after it, in log order. Apply
+    /// each if newer: order between keys does not matter, and a record
+    /// seen twice (snapshots are fuzzy) changes nothing the second time.
+    pub records: Vec<Record>,
+    /// Write ids and the version each committed (0: nothing).
+    pub write_ids: Vec<(WriteId, u64)>,
+    pub max_version: u64,
+    pub max_epoch: u64,
+    /// A torn tail that was cut: the file and the offset it now ends at.
+    pub truncated_tail: Option<(PathBuf, u64)>,
+}
+
+/// What the node hands a snapshot: its whole state (a fuzzy dump is fine).
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub records: Vec<Record>,
+    pub write_ids: Vec<(WriteId, u64)>,
+}
+
+/// Settings beyond the fsync policy.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// A segment is closed (fsynced) and the next begun past this size.
+    pub segment_bytes: u64,
+    /// Log bytes written since the last snapshot that call for a new one.
+    pub snapshot_bytes: u64,
+    /// Cut at corruption instead of refusing to start (the operator's call).
+    pub truncate_corrupt: bool,
+    /// Fault injection for tests: every fsync fails.
+    pub fault_fsync_error: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { segment_bytes: 64 << 20, snapshot_bytes: 64 << 20, truncate_corrupt: false, fault_fsync_error: false }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    #[error("commit log {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "commit log {} is corrupt at offset {offset}: {reason} (not a torn tail: refusing to start; \
+         --log-truncate-corrupt cuts the log there, losing what follows)",
+        file.display()
+    )]
+    Corrupt { file: PathBuf, offset: u64, reason: String },
+    #[error("snapshot {} is bad at offset {offset}: {reason}, and no older snapshot can replace it", file.display())]
+    BadSnapshot { file: PathBuf, offset: u64, reason: String },
+    #[error("commit log {}: segment {missing} is missing (segments must run without gaps)", dir.display())]
+    MissingSegment { dir: PathBuf, missing: u64 },
+    #[error("commit log {}: another process holds it", dir.display())]
+    Locked { dir: PathBuf },
+    #[error("the commit log writer has stopped")]
+    Stopped,
+}
+
+impl LogError {
+    fn io(op: &'static str, path: &Path, source: std::io::Error) -> LogError {
+        LogError::Io { op, path: path.to_path_buf(), source }
+    }
+}
+
+/// The log's figures for `/metrics`.
+#[derive(Default)]
+pub struct Stats {
+    /// Bytes in the segment files.
+    pub log_bytes: AtomicU64,
+    pub segments: AtomicU64,
+    /// Bytes appended since the last snapshot began.
+    pub bytes_since_snapshot: AtomicU64,
+    pub last_snapshot_version: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub records: AtomicU64,
+    /// Records covered by fsyncs: divided by `fsyncs`, records per fsync.
+    pub records_synced: AtomicU64,
+    pub fsync_seconds: Histogram,
+}
+
+impl Stats {
+    /// Gauges and counters in the shape `Metrics::render` takes.
+    pub fn gauges(&self) -> Vec<(&'static str, &'static str, f64)> {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        vec![
+            ("log_bytes", "Bytes in the commit log's segment files.", g(&self.log_bytes)),
+            ("log_segments", "Commit log segment files.", g(&self.segments)),
+            ("log_records", "Records appended to the commit log since start.", g(&self.records)),
+            ("log_records_synced", "Records covered by commit log fsyncs since start.", g(&self.records_synced)),
+            (
+                "log_last_snapshot_version",
+                "Highest version in the last snapshot written.",
+                g(&self.last_snapshot_version),
+            ),
+            ("log_snapshots", "Snapshots written since start.", g(&self.snapshots)),
+        ]
+    }
+}
+
+enum Msg {
+    /// Framed bytes; `sync` forces an fsync whatever the policy.
+    Append { frames: Vec<u8>, records: u64, sync: bool, done: oneshot::Sender<()> },
+    /// Close the active segment and begin the next; answers its number.
+    Rotate { done: oneshot::Sender<u64> },
+    /// everysec: a second passed.
+    Tick,
+}
+
+/// Appends waiting for the writer before `append` waits for room.
+const QUEUE: usize = 16 * 1024;
+
+/// The commit log. Clone is a refcount bump.
+#[derive(Clone)]
+pub struct CommitLog {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    fsync: Fsync,
+    opts: Options,
+    tx: mpsc::Sender<Msg>,
+    stats: Arc<Stats>,
+    max_version: AtomicU64,
+    max_epoch: AtomicU64,
+    snapshotting: AtomicBool,
+}
+
+impl CommitLog {
+    /// Opens (or creates) the log in `dir`: recovers, cuts a torn tail,
+    /// and starts the writer thread. Blocking: call it before serving.
+    pub fn open(dir: &Path, fsync: Fsync, opts: Options) -> Result<(CommitLog, Recovered), LogError> {
+        let stats = Arc::new(Stats::default());
+        let (recovered, active) = files::recover(dir, &opts, &stats)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let writer = files::Writer::new(active, dir, fsync, &opts, stats.clone());
+        std::thread::Builder::new()
+            .name("commit-log".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| LogError::io("start the writer for", dir, e))?;
+        if fsync == Fsync::Everysec {
+            let weak = tx.downgrade();
+            std::thread::Builder::new()
+                .name("commit-log-tick".into())
+                .spawn(move || files::tick(weak))
+                .map_err(|e| LogError::io("start the fsync ticker for", dir, e))?;
+        }
+        let log = CommitLog {
+            shared: Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                fsync,
+                opts,
+                tx,
+                stats,
+                max_version: AtomicU64::new(recovered.max_version),
+                max_epoch: AtomicU64::new(recovered.max_epoch),
+                snapshotting: AtomicBool::new(false),
+            }),
+        };
+        Ok((log, recovered))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Resolves once `rec` is durable per the policy: `always` after the
+    /// fsync that covers it (shared with every append queued beside it),
+    /// `everysec` and `never` after the write.
+    pub async fn append(&self, rec: Record) -> Result<(), LogError> {
+        self.shared.max_version.fetch_max(rec.update.version, Ordering::AcqRel);
+        self.shared.max_epoch.fetch_max(rec.epoch, Ordering::AcqRel);
+        let mut frames =
+            Vec::with_capacity(64 + rec.update.key.len() + rec.update.value.as_ref().map_or(0, |v| v.len()));
+        codec::encode(&codec::Entry::Write(rec), &mut frames);
+        self.send(frames, 1, false).await
+    }
+
+    /// Records that epoch `epoch` began; fsynced whatever the policy.
+    pub async fn append_epoch(&self, epoch: u64) -> Result<(), LogError> {
+        self.shared.max_epoch.fetch_max(epoch, Ordering::AcqRel);
+        let mut frames = Vec::new();
+        codec::encode(&codec::Entry::Epoch(epoch), &mut frames);
+        self.send(frames, 1, true).await
+    }
+
+    /// Resolves once everything appended before it is fsynced (shutdown).
+    pub async fn sync(&self) -> Result<(), LogError> {
+        self.send(Vec::new(), 0, true).await
+    }
+
+    async fn send(&self, frames: Vec<u8>, records: u64, sync: bool) -> Result<(), LogError> {
+        let (done, wait) = oneshot::channel();
+        let msg = Msg::Append { frames, records, sync, done };
+        self.shared.tx.send(msg).await.map_err(|_| LogError::Stopped)?;
+        wait.await.map_err(|_| LogError::Stopped)
+    }
+
+    /// Whether enough log has grown since the last snapshot to write one
+    /// (and none is being written).
+    pub fn wants_snapshot(&self) -> bool {
+        self.shared.stats.bytes_since_snapshot.load(Ordering::Relaxed) >= self.shared.opts.snapshot_bytes
+            && !self.shared.snapshotting.load(Ordering::Acquire)
+    }
+
+    /// Writes a snapshot: begins a new segment and remembers its number,
+    /// takes the node's state from `source` (every record in the earlier
+    /// segments is in the store by then: the store is updated before the
+    /// append), writes it to a temp file, fsyncs, renames, fsyncs the
+    /// directory, then deletes the segments and snapshots it replaces.
+    /// Appends go on meanwhile; only the rotation waits for the writer.
+    /// Returns the snapshot's highest version, or `None` if another
+    /// snapshot was under way.
+    pub async fn snapshot<F>(&self, source: F) -> Result<Option<u64>, LogError>
+    where
+        F: FnOnce() -> Snapshot + Send + 'static,
+    {
+        let shared = &self.shared;
+        if shared.snapshotting.swap(true, Ordering::AcqRel) {
+            return Ok(None);
+        }
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _done = Done(&shared.snapshotting);
+        let (done, wait) = oneshot::channel();
+        shared.tx.send(Msg::Rotate { done }).await.map_err(|_| LogError::Stopped)?;
+        let next_segment = wait.await.map_err(|_| LogError::Stopped)?;
+        shared.stats.bytes_since_snapshot.store(0, Ordering::Relaxed);
+        let dir = shared.dir.clone();
+        let stats = shared.stats.clone();
+        let max_version = shared.max_version.load(Ordering::Acquire);
+        let max_epoch = shared.max_epoch.load(Ordering::Acquire);
+        let written = tokio::task::spawn_blocking(move || {
+            let snap = source();
+            files::write_snapshot(&dir, next_segment, max_version, max_epoch, &snap, &stats)
+        })
+        .await
+        .map_err(|_| LogError::Stopped)??;
+        Ok(Some(written))
+    }
+
+    /// The fsync policy in force.
+    pub fn fsync(&self) -> Fsync {
+        self.shared.fsync
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    fn rec(key: &str, version: u64) -> Record {
+        Record {
+            epoch: 1,
+            update: Update {
+                key: key.into(),
+                version,
+                value: Some(Bytes::from(format!("value {version}"))),
+                expires_at: None,
+            },
+            write_id: None,
+        }
+    }
+
+    fn opts() -> Options {
+        Options { segment_bytes: 4096, ..Options::default() }
+    }
+
+    /// Opens `dir`, waiting for a dropped log's writer to let go of it.
+    async fn reopen(dir: &Path, fsync: Fsync, opts: Options) -> (CommitLog, Recovered) {
+        for _ in 0..200 {
+            match CommitLog::open(dir, fsync, opts.clone()) {
+                Err(LogError::Locked { .. }) => tokio::time::sleep(Duration::from_millis(10)).await,
+                other => return other.expect("open the log"),
+            }
+        }
+        panic!("the log in {} stayed locked", dir.display());
+    }
+
+    fn versions(r: &Recovered) -> Vec<u64> {
+        r.records.iter().map(|r| r.update.version).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_come_back_after_reopen_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, recovered) = reopen(dir.path(), Fsync::Always, opts()).await;
+        assert!(recovered.records.is_empty());
+        log.append_epoch(3).await.unwrap();
+        for v in 1..=300 {
+            log.append(rec(&format!("k{}", v % 7), v)).await.unwrap();
+        }
+        assert!(log.stats().segments.load(Ordering::Relaxed) > 2, "4 KiB segments rotate");
+        drop(log);
+        let (log, r) = reopen(dir.path(), Fsync::Always, opts()).await;
+        assert_eq!(versions(&r), (1..=300).collect::<Vec<_>>());
+        assert_eq!((r.max_version, r.max_epoch, r.truncated_tail), (300, 3, None));
+        log.append(rec("after", 301)).await.unwrap();
+        drop(log);
+        let (_, r) = reopen(dir.path(), Fsync::Always, opts()).await;
+        assert_eq!(r.max_version, 301);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_share_fsyncs_under_always() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = reopen(dir.path(), Fsync::Always, Options::default()).await;
+        let n = 500;
+        let appends = (1..=n).map(|v| {
+            let log = log.clone();
+            tokio::spawn(async move { log.append(rec(&format!("k{v}"), v)).await })
+        });
+        for done in futures::future::join_all(appends).await {
+            done.unwrap().unwrap();
+        }
+        let fsyncs = log.stats().fsync_seconds.count();
+        assert!(fsyncs >= 1 && fsyncs < n, "{n} appends took {fsyncs} fsyncs");
+        assert_eq!(log.stats().records_synced.load(Ordering::Relaxed), n);
+        drop(log);
+        let (_, r) = reopen(dir.path(), Fsync::Always, Options::default()).await;
+        assert_eq!(r.records.len() as u64, n);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn everysec_and_never_acknowledge_after_the_write() {
+        for fsync in [Fsync::Everysec, Fsync::Never] {
+            let dir = tempfile::tempdir().unwrap();
+            let (log, _) = reopen(dir.path(), fsync, Options::default()).await;
+            for v in 1..=50 {
+                log.append(rec("k", v)).await.unwrap();
+            }
+            let len = std::fs::metadata(files::segment_path(dir.path(), 1)).unwrap().len();
+            assert!(len > 0, "{fsync:?}: written before the answer");
+            if fsync == Fsync::Everysec {
+                // The ticker syncs within about a second, with no more appends.
+                let until = std::time::Instant::now() + Duration::from_secs(10);
+                while log.stats().records_synced.load(Ordering::Relaxed) < 50 {
+                    assert!(std::time::Instant::now() < until, "everysec never synced");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            } else {
+                assert_eq!(log.stats().fsync_seconds.count(), 0, "never: the OS decides");
+            }
+            log.sync().await.unwrap();
+            assert_eq!(log.stats().records_synced.load(Ordering::Relaxed), 50);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_replaces_the_segments_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = reopen(dir.path(), Fsync::Always, opts()).await;
+        log.append_epoch(2).await.unwrap();
+        for v in 1..=200 {
+            log.append(rec(&format!("k{}", v % 10), v)).await.unwrap();
+        }
+        let before = log.stats().segments.load(Ordering::Relaxed);
+        // The node's state: the newest version of each key.
+        let state: Vec<Record> = (191..=200).map(|v| rec(&format!("k{}", v % 10), v)).collect();
+        let id = WriteId { origin: 4, incarnation: 5, seq: 6 };
+        let snap = Snapshot { records: state.clone(), write_ids: vec![(id, 200)] };
+        assert_eq!(log.snapshot(move || snap).await.unwrap(), Some(200));
+        assert_eq!(log.stats().segments.load(Ordering::Relaxed), 1, "{before} segments before");
+        assert_eq!(log.stats().last_snapshot_version.load(Ordering::Relaxed), 200);
+        assert!(!log.wants_snapshot());
+        for v in 201..=205 {
+            log.append(rec("k1", v)).await.unwrap();
+        }
+        drop(log);
+        let (_, r) = reopen(dir.path(), Fsync::Always, opts()).await;
+        let mut want: Vec<u64> = (191..=200).collect();
+        want.extend(201..=205);
+        assert_eq!(versions(&r), want);
+        assert_eq!((r.max_version, r.max_epoch), (205, 2), "the epoch outlives its deleted segment");
+        assert_eq!(r.write_ids, vec![(id, 200)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn size_asks_for_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = reopen(dir.path(), Fsync::Never, Options { snapshot_bytes: 2000, ..opts() }).await;
+        assert!(!log.wants_snapshot());
+        for v in 1..=60 {
+            log.append(rec("k", v)).await.unwrap();
+        }
+        assert!(log.wants_snapshot());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_torn_tail_is_cut_and_the_log_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = reopen(dir.path(), Fsync::Always, Options::default()).await;
+        for v in 1..=10 {
+            log.append(rec("k", v)).await.unwrap();
+        }
+        drop(log);
+        let seg = files::segment_path(dir.path(), 1);
+        let len = std::fs::metadata(&seg).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 5).unwrap();
+        let (log, r) = reopen(dir.path(), Fsync::Always, Options::default()).await;
+        assert_eq!(r.records.len(), 9);
+        let one = len / 10;
+        assert_eq!(r.truncated_tail, Some((seg.clone(), 9 * one)));
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), 9 * one);
+        log.append(rec("k", 11)).await.unwrap();
+        drop(log);
+        let (_, r) = reopen(dir.path(), Fsync::Always, Options::default()).await;
+        assert_eq!(versions(&r), vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 11]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn corruption_refuses_then_the_flag_cuts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = reopen(dir.path(), Fsync::Always, opts()).await;
+        for v in 1..=100 {
+            log.append(rec("k", v)).await.unwrap();
+        }
+        drop(log);
+        let seg = files::segment_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[100] ^= 0x20;
+        std::fs::write(&seg, &bytes).unwrap();
+        let err = loop {
+            match CommitLog::open(dir.path(), Fsync::Always, opts()) {
+                Err(LogError::Locked { .. }) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => break e,
+                Ok(_) => panic!("opened a corrupt log"),
+            }
+        };
+        let msg = err.to_string();
+        assert!(msg.contains(&seg.display().to_string()) && msg.contains("offset"), "{msg}");
+        let later = files::segment_path(dir.path(), 2);
+        assert!(later.exists());
+        let (_, r) = reopen(dir.path(), Fsync::Always, Options { truncate_corrupt: true, ..opts() }).await;
+        assert!(r.records.len() < 5, "cut in the first frames: {}", r.records.len());
+        assert!(!later.exists(), "the segments after the cut go");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missing_segment_or_a_held_directory_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = reopen(dir.path(), Fsync::Always, opts()).await;
+        assert!(matches!(CommitLog::open(dir.path(), Fsync::Always, opts()), Err(LogError::Locked { .. })));
+        for v in 1..=200 {
+            log.append(rec("k", v)).await.unwrap();
+        }
+        drop(log);
+        std::fs::remove_file(files::segment_path(dir.path(), 2)).unwrap();
+        let err = loop {
+            match CommitLog::open(dir.path(), Fsync::Always, opts()) {
+                Err(LogError::Locked { .. }) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => break e,
+                Ok(_) => panic!("opened a log with a gap"),
+            }
+        };
+        assert!(matches!(err, LogError::MissingSegment { missing: 2, .. }), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_snapshot_refuses_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = reopen(dir.path(), Fsync::Always, opts()).await;
+        log.append(rec("k", 1)).await.unwrap();
+        log.snapshot(|| Snapshot { records: vec![rec("k", 1)], write_ids: vec![] }).await.unwrap();
+        drop(log);
+        let snap = dir.path().join(format!("{SNAPSHOT_PREFIX}{:020}.snap", 2));
+        let mut bytes = std::fs::read(&snap).unwrap();
+        bytes[50] ^= 1;
+        std::fs::write(&snap, &bytes).unwrap();
+        let err = loop {
+            match CommitLog::open(dir.path(), Fsync::Always, opts()) {
+                Err(LogError::Locked { .. }) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => break e,
+                Ok(_) => panic!("opened with a bad snapshot"),
+            }
+        };
+        assert!(matches!(err, LogError::BadSnapshot { offset: 40, .. }), "{err}");
+        // A leftover temp file is a snapshot that never got its name: ignored.
+        std::fs::write(&snap, b"").unwrap();
+        std::fs::remove_file(&snap).unwrap();
+        std::fs::write(dir.path().join("snapshot.tmp"), b"half").unwrap();
+        let (_, r) = reopen(dir.path(), Fsync::Always, opts()).await;
+        assert!(r.records.is_empty(), "segment 1 went with the snapshot");
+        assert!(!dir.path().join("snapshot.tmp").exists());
+    }
+}
