@@ -100,7 +100,8 @@ pub struct NodeArgs {
     /// Directory for the root's commit log.
     #[arg(long, env = "TREECACHE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Commit log fsync policy.
+    /// Commit log fsync policy: always (acknowledged = fsynced, group commit),
+    /// everysec (fsync at most a second later), never (the OS decides).
     #[arg(long, env = "TREECACHE_FSYNC", value_enum, default_value_t = Fsync::Everysec)]
     pub fsync: Fsync,
     /// When the parent cannot be reached, keep serving a stale (ttl mode) or
@@ -108,6 +109,16 @@ pub struct NodeArgs {
     /// `X-Cache: stale` (default: 503 instead), e.g. 30s.
     #[arg(long, env = "TREECACHE_STALE_IF_ERROR", value_parser = parse_duration)]
     pub stale_if_error: Option<Duration>,
+    /// Write a snapshot once the commit log has grown this much, e.g. 64MiB.
+    #[arg(long, env = "TREECACHE_SNAPSHOT_BYTES", value_parser = parse_bytes, default_value = "64MiB")]
+    pub snapshot_bytes: u64,
+    /// Start even though the commit log is corrupt: cut it at the damage,
+    /// losing every record after it. An operator's decision, never a default.
+    #[arg(long, env = "TREECACHE_LOG_TRUNCATE_CORRUPT")]
+    pub log_truncate_corrupt: bool,
+    /// Size at which a commit log segment is closed and the next begun.
+    #[arg(long, env = "TREECACHE_LOG_SEGMENT_BYTES", hide = true, value_parser = parse_bytes, default_value = "64MiB")]
+    pub log_segment_bytes: u64,
     /// Memory bound for cached entries (non-root), e.g. 64MiB; LRU eviction past it.
     #[arg(long, env = "TREECACHE_MAX_MEMORY", value_parser = parse_bytes)]
     pub max_memory: Option<u64>,
@@ -132,6 +143,10 @@ pub struct NodeArgs {
     /// as if the answer were lost. Never set in production.
     #[arg(long, env = "TREECACHE_FAULT_LOSE_WRITE_REPLIES", hide = true, default_value_t = 0)]
     pub fault_lose_write_replies: u64,
+    /// Fault injection for tests: every commit log fsync fails (the root
+    /// must stop). Never set in production.
+    #[arg(long, env = "TREECACHE_FAULT_FSYNC_ERROR", hide = true)]
+    pub fault_fsync_error: bool,
 }
 
 /// The largest `--max-value-bytes` accepted: one value must fit in one
@@ -179,6 +194,9 @@ impl NodeArgs {
             if extra.is_zero() {
                 return Err("--stale-if-error must be greater than zero (leave it out to answer 503)".into());
             }
+        }
+        if self.snapshot_bytes == 0 || self.log_segment_bytes < 4096 {
+            return Err("--snapshot-bytes must be above 0 and --log-segment-bytes at least 4KiB".into());
         }
         Ok(())
     }
@@ -307,6 +325,10 @@ mod tests {
         assert!(node(&["--cluster", "a/b"]).is_err());
         assert!(node(&["--advertise", "10.0.0.1:80"]).is_err());
         assert!(node(&["--listen", "nowhere"]).is_err());
+        assert!(node(&["--snapshot-bytes", "0"]).is_err());
+        assert!(node(&["--log-segment-bytes", "1KiB"]).is_err());
+        assert!(node(&["--fsync", "sometimes"]).is_err());
+        assert_eq!(node(&["--snapshot-bytes", "1MiB"]).unwrap().snapshot_bytes, 1 << 20);
         let n = node(&[]).unwrap();
         assert_eq!(n.cluster, "default");
         assert_eq!(n.listen.to_string(), "127.0.0.1:8080");

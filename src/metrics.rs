@@ -52,17 +52,27 @@ impl Metrics {
     pub fn render(&self, gauges: &[(&str, &str, f64)]) -> String {
         let mut out = String::with_capacity(4096);
         for (name, help, value) in self.counters() {
-            let _ = writeln!(out, "# HELP treecache_{name}_total {help}");
-            let _ = writeln!(out, "# TYPE treecache_{name}_total counter");
-            let _ = writeln!(out, "treecache_{name}_total {value}");
+            write_counter(&mut out, name, help, value);
         }
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP treecache_{name} {help}");
-            let _ = writeln!(out, "# TYPE treecache_{name} gauge");
-            let _ = writeln!(out, "treecache_{name} {value}");
+            write_gauge(&mut out, name, help, *value);
         }
         out
     }
+}
+
+/// Appends counter `treecache_{name}_total` in Prometheus text.
+pub fn write_counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP treecache_{name}_total {help}");
+    let _ = writeln!(out, "# TYPE treecache_{name}_total counter");
+    let _ = writeln!(out, "treecache_{name}_total {value}");
+}
+
+/// Appends gauge `treecache_{name}` in Prometheus text.
+pub fn write_gauge(out: &mut String, name: &str, help: &str, value: f64) {
+    let _ = writeln!(out, "# HELP treecache_{name} {help}");
+    let _ = writeln!(out, "# TYPE treecache_{name} gauge");
+    let _ = writeln!(out, "treecache_{name} {value}");
 }
 
 /// Upper bounds (seconds) of [`Histogram`]'s buckets: from a fast SSD's

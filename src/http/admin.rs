@@ -60,7 +60,11 @@ pub async fn metrics(node: ThinData<Node>) -> HttpResponse {
             node.uplink_pending() as f64,
         ),
     ];
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(node.metrics().render(&gauges))
+    let mut text = node.metrics().render(&gauges);
+    if let Some(log) = node.log() {
+        log.stats().render(&mut text);
+    }
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text)
 }
 
 /// `/dump?prefix=&limit=&after=`: entries in key order, one JSON object a

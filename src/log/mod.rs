@@ -129,21 +129,23 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Gauges and counters in the shape `Metrics::render` takes.
-    pub fn gauges(&self) -> Vec<(&'static str, &'static str, f64)> {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-        vec![
-            ("log_bytes", "Bytes in the commit log's segment files.", g(&self.log_bytes)),
-            ("log_segments", "Commit log segment files.", g(&self.segments)),
-            ("log_records", "Records appended to the commit log since start.", g(&self.records)),
-            ("log_records_synced", "Records covered by commit log fsyncs since start.", g(&self.records_synced)),
-            (
-                "log_last_snapshot_version",
-                "Highest version in the last snapshot written.",
-                g(&self.last_snapshot_version),
-            ),
-            ("log_snapshots", "Snapshots written since start.", g(&self.snapshots)),
-        ]
+    /// Appends the log's metrics in Prometheus text (see `crate::metrics`).
+    pub fn render(&self, out: &mut String) {
+        use crate::metrics::{write_counter, write_gauge};
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        write_gauge(out, "log_bytes", "Bytes in the commit log's segment files.", get(&self.log_bytes) as f64);
+        write_gauge(out, "log_segments", "Commit log segment files.", get(&self.segments) as f64);
+        let last = get(&self.last_snapshot_version) as f64;
+        write_gauge(out, "log_last_snapshot_version", "Highest version in the newest snapshot.", last);
+        write_counter(out, "log_records", "Records appended to the commit log.", get(&self.records));
+        let synced = get(&self.records_synced);
+        write_counter(out, "log_records_synced", "Records covered by commit log fsyncs.", synced);
+        let fsyncs = self.fsync_seconds.count();
+        write_counter(out, "log_fsyncs", "Commit log fdatasync calls.", fsyncs);
+        let per = if fsyncs == 0 { 0.0 } else { synced as f64 / fsyncs as f64 };
+        write_gauge(out, "log_records_per_fsync", "Records per fsync since start (group commit).", per);
+        write_counter(out, "log_snapshots", "Snapshots written.", get(&self.snapshots));
+        self.fsync_seconds.render("log_fsync_seconds", "Commit log fdatasync latency.", out);
     }
 }
 
@@ -236,6 +238,12 @@ impl CommitLog {
         let mut frames = Vec::new();
         codec::encode(&codec::Entry::Epoch(epoch), &mut frames);
         self.send(frames, 1, true).await
+    }
+
+    /// Resolves once everything appended before it is as durable as the
+    /// policy promises (a write id seen again waits for its first append).
+    pub async fn barrier(&self) -> Result<(), LogError> {
+        self.send(Vec::new(), 0, false).await
     }
 
     /// Resolves once everything appended before it is fsynced (shutdown).

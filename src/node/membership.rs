@@ -315,7 +315,12 @@ impl Node {
         let paths = &self.inner.paths;
         zk::ensure_layout(&zk, paths).await?;
         zk::elect(&zk, paths, self.url().as_bytes()).await?;
-        let epoch = zk::bump_epoch(&zk, paths).await?;
+        // Above every epoch in our commit log too (a restart keeps the
+        // cluster's epoch sequence), and recorded there before we serve.
+        let epoch = zk::bump_epoch(&zk, paths, self.epoch()).await?;
+        if let Some(log) = &self.inner.log {
+            log.append_epoch(epoch).await.map_err(|e| Error::Internal(e.to_string()))?;
+        }
         let id = match self.my_id() {
             Some(id) => {
                 zk::reserve_id(&zk, paths, id).await?;

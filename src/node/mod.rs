@@ -13,6 +13,7 @@
 //! Long-lived tasks start in [`Node::start`] on the node's own runtime and
 //! stop when [`Node::shutdown`] flips the shutdown signal.
 
+mod durable;
 mod membership;
 mod push;
 pub mod read;
@@ -90,6 +91,8 @@ struct Inner {
     /// The highest store generation our current parent has announced (in
     /// a push or a reset); 0 after a change of parent.
     parent_generation: AtomicU64,
+    /// The root's commit log (`--root --data-dir`).
+    log: Option<crate::log::CommitLog>,
     flights: Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<read::FillOutcome>>>>,
     pushers: Mutex<HashMap<NodeId, Arc<push::PushQueue>>>,
     membership: membership::Membership,
@@ -121,9 +124,16 @@ pub struct Place {
 impl Node {
     /// Builds the node; nothing runs until [`Node::start`].
     pub fn new(args: NodeArgs) -> Result<Node> {
+        Self::with_log(args, None)
+    }
+
+    /// Builds the node over a commit log opened by [`Node::open_log`], its
+    /// recovered state already in the store.
+    pub fn with_log(args: NodeArgs, log: Option<(crate::log::CommitLog, crate::log::Recovered)>) -> Result<Node> {
+        let (log, recovered) = log.unzip();
         let http = build_http()?;
         let (shutdown, _) = watch::channel(false);
-        Ok(Node {
+        let node = Node {
             inner: Arc::new(Inner {
                 url: args.advertise_url(),
                 paths: Paths::new(&args.cluster),
@@ -140,12 +150,17 @@ impl Node {
                 outcomes: Mutex::new(write::Outcomes::default()),
                 lost_replies: AtomicU64::new(0),
                 parent_generation: AtomicU64::new(0),
+                log,
                 flights: Mutex::new(HashMap::new()),
                 pushers: Mutex::new(HashMap::new()),
                 shutdown,
                 runtime: tokio::runtime::Handle::current(),
             }),
-        })
+        };
+        if let Some(recovered) = recovered {
+            node.restore(&recovered);
+        }
+        Ok(node)
     }
 
     /// Starts the node's long-lived tasks: membership (ZooKeeper and
@@ -296,6 +311,11 @@ impl Node {
         for queue in self.inner.pushers.lock().drain() {
             queue.1.close();
         }
+        if let Some(log) = &self.inner.log {
+            if let Err(e) = log.sync().await {
+                log::error!("syncing the commit log at shutdown: {e}");
+            }
+        }
     }
 
     /// Children as peers (empty before registration).
@@ -308,13 +328,6 @@ impl Node {
 /// leave the tree cleanly.
 pub async fn run_from_args(args: NodeArgs) -> std::result::Result<(), String> {
     args.validate()?;
-    if let Some(dir) = &args.data_dir {
-        return Err(format!(
-            "--data-dir {}: the root's commit log is not built yet; refusing to start rather than \
-             pretend writes are durable (run without --data-dir: data lives in memory)",
-            dir.display()
-        ));
-    }
     if let Some(bytes) = args.max_memory {
         return Err(format!(
             "--max-memory {bytes}: LRU eviction is not built yet; refusing to start rather than \
@@ -323,7 +336,8 @@ pub async fn run_from_args(args: NodeArgs) -> std::result::Result<(), String> {
     }
     let listener =
         std::net::TcpListener::bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let node = Node::new(args).map_err(|e| e.to_string())?;
+    let log = Node::open_log(&args)?;
+    let node = Node::with_log(args, log).map_err(|e| e.to_string())?;
     let max_body = node.args().max_value_bytes as usize;
     let app_node = node.clone();
     let server = HttpServer::new(move || {

@@ -386,9 +386,24 @@ impl Node {
     }
 
     /// Waits until `records` (and everything committed before them) is as
-    /// durable as the root promises. Without a commit log the root's state
-    /// lives in its memory only: there is nothing to wait for.
-    async fn make_durable(&self, _records: &[(Update, Option<WriteId>)]) -> Result<()> {
+    /// durable as the root promises: appended to the commit log and, under
+    /// `--fsync always`, fsynced (the appends of one batch, and of batches
+    /// committed meanwhile, share one fsync). An empty slice is a barrier:
+    /// it waits for everything appended so far. Without a commit log the
+    /// root's state lives in its memory only: there is nothing to wait for.
+    async fn make_durable(&self, records: &[(Update, Option<WriteId>)]) -> Result<()> {
+        let Some(log) = &self.inner.log else { return Ok(()) };
+        let epoch = self.epoch();
+        let appends = records.iter().map(|(update, write_id)| {
+            log.append(crate::log::Record { epoch, update: update.clone(), write_id: *write_id })
+        });
+        let appended = if records.is_empty() {
+            log.barrier().await
+        } else {
+            futures::future::try_join_all(appends).await.map(|_| ())
+        };
+        appended.map_err(|e| Error::Internal(e.to_string()))?;
+        self.maybe_snapshot(log);
         Ok(())
     }
 

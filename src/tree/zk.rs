@@ -132,9 +132,10 @@ pub async fn reserve_id(zk: &Client, paths: &Paths, id: u64) -> Result<()> {
     cas_counter(zk, &paths.next_id(), 1, |n| n.max(id + 1)).await.map(|_| ())
 }
 
-/// Raises the cluster epoch by one and returns it.
-pub async fn bump_epoch(zk: &Client, paths: &Paths) -> Result<u64> {
-    Ok(cas_counter(zk, &paths.epoch(), 0, |n| n + 1).await?.1)
+/// Raises the cluster epoch above both its current value and `floor` (the
+/// highest epoch this root has seen, e.g. in its commit log) and returns it.
+pub async fn bump_epoch(zk: &Client, paths: &Paths, floor: u64) -> Result<u64> {
+    Ok(cas_counter(zk, &paths.epoch(), 0, |n| n.max(floor) + 1).await?.1)
 }
 
 /// Creates an ephemeral znode owned by this session. One left by an older

@@ -118,19 +118,33 @@ pub struct Opts {
     pub root_args: Vec<String>,
     /// Extra flags for every other node (also those added later).
     pub node_args: Vec<String>,
+    /// Give the root `--data-dir` (see [`Cluster::root_data_dir`]): its
+    /// commit log survives [`Cluster::restart`].
+    pub durable_root: bool,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { nodes: 1, fanout: 2, mode: "push", max_age: None, root_args: Vec::new(), node_args: Vec::new() }
+        Opts {
+            nodes: 1,
+            fanout: 2,
+            mode: "push",
+            max_age: None,
+            root_args: Vec::new(),
+            node_args: Vec::new(),
+            durable_root: false,
+        }
     }
 }
 
 impl Opts {
     /// The root's flags beyond the common ones. Defaults are left out so a
     /// test may still pass `--mode` or `--fanout` in `root_args`.
-    fn root_flags(&self) -> Vec<String> {
+    fn root_flags(&self, data_dir: &Path) -> Vec<String> {
         let mut flags = vec!["--root".to_string()];
+        if self.durable_root {
+            flags.extend(["--data-dir".into(), data_dir.display().to_string()]);
+        }
         if self.fanout != 2 {
             flags.extend(["--fanout".into(), self.fanout.to_string()]);
         }
@@ -213,7 +227,8 @@ impl Cluster {
             node_args: opts.node_args.clone(),
             dir: tempfile::Builder::new().prefix("treecache-test-").tempdir().expect("temp dir"),
         };
-        cluster.spawn(opts.root_flags()).await;
+        let flags = opts.root_flags(&cluster.root_data_dir());
+        cluster.spawn(flags).await;
         for _ in 1..opts.nodes {
             cluster.add_node().await;
         }
@@ -354,6 +369,43 @@ impl Cluster {
         let child = spawn_node(Path::new(BIN), &node.args, &node.log).expect("respawn node");
         self.nodes[i].child = Some(child);
         self.wait_healthy(i).await;
+    }
+
+    /// The root's `--data-dir` when started with [`Opts::durable_root`].
+    pub fn root_data_dir(&self) -> PathBuf {
+        self.dir.path().join("root-data")
+    }
+
+    /// Adds flags to node `i`'s command line for its next start.
+    pub fn push_args(&mut self, i: usize, args: &[&str]) {
+        self.nodes[i].args.extend(args.iter().map(|s| s.to_string()));
+    }
+
+    /// Starts node `i` again (killing it first) expecting it to refuse to
+    /// start: returns its exit code and its log, once it has exited.
+    pub async fn restart_expect_exit(&mut self, i: usize) -> (Option<i32>, String) {
+        self.kill(i);
+        let node = &self.nodes[i];
+        let mut child = spawn_node(Path::new(BIN), &node.args, &node.log).expect("respawn node");
+        let until = Instant::now() + HEALTH_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for the node") {
+                break status;
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.print_logs();
+                panic!("node {i} did not exit within {HEALTH_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        (status.code(), self.log_text(i))
+    }
+
+    /// Node `i`'s whole log (every start of it).
+    pub fn log_text(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
     }
 
     pub async fn health(&self, i: usize) -> Value {

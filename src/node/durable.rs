@@ -1,0 +1,109 @@
+//! The root's side of its commit log ([`crate::log`]): rebuilding the
+//! store from what a start recovered, and snapshots taken from the store.
+//! The write path appends (see `write.rs`, `publish`); this file owns the
+//! rest of the node's dealings with the log.
+
+use std::sync::atomic::Ordering;
+
+use super::Node;
+use crate::clock::Time;
+use crate::log::{CommitLog, Record, Recovered, Snapshot};
+
+impl Node {
+    /// The commit log, at a root started with `--data-dir`.
+    pub fn log(&self) -> Option<&CommitLog> {
+        self.inner.log.as_ref()
+    }
+
+    /// Rebuilds the store from recovered records (each applied if newer,
+    /// so order between keys and repeats do not matter), continues the
+    /// version sequence, and makes the next election's epoch exceed every
+    /// epoch on disk.
+    pub(super) fn restore(&self, recovered: &Recovered) {
+        let now = Time::now();
+        for r in &recovered.records {
+            self.inner.store.apply(&r.update, now);
+        }
+        // The root's dedupe memory: a write id retried after the restart
+        // learns its outcome instead of committing twice.
+        for &(id, version) in &recovered.write_ids {
+            self.restore_write_outcome(id, version);
+        }
+        self.inner.versions.fetch_max(recovered.max_version, Ordering::AcqRel);
+        self.inner.epoch.fetch_max(recovered.max_epoch, Ordering::AcqRel);
+        log::info!(
+            "commit log {}: replayed {} records ({} keys), versions continue above {}, epoch above {}",
+            self.log().map_or_else(String::new, |l| l.dir().display().to_string()),
+            recovered.records.len(),
+            self.inner.store.len(),
+            recovered.max_version,
+            recovered.max_epoch
+        );
+    }
+
+    /// Starts a snapshot in the background when the log has grown enough.
+    pub(super) fn maybe_snapshot(&self, log: &CommitLog) {
+        if !log.wants_snapshot() {
+            return;
+        }
+        let (node, log) = (self.clone(), log.clone());
+        self.spawn(async move {
+            match log.snapshot(move || node.snapshot_source()).await {
+                Ok(_) => {}
+                // The log goes on without it; the next append asks again.
+                Err(e) => log::error!("snapshot failed: {e}"),
+            }
+        });
+    }
+
+    /// The store as snapshot records: every entry, tombstones and expired
+    /// ones included (a tombstone must keep beating an older put that the
+    /// log after the snapshot may still hold). Taken shard by shard, so
+    /// writes wait at most for one shard's read lock.
+    fn snapshot_source(&self) -> Snapshot {
+        let epoch = self.epoch();
+        let records = self
+            .inner
+            .store
+            .dump("", None, usize::MAX, 0)
+            .into_iter()
+            .map(|e| Record {
+                epoch,
+                update: crate::store::Update {
+                    key: e.key,
+                    version: e.version,
+                    value: e.value,
+                    expires_at: e.expires_at,
+                },
+                write_id: None,
+            })
+            .collect();
+        Snapshot { records, write_ids: self.write_outcomes() }
+    }
+
+    /// Opens the log for a root started with `--data-dir` (blocking, before
+    /// serving): the recovered state goes into the store.
+    pub fn open_log(args: &crate::config::NodeArgs) -> Result<Option<(CommitLog, Recovered)>, String> {
+        let Some(dir) = &args.data_dir else { return Ok(None) };
+        if !args.root {
+            log::info!(
+                "--data-dir {} ignored: only a root keeps a commit log; this node is a cache and starts empty",
+                dir.display()
+            );
+            return Ok(None);
+        }
+        let opts = crate::log::Options {
+            segment_bytes: args.log_segment_bytes,
+            snapshot_bytes: args.snapshot_bytes,
+            truncate_corrupt: args.log_truncate_corrupt,
+            fault_fsync_error: args.fault_fsync_error,
+        };
+        let started = std::time::Instant::now();
+        let (log, recovered) = CommitLog::open(dir, args.fsync, opts).map_err(|e| e.to_string())?;
+        if let Some((file, offset)) = &recovered.truncated_tail {
+            log::warn!("commit log: cut a torn tail of {} at offset {offset}", file.display());
+        }
+        log::info!("commit log {} opened in {:?}", dir.display(), started.elapsed());
+        Ok(Some((log, recovered)))
+    }
+}
