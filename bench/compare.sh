@@ -8,12 +8,18 @@
 #               redis-benchmark (no pipelining) when redis-server is installed
 #   treecache   hit, miss (per-level cost), write ack=parent, write ack=root
 #               with 64 writers, YCSB A and B, converge in a 63-node tree,
-#               100k x 100 B memory, scale (63 processes)
+#               100k x 100 B memory, scale (63 processes); durability: ack=root
+#               with 64 writers at a root with --data-dir under --fsync always
+#               and everysec beside Redis appendonly with appendfsync always
+#               and everysec (fsyncs/s and writes per fsync from /metrics),
+#               and restart (replay) of 1M keys x 100 B beside Redis loading
+#               its AOF
 #
 # Usage: bench/compare.sh [-c CONNECTIONS] [-d DURATION] [--value-size BYTES]
 #                         [--big-tree N] [--quick] [--markdown FILE] [--keep DIR]
 #                         [--bin-dir DIR]
-#   --quick       1 s runs, a 15-node big tree, 10k memory entries (a smoke test)
+#   --quick       1 s runs, a 15-node big tree, 10k memory entries, 20k keys
+#                 replayed (a smoke test)
 #   --markdown F  also write the results table as markdown to F
 #   --keep DIR    keep every JSON report and log in DIR
 #   --bin-dir DIR use DIR/treecache, DIR/examples/bare and DIR/examples/hop
@@ -31,6 +37,7 @@ BIG_TREE=63
 MEM_KEYS=100000
 WRITERS=64
 REDIS_N=200000
+RESTART_KEYS=1000000
 MARKDOWN=""
 KEEP=""
 BIN_DIR=""
@@ -40,11 +47,11 @@ while [ $# -gt 0 ]; do
         -d) DUR="$2"; shift 2 ;;
         --value-size) VALUE="$2"; shift 2 ;;
         --big-tree) BIG_TREE="$2"; shift 2 ;;
-        --quick) DUR=1s; BIG_TREE=15; MEM_KEYS=10000; REDIS_N=20000; shift ;;
+        --quick) DUR=1s; BIG_TREE=15; MEM_KEYS=10000; REDIS_N=20000; RESTART_KEYS=20000; shift ;;
         --markdown) MARKDOWN="$2"; shift 2 ;;
         --keep) KEEP="$2"; shift 2 ;;
         --bin-dir) BIN_DIR="$2"; shift 2 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -195,6 +202,81 @@ TC_BYTES=$(curl -s "$ROOT/metrics" | awk '/^treecache_bytes / {print $2+0}')
 TC_ENTRIES=$(curl -s "$ROOT/metrics" | awk '/^treecache_entries / {print $2+0}')
 stop "$UP_PID"
 
+# --- durability: a root with --data-dir, beside Redis with appendonly ----------
+# One private ZooKeeper (from `up 1`) serves a fresh cluster per run.
+up 1 durzk
+DUR_ZK=$(grep -oE '^ZooKeeper +[0-9.:]+' "$WORK/durzk.log" | awk '{print $2}')
+DUR_S=$(awk -v d="$DUR" 'BEGIN { sub(/s$/, "", d); print d + 0 }')
+metric() { curl -s "$1/metrics" | awk -v n="treecache_$2" '$1 == n {print $2+0}'; }
+# durable_root NAME FSYNC [FLAGS..]: a root on $WORK/NAME-data; sets DR_URL, DR_PID.
+durable_root() {
+    local name=$1 fsync=$2; shift 2
+    local port; port=$(free_port)
+    start "$name" "$BIN" node --zk "$DUR_ZK" --cluster "$name" --root --listen "127.0.0.1:$port" \
+        --data-dir "$WORK/$name-data" --fsync "$fsync" "$@"
+    DR_PID=$LAST_PID; DR_URL="http://127.0.0.1:$port"
+    wait_log "$WORK/$name.log" 'root: node' 60 "$DR_PID"
+}
+for policy in always everysec; do
+    durable_root "dur_$policy" "$policy"
+    F0=$(metric "$DR_URL" log_fsyncs_total); S0=$(metric "$DR_URL" log_records_synced_total)
+    bench "dur_$policy" write --root "$DR_URL" --ack root -c "$WRITERS" -d "$DUR" --value-size "$VALUE"
+    F1=$(metric "$DR_URL" log_fsyncs_total); S1=$(metric "$DR_URL" log_records_synced_total)
+    eval "DUR_FSYNCS_$policy=$(awk -v a="$F0" -v b="$F1" -v d="$DUR_S" 'BEGIN { printf "%.0f", (b - a) / d }')"
+    eval "DUR_PER_$policy=$(awk -v a="$F0" -v b="$F1" -v x="$S0" -v y="$S1" 'BEGIN { if (b > a) printf "%.1f", (y - x) / (b - a); else print 0 }')"
+    stop "$DR_PID"
+done
+# Restart: RESTART_KEYS x 100 B written, a clean stop, then the time from
+# exec to the store rebuilt (the node logs "replayed"), ZooKeeper aside.
+durable_root dur_restart everysec
+bench dur_load write --root "$DR_URL" --ack root --popularity sequential --keys "$RESTART_KEYS" -n "$RESTART_KEYS" --value-size 100 -c "$WRITERS"
+stop "$DR_PID"
+DUR_LOG_BYTES=$(du -sb "$WORK/dur_restart-data" | awk '{print $1}')
+T0=$(date +%s%N)
+start dur_restart2 "$BIN" node --zk "$DUR_ZK" --cluster dur_restart --root --listen "127.0.0.1:$(free_port)" \
+    --data-dir "$WORK/dur_restart-data" --fsync everysec
+wait_log "$WORK/dur_restart2.log" 'replayed [0-9]+ records' 600 "$LAST_PID"
+T1=$(date +%s%N)
+DUR_RESTART_MS=$(( (T1 - T0) / 1000000 ))
+DUR_REPLAYED=$(grep -oE 'replayed [0-9]+ records \([0-9]+ keys\)' "$WORK/dur_restart2.log" | head -1)
+stop "$LAST_PID"
+stop "$UP_PID"
+if [ $HAVE_REDIS = 1 ]; then
+    for policy in always everysec; do
+        RPORT=$(free_port)
+        mkdir -p "$WORK/redis-$policy"
+        start "redis_$policy" redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --dir "$WORK/redis-$policy" \
+            --appendonly yes --appendfsync "$policy"
+        wait_log "$WORK/redis_$policy.log" 'Ready to accept connections' 30 "$LAST_PID"
+        echo "  redis: redis-benchmark -c $WRITERS -n $REDIS_N -d $VALUE -t set (appendfsync $policy)" >&2
+        redis-benchmark -p "$RPORT" -c "$WRITERS" -n "$REDIS_N" -d "$VALUE" -r 10000 -t set --csv >"$WORK/redis_aof_$policy.csv"
+        redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
+        wait "$LAST_PID" 2>/dev/null || true
+    done
+    # Redis's restart: the same keys, its AOF rewritten (Redis 7's default
+    # RDB preamble, its fastest load), then loaded at start.
+    RPORT=$(free_port)
+    mkdir -p "$WORK/redis-restart"
+    start redis_restart redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --dir "$WORK/redis-restart" \
+        --appendonly yes --appendfsync everysec --enable-debug-command local
+    wait_log "$WORK/redis_restart.log" 'Ready to accept connections' 30 "$LAST_PID"
+    redis-cli -p "$RPORT" debug populate "$RESTART_KEYS" key 100 >/dev/null
+    redis-cli -p "$RPORT" bgrewriteaof >/dev/null
+    until redis-cli -p "$RPORT" info persistence | grep -q '^aof_rewrite_in_progress:0'; do sleep 0.1; done
+    until redis-cli -p "$RPORT" info persistence | grep -q '^aof_rewrite_scheduled:0'; do sleep 0.1; done
+    redis-cli -p "$RPORT" shutdown >/dev/null 2>&1 || true
+    wait "$LAST_PID" 2>/dev/null || true
+    R_AOF_BYTES=$(du -sb "$WORK/redis-restart" | awk '{print $1}')
+    T0=$(date +%s%N)
+    start redis_restart2 redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --dir "$WORK/redis-restart" \
+        --appendonly yes --appendfsync everysec
+    wait_log "$WORK/redis_restart2.log" 'Ready to accept connections' 600 "$LAST_PID"
+    T1=$(date +%s%N)
+    R_RESTART_MS=$(( (T1 - T0) / 1000000 ))
+    R_LOADED=$(redis-cli -p "$RPORT" dbsize)
+    stop "$LAST_PID"
+fi
+
 # --- converge in a big tree, then scale ---------------------------------------
 up "$BIG_TREE" treebig
 bench converge converge --root "$ROOT" --rate 100 --value-size 1024 -c "$CONNS" -d "$DUR"
@@ -253,6 +335,24 @@ if [ $HAVE_REDIS = 1 ]; then
 else
     row "$MEM_KEYS x 100 B" "accounting $TC_BYTES B, RSS +$TC_RSS_D B" "" "" "" ""
 fi
+for policy in always everysec; do
+    rps=$(j "dur_$policy" .total.throughput_rps); p99=$(j "dur_$policy" .total.latency.p99_us)
+    fs=$(eval echo "\$DUR_FSYNCS_$policy"); per=$(eval echo "\$DUR_PER_$policy")
+    fig="$rps req/s, p99 $(us2ms "$p99") ms, $fs fsyncs/s, $per writes/fsync"
+    if [ $HAVE_REDIS = 1 ]; then
+        rr=$(csv "redis_aof_$policy" SET 2)
+        r=$(ratio "$rps" "$rr")
+        row "ack=root --fsync $policy, $WRITERS writers" "$fig" "redis appendfsync $policy $rr req/s, p99 $(csv "redis_aof_$policy" SET 7) ms" "$r" "≥ 1" "$(verdict "$r" '>=' 1)"
+    else
+        row "ack=root --fsync $policy, $WRITERS writers" "$fig" "" "" "" ""
+    fi
+done
+if [ $HAVE_REDIS = 1 ]; then
+    r=$(ratio "$DUR_RESTART_MS" "$R_RESTART_MS")
+    row "restart, $RESTART_KEYS x 100 B: replay" "$DUR_RESTART_MS ms ($DUR_REPLAYED; $DUR_LOG_BYTES B on disk)" "redis AOF load $R_RESTART_MS ms ($R_LOADED keys; $R_AOF_BYTES B)" "$r" "≤ 1" "$(verdict "$r" '<=' 1)"
+else
+    row "restart, $RESTART_KEYS x 100 B: replay" "$DUR_RESTART_MS ms ($DUR_REPLAYED)" "" "" "" ""
+fi
 SC_MS=$(j scale .scale.all_registered_ms); SC_MAX=$(j scale .scale.rss_kib_max)
 row "scale: $(j scale .scale.registered)/$BIG_TREE registered" "$SC_MS ms" "30000 ms" "$(ratio "$SC_MS" 30000)" "< 30 s" "$(verdict "$SC_MS" '<=' 30000)"
 row "scale: idle RSS per node, max (p50)" "$SC_MAX KiB ($(j scale .scale.rss_kib_p50) KiB)" "10240 KiB" "$(ratio "$SC_MAX" 10240)" "≤ 10 MiB" "$(verdict "$SC_MAX" '<=' 10240)"
@@ -279,6 +379,8 @@ if [ -n "$MARKDOWN" ]; then
         echo
         for f in "$WORK"/*.cmd; do echo "    $(cat "$f")"; done
         [ $HAVE_REDIS = 1 ] && echo "    redis-benchmark -c $CONNS -n $REDIS_N -d $VALUE -r 10000 -t set,get; -c $WRITERS -t set; DEBUG POPULATE $MEM_KEYS key 100"
+        [ $HAVE_REDIS = 1 ] && echo "    redis-server --appendonly yes --appendfsync always|everysec; redis-benchmark -c $WRITERS -n $REDIS_N -d $VALUE -r 10000 -t set; restart: DEBUG POPULATE $RESTART_KEYS key 100, BGREWRITEAOF, SHUTDOWN, start to 'Ready to accept connections'"
+        echo "    treecache node --root --data-dir DIR --fsync always|everysec (fsyncs from /metrics); restart: exec to 'replayed' in the node's log"
     } >"$MARKDOWN"
     echo "table written to $MARKDOWN" >&2
 fi

@@ -67,6 +67,9 @@ fn compare_sh_prints_every_figure_beside_its_baseline() {
         "scale: 15/15 registered",
         "scale: idle RSS per node",
         "scale: idle PSS per node",
+        "ack=root --fsync always",
+        "ack=root --fsync everysec",
+        "restart, 20000 x 100 B: replay",
     ] {
         let r = row(figure);
         assert!(r[1].chars().any(|c| c.is_ascii_digit()), "{figure}: no figure in {r:?}");
@@ -83,4 +86,6 @@ fn compare_sh_prints_every_figure_beside_its_baseline() {
     // Every command that produced a figure is written down.
     assert!(md.contains("treecache bench hit --root"), "{md}");
     assert!(md.contains("redis-benchmark"), "{md}");
+    assert!(md.contains("writes/fsync"), "{md}");
+    assert!(row("restart, 20000")[1].contains("replayed"), "{:?}", row("restart, 20000"));
 }

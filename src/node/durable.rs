@@ -20,6 +20,7 @@ impl Node {
     /// version sequence, and makes the next election's epoch exceed every
     /// epoch on disk.
     pub(super) fn restore(&self, recovered: &Recovered) {
+        let started = std::time::Instant::now();
         let now = Time::now();
         for r in &recovered.records {
             self.inner.store.apply(&r.update, now);
@@ -32,10 +33,11 @@ impl Node {
         self.inner.versions.fetch_max(recovered.max_version, Ordering::AcqRel);
         self.inner.epoch.fetch_max(recovered.max_epoch, Ordering::AcqRel);
         log::info!(
-            "commit log {}: replayed {} records ({} keys), versions continue above {}, epoch above {}",
+            "commit log {}: replayed {} records ({} keys) in {:?}, versions continue above {}, epoch above {}",
             self.log().map_or_else(String::new, |l| l.dir().display().to_string()),
             recovered.records.len(),
             self.inner.store.len(),
+            started.elapsed(),
             recovered.max_version,
             recovered.max_epoch
         );
