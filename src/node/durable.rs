@@ -1,6 +1,6 @@
 //! The root's side of its commit log ([`crate::log`]): rebuilding the
 //! store from what a start recovered, and snapshots taken from the store.
-//! The write path appends (see `write.rs`, `publish`); this file owns the
+//! The write path appends (`write.rs`, `make_durable`); this file owns the
 //! rest of the node's dealings with the log.
 
 use std::sync::atomic::Ordering;
