@@ -172,6 +172,7 @@ impl Node {
             (gone, added)
         };
         for id in gone {
+            log::debug!("child {id} is no longer ours: forgotten as a holder");
             self.inner.store.forget_child(id);
         }
         let generation = self.inner.store.generation();
@@ -205,8 +206,15 @@ impl Node {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             let sent_at = self.inner.store.tick_now();
+            if log::log_enabled!(log::Level::Debug) {
+                let what: Vec<String> = batch.iter().take(16).map(|u| format!("{}@{}", u.key, u.version)).collect();
+                log::debug!("push to child {} gen {generation}: {}", q.peer.id, what.join(" "));
+            }
             match self.send_push(&q.peer, &batch, generation).await {
                 Ok(reply) => {
+                    if !reply.not_held.is_empty() {
+                        log::debug!("child {} no longer holds {:?}", q.peer.id, reply.not_held);
+                    }
                     Metrics::add(&self.inner.metrics.pushes_sent, batch.len() as u64);
                     Metrics::inc(&self.inner.metrics.push_batches_sent);
                     for key in reply.not_held {
@@ -247,6 +255,7 @@ impl Node {
         let mut reply = PushReply::default();
         let t = Time::now();
         for u in updates {
+            log::debug!("push from {from} gen {generation}: {}@{}", u.key, u.version);
             match store.apply_push(&u, t) {
                 Applied::Newer { holders } => {
                     Metrics::inc(&metrics.pushes_applied);

@@ -327,6 +327,7 @@ impl Node {
             }
         }
         let lookup = hold(Time::now());
+        log::debug!("fill of {key} for child {child} (have {have:?}, consistent {consistent}): {:?} current {}", lookup.version(), lookup.is_current());
         let delay = self.args().fault_fill_delay_ms;
         if delay > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;

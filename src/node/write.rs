@@ -536,6 +536,7 @@ impl Node {
         }
         let Ok(place) = self.place() else { return };
         let update = Update { version: *version, ..p.write.update.clone() };
+        log::debug!("settle {}@{} from child {:?}", update.key, update.version, p.child);
         let t = Time::now();
         match p.child.filter(|_| place.coherence.pushes()) {
             None => {

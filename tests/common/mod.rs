@@ -499,6 +499,16 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.print_logs();
+            // TREECACHE_KEEP_LOGS=DIR keeps every node's whole log there.
+            if let Ok(dir) = std::env::var("TREECACHE_KEEP_LOGS") {
+                let to = Path::new(&dir).join(&self.name);
+                if std::fs::create_dir_all(&to).is_ok() {
+                    for (i, n) in self.nodes.iter().enumerate() {
+                        let _ = std::fs::copy(&n.log, to.join(format!("node-{i}.log")));
+                    }
+                    eprintln!("node logs kept in {}", to.display());
+                }
+            }
         }
         for n in self.nodes.iter_mut() {
             if let Some(mut c) = n.child.take() {
