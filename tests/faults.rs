@@ -318,3 +318,31 @@ async fn an_election_retried_in_the_same_session_does_not_wait_for_itself() {
     .await;
     assert!(other.is_err(), "a second candidate stands by");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consistent_read_through_an_inner_node_reaches_its_other_holders() {
+    // root -> {a, x}; a -> {b, c}. The root's pushes are held 2 s, so a
+    // learns v2 first from c's consistent read; the root's push then finds
+    // a up to date and goes no further: a must pass v2 to b itself.
+    let c = Cluster::start_opts(Opts {
+        nodes: 5,
+        root_args: vec!["--fault-push-delay-ms".into(), "2000".into()],
+        ..Opts::default()
+    })
+    .await;
+    let a = c.id(1).await;
+    for i in [3, 4] {
+        assert_eq!(c.health(i).await["parent"].as_u64(), Some(a), "node {i} hangs under a");
+    }
+    let (_, body) = c.put(0, "k", "one", "?ack=root").await;
+    let v1 = body["version"].as_u64().expect("version");
+    assert_eq!(c.get(3, "k", "").await.version, Some(v1), "b holds v1");
+    let (_, body) = c.put(0, "k", "two", "?ack=root").await;
+    let v2 = body["version"].as_u64().expect("version");
+    assert_eq!(c.get(4, "k", "?consistent=true").await.version, Some(v2));
+    wait_until(Duration::from_secs(20), "b to be pushed v2", || async {
+        let r = c.get(3, "k", "").await;
+        r.version == Some(v2) && r.cache.as_deref() == Some("hit")
+    })
+    .await;
+}

@@ -234,7 +234,13 @@ impl Node {
                         value: Some(value.clone()),
                         expires_at: *expires_at,
                     };
-                    store.apply(&update, asked);
+                    // Newer than what we held (a consistent read, or one
+                    // that overtook a push on its way): our holders must
+                    // hear of it, or the push that follows finds us up to
+                    // date and stops here.
+                    if let Applied::Newer { holders } = store.apply(&update, asked) {
+                        self.push_to(&holders, &update);
+                    }
                 }
                 FillOutcome::Unchanged => {
                     if let Read::Have(v) = read {
@@ -327,7 +333,11 @@ impl Node {
             }
         }
         let lookup = hold(Time::now());
-        log::debug!("fill of {key} for child {child} (have {have:?}, consistent {consistent}): {:?} current {}", lookup.version(), lookup.is_current());
+        log::debug!(
+            "fill of {key} for child {child} (have {have:?}, consistent {consistent}): {:?} current {}",
+            lookup.version(),
+            lookup.is_current()
+        );
         let delay = self.args().fault_fill_delay_ms;
         if delay > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
