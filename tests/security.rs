@@ -314,3 +314,43 @@ async fn past_max_upstream_requests_a_miss_gets_503_overloaded_and_hits_still_se
     assert_eq!(c.get(1, "k199", "").await.text(), "v");
     assert!(health_ok(&c, 1).await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_an_api_token_kv_needs_it_and_the_cli_sends_it() {
+    let token = ["--api-token", "s3cret-token"];
+    let c = Cluster::start_with(2, &token, &token).await;
+    let cli = |args: &[&str], env_token: Option<&str>| {
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.args(args).env_remove("TREECACHE_API_TOKEN");
+        if let Some(t) = env_token {
+            cmd.env("TREECACHE_API_TOKEN", t);
+        }
+        cmd.output().expect("run treecache")
+    };
+    let node = c.url(1);
+    let out = cli(&["put", "k", "v", "--ack", "root", "--node", &node], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&["put", "k", "v", "--ack", "root", "--node", &node, "--api-token", "s3cret-token"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&["get", "k", "--node", &node], Some("s3cret-token"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v", "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&["get", "k", "--node", &node], Some("wrong"));
+    assert!(!out.status.success());
+    // Without the token: 401 on /kv, /metrics, /dump; /health stays open.
+    for path in ["/kv/k", "/metrics", "/dump"] {
+        let resp = c.http.get(format!("{node}{path}")).send().await.expect("GET");
+        assert_eq!(resp.status(), 401, "{path}");
+    }
+    assert!(health_ok(&c, 1).await);
+    // A consistent read makes node 2 read at the root's /kv: it sends the token.
+    let resp = c
+        .http
+        .get(format!("{node}/kv/k?consistent=true"))
+        .bearer_auth("s3cret-token")
+        .send()
+        .await
+        .expect("GET consistent");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.expect("body"), "v");
+}
