@@ -6,10 +6,9 @@
 //!
 //! - The cluster secret (`--cluster-secret`) travels in `X-Treecache-Secret`
 //!   on every node-to-node request: the node's HTTP client sends it as a
-//!   default header. A separate header, not `Authorization`, so a node's
-//!   own `/kv` requests (a consistent read at the root) carry the API token
-//!   in `Authorization` beside it, and a client's token is never mistaken
-//!   for the secret or the other way round.
+//!   default header. A header of its own, not `Authorization`, so the two
+//!   credentials never stand in for each other: a client's API token opens
+//!   no internal route, the secret no `/kv`.
 //! - The API token (`--api-token`, off by default) guards `/kv`, `/metrics`
 //!   and `/dump` as `Authorization: Bearer <token>`.
 
@@ -45,10 +44,6 @@ impl Guard {
 
     pub fn secret(&self) -> &Secret {
         &self.secret
-    }
-
-    pub fn token(&self) -> Option<&str> {
-        self.token.as_deref()
     }
 
     /// An internal route: the cluster secret, or 401.

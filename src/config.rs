@@ -136,8 +136,7 @@ pub struct NodeArgs {
     #[arg(long, env = "TREECACHE_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
     /// When set, `/kv`, `/metrics` and `/dump` require `Authorization: Bearer <token>`
-    /// (`/health` stays open). Nodes send it on their own `/kv` requests too,
-    /// so give every node of a cluster the same token.
+    /// (`/health` and `/tree` stay open).
     #[arg(long, env = "TREECACHE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
     /// Log lines as text or as one JSON object per line.
@@ -147,9 +146,9 @@ pub struct NodeArgs {
     /// wait in the listen backlog.
     #[arg(long, env = "TREECACHE_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(2..))]
     pub max_connections: u32,
-    /// Most requests this node has in flight to its parent or the root at
-    /// once (fills, consistent reads, forwarded writes); past it, a request
-    /// that needs one more gets 503 `overloaded` with Retry-After.
+    /// Most fills this node has in flight to its parent at once (consistent
+    /// reads included); past it, a read that needs one more gets 503
+    /// `overloaded` with Retry-After.
     #[arg(long, env = "TREECACHE_MAX_UPSTREAM_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_upstream_requests: u32,
     /// Fault injection for tests: hold every fill answer this long after

@@ -343,7 +343,8 @@ async fn with_an_api_token_kv_needs_it_and_the_cli_sends_it() {
         assert_eq!(resp.status(), 401, "{path}");
     }
     assert!(health_ok(&c, 1).await);
-    // A consistent read makes node 2 read at the root's /kv: it sends the token.
+    // A consistent read at node 2 goes up the fill chain (internal routes:
+    // the secret, not the token) and is answered.
     let resp = c
         .http
         .get(format!("{node}/kv/k?consistent=true"))

@@ -114,8 +114,8 @@ struct Inner {
 
 /// The node-to-node HTTP client: keep-alive pool, no Nagle delay, a short
 /// connect timeout so a dead parent is noticed quickly. Every request it
-/// sends carries the cluster secret (and the API token, for a consistent
-/// read at the root's `/kv`) as default headers: no call site adds them.
+/// sends carries the cluster secret as a default header: no call site adds
+/// it. (Nodes call only internal routes, so the API token is not needed.)
 fn build_http(guard: &Guard) -> Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     let mut sensitive = |name: reqwest::header::HeaderName, value: &str| {
@@ -126,9 +126,6 @@ fn build_http(guard: &Guard) -> Result<reqwest::Client> {
         Ok::<(), Error>(())
     };
     sensitive(reqwest::header::HeaderName::from_static(SECRET_HEADER_NAME), guard.secret().expose())?;
-    if let Some(token) = guard.token() {
-        sensitive(reqwest::header::AUTHORIZATION, &format!("Bearer {token}"))?;
-    }
     reqwest::Client::builder()
         .default_headers(headers)
         .pool_idle_timeout(CLIENT_POOL_IDLE)
@@ -226,8 +223,8 @@ impl Node {
         })
     }
 
-    /// A permit for one request upstream on a client's behalf (a fill, a
-    /// consistent read, forwarded writes), held until its answer is read;
+    /// A permit for one request upstream on a reader's behalf (a fill,
+    /// consistent or not), held until its answer is read;
     /// 503 `overloaded` when `--max-upstream-requests` are in flight. The
     /// one place the bound is taken: call it where such a request starts.
     pub(crate) fn upstream_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
@@ -238,8 +235,8 @@ impl Node {
     }
 
     /// A request to another node: its epoch and, when it is made for a
-    /// client's request, that request's id (`X-Request-Id`). The secret
-    /// and token are the client's default headers (see [`build_http`]).
+    /// client's request, that request's id (`X-Request-Id`). The secret is
+    /// a default header of the client (see [`build_http`]).
     fn request(&self, http: &reqwest::Client, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
         let req = http.request(method, url).header(EPOCH_HEADER, self.epoch());
         match crate::trace::current() {
