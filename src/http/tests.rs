@@ -365,3 +365,28 @@ async fn every_answer_carries_a_request_id_kept_from_the_client_when_sane() {
         call_service(&app, TestRequest::get().uri("/tree").insert_header(("x-request-id", "a b")).to_request()).await;
     assert!(id_of(&resp).is_some_and(|id| id != "a b" && id.len() == 16));
 }
+
+#[actix_web::test]
+async fn a_body_that_never_arrives_is_408_and_stores_nothing() {
+    // Paused time: the runtime jumps to the body timeout once all is idle.
+    tokio::time::pause();
+    let n = node();
+    let app = app!(n).await;
+    let never: std::pin::Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, actix_web::error::PayloadError>>>> =
+        Box::pin(futures::stream::pending());
+    let req = TestRequest::put().uri("/kv/k").insert_header(("content-length", "5")).to_request();
+    let (req, _) = req.replace_payload(actix_web::dev::Payload::Stream { payload: never });
+    let resp = call_service(&app, req).await;
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    let body: serde_json::Value = read_body_json(resp).await;
+    assert_eq!(body["code"], "request_timeout", "{body}");
+    assert!(n.store().is_empty());
+}
+
+#[actix_web::test]
+async fn a_guard_without_a_node_refuses_rather_than_lets_through() {
+    let app = init_service(App::new().configure(|cfg| super::routes(cfg, 16))).await;
+    let req = TestRequest::post().uri("/internal/clear").insert_header((crate::auth::SECRET_HEADER, SECRET));
+    let resp = call_service(&app, req.to_request()).await;
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}
