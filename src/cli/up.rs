@@ -146,7 +146,8 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     progress.finish();
     print_nodes(&http, &urls).await;
     print_tree(&zk_addr, &args.cluster, urls.len()).await;
-    println!("cluster secret in {0} (another node joins with --cluster-secret-file {0})", secret.display());
+    println!("cluster secret in {}", secret.display());
+    println!("(another node joins with --cluster-secret-file and that file)");
     println!("logs in {}\nCtrl-C stops the tree.", logs.display());
     watch(&mut running.nodes).await;
     eprintln!("stopping {} nodes{}...", running.nodes.len(), if running.zk.is_some() { " and ZooKeeper" } else { "" });
