@@ -5,8 +5,9 @@
 //! `A-Za-z0-9._:-`), else a new 16-hex-digit one. Code running for the
 //! request reads it with [`current`]: the node's outgoing requests carry it
 //! (one helper in `node/mod.rs`), and every log line written inside the
-//! scope shows it. Work that outlives the request (push queues, the
-//! ack=parent forwarder) runs outside any scope and logs without one.
+//! scope shows it. Work that outlives the request (push queues, the write
+//! uplink, whose batches mix many clients' writes) runs outside any scope
+//! and logs without one.
 //!
 //! [`init_logging`] installs env_logger (`RUST_LOG` as before) writing text
 //! or one JSON object per line (`--log-format`).
