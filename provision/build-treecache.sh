@@ -10,7 +10,8 @@
 # those of the binary there (target/vagrant/treecache.src holds their hash).
 # Installs what a build needs: a C toolchain (apt) and Rust (rustup, into
 # /opt/rust). The compile happens on the VM's own disk (/var/cache/treecache-build);
-# only the finished binary goes to the synced folder.
+# only the finished binary goes to the synced folder. It also makes the
+# cluster secret, target/vagrant/cluster-secret, once (see treecache.sh).
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 . "$(dirname "$0")/lib.sh"
@@ -45,6 +46,9 @@ ensure_rust() {
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
         sh -s -- -y --profile minimal --default-toolchain stable --no-modify-path >/dev/null
 }
+
+# The secret every node gets, made here once (the zk VM comes up first).
+ensure_secret "$SHARED_SECRET"
 
 want=$(source_hash)
 if shared_build_current; then

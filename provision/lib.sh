@@ -172,6 +172,29 @@ source_hash() {
     )
 }
 
+# The cluster secret every node of the Vagrant tree shares (the synced
+# folder): made once, by the zk VM's provisioning or the first node's.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+SHARED_SECRET=$SHARED_BUILD/cluster-secret
+
+# ensure_secret FILE: FILE holds a cluster secret; if there is none, makes
+# one (256 random bits as hex), readable by its owner only. Created with
+# O_EXCL (noclobber), so two machines racing to make it keep the first.
+ensure_secret() {
+    local file=$1
+    [ -s "$file" ] && return 0
+    mkdir -p "$(dirname "$file")"
+    if (
+        umask 077
+        set -C
+        od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$file"
+        echo >>"$file"
+    ) 2>/dev/null; then
+        log "made a new cluster secret in $file"
+    fi
+    [ -s "$file" ] || die "no cluster secret in $file and cannot make one"
+}
+
 # shared_build_current: the shared binary exists and matches the sources.
 shared_build_current() {
     [ -x "$SHARED_BUILD/treecache" ] && [ "$(cat "$SHARED_BUILD/treecache.src" 2>/dev/null)" = "$(source_hash)" ]

@@ -17,6 +17,12 @@
 #   TREECACHE_STATE_DIR  foreground/background state (default
 #                        target/deploy/node-ADDRESS-PORT in the checkout)
 #   TREECACHE_BUILD_WAIT seconds a VM waits for the shared build (default 1800)
+#   TREECACHE_CLUSTER_SECRET_FILE  the cluster secret every node shares. Default:
+#                        target/vagrant/cluster-secret in the synced folder, made
+#                        once (by build-treecache.sh on the zk VM, or here) unless
+#                        TREECACHE_CLUSTER_SECRET gives the secret itself. In a VM
+#                        it is copied to /etc/treecache/cluster-secret (0600) and
+#                        handed to the service as a systemd credential.
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 . "$(dirname "$0")/lib.sh"
@@ -24,8 +30,22 @@ set -euo pipefail
 mode=$(parse_mode "${1:-}")
 listen=${TREECACHE_LISTEN:-127.0.0.1:8080}
 url=${TREECACHE_ADVERTISE:-http://$listen}
-# Variables for this script, not for the node.
-PROVISION_ONLY='^TREECACHE_(BIN|STATE_DIR|BUILD_WAIT)='
+# Variables for this script, not for the node (the secret reaches a VM's
+# node as a credential file, never through the environment file).
+PROVISION_ONLY='^TREECACHE_(BIN|STATE_DIR|BUILD_WAIT|CLUSTER_SECRET|CLUSTER_SECRET_FILE)='
+
+# secret_file: the file with the cluster secret, made if needed.
+secret_file() {
+    local file=${TREECACHE_CLUSTER_SECRET_FILE:-$SHARED_SECRET}
+    if [ -n "${TREECACHE_CLUSTER_SECRET:-}" ]; then
+        # Given as a value: keep it in a private file of our own.
+        file=$(state_dir "node-${listen//[:.]/-}")/cluster-secret
+        (umask 077 && printf '%s\n' "$TREECACHE_CLUSTER_SECRET" >"$file")
+    else
+        ensure_secret "$file"
+    fi
+    printf '%s\n' "$file"
+}
 
 describe() {
     local what="node ${TREECACHE_ID:-(id from the root)}"
@@ -81,10 +101,14 @@ install_systemd() {
         mv -f /usr/local/bin/treecache.new /usr/local/bin/treecache
         changed=1
     fi
+    local secret
+    secret=$(secret_file)
+    write_if_changed /etc/treecache/cluster-secret 0600 <"$secret" && changed=1
+    # 0600: it may hold TREECACHE_API_TOKEN. systemd reads it as root.
     {
         echo "# Written by provision/treecache.sh from the environment Vagrant gave it."
         env | grep -E '^(TREECACHE_[A-Z_]+|RUST_LOG)=' | grep -Ev "$PROVISION_ONLY" | LC_ALL=C sort
-    } | write_if_changed /etc/treecache/treecache.env 0644 && changed=1
+    } | write_if_changed /etc/treecache/treecache.env 0600 && changed=1
     write_if_changed /etc/systemd/system/treecache.service 0644 <<'EOF' && changed=1
 # Written by provision/treecache.sh.
 [Unit]
@@ -95,6 +119,9 @@ Wants=network-online.target
 
 [Service]
 EnvironmentFile=/etc/treecache/treecache.env
+# The cluster secret, readable by this service's dynamic user only.
+LoadCredential=cluster-secret:/etc/treecache/cluster-secret
+Environment=TREECACHE_CLUSTER_SECRET_FILE=%d/cluster-secret
 ExecStart=/usr/local/bin/treecache node
 # SIGTERM: the node leaves the tree (its children re-attach at once).
 KillSignal=SIGTERM
@@ -127,11 +154,17 @@ case "$mode" in
         ;;
     foreground)
         bin=$(local_binary)
+        TREECACHE_CLUSTER_SECRET_FILE=$(secret_file)
+        export TREECACHE_CLUSTER_SECRET_FILE
+        unset TREECACHE_CLUSTER_SECRET
         log "$(describe)"
         exec "$bin" node
         ;;
     background)
         bin=$(local_binary)
+        TREECACHE_CLUSTER_SECRET_FILE=$(secret_file)
+        export TREECACHE_CLUSTER_SECRET_FILE
+        unset TREECACHE_CLUSTER_SECRET
         dir=$(state_dir "node-${listen//[:.]/-}")
         start_background "$dir/treecache.pid" "$dir/treecache.log" "$bin" node
         if ! command -v curl >/dev/null; then

@@ -125,6 +125,32 @@ pub struct NodeArgs {
     /// Largest value accepted, e.g. 1MiB.
     #[arg(long, env = "TREECACHE_MAX_VALUE_BYTES", value_parser = parse_bytes, default_value = "1MiB")]
     pub max_value_bytes: u64,
+    /// The cluster's shared secret: every internal route (registration,
+    /// fills, forwarded writes, pushes, topology, clear, leave) requires
+    /// it, and it derives the ZooKeeper digest ACL. Required (or
+    /// --cluster-secret-file); at least 16 printable ASCII characters.
+    #[arg(long, env = "TREECACHE_CLUSTER_SECRET", hide_env_values = true, conflicts_with = "cluster_secret_file")]
+    pub cluster_secret: Option<String>,
+    /// A file holding the cluster secret (surrounding whitespace ignored),
+    /// instead of --cluster-secret: it stays out of `ps` and the environment.
+    #[arg(long, env = "TREECACHE_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// When set, `/kv`, `/metrics` and `/dump` require `Authorization: Bearer <token>`
+    /// (`/health` and `/tree` stay open).
+    #[arg(long, env = "TREECACHE_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Log lines as text or as one JSON object per line.
+    #[arg(long, env = "TREECACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Most client connections open at once (over both HTTP workers); more
+    /// wait in the listen backlog.
+    #[arg(long, env = "TREECACHE_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(2..))]
+    pub max_connections: u32,
+    /// Most fills this node has in flight to its parent at once (consistent
+    /// reads included); past it, a read that needs one more gets 503
+    /// `overloaded` with Retry-After.
+    #[arg(long, env = "TREECACHE_MAX_UPSTREAM_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_upstream_requests: u32,
     /// Fault injection for tests: hold every fill answer this long after
     /// reading it (so a push can overtake it). Never set in production.
     #[arg(long, env = "TREECACHE_FAULT_FILL_DELAY_MS", hide = true, default_value_t = 0)]
@@ -198,7 +224,30 @@ impl NodeArgs {
         if self.snapshot_bytes == 0 || self.log_segment_bytes < 4096 {
             return Err("--snapshot-bytes must be above 0 and --log-segment-bytes at least 4KiB".into());
         }
+        self.secret()?;
+        if let Some(token) = &self.api_token {
+            check_token(token)?;
+        }
         Ok(())
+    }
+
+    /// The cluster secret, from --cluster-secret or --cluster-secret-file.
+    pub fn secret(&self) -> Result<Secret, String> {
+        let text = match (&self.cluster_secret, &self.cluster_secret_file) {
+            (Some(s), None) => s.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("--cluster-secret-file {}: {e}", path.display()))?
+                .trim()
+                .to_string(),
+            (Some(_), Some(_)) => return Err("give --cluster-secret or --cluster-secret-file, not both".into()),
+            (None, None) => {
+                return Err("a cluster secret is required: --cluster-secret-file FILE (or --cluster-secret S, \
+                            TREECACHE_CLUSTER_SECRET); every node of the cluster gets the same one, e.g. made \
+                            with `head -c 32 /dev/urandom | base64 > FILE`"
+                    .into())
+            }
+        };
+        Secret::new(text)
     }
 
     /// The URL this node gives the tree for itself.
@@ -208,6 +257,55 @@ impl NodeArgs {
             None => format!("http://{}", self.listen),
         }
     }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `2025-01-01T00:00:00Z INFO target [request id] message`.
+    Text,
+    /// One JSON object per line: ts, level, target, msg, request_id (when known).
+    Json,
+}
+
+/// Shortest cluster secret accepted.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// The cluster secret: printable ASCII (it travels in an HTTP header),
+/// at least [`MIN_SECRET_LEN`] characters. Its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: String) -> Result<Secret, String> {
+        if text.is_empty() {
+            return Err("the cluster secret is empty".into());
+        }
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the cluster secret must be printable ASCII without spaces".into());
+        }
+        if text.len() < MIN_SECRET_LEN {
+            return Err(format!("the cluster secret is {} characters; use at least {MIN_SECRET_LEN}", text.len()));
+        }
+        Ok(Secret(text))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+fn check_token(token: &str) -> Result<(), String> {
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("--api-token must be non-empty printable ASCII without spaces".into());
+    }
+    Ok(())
 }
 
 fn check_url(flag: &str, url: &str) -> Result<(), String> {
@@ -281,8 +379,13 @@ mod tests {
         assert!(parse_bytes("99999999999999999999GiB").is_err());
     }
 
+    const SECRET: &str = "0123456789abcdef-test";
+
     fn node(args: &[&str]) -> Result<NodeArgs, String> {
         let mut full = vec!["treecache", "node", "--zk", "127.0.0.1:2181"];
+        if !args.iter().any(|a| a.starts_with("--cluster-secret")) {
+            full.extend(["--cluster-secret", SECRET]);
+        }
         full.extend_from_slice(args);
         match Cli::try_parse_from(full).map_err(|e| e.to_string())?.command {
             Command::Node(n) => n.validate().map(|_| n),
@@ -335,5 +438,39 @@ mod tests {
         assert_eq!(n.mode, Mode::Push);
         assert_eq!(n.max_value_bytes, 1 << 20);
         assert_eq!(n.advertise_url(), "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn the_cluster_secret_is_required_and_checked() {
+        let err = node(&["--cluster-secret-file", "/nonexistent/secret"]).unwrap_err();
+        assert!(err.contains("/nonexistent/secret"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let err = node(&["--cluster-secret-file", empty.to_str().unwrap()]).unwrap_err();
+        assert!(err.contains("empty"), "{err}");
+        let good = dir.path().join("good");
+        std::fs::write(&good, format!("{SECRET}\n")).unwrap();
+        let n = node(&["--cluster-secret-file", good.to_str().unwrap()]).unwrap();
+        assert_eq!(n.secret().unwrap().expose(), SECRET);
+        assert!(node(&["--cluster-secret", "short"]).unwrap_err().contains("at least 16"));
+        assert!(node(&["--cluster-secret", "has a space in it, sadly"]).is_err());
+        let both = ["--cluster-secret", SECRET, "--cluster-secret-file", good.to_str().unwrap()];
+        assert!(node(&both).is_err());
+        let none = Cli::try_parse_from(["treecache", "node", "--zk", "127.0.0.1:2181"]).unwrap();
+        let Command::Node(none) = none.command else { unreachable!() };
+        assert!(none.validate().unwrap_err().contains("cluster secret is required"));
+        assert_eq!(format!("{:?}", n.secret().unwrap()), "Secret(..)");
+    }
+
+    #[test]
+    fn api_token_and_limits_are_checked() {
+        assert!(node(&["--api-token", ""]).is_err());
+        assert!(node(&["--api-token", "two words"]).is_err());
+        assert_eq!(node(&["--api-token", "t0ken"]).unwrap().api_token.as_deref(), Some("t0ken"));
+        assert!(node(&["--max-upstream-requests", "0"]).is_err());
+        assert!(node(&["--max-connections", "1"]).is_err());
+        assert_eq!(node(&["--log-format", "json"]).unwrap().log_format, LogFormat::Json);
+        assert!(node(&["--log-format", "xml"]).is_err());
     }
 }

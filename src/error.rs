@@ -44,6 +44,12 @@ pub enum Error {
         source: zookeeper_client::Error,
     },
     #[error("{0}")]
+    Unauthorized(Credential),
+    #[error("this node has {limit} requests in flight upstream (--max-upstream-requests); retry shortly")]
+    Overloaded { limit: u32 },
+    #[error("the request body did not arrive within {secs} s")]
+    BodyTimeout { secs: u64 },
+    #[error("{0}")]
     Internal(String),
     #[error("node {child} is not a child of node {me} (the tree changed; re-registering fixes it)")]
     NotChild { child: u64, me: u64 },
@@ -57,6 +63,26 @@ pub enum Error {
     StaleGeneration { got: u64, have: u64 },
     #[error("the write of {key:?} is queued but not yet acknowledged; it will still be delivered")]
     WriteInFlight { key: String },
+}
+
+/// What a 401 is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// Internal routes: `X-Treecache-Secret`.
+    ClusterSecret,
+    /// `/kv`, `/metrics`, `/dump` under `--api-token`: `Authorization: Bearer`.
+    ApiToken,
+}
+
+impl std::fmt::Display for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credential::ClusterSecret => {
+                "internal route: missing or wrong cluster secret (header X-Treecache-Secret, see --cluster-secret)"
+            }
+            Credential::ApiToken => "missing or wrong API token (header Authorization: Bearer <token>)",
+        })
+    }
 }
 
 impl Error {
@@ -77,6 +103,9 @@ impl Error {
             Error::ParentUnreachable { .. } => "parent_unreachable",
             Error::Upstream { .. } => "upstream_error",
             Error::Zk { .. } => "zookeeper",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Overloaded { .. } => "overloaded",
+            Error::BodyTimeout { .. } => "request_timeout",
             Error::Internal(_) => "internal",
             Error::NotChild { .. } => "not_child",
             Error::NotParent { .. } => "not_parent",
@@ -119,11 +148,14 @@ impl ResponseError for Error {
             | Error::NotParent { .. }
             | Error::StaleGeneration { .. }
             | Error::WriteRefused { .. } => StatusCode::CONFLICT,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::NotRegistered
             | Error::ParentUnreachable { .. }
             | Error::Zk { .. }
             | Error::ShuttingDown
-            | Error::WriteInFlight { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | Error::WriteInFlight { .. }
+            | Error::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -136,6 +168,13 @@ impl ResponseError for Error {
         }
         if let Error::MethodNotAllowed { allowed, .. } = self {
             resp.insert_header((header::ALLOW, *allowed));
+        }
+        if let Error::Unauthorized(what) = self {
+            let challenge = match what {
+                Credential::ApiToken => "Bearer realm=\"treecache\"",
+                Credential::ClusterSecret => "X-Treecache-Secret realm=\"treecache-internal\"",
+            };
+            resp.insert_header((header::WWW_AUTHENTICATE, challenge));
         }
         resp.json(serde_json::json!({ "error": self.to_string(), "code": self.code() }))
     }
@@ -161,5 +200,17 @@ mod tests {
         let resp = Error::BadKey("empty".into()).error_response();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
         assert!(resp.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn unauthorized_is_401_with_a_challenge_and_overloaded_is_503() {
+        let resp = Error::Unauthorized(Credential::ApiToken).error_response();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert!(resp.headers().get(header::WWW_AUTHENTICATE).is_some_and(|v| v.as_bytes().starts_with(b"Bearer")));
+        assert_eq!(Error::Unauthorized(Credential::ClusterSecret).code(), "unauthorized");
+        let resp = Error::Overloaded { limit: 4 }.error_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        assert_eq!(Error::BodyTimeout { secs: 10 }.error_response().status(), StatusCode::REQUEST_TIMEOUT);
     }
 }

@@ -3,6 +3,8 @@
 //! The map, one line per component:
 //!
 //! - [`config`]: flags and environment variables into typed settings.
+//! - [`auth`]: the cluster secret and the API token, checked once per request.
+//! - [`trace`]: request ids (`X-Request-Id`) and the log format.
 //! - [`error`]: the one error enum and its HTTP mapping.
 //! - [`store`]: pure versioned store: entries, tombstones, expiry, holder
 //!   directory, LRU choice, "expecting" markers for in-flight fills.
@@ -26,6 +28,7 @@
 
 #![warn(clippy::all, rust_2018_idioms)]
 
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod coherence;
@@ -36,6 +39,7 @@ pub mod log;
 pub mod metrics;
 pub mod node;
 pub mod store;
+pub mod trace;
 pub mod tree;
 pub mod wire;
 pub mod zkserver;

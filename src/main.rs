@@ -7,12 +7,13 @@ use treecache::cli::{Exit, Failure};
 use treecache::config::{Cli, Command};
 
 fn main() {
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,zookeeper_client=warn,actix_server=warn"),
-    )
-    .init();
     // Usage errors exit 2 (clap's own code, and Exit::Usage).
     let cli = Cli::parse();
+    let format = match &cli.command {
+        Command::Node(args) => args.log_format,
+        _ => treecache::config::LogFormat::Text,
+    };
+    treecache::trace::init_logging(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

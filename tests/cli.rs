@@ -88,7 +88,8 @@ async fn exit_codes_tell_not_found_from_bad_input_from_unreachable() {
     // 1: anything else, e.g. a node that cannot bind its port.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let listen = taken.local_addr().unwrap().to_string();
-    let node = run(&["node", "--zk", &cluster.zk.addr(), "--listen", &listen], &[]);
+    let secret = cluster.secret_file.to_str().expect("utf-8 path").to_string();
+    let node = run(&["node", "--zk", &cluster.zk.addr(), "--listen", &listen, "--cluster-secret-file", &secret], &[]);
     assert_exit(&node, 1);
     assert!(stderr(&node).contains("cannot listen"), "{}", stderr(&node));
 }

@@ -229,7 +229,8 @@ fn a_data_dir_that_cannot_be_made_refuses_the_start() {
     let file = tempfile::NamedTempFile::new().unwrap();
     let dir = file.path().join("log");
     let out = std::process::Command::new(common::BIN)
-        .args(["node", "--zk", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--root", "--data-dir"])
+        .args(["node", "--zk", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--cluster-secret", "0123456789abcdef"])
+        .args(["--root", "--data-dir"])
         .arg(&dir)
         .output()
         .expect("run treecache");

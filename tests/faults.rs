@@ -25,7 +25,9 @@ async fn chain(n: usize, root_args: &[&str], node_args: &[&str]) -> Cluster {
 }
 
 async fn post(c: &Cluster, url: String, body: Vec<u8>, headers: &[(&str, String)]) -> (u16, Value) {
-    let mut req = c.http.post(url).body(body);
+    // As a member would send it (with the cluster secret): these tests are
+    // about identity and epochs, tests/security.rs about the secret.
+    let mut req = c.peer_http().post(url).body(body);
     for (name, value) in headers {
         req = req.header(*name, value.as_str());
     }
@@ -224,7 +226,7 @@ async fn internal_messages_from_strangers_are_refused_and_change_nothing() {
     let (a, b) = (c.id(1).await, c.id(2).await);
     let epoch = c.health(2).await["epoch"].as_u64().expect("epoch");
     // A fill or a write from a node that is not a child.
-    let r = c.http.get(format!("{}/internal/fill/k?child=999", c.url(0))).send().await.expect("fill");
+    let r = c.peer_http().get(format!("{}/internal/fill/k?child=999", c.url(0))).send().await.expect("fill");
     assert_eq!(r.status(), 409);
     assert_eq!(r.json::<Value>().await.expect("json")["code"], "not_child");
     let (status, body) = post(&c, format!("{}/internal/write?child={b}", c.url(0)), vec![0, 0, 0, 0], &[]).await;
@@ -298,8 +300,9 @@ async fn internal_messages_from_strangers_are_refused_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_election_retried_in_the_same_session_does_not_wait_for_itself() {
     let zk_server = common::Zk::start().await;
-    let zk = zk_server.client().await;
-    let paths = treecache::tree::zk::Paths::new("elect-test");
+    let secret = treecache::config::Secret::new("election-test-secret-0123".into()).expect("secret");
+    let paths = treecache::tree::zk::Paths::with_secret("elect-test", &secret);
+    let zk = treecache::tree::zk::connect(&zk_server.addr(), &paths).await.expect("session");
     treecache::tree::zk::ensure_layout(&zk, &paths).await.expect("layout");
     let me = b"http://127.0.0.1:1";
     let first = tokio::time::timeout(Duration::from_secs(10), treecache::tree::zk::elect(&zk, &paths, me)).await;

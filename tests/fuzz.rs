@@ -213,12 +213,23 @@ struct Harness<S> {
 
 type Request = actix_http::Request;
 
+const SECRET: &str = "fuzz-cluster-secret-0123456789";
+
 impl Harness<()> {
     #[allow(clippy::new_ret_no_self)]
     fn new() -> Harness<impl Service<Request, Response = ServiceResponse, Error = actix_web::Error>> {
         let system = actix_web::rt::System::new();
         let (node, app) = system.block_on(async {
-            let cli = Cli::parse_from(["treecache", "node", "--zk", "127.0.0.1:1", "--max-value-bytes", "64"]);
+            let cli = Cli::parse_from([
+                "treecache",
+                "node",
+                "--zk",
+                "127.0.0.1:1",
+                "--max-value-bytes",
+                "64",
+                "--cluster-secret",
+                SECRET,
+            ]);
             let Command::Node(args) = cli.command else { unreachable!("parsed a node command") };
             let node = Node::new(args).expect("node");
             let app = init_service(
@@ -232,8 +243,11 @@ impl Harness<()> {
 }
 
 impl<S: Service<Request, Response = ServiceResponse, Error = actix_web::Error>> Harness<S> {
-    /// Status, and the error code when the answer is a JSON error.
+    /// Status, and the error code when the answer is a JSON error. Sent as
+    /// a member would (with the cluster secret): what is fuzzed here is the
+    /// parsing behind the secret check (tests/security.rs has the check).
     fn call(&self, req: TestRequest) -> (u16, Option<String>) {
+        let req = req.insert_header(("x-treecache-secret", SECRET));
         self.system.block_on(async {
             let resp = call_service(&self.app, req.to_request()).await;
             let status = resp.status().as_u16();

@@ -528,6 +528,9 @@ impl Lab {
             .envs(&vm.env)
             .env("TREECACHE_BIN", BIN)
             .env("TREECACHE_STATE_DIR", &state)
+            // One secret for every host, made by the first one's provisioning
+            // (in Vagrant: target/vagrant/cluster-secret in the synced folder).
+            .env("TREECACHE_CLUSTER_SECRET_FILE", self.dir.path().join("cluster-secret"))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

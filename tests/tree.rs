@@ -239,7 +239,7 @@ async fn a_dead_node_s_children_reattach_and_stay_coherent() {
 async fn ids_are_granted_refused_and_never_reused() {
     let mut c = Cluster::start(3, &[]).await;
     let register = |body: serde_json::Value| {
-        let http = c.http.clone();
+        let http = c.peer_http();
         let url = format!("{}/clients/register", c.url(0));
         async move {
             let r = http.post(url).json(&body).send().await.unwrap();
@@ -255,7 +255,7 @@ async fn ids_are_granted_refused_and_never_reused() {
     assert_eq!(status, 400);
     // Registration at a non-root node is refused.
     let r = c
-        .http
+        .peer_http()
         .post(format!("{}/clients/register", c.url(1)))
         .json(&serde_json::json!({"url": "http://127.0.0.1:9"}))
         .send()
@@ -319,7 +319,7 @@ fn unbuilt_features_are_refused_not_ignored() {
     {
         let flags = ["--max-memory", "64MiB"];
         let out = std::process::Command::new(common::BIN)
-            .args(["node", "--zk", "127.0.0.1:1", "--listen", "127.0.0.1:0"])
+            .args(["node", "--zk", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--cluster-secret", "0123456789abcdef"])
             .args(flags)
             .output()
             .expect("run treecache");
@@ -328,7 +328,7 @@ fn unbuilt_features_are_refused_not_ignored() {
         assert!(err.contains("not built yet"), "{err}");
     }
     let out = std::process::Command::new(common::BIN)
-        .args(["node", "--zk", "127.0.0.1:1", "--mode", "ttl"])
+        .args(["node", "--zk", "127.0.0.1:1", "--mode", "ttl", "--cluster-secret", "0123456789abcdef"])
         .output()
         .expect("run treecache");
     assert!(!out.status.success());

@@ -25,6 +25,21 @@ pub struct Target {
     /// Node to send the request to.
     #[arg(long, env = "TREECACHE_NODE", default_value = "http://127.0.0.1:8080")]
     pub node: String,
+    /// The node's --api-token, sent as `Authorization: Bearer`.
+    #[arg(long, env = "TREECACHE_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+}
+
+/// Default headers for a client of `/kv`: the API token, when there is one.
+pub fn auth_headers(token: Option<&str>) -> Result<reqwest::header::HeaderMap, String> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| "--api-token: not a valid header value".to_string())?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(headers)
 }
 
 /// How the answer is printed.
@@ -110,8 +125,9 @@ fn url(target: &Target, key: &str) -> String {
     format!("{}/kv/{}", target.node.trim_end_matches('/'), encode_key(key))
 }
 
-fn client() -> Result<reqwest::Client, Failure> {
+fn client(target: &Target) -> Result<reqwest::Client, Failure> {
     reqwest::Client::builder()
+        .default_headers(auth_headers(target.api_token.as_deref()).map_err(Failure::usage)?)
         .timeout(REQUEST_TIMEOUT)
         .build()
         .map_err(|e| Failure::new(Exit::Other, format!("cannot build an HTTP client: {}", chain(&e))))
@@ -163,7 +179,7 @@ pub async fn get(args: GetArgs) -> Result<(), Failure> {
         u.push_str("?consistent=true");
     }
     let what = format!("GET {u}");
-    let resp = check(send(client()?.get(&u), &what).await?, &what).await?;
+    let resp = check(send(client(&args.target)?.get(&u), &what).await?, &what).await?;
     let (version, cache, node) = (header(&resp, "x-version"), header(&resp, "x-cache"), header(&resp, "x-node"));
     let body = resp.bytes().await.map_err(|e| Failure::unavailable(format!("{what}: {}", chain(&e))))?;
     match args.output.output {
@@ -207,13 +223,13 @@ pub async fn put(args: PutArgs) -> Result<(), Failure> {
         query.push(("ttl", ttl.to_string()));
     }
     let u = url(&args.target, &args.key);
-    let req = client()?.put(&u).query(&query).body(value);
+    let req = client(&args.target)?.put(&u).query(&query).body(value);
     write_answer(req, &format!("PUT {u}"), &args.key, args.write.output.output).await
 }
 
 pub async fn del(args: DelArgs) -> Result<(), Failure> {
     let u = url(&args.target, &args.key);
-    let req = client()?.delete(&u).query(&[("ack", ack_str(args.write.ack))]);
+    let req = client(&args.target)?.delete(&u).query(&[("ack", ack_str(args.write.ack))]);
     write_answer(req, &format!("DELETE {u}"), &args.key, args.write.output.output).await
 }
 
@@ -275,7 +291,7 @@ mod tests {
         let port = crate::zkserver::free_port().unwrap();
         let args = DelArgs {
             key: "k".into(),
-            target: Target { node: format!("http://127.0.0.1:{port}") },
+            target: Target { node: format!("http://127.0.0.1:{port}"), api_token: None },
             write: WriteArgs { ack: AckArg::Parent, output: OutputArg { output: Format::Text } },
         };
         let err = del(args).await.unwrap_err();

@@ -14,9 +14,33 @@ const NODE_LOG_FILTER: &str = "info,zookeeper_client=warn,actix_server=warn";
 const POLL: Duration = Duration::from_millis(50);
 
 /// The flags every local node needs: where ZooKeeper is, which cluster,
-/// and the loopback port to listen on.
-pub fn node_args(zk: &str, cluster: &str, port: u16) -> Vec<String> {
-    vec!["--zk".into(), zk.into(), "--cluster".into(), cluster.into(), "--listen".into(), format!("127.0.0.1:{port}")]
+/// the loopback port to listen on, and the file holding the cluster secret.
+pub fn node_args(zk: &str, cluster: &str, port: u16, secret_file: &Path) -> Vec<String> {
+    vec![
+        "--zk".into(),
+        zk.into(),
+        "--cluster".into(),
+        cluster.into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--cluster-secret-file".into(),
+        secret_file.display().to_string(),
+    ]
+}
+
+/// Writes a new cluster secret (256 random bits as 64 hex digits) to
+/// `path`, readable by its owner only, for `--cluster-secret-file`.
+pub fn write_new_secret(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let secret: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot create the cluster secret file {}: {e}", path.display()))?;
+    io::Write::write_all(&mut file, format!("{secret}\n").as_bytes())
+        .map_err(|e| format!("cannot write the cluster secret file {}: {e}", path.display()))
 }
 
 /// Starts `bin node ARGS..` with stdout and stderr appended to `log`, and
@@ -25,6 +49,12 @@ pub fn node_args(zk: &str, cluster: &str, port: u16) -> Vec<String> {
 /// reach it; the caller stops it) and is killed if the spawning thread dies
 /// (see [`die_with_parent`]).
 pub fn spawn_node(bin: &Path, args: &[String], log: &Path) -> Result<Child, String> {
+    spawn_node_env(bin, args, log, &[])
+}
+
+/// [`spawn_node`] with extra environment variables (`RUST_LOG` among them
+/// overrides the caller's).
+pub fn spawn_node_env(bin: &Path, args: &[String], log: &Path, env: &[(&str, &str)]) -> Result<Child, String> {
     let (out, err) = open_log(log)?;
     let mut cmd = Command::new(bin);
     // The flags say everything; a TREECACHE_* variable meant for the
@@ -37,6 +67,7 @@ pub fn spawn_node(bin: &Path, args: &[String], log: &Path) -> Result<Child, Stri
     cmd.arg("node")
         .args(args)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| NODE_LOG_FILTER.into()))
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -185,9 +216,23 @@ mod tests {
     #[test]
     fn node_args_name_zookeeper_cluster_and_listen_address() {
         assert_eq!(
-            node_args("127.0.0.1:2181", "c1", 9000).join(" "),
-            "--zk 127.0.0.1:2181 --cluster c1 --listen 127.0.0.1:9000"
+            node_args("127.0.0.1:2181", "c1", 9000, Path::new("/s")).join(" "),
+            "--zk 127.0.0.1:2181 --cluster c1 --listen 127.0.0.1:9000 --cluster-secret-file /s"
         );
+    }
+
+    #[test]
+    fn new_secrets_are_private_random_and_never_overwrite() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        write_new_secret(&a).unwrap();
+        write_new_secret(&b).unwrap();
+        let text = std::fs::read_to_string(&a).unwrap();
+        assert_eq!(text.trim().len(), 64);
+        assert_ne!(text, std::fs::read_to_string(&b).unwrap());
+        assert_eq!(std::fs::metadata(&a).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(write_new_secret(&a).unwrap_err().contains("cannot create"));
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct UpArgs {
     /// HTTP port of the root; node k takes base-port + k. 0: free ports.
     #[arg(long, env = "TREECACHE_BASE_PORT", default_value_t = 0)]
     pub base_port: u16,
+    /// The cluster secret's file (default: a new secret in the log directory).
+    #[arg(long, env = "TREECACHE_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 impl UpArgs {
@@ -76,8 +79,8 @@ impl UpArgs {
     }
 
     /// The `node` flags of node `k`: the root also gets the mode.
-    fn flags(&self, zk: &str, k: u32, port: u16) -> Vec<String> {
-        let mut flags = node_args(zk, &self.cluster, port);
+    fn flags(&self, zk: &str, k: u32, port: u16, secret: &Path) -> Vec<String> {
+        let mut flags = node_args(zk, &self.cluster, port, secret);
         flags.extend(["--fanout".into(), self.fanout.to_string()]);
         if k == 0 {
             flags.extend(["--root".into(), "--mode".into(), self.mode.as_str().into()]);
@@ -116,6 +119,14 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     let zk = start_or_check_zk(args.zk.as_deref()).await?;
     let logs = log_dir()?;
     let zk_addr = args.zk.clone().or_else(|| zk.as_ref().map(LocalZk::addr)).unwrap_or_default();
+    let secret = match &args.cluster_secret_file {
+        Some(file) => file.clone(),
+        None => {
+            let file = logs.join("cluster-secret");
+            local::write_new_secret(&file)?;
+            file
+        }
+    };
     let mut running = Running { nodes: Vec::new(), zk };
     println!("ZooKeeper  {zk_addr}{}", if args.zk.is_some() { "" } else { " (private, stopped with the tree)" });
     let http = reqwest::Client::new();
@@ -126,7 +137,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
         let url = format!("http://127.0.0.1:{port}");
         let log = logs.join(format!("node-{k}.log"));
         progress.starting(k, &url);
-        running.nodes.push(spawn_node(&bin, &args.flags(&zk_addr, k, port), &log)?);
+        running.nodes.push(spawn_node(&bin, &args.flags(&zk_addr, k, port, &secret), &log)?);
         let child = running.nodes.last_mut();
         wait_healthy(&http, &url, HEALTH_TIMEOUT, child).await.map_err(|e| with_log(e, &log))?;
         progress.up(k, &url);
@@ -135,6 +146,8 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     progress.finish();
     print_nodes(&http, &urls).await;
     print_tree(&zk_addr, &args.cluster, urls.len()).await;
+    println!("cluster secret in {}", secret.display());
+    println!("(another node joins with --cluster-secret-file and that file)");
     println!("logs in {}\nCtrl-C stops the tree.", logs.display());
     watch(&mut running.nodes).await;
     eprintln!("stopping {} nodes{}...", running.nodes.len(), if running.zk.is_some() { " and ZooKeeper" } else { "" });
@@ -312,10 +325,14 @@ mod tests {
     fn the_root_gets_the_mode_and_nodes_do_not() {
         let a = up(&["--mode", "ttl", "--max-age", "1.5s", "--fanout", "3", "--cluster", "c"]).unwrap();
         assert_eq!(
-            a.flags("zk:1", 0, 9000).join(" "),
-            "--zk zk:1 --cluster c --listen 127.0.0.1:9000 --fanout 3 --root --mode ttl --max-age 1500ms"
+            a.flags("zk:1", 0, 9000, Path::new("/s")).join(" "),
+            "--zk zk:1 --cluster c --listen 127.0.0.1:9000 --cluster-secret-file /s --fanout 3 --root --mode ttl \
+             --max-age 1500ms"
         );
-        assert_eq!(a.flags("zk:1", 2, 9002).join(" "), "--zk zk:1 --cluster c --listen 127.0.0.1:9002 --fanout 3");
+        assert_eq!(
+            a.flags("zk:1", 2, 9002, Path::new("/s")).join(" "),
+            "--zk zk:1 --cluster c --listen 127.0.0.1:9002 --cluster-secret-file /s --fanout 3"
+        );
     }
 
     #[test]

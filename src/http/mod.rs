@@ -6,12 +6,17 @@
 //! - [`admin`]: `/health`, `/tree`, `/metrics`, `/dump`.
 //! - [`internal`]: registration and the node-to-node routes (fills,
 //!   forwarded writes, pushes, topology, clear, leave).
+//! - [`guard`]: middleware: request ids and the access log around
+//!   everything, the cluster secret around every internal route, the API
+//!   token around `/kv`, `/metrics`, `/dump`.
 
 mod admin;
+pub mod guard;
 mod internal;
 mod kv;
 
 use actix_web::http::header::HeaderName;
+use actix_web::middleware::{from_fn, Condition};
 use actix_web::{web, HttpRequest};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -38,6 +43,16 @@ pub struct Route {
 impl Route {
     pub fn methods(&self) -> impl Iterator<Item = &'static str> {
         self.methods.split(", ")
+    }
+
+    /// Needs the cluster secret: every internal route.
+    pub fn needs_secret(&self) -> bool {
+        self.internal
+    }
+
+    /// Needs the API token when one is set: `/kv`, `/metrics`, `/dump`.
+    pub fn needs_token(&self) -> bool {
+        matches!(self.handler, Handler::Kv | Handler::Metrics | Handler::Dump)
     }
 }
 
@@ -99,19 +114,29 @@ fn register(cfg: &mut web::ServiceConfig, route: &'static Route) {
     let prefix = route.path.trim_end_matches("/{key}");
     let wrong_method = move |req: HttpRequest| async move { method_not_allowed(&req, route) };
     let resource = |to| web::resource(route.path).route(to).default_service(web::to(wrong_method));
+    // Access comes from the table, the same for every route: the cluster
+    // secret for internal ones, the API token for /kv, /metrics, /dump.
+    // Checked before the handler (or the 405) runs; no handler checks it.
+    let secret = || Condition::new(route.needs_secret(), from_fn(guard::require_secret));
+    let token = || Condition::new(route.needs_token(), from_fn(guard::require_token));
+    macro_rules! guarded {
+        ($service:expr) => {
+            cfg.service($service.wrap(secret()).wrap(token()))
+        };
+    }
     match route.handler {
-        Handler::Kv => cfg.service(web::scope(prefix).default_service(web::to(kv::route))),
-        Handler::Fill => cfg.service(web::scope(prefix).default_service(web::to(internal::fill))),
-        Handler::Health => cfg.service(resource(web::get().to(admin::health))),
-        Handler::Tree => cfg.service(resource(web::get().to(admin::tree))),
-        Handler::Metrics => cfg.service(resource(web::get().to(admin::metrics))),
-        Handler::Dump => cfg.service(resource(web::get().to(admin::dump))),
-        Handler::Register => cfg.service(resource(web::post().to(internal::register))),
-        Handler::Write => cfg.service(resource(web::post().to(internal::write))),
-        Handler::Push => cfg.service(resource(web::post().to(internal::push))),
-        Handler::Topology => cfg.service(resource(web::post().to(internal::topology))),
-        Handler::Clear => cfg.service(resource(web::post().to(internal::clear))),
-        Handler::Leave => cfg.service(resource(web::post().to(internal::leave))),
+        Handler::Kv => guarded!(web::scope(prefix).default_service(web::to(kv::route))),
+        Handler::Fill => guarded!(web::scope(prefix).default_service(web::to(internal::fill))),
+        Handler::Health => guarded!(resource(web::get().to(admin::health))),
+        Handler::Tree => guarded!(resource(web::get().to(admin::tree))),
+        Handler::Metrics => guarded!(resource(web::get().to(admin::metrics))),
+        Handler::Dump => guarded!(resource(web::get().to(admin::dump))),
+        Handler::Register => guarded!(resource(web::post().to(internal::register))),
+        Handler::Write => guarded!(resource(web::post().to(internal::write))),
+        Handler::Push => guarded!(resource(web::post().to(internal::push))),
+        Handler::Topology => guarded!(resource(web::post().to(internal::topology))),
+        Handler::Clear => guarded!(resource(web::post().to(internal::clear))),
+        Handler::Leave => guarded!(resource(web::post().to(internal::leave))),
     };
 }
 
@@ -183,9 +208,19 @@ impl Query {
     }
 }
 
-/// Reads a body of at most `limit` bytes. One chunk (the usual case for a
-/// small value) is passed on as is, without a copy.
-async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes> {
+/// How long a request body may take to arrive, once its head has: a client
+/// trickling a body holds a handler no longer than this.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a body of at most `limit` bytes within [`BODY_TIMEOUT`]. One chunk
+/// (the usual case for a small value) is passed on as is, without a copy.
+async fn read_body(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<Bytes> {
+    tokio::time::timeout(BODY_TIMEOUT, read_body_untimed(req, payload, limit))
+        .await
+        .unwrap_or(Err(Error::BodyTimeout { secs: BODY_TIMEOUT.as_secs() }))
+}
+
+async fn read_body_untimed(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)

@@ -3,6 +3,7 @@
 //! these reach only the checks that come before any work.
 
 use actix_web::http::StatusCode;
+use actix_web::middleware::from_fn;
 use actix_web::test::{call_service, init_service, read_body_json, TestRequest};
 use actix_web::web::ThinData;
 use actix_web::App;
@@ -11,16 +12,42 @@ use clap::Parser;
 use crate::config::{Cli, Command};
 use crate::node::Node;
 
-fn node() -> Node {
-    let cli = Cli::parse_from(["treecache", "node", "--zk", "127.0.0.1:1", "--max-value-bytes", "16"]);
-    match cli.command {
+const SECRET: &str = "route-test-secret-0123456789";
+
+fn node_with(extra: &[&str]) -> Node {
+    let mut argv = vec!["treecache", "node", "--zk", "127.0.0.1:1", "--max-value-bytes", "16"];
+    argv.extend(["--cluster-secret", SECRET]);
+    argv.extend_from_slice(extra);
+    match Cli::parse_from(argv).command {
         Command::Node(args) => Node::new(args).expect("node"),
         _ => unreachable!(),
     }
 }
 
+fn node() -> Node {
+    node_with(&[])
+}
+
+/// The app as `treecache node` builds it.
+macro_rules! app {
+    ($node:expr) => {
+        init_service(
+            App::new()
+                .app_data(ThinData($node.clone()))
+                .wrap(from_fn(super::guard::track))
+                .configure(|cfg| super::routes(cfg, 16)),
+        )
+    };
+}
+
+/// Sends `req` as a peer would: with the cluster secret.
 async fn call(node: &Node, req: TestRequest) -> (StatusCode, serde_json::Value) {
-    let app = init_service(App::new().app_data(ThinData(node.clone())).configure(|cfg| super::routes(cfg, 16))).await;
+    call_raw(node, req.insert_header((crate::auth::SECRET_HEADER, SECRET))).await
+}
+
+/// Sends `req` with only the headers it has.
+async fn call_raw(node: &Node, req: TestRequest) -> (StatusCode, serde_json::Value) {
+    let app = app!(node).await;
     let resp = call_service(&app, req.to_request()).await;
     let status = resp.status();
     (status, read_body_json(resp).await)
@@ -130,7 +157,7 @@ async fn malformed_registrations_and_internal_messages_are_refused() {
 #[actix_web::test]
 async fn before_registration_reads_are_503_with_retry_after() {
     let n = node();
-    let app = init_service(App::new().app_data(ThinData(n.clone())).configure(|cfg| super::routes(cfg, 16))).await;
+    let app = app!(n).await;
     for uri in ["/health", "/kv/k", "/tree"] {
         let resp = call_service(&app, TestRequest::get().uri(uri).to_request()).await;
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{uri}");
@@ -149,7 +176,7 @@ async fn other_methods_are_405_with_allow_and_other_paths_are_not_kv() {
     expect(TestRequest::post().uri("/internal/fill/k?child=2"), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
         .await;
     let n = node();
-    let app = init_service(App::new().app_data(ThinData(n.clone())).configure(|cfg| super::routes(cfg, 16))).await;
+    let app = app!(n).await;
     let resp = call_service(&app, TestRequest::patch().uri("/kv/k").to_request()).await;
     assert_eq!(resp.headers().get("allow").and_then(|v| v.to_str().ok()), Some("GET, HEAD, PUT, POST, DELETE"));
     // The /kv scope is a path segment, not a string prefix.
@@ -168,12 +195,13 @@ fn sample_path(route: &super::Route) -> String {
 async fn every_route_answers_a_wrong_method_with_a_json_405_and_allow() {
     use actix_web::http::Method;
     let n = node();
-    let app = init_service(App::new().app_data(ThinData(n.clone())).configure(|cfg| super::routes(cfg, 16))).await;
+    let app = app!(n).await;
     let all = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "TRACE"];
     for route in super::ROUTES {
         let path = sample_path(route);
         for method in all {
             let req = TestRequest::default().method(Method::from_bytes(method.as_bytes()).unwrap()).uri(&path);
+            let req = req.insert_header((crate::auth::SECRET_HEADER, SECRET));
             let resp = call_service(&app, req.to_request()).await;
             let status = resp.status();
             let allow = resp.headers().get("allow").and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -198,7 +226,7 @@ async fn every_route_answers_a_wrong_method_with_a_json_405_and_allow() {
 #[actix_web::test]
 async fn docs_operations_md_lists_every_metric_the_node_renders() {
     let n = node();
-    let app = init_service(App::new().app_data(ThinData(n.clone())).configure(|cfg| super::routes(cfg, 16))).await;
+    let app = app!(n).await;
     let resp = call_service(&app, TestRequest::get().uri("/metrics").to_request()).await;
     let text = String::from_utf8_lossy(&actix_web::test::read_body(resp).await).into_owned();
     let doc =
@@ -207,4 +235,158 @@ async fn docs_operations_md_lists_every_metric_the_node_renders() {
     assert!(names.len() > 10, "{text}");
     let missing: Vec<_> = names.iter().filter(|n| !doc.contains(&format!("`{n}`"))).collect();
     assert!(missing.is_empty(), "docs/operations.md does not list {missing:?}");
+}
+
+/// Every internal route, as a peer would call it (with a well-formed body).
+fn internal_requests() -> Vec<TestRequest> {
+    let batch = crate::wire::encode_updates(&[crate::store::Update {
+        key: "k".into(),
+        version: 7,
+        value: Some(bytes::Bytes::from_static(b"v")),
+        expires_at: None,
+    }]);
+    vec![
+        TestRequest::post().uri("/clients/register").set_payload(r#"{"url": "http://10.9.9.9:8080"}"#),
+        TestRequest::get().uri("/internal/fill/k?child=2"),
+        TestRequest::post().uri("/internal/write?child=2&ack=root").set_payload(batch.clone()),
+        TestRequest::post().uri("/internal/push").set_payload(batch),
+        TestRequest::post().uri("/internal/topology").set_payload("{}"),
+        TestRequest::post().uri("/internal/clear"),
+        TestRequest::post().uri("/internal/leave").set_payload(r#"{"id": 2}"#),
+    ]
+}
+
+#[actix_web::test]
+async fn internal_routes_without_the_secret_are_401_and_change_nothing() {
+    let wrong = "route-test-secret-0123456780";
+    let bearer = format!("Bearer {SECRET}");
+    for (what, header) in [
+        ("no secret", None),
+        ("a wrong secret", Some(("x-treecache-secret", wrong))),
+        ("a short secret", Some(("x-treecache-secret", &SECRET[..10]))),
+        ("the secret as a bearer token", Some(("authorization", bearer.as_str()))),
+    ] {
+        for req in internal_requests() {
+            let n = node();
+            let req = match header {
+                Some(h) => req.insert_header(h),
+                None => req,
+            };
+            let req = req.to_request();
+            let uri = req.uri().to_string();
+            let app = app!(n).await;
+            let resp = call_service(&app, req).await;
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{what}: {uri}");
+            assert!(resp.headers().contains_key("www-authenticate"), "{what}: {uri}");
+            assert!(resp.headers().contains_key("x-request-id"), "{what}: {uri}");
+            let body: serde_json::Value = read_body_json(resp).await;
+            assert_eq!(body["code"], "unauthorized", "{what}: {uri}: {body}");
+            assert!(body["error"].as_str().is_some_and(|e| e.contains("cluster secret")), "{body}");
+            assert!(n.store().is_empty(), "{what}: {uri} changed nothing");
+            assert!(n.topology().is_none(), "{what}: {uri} changed nothing");
+        }
+    }
+}
+
+#[actix_web::test]
+async fn internal_routes_with_the_secret_reach_their_handlers() {
+    // Not registered (no ZooKeeper): a handler that got the request
+    // answers its own error, never 401.
+    for req in internal_requests() {
+        let n = node();
+        let (status, body) = call(&n, req).await;
+        assert_ne!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(body["code"].is_string(), "{body}");
+    }
+}
+
+#[actix_web::test]
+async fn the_api_token_guards_kv_metrics_and_dump_but_not_health() {
+    let n = node_with(&["--api-token", "tok-123"]);
+    for uri in ["/kv/k", "/metrics", "/dump"] {
+        for auth in [None, Some("Bearer tok-12"), Some("Bearer tok-1234"), Some("tok-123"), Some("Basic tok-123")] {
+            let req = TestRequest::get().uri(uri);
+            let req = match auth {
+                Some(a) => req.insert_header(("authorization", a)),
+                None => req,
+            };
+            let (status, body) = call_raw(&n, req).await;
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (StatusCode::UNAUTHORIZED, Some("unauthorized")),
+                "{uri} {auth:?}"
+            );
+        }
+    }
+    let (status, body) = call_raw(&n, TestRequest::put().uri("/kv/k").set_payload("v")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(n.store().is_empty());
+    // With the token: past the check (503, the node is not registered).
+    let (status, body) =
+        call_raw(&n, TestRequest::get().uri("/kv/k").insert_header(("authorization", "Bearer tok-123"))).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("not_registered")));
+    let app = app!(n).await;
+    let req = TestRequest::get().uri("/metrics").insert_header(("authorization", "Bearer tok-123"));
+    assert_eq!(call_service(&app, req.to_request()).await.status(), StatusCode::OK);
+    // /health stays open (503 only because the node is not registered).
+    let (status, body) = call_raw(&n, TestRequest::get().uri("/health")).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("not_registered")));
+    // The token is not the cluster secret, nor the other way round.
+    let (status, _) = call_raw(
+        &n,
+        TestRequest::get().uri("/internal/fill/k?child=2").insert_header(("authorization", "Bearer tok-123")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = call(&n, TestRequest::get().uri("/kv/k")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[actix_web::test]
+async fn without_a_token_kv_is_open() {
+    let (status, body) = call_raw(&node(), TestRequest::get().uri("/kv/k")).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("not_registered")));
+}
+
+#[actix_web::test]
+async fn every_answer_carries_a_request_id_kept_from_the_client_when_sane() {
+    let n = node();
+    let app = app!(n).await;
+    fn id_of<B>(resp: &actix_web::dev::ServiceResponse<B>) -> Option<String> {
+        resp.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string)
+    }
+    let resp =
+        call_service(&app, TestRequest::get().uri("/kv/k").insert_header(("x-request-id", "abc-1")).to_request()).await;
+    assert_eq!(id_of(&resp).as_deref(), Some("abc-1"));
+    let resp = call_service(&app, TestRequest::get().uri("/metrics").to_request()).await;
+    let made = id_of(&resp).expect("an id is made when the client sends none");
+    assert_eq!(made.len(), 16);
+    let resp =
+        call_service(&app, TestRequest::get().uri("/tree").insert_header(("x-request-id", "a b")).to_request()).await;
+    assert!(id_of(&resp).is_some_and(|id| id != "a b" && id.len() == 16));
+}
+
+#[actix_web::test]
+async fn a_body_that_never_arrives_is_408_and_stores_nothing() {
+    // Paused time: the runtime jumps to the body timeout once all is idle.
+    tokio::time::pause();
+    let n = node();
+    let app = app!(n).await;
+    let never: std::pin::Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, actix_web::error::PayloadError>>>> =
+        Box::pin(futures::stream::pending());
+    let req = TestRequest::put().uri("/kv/k").insert_header(("content-length", "5")).to_request();
+    let (req, _) = req.replace_payload(actix_web::dev::Payload::Stream { payload: never });
+    let resp = call_service(&app, req).await;
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    let body: serde_json::Value = read_body_json(resp).await;
+    assert_eq!(body["code"], "request_timeout", "{body}");
+    assert!(n.store().is_empty());
+}
+
+#[actix_web::test]
+async fn a_guard_without_a_node_refuses_rather_than_lets_through() {
+    let app = init_service(App::new().configure(|cfg| super::routes(cfg, 16))).await;
+    let req = TestRequest::post().uri("/internal/clear").insert_header((crate::auth::SECRET_HEADER, SECRET));
+    let resp = call_service(&app, req.to_request()).await;
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }

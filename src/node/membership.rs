@@ -100,7 +100,7 @@ impl Node {
                 return Ok(client);
             }
         }
-        let client = zk::connect(&self.args().zk).await?;
+        let client = zk::connect(&self.args().zk, &self.inner.paths).await?;
         *self.inner.membership.zk.lock() = Some(client.clone());
         Ok(client)
     }
@@ -138,6 +138,9 @@ impl Node {
             .send()
             .await
             .map_err(|e| Error::parent_unreachable(&root_url, e))?;
+        if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(Error::Internal(format!("the root {root_url} refused our cluster secret (401): not joining")));
+        }
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             return Err(Error::Upstream { url, status, body: resp.text().await.unwrap_or_default() });
@@ -147,7 +150,8 @@ impl Node {
         if reg.epoch < have {
             return Err(Error::StaleEpoch { got: reg.epoch, have });
         }
-        zk::create_ephemeral(&zk, &self.inner.paths.live_node(reg.id), self.live_data().as_bytes()).await?;
+        zk::create_ephemeral(&zk, &self.inner.paths, &self.inner.paths.live_node(reg.id), self.live_data().as_bytes())
+            .await?;
         let first = self.inner.membership.id.swap(reg.id, Ordering::AcqRel) == 0;
         if first {
             log::info!(
@@ -345,9 +349,9 @@ impl Node {
         };
         self.inner.membership.mirror.lock().await.clear();
         self.sync_mirror().await?;
-        zk::create_ephemeral(&zk, &paths.live_node(id), self.live_data().as_bytes()).await?;
+        zk::create_ephemeral(&zk, paths, &paths.live_node(id), self.live_data().as_bytes()).await?;
         let root_data = serde_json::json!({ "id": id, "url": self.url(), "epoch": epoch }).to_string();
-        zk::create_ephemeral(&zk, &paths.root(), root_data.as_bytes()).await?;
+        zk::create_ephemeral(&zk, paths, &paths.root(), root_data.as_bytes()).await?;
         let max_age_ms = self.args().max_age.map(|d| d.as_millis() as u64);
         self.adopt(topology, Coherence::new(self.args().mode, max_age_ms), self.url().to_string(), true);
         log::info!("root: node {id}, epoch {epoch}, mode {}", self.args().mode.as_str());

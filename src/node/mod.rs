@@ -29,6 +29,7 @@ use actix_web::{App, HttpServer};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
+use crate::auth::{Guard, SECRET_HEADER_NAME};
 use crate::clock::Time;
 use crate::coherence::Coherence;
 use crate::config::NodeArgs;
@@ -59,6 +60,12 @@ pub const FROM_HEADER: &str = "x-treecache-from";
 pub const GENERATION_HEADER: &str = "x-treecache-generation";
 /// How long a leaving node waits for its queued writes to reach its parent.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+/// How long a client has to send a request's head before a 408 (slowloris).
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a closing connection may take to shut down before it is dropped.
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// HTTP worker threads.
+const WORKERS: u32 = 2;
 
 #[derive(Clone)]
 pub struct Node {
@@ -71,6 +78,10 @@ struct Inner {
     paths: Paths,
     store: Store,
     http: reqwest::Client,
+    /// The cluster secret and the API token.
+    guard: Guard,
+    /// Permits for requests in flight upstream (`--max-upstream-requests`).
+    upstream: Arc<tokio::sync::Semaphore>,
     metrics: Metrics,
     /// Where this node hangs and how it keeps coherent; `None` until
     /// registered.
@@ -102,9 +113,21 @@ struct Inner {
 }
 
 /// The node-to-node HTTP client: keep-alive pool, no Nagle delay, a short
-/// connect timeout so a dead parent is noticed quickly.
-fn build_http() -> Result<reqwest::Client> {
+/// connect timeout so a dead parent is noticed quickly. Every request it
+/// sends carries the cluster secret as a default header: no call site adds
+/// it. (Nodes call only internal routes, so the API token is not needed.)
+fn build_http(guard: &Guard) -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut sensitive = |name: reqwest::header::HeaderName, value: &str| {
+        let mut v = reqwest::header::HeaderValue::from_str(value)
+            .map_err(|_| Error::Internal(format!("{name} is not a valid header value")))?;
+        v.set_sensitive(true);
+        headers.insert(name, v);
+        Ok::<(), Error>(())
+    };
+    sensitive(reqwest::header::HeaderName::from_static(SECRET_HEADER_NAME), guard.secret().expose())?;
     reqwest::Client::builder()
+        .default_headers(headers)
         .pool_idle_timeout(CLIENT_POOL_IDLE)
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
@@ -131,16 +154,21 @@ impl Node {
     /// recovered state already in the store.
     pub fn with_log(args: NodeArgs, log: Option<(crate::log::CommitLog, crate::log::Recovered)>) -> Result<Node> {
         let (log, recovered) = log.unzip();
-        let http = build_http()?;
+        let secret = args.secret().map_err(Error::Internal)?;
+        let guard = Guard::new(secret, args.api_token.clone());
+        let http = build_http(&guard)?;
+        let upstream = Arc::new(tokio::sync::Semaphore::new(args.max_upstream_requests as usize));
         let (shutdown, _) = watch::channel(false);
         let node = Node {
             inner: Arc::new(Inner {
                 url: args.advertise_url(),
-                paths: Paths::new(&args.cluster),
+                paths: Paths::with_secret(&args.cluster, guard.secret()),
                 membership: membership::Membership::new(),
                 args,
                 store: Store::new(),
                 http,
+                guard,
+                upstream,
                 metrics: Metrics::default(),
                 place: RwLock::new(None),
                 epoch: AtomicU64::new(0),
@@ -190,7 +218,36 @@ impl Node {
         if !on_worker {
             return self.inner.http.clone();
         }
-        HTTP.with(|cell| cell.get_or_init(|| build_http().unwrap_or_else(|_| self.inner.http.clone())).clone())
+        HTTP.with(|cell| {
+            cell.get_or_init(|| build_http(&self.inner.guard).unwrap_or_else(|_| self.inner.http.clone())).clone()
+        })
+    }
+
+    /// A permit for one request upstream on a reader's behalf (a fill,
+    /// consistent or not), held until its answer is read;
+    /// 503 `overloaded` when `--max-upstream-requests` are in flight. The
+    /// one place the bound is taken: call it where such a request starts.
+    pub(crate) fn upstream_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.inner.upstream.clone().try_acquire_owned().map_err(|_| {
+            log::debug!("refusing an upstream request: {} in flight", self.args().max_upstream_requests);
+            Error::Overloaded { limit: self.args().max_upstream_requests }
+        })
+    }
+
+    /// A request to another node: its epoch and, when it is made for a
+    /// client's request, that request's id (`X-Request-Id`). The secret is
+    /// a default header of the client (see [`build_http`]).
+    fn request(&self, http: &reqwest::Client, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let req = http.request(method, url).header(EPOCH_HEADER, self.epoch());
+        match crate::trace::current() {
+            Some(id) => req.header(crate::trace::REQUEST_ID_HEADER.as_str(), id),
+            None => req,
+        }
+    }
+
+    /// The credentials this node checks on its routes.
+    pub fn guard(&self) -> &Guard {
+        &self.inner.guard
     }
 
     /// POSTs an encoded batch to another node's internal route `url`
@@ -205,9 +262,8 @@ impl Node {
         timeout: Duration,
         generation: u64,
     ) -> Result<T> {
-        let mut req = http
-            .post(url)
-            .header(EPOCH_HEADER, self.epoch())
+        let mut req = self
+            .request(&http, reqwest::Method::POST, url)
             .header(GENERATION_HEADER, generation)
             .timeout(timeout)
             .body(body);
@@ -340,10 +396,22 @@ pub async fn run_from_args(args: NodeArgs) -> std::result::Result<(), String> {
     let node = Node::with_log(args, log).map_err(|e| e.to_string())?;
     let max_body = node.args().max_value_bytes as usize;
     let app_node = node.clone();
+    let max_connections = (node.args().max_connections / WORKERS).max(1) as usize;
+    raise_open_files_limit();
     let server = HttpServer::new(move || {
-        App::new().app_data(ThinData(app_node.clone())).configure(|cfg| crate::http::routes(cfg, max_body))
+        App::new()
+            .app_data(ThinData(app_node.clone()))
+            .wrap(actix_web::middleware::from_fn(crate::http::guard::track))
+            .configure(|cfg| crate::http::routes(cfg, max_body))
     })
-    .workers(2)
+    .workers(WORKERS as usize)
+    // Abuse limits (docs/security.md): connections per worker; a request
+    // head must arrive within CLIENT_REQUEST_TIMEOUT (else 408 and close),
+    // so half-open connections do not pile up; heads over 128 KiB get 431
+    // (actix's fixed buffer).
+    .max_connections(max_connections)
+    .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
     // Longer than the clients' pool idle timeout (60 s, build_http): the
     // client closes an idle connection first. With actix's default (5 s)
     // a child reusing a pooled connection the parent was closing got a
@@ -363,6 +431,22 @@ pub async fn run_from_args(args: NodeArgs) -> std::result::Result<(), String> {
     handle.stop(true).await;
     let _ = serving.await;
     Ok(())
+}
+
+/// Raises this process's soft open-files limit to its hard limit: each
+/// client connection is a descriptor, and a service manager's default soft
+/// limit (often 1024) is below `--max-connections`.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                log::warn!("cannot raise the open-files limit: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

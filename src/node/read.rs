@@ -13,10 +13,10 @@
 
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use tokio::sync::oneshot;
 
-use super::{Node, EPOCH_HEADER, UPSTREAM_TIMEOUT};
+use super::{Node, UPSTREAM_TIMEOUT};
 use crate::clock::Time;
 use crate::coherence::Decision;
 use crate::error::{Error, Result};
@@ -70,6 +70,21 @@ pub enum FillOutcome {
         url: String,
         reason: String,
     },
+    /// Not asked: `--max-upstream-requests` (`limit`) were in flight.
+    Overloaded {
+        limit: u32,
+    },
+}
+
+impl FillOutcome {
+    /// The error a reader gets from a fill that brought nothing back.
+    fn failure(self) -> Error {
+        match self {
+            FillOutcome::Failed { url, reason } => Error::ParentUnreachable { url, reason },
+            FillOutcome::Overloaded { limit } => Error::Overloaded { limit },
+            _ => Error::Internal("not a failed fill".into()),
+        }
+    }
 }
 
 /// What the parent answers a fill with.
@@ -138,7 +153,7 @@ impl Node {
         let held = self.inner.store.get(key, t);
         let confirmed = || found(held.clone(), CacheStatus::Miss).filter(|_| held.is_current());
         match outcome {
-            FillOutcome::Failed { url, reason } => {
+            failed @ (FillOutcome::Failed { .. } | FillOutcome::Overloaded { .. }) => {
                 let place = self.place()?;
                 // A consistent read is the root's answer or none.
                 let allowance = self.args().stale_if_error.filter(|_| read != Read::Consistent);
@@ -148,7 +163,7 @@ impl Node {
                         return Ok(f);
                     }
                 }
-                Err(Error::ParentUnreachable { url, reason })
+                Err(failed.failure())
             }
             FillOutcome::NotFound { .. } => confirmed().ok_or_else(|| Error::NotFound(key.into())),
             FillOutcome::Found { version, value, expires_at } => {
@@ -166,7 +181,7 @@ impl Node {
                     FillOutcome::Found { version, value, expires_at } => {
                         Ok(Found { version, value, expires_at, cache: CacheStatus::Miss })
                     }
-                    FillOutcome::Failed { url, reason } => Err(Error::ParentUnreachable { url, reason }),
+                    failed @ (FillOutcome::Failed { .. } | FillOutcome::Overloaded { .. }) => Err(failed.failure()),
                     _ => Err(Error::NotFound(key.into())),
                 },
             },
@@ -257,7 +272,7 @@ impl Node {
                         }
                     }
                 }
-                FillOutcome::Failed { .. } => {}
+                FillOutcome::Failed { .. } | FillOutcome::Overloaded { .. } => {}
             }
         }
         store.unexpect(key, 0);
@@ -272,8 +287,10 @@ impl Node {
             Read::Consistent => url.push_str("&consistent=true"),
             Read::Fetch => {}
         }
-        let sent =
-            self.local_http().get(&url).header(EPOCH_HEADER, self.epoch()).timeout(UPSTREAM_TIMEOUT).send().await;
+        let Ok(_permit) = self.upstream_permit() else {
+            return FillOutcome::Overloaded { limit: self.args().max_upstream_requests };
+        };
+        let sent = self.request(&self.local_http(), Method::GET, &url).timeout(UPSTREAM_TIMEOUT).send().await;
         let failed = |reason: String| FillOutcome::Failed { url: parent.to_string(), reason };
         let resp = match sent {
             Ok(r) => r,
@@ -366,7 +383,7 @@ impl Node {
             Read::Fetch | Read::Have(_) => self.fill(key, read).await,
         };
         match outcome {
-            FillOutcome::Failed { url, reason } => Err(Error::ParentUnreachable { url, reason }),
+            failed @ (FillOutcome::Failed { .. } | FillOutcome::Overloaded { .. }) => Err(failed.failure()),
             other => Ok(other),
         }
     }

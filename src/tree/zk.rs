@@ -10,36 +10,80 @@
 //! next_id       PERSISTENT  the next id never handed out
 //! epoch         PERSISTENT  the last root epoch
 //! ```
+//!
+//! Access: every znode treecache creates gets the ACL of [`Paths`]: anyone
+//! may read (`zkCli.sh ls -R`, `get`), only the digest user `treecache`
+//! whose password is the cluster secret may change it; each node's session
+//! authenticates as that user ([`connect`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error as ZkError};
+use base64::Engine;
+use sha1::{Digest, Sha1};
+use zookeeper_client::{Acl, Acls, AuthId, Client, CreateMode, CreateOptions, Error as ZkError, Permission};
 
+use crate::config::Secret;
 use crate::error::{Error, Result};
+
+/// The ZooKeeper digest user every node authenticates as.
+pub const DIGEST_USER: &str = "treecache";
 
 /// ZooKeeper session timeout for every node: long enough to ride out a GC
 /// pause or a busy machine, short enough that a dead node is noticed fast.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn persistent() -> CreateOptions<'static> {
-    CreateMode::Persistent.with_acls(Acls::anyone_all())
+/// `user:password` as ZooKeeper's digest scheme takes it in `addauth`.
+fn credential(secret: &Secret) -> String {
+    format!("{DIGEST_USER}:{}", secret.expose())
 }
 
-fn ephemeral() -> CreateOptions<'static> {
-    CreateMode::Ephemeral.with_acls(Acls::anyone_all())
+/// The digest ACL id of `user:password`: `user:base64(sha1(user:password))`,
+/// what ZooKeeper's DigestAuthenticationProvider computes from an `addauth`.
+pub fn digest_id(user_password: &str) -> String {
+    let user = user_password.split(':').next().unwrap_or_default();
+    let hash = Sha1::digest(user_password.as_bytes());
+    format!("{user}:{}", base64::engine::general_purpose::STANDARD.encode(hash))
 }
 
-/// The znode paths of one cluster.
+/// The znode paths of one cluster, and the access its nodes use: the ACL
+/// of every znode they create and the session's digest credential.
 #[derive(Debug, Clone)]
 pub struct Paths {
     base: String,
+    acls: Vec<Acl>,
+    credential: Option<String>,
 }
 
 impl Paths {
+    /// Paths for reading only (`treecache tree`, `up`): a znode created
+    /// through these would be read-only for everyone.
     pub fn new(cluster: &str) -> Self {
-        Paths { base: format!("/treecache/{cluster}") }
+        Paths { base: format!("/treecache/{cluster}"), acls: Acls::anyone_read().to_vec(), credential: None }
+    }
+
+    /// Paths for a node of the cluster: world READ, digest `treecache` ALL.
+    pub fn with_secret(cluster: &str, secret: &Secret) -> Self {
+        let credential = credential(secret);
+        let acls = vec![
+            Acl::new(Permission::READ, AuthId::anyone()),
+            Acl::new(Permission::ALL, AuthId::new("digest", &digest_id(&credential))),
+        ];
+        Paths { base: format!("/treecache/{cluster}"), acls, credential: Some(credential) }
+    }
+
+    fn persistent(&self) -> CreateOptions<'_> {
+        CreateMode::Persistent.with_acls(Acls::new(&self.acls))
+    }
+
+    fn ephemeral(&self) -> CreateOptions<'_> {
+        CreateMode::Ephemeral.with_acls(Acls::new(&self.acls))
+    }
+
+    /// The ACL of the znodes this node creates.
+    pub fn acls(&self) -> &[Acl] {
+        &self.acls
     }
     pub fn base(&self) -> &str {
         &self.base
@@ -71,10 +115,15 @@ impl Paths {
     }
 }
 
-/// Connects with the node session timeout, failing after a deadline rather
+/// Connects with the node session timeout, authenticated with the digest
+/// credential of `paths` when it has one, failing after a deadline rather
 /// than hanging when ZooKeeper is down.
-pub async fn connect(addr: &str) -> Result<Client> {
-    let connecting = Client::connector().with_session_timeout(SESSION_TIMEOUT).connect(addr);
+pub async fn connect(addr: &str, paths: &Paths) -> Result<Client> {
+    let mut connector = Client::connector().with_session_timeout(SESSION_TIMEOUT);
+    if let Some(credential) = &paths.credential {
+        connector = connector.with_auth("digest", credential.as_bytes());
+    }
+    let connecting = connector.connect(addr);
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(Error::zk("connect", addr, e)),
@@ -82,10 +131,22 @@ pub async fn connect(addr: &str) -> Result<Client> {
     }
 }
 
-/// Creates the cluster's persistent directories if missing.
+/// Creates the cluster's persistent directories if missing. `/treecache`,
+/// shared by every cluster on this ZooKeeper, lets anyone create under it
+/// (another cluster, with another secret, makes its own directory there);
+/// a cluster's own znodes take its ACL.
 pub async fn ensure_layout(zk: &Client, paths: &Paths) -> Result<()> {
+    let mut shared = paths.acls.clone();
+    if let Some(world) = shared.iter_mut().find(|a| a.scheme() == "world") {
+        *world = Acl::new(Permission::READ | Permission::CREATE, AuthId::anyone());
+    }
+    let top = "/treecache";
+    match zk.create(top, &[], &CreateMode::Persistent.with_acls(Acls::new(&shared))).await {
+        Ok(_) | Err(ZkError::NodeExists) => {}
+        Err(e) => return Err(Error::zk("create", top, e)),
+    }
     for dir in [paths.tree(), paths.live(), paths.election()] {
-        zk.mkdir(&dir, &persistent()).await.map_err(|e| Error::zk("mkdir", dir.clone(), e))?;
+        zk.mkdir(&dir, &paths.persistent()).await.map_err(|e| Error::zk("mkdir", dir.clone(), e))?;
     }
     Ok(())
 }
@@ -105,14 +166,20 @@ async fn read_counter(zk: &Client, path: &str, default: u64) -> Result<(u64, Opt
 
 /// Compare-and-set of a counter: `update(current)` gives the new value;
 /// retried when another writer got there first. Returns (old, new).
-async fn cas_counter(zk: &Client, path: &str, default: u64, update: impl Fn(u64) -> u64) -> Result<(u64, u64)> {
+async fn cas_counter(
+    zk: &Client,
+    paths: &Paths,
+    path: &str,
+    default: u64,
+    update: impl Fn(u64) -> u64,
+) -> Result<(u64, u64)> {
     loop {
         let (cur, version) = read_counter(zk, path, default).await?;
         let next = update(cur);
         let data = next.to_string();
         let result = match version {
             Some(v) => zk.set_data(path, data.as_bytes(), Some(v)).await.map(|_| ()),
-            None => zk.create(path, data.as_bytes(), &persistent()).await.map(|_| ()),
+            None => zk.create(path, data.as_bytes(), &paths.persistent()).await.map(|_| ()),
         };
         match result {
             Ok(()) => return Ok((cur, next)),
@@ -124,26 +191,26 @@ async fn cas_counter(zk: &Client, path: &str, default: u64, update: impl Fn(u64)
 
 /// Hands out the next never-used id.
 pub async fn allocate_id(zk: &Client, paths: &Paths) -> Result<u64> {
-    Ok(cas_counter(zk, &paths.next_id(), 1, |n| n + 1).await?.0)
+    Ok(cas_counter(zk, paths, &paths.next_id(), 1, |n| n + 1).await?.0)
 }
 
 /// Records that `id` is used, so the counter never hands it out.
 pub async fn reserve_id(zk: &Client, paths: &Paths, id: u64) -> Result<()> {
-    cas_counter(zk, &paths.next_id(), 1, |n| n.max(id + 1)).await.map(|_| ())
+    cas_counter(zk, paths, &paths.next_id(), 1, |n| n.max(id + 1)).await.map(|_| ())
 }
 
 /// Raises the cluster epoch above both its current value and `floor` (the
 /// highest epoch this root has seen, e.g. in its commit log) and returns it.
 pub async fn bump_epoch(zk: &Client, paths: &Paths, floor: u64) -> Result<u64> {
-    Ok(cas_counter(zk, &paths.epoch(), 0, |n| n.max(floor) + 1).await?.1)
+    Ok(cas_counter(zk, paths, &paths.epoch(), 0, |n| n.max(floor) + 1).await?.1)
 }
 
 /// Creates an ephemeral znode owned by this session. One left by an older
 /// session of the same node (a restart before that session expired) is
 /// replaced.
-pub async fn create_ephemeral(zk: &Client, path: &str, data: &[u8]) -> Result<()> {
+pub async fn create_ephemeral(zk: &Client, paths: &Paths, path: &str, data: &[u8]) -> Result<()> {
     loop {
-        match zk.create(path, data, &ephemeral()).await {
+        match zk.create(path, data, &paths.ephemeral()).await {
             Ok(_) => return Ok(()),
             Err(ZkError::NodeExists) => match zk.check_stat(path).await {
                 // Ours already: leave it (rewriting it would fire our own watch).
@@ -219,7 +286,7 @@ pub async fn mirror(
         let result = if current.contains_key(rel) {
             zk.set_data(&path, data.as_bytes(), None).await.map(|_| ())
         } else {
-            match zk.create(&path, data.as_bytes(), &persistent()).await {
+            match zk.create(&path, data.as_bytes(), &paths.persistent()).await {
                 Err(ZkError::NodeExists) => zk.set_data(&path, data.as_bytes(), None).await.map(|_| ()),
                 other => other.map(|_| ()),
             }
@@ -241,7 +308,7 @@ pub async fn mirror(
 pub async fn elect(zk: &Client, paths: &Paths, data: &[u8]) -> Result<()> {
     withdraw_candidacy(zk, paths, data).await?;
     let prefix = format!("{}/n_", paths.election());
-    let opts = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+    let opts = CreateMode::EphemeralSequential.with_acls(Acls::new(&paths.acls));
     let (_, seq) = zk.create(&prefix, data, &opts).await.map_err(|e| Error::zk("create", prefix.clone(), e))?;
     let mine = format!("n_{seq}");
     loop {
@@ -287,4 +354,29 @@ pub async fn withdraw_candidacy(zk: &Client, paths: &Paths, data: &[u8]) -> Resu
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_id_is_what_zookeeper_computes() {
+        // ZooKeeper's DigestAuthenticationProvider.generateDigest("super:test"),
+        // the example in its administrator's guide.
+        assert_eq!(digest_id("super:test"), "super:D/InIHSb7yEEbrWz8b9l71RjZJU=");
+    }
+
+    #[test]
+    fn node_paths_let_anyone_read_and_only_the_digest_user_change() {
+        let secret = Secret::new("0123456789abcdef!".into()).unwrap();
+        let paths = Paths::with_secret("c", &secret);
+        let acls = paths.acls();
+        assert_eq!(acls.len(), 2);
+        assert_eq!((acls[0].scheme(), acls[0].id(), acls[0].permission()), ("world", "anyone", Permission::READ));
+        assert_eq!(acls[1].scheme(), "digest");
+        assert_eq!(acls[1].id(), digest_id("treecache:0123456789abcdef!"));
+        assert_eq!(acls[1].permission(), Permission::ALL);
+        assert!(!Paths::new("c").acls().iter().any(|a| a.permission().has(Permission::WRITE)));
+    }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
-use treecache::cli::local::{log_tail, node_args, spawn_node, stop, wait_healthy};
+use treecache::cli::local::{log_tail, node_args, spawn_node_env, stop, wait_healthy, write_new_secret};
 use treecache::zkserver::{free_port, LocalZk};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_treecache");
@@ -121,6 +121,8 @@ pub struct Opts {
     /// Give the root `--data-dir` (see [`Cluster::root_data_dir`]): its
     /// commit log survives [`Cluster::restart`].
     pub durable_root: bool,
+    /// `RUST_LOG` for every node (default: the test's own, else info).
+    pub rust_log: Option<&'static str>,
 }
 
 impl Default for Opts {
@@ -133,6 +135,7 @@ impl Default for Opts {
             root_args: Vec::new(),
             node_args: Vec::new(),
             durable_root: false,
+            rust_log: None,
         }
     }
 }
@@ -193,6 +196,10 @@ pub struct Cluster {
     pub http: reqwest::Client,
     nodes: Vec<NodeProc>,
     node_args: Vec<String>,
+    rust_log: Option<&'static str>,
+    /// The cluster secret every node gets (`--cluster-secret-file`) unless
+    /// a test gives a node its own.
+    pub secret_file: PathBuf,
     dir: tempfile::TempDir,
 }
 
@@ -219,13 +226,18 @@ impl Cluster {
     /// waited for until its /health answers 200.
     pub async fn start_opts(opts: Opts) -> Cluster {
         assert!(opts.nodes >= 1, "a cluster has at least its root");
+        let dir = tempfile::Builder::new().prefix("treecache-test-").tempdir().expect("temp dir");
+        let secret_file = dir.path().join("cluster-secret");
+        write_new_secret(&secret_file).expect("cluster secret");
         let mut cluster = Cluster {
             zk: Zk::start().await,
             name: unique_name(),
             http: reqwest::Client::new(),
             nodes: Vec::new(),
             node_args: opts.node_args.clone(),
-            dir: tempfile::Builder::new().prefix("treecache-test-").tempdir().expect("temp dir"),
+            rust_log: opts.rust_log,
+            secret_file,
+            dir,
         };
         let flags = opts.root_flags(&cluster.root_data_dir());
         cluster.spawn(flags).await;
@@ -249,15 +261,61 @@ impl Cluster {
     }
 
     async fn spawn(&mut self, extra: Vec<String>) -> usize {
+        let i = self.spawn_unwaited(extra);
+        self.wait_healthy(i).await;
+        i
+    }
+
+    /// Starts one more non-root node with `extra` flags and does not wait
+    /// for it (a node that cannot join); returns its index.
+    pub fn add_node_unwaited(&mut self, extra: &[&str]) -> usize {
+        let mut args = self.node_args.clone();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn_unwaited(args)
+    }
+
+    /// Starts a node; `extra` may bring its own cluster secret instead of
+    /// the cluster's.
+    fn spawn_unwaited(&mut self, extra: Vec<String>) -> usize {
         let port = free_port().expect("free port");
-        let mut args = node_args(&self.zk.addr(), &self.name, port);
+        let mut args = node_args(&self.zk.addr(), &self.name, port, &self.secret_file);
+        if extra.iter().any(|a| a.starts_with("--cluster-secret")) {
+            if let Some(at) = args.iter().position(|a| a == "--cluster-secret-file") {
+                args.drain(at..at + 2);
+            }
+        }
         args.extend(extra);
         let i = self.nodes.len();
         let log = self.dir.path().join(format!("node-{i}.log"));
-        let child = spawn_node(Path::new(BIN), &args, &log).expect("spawn node");
+        let child = self.spawn_process(&args, &log);
         self.nodes.push(NodeProc { port, child: Some(child), log, args, id: None });
-        self.wait_healthy(i).await;
         i
+    }
+
+    fn spawn_process(&self, args: &[String], log: &Path) -> Child {
+        spawn_node_env(Path::new(BIN), args, log, &self.node_env()).expect("spawn node")
+    }
+
+    /// Environment for a node process beyond the inherited one.
+    fn node_env(&self) -> Vec<(&'static str, &'static str)> {
+        self.rust_log.iter().map(|v| ("RUST_LOG", *v)).collect()
+    }
+
+    /// The cluster secret.
+    pub fn secret(&self) -> String {
+        std::fs::read_to_string(&self.secret_file).expect("cluster secret file").trim().to_string()
+    }
+
+    /// An HTTP client that presents the cluster secret, as a peer node does.
+    pub fn peer_http(&self) -> reqwest::Client {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-treecache-secret", self.secret().parse().expect("secret header"));
+        reqwest::Client::builder().default_headers(headers).build().expect("HTTP client")
+    }
+
+    /// Node `i`'s whole log so far.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
     }
 
     /// Waits for node `i`'s /health 200 and records its id; on failure
@@ -347,7 +405,7 @@ impl Cluster {
     pub async fn restart_within(&mut self, i: usize, timeout: Duration) -> Result<u64, String> {
         self.kill(i);
         let node = &self.nodes[i];
-        let child = spawn_node(Path::new(BIN), &node.args, &node.log)?;
+        let child = spawn_node_env(Path::new(BIN), &node.args, &node.log, &self.node_env())?;
         self.nodes[i].child = Some(child);
         let url = self.url(i);
         let node = &mut self.nodes[i];
@@ -366,7 +424,7 @@ impl Cluster {
     pub async fn restart(&mut self, i: usize) {
         self.kill(i);
         let node = &self.nodes[i];
-        let child = spawn_node(Path::new(BIN), &node.args, &node.log).expect("respawn node");
+        let child = self.spawn_process(&node.args, &node.log);
         self.nodes[i].child = Some(child);
         self.wait_healthy(i).await;
     }
@@ -386,7 +444,7 @@ impl Cluster {
     pub async fn restart_expect_exit(&mut self, i: usize) -> (Option<i32>, String) {
         self.kill(i);
         let node = &self.nodes[i];
-        let mut child = spawn_node(Path::new(BIN), &node.args, &node.log).expect("respawn node");
+        let mut child = self.spawn_process(&node.args, &node.log);
         let until = Instant::now() + HEALTH_TIMEOUT;
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait for the node") {

@@ -95,10 +95,11 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn new(n: usize, timeout: Duration) -> Result<Connections, String> {
+    pub fn new(n: usize, timeout: Duration, headers: &reqwest::header::HeaderMap) -> Result<Connections, String> {
         let clients = (0..n)
             .map(|_| {
                 reqwest::Client::builder()
+                    .default_headers(headers.clone())
                     .no_proxy()
                     .tcp_nodelay(true)
                     .pool_max_idle_per_host(1)
@@ -360,7 +361,7 @@ mod tests {
             timeout: Duration::from_secs(2),
             progress: false,
         };
-        let conns = Connections::new(2, load.timeout).unwrap();
+        let conns = Connections::new(2, load.timeout, &Default::default()).unwrap();
         let (phase, _, exhausted) = run("t", vec![], &load, &conns, Arc::new(Nowhere)).await.unwrap();
         assert!(exhausted, "the workload ran out of requests and ended the run");
         assert_eq!(phase.requests, 5);

@@ -179,6 +179,9 @@ pub struct BenchArgs {
     /// `scale`: how long to wait for every node to register.
     #[arg(long, env = "TREECACHE_BENCH_READY_TIMEOUT", value_parser = parse_duration, default_value = "120s")]
     pub ready_timeout: Duration,
+    /// The nodes' --api-token, sent as `Authorization: Bearer`.
+    #[arg(long, env = "TREECACHE_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
     /// Print the report as JSON.
     #[arg(long, env = "TREECACHE_BENCH_JSON")]
     pub json: bool,
@@ -212,6 +215,8 @@ pub struct Plan {
     pub fanout: u32,
     pub zk: Option<String>,
     pub ready_timeout: Duration,
+    /// Headers every request carries (the API token).
+    pub headers: reqwest::header::HeaderMap,
     pub json: bool,
 }
 
@@ -312,7 +317,9 @@ impl BenchArgs {
             (None, None) => Some(Duration::from_secs(10)),
             (d, _) => d,
         };
+        let headers = crate::cli::client::auth_headers(self.api_token.as_deref())?;
         Ok(Plan {
+            headers,
             scenario: s,
             nodes,
             root,

@@ -96,6 +96,8 @@ pub async fn run(plan: &Plan) -> Result<Report, String> {
     let cluster = format!("bench-scale-{}-{}", std::process::id(), crate::clock::now_ms());
     let http =
         reqwest::Client::builder().no_proxy().build().map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let secret = logs.path().join("cluster-secret");
+    crate::cli::local::write_new_secret(&secret)?;
     let mut procs = Procs { children: Vec::new() };
     let mut urls = Vec::new();
     let spawn = |i: usize, procs: &mut Procs| -> Result<String, String> {
@@ -109,6 +111,8 @@ pub async fn run(plan: &Plan) -> Result<Report, String> {
             format!("127.0.0.1:{port}"),
             "--fanout".into(),
             plan.fanout.to_string(),
+            "--cluster-secret-file".into(),
+            secret.display().to_string(),
         ];
         if i == 0 {
             flags.push("--root".into());

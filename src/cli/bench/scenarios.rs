@@ -195,6 +195,7 @@ async fn place(plan: &Plan, http: &reqwest::Client) -> Result<Place, String> {
 
 fn setup_client(plan: &Plan) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
+        .default_headers(plan.headers.clone())
         .no_proxy()
         .tcp_nodelay(true)
         .timeout(plan.load.timeout)
@@ -228,7 +229,7 @@ fn single(plan: &Plan, phase: Phase) -> Report {
 }
 
 pub async fn run(plan: &Plan) -> Result<Report, String> {
-    let conns = Connections::new(plan.load.connections, plan.load.timeout)?;
+    let conns = Connections::new(plan.load.connections, plan.load.timeout, &plan.headers)?;
     match plan.scenario {
         Scenario::Url => {
             let url = plan.url.clone().ok_or("bench url needs --url")?;
@@ -456,6 +457,7 @@ async fn converge(plan: &Plan, conns: &Connections) -> Result<Report, String> {
     prefill(plan, conns, &place.root, &prefix, plan.keys).await?;
     warm(plan, conns, &holders, &prefix, plan.keys).await?;
     let poll_http = reqwest::Client::builder()
+        .default_headers(plan.headers.clone())
         .no_proxy()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(64)

@@ -1,0 +1,115 @@
+//! Who may call what. Owns the two credentials and how a request presents
+//! them; the HTTP layer asks here once per request (a middleware on the
+//! internal scope, another on `/kv`, `/metrics`, `/dump`), never in a
+//! handler. The ZooKeeper side of the secret (digest ACL, session auth)
+//! is in [`crate::tree::zk`].
+//!
+//! - The cluster secret (`--cluster-secret`) travels in `X-Treecache-Secret`
+//!   on every node-to-node request: the node's HTTP client sends it as a
+//!   default header. A header of its own, not `Authorization`, so the two
+//!   credentials never stand in for each other: a client's API token opens
+//!   no internal route, the secret no `/kv`.
+//! - The API token (`--api-token`, off by default) guards `/kv`, `/metrics`
+//!   and `/dump` as `Authorization: Bearer <token>`.
+
+use actix_web::http::header::{HeaderMap, HeaderName, AUTHORIZATION};
+use subtle::ConstantTimeEq;
+
+use crate::config::Secret;
+use crate::error::{Credential, Error, Result};
+
+/// The header carrying the cluster secret on internal requests.
+pub const SECRET_HEADER_NAME: &str = "x-treecache-secret";
+pub const SECRET_HEADER: HeaderName = HeaderName::from_static(SECRET_HEADER_NAME);
+
+/// Equal, in time that depends only on the lengths: a wrong guess learns
+/// nothing of how many leading bytes it got right. `subtle` (the RustCrypto
+/// crate) rather than a hand-written loop, whose constant time an optimizer
+/// is free to undo. The length itself is not secret.
+pub fn ct_eq(presented: &[u8], expected: &[u8]) -> bool {
+    presented.ct_eq(expected).into()
+}
+
+/// The credentials a node checks.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    secret: Secret,
+    token: Option<String>,
+}
+
+impl Guard {
+    pub fn new(secret: Secret, token: Option<String>) -> Guard {
+        Guard { secret, token }
+    }
+
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+
+    /// An internal route: the cluster secret, or 401.
+    pub fn check_secret(&self, headers: &HeaderMap) -> Result<()> {
+        match headers.get(SECRET_HEADER) {
+            Some(v) if ct_eq(v.as_bytes(), self.secret.expose().as_bytes()) => Ok(()),
+            _ => Err(Error::Unauthorized(Credential::ClusterSecret)),
+        }
+    }
+
+    /// `/kv`, `/metrics`, `/dump`: the API token when one is set, or 401.
+    pub fn check_token(&self, headers: &HeaderMap) -> Result<()> {
+        let Some(token) = &self.token else { return Ok(()) };
+        let presented =
+            headers.get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).map(|t| t.trim_ascii());
+        match presented {
+            Some(t) if ct_eq(t, token.as_bytes()) => Ok(()),
+            _ => Err(Error::Unauthorized(Credential::ApiToken)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderValue;
+
+    fn guard(token: Option<&str>) -> Guard {
+        Guard::new(Secret::new("s".repeat(20)).unwrap(), token.map(String::from))
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.insert(HeaderName::from_static(n), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_secret_must_match_exactly() {
+        let g = guard(None);
+        assert!(g.check_secret(&headers(&[("x-treecache-secret", &"s".repeat(20))])).is_ok());
+        assert!(g.check_secret(&headers(&[("x-treecache-secret", &"s".repeat(19))])).is_err());
+        assert!(g.check_secret(&headers(&[("x-treecache-secret", &"s".repeat(21))])).is_err());
+        assert!(g.check_secret(&headers(&[("x-treecache-secret", "")])).is_err());
+        assert!(g.check_secret(&headers(&[])).is_err());
+        let bearer = format!("Bearer {}", "s".repeat(20));
+        assert!(g.check_secret(&headers(&[("authorization", &bearer)])).is_err(), "the token header is not the secret");
+    }
+
+    #[test]
+    fn the_token_is_checked_only_when_set() {
+        assert!(guard(None).check_token(&headers(&[])).is_ok());
+        let g = guard(Some("t0k"));
+        assert!(g.check_token(&headers(&[("authorization", "Bearer t0k")])).is_ok());
+        assert!(g.check_token(&headers(&[("authorization", "Bearer t0")])).is_err());
+        assert!(g.check_token(&headers(&[("authorization", "Basic t0k")])).is_err());
+        assert!(g.check_token(&headers(&[("authorization", "t0k")])).is_err());
+        assert!(g.check_token(&headers(&[])).is_err());
+    }
+
+    #[test]
+    fn ct_eq_compares_bytes() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"ab"));
+    }
+}
