@@ -16,12 +16,13 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 pub use crate::clock::Time;
 
@@ -38,6 +39,13 @@ const SHARDS: usize = 64;
 /// allocations. Measured: 100k entries of 100 B with 11-byte keys grew the
 /// RSS by 264 B each, 111 of them key and value.
 const ENTRY_OVERHEAD: usize = 144;
+/// Bytes charged per holder record: the `(NodeId, tick)` pair and its
+/// share of the boxed list and the allocator's header.
+const HOLDER_BYTES: usize = 32;
+/// Bytes charged per slot of a bounded store's eviction ring beyond the
+/// key's own bytes: the slot (a boxed key, 16, and a tick, 8) and the key
+/// copy's allocation header.
+const RING_SLOT: usize = 40;
 /// Longest key in bytes (DESIGN.md: 1–250 bytes of UTF-8).
 pub const MAX_KEY_BYTES: usize = 250;
 
@@ -229,11 +237,21 @@ impl Entry {
     fn holder_ids(&self) -> Vec<NodeId> {
         self.holders.iter().map(|&(id, _)| id).collect()
     }
-    fn hold(&mut self, child: NodeId, tick: u64) {
+    /// Records `child` as a holder at `tick`; true if it was not one.
+    fn hold(&mut self, child: NodeId, tick: u64) -> bool {
         match self.holders.iter_mut().find(|(id, _)| *id == child) {
-            Some(h) => h.1 = tick,
-            None => self.holders.push((child, tick)),
+            Some(h) => {
+                h.1 = tick;
+                false
+            }
+            None => {
+                self.holders.push((child, tick));
+                true
+            }
         }
+    }
+    fn is_tombstone(&self) -> bool {
+        self.value.is_none()
     }
     fn as_update(&self, key: &str) -> Update {
         Update { key: key.to_string(), version: self.version, value: self.value.clone(), expires_at: self.expires_at() }
@@ -261,13 +279,22 @@ impl Holders {
     fn push(&mut self, holder: (NodeId, u64)) {
         self.0.get_or_insert_with(Box::default).push(holder);
     }
-    fn retain(&mut self, keep: impl FnMut(&(NodeId, u64)) -> bool) {
-        if let Some(list) = self.0.as_mut() {
-            list.retain(keep);
-            if list.is_empty() {
-                self.0 = None;
-            }
+    /// Keeps the records `keep` accepts; returns how many went.
+    fn retain(&mut self, keep: impl FnMut(&(NodeId, u64)) -> bool) -> usize {
+        let Some(list) = self.0.as_mut() else { return 0 };
+        let before = list.len();
+        list.retain(keep);
+        let removed = before - list.len();
+        if list.is_empty() {
+            self.0 = None;
         }
+        removed
+    }
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |l| l.len())
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_none()
     }
 }
 
@@ -306,10 +333,67 @@ struct Shard {
     map: HashMap<Box<str>, Entry>,
     /// Keys with fills or writes in flight: pushes for them are accepted.
     expecting: HashMap<String, Expecting>,
+    /// Bytes charged: entries (key, value, overhead), holder records and
+    /// the eviction ring. The store keeps the sum of all shards in one
+    /// atomic beside it (see [`ShardMut`]).
     bytes: usize,
+    tombstones: usize,
+    holders: usize,
+    /// A bounded store's eviction order (CLOCK, see [`Store::evict`]): each
+    /// key once per insertion, with the store tick when it was queued.
+    /// `None` in an unbounded store (the root), which never evicts.
+    ring: Option<VecDeque<(Box<str>, u64)>>,
 }
 
 impl Shard {
+    /// Records `child` as a holder of `key` (if held), keeping the counts.
+    fn hold(&mut self, key: &str, child: NodeId, tick: u64) -> bool {
+        let Some(entry) = self.map.get_mut(key) else { return false };
+        if entry.hold(child, tick) {
+            self.holders += 1;
+            self.bytes += HOLDER_BYTES;
+        }
+        true
+    }
+
+    /// Drops the holder records of `key` that `keep` refuses.
+    fn unhold(&mut self, key: &str, keep: impl FnMut(&(NodeId, u64)) -> bool) {
+        if let Some(entry) = self.map.get_mut(key) {
+            let removed = entry.holders.retain(keep);
+            self.holders -= removed;
+            self.bytes -= removed * HOLDER_BYTES;
+        }
+    }
+
+    fn queue(&mut self, key: &str, tick: u64) {
+        if let Some(ring) = self.ring.as_mut() {
+            ring.push_back((key.into(), tick));
+            self.bytes += RING_SLOT + key.len();
+        }
+    }
+
+    fn dequeue(&mut self) -> Option<(Box<str>, u64)> {
+        let slot = self.ring.as_mut()?.pop_front()?;
+        self.bytes -= RING_SLOT + slot.0.len();
+        Some(slot)
+    }
+
+    /// Rebuilds the ring when keys removed by other paths (expiry, fills
+    /// answering 404, resets) left it more than twice the map: one slot
+    /// per held key, oldest first.
+    fn compact_ring(&mut self) {
+        let Some(ring) = self.ring.as_mut() else { return };
+        if ring.len() <= 2 * self.map.len() + 64 {
+            return;
+        }
+        let mut seen = HashSet::with_capacity(self.map.len());
+        let map = &self.map;
+        ring.retain(|(k, _)| map.contains_key(k) && seen.insert(k.clone()));
+        self.bytes =
+            self.map.iter().map(|(k, e)| Entry::charge(k, &e.value) + e.holders.len() * HOLDER_BYTES).sum::<usize>()
+                + ring.iter().map(|(k, _)| RING_SLOT + k.len()).sum::<usize>();
+    }
+
     fn is_expecting(&self, key: &str, mono: Millis) -> bool {
         self.expecting.get(key).is_some_and(|e| e.is_live(mono))
     }
@@ -325,9 +409,11 @@ impl Shard {
             Some(e) if !e.holders.is_empty() => std::mem::take(&mut e.holders),
             _ => return applied,
         };
-        let Some(entry) = self.map.get_mut(update.key.as_str()) else { return applied };
+        if !self.map.contains_key(update.key.as_str()) {
+            return applied;
+        }
         for child in &waiting {
-            entry.hold(*child, tick);
+            self.hold(&update.key, *child, tick);
         }
         match applied {
             Applied::Newer { mut holders } => {
@@ -348,6 +434,8 @@ impl Shard {
             }
             Some(entry) => {
                 self.bytes = self.bytes + charge - Entry::charge(&update.key, &entry.value);
+                self.tombstones =
+                    self.tombstones + usize::from(update.value.is_none()) - usize::from(entry.is_tombstone());
                 entry.version = update.version;
                 entry.value = compact(&update.value);
                 entry.expires_at = expiry(update.expires_at);
@@ -357,6 +445,8 @@ impl Shard {
             }
             None => {
                 self.bytes += charge;
+                self.tombstones += usize::from(update.value.is_none());
+                self.queue(&update.key, tick);
                 self.map.insert(
                     update.key.as_str().into(),
                     Entry {
@@ -375,19 +465,106 @@ impl Shard {
 
     fn remove(&mut self, key: &str) -> Option<Entry> {
         let entry = self.map.remove(key)?;
-        self.bytes -= Entry::charge(key, &entry.value);
+        self.bytes -= Entry::charge(key, &entry.value) + entry.holders.len() * HOLDER_BYTES;
+        self.tombstones -= usize::from(entry.is_tombstone());
+        self.holders -= entry.holders.len();
         Some(entry)
     }
+
+    /// Removes `key` if nothing needs it here: no holders, no fill or
+    /// write in flight. Returns the bytes freed.
+    fn remove_if_unneeded(&mut self, key: &str, mono: Millis) -> Option<usize> {
+        let entry = self.map.get(key)?;
+        if !entry.holders.is_empty() || self.is_expecting(key, mono) {
+            return None;
+        }
+        let before = self.bytes;
+        self.remove(key);
+        Some(before - self.bytes)
+    }
+}
+
+/// A shard locked for writing. Dropping it adds the change in the
+/// shard's bytes to the store's total, so the total (what the memory
+/// bound is checked against) is one atomic load, whatever changed.
+struct ShardMut<'a> {
+    guard: RwLockWriteGuard<'a, Shard>,
+    before: usize,
+    total: &'a AtomicUsize,
+}
+
+impl std::ops::Deref for ShardMut<'_> {
+    type Target = Shard;
+    fn deref(&self) -> &Shard {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for ShardMut<'_> {
+    fn deref_mut(&mut self) -> &mut Shard {
+        &mut self.guard
+    }
+}
+
+impl Drop for ShardMut<'_> {
+    fn drop(&mut self) {
+        let after = self.guard.bytes;
+        if after >= self.before {
+            self.total.fetch_add(after - self.before, Ordering::AcqRel);
+        } else {
+            self.total.fetch_sub(self.before - after, Ordering::AcqRel);
+        }
+    }
+}
+
+/// What one eviction pass ([`Store::evict`]) did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Evicted {
+    /// Removed: nothing below this node held them.
+    pub removed: Vec<String>,
+    pub freed: usize,
+    /// Chosen, but children hold them: they must drop them first
+    /// (back-invalidation), then [`Store::finish_invalidation`].
+    pub held: Vec<(String, Vec<NodeId>)>,
+}
+
+/// What one look at a CLOCK slot did.
+enum Step {
+    /// A victim was taken (removed, or handed back as held by children).
+    Victim,
+    /// The key was spared (used since queued, or in flight) or was gone.
+    Spared,
+    /// The ring is empty.
+    Stop,
+}
+
+/// What a node does with a key its parent asks it to drop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DropAnswer {
+    /// Not held here (any more).
+    Gone,
+    /// A fill or write of it is in flight: its answer would store it
+    /// again, so the parent must keep holding it.
+    Kept,
+    /// These children hold it: they drop it first.
+    Held(Vec<NodeId>),
 }
 
 /// A sharded, versioned store. Cheap to share behind an `Arc`.
 pub struct Store {
     shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
-    /// Monotonic LRU clock.
+    /// Monotonic logical clock: LRU order and holder records.
     tick: AtomicU64,
-    /// Bumped by `clear`; fills started in an older generation are not cached.
+    /// Bumped by `reset`; fills started in an older generation are not cached.
     generation: AtomicU64,
+    /// Sum of the shards' `bytes`.
+    bytes: AtomicUsize,
+    /// Where the next eviction pass starts (a shard index).
+    hand: AtomicUsize,
+    /// The highest store tick of the parent seen in its messages, in this
+    /// generation: `(generation, tick)`. See [`Store::note_parent_tick`].
+    parent_tick: Mutex<(u64, u64)>,
 }
 
 impl Default for Store {
@@ -397,17 +574,46 @@ impl Default for Store {
 }
 
 impl Store {
+    /// An unbounded store (the root's): it never evicts.
     pub fn new() -> Self {
+        Store::build(false)
+    }
+
+    /// A store that keeps the order [`Store::evict`] needs (each entry
+    /// pays [`RING_SLOT`] bytes and its key once more for it).
+    pub fn bounded() -> Self {
+        Store::build(true)
+    }
+
+    fn build(bounded: bool) -> Self {
+        let shard = || Shard { ring: bounded.then(VecDeque::new), ..Shard::default() };
         Store {
-            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(shard())).collect(),
             hasher: RandomState::new(),
-            tick: AtomicU64::new(0),
+            tick: AtomicU64::new(1),
             generation: AtomicU64::new(0),
+            bytes: AtomicUsize::new(0),
+            hand: AtomicUsize::new(0),
+            parent_tick: Mutex::new((0, 0)),
         }
     }
 
     fn shard(&self, key: &str) -> &RwLock<Shard> {
-        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+        &self.shards[self.shard_index(key)]
+    }
+
+    fn shard_index(&self, key: &str) -> usize {
+        (self.hasher.hash_one(key) as usize) % SHARDS
+    }
+
+    fn lock(&self, index: usize) -> ShardMut<'_> {
+        let guard = self.shards[index].write();
+        let before = guard.bytes;
+        ShardMut { guard, before, total: &self.bytes }
+    }
+
+    fn shard_mut(&self, key: &str) -> ShardMut<'_> {
+        self.lock(self.shard_index(key))
     }
 
     fn next_tick(&self) -> u64 {
@@ -444,40 +650,31 @@ impl Store {
     /// reset must be revalidated here first.
     pub fn get_and_hold(&self, key: &str, child: NodeId, t: Time) -> Lookup {
         let generation = self.generation();
-        let mut shard = self.shard(key).write();
+        let mut shard = self.shard_mut(key);
         let tick = self.next_tick();
-        match shard.map.get_mut(key) {
+        let found = match shard.map.get_mut(key) {
             Some(entry) => {
                 *entry.last_used.get_mut() = tick;
-                let found = entry.lookup(t, generation);
-                if matches!(found, Lookup::Value { current: true, .. }) {
-                    entry.hold(child, tick);
-                }
-                found
+                entry.lookup(t, generation)
             }
-            None => Lookup::Absent,
+            None => return Lookup::Absent,
+        };
+        if matches!(found, Lookup::Value { current: true, .. }) {
+            shard.hold(key, child, tick);
         }
+        found
     }
 
     /// Records `child` as a holder of `key` if the key is held here.
     pub fn add_holder(&self, key: &str, child: NodeId) -> bool {
         let tick = self.next_tick();
-        let mut shard = self.shard(key).write();
-        match shard.map.get_mut(key) {
-            Some(entry) => {
-                entry.hold(child, tick);
-                true
-            }
-            None => false,
-        }
+        self.shard_mut(key).hold(key, child, tick)
     }
 
     /// Forgets `child` as a holder of `key`, unless it was recorded at or
     /// after `before` (a fill that began after the push that was refused).
     pub fn remove_holder(&self, key: &str, child: NodeId, before: u64) {
-        if let Some(entry) = self.shard(key).write().map.get_mut(key) {
-            entry.holders.retain(|&(c, since)| c != child || since >= before);
-        }
+        self.shard_mut(key).unhold(key, |&(c, since)| c != child || since >= before);
     }
 
     pub fn holders_of(&self, key: &str) -> Vec<NodeId> {
@@ -489,7 +686,7 @@ impl Store {
     /// `expect` needs its own [`Store::unexpect`], and the mark does not
     /// lapse while any is open, however long the write takes.
     pub fn expect(&self, key: &str) {
-        let mut shard = self.shard(key).write();
+        let mut shard = self.shard_mut(key);
         shard.expecting.entry(key.to_string()).or_default().count += 1;
     }
 
@@ -499,14 +696,11 @@ impl Store {
     pub fn expect_for(&self, key: &str, child: NodeId) {
         let generation = self.generation();
         let tick = self.next_tick();
-        let mut shard = self.shard(key).write();
-        let held = match shard.map.get_mut(key) {
-            Some(entry) if entry.stamp.is_current(generation) => {
-                entry.hold(child, tick);
-                true
-            }
-            _ => false,
-        };
+        let mut shard = self.shard_mut(key);
+        let held = shard.map.get(key).is_some_and(|e| e.stamp.is_current(generation));
+        if held {
+            shard.hold(key, child, tick);
+        }
         let slot = shard.expecting.entry(key.to_string()).or_default();
         slot.count += 1;
         if !held && !slot.holders.contains(&child) {
@@ -518,7 +712,7 @@ impl Store {
     /// (monotonic ms; 0 for none): an ack=parent write's commit arrives by
     /// push after the parent took it.
     pub fn unexpect(&self, key: &str, linger_until: Millis) {
-        let mut shard = self.shard(key).write();
+        let mut shard = self.shard_mut(key);
         if let Some(slot) = shard.expecting.get_mut(key) {
             slot.count = slot.count.saturating_sub(1);
             slot.until = slot.until.max(linger_until);
@@ -541,7 +735,7 @@ impl Store {
     pub fn apply(&self, update: &Update, t: Time) -> Applied {
         let tick = self.next_tick();
         let generation = self.generation();
-        self.shard(&update.key).write().apply_if_newer(update, t, tick, generation)
+        self.shard_mut(&update.key).apply_if_newer(update, t, tick, generation)
     }
 
     /// Stores a committed update coming back down the write path and records
@@ -551,13 +745,13 @@ impl Store {
     pub fn apply_and_hold(&self, update: &Update, child: NodeId, t: Time) -> (Applied, Update) {
         let tick = self.next_tick();
         let generation = self.generation();
-        let mut shard = self.shard(&update.key).write();
+        let mut shard = self.shard_mut(&update.key);
         let applied = shard.apply_if_newer(update, t, tick, generation);
-        let Some(entry) = shard.map.get_mut(update.key.as_str()) else {
+        if !shard.hold(&update.key, child, tick) {
             return (applied, update.clone());
-        };
-        entry.hold(child, tick);
-        (applied, entry.as_update(&update.key))
+        }
+        let current = shard.map.get(update.key.as_str()).map_or_else(|| update.clone(), |e| e.as_update(&update.key));
+        (applied, current)
     }
 
     /// Stores a pushed update if this node holds or expects the key and the
@@ -566,7 +760,7 @@ impl Store {
     pub fn apply_push(&self, update: &Update, t: Time) -> Applied {
         let tick = self.next_tick();
         let generation = self.generation();
-        let mut shard = self.shard(&update.key).write();
+        let mut shard = self.shard_mut(&update.key);
         if !shard.map.contains_key(update.key.as_str()) && !shard.is_expecting(&update.key, t.mono) {
             return Applied::NotHeld;
         }
@@ -591,7 +785,7 @@ impl Store {
     ) -> Committed {
         let tick = self.next_tick();
         let generation = self.generation();
-        let mut shard = self.shard(key).write();
+        let mut shard = self.shard_mut(key);
         let live = shard.map.get(key).is_some_and(|e| e.value.is_some() && !e.is_expired(t.wall));
         if value.is_none() && !live {
             return Committed::Absent;
@@ -600,9 +794,7 @@ impl Store {
         match shard.apply_if_newer(&update, t, tick, generation) {
             Applied::Newer { mut holders } => {
                 if let Some(child) = holder {
-                    if let Some(entry) = shard.map.get_mut(key) {
-                        entry.hold(child, tick);
-                    }
+                    shard.hold(key, child, tick);
                     if !holders.contains(&child) {
                         holders.push(child);
                     }
@@ -624,7 +816,7 @@ impl Store {
     /// Returns false if the entry changed meanwhile.
     pub fn refresh(&self, key: &str, version: Version, t: Time) -> bool {
         let generation = self.generation();
-        match self.shard(key).write().map.get_mut(key) {
+        match self.shard_mut(key).map.get_mut(key) {
             Some(entry) if entry.version == version => {
                 entry.stamp = Stamp::new(t.mono, generation);
                 true
@@ -644,7 +836,7 @@ impl Store {
     pub fn apply_absent(&self, key: &str, deleted_at: Option<Version>, t: Time) -> Applied {
         let generation = self.generation();
         let tick = self.next_tick();
-        let mut shard = self.shard(key).write();
+        let mut shard = self.shard_mut(key);
         let (version, current) = match shard.map.get(key) {
             None => return Applied::NotHeld,
             Some(entry) => (entry.version, entry.stamp.is_current(generation)),
@@ -664,7 +856,7 @@ impl Store {
 
     /// Drops a key (no longer held), returning its holders.
     pub fn remove(&self, key: &str) -> Option<Vec<NodeId>> {
-        self.shard(key).write().remove(key).map(|e| e.holder_ids())
+        self.shard_mut(key).remove(key).map(|e| e.holder_ids())
     }
 
     /// A new parent or epoch: what this node holds was right once, but the
@@ -676,20 +868,55 @@ impl Store {
     /// and writes in flight stay expected, and any fill begun before the
     /// reset is not cached ([`Store::generation`]).
     pub fn reset(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        for shard in self.shards.iter() {
-            let mut shard = shard.write();
+        {
+            // The parent's ticks mean nothing to a new parent.
+            let mut parent = self.parent_tick.lock();
+            let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            *parent = (generation, 0);
+        }
+        for i in 0..SHARDS {
+            let mut shard = self.lock(i);
             let tombstones: Vec<Box<str>> =
                 shard.map.iter().filter(|(_, e)| e.value.is_none()).map(|(k, _)| k.clone()).collect();
             for key in tombstones {
                 shard.remove(&key);
             }
+            let shard = &mut *shard;
             for entry in shard.map.values_mut() {
                 entry.holders = Holders::default();
             }
+            shard.bytes -= shard.holders * HOLDER_BYTES;
+            shard.holders = 0;
             for e in shard.expecting.values_mut() {
                 e.holders.clear();
             }
+        }
+    }
+
+    /// Notes the parent's store tick carried by one of its messages (a
+    /// fill answer, a push, a write batch's answer) received in
+    /// `generation`. A message from before a reset (another parent,
+    /// another tick sequence) is ignored.
+    pub fn note_parent_tick(&self, generation: u64, tick: u64) {
+        let mut parent = self.parent_tick.lock();
+        if parent.0 == generation && generation == self.generation() {
+            parent.1 = parent.1.max(tick);
+        }
+    }
+
+    /// `(generation, tick)`: the highest parent tick seen since the last
+    /// reset. Every holder record the parent made for a key this node
+    /// holds, with no fill or write of it in flight, is stamped at or
+    /// below it: each such record was made by a request whose answer
+    /// carried a tick at least its stamp, and that answer has arrived.
+    /// A "dropped" message carrying this tick lets the parent remove
+    /// exactly those records ([`Store::remove_holder`] with `tick + 1`).
+    pub fn parent_tick(&self) -> (u64, u64) {
+        let parent = self.parent_tick.lock();
+        if parent.0 == self.generation() {
+            *parent
+        } else {
+            (self.generation(), 0)
         }
     }
 
@@ -697,8 +924,8 @@ impl Store {
     /// entries went.
     pub fn sweep_expired(&self, t: Time) -> usize {
         let mut removed = 0;
-        for shard in self.shards.iter() {
-            let mut shard = shard.write();
+        for i in 0..SHARDS {
+            let mut shard = self.lock(i);
             let expired: Vec<String> =
                 shard.map.iter().filter(|(_, e)| e.is_expired(t.wall)).map(|(k, _)| k.to_string()).collect();
             for key in expired {
@@ -710,25 +937,128 @@ impl Store {
         removed
     }
 
-    /// Picks the least recently used of a sample of entries, for eviction
-    /// under `--max-memory` (the approximation Redis uses: exact LRU would
-    /// need a shared list touched on every read).
-    pub fn lru_victim(&self, sample: usize) -> Option<String> {
-        let start = self.next_tick() as usize;
-        let mut best: Option<(u64, String)> = None;
+    /// Removes tombstones stored (or last confirmed) at least `horizon_ms`
+    /// ago that no child holds and no fill or write expects. Returns their
+    /// keys: a non-root node tells its parent it dropped them. Why this is
+    /// safe is in docs/architecture.md (Tombstones).
+    pub fn collect_tombstones(&self, t: Time, horizon_ms: Millis) -> Vec<String> {
+        let mut collected = Vec::new();
         for i in 0..SHARDS {
-            let shard = self.shards[(start + i) % SHARDS].read();
-            for (key, entry) in shard.map.iter().take(sample.div_ceil(SHARDS).max(1)) {
-                let used = entry.last_used.load(Ordering::Relaxed);
-                if best.as_ref().is_none_or(|(b, _)| used < *b) {
-                    best = Some((used, key.to_string()));
+            if self.shards[i].read().tombstones == 0 {
+                continue;
+            }
+            let mut shard = self.lock(i);
+            let old: Vec<String> = shard
+                .map
+                .iter()
+                .filter(|(_, e)| e.is_tombstone() && e.holders.is_empty())
+                .filter(|(_, e)| e.stamp.received_at().saturating_add(horizon_ms) <= t.mono)
+                .map(|(k, _)| k.to_string())
+                .collect();
+            for key in old {
+                if shard.remove_if_unneeded(&key, t.mono).is_some() {
+                    collected.push(key);
                 }
             }
-            if best.is_some() && i * sample.div_ceil(SHARDS).max(1) >= sample {
-                break;
+        }
+        collected
+    }
+
+    /// One eviction pass of a bounded store: frees at least `need` bytes
+    /// if it can, least recently used first, examining at most
+    /// `max_examined` candidates and choosing at most `max_held` keys that
+    /// children hold.
+    ///
+    /// The order is CLOCK (second chance): each shard keeps its keys in a
+    /// ring in insertion order; the hand takes the oldest slot; a key read
+    /// since it was queued goes to the back with a fresh tick, one that
+    /// was not is the victim. That approximates LRU with O(1) work per
+    /// victim and nothing but an atomic store per read. A key with a fill
+    /// or write in flight is never chosen (its answer would store it
+    /// again, and its holder records may be newer than the parent tick we
+    /// report). A key children hold is returned in `held` (and goes to
+    /// the back): they must drop it first.
+    pub fn evict(&self, need: usize, t: Time, max_examined: usize, max_held: usize) -> Evicted {
+        let mut out = Evicted::default();
+        let mut examined = 0;
+        let mut empty = 0;
+        while out.freed < need && examined < max_examined && out.held.len() < max_held && empty < SHARDS {
+            let index = self.hand.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            let mut shard = self.lock(index);
+            shard.compact_ring();
+            let slots = shard.ring.as_ref().map_or(0, VecDeque::len);
+            if slots == 0 {
+                empty += 1;
+                continue;
+            }
+            empty = 0;
+            // One victim per shard per visit, each slot looked at once per
+            // visit: every shard is its own CLOCK, turned a victim at a time.
+            for _ in 0..slots {
+                examined += 1;
+                match self.clock_step(&mut shard, t, &mut out) {
+                    Step::Victim | Step::Stop => break,
+                    Step::Spared => {}
+                }
+                if examined >= max_examined {
+                    break;
+                }
             }
         }
-        best.map(|(_, key)| key)
+        out
+    }
+
+    /// Looks at the slot under one shard's hand.
+    fn clock_step(&self, shard: &mut ShardMut<'_>, t: Time, out: &mut Evicted) -> Step {
+        let before = shard.bytes;
+        let Some((key, queued)) = shard.dequeue() else { return Step::Stop };
+        let Some(entry) = shard.map.get(&key) else { return Step::Spared };
+        let used = entry.last_used.load(Ordering::Relaxed);
+        if used > queued || shard.is_expecting(&key, t.mono) {
+            let tick = self.next_tick();
+            shard.queue(&key, tick);
+            return Step::Spared;
+        }
+        if !entry.holders.is_empty() {
+            if !out.held.iter().any(|(k, _)| **k == *key) {
+                out.held.push((key.to_string(), entry.holder_ids()));
+            }
+            let tick = self.next_tick();
+            shard.queue(&key, tick);
+            return Step::Victim;
+        }
+        if shard.remove_if_unneeded(&key, t.mono).is_some() {
+            out.freed += before - shard.bytes;
+            out.removed.push(key.into());
+        }
+        Step::Victim
+    }
+
+    /// The parent asks us to drop `key` (it evicts it). Removed at once if
+    /// nothing needs it here; kept if a fill or write of it is in flight;
+    /// if children hold it they must drop it first.
+    pub fn drop_for_parent(&self, key: &str, t: Time) -> DropAnswer {
+        let mut shard = self.shard_mut(key);
+        let Some(entry) = shard.map.get(key) else { return DropAnswer::Gone };
+        if shard.is_expecting(key, t.mono) {
+            return DropAnswer::Kept;
+        }
+        if !entry.holders.is_empty() {
+            return DropAnswer::Held(entry.holder_ids());
+        }
+        shard.remove(key);
+        DropAnswer::Gone
+    }
+
+    /// After back-invalidation: `cleared` children dropped `key`. Their
+    /// holder records made before `asked` (the tick taken before asking)
+    /// go; a child that read the key again since was recorded later and
+    /// stays. The key goes if then no child holds it and nothing expects
+    /// it. Returns the bytes freed, `None` if the key stays.
+    pub fn finish_invalidation(&self, key: &str, cleared: &[NodeId], asked: u64, t: Time) -> Option<usize> {
+        let mut shard = self.shard_mut(key);
+        shard.unhold(key, |&(c, since)| !cleared.contains(&c) || since >= asked);
+        shard.remove_if_unneeded(key, t.mono)
     }
 
     /// Entries in key order after `after`, starting with `prefix`, at most `limit`.
@@ -764,9 +1094,20 @@ impl Store {
         self.len() == 0
     }
 
-    /// Bytes charged for held entries: keys, values and per-entry overhead.
+    /// Bytes charged: keys, values, per-entry overhead, holder records,
+    /// and the eviction ring of a bounded store. One atomic load.
     pub fn bytes(&self) -> usize {
-        self.shards.iter().map(|s| s.read().bytes).sum()
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// Entries that are tombstones.
+    pub fn tombstones(&self) -> usize {
+        self.shards.iter().map(|s| s.read().tombstones).sum()
+    }
+
+    /// Holder records (child, key) in the directory.
+    pub fn holder_records(&self) -> usize {
+        self.shards.iter().map(|s| s.read().holders).sum()
     }
 
     /// Keys held whose holder sets name `child` (tests, re-attachment).
@@ -783,10 +1124,15 @@ impl Store {
 
     /// Forgets `child` as a holder of every key (the child left or moved).
     pub fn forget_child(&self, child: NodeId) {
-        for shard in self.shards.iter() {
-            for entry in shard.write().map.values_mut() {
-                entry.holders.retain(|&(c, _)| c != child);
+        for i in 0..SHARDS {
+            let mut guard = self.lock(i);
+            let shard = &mut *guard;
+            let mut removed = 0;
+            for entry in shard.map.values_mut() {
+                removed += entry.holders.retain(|&(c, _)| c != child);
             }
+            shard.holders -= removed;
+            shard.bytes -= removed * HOLDER_BYTES;
         }
     }
 
@@ -1117,16 +1463,188 @@ mod tests {
         assert_eq!(s.bytes(), 0);
     }
 
-    #[test]
-    fn lru_victim_is_the_least_recently_used() {
-        let s = Store::new();
-        for i in 0..10 {
+    fn bounded_with(keys: usize) -> Store {
+        let s = Store::bounded();
+        for i in 0..keys {
             s.apply(&put(&format!("k{i}"), 1, "v"), t(0));
         }
-        for i in 1..10 {
-            s.get(&format!("k{i}"), t(0));
+        s
+    }
+
+    /// Bytes of one entry of `bounded_with`: key, value, overhead, ring slot.
+    fn one_entry(key: &str) -> usize {
+        key.len() + 1 + ENTRY_OVERHEAD + RING_SLOT + key.len()
+    }
+
+    #[test]
+    fn eviction_takes_the_least_recently_used_first() {
+        // A hot set read before every pass outlives every cold key: a
+        // victim is never a key used since its slot was last looked at.
+        let s = bounded_with(10);
+        let hot = |s: &Store| {
+            for i in 1..5 {
+                s.get(&format!("k{i}"), t(0));
+            }
+        };
+        hot(&s);
+        let out = s.evict(1, t(0), 1000, 10);
+        assert_eq!(out.freed, one_entry(&out.removed[0]));
+        let mut gone = out.removed;
+        for _ in 0..5 {
+            hot(&s);
+            gone.extend(s.evict(1, t(0), 1000, 10).removed);
         }
-        assert_eq!(s.lru_victim(1000).as_deref(), Some("k0"));
+        gone.sort();
+        assert_eq!(gone, vec!["k0", "k5", "k6", "k7", "k8", "k9"]);
+        assert_eq!(s.len(), 4);
+    }
+
+    #[test]
+    fn accounting_covers_entries_holders_and_the_ring_and_returns_to_zero() {
+        let s = Store::bounded();
+        s.apply(&put("k", 1, "aaaa"), t(0));
+        assert_eq!(s.bytes(), 1 + 4 + ENTRY_OVERHEAD + RING_SLOT + 1);
+        s.get_and_hold("k", 7, t(0));
+        s.get_and_hold("k", 7, t(0));
+        assert_eq!(s.holder_records(), 1);
+        assert_eq!(s.bytes(), 1 + 4 + ENTRY_OVERHEAD + RING_SLOT + 1 + HOLDER_BYTES);
+        s.apply(&del("k", 2), t(0));
+        assert_eq!(s.tombstones(), 1);
+        assert_eq!(s.bytes(), 1 + ENTRY_OVERHEAD + RING_SLOT + 1 + HOLDER_BYTES);
+        s.forget_child(7);
+        assert_eq!(s.holder_records(), 0);
+        s.apply(&put("j", 1, "x"), t(0));
+        s.get_and_hold("j", 3, t(0));
+        s.reset();
+        assert_eq!(s.holder_records(), 0);
+        assert_eq!(s.tombstones(), 0);
+        let all = s.evict(usize::MAX, t(0), 1000, 10);
+        assert_eq!(all.removed, vec!["j".to_string()]);
+        assert_eq!(s.bytes(), 0, "every byte charged was given back");
+        // The total is the sum of the shards.
+        let s = bounded_with(500);
+        let sum: usize = s.shards.iter().map(|sh| sh.read().bytes).sum();
+        assert_eq!(s.bytes(), sum);
+    }
+
+    #[test]
+    fn keys_with_a_fill_or_write_in_flight_are_never_evicted() {
+        let s = bounded_with(3);
+        s.expect("k0");
+        s.expect_for("k1", 4);
+        s.unexpect("k1", 0);
+        let out = s.evict(usize::MAX, t(0), 100, 10);
+        assert_eq!(out.removed.len(), 1, "only k2 can go: {out:?}");
+        assert!(out.held.iter().any(|(k, h)| k == "k1" && h == &vec![4]));
+        assert!(matches!(s.get("k0", t(0)), Lookup::Value { .. }));
+        s.unexpect("k0", 0);
+        let out = s.evict(usize::MAX, t(0), 100, 10);
+        assert_eq!(out.removed, vec!["k0".to_string()]);
+    }
+
+    #[test]
+    fn a_held_key_goes_after_its_children_dropped_it_unless_one_read_it_again() {
+        let s = bounded_with(1);
+        s.get_and_hold("k0", 4, t(0));
+        s.get_and_hold("k0", 5, t(0));
+        let out = s.evict(usize::MAX, t(0), 10, 10);
+        assert!(out.removed.is_empty());
+        assert_eq!(out.held, vec![("k0".to_string(), vec![4, 5])]);
+        let asked = s.tick_now();
+        // Child 5 dropped it and then read it again: recorded after we asked.
+        s.get_and_hold("k0", 5, t(0));
+        assert_eq!(s.finish_invalidation("k0", &[4, 5], asked, t(0)), None);
+        assert_eq!(s.holders_of("k0"), vec![5]);
+        let asked = s.tick_now();
+        // The ring slot is given back when the hand passes it.
+        assert_eq!(s.finish_invalidation("k0", &[5], asked, t(0)), Some(one_entry("k0") - RING_SLOT - 2));
+        assert_eq!(s.get("k0", t(0)), Lookup::Absent);
+        assert_eq!(s.holder_records(), 0);
+    }
+
+    #[test]
+    fn a_child_drops_what_its_parent_evicts_unless_it_is_in_flight() {
+        let s = Store::new();
+        s.apply(&put("a", 1, "x"), t(0));
+        s.apply(&put("b", 1, "x"), t(0));
+        s.apply(&put("c", 1, "x"), t(0));
+        s.expect("b");
+        s.get_and_hold("c", 9, t(0));
+        assert_eq!(s.drop_for_parent("a", t(0)), DropAnswer::Gone);
+        assert_eq!(s.get("a", t(0)), Lookup::Absent);
+        assert_eq!(s.drop_for_parent("b", t(0)), DropAnswer::Kept);
+        assert_eq!(s.drop_for_parent("c", t(0)), DropAnswer::Held(vec![9]));
+        assert_eq!(s.drop_for_parent("missing", t(0)), DropAnswer::Gone);
+    }
+
+    #[test]
+    fn tombstones_are_collected_past_the_horizon_when_nothing_needs_them() {
+        let s = Store::new();
+        s.apply(&del("old", 1), t(0));
+        s.apply(&del("young", 2), t(500));
+        s.apply(&del("held", 3), t(0));
+        s.apply(&del("expected", 4), t(0));
+        s.apply(&put("value", 5, "v"), t(0));
+        s.add_holder("held", 7);
+        s.expect("expected");
+        assert!(s.collect_tombstones(t(999), 1_000).is_empty());
+        let mut got = s.collect_tombstones(t(1_000), 1_000);
+        got.sort();
+        assert_eq!(got, vec!["old".to_string()]);
+        assert_eq!(s.tombstones(), 3);
+        s.remove_holder("held", 7, s.tick_now());
+        s.unexpect("expected", 0);
+        let mut got = s.collect_tombstones(t(1_500), 1_000);
+        got.sort();
+        assert_eq!(got, vec!["expected".to_string(), "held".to_string(), "young".to_string()]);
+        assert_eq!(s.tombstones(), 0);
+        assert!(matches!(s.get("value", t(1_500)), Lookup::Value { .. }), "values are not collected");
+        // A late, older push for a collected key is refused: not held.
+        assert_eq!(s.apply_push(&put("old", 0, "late"), t(2_000)), Applied::NotHeld);
+    }
+
+    #[test]
+    fn the_parent_tick_is_the_highest_seen_since_the_last_reset() {
+        let s = Store::new();
+        let g = s.generation();
+        s.note_parent_tick(g, 10);
+        s.note_parent_tick(g, 7);
+        assert_eq!(s.parent_tick(), (g, 10));
+        s.reset();
+        assert_eq!(s.parent_tick(), (g + 1, 0), "a new parent's ticks start over");
+        s.note_parent_tick(g, 99); // an answer from before the reset
+        assert_eq!(s.parent_tick(), (g + 1, 0));
+        s.note_parent_tick(g + 1, 3);
+        assert_eq!(s.parent_tick(), (g + 1, 3));
+    }
+
+    #[test]
+    fn a_dropped_message_removes_only_records_its_tick_covers() {
+        // The parent's side of "dropped": records at or below the child's
+        // tick go; a fill recorded after (a refill) survives.
+        let parent = Store::new();
+        parent.apply(&put("k", 1, "v"), t(0));
+        parent.get_and_hold("k", 4, t(0));
+        let answered = parent.tick_now(); // the fill answer carries this
+        parent.get_and_hold("k", 4, t(0)); // a refill after the eviction
+        parent.remove_holder("k", 4, answered + 1);
+        assert_eq!(parent.holders_of("k"), vec![4]);
+        let later = parent.tick_now();
+        parent.remove_holder("k", 4, later + 1);
+        assert!(parent.holders_of("k").is_empty());
+    }
+
+    #[test]
+    fn the_ring_is_compacted_when_other_paths_removed_keys() {
+        let s = bounded_with(2_000);
+        for i in 0..2_000 {
+            s.remove(&format!("k{i}"));
+        }
+        s.apply(&put("live", 1, "v"), t(0));
+        s.evict(0, t(0), 0, 0); // nothing asked: no compaction either
+        let out = s.evict(usize::MAX, t(0), 10_000, 10);
+        assert_eq!(out.removed, vec!["live".to_string()]);
+        assert_eq!(s.bytes(), 0);
     }
 
     #[test]
