@@ -119,7 +119,8 @@ pub struct NodeArgs {
     /// Size at which a commit log segment is closed and the next begun.
     #[arg(long, env = "TREECACHE_LOG_SEGMENT_BYTES", hide = true, value_parser = parse_bytes, default_value = "64MiB")]
     pub log_segment_bytes: u64,
-    /// Memory bound for cached entries (non-root), e.g. 64MiB; LRU eviction past it.
+    /// Memory bound for cached entries (non-root), e.g. 64MiB: past it the
+    /// least recently used entries are evicted (docs/operations-memory.md).
     #[arg(long, env = "TREECACHE_MAX_MEMORY", value_parser = parse_bytes)]
     pub max_memory: Option<u64>,
     /// Largest value accepted, e.g. 1MiB.
@@ -173,6 +174,11 @@ pub struct NodeArgs {
     /// must stop). Never set in production.
     #[arg(long, env = "TREECACHE_FAULT_FSYNC_ERROR", hide = true)]
     pub fault_fsync_error: bool,
+    /// How long a tombstone is kept after it was stored before it may be
+    /// collected (docs/architecture.md, Tombstones). Tests shorten it;
+    /// it must stay well above the push and fill timeouts (5 s).
+    #[arg(long, env = "TREECACHE_TOMBSTONE_TTL", hide = true, value_parser = parse_duration, default_value = "30s")]
+    pub tombstone_ttl: Duration,
 }
 
 /// The largest `--max-value-bytes` accepted: one value must fit in one
@@ -215,6 +221,14 @@ impl NodeArgs {
             if !(1..=u64::from(u32::MAX)).contains(&id) {
                 return Err(format!("--id {id}: must be 1 to {}", u32::MAX));
             }
+        }
+        if self.root && self.max_memory.is_some() {
+            return Err("--max-memory applies to caches only: a --root node is the source of truth and \
+                        holds every key (leave --max-memory out on the root)"
+                .into());
+        }
+        if self.max_memory == Some(0) {
+            return Err("--max-memory must be greater than zero".into());
         }
         if let Some(extra) = self.stale_if_error {
             if extra.is_zero() {
@@ -432,6 +446,10 @@ mod tests {
         assert!(node(&["--log-segment-bytes", "1KiB"]).is_err());
         assert!(node(&["--fsync", "sometimes"]).is_err());
         assert_eq!(node(&["--snapshot-bytes", "1MiB"]).unwrap().snapshot_bytes, 1 << 20);
+        assert!(node(&["--max-memory", "0"]).is_err());
+        let root = node(&["--root", "--max-memory", "64MiB"]).unwrap_err();
+        assert!(root.contains("source of truth"), "{root}");
+        assert_eq!(node(&["--max-memory", "64MiB"]).unwrap().max_memory, Some(64 << 20));
         let n = node(&[]).unwrap();
         assert_eq!(n.cluster, "default");
         assert_eq!(n.listen.to_string(), "127.0.0.1:8080");

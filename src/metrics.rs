@@ -33,6 +33,8 @@ counters! {
     fills_served: "Fills answered for children.",
     expired: "Entries removed because their ttl passed.",
     evictions: "Entries evicted under --max-memory.",
+    invalidations: "Entries dropped because the parent evicted them (back-invalidation).",
+    tombstones_collected: "Tombstones removed past their horizon (docs/architecture.md).",
     bad_requests: "Requests refused for bad input.",
     duplicate_writes: "Writes the root had decided before (a resend or a second path): answered with the first outcome.",
     stale_served: "Reads answered from a stale or unconfirmed entry because the parent was unreachable (--stale-if-error).",

@@ -48,7 +48,18 @@ pub async fn metrics(node: ThinData<Node>) -> HttpResponse {
     let t = node.topology();
     let gauges = [
         ("entries", "Entries held (values and tombstones).", store.len() as f64),
-        ("bytes", "Bytes held: keys, values and per-entry overhead.", store.bytes() as f64),
+        (
+            "bytes",
+            "Bytes charged against --max-memory: keys, values, per-entry overhead, holder records.",
+            store.bytes() as f64,
+        ),
+        ("max_memory_bytes", "The --max-memory bound (0: none).", node.args().max_memory.unwrap_or(0) as f64),
+        (
+            "tombstones",
+            "Entries that are tombstones (deleted keys kept until their horizon).",
+            store.tombstones() as f64,
+        ),
+        ("holders", "Holder records: (child, key) pairs this node pushes to.", store.holder_records() as f64),
         ("registered", "1 once the node has its place in the tree.", if t.is_some() { 1.0 } else { 0.0 }),
         ("is_root", "1 on the root.", if t.as_ref().is_some_and(|t| t.is_root()) { 1.0 } else { 0.0 }),
         ("depth", "Depth in the tree (root 0).", t.as_ref().map_or(0.0, |t| t.depth as f64)),

@@ -42,7 +42,10 @@ pub async fn fill(node: ThinData<Node>, req: HttpRequest) -> Result<HttpResponse
     let q = Query::parse(&req, &["child", "have", "consistent"])?;
     let child = child_of(&q)?;
     let consistent = q.bool("consistent")?.unwrap_or(false);
-    Ok(match node.serve_fill(&key, child, q.u64("have")?, consistent).await? {
+    let answer = node.serve_fill(&key, child, q.u64("have")?, consistent).await?;
+    // Taken after the child was recorded as a holder: see node::TICK_HEADER.
+    let tick = (crate::node::TICK_HEADER, HeaderValue::from(node.store().tick_now()));
+    let mut resp = match answer {
         FillAnswer::Value { version, value, expires_at } => {
             let mut resp = HttpResponse::Ok();
             resp.insert_header((X_VERSION, HeaderValue::from(version)));
@@ -61,7 +64,22 @@ pub async fn fill(node: ThinData<Node>, req: HttpRequest) -> Result<HttpResponse
             }
             resp
         }
-    })
+    };
+    resp.headers_mut().insert(actix_web::http::header::HeaderName::from_static(tick.0), tick.1);
+    Ok(resp)
+}
+
+/// The sender's store tick (`X-Treecache-Tick`), on messages from a parent.
+fn tick_of(req: &HttpRequest) -> Result<Option<u64>> {
+    match req.headers().get(crate::node::TICK_HEADER) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| Error::bad_param("x-treecache-tick", "not a number")),
+    }
 }
 
 /// The sending node's id (`X-Treecache-From`) and store generation
@@ -79,6 +97,19 @@ fn sender_of(req: &HttpRequest) -> Result<(u64, u64)> {
     Ok((number(crate::node::FROM_HEADER, "node id")?, number(crate::node::GENERATION_HEADER, "store generation")?))
 }
 
+/// The sending node's id (`X-Treecache-From`) alone, on invalidations and
+/// dropped keys (they need no generation: a stale one drops a key a parent
+/// would push again, or keeps a record a push then removes).
+fn from_of(req: &HttpRequest) -> Result<u64> {
+    req.headers()
+        .get(crate::node::FROM_HEADER)
+        .ok_or_else(|| Error::bad_param(crate::node::FROM_HEADER, "required: the sender's node id"))?
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::bad_param(crate::node::FROM_HEADER, "not a node id"))
+}
+
 pub async fn write(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
     node.check_epoch(epoch_of(&req)?)?;
     let q = Query::parse(&req, &["child"])?;
@@ -93,7 +124,9 @@ pub async fn write(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -
     if node.lose_this_write_reply() {
         return Err(Error::Internal("fault injection: this write answer is lost (--fault-lose-write-replies)".into()));
     }
-    Ok(HttpResponse::Ok().json(WriteResults { results }))
+    Ok(HttpResponse::Ok()
+        .insert_header((crate::node::TICK_HEADER, node.store().tick_now()))
+        .json(WriteResults { results }))
 }
 
 pub async fn push(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
@@ -101,7 +134,8 @@ pub async fn push(node: ThinData<Node>, req: HttpRequest, body: web::Payload) ->
     let body = read_body(&req, body, MAX_BATCH_BYTES).await?;
     let updates = wire::decode_updates(&body).map_err(Error::BadRequest)?;
     let (from, generation) = sender_of(&req)?;
-    Ok(HttpResponse::Ok().json(node.receive_push(from, generation, updates)?))
+    let tick = tick_of(&req)?;
+    Ok(HttpResponse::Ok().json(node.receive_push(from, generation, updates, tick)?))
 }
 
 pub async fn topology(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
@@ -115,6 +149,27 @@ pub async fn clear(node: ThinData<Node>, req: HttpRequest) -> Result<HttpRespons
     node.check_epoch(epoch_of(&req)?)?;
     let (from, generation) = sender_of(&req)?;
     node.receive_clear(from, generation)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "ok": true })))
+}
+
+/// `POST /internal/invalidate` `{"keys": [..]}` from the parent: drop
+/// these keys (it evicts them); answers `{"kept": [..]}`.
+pub async fn invalidate(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
+    node.check_epoch(epoch_of(&req)?)?;
+    let from = from_of(&req)?;
+    let body = read_body(&req, body, MAX_CONTROL_BYTES).await?;
+    let list: wire::KeyList = json_body(&body, "invalidation (expected {\"keys\": [..]})")?;
+    Ok(HttpResponse::Ok().json(node.receive_invalidate(from, list.keys).await?))
+}
+
+/// `POST /internal/dropped` `{"keys": [..], "tick": T}` from a child: it no
+/// longer holds these keys.
+pub async fn dropped(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
+    node.check_epoch(epoch_of(&req)?)?;
+    let from = from_of(&req)?;
+    let body = read_body(&req, body, MAX_CONTROL_BYTES).await?;
+    let dropped: crate::node::Dropped = json_body(&body, "dropped keys (expected {\"keys\": [..], \"tick\": N})")?;
+    node.receive_dropped(from, dropped)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "ok": true })))
 }
 

@@ -5,7 +5,7 @@
 //! - [`kv`]: `GET/PUT/POST/DELETE /kv/{key}`.
 //! - [`admin`]: `/health`, `/tree`, `/metrics`, `/dump`.
 //! - [`internal`]: registration and the node-to-node routes (fills,
-//!   forwarded writes, pushes, topology, clear, leave).
+//!   forwarded writes, pushes, topology, clear, leave, invalidate, dropped).
 //! - [`guard`]: middleware: request ids and the access log around
 //!   everything, the cluster secret around every internal route, the API
 //!   token around `/kv`, `/metrics`, `/dump`.
@@ -70,6 +70,8 @@ enum Handler {
     Push,
     Topology,
     Clear,
+    Invalidate,
+    Dropped,
     Leave,
 }
 
@@ -93,6 +95,8 @@ pub const ROUTES: &[Route] = &[
     route("/internal/push", "POST", true, Handler::Push),
     route("/internal/topology", "POST", true, Handler::Topology),
     route("/internal/clear", "POST", true, Handler::Clear),
+    route("/internal/invalidate", "POST", true, Handler::Invalidate),
+    route("/internal/dropped", "POST", true, Handler::Dropped),
     route("/internal/leave", "POST", true, Handler::Leave),
 ];
 
@@ -136,6 +140,8 @@ fn register(cfg: &mut web::ServiceConfig, route: &'static Route) {
         Handler::Push => guarded!(resource(web::post().to(internal::push))),
         Handler::Topology => guarded!(resource(web::post().to(internal::topology))),
         Handler::Clear => guarded!(resource(web::post().to(internal::clear))),
+        Handler::Invalidate => guarded!(resource(web::post().to(internal::invalidate))),
+        Handler::Dropped => guarded!(resource(web::post().to(internal::dropped))),
         Handler::Leave => guarded!(resource(web::post().to(internal::leave))),
     };
 }

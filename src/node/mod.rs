@@ -14,6 +14,7 @@
 //! stop when [`Node::shutdown`] flips the shutdown signal.
 
 mod durable;
+mod evict;
 mod membership;
 mod push;
 pub mod read;
@@ -39,6 +40,7 @@ use crate::store::{NodeId, Store};
 use crate::tree::zk::Paths;
 use crate::wire::{Peer, Topology};
 
+pub use evict::{Dropped, Invalidated};
 pub use read::{CacheStatus, Found};
 pub use write::{answer_body, Ack, BATCH_BYTES, HOP_WAIT};
 
@@ -58,6 +60,10 @@ pub const FROM_HEADER: &str = "x-treecache-from";
 /// push formed before its sender's last reset is refused by a child that
 /// has already heard of that reset (the sender forgot it as a holder).
 pub const GENERATION_HEADER: &str = "x-treecache-generation";
+/// Header carrying the sender's store tick on every message a parent
+/// sends a child (fill answers, pushes, write answers): the child keeps the
+/// highest, for its "dropped" messages (see [`evict`]).
+pub const TICK_HEADER: &str = "x-treecache-tick";
 /// How long a leaving node waits for its queued writes to reach its parent.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// How long a client has to send a request's head before a 408 (slowloris).
@@ -106,6 +112,8 @@ struct Inner {
     log: Option<crate::log::CommitLog>,
     flights: Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<read::FillOutcome>>>>,
     pushers: Mutex<HashMap<NodeId, Arc<push::PushQueue>>>,
+    /// Wakes the evictor when the store grew past `--max-memory`.
+    evict_wake: tokio::sync::Notify,
     membership: membership::Membership,
     shutdown: watch::Sender<bool>,
     /// The runtime the node's tasks run on (handlers run on actix workers).
@@ -159,13 +167,14 @@ impl Node {
         let http = build_http(&guard)?;
         let upstream = Arc::new(tokio::sync::Semaphore::new(args.max_upstream_requests as usize));
         let (shutdown, _) = watch::channel(false);
+        let store = if args.max_memory.is_some() { Store::bounded() } else { Store::new() };
         let node = Node {
             inner: Arc::new(Inner {
                 url: args.advertise_url(),
                 paths: Paths::with_secret(&args.cluster, guard.secret()),
                 membership: membership::Membership::new(),
                 args,
-                store: Store::new(),
+                store,
                 http,
                 guard,
                 upstream,
@@ -181,6 +190,7 @@ impl Node {
                 log,
                 flights: Mutex::new(HashMap::new()),
                 pushers: Mutex::new(HashMap::new()),
+                evict_wake: tokio::sync::Notify::new(),
                 shutdown,
                 runtime: tokio::runtime::Handle::current(),
             }),
@@ -192,11 +202,12 @@ impl Node {
     }
 
     /// Starts the node's long-lived tasks: membership (ZooKeeper and
-    /// registration), the expiry sweeper and the write uplink.
+    /// registration), the expiry sweeper, the write uplink and the evictor.
     pub fn start(&self) {
         self.spawn(self.clone().run_membership());
         self.spawn(self.clone().run_sweeper());
         self.spawn(self.clone().run_uplink());
+        self.spawn(self.clone().run_evictor());
     }
 
     /// The HTTP client for a request made on a handler's behalf (a fill, a
@@ -265,12 +276,17 @@ impl Node {
         let mut req = self
             .request(&http, reqwest::Method::POST, url)
             .header(GENERATION_HEADER, generation)
+            .header(TICK_HEADER, self.inner.store.tick_now())
             .timeout(timeout)
             .body(body);
         if let Some(t) = self.topology() {
             req = req.header(FROM_HEADER, t.id);
         }
+        let ours = self.inner.store.generation();
         let resp = req.send().await.map_err(|e| Error::parent_unreachable(peer, e))?;
+        if self.topology().and_then(|t| t.parent).is_some_and(|p| p.url == peer) {
+            self.note_parent_tick(ours, resp.headers());
+        }
         if !resp.status().is_success() {
             return Err(Error::Upstream {
                 url: url.to_string(),
@@ -279,6 +295,15 @@ impl Node {
             });
         }
         resp.json().await.map_err(|e| Error::parent_unreachable(peer, e))
+    }
+
+    /// Keeps the parent's tick from a message of it received in
+    /// `generation` (see [`crate::store::Store::parent_tick`]).
+    pub fn note_parent_tick(&self, generation: u64, headers: &reqwest::header::HeaderMap) {
+        let tick = headers.get(TICK_HEADER).and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
+        if let Some(tick) = tick {
+            self.inner.store.note_parent_tick(generation, tick);
+        }
     }
 
     fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, task: F) {
@@ -384,12 +409,6 @@ impl Node {
 /// leave the tree cleanly.
 pub async fn run_from_args(args: NodeArgs) -> std::result::Result<(), String> {
     args.validate()?;
-    if let Some(bytes) = args.max_memory {
-        return Err(format!(
-            "--max-memory {bytes}: LRU eviction is not built yet; refusing to start rather than \
-             ignore the bound (run without --max-memory)"
-        ));
-    }
     let listener =
         std::net::TcpListener::bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let log = Node::open_log(&args)?;

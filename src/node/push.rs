@@ -246,10 +246,20 @@ impl Node {
     /// `POST /internal/push` from node `from`: apply what is newer and
     /// held, pass it on to our own holders, name what we do not hold. Only
     /// our parent may push to us.
-    pub fn receive_push(&self, from: NodeId, generation: u64, updates: Vec<Update>) -> Result<PushReply> {
+    pub fn receive_push(
+        &self,
+        from: NodeId,
+        generation: u64,
+        updates: Vec<Update>,
+        tick: Option<u64>,
+    ) -> Result<PushReply> {
+        let store = &self.inner.store;
+        let ours = store.generation();
         self.check_from_parent(from)?;
         self.heard_parent_generation(generation)?;
-        let store = &self.inner.store;
+        if let Some(tick) = tick {
+            store.note_parent_tick(ours, tick);
+        }
         let metrics = &self.inner.metrics;
         Metrics::add(&metrics.pushes_received, updates.len() as u64);
         let mut reply = PushReply::default();
@@ -268,6 +278,7 @@ impl Node {
                 }
             }
         }
+        self.note_growth();
         Ok(reply)
     }
 }

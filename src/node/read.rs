@@ -239,7 +239,7 @@ impl Node {
         // Freshness counts from when we asked, not from when the answer came.
         let asked = Time::now();
         store.expect(key);
-        let outcome = self.request_fill(&parent.url, key, place.topology.id, read).await;
+        let outcome = self.request_fill(&parent.url, key, place.topology.id, read, generation).await;
         if generation == store.generation() {
             match &outcome {
                 FillOutcome::Found { version, value, expires_at } => {
@@ -276,10 +276,11 @@ impl Node {
             }
         }
         store.unexpect(key, 0);
+        self.note_growth();
         outcome
     }
 
-    async fn request_fill(&self, parent: &str, key: &str, me: NodeId, read: Read) -> FillOutcome {
+    async fn request_fill(&self, parent: &str, key: &str, me: NodeId, read: Read, generation: u64) -> FillOutcome {
         Metrics::inc(&self.inner.metrics.upstream_requests);
         let mut url = format!("{parent}/internal/fill/{}?child={me}", encode_key(key));
         match read {
@@ -296,6 +297,7 @@ impl Node {
             Ok(r) => r,
             Err(e) => return failed(e.to_string()),
         };
+        self.note_parent_tick(generation, resp.headers());
         match resp.status() {
             StatusCode::OK => {
                 let version = header_u64(&resp, "x-version");

@@ -549,6 +549,7 @@ impl Node {
                 (_, current) => self.push_to(&[child], &current),
             },
         }
+        self.note_growth();
     }
 
     /// `POST {parent}/internal/write` with a batch from the uplink.
