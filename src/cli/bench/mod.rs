@@ -13,6 +13,7 @@
 
 pub mod dist;
 pub mod load;
+pub mod policy;
 pub mod report;
 pub mod scale;
 pub mod scenarios;
@@ -42,6 +43,9 @@ pub enum Scenario {
     Scale,
     /// GET one --url (a baseline: examples/bare, examples/hop, any server).
     Url,
+    /// The eviction policy's hit ratio beside an exact LRU, in process
+    /// (zipfian and a scan-heavy mix, the cache at --cache-pct of the keys).
+    Policy,
 }
 
 impl Scenario {
@@ -54,6 +58,7 @@ impl Scenario {
             Scenario::Mixed => "mixed",
             Scenario::Scale => "scale",
             Scenario::Url => "url",
+            Scenario::Policy => "policy",
         }
     }
 }
@@ -188,6 +193,9 @@ pub struct BenchArgs {
     /// No progress bar (it is drawn only when stdout is a terminal anyway).
     #[arg(short, long, env = "TREECACHE_BENCH_QUIET")]
     pub quiet: bool,
+    /// `policy`: the cache's size as a percentage of the key space.
+    #[arg(long, default_value_t = 10.0)]
+    pub cache_pct: f64,
 }
 
 /// Checked settings: everything a scenario needs, nothing left to parse.
@@ -257,7 +265,7 @@ impl BenchArgs {
         let url = self.url.as_deref().map(|u| check_url("--url", u)).transpose()?;
         match s {
             Scenario::Url if url.is_none() => return Err("bench url needs --url URL".into()),
-            Scenario::Url | Scenario::Scale => {}
+            Scenario::Url | Scenario::Scale | Scenario::Policy => {}
             _ if nodes.is_empty() && root.is_none() => {
                 return Err(format!("bench {} needs --root URL or --node URL", s.name()));
             }
@@ -278,7 +286,7 @@ impl BenchArgs {
                 Scenario::Hit | Scenario::Miss | Scenario::Url => 100,
                 Scenario::Write | Scenario::Converge => 0,
                 Scenario::Mixed => 50,
-                Scenario::Scale => 0,
+                Scenario::Scale | Scenario::Policy => 0,
             },
         };
         let keys = match (self.keys, s) {
@@ -383,6 +391,16 @@ impl Plan {
 
 /// `treecache bench`: check the flags, run the scenario, print the report.
 pub async fn run(args: BenchArgs) -> Result<(), String> {
+    if args.scenario == Scenario::Policy {
+        let size = ValueSizes::parse(args.value_size.as_deref().unwrap_or("1KiB"))?;
+        return policy::run(
+            args.keys.unwrap_or(100_000),
+            args.requests.unwrap_or(2_000_000),
+            args.theta,
+            args.cache_pct,
+            size.max as usize,
+        );
+    }
     let plan = args.plan()?;
     let report = match plan.scenario {
         Scenario::Scale => scale::run(&plan).await?,

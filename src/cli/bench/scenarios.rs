@@ -239,6 +239,7 @@ pub async fn run(plan: &Plan) -> Result<Report, String> {
         Scenario::Hit | Scenario::Write | Scenario::Mixed => kv(plan, &conns).await,
         Scenario::Miss => miss(plan, &conns).await,
         Scenario::Converge => converge(plan, &conns).await,
+        Scenario::Policy => Err("bench policy runs in process (bench::policy)".into()),
         Scenario::Scale => Err("scale is not a load scenario".into()),
     }
 }
