@@ -398,7 +398,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             args.requests.unwrap_or(2_000_000),
             args.theta,
             args.cache_pct,
-            size.max as usize,
+            size.max,
         );
     }
     let plan = args.plan()?;
