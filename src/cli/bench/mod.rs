@@ -194,7 +194,7 @@ pub struct BenchArgs {
     #[arg(short, long, env = "TREECACHE_BENCH_QUIET")]
     pub quiet: bool,
     /// `policy`: the cache's size as a percentage of the key space.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, env = "TREECACHE_BENCH_CACHE_PCT", default_value_t = 10.0)]
     pub cache_pct: f64,
 }
 
