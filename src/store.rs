@@ -1039,10 +1039,12 @@ impl Store {
     /// if children hold it they must drop it first.
     pub fn drop_for_parent(&self, key: &str, t: Time) -> DropAnswer {
         let mut shard = self.shard_mut(key);
-        let Some(entry) = shard.map.get(key) else { return DropAnswer::Gone };
+        // First: a fill whose answer is still on its way stores the key
+        // after we answered, though it is not held yet.
         if shard.is_expecting(key, t.mono) {
             return DropAnswer::Kept;
         }
+        let Some(entry) = shard.map.get(key) else { return DropAnswer::Gone };
         if !entry.holders.is_empty() {
             return DropAnswer::Held(entry.holder_ids());
         }
@@ -1575,6 +1577,9 @@ mod tests {
         assert_eq!(s.drop_for_parent("b", t(0)), DropAnswer::Kept);
         assert_eq!(s.drop_for_parent("c", t(0)), DropAnswer::Held(vec![9]));
         assert_eq!(s.drop_for_parent("missing", t(0)), DropAnswer::Gone);
+        // Not stored yet, but a fill is on its way: its answer would store it.
+        s.expect("coming");
+        assert_eq!(s.drop_for_parent("coming", t(0)), DropAnswer::Kept);
     }
 
     #[test]

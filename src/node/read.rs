@@ -340,6 +340,9 @@ impl Node {
         };
         let t = Time::now();
         let mut fetched = None;
+        // A non-root node may evict, or be told to drop, the key between
+        // deciding and recording the child: keep it expected meanwhile.
+        let _serving = (!place.topology.is_root()).then(|| Serving::new(store, key));
         if !place.topology.is_root() {
             let read = match (consistent, place.coherence.judge(&store.get(key, t), t.mono)) {
                 (true, _) => Some(Read::Consistent),
@@ -404,6 +407,27 @@ enum Read {
 
 fn header_u64(resp: &reqwest::Response, name: &str) -> Option<u64> {
     resp.headers().get(name)?.to_str().ok()?.parse().ok()
+}
+
+/// A key kept expected while a child's fill of it is served, so neither
+/// the evictor nor a parent's invalidation removes it before the child is
+/// recorded as its holder (the child would hold what we do not).
+struct Serving<'a> {
+    store: &'a crate::store::Store,
+    key: &'a str,
+}
+
+impl<'a> Serving<'a> {
+    fn new(store: &'a crate::store::Store, key: &'a str) -> Self {
+        store.expect(key);
+        Serving { store, key }
+    }
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.store.unexpect(self.key, 0);
+    }
 }
 
 /// The fetching reader's claim on a key's flight. Landing hands the outcome
