@@ -192,7 +192,9 @@ async fn current_keys(c: &Cluster, i: usize) -> Vec<String> {
 }
 
 async fn post(c: &Cluster, i: usize, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
-    let mut req = c.http.post(format!("{}{path}", c.url(i))).body(body.to_string());
+    // As a member would send it (with the cluster secret): these checks
+    // are about identity, tests/security.rs about the secret.
+    let mut req = c.peer_http().post(format!("{}{path}", c.url(i))).body(body.to_string());
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
