@@ -196,6 +196,11 @@ pub struct BenchArgs {
     /// `policy`: the cache's size as a percentage of the key space.
     #[arg(long, env = "TREECACHE_BENCH_CACHE_PCT", default_value_t = 10.0)]
     pub cache_pct: f64,
+    /// `policy`: also replay the trace against this Redis (HOST:PORT), set
+    /// to the same byte bound with `maxmemory-policy allkeys-lru`. Its data
+    /// is flushed.
+    #[arg(long, env = "TREECACHE_BENCH_REDIS")]
+    pub redis: Option<String>,
 }
 
 /// Checked settings: everything a scenario needs, nothing left to parse.
@@ -399,6 +404,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             args.theta,
             args.cache_pct,
             size.max,
+            args.redis.as_deref(),
         );
     }
     let plan = args.plan()?;
