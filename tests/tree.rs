@@ -315,22 +315,20 @@ async fn random_operations_converge_to_the_root() {
 }
 
 #[test]
-fn unbuilt_features_are_refused_not_ignored() {
-    {
-        let flags = ["--max-memory", "64MiB"];
+fn flag_combinations_that_cannot_work_are_refused_at_start() {
+    // A memory bound on the root (the source of truth) and ttl mode without
+    // its max-age stop the node with a clear error before it serves.
+    for (flags, says) in [
+        (&["--root", "--max-memory", "64MiB"][..], "--max-memory applies to caches only"),
+        (&["--mode", "ttl"][..], "--max-age"),
+    ] {
         let out = std::process::Command::new(common::BIN)
             .args(["node", "--zk", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--cluster-secret", "0123456789abcdef"])
             .args(flags)
             .output()
             .expect("run treecache");
-        assert!(!out.status.success());
+        assert!(!out.status.success(), "{flags:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("not built yet"), "{err}");
+        assert!(err.contains(says), "{flags:?}: {err}");
     }
-    let out = std::process::Command::new(common::BIN)
-        .args(["node", "--zk", "127.0.0.1:1", "--mode", "ttl", "--cluster-secret", "0123456789abcdef"])
-        .output()
-        .expect("run treecache");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-age"));
 }
