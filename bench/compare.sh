@@ -208,12 +208,15 @@ up 1 durzk
 DUR_ZK=$(grep -oE '^ZooKeeper +[0-9.:]+' "$WORK/durzk.log" | awk '{print $2}')
 DUR_S=$(awk -v d="$DUR" 'BEGIN { sub(/s$/, "", d); print d + 0 }')
 metric() { curl -s "$1/metrics" | awk -v n="treecache_$2" '$1 == n {print $2+0}'; }
+# Nodes started by hand need the cluster secret `up` makes for its own.
+DUR_SECRET="$WORK/cluster-secret"
+(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DUR_SECRET")
 # durable_root NAME FSYNC [FLAGS..]: a root on $WORK/NAME-data; sets DR_URL, DR_PID.
 durable_root() {
     local name=$1 fsync=$2; shift 2
     local port; port=$(free_port)
     start "$name" "$BIN" node --zk "$DUR_ZK" --cluster "$name" --root --listen "127.0.0.1:$port" \
-        --data-dir "$WORK/$name-data" --fsync "$fsync" "$@"
+        --cluster-secret-file "$DUR_SECRET" --data-dir "$WORK/$name-data" --fsync "$fsync" "$@"
     DR_PID=$LAST_PID; DR_URL="http://127.0.0.1:$port"
     wait_log "$WORK/$name.log" 'root: node' 60 "$DR_PID"
 }
@@ -234,7 +237,7 @@ stop "$DR_PID"
 DUR_LOG_BYTES=$(du -sb "$WORK/dur_restart-data" | awk '{print $1}')
 T0=$(date +%s%N)
 start dur_restart2 "$BIN" node --zk "$DUR_ZK" --cluster dur_restart --root --listen "127.0.0.1:$(free_port)" \
-    --data-dir "$WORK/dur_restart-data" --fsync everysec
+    --cluster-secret-file "$DUR_SECRET" --data-dir "$WORK/dur_restart-data" --fsync everysec
 wait_log "$WORK/dur_restart2.log" 'replayed [0-9]+ records' 600 "$LAST_PID"
 T1=$(date +%s%N)
 DUR_RESTART_MS=$(( (T1 - T0) / 1000000 ))
