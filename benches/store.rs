@@ -105,8 +105,6 @@ fn store_writes(c: &mut Criterion) {
             Update { key: "session:nobody".into(), version: u64::MAX, value: Some(value.clone()), expires_at: None };
         b.iter(|| black_box(store.apply_push(black_box(&u), T)))
     });
-    let k = key(7);
-    g.bench_function("has_version", |b| b.iter(|| black_box(store.has_version(black_box(&k), 8))));
     g.finish();
 }
 
@@ -178,11 +176,6 @@ fn holder_directory(c: &mut Criterion) {
             store.remove_holder(&key(i), 9, u64::MAX)
         })
     });
-    g.finish();
-    let mut g = c.benchmark_group("holders/scan");
-    g.sample_size(10);
-    g.throughput(Throughput::Elements(ENTRIES));
-    g.bench_function("keys_held_by/100000", |b| b.iter(|| black_box(store.keys_held_by(3).len())));
     g.finish();
 }
 

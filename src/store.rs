@@ -1112,18 +1112,6 @@ impl Store {
         self.shards.iter().map(|s| s.read().holders).sum()
     }
 
-    /// Keys held whose holder sets name `child` (tests, re-attachment).
-    pub fn keys_held_by(&self, child: NodeId) -> Vec<String> {
-        let mut keys = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = shard.read();
-            keys.extend(
-                shard.map.iter().filter(|(_, e)| e.holders.iter().any(|h| h.0 == child)).map(|(k, _)| k.to_string()),
-            );
-        }
-        keys
-    }
-
     /// Forgets `child` as a holder of every key (the child left or moved).
     pub fn forget_child(&self, child: NodeId) {
         for i in 0..SHARDS {
@@ -1136,11 +1124,6 @@ impl Store {
             shard.holders -= removed;
             shard.bytes -= removed * HOLDER_BYTES;
         }
-    }
-
-    /// Whether `key` has an entry whose version is exactly `version`.
-    pub fn has_version(&self, key: &str, version: Version) -> bool {
-        matches!(self.shard(key).read().map.get(key), Some(e) if e.version == version)
     }
 }
 

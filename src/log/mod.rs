@@ -311,23 +311,28 @@ impl CommitLog {
     }
 }
 
+/// A record for the log's tests: `key` at `version`, value `value N`.
+#[cfg(test)]
+pub(crate) fn test_record(key: &str, version: u64, write_id: Option<WriteId>) -> Record {
+    Record {
+        epoch: 1,
+        update: Update {
+            key: key.into(),
+            version,
+            value: Some(bytes::Bytes::from(format!("value {version}"))),
+            expires_at: None,
+        },
+        write_id,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use std::time::Duration;
 
     fn rec(key: &str, version: u64) -> Record {
-        Record {
-            epoch: 1,
-            update: Update {
-                key: key.into(),
-                version,
-                value: Some(Bytes::from(format!("value {version}"))),
-                expires_at: None,
-            },
-            write_id: None,
-        }
+        test_record(key, version, None)
     }
 
     fn opts() -> Options {

@@ -147,19 +147,9 @@ mod tests {
     use super::super::codec::{encode, frame_len};
     use super::*;
     use crate::store::Update;
-    use bytes::Bytes;
 
     fn rec(key: &str, version: u64) -> Record {
-        Record {
-            epoch: 1,
-            update: Update {
-                key: key.into(),
-                version,
-                value: Some(Bytes::from(format!("v{version}"))),
-                expires_at: None,
-            },
-            write_id: Some(WriteId { origin: 2, incarnation: 3, seq: version }),
-        }
+        super::super::test_record(key, version, Some(WriteId { origin: 2, incarnation: 3, seq: version }))
     }
 
     fn segment(records: impl IntoIterator<Item = Record>) -> Vec<u8> {

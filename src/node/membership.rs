@@ -16,10 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use zookeeper_client::{Client, OneshotWatcher};
 
-use super::{Node, Place, EPOCH_HEADER};
+use super::{Node, Place};
 use crate::clock::now_ms;
 use crate::coherence::Coherence;
 use crate::error::{Error, Result};
@@ -257,25 +258,15 @@ impl Node {
             if !still_ours || self.inner.store.generation() != generation || self.is_shutting_down() {
                 return; // a newer reset took over, or the child moved on
             }
-            let mut req = self
-                .inner
-                .http
-                .post(&url)
-                .header(EPOCH_HEADER, self.epoch())
-                .header(super::GENERATION_HEADER, generation)
-                .timeout(CONTROL_TIMEOUT);
-            if let Some(t) = self.topology() {
-                req = req.header(super::FROM_HEADER, t.id);
-            }
-            match req.send().await {
-                Ok(r) if r.status().is_success() => return,
-                Ok(r) if attempt == 1 || attempt % 20 == 0 => {
-                    log::warn!("telling child {} to revalidate: {url} answered {} (retrying)", child.id, r.status())
-                }
+            let sent: Result<serde_json::Value> = self
+                .post_internal(self.inner.http.clone(), &child.url, &url, Bytes::new(), CONTROL_TIMEOUT, generation)
+                .await;
+            match sent {
+                Ok(_) => return,
                 Err(e) if attempt == 1 || attempt % 20 == 0 => {
                     log::warn!("telling child {} to revalidate: {e} (retrying)", child.id)
                 }
-                _ => {}
+                Err(_) => {}
             }
             if !self.pause(backoff).await {
                 return;

@@ -273,18 +273,19 @@ impl Node {
         timeout: Duration,
         generation: u64,
     ) -> Result<T> {
+        let place = self.inner.place.read().clone();
         let mut req = self
             .request(&http, reqwest::Method::POST, url)
             .header(GENERATION_HEADER, generation)
             .header(TICK_HEADER, self.inner.store.tick_now())
             .timeout(timeout)
             .body(body);
-        if let Some(t) = self.topology() {
-            req = req.header(FROM_HEADER, t.id);
+        if let Some(place) = &place {
+            req = req.header(FROM_HEADER, place.topology.id);
         }
         let ours = self.inner.store.generation();
         let resp = req.send().await.map_err(|e| Error::parent_unreachable(peer, e))?;
-        if self.topology().and_then(|t| t.parent).is_some_and(|p| p.url == peer) {
+        if place.and_then(|p| p.topology.parent.clone()).is_some_and(|p| p.url == peer) {
             self.note_parent_tick(ours, resp.headers());
         }
         if !resp.status().is_success() {

@@ -18,6 +18,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::write::BATCH_BYTES;
 use super::Node;
 use crate::clock::Time;
 use crate::error::{Error, Result};
@@ -28,7 +29,6 @@ use crate::wire::{Peer, PushReply};
 /// Most updates in one push request, and most bytes (at least one update
 /// goes, whatever its size).
 const PUSH_BATCH: usize = 1024;
-use super::write::BATCH_BYTES;
 const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PushQueue {
