@@ -100,6 +100,16 @@ pub struct NodeArgs {
     /// Directory for the root's commit log.
     #[arg(long, env = "TREECACHE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Roots that must hold a write before an ack=root write is
+    /// acknowledged: the leader and its in-sync standbys. With fewer in
+    /// sync, ack=root writes get 503 `insync_below_min` with Retry-After.
+    #[arg(long, env = "TREECACHE_MIN_INSYNC", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub min_insync: u32,
+    /// How long the leader waits for an in-sync standby to acknowledge a
+    /// write before it removes the standby from the in-sync set (a
+    /// conditional write on the leader znode) and acknowledges without it.
+    #[arg(long, env = "TREECACHE_INSYNC_TIMEOUT", value_parser = parse_duration, default_value = "3s")]
+    pub insync_timeout: Duration,
     /// Commit log fsync policy: always (acknowledged = fsynced, group commit),
     /// everysec (fsync at most a second later), never (the OS decides).
     #[arg(long, env = "TREECACHE_FSYNC", value_enum, default_value_t = Fsync::Everysec)]
@@ -234,6 +244,12 @@ impl NodeArgs {
             if extra.is_zero() {
                 return Err("--stale-if-error must be greater than zero (leave it out to answer 503)".into());
             }
+        }
+        if self.insync_timeout < Duration::from_millis(100) || self.insync_timeout > Duration::from_secs(60) {
+            return Err(format!("--insync-timeout {:?}: must be 100ms to 60s", self.insync_timeout));
+        }
+        if self.min_insync > 1 && !self.root {
+            return Err("--min-insync applies to root candidates (--root) only".into());
         }
         if self.snapshot_bytes == 0 || self.log_segment_bytes < 4096 {
             return Err("--snapshot-bytes must be above 0 and --log-segment-bytes at least 4KiB".into());

@@ -63,6 +63,14 @@ pub enum Error {
     StaleGeneration { got: u64, have: u64 },
     #[error("the write of {key:?} is queued but not yet acknowledged; it will still be delivered")]
     WriteInFlight { key: String },
+    #[error("{have} root(s) in sync, --min-insync is {need}: ack=root writes wait until a standby catches up")]
+    InsyncBelowMin { have: usize, need: usize },
+    #[error("this root no longer leads: another root took over (the leader znode changed); retry at the new root")]
+    Deposed,
+    #[error("this standby root is not in sync with its leader yet: {0}")]
+    NotInSync(String),
+    #[error("this node is not a standby root")]
+    NotStandby,
 }
 
 /// What a 401 is about.
@@ -113,6 +121,10 @@ impl Error {
             Error::WriteRefused { .. } => "write_refused",
             Error::StaleGeneration { .. } => "stale_generation",
             Error::WriteInFlight { .. } => "write_in_flight",
+            Error::InsyncBelowMin { .. } => "insync_below_min",
+            Error::Deposed => "not_leader",
+            Error::NotInSync(_) => "not_in_sync",
+            Error::NotStandby => "not_standby",
         }
     }
 
@@ -147,7 +159,8 @@ impl ResponseError for Error {
             | Error::NotChild { .. }
             | Error::NotParent { .. }
             | Error::StaleGeneration { .. }
-            | Error::WriteRefused { .. } => StatusCode::CONFLICT,
+            | Error::WriteRefused { .. }
+            | Error::NotStandby => StatusCode::CONFLICT,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::NotRegistered
@@ -155,6 +168,9 @@ impl ResponseError for Error {
             | Error::Zk { .. }
             | Error::ShuttingDown
             | Error::WriteInFlight { .. }
+            | Error::InsyncBelowMin { .. }
+            | Error::Deposed
+            | Error::NotInSync(_)
             | Error::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

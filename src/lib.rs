@@ -38,6 +38,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod node;
+pub mod replication;
 pub mod store;
 pub mod trace;
 pub mod tree;

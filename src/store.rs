@@ -893,6 +893,18 @@ impl Store {
         }
     }
 
+    /// Forgets every entry: a standby starting over from its leader's
+    /// snapshot (what it held may include writes the leader never had).
+    pub fn wipe(&self) {
+        for i in 0..SHARDS {
+            let mut shard = self.lock(i);
+            let keys: Vec<Box<str>> = shard.map.keys().cloned().collect();
+            for key in keys {
+                shard.remove(&key);
+            }
+        }
+    }
+
     /// Notes the parent's store tick carried by one of its messages (a
     /// fill answer, a push, a write batch's answer) received in
     /// `generation`. A message from before a reset (another parent,

@@ -264,6 +264,9 @@ pub enum WriteResult {
     InProgress,
     /// Could not be forwarded.
     Failed { error: String },
+    /// An ack=root write the root did not commit: fewer roots in sync
+    /// than `--min-insync`. Nothing was committed; the client may retry.
+    InsyncBelowMin { have: usize, need: usize },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

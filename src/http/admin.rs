@@ -13,6 +13,20 @@ use crate::node::Node;
 const MAX_DUMP_LIMIT: u64 = 10_000;
 
 pub async fn health(node: ThinData<Node>) -> Result<HttpResponse> {
+    if node.following().is_some() {
+        // A standby root: 200 once in sync with its leader, 503 before.
+        let f = node.standby_in_sync()?;
+        return Ok(HttpResponse::Ok().json(json!({
+            "status": "ok",
+            "id": node.node_id(),
+            "role": "standby",
+            "parent": null,
+            "depth": 0,
+            "children": [],
+            "epoch": node.epoch(),
+            "leader": f.leader,
+        })));
+    }
     let place = node.place()?;
     let t = &place.topology;
     Ok(HttpResponse::Ok().json(json!({
@@ -27,6 +41,17 @@ pub async fn health(node: ThinData<Node>) -> Result<HttpResponse> {
 }
 
 pub async fn tree(node: ThinData<Node>) -> Result<HttpResponse> {
+    if let Some(f) = node.following() {
+        return Ok(HttpResponse::Ok().json(json!({
+            "id": node.node_id(),
+            "url": node.url(),
+            "role": "standby",
+            "epoch": node.epoch(),
+            "leader": f.leader,
+            "leader_url": f.leader_url,
+            "in_sync": f.in_sync,
+        })));
+    }
     let place = node.place()?;
     let t = &place.topology;
     Ok(HttpResponse::Ok().json(json!({
@@ -65,6 +90,11 @@ pub async fn metrics(node: ThinData<Node>) -> HttpResponse {
         ("depth", "Depth in the tree (root 0).", t.as_ref().map_or(0.0, |t| t.depth as f64)),
         ("children", "Children attached.", t.as_ref().map_or(0.0, |t| t.children.len() as f64)),
         ("epoch", "Root epoch this node follows.", node.epoch() as f64),
+        (
+            "insync_roots",
+            "Roots holding every acknowledged write (the leader and its in-sync standbys), at the leader; 0 elsewhere.",
+            node.insync_roots() as f64,
+        ),
         (
             "uplink_pending",
             "Writes this node holds that its parent has not taken yet (queued or in flight).",

@@ -184,3 +184,36 @@ pub async fn leave(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -
     node.remove_member(leave.id).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "ok": true })))
 }
+
+/// `POST /internal/standby` `{"id": N, "url": ...}` at the leader: a
+/// standby root asks for the replication stream; answers its session.
+pub async fn standby(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
+    node.check_epoch(epoch_of(&req)?)?;
+    let body = read_body(&req, body, MAX_CONTROL_BYTES).await?;
+    let request: crate::node::StandbyRequest = json_body(&body, "standby (expected {\"id\": N, \"url\": ...})")?;
+    Ok(HttpResponse::Ok().json(node.add_standby(request).await?))
+}
+
+/// `POST /internal/replicate?session=S&first=B&from=F&to=T&in_sync=B` at a
+/// standby: a batch of the leader's stream (log frames); answers once it
+/// is applied and durable here.
+pub async fn replicate(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
+    let epoch =
+        epoch_of(&req)?.ok_or_else(|| Error::bad_param(crate::node::EPOCH_HEADER, "required: the leader's epoch"))?;
+    let from = from_of(&req)?;
+    let q = Query::parse(&req, &["session", "first", "from", "to", "in_sync"])?;
+    let required = |name: &'static str| q.u64(name)?.ok_or_else(|| Error::bad_param(name, "required"));
+    let info = crate::node::BatchInfo {
+        session: required("session")?,
+        first: q.bool("first")?.unwrap_or(false),
+        from: required("from")?,
+        to: required("to")?,
+        in_sync: q.bool("in_sync")?.unwrap_or(false),
+    };
+    if info.from > info.to {
+        return Err(Error::bad_param("from", format!("{} is after to={}", info.from, info.to)));
+    }
+    let body = read_body(&req, body, crate::replication::BATCH_BYTES + MAX_BATCH_BYTES).await?;
+    node.receive_replicate(from, epoch, info, &body).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "acked": info.to })))
+}

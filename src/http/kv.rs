@@ -34,6 +34,9 @@ fn answer(node: &Node, result: Result<HttpResponse, Error>) -> HttpResponse {
 /// Every `/kv/...` request: GET reads (HEAD too: the same answer without
 /// the body, which the server leaves out), PUT and POST write, DELETE deletes.
 pub async fn route(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> HttpResponse {
+    if node.following().is_some() {
+        return answer(&node, standby_route(&node, &req, body).await);
+    }
     let result = match *req.method() {
         Method::GET | Method::HEAD => get_inner(&node, &req).await,
         Method::PUT | Method::POST => put_inner(&node, &req, body).await,
@@ -47,18 +50,55 @@ pub async fn route(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -
     answer(&node, result)
 }
 
-async fn get_inner(node: &Node, req: &HttpRequest) -> Result<HttpResponse, Error> {
+/// `/kv` at a standby root: plain reads from its copy; writes and
+/// consistent reads go to the leader as they came.
+async fn standby_route(node: &Node, req: &HttpRequest, body: web::Payload) -> Result<HttpResponse, Error> {
     let key = key_from(req, "/kv/")?;
-    let q = Query::parse(req, &["consistent", "use_cache"])?;
-    let consistent = match (q.bool("consistent")?, q.bool("use_cache")?) {
-        (Some(c), Some(u)) if c == u => {
-            return Err(Error::BadRequest("consistent and use_cache contradict each other".into()));
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    if reads && !consistent_of(req)? {
+        return Ok(found_response(node.standby_get(&key)?));
+    }
+    if !reads && !matches!(*req.method(), Method::PUT | Method::POST | Method::DELETE) {
+        return Err(Error::MethodNotAllowed {
+            method: req.method().to_string(),
+            path: req.path().to_string(),
+            allowed: super::KV.methods,
+        });
+    }
+    let max = req.app_data::<MaxValue>().map_or(1 << 20, |m| m.0);
+    let body = read_body(req, body, max).await?;
+    let mut headers = Vec::new();
+    for name in ["authorization", "content-type", "x-request-id"] {
+        if let Some(v) = req.headers().get(name) {
+            headers.push((name, v.as_bytes().to_vec()));
         }
-        (Some(c), _) => c,
-        (None, Some(u)) => !u,
-        (None, None) => false,
-    };
-    let found = node.get(&key, consistent).await?;
+    }
+    let path = req.uri().path_and_query().map_or(req.path(), |p| p.as_str());
+    let (status, answer_headers, answer) = node.forward_to_leader(req.method().as_str(), path, headers, body).await?;
+    let status = StatusCode::from_u16(status).map_err(|e| Error::Internal(format!("the leader answered {e}")))?;
+    let mut resp = HttpResponse::build(status);
+    for (name, value) in answer_headers {
+        let keep = ["content-type", "x-version", "x-cache", "x-node", "x-expires-at", "retry-after", "allow"];
+        if keep.contains(&name.as_str()) {
+            if let Ok(v) = HeaderValue::from_bytes(&value) {
+                resp.insert_header((name, v));
+            }
+        }
+    }
+    Ok(resp.body(answer))
+}
+
+fn consistent_of(req: &HttpRequest) -> Result<bool, Error> {
+    let q = Query::parse(req, &["consistent", "use_cache"])?;
+    match (q.bool("consistent")?, q.bool("use_cache")?) {
+        (Some(c), Some(u)) if c == u => Err(Error::BadRequest("consistent and use_cache contradict each other".into())),
+        (Some(c), _) => Ok(c),
+        (None, Some(u)) => Ok(!u),
+        (None, None) => Ok(false),
+    }
+}
+
+fn found_response(found: crate::node::Found) -> HttpResponse {
     let mut resp = HttpResponse::Ok();
     resp.content_type("application/octet-stream")
         .insert_header((X_VERSION, HeaderValue::from(found.version)))
@@ -66,7 +106,13 @@ async fn get_inner(node: &Node, req: &HttpRequest) -> Result<HttpResponse, Error
     if let Some(at) = found.expires_at {
         resp.insert_header((X_EXPIRES_AT, HeaderValue::from(at)));
     }
-    Ok(resp.body(found.value))
+    resp.body(found.value)
+}
+
+async fn get_inner(node: &Node, req: &HttpRequest) -> Result<HttpResponse, Error> {
+    let key = key_from(req, "/kv/")?;
+    let consistent = consistent_of(req)?;
+    Ok(found_response(node.get(&key, consistent).await?))
 }
 
 fn ack_of(q: &Query) -> Result<Ack, Error> {
@@ -105,6 +151,7 @@ fn write_answer(key: &str, result: &WriteResult, ack: Ack) -> Result<HttpRespons
         WriteResult::Committed { created: true, .. } => Ok(HttpResponse::Created().json(answer_body(result, ack))),
         WriteResult::Absent if ack == Ack::Root => Err(Error::NotFound(key.to_string())),
         WriteResult::Failed { error } => Err(Error::WriteRefused { key: key.to_string(), reason: error.clone() }),
+        WriteResult::InsyncBelowMin { have, need } => Err(Error::InsyncBelowMin { have: *have, need: *need }),
         _ => Ok(HttpResponse::Ok().json(answer_body(result, ack))),
     }
 }

@@ -73,6 +73,8 @@ enum Handler {
     Invalidate,
     Dropped,
     Leave,
+    Standby,
+    Replicate,
 }
 
 const fn route(path: &'static str, methods: &'static str, internal: bool, handler: Handler) -> Route {
@@ -98,6 +100,8 @@ pub const ROUTES: &[Route] = &[
     route("/internal/invalidate", "POST", true, Handler::Invalidate),
     route("/internal/dropped", "POST", true, Handler::Dropped),
     route("/internal/leave", "POST", true, Handler::Leave),
+    route("/internal/standby", "POST", true, Handler::Standby),
+    route("/internal/replicate", "POST", true, Handler::Replicate),
 ];
 
 /// Registers every route of [`ROUTES`]. `max_value` is `--max-value-bytes`.
@@ -143,6 +147,8 @@ fn register(cfg: &mut web::ServiceConfig, route: &'static Route) {
         Handler::Invalidate => guarded!(resource(web::post().to(internal::invalidate))),
         Handler::Dropped => guarded!(resource(web::post().to(internal::dropped))),
         Handler::Leave => guarded!(resource(web::post().to(internal::leave))),
+        Handler::Standby => guarded!(resource(web::post().to(internal::standby))),
+        Handler::Replicate => guarded!(resource(web::post().to(internal::replicate))),
     };
 }
 

@@ -232,6 +232,22 @@ impl CommitLog {
         self.send(frames, 1, false).await
     }
 
+    /// Appends frames already encoded (a standby's batch from its leader,
+    /// or writes the leader also streams): `records` counts them, and
+    /// `max_version`/`max_epoch` are the highest they carry. Durable as
+    /// [`CommitLog::append`] promises.
+    pub async fn append_frames(
+        &self,
+        frames: Vec<u8>,
+        records: u64,
+        max_version: u64,
+        max_epoch: u64,
+    ) -> Result<(), LogError> {
+        self.shared.max_version.fetch_max(max_version, Ordering::AcqRel);
+        self.shared.max_epoch.fetch_max(max_epoch, Ordering::AcqRel);
+        self.send(frames, records, false).await
+    }
+
     /// Records that epoch `epoch` began; fsynced whatever the policy.
     pub async fn append_epoch(&self, epoch: u64) -> Result<(), LogError> {
         self.shared.max_epoch.fetch_max(epoch, Ordering::AcqRel);

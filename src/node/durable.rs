@@ -62,7 +62,7 @@ impl Node {
     /// ones included (a tombstone must keep beating an older put that the
     /// log after the snapshot may still hold). Taken shard by shard, so
     /// writes wait at most for one shard's read lock.
-    fn snapshot_source(&self) -> Snapshot {
+    pub(super) fn snapshot_source(&self) -> Snapshot {
         let epoch = self.epoch();
         let records = self
             .inner

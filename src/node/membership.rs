@@ -38,7 +38,7 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(3);
 pub(super) struct Membership {
     zk: Mutex<Option<Client>>,
     /// The whole tree; `Some` at the root only.
-    registry: Mutex<Option<Registry>>,
+    pub(super) registry: Mutex<Option<Registry>>,
     /// What `tree/` holds in ZooKeeper; the lock serializes mirror writes.
     mirror: tokio::sync::Mutex<BTreeMap<String, String>>,
     /// Our id once granted (0: none yet).
@@ -95,7 +95,7 @@ impl Node {
     }
 
     /// The ZooKeeper client, reconnecting if the session is gone.
-    async fn zk(&self) -> Result<Client> {
+    pub(super) async fn zk(&self) -> Result<Client> {
         if let Some(client) = self.inner.membership.zk.lock().clone() {
             if !client.state().is_terminated() {
                 return Ok(client);
@@ -106,7 +106,12 @@ impl Node {
         Ok(client)
     }
 
-    fn my_id(&self) -> Option<NodeId> {
+    /// This node's id once granted (a standby root's too).
+    pub fn node_id(&self) -> Option<NodeId> {
+        self.my_id()
+    }
+
+    pub(super) fn my_id(&self) -> Option<NodeId> {
         match self.inner.membership.id.load(Ordering::Acquire) {
             0 => self.args().id,
             id => Some(id),
@@ -305,25 +310,44 @@ impl Node {
 
     // ---- the root ----
 
+    /// Stands for election; follows the leader as a standby while it
+    /// waits; takes over when its turn comes and it may (see
+    /// [`Node::may_take_over`]), raising the epoch with a conditional
+    /// write on the `leader` znode; then rebuilds `tree/` and serves as root.
     async fn become_root(&self) -> Result<Watches> {
         let zk = self.zk().await?;
         let paths = &self.inner.paths;
         zk::ensure_layout(&zk, paths).await?;
-        zk::elect(&zk, paths, self.url().as_bytes()).await?;
+        let id = self.root_id(&zk).await?;
+        self.inner.membership.id.store(id, Ordering::Release);
+        // Our id is taken while we live, standby or leader.
+        zk::create_ephemeral(&zk, paths, &paths.live_node(id), self.live_data().as_bytes()).await?;
+        let mut mine = zk::enter_election(&zk, paths, self.url().as_bytes()).await?;
+        let mut refused = 0u32;
+        let epoch = loop {
+            tokio::select! {
+                turn = zk::wait_turn(&zk, paths, &mine) => turn?,
+                _ = self.follow_leader(&zk, id) => return Err(Error::ShuttingDown),
+            }
+            if let Some(epoch) = self.take_over(&zk, id).await? {
+                break epoch;
+            }
+            // Not ours to take: let the candidates behind us try first.
+            refused += 1;
+            mine = zk::enter_election(&zk, paths, self.url().as_bytes()).await?;
+            if !self.pause(Duration::from_millis(500)).await {
+                return Err(Error::ShuttingDown);
+            }
+            if refused.is_multiple_of(20) {
+                log::warn!("still no in-sync root to take over ({refused} tries): writes are refused meanwhile");
+            }
+        };
+        self.stop_following();
         // Above every epoch in our commit log too (a restart keeps the
         // cluster's epoch sequence), and recorded there before we serve.
-        let epoch = zk::bump_epoch(&zk, paths, self.epoch()).await?;
         if let Some(log) = &self.inner.log {
             log.append_epoch(epoch).await.map_err(|e| Error::Internal(e.to_string()))?;
         }
-        let id = match self.my_id() {
-            Some(id) => {
-                zk::reserve_id(&zk, paths, id).await?;
-                id
-            }
-            None => zk::allocate_id(&zk, paths).await?,
-        };
-        self.inner.membership.id.store(id, Ordering::Release);
         zk::delete_recursive(&zk, &paths.tree()).await?;
         zk::ensure_layout(&zk, paths).await?;
         self.inner.epoch.store(epoch, Ordering::Release);
@@ -340,13 +364,48 @@ impl Node {
         };
         self.inner.membership.mirror.lock().await.clear();
         self.sync_mirror().await?;
-        zk::create_ephemeral(&zk, paths, &paths.live_node(id), self.live_data().as_bytes()).await?;
         let root_data = serde_json::json!({ "id": id, "url": self.url(), "epoch": epoch }).to_string();
         zk::create_ephemeral(&zk, paths, &paths.root(), root_data.as_bytes()).await?;
         let max_age_ms = self.args().max_age.map(|d| d.as_millis() as u64);
         self.adopt(topology, Coherence::new(self.args().mode, max_age_ms), self.url().to_string(), true);
         log::info!("root: node {id}, epoch {epoch}, mode {}", self.args().mode.as_str());
         Ok(Watches { zk, root: None, live: None })
+    }
+
+    /// Takes over if the `leader` znode lets us (none yet, or we are in
+    /// its `in_sync` and may: [`Node::may_take_over`]): a new epoch and
+    /// `in_sync` = us, written only if nobody changed the znode since we
+    /// read it. `None`: not ours to take.
+    async fn take_over(&self, zk: &Client, id: NodeId) -> Result<Option<u64>> {
+        let paths = &self.inner.paths;
+        loop {
+            let current = zk::read_leader(zk, paths).await?;
+            if let Some((rec, _)) = &current {
+                let live_dir = paths.live();
+                let alive = zk.list_children(&live_dir).await.map_err(|e| Error::zk("list", live_dir, e))?;
+                let alive: HashSet<NodeId> = alive.iter().filter_map(|s| s.parse().ok()).collect();
+                if !self.may_take_over(rec, id, &alive) {
+                    log::warn!(
+                        "not taking over from leader {} (epoch {}): in_sync is {:?}, and this root (node {id}) \
+                         is not in it or lost what it held; waiting for an in-sync root",
+                        rec.id,
+                        rec.epoch,
+                        rec.in_sync
+                    );
+                    return Ok(None);
+                }
+            }
+            let floor = current.as_ref().map_or(0, |(rec, _)| rec.epoch).max(self.epoch());
+            let epoch = zk::bump_epoch(zk, paths, floor).await?;
+            let without_log = if self.log().is_some() { vec![] } else { vec![id] };
+            let rec = zk::LeaderRecord { id, url: self.url().to_string(), epoch, in_sync: vec![id], without_log };
+            if let Some(version) = zk::write_leader(zk, paths, &rec, current.map(|(_, v)| v)).await? {
+                self.start_leading(rec, version);
+                return Ok(Some(epoch));
+            }
+            // Changed since we read it (the leader dropped a standby, or
+            // another candidate won): look again.
+        }
     }
 
     /// Watches `live/` and reaps nodes whose znode went, until the session
@@ -356,6 +415,10 @@ impl Node {
         let mut shutdown = self.subscribe_shutdown();
         let live_dir = self.inner.paths.live();
         loop {
+            if self.is_deposed() {
+                log::error!("deposed: standing for election again, as a standby");
+                return;
+            }
             let (live, watcher) = match zk.list_and_watch_children(&live_dir).await {
                 Ok(found) => found,
                 Err(e) => {
@@ -373,6 +436,10 @@ impl Node {
                     return;
                 },
                 _ = shutdown.changed() => return,
+                _ = self.inner.replica.deposed_wake.notified() => {
+                    log::error!("deposed: standing for election again, as a standby");
+                    return;
+                }
             }
         }
     }

@@ -18,6 +18,7 @@ mod evict;
 mod membership;
 mod push;
 pub mod read;
+mod replica;
 mod write;
 
 use std::collections::HashMap;
@@ -42,6 +43,7 @@ use crate::wire::{Peer, Topology};
 
 pub use evict::{Dropped, Invalidated};
 pub use read::{CacheStatus, Found};
+pub use replica::{BatchInfo, StandbyRequest};
 pub use write::{answer_body, Ack, BATCH_BYTES, HOP_WAIT};
 
 /// How long a fill or a forwarded write may take before it fails.
@@ -115,6 +117,9 @@ struct Inner {
     /// Wakes the evictor when the store grew past `--max-memory`.
     evict_wake: tokio::sync::Notify,
     membership: membership::Membership,
+    /// Standby roots: the leader's streams and in-sync set, or the leader
+    /// a standby follows.
+    replica: replica::Replica,
     shutdown: watch::Sender<bool>,
     /// The runtime the node's tasks run on (handlers run on actix workers).
     runtime: tokio::runtime::Handle,
@@ -173,6 +178,7 @@ impl Node {
                 url: args.advertise_url(),
                 paths: Paths::with_secret(&args.cluster, guard.secret()),
                 membership: membership::Membership::new(),
+                replica: replica::Replica::default(),
                 args,
                 store,
                 http,

@@ -114,7 +114,9 @@ impl Node {
         let t = Time::now();
         if place.topology.is_root() {
             Metrics::inc(&self.inner.metrics.hits);
-            return found(store.get(key, t), CacheStatus::Hit).ok_or_else(|| Error::NotFound(key.into()));
+            let lookup = store.get(key, t);
+            self.wait_committed(lookup.version()).await?;
+            return found(lookup, CacheStatus::Hit).ok_or_else(|| Error::NotFound(key.into()));
         }
         let lookup = store.get(key, t);
         if consistent {
@@ -355,6 +357,9 @@ impl Node {
             }
         }
         let lookup = hold(Time::now());
+        if place.topology.is_root() {
+            self.wait_committed(lookup.version()).await?;
+        }
         log::debug!(
             "fill of {key} for child {child} (have {have:?}, consistent {consistent}): {:?} current {}",
             lookup.version(),

@@ -229,7 +229,7 @@ impl Node {
         let expires_at = ttl_secs.map(|s| now_ms().saturating_add(s.saturating_mul(1000)));
         let update = Update { key: key.to_string(), version: 0, value, expires_at };
         if place.topology.is_root() {
-            return self.commit_own(update).await;
+            return self.commit_own(update, ack).await;
         }
         let rx = self.join_own(update, ack, place.topology.id)?;
         match tokio::time::timeout(CLIENT_WAIT, rx).await {
@@ -318,7 +318,11 @@ impl Node {
     }
 
     /// The root commits a write from its own client.
-    async fn commit_own(&self, update: Update) -> Result<WriteResult> {
+    async fn commit_own(&self, update: Update, ack: Ack) -> Result<WriteResult> {
+        self.check_leading()?;
+        if let (Ack::Root, Some((have, need))) = (ack, self.insync_shortfall()) {
+            return Err(Error::InsyncBelowMin { have, need });
+        }
         let (result, push) = self.commit_one(update, None);
         if let Some((update, _)) = &push {
             self.make_durable(std::slice::from_ref(&(update.clone(), None))).await?;
@@ -336,7 +340,15 @@ impl Node {
         let mut durable = Vec::new();
         let mut pushes = Vec::new();
         let mut seen_before = false;
+        self.check_leading()?;
+        let shortfall = self.insync_shortfall();
         for w in writes {
+            if let (true, Some((have, need))) = (w.ack_root, shortfall) {
+                // Not committed and not recorded: the client hears 503 and
+                // may retry; a later write from its node still commits.
+                results.push(WriteResult::InsyncBelowMin { have, need });
+                continue;
+            }
             let mut outcomes = self.inner.outcomes.lock();
             match outcomes.check(&w.id) {
                 Verdict::Decided(result) => {
@@ -373,7 +385,13 @@ impl Node {
         let pushes = self.place().map(|p| p.coherence.pushes()).unwrap_or(true);
         let holder = child.filter(|_| pushes);
         let versions = &self.inner.versions;
-        let next = || versions.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        // Pending from the moment it exists: no read sees it before it is
+        // durable (see `replica`).
+        let next = || {
+            let version = versions.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+            self.pending_insert(version);
+            version
+        };
         let Update { key, value, expires_at, .. } = update;
         match self.inner.store.commit(&key, value.clone(), expires_at, Time::now(), holder, next) {
             Committed::Done { version, created, holders } => {
@@ -389,22 +407,42 @@ impl Node {
     /// durable as the root promises: appended to the commit log and, under
     /// `--fsync always`, fsynced (the appends of one batch, and of batches
     /// committed meanwhile, share one fsync). An empty slice is a barrier:
-    /// it waits for everything appended so far. Without a commit log the
-    /// root's state lives in its memory only: there is nothing to wait for.
+    /// it waits for everything appended so far. With standby roots, also
+    /// held by every in-sync standby (DESIGN.md guarantee 3). Without a
+    /// commit log or standbys the root's state lives in its memory only.
     async fn make_durable(&self, records: &[(Update, Option<WriteId>)]) -> Result<()> {
-        let Some(log) = &self.inner.log else { return Ok(()) };
+        let result = self.make_durable_now(records).await;
+        if !matches!(result, Err(Error::Deposed)) {
+            // Durable, or failed without losing the lead (the writer
+            // retries the same id): readers stop waiting either way.
+            self.pending_remove(records.iter().map(|(u, _)| u.version));
+        }
+        result
+    }
+
+    /// Appends to the commit log and streams to every standby at once,
+    /// then waits for the log and for each in-sync standby (see
+    /// [`Node::await_replicated`]).
+    async fn make_durable_now(&self, records: &[(Update, Option<WriteId>)]) -> Result<()> {
+        self.check_leading()?;
         let epoch = self.epoch();
-        let appends = records.iter().map(|(update, write_id)| {
-            log.append(crate::log::Record { epoch, update: update.clone(), write_id: *write_id })
-        });
-        let appended = if records.is_empty() {
-            log.barrier().await
-        } else {
-            futures::future::try_join_all(appends).await.map(|_| ())
-        };
-        appended.map_err(|e| Error::Internal(e.to_string()))?;
-        self.maybe_snapshot(log);
-        Ok(())
+        let records: Vec<crate::log::Record> = records
+            .iter()
+            .map(|(update, write_id)| crate::log::Record { epoch, update: update.clone(), write_id: *write_id })
+            .collect();
+        let waits = self.replicate(&records);
+        if let Some(log) = &self.inner.log {
+            let appends = records.iter().map(|r| log.append(r.clone()));
+            let appended = if records.is_empty() {
+                log.barrier().await
+            } else {
+                futures::future::try_join_all(appends).await.map(|_| ())
+            };
+            appended.map_err(|e| Error::Internal(e.to_string()))?;
+            self.maybe_snapshot(log);
+        }
+        self.await_replicated(waits).await?;
+        self.check_leading()
     }
 
     /// The root's remembered write outcomes, for a snapshot.

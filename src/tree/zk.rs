@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! root          EPHEMERAL   current root {"id","url","epoch"}
+//! leader        PERSISTENT  {"id","url","epoch","in_sync":[ids]}: changed only by
+//!                           conditional writes (see [`LeaderRecord`])
 //! election/n_   EPHEMERAL_SEQUENTIAL root candidates
 //! tree/1/2/5    PERSISTENT  one znode per node at its tree path {"id","url","depth"}
 //! live/5        EPHEMERAL   node 5 is alive (its own session) {"url"}
@@ -90,6 +92,9 @@ impl Paths {
     }
     pub fn root(&self) -> String {
         format!("{}/root", self.base)
+    }
+    pub fn leader(&self) -> String {
+        format!("{}/leader", self.base)
     }
     pub fn election(&self) -> String {
         format!("{}/election", self.base)
@@ -297,22 +302,25 @@ pub async fn mirror(
     Ok(())
 }
 
-/// Joins the root election and returns once this candidate leads (its
-/// sequential znode is the lowest). Each candidate watches only its
-/// predecessor, so a leader's death wakes one standby, not all.
-///
-/// `data` names the candidate (its URL). Any candidacy of ours left from
-/// an earlier try (a ZooKeeper error after we were elected, a session that
-/// ended while we lived) is withdrawn first: otherwise our new znode would
-/// wait forever behind our own old one.
-pub async fn elect(zk: &Client, paths: &Paths, data: &[u8]) -> Result<()> {
+/// Joins the root election: withdraws any candidacy of ours left from an
+/// earlier try (a ZooKeeper error after we were elected, a session that
+/// ended while we lived; otherwise our new znode would wait forever behind
+/// our own old one), then creates our sequential znode and returns its name.
+/// `data` names the candidate (its URL).
+pub async fn enter_election(zk: &Client, paths: &Paths, data: &[u8]) -> Result<String> {
     withdraw_candidacy(zk, paths, data).await?;
     let prefix = format!("{}/n_", paths.election());
     let opts = CreateMode::EphemeralSequential.with_acls(Acls::new(&paths.acls));
     let (_, seq) = zk.create(&prefix, data, &opts).await.map_err(|e| Error::zk("create", prefix.clone(), e))?;
-    let mine = format!("n_{seq}");
+    Ok(format!("n_{seq}"))
+}
+
+/// Returns once our candidacy `mine` is the oldest (lowest sequence). Each
+/// candidate watches only its predecessor, so a leader's death wakes one
+/// standby, not all.
+pub async fn wait_turn(zk: &Client, paths: &Paths, mine: &str) -> Result<()> {
+    let dir = paths.election();
     loop {
-        let dir = paths.election();
         let mut candidates = zk.list_children(&dir).await.map_err(|e| Error::zk("list", dir.clone(), e))?;
         candidates.sort();
         let pos = candidates.iter().position(|c| *c == mine);
@@ -331,6 +339,55 @@ pub async fn elect(zk: &Client, paths: &Paths, data: &[u8]) -> Result<()> {
             Ok((None, _)) => {}
             Err(e) => return Err(Error::zk("watch", before, e)),
         }
+    }
+}
+
+/// The `leader` znode: who leads, in which epoch, and which roots hold
+/// every acknowledged write (the leader itself included). Written only
+/// with a version check, by the leader (in-sync changes) and by a
+/// candidate taking over, so a deposed leader's write fails.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LeaderRecord {
+    pub id: u64,
+    pub url: String,
+    pub epoch: u64,
+    pub in_sync: Vec<u64>,
+    /// The members of `in_sync` that keep no commit log (no `--data-dir`):
+    /// their copy dies with their process. Beyond DESIGN.md's fields; it
+    /// lets a cluster of such roots elect a new, empty leader once every
+    /// one of them is gone, instead of waiting forever.
+    #[serde(default)]
+    pub without_log: Vec<u64>,
+}
+
+/// Reads the `leader` znode and its version; `None` before any leader.
+pub async fn read_leader(zk: &Client, paths: &Paths) -> Result<Option<(LeaderRecord, i32)>> {
+    let path = paths.leader();
+    match zk.get_data(&path).await {
+        Ok((data, stat)) => {
+            let rec = serde_json::from_slice(&data)
+                .map_err(|e| Error::Internal(format!("{path} holds {:?}: {e}", String::from_utf8_lossy(&data))))?;
+            Ok(Some((rec, stat.version)))
+        }
+        Err(ZkError::NoNode) => Ok(None),
+        Err(e) => Err(Error::zk("get", path, e)),
+    }
+}
+
+/// Writes the `leader` znode if it is still at `version` (`None`: if it
+/// does not exist yet). Returns the new version, or `None` when someone
+/// else changed it first (the caller lost: re-read, or step down).
+pub async fn write_leader(zk: &Client, paths: &Paths, rec: &LeaderRecord, version: Option<i32>) -> Result<Option<i32>> {
+    let path = paths.leader();
+    let data = serde_json::to_vec(rec).map_err(|e| Error::Internal(format!("encoding {path}: {e}")))?;
+    let result = match version {
+        Some(v) => zk.set_data(&path, &data, Some(v)).await.map(|stat| stat.version),
+        None => zk.create(&path, &data, &paths.persistent()).await.map(|(stat, _)| stat.version),
+    };
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(ZkError::BadVersion) | Err(ZkError::NodeExists) | Err(ZkError::NoNode) => Ok(None),
+        Err(e) => Err(Error::zk("set", path, e)),
     }
 }
 

@@ -1,0 +1,815 @@
+//! The node's side of standby roots ([`crate::replication`]).
+//!
+//! Leader: a [`Stream`] per standby and its sender task (snapshot, then
+//! the commits in order, heartbeats when idle); the `leader` znode's
+//! in-sync set, changed only by conditional writes under one lock; and
+//! the wait in `make_durable` for every stream a commit must reach. A
+//! failed conditional write means another root took over: this one is
+//! deposed and acknowledges nothing more.
+//!
+//! Standby: registers with the leader (`POST /internal/standby`), applies
+//! the stream (`POST /internal/replicate`) to its store and its own log,
+//! answers with what it holds durably; serves reads once in sync.
+//!
+//! Takeover ([`Node::may_take_over`]): only a root in the `in_sync` set
+//! that still has what it held then (its log, or the live process).
+//!
+//! Read committed at the root: a version is pending from its commit until
+//! it is durable (log and in-sync standbys); a read of a pending version
+//! waits, so no node or client sees a write that a failover could lose.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use zookeeper_client::Client;
+
+use super::Node;
+use crate::clock::{mono_ms, Time};
+use crate::error::{Error, Result};
+use crate::log::codec::Entry;
+use crate::log::Record;
+use crate::replication::{self, Following, Status, Stream};
+use crate::store::{NodeId, Update, Version, WriteId};
+use crate::tree::zk::{self, LeaderRecord};
+
+/// An idle stream sends an empty batch this often: the standby knows its
+/// leader lives, and learns whether it is in sync.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A standby that has not heard its leader this long is not in sync (its
+/// `/health` answers 503) and registers again.
+const LEADER_SILENCE_MS: u64 = 3_000;
+/// A standby that has not heard its leader this long registers again (a
+/// new stream, from a snapshot).
+const REREGISTER_AFTER_MS: u64 = 6_000;
+/// One replication batch may take this long.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// A stream that has failed this long is closed; the standby registers
+/// again when it is back.
+const STREAM_GIVE_UP: Duration = Duration::from_secs(30);
+/// A read of a version not yet durable waits at most this long.
+const PENDING_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+pub(super) struct Replica {
+    /// Leader: a stream per standby.
+    streams: Mutex<HashMap<NodeId, Arc<Stream>>>,
+    /// Leader: the `leader` znode as we last wrote it, and its version.
+    /// Held across each conditional write: in-sync changes are serialized.
+    znode: tokio::sync::Mutex<Option<(LeaderRecord, i32)>>,
+    /// Roots in `in_sync` (this one included); 0 when not leading.
+    in_sync: AtomicUsize,
+    /// A conditional write on the `leader` znode failed: another root leads.
+    deposed: AtomicBool,
+    pub(super) deposed_wake: Notify,
+    /// The epoch this process last led (0: never).
+    led_epoch: AtomicU64,
+    /// Standby: the leader we follow, `None` when not a standby.
+    following: Mutex<Option<Following>>,
+    /// Standby: one batch applied at a time.
+    applying: tokio::sync::Mutex<()>,
+    /// Root: versions committed but not yet durable.
+    pending: Mutex<BTreeSet<Version>>,
+    /// The lowest pending version (`u64::MAX`: none), read without the lock.
+    pending_min: AtomicU64,
+    pending_done: Notify,
+}
+
+/// `POST /internal/standby`: a standby root asks the leader for a stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StandbyRequest {
+    pub id: NodeId,
+    pub url: String,
+    /// The standby keeps a commit log (`--data-dir`).
+    #[serde(default)]
+    pub durable: bool,
+}
+
+/// The query of `POST /internal/replicate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchInfo {
+    pub session: u64,
+    /// The first batch of a session: the standby starts over.
+    pub first: bool,
+    /// The stream sequences the batch spans (0..0: snapshot or heartbeat).
+    pub from: u64,
+    pub to: u64,
+    /// Whether the leader counts this standby in `in_sync`.
+    pub in_sync: bool,
+}
+
+impl Node {
+    fn replica(&self) -> &Replica {
+        &self.inner.replica
+    }
+
+    // ---- read committed ----
+
+    /// A version the root just assigned: pending until durable.
+    pub(super) fn pending_insert(&self, version: Version) {
+        let r = self.replica();
+        let mut p = r.pending.lock();
+        p.insert(version);
+        r.pending_min.store(p.first().copied().unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    /// These versions are durable (or their commit failed for good).
+    pub(super) fn pending_remove(&self, versions: impl Iterator<Item = Version>) {
+        let r = self.replica();
+        {
+            let mut p = r.pending.lock();
+            for v in versions {
+                p.remove(&v);
+            }
+            r.pending_min.store(p.first().copied().unwrap_or(u64::MAX), Ordering::Release);
+        }
+        r.pending_done.notify_waiters();
+    }
+
+    fn is_pending(&self, version: Version) -> bool {
+        let r = self.replica();
+        version >= r.pending_min.load(Ordering::Acquire) && r.pending.lock().contains(&version)
+    }
+
+    /// Waits until `version` (read from the root's store) is durable, so
+    /// the reader cannot see a write that a failover would lose. 503 if it
+    /// does not become durable in time (a deposed root's last commits).
+    pub(super) async fn wait_committed(&self, version: Option<Version>) -> Result<()> {
+        let Some(version) = version else { return Ok(()) };
+        let deadline = tokio::time::Instant::now() + PENDING_WAIT;
+        loop {
+            let done = self.replica().pending_done.notified();
+            if !self.is_pending(version) {
+                return Ok(());
+            }
+            if self.is_deposed() {
+                return Err(Error::Deposed);
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return Err(Error::Internal(format!("version {version} did not become durable in {PENDING_WAIT:?}")));
+            }
+        }
+    }
+
+    // ---- leading ----
+
+    /// We lead, as `rec` (written at `version`) says.
+    pub(super) fn start_leading(&self, rec: LeaderRecord, version: i32) {
+        let r = self.replica();
+        r.in_sync.store(rec.in_sync.len(), Ordering::Release);
+        r.led_epoch.store(rec.epoch, Ordering::Release);
+        r.deposed.store(false, Ordering::Release);
+        *r.following.lock() = None;
+        // Commits of an earlier leadership that never became durable are
+        // not waited for any more (their writers were answered 503).
+        r.pending.lock().clear();
+        r.pending_min.store(u64::MAX, Ordering::Release);
+        // Leading again in the same process: the streams go on (the
+        // standbys hold what we hold), but each must join the new in_sync.
+        for s in r.streams.lock().values() {
+            if s.change_status(Status::InSync, Status::CatchingUp)
+                || s.change_status(Status::Joining, Status::CatchingUp)
+            {
+                s.wake.notify_one();
+            }
+        }
+        if let Ok(mut z) = r.znode.try_lock() {
+            *z = Some((rec, version));
+        } else {
+            log::error!("the leader znode lock is held while taking over");
+        }
+    }
+
+    /// Roots in sync (this one included) while leading; 0 otherwise.
+    pub fn insync_roots(&self) -> usize {
+        self.replica().in_sync.load(Ordering::Acquire)
+    }
+
+    pub fn is_deposed(&self) -> bool {
+        self.replica().deposed.load(Ordering::Acquire)
+    }
+
+    /// Refuses to commit or acknowledge once deposed.
+    pub(super) fn check_leading(&self) -> Result<()> {
+        if self.is_deposed() {
+            Err(Error::Deposed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether an ack=root write may be committed now (`--min-insync`).
+    pub(super) fn insync_shortfall(&self) -> Option<(usize, usize)> {
+        let (have, need) = (self.insync_roots(), self.args().min_insync as usize);
+        (have < need).then_some((have, need))
+    }
+
+    fn depose(&self, why: &str) {
+        let r = self.replica();
+        if !r.deposed.swap(true, Ordering::AcqRel) {
+            log::error!("{why}: another root took over; this one stops acknowledging writes and steps down");
+            r.in_sync.store(0, Ordering::Release);
+            for s in r.streams.lock().drain() {
+                s.1.set_status(Status::Closed);
+            }
+        }
+        r.deposed_wake.notify_waiters();
+        r.pending_done.notify_waiters();
+    }
+
+    /// Rewrites the `leader` znode with `change` applied, if it is still
+    /// the version we wrote last. Deposed when it is not.
+    async fn change_leader_record(&self, change: impl FnOnce(&mut LeaderRecord) -> bool) -> Result<()> {
+        let mut guard = self.replica().znode.lock().await;
+        let Some((rec, version)) = guard.as_ref() else { return Err(Error::Deposed) };
+        let mut next = rec.clone();
+        if !change(&mut next) {
+            return Ok(());
+        }
+        let zk = self.zk().await?;
+        match zk::write_leader(&zk, &self.inner.paths, &next, Some(*version)).await? {
+            Some(v) => {
+                log::info!("leader znode: in_sync {:?} (was {:?})", next.in_sync, rec.in_sync);
+                self.replica().in_sync.store(next.in_sync.len(), Ordering::Release);
+                *guard = Some((next, v));
+                Ok(())
+            }
+            None => {
+                *guard = None;
+                drop(guard);
+                self.depose("the leader znode changed under us");
+                Err(Error::Deposed)
+            }
+        }
+    }
+
+    /// Removes a standby from `in_sync` (before anything is acknowledged
+    /// without it); the stream goes on, catching up.
+    async fn demote(&self, s: &Stream) -> Result<()> {
+        self.change_leader_record(|rec| {
+            let before = rec.in_sync.len();
+            rec.in_sync.retain(|&id| id != s.id);
+            rec.without_log.retain(|&id| id != s.id);
+            rec.in_sync.len() != before
+        })
+        .await?;
+        if s.change_status(Status::InSync, Status::CatchingUp) {
+            log::warn!("standby {} removed from the in-sync set", s.id);
+        }
+        Ok(())
+    }
+
+    /// Adds a caught-up standby to `in_sync`.
+    async fn promote(&self, s: &Stream) -> Result<()> {
+        self.change_leader_record(|rec| {
+            if rec.in_sync.contains(&s.id) {
+                return false;
+            }
+            rec.in_sync.push(s.id);
+            if !s.durable {
+                rec.without_log.push(s.id);
+            }
+            true
+        })
+        .await?;
+        if s.change_status(Status::Joining, Status::InSync) {
+            log::info!("standby {} is in sync", s.id);
+        }
+        Ok(())
+    }
+
+    /// Queues `records` on every open stream; returns the streams a commit
+    /// must wait for, with the sequence to wait for. An empty `records`
+    /// waits for everything queued so far (a barrier).
+    pub(super) fn replicate(&self, records: &[Record]) -> Vec<(Arc<Stream>, u64)> {
+        let streams: Vec<Arc<Stream>> = self.replica().streams.lock().values().cloned().collect();
+        if streams.is_empty() {
+            return Vec::new();
+        }
+        let frames: Vec<Vec<u8>> = records.iter().map(replication::frame_of).collect();
+        let mut waits = Vec::new();
+        for s in streams {
+            match s.enqueue(&frames) {
+                Some(seq) => {
+                    if s.progress().status.is_waited_for() {
+                        waits.push((s, seq));
+                    }
+                }
+                None if s.is_closed() => {}
+                None => {
+                    // Too far behind to catch up from the stream: it must
+                    // leave in_sync before anything is acknowledged.
+                    log::warn!(
+                        "standby {} is {} MiB behind: closing its stream",
+                        s.id,
+                        replication::MAX_QUEUED_BYTES >> 20
+                    );
+                    waits.push((s, u64::MAX));
+                }
+            }
+        }
+        waits
+    }
+
+    /// Waits until every stream in `waits` holds its sequence durably. One
+    /// that does not answer within `--insync-timeout` is removed from
+    /// `in_sync` first (a joining one just goes back to catching up).
+    pub(super) async fn await_replicated(&self, waits: Vec<(Arc<Stream>, u64)>) -> Result<()> {
+        let timeout = self.args().insync_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (s, seq) in waits {
+            let mut rx = s.subscribe();
+            let reached = loop {
+                let p = *rx.borrow_and_update();
+                if p.acked >= seq || !p.status.is_waited_for() {
+                    break true;
+                }
+                match tokio::time::timeout_at(deadline, rx.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => break false,
+                }
+            };
+            if reached {
+                continue;
+            }
+            match s.progress().status {
+                Status::InSync => {
+                    log::warn!("standby {} did not acknowledge within {timeout:?}", s.id);
+                    self.demote(&s).await?;
+                }
+                Status::Joining => {
+                    s.change_status(Status::Joining, Status::CatchingUp);
+                }
+                Status::CatchingUp | Status::Closed => {}
+            }
+            if seq == u64::MAX {
+                self.close_stream(&s).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes a stream, out of `in_sync` first.
+    async fn close_stream(&self, s: &Stream) -> Result<()> {
+        if s.progress().status == Status::InSync {
+            self.demote(s).await?;
+        }
+        s.set_status(Status::Closed);
+        let mut streams = self.replica().streams.lock();
+        if streams.get(&s.id).is_some_and(|cur| cur.session == s.session) {
+            streams.remove(&s.id);
+        }
+        Ok(())
+    }
+
+    /// `POST /internal/standby` at the leader: (re)starts the stream to a
+    /// standby, from a snapshot. A standby already in sync leaves
+    /// `in_sync` first: the new stream starts it over.
+    pub async fn add_standby(&self, req: StandbyRequest) -> Result<serde_json::Value> {
+        super::membership::check_peer_url(&req.url)?;
+        super::membership::check_node_id(req.id)?;
+        self.check_leading()?;
+        let place = self.place()?;
+        if !place.topology.is_root() {
+            return Err(Error::NotRoot { root: place.root_url.clone() });
+        }
+        if req.id == place.topology.id {
+            return Err(Error::BadRequest(format!("node {} is this leader's own id", req.id)));
+        }
+        let old = self.replica().streams.lock().get(&req.id).cloned();
+        if let Some(old) = old {
+            self.close_stream(&old).await?;
+        }
+        let session = rand::random::<u64>() | 1;
+        let stream = Arc::new(Stream::new(req.id, req.url.trim_end_matches('/').to_string(), session, req.durable));
+        self.replica().streams.lock().insert(req.id, stream.clone());
+        log::info!("standby {} at {} joins: streaming a snapshot, then every commit", req.id, req.url);
+        self.spawn(self.clone().run_stream(stream));
+        Ok(serde_json::json!({ "session": session, "epoch": self.epoch() }))
+    }
+
+    /// The sender of one stream: the snapshot (taken after the stream was
+    /// opened, so every commit is in one or the other), then the queue.
+    async fn run_stream(self, s: Arc<Stream>) {
+        let snap = self.snapshot_source();
+        let batches = replication::snapshot_batches(self.epoch(), &snap.records, &snap.write_ids);
+        drop(snap);
+        for (i, body) in batches.into_iter().enumerate() {
+            let info = BatchInfo { session: s.session, first: i == 0, from: 0, to: 0, in_sync: false };
+            if !self.send_until_taken(&s, info, body).await {
+                return;
+            }
+        }
+        loop {
+            if s.is_closed() || self.is_shutting_down() {
+                return;
+            }
+            let status = s.progress().status;
+            let in_sync = status == Status::InSync;
+            let batch = s.peek_batch();
+            let Some(batch) = batch else {
+                if status == Status::CatchingUp && s.change_status(Status::CatchingUp, Status::Joining) {
+                    // Commits now wait for it; once it holds all that came
+                    // before, it can join in_sync.
+                    let target = s.last_queued();
+                    if s.progress().acked >= target {
+                        if let Err(e) = self.promote(&s).await {
+                            log::warn!("adding standby {} to the in-sync set: {e}", s.id);
+                        }
+                        continue;
+                    }
+                }
+                tokio::select! {
+                    _ = s.wake.notified() => {}
+                    _ = tokio::time::sleep(HEARTBEAT) => {
+                        let last = s.progress().acked;
+                        let info = BatchInfo { session: s.session, first: false, from: last, to: last, in_sync };
+                        if !self.send_until_taken(&s, info, Vec::new()).await {
+                            return;
+                        }
+                    }
+                }
+                continue;
+            };
+            let info = BatchInfo { session: s.session, first: false, from: batch.first, to: batch.last, in_sync };
+            if !self.send_until_taken(&s, info, batch.body).await {
+                return;
+            }
+            s.acked(batch.last);
+            if s.progress().status == Status::Joining && s.progress().acked >= s.last_queued() {
+                if let Err(e) = self.promote(&s).await {
+                    log::warn!("adding standby {} to the in-sync set: {e}", s.id);
+                }
+            }
+        }
+    }
+
+    /// Sends one batch until the standby takes it; false when the stream
+    /// ended (closed, refused, or failing for [`STREAM_GIVE_UP`]). A
+    /// standby in sync that keeps failing leaves `in_sync` after
+    /// `--insync-timeout`, whether or not a commit waits for it.
+    async fn send_until_taken(&self, s: &Arc<Stream>, info: BatchInfo, body: Vec<u8>) -> bool {
+        let body = bytes::Bytes::from(body);
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if s.is_closed() || self.is_shutting_down() || self.is_deposed() {
+                return false;
+            }
+            match self.send_batch(s, info, body.clone()).await {
+                Ok(()) => return true,
+                Err(e @ (Error::StaleEpoch { .. } | Error::NotStandby)) => {
+                    // A root at a newer epoch, or no longer a standby: if
+                    // it is in sync, only a conditional write can tell
+                    // whether we still lead.
+                    log::warn!("standby {} refused the stream: {e}", s.id);
+                    let _ = self.close_stream(s).await;
+                    return false;
+                }
+                Err(e) => {
+                    let failing = started.elapsed();
+                    if failing >= self.args().insync_timeout && s.progress().status == Status::InSync {
+                        log::warn!("standby {} unreachable for {failing:?}: {e}", s.id);
+                        if self.demote(s).await.is_err() {
+                            return false;
+                        }
+                    }
+                    if failing >= STREAM_GIVE_UP {
+                        log::warn!("closing the stream to standby {} after {failing:?}: {e}", s.id);
+                        let _ = self.close_stream(s).await;
+                        return false;
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    async fn send_batch(&self, s: &Stream, info: BatchInfo, body: bytes::Bytes) -> Result<()> {
+        let url = format!(
+            "{}/internal/replicate?session={}&first={}&from={}&to={}&in_sync={}",
+            s.url, info.session, info.first, info.from, info.to, info.in_sync
+        );
+        let me = self.place()?.topology.id;
+        let resp = self
+            .request(&self.inner.http, reqwest::Method::POST, &url)
+            .header(super::FROM_HEADER, me)
+            .timeout(BATCH_TIMEOUT)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Error::parent_unreachable(&s.url, e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let code = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["code"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        Err(match code.as_str() {
+            "stale_epoch" => Error::StaleEpoch { got: self.epoch(), have: self.epoch() + 1 },
+            "not_standby" => Error::NotStandby,
+            _ => Error::Upstream { url, status: status.as_u16(), body: text },
+        })
+    }
+
+    // ---- standing by ----
+
+    /// Whether this root may take over from the leader `rec` describes:
+    /// only a member of `in_sync` that still holds what it held then (its
+    /// commit log, or this very process: the old leader, or a standby the
+    /// leader said is in sync). Or, when nobody holding that data can come
+    /// back (every in-sync root kept no log, and none of them lives in the
+    /// process that held it), anyone: what they held is lost either way.
+    /// `alive`: the ids with a `live/` znode.
+    pub(super) fn may_take_over(
+        &self,
+        rec: &LeaderRecord,
+        me: NodeId,
+        alive: &std::collections::HashSet<NodeId>,
+    ) -> bool {
+        let led_it = rec.id == me && self.replica().led_epoch.load(Ordering::Acquire) == rec.epoch;
+        let followed_in_sync =
+            self.replica().following.lock().as_ref().is_some_and(|f| f.in_sync && f.epoch == rec.epoch);
+        if rec.in_sync.contains(&me) && (led_it || followed_in_sync || self.log().is_some()) {
+            return true;
+        }
+        let lost = rec.in_sync.iter().all(|id| rec.without_log.contains(id) && (*id == me || !alive.contains(id)));
+        if lost {
+            log::warn!(
+                "every in-sync root of epoch {} ({:?}) kept no commit log and is gone: taking over without \
+                 their data (give roots --data-dir to keep it)",
+                rec.epoch,
+                rec.in_sync
+            );
+        }
+        lost
+    }
+
+    /// While waiting for our turn in the election: follow whoever leads,
+    /// re-registering when the root znode changes or the leader falls
+    /// silent. Returns only when the node shuts down.
+    pub(super) async fn follow_leader(&self, zk: &Client, me: NodeId) {
+        loop {
+            if self.is_shutting_down() {
+                return;
+            }
+            let watch = zk.check_and_watch_stat(&self.inner.paths.root()).await;
+            let leader = self.read_root_znode(zk).await;
+            if let Some((id, url, epoch)) = leader.filter(|(_, url, _)| url != self.url()) {
+                let stale =
+                    self.replica().following.lock().as_ref().is_none_or(|f| {
+                        f.leader_url != url || mono_ms().saturating_sub(f.heard_at) > REREGISTER_AFTER_MS
+                    });
+                if stale && epoch >= self.epoch() {
+                    if let Err(e) = self.register_standby(me, id, &url, epoch).await {
+                        log::warn!("registering as a standby with the leader {url}: {e}");
+                    }
+                }
+            }
+            let fired = async {
+                match watch {
+                    Ok((_, w)) => {
+                        w.changed().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = fired => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn read_root_znode(&self, zk: &Client) -> Option<(NodeId, String, u64)> {
+        let data = zk::read(zk, &self.inner.paths.root()).await.ok()??;
+        let v: serde_json::Value = serde_json::from_slice(&data).ok()?;
+        Some((v["id"].as_u64()?, v["url"].as_str()?.to_string(), v["epoch"].as_u64()?))
+    }
+
+    async fn register_standby(&self, me: NodeId, leader: NodeId, url: &str, epoch: u64) -> Result<()> {
+        self.become_standby(leader, url, epoch);
+        let target = format!("{url}/internal/standby");
+        let body = StandbyRequest { id: me, url: self.url().to_string(), durable: self.log().is_some() };
+        let resp = self
+            .request(&self.inner.http, reqwest::Method::POST, &target)
+            .json(&body)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .map_err(|e| Error::parent_unreachable(url, e))?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            return Err(Error::Upstream { url: target, status, body: resp.text().await.unwrap_or_default() });
+        }
+        log::info!("standing by for leader {leader} at {url} (epoch {epoch})");
+        Ok(())
+    }
+
+    /// This root follows `leader`: whatever it led or held in the tree is
+    /// over (its store is replaced by the leader's snapshot).
+    fn become_standby(&self, leader: NodeId, url: &str, epoch: u64) {
+        let r = self.replica();
+        {
+            let mut f = r.following.lock();
+            let same = f.as_ref().is_some_and(|f| f.leader_url == url && f.epoch == epoch);
+            if !same {
+                *f = Some(Following {
+                    leader,
+                    leader_url: url.to_string(),
+                    epoch,
+                    heard_at: mono_ms(),
+                    ..Following::default()
+                });
+            } else if let Some(f) = f.as_mut() {
+                f.heard_at = mono_ms();
+            }
+        }
+        r.in_sync.store(0, Ordering::Release);
+        for s in r.streams.lock().drain() {
+            s.1.set_status(Status::Closed);
+        }
+        if self.inner.place.write().take().is_some() {
+            log::info!("no longer leading: standing by for leader {leader} at {url}");
+            self.drop_queued_pushes();
+        }
+        *self.inner.membership.registry.lock() = None;
+    }
+
+    /// No longer a standby (we lead now, or shut down).
+    pub(super) fn stop_following(&self) {
+        *self.replica().following.lock() = None;
+    }
+
+    /// The leader a standby follows, when it is one.
+    pub fn following(&self) -> Option<Following> {
+        self.replica().following.lock().clone()
+    }
+
+    /// `GET /kv/{key}` at a standby: from its copy, once in sync.
+    pub fn standby_get(&self, key: &str) -> Result<super::Found> {
+        self.standby_in_sync()?;
+        match self.inner.store.get(key, Time::now()) {
+            crate::store::Lookup::Value { version, value, expires_at, .. } => {
+                crate::metrics::Metrics::inc(&self.inner.metrics.hits);
+                Ok(super::Found { version, value, expires_at, cache: super::CacheStatus::Hit })
+            }
+            _ => Err(Error::NotFound(key.to_string())),
+        }
+    }
+
+    /// A standby passes a client's write (or consistent read) to its
+    /// leader as it came: method, path and query, body, and the headers
+    /// named in `headers`. Returns the leader's status, headers and body.
+    pub async fn forward_to_leader(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: Vec<(&'static str, Vec<u8>)>,
+        body: bytes::Bytes,
+    ) -> Result<(u16, Vec<(String, Vec<u8>)>, bytes::Bytes)> {
+        let f = self.following().ok_or(Error::NotStandby)?;
+        let url = format!("{}{path_and_query}", f.leader_url);
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|_| Error::BadRequest(format!("method {method} cannot be forwarded")))?;
+        let mut req = self.local_http().request(method, &url).timeout(Duration::from_secs(35)).body(body);
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        let resp = req.send().await.map_err(|e| Error::parent_unreachable(&f.leader_url, e))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().iter().map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())).collect();
+        let body = resp.bytes().await.map_err(|e| Error::parent_unreachable(&f.leader_url, e))?;
+        Ok((status, headers, body))
+    }
+
+    /// A standby in sync: its leader says so and was heard lately.
+    pub fn standby_in_sync(&self) -> Result<Following> {
+        let f = self.following().ok_or(Error::NotStandby)?;
+        let silent = mono_ms().saturating_sub(f.heard_at);
+        if !f.in_sync {
+            return Err(Error::NotInSync(format!("catching up with leader {} ({})", f.leader, f.leader_url)));
+        }
+        if silent > LEADER_SILENCE_MS {
+            return Err(Error::NotInSync(format!("leader {} silent for {silent} ms", f.leader)));
+        }
+        Ok(f)
+    }
+
+    /// `POST /internal/replicate` at a standby: applies a batch of the
+    /// leader's stream (the first of a session starts over), makes it
+    /// durable in our own log, and answers once it is.
+    pub async fn receive_replicate(&self, from: NodeId, epoch: u64, info: BatchInfo, body: &[u8]) -> Result<()> {
+        let _one_at_a_time = self.replica().applying.lock().await;
+        if self.epoch() > epoch {
+            return Err(Error::StaleEpoch { got: epoch, have: self.epoch() });
+        }
+        let mut f = self.following().ok_or(Error::NotStandby)?;
+        let entries = replication::decode_batch(body).map_err(Error::BadRequest)?;
+        if info.first {
+            self.start_over(&mut f, from, epoch, info.session).await?;
+        } else if info.session != f.session || f.leader != from {
+            return Err(Error::BadRequest(format!(
+                "batch of stream session {} from node {from}; this standby follows session {} of node {}",
+                info.session, f.session, f.leader
+            )));
+        }
+        self.inner.epoch.fetch_max(epoch, Ordering::AcqRel);
+        let (mut max_version, mut max_epoch, mut records) = (0, epoch, 0);
+        let t = Time::now();
+        for entry in entries {
+            match entry {
+                Entry::Write(rec) => {
+                    records += 1;
+                    max_version = max_version.max(rec.update.version);
+                    max_epoch = max_epoch.max(rec.epoch);
+                    self.apply_replicated(&rec.update, rec.write_id, t);
+                }
+                Entry::WriteOutcome(id, version) => self.restore_write_outcome(id, version),
+                Entry::Epoch(e) => max_epoch = max_epoch.max(e),
+                Entry::SnapshotHeader { .. } | Entry::SnapshotEnd { .. } => {}
+            }
+        }
+        self.inner.versions.fetch_max(max_version, Ordering::AcqRel);
+        self.inner.epoch.fetch_max(max_epoch, Ordering::AcqRel);
+        if let Some(log) = self.log() {
+            if !body.is_empty() {
+                log.append_frames(body.to_vec(), records, max_version, max_epoch)
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                self.maybe_snapshot(log);
+            }
+        }
+        f.applied = f.applied.max(info.to);
+        f.epoch = f.epoch.max(epoch);
+        f.in_sync = info.in_sync;
+        f.heard_at = mono_ms();
+        let mut cur = self.replica().following.lock();
+        match cur.as_mut() {
+            Some(c) if c.leader_url == f.leader_url => *c = f,
+            _ => return Err(Error::NotStandby),
+        }
+        Ok(())
+    }
+
+    fn apply_replicated(&self, update: &Update, write_id: Option<WriteId>, t: Time) {
+        if update.version > 0 {
+            self.inner.store.apply(update, t);
+        }
+        if let Some(id) = write_id {
+            self.restore_write_outcome(id, update.version);
+        }
+    }
+
+    /// A new stream: forget what we held (store, write outcomes, and on
+    /// disk, behind an empty snapshot) and take the leader's instead.
+    async fn start_over(&self, f: &mut Following, from: NodeId, epoch: u64, session: u64) -> Result<()> {
+        log::info!("stream session {session} from leader {from} (epoch {epoch}): starting over from its snapshot");
+        self.inner.store.wipe();
+        *self.inner.outcomes.lock() = super::write::Outcomes::default();
+        if let Some(log) = self.log() {
+            log.snapshot(crate::log::Snapshot::default).await.map_err(|e| Error::Internal(e.to_string()))?;
+        }
+        f.leader = from;
+        f.epoch = epoch;
+        f.session = session;
+        f.applied = 0;
+        f.in_sync = false;
+        Ok(())
+    }
+
+    /// The id of a root candidate: `--id`, else the one kept in its data
+    /// directory, else a new one (kept there for the next start).
+    pub(super) async fn root_id(&self, zk: &Client) -> Result<NodeId> {
+        let paths = &self.inner.paths;
+        if let Some(id) = self.my_id() {
+            zk::reserve_id(zk, paths, id).await?;
+            return Ok(id);
+        }
+        let file = self.log().map(|l| l.dir().join("node_id"));
+        if let Some(file) = &file {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                if let Ok(id) = text.trim().parse::<NodeId>() {
+                    zk::reserve_id(zk, paths, id).await?;
+                    return Ok(id);
+                }
+                log::warn!("{} holds {text:?}, not a node id: taking a new id", file.display());
+            }
+        }
+        let id = zk::allocate_id(zk, paths).await?;
+        if let Some(file) = &file {
+            if let Err(e) = std::fs::write(file, format!("{id}\n")) {
+                log::warn!("keeping our id in {}: {e}", file.display());
+            }
+        }
+        Ok(id)
+    }
+}

@@ -1,0 +1,357 @@
+//! Standby roots (DESIGN.md "Root failover"): the leader's ordered stream
+//! to each standby, and the in-sync bookkeeping both sides keep. Pure
+//! state and encoding: no HTTP, no ZooKeeper (the node sends the batches,
+//! `tree::zk` holds the `leader` znode's conditional writes).
+//!
+//! One [`Stream`] per standby: a FIFO of log frames (records exactly as
+//! the commit log stores them), each with a sequence number of that
+//! stream. The node's sender task for the stream takes the head as a
+//! batch, sends it (one batch in flight: the order holds, and a slow
+//! standby slows only its own stream), and records the standby's
+//! acknowledgement, the highest sequence it holds durably. A stream
+//! begins with a snapshot of the leader's store, so a standby that
+//! (re)joins starts from the leader's state and drops whatever it held
+//! (a returning old leader's unreplicated tail included).
+//!
+//! The stream's status says whether a commit waits for it:
+//! [`Status::CatchingUp`] (no), [`Status::Joining`] (yes, and a timeout
+//! only sends it back to catching up), [`Status::InSync`] (yes; it is in
+//! the `leader` znode's `in_sync`, and a timeout removes it there first).
+//! The same stream shape serves pushes to children later (one ordered
+//! stream per peer instead of a request per batch).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+use tokio::sync::{watch, Notify};
+
+use crate::log::codec::{self, Entry};
+use crate::log::Record;
+use crate::store::{NodeId, WriteId};
+
+/// Most bytes of frames one batch carries.
+pub const BATCH_BYTES: usize = 4 << 20;
+/// Most bytes a stream may hold unsent: past it the standby is too far
+/// behind to catch up from the stream; it is dropped and rejoins from a
+/// snapshot.
+pub const MAX_QUEUED_BYTES: usize = 256 << 20;
+
+/// Whether the leader's commits wait for this stream's acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Sending the snapshot or a backlog: commits do not wait.
+    CatchingUp,
+    /// Caught up; commits wait for it while the leader adds it to
+    /// `in_sync` (a timeout sends it back to catching up).
+    Joining,
+    /// In the `leader` znode's `in_sync`: every commit waits for it.
+    InSync,
+    /// Closed: removed from `in_sync` if it was there, sender stopped.
+    Closed,
+}
+
+impl Status {
+    /// Whether a commit waits for this stream's acknowledgement.
+    pub fn is_waited_for(self) -> bool {
+        matches!(self, Status::Joining | Status::InSync)
+    }
+}
+
+/// What the leader knows of one standby's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Highest stream sequence the standby holds durably (0: none yet).
+    pub acked: u64,
+    pub status: Status,
+}
+
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<(u64, Vec<u8>)>,
+    bytes: usize,
+    /// Sequence of the last frame queued.
+    last: u64,
+}
+
+/// The leader's ordered stream to one standby.
+pub struct Stream {
+    pub id: NodeId,
+    pub url: String,
+    /// Distinguishes this stream from earlier ones to the same standby.
+    pub session: u64,
+    /// The standby keeps a commit log.
+    pub durable: bool,
+    queue: Mutex<Queue>,
+    progress: watch::Sender<Progress>,
+    /// Wakes the sender: frames queued, or the stream closed.
+    pub wake: Notify,
+    closed: AtomicBool,
+}
+
+impl Stream {
+    pub fn new(id: NodeId, url: String, session: u64, durable: bool) -> Stream {
+        let (progress, _) = watch::channel(Progress { acked: 0, status: Status::CatchingUp });
+        Stream {
+            id,
+            url,
+            session,
+            durable,
+            queue: Mutex::new(Queue::default()),
+            progress,
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues frames (one per record), returning the sequence of the last
+    /// one (the stream's last if `frames` is empty), or `None` when the
+    /// stream is closed or has overflowed (the caller closes it).
+    pub fn enqueue(&self, frames: &[Vec<u8>]) -> Option<u64> {
+        if self.is_closed() {
+            return None;
+        }
+        let mut q = self.queue.lock();
+        for f in frames {
+            q.last += 1;
+            q.bytes += f.len();
+            let seq = q.last;
+            q.frames.push_back((seq, f.clone()));
+        }
+        let (last, bytes) = (q.last, q.bytes);
+        drop(q);
+        if !frames.is_empty() {
+            self.wake.notify_one();
+        }
+        (bytes <= MAX_QUEUED_BYTES).then_some(last)
+    }
+
+    /// The head of the queue as one batch, without removing it: the frames
+    /// concatenated, and the sequences they span. `None` when empty.
+    pub fn peek_batch(&self) -> Option<Batch> {
+        let q = self.queue.lock();
+        let (first, _) = q.frames.front()?;
+        let mut body = Vec::new();
+        let mut last = *first;
+        for (seq, f) in &q.frames {
+            if !body.is_empty() && body.len() + f.len() > BATCH_BYTES {
+                break;
+            }
+            body.extend_from_slice(f);
+            last = *seq;
+        }
+        Some(Batch { first: *first, last, body })
+    }
+
+    /// The standby holds everything up to `seq`: drop it from the queue
+    /// and wake whoever waits for it.
+    pub fn acked(&self, seq: u64) {
+        {
+            let mut q = self.queue.lock();
+            while q.frames.front().is_some_and(|(s, _)| *s <= seq) {
+                if let Some((_, f)) = q.frames.pop_front() {
+                    q.bytes -= f.len();
+                }
+            }
+        }
+        self.progress.send_if_modified(|p| {
+            let newer = seq > p.acked;
+            p.acked = p.acked.max(seq);
+            newer
+        });
+    }
+
+    /// Sequence of the last frame queued.
+    pub fn last_queued(&self) -> u64 {
+        self.queue.lock().last
+    }
+
+    pub fn progress(&self) -> Progress {
+        *self.progress.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    pub fn set_status(&self, status: Status) {
+        if status == Status::Closed {
+            self.closed.store(true, Ordering::Release);
+            self.wake.notify_one();
+        }
+        self.progress.send_modify(|p| p.status = status);
+    }
+
+    /// Moves from `from` to `to` only if the status is still `from`.
+    pub fn change_status(&self, from: Status, to: Status) -> bool {
+        self.progress.send_if_modified(|p| {
+            let ok = p.status == from;
+            if ok {
+                p.status = to;
+            }
+            ok
+        })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// Frames from the head of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub first: u64,
+    pub last: u64,
+    pub body: Vec<u8>,
+}
+
+/// One committed write as a frame of the stream (and of the log).
+pub fn frame_of(record: &Record) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(64 + record.update.key.len() + record.update.value.as_ref().map_or(0, |v| v.len()));
+    codec::encode(&Entry::Write(record.clone()), &mut out);
+    out
+}
+
+/// The frames that start a stream: the epoch, then the leader's state
+/// (every entry, tombstones included, and every remembered write outcome),
+/// in batches of at most [`BATCH_BYTES`].
+pub fn snapshot_batches(epoch: u64, records: &[Record], write_ids: &[(WriteId, u64)]) -> Vec<Vec<u8>> {
+    let mut batches = Vec::new();
+    let mut body = Vec::new();
+    codec::encode(&Entry::Epoch(epoch), &mut body);
+    let mut push = |entry: &Entry, body: &mut Vec<u8>| {
+        if body.len() >= BATCH_BYTES {
+            batches.push(std::mem::take(body));
+        }
+        codec::encode(entry, body);
+    };
+    for r in records {
+        push(&Entry::Write(r.clone()), &mut body);
+    }
+    for &(id, version) in write_ids {
+        push(&Entry::WriteOutcome(id, version), &mut body);
+    }
+    batches.push(body);
+    batches
+}
+
+/// Decodes a batch a standby received: every frame must be whole and
+/// good (the sender framed it; a damaged batch is refused, not cut).
+pub fn decode_batch(body: &[u8]) -> Result<Vec<Entry>, String> {
+    let scanned = codec::scan(body);
+    match scanned.damage {
+        None => Ok(scanned.entries),
+        Some(d) => Err(format!("replication batch damaged at byte {}: {d:?}", d.offset())),
+    }
+}
+
+/// What the standby side remembers of the leader it follows.
+#[derive(Debug, Clone, Default)]
+pub struct Following {
+    pub leader: NodeId,
+    pub leader_url: String,
+    pub epoch: u64,
+    /// The stream session being applied (0: none yet).
+    pub session: u64,
+    /// The last stream sequence applied and made durable.
+    pub applied: u64,
+    /// The snapshot of the session arrived whole.
+    pub caught_up: bool,
+    /// The leader's last word on whether we are in `in_sync`.
+    pub in_sync: bool,
+    /// When the leader was last heard (monotonic ms).
+    pub heard_at: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Update;
+
+    fn rec(key: &str, version: u64) -> Record {
+        crate::log::test_record(key, version, None)
+    }
+
+    #[test]
+    fn a_stream_hands_out_batches_in_order_and_forgets_what_was_acked() {
+        let s = Stream::new(7, "http://s".into(), 1, true);
+        assert_eq!(s.peek_batch(), None);
+        let frames: Vec<Vec<u8>> = (1..=3).map(|v| frame_of(&rec("k", v))).collect();
+        assert_eq!(s.enqueue(&frames), Some(3));
+        let b = s.peek_batch().unwrap();
+        assert_eq!((b.first, b.last), (1, 3));
+        let entries = decode_batch(&b.body).unwrap();
+        let versions: Vec<u64> = entries
+            .iter()
+            .map(|e| match e {
+                Entry::Write(r) => r.update.version,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(versions, [1, 2, 3]);
+        s.acked(2);
+        assert_eq!(s.progress().acked, 2);
+        let b = s.peek_batch().unwrap();
+        assert_eq!((b.first, b.last), (3, 3));
+        s.acked(3);
+        assert_eq!(s.peek_batch(), None);
+        // A late, older acknowledgement changes nothing.
+        s.acked(1);
+        assert_eq!(s.progress().acked, 3);
+        assert_eq!(s.enqueue(&[]), Some(3), "an empty enqueue names the last sequence");
+    }
+
+    #[test]
+    fn batches_are_capped_by_bytes_but_carry_at_least_one_frame() {
+        let s = Stream::new(7, "http://s".into(), 1, true);
+        let big = Record {
+            epoch: 1,
+            update: Update {
+                key: "big".into(),
+                version: 1,
+                value: Some(bytes::Bytes::from(vec![b'x'; BATCH_BYTES])),
+                expires_at: None,
+            },
+            write_id: None,
+        };
+        s.enqueue(&[frame_of(&big), frame_of(&rec("small", 2))]);
+        let b = s.peek_batch().unwrap();
+        assert_eq!((b.first, b.last), (1, 1), "the big frame goes alone");
+        s.acked(1);
+        assert_eq!(s.peek_batch().map(|b| (b.first, b.last)), Some((2, 2)));
+    }
+
+    #[test]
+    fn a_closed_stream_takes_nothing_and_statuses_change_only_from_the_expected_one() {
+        let s = Stream::new(7, "http://s".into(), 1, true);
+        assert!(!s.change_status(Status::Joining, Status::InSync));
+        assert!(s.change_status(Status::CatchingUp, Status::Joining));
+        assert!(s.progress().status.is_waited_for());
+        s.set_status(Status::Closed);
+        assert_eq!(s.enqueue(&[frame_of(&rec("k", 1))]), None);
+        assert!(!s.progress().status.is_waited_for());
+    }
+
+    #[test]
+    fn a_snapshot_starts_with_the_epoch_and_carries_records_and_outcomes() {
+        let id = WriteId { origin: 3, incarnation: 5, seq: 9 };
+        let batches = snapshot_batches(4, &[rec("a", 1), rec("b", 2)], &[(id, 2)]);
+        assert_eq!(batches.len(), 1);
+        let entries = decode_batch(&batches[0]).unwrap();
+        assert_eq!(entries[0], Entry::Epoch(4));
+        assert!(matches!(&entries[1], Entry::Write(r) if r.update.key == "a"));
+        assert_eq!(entries[3], Entry::WriteOutcome(id, 2));
+    }
+
+    #[test]
+    fn a_damaged_batch_is_refused_whole() {
+        let mut body = frame_of(&rec("k", 1));
+        let first = body.len();
+        body.extend(frame_of(&rec("k", 2)));
+        body[first + codec::HEADER + 2] ^= 0xff; // inside the second payload
+        assert!(decode_batch(&body).unwrap_err().contains("damaged"));
+        assert!(decode_batch(&[]).unwrap().is_empty());
+    }
+}
