@@ -318,6 +318,8 @@ impl Node {
     /// Waits until every stream in `waits` holds its sequence durably. One
     /// that does not answer within `--insync-timeout` is removed from
     /// `in_sync` first (a joining one just goes back to catching up).
+    /// A stream closed without leaving `in_sync` first (this root stopped
+    /// leading) releases its waiters, who then find [`Node::is_deposed`].
     pub(super) async fn await_replicated(&self, waits: Vec<(Arc<Stream>, u64)>) -> Result<()> {
         let timeout = self.args().insync_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
@@ -618,6 +620,7 @@ impl Node {
     /// over (its store is replaced by the leader's snapshot).
     fn become_standby(&self, leader: NodeId, url: &str, epoch: u64) {
         let r = self.replica();
+        self.inner.epoch.fetch_max(epoch, Ordering::AcqRel);
         {
             let mut f = r.following.lock();
             let same = f.as_ref().is_some_and(|f| f.leader_url == url && f.epoch == epoch);
@@ -634,9 +637,13 @@ impl Node {
             }
         }
         r.in_sync.store(0, Ordering::Release);
+        // Not leading any more: nothing waiting on a stream we close here
+        // may be acknowledged (the flag is checked after the wait).
+        r.deposed.store(true, Ordering::Release);
         for s in r.streams.lock().drain() {
             s.1.set_status(Status::Closed);
         }
+        r.pending_done.notify_waiters();
         if self.inner.place.write().take().is_some() {
             log::info!("no longer leading: standing by for leader {leader} at {url}");
             self.drop_queued_pushes();

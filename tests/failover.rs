@@ -1,0 +1,318 @@
+//! Standby roots against real processes (DESIGN.md "Root failover",
+//! guarantee 3): a standby syncs from its leader and serves reads; the
+//! leader killed under load loses no acknowledged write; a paused leader
+//! that wakes up after a standby took over cannot make a write stick; a
+//! standby that restarts catches up and rejoins the in-sync set; and
+//! `--min-insync` refuses ack=root writes while too few roots are in sync.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Cluster, Opts};
+use parking_lot::Mutex;
+use serde_json::Value;
+
+/// A durable leader (index 0), with `root_args`, and `nodes - 1` caches.
+async fn cluster(nodes: usize, root_args: &[&str]) -> Cluster {
+    let root_args = root_args.iter().map(|s| s.to_string()).collect();
+    Cluster::start_opts(Opts { nodes, durable_root: true, root_args, ..Opts::default() }).await
+}
+
+/// Starts a standby root with its own data directory; waits until it is
+/// in sync (its /health answers 200). Returns its index.
+async fn add_standby(c: &mut Cluster, dir: &std::path::Path, extra: &[&str]) -> usize {
+    let dir = dir.display().to_string();
+    let mut flags = vec!["--root", "--data-dir", dir.as_str()];
+    flags.extend(extra);
+    let i = c.add_node_with(&flags).await;
+    assert_eq!(c.health(i).await["role"], "standby", "{}", c.health(i).await);
+    i
+}
+
+/// The `leader` znode's JSON.
+async fn leader_znode(c: &Cluster) -> Value {
+    let zk = c.zk.client().await;
+    let (data, _) = zk.get_data(&format!("/treecache/{}/leader", c.name)).await.expect("the leader znode");
+    serde_json::from_slice(&data).expect("leader znode JSON")
+}
+
+async fn in_sync(c: &Cluster) -> Vec<u64> {
+    let mut ids: Vec<u64> =
+        leader_znode(c).await["in_sync"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    ids.sort();
+    ids
+}
+
+/// PUT ack=root at node `i`: the version, or the status and body it failed with.
+async fn put_root(c: &Cluster, i: usize, key: &str, value: &str) -> Result<u64, (u16, Value)> {
+    let (status, body) = c.put(i, key, value, "?ack=root").await;
+    match (status, body["version"].as_u64()) {
+        (200 | 201, Some(v)) => Ok(v),
+        _ => Err((status, body)),
+    }
+}
+
+/// A request with the cluster secret (as a node sends it) to `url`.
+async fn internal(c: &Cluster, url: String, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, Value) {
+    let mut req = c.peer_http().post(url).body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("internal request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_syncs_serves_reads_forwards_writes_and_refuses_bad_batches() {
+    let mut c = cluster(2, &[]).await;
+    for k in 0..50 {
+        put_root(&c, 1, &format!("before-{k}"), &format!("v{k}")).await.expect("write before the standby");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = add_standby(&mut c, dir.path(), &[]).await;
+    let (leader_id, standby_id) = (c.id(0).await, c.id(s).await);
+    wait_until(Duration::from_secs(20), "the standby in the in-sync set", || async {
+        in_sync(&c).await == [leader_id, standby_id]
+    })
+    .await;
+    assert_eq!(c.metric(0, "insync_roots").await, 2.0);
+    assert_eq!(leader_znode(&c).await["id"].as_u64(), Some(leader_id));
+    // What was written before it came is there (from the snapshot) ...
+    let r = c.get(s, "before-7", "").await;
+    assert_eq!((r.status, r.text().as_str(), r.cache.as_deref()), (200, "v7", Some("hit")));
+    // ... and what is written after (from the stream), at once: an
+    // acknowledged ack=root write is on every in-sync root.
+    let v = put_root(&c, 1, "after", "fresh").await.expect("write with the standby in sync");
+    let r = c.get(s, "after", "").await;
+    assert_eq!((r.status, r.text().as_str(), r.version), (200, "fresh", Some(v)));
+    assert_eq!(c.get(s, "never-written", "").await.status, 404);
+    // Writes and consistent reads at the standby go to the leader.
+    let v2 = put_root(&c, s, "via-standby", "forwarded").await.expect("a write at the standby");
+    let r = c.get(0, "via-standby", "").await;
+    assert_eq!((r.text().as_str(), r.version), ("forwarded", Some(v2)));
+    let r = c.get(s, "via-standby", "?consistent=true").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "forwarded"));
+    assert_eq!(c.del(s, "after", "?ack=root").await.0, 200);
+    wait_until(Duration::from_secs(10), "the delete to reach the standby", || async {
+        c.get(s, "after", "").await.status == 404
+    })
+    .await;
+
+    // Bad batches change nothing.
+    let url = c.url(s);
+    let epoch = c.health(0).await["epoch"].as_u64().unwrap().to_string();
+    let from = leader_id.to_string();
+    let hdrs = [("x-treecache-epoch", epoch.as_str()), ("x-treecache-from", from.as_str())];
+    let (status, body) = internal(&c, format!("{url}/internal/replicate?from=0&to=0"), &hdrs, vec![]).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("bad_parameter")), "no session: {body}");
+    let (status, body) = internal(&c, format!("{url}/internal/replicate?session=5&from=0&to=0"), &hdrs, vec![]).await;
+    assert_eq!(status, 400, "a session the standby does not follow: {body}");
+    let (status, body) = internal(&c, format!("{url}/internal/replicate?session=5&from=3&to=1"), &hdrs, vec![]).await;
+    assert_eq!(status, 400, "from after to: {body}");
+    let old = [("x-treecache-epoch", "0"), ("x-treecache-from", from.as_str())];
+    let (status, body) =
+        internal(&c, format!("{url}/internal/replicate?session=5&first=true&from=0&to=0"), &old, vec![]).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("stale_epoch")), "{body}");
+    let (status, body) = internal(
+        &c,
+        format!("{url}/internal/replicate?session=5&first=true&from=0&to=0"),
+        &hdrs,
+        b"not frames at all".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 400, "a damaged batch: {body}");
+    // A cache is no standby; a standby is no leader.
+    let (status, body) =
+        internal(&c, format!("{}/internal/replicate?session=5&first=true&from=0&to=0", c.url(1)), &hdrs, vec![]).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("not_standby")), "{body}");
+    let req = serde_json::json!({"id": 99, "url": "http://127.0.0.1:9"}).to_string().into_bytes();
+    let (status, body) = internal(&c, format!("{url}/internal/standby"), &hdrs, req.clone()).await;
+    assert_eq!(status, 503, "a standby takes no standbys: {body}");
+    let (status, body) = internal(&c, format!("{}/internal/standby", c.url(0)), &hdrs, b"{".to_vec()).await;
+    assert_eq!(status, 400, "malformed: {body}");
+    let bad_url = serde_json::json!({"id": 99, "url": "ftp://x"}).to_string().into_bytes();
+    let (status, _) = internal(&c, format!("{}/internal/standby", c.url(0)), &hdrs, bad_url).await;
+    assert_eq!(status, 400);
+    // Without the secret: 401.
+    let resp = c.http.post(format!("{url}/internal/replicate?session=1&from=0&to=0")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    // Nothing above changed the standby.
+    let r = c.get(s, "before-7", "").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "v7"));
+    assert_eq!(c.health(s).await["role"], "standby");
+    assert_eq!(in_sync(&c).await, [leader_id, standby_id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_insync_refuses_ack_root_writes_until_a_standby_is_in_sync() {
+    let mut c = cluster(2, &["--min-insync", "2", "--insync-timeout", "1s"]).await;
+    for i in [0, 1] {
+        let (status, body) = c.put(i, "k", "v", "?ack=root").await;
+        assert_eq!((status, body["code"].as_str()), (503, Some("insync_below_min")), "node {i}: {body}");
+    }
+    let resp = c.http.put(format!("{}/kv/k?ack=root", c.url(0))).body("v").send().await.unwrap();
+    assert_eq!(resp.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    assert_eq!(c.get(0, "k", "").await.status, 404, "the refused write was not committed");
+    // ack=parent writes are not refused (the parent holds them; the root
+    // commits them: only ack=root promises they are on the standbys).
+    let (status, _) = c.put(1, "p", "parent-acked", "").await;
+    assert!(status == 200 || status == 201);
+    let dir = tempfile::tempdir().unwrap();
+    let s = add_standby(&mut c, dir.path(), &[]).await;
+    wait_until(Duration::from_secs(20), "two roots in sync", || async { in_sync(&c).await.len() == 2 }).await;
+    put_root(&c, 1, "k", "now").await.expect("ack=root with two roots in sync");
+    assert_eq!(c.get(s, "k", "").await.text(), "now");
+    // The standby goes: after --insync-timeout the leader drops it from
+    // the in-sync set, and ack=root writes are refused again.
+    c.kill(s);
+    wait_until(Duration::from_secs(20), "the dead standby out of the in-sync set", || async {
+        // A write makes the leader notice (or the heartbeat does).
+        let _ = c.put(1, "probe", "x", "?ack=root").await;
+        in_sync(&c).await.len() == 1
+    })
+    .await;
+    let (status, body) = c.put(1, "k", "refused", "?ack=root").await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("insync_below_min")), "{body}");
+    assert_eq!(c.get(0, "k", "?consistent=true").await.text(), "now");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_under_load_loses_no_acknowledged_write() {
+    let mut c = cluster(3, &["--fsync", "always"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = add_standby(&mut c, dir.path(), &["--fsync", "always"]).await;
+    wait_until(Duration::from_secs(20), "the standby in sync", || async { in_sync(&c).await.len() == 2 }).await;
+    let c = Arc::new(tokio::sync::RwLock::new(c));
+    let acked: Arc<Mutex<HashMap<String, (u64, String)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let last_ok = Arc::new(Mutex::new(Instant::now()));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (c, acked, stop, last_ok) = (c.clone(), acked.clone(), stop.clone(), last_ok.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("w{w}-{n}");
+                let value = format!("value {w} {n}");
+                // Writers go through the caches (index 1, 2), never the
+                // leader that is about to die.
+                let at = 1 + (n % 2);
+                let result = { put_root(&*c.read().await, at, &key, &value).await };
+                if let Ok(version) = result {
+                    acked.lock().insert(key, (version, value));
+                    *last_ok.lock() = Instant::now();
+                }
+                n += 1;
+            }
+        }));
+    }
+    wait_until(Duration::from_secs(30), "writes before the kill", || async { acked.lock().len() >= 200 }).await;
+    let killed_at = Instant::now();
+    c.write().await.kill(0);
+    let before_kill = acked.lock().len();
+    wait_until(Duration::from_secs(60), "writes to resume at the new leader", || async {
+        *last_ok.lock() > killed_at + Duration::from_millis(1) && acked.lock().len() > before_kill + 50
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let c = Arc::try_unwrap(c).ok().expect("the writers are done").into_inner();
+    // The time from the kill to the first write acknowledged after it.
+    let first_after = {
+        let acked = acked.lock();
+        acked.len()
+    };
+    eprintln!(
+        "failover: {} writes acknowledged in all, {} before the kill; writes resumed {:?} after it",
+        first_after,
+        before_kill,
+        last_ok.lock().saturating_duration_since(killed_at)
+    );
+    assert_eq!(c.health(s).await["role"], "root", "the standby took over");
+    let acked = acked.lock().clone();
+    for (key, (version, value)) in &acked {
+        let r = c.get(s, key, "").await;
+        assert_eq!(
+            (r.status, r.text(), r.version),
+            (200, value.clone(), Some(*version)),
+            "acknowledged write {key} at the new leader"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_that_wakes_after_a_takeover_cannot_make_a_write_stick() {
+    let mut c = cluster(2, &["--insync-timeout", "1s"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = add_standby(&mut c, dir.path(), &[]).await;
+    wait_until(Duration::from_secs(20), "the standby in sync", || async { in_sync(&c).await.len() == 2 }).await;
+    let old_epoch = leader_znode(&c).await["epoch"].as_u64().unwrap();
+    put_root(&c, 0, "k", "before").await.expect("a write before the pause");
+    c.pause(0);
+    wait_until(Duration::from_secs(40), "the standby to take over", || async {
+        let h = c.health(s).await;
+        h["role"] == "root" && h["epoch"].as_u64() > Some(old_epoch)
+    })
+    .await;
+    let new_leader = c.id(s).await;
+    assert_eq!(leader_znode(&c).await["id"].as_u64(), Some(new_leader));
+    c.resume(0);
+    // The old leader, awake and not yet told, takes a write: it must not
+    // be acknowledged unless the new leader has it.
+    let answer = put_root(&c, 0, "k", "from the old leader").await;
+    let at_new = c.get(s, "k", "").await;
+    match answer {
+        Ok(version) => assert_eq!(
+            (at_new.text().as_str(), at_new.version),
+            ("from the old leader", Some(version)),
+            "an acknowledged write must be at the new leader"
+        ),
+        Err((status, body)) => {
+            assert!(status >= 500 || status == 409, "refused: {status} {body}");
+            assert_eq!(at_new.text(), "before", "the new leader keeps the last acknowledged value");
+        }
+    }
+    // The old leader steps down and follows the new one.
+    wait_until(Duration::from_secs(40), "the old leader to stand by", || async {
+        let resp = c.http.get(format!("{}/health", c.url(0))).send().await.unwrap();
+        let h: Value = resp.json().await.unwrap_or(Value::Null);
+        h["role"] == "standby"
+    })
+    .await;
+    let r = c.get(0, "k", "").await;
+    assert_eq!(r.text(), c.get(s, "k", "").await.text(), "the old leader now holds what the new one holds");
+    put_root(&c, 1, "after", "v").await.expect("the cache writes through the new leader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_standby_catches_up_and_rejoins_the_in_sync_set() {
+    let mut c = cluster(2, &["--insync-timeout", "1s"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = add_standby(&mut c, dir.path(), &[]).await;
+    let (leader, standby) = (c.id(0).await, c.id(s).await);
+    wait_until(Duration::from_secs(20), "the standby in sync", || async { in_sync(&c).await.len() == 2 }).await;
+    put_root(&c, 1, "a", "1").await.unwrap();
+    c.kill(s);
+    // Writes go on without it once the leader drops it from in_sync.
+    for k in 0..30 {
+        put_root(&c, 1, &format!("while-down-{k}"), "x").await.expect("writes go on without the standby");
+    }
+    assert_eq!(in_sync(&c).await, [leader]);
+    c.restart(s).await;
+    assert_eq!(c.id(s).await, standby, "the standby keeps its id (kept in its data directory)");
+    wait_until(Duration::from_secs(20), "the standby back in the in-sync set", || async {
+        in_sync(&c).await == [leader.min(standby), leader.max(standby)]
+    })
+    .await;
+    for k in 0..30 {
+        let r = c.get(s, &format!("while-down-{k}"), "").await;
+        assert_eq!((r.status, r.text().as_str()), (200, "x"), "while-down-{k} caught up");
+    }
+    assert_eq!(c.get(s, "a", "").await.text(), "1");
+}
