@@ -71,6 +71,8 @@ pub enum Error {
     NotInSync(String),
     #[error("this node is not a standby root")]
     NotStandby,
+    #[error("no leader: {0}")]
+    NoInSyncRoot(String),
 }
 
 /// What a 401 is about.
@@ -125,6 +127,7 @@ impl Error {
             Error::Deposed => "not_leader",
             Error::NotInSync(_) => "not_in_sync",
             Error::NotStandby => "not_standby",
+            Error::NoInSyncRoot(_) => "no_insync_root",
         }
     }
 
@@ -171,6 +174,7 @@ impl ResponseError for Error {
             | Error::InsyncBelowMin { .. }
             | Error::Deposed
             | Error::NotInSync(_)
+            | Error::NoInSyncRoot(_)
             | Error::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -316,3 +316,46 @@ async fn a_restarted_standby_catches_up_and_rejoins_the_in_sync_set() {
     }
     assert_eq!(c.get(s, "a", "").await.text(), "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_in_sync_root_alive_nobody_takes_over_and_health_says_why() {
+    let mut c = cluster(2, &["--insync-timeout", "1s"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = add_standby(&mut c, dir.path(), &[]).await;
+    let leader = c.id(0).await;
+    wait_until(Duration::from_secs(20), "the standby in sync", || async { in_sync(&c).await.len() == 2 }).await;
+    put_root(&c, 1, "k", "held").await.unwrap();
+    // The standby goes and is dropped from in_sync; then the leader goes.
+    c.kill(s);
+    put_root(&c, 1, "k", "newer").await.expect("the leader goes on without the standby");
+    assert_eq!(in_sync(&c).await, [leader]);
+    c.kill(0);
+    // The standby comes back: it is not in in_sync, so it may not lead
+    // (started without waiting for health: it does not become healthy).
+    let log_before = c.log_text(s).len();
+    c.restart_unwaited(s);
+    wait_until(Duration::from_secs(30), "the candidate to say why it does not lead", || async {
+        let resp = c.http.get(format!("{}/health", c.url(s))).send().await;
+        match resp {
+            Ok(r) if r.status().as_u16() == 503 => {
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                v["code"] == "no_insync_root"
+            }
+            _ => false,
+        }
+    })
+    .await;
+    assert!(c.log_text(s)[log_before..].contains("not taking over"), "the log says why");
+    // The cache still serves what it holds; a write is not acknowledged.
+    let r = c.get(1, "k", "").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "newer"), "reads of held keys go on");
+    assert_eq!(leader_znode(&c).await["id"].as_u64(), Some(leader), "nobody took over");
+    // The old leader, with its log, comes back and leads; the standby follows.
+    c.restart(0).await;
+    wait_until(Duration::from_secs(30), "the standby to follow the returned leader", || async {
+        in_sync(&c).await.len() == 2
+    })
+    .await;
+    let r = c.get(s, "k", "").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "newer"), "the returned leader kept its log");
+}

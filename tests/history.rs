@@ -377,3 +377,50 @@ async fn ttl_mode_converges_and_never_goes_back_under_faults() {
             .await;
     verdict(name, seed, &history, &fin);
 }
+
+/// Issue 11's chaos run: two root candidates with commit logs (the leader
+/// and a standby) and nine caches; ack=root writers with unique values and
+/// readers at random nodes, standbys included; kill -9 and restart of the
+/// leader (twice: each time the standby takes over and the old leader
+/// rejoins as a standby), of inner nodes and leaves, a SIGSTOP of the
+/// leader past its session, and a ZooKeeper pause; then quiet, and the
+/// checker: every acknowledged write present or superseded, one value per
+/// version, no node going back, every node agreeing with the root.
+#[tokio::test(flavor = "multi_thread")]
+async fn standby_roots_keep_every_acknowledged_write_under_chaos() {
+    let name = "standby_roots_keep_every_acknowledged_write_under_chaos";
+    let seed = workload::seed(name);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let roots = ["--fsync", "always", "--insync-timeout", "2s"].map(String::from).to_vec();
+    let mut cluster = Cluster::start_opts(Opts {
+        nodes: 10,
+        fanout: 3,
+        durable_root: true,
+        root_args: roots.clone(),
+        ..Opts::default()
+    })
+    .await;
+    let standby_dir = tempfile::tempdir().expect("standby data dir");
+    let dir = standby_dir.path().display().to_string();
+    let mut flags: Vec<&str> = vec!["--root", "--data-dir", &dir];
+    flags.extend(roots.iter().map(String::as_str));
+    let standby = cluster.add_node_with(&flags).await;
+    assert_eq!(cluster.health(standby).await["role"], "standby");
+    let steps = [
+        Step::KillRoot,
+        Step::KillRoot,
+        Step::KillInner,
+        Step::KillLeaf,
+        Step::PauseRoot(SESSION + Duration::from_millis(rng.gen_range(1500..=3000))),
+        Step::PauseZk(Duration::from_millis(rng.gen_range(2000..=5000))),
+    ];
+    let plan = workload::schedule(seed, &steps, (2000, 5000));
+    let work =
+        Workload { ack_root_percent: 100, fresh_percent: 30, timeout: Duration::from_secs(8), ..Workload::default() };
+    let (nodes, history, unhealthy) =
+        run(&mut cluster, seed, &work, &plan, Duration::from_secs(75), Duration::from_secs(3)).await;
+    let keys = work.key_names();
+    let fin =
+        workload::final_state(&nodes, &history, &keys, true, Duration::from_secs(40), Duration::ZERO, unhealthy).await;
+    verdict(name, seed, &history, &fin);
+}

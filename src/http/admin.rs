@@ -13,6 +13,9 @@ use crate::node::Node;
 const MAX_DUMP_LIMIT: u64 = 10_000;
 
 pub async fn health(node: ThinData<Node>) -> Result<HttpResponse> {
+    if let (Some(why), true) = (node.refusing(), node.following().is_none()) {
+        return Err(Error::NoInSyncRoot(why));
+    }
     if node.following().is_some() {
         // A standby root: 200 once in sync with its leader, 503 before.
         let f = node.standby_in_sync()?;
@@ -46,7 +49,11 @@ pub async fn tree(node: ThinData<Node>) -> Result<HttpResponse> {
             "id": node.node_id(),
             "url": node.url(),
             "role": "standby",
+            "depth": 0,
             "epoch": node.epoch(),
+            "parent": null,
+            "children": [],
+            "mode": node.args().mode,
             "leader": f.leader,
             "leader_url": f.leader_url,
             "in_sync": f.in_sync,

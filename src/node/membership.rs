@@ -385,13 +385,14 @@ impl Node {
                 let alive = zk.list_children(&live_dir).await.map_err(|e| Error::zk("list", live_dir, e))?;
                 let alive: HashSet<NodeId> = alive.iter().filter_map(|s| s.parse().ok()).collect();
                 if !self.may_take_over(rec, id, &alive) {
-                    log::warn!(
+                    let why = format!(
                         "not taking over from leader {} (epoch {}): in_sync is {:?}, and this root (node {id}) \
-                         is not in it or lost what it held; waiting for an in-sync root",
-                        rec.id,
-                        rec.epoch,
-                        rec.in_sync
+                         is not in it or lost what it held; waiting for an in-sync root (writes are refused \
+                         until one returns)",
+                        rec.id, rec.epoch, rec.in_sync
                     );
+                    log::warn!("{why}");
+                    self.set_refusing(Some(why));
                     return Ok(None);
                 }
             }

@@ -70,6 +70,8 @@ pub(super) struct Replica {
     led_epoch: AtomicU64,
     /// Standby: the leader we follow, `None` when not a standby.
     following: Mutex<Option<Following>>,
+    /// A root candidate that may not take over: why (for `/health`).
+    refusing: Mutex<Option<String>>,
     /// Standby: one batch applied at a time.
     applying: tokio::sync::Mutex<()>,
     /// Root: versions committed but not yet durable.
@@ -164,6 +166,7 @@ impl Node {
         r.led_epoch.store(rec.epoch, Ordering::Release);
         r.deposed.store(false, Ordering::Release);
         *r.following.lock() = None;
+        *r.refusing.lock() = None;
         // Commits of an earlier leadership that never became durable are
         // not waited for any more (their writers were answered 503).
         r.pending.lock().clear();
@@ -654,6 +657,16 @@ impl Node {
     /// No longer a standby (we lead now, or shut down).
     pub(super) fn stop_following(&self) {
         *self.replica().following.lock() = None;
+    }
+
+    /// Notes why this candidate may not take over (`None`: it may).
+    pub(super) fn set_refusing(&self, why: Option<String>) {
+        *self.replica().refusing.lock() = why;
+    }
+
+    /// Why this root candidate waits without leading or following, if so.
+    pub fn refusing(&self) -> Option<String> {
+        self.replica().refusing.lock().clone()
     }
 
     /// The leader a standby follows, when it is one.

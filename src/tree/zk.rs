@@ -315,6 +315,13 @@ pub async fn enter_election(zk: &Client, paths: &Paths, data: &[u8]) -> Result<S
     Ok(format!("n_{seq}"))
 }
 
+/// Joins the election and returns once this candidate leads:
+/// [`enter_election`] then [`wait_turn`].
+pub async fn elect(zk: &Client, paths: &Paths, data: &[u8]) -> Result<()> {
+    let mine = enter_election(zk, paths, data).await?;
+    wait_turn(zk, paths, &mine).await
+}
+
 /// Returns once our candidacy `mine` is the oldest (lowest sequence). Each
 /// candidate watches only its predecessor, so a leader's death wakes one
 /// standby, not all.

@@ -414,6 +414,15 @@ impl Cluster {
         node.id.ok_or_else(|| format!("{url}/health has no id: {health}"))
     }
 
+    /// Starts node `i` again (killing it first if it runs) with the same
+    /// flags and address, without waiting for it to become healthy.
+    pub fn restart_unwaited(&mut self, i: usize) {
+        self.kill(i);
+        let node = &self.nodes[i];
+        let child = self.spawn_process(&node.args, &node.log);
+        self.nodes[i].child = Some(child);
+    }
+
     /// Same as [`Cluster::stop`].
     pub fn term(&mut self, i: usize) {
         self.stop(i);
