@@ -293,6 +293,11 @@ async fn a_paused_leader_that_wakes_after_a_takeover_cannot_make_a_write_stick()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_standby_catches_up_and_rejoins_the_in_sync_set() {
     let mut c = cluster(2, &["--insync-timeout", "1s"]).await;
+    // Written through a cache before the standby comes: its snapshot then
+    // carries write outcomes, which its own log must replay at restart.
+    for k in 0..10 {
+        put_root(&c, 1, &format!("early-{k}"), "e").await.unwrap();
+    }
     let dir = tempfile::tempdir().unwrap();
     let s = add_standby(&mut c, dir.path(), &[]).await;
     let (leader, standby) = (c.id(0).await, c.id(s).await);
@@ -315,6 +320,7 @@ async fn a_restarted_standby_catches_up_and_rejoins_the_in_sync_set() {
         assert_eq!((r.status, r.text().as_str()), (200, "x"), "while-down-{k} caught up");
     }
     assert_eq!(c.get(s, "a", "").await.text(), "1");
+    assert_eq!(c.get(s, "early-3", "").await.text(), "e");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,7 +359,7 @@ async fn with_no_in_sync_root_alive_nobody_takes_over_and_health_says_why() {
     // The old leader, with its log, comes back and leads; the standby follows.
     c.restart(0).await;
     wait_until(Duration::from_secs(30), "the standby to follow the returned leader", || async {
-        in_sync(&c).await.len() == 2
+        in_sync(&c).await.len() == 2 && c.get(s, "k", "").await.status == 200
     })
     .await;
     let r = c.get(s, "k", "").await;

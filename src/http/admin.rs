@@ -13,7 +13,7 @@ use crate::node::Node;
 const MAX_DUMP_LIMIT: u64 = 10_000;
 
 pub async fn health(node: ThinData<Node>) -> Result<HttpResponse> {
-    if let (Some(why), true) = (node.refusing(), node.following().is_none()) {
+    if let Some(why) = node.refusing() {
         return Err(Error::NoInSyncRoot(why));
     }
     if node.following().is_some() {

@@ -111,6 +111,9 @@ pub fn replay(
                     }
                 }
                 Entry::Epoch(e) => rec.max_epoch = rec.max_epoch.max(e),
+                // A standby's log holds its leader's stream, which begins
+                // with the leader's snapshot: its write outcomes included.
+                Entry::WriteOutcome(id, version) => rec.write_ids.push((id, version)),
                 other => return Err(corrupt(seg.path, 0, format!("a snapshot entry in a log segment: {other:?}"))),
             }
         }
@@ -243,6 +246,8 @@ mod tests {
         };
         encode(&Entry::Write(absent_delete), &mut seg);
         encode(&Entry::Epoch(5), &mut seg);
+        // A standby's segment holds its leader's snapshot stream too.
+        encode(&Entry::WriteOutcome(WriteId { origin: 8, incarnation: 2, seq: 4 }, 6), &mut seg);
         let r = run(&[seg], false).unwrap().recovered;
         assert_eq!(r.max_epoch, 5);
         assert_eq!(r.max_version, 7);
@@ -251,7 +256,8 @@ mod tests {
             r.write_ids,
             vec![
                 (WriteId { origin: 2, incarnation: 3, seq: 7 }, 7),
-                (WriteId { origin: 9, incarnation: 1, seq: 1 }, 0)
+                (WriteId { origin: 9, incarnation: 1, seq: 1 }, 0),
+                (WriteId { origin: 8, incarnation: 2, seq: 4 }, 6)
             ]
         );
     }

@@ -324,6 +324,7 @@ impl Node {
         zk::create_ephemeral(&zk, paths, &paths.live_node(id), self.live_data().as_bytes()).await?;
         let mut mine = zk::enter_election(&zk, paths, self.url().as_bytes()).await?;
         let mut refused = 0u32;
+        self.set_refusing(None);
         let epoch = loop {
             tokio::select! {
                 turn = zk::wait_turn(&zk, paths, &mine) => turn?,
@@ -391,7 +392,9 @@ impl Node {
                          until one returns)",
                         rec.id, rec.epoch, rec.in_sync
                     );
-                    log::warn!("{why}");
+                    if self.refusing().as_deref() != Some(why.as_str()) {
+                        log::warn!("{why}");
+                    }
                     self.set_refusing(Some(why));
                     return Ok(None);
                 }

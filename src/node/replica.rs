@@ -616,6 +616,7 @@ impl Node {
             return Err(Error::Upstream { url: target, status, body: resp.text().await.unwrap_or_default() });
         }
         log::info!("standing by for leader {leader} at {url} (epoch {epoch})");
+        self.set_refusing(None);
         Ok(())
     }
 

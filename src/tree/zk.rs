@@ -410,7 +410,7 @@ pub async fn withdraw_candidacy(zk: &Client, paths: &Paths, data: &[u8]) -> Resu
         let path = format!("{dir}/{c}");
         match zk.get_data(&path).await {
             Ok((found, _)) if found == data => match zk.delete(&path, None).await {
-                Ok(()) | Err(ZkError::NoNode) => log::info!("withdrew our earlier candidacy {path}"),
+                Ok(()) | Err(ZkError::NoNode) => log::debug!("withdrew our earlier candidacy {path}"),
                 Err(e) => return Err(Error::zk("delete", path, e)),
             },
             Ok(_) | Err(ZkError::NoNode) => {}
