@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the hot pure code: the store (get, put, the version
-//! check that drops stale pushes, the expiry sweep), the holder directory,
-//! and the push batch codec.
+//! check that drops stale pushes, the expiry sweep, a bounded store's
+//! eviction), the holder directory, and the push batch codec.
 //!
 //! `cargo bench --bench store` (all), `cargo bench --bench store -- store/get`
 //! (one group). Short settings by default: the machine is shared.
@@ -198,6 +198,39 @@ fn push_codec(c: &mut Criterion) {
     g.finish();
 }
 
+/// A bounded store at its bound (10,000 entries of 1 KiB): a miss stores a
+/// new key and, past the bound, evicts down to 90% as the evictor does
+/// (S3-FIFO: one pass every thousand misses); a hit only counts a read.
+fn store_evict(c: &mut Criterion) {
+    let value = Bytes::from(vec![b'v'; 1024]);
+    let store = Store::bounded();
+    for i in 0..10_000 {
+        store.apply(&update(i, 1, &value, None), T);
+    }
+    let max = store.bytes();
+    let mut g = c.benchmark_group("store/evict");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 10_000u64;
+    g.bench_function("miss_at_the_bound", |b| {
+        b.iter(|| {
+            i += 1;
+            store.apply(&update(i, 1, &value, None), T);
+            if store.bytes() > max {
+                black_box(store.evict(store.bytes() - max / 10 * 9, T, usize::MAX, usize::MAX));
+            }
+        })
+    });
+    let held: Vec<String> = store.dump("", None, 1_000, NOW).into_iter().map(|e| e.key).collect();
+    let mut n = 0;
+    g.bench_function("hit_bounded", |b| {
+        b.iter(|| {
+            n = (n + 1) % held.len();
+            black_box(store.get(&held[n], T))
+        })
+    });
+    g.finish();
+}
+
 fn short() -> Criterion {
     Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2))
 }
@@ -205,6 +238,6 @@ fn short() -> Criterion {
 criterion_group! {
     name = benches;
     config = short();
-    targets = store_reads, store_writes, store_sweep, holder_directory, push_codec
+    targets = store_reads, store_writes, store_sweep, holder_directory, push_codec, store_evict
 }
 criterion_main!(benches);

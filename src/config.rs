@@ -129,8 +129,8 @@ pub struct NodeArgs {
     /// Size at which a commit log segment is closed and the next begun.
     #[arg(long, env = "TREECACHE_LOG_SEGMENT_BYTES", hide = true, value_parser = parse_bytes, default_value = "64MiB")]
     pub log_segment_bytes: u64,
-    /// Memory bound for cached entries (non-root), e.g. 64MiB: past it the
-    /// least recently used entries are evicted (docs/operations-memory.md).
+    /// Memory bound for cached entries (non-root), e.g. 64MiB: past it
+    /// entries are evicted in S3-FIFO order (docs/operations-memory.md).
     #[arg(long, env = "TREECACHE_MAX_MEMORY", value_parser = parse_bytes)]
     pub max_memory: Option<u64>,
     /// Largest value accepted, e.g. 1MiB.

@@ -7,7 +7,8 @@
 //! - [`trace`]: request ids (`X-Request-Id`) and the log format.
 //! - [`error`]: the one error enum and its HTTP mapping.
 //! - [`store`]: pure versioned store: entries, tombstones, expiry, holder
-//!   directory, LRU choice, "expecting" markers for in-flight fills.
+//!   directory, S3-FIFO eviction order, "expecting" markers for in-flight
+//!   fills.
 //! - [`wire`]: internal formats between nodes (push batches, write batches).
 //! - [`tree`]: placement (pure), the root's registry of the whole tree and its
 //!   ZooKeeper mirror, and a node's own view of its place ([`tree::Topology`]).
