@@ -4,6 +4,7 @@
 //! Never a timing assertion: how fast is for docs/benchmarks.md.
 //!
 //! Seven nodes, fanout 2: 1 is the root; 2, 3 at depth 1; 4..7 at depth 2.
+//! `policy` runs in process, beside a private redis-server.
 
 mod common;
 
@@ -162,6 +163,75 @@ async fn scale_starts_registers_measures_and_stops_its_nodes() {
     .await;
 }
 
+/// A private redis-server on a free loopback port, killed on drop.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    async fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/install-test-deps.sh installs it)");
+        let redis = Redis { child, port };
+        wait_until(Duration::from_secs(10), "redis-server to listen", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        redis
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_runs_the_store_beside_lru_the_simulation_and_redis_on_one_trace() {
+    let redis = Redis::start().await;
+    let addr = format!("127.0.0.1:{}", redis.port);
+    let out = tokio::process::Command::new(BIN)
+        .args(["bench", "policy", "--keys", "5000", "--requests", "40000", "--redis", &addr])
+        .output()
+        .await
+        .expect("run treecache bench policy");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{text}", String::from_utf8_lossy(&out.stderr));
+    // One row per workload: hit ratios of the store, exact LRU, the
+    // S3-FIFO simulation and Redis, then throughput of the store, the LRU
+    // and Redis.
+    for workload in ["zipfian", "scan-mix"] {
+        let row: Vec<f64> = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{workload} ")))
+            .unwrap_or_else(|| panic!("no {workload} row: {text}"))
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap_or_else(|_| panic!("{workload}: {f:?} is not a number: {text}")))
+            .collect();
+        assert_eq!(row.len(), 7, "{workload}: {text}");
+        assert!(row[..4].iter().all(|h| *h > 0.0 && *h < 100.0), "{workload} hit ratios: {text}");
+        assert!(row[4..].iter().all(|ops| *ops > 0.0), "{workload} throughput: {text}");
+        let held = text.lines().find(|l| l.starts_with(&format!("{workload}: treecache held "))).unwrap_or("");
+        assert!(held.contains("B charged per entry") && held.contains("; Redis "), "{workload}: {text}");
+    }
+    assert!(text.contains("memory per entry filled (no eviction): "), "{text}");
+    // The bench flushes what it wrote and lifts the limit it set.
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.expect("connect to redis");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(b"*1\r\n$6\r\nDBSIZE\r\n").await.unwrap();
+    let mut reply = [0u8; 16];
+    let n = conn.read(&mut reply).await.unwrap();
+    assert_eq!(&reply[..n], b":0\r\n");
+}
+
 #[tokio::test]
 async fn bad_flags_fail_with_a_clear_message_and_send_nothing() {
     for (args, want) in [
@@ -169,6 +239,9 @@ async fn bad_flags_fail_with_a_clear_message_and_send_nothing() {
         (vec!["hit", "--root", "http://127.0.0.1:1", "-c", "0"], "--connections 0"),
         (vec!["mixed", "--root", "http://127.0.0.1:1", "--read-pct", "50", "--ycsb", "b"], "not both"),
         (vec!["write", "--node", "127.0.0.1:1"], "not an http:// URL"),
+        (vec!["policy", "--cache-pct", "0"], "--cache-pct"),
+        (vec!["policy", "--keys", "10"], "--keys of at least 100"),
+        (vec!["policy", "--keys", "1000", "--redis", "nonsense"], "HOST:PORT"),
     ] {
         let out = tokio::process::Command::new(BIN).arg("bench").args(&args).output().await.expect("run");
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -43,8 +43,9 @@ pub enum Scenario {
     Scale,
     /// GET one --url (a baseline: examples/bare, examples/hop, any server).
     Url,
-    /// The eviction policy's hit ratio beside an exact LRU, in process
-    /// (zipfian and a scan-heavy mix, the cache at --cache-pct of the keys).
+    /// The store's eviction policy (S3-FIFO) beside an exact LRU and
+    /// (--redis) Redis allkeys-lru, in process: hit ratio and throughput
+    /// for zipfian and a scan-heavy mix, the cache at --cache-pct of the keys.
     Policy,
 }
 
