@@ -149,6 +149,8 @@ module Treecache
         e["TREECACHE_ROOT_URL"] = url(root_rows.first)
       end
       PASS_THROUGH.each { |k| e[k] = env[k] if env[k] && !env[k].empty? }
+      # The root keeps every key: it refuses a memory bound.
+      e.delete("TREECACHE_MAX_MEMORY") if root
       e
     end
 

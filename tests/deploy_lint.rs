@@ -106,6 +106,18 @@ fn the_plan_starts_zookeeper_a_root_and_nodes_with_their_environment() {
 }
 
 #[test]
+fn the_memory_bound_goes_to_cache_nodes_only() {
+    // The root refuses --max-memory (it is the source of truth): a bound
+    // set for the deployment must not keep the root candidates from starting.
+    let p = plan(&[("ROOTS", "2"), ("TREECACHE_MAX_MEMORY", "64MiB")]);
+    let vms = p["vms"].as_array().unwrap();
+    let with = |role: &str| vms.iter().filter(|v| v["role"] == role).map(|v| &v["env"]).collect::<Vec<_>>();
+    assert_eq!(with("root").len(), 2);
+    assert!(with("root").iter().all(|e| e.get("TREECACHE_MAX_MEMORY").is_none()));
+    assert!(with("node").iter().all(|e| e["TREECACHE_MAX_MEMORY"] == "64MiB"));
+}
+
+#[test]
 fn the_plan_refuses_what_deploy_hosts_cannot_give() {
     for (var, value) in [("NODES", "0"), ("NODES", "65"), ("NODES", "four"), ("ROOTS", "3"), ("VM_MEMORY", "64")] {
         let out = run("ruby", &["deploy/topology.rb", "json"], &[(var, value)], "install ruby");
