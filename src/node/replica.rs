@@ -63,6 +63,10 @@ pub(super) struct Replica {
     znode: tokio::sync::Mutex<Option<(LeaderRecord, i32)>>,
     /// Roots in `in_sync` (this one included); 0 when not leading.
     in_sync: AtomicUsize,
+    /// The ids in `in_sync` as we last wrote it (empty when not leading):
+    /// a commit is acknowledged only once each is either waited for or out
+    /// of the znode.
+    in_sync_ids: Mutex<Vec<NodeId>>,
     /// A conditional write on the `leader` znode failed: another root leads.
     deposed: AtomicBool,
     pub(super) deposed_wake: Notify,
@@ -79,6 +83,14 @@ pub(super) struct Replica {
     /// The lowest pending version (`u64::MAX`: none), read without the lock.
     pending_min: AtomicU64,
     pending_done: Notify,
+}
+
+/// What a commit waits for: streams and the sequence each must hold, and
+/// the ids in `in_sync` with no stream waited for (they must leave first).
+#[derive(Default)]
+pub(super) struct Replicating {
+    waits: Vec<(Arc<Stream>, u64)>,
+    missing: Vec<NodeId>,
 }
 
 /// `POST /internal/standby`: a standby root asks the leader for a stream.
@@ -163,6 +175,7 @@ impl Node {
     pub(super) fn start_leading(&self, rec: LeaderRecord, version: i32) {
         let r = self.replica();
         r.in_sync.store(rec.in_sync.len(), Ordering::Release);
+        *r.in_sync_ids.lock() = rec.in_sync.clone();
         r.led_epoch.store(rec.epoch, Ordering::Release);
         r.deposed.store(false, Ordering::Release);
         *r.following.lock() = None;
@@ -214,8 +227,11 @@ impl Node {
     fn depose(&self, why: &str) {
         let r = self.replica();
         if !r.deposed.swap(true, Ordering::AcqRel) {
-            log::error!("{why}: another root took over; this one stops acknowledging writes and steps down");
+            log::error!(
+                "{why}: this root stops acknowledging writes and stands for election again (another root may lead)"
+            );
             r.in_sync.store(0, Ordering::Release);
+            r.in_sync_ids.lock().clear();
             for s in r.streams.lock().drain() {
                 s.1.set_status(Status::Closed);
             }
@@ -226,49 +242,87 @@ impl Node {
 
     /// Rewrites the `leader` znode with `change` applied, if it is still
     /// the version we wrote last. Deposed when it is not.
-    async fn change_leader_record(&self, change: impl FnOnce(&mut LeaderRecord) -> bool) -> Result<()> {
-        let mut guard = self.replica().znode.lock().await;
-        let Some((rec, version)) = guard.as_ref() else { return Err(Error::Deposed) };
+    ///
+    /// Every failure deposes: a write that failed with an error may still
+    /// have been applied (a lost answer), so our idea of the znode is no
+    /// longer certain, and only certainty lets a leader acknowledge.
+    async fn change_leader_record(
+        &self,
+        guard: &mut tokio::sync::MutexGuard<'_, Option<(LeaderRecord, i32)>>,
+        change: impl FnOnce(&mut LeaderRecord) -> bool,
+    ) -> Result<()> {
+        let Some((rec, version)) = guard.as_ref() else {
+            self.depose("the leader znode is not ours");
+            return Err(Error::Deposed);
+        };
         let mut next = rec.clone();
         if !change(&mut next) {
             return Ok(());
         }
-        let zk = self.zk().await?;
-        match zk::write_leader(&zk, &self.inner.paths, &next, Some(*version)).await? {
-            Some(v) => {
+        let written = match self.zk().await {
+            Ok(zk) => zk::write_leader(&zk, &self.inner.paths, &next, Some(*version)).await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(Some(v)) => {
                 log::info!("leader znode: in_sync {:?} (was {:?})", next.in_sync, rec.in_sync);
                 self.replica().in_sync.store(next.in_sync.len(), Ordering::Release);
-                *guard = Some((next, v));
+                *self.replica().in_sync_ids.lock() = next.in_sync.clone();
+                **guard = Some((next, v));
                 Ok(())
             }
-            None => {
-                *guard = None;
-                drop(guard);
+            Ok(None) => {
+                **guard = None;
                 self.depose("the leader znode changed under us");
+                Err(Error::Deposed)
+            }
+            Err(e) => {
+                **guard = None;
+                self.depose(&format!("changing the in-sync set failed ({e})"));
                 Err(Error::Deposed)
             }
         }
     }
 
-    /// Removes a standby from `in_sync` (before anything is acknowledged
-    /// without it); the stream goes on, catching up.
+    /// Takes `s` out of the commits' wait set: out of `in_sync` in the
+    /// znode first when it is there (before anything is acknowledged
+    /// without it), then back to catching up. Under the znode lock, so it
+    /// cannot interleave with [`Node::promote`].
     async fn demote(&self, s: &Stream) -> Result<()> {
-        self.change_leader_record(|rec| {
+        self.demote_id(s.id, Some(s)).await
+    }
+
+    /// [`Node::demote`] by id: out of the znode's `in_sync`, and every
+    /// stream of it (`s`, and the one the leader has now) back to catching up.
+    async fn demote_id(&self, id: NodeId, s: Option<&Stream>) -> Result<()> {
+        let mut guard = self.replica().znode.lock().await;
+        self.change_leader_record(&mut guard, |rec| {
             let before = rec.in_sync.len();
-            rec.in_sync.retain(|&id| id != s.id);
-            rec.without_log.retain(|&id| id != s.id);
+            rec.in_sync.retain(|&i| i != id);
+            rec.without_log.retain(|&i| i != id);
             rec.in_sync.len() != before
         })
         .await?;
-        if s.change_status(Status::InSync, Status::CatchingUp) {
-            log::warn!("standby {} removed from the in-sync set", s.id);
+        let current = self.replica().streams.lock().get(&id).cloned();
+        for s in s.into_iter().chain(current.as_deref()) {
+            if s.change_status(Status::InSync, Status::CatchingUp) {
+                log::warn!("standby {id} removed from the in-sync set");
+            }
+            s.change_status(Status::Joining, Status::CatchingUp);
         }
         Ok(())
     }
 
-    /// Adds a caught-up standby to `in_sync`.
+    /// Adds a caught-up standby to `in_sync`: only the stream the leader
+    /// currently has for it, only while it is still joining (commits wait
+    /// for it), both checked under the znode lock.
     async fn promote(&self, s: &Stream) -> Result<()> {
-        self.change_leader_record(|rec| {
+        let mut guard = self.replica().znode.lock().await;
+        let current = self.replica().streams.lock().get(&s.id).is_some_and(|cur| cur.session == s.session);
+        if !current || s.progress().status != Status::Joining {
+            return Ok(());
+        }
+        self.change_leader_record(&mut guard, |rec| {
             if rec.in_sync.contains(&s.id) {
                 return false;
             }
@@ -288,10 +342,12 @@ impl Node {
     /// Queues `records` on every open stream; returns the streams a commit
     /// must wait for, with the sequence to wait for. An empty `records`
     /// waits for everything queued so far (a barrier).
-    pub(super) fn replicate(&self, records: &[Record]) -> Vec<(Arc<Stream>, u64)> {
+    pub(super) fn replicate(&self, records: &[Record]) -> Replicating {
         let streams: Vec<Arc<Stream>> = self.replica().streams.lock().values().cloned().collect();
-        if streams.is_empty() {
-            return Vec::new();
+        let in_sync = self.replica().in_sync_ids.lock().clone();
+        let me = self.node_id();
+        if streams.is_empty() && in_sync.iter().all(|&id| Some(id) == me) {
+            return Replicating::default();
         }
         let frames: Vec<Vec<u8>> = records.iter().map(replication::frame_of).collect();
         let mut waits = Vec::new();
@@ -306,16 +362,27 @@ impl Node {
                 None => {
                     // Too far behind to catch up from the stream: it must
                     // leave in_sync before anything is acknowledged.
-                    log::warn!(
-                        "standby {} is {} MiB behind: closing its stream",
-                        s.id,
-                        replication::MAX_QUEUED_BYTES >> 20
-                    );
-                    waits.push((s, u64::MAX));
+                    if s.progress().status.is_waited_for() {
+                        waits.push((s, u64::MAX));
+                    } else if !s.closing.swap(true, Ordering::AcqRel) {
+                        log::warn!(
+                            "standby {} is {} MiB behind: closing its stream (it registers again)",
+                            s.id,
+                            replication::MAX_QUEUED_BYTES >> 20
+                        );
+                        let node = self.clone();
+                        self.spawn(async move {
+                            let _ = node.close_stream(&s).await;
+                        });
+                    }
                 }
             }
         }
-        waits
+        // In the znode's in_sync but not waited for here (its stream is
+        // being replaced or closed): it must leave in_sync first.
+        let missing =
+            in_sync.into_iter().filter(|&id| Some(id) != me && !waits.iter().any(|(s, _)| s.id == id)).collect();
+        Replicating { waits, missing }
     }
 
     /// Waits until every stream in `waits` holds its sequence durably. One
@@ -323,52 +390,55 @@ impl Node {
     /// `in_sync` first (a joining one just goes back to catching up).
     /// A stream closed without leaving `in_sync` first (this root stopped
     /// leading) releases its waiters, who then find [`Node::is_deposed`].
-    pub(super) async fn await_replicated(&self, waits: Vec<(Arc<Stream>, u64)>) -> Result<()> {
+    pub(super) async fn await_replicated(&self, r: Replicating) -> Result<()> {
+        let Replicating { waits, missing } = r;
+        for id in missing {
+            self.demote_id(id, None).await?;
+        }
         let timeout = self.args().insync_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         for (s, seq) in waits {
+            if seq == u64::MAX {
+                self.close_stream(&s).await?;
+                continue;
+            }
             let mut rx = s.subscribe();
             let reached = loop {
                 let p = *rx.borrow_and_update();
-                if p.acked >= seq || !p.status.is_waited_for() {
+                if p.acked >= seq {
                     break true;
+                }
+                if !p.status.is_waited_for() {
+                    break false; // it left the set: confirmed below
                 }
                 match tokio::time::timeout_at(deadline, rx.changed()).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) | Err(_) => break false,
                 }
             };
-            if reached {
-                continue;
-            }
-            match s.progress().status {
-                Status::InSync => {
+            if !reached {
+                if s.progress().status.is_waited_for() {
                     log::warn!("standby {} did not acknowledge within {timeout:?}", s.id);
-                    self.demote(&s).await?;
                 }
-                Status::Joining => {
-                    s.change_status(Status::Joining, Status::CatchingUp);
-                }
-                Status::CatchingUp | Status::Closed => {}
-            }
-            if seq == u64::MAX {
-                self.close_stream(&s).await?;
+                // Acknowledging without it needs the znode to say it is
+                // not in sync (a no-op if it already says so; deposed if
+                // that cannot be made sure).
+                self.demote(&s).await?;
             }
         }
         Ok(())
     }
 
-    /// Closes a stream, out of `in_sync` first.
+    /// Closes a stream, out of `in_sync` first (whatever its status: the
+    /// znode is the truth). A failed demotion deposes, which closes it too.
     async fn close_stream(&self, s: &Stream) -> Result<()> {
-        if s.progress().status == Status::InSync {
-            self.demote(s).await?;
-        }
+        let demoted = self.demote(s).await;
         s.set_status(Status::Closed);
         let mut streams = self.replica().streams.lock();
         if streams.get(&s.id).is_some_and(|cur| cur.session == s.session) {
             streams.remove(&s.id);
         }
-        Ok(())
+        demoted
     }
 
     /// `POST /internal/standby` at the leader: (re)starts the stream to a
@@ -385,13 +455,19 @@ impl Node {
         if req.id == place.topology.id {
             return Err(Error::BadRequest(format!("node {} is this leader's own id", req.id)));
         }
-        let old = self.replica().streams.lock().get(&req.id).cloned();
-        if let Some(old) = old {
-            self.close_stream(&old).await?;
-        }
         let session = rand::random::<u64>() | 1;
         let stream = Arc::new(Stream::new(req.id, req.url.trim_end_matches('/').to_string(), session, req.durable));
-        self.replica().streams.lock().insert(req.id, stream.clone());
+        // Replace and close in one step: whatever stream this replaces is
+        // closed (and out of in_sync) before the new one starts the
+        // standby over, however many registrations race.
+        let old = self.replica().streams.lock().insert(req.id, stream.clone());
+        if let Some(old) = old {
+            self.close_stream(&old).await?;
+        } else {
+            // No stream, but the znode may still list it (a stream that
+            // ended without leaving): out first.
+            self.demote(&stream).await?;
+        }
         log::info!("standby {} at {} joins: streaming a snapshot, then every commit", req.id, req.url);
         self.spawn(self.clone().run_stream(stream));
         Ok(serde_json::json!({ "session": session, "epoch": self.epoch() }))
@@ -419,12 +495,9 @@ impl Node {
             let Some(batch) = batch else {
                 if status == Status::CatchingUp && s.change_status(Status::CatchingUp, Status::Joining) {
                     // Commits now wait for it; once it holds all that came
-                    // before, it can join in_sync.
-                    let target = s.last_queued();
-                    if s.progress().acked >= target {
-                        if let Err(e) = self.promote(&s).await {
-                            log::warn!("adding standby {} to the in-sync set: {e}", s.id);
-                        }
+                    // before (up to this target), it can join in_sync.
+                    s.join_target.store(s.last_queued(), Ordering::Release);
+                    if self.maybe_promote(&s).await {
                         continue;
                     }
                 }
@@ -445,12 +518,22 @@ impl Node {
                 return;
             }
             s.acked(batch.last);
-            if s.progress().status == Status::Joining && s.progress().acked >= s.last_queued() {
-                if let Err(e) = self.promote(&s).await {
-                    log::warn!("adding standby {} to the in-sync set: {e}", s.id);
-                }
-            }
+            self.maybe_promote(&s).await;
         }
+    }
+
+    /// Promotes a joining stream once it holds everything queued before it
+    /// began joining (what came later, commits waited for). True if it
+    /// tried.
+    async fn maybe_promote(&self, s: &Stream) -> bool {
+        let p = s.progress();
+        if p.status != Status::Joining || p.acked < s.join_target.load(Ordering::Acquire) {
+            return false;
+        }
+        if let Err(e) = self.promote(s).await {
+            log::warn!("adding standby {} to the in-sync set: {e}", s.id);
+        }
+        true
     }
 
     /// Sends one batch until the standby takes it; false when the stream
@@ -637,10 +720,15 @@ impl Node {
                     ..Following::default()
                 });
             } else if let Some(f) = f.as_mut() {
+                // Registering again means a new stream that starts us
+                // over: not in sync from now until the leader says so
+                // (`heard_at` only spaces out the registrations).
+                f.in_sync = false;
                 f.heard_at = mono_ms();
             }
         }
         r.in_sync.store(0, Ordering::Release);
+        r.in_sync_ids.lock().clear();
         // Not leading any more: nothing waiting on a stream we close here
         // may be acknowledged (the flag is checked after the wait).
         r.deposed.store(true, Ordering::Release);
@@ -794,10 +882,23 @@ impl Node {
     /// disk, behind an empty snapshot) and take the leader's instead.
     async fn start_over(&self, f: &mut Following, from: NodeId, epoch: u64, session: u64) -> Result<()> {
         log::info!("stream session {session} from leader {from} (epoch {epoch}): starting over from its snapshot");
+        // Not in sync (no reads, /health 503) from before the wipe on.
+        if let Some(cur) = self.replica().following.lock().as_mut() {
+            cur.in_sync = false;
+        }
         self.inner.store.wipe();
         *self.inner.outcomes.lock() = super::write::Outcomes::default();
         if let Some(log) = self.log() {
-            log.snapshot(crate::log::Snapshot::default).await.map_err(|e| Error::Internal(e.to_string()))?;
+            // An empty snapshot covers (and deletes) every segment before
+            // it. One already being written (of the store before the wipe)
+            // must finish first, or ours would not be the newest.
+            loop {
+                match log.snapshot(crate::log::Snapshot::default).await {
+                    Ok(Some(_)) => break,
+                    Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Err(e) => return Err(Error::Internal(e.to_string())),
+                }
+            }
         }
         f.leader = from;
         f.epoch = epoch;

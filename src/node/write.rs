@@ -412,9 +412,9 @@ impl Node {
     /// commit log or standbys the root's state lives in its memory only.
     async fn make_durable(&self, records: &[(Update, Option<WriteId>)]) -> Result<()> {
         let result = self.make_durable_now(records).await;
-        if !matches!(result, Err(Error::Deposed)) {
-            // Durable, or failed without losing the lead (the writer
-            // retries the same id): readers stop waiting either way.
+        if result.is_ok() {
+            // Durable: readers may see it. On an error (deposed, or the
+            // log stopped) it stays pending: never served by this root.
             self.pending_remove(records.iter().map(|(u, _)| u.version));
         }
         result

@@ -87,6 +87,10 @@ pub struct Stream {
     /// Wakes the sender: frames queued, or the stream closed.
     pub wake: Notify,
     closed: AtomicBool,
+    /// Set once a close is under way (a stream past [`MAX_QUEUED_BYTES`]).
+    pub closing: AtomicBool,
+    /// Joining: the sequence the standby must hold before it joins `in_sync`.
+    pub join_target: std::sync::atomic::AtomicU64,
 }
 
 impl Stream {
@@ -101,6 +105,8 @@ impl Stream {
             progress,
             wake: Notify::new(),
             closed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            join_target: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
