@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use treecache::store::{Store, Time, Update};
-use treecache::wire::{decode_updates, encode_updates};
+use treecache::wire::{decode_pushes, encode_pushes, Push};
 
 const NOW: u64 = 1_700_000_000_000;
 const T: Time = Time::at(NOW);
@@ -183,16 +183,19 @@ fn push_codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("wire/push_batch");
     for (count, size) in [(1usize, 1024usize), (64, 1024), (64, 8192), (1024, 100)] {
         let value = Bytes::from(vec![b'v'; size]);
-        let updates: Vec<Update> =
-            (0..count as u64).map(|i| update(i, i + 1, &value, if i % 4 == 0 { Some(NOW) } else { None })).collect();
-        let encoded = encode_updates(&updates);
+        // As the root pushes them: each with its commit time.
+        let updates: Vec<Push> = (0..count as u64)
+            .map(|i| Push {
+                update: update(i, i + 1, &value, if i % 4 == 0 { Some(NOW) } else { None }),
+                committed_us: Some(NOW * 1000),
+            })
+            .collect();
+        let encoded = encode_pushes(&updates);
         g.throughput(Throughput::Bytes(encoded.len() as u64));
         let label = format!("{count}x{size}B");
-        g.bench_with_input(BenchmarkId::new("encode", &label), &updates, |b, u| {
-            b.iter(|| black_box(encode_updates(u)))
-        });
+        g.bench_with_input(BenchmarkId::new("encode", &label), &updates, |b, u| b.iter(|| black_box(encode_pushes(u))));
         g.bench_with_input(BenchmarkId::new("decode", &label), &encoded, |b, e| {
-            b.iter(|| black_box(decode_updates(e).map(|v| v.len())))
+            b.iter(|| black_box(decode_pushes(e).map(|v| v.len())))
         });
     }
     g.finish();

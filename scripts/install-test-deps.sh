@@ -2,8 +2,9 @@
 # Installs what the test suite needs, idempotently: ZooKeeper (through
 # provision/install-zookeeper.sh), the tools the deployment and baseline
 # tests call (vagrant, shellcheck, iproute2, redis, jq, curl), schemathesis
-# (PyPI, pinned, in a venv at .venv-tests/ so Debian's pip need not touch the
-# system Python) for tests/openapi.rs, and the cargo components for the lint
+# for tests/openapi.rs and prometheus-client (its OpenMetrics parser) for
+# tests/metrics.rs (PyPI, pinned, in a venv at .venv-tests/ so Debian's pip
+# need not touch the system Python), and the cargo components for the lint
 # steps. Then checks that every one of them is there, and fails naming what
 # is missing. Needs root only to install.
 set -euo pipefail
@@ -13,6 +14,8 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(vagrant shellcheck iproute2 redis-server redis-tools jq curl python3 python3-venv)
 # The version tests/openapi.rs was written against; its CLI changes between majors.
 schemathesis_version=4.32.5
+# The Prometheus project's Python client; tests/metrics.rs uses its parser.
+prometheus_client_version=0.26.0
 venv="$here/.venv-tests"
 
 installed() {
@@ -48,16 +51,23 @@ install_components() {
     done
 }
 
+version_in_venv() {
+    "$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null
+}
+
 # Debian's python3 (not a pyenv or other shim on PATH), so the venv lives
 # as long as the package does.
-install_schemathesis() {
+install_python_tools() {
     if [ -x "$venv/bin/schemathesis" ] &&
-        [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null)" = "$schemathesis_version" ]; then
+        [ "$(version_in_venv schemathesis)" = "$schemathesis_version" ] &&
+        [ "$(version_in_venv prometheus-client)" = "$prometheus_client_version" ]; then
         return 0
     fi
-    rm -rf "$venv"
-    /usr/bin/python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check --no-input "schemathesis==$schemathesis_version" </dev/null
+    if [ ! -x "$venv/bin/python" ]; then
+        /usr/bin/python3 -m venv "$venv"
+    fi
+    "$venv/bin/pip" install -q --disable-pip-version-check --no-input \
+        "schemathesis==$schemathesis_version" "prometheus-client==$prometheus_client_version" </dev/null
 }
 
 check_tools() {
@@ -66,6 +76,7 @@ check_tools() {
         command -v "$t" >/dev/null 2>&1 || missing+=("$t")
     done
     [ -x "$venv/bin/schemathesis" ] || missing+=("$venv/bin/schemathesis")
+    [ "$(version_in_venv prometheus-client)" = "$prometheus_client_version" ] || missing+=("prometheus-client in $venv")
     cargo fmt --version >/dev/null 2>&1 || missing+=("cargo fmt")
     cargo clippy --version >/dev/null 2>&1 || missing+=("cargo clippy")
     if [ ${#missing[@]} -gt 0 ]; then
@@ -77,5 +88,5 @@ check_tools() {
 "$here/provision/install-zookeeper.sh"
 install_packages
 install_components
-install_schemathesis
+install_python_tools
 check_tools

@@ -38,6 +38,12 @@ pub fn now_ms() -> Millis {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
 }
 
+/// Unix time in microseconds: the root's commit time that travels with a
+/// push (`crate::wire::Push`), for the push-lag histogram.
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
 /// Milliseconds since the process first asked, on the monotonic clock.
 /// Starts at 1 so that 0 never means "now".
 pub fn mono_ms() -> Millis {

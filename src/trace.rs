@@ -1,20 +1,25 @@
 //! Request ids and log lines.
 //!
-//! Every request a node serves runs inside [`scope`] with its id: the one
-//! the client sent in `X-Request-Id` when it is sane (1–64 of
-//! `A-Za-z0-9._:-`), else a new 16-hex-digit one. Code running for the
-//! request reads it with [`current`]: the node's outgoing requests carry it
-//! (one helper in `node/mod.rs`), and every log line written inside the
-//! scope shows it. Work that outlives the request (push queues, the write
-//! uplink, whose batches mix many clients' writes) runs outside any scope
-//! and logs without one.
+//! Every request a node serves runs inside [`scope`] with its
+//! [`RequestId`]: the one the client sent in `X-Request-Id` when it is sane
+//! (1–64 of `A-Za-z0-9._:-`), else none until something needs one. Code
+//! running for the request reads it with [`current`], which makes a new
+//! 16-hex-digit id the first time it is asked: the node's outgoing requests
+//! carry it (one helper in `node/mod.rs`), and every log line written
+//! inside the scope shows it. A hit that neither logs nor goes upstream
+//! makes no id at all (the hot path pays nothing for ids); [`stamp`] puts
+//! the id on the answer whenever there is one. Work that outlives the
+//! request (push queues, the write uplink, whose batches mix many
+//! clients' writes) runs outside any scope and logs without one.
 //!
 //! [`init_logging`] installs env_logger (`RUST_LOG` as before) writing text
 //! or one JSON object per line (`--log-format`).
 
+use std::cell::OnceCell;
 use std::io::Write;
 
-use actix_web::http::header::HeaderName;
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio::task::futures::TaskLocalFuture;
 
 use crate::config::LogFormat;
 
@@ -23,25 +28,58 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 /// Longest client-given id kept; longer ones are replaced.
 const MAX_ID_LEN: usize = 64;
 
+/// The id of the request being served: the client's, or one made when
+/// first needed.
+#[derive(Debug, Default)]
+pub struct RequestId {
+    given: Option<HeaderValue>,
+    made: OnceCell<String>,
+}
+
+impl RequestId {
+    /// From the request's `X-Request-Id`: kept when sane (safe to log and
+    /// forward), else ignored.
+    pub fn from_header(given: Option<&HeaderValue>) -> RequestId {
+        RequestId { given: given.filter(|v| is_sane(v.as_bytes())).cloned(), made: OnceCell::new() }
+    }
+
+    /// The id, made now if there was none.
+    fn get(&self) -> &str {
+        match self.given.as_ref().and_then(|v| v.to_str().ok()) {
+            Some(id) => id,
+            None => self.made.get_or_init(new_id),
+        }
+    }
+
+    /// The id to answer with, if the client gave one or one was made.
+    fn answer(&self) -> Option<HeaderValue> {
+        match (&self.given, self.made.get()) {
+            (Some(v), _) => Some(v.clone()),
+            (None, Some(made)) => HeaderValue::from_str(made).ok(),
+            (None, None) => None,
+        }
+    }
+}
+
 tokio::task_local! {
-    static REQUEST_ID: String;
+    static REQUEST_ID: RequestId;
 }
 
 /// Runs `fut` as the work of request `id`.
-pub async fn scope<F: std::future::Future>(id: String, fut: F) -> F::Output {
-    REQUEST_ID.scope(id, fut).await
+pub fn scope<F: std::future::Future>(id: RequestId, fut: F) -> TaskLocalFuture<RequestId, F> {
+    REQUEST_ID.scope(id, fut)
 }
 
-/// The id of the request being served here, if any.
+/// The id of the request being served here, if any (made now if the
+/// request had none yet).
 pub fn current() -> Option<String> {
-    REQUEST_ID.try_with(String::clone).ok()
+    REQUEST_ID.try_with(|id| id.get().to_string()).ok()
 }
 
-/// The client's id when it is safe to log and forward, else a new one.
-pub fn id_from(given: Option<&[u8]>) -> String {
-    match given {
-        Some(v) if is_sane(v) => String::from_utf8_lossy(v).into_owned(),
-        _ => new_id(),
+/// Sets `X-Request-Id` on an answer, when the request in scope has an id.
+pub fn stamp(headers: &mut HeaderMap) {
+    if let Ok(Some(v)) = REQUEST_ID.try_with(RequestId::answer) {
+        headers.insert(REQUEST_ID_HEADER, v);
     }
 }
 
@@ -97,23 +135,57 @@ pub fn json_line(ts: &str, level: &str, target: &str, msg: &str, request_id: Opt
 mod tests {
     use super::*;
 
-    #[test]
-    fn client_ids_are_kept_when_sane_and_replaced_otherwise() {
-        assert_eq!(id_from(Some(b"abc-123_x.y:z")), "abc-123_x.y:z");
-        for bad in [&b""[..], b"has space", b"line\nbreak", b"{\"json\"}", &[b'a'; 65]] {
-            let id = id_from(Some(bad));
-            assert_eq!(id.len(), 16, "{bad:?} replaced by a fresh id");
-            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+    /// The id `current` sees and the header `stamp` sets, for a request
+    /// whose client sent `given`, after `work` ran inside its scope.
+    async fn served(given: Option<&[u8]>, work: fn() -> Option<String>) -> (Option<String>, Option<String>) {
+        let given = given.and_then(|g| HeaderValue::from_bytes(g).ok());
+        scope(RequestId::from_header(given.as_ref()), async move {
+            let seen = work();
+            let mut headers = HeaderMap::new();
+            stamp(&mut headers);
+            (seen, headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string))
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn client_ids_are_kept_when_sane_and_replaced_otherwise() {
+        let kept = served(Some(b"abc-123_x.y:z"), || None).await;
+        assert_eq!(kept, (None, Some("abc-123_x.y:z".into())), "answered even when nothing asked for it");
+        assert_eq!(served(Some(b"abc"), current).await, (Some("abc".into()), Some("abc".into())));
+        for bad in [&b""[..], b"has space", b"{\"json\"}", &[b'a'; 65]] {
+            let (seen, answered) = served(Some(bad), current).await;
+            let seen = seen.expect("a made id");
+            assert_eq!(seen.len(), 16, "{bad:?} replaced by a fresh id");
+            assert!(seen.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert_eq!(answered, Some(seen), "the made id is the one answered");
         }
-        assert_ne!(id_from(None), id_from(None));
+    }
+
+    #[tokio::test]
+    async fn an_id_is_made_only_when_something_needs_it_and_stays_the_same() {
+        assert_eq!(served(None, || None).await, (None, None), "a request nothing asked an id of gets none");
+        let (seen, answered) = served(None, || {
+            let first = current();
+            assert_eq!(current(), first, "one id per request");
+            first
+        })
+        .await;
+        assert!(seen.is_some());
+        assert_eq!(seen, answered);
+        assert_ne!(served(None, current).await.0, served(None, current).await.0);
     }
 
     #[tokio::test]
     async fn the_id_is_visible_inside_the_scope_only() {
         assert_eq!(current(), None);
-        let inside = scope("r1".into(), async { current() }).await;
+        let given = HeaderValue::from_static("r1");
+        let inside = scope(RequestId::from_header(Some(&given)), async { current() }).await;
         assert_eq!(inside.as_deref(), Some("r1"));
         assert_eq!(current(), None);
+        let mut headers = HeaderMap::new();
+        stamp(&mut headers);
+        assert!(headers.is_empty(), "no id outside a request");
     }
 
     #[test]

@@ -7,6 +7,13 @@
 //! A write batch (up the tree) is the same with a write id after the flags
 //! (`[origin u64][incarnation u64][seq u64]`, flag bit 2) and flag bit 3 for
 //! a write whose sender waits for the root's commit (ack=root).
+//! A push may carry, per update, the root's wall-clock time of its commit
+//! in microseconds since the Unix epoch (`[committed_at u64]` after the
+//! expiry, flag bit 4), from which each node measures its push lag. The
+//! field is optional, so a batch without it (from a node built before it)
+//! decodes as before; a node built before it refuses the flag as unknown,
+//! which is why a tree is upgraded from its leaves up, the root last
+//! (docs/architecture.md).
 //! Decoding slices values out of the received `Bytes`, so a value travels
 //! from socket to store to the next push without a copy.
 
@@ -20,7 +27,8 @@ const HAS_VALUE: u8 = 1;
 const HAS_EXPIRY: u8 = 2;
 const HAS_WRITE_ID: u8 = 4;
 const ACK_ROOT: u8 = 8;
-const KNOWN_FLAGS: u8 = HAS_VALUE | HAS_EXPIRY | HAS_WRITE_ID | ACK_ROOT;
+const HAS_COMMIT_TIME: u8 = 16;
+const KNOWN_FLAGS: u8 = HAS_VALUE | HAS_EXPIRY | HAS_WRITE_ID | ACK_ROOT | HAS_COMMIT_TIME;
 /// Upper bound on updates in one batch, so a corrupt count cannot make the
 /// decoder reserve gigabytes.
 pub const MAX_BATCH: usize = 1 << 20;
@@ -34,20 +42,32 @@ pub struct Write {
     pub ack_root: bool,
 }
 
-/// Bytes an update takes in a batch.
+/// One update in a push, with the root's wall-clock time of its commit
+/// (µs since the Unix epoch) when known: updates a node pushes on after a
+/// fill or a write's answer (not the root's push) carry none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Push {
+    pub update: Update,
+    pub committed_us: Option<u64>,
+}
+
+/// Bytes an update takes in a batch (at most: with a commit time).
 pub fn encoded_len(u: &Update) -> usize {
-    2 + u.key.len() + 8 + 1 + 8 + 4 + u.value.as_ref().map_or(0, Bytes::len)
+    2 + u.key.len() + 8 + 1 + 8 + 8 + 4 + u.value.as_ref().map_or(0, Bytes::len)
 }
 
 const WRITE_ID_LEN: usize = 24;
 
-fn put_update(buf: &mut BytesMut, u: &Update, write: Option<(&WriteId, bool)>) {
+fn put_update(buf: &mut BytesMut, u: &Update, write: Option<(&WriteId, bool)>, committed_us: Option<u64>) {
     buf.put_u16(u.key.len() as u16);
     buf.put_slice(u.key.as_bytes());
     buf.put_u64(u.version);
     let mut flags = if u.value.is_some() { HAS_VALUE } else { 0 } | if u.expires_at.is_some() { HAS_EXPIRY } else { 0 };
     if let Some((_, ack_root)) = write {
         flags |= HAS_WRITE_ID | if ack_root { ACK_ROOT } else { 0 };
+    }
+    if committed_us.is_some() {
+        flags |= HAS_COMMIT_TIME;
     }
     buf.put_u8(flags);
     if let Some((id, _)) = write {
@@ -58,19 +78,33 @@ fn put_update(buf: &mut BytesMut, u: &Update, write: Option<(&WriteId, bool)>) {
     if let Some(at) = u.expires_at {
         buf.put_u64(at);
     }
+    if let Some(at) = committed_us {
+        buf.put_u64(at);
+    }
     if let Some(value) = &u.value {
         buf.put_u32(value.len() as u32);
         buf.put_slice(value);
     }
 }
 
-/// Encodes updates into one batch.
+/// Encodes a push batch.
+pub fn encode_pushes(pushes: &[Push]) -> Bytes {
+    let size: usize = 4 + pushes.iter().map(|p| encoded_len(&p.update)).sum::<usize>();
+    let mut buf = BytesMut::with_capacity(size);
+    buf.put_u32(pushes.len() as u32);
+    for p in pushes {
+        put_update(&mut buf, &p.update, None, p.committed_us);
+    }
+    buf.freeze()
+}
+
+/// Encodes a push batch of updates without commit times.
 pub fn encode_updates(updates: &[Update]) -> Bytes {
     let size: usize = 4 + updates.iter().map(encoded_len).sum::<usize>();
     let mut buf = BytesMut::with_capacity(size);
     buf.put_u32(updates.len() as u32);
     for u in updates {
-        put_update(&mut buf, u, None);
+        put_update(&mut buf, u, None, None);
     }
     buf.freeze()
 }
@@ -81,13 +115,21 @@ pub fn encode_writes(writes: &[Write]) -> Bytes {
     let mut buf = BytesMut::with_capacity(size);
     buf.put_u32(writes.len() as u32);
     for w in writes {
-        put_update(&mut buf, &w.update, Some((&w.id, w.ack_root)));
+        put_update(&mut buf, &w.update, Some((&w.id, w.ack_root)), None);
     }
     buf.freeze()
 }
 
-/// One update and, when the batch carries them, its write id and ack.
-fn take_update(buf: &mut Bytes, i: usize) -> Result<(Update, Option<(WriteId, bool)>), String> {
+/// One update as a batch carries it.
+struct Taken {
+    update: Update,
+    /// Write batches: the write's id and whether it waits for the root.
+    write: Option<(WriteId, bool)>,
+    /// Push batches: the root's commit time, µs.
+    committed_us: Option<u64>,
+}
+
+fn take_update(buf: &mut Bytes, i: usize) -> Result<Taken, String> {
     let key_len = take_u16(buf, "key length")? as usize;
     let key = take_bytes(buf, key_len, "key")?;
     let key = String::from_utf8(key.to_vec()).map_err(|_| format!("update {i}: key is not UTF-8"))?;
@@ -110,19 +152,17 @@ fn take_update(buf: &mut Bytes, i: usize) -> Result<(Update, Option<(WriteId, bo
         None
     };
     let expires_at = if flags & HAS_EXPIRY != 0 { Some(take_u64(buf, "expiry")?) } else { None };
+    let committed_us = if flags & HAS_COMMIT_TIME != 0 { Some(take_u64(buf, "commit time")?) } else { None };
     let value = if flags & HAS_VALUE != 0 {
         let len = take_u32(buf, "value length")? as usize;
         Some(take_bytes(buf, len, "value")?)
     } else {
         None
     };
-    Ok((Update { key, version, value, expires_at }, write))
+    Ok(Taken { update: Update { key, version, value, expires_at }, write, committed_us })
 }
 
-fn decode_batch<T>(
-    body: &Bytes,
-    mut each: impl FnMut(usize, Update, Option<(WriteId, bool)>) -> Result<T, String>,
-) -> Result<Vec<T>, String> {
+fn decode_batch<T>(body: &Bytes, mut each: impl FnMut(usize, Taken) -> Result<T, String>) -> Result<Vec<T>, String> {
     let mut buf = body.clone();
     let count = take_u32(&mut buf, "count")? as usize;
     if count > MAX_BATCH {
@@ -130,8 +170,8 @@ fn decode_batch<T>(
     }
     let mut out = Vec::with_capacity(count.min(4096));
     for i in 0..count {
-        let (update, write) = take_update(&mut buf, i)?;
-        out.push(each(i, update, write)?);
+        let taken = take_update(&mut buf, i)?;
+        out.push(each(i, taken)?);
     }
     if buf.has_remaining() {
         return Err(format!("{} trailing bytes after {count} updates", buf.remaining()));
@@ -140,18 +180,20 @@ fn decode_batch<T>(
 }
 
 /// Decodes a push batch; values are slices of `body`, not copies.
-pub fn decode_updates(body: &Bytes) -> Result<Vec<Update>, String> {
-    decode_batch(body, |i, update, write| match write {
-        None => Ok(update),
+pub fn decode_pushes(body: &Bytes) -> Result<Vec<Push>, String> {
+    decode_batch(body, |i, t| match t.write {
+        None => Ok(Push { update: t.update, committed_us: t.committed_us }),
         Some(_) => Err(format!("update {i}: a push carries no write id")),
     })
 }
 
-/// Decodes a write batch: every write carries its id.
+/// Decodes a write batch: every write carries its id, and no commit time
+/// (it is not committed yet).
 pub fn decode_writes(body: &Bytes) -> Result<Vec<Write>, String> {
-    decode_batch(body, |i, update, write| match write {
-        Some((id, ack_root)) => Ok(Write { update, id, ack_root }),
-        None => Err(format!("write {i}: no write id")),
+    decode_batch(body, |i, t| match (t.write, t.committed_us) {
+        (Some((id, ack_root)), None) => Ok(Write { update: t.update, id, ack_root }),
+        (None, _) => Err(format!("write {i}: no write id")),
+        (Some(_), Some(_)) => Err(format!("write {i}: a write carries no commit time")),
     })
 }
 
@@ -298,22 +340,52 @@ mod tests {
         ]
     }
 
+    fn pushes() -> Vec<Push> {
+        sample()
+            .into_iter()
+            .zip([Some(1_700_000_000_123_456), None, Some(0)])
+            .map(|(update, committed_us)| Push { update, committed_us })
+            .collect()
+    }
+
+    fn untimed(updates: Vec<Update>) -> Vec<Push> {
+        updates.into_iter().map(|update| Push { update, committed_us: None }).collect()
+    }
+
     #[test]
     fn batch_round_trips() {
-        let encoded = encode_updates(&sample());
-        assert_eq!(decode_updates(&encoded).unwrap(), sample());
-        assert_eq!(decode_updates(&encode_updates(&[])).unwrap(), vec![]);
+        assert_eq!(decode_pushes(&encode_pushes(&pushes())).unwrap(), pushes());
+        assert_eq!(decode_pushes(&encode_updates(&sample())).unwrap(), untimed(sample()));
+        assert_eq!(decode_pushes(&encode_updates(&[])).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_batch_without_commit_times_is_the_format_from_before_them() {
+        // Byte for byte what a node built before commit times sends: no
+        // flag bit 4, no field; such a batch still decodes.
+        let mut old = BytesMut::new();
+        old.put_u32(1);
+        old.put_u16(1);
+        old.put_slice(b"k");
+        old.put_u64(9);
+        old.put_u8(HAS_VALUE);
+        old.put_u32(2);
+        old.put_slice(b"v1");
+        let old = old.freeze();
+        let update = Update { key: "k".into(), version: 9, value: Some(Bytes::from_static(b"v1")), expires_at: None };
+        assert_eq!(encode_updates(std::slice::from_ref(&update)), old);
+        assert_eq!(decode_pushes(&old).unwrap(), untimed(vec![update]));
     }
 
     #[test]
     fn truncated_or_padded_batches_are_refused() {
-        let encoded = encode_updates(&sample());
+        let encoded = encode_pushes(&pushes());
         for cut in 0..encoded.len() {
-            assert!(decode_updates(&encoded.slice(..cut)).is_err(), "cut at {cut}");
+            assert!(decode_pushes(&encoded.slice(..cut)).is_err(), "cut at {cut}");
         }
         let mut padded = BytesMut::from(&encoded[..]);
         padded.put_u8(0);
-        assert!(decode_updates(&padded.freeze()).unwrap_err().contains("trailing"));
+        assert!(decode_pushes(&padded.freeze()).unwrap_err().contains("trailing"));
     }
 
     #[test]
@@ -332,8 +404,18 @@ mod tests {
         for cut in 0..encoded.len() {
             assert!(decode_writes(&encoded.slice(..cut)).is_err(), "cut at {cut}");
         }
-        assert!(decode_updates(&encoded).unwrap_err().contains("no write id"));
+        assert!(decode_pushes(&encoded).unwrap_err().contains("no write id"));
         assert!(decode_writes(&encode_updates(&sample())).unwrap_err().contains("no write id"));
+    }
+
+    #[test]
+    fn a_write_with_a_commit_time_is_refused() {
+        let w =
+            Write { update: sample().remove(0), id: WriteId { origin: 1, incarnation: 1, seq: 1 }, ack_root: false };
+        let mut buf = BytesMut::new();
+        buf.put_u32(1);
+        put_update(&mut buf, &w.update, Some((&w.id, false)), Some(5));
+        assert!(decode_writes(&buf.freeze()).unwrap_err().contains("no commit time"));
     }
 
     #[test]
@@ -344,14 +426,14 @@ mod tests {
         buf.put_slice(b"k");
         buf.put_u64(1);
         buf.put_u8(0x40);
-        assert!(decode_updates(&buf.freeze()).unwrap_err().contains("unknown flags"));
+        assert!(decode_pushes(&buf.freeze()).unwrap_err().contains("unknown flags"));
     }
 
     #[test]
     fn absurd_counts_are_refused() {
         let mut buf = BytesMut::new();
         buf.put_u32(u32::MAX);
-        assert!(decode_updates(&buf.freeze()).unwrap_err().contains("limit"));
+        assert!(decode_pushes(&buf.freeze()).unwrap_err().contains("limit"));
     }
 
     #[test]

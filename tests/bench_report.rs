@@ -116,6 +116,18 @@ async fn every_load_scenario_reports_complete_consistent_figures() {
     assert_eq!((cv.converged, cv.not_converged), (cv.writes, 0));
     assert_eq!(cv.per_holder.count, 7 * cv.converged);
     assert_eq!(conv.settings.loop_kind, "open");
+    // The same read off the nodes' push-lag histograms: the six below the
+    // root had each write pushed (coalescing may merge two of one key).
+    let lag = cv.push_lag.as_ref().expect("push lag from every node's /metrics");
+    assert_eq!(lag.nodes, 7);
+    assert!(lag.updates > 0 && lag.updates <= 6 * cv.writes, "{lag:?} for {} writes", cv.writes);
+    assert!(lag.p50_us <= lag.p90_us && lag.p90_us <= lag.p99_us, "{lag:?}");
+    // Without polling, the histograms alone.
+    let quiet = bench(&["converge", "--root", &root, "--no-poll", "-d", "1s", "--rate", "40", "--keys", "20"]).await;
+    no_errors(&quiet);
+    let qv = quiet.converge.as_ref().expect("converge section");
+    assert!(!qv.polled && qv.polls == 0 && qv.converged == 0);
+    assert!(qv.push_lag.as_ref().is_some_and(|l| l.updates > 0 && l.updates <= 6 * qv.writes), "{qv:?}");
 
     // url, a baseline: any URL; no cache header, so no hit ratio.
     let url = bench(&["url", "--url", &format!("{root}/health"), "-c", "2", "-n", "100"]).await;

@@ -23,8 +23,8 @@ use treecache::config::{Cli, Command};
 use treecache::node::Node;
 use treecache::store::{check_key, Update, WriteId, MAX_KEY_BYTES};
 use treecache::wire::{
-    decode_updates, decode_writes, encode_updates, encode_writes, KeyList, PushReply, RegisterRequest, Topology, Write,
-    WriteResults,
+    decode_pushes, decode_writes, encode_pushes, encode_updates, encode_writes, KeyList, Push, PushReply,
+    RegisterRequest, Topology, Write, WriteResults,
 };
 
 const CASES: u32 = 512;
@@ -73,6 +73,11 @@ fn any_update() -> impl Strategy<Value = Update> {
         })
 }
 
+/// A pushed update, with or without the root's commit time.
+fn any_push() -> impl Strategy<Value = Push> {
+    (any_update(), proptest::option::of(any::<u64>())).prop_map(|(update, committed_us)| Push { update, committed_us })
+}
+
 #[test]
 fn check_key_accepts_exactly_the_keys_design_md_allows() {
     let keys = prop_oneof![
@@ -91,9 +96,9 @@ fn check_key_accepts_exactly_the_keys_design_md_allows() {
 #[test]
 fn batches_round_trip() {
     TestRunner::new(config())
-        .run(&proptest::collection::vec(any_update(), 0..20), |updates| {
-            let encoded = encode_updates(&updates);
-            prop_assert_eq!(decode_updates(&encoded).map_err(TestCaseError::fail)?, updates);
+        .run(&proptest::collection::vec(any_push(), 0..20), |pushes| {
+            let encoded = encode_pushes(&pushes);
+            prop_assert_eq!(decode_pushes(&encoded).map_err(TestCaseError::fail)?, pushes);
             Ok(())
         })
         .unwrap();
@@ -115,7 +120,7 @@ fn write_batches_round_trip_and_are_not_pushes() {
         .run(&proptest::collection::vec(any_write(), 1..12), |writes| {
             let encoded = encode_writes(&writes);
             prop_assert_eq!(decode_writes(&encoded).map_err(TestCaseError::fail)?, writes);
-            prop_assert!(decode_updates(&encoded).is_err(), "a write batch is no push");
+            prop_assert!(decode_pushes(&encoded).is_err(), "a write batch is no push");
             Ok(())
         })
         .unwrap();
@@ -139,15 +144,15 @@ fn a_write_batch_with_one_byte_changed_decodes_to_what_it_says_or_is_an_error() 
 
 #[test]
 fn a_cut_or_padded_batch_is_an_error() {
-    let cases = (proptest::collection::vec(any_update(), 1..8), any::<prop::sample::Index>(), 1u8..=255);
+    let cases = (proptest::collection::vec(any_push(), 1..8), any::<prop::sample::Index>(), 1u8..=255);
     TestRunner::new(config())
-        .run(&cases, |(updates, cut, pad)| {
-            let encoded = encode_updates(&updates);
+        .run(&cases, |(pushes, cut, pad)| {
+            let encoded = encode_pushes(&pushes);
             let at = cut.index(encoded.len());
-            prop_assert!(decode_updates(&encoded.slice(..at)).is_err(), "cut at {}", at);
+            prop_assert!(decode_pushes(&encoded.slice(..at)).is_err(), "cut at {}", at);
             let mut padded = encoded.to_vec();
             padded.push(pad);
-            prop_assert!(decode_updates(&Bytes::from(padded)).is_err());
+            prop_assert!(decode_pushes(&Bytes::from(padded)).is_err());
             Ok(())
         })
         .unwrap();
@@ -166,9 +171,9 @@ fn decoding_arbitrary_bytes_never_panics() {
     ];
     TestRunner::new(config())
         .run(&bytes, |bytes| {
-            if let Ok(updates) = decode_updates(&Bytes::from(bytes.clone())) {
+            if let Ok(pushes) = decode_pushes(&Bytes::from(bytes.clone())) {
                 // Whatever decodes, encodes back to the same bytes.
-                prop_assert_eq!(&encode_updates(&updates)[..], &bytes[..]);
+                prop_assert_eq!(&encode_pushes(&pushes)[..], &bytes[..]);
             }
             Ok(())
         })
@@ -460,14 +465,14 @@ fn fill_queries_are_checked() {
 
 #[test]
 fn a_batch_with_one_byte_changed_decodes_to_what_it_says_or_is_an_error() {
-    let cases = (proptest::collection::vec(any_update(), 1..6), any::<prop::sample::Index>(), 1u8..=255);
+    let cases = (proptest::collection::vec(any_push(), 1..6), any::<prop::sample::Index>(), 1u8..=255);
     TestRunner::new(Config { cases: FLIP_CASES, ..config() })
-        .run(&cases, |(updates, at, flip)| {
-            let mut bytes = encode_updates(&updates).to_vec();
+        .run(&cases, |(pushes, at, flip)| {
+            let mut bytes = encode_pushes(&pushes).to_vec();
             let i = at.index(bytes.len());
             bytes[i] ^= flip;
-            if let Ok(decoded) = decode_updates(&Bytes::from(bytes.clone())) {
-                prop_assert_eq!(&encode_updates(&decoded)[..], &bytes[..], "byte {} ^ {:#x}", i, flip);
+            if let Ok(decoded) = decode_pushes(&Bytes::from(bytes.clone())) {
+                prop_assert_eq!(&encode_pushes(&decoded)[..], &bytes[..], "byte {} ^ {:#x}", i, flip);
             }
             Ok(())
         })
@@ -479,9 +484,9 @@ fn unknown_flag_bits_are_refused() {
     let update = Update { key: "k".into(), version: 1, value: None, expires_at: None };
     let mut bytes = encode_updates(&[update]).to_vec();
     let flags = bytes.len() - 1;
-    bytes[flags] |= 0x10;
-    let err = decode_updates(&Bytes::from(bytes)).unwrap_err();
-    assert!(err.contains("unknown flags 0x10"), "{err}");
+    bytes[flags] |= 0x20;
+    let err = decode_pushes(&Bytes::from(bytes)).unwrap_err();
+    assert!(err.contains("unknown flags 0x20"), "{err}");
 }
 
 #[test]
@@ -490,6 +495,6 @@ fn a_push_flagged_ack_root_without_a_write_id_is_refused() {
     let mut bytes = encode_updates(&[update]).to_vec();
     let flags = bytes.len() - 1;
     bytes[flags] |= 0x08;
-    let err = decode_updates(&Bytes::from(bytes)).unwrap_err();
+    let err = decode_pushes(&Bytes::from(bytes)).unwrap_err();
     assert!(err.contains("without a write id"), "{err}");
 }

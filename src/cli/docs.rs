@@ -111,35 +111,67 @@ pub fn flag_tables() -> String {
     out
 }
 
+/// The metrics table of docs/operations.md: every metric family the
+/// node's registry declares (the commit log's included), as scraped.
+pub fn metric_table() -> String {
+    let log = std::sync::Arc::new(crate::log::Stats::default());
+    let families = crate::metrics::Metrics::catalog(crate::http::ROUTE_LABELS, log.collector());
+    let mut out = String::from("\n| metric | type | meaning |\n| --- | --- | --- |\n");
+    for (name, kind, help) in families {
+        out.push_str(&format!("| `{name}` | {kind} | {} |\n", help.replace('|', "\\|")));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const BEGIN: &str =
-        "<!-- flags: generated from clap by `cargo test --lib cli::docs`; TREECACHE_BLESS_DOCS=1 rewrites -->\n";
-    const END: &str = "<!-- end of flags -->";
+    const METRICS_BEGIN: &str =
+        "<!-- metrics: generated from the registry by `cargo test --lib cli::docs`; TREECACHE_BLESS_DOCS=1 rewrites -->\n";
+    const METRICS_END: &str = "<!-- end of metrics -->";
 
-    /// docs/operations.md carries the flag tables exactly as clap has them.
-    /// `TREECACHE_BLESS_DOCS=1 cargo test --lib cli::docs` rewrites them.
+    /// docs/operations.md carries the flag tables exactly as clap has them
+    /// and the metrics table as the registry has it (one test: blessing
+    /// rewrites the one file). `TREECACHE_BLESS_DOCS=1 cargo test --lib
+    /// cli::docs` rewrites both.
     #[test]
-    fn operations_md_lists_every_flag_as_clap_has_it() {
+    fn operations_md_lists_every_flag_and_metric_as_generated() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md");
-        let doc = std::fs::read_to_string(&path).expect("docs/operations.md");
-        let (Some(start), Some(stop)) = (doc.find(BEGIN), doc.find(END)) else {
-            panic!("docs/operations.md lacks the flags markers {BEGIN:?} ... {END:?}");
-        };
-        let current = &doc[start + BEGIN.len()..stop];
-        let generated = flag_tables();
+        let mut doc = std::fs::read_to_string(&path).expect("docs/operations.md");
+        let mut stale = Vec::new();
+        for (begin, end, generated, what) in
+            [(BEGIN, END, flag_tables(), "flag tables"), (METRICS_BEGIN, METRICS_END, metric_table(), "metrics table")]
+        {
+            let (Some(start), Some(stop)) = (doc.find(begin), doc.find(end)) else {
+                panic!("docs/operations.md lacks the {what} markers {begin:?} ... {end:?}");
+            };
+            if doc[start + begin.len()..stop] != generated {
+                stale.push(what);
+                doc = format!("{}{begin}{generated}{}", &doc[..start], &doc[stop..]);
+            }
+        }
         if std::env::var_os("TREECACHE_BLESS_DOCS").is_some() {
-            let updated = format!("{}{BEGIN}{generated}{}", &doc[..start], &doc[stop..]);
-            std::fs::write(&path, updated).expect("write docs/operations.md");
+            std::fs::write(&path, doc).expect("write docs/operations.md");
             return;
         }
         assert!(
-            current == generated,
-            "docs/operations.md's flag tables are stale; run TREECACHE_BLESS_DOCS=1 cargo test --lib cli::docs"
+            stale.is_empty(),
+            "docs/operations.md's {stale:?} are stale; run TREECACHE_BLESS_DOCS=1 cargo test --lib cli::docs"
         );
     }
+
+    #[test]
+    fn the_metric_table_has_counters_gauges_and_histograms() {
+        let t = metric_table();
+        assert!(t.contains("| `treecache_hits_total` | counter | Reads answered from this node's store. |"), "{t}");
+        assert!(t.contains("| `treecache_push_lag_seconds` | histogram |"), "{t}");
+        assert!(t.contains("| `treecache_log_bytes` | gauge |"), "{t}");
+    }
+
+    const BEGIN: &str =
+        "<!-- flags: generated from clap by `cargo test --lib cli::docs`; TREECACHE_BLESS_DOCS=1 rewrites -->\n";
+    const END: &str = "<!-- end of flags -->";
 
     #[test]
     fn the_tables_cover_node_flags_with_defaults_and_variables() {

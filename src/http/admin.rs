@@ -75,44 +75,27 @@ pub async fn tree(node: ThinData<Node>) -> Result<HttpResponse> {
     })))
 }
 
+/// `GET /metrics`: the gauges that describe state are read now, then the
+/// whole registry is encoded (see [`crate::metrics`]).
 pub async fn metrics(node: ThinData<Node>) -> HttpResponse {
+    let m = node.metrics();
     let store = node.store();
     let t = node.topology();
-    let gauges = [
-        ("entries", "Entries held (values and tombstones).", store.len() as f64),
-        (
-            "bytes",
-            "Bytes charged against --max-memory: keys, values, per-entry overhead, holder records.",
-            store.bytes() as f64,
-        ),
-        ("max_memory_bytes", "The --max-memory bound (0: none).", node.args().max_memory.unwrap_or(0) as f64),
-        (
-            "tombstones",
-            "Entries that are tombstones (deleted keys kept until their horizon).",
-            store.tombstones() as f64,
-        ),
-        ("holders", "Holder records: (child, key) pairs this node pushes to.", store.holder_records() as f64),
-        ("registered", "1 once the node has its place in the tree.", if t.is_some() { 1.0 } else { 0.0 }),
-        ("is_root", "1 on the root.", if t.as_ref().is_some_and(|t| t.is_root()) { 1.0 } else { 0.0 }),
-        ("depth", "Depth in the tree (root 0).", t.as_ref().map_or(0.0, |t| t.depth as f64)),
-        ("children", "Children attached.", t.as_ref().map_or(0.0, |t| t.children.len() as f64)),
-        ("epoch", "Root epoch this node follows.", node.epoch() as f64),
-        (
-            "insync_roots",
-            "Roots holding every acknowledged write (the leader and its in-sync standbys), at the leader; 0 elsewhere.",
-            node.insync_roots() as f64,
-        ),
-        (
-            "uplink_pending",
-            "Writes this node holds that its parent has not taken yet (queued or in flight).",
-            node.uplink_pending() as f64,
-        ),
-    ];
-    let mut text = node.metrics().render(&gauges);
-    if let Some(log) = node.log() {
-        log.stats().render(&mut text);
-    }
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text)
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    m.entries.set(count(store.len()));
+    m.bytes.set(count(store.bytes()));
+    m.max_memory_bytes.set(i64::try_from(node.args().max_memory.unwrap_or(0)).unwrap_or(i64::MAX));
+    m.tombstones.set(count(store.tombstones()));
+    m.holders.set(count(store.holder_records()));
+    m.registered.set(i64::from(t.is_some()));
+    m.is_root.set(i64::from(t.as_ref().is_some_and(|t| t.is_root())));
+    m.depth.set(t.as_ref().map_or(0, |t| i64::from(t.depth)));
+    m.children.set(t.as_ref().map_or(0, |t| count(t.children.len())));
+    m.epoch.set(i64::try_from(node.epoch()).unwrap_or(i64::MAX));
+    m.insync_roots.set(count(node.insync_roots()));
+    m.uplink_pending.set(count(node.uplink_pending()));
+    m.set_zk_state(node.zk_state());
+    HttpResponse::Ok().content_type(crate::metrics::CONTENT_TYPE).body(m.render())
 }
 
 /// `/dump?prefix=&limit=&after=`: entries in key order, one JSON object a

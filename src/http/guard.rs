@@ -1,55 +1,139 @@
 //! Middleware: what runs around the handlers.
 //!
-//! - [`track`] wraps the whole app: the request's id (`X-Request-Id`,
-//!   [`crate::trace`]) is in scope while the handler runs, set on the
-//!   response, and logged in one access line per request (target
-//!   `treecache::access`, level debug: `RUST_LOG=info,treecache::access=debug`).
+//! - [`Track`] wraps the whole app: the request's id (`X-Request-Id`,
+//!   [`crate::trace`]) is in scope while the handler runs and set on the
+//!   response when there is one; the request's latency goes into
+//!   `treecache_request_duration_seconds` by route and outcome; and, when
+//!   enabled, one access line per request (target `treecache::access`,
+//!   level debug: `RUST_LOG=info,treecache::access=debug`).
 //! - [`require_secret`] wraps the internal scope (`/clients`, `/internal`):
 //!   the cluster secret or 401, before any handler reads the body.
 //! - [`require_token`] wraps `/kv`, `/metrics` and `/dump`: the API token,
 //!   when one is set, or 401.
 //!
-//! A refusal is a response, not an `Err`, so [`track`] still stamps it with
-//! the request id.
+//! A refusal is a response, not an `Err`, so [`Track`] still stamps and
+//! counts it.
+//!
+//! [`Track`] is written out as a `Transform` rather than `from_fn`: every
+//! request passes through it, and its future is a named type (the request
+//! id's task-local scope around [`Tracked`]), so it costs no allocation of
+//! its own; the route label is an index, the outcome comes from the
+//! status and `X-Cache`.
+
+use std::future::{ready, Future, Ready};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::HeaderValue;
+use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::web::ThinData;
 use actix_web::ResponseError;
+use tokio::task::futures::TaskLocalFuture;
 
+use super::X_CACHE;
 use crate::auth::Guard;
 use crate::error::{Error, Result};
+use crate::metrics::Outcome;
 use crate::node::Node;
-use crate::trace::{self, REQUEST_ID_HEADER};
+use crate::trace::{self, RequestId, REQUEST_ID_HEADER};
 
 /// Log target of the per-request access line.
 pub const ACCESS_TARGET: &str = "treecache::access";
 
-pub async fn track(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> std::result::Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let id = trace::id_from(req.headers().get(REQUEST_ID_HEADER).map(HeaderValue::as_bytes));
-    let access = log::log_enabled!(target: ACCESS_TARGET, log::Level::Debug)
-        .then(|| (req.method().clone(), req.path().to_string(), std::time::Instant::now()));
-    trace::scope(id.clone(), async move {
-        let mut resp = next.call(req).await?;
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+/// The app-wide middleware (see the module doc). Build it with the node
+/// whose metrics it records into.
+pub struct Track {
+    node: Node,
+}
+
+impl Track {
+    pub fn new(node: Node) -> Track {
+        Track { node }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Track
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    S::Future: Unpin,
+{
+    type Response = ServiceResponse<B>;
+    type Error = actix_web::Error;
+    type Transform = TrackService<S>;
+    type InitError = ();
+    type Future = Ready<std::result::Result<TrackService<S>, ()>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        // One per worker thread: an Rc, so a request's future holds the
+        // node without touching the Arc's shared count.
+        ready(Ok(TrackService { service, node: Rc::new(self.node.clone()) }))
+    }
+}
+
+pub struct TrackService<S> {
+    service: S,
+    node: Rc<Node>,
+}
+
+impl<S, B> Service<ServiceRequest> for TrackService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    S::Future: Unpin,
+{
+    type Response = ServiceResponse<B>;
+    type Error = actix_web::Error;
+    type Future = TaskLocalFuture<RequestId, Tracked<S::Future>>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let started = Instant::now();
+        let route = super::route_label(req.method(), req.path());
+        let access = log::log_enabled!(target: ACCESS_TARGET, log::Level::Debug)
+            .then(|| (req.method().clone(), req.path().to_string()));
+        let id = RequestId::from_header(req.headers().get(REQUEST_ID_HEADER));
+        let inner = self.service.call(req);
+        trace::scope(id, Tracked { inner, node: self.node.clone(), started, route, access })
+    }
+}
+
+/// A request on its way through the app; on its answer, records it.
+pub struct Tracked<F> {
+    inner: F,
+    node: Rc<Node>,
+    started: Instant,
+    route: usize,
+    access: Option<(Method, String)>,
+}
+
+impl<F, B> Future for Tracked<F>
+where
+    F: Future<Output = std::result::Result<ServiceResponse<B>, actix_web::Error>> + Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Poll::Ready(mut result) = Pin::new(&mut this.inner).poll(cx) else { return Poll::Pending };
+        let took = this.started.elapsed();
+        let status = match &result {
+            Ok(resp) => resp.status(),
+            Err(e) => e.as_response_error().status_code(),
+        };
+        let cache = result.as_ref().ok().and_then(|r| r.headers().get(X_CACHE)).map(|v| v.as_bytes());
+        this.node.metrics().request(this.route, Outcome::of(status.as_u16(), cache), took);
+        if let Some((method, path)) = this.access.take() {
+            log::debug!(target: ACCESS_TARGET, "{method} {path} {} {:.3}ms", status.as_u16(), took.as_secs_f64() * 1e3);
         }
-        if let Some((method, path, started)) = access {
-            log::debug!(
-                target: ACCESS_TARGET,
-                "{method} {path} {} {:.3}ms",
-                resp.status().as_u16(),
-                started.elapsed().as_secs_f64() * 1e3
-            );
+        if let Ok(resp) = &mut result {
+            trace::stamp(resp.headers_mut());
         }
-        Ok(resp)
-    })
-    .await
+        Poll::Ready(result)
+    }
 }
 
 fn guard(req: &ServiceRequest) -> Result<&Guard> {

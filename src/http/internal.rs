@@ -132,10 +132,10 @@ pub async fn write(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -
 pub async fn push(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
     node.check_epoch(epoch_of(&req)?)?;
     let body = read_body(&req, body, MAX_BATCH_BYTES).await?;
-    let updates = wire::decode_updates(&body).map_err(Error::BadRequest)?;
+    let pushes = wire::decode_pushes(&body).map_err(Error::BadRequest)?;
     let (from, generation) = sender_of(&req)?;
     let tick = tick_of(&req)?;
-    Ok(HttpResponse::Ok().json(node.receive_push(from, generation, updates, tick)?))
+    Ok(HttpResponse::Ok().json(node.receive_push(from, generation, pushes, tick)?))
 }
 
 pub async fn topology(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {

@@ -5,7 +5,7 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::web::ThinData;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 
-use super::{key_from, read_body, MaxValue, Query, X_EXPIRES_AT, X_NODE, X_VERSION};
+use super::{key_from, read_body, MaxValue, Query, X_CACHE, X_EXPIRES_AT, X_NODE, X_VERSION};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::node::{answer_body, Ack, Node};
@@ -102,7 +102,7 @@ fn found_response(found: crate::node::Found) -> HttpResponse {
     let mut resp = HttpResponse::Ok();
     resp.content_type("application/octet-stream")
         .insert_header((X_VERSION, HeaderValue::from(found.version)))
-        .insert_header(("X-Cache", found.cache.as_str()));
+        .insert_header((X_CACHE, HeaderValue::from_static(found.cache.as_str())));
     if let Some(at) = found.expires_at {
         resp.insert_header((X_EXPIRES_AT, HeaderValue::from(at)));
     }

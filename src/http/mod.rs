@@ -45,6 +45,15 @@ impl Route {
         self.methods.split(", ")
     }
 
+    /// Whether a request for `path` goes to this route (a keyed route
+    /// takes every path under its prefix, as [`register`] wires it).
+    fn matches(&self, path: &str) -> bool {
+        match self.path.strip_suffix("{key}") {
+            Some(prefix) => path.starts_with(prefix) || Some(path) == prefix.strip_suffix('/'),
+            None => path == self.path,
+        }
+    }
+
     /// Needs the cluster secret: every internal route.
     pub fn needs_secret(&self) -> bool {
         self.internal
@@ -57,7 +66,7 @@ impl Route {
 }
 
 /// Which handler serves a [`Route`]: the one `match` in [`register`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Handler {
     Kv,
     Health,
@@ -75,6 +84,73 @@ enum Handler {
     Leave,
     Standby,
     Replicate,
+}
+
+/// The `route` label of `treecache_request_duration_seconds`: `/kv` by
+/// what the request does, every other route by its handler's name, `other`
+/// when no route matched. A fixed list: a label never carries a raw path.
+pub const ROUTE_LABELS: &[&str] = &[
+    "kv_read",
+    "kv_write",
+    "kv_delete",
+    "health",
+    "tree",
+    "metrics",
+    "dump",
+    "register",
+    "fill",
+    "write",
+    "push",
+    "topology",
+    "clear",
+    "invalidate",
+    "dropped",
+    "leave",
+    "standby",
+    "replicate",
+    "other",
+];
+const KV_WRITE_LABEL: usize = 1;
+const KV_DELETE_LABEL: usize = 2;
+const OTHER_LABEL: usize = 18;
+const _: () = assert!(OTHER_LABEL == ROUTE_LABELS.len() - 1, "other is the last label");
+
+impl Handler {
+    /// Its index in [`ROUTE_LABELS`] (for `/kv`: a read's).
+    const fn label(self) -> usize {
+        match self {
+            Handler::Kv => 0,
+            Handler::Health => 3,
+            Handler::Tree => 4,
+            Handler::Metrics => 5,
+            Handler::Dump => 6,
+            Handler::Register => 7,
+            Handler::Fill => 8,
+            Handler::Write => 9,
+            Handler::Push => 10,
+            Handler::Topology => 11,
+            Handler::Clear => 12,
+            Handler::Invalidate => 13,
+            Handler::Dropped => 14,
+            Handler::Leave => 15,
+            Handler::Standby => 16,
+            Handler::Replicate => 17,
+        }
+    }
+}
+
+/// The `route` label of a request, as an index into [`ROUTE_LABELS`]: a
+/// few string comparisons against [`ROUTES`], `/kv` first.
+pub fn route_label(method: &actix_web::http::Method, path: &str) -> usize {
+    use actix_web::http::Method;
+    let Some(route) = ROUTES.iter().find(|r| r.matches(path)) else { return OTHER_LABEL };
+    match (route.handler, method) {
+        (Handler::Kv, &Method::GET | &Method::HEAD) => Handler::Kv.label(),
+        (Handler::Kv, &Method::PUT | &Method::POST) => KV_WRITE_LABEL,
+        (Handler::Kv, &Method::DELETE) => KV_DELETE_LABEL,
+        (Handler::Kv, _) => OTHER_LABEL,
+        (handler, _) => handler.label(),
+    }
 }
 
 const fn route(path: &'static str, methods: &'static str, internal: bool, handler: Handler) -> Route {
@@ -165,6 +241,7 @@ fn method_not_allowed(req: &HttpRequest, route: &'static Route) -> Result<actix_
 const X_NODE: HeaderName = HeaderName::from_static("x-node");
 const X_VERSION: HeaderName = HeaderName::from_static("x-version");
 const X_EXPIRES_AT: HeaderName = HeaderName::from_static("x-expires-at");
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 #[derive(Clone, Copy)]
 struct MaxValue(usize);

@@ -3,7 +3,6 @@
 //! these reach only the checks that come before any work.
 
 use actix_web::http::StatusCode;
-use actix_web::middleware::from_fn;
 use actix_web::test::{call_service, init_service, read_body_json, TestRequest};
 use actix_web::web::ThinData;
 use actix_web::App;
@@ -34,7 +33,7 @@ macro_rules! app {
         init_service(
             App::new()
                 .app_data(ThinData($node.clone()))
-                .wrap(from_fn(super::guard::track))
+                .wrap(super::guard::Track::new($node.clone()))
                 .configure(|cfg| super::routes(cfg, 16)),
         )
     };
@@ -231,7 +230,7 @@ async fn docs_operations_md_lists_every_metric_the_node_renders() {
     let text = String::from_utf8_lossy(&actix_web::test::read_body(resp).await).into_owned();
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).expect("operations.md");
-    let names: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next()).collect();
+    let names: Vec<String> = crate::metrics::families(&text).into_iter().map(|(name, _, _)| name).collect();
     assert!(names.len() > 10, "{text}");
     let missing: Vec<_> = names.iter().filter(|n| !doc.contains(&format!("`{n}`"))).collect();
     assert!(missing.is_empty(), "docs/operations.md does not list {missing:?}");
@@ -278,7 +277,6 @@ async fn internal_routes_without_the_secret_are_401_and_change_nothing() {
             let resp = call_service(&app, req).await;
             assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{what}: {uri}");
             assert!(resp.headers().contains_key("www-authenticate"), "{what}: {uri}");
-            assert!(resp.headers().contains_key("x-request-id"), "{what}: {uri}");
             let body: serde_json::Value = read_body_json(resp).await;
             assert_eq!(body["code"], "unauthorized", "{what}: {uri}: {body}");
             assert!(body["error"].as_str().is_some_and(|e| e.contains("cluster secret")), "{body}");
@@ -349,7 +347,7 @@ async fn without_a_token_kv_is_open() {
 }
 
 #[actix_web::test]
-async fn every_answer_carries_a_request_id_kept_from_the_client_when_sane() {
+async fn the_clients_request_id_is_answered_when_sane_and_none_is_made_for_nothing() {
     let n = node();
     let app = app!(n).await;
     fn id_of<B>(resp: &actix_web::dev::ServiceResponse<B>) -> Option<String> {
@@ -358,12 +356,41 @@ async fn every_answer_carries_a_request_id_kept_from_the_client_when_sane() {
     let resp =
         call_service(&app, TestRequest::get().uri("/kv/k").insert_header(("x-request-id", "abc-1")).to_request()).await;
     assert_eq!(id_of(&resp).as_deref(), Some("abc-1"));
+    // Nothing here goes upstream or logs: no id is made (trace.rs makes one
+    // when a hop or a log line needs it; tests/security.rs follows one).
     let resp = call_service(&app, TestRequest::get().uri("/metrics").to_request()).await;
-    let made = id_of(&resp).expect("an id is made when the client sends none");
-    assert_eq!(made.len(), 16);
+    assert_eq!(id_of(&resp), None);
     let resp =
         call_service(&app, TestRequest::get().uri("/tree").insert_header(("x-request-id", "a b")).to_request()).await;
-    assert!(id_of(&resp).is_some_and(|id| id != "a b" && id.len() == 16));
+    assert_eq!(id_of(&resp), None, "an id that is not sane is not repeated");
+}
+
+#[test]
+fn each_route_has_its_own_label_and_no_path_becomes_one() {
+    use actix_web::http::Method;
+    let label = |m: Method, path: &str| super::ROUTE_LABELS[super::route_label(&m, path)];
+    assert_eq!(label(Method::GET, "/kv/a%2Fb"), "kv_read");
+    assert_eq!(label(Method::HEAD, "/kv/k"), "kv_read");
+    assert_eq!(label(Method::PUT, "/kv/k"), "kv_write");
+    assert_eq!(label(Method::POST, "/kv/k"), "kv_write");
+    assert_eq!(label(Method::DELETE, "/kv/k"), "kv_delete");
+    assert_eq!(label(Method::PATCH, "/kv/k"), "other");
+    assert_eq!(label(Method::GET, "/kv"), "kv_read", "the scope takes it: a bad key");
+    assert_eq!(label(Method::GET, "/kvx"), "other");
+    assert_eq!(label(Method::GET, "/internal/fill/k"), "fill");
+    assert_eq!(label(Method::GET, "/nowhere/at/all"), "other");
+    assert_eq!(label(Method::POST, "/health/x"), "other");
+    let mut seen = std::collections::BTreeSet::new();
+    for route in super::ROUTES {
+        let method = route.methods().next().and_then(|m| Method::from_bytes(m.as_bytes()).ok()).expect("a method");
+        let l = label(method, &route.path.replace("{key}", "k"));
+        assert_ne!(l, "other", "{}", route.path);
+        if route.path != super::KV.path {
+            let name = route.path.trim_end_matches("/{key}").rsplit('/').next();
+            assert_eq!(Some(l), name, "a route's label is its last path segment");
+        }
+        assert!(seen.insert(l), "{} shares its label {l}", route.path);
+    }
 }
 
 #[actix_web::test]

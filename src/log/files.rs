@@ -422,7 +422,7 @@ impl Writer {
         if let Err(e) = result {
             fatal("fsync of", &self.path(), e);
         }
-        self.stats.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        self.stats.fsync_seconds.observe(started.elapsed());
         self.stats.records_synced.fetch_add(self.unsynced_records, Ordering::Relaxed);
         self.unsynced_records = 0;
         self.dirty = false;

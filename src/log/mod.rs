@@ -25,6 +25,12 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Fsync;
 use crate::metrics::Histogram;
 use crate::store::{Update, WriteId};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
 
 pub use files::{SEGMENT_PREFIX, SNAPSHOT_PREFIX};
 
@@ -113,7 +119,7 @@ impl LogError {
 }
 
 /// The log's figures for `/metrics`.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Stats {
     /// Bytes in the segment files.
     pub log_bytes: AtomicU64,
@@ -129,23 +135,45 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Appends the log's metrics in Prometheus text (see `crate::metrics`).
-    pub fn render(&self, out: &mut String) {
-        use crate::metrics::{write_counter, write_gauge};
+    /// The log's figures as a collector for the node's metrics registry
+    /// (see `crate::metrics`): read from these atomics at each scrape.
+    pub fn collector(self: &Arc<Self>) -> Box<dyn Collector> {
+        Box::new(LogMetrics(self.clone()))
+    }
+}
+
+#[derive(Debug)]
+struct LogMetrics(Arc<Stats>);
+
+impl Collector for LogMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let s = &self.0;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        write_gauge(out, "log_bytes", "Bytes in the commit log's segment files.", get(&self.log_bytes) as f64);
-        write_gauge(out, "log_segments", "Commit log segment files.", get(&self.segments) as f64);
-        let last = get(&self.last_snapshot_version) as f64;
-        write_gauge(out, "log_last_snapshot_version", "Highest version in the newest snapshot.", last);
-        write_counter(out, "log_records", "Records appended to the commit log.", get(&self.records));
-        let synced = get(&self.records_synced);
-        write_counter(out, "log_records_synced", "Records covered by commit log fsyncs.", synced);
-        let fsyncs = self.fsync_seconds.count();
-        write_counter(out, "log_fsyncs", "Commit log fdatasync calls.", fsyncs);
+        let mut gauge = |name: &str, help: &str, value: f64| {
+            ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+        };
+        gauge("log_bytes", "Bytes in the commit log's segment files.", get(&s.log_bytes) as f64)?;
+        gauge("log_segments", "Commit log segment files.", get(&s.segments) as f64)?;
+        let last = get(&s.last_snapshot_version) as f64;
+        gauge("log_last_snapshot_version", "Highest version in the newest snapshot.", last)?;
+        let synced = get(&s.records_synced);
+        let fsyncs = s.fsync_seconds.count();
         let per = if fsyncs == 0 { 0.0 } else { synced as f64 / fsyncs as f64 };
-        write_gauge(out, "log_records_per_fsync", "Records per fsync since start (group commit).", per);
-        write_counter(out, "log_snapshots", "Snapshots written.", get(&self.snapshots));
-        self.fsync_seconds.render("log_fsync_seconds", "Commit log fdatasync latency.", out);
+        gauge("log_records_per_fsync", "Records per fsync since start (group commit).", per)?;
+        let mut counter = |name: &str, help: &str, value: u64| {
+            ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
+        };
+        counter("log_records", "Records appended to the commit log.", get(&s.records))?;
+        counter("log_records_synced", "Records covered by commit log fsyncs.", synced)?;
+        counter("log_fsyncs", "Commit log fdatasync calls.", fsyncs)?;
+        counter("log_snapshots", "Snapshots written.", get(&s.snapshots))?;
+        let help = "Commit log fdatasync latency.";
+        s.fsync_seconds.encode(encoder.encode_descriptor(
+            "log_fsync",
+            help,
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?)
     }
 }
 
@@ -216,7 +244,7 @@ impl CommitLog {
         &self.shared.dir
     }
 
-    pub fn stats(&self) -> &Stats {
+    pub fn stats(&self) -> &Arc<Stats> {
         &self.shared.stats
     }
 

@@ -106,6 +106,21 @@ impl Node {
         Ok(client)
     }
 
+    /// The ZooKeeper session's state, as `treecache_zk_session_state`
+    /// names it ([`crate::metrics::ZK_STATES`]).
+    pub fn zk_state(&self) -> &'static str {
+        use zookeeper_client::SessionState as S;
+        match self.inner.membership.zk.lock().as_ref().map(Client::state) {
+            None => "none",
+            Some(S::Disconnected) => "disconnected",
+            Some(S::SyncConnected) => "sync_connected",
+            Some(S::AuthFailed) => "auth_failed",
+            Some(S::ConnectedReadOnly) => "connected_read_only",
+            Some(S::Expired) => "expired",
+            Some(S::Closed) => "closed",
+        }
+    }
+
     /// This node's id once granted (a standby root's too).
     pub fn node_id(&self) -> Option<NodeId> {
         self.my_id()

@@ -173,6 +173,10 @@ impl Node {
         let upstream = Arc::new(tokio::sync::Semaphore::new(args.max_upstream_requests as usize));
         let (shutdown, _) = watch::channel(false);
         let store = if args.max_memory.is_some() { Store::bounded() } else { Store::new() };
+        let mut metrics = Metrics::default();
+        if let Some(log) = &log {
+            metrics.add_collector(log.stats().collector());
+        }
         let node = Node {
             inner: Arc::new(Inner {
                 url: args.advertise_url(),
@@ -184,7 +188,7 @@ impl Node {
                 http,
                 guard,
                 upstream,
-                metrics: Metrics::default(),
+                metrics,
                 place: RwLock::new(None),
                 epoch: AtomicU64::new(0),
                 versions: AtomicU64::new(0),
@@ -427,7 +431,7 @@ pub async fn run_from_args(args: NodeArgs) -> std::result::Result<(), String> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(ThinData(app_node.clone()))
-            .wrap(actix_web::middleware::from_fn(crate::http::guard::track))
+            .wrap(crate::http::guard::Track::new(app_node.clone()))
             .configure(|cfg| crate::http::routes(cfg, max_body))
     })
     .workers(WORKERS as usize)

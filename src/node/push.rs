@@ -9,6 +9,13 @@
 //! held or expected; keys not held are named in the reply, and the parent
 //! forgets this node as their holder. Batches are bounded in count and
 //! bytes, so large values never make a batch too big to be taken.
+//!
+//! Push lag: the root stamps each commit with its wall-clock time, the
+//! time travels with the update down every hop ([`crate::wire::Push`]), and
+//! each node observes now − commit time in `treecache_push_lag_seconds`
+//! for every pushed update it has afterwards (applied now, or held already
+//! because the write's own answer brought it first: then the figure is an
+//! upper bound). Across hosts the figure includes their clock skew.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,11 +27,11 @@ use tokio::sync::Notify;
 
 use super::write::BATCH_BYTES;
 use super::Node;
-use crate::clock::Time;
+use crate::clock::{now_us, Time};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::store::{Applied, NodeId, Update};
-use crate::wire::{Peer, PushReply};
+use crate::wire::{Peer, Push, PushReply};
 
 /// Most updates in one push request, and most bytes (at least one update
 /// goes, whatever its size).
@@ -33,7 +40,7 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PushQueue {
     peer: Peer,
-    pending: Mutex<HashMap<String, Update>>,
+    pending: Mutex<HashMap<String, Push>>,
     notify: Notify,
     closed: AtomicBool,
 }
@@ -43,38 +50,39 @@ impl PushQueue {
         PushQueue { peer, pending: Mutex::new(HashMap::new()), notify: Notify::new(), closed: AtomicBool::new(false) }
     }
 
-    fn enqueue(&self, update: &Update) {
+    fn enqueue(&self, update: &Update, committed_us: Option<u64>) {
         {
             let mut pending = self.pending.lock();
+            let push = || Push { update: update.clone(), committed_us };
             match pending.get_mut(&update.key) {
-                Some(queued) if queued.version >= update.version => {}
-                Some(queued) => *queued = update.clone(),
+                Some(queued) if queued.update.version >= update.version => {}
+                Some(queued) => *queued = push(),
                 None => {
-                    pending.insert(update.key.clone(), update.clone());
+                    pending.insert(update.key.clone(), push());
                 }
             }
         }
         self.notify.notify_one();
     }
 
-    fn requeue(&self, batch: Vec<Update>) {
+    fn requeue(&self, batch: Vec<Push>) {
         let mut pending = self.pending.lock();
-        for u in batch {
-            match pending.get(&u.key) {
-                Some(newer) if newer.version >= u.version => {}
+        for p in batch {
+            match pending.get(&p.update.key) {
+                Some(newer) if newer.update.version >= p.update.version => {}
                 _ => {
-                    pending.insert(u.key.clone(), u);
+                    pending.insert(p.update.key.clone(), p);
                 }
             }
         }
     }
 
-    fn take(&self) -> Vec<Update> {
+    fn take(&self) -> Vec<Push> {
         let mut pending = self.pending.lock();
         let mut keys = Vec::new();
         let mut bytes = 0;
-        for (key, u) in pending.iter() {
-            let size = crate::wire::encoded_len(u);
+        for (key, p) in pending.iter() {
+            let size = crate::wire::encoded_len(&p.update);
             if !keys.is_empty() && (keys.len() >= PUSH_BATCH || bytes + size > BATCH_BYTES) {
                 break;
             }
@@ -130,15 +138,22 @@ impl Node {
         }
     }
 
-    /// Queues `update` for each of `holders` that is a child of ours.
+    /// Queues `update` for each of `holders` that is a child of ours,
+    /// without a commit time (a fill's answer, a write's answer).
     pub(super) fn push_to(&self, holders: &[NodeId], update: &Update) {
+        self.push_committed(holders, update, None);
+    }
+
+    /// Queues `update`, committed by the root at `committed_us` (wall
+    /// clock, µs) when known, for each of `holders` that is a child of ours.
+    pub(super) fn push_committed(&self, holders: &[NodeId], update: &Update, committed_us: Option<u64>) {
         if holders.is_empty() {
             return;
         }
         let queues = self.inner.pushers.lock();
         for h in holders {
             if let Some(q) = queues.get(h) {
-                q.enqueue(update);
+                q.enqueue(update, committed_us);
             }
         }
     }
@@ -207,7 +222,8 @@ impl Node {
             }
             let sent_at = self.inner.store.tick_now();
             if log::log_enabled!(log::Level::Debug) {
-                let what: Vec<String> = batch.iter().take(16).map(|u| format!("{}@{}", u.key, u.version)).collect();
+                let what: Vec<String> =
+                    batch.iter().take(16).map(|p| format!("{}@{}", p.update.key, p.update.version)).collect();
                 log::debug!("push to child {} gen {generation}: {}", q.peer.id, what.join(" "));
             }
             match self.send_push(&q.peer, &batch, generation).await {
@@ -237,20 +253,21 @@ impl Node {
         }
     }
 
-    async fn send_push(&self, child: &Peer, batch: &[Update], generation: u64) -> Result<PushReply> {
+    async fn send_push(&self, child: &Peer, batch: &[Push], generation: u64) -> Result<PushReply> {
         let url = format!("{}/internal/push", child.url);
-        let body = crate::wire::encode_updates(batch);
+        let body = crate::wire::encode_pushes(batch);
         self.post_internal(self.inner.http.clone(), &child.url, &url, body, PUSH_TIMEOUT, generation).await
     }
 
     /// `POST /internal/push` from node `from`: apply what is newer and
-    /// held, pass it on to our own holders, name what we do not hold. Only
+    /// held, pass it on to our own holders (with its commit time), name
+    /// what we do not hold, and observe the push lag of what we have. Only
     /// our parent may push to us.
     pub fn receive_push(
         &self,
         from: NodeId,
         generation: u64,
-        updates: Vec<Update>,
+        pushes: Vec<Push>,
         tick: Option<u64>,
     ) -> Result<PushReply> {
         let store = &self.inner.store;
@@ -261,15 +278,21 @@ impl Node {
             store.note_parent_tick(ours, tick);
         }
         let metrics = &self.inner.metrics;
-        Metrics::add(&metrics.pushes_received, updates.len() as u64);
+        Metrics::add(&metrics.pushes_received, pushes.len() as u64);
+        Metrics::inc(&metrics.push_batches_received);
         let mut reply = PushReply::default();
         let t = Time::now();
-        for u in updates {
+        let now = now_us();
+        for Push { update: u, committed_us } in pushes {
             log::debug!("push from {from} gen {generation}: {}@{}", u.key, u.version);
-            match store.apply_push(&u, t) {
+            let applied = store.apply_push(&u, t);
+            if let (Some(at), Applied::Newer { .. } | Applied::Stale) = (committed_us, &applied) {
+                metrics.push_lag.observe(Duration::from_micros(now.saturating_sub(at)));
+            }
+            match applied {
                 Applied::Newer { holders } => {
                     Metrics::inc(&metrics.pushes_applied);
-                    self.push_to(&holders, &u);
+                    self.push_committed(&holders, &u, committed_us);
                 }
                 Applied::Stale => {}
                 Applied::NotHeld => {

@@ -20,7 +20,7 @@ use super::{Node, UPSTREAM_TIMEOUT};
 use crate::clock::Time;
 use crate::coherence::Decision;
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Upstream};
 use crate::store::{Applied, Lookup, Millis, NodeId, Update, Version};
 
 /// Whether a read was answered from this node's store.
@@ -241,7 +241,13 @@ impl Node {
         // Freshness counts from when we asked, not from when the answer came.
         let asked = Time::now();
         store.expect(key);
+        let started = std::time::Instant::now();
         let outcome = self.request_fill(&parent.url, key, place.topology.id, read, generation).await;
+        match outcome {
+            FillOutcome::Overloaded { .. } => {} // not sent
+            FillOutcome::Failed { .. } => self.inner.metrics.upstream(Upstream::Fill, false, started.elapsed()),
+            _ => self.inner.metrics.upstream(Upstream::Fill, true, started.elapsed()),
+        }
         if generation == store.generation() {
             match &outcome {
                 FillOutcome::Found { version, value, expires_at } => {

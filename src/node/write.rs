@@ -34,9 +34,9 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
 
 use super::Node;
-use crate::clock::{mono_ms, now_ms, Time};
+use crate::clock::{mono_ms, now_ms, now_us, Time};
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Upstream};
 use crate::store::{check_key, Applied, Committed, NodeId, Update, WriteId};
 use crate::wire::{self, Write, WriteResult, WriteResults};
 
@@ -324,11 +324,12 @@ impl Node {
             return Err(Error::InsyncBelowMin { have, need });
         }
         let (result, push) = self.commit_one(update, None);
+        let committed_us = now_us();
         if let Some((update, _)) = &push {
             self.make_durable(std::slice::from_ref(&(update.clone(), None))).await?;
         }
         if let Some((update, holders)) = push {
-            self.push_to(&holders, &update);
+            self.push_committed(&holders, &update, Some(committed_us));
         }
         Ok(result)
     }
@@ -368,13 +369,14 @@ impl Node {
                 }
             }
         }
+        let committed_us = now_us();
         if !durable.is_empty() || seen_before {
             // A write seen before may still be on its way to disk in
             // another batch: waiting covers everything appended so far.
             self.make_durable(&durable).await?;
         }
         for (update, holders) in pushes {
-            self.push_to(&holders, &update);
+            self.push_committed(&holders, &update, Some(committed_us));
         }
         Ok(results)
     }
@@ -597,7 +599,8 @@ impl Node {
         Metrics::inc(&self.inner.metrics.upstream_requests);
         let url = format!("{}/internal/write?child={}", parent.url, place.topology.id);
         let writes: Vec<Write> = batch.iter().map(|p| p.write.clone()).collect();
-        let results: WriteResults = self
+        let started = std::time::Instant::now();
+        let results: Result<WriteResults> = self
             .post_internal(
                 self.inner.http.clone(),
                 &parent.url,
@@ -606,7 +609,9 @@ impl Node {
                 UPLINK_TIMEOUT,
                 self.inner.store.generation(),
             )
-            .await?;
+            .await;
+        self.inner.metrics.upstream(Upstream::Write, results.is_ok(), started.elapsed());
+        let results = results?;
         if results.results.len() != batch.len() {
             return Err(Error::Internal(format!(
                 "{url} answered {} results for {} writes",

@@ -6,12 +6,14 @@
 //! - [`report`]: HDR-histogram figures, the consistency check, text and JSON.
 //! - [`topo`]: finding the tree from one URL.
 //! - [`scenarios`]: hit, miss, write, mixed, converge and url.
+//! - [`lag`]: `converge`'s reading of the nodes' push-lag histograms.
 //! - [`scale`]: start N node processes, time their registration, read their RSS.
 //!
 //! Flags are checked here into a [`Plan`] before any request is sent, so a
 //! bad flag is a clear error and no load.
 
 pub mod dist;
+pub mod lag;
 pub mod load;
 pub mod policy;
 pub mod report;
@@ -173,6 +175,10 @@ pub struct BenchArgs {
     /// `converge`: stop waiting for a write to reach every holder after this long.
     #[arg(long, env = "TREECACHE_BENCH_CONVERGE_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub converge_timeout: Duration,
+    /// `converge`: do not poll the holders; read convergence only from
+    /// their push-lag histograms (`/metrics`), which costs the tree nothing.
+    #[arg(long, env = "TREECACHE_BENCH_NO_POLL")]
+    pub no_poll: bool,
     /// `scale`: node processes to start, the root included.
     #[arg(long, env = "TREECACHE_BENCH_NODES", default_value_t = 15)]
     pub nodes: usize,
@@ -225,6 +231,8 @@ pub struct Plan {
     pub prefill: bool,
     pub poll_interval: Duration,
     pub converge_timeout: Duration,
+    /// `converge`: poll every holder (else read only the push-lag histograms).
+    pub poll: bool,
     pub scale_nodes: usize,
     pub fanout: u32,
     pub zk: Option<String>,
@@ -362,6 +370,7 @@ impl BenchArgs {
             prefill: !self.no_prefill,
             poll_interval: self.poll_interval,
             converge_timeout: self.converge_timeout,
+            poll: !self.no_poll,
             scale_nodes: self.nodes,
             fanout: self.fanout,
             zk: self.zk.clone(),

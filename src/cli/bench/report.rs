@@ -193,12 +193,17 @@ pub struct LevelCost {
     pub p99_us: f64,
 }
 
-/// The converge scenario: time from a write's send until every holder serves it.
+/// The converge scenario: time from a write's send until every holder
+/// serves it (polled), and from the root's commit until each node has it
+/// (the nodes' own push-lag histograms).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Converge {
     pub writer: String,
     pub holders: usize,
     pub writes: u64,
+    /// False with `--no-poll`: the counts and latencies below stay 0.
+    #[serde(default = "polled_by_default")]
+    pub polled: bool,
     pub converged: u64,
     pub not_converged: u64,
     /// Until the last holder served the new version.
@@ -206,6 +211,15 @@ pub struct Converge {
     /// Until each single holder served it.
     pub per_holder: Latency,
     pub polls: u64,
+    /// From `/metrics` of every node before and after the writes; `None`
+    /// when no node exported `treecache_push_lag_seconds`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub push_lag: Option<super::lag::PushLag>,
+}
+
+/// Reports from before `--no-poll` always polled.
+fn polled_by_default() -> bool {
+    true
 }
 
 /// The scale scenario: node processes started, registered, and their memory.
@@ -322,7 +336,7 @@ impl Report {
                 return Err("the total is not the sum of the phases".into());
             }
         }
-        if let Some(c) = &self.converge {
+        if let Some(c) = self.converge.as_ref().filter(|c| c.polled) {
             if c.converged + c.not_converged != c.writes {
                 return Err(format!(
                     "converge: {} converged + {} not converged != {} writes",
@@ -409,13 +423,33 @@ impl Report {
             );
         }
         if let Some(c) = &self.converge {
-            let _ = writeln!(
-                out,
-                "  converge: {} writes at {}, {} holders, {} converged, {} did not ({} polls)",
-                c.writes, c.writer, c.holders, c.converged, c.not_converged, c.polls
-            );
-            let _ = writeln!(out, "    every holder: {}", c.all_holders.line());
-            let _ = writeln!(out, "    each holder:  {}", c.per_holder.line());
+            if c.polled {
+                let _ = writeln!(
+                    out,
+                    "  converge: {} writes at {}, {} holders, {} converged, {} did not ({} polls)",
+                    c.writes, c.writer, c.holders, c.converged, c.not_converged, c.polls
+                );
+                let _ = writeln!(out, "    every holder: {}", c.all_holders.line());
+                let _ = writeln!(out, "    each holder:  {}", c.per_holder.line());
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  converge: {} writes at {}, {} holders (not polled)",
+                    c.writes, c.writer, c.holders
+                );
+            }
+            if let Some(l) = &c.push_lag {
+                let _ = writeln!(
+                    out,
+                    "    push lag, root commit to node (/metrics of {} nodes, {} updates): p50 {}  p90 {}  p99 {}  (mean {})",
+                    l.nodes,
+                    l.updates,
+                    ms(l.p50_us),
+                    ms(l.p90_us),
+                    ms(l.p99_us),
+                    ms(l.mean_us)
+                );
+            }
         }
         if let Some(sc) = &self.scale {
             let _ = writeln!(
@@ -546,8 +580,10 @@ mod tests {
         r.phases[0].latency.p90_us = r.phases[0].latency.max_us + 1;
         assert!(r.check().unwrap_err().contains("ordered"));
         let mut r = report(&[tally(3, 0, 0, 0, &[])]);
-        r.converge = Some(Converge { writes: 3, converged: 2, not_converged: 0, ..Default::default() });
+        r.converge = Some(Converge { writes: 3, polled: true, converged: 2, not_converged: 0, ..Default::default() });
         assert!(r.check().unwrap_err().contains("converge"));
+        r.converge = Some(Converge { writes: 3, polled: false, ..Default::default() });
+        assert!(r.check().is_ok(), "not polled: nothing to add up");
     }
 
     #[test]

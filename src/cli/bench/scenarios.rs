@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use super::dist::{KeyChooser, ValuePool};
+use super::lag::{LagHistogram, PushLag};
 use super::load::{self, Answer, Connections, Load, Method, Request, Workload};
 use super::report::{self, Converge, Latency, Level, LevelCost, Phase, Report, Tally};
 use super::topo::{self, TreeNode};
@@ -423,7 +424,8 @@ struct ConvergeWrites {
     prefix: String,
     chooser: KeyChooser,
     values: ValuePool,
-    tracker: Arc<Tracker>,
+    /// `None` with `--no-poll`.
+    tracker: Option<Arc<Tracker>>,
 }
 
 impl Workload for ConvergeWrites {
@@ -439,11 +441,53 @@ impl Workload for ConvergeWrites {
     }
 
     fn answered(&self, req: &Request, answer: &Answer) {
-        if let Some(v) = answer.version {
-            let task = tokio::spawn(self.tracker.clone().follow(req.key, v, answer.sent));
-            self.tracker.state.lock().tasks.push(task);
+        if let (Some(v), Some(tracker)) = (answer.version, &self.tracker) {
+            let task = tokio::spawn(tracker.clone().follow(req.key, v, answer.sent));
+            tracker.state.lock().tasks.push(task);
         }
     }
+}
+
+/// Every node's push-lag histogram (`None` for a node that did not answer
+/// or exports none).
+async fn scrape_lags(http: &reqwest::Client, nodes: &[String]) -> Vec<Option<LagHistogram>> {
+    let scrapes = nodes.iter().map(|n| async move {
+        let text = http.get(format!("{n}/metrics")).send().await.ok()?.text().await.ok()?;
+        LagHistogram::parse(&text)
+    });
+    futures::future::join_all(scrapes).await
+}
+
+fn total_count(lags: &[Option<LagHistogram>]) -> u64 {
+    lags.iter().flatten().map(LagHistogram::count).sum()
+}
+
+/// The histograms once pushes have stopped arriving: scraped until two
+/// scrapes a little apart count the same (or `limit` passes).
+async fn settled_lags(http: &reqwest::Client, nodes: &[String], limit: Duration) -> Vec<Option<LagHistogram>> {
+    let deadline = Instant::now() + limit;
+    let mut last = scrape_lags(http, nodes).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = scrape_lags(http, nodes).await;
+        if total_count(&now) == total_count(&last) || Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// The run's push lag over every node scraped both before and after.
+fn push_lag(before: &[Option<LagHistogram>], after: &[Option<LagHistogram>]) -> Option<PushLag> {
+    let mut total = LagHistogram::default();
+    let mut nodes = 0;
+    for (b, a) in before.iter().zip(after) {
+        if let (Some(b), Some(a)) = (b, a) {
+            total.add(&a.since(b));
+            nodes += 1;
+        }
+    }
+    (nodes > 0).then(|| PushLag::of(&total, nodes))
 }
 
 async fn converge(plan: &Plan, conns: &Connections) -> Result<Report, String> {
@@ -468,7 +512,7 @@ async fn converge(plan: &Plan, conns: &Connections) -> Result<Report, String> {
     let tracker = Arc::new(Tracker {
         holders: holders.clone(),
         prefix: prefix.clone(),
-        http: poll_http,
+        http: poll_http.clone(),
         poll_interval: plan.poll_interval,
         timeout: plan.converge_timeout,
         state: Mutex::new(TrackState {
@@ -485,24 +529,28 @@ async fn converge(plan: &Plan, conns: &Connections) -> Result<Report, String> {
         prefix,
         chooser: plan.chooser.clone(),
         values: ValuePool::new(plan.sizes, &mut StdRng::from_entropy()),
-        tracker: tracker.clone(),
+        tracker: plan.poll.then(|| tracker.clone()),
     };
+    let lags_before = scrape_lags(&poll_http, &holders).await;
     let (phase, _, _) = load::run("writes", vec![writer.clone()], &plan.load, conns, Arc::new(workload)).await?;
     // Every follow ends by its deadline, so this wait is bounded.
     let tasks = std::mem::take(&mut tracker.state.lock().tasks);
     for t in tasks {
         let _ = t.await;
     }
+    let lags_after = settled_lags(&poll_http, &holders, plan.converge_timeout).await;
     let state = tracker.state.lock();
     let converge = Converge {
         writer,
         holders: holders.len(),
         writes: phase.ok,
+        polled: plan.poll,
         converged: state.converged,
         not_converged: state.not_converged,
         all_holders: Latency::of(&state.all),
         per_holder: Latency::of(&state.each),
         polls: state.polls,
+        push_lag: push_lag(&lags_before, &lags_after),
     };
     let mut report = single(plan, phase);
     if converge.not_converged > 0 {
@@ -510,6 +558,9 @@ async fn converge(plan: &Plan, conns: &Connections) -> Result<Report, String> {
             "{} writes did not reach every holder within {:?}",
             converge.not_converged, plan.converge_timeout
         ));
+    }
+    if converge.push_lag.is_none() {
+        report.notes.push("no node exported treecache_push_lag_seconds: no push lag".into());
     }
     report.notes.push(format!("tree: {} nodes, depth {}", place.tree.len(), max_depth(&place.tree)));
     report.converge = Some(converge);
