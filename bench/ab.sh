@@ -5,33 +5,80 @@
 #
 # usage: bench/ab.sh write|hit OLD_BIN NEW_BIN [ROUNDS]   (needs jq)
 #   write: ack=parent (16 conns) and ack=root (64 writers) at the deepest node
-#   hit:   leaf hits, 16 conns, 10k keys
+#   hit:   leaf hits, 16 conns, 10k keys; then the tree's CPU per hit: the
+#          node processes' utime+stime (/proc) over 200k hits of keys the
+#          leaves hold, divided by the hits (steadier than throughput on a
+#          shared machine: a neighbour's load slows a run, it does not add
+#          to our processes' CPU time)
+# AB_CLIENT=BIN: the load generator for both builds (default: each build's
+# own `treecache bench`, which then differs too).
 set -euo pipefail
 SCENARIO=$1; OLD=$2; NEW=$3; ROUNDS=${4:-2}
 case "$SCENARIO" in write|hit) ;; *) echo "bench/ab.sh: scenario is write or hit, not '$SCENARIO'" >&2; exit 2;; esac
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+UP_PID=
+cleanup() {
+    if [ -n "$UP_PID" ]; then kill -TERM "$UP_PID" 2>/dev/null || true; wait "$UP_PID" 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+TICKS=$(getconf CLK_TCK)
+# utime+stime, in clock ticks, of the tree's node processes (children of up).
+node_ticks() {
+    local total=0 p
+    for p in $(ps --ppid "$1" -o pid=); do
+        [ "$(cat "/proc/$p/comm" 2>/dev/null)" = treecache ] || continue
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    done
+    echo "$total"
+}
 measure() {
-    local bin=$1 root=$2
-    rps() { "$bin" bench "$@" --root "$root" -d 8s --value-size 100 --json --quiet | jq -r '.total.throughput_rps'; }
+    local bin=$1 root=$2 client=${AB_CLIENT:-$1}
+    rps() { "$client" bench "$@" --root "$root" -d 8s --value-size 100 --json --quiet | jq -r '.total.throughput_rps'; }
     case "$SCENARIO" in
         write) echo "ack=parent(16 conns) $(rps write --ack parent -c 16) req/s   ack=root(64 writers) $(rps write --ack root -c 64) req/s" ;;
-        hit) echo "leaf hit(16 conns) $(rps hit -c 16 --warmup 1s --keys 10000) req/s" ;;
+        hit)
+            local rate t0 t1 hits
+            rate=$(rps hit -c 16 --warmup 1s --keys 10000)
+            # The first 1000 keys, held at every leaf already: every request a hit
+            # (the 4 leaves' warm-up reads included in the count).
+            t0=$(node_ticks "$UP_PID")
+            hits=$("$client" bench hit --root "$root" -c 16 --keys 1000 --no-prefill -n 200000 --value-size 100 --json --quiet | jq -r '.total.ok')
+            t1=$(node_ticks "$UP_PID")
+            echo "leaf hit(16 conns) $rate req/s   cpu/hit $(awk -v t=$((t1 - t0)) -v hz="$TICKS" -v n="$hits" 'BEGIN {printf "%.2f", t / hz * 1e6 / (n + 4000)}') us"
+            ;;
     esac
+}
+# Starts a tree with `up`; true once it is up (within 90 s).
+start_tree() {
+    local label=$1 bin=$2
+    "$bin" up --nodes 7 >"$WORK/up-$label.log" 2>&1 &
+    UP_PID=$!
+    local deadline=$((SECONDS + 90))
+    until grep -q 'Ctrl-C stops the tree' "$WORK/up-$label.log" 2>/dev/null; do
+        if [ $SECONDS -ge $deadline ] || ! kill -0 "$UP_PID" 2>/dev/null; then
+            tail "$WORK/up-$label.log" >&2
+            kill -TERM "$UP_PID" 2>/dev/null || true; wait "$UP_PID" 2>/dev/null || true
+            UP_PID=
+            return 1
+        fi
+        sleep 0.2
+    done
 }
 one() {
     local label=$1 bin=$2
-    "$bin" up --nodes 7 >"$WORK/up-$label.log" 2>&1 &
-    local pid=$!
-    local deadline=$((SECONDS + 90))
-    until grep -q 'Ctrl-C stops the tree' "$WORK/up-$label.log" 2>/dev/null; do
-        [ $SECONDS -lt $deadline ] || { tail "$WORK/up-$label.log" >&2; kill $pid; exit 1; }
-        sleep 0.2
-    done
+    # A private ZooKeeper's JVM sometimes starts too slowly on a loaded
+    # machine: one more try before giving up.
+    start_tree "$label" "$bin" || { echo "bench/ab.sh: $label: up failed, trying again" >&2; start_tree "$label" "$bin"; } || exit 1
+    # The root's URL: its "node N URL root" line, or, when up could not
+    # reach its /health in time (a busy machine), the tree's heading.
     local root
-    root=$(grep -E '^node .* root ' "$WORK/up-$label.log" | grep -oE 'http://[0-9.:]+' | head -1)
+    root=$(grep -E '^node .* root ' "$WORK/up-$label.log" | grep -oE 'http://[0-9.:]+' | head -1 || true)
+    [ -n "$root" ] || root=$(grep -oE 'root [0-9]+ at http://[0-9.:]+' "$WORK/up-$label.log" | grep -oE 'http://[0-9.:]+' | head -1 || true)
+    [ -n "$root" ] || { cat "$WORK/up-$label.log" >&2; exit 1; }
     echo "$label $(measure "$bin" "$root")"
-    kill -TERM $pid; wait $pid 2>/dev/null || true
+    kill -TERM "$UP_PID"; wait "$UP_PID" 2>/dev/null || true
+    UP_PID=
 }
 for _ in $(seq "$ROUNDS"); do
     one before "$OLD"

@@ -19,7 +19,8 @@
 //!   path: per-child coalescing queues.
 //! - [`http`]: actix routes: public `/kv`, admin (`/health`, `/tree`,
 //!   `/metrics`, `/dump`), registration and the internal node-to-node routes.
-//! - [`metrics`]: counters rendered as Prometheus text.
+//! - [`metrics`]: one prometheus-client registry per node: counters, gauges,
+//!   `_seconds` histograms (request latency, upstream, push lag), OpenMetrics text.
 //! - [`zkserver`]: a private ZooKeeper from the installed package (tests, `up`).
 //! - [`cli`]: `up`, `tree`, `get|put|del`, `bench`.
 //!

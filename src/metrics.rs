@@ -225,7 +225,7 @@ impl Metrics {
         self.upstream.observe([request as usize, usize::from(!ok)], took);
     }
 
-    /// Requests recorded for `route` and `outcome` (tests, the bench).
+    /// Requests recorded for `route` and `outcome`.
     pub fn requests_count(&self, route: usize, outcome: Outcome) -> u64 {
         self.requests.count([route, outcome as usize])
     }

@@ -340,6 +340,17 @@ mod tests {
         ]
     }
 
+    /// A batch of one update of key `k` up to its flags byte.
+    fn one_update_of_key_k(version: u64, flags: u8) -> BytesMut {
+        let mut buf = BytesMut::new();
+        buf.put_u32(1);
+        buf.put_u16(1);
+        buf.put_slice(b"k");
+        buf.put_u64(version);
+        buf.put_u8(flags);
+        buf
+    }
+
     fn pushes() -> Vec<Push> {
         sample()
             .into_iter()
@@ -363,12 +374,7 @@ mod tests {
     fn a_batch_without_commit_times_is_the_format_from_before_them() {
         // Byte for byte what a node built before commit times sends: no
         // flag bit 4, no field; such a batch still decodes.
-        let mut old = BytesMut::new();
-        old.put_u32(1);
-        old.put_u16(1);
-        old.put_slice(b"k");
-        old.put_u64(9);
-        old.put_u8(HAS_VALUE);
+        let mut old = one_update_of_key_k(9, HAS_VALUE);
         old.put_u32(2);
         old.put_slice(b"v1");
         let old = old.freeze();
@@ -420,12 +426,7 @@ mod tests {
 
     #[test]
     fn unknown_flags_are_refused() {
-        let mut buf = BytesMut::new();
-        buf.put_u32(1);
-        buf.put_u16(1);
-        buf.put_slice(b"k");
-        buf.put_u64(1);
-        buf.put_u8(0x40);
+        let buf = one_update_of_key_k(1, 0x40);
         assert!(decode_pushes(&buf.freeze()).unwrap_err().contains("unknown flags"));
     }
 

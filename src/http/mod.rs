@@ -6,9 +6,9 @@
 //! - [`admin`]: `/health`, `/tree`, `/metrics`, `/dump`.
 //! - [`internal`]: registration and the node-to-node routes (fills,
 //!   forwarded writes, pushes, topology, clear, leave, invalidate, dropped).
-//! - [`guard`]: middleware: request ids and the access log around
-//!   everything, the cluster secret around every internal route, the API
-//!   token around `/kv`, `/metrics`, `/dump`.
+//! - [`guard`]: middleware: request ids, request latency and the access
+//!   log around everything, the cluster secret around every internal
+//!   route, the API token around `/kv`, `/metrics`, `/dump`.
 
 mod admin;
 pub mod guard;
