@@ -103,7 +103,7 @@ fn store_writes(c: &mut Criterion) {
     g.bench_function("apply_push_not_held", |b| {
         let u =
             Update { key: "session:nobody".into(), version: u64::MAX, value: Some(value.clone()), expires_at: None };
-        b.iter(|| black_box(store.apply_push(black_box(&u), T)))
+        b.iter(|| black_box(store.apply_push(black_box(&u), T, store.generation())))
     });
     g.finish();
 }

@@ -175,6 +175,11 @@ pub struct NodeArgs {
     /// sending it. Never set in production.
     #[arg(long, env = "TREECACHE_FAULT_PUSH_DELAY_MS", hide = true, default_value_t = 0)]
     pub fault_push_delay_ms: u64,
+    /// Fault injection for tests: when the parent answers a write batch,
+    /// hold the answer this long before settling it (so a reset, or a
+    /// resend from a child, can come first). Never set in production.
+    #[arg(long, env = "TREECACHE_FAULT_SETTLE_DELAY_MS", hide = true, default_value_t = 0)]
+    pub fault_settle_delay_ms: u64,
     /// Fault injection for tests: the first N write batches this node
     /// answers are settled (committed at the root) and then answered 500,
     /// as if the answer were lost. Never set in production.

@@ -195,6 +195,7 @@ metrics! {
         children: "Children attached",
         epoch: "Root epoch this node follows",
         uplink_pending: "Writes this node holds that its parent has not taken yet (queued or in flight)",
+        push_queued: "Updates waiting in this node's push queues, not yet taken into a batch for a child (coalesced by key)",
         insync_roots: "Roots holding every acknowledged write (the leader and its in-sync standbys), at the leader; 0 elsewhere",
     }
 }

@@ -162,6 +162,31 @@ pub enum Committed {
     Absent,
 }
 
+/// How an answer to a request this node sent its parent (a fill, a write
+/// batch) may be stored: see [`Store::apply_answer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The store generation the request was sent in: a reset since means
+    /// the answer may come from a parent that is no longer ours.
+    pub sent_in: u64,
+    /// The parent recorded this node as a holder of the key in its own
+    /// current generation when it answered (or needs no record: ttl mode),
+    /// so it will pass on every later change. Without that the answer is
+    /// stored, but not as current: the node revalidates before serving it.
+    pub confirmed: bool,
+}
+
+/// When a node read holder records it queues pushes for: the store
+/// generation and tick then, read before the records. A push queue made
+/// after it (a child added, or added back, since) gets nothing from that
+/// read: the records may be from before the child was forgotten, and the
+/// child is being reset by the clear sent when it was added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub generation: u64,
+    pub tick: u64,
+}
+
 /// An entry as `/dump` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DumpEntry {
@@ -214,6 +239,11 @@ impl Stamp {
     }
     fn received_at(self) -> Millis {
         self.0 & STAMP_TIME_MASK
+    }
+    /// Stored in `generation` but not confirmed: reads as not current
+    /// (one generation behind).
+    fn unconfirmed(received_at: Millis, generation: u64) -> Stamp {
+        Stamp::new(received_at, generation.wrapping_sub(1))
     }
     fn is_current(self, generation: u64) -> bool {
         (self.0 >> STAMP_TIME_BITS) == (generation << STAMP_TIME_BITS) >> STAMP_TIME_BITS
@@ -637,18 +667,23 @@ impl Shard {
 
     /// Stores `update` if it is newer than what the shard has; keeps holders
     /// (and takes on the children waiting for the key, see [`Expecting`]).
-    /// Either way the entry is now current: whoever hands us an update for
-    /// a key (a parent's push, a fill answer, a write's commit) has
-    /// recorded this node as a holder of it, so later changes will come.
-    fn apply_if_newer(&mut self, update: &Update, t: Time, tick: u64, generation: u64) -> Applied {
-        let applied = self.store_if_newer(update, t, generation);
+    /// `confirmed`: whoever handed us the update (a parent's push, a fill
+    /// answer or a write's commit that says so) has recorded this node as a
+    /// holder of the key, so later changes will come: the entry is current
+    /// now, whatever its version. Unconfirmed, a newer update is stored but
+    /// the entry stays as current (and, in ttl mode, as fresh) as it was: a
+    /// record the parent keeps is per key, not per version. An older one
+    /// changes nothing.
+    fn apply_if_newer(&mut self, update: &Update, t: Time, tick: u64, generation: u64, confirmed: bool) -> Applied {
+        let applied = self.store_if_newer(update, t, generation, confirmed);
+        // Only a current entry takes holders: a child recorded on an entry
+        // nothing keeps up to date would be pushed values and take them as
+        // current, then miss every later change.
+        let current = self.map.get(update.key.as_str()).is_some_and(|e| e.stamp.is_current(generation));
         let waiting = match self.expecting.get_mut(update.key.as_str()) {
-            Some(e) if !e.holders.is_empty() => std::mem::take(&mut e.holders),
+            Some(e) if current && !e.holders.is_empty() => std::mem::take(&mut e.holders),
             _ => return applied,
         };
-        if !self.map.contains_key(update.key.as_str()) {
-            return applied;
-        }
         for child in &waiting {
             self.hold(&update.key, *child, tick);
         }
@@ -664,12 +699,14 @@ impl Shard {
     /// Stores `update` if newer. An update is not a read: it leaves the
     /// entry's access count alone, so pushes do not keep a key nobody
     /// reads here.
-    fn store_if_newer(&mut self, update: &Update, t: Time, generation: u64) -> Applied {
+    fn store_if_newer(&mut self, update: &Update, t: Time, generation: u64, confirmed: bool) -> Applied {
         let charge = Entry::charge(&update.key, &update.value);
         let stamp = Stamp::new(t.mono, generation);
         match self.map.get_mut(update.key.as_str()) {
             Some(entry) if entry.version >= update.version => {
-                entry.stamp = stamp;
+                if confirmed {
+                    entry.stamp = stamp;
+                }
                 Applied::Stale
             }
             Some(entry) => {
@@ -679,7 +716,10 @@ impl Shard {
                 entry.version = update.version;
                 entry.value = compact(&update.value);
                 entry.expires_at = expiry(update.expires_at);
-                entry.stamp = stamp;
+                // Unconfirmed: as current, and as fresh, as it was.
+                if confirmed {
+                    entry.stamp = stamp;
+                }
                 Applied::Newer { holders: entry.holder_ids() }
             }
             None => {
@@ -692,7 +732,7 @@ impl Shard {
                         version: update.version,
                         value: compact(&update.value),
                         expires_at: expiry(update.expires_at),
-                        stamp,
+                        stamp: if confirmed { stamp } else { Stamp::unconfirmed(t.mono, generation) },
                         holders: Holders::default(),
                         freq: AtomicU8::new(0),
                         in_main,
@@ -870,6 +910,13 @@ impl Store {
         self.tick.fetch_add(1, Ordering::AcqRel)
     }
 
+    /// The generation and tick now, before holder records are read (see
+    /// [`Mark`]).
+    pub fn mark(&self) -> Mark {
+        let generation = self.generation();
+        Mark { generation, tick: self.next_tick() }
+    }
+
     /// The store's logical clock now. A push batch notes it when sent, so a
     /// "not held" answer only removes holders recorded before the batch.
     pub fn tick_now(&self) -> u64 {
@@ -899,8 +946,8 @@ impl Store {
     /// caches no negative answer from a fill), and an entry kept across a
     /// reset must be revalidated here first.
     pub fn get_and_hold(&self, key: &str, child: NodeId, t: Time) -> Lookup {
-        let generation = self.generation();
         let mut shard = self.shard_mut(key);
+        let generation = self.generation();
         let tick = self.next_tick();
         let found = match shard.map.get_mut(key) {
             Some(entry) => {
@@ -944,9 +991,9 @@ impl Store {
     /// node: the child also becomes a holder of the key, now if the key is
     /// held here and current, else as soon as it arrives.
     pub fn expect_for(&self, key: &str, child: NodeId) {
-        let generation = self.generation();
         let tick = self.next_tick();
         let mut shard = self.shard_mut(key);
+        let generation = self.generation();
         let held = shard.map.get(key).is_some_and(|e| e.stamp.is_current(generation));
         if held {
             shard.hold(key, child, tick);
@@ -980,41 +1027,91 @@ impl Store {
         self.shard(key).read().is_expecting(key, t.mono)
     }
 
-    /// Stores an update this node asked for (a fill answer or a write's
-    /// commit coming back), if newer; the entry is current either way.
+    /// Stores an update as confirmed (the root's own, a replayed log
+    /// record), if newer; the entry is current either way.
     pub fn apply(&self, update: &Update, t: Time) -> Applied {
         let tick = self.next_tick();
+        let mut shard = self.shard_mut(&update.key);
         let generation = self.generation();
-        self.shard_mut(&update.key).apply_if_newer(update, t, tick, generation)
+        shard.apply_if_newer(update, t, tick, generation, true)
     }
 
-    /// Stores a committed update coming back down the write path and records
-    /// `child` (the node the write came from) as a holder, atomically. Also
-    /// returns what the store now has, for when it holds something newer
-    /// that the child must be sent.
-    pub fn apply_and_hold(&self, update: &Update, child: NodeId, t: Time) -> (Applied, Update) {
+    /// Stores the answer to a request this node sent its parent (a fill
+    /// answer, a write's commit coming back), if newer. `None`: the store
+    /// was reset since the request was sent, so the parent that answered
+    /// may not be ours, and nothing is stored. The answer makes the entry
+    /// current only if the parent says it recorded us as a holder
+    /// ([`Answer::confirmed`]); checked under the shard lock, so a reset
+    /// cannot slip between the check and the store.
+    pub fn apply_answer(&self, update: &Update, t: Time, answer: Answer) -> Option<Applied> {
         let tick = self.next_tick();
-        let generation = self.generation();
         let mut shard = self.shard_mut(&update.key);
-        let applied = shard.apply_if_newer(update, t, tick, generation);
-        if !shard.hold(&update.key, child, tick) {
-            return (applied, update.clone());
+        let generation = self.generation();
+        (generation == answer.sent_in).then(|| shard.apply_if_newer(update, t, tick, generation, answer.confirmed))
+    }
+
+    /// [`Store::apply_answer`] for a commit coming back down the write
+    /// path, and records `child` (the node the write came from) as a holder
+    /// in the same critical section, if the entry is current then: a child
+    /// recorded on an entry nothing keeps up to date would miss later
+    /// changes. Returns what was applied (the child among the holders of a
+    /// newer update it was recorded for) and, if the child was recorded,
+    /// what the store now has, for when it holds something newer that the
+    /// child must be sent. `None`: reset since the batch was sent, nothing
+    /// stored or recorded.
+    pub fn apply_and_hold(
+        &self,
+        update: &Update,
+        child: NodeId,
+        t: Time,
+        answer: Answer,
+    ) -> Option<(Applied, Option<Update>)> {
+        let tick = self.next_tick();
+        let mut shard = self.shard_mut(&update.key);
+        let generation = self.generation();
+        if generation != answer.sent_in {
+            return None;
         }
-        let current = shard.map.get(update.key.as_str()).map_or_else(|| update.clone(), |e| e.as_update(&update.key));
-        (applied, current)
+        let applied = shard.apply_if_newer(update, t, tick, generation, answer.confirmed);
+        let current = shard.map.get(update.key.as_str()).filter(|e| e.stamp.is_current(generation));
+        let Some(now) = current.map(|e| e.as_update(&update.key)) else { return Some((applied, None)) };
+        shard.hold(&update.key, child, tick);
+        let applied = match applied {
+            Applied::Newer { mut holders } => {
+                if !holders.contains(&child) {
+                    holders.push(child);
+                }
+                Applied::Newer { holders }
+            }
+            other => other,
+        };
+        Some((applied, Some(now)))
+    }
+
+    /// Whether `child` is recorded as a holder of `key` and the entry is
+    /// current: then every later change of the key reaches the child, and
+    /// an answer we give it may make its copy current.
+    pub fn holds_current(&self, key: &str, child: NodeId) -> bool {
+        let shard = self.shard(key).read();
+        let generation = self.generation();
+        shard.map.get(key).is_some_and(|e| e.stamp.is_current(generation) && e.holders.iter().any(|&(c, _)| c == child))
     }
 
     /// Stores a pushed update if this node holds or expects the key and the
     /// update is newer. A push for anything else is `NotHeld`, and the
-    /// sender forgets this node as a holder.
-    pub fn apply_push(&self, update: &Update, t: Time) -> Applied {
+    /// sender forgets this node as a holder. The push makes the entry
+    /// current (its sender read us in its holders) unless the store was
+    /// reset since `received_in`, the generation in which the push was
+    /// checked against the parent's last reset we heard of: a reset that
+    /// came in between may be that very parent's, which forgot us.
+    pub fn apply_push(&self, update: &Update, t: Time, received_in: u64) -> Applied {
         let tick = self.next_tick();
-        let generation = self.generation();
         let mut shard = self.shard_mut(&update.key);
+        let generation = self.generation();
         if !shard.map.contains_key(update.key.as_str()) && !shard.is_expecting(&update.key, t.mono) {
             return Applied::NotHeld;
         }
-        shard.apply_if_newer(update, t, tick, generation)
+        shard.apply_if_newer(update, t, tick, generation, generation == received_in)
     }
 
     /// The root's commit: gives the write the next version (from
@@ -1034,14 +1131,14 @@ impl Store {
         next_version: impl FnOnce() -> Version,
     ) -> Committed {
         let tick = self.next_tick();
-        let generation = self.generation();
         let mut shard = self.shard_mut(key);
+        let generation = self.generation();
         let live = shard.map.get(key).is_some_and(|e| e.value.is_some() && !e.is_expired(t.wall));
         if value.is_none() && !live {
             return Committed::Absent;
         }
         let update = Update { key: key.to_string(), version: next_version(), value, expires_at };
-        match shard.apply_if_newer(&update, t, tick, generation) {
+        match shard.apply_if_newer(&update, t, tick, generation, true) {
             Applied::Newer { mut holders } => {
                 if let Some(child) = holder {
                     shard.hold(key, child, tick);
@@ -1061,12 +1158,18 @@ impl Store {
         self.shard(key).read().map.get(key).map(|e| e.as_update(key))
     }
 
-    /// The parent confirmed that `version` is still the key's version (a
-    /// 304): the entry is current again and, in ttl mode, fresh from `t`.
-    /// Returns false if the entry changed meanwhile.
-    pub fn refresh(&self, key: &str, version: Version, t: Time) -> bool {
+    /// The parent answered that `version` is still the key's version (a
+    /// 304): if it recorded us as a holder ([`Answer::confirmed`]) and we
+    /// were not reset since we asked, the entry is current again and, in
+    /// ttl mode, fresh from `t`. Returns false if nothing changed (the
+    /// entry changed meanwhile, or the answer cannot confirm it).
+    pub fn refresh(&self, key: &str, version: Version, t: Time, answer: Answer) -> bool {
+        let mut shard = self.shard_mut(key);
         let generation = self.generation();
-        match self.shard_mut(key).map.get_mut(key) {
+        if !answer.confirmed || generation != answer.sent_in {
+            return false;
+        }
+        match shard.map.get_mut(key) {
             Some(entry) if entry.version == version => {
                 entry.stamp = Stamp::new(t.mono, generation);
                 true
@@ -1082,26 +1185,30 @@ impl Store {
     /// deletion's own push, still on its way, would then be refused as not
     /// held, leaving the children with the old value for good. Any other
     /// entry (unconfirmed, so without holders, or no version to go by) is
-    /// removed (`NotHeld`).
-    pub fn apply_absent(&self, key: &str, deleted_at: Option<Version>, t: Time) -> Applied {
-        let generation = self.generation();
+    /// removed (`NotHeld`). `None`: the store was reset since the fill was
+    /// sent (`sent_in`), nothing changed.
+    pub fn apply_absent(&self, key: &str, deleted_at: Option<Version>, t: Time, sent_in: u64) -> Option<Applied> {
         let tick = self.next_tick();
         let mut shard = self.shard_mut(key);
+        let generation = self.generation();
+        if generation != sent_in {
+            return None;
+        }
         let (version, current) = match shard.map.get(key) {
-            None => return Applied::NotHeld,
+            None => return Some(Applied::NotHeld),
             Some(entry) => (entry.version, entry.stamp.is_current(generation)),
         };
-        match deleted_at {
+        Some(match deleted_at {
             Some(deleted) if version > deleted => Applied::Stale,
             Some(deleted) if current => {
                 let tombstone = Update { key: key.to_string(), version: deleted, value: None, expires_at: None };
-                shard.apply_if_newer(&tombstone, t, tick, generation)
+                shard.apply_if_newer(&tombstone, t, tick, generation, true)
             }
             _ => {
                 shard.remove(key);
                 Applied::NotHeld
             }
-        }
+        })
     }
 
     /// Drops a key (no longer held), returning its holders.
@@ -1439,8 +1546,8 @@ mod tests {
     fn late_push_never_overwrites_newer_version() {
         let s = Store::new();
         s.apply(&put("k", 5, "new"), t(0));
-        assert_eq!(s.apply_push(&put("k", 4, "old"), t(0)), Applied::Stale);
-        assert_eq!(s.apply_push(&put("k", 5, "dup"), t(0)), Applied::Stale);
+        assert_eq!(s.apply_push(&put("k", 4, "old"), t(0), s.generation()), Applied::Stale);
+        assert_eq!(s.apply_push(&put("k", 5, "dup"), t(0), s.generation()), Applied::Stale);
         assert!(matches!(s.get("k", t(0)), Lookup::Value { version: 5, ref value, .. } if value == "new"));
     }
 
@@ -1448,15 +1555,15 @@ mod tests {
     fn tombstone_beats_a_late_push() {
         let s = Store::new();
         s.apply(&put("k", 1, "a"), t(0));
-        assert!(matches!(s.apply_push(&del("k", 2), t(0)), Applied::Newer { .. }));
-        assert_eq!(s.apply_push(&put("k", 1, "a"), t(0)), Applied::Stale);
+        assert!(matches!(s.apply_push(&del("k", 2), t(0), s.generation()), Applied::Newer { .. }));
+        assert_eq!(s.apply_push(&put("k", 1, "a"), t(0), s.generation()), Applied::Stale);
         assert_eq!(s.get("k", t(0)), Lookup::Tombstone { version: 2, received_at: 0, current: true });
     }
 
     #[test]
     fn push_for_unheld_key_is_refused() {
         let s = Store::new();
-        assert_eq!(s.apply_push(&put("k", 1, "a"), t(0)), Applied::NotHeld);
+        assert_eq!(s.apply_push(&put("k", 1, "a"), t(0), s.generation()), Applied::NotHeld);
         assert_eq!(s.get("k", t(0)), Lookup::Absent);
     }
 
@@ -1466,7 +1573,7 @@ mod tests {
         s.expect("k");
         // The parent recorded us as holder, then a newer write was pushed
         // before the fill's answer (version 1) arrived.
-        assert!(matches!(s.apply_push(&put("k", 2, "pushed"), t(10)), Applied::Newer { .. }));
+        assert!(matches!(s.apply_push(&put("k", 2, "pushed"), t(10), s.generation()), Applied::Newer { .. }));
         assert_eq!(s.apply(&put("k", 1, "filled"), t(20)), Applied::Stale);
         s.unexpect("k", 0);
         assert!(matches!(s.get("k", t(30)), Lookup::Value { version: 2, ref value, .. } if value == "pushed"));
@@ -1490,23 +1597,103 @@ mod tests {
         s.expect("k");
         s.expect("k");
         s.unexpect("k", 0);
-        assert!(matches!(s.apply_push(&put("k", 1, "a"), t(10)), Applied::Newer { .. }));
+        assert!(matches!(s.apply_push(&put("k", 1, "a"), t(10), s.generation()), Applied::Newer { .. }));
         s.unexpect("k", 0);
         s.remove("k");
-        assert_eq!(s.apply_push(&put("k", 2, "b"), t(10)), Applied::NotHeld);
+        assert_eq!(s.apply_push(&put("k", 2, "b"), t(10), s.generation()), Applied::NotHeld);
+    }
+
+    /// An answer to a request sent in the store's current generation.
+    fn confirmed(s: &Store) -> Answer {
+        Answer { sent_in: s.generation(), confirmed: true }
+    }
+
+    fn unconfirmed(s: &Store) -> Answer {
+        Answer { sent_in: s.generation(), confirmed: false }
+    }
+
+    #[test]
+    fn a_push_checked_before_a_reset_is_stored_but_not_current() {
+        let s = Store::new();
+        s.apply(&put("k", 1, "a"), t(0));
+        let checked = s.generation();
+        s.reset(); // the parent's clear, handled between the check and the store
+        assert!(matches!(s.apply_push(&put("k", 2, "b"), t(1), checked), Applied::Newer { .. }));
+        assert!(matches!(s.get("k", t(1)), Lookup::Value { version: 2, current: false, .. }));
+        assert_eq!(s.apply_push(&put("k", 2, "b"), t(2), s.generation()), Applied::Stale);
+        assert!(s.get("k", t(2)).is_current(), "a push received after the reset confirms it");
     }
 
     #[test]
     fn apply_and_hold_records_the_writer_and_reports_newer() {
         let s = Store::new();
         s.apply(&put("k", 5, "newer"), t(0));
-        let (applied, current) = s.apply_and_hold(&put("k", 4, "mine"), 3, t(0));
+        let (applied, current) =
+            s.apply_and_hold(&put("k", 4, "mine"), 3, t(0), confirmed(&s)).expect("same generation");
         assert_eq!(applied, Applied::Stale);
-        assert_eq!(current.version, 5);
+        assert_eq!(current.map(|u| u.version), Some(5));
         assert_eq!(s.holders_of("k"), vec![3]);
-        let (applied, current) = s.apply_and_hold(&put("k", 6, "mine"), 8, t(0));
-        assert_eq!(applied, Applied::Newer { holders: vec![3] });
-        assert_eq!(current.version, 6);
+        let (applied, current) =
+            s.apply_and_hold(&put("k", 6, "mine"), 8, t(0), confirmed(&s)).expect("same generation");
+        assert_eq!(applied, Applied::Newer { holders: vec![3, 8] }, "the writer hears of it too");
+        assert_eq!(current.map(|u| u.version), Some(6));
+    }
+
+    #[test]
+    fn an_answer_from_before_a_reset_is_not_stored() {
+        let s = Store::new();
+        s.apply(&put("k", 2, "old"), t(0));
+        let sent = confirmed(&s);
+        s.reset();
+        assert_eq!(s.apply_answer(&put("k", 3, "late"), t(1), sent), None);
+        assert_eq!(s.apply_and_hold(&put("k", 3, "late"), 4, t(1), sent), None);
+        assert!(!s.refresh("k", 2, t(1), sent));
+        assert_eq!(s.apply_absent("k", Some(3), t(1), sent.sent_in), None);
+        assert!(matches!(s.get("k", t(1)), Lookup::Value { version: 2, current: false, .. }));
+        assert!(s.holders_of("k").is_empty());
+    }
+
+    #[test]
+    fn an_unconfirmed_answer_is_stored_but_never_makes_an_entry_current() {
+        let s = Store::new();
+        // Kept across a reset: an unconfirmed newer answer is stored, still
+        // to be revalidated; an unconfirmed same version changes nothing.
+        s.apply(&put("k", 2, "old"), t(0));
+        s.reset();
+        assert_eq!(
+            s.apply_answer(&put("k", 3, "new"), t(5), unconfirmed(&s)),
+            Some(Applied::Newer { holders: vec![] })
+        );
+        assert!(matches!(s.get("k", t(5)), Lookup::Value { version: 3, current: false, received_at: 0, .. }));
+        assert_eq!(s.apply_answer(&put("k", 3, "new"), t(6), unconfirmed(&s)), Some(Applied::Stale));
+        assert!(!s.get("k", t(6)).is_current());
+        assert!(!s.refresh("k", 3, t(6), unconfirmed(&s)), "an unconfirmed 304 confirms nothing");
+        // A new key: stored, not current.
+        assert!(s.apply_answer(&put("j", 1, "v"), t(7), unconfirmed(&s)).is_some());
+        assert!(matches!(s.get("j", t(7)), Lookup::Value { version: 1, current: false, .. }));
+        // A writer's commit coming back unconfirmed: stored, the child that
+        // sent it is not recorded (nothing would keep it up to date) and
+        // waiting children stay waiting.
+        s.expect_for("w", 9);
+        let (applied, now) = s.apply_and_hold(&put("w", 4, "v"), 8, t(8), unconfirmed(&s)).expect("same generation");
+        assert_eq!(applied, Applied::Newer { holders: vec![] });
+        assert_eq!(now, None, "not recorded");
+        assert!(s.holders_of("w").is_empty());
+        assert!(!s.holds_current("w", 8));
+        // Confirmed later (a push, or a confirmed answer): current, and the
+        // waiting child becomes a holder.
+        assert_eq!(s.apply_push(&put("w", 4, "v"), t(9), s.generation()), Applied::Stale);
+        assert!(s.get("w", t(9)).is_current());
+        assert_eq!(s.holders_of("w"), vec![9]);
+        // A current entry stays current under a newer unconfirmed answer:
+        // the parent's record of us is per key, not per version.
+        assert_eq!(
+            s.apply_answer(&put("w", 6, "v2"), t(10), unconfirmed(&s)),
+            Some(Applied::Newer { holders: vec![9] })
+        );
+        assert!(s.get("w", t(10)).is_current());
+        assert!(s.holds_current("w", 9));
+        assert!(!s.holds_current("k", 9));
     }
 
     #[test]
@@ -1517,7 +1704,7 @@ mod tests {
         assert!(s.holders_of("k").is_empty(), "not held yet");
         // The root's push of the commit reaches us before our answer: the
         // child must get it too.
-        assert_eq!(s.apply_push(&put("k", 3, "v"), t(0)), Applied::Newer { holders: vec![4] });
+        assert_eq!(s.apply_push(&put("k", 3, "v"), t(0), s.generation()), Applied::Newer { holders: vec![4] });
         assert_eq!(s.holders_of("k"), vec![4]);
         // Held and current: the child is recorded at once.
         s.expect_for("k", 5);
@@ -1526,7 +1713,9 @@ mod tests {
         s.remove("k");
         s.expect_for("j", 6);
         s.reset();
-        assert!(matches!(s.apply_push(&put("j", 1, "v"), t(0)), Applied::Newer { ref holders } if holders.is_empty()));
+        assert!(
+            matches!(s.apply_push(&put("j", 1, "v"), t(0), s.generation()), Applied::Newer { ref holders } if holders.is_empty())
+        );
     }
 
     #[test]
@@ -1538,7 +1727,7 @@ mod tests {
         assert!(s.is_expecting("k", t(1 << 40)));
         s.unexpect("k", 100);
         assert!(s.is_expecting("k", t(99)));
-        assert_eq!(s.apply_push(&put("k", 1, "a"), t(100)), Applied::NotHeld);
+        assert_eq!(s.apply_push(&put("k", 1, "a"), t(100), s.generation()), Applied::NotHeld);
         s.sweep_expired(t(100));
         assert!(!s.is_expecting("k", t(0)), "the lapsed mark is swept");
     }
@@ -1609,10 +1798,10 @@ mod tests {
     fn refresh_only_matches_the_same_version() {
         let s = Store::new();
         s.apply(&put("k", 3, "a"), t(0));
-        assert!(s.refresh("k", 3, t(500)));
+        assert!(s.refresh("k", 3, t(500), confirmed(&s)));
         assert_eq!(s.get("k", t(600)).received_at(), Some(500));
-        assert!(!s.refresh("k", 2, t(700)));
-        assert!(!s.refresh("nope", 1, t(700)));
+        assert!(!s.refresh("k", 2, t(700), confirmed(&s)));
+        assert!(!s.refresh("nope", 1, t(700), confirmed(&s)));
     }
 
     #[test]
@@ -1632,7 +1821,7 @@ mod tests {
         assert!(matches!(s.get_and_hold("a", 7, t(1)), Lookup::Value { current: false, .. }));
         assert!(s.holders_of("a").is_empty());
         // Writes in flight stay expected across the reset.
-        assert!(matches!(s.apply_push(&put("b", 2, "y"), t(1)), Applied::Newer { .. }));
+        assert!(matches!(s.apply_push(&put("b", 2, "y"), t(1), s.generation()), Applied::Newer { .. }));
     }
 
     #[test]
@@ -1645,7 +1834,7 @@ mod tests {
         assert_eq!(s.apply(&put("k", 4, "behind"), t(9)), Applied::Stale);
         assert!(matches!(s.get("k", t(9)), Lookup::Value { version: 5, current: true, received_at: 9, .. }));
         s.reset();
-        assert!(s.refresh("k", 5, t(12)));
+        assert!(s.refresh("k", 5, t(12), confirmed(&s)));
         assert!(matches!(s.get("k", t(12)), Lookup::Value { current: true, received_at: 12, .. }));
     }
 
@@ -1654,20 +1843,24 @@ mod tests {
         let s = Store::new();
         s.apply(&put("k", 5, "v"), t(0));
         s.get_and_hold("k", 7, t(0));
-        assert_eq!(s.apply_absent("k", Some(4), t(1)), Applied::Stale, "the parent is behind: keep ours");
+        assert_eq!(
+            s.apply_absent("k", Some(4), t(1), s.generation()),
+            Some(Applied::Stale),
+            "the parent is behind: keep ours"
+        );
         // Deleted later than what we hold: the tombstone replaces the value
         // and the child that holds it is to be told.
-        assert_eq!(s.apply_absent("k", Some(6), t(1)), Applied::Newer { holders: vec![7] });
+        assert_eq!(s.apply_absent("k", Some(6), t(1), s.generation()), Some(Applied::Newer { holders: vec![7] }));
         assert!(matches!(s.get("k", t(1)), Lookup::Tombstone { version: 6, .. }));
         assert_eq!(s.holders_of("k"), vec![7]);
         // Unconfirmed (after a reset) or no version to go by: removed.
         s.apply(&put("j", 2, "v"), t(0));
         s.reset();
-        assert_eq!(s.apply_absent("j", Some(3), t(1)), Applied::NotHeld);
+        assert_eq!(s.apply_absent("j", Some(3), t(1), s.generation()), Some(Applied::NotHeld));
         assert_eq!(s.get("j", t(1)), Lookup::Absent);
         s.apply(&put("j", 4, "v"), t(0));
-        assert_eq!(s.apply_absent("j", None, t(1)), Applied::NotHeld);
-        assert_eq!(s.apply_absent("missing", Some(9), t(1)), Applied::NotHeld);
+        assert_eq!(s.apply_absent("j", None, t(1), s.generation()), Some(Applied::NotHeld));
+        assert_eq!(s.apply_absent("missing", Some(9), t(1), s.generation()), Some(Applied::NotHeld));
     }
 
     #[test]
@@ -1945,7 +2138,7 @@ mod tests {
                         s.apply(&Update { expires_at, ..put(&k, version, &value) }, now);
                     }
                     4 => {
-                        s.apply_push(&del(&k, version), now);
+                        s.apply_push(&del(&k, version), now, s.generation());
                     }
                     5..=7 => {
                         s.get(&k, now);
@@ -2081,7 +2274,7 @@ mod tests {
         assert_eq!(s.tombstones(), 0);
         assert!(matches!(s.get("value", t(1_500)), Lookup::Value { .. }), "values are not collected");
         // A late, older push for a collected key is refused: not held.
-        assert_eq!(s.apply_push(&put("old", 0, "late"), t(2_000)), Applied::NotHeld);
+        assert_eq!(s.apply_push(&put("old", 0, "late"), t(2_000), s.generation()), Applied::NotHeld);
     }
 
     #[test]

@@ -311,9 +311,16 @@ pub enum WriteResult {
     InsyncBelowMin { have: usize, need: usize },
 }
 
+/// A parent's answer to a batch of writes: one result per write, in order,
+/// and for each whether the parent holds the sender as a holder of the
+/// write's key in its current store generation (so the sender may store a
+/// commit as current; see `crate::store::Answer`). Missing or short:
+/// not confirmed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WriteResults {
     pub results: Vec<WriteResult>,
+    #[serde(default)]
+    pub confirmed: Vec<bool>,
 }
 
 /// A child's answer to a push: the keys it no longer holds.

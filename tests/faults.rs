@@ -349,3 +349,150 @@ async fn a_consistent_read_through_an_inner_node_reaches_its_other_holders() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_answered_after_its_parent_reset_is_not_taken_as_current() {
+    // root -> mid -> leaf. mid holds each answer from the root 35 s before
+    // settling it. Meanwhile the root is paused past its session and leads
+    // again in a new epoch: mid and the leaf reset (mid forgets the leaf as
+    // a holder). The leaf resends its ack=root write every 10 s (mid answers
+    // InProgress), so its last resend goes after its reset and is answered
+    // by mid's late settle: a commit mid stores nothing for and holds no
+    // record of the leaf for. The leaf used to take it as current, and the
+    // next write never reached it.
+    let mut c = Cluster::start_opts(Opts { nodes: 1, fanout: 1, ..Opts::default() }).await;
+    let mid = c.add_node_with(&["--fault-settle-delay-ms", "35000"]).await;
+    let leaf = c.add_node().await;
+    assert_eq!(c.health(leaf).await["parent"].as_u64(), Some(c.id(mid).await), "the leaf hangs under mid");
+    let root_id = c.id(0).await;
+    let epoch = c.health(0).await["epoch"].as_u64().expect("epoch");
+    let (_, body) = c.put(0, "k", "one", "?ack=root").await;
+    let v1 = body["version"].as_u64().expect("version");
+    assert_eq!(c.get(leaf, "k", "").await.version, Some(v1), "the leaf holds k, mid records it");
+
+    let (http, url) = (c.http.clone(), format!("{}/kv/k?ack=root", c.url(leaf)));
+    let writer = tokio::spawn(async move { http.put(url).body("two").send().await.map(|r| r.status().as_u16()) });
+    wait_until(Duration::from_secs(20), "the root to commit the leaf's write", || async {
+        c.get(0, "k", "").await.text() == "two"
+    })
+    .await;
+    c.pause(0);
+    wait_until(Duration::from_secs(30), "the paused root's session to expire", || async {
+        !c.zk_tree("live").await.contains(&root_id.to_string())
+    })
+    .await;
+    c.resume(0);
+    for i in [0, mid, leaf] {
+        wait_until(Duration::from_secs(30), &format!("node {i} in the new epoch"), || async {
+            let h = c.health(i).await;
+            h["status"] == "ok" && h["epoch"].as_u64().is_some_and(|e| e > epoch)
+        })
+        .await;
+    }
+    wait_until(Duration::from_secs(60), "the leaf's write to be answered", || async {
+        c.metric(leaf, "uplink_pending").await == 0.0
+    })
+    .await;
+    let status = writer.await.expect("writer task").expect("PUT");
+    assert!(matches!(status, 200 | 201 | 503), "committed, or still in flight when the client gave up: {status}");
+    assert_eq!(c.health(leaf).await["parent"].as_u64(), Some(c.id(mid).await), "same tree");
+
+    let (_, body) = c.put(0, "k", "three", "?ack=root").await;
+    let v3 = body["version"].as_u64().expect("version");
+    wait_until(Duration::from_secs(20), "the leaf to serve the next write", || async {
+        c.get(leaf, "k", "").await.version == Some(v3)
+    })
+    .await;
+}
+
+/// On a chain root -> leaf whose root holds push batches: the leaf holds k
+/// at v1, and a batch with k@v2 is taken and held for it.
+async fn push_v2_held_for_the_leaf(c: &Cluster) {
+    let (_, body) = c.put(0, "k", "one", "?ack=root").await;
+    let v1 = body["version"].as_u64().expect("version");
+    assert_eq!(c.get(1, "k", "").await.version, Some(v1), "the leaf holds k");
+    let (_, body) = c.put(0, "k", "two", "?ack=root").await;
+    assert!(body["version"].as_u64().is_some(), "{body}");
+    wait_until(Duration::from_secs(10), "the root to take v2 into a batch", || async {
+        c.metric(0, "push_queued").await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_re_elected_in_the_same_process_keeps_delivering_what_it_queued() {
+    // The root holds each push batch 20 s. k@v2 is in a batch on its way
+    // and k@v3 waits behind it when the root is paused past its session
+    // and leads again in a new epoch. It keeps its holder records, so it
+    // must keep its queue: it used to drop it; the leaf, reset meanwhile,
+    // took v2 from the batch in flight as current, and v3 never came.
+    let c = chain(2, &["--fault-push-delay-ms", "20000"], &[]).await;
+    let root_id = c.id(0).await;
+    let epoch = c.health(0).await["epoch"].as_u64().expect("epoch");
+    push_v2_held_for_the_leaf(&c).await;
+    let (_, body) = c.put(0, "k", "three", "?ack=root").await;
+    let v3 = body["version"].as_u64().expect("version");
+    assert_eq!(c.metric(0, "push_queued").await, 1.0, "v3 waits behind the batch");
+    c.pause(0);
+    wait_until(Duration::from_secs(30), "the paused root's session to expire", || async {
+        !c.zk_tree("live").await.contains(&root_id.to_string())
+    })
+    .await;
+    c.resume(0);
+    for i in [0, 1] {
+        wait_until(Duration::from_secs(30), &format!("node {i} in the new epoch"), || async {
+            let h = c.health(i).await;
+            h["status"] == "ok" && h["epoch"].as_u64().is_some_and(|e| e > epoch)
+        })
+        .await;
+    }
+    // Not read at the leaf before the batch in flight lands (a read would
+    // revalidate the reset entry and find v3 at the root).
+    wait_until(Duration::from_secs(30), "the batch in flight to reach the leaf", || async {
+        c.metric(1, "pushes_received_total").await >= 1.0
+    })
+    .await;
+    wait_until(Duration::from_secs(40), "the leaf to be pushed v3", || async {
+        c.get(1, "k", "").await.version == Some(v3)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_formed_before_a_child_was_reaped_never_reaches_it_after_it_rejoins() {
+    // The root holds each push batch 20 s. While a batch with k@v2 is held
+    // for the leaf, the leaf is paused past its session: the root reaps it
+    // (forgetting it as a holder), the leaf comes back, registers again and
+    // is reset. The held batch used to go out to it then; the leaf took v2
+    // as current though the root no longer counted it as a holder, and v3
+    // never reached it.
+    let c = chain(2, &["--fault-push-delay-ms", "20000"], &[]).await;
+    let leaf = c.id(1).await;
+    push_v2_held_for_the_leaf(&c).await;
+    let held_until = Instant::now() + Duration::from_secs(20);
+    let children = |h: Value| h["children"].as_array().map_or(0, |c| c.len());
+    c.pause(1);
+    wait_until(Duration::from_secs(30), "the root to reap the paused leaf", || async {
+        children(c.health(0).await) == 0
+    })
+    .await;
+    c.resume(1);
+    wait_until(Duration::from_secs(30), "the leaf to register again", || async {
+        let h = c.health(0).await;
+        h["children"].as_array().is_some_and(|c| c.iter().any(|id| id.as_u64() == Some(leaf)))
+    })
+    .await;
+    wait_until(Duration::from_secs(30), "the leaf to be healthy", || async {
+        c.http.get(format!("{}/health", c.url(1))).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(Instant::now() < held_until, "the leaf was back before the held batch went out");
+    // The held batch goes out (or not) at this time bound.
+    wait_past(held_until + Duration::from_secs(1)).await;
+    let (_, body) = c.put(0, "k", "three", "?ack=root").await;
+    let v3 = body["version"].as_u64().expect("version");
+    wait_until(Duration::from_secs(15), "the leaf to serve v3", || async {
+        c.get(1, "k", "").await.version == Some(v3)
+    })
+    .await;
+}

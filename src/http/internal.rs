@@ -10,7 +10,7 @@ use super::{epoch_of, key_from, read_body, Query, X_EXPIRES_AT, X_VERSION};
 use crate::error::{Error, Result};
 use crate::node::read::FillAnswer;
 use crate::node::Node;
-use crate::wire::{self, RegisterRequest, Topology, WriteResults};
+use crate::wire::{self, RegisterRequest, Topology};
 use actix_web::http::header::HeaderValue;
 
 /// Largest internal batch body: a full batch, or one write of the largest
@@ -45,18 +45,21 @@ pub async fn fill(node: ThinData<Node>, req: HttpRequest) -> Result<HttpResponse
     let answer = node.serve_fill(&key, child, q.u64("have")?, consistent).await?;
     // Taken after the child was recorded as a holder: see node::TICK_HEADER.
     let tick = (crate::node::TICK_HEADER, HeaderValue::from(node.store().tick_now()));
+    let confirmed = |yes: bool| (crate::node::CONFIRMED_HEADER, HeaderValue::from(u32::from(yes)));
     let mut resp = match answer {
-        FillAnswer::Value { version, value, expires_at } => {
+        FillAnswer::Value { version, value, expires_at, confirmed: yes } => {
             let mut resp = HttpResponse::Ok();
             resp.insert_header((X_VERSION, HeaderValue::from(version)));
+            resp.insert_header(confirmed(yes));
             if let Some(at) = expires_at {
                 resp.insert_header((X_EXPIRES_AT, HeaderValue::from(at)));
             }
             resp.body(value)
         }
-        FillAnswer::NotModified { version } => {
-            HttpResponse::NotModified().insert_header((X_VERSION, HeaderValue::from(version))).finish()
-        }
+        FillAnswer::NotModified { version, confirmed: yes } => HttpResponse::NotModified()
+            .insert_header((X_VERSION, HeaderValue::from(version)))
+            .insert_header(confirmed(yes))
+            .finish(),
         FillAnswer::NotFound { deleted_at } => {
             let mut resp = Error::NotFound(key).error_response();
             if let Some(v) = deleted_at {
@@ -116,7 +119,7 @@ pub async fn write(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -
     let child = child_of(&q)?;
     let body = read_body(&req, body, MAX_BATCH_BYTES).await?;
     let writes = wire::decode_writes(&body).map_err(Error::BadRequest)?;
-    let results = node.accept_writes(child, writes).await?;
+    let answers = node.accept_writes(child, writes).await?;
     let delay = node.args().fault_write_delay_ms;
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
@@ -124,9 +127,7 @@ pub async fn write(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -
     if node.lose_this_write_reply() {
         return Err(Error::Internal("fault injection: this write answer is lost (--fault-lose-write-replies)".into()));
     }
-    Ok(HttpResponse::Ok()
-        .insert_header((crate::node::TICK_HEADER, node.store().tick_now()))
-        .json(WriteResults { results }))
+    Ok(HttpResponse::Ok().insert_header((crate::node::TICK_HEADER, node.store().tick_now())).json(answers))
 }
 
 pub async fn push(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {

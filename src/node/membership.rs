@@ -222,16 +222,15 @@ impl Node {
     /// never resets: its store is the truth, whatever happened to its
     /// ZooKeeper session.
     pub(super) fn adopt(&self, topology: Topology, coherence: Coherence, root_url: String, reset: bool) {
-        let (reset, new_epoch, children) = {
+        let (reset, children) = {
             let mut place = self.inner.place.write();
-            let (reset, new_epoch) = match place.as_ref() {
-                None => (true, true),
+            let reset = match place.as_ref() {
+                None => true,
                 Some(old) => {
                     if !reset && old.topology.epoch == topology.epoch && topology.seq < old.topology.seq {
                         return; // an older notification overtaken by a newer one
                     }
-                    let new_epoch = old.topology.epoch != topology.epoch;
-                    (reset || new_epoch || old.topology.parent != topology.parent, new_epoch)
+                    reset || old.topology.epoch != topology.epoch || old.topology.parent != topology.parent
                 }
             };
             let reset = reset && !topology.is_root();
@@ -241,9 +240,15 @@ impl Node {
             }
             let children = topology.children.clone();
             *place = Some(Arc::new(Place { topology, coherence, root_url }));
-            (reset, new_epoch, children)
+            (reset, children)
         };
-        if new_epoch || reset {
+        // Dropped with the holder records they keep true: on a reset (a
+        // non-root node's new parent or epoch). The root never resets: it
+        // keeps its holder records across a re-election, so it must keep
+        // delivering what it queued for them (dropping it left children
+        // that revalidated, or took a push already in flight, at an older
+        // version for good: found by the history checker).
+        if reset {
             self.drop_queued_pushes();
         }
         self.sync_children(&children);

@@ -66,6 +66,12 @@ pub const GENERATION_HEADER: &str = "x-treecache-generation";
 /// sends a child (fill answers, pushes, write answers): the child keeps the
 /// highest, for its "dropped" messages (see [`evict`]).
 pub const TICK_HEADER: &str = "x-treecache-tick";
+/// Header on a fill answer (200 or 304): `1` if the answering node recorded
+/// the child as a holder of the key in its current store generation (or,
+/// in ttl mode, vouches for the answer's freshness), so the child may store
+/// it as current; `0` otherwise (the child stores it, not current). Write
+/// answers carry the same per write in `WriteResults::confirmed`.
+pub const CONFIRMED_HEADER: &str = "x-treecache-confirmed";
 /// How long a leaving node waits for its queued writes to reach its parent.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// How long a client has to send a request's head before a 408 (slowloris).

@@ -30,7 +30,7 @@ use super::Node;
 use crate::clock::{now_us, Time};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::store::{Applied, NodeId, Update};
+use crate::store::{Applied, Mark, NodeId, Update};
 use crate::wire::{Peer, Push, PushReply};
 
 /// Most updates in one push request, and most bytes (at least one update
@@ -40,19 +40,63 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PushQueue {
     peer: Peer,
-    pending: Mutex<HashMap<String, Push>>,
+    /// The store tick when this queue was made (the child added, or added
+    /// back): holder records read before it are not this queue's.
+    link: u64,
+    pending: Mutex<Pending>,
     notify: Notify,
     closed: AtomicBool,
 }
 
+/// What waits for one child: updates of one store generation, the one
+/// their holder records were read in. A child was told of every reset
+/// (and stopped counting as our holder there), so an update queued before
+/// one must not reach it labelled as after it: it would make the child's
+/// copy current with no record here to keep it so.
+#[derive(Default)]
+struct Pending {
+    generation: u64,
+    updates: HashMap<String, Push>,
+}
+
+impl Pending {
+    /// Moves to `generation` if it is newer (dropping what waited from
+    /// before); false if `generation` is older than what waits.
+    fn at(&mut self, generation: u64) -> bool {
+        if generation > self.generation {
+            self.generation = generation;
+            self.updates.clear();
+        }
+        generation == self.generation
+    }
+}
+
 impl PushQueue {
-    fn new(peer: Peer) -> Self {
-        PushQueue { peer, pending: Mutex::new(HashMap::new()), notify: Notify::new(), closed: AtomicBool::new(false) }
+    fn new(peer: Peer, link: u64) -> Self {
+        PushQueue {
+            peer,
+            link,
+            pending: Mutex::new(Pending::default()),
+            notify: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
     }
 
-    fn enqueue(&self, update: &Update, committed_us: Option<u64>) {
+    /// Queues `update` (committed by the root at `committed_us`, when
+    /// known) for the child, whose holder record was read after `mark`.
+    /// Dropped if the queue is younger than the read (the record may be
+    /// one the child lost when it was forgotten; it is being reset) or a
+    /// reset came since.
+    fn enqueue(&self, update: &Update, committed_us: Option<u64>, mark: Mark) {
+        if mark.tick < self.link {
+            return;
+        }
         {
             let mut pending = self.pending.lock();
+            if !pending.at(mark.generation) {
+                return;
+            }
+            let pending = &mut pending.updates;
             let push = || Push { update: update.clone(), committed_us };
             match pending.get_mut(&update.key) {
                 Some(queued) if queued.update.version >= update.version => {}
@@ -65,8 +109,13 @@ impl PushQueue {
         self.notify.notify_one();
     }
 
-    fn requeue(&self, batch: Vec<Push>) {
+    /// Puts back a batch taken in `generation` that was not delivered.
+    fn requeue(&self, batch: Vec<Push>, generation: u64) {
         let mut pending = self.pending.lock();
+        if !pending.at(generation) {
+            return;
+        }
+        let pending = &mut pending.updates;
         for p in batch {
             match pending.get(&p.update.key) {
                 Some(newer) if newer.update.version >= p.update.version => {}
@@ -77,8 +126,13 @@ impl PushQueue {
         }
     }
 
-    fn take(&self) -> Vec<Push> {
+    /// Takes a batch to send, with the generation it was queued in; what
+    /// waited from before `now` (the store's generation) is dropped.
+    fn take(&self, now: u64) -> (Vec<Push>, u64) {
         let mut pending = self.pending.lock();
+        pending.at(now);
+        let generation = pending.generation;
+        let pending = &mut pending.updates;
         let mut keys = Vec::new();
         let mut bytes = 0;
         for (key, p) in pending.iter() {
@@ -89,12 +143,13 @@ impl PushQueue {
             bytes += size;
             keys.push(key.clone());
         }
-        keys.iter().filter_map(|k| pending.remove(k)).collect()
+        (keys.iter().filter_map(|k| pending.remove(k)).collect(), generation)
     }
 
-    /// Drops what is queued: updates of an epoch that ended.
+    /// Drops what is queued: updates formed before a reset, or we no
+    /// longer lead.
     pub(super) fn clear(&self) {
-        self.pending.lock().clear();
+        self.pending.lock().updates.clear();
     }
 
     pub fn close(&self) {
@@ -130,8 +185,13 @@ impl Node {
         Ok(())
     }
 
-    /// Drops every queued push: they were formed before an epoch change
-    /// or a reset.
+    /// Updates waiting in the push queues, not yet taken into a batch.
+    pub fn push_queued(&self) -> usize {
+        self.inner.pushers.lock().values().map(|q| q.pending.lock().updates.len()).sum()
+    }
+
+    /// Drops every queued push: they were formed before a reset, or we no
+    /// longer lead.
     pub(super) fn drop_queued_pushes(&self) {
         for q in self.inner.pushers.lock().values() {
             q.clear();
@@ -139,21 +199,25 @@ impl Node {
     }
 
     /// Queues `update` for each of `holders` that is a child of ours,
-    /// without a commit time (a fill's answer, a write's answer).
-    pub(super) fn push_to(&self, holders: &[NodeId], update: &Update) {
-        self.push_committed(holders, update, None);
+    /// without a commit time (a fill's answer, a write's answer). `mark`:
+    /// taken before the holders were read (a reset since drops the update,
+    /// and so does a child's queue made since: those children were told to
+    /// revalidate instead).
+    pub(super) fn push_to(&self, holders: &[NodeId], update: &Update, mark: Mark) {
+        self.push_committed(holders, update, None, mark);
     }
 
     /// Queues `update`, committed by the root at `committed_us` (wall
-    /// clock, µs) when known, for each of `holders` that is a child of ours.
-    pub(super) fn push_committed(&self, holders: &[NodeId], update: &Update, committed_us: Option<u64>) {
+    /// clock, µs) when known, for each of `holders` that is a child of ours
+    /// (`mark` as for [`Node::push_to`]).
+    pub(super) fn push_committed(&self, holders: &[NodeId], update: &Update, committed_us: Option<u64>, mark: Mark) {
         if holders.is_empty() {
             return;
         }
         let queues = self.inner.pushers.lock();
         for h in holders {
             if let Some(q) = queues.get(h) {
-                q.enqueue(update, committed_us);
+                q.enqueue(update, committed_us, mark);
             }
         }
     }
@@ -179,7 +243,7 @@ impl Node {
             let mut added = Vec::new();
             for c in children {
                 if let std::collections::hash_map::Entry::Vacant(slot) = queues.entry(c.id) {
-                    let q = Arc::new(PushQueue::new(c.clone()));
+                    let q = Arc::new(PushQueue::new(c.clone(), self.inner.store.tick_now()));
                     slot.insert(q.clone());
                     added.push(q);
                 }
@@ -205,10 +269,10 @@ impl Node {
             if q.is_closed() || self.is_shutting_down() {
                 return;
             }
-            // Taken in this generation: if we reset before it is delivered,
-            // the child may have heard of the reset first and refuses it.
-            let generation = self.inner.store.generation();
-            let batch = q.take();
+            // Queued in this generation (older updates are dropped): if we
+            // reset before it is delivered, the child may have heard of the
+            // reset first and refuses it.
+            let (batch, generation) = q.take(self.inner.store.generation());
             if batch.is_empty() {
                 tokio::select! {
                     _ = q.notify.notified() => {}
@@ -219,6 +283,11 @@ impl Node {
             let delay = self.args().fault_push_delay_ms;
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            // The child went meanwhile (it may be back already, reset, with
+            // a new queue): this batch is for records we forgot.
+            if q.is_closed() {
+                return;
             }
             let sent_at = self.inner.store.tick_now();
             if log::log_enabled!(log::Level::Debug) {
@@ -241,9 +310,9 @@ impl Node {
                 Err(e) => {
                     Metrics::inc(&self.inner.metrics.push_failures);
                     log::warn!("push of {} updates to child {} ({}) failed: {e}", batch.len(), q.peer.id, q.peer.url);
-                    if self.inner.store.generation() == generation {
-                        q.requeue(batch);
-                    } // else: formed before our reset; the child revalidates instead
+                    // Dropped if formed before a reset of ours: the child
+                    // revalidates instead.
+                    q.requeue(batch, generation);
                     if !self.pause(backoff).await {
                         return;
                     }
@@ -271,7 +340,8 @@ impl Node {
         tick: Option<u64>,
     ) -> Result<PushReply> {
         let store = &self.inner.store;
-        let ours = store.generation();
+        let mark = store.mark();
+        let ours = mark.generation;
         self.check_from_parent(from)?;
         self.heard_parent_generation(generation)?;
         if let Some(tick) = tick {
@@ -285,14 +355,14 @@ impl Node {
         let now = now_us();
         for Push { update: u, committed_us } in pushes {
             log::debug!("push from {from} gen {generation}: {}@{}", u.key, u.version);
-            let applied = store.apply_push(&u, t);
+            let applied = store.apply_push(&u, t, ours);
             if let (Some(at), Applied::Newer { .. } | Applied::Stale) = (committed_us, &applied) {
                 metrics.push_lag.observe(Duration::from_micros(now.saturating_sub(at)));
             }
             match applied {
                 Applied::Newer { holders } => {
                     Metrics::inc(&metrics.pushes_applied);
-                    self.push_committed(&holders, &u, committed_us);
+                    self.push_committed(&holders, &u, committed_us, mark);
                 }
                 Applied::Stale => {}
                 Applied::NotHeld => {
@@ -303,5 +373,67 @@ impl Node {
         }
         self.note_growth();
         Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(key: &str, version: u64) -> Update {
+        Update { key: key.into(), version, value: None, expires_at: None }
+    }
+
+    fn keys(batch: &[Push]) -> Vec<(String, u64)> {
+        let mut keys: Vec<(String, u64)> = batch.iter().map(|p| (p.update.key.clone(), p.update.version)).collect();
+        keys.sort();
+        keys
+    }
+
+    /// Holders read in `generation` at tick 100 (after the queue was made).
+    fn read(generation: u64) -> Mark {
+        Mark { generation, tick: 100 }
+    }
+
+    fn queue() -> PushQueue {
+        PushQueue::new(Peer { id: 4, url: "http://127.0.0.1:9".into() }, 50)
+    }
+
+    #[test]
+    fn updates_queued_before_a_reset_never_go_out_labelled_after_it() {
+        let q = queue();
+        q.enqueue(&update("a", 1), None, read(3));
+        q.enqueue(&update("a", 2), None, read(3));
+        q.enqueue(&update("b", 1), None, read(3));
+        // Our store was reset (generation 4) before the task took them: the
+        // child forgot by then, revalidates, and would take them as current.
+        let (batch, generation) = q.take(4);
+        assert!(batch.is_empty(), "{:?}", keys(&batch));
+        assert_eq!(generation, 4);
+        // Queued in the new generation: sent, labelled with it.
+        q.enqueue(&update("c", 5), None, read(4));
+        // Read before the reset, queued after it: dropped.
+        q.enqueue(&update("d", 5), None, read(3));
+        let (batch, generation) = q.take(4);
+        assert_eq!((keys(&batch), generation), (vec![("c".to_string(), 5)], 4));
+        // A failed batch comes back only into its own generation.
+        q.requeue(batch.clone(), 4);
+        q.requeue(vec![Push { update: update("e", 1), committed_us: None }], 3);
+        let (again, _) = q.take(4);
+        assert_eq!(keys(&again), vec![("c".to_string(), 5)]);
+        q.requeue(again, 4);
+        q.enqueue(&update("f", 1), None, read(5));
+        assert_eq!(keys(&q.take(5).0), vec![("f".to_string(), 1)], "the newer generation replaced the older");
+    }
+
+    #[test]
+    fn holders_read_before_a_child_was_added_back_push_it_nothing() {
+        // The child's queue was made at tick 50 (it was forgotten, then
+        // added back and told to reset): records read at tick 40 may be
+        // ones it lost, so their updates never reach it.
+        let q = queue();
+        q.enqueue(&update("old", 7), None, Mark { generation: 0, tick: 40 });
+        q.enqueue(&update("new", 8), None, Mark { generation: 0, tick: 60 });
+        assert_eq!(keys(&q.take(0).0), vec![("new".to_string(), 8)]);
     }
 }

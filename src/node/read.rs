@@ -16,12 +16,12 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use reqwest::{Method, StatusCode};
 use tokio::sync::oneshot;
 
-use super::{Node, UPSTREAM_TIMEOUT};
+use super::{Node, CONFIRMED_HEADER, UPSTREAM_TIMEOUT};
 use crate::clock::Time;
 use crate::coherence::Decision;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, Upstream};
-use crate::store::{Applied, Lookup, Millis, NodeId, Update, Version};
+use crate::store::{Answer, Applied, Lookup, Millis, NodeId, Update, Version};
 
 /// Whether a read was answered from this node's store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,13 +55,18 @@ pub struct Found {
 /// What a fill brought back, shared with every reader that waited on it.
 #[derive(Debug, Clone)]
 pub enum FillOutcome {
+    /// `confirmed`: the parent recorded us as a holder (see
+    /// [`crate::store::Answer`]).
     Found {
         version: Version,
         value: Bytes,
         expires_at: Option<Millis>,
+        confirmed: bool,
     },
     /// 304: the version we hold is still current.
-    Unchanged,
+    Unchanged {
+        confirmed: bool,
+    },
     /// 404; `deleted_at` when the parent knows the deletion's version.
     NotFound {
         deleted_at: Option<Version>,
@@ -87,10 +92,13 @@ impl FillOutcome {
     }
 }
 
-/// What the parent answers a fill with.
+/// What the parent answers a fill with. `confirmed`: the child was
+/// recorded as a holder of the key in this node's current generation
+/// (push mode), or the answer is as fresh as this node can vouch for (ttl
+/// mode): the child may store it as current. Sent as `X-Treecache-Confirmed`.
 pub enum FillAnswer {
-    Value { version: Version, value: Bytes, expires_at: Option<Millis> },
-    NotModified { version: Version },
+    Value { version: Version, value: Bytes, expires_at: Option<Millis>, confirmed: bool },
+    NotModified { version: Version, confirmed: bool },
     NotFound { deleted_at: Option<Version> },
 }
 
@@ -168,23 +176,31 @@ impl Node {
                 Err(failed.failure())
             }
             FillOutcome::NotFound { .. } => confirmed().ok_or_else(|| Error::NotFound(key.into())),
-            FillOutcome::Found { version, value, expires_at } => {
-                // Not cached (the store was reset meanwhile): serve the answer.
-                Ok(confirmed().filter(|f| f.version >= version).unwrap_or(Found {
+            FillOutcome::Found { version, value, expires_at, .. } => {
+                // What the store holds if it is at least as new, current or
+                // not (an unconfirmed answer is stored, not current; a node
+                // never serves older than it holds); else the answer itself
+                // (not cached: the store was reset meanwhile).
+                Ok(found(held.clone(), CacheStatus::Miss).filter(|f| f.version >= version).unwrap_or(Found {
                     version,
                     value,
                     expires_at,
                     cache: CacheStatus::Miss,
                 }))
             }
-            FillOutcome::Unchanged => match confirmed() {
+            FillOutcome::Unchanged { .. } => match confirmed() {
                 Some(f) => Ok(f),
-                None => match Box::pin(self.fill(key, Read::Fetch)).await {
-                    FillOutcome::Found { version, value, expires_at } => {
-                        Ok(Found { version, value, expires_at, cache: CacheStatus::Miss })
-                    }
-                    failed @ (FillOutcome::Failed { .. } | FillOutcome::Overloaded { .. }) => Err(failed.failure()),
-                    _ => Err(Error::NotFound(key.into())),
+                // Unchanged but not confirmed (or reset meanwhile): what we
+                // hold is the parent's version; serve it, still not current.
+                None => match (read, found(held.clone(), CacheStatus::Miss)) {
+                    (Read::Have(v), Some(f)) if f.version == v => Ok(f),
+                    _ => match Box::pin(self.fill(key, Read::Fetch)).await {
+                        FillOutcome::Found { version, value, expires_at, .. } => {
+                            Ok(Found { version, value, expires_at, cache: CacheStatus::Miss })
+                        }
+                        failed @ (FillOutcome::Failed { .. } | FillOutcome::Overloaded { .. }) => Err(failed.failure()),
+                        _ => Err(Error::NotFound(key.into())),
+                    },
                 },
             },
         }
@@ -248,40 +264,44 @@ impl Node {
             FillOutcome::Failed { .. } => self.inner.metrics.upstream(Upstream::Fill, false, started.elapsed()),
             _ => self.inner.metrics.upstream(Upstream::Fill, true, started.elapsed()),
         }
-        if generation == store.generation() {
-            match &outcome {
-                FillOutcome::Found { version, value, expires_at } => {
-                    let update = Update {
-                        key: key.to_string(),
-                        version: *version,
-                        value: Some(value.clone()),
-                        expires_at: *expires_at,
-                    };
-                    // Newer than what we held (a consistent read, or one
-                    // that overtook a push on its way): our holders must
-                    // hear of it, or the push that follows finds us up to
-                    // date and stops here.
-                    if let Applied::Newer { holders } = store.apply(&update, asked) {
-                        self.push_to(&holders, &update);
-                    }
+        // Stored only if the store was not reset since we asked (checked
+        // under the store's lock), and current only if the parent says it
+        // recorded us as a holder.
+        match &outcome {
+            FillOutcome::Found { version, value, expires_at, confirmed } => {
+                let update = Update {
+                    key: key.to_string(),
+                    version: *version,
+                    value: Some(value.clone()),
+                    expires_at: *expires_at,
+                };
+                // Newer than what we held (a consistent read, or one
+                // that overtook a push on its way): our holders must
+                // hear of it, or the push that follows finds us up to
+                // date and stops here.
+                let answer = Answer { sent_in: generation, confirmed: *confirmed };
+                let mark = store.mark();
+                if let Some(Applied::Newer { holders }) = store.apply_answer(&update, asked, answer) {
+                    self.push_to(&holders, &update, mark);
                 }
-                FillOutcome::Unchanged => {
-                    if let Read::Have(v) = read {
-                        store.refresh(key, v, asked);
-                    }
-                    Metrics::inc(&self.inner.metrics.revalidations_unchanged);
-                }
-                FillOutcome::NotFound { deleted_at } => {
-                    if let Applied::Newer { holders } = store.apply_absent(key, *deleted_at, asked) {
-                        if let Some(version) = deleted_at {
-                            let tombstone =
-                                Update { key: key.to_string(), version: *version, value: None, expires_at: None };
-                            self.push_to(&holders, &tombstone);
-                        }
-                    }
-                }
-                FillOutcome::Failed { .. } | FillOutcome::Overloaded { .. } => {}
             }
+            FillOutcome::Unchanged { confirmed } => {
+                if let Read::Have(v) = read {
+                    store.refresh(key, v, asked, Answer { sent_in: generation, confirmed: *confirmed });
+                }
+                Metrics::inc(&self.inner.metrics.revalidations_unchanged);
+            }
+            FillOutcome::NotFound { deleted_at } => {
+                let mark = store.mark();
+                if let Some(Applied::Newer { holders }) = store.apply_absent(key, *deleted_at, asked, generation) {
+                    if let Some(version) = deleted_at {
+                        let tombstone =
+                            Update { key: key.to_string(), version: *version, value: None, expires_at: None };
+                        self.push_to(&holders, &tombstone, mark);
+                    }
+                }
+            }
+            FillOutcome::Failed { .. } | FillOutcome::Overloaded { .. } => {}
         }
         store.unexpect(key, 0);
         self.note_growth();
@@ -306,17 +326,19 @@ impl Node {
             Err(e) => return failed(e.to_string()),
         };
         self.note_parent_tick(generation, resp.headers());
+        // Missing (not a node of this version): not confirmed, the safe side.
+        let confirmed = header_u64(&resp, CONFIRMED_HEADER) == Some(1);
         match resp.status() {
             StatusCode::OK => {
                 let version = header_u64(&resp, "x-version");
                 let expires_at = header_u64(&resp, "x-expires-at");
                 match (version, resp.bytes().await) {
-                    (Some(version), Ok(value)) => FillOutcome::Found { version, value, expires_at },
+                    (Some(version), Ok(value)) => FillOutcome::Found { version, value, expires_at, confirmed },
                     (None, _) => failed("fill answer without X-Version".into()),
                     (_, Err(e)) => failed(e.to_string()),
                 }
             }
-            StatusCode::NOT_MODIFIED => FillOutcome::Unchanged,
+            StatusCode::NOT_MODIFIED => FillOutcome::Unchanged { confirmed },
             StatusCode::NOT_FOUND => FillOutcome::NotFound { deleted_at: header_u64(&resp, "x-version") },
             status => failed(format!("{status}: {}", resp.text().await.unwrap_or_default())),
         }
@@ -375,20 +397,7 @@ impl Node {
         if delay > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
         }
-        Ok(match (lookup, fetched) {
-            (Lookup::Value { version, .. }, _) if have == Some(version) => FillAnswer::NotModified { version },
-            (Lookup::Value { version, value, expires_at, current: true, .. }, _) => {
-                FillAnswer::Value { version, value, expires_at }
-            }
-            // Reset while we asked: pass on what our parent said (our
-            // child is reset too, and revalidates).
-            (_, Some(FillOutcome::Found { version, value, expires_at })) => {
-                FillAnswer::Value { version, value, expires_at }
-            }
-            (_, Some(FillOutcome::NotFound { deleted_at })) => FillAnswer::NotFound { deleted_at },
-            (Lookup::Tombstone { version, .. }, _) => FillAnswer::NotFound { deleted_at: Some(version) },
-            _ => FillAnswer::NotFound { deleted_at: None },
-        })
+        Ok(fill_answer(lookup, fetched, have, place.coherence.pushes()))
     }
 
     /// A fill on behalf of a child: a miss here too goes up first.
@@ -418,6 +427,43 @@ enum Read {
 
 fn header_u64(resp: &reqwest::Response, name: &str) -> Option<u64> {
     resp.headers().get(name)?.to_str().ok()?.parse().ok()
+}
+
+/// What a node answers a child's fill with, from what its store holds
+/// after the child was (or was not) recorded as a holder (`lookup`) and
+/// what it fetched from its own parent for it (`fetched`). `pushes`: push
+/// mode.
+fn fill_answer(lookup: Lookup, fetched: Option<FillOutcome>, have: Option<Version>, pushes: bool) -> FillAnswer {
+    // Confirmed when the child was recorded (a current value, push
+    // mode) or, in ttl mode, when the answer is current here or was
+    // just fetched from above. Otherwise (reset while we asked, or a
+    // fill from before our reset shared with this one) we pass on the
+    // newest we know unconfirmed: the child stores it, not as current,
+    // since nothing here will push it later changes.
+    let fresh_from_above =
+        !pushes && matches!(fetched, Some(FillOutcome::Found { .. } | FillOutcome::Unchanged { .. }));
+    match (lookup, fetched) {
+        (Lookup::Value { version, current: true, .. }, _) if have == Some(version) => {
+            FillAnswer::NotModified { version, confirmed: true }
+        }
+        (Lookup::Value { version, value, expires_at, current: true, .. }, _) => {
+            FillAnswer::Value { version, value, expires_at, confirmed: true }
+        }
+        (held, Some(FillOutcome::Found { version, value, expires_at, .. }))
+            if held.version().is_none_or(|v| v < version) =>
+        {
+            FillAnswer::Value { version, value, expires_at, confirmed: fresh_from_above }
+        }
+        (Lookup::Value { version, .. }, _) if have == Some(version) => {
+            FillAnswer::NotModified { version, confirmed: fresh_from_above }
+        }
+        (Lookup::Value { version, value, expires_at, .. }, _) => {
+            FillAnswer::Value { version, value, expires_at, confirmed: fresh_from_above }
+        }
+        (_, Some(FillOutcome::NotFound { deleted_at })) => FillAnswer::NotFound { deleted_at },
+        (Lookup::Tombstone { version, .. }, _) => FillAnswer::NotFound { deleted_at: Some(version) },
+        _ => FillAnswer::NotFound { deleted_at: None },
+    }
 }
 
 /// A key kept expected while a child's fill of it is served, so neither
@@ -462,5 +508,68 @@ impl Flight<'_> {
 impl Drop for Flight<'_> {
     fn drop(&mut self) {
         self.node.inner.flights.lock().remove(self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(version: Version, current: bool) -> Lookup {
+        Lookup::Value { version, value: Bytes::from_static(b"v"), expires_at: None, received_at: 0, current }
+    }
+
+    fn fetched(version: Version) -> Option<FillOutcome> {
+        Some(FillOutcome::Found { version, value: Bytes::from_static(b"f"), expires_at: None, confirmed: true })
+    }
+
+    fn confirmed(a: &FillAnswer) -> Option<(Version, bool)> {
+        match a {
+            FillAnswer::Value { version, confirmed, .. } | FillAnswer::NotModified { version, confirmed } => {
+                Some((*version, *confirmed))
+            }
+            FillAnswer::NotFound { .. } => None,
+        }
+    }
+
+    #[test]
+    fn only_a_current_entry_answers_confirmed_in_push_mode() {
+        // Current here: the child was recorded with the read.
+        assert_eq!(confirmed(&fill_answer(value(5, true), None, None, true)), Some((5, true)));
+        let a = fill_answer(value(5, true), None, Some(5), true);
+        assert!(matches!(a, FillAnswer::NotModified { version: 5, confirmed: true }));
+        // Reset while we asked (or our fill was one begun before our reset,
+        // shared): what we fetched is passed on, but we hold no record of
+        // the child, so it must not take it as current.
+        assert_eq!(confirmed(&fill_answer(value(5, false), fetched(7), None, true)), Some((7, false)));
+        assert_eq!(confirmed(&fill_answer(Lookup::Absent, fetched(7), None, true)), Some((7, false)));
+        let a = fill_answer(value(5, false), Some(FillOutcome::Unchanged { confirmed: true }), Some(5), true);
+        assert!(matches!(a, FillAnswer::NotModified { version: 5, confirmed: false }), "a 304 that confirms nothing");
+        // A kept entry newer than what was fetched is the answer, unconfirmed.
+        assert_eq!(confirmed(&fill_answer(value(9, false), fetched(7), None, true)), Some((9, false)));
+        // Not current and nothing fetched (reset between deciding and
+        // recording): the value, unconfirmed, not a 404.
+        assert_eq!(confirmed(&fill_answer(value(9, false), None, None, true)), Some((9, false)));
+    }
+
+    #[test]
+    fn ttl_mode_confirms_what_was_just_fetched() {
+        assert_eq!(confirmed(&fill_answer(value(5, false), fetched(7), None, false)), Some((7, true)));
+        let a = fill_answer(value(5, false), Some(FillOutcome::Unchanged { confirmed: true }), Some(5), false);
+        assert!(matches!(a, FillAnswer::NotModified { version: 5, confirmed: true }));
+        assert_eq!(confirmed(&fill_answer(value(5, false), None, None, false)), Some((5, false)));
+    }
+
+    #[test]
+    fn absent_answers_carry_the_newest_deletion() {
+        let tomb = Lookup::Tombstone { version: 8, received_at: 0, current: true };
+        assert!(matches!(
+            fill_answer(tomb.clone(), fetched(7), None, true),
+            FillAnswer::NotFound { deleted_at: Some(8) }
+        ));
+        assert_eq!(confirmed(&fill_answer(tomb, fetched(9), None, true)), Some((9, false)));
+        let gone = Some(FillOutcome::NotFound { deleted_at: Some(3) });
+        assert!(matches!(fill_answer(Lookup::Absent, gone, None, true), FillAnswer::NotFound { deleted_at: Some(3) }));
+        assert!(matches!(fill_answer(Lookup::Absent, None, None, true), FillAnswer::NotFound { deleted_at: None }));
     }
 }

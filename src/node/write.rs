@@ -37,7 +37,7 @@ use super::Node;
 use crate::clock::{mono_ms, now_ms, now_us, Time};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, Upstream};
-use crate::store::{check_key, Applied, Committed, NodeId, Update, WriteId};
+use crate::store::{check_key, Answer, Applied, Committed, NodeId, Update, WriteId};
 use crate::wire::{self, Write, WriteResult, WriteResults};
 
 /// When a write is acknowledged.
@@ -289,8 +289,9 @@ impl Node {
         Ok(joined)
     }
 
-    /// `POST /internal/write` from `child`.
-    pub async fn accept_writes(&self, child: NodeId, writes: Vec<Write>) -> Result<Vec<WriteResult>> {
+    /// `POST /internal/write` from `child`: the results, and for each
+    /// whether the child may store it as current (see [`Node::confirm`]).
+    pub async fn accept_writes(&self, child: NodeId, writes: Vec<Write>) -> Result<WriteResults> {
         let place = self.place()?;
         if place.topology.child(child).is_none() {
             return Err(Error::NotChild { child, me: place.topology.id });
@@ -298,7 +299,37 @@ impl Node {
         for w in &writes {
             check_key(&w.update.key).map_err(Error::BadKey)?;
         }
-        if place.topology.is_root() {
+        let keys: Vec<String> = writes.iter().map(|w| w.update.key.clone()).collect();
+        let results = self.hop_or_commit(child, writes, place.topology.is_root()).await?;
+        let confirmed = keys.iter().zip(&results).map(|(key, r)| self.confirm(key, r, child)).collect();
+        Ok(WriteResults { results, confirmed })
+    }
+
+    /// Whether a child may store `result` of its write of `key` as current:
+    /// a commit, and the child is recorded as a holder of the key here, on
+    /// an entry that is current, now (push mode; ttl mode needs no record).
+    /// Checked when answering, not when the commit passed through: an
+    /// answer can come from the outcomes a hop remembers, or from a batch
+    /// settled before (or skipped after) a reset of ours that the child
+    /// has heard of before it sent this request; stored as current, its
+    /// copy would then miss every later change. A reset after this check
+    /// is covered: the child hears of it after it sent the request, and
+    /// resets too.
+    fn confirm(&self, key: &str, result: &WriteResult, child: NodeId) -> bool {
+        if !matches!(result, WriteResult::Committed { .. }) {
+            return false;
+        }
+        match self.place() {
+            Ok(place) if place.coherence.pushes() => self.inner.store.holds_current(key, child),
+            Ok(_) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Commits `writes` here (the root) or queues them on our uplink and
+    /// waits for their outcomes as [`HOP_WAIT`] allows.
+    async fn hop_or_commit(&self, child: NodeId, writes: Vec<Write>, root: bool) -> Result<Vec<WriteResult>> {
+        if root {
             return self.commit_batch(Some(child), writes).await;
         }
         let joined = self.join_forwarded(child, writes)?;
@@ -323,13 +354,14 @@ impl Node {
         if let (Ack::Root, Some((have, need))) = (ack, self.insync_shortfall()) {
             return Err(Error::InsyncBelowMin { have, need });
         }
+        let mark = self.inner.store.mark();
         let (result, push) = self.commit_one(update, None);
         let committed_us = now_us();
         if let Some((update, _)) = &push {
             self.make_durable(std::slice::from_ref(&(update.clone(), None))).await?;
         }
         if let Some((update, holders)) = push {
-            self.push_committed(&holders, &update, Some(committed_us));
+            self.push_committed(&holders, &update, Some(committed_us), mark);
         }
         Ok(result)
     }
@@ -343,6 +375,9 @@ impl Node {
         let mut seen_before = false;
         self.check_leading()?;
         let shortfall = self.insync_shortfall();
+        // Before any holder is read: a child added back while the batch
+        // is made durable is reset, and gets none of these pushes.
+        let mark = self.inner.store.mark();
         for w in writes {
             if let (true, Some((have, need))) = (w.ack_root, shortfall) {
                 // Not committed and not recorded: the client hears 503 and
@@ -376,7 +411,7 @@ impl Node {
             self.make_durable(&durable).await?;
         }
         for (update, holders) in pushes {
-            self.push_committed(&holders, &update, Some(committed_us));
+            self.push_committed(&holders, &update, Some(committed_us), mark);
         }
         Ok(results)
     }
@@ -482,19 +517,24 @@ impl Node {
                 continue;
             }
             let generation = self.inner.store.generation();
-            match self.send_writes(&batch).await {
-                Ok(results) => {
+            match self.send_writes(&batch, generation).await {
+                Ok(answers) => {
                     if failures > 0 {
                         log::info!("the uplink delivers again after {failures} failed tries");
                     }
                     failures = 0;
                     backoff = Duration::from_millis(50);
+                    let delay = self.args().fault_settle_delay_ms;
+                    if delay > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                    }
                     let mut again = Vec::new();
-                    for (p, result) in batch.into_iter().zip(results) {
+                    let confirmed = answers.confirmed.iter().copied().chain(std::iter::repeat(false));
+                    for ((p, result), confirmed) in batch.into_iter().zip(answers.results).zip(confirmed) {
                         if result == WriteResult::InProgress {
                             again.push(p);
                         } else {
-                            self.settle(&p, &result, generation);
+                            self.settle(&p, &result, Answer { sent_in: generation, confirmed });
                             self.resolve(p, result);
                         }
                     }
@@ -567,33 +607,43 @@ impl Node {
     /// that child included (it may not get our answer). If this node
     /// already holds something newer, the child gets that instead. If the
     /// store was reset since the batch was sent (new parent, new epoch),
-    /// the new parent does not know we hold the key: nothing is stored.
-    fn settle(&self, p: &Pending, result: &WriteResult, sent_in: u64) {
+    /// the new parent does not know we hold the key: nothing is stored. If
+    /// the parent did not confirm the commit (it holds no record of us for
+    /// the key), it is stored but not current, and the child is not
+    /// recorded: nothing would keep either up to date (the child gets an
+    /// unconfirmed answer from us too, see [`Node::confirm`]).
+    fn settle(&self, p: &Pending, result: &WriteResult, answer: Answer) {
         let WriteResult::Committed { version, .. } = result else { return };
         let store = &self.inner.store;
-        if store.generation() != sent_in {
-            return;
-        }
         let Ok(place) = self.place() else { return };
         let update = Update { version: *version, ..p.write.update.clone() };
-        log::debug!("settle {}@{} from child {:?}", update.key, update.version, p.child);
+        log::debug!(
+            "settle {}@{} from child {:?} (confirmed {}, gen {})",
+            update.key,
+            update.version,
+            p.child,
+            answer.confirmed,
+            answer.sent_in
+        );
         let t = Time::now();
+        let mark = store.mark();
         match p.child.filter(|_| place.coherence.pushes()) {
             None => {
-                if let Applied::Newer { holders } = store.apply(&update, t) {
-                    self.push_to(&holders, &update);
+                if let Some(Applied::Newer { holders }) = store.apply_answer(&update, t, answer) {
+                    self.push_to(&holders, &update, mark);
                 }
             }
-            Some(child) => match store.apply_and_hold(&update, child, t) {
-                (Applied::Newer { holders }, _) => self.push_to(&holders, &update),
-                (_, current) => self.push_to(&[child], &current),
+            Some(child) => match store.apply_and_hold(&update, child, t, answer) {
+                Some((Applied::Newer { holders }, _)) => self.push_to(&holders, &update, mark),
+                Some((_, Some(current))) => self.push_to(&[child], &current, mark),
+                Some((_, None)) | None => {}
             },
         }
         self.note_growth();
     }
 
     /// `POST {parent}/internal/write` with a batch from the uplink.
-    async fn send_writes(&self, batch: &[Pending]) -> Result<Vec<WriteResult>> {
+    async fn send_writes(&self, batch: &[Pending], generation: u64) -> Result<WriteResults> {
         let place = self.place()?;
         let parent = place.topology.parent.as_ref().ok_or_else(|| Error::Internal("the root has no parent".into()))?;
         Metrics::inc(&self.inner.metrics.upstream_requests);
@@ -607,7 +657,7 @@ impl Node {
                 &url,
                 wire::encode_writes(&writes),
                 UPLINK_TIMEOUT,
-                self.inner.store.generation(),
+                generation,
             )
             .await;
         self.inner.metrics.upstream(Upstream::Write, results.is_ok(), started.elapsed());
@@ -619,7 +669,7 @@ impl Node {
                 batch.len()
             )));
         }
-        Ok(results.results)
+        Ok(results)
     }
 
     /// SIGTERM: takes no new writes and waits (at most `limit`) until every
