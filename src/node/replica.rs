@@ -19,7 +19,7 @@
 //! waits, so no node or client sees a write that a failover could lose.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,8 +61,6 @@ pub(super) struct Replica {
     /// Leader: the `leader` znode as we last wrote it, and its version.
     /// Held across each conditional write: in-sync changes are serialized.
     znode: tokio::sync::Mutex<Option<(LeaderRecord, i32)>>,
-    /// Roots in `in_sync` (this one included); 0 when not leading.
-    in_sync: AtomicUsize,
     /// The ids in `in_sync` as we last wrote it (empty when not leading):
     /// a commit is acknowledged only once each is either waited for or out
     /// of the znode.
@@ -174,7 +172,6 @@ impl Node {
     /// We lead, as `rec` (written at `version`) says.
     pub(super) fn start_leading(&self, rec: LeaderRecord, version: i32) {
         let r = self.replica();
-        r.in_sync.store(rec.in_sync.len(), Ordering::Release);
         *r.in_sync_ids.lock() = rec.in_sync.clone();
         r.led_epoch.store(rec.epoch, Ordering::Release);
         r.deposed.store(false, Ordering::Release);
@@ -202,7 +199,7 @@ impl Node {
 
     /// Roots in sync (this one included) while leading; 0 otherwise.
     pub fn insync_roots(&self) -> usize {
-        self.replica().in_sync.load(Ordering::Acquire)
+        self.replica().in_sync_ids.lock().len()
     }
 
     pub fn is_deposed(&self) -> bool {
@@ -225,18 +222,25 @@ impl Node {
     }
 
     fn depose(&self, why: &str) {
-        let r = self.replica();
-        if !r.deposed.swap(true, Ordering::AcqRel) {
+        if !self.is_deposed() {
             log::error!(
                 "{why}: this root stops acknowledging writes and stands for election again (another root may lead)"
             );
-            r.in_sync.store(0, Ordering::Release);
-            r.in_sync_ids.lock().clear();
-            for s in r.streams.lock().drain() {
-                s.1.set_status(Status::Closed);
-            }
         }
-        r.deposed_wake.notify_waiters();
+        self.stop_leading();
+        self.replica().deposed_wake.notify_waiters();
+    }
+
+    /// No longer leading (deposed, or following another root): nothing
+    /// waiting on a stream closed here may be acknowledged, because the
+    /// flag is set first and checked after every wait.
+    fn stop_leading(&self) {
+        let r = self.replica();
+        r.deposed.store(true, Ordering::Release);
+        r.in_sync_ids.lock().clear();
+        for s in r.streams.lock().drain() {
+            s.1.set_status(Status::Closed);
+        }
         r.pending_done.notify_waiters();
     }
 
@@ -266,7 +270,6 @@ impl Node {
         match written {
             Ok(Some(v)) => {
                 log::info!("leader znode: in_sync {:?} (was {:?})", next.in_sync, rec.in_sync);
-                self.replica().in_sync.store(next.in_sync.len(), Ordering::Release);
                 *self.replica().in_sync_ids.lock() = next.in_sync.clone();
                 **guard = Some((next, v));
                 Ok(())
@@ -550,7 +553,7 @@ impl Node {
             }
             match self.send_batch(s, info, body.clone()).await {
                 Ok(()) => return true,
-                Err(e @ (Error::StaleEpoch { .. } | Error::NotStandby)) => {
+                Err(e @ Error::NotStandby) => {
                     // A root at a newer epoch, or no longer a standby: if
                     // it is in sync, only a conditional write can tell
                     // whether we still lead.
@@ -602,8 +605,9 @@ impl Node {
             .and_then(|v| v["code"].as_str().map(str::to_string))
             .unwrap_or_default();
         Err(match code.as_str() {
-            "stale_epoch" => Error::StaleEpoch { got: self.epoch(), have: self.epoch() + 1 },
-            "not_standby" => Error::NotStandby,
+            // A newer epoch there, or no standby any more: it is not ours
+            // to stream to (whether we still lead, the znode decides).
+            "stale_epoch" | "not_standby" => Error::NotStandby,
             _ => Error::Upstream { url, status: status.as_u16(), body: text },
         })
     }
@@ -727,15 +731,7 @@ impl Node {
                 f.heard_at = mono_ms();
             }
         }
-        r.in_sync.store(0, Ordering::Release);
-        r.in_sync_ids.lock().clear();
-        // Not leading any more: nothing waiting on a stream we close here
-        // may be acknowledged (the flag is checked after the wait).
-        r.deposed.store(true, Ordering::Release);
-        for s in r.streams.lock().drain() {
-            s.1.set_status(Status::Closed);
-        }
-        r.pending_done.notify_waiters();
+        self.stop_leading();
         if self.inner.place.write().take().is_some() {
             log::info!("no longer leading: standing by for leader {leader} at {url}");
             self.drop_queued_pushes();

@@ -21,7 +21,7 @@
 //! stream per peer instead of a request per batch).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
@@ -86,7 +86,6 @@ pub struct Stream {
     progress: watch::Sender<Progress>,
     /// Wakes the sender: frames queued, or the stream closed.
     pub wake: Notify,
-    closed: AtomicBool,
     /// Set once a close is under way (a stream past [`MAX_QUEUED_BYTES`]).
     pub closing: AtomicBool,
     /// Joining: the sequence the standby must hold before it joins `in_sync`.
@@ -104,7 +103,6 @@ impl Stream {
             queue: Mutex::new(Queue::default()),
             progress,
             wake: Notify::new(),
-            closed: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             join_target: std::sync::atomic::AtomicU64::new(0),
         }
@@ -180,12 +178,18 @@ impl Stream {
         self.progress.subscribe()
     }
 
+    /// Sets the status; Closed is final.
     pub fn set_status(&self, status: Status) {
+        self.progress.send_if_modified(|p| {
+            let change = p.status != Status::Closed && p.status != status;
+            if change {
+                p.status = status;
+            }
+            change
+        });
         if status == Status::Closed {
-            self.closed.store(true, Ordering::Release);
             self.wake.notify_one();
         }
-        self.progress.send_modify(|p| p.status = status);
     }
 
     /// Moves from `from` to `to` only if the status is still `from`.
@@ -200,7 +204,7 @@ impl Stream {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.progress.borrow().status == Status::Closed
     }
 }
 
