@@ -84,6 +84,7 @@ async fn a_standby_syncs_serves_reads_forwards_writes_and_refuses_bad_batches() 
     // What was written before it came is there (from the snapshot) ...
     let r = c.get(s, "before-7", "").await;
     assert_eq!((r.status, r.text().as_str(), r.cache.as_deref()), (200, "v7", Some("hit")));
+    assert_eq!(r.node, Some(standby_id.to_string()), "X-Node names the standby that answered");
     // ... and what is written after (from the stream), at once: an
     // acknowledged ack=root write is on every in-sync root.
     let v = put_root(&c, 1, "after", "fresh").await.expect("write with the standby in sync");

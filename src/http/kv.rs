@@ -25,8 +25,13 @@ fn answer(node: &Node, result: Result<HttpResponse, Error>) -> HttpResponse {
             e.error_response()
         }
     };
-    if let Ok(place) = node.place() {
-        resp.headers_mut().insert(X_NODE, HeaderValue::from(place.topology.id));
+    // A standby root has an id but no place in the tree. A standby's
+    // forwarded answer keeps the leader's X-Node: the leader answered it.
+    let id = node.place().map(|p| p.topology.id).ok().or_else(|| node.node_id());
+    if let Some(id) = id {
+        if !resp.headers().contains_key(X_NODE) {
+            resp.headers_mut().insert(X_NODE, HeaderValue::from(id));
+        }
     }
     resp
 }
