@@ -175,6 +175,11 @@ pub struct NodeArgs {
     /// sending it. Never set in production.
     #[arg(long, env = "TREECACHE_FAULT_PUSH_DELAY_MS", hide = true, default_value_t = 0)]
     pub fault_push_delay_ms: u64,
+    /// Fault injection for tests: hold every batch the write uplink takes
+    /// this long before sending it to the parent (so the tree can change
+    /// while writes wait here). Never set in production.
+    #[arg(long, env = "TREECACHE_FAULT_UPLINK_DELAY_MS", hide = true, default_value_t = 0)]
+    pub fault_uplink_delay_ms: u64,
     /// Fault injection for tests: when the parent answers a write batch,
     /// hold the answer this long before settling it (so a reset, or a
     /// resend from a child, can come first). Never set in production.

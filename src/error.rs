@@ -53,7 +53,7 @@ pub enum Error {
     Internal(String),
     #[error("node {child} is not a child of node {me} (the tree changed; re-registering fixes it)")]
     NotChild { child: u64, me: u64 },
-    #[error("node {from} is not this node's parent ({parent})")]
+    #[error("{from} is not this node's parent ({parent})")]
     NotParent { from: String, parent: String },
     #[error("this node is shutting down")]
     ShuttingDown,

@@ -181,6 +181,7 @@ metrics! {
         bad_requests: "Requests refused for bad input",
         duplicate_writes: "Writes the root had decided before (a resend or a second path): answered with the first outcome",
         stale_served: "Reads answered from a stale or unconfirmed entry because the parent was unreachable (--stale-if-error)",
+        writes_resent: "Writes sent again, in their order, because the link to the parent changed before their outcome was heard",
         resets: "Times this node's store was reset (new parent or epoch): entries kept, to be revalidated",
     }
     gauges {
@@ -195,6 +196,7 @@ metrics! {
         children: "Children attached",
         epoch: "Root epoch this node follows",
         uplink_pending: "Writes this node holds that its parent has not taken yet (queued or in flight)",
+        uplink_unconfirmed: "Writes the parent has taken whose outcome this node has not heard yet (sent again, first, to a new parent)",
         push_queued: "Updates waiting in this node's push queues, not yet taken into a batch for a child (coalesced by key)",
         insync_roots: "Roots holding every acknowledged write (the leader and its in-sync standbys), at the leader; 0 elsewhere",
     }

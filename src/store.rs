@@ -77,7 +77,7 @@ pub fn check_key(key: &str) -> Result<(), String> {
 /// earlier one), and a sequence number in the order that node received its
 /// writes. The root commits each id once and remembers the outcome, so a
 /// retried write learns its result instead of committing twice.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct WriteId {
     pub origin: NodeId,
     pub incarnation: u64,

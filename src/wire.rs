@@ -315,12 +315,29 @@ pub enum WriteResult {
 /// and for each whether the parent holds the sender as a holder of the
 /// write's key in its current store generation (so the sender may store a
 /// commit as current; see `crate::store::Answer`). Missing or short:
-/// not confirmed.
+/// not confirmed. Then the outcomes the parent owes the sender of writes
+/// it answered earlier, before the root had decided them.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WriteResults {
     pub results: Vec<WriteResult>,
     #[serde(default)]
     pub confirmed: Vec<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<Notice>,
+}
+
+/// The outcome of a write a parent answered `Accepted` or `InProgress`,
+/// sent to the child in a later answer once the root has decided it.
+/// Numbered per parent process: the child says the highest number it has
+/// (`?seen=N`) in its next request, and the parent sends each notice until
+/// then. `confirmed` as in [`WriteResults`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Notice {
+    pub seq: u64,
+    pub id: WriteId,
+    pub result: WriteResult,
+    #[serde(default)]
+    pub confirmed: bool,
 }
 
 /// A child's answer to a push: the keys it no longer holds.

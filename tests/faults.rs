@@ -107,6 +107,59 @@ async fn a_lost_write_answer_is_resent_and_committed_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_parent_write_survives_its_parent_becoming_its_child() {
+    // The history checker's seed 5687249067586153832: node W's ack=parent
+    // write was taken by its parent P; P lost its session, W moved up to
+    // the root and P came back as W's child, still holding the write. P
+    // handed it back to W, which answered from its memory that it had
+    // handed the write on: the write was gone, and re-queued it would
+    // have been refused anyway, overtaken by W's later writes. P holds
+    // each batch 25 s here, so the write is still in P when the tree flips.
+    let mut c = chain(1, &[], &[]).await;
+    let p = c.add_node_with(&["--fault-uplink-delay-ms", "25000"]).await;
+    let w = c.add_node().await;
+    let (p_id, w_id) = (c.id(p).await, c.id(w).await);
+    let children = |h: Value| -> Vec<u64> {
+        h["children"].as_array().map(|c| c.iter().filter_map(Value::as_u64).collect()).unwrap_or_default()
+    };
+    assert_eq!(children(c.health(p).await), vec![w_id], "a chain: root, P, W");
+    let (status, body) = c.put(w, "first", "one", "").await;
+    assert_eq!((status, body["ack"].as_str()), (200, Some("parent")), "taken by P: {body}");
+    c.pause(p);
+    wait_until(Duration::from_secs(30), "W to move up to the root when P's session expires", || async {
+        children(c.health(0).await) == vec![w_id]
+    })
+    .await;
+    c.resume(p);
+    wait_until(Duration::from_secs(30), "P to come back as W's child", || async {
+        children(c.health(w).await) == vec![p_id]
+    })
+    .await;
+    let (status, body) = c.put(w, "second", "two", "?ack=root").await;
+    assert_eq!(status, 201, "{body}");
+    let second = body["version"].as_u64().expect("version");
+    wait_until(Duration::from_secs(60), "W's first write to reach the root", || async {
+        c.get(0, "first", "").await.status == 200
+    })
+    .await;
+    let first = c.get(0, "first", "").await;
+    assert_eq!(first.text(), "one");
+    let first = first.version.expect("version");
+    assert!(first < second, "W's writes committed in the order W took them ({first} then {second})");
+    // P's held copy goes out and is recognised: committed once.
+    wait_until(Duration::from_secs(60), "P to hand on what it held", || async {
+        c.metric(p, "uplink_pending").await == 0.0 && c.metric(p, "uplink_unconfirmed").await == 0.0
+    })
+    .await;
+    assert_eq!(c.get(0, "first", "").await.version, Some(first), "committed once");
+    assert_eq!(c.metric(0, "commits_total").await, 2.0, "each write committed exactly once");
+    wait_until(Duration::from_secs(20), "W to serve its own writes", || async {
+        c.get(w, "first", "").await.version == Some(first) && c.get(w, "second", "").await.version == Some(second)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_parent_writes_wait_out_a_root_restart_instead_of_being_dropped() {
     let mut c = chain(3, &[], &[]).await;
     let tries_before = c.metric(1, "upstream_requests_total").await;

@@ -94,6 +94,7 @@ pub async fn metrics(node: ThinData<Node>) -> HttpResponse {
     m.epoch.set(i64::try_from(node.epoch()).unwrap_or(i64::MAX));
     m.insync_roots.set(count(node.insync_roots()));
     m.uplink_pending.set(count(node.uplink_pending()));
+    m.uplink_unconfirmed.set(count(node.uplink_unconfirmed()));
     m.push_queued.set(count(node.push_queued()));
     m.set_zk_state(node.zk_state());
     HttpResponse::Ok().content_type(crate::metrics::CONTENT_TYPE).body(m.render())

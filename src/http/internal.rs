@@ -115,11 +115,12 @@ fn from_of(req: &HttpRequest) -> Result<u64> {
 
 pub async fn write(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
     node.check_epoch(epoch_of(&req)?)?;
-    let q = Query::parse(&req, &["child"])?;
+    let q = Query::parse(&req, &["child", "seen"])?;
     let child = child_of(&q)?;
+    let seen = q.u64("seen")?.unwrap_or(0);
     let body = read_body(&req, body, MAX_BATCH_BYTES).await?;
     let writes = wire::decode_writes(&body).map_err(Error::BadRequest)?;
-    let answers = node.accept_writes(child, writes).await?;
+    let answers = node.accept_writes(child, writes, seen).await?;
     let delay = node.args().fault_write_delay_ms;
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;

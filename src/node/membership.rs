@@ -255,6 +255,9 @@ impl Node {
         if reset {
             self.reset_subtree(&children);
         }
+        // The uplink sends over the new link (what the last parent took
+        // goes again, first) without waiting out a poll of the old one.
+        self.inner.uplink.poke();
     }
 
     /// Marks what we hold as unconfirmed (see [`crate::store::Store::reset`])
@@ -267,6 +270,7 @@ impl Node {
             log::info!("our place in the tree changed: {} entries kept, to be revalidated before use", store.len());
         }
         store.reset();
+        self.inner.uplink.poke();
         crate::metrics::Metrics::inc(&self.inner.metrics.resets);
         let generation = store.generation();
         for child in children.iter().cloned() {

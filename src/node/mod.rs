@@ -356,6 +356,9 @@ impl Node {
     pub fn uplink_pending(&self) -> usize {
         self.inner.uplink.len()
     }
+    pub fn uplink_unconfirmed(&self) -> usize {
+        self.inner.uplink.unconfirmed()
+    }
 
     /// `--fault-lose-write-replies`: whether to drop this write answer.
     pub fn lose_this_write_reply(&self) -> bool {

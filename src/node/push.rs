@@ -228,6 +228,7 @@ impl Node {
     /// been ours before, we forgot it as a holder when it went, and it may
     /// never have noticed going (a topology message lost or overtaken).
     pub(super) fn sync_children(&self, children: &[Peer]) {
+        self.inner.uplink.keep_children(children);
         let (gone, added) = {
             let mut queues = self.inner.pushers.lock();
             let gone: Vec<NodeId> = queues

@@ -10,12 +10,20 @@
 //! order in which a node received its writes is the order they reach the
 //! root, hop after hop.
 //!
-//! A parent answers an ack=parent write `Accepted` as soon as it is queued
-//! (it now owns the delivery), and an ack=root write with the root's commit
-//! once that comes back, or `InProgress` if it takes longer than
-//! [`HOP_WAIT`] (the sender sends the same id again; the parent finds it
-//! queued and waits again). Each hop remembers the ids it has queued and
-//! recently settled, so a resend is never queued twice.
+//! A parent answers an ack=parent write `Accepted` as soon as it is queued,
+//! and an ack=root write with the root's commit once that comes back, or
+//! `InProgress` if it takes longer than [`HOP_WAIT`]. Either way the write
+//! stays the sender's too (**unconfirmed**) until it hears the outcome:
+//! the parent owes it a [`Notice`], sent in the answer to the sender's
+//! next request (an empty batch is a poll that waits for one). When the
+//! link to the parent changes (a new parent, or a reset: the parent's
+//! place or epoch changed, or it restarted) the sender sends its
+//! unconfirmed writes again, first and in order, before anything newer.
+//! So a write taken by a parent that then loses its way (it became our
+//! child, it was reaped while paused) is never lost while we live, and the
+//! root sees a node's writes in order on every path. Each hop remembers
+//! the ids it holds and the outcomes it recently settled, so a resend is
+//! never queued twice.
 //!
 //! The root commits each id once ([`Outcomes`]): a resend, or the same
 //! write arriving by a second path after a re-attachment, gets the first
@@ -38,7 +46,7 @@ use crate::clock::{mono_ms, now_ms, now_us, Time};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, Upstream};
 use crate::store::{check_key, Answer, Applied, Committed, NodeId, Update, WriteId};
-use crate::wire::{self, Write, WriteResult, WriteResults};
+use crate::wire::{self, Notice, Peer, Write, WriteResult, WriteResults};
 
 /// When a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,9 +81,9 @@ const UPLINK_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a client's write waits for its acknowledgement before it is
 /// answered 503 `write_in_flight` (the write stays queued and is delivered).
 const CLIENT_WAIT: Duration = Duration::from_secs(30);
-/// After an ack=parent write was taken by the parent, how long pushes for
-/// its key are welcome here though the key is not held (its commit comes
-/// back by push).
+/// After an unconfirmed write's outcome was heard, how long pushes for its
+/// key are still welcome here though the key may not be held (the push of
+/// the commit can come after the notice).
 const ACCEPTED_LINGER_MS: u64 = 60_000;
 /// Most writes in one uplink batch, and most bytes (at least one write is
 /// always sent, whatever its size: values are bounded by
@@ -97,17 +105,56 @@ struct Pending {
     child: Option<NodeId>,
 }
 
+/// The parent the uplink sends to, and the store generation it sends in.
+/// Writes the parent took over one link are sent again over the next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Link {
+    parent: Peer,
+    generation: u64,
+}
+
+/// Who waits for one write's outcome.
+#[derive(Default)]
+struct Waiters {
+    /// In-request waiters: our client (answered `Accepted` early for an
+    /// ack=parent write), a child's ack=root request.
+    txs: Vec<oneshot::Sender<WriteResult>>,
+    /// Children that were answered before the outcome was known: each
+    /// gets a [`Notice`] of it.
+    owed: Vec<NodeId>,
+}
+
+/// An outcome owed to a child, until it says it has it.
+struct Owed {
+    seq: u64,
+    id: WriteId,
+    key: String,
+    result: WriteResult,
+}
+
 #[derive(Default)]
 struct UplinkState {
     queue: VecDeque<Pending>,
-    /// Writes taken by the sender and not settled yet.
+    /// Writes taken by the sender and not answered yet.
     in_flight: usize,
-    /// Every queued or in-flight id, with whoever waits for its outcome.
-    waiting: HashMap<WriteId, Vec<oneshot::Sender<WriteResult>>>,
+    /// Writes the parent took whose outcome we have not heard, in the
+    /// order they were taken (keyed by `handed_seq`), and their ids.
+    handed: BTreeMap<u64, Pending>,
+    handed_ids: HashMap<WriteId, u64>,
+    handed_seq: u64,
+    /// The link `handed` went over, and the highest notice heard on it.
+    link: Option<Link>,
+    seen: u64,
+    /// Every id we hold (queued, in flight or unconfirmed), with whoever
+    /// waits for its outcome.
+    waiting: HashMap<WriteId, Waiters>,
     /// Outcomes of recently settled ids, oldest first out.
     recent: HashMap<WriteId, WriteResult>,
     recent_order: VecDeque<WriteId>,
     next_seq: u64,
+    /// Outcomes owed to each child, oldest first, and the last number given.
+    notices: HashMap<NodeId, VecDeque<Owed>>,
+    notice_seq: u64,
     /// Set on SIGTERM: no new writes are taken.
     draining: bool,
 }
@@ -123,21 +170,88 @@ impl UplinkState {
             }
         }
     }
+
+    fn hand(&mut self, p: Pending) {
+        self.handed_seq += 1;
+        self.handed_ids.insert(p.write.id, self.handed_seq);
+        self.handed.insert(self.handed_seq, p);
+    }
+
+    fn unhand(&mut self, id: &WriteId) -> Option<Pending> {
+        let at = self.handed_ids.remove(id)?;
+        self.handed.remove(&at)
+    }
+
+    /// Moves to `link`: what the last link's parent took goes again, first.
+    fn relink(&mut self, link: &Link) -> usize {
+        if self.link.as_ref() == Some(link) {
+            return 0;
+        }
+        self.link = Some(link.clone());
+        self.seen = 0;
+        self.handed_ids.clear();
+        let again = std::mem::take(&mut self.handed);
+        let n = again.len();
+        for (_, p) in again.into_iter().rev() {
+            self.queue.push_front(p);
+        }
+        n
+    }
+
+    /// Owes `child` the outcome of `id`.
+    fn owe(&mut self, child: NodeId, id: WriteId, key: &str, result: &WriteResult) {
+        if self.notice_seq == 0 {
+            // Numbers start at the clock, so a child's `seen` from an
+            // earlier process at the same address never covers ours.
+            self.notice_seq = now_us();
+        }
+        self.notice_seq += 1;
+        let owed = Owed { seq: self.notice_seq, id, key: key.to_string(), result: result.clone() };
+        self.notices.entry(child).or_default().push_back(owed);
+    }
+
+    /// `child` has every notice up to `seen`: forgets them.
+    fn acked(&mut self, child: NodeId, seen: u64) {
+        if let Some(q) = self.notices.get_mut(&child) {
+            while q.front().is_some_and(|o| o.seq <= seen) {
+                q.pop_front();
+            }
+            if q.is_empty() {
+                self.notices.remove(&child);
+            }
+        }
+    }
 }
 
 /// This node's FIFO of writes on their way to the root.
 #[derive(Default)]
 pub(super) struct Uplink {
     state: Mutex<UplinkState>,
-    /// Wakes the sender (a write queued) and the drain (a batch settled).
+    /// Wakes the sender (a write queued, the link changed) and the drain
+    /// (a batch settled), and children's polls (a notice owed).
     wake: Notify,
     settled: Notify,
+    noticed: Notify,
 }
 
 impl Uplink {
     pub(super) fn len(&self) -> usize {
         let s = self.state.lock();
         s.queue.len() + s.in_flight
+    }
+
+    pub(super) fn unconfirmed(&self) -> usize {
+        self.state.lock().handed.len()
+    }
+
+    /// The sender should look again: the link to the parent may have changed.
+    pub(super) fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Forgets what is owed to nodes that are no longer children.
+    pub(super) fn keep_children(&self, children: &[Peer]) {
+        self.state.lock().notices.retain(|id, _| children.iter().any(|c| c.id == *id));
     }
 }
 
@@ -146,7 +260,7 @@ enum Joined {
     /// Settled before: its outcome.
     Known(WriteResult),
     /// Queued (now or before); the receiver gets the outcome.
-    Waiting(oneshot::Receiver<WriteResult>),
+    Waiting(oneshot::Receiver<WriteResult>, WriteId),
     /// Queued (now or before); nobody waits here (ack=parent from a child).
     Queued,
 }
@@ -249,7 +363,7 @@ impl Node {
         let id = WriteId { origin: me, incarnation: self.inner.incarnation, seq: s.next_seq };
         let (tx, rx) = oneshot::channel();
         self.inner.store.expect(&update.key);
-        s.waiting.insert(id, vec![tx]);
+        s.waiting.insert(id, Waiters { txs: vec![tx], owed: Vec::new() });
         s.queue.push_back(Pending { write: Write { update, id, ack_root: ack == Ack::Root }, child: None });
         drop(s);
         self.inner.uplink.wake.notify_one();
@@ -257,9 +371,12 @@ impl Node {
     }
 
     /// Queues writes from `child`, in order, each once however often it is
-    /// sent.
+    /// sent. An ack=parent write is answered `Accepted` before its outcome
+    /// is known, so the child is owed a notice of it.
     fn join_forwarded(&self, child: NodeId, writes: Vec<Write>) -> Result<Vec<Joined>> {
-        let mut s = self.inner.uplink.state.lock();
+        let pushes = self.place().map(|p| p.coherence.pushes()).unwrap_or(false);
+        let mut guard = self.inner.uplink.state.lock();
+        let s = &mut *guard;
         if s.draining {
             return Err(Error::ShuttingDown);
         }
@@ -270,28 +387,39 @@ impl Node {
                 continue;
             }
             let (tx, rx) = oneshot::channel();
-            let waiter = if w.ack_root { Some(tx) } else { None };
-            match s.waiting.get_mut(&w.id) {
-                Some(waiters) => waiters.extend(waiter),
-                None => {
-                    match self.place().map(|p| p.coherence.pushes()) {
-                        Ok(true) => self.inner.store.expect_for(&w.update.key, child),
-                        _ => self.inner.store.expect(&w.update.key),
+            let waiters = match s.waiting.entry(w.id) {
+                std::collections::hash_map::Entry::Occupied(held) => held.into_mut(),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    if pushes {
+                        self.inner.store.expect_for(&w.update.key, child);
+                    } else {
+                        self.inner.store.expect(&w.update.key);
                     }
-                    s.waiting.insert(w.id, waiter.into_iter().collect());
+                    let waiters = slot.insert(Waiters::default());
                     s.queue.push_back(Pending { write: w.clone(), child: Some(child) });
+                    waiters
                 }
+            };
+            if w.ack_root {
+                waiters.txs.push(tx);
+                joined.push(Joined::Waiting(rx, w.id));
+            } else {
+                if !waiters.owed.contains(&child) {
+                    waiters.owed.push(child);
+                }
+                joined.push(Joined::Queued);
             }
-            joined.push(if w.ack_root { Joined::Waiting(rx) } else { Joined::Queued });
         }
-        drop(s);
+        drop(guard);
         self.inner.uplink.wake.notify_one();
         Ok(joined)
     }
 
     /// `POST /internal/write` from `child`: the results, and for each
-    /// whether the child may store it as current (see [`Node::confirm`]).
-    pub async fn accept_writes(&self, child: NodeId, writes: Vec<Write>) -> Result<WriteResults> {
+    /// whether the child may store it as current (see [`Node::confirm`]),
+    /// then the notices owed to it past `seen` (the highest it has). An
+    /// empty batch is a poll: it waits (at most [`HOP_WAIT`]) for a notice.
+    pub async fn accept_writes(&self, child: NodeId, writes: Vec<Write>, seen: u64) -> Result<WriteResults> {
         let place = self.place()?;
         if place.topology.child(child).is_none() {
             return Err(Error::NotChild { child, me: place.topology.id });
@@ -299,10 +427,46 @@ impl Node {
         for w in &writes {
             check_key(&w.update.key).map_err(Error::BadKey)?;
         }
+        self.inner.uplink.state.lock().acked(child, seen);
+        let poll = writes.is_empty();
         let keys: Vec<String> = writes.iter().map(|w| w.update.key.clone()).collect();
         let results = self.hop_or_commit(child, writes, place.topology.is_root()).await?;
         let confirmed = keys.iter().zip(&results).map(|(key, r)| self.confirm(key, r, child)).collect();
-        Ok(WriteResults { results, confirmed })
+        if poll {
+            self.await_notice(child).await;
+        }
+        Ok(WriteResults { results, confirmed, notices: self.notices_for(child) })
+    }
+
+    /// Waits until a notice is owed to `child`, at most [`HOP_WAIT`].
+    async fn await_notice(&self, child: NodeId) {
+        let deadline = tokio::time::Instant::now() + HOP_WAIT;
+        let uplink = &self.inner.uplink;
+        loop {
+            let noticed = uplink.noticed.notified();
+            if uplink.state.lock().notices.contains_key(&child) {
+                return;
+            }
+            let mut shutdown = self.subscribe_shutdown();
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = shutdown.changed() => return,
+                _ = noticed => {}
+            }
+        }
+    }
+
+    /// Every notice owed to `child`, each with whether the child may store
+    /// the commit as current.
+    fn notices_for(&self, child: NodeId) -> Vec<Notice> {
+        let owed: Vec<(u64, WriteId, String, WriteResult)> = {
+            let s = self.inner.uplink.state.lock();
+            let Some(q) = s.notices.get(&child) else { return Vec::new() };
+            q.iter().map(|o| (o.seq, o.id, o.key.clone(), o.result.clone())).collect()
+        };
+        owed.into_iter()
+            .map(|(seq, id, key, result)| Notice { seq, id, confirmed: self.confirm(&key, &result, child), result })
+            .collect()
     }
 
     /// Whether a child may store `result` of its write of `key` as current:
@@ -339,13 +503,27 @@ impl Node {
             results.push(match j {
                 Joined::Known(result) => result,
                 Joined::Queued => WriteResult::Accepted,
-                Joined::Waiting(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                Joined::Waiting(rx, id) => match tokio::time::timeout_at(deadline, rx).await {
                     Ok(Ok(result)) => result,
-                    Ok(Err(_)) | Err(_) => WriteResult::InProgress,
+                    Ok(Err(_)) | Err(_) => self.in_progress(child, id),
                 },
             });
         }
         Ok(results)
+    }
+
+    /// An ack=root write from `child` that the wait did not see decided:
+    /// `InProgress`, and a notice owed once it is; or its outcome, if it
+    /// was decided meanwhile.
+    fn in_progress(&self, child: NodeId, id: WriteId) -> WriteResult {
+        let mut s = self.inner.uplink.state.lock();
+        if let Some(waiters) = s.waiting.get_mut(&id) {
+            if !waiters.owed.contains(&child) {
+                waiters.owed.push(child);
+            }
+            return WriteResult::InProgress;
+        }
+        s.recent.get(&id).cloned().unwrap_or(WriteResult::InProgress)
     }
 
     /// The root commits a write from its own client.
@@ -498,14 +676,15 @@ impl Node {
     }
 
     /// Sends the uplink's head to the parent, batch after batch, until the
-    /// node stops; retries a batch until the parent answers.
+    /// node stops; retries a batch until the parent answers. With nothing
+    /// to send and writes unconfirmed, polls the parent for their outcomes.
     pub(super) async fn run_uplink(self) {
         let uplink = &self.inner.uplink;
         let mut backoff = Duration::from_millis(50);
         let mut failures = 0u32;
         loop {
-            let batch = self.take_batch();
-            if batch.is_empty() {
+            let Some(link) = self.link() else {
+                // Not placed yet (or the root): nothing can go up.
                 if self.is_shutting_down() {
                     return;
                 }
@@ -513,11 +692,23 @@ impl Node {
                 tokio::select! {
                     _ = uplink.wake.notified() => {}
                     _ = shutdown.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
                 continue;
+            };
+            let (batch, seen) = self.take_batch(&link);
+            if batch.is_empty() {
+                if self.is_shutting_down() {
+                    return;
+                }
+                self.idle(&link, seen).await;
+                continue;
             }
-            let generation = self.inner.store.generation();
-            match self.send_writes(&batch, generation).await {
+            let hold = self.args().fault_uplink_delay_ms;
+            if hold > 0 {
+                tokio::time::sleep(Duration::from_millis(hold)).await;
+            }
+            match self.send_writes(&batch, &link, seen).await {
                 Ok(answers) => {
                     if failures > 0 {
                         log::info!("the uplink delivers again after {failures} failed tries");
@@ -528,17 +719,18 @@ impl Node {
                     if delay > 0 {
                         tokio::time::sleep(Duration::from_millis(delay)).await;
                     }
-                    let mut again = Vec::new();
+                    self.inner.uplink.state.lock().in_flight -= batch.len();
                     let confirmed = answers.confirmed.iter().copied().chain(std::iter::repeat(false));
                     for ((p, result), confirmed) in batch.into_iter().zip(answers.results).zip(confirmed) {
-                        if result == WriteResult::InProgress {
-                            again.push(p);
-                        } else {
-                            self.settle(&p, &result, Answer { sent_in: generation, confirmed });
-                            self.resolve(p, result);
+                        match result {
+                            WriteResult::Accepted | WriteResult::InProgress => self.hand(p, &result),
+                            result => {
+                                self.settle(&p, &result, Answer { sent_in: link.generation, confirmed });
+                                self.resolve(p, result, false);
+                            }
                         }
                     }
-                    self.requeue(again);
+                    self.take_notices(answers.notices, &link);
                 }
                 Err(e) => {
                     failures += 1;
@@ -556,10 +748,57 @@ impl Node {
         }
     }
 
+    /// The link the uplink sends over now: the parent, read before the
+    /// store generation (a new place is taken before the reset that
+    /// follows it, so a batch is never bound to a generation older than
+    /// its parent).
+    fn link(&self) -> Option<Link> {
+        let parent = self.place().ok()?.topology.parent.clone()?;
+        Some(Link { parent, generation: self.inner.store.generation() })
+    }
+
+    /// Nothing to send: waits for a write, or, with writes unconfirmed,
+    /// polls the parent for their outcomes until a write comes.
+    async fn idle(&self, link: &Link, seen: u64) {
+        let uplink = &self.inner.uplink;
+        let mut shutdown = self.subscribe_shutdown();
+        if uplink.state.lock().handed.is_empty() {
+            tokio::select! {
+                _ = uplink.wake.notified() => {}
+                _ = shutdown.changed() => {}
+            }
+            return;
+        }
+        let poll = async {
+            match self.send_writes(&[], link, seen).await {
+                Ok(answers) => self.take_notices(answers.notices, link),
+                Err(e) => {
+                    log::debug!("polling the parent for write outcomes: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = poll => {}
+            _ = uplink.wake.notified() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+
     /// Takes the head of the uplink: up to [`UPLINK_BATCH`] writes and
-    /// [`BATCH_BYTES`], at least one.
-    fn take_batch(&self) -> Vec<Pending> {
+    /// [`BATCH_BYTES`], at least one; and the highest notice heard. Over a
+    /// new link, the writes the last one took are sent again first.
+    fn take_batch(&self, link: &Link) -> (Vec<Pending>, u64) {
         let mut s = self.inner.uplink.state.lock();
+        let again = s.relink(link);
+        if again > 0 {
+            Metrics::add(&self.inner.metrics.writes_resent, again as u64);
+            log::info!(
+                "sending {again} writes again to node {} ({}): taken over an earlier link, outcome not heard",
+                link.parent.id,
+                link.parent.url
+            );
+        }
         let mut batch = Vec::new();
         let mut bytes = 0;
         while let Some(front) = s.queue.front() {
@@ -571,10 +810,10 @@ impl Node {
             batch.extend(s.queue.pop_front());
         }
         s.in_flight += batch.len();
-        batch
+        (batch, s.seen)
     }
 
-    /// Puts unsettled writes back at the head, in their order.
+    /// Puts unanswered writes back at the head, in their order.
     fn requeue(&self, batch: Vec<Pending>) {
         let mut s = self.inner.uplink.state.lock();
         s.in_flight -= batch.len();
@@ -583,20 +822,68 @@ impl Node {
         }
     }
 
-    /// Hands a settled write's outcome to whoever waits for it.
-    fn resolve(&self, p: Pending, result: WriteResult) {
-        let linger = match result {
-            WriteResult::Accepted => mono_ms() + ACCEPTED_LINGER_MS,
-            _ => 0,
-        };
-        self.inner.store.unexpect(&p.write.update.key, linger);
-        let waiters = {
+    /// The parent took `p` without its outcome: ours until we hear it. Our
+    /// client of an ack=parent write has its answer now.
+    fn hand(&self, p: Pending, result: &WriteResult) {
+        let early = {
             let mut s = self.inner.uplink.state.lock();
-            s.in_flight -= 1;
-            s.remember(p.write.id, result.clone());
-            s.waiting.remove(&p.write.id).unwrap_or_default()
+            let early = match (result, s.waiting.get_mut(&p.write.id)) {
+                (WriteResult::Accepted, Some(waiters)) if !p.write.ack_root => std::mem::take(&mut waiters.txs),
+                _ => Vec::new(),
+            };
+            s.hand(p);
+            early
         };
-        for tx in waiters {
+        for tx in early {
+            let _ = tx.send(WriteResult::Accepted);
+        }
+        self.inner.uplink.settled.notify_waiters();
+    }
+
+    /// Outcomes the parent owed us, heard over `link`.
+    fn take_notices(&self, notices: Vec<Notice>, link: &Link) {
+        for n in notices {
+            let p = {
+                let mut s = self.inner.uplink.state.lock();
+                if s.link.as_ref() != Some(link) {
+                    return; // a new link: all of it goes again
+                }
+                s.seen = s.seen.max(n.seq);
+                if matches!(n.result, WriteResult::Accepted | WriteResult::InProgress) {
+                    continue; // not an outcome
+                }
+                s.unhand(&n.id)
+            };
+            if let Some(p) = p {
+                self.settle(&p, &n.result, Answer { sent_in: link.generation, confirmed: n.confirmed });
+                self.resolve(p, n.result, true);
+            }
+        }
+    }
+
+    /// Hands a write's outcome to whoever waits for it, and owes it to
+    /// each child that was answered before it. `linger`: the write was
+    /// unconfirmed here, so its push may still be on its way.
+    fn resolve(&self, p: Pending, result: WriteResult, linger: bool) {
+        let linger = if linger { mono_ms() + ACCEPTED_LINGER_MS } else { 0 };
+        self.inner.store.unexpect(&p.write.update.key, linger);
+        let children: Vec<NodeId> =
+            self.place().map(|place| place.topology.children.iter().map(|c| c.id).collect()).unwrap_or_default();
+        let (txs, owed) = {
+            let mut s = self.inner.uplink.state.lock();
+            s.remember(p.write.id, result.clone());
+            let waiters = s.waiting.remove(&p.write.id).unwrap_or_default();
+            let mut owed = false;
+            for child in waiters.owed.into_iter().filter(|c| children.contains(c)) {
+                s.owe(child, p.write.id, &p.write.update.key, &result);
+                owed = true;
+            }
+            (waiters.txs, owed)
+        };
+        if owed {
+            self.inner.uplink.noticed.notify_waiters();
+        }
+        for tx in txs {
             let _ = tx.send(result.clone());
         }
         self.inner.uplink.settled.notify_waiters();
@@ -611,7 +898,9 @@ impl Node {
     /// the parent did not confirm the commit (it holds no record of us for
     /// the key), it is stored but not current, and the child is not
     /// recorded: nothing would keep either up to date (the child gets an
-    /// unconfirmed answer from us too, see [`Node::confirm`]).
+    /// unconfirmed answer from us too, see [`Node::confirm`]). A child that
+    /// is no longer ours (it moved, or the tree turned and it is now our
+    /// parent) is not recorded either.
     fn settle(&self, p: &Pending, result: &WriteResult, answer: Answer) {
         let WriteResult::Committed { version, .. } = result else { return };
         let store = &self.inner.store;
@@ -627,7 +916,8 @@ impl Node {
         );
         let t = Time::now();
         let mark = store.mark();
-        match p.child.filter(|_| place.coherence.pushes()) {
+        let child = p.child.filter(|c| place.coherence.pushes() && place.topology.child(*c).is_some());
+        match child {
             None => {
                 if let Some(Applied::Newer { holders }) = store.apply_answer(&update, t, answer) {
                     self.push_to(&holders, &update, mark);
@@ -642,14 +932,16 @@ impl Node {
         self.note_growth();
     }
 
-    /// `POST {parent}/internal/write` with a batch from the uplink.
-    async fn send_writes(&self, batch: &[Pending], generation: u64) -> Result<WriteResults> {
-        let place = self.place()?;
-        let parent = place.topology.parent.as_ref().ok_or_else(|| Error::Internal("the root has no parent".into()))?;
+    /// `POST {parent}/internal/write` with a batch from the uplink (empty:
+    /// a poll for notices), saying the highest notice we have.
+    async fn send_writes(&self, batch: &[Pending], link: &Link, seen: u64) -> Result<WriteResults> {
+        let me = self.place()?.topology.id;
+        let parent = &link.parent;
         Metrics::inc(&self.inner.metrics.upstream_requests);
-        let url = format!("{}/internal/write?child={}", parent.url, place.topology.id);
+        let url = format!("{}/internal/write?child={me}&seen={seen}", parent.url);
         let writes: Vec<Write> = batch.iter().map(|p| p.write.clone()).collect();
         let started = std::time::Instant::now();
+        // A poll waits up to HOP_WAIT at the parent, as a batch may.
         let results: Result<WriteResults> = self
             .post_internal(
                 self.inner.http.clone(),
@@ -657,10 +949,12 @@ impl Node {
                 &url,
                 wire::encode_writes(&writes),
                 UPLINK_TIMEOUT,
-                generation,
+                link.generation,
             )
             .await;
-        self.inner.metrics.upstream(Upstream::Write, results.is_ok(), started.elapsed());
+        if !batch.is_empty() {
+            self.inner.metrics.upstream(Upstream::Write, results.is_ok(), started.elapsed());
+        }
         let results = results?;
         if results.results.len() != batch.len() {
             return Err(Error::Internal(format!(
@@ -764,6 +1058,58 @@ mod tests {
             o.record(&WriteId { origin, incarnation: 1, seq: 1 }, WriteResult::Absent);
         }
         assert!(o.origins.len() <= ORIGINS);
+    }
+
+    fn pending(seq: u64) -> Pending {
+        let update = Update { key: format!("k{seq}"), version: 0, value: None, expires_at: None };
+        Pending { write: Write { update, id: id(seq), ack_root: false }, child: None }
+    }
+
+    fn link(parent: NodeId, generation: u64) -> Link {
+        Link { parent: Peer { id: parent, url: format!("http://127.0.0.1:{parent}") }, generation }
+    }
+
+    fn queued(s: &UplinkState) -> Vec<u64> {
+        s.queue.iter().map(|p| p.write.id.seq).collect()
+    }
+
+    #[test]
+    fn writes_a_parent_took_go_again_first_and_in_order_over_a_new_link() {
+        let mut s = UplinkState::default();
+        assert_eq!(s.relink(&link(1, 1)), 0, "the first link has nothing to send again");
+        for seq in [1, 2, 3] {
+            s.hand(pending(seq));
+        }
+        s.queue.push_back(pending(4));
+        assert!(s.unhand(&id(2)).is_some(), "an outcome heard: no longer ours");
+        s.seen = 17;
+        assert_eq!(s.relink(&link(1, 1)), 0, "the same link: nothing goes again");
+        assert_eq!(queued(&s), vec![4]);
+        assert_eq!(s.relink(&link(1, 2)), 2, "a reset is a new link, though the parent is the same");
+        assert_eq!(queued(&s), vec![1, 3, 4], "unconfirmed writes first, in the order they were taken");
+        assert!(s.handed.is_empty() && s.handed_ids.is_empty());
+        assert_eq!(s.seen, 0, "notices are counted per link");
+        s.hand(pending(5));
+        assert_eq!(s.relink(&link(2, 2)), 1, "a new parent");
+        assert_eq!(queued(&s), vec![5, 1, 3, 4]);
+    }
+
+    #[test]
+    fn notices_are_kept_until_the_child_has_them_and_numbered_above_an_earlier_process() {
+        let mut s = UplinkState::default();
+        let committed = WriteResult::Committed { version: 9, created: true };
+        s.owe(3, id(1), "a", &committed);
+        s.owe(3, id(2), "b", &committed);
+        s.owe(4, id(3), "c", &WriteResult::Absent);
+        let first = s.notices[&3][0].seq;
+        assert!(first > 1_000_000_000, "numbered from the clock, not from 1: {first}");
+        s.acked(3, first - 1);
+        assert_eq!(s.notices[&3].len(), 2, "nothing the child has not seen is dropped");
+        s.acked(3, first);
+        assert_eq!(s.notices[&3].iter().map(|o| o.id.seq).collect::<Vec<_>>(), vec![2]);
+        s.acked(3, u64::MAX);
+        assert!(!s.notices.contains_key(&3), "all seen: forgotten");
+        assert_eq!(s.notices[&4].len(), 1, "another child's notices stay");
     }
 
     #[test]
