@@ -211,7 +211,7 @@ fn an_acked_write_missing_at_the_end_is_caught() {
 }
 
 #[test]
-fn an_ack_parent_write_lost_is_caught_unless_a_kill_may_have_lost_it() {
+fn an_ack_parent_write_lost_is_caught_unless_its_writer_was_killed() {
     // Never seen, and the root ends with a write the root acknowledged
     // before it was even sent: lost.
     let (hist, fin) = durability(acked(None), ok(2, "a"));
@@ -219,10 +219,14 @@ fn an_ack_parent_write_lost_is_caught_unless_a_kill_may_have_lost_it() {
     // A concurrent write may have superseded it unseen.
     let (hist, fin) = durability(acked(None), ok(6, "c"));
     assert!(hist.checks(Some(&fin)).is_empty());
-    // A node killed after it was sent may have been its parent.
+    // Another node killed after it was sent (its parent, say) excuses
+    // nothing: the writer still holds the write and sends it again.
     let (mut hist, fin) = durability(acked(None), ok(2, "a"));
     let at = hist.at(30);
     hist.faults.push(Fault { what: "kill -9 node 1".into(), node: Some(1), kill: true, start: at, end: Some(at) });
+    assert_eq!(hist.checks(Some(&fin)), [h::ACKED_WRITE_LOST]);
+    // The writer killed after it was sent may have lost it with its parent.
+    hist.faults[0].node = Some(2);
     assert!(hist.checks(Some(&fin)).is_empty());
     // A pause excuses nothing.
     hist.faults[0].kill = false;

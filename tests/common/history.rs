@@ -31,11 +31,12 @@
 //!   write with any other error or a timeout is unknown: it may have
 //!   committed, and its value may be seen.
 //! - `ack=parent` durability: such a write (acknowledged without a
-//!   version) must be present or superseded at the end unless some node was
-//!   killed after it was invoked (its parent may have been that node, and
-//!   guarantee 6 lets it lose the write then). We cannot tell which node
-//!   was its parent at the time, so every kill excuses every `ack=parent`
-//!   write invoked before it; pauses (SIGSTOP, ZooKeeper) excuse nothing.
+//!   version) must be present or superseded at the end unless the node it
+//!   was written to was killed after it was invoked. The writer keeps the
+//!   write until it hears the outcome and sends it again to each new
+//!   parent, so it is lost only if the writer and the node that took it
+//!   both die (guarantee 6); the writer's death is the part the checker
+//!   can see. Other kills and pauses (SIGSTOP, ZooKeeper) excuse nothing.
 //!   Superseded, for a write whose version was never seen, means the root's
 //!   final value was written by a write that may be ordered after it (not
 //!   one acknowledged by the root, or through the same node, before it was
@@ -628,7 +629,8 @@ pub fn convergence(ops: &[Op], faults: &[Fault], fin: &Final) -> Vec<Violation> 
     // Every acknowledged write is present or superseded at the root.
     for w in ops.iter().filter(|o| o.acked() && o.process != FINAL_PROCESS) {
         let Some(root) = root_final(ops, fin, &w.key) else { continue };
-        let excused = w.acked_version().is_none() && faults.iter().any(|f| f.kill && f.start > w.invoke);
+        let excused = w.acked_version().is_none()
+            && faults.iter().any(|f| f.kill && f.node == Some(w.node.index) && f.start > w.invoke);
         if excused {
             continue;
         }

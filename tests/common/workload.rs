@@ -387,8 +387,9 @@ async fn kill_and_restart(
 }
 
 /// /health of node `i`, with a short timeout.
-/// Every live node is registered in the root's epoch and has handed its
-/// parent every write it took: nothing is still on its way to the root.
+/// Every live node is registered in the root's epoch, has handed its
+/// parent every write it took and has heard the outcome of each: nothing
+/// is still on its way to the root.
 async fn tree_settled(http: &reqwest::Client, nodes: &Nodes, root_url: &str) -> bool {
     let Some(epoch) = health(http, root_url).await.and_then(|h| h["epoch"].as_u64()) else { return false };
     for i in nodes.up() {
@@ -400,9 +401,10 @@ async fn tree_settled(http: &reqwest::Client, nodes: &Nodes, root_url: &str) -> 
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => return false,
         };
-        let pending = metrics.lines().find_map(|l| l.strip_prefix("treecache_uplink_pending ")).map(str::trim);
-        if pending != Some("0") {
-            return false;
+        for gauge in ["treecache_uplink_pending ", "treecache_uplink_unconfirmed "] {
+            if metrics.lines().find_map(|l| l.strip_prefix(gauge)).map(str::trim) != Some("0") {
+                return false;
+            }
         }
     }
     true
