@@ -180,6 +180,11 @@ pub struct NodeArgs {
     /// while writes wait here). Never set in production.
     #[arg(long, env = "TREECACHE_FAULT_UPLINK_DELAY_MS", hide = true, default_value_t = 0)]
     pub fault_uplink_delay_ms: u64,
+    /// Fault injection for tests: a standby root holds its answer to each
+    /// replication batch this long after applying it (so the leader waits
+    /// for it while other standbys have the batch). Never set in production.
+    #[arg(long, env = "TREECACHE_FAULT_REPLICATE_DELAY_MS", hide = true, default_value_t = 0)]
+    pub fault_replicate_delay_ms: u64,
     /// Fault injection for tests: when the parent answers a write batch,
     /// hold the answer this long before settling it (so a reset, or a
     /// resend from a child, can come first). Never set in production.

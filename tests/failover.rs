@@ -149,6 +149,59 @@ async fn a_standby_syncs_serves_reads_forwards_writes_and_refuses_bad_batches() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_serves_a_write_only_once_every_in_sync_root_holds_it() {
+    // Two standbys; the second holds each answer 3 s, so the leader waits
+    // for it while the first already has the write. The first used to
+    // serve it then: had the second taken over without it, the first
+    // would start over from it and the key would go back.
+    let mut c = cluster(1, &["--insync-timeout", "10s"]).await;
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let quick = add_standby(&mut c, d1.path(), &[]).await;
+    let slow = add_standby(&mut c, d2.path(), &["--fault-replicate-delay-ms", "3000"]).await;
+    let mut all = vec![c.id(0).await, c.id(quick).await, c.id(slow).await];
+    all.sort();
+    wait_until(Duration::from_secs(60), "both standbys in the in-sync set", || async { in_sync(&c).await == all })
+        .await;
+    let v1 = put_root(&c, 0, "k", "one").await.expect("the first write");
+    wait_until(Duration::from_secs(10), "the quick standby to serve the first write", || async {
+        c.get(quick, "k", "").await.version == Some(v1)
+    })
+    .await;
+    let started = Instant::now();
+    let writer = {
+        let (http, url) = (c.http.clone(), c.url(0));
+        tokio::spawn(async move {
+            let resp = http.put(format!("{url}/kv/k?ack=root")).body("two").send().await.expect("PUT");
+            (resp.status().as_u16(), Instant::now())
+        })
+    };
+    let quick_url = c.url(quick);
+    let mut reads = 0;
+    let first_seen = loop {
+        // Each read may wait for the write to become durable: a short
+        // client timeout keeps the probe going.
+        let read = c.http.get(format!("{quick_url}/kv/k")).timeout(Duration::from_millis(300)).send().await;
+        reads += 1;
+        if let Ok(resp) = read {
+            if resp.status() == 200 && resp.text().await.unwrap_or_default() == "two" {
+                break Instant::now();
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the quick standby never served the second write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (status, acked_at) = writer.await.expect("writer");
+    assert_eq!(status, 200, "the second write (an overwrite) is acknowledged");
+    let seen_after = first_seen.duration_since(started);
+    assert!(
+        seen_after >= Duration::from_millis(2500),
+        "the quick standby served the write {seen_after:?} after it began, before the slow one held it \
+         ({reads} reads; acknowledged after {:?})",
+        acked_at.duration_since(started)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_insync_refuses_ack_root_writes_until_a_standby_is_in_sync() {
     let mut c = cluster(2, &["--min-insync", "2", "--insync-timeout", "1s"]).await;
     for i in [0, 1] {

@@ -203,7 +203,7 @@ pub async fn replicate(node: ThinData<Node>, req: HttpRequest, body: web::Payloa
     let epoch =
         epoch_of(&req)?.ok_or_else(|| Error::bad_param(crate::node::EPOCH_HEADER, "required: the leader's epoch"))?;
     let from = from_of(&req)?;
-    let q = Query::parse(&req, &["session", "first", "from", "to", "in_sync"])?;
+    let q = Query::parse(&req, &["session", "first", "from", "to", "in_sync", "durable"])?;
     let required = |name: &'static str| q.u64(name)?.ok_or_else(|| Error::bad_param(name, "required"));
     let info = crate::node::BatchInfo {
         session: required("session")?,
@@ -211,11 +211,16 @@ pub async fn replicate(node: ThinData<Node>, req: HttpRequest, body: web::Payloa
         from: required("from")?,
         to: required("to")?,
         in_sync: q.bool("in_sync")?.unwrap_or(false),
+        durable: q.u64("durable")?.unwrap_or(0),
     };
     if info.from > info.to {
         return Err(Error::bad_param("from", format!("{} is after to={}", info.from, info.to)));
     }
     let body = read_body(&req, body, crate::replication::BATCH_BYTES + MAX_BATCH_BYTES).await?;
     node.receive_replicate(from, epoch, info, &body).await?;
+    let delay = node.args().fault_replicate_delay_ms;
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     Ok(HttpResponse::Ok().json(serde_json::json!({ "acked": info.to })))
 }

@@ -61,7 +61,7 @@ async fn standby_route(node: &Node, req: &HttpRequest, body: web::Payload) -> Re
     let key = key_from(req, "/kv/")?;
     let reads = matches!(*req.method(), Method::GET | Method::HEAD);
     if reads && !consistent_of(req)? {
-        return Ok(found_response(node.standby_get(&key)?));
+        return Ok(found_response(node.standby_get(&key).await?));
     }
     if !reads && !matches!(*req.method(), Method::PUT | Method::POST | Method::DELETE) {
         return Err(Error::MethodNotAllowed {

@@ -17,6 +17,12 @@
 //! Read committed at the root: a version is pending from its commit until
 //! it is durable (log and in-sync standbys); a read of a pending version
 //! waits, so no node or client sees a write that a failover could lose.
+//! The same at a standby: each batch says up to which version everything
+//! is durable on every in-sync root ([`BatchInfo::durable`]); a version the
+//! standby applied above that is pending there until a later batch (or a
+//! heartbeat, sent as soon as the mark moves) covers it. Otherwise a
+//! standby could serve a write that another standby, taking over without
+//! it, never had: the key would go back.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,7 +82,8 @@ pub(super) struct Replica {
     refusing: Mutex<Option<String>>,
     /// Standby: one batch applied at a time.
     applying: tokio::sync::Mutex<()>,
-    /// Root: versions committed but not yet durable.
+    /// Root: versions committed but not yet durable. Standby: versions
+    /// applied that the leader has not yet said are durable.
     pending: Mutex<BTreeSet<Version>>,
     /// The lowest pending version (`u64::MAX`: none), read without the lock.
     pending_min: AtomicU64,
@@ -112,6 +119,9 @@ pub struct BatchInfo {
     pub to: u64,
     /// Whether the leader counts this standby in `in_sync`.
     pub in_sync: bool,
+    /// Every version up to this one is durable on every in-sync root: the
+    /// standby may serve it (0: nothing said).
+    pub durable: Version,
 }
 
 impl Node {
@@ -121,12 +131,56 @@ impl Node {
 
     // ---- read committed ----
 
-    /// A version the root just assigned: pending until durable.
-    pub(super) fn pending_insert(&self, version: Version) {
+    /// The root's next version, pending until durable. Assigned under the
+    /// pending lock, so [`Node::durable_through`] never counts a version
+    /// that exists but is not pending yet.
+    pub(super) fn next_version(&self) -> Version {
         let r = self.replica();
         let mut p = r.pending.lock();
+        let version = self.inner.versions.fetch_add(1, Ordering::AcqRel) + 1;
         p.insert(version);
         r.pending_min.store(p.first().copied().unwrap_or(u64::MAX), Ordering::Release);
+        version
+    }
+
+    /// The leader: every version up to this one is durable.
+    fn durable_through(&self) -> Version {
+        let p = self.replica().pending.lock();
+        match p.first() {
+            Some(first) => first - 1,
+            None => self.inner.versions.load(Ordering::Acquire),
+        }
+    }
+
+    /// A standby: `version` was applied; pending unless the leader said it
+    /// is durable (`durable`).
+    fn pending_applied(&self, version: Version, durable: Version) {
+        if version > durable {
+            let r = self.replica();
+            let mut p = r.pending.lock();
+            p.insert(version);
+            r.pending_min.store(p.first().copied().unwrap_or(u64::MAX), Ordering::Release);
+        }
+    }
+
+    /// A standby: the leader says every version up to `durable` is durable.
+    fn pending_through(&self, durable: Version) {
+        let r = self.replica();
+        {
+            let mut p = r.pending.lock();
+            *p = p.split_off(&durable.saturating_add(1));
+            r.pending_min.store(p.first().copied().unwrap_or(u64::MAX), Ordering::Release);
+        }
+        r.pending_done.notify_waiters();
+    }
+
+    /// Nothing is pending any more (a standby starting over: what was
+    /// pending is gone; a new leader: what it holds is the truth).
+    fn pending_clear(&self) {
+        let r = self.replica();
+        r.pending.lock().clear();
+        r.pending_min.store(u64::MAX, Ordering::Release);
+        r.pending_done.notify_waiters();
     }
 
     /// These versions are durable (or their commit failed for good).
@@ -178,9 +232,10 @@ impl Node {
         *r.following.lock() = None;
         *r.refusing.lock() = None;
         // Commits of an earlier leadership that never became durable are
-        // not waited for any more (their writers were answered 503).
-        r.pending.lock().clear();
-        r.pending_min.store(u64::MAX, Ordering::Release);
+        // not waited for any more (their writers were answered 503); a
+        // standby's pending versions are ours now: what we hold is the
+        // truth, in our log, and no reader has seen them.
+        self.pending_clear();
         // Leading again in the same process: the streams go on (the
         // standbys hold what we hold), but each must join the new in_sync.
         for s in r.streams.lock().values() {
@@ -483,11 +538,13 @@ impl Node {
         let batches = replication::snapshot_batches(self.epoch(), &snap.records, &snap.write_ids);
         drop(snap);
         for (i, body) in batches.into_iter().enumerate() {
-            let info = BatchInfo { session: s.session, first: i == 0, from: 0, to: 0, in_sync: false };
+            let durable = self.durable_through();
+            let info = BatchInfo { session: s.session, first: i == 0, from: 0, to: 0, in_sync: false, durable };
             if !self.send_until_taken(&s, info, body).await {
                 return;
             }
         }
+        let mut told = 0;
         loop {
             if s.is_closed() || self.is_shutting_down() {
                 return;
@@ -504,22 +561,32 @@ impl Node {
                         continue;
                     }
                 }
-                tokio::select! {
-                    _ = s.wake.notified() => {}
-                    _ = tokio::time::sleep(HEARTBEAT) => {
-                        let last = s.progress().acked;
-                        let info = BatchInfo { session: s.session, first: false, from: last, to: last, in_sync };
-                        if !self.send_until_taken(&s, info, Vec::new()).await {
-                            return;
-                        }
+                // An empty batch when idle (the standby knows we live)
+                // and as soon as more is durable (it may serve it).
+                let durable_moved = self.replica().pending_done.notified();
+                let beat = tokio::select! {
+                    _ = s.wake.notified() => false,
+                    _ = tokio::time::sleep(HEARTBEAT) => true,
+                    _ = durable_moved => self.durable_through() > told,
+                };
+                if beat {
+                    let last = s.progress().acked;
+                    let durable = self.durable_through();
+                    let info = BatchInfo { session: s.session, first: false, from: last, to: last, in_sync, durable };
+                    if !self.send_until_taken(&s, info, Vec::new()).await {
+                        return;
                     }
+                    told = durable;
                 }
                 continue;
             };
-            let info = BatchInfo { session: s.session, first: false, from: batch.first, to: batch.last, in_sync };
+            let durable = self.durable_through();
+            let info =
+                BatchInfo { session: s.session, first: false, from: batch.first, to: batch.last, in_sync, durable };
             if !self.send_until_taken(&s, info, batch.body).await {
                 return;
             }
+            told = durable;
             s.acked(batch.last);
             self.maybe_promote(&s).await;
         }
@@ -583,8 +650,8 @@ impl Node {
 
     async fn send_batch(&self, s: &Stream, info: BatchInfo, body: bytes::Bytes) -> Result<()> {
         let url = format!(
-            "{}/internal/replicate?session={}&first={}&from={}&to={}&in_sync={}",
-            s.url, info.session, info.first, info.from, info.to, info.in_sync
+            "{}/internal/replicate?session={}&first={}&from={}&to={}&in_sync={}&durable={}",
+            s.url, info.session, info.first, info.from, info.to, info.in_sync, info.durable
         );
         let me = self.place()?.topology.id;
         let resp = self
@@ -759,15 +826,25 @@ impl Node {
         self.replica().following.lock().clone()
     }
 
-    /// `GET /kv/{key}` at a standby: from its copy, once in sync.
-    pub fn standby_get(&self, key: &str) -> Result<super::Found> {
-        self.standby_in_sync()?;
-        match self.inner.store.get(key, Time::now()) {
-            crate::store::Lookup::Value { version, value, expires_at, .. } => {
-                crate::metrics::Metrics::inc(&self.inner.metrics.hits);
-                Ok(super::Found { version, value, expires_at, cache: super::CacheStatus::Hit })
+    /// `GET /kv/{key}` at a standby: from its copy, once in sync, and
+    /// only what the leader said is durable on every in-sync root (a
+    /// newer version waits for that, as at the root).
+    pub async fn standby_get(&self, key: &str) -> Result<super::Found> {
+        loop {
+            self.standby_in_sync()?;
+            let lookup = self.inner.store.get(key, Time::now());
+            if let Some(version) = lookup.version().filter(|&v| self.is_pending(v)) {
+                // Then look again: a start-over may have wiped it.
+                self.wait_committed(Some(version)).await?;
+                continue;
             }
-            _ => Err(Error::NotFound(key.to_string())),
+            return match lookup {
+                crate::store::Lookup::Value { version, value, expires_at, .. } => {
+                    crate::metrics::Metrics::inc(&self.inner.metrics.hits);
+                    Ok(super::Found { version, value, expires_at, cache: super::CacheStatus::Hit })
+                }
+                _ => Err(Error::NotFound(key.to_string())),
+            };
         }
     }
 
@@ -836,6 +913,7 @@ impl Node {
                     records += 1;
                     max_version = max_version.max(rec.update.version);
                     max_epoch = max_epoch.max(rec.epoch);
+                    self.pending_applied(rec.update.version, info.durable);
                     self.apply_replicated(&rec.update, rec.write_id, t);
                 }
                 Entry::WriteOutcome(id, version) => self.restore_write_outcome(id, version),
@@ -853,6 +931,7 @@ impl Node {
                 self.maybe_snapshot(log);
             }
         }
+        self.pending_through(info.durable);
         f.applied = f.applied.max(info.to);
         f.epoch = f.epoch.max(epoch);
         f.in_sync = info.in_sync;
@@ -883,6 +962,7 @@ impl Node {
             cur.in_sync = false;
         }
         self.inner.store.wipe();
+        self.pending_clear();
         *self.inner.outcomes.lock() = super::write::Outcomes::default();
         if let Some(log) = self.log() {
             // An empty snapshot covers (and deletes) every segment before

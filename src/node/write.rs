@@ -76,6 +76,9 @@ impl Ack {
 /// How long a parent holds a child's ack=root write request waiting for
 /// the root before it answers `InProgress`.
 pub const HOP_WAIT: Duration = Duration::from_secs(10);
+/// How long an uplink with nothing to send waits before it polls its
+/// parent for the outcomes of its unconfirmed writes.
+const POLL_AFTER: Duration = Duration::from_millis(100);
 /// How long the uplink waits for its parent's answer (longer than HOP_WAIT).
 const UPLINK_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a client's write waits for its acknowledgement before it is
@@ -599,14 +602,9 @@ impl Node {
     fn commit_one(&self, update: Update, child: Option<NodeId>) -> (WriteResult, Option<(Update, Vec<NodeId>)>) {
         let pushes = self.place().map(|p| p.coherence.pushes()).unwrap_or(true);
         let holder = child.filter(|_| pushes);
-        let versions = &self.inner.versions;
         // Pending from the moment it exists: no read sees it before it is
         // durable (see `replica`).
-        let next = || {
-            let version = versions.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
-            self.pending_insert(version);
-            version
-        };
+        let next = || self.next_version();
         let Update { key, value, expires_at, .. } = update;
         match self.inner.store.commit(&key, value.clone(), expires_at, Time::now(), holder, next) {
             Committed::Done { version, created, holders } => {
@@ -757,17 +755,20 @@ impl Node {
         Some(Link { parent, generation: self.inner.store.generation() })
     }
 
-    /// Nothing to send: waits for a write, or, with writes unconfirmed,
-    /// polls the parent for their outcomes until a write comes.
+    /// Nothing to send: waits for a write, or, with writes unconfirmed
+    /// and nothing sent for [`POLL_AFTER`], polls the parent for their
+    /// outcomes until a write comes. (Under load the outcomes ride on the
+    /// answers to the next batches; polling at once would start a request
+    /// that the next write cancels, with its connection.)
     async fn idle(&self, link: &Link, seen: u64) {
         let uplink = &self.inner.uplink;
         let mut shutdown = self.subscribe_shutdown();
-        if uplink.state.lock().handed.is_empty() {
-            tokio::select! {
-                _ = uplink.wake.notified() => {}
-                _ = shutdown.changed() => {}
-            }
-            return;
+        let waiting = !uplink.state.lock().handed.is_empty();
+        let wait = if waiting { POLL_AFTER } else { Duration::MAX };
+        tokio::select! {
+            _ = uplink.wake.notified() => return,
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(wait) => {}
         }
         let poll = async {
             match self.send_writes(&[], link, seen).await {
