@@ -4,7 +4,9 @@
 # 7-node tree with `up` for each build, measures, and stops it.
 #
 # usage: bench/ab.sh write|hit OLD_BIN NEW_BIN [ROUNDS]   (needs jq)
-#   write: ack=parent (16 conns) and ack=root (64 writers) at the deepest node
+#   write: ack=parent (16 conns) and ack=root (64 writers) at the deepest node;
+#          each with the tree's CPU per write (node processes' utime+stime
+#          over the run, divided by the writes)
 #   hit:   leaf hits, 16 conns, 10k keys; then the tree's CPU per hit: the
 #          node processes' utime+stime (/proc) over 200k hits of keys the
 #          leaves hold, divided by the hits (steadier than throughput on a
@@ -36,7 +38,19 @@ measure() {
     local bin=$1 root=$2 client=${AB_CLIENT:-$1}
     rps() { "$client" bench "$@" --root "$root" -d 8s --value-size 100 --json --quiet | jq -r '.total.throughput_rps'; }
     case "$SCENARIO" in
-        write) echo "ack=parent(16 conns) $(rps write --ack parent -c 16) req/s   ack=root(64 writers) $(rps write --ack root -c 64) req/s" ;;
+        write)
+            # Throughput, and the tree's CPU per write (utime+stime of the
+            # node processes over the run, divided by the writes made).
+            local ack conns json t0 t1 line=""
+            for ack in parent root; do
+                conns=16; [ $ack = root ] && conns=64
+                t0=$(node_ticks "$UP_PID")
+                json=$("$client" bench write --ack $ack -c $conns --root "$root" -d 8s --value-size 100 --json --quiet)
+                t1=$(node_ticks "$UP_PID")
+                line+="ack=$ack($conns conns) $(jq -r '.total.throughput_rps' <<<"$json") req/s cpu/write $(awk -v t=$((t1 - t0)) -v hz="$TICKS" -v n="$(jq -r '.total.ok' <<<"$json")" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}') us   "
+            done
+            echo "$line"
+            ;;
         hit)
             local rate t0 t1 hits
             rate=$(rps hit -c 16 --warmup 1s --keys 10000)

@@ -371,6 +371,12 @@ print_table() {
 }
 echo
 print_table
+# What the scale run noted (nodes that did not register, and where their
+# logs are): the table shows only the count.
+SC_NOTES=$(jq -r '(.notes // [])[]' "$WORK/scale.json")
+if [ -n "$SC_NOTES" ]; then
+    printf '\nscale notes:\n%s\n' "$SC_NOTES"
+fi
 if [ -n "$MARKDOWN" ]; then
     {
         echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -sr). Date: $(date -u +%Y-%m-%dT%H:%MZ). Commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')."

@@ -65,6 +65,11 @@ pub enum Error {
     WriteInFlight { key: String },
     #[error("{have} root(s) in sync, --min-insync is {need}: ack=root writes wait until a standby catches up")]
     InsyncBelowMin { have: usize, need: usize },
+    #[error(
+        "committed at version {version}, but a standby left the in-sync set while the write waited: {have} \
+         root(s) hold it, --min-insync is {need}; it may be lost if the leader fails"
+    )]
+    InsyncBelowMinAfter { version: u64, have: usize, need: usize },
     #[error("this root no longer leads: another root took over (the leader znode changed); retry at the new root")]
     Deposed,
     #[error("this standby root is not in sync with its leader yet: {0}")]
@@ -123,7 +128,7 @@ impl Error {
             Error::WriteRefused { .. } => "write_refused",
             Error::StaleGeneration { .. } => "stale_generation",
             Error::WriteInFlight { .. } => "write_in_flight",
-            Error::InsyncBelowMin { .. } => "insync_below_min",
+            Error::InsyncBelowMin { .. } | Error::InsyncBelowMinAfter { .. } => "insync_below_min",
             Error::Deposed => "not_leader",
             Error::NotInSync(_) => "not_in_sync",
             Error::NotStandby => "not_standby",
@@ -172,6 +177,7 @@ impl ResponseError for Error {
             | Error::ShuttingDown
             | Error::WriteInFlight { .. }
             | Error::InsyncBelowMin { .. }
+            | Error::InsyncBelowMinAfter { .. }
             | Error::Deposed
             | Error::NotInSync(_)
             | Error::NoInSyncRoot(_)

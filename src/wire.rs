@@ -309,6 +309,10 @@ pub enum WriteResult {
     /// An ack=root write the root did not commit: fewer roots in sync
     /// than `--min-insync`. Nothing was committed; the client may retry.
     InsyncBelowMin { have: usize, need: usize },
+    /// An ack=root write committed at `version`, but a standby left the
+    /// in-sync set while it waited: it is held by fewer roots than
+    /// `--min-insync` asks, and may be lost if the leader fails.
+    InsyncBelowMinAfter { version: Version, have: usize, need: usize },
 }
 
 /// A parent's answer to a batch of writes: one result per write, in order,

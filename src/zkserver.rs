@@ -332,12 +332,45 @@ async fn client_connects(addr: &str) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(2), zookeeper_client::Client::connect(addr)).await, Ok(Ok(_)))
 }
 
-/// A loopback port free right now (the caller still has to win the race).
+/// A loopback port free right now (the caller still has to win the race),
+/// never one handed out before by this process. Drawn below the kernel's
+/// ephemeral range when there is room: a port from `bind(0)` comes from
+/// that range, where every outgoing connection (to ZooKeeper, to a parent)
+/// also takes its local port, so a node started moments later on it could
+/// find it taken ("Address already in use": one of 15 `bench scale` nodes
+/// exited so, once).
 pub fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free loopback port: {e}"))
+    use rand::Rng;
+    static GIVEN: parking_lot::Mutex<Vec<u16>> = parking_lot::Mutex::new(Vec::new());
+    let low = ephemeral_low().unwrap_or(32768);
+    let mut given = GIVEN.lock();
+    let mut rng = rand::thread_rng();
+    if low > 12_000 {
+        for _ in 0..200 {
+            let port = rng.gen_range(10_000..low);
+            if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.push(port);
+                return Ok(port);
+            }
+        }
+    }
+    for _ in 0..50 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("no free loopback port: {e}"))?;
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    Err("no free loopback port: every one offered was handed out before".into())
+}
+
+/// The lowest port of the kernel's ephemeral range (Linux).
+fn ephemeral_low() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 #[cfg(test)]

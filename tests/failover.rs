@@ -183,7 +183,12 @@ async fn a_standby_serves_a_write_only_once_every_in_sync_root_holds_it() {
         let read = c.http.get(format!("{quick_url}/kv/k")).timeout(Duration::from_millis(300)).send().await;
         reads += 1;
         if let Ok(resp) = read {
-            if resp.status() == 200 && resp.text().await.unwrap_or_default() == "two" {
+            // The read waits for "two" to be durable, or answers "one":
+            // never an error.
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            assert!(status == 200 && (text == "one" || text == "two"), "the quick standby answered {status} {text}");
+            if text == "two" {
                 break Instant::now();
             }
         }
@@ -220,6 +225,19 @@ async fn min_insync_refuses_ack_root_writes_until_a_standby_is_in_sync() {
     wait_until(Duration::from_secs(20), "two roots in sync", || async { in_sync(&c).await.len() == 2 }).await;
     put_root(&c, 1, "k", "now").await.expect("ack=root with two roots in sync");
     assert_eq!(c.get(s, "k", "").await.text(), "now");
+    // The standby stops answering while a write waits for it: after
+    // --insync-timeout the leader drops it and the write is committed on
+    // the leader alone, fewer roots than --min-insync: the client hears so.
+    c.pause(s);
+    let (status, body) = c.put(0, "k", "while-leaving", "?ack=root").await;
+    c.resume(s);
+    assert_eq!((status, body["code"].as_str()), (503, Some("insync_below_min")), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("committed at version"), "{body}");
+    assert_eq!(c.get(0, "k", "?consistent=true").await.text(), "while-leaving", "committed nonetheless");
+    wait_until(Duration::from_secs(30), "the standby back in the in-sync set", || async {
+        in_sync(&c).await.len() == 2
+    })
+    .await;
     // The standby goes: after --insync-timeout the leader drops it from
     // the in-sync set, and ack=root writes are refused again.
     c.kill(s);
@@ -231,7 +249,8 @@ async fn min_insync_refuses_ack_root_writes_until_a_standby_is_in_sync() {
     .await;
     let (status, body) = c.put(1, "k", "refused", "?ack=root").await;
     assert_eq!((status, body["code"].as_str()), (503, Some("insync_below_min")), "{body}");
-    assert_eq!(c.get(0, "k", "?consistent=true").await.text(), "now");
+    assert!(!body["error"].as_str().unwrap().contains("committed at version"), "refused before: {body}");
+    assert_eq!(c.get(0, "k", "?consistent=true").await.text(), "while-leaving", "the refused write changed nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

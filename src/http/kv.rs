@@ -157,6 +157,9 @@ fn write_answer(key: &str, result: &WriteResult, ack: Ack) -> Result<HttpRespons
         WriteResult::Absent if ack == Ack::Root => Err(Error::NotFound(key.to_string())),
         WriteResult::Failed { error } => Err(Error::WriteRefused { key: key.to_string(), reason: error.clone() }),
         WriteResult::InsyncBelowMin { have, need } => Err(Error::InsyncBelowMin { have: *have, need: *need }),
+        &WriteResult::InsyncBelowMinAfter { version, have, need } => {
+            Err(Error::InsyncBelowMinAfter { version, have, need })
+        }
         _ => Ok(HttpResponse::Ok().json(answer_body(result, ack))),
     }
 }

@@ -205,6 +205,13 @@ impl Node {
     /// the reader cannot see a write that a failover would lose. 503 if it
     /// does not become durable in time (a deposed root's last commits).
     pub(super) async fn wait_committed(&self, version: Option<Version>) -> Result<()> {
+        self.wait_durable(version, true).await
+    }
+
+    /// [`Node::wait_committed`]; `leading`: give up once deposed (a
+    /// standby never leads, and its versions become durable by the word
+    /// of its leader).
+    async fn wait_durable(&self, version: Option<Version>, leading: bool) -> Result<()> {
         let Some(version) = version else { return Ok(()) };
         let deadline = tokio::time::Instant::now() + PENDING_WAIT;
         loop {
@@ -212,7 +219,7 @@ impl Node {
             if !self.is_pending(version) {
                 return Ok(());
             }
-            if self.is_deposed() {
+            if leading && self.is_deposed() {
                 return Err(Error::Deposed);
             }
             if tokio::time::timeout_at(deadline, done).await.is_err() {
@@ -835,7 +842,7 @@ impl Node {
             let lookup = self.inner.store.get(key, Time::now());
             if let Some(version) = lookup.version().filter(|&v| self.is_pending(v)) {
                 // Then look again: a start-over may have wiped it.
-                self.wait_committed(Some(version)).await?;
+                self.wait_durable(Some(version), false).await?;
                 continue;
             }
             return match lookup {

@@ -544,6 +544,9 @@ impl Node {
         if let Some((update, holders)) = push {
             self.push_committed(&holders, &update, Some(committed_us), mark);
         }
+        if ack == Ack::Root {
+            return Ok(self.short_after_wait(result));
+        }
         Ok(result)
     }
 
@@ -551,6 +554,7 @@ impl Node {
     /// Nothing is pushed or answered before the batch is durable.
     pub(super) async fn commit_batch(&self, child: Option<NodeId>, writes: Vec<Write>) -> Result<Vec<WriteResult>> {
         let mut results = Vec::with_capacity(writes.len());
+        let ack_roots: Vec<bool> = writes.iter().map(|w| w.ack_root).collect();
         let mut durable = Vec::new();
         let mut pushes = Vec::new();
         let mut seen_before = false;
@@ -594,7 +598,23 @@ impl Node {
         for (update, holders) in pushes {
             self.push_committed(&holders, &update, Some(committed_us), mark);
         }
+        for (result, _) in results.iter_mut().zip(&ack_roots).filter(|(_, &ack_root)| ack_root) {
+            *result = self.short_after_wait(result.clone());
+        }
         Ok(results)
+    }
+
+    /// An ack=root commit, after its wait: if a standby left the in-sync
+    /// set meanwhile and fewer roots than `--min-insync` now hold it, the
+    /// client hears so (503, as Kafka's NotEnoughReplicasAfterAppend): it
+    /// is committed, but not as safe as it asked.
+    fn short_after_wait(&self, result: WriteResult) -> WriteResult {
+        match (result, self.insync_shortfall()) {
+            (WriteResult::Committed { version, .. }, Some((have, need))) => {
+                WriteResult::InsyncBelowMinAfter { version, have, need }
+            }
+            (result, _) => result,
+        }
     }
 
     /// Gives one write its version and stores it; returns the answer and
@@ -868,16 +888,17 @@ impl Node {
     fn resolve(&self, p: Pending, result: WriteResult, linger: bool) {
         let linger = if linger { mono_ms() + ACCEPTED_LINGER_MS } else { 0 };
         self.inner.store.unexpect(&p.write.update.key, linger);
-        let children: Vec<NodeId> =
-            self.place().map(|place| place.topology.children.iter().map(|c| c.id).collect()).unwrap_or_default();
         let (txs, owed) = {
             let mut s = self.inner.uplink.state.lock();
             s.remember(p.write.id, result.clone());
             let waiters = s.waiting.remove(&p.write.id).unwrap_or_default();
+            let place = if waiters.owed.is_empty() { None } else { self.place().ok() };
             let mut owed = false;
-            for child in waiters.owed.into_iter().filter(|c| children.contains(c)) {
-                s.owe(child, p.write.id, &p.write.update.key, &result);
-                owed = true;
+            for child in waiters.owed {
+                if place.as_ref().is_some_and(|place| place.topology.child(child).is_some()) {
+                    s.owe(child, p.write.id, &p.write.update.key, &result);
+                    owed = true;
+                }
             }
             (waiters.txs, owed)
         };
