@@ -315,6 +315,16 @@ pub enum WriteResult {
     InsyncBelowMinAfter { version: Version, have: usize, need: usize },
 }
 
+impl WriteResult {
+    /// The version a write was committed at, if it was.
+    pub fn version(&self) -> Option<Version> {
+        match self {
+            WriteResult::Committed { version, .. } | WriteResult::InsyncBelowMinAfter { version, .. } => Some(*version),
+            _ => None,
+        }
+    }
+}
+
 /// A parent's answer to a batch of writes: one result per write, in order,
 /// and for each whether the parent holds the sender as a holder of the
 /// write's key in its current store generation (so the sender may store a

@@ -82,6 +82,9 @@ pub(super) struct Replica {
     refusing: Mutex<Option<String>>,
     /// Standby: one batch applied at a time.
     applying: tokio::sync::Mutex<()>,
+    /// Standby: times it started over (wiped its store), so a read that
+    /// waited can tell whether what it looked up is still there.
+    starts: AtomicU64,
     /// Root: versions committed but not yet durable. Standby: versions
     /// applied that the leader has not yet said are durable.
     pending: Mutex<BTreeSet<Version>>,
@@ -223,7 +226,13 @@ impl Node {
                 return Err(Error::Deposed);
             }
             if tokio::time::timeout_at(deadline, done).await.is_err() {
-                return Err(Error::Internal(format!("version {version} did not become durable in {PENDING_WAIT:?}")));
+                return Err(if leading {
+                    Error::Internal(format!("version {version} did not become durable in {PENDING_WAIT:?}"))
+                } else {
+                    Error::NotInSync(format!(
+                        "version {version} is not yet durable on every in-sync root (waited {PENDING_WAIT:?})"
+                    ))
+                });
             }
         }
     }
@@ -571,11 +580,12 @@ impl Node {
                 // An empty batch when idle (the standby knows we live)
                 // and as soon as more is durable (it may serve it).
                 let durable_moved = self.replica().pending_done.notified();
-                let beat = tokio::select! {
-                    _ = s.wake.notified() => false,
-                    _ = tokio::time::sleep(HEARTBEAT) => true,
-                    _ = durable_moved => self.durable_through() > told,
-                };
+                let beat = self.durable_through() > told
+                    || tokio::select! {
+                        _ = s.wake.notified() => false,
+                        _ = tokio::time::sleep(HEARTBEAT) => true,
+                        _ = durable_moved => self.durable_through() > told,
+                    };
                 if beat {
                     let last = s.progress().acked;
                     let durable = self.durable_through();
@@ -838,12 +848,16 @@ impl Node {
     /// newer version waits for that, as at the root).
     pub async fn standby_get(&self, key: &str) -> Result<super::Found> {
         loop {
+            let starts = self.replica().starts.load(Ordering::Acquire);
             self.standby_in_sync()?;
             let lookup = self.inner.store.get(key, Time::now());
             if let Some(version) = lookup.version().filter(|&v| self.is_pending(v)) {
-                // Then look again: a start-over may have wiped it.
+                // What we looked up, once durable (not a newer version
+                // that came meanwhile: a hot key would never be served).
                 self.wait_durable(Some(version), false).await?;
-                continue;
+            }
+            if self.replica().starts.load(Ordering::Acquire) != starts {
+                continue; // wiped meanwhile: what we looked up is gone
             }
             return match lookup {
                 crate::store::Lookup::Value { version, value, expires_at, .. } => {
@@ -968,6 +982,7 @@ impl Node {
         if let Some(cur) = self.replica().following.lock().as_mut() {
             cur.in_sync = false;
         }
+        self.replica().starts.fetch_add(1, Ordering::AcqRel);
         self.inner.store.wipe();
         self.pending_clear();
         *self.inner.outcomes.lock() = super::write::Outcomes::default();

@@ -297,13 +297,28 @@ impl Outcomes {
         if id.seq > origin.high {
             return Verdict::New;
         }
-        Verdict::Decided(origin.results.get(&id.seq).cloned().unwrap_or_else(|| WriteResult::Failed {
-            error: format!(
+        if let Some(result) = origin.results.get(&id.seq) {
+            return Verdict::Decided(result.clone());
+        }
+        let forgotten = origin.results.len() >= OUTCOMES_PER_ORIGIN
+            && origin.results.first_key_value().is_some_and(|(&s, _)| id.seq < s);
+        let error = if forgotten {
+            // A resend of an old write (its sender changed parents with
+            // more than this many unconfirmed): decided, but which way is
+            // no longer known here.
+            format!(
+                "write {}/{}/{} was decided before, but the root no longer remembers how (it keeps the last \
+                 {OUTCOMES_PER_ORIGIN} outcomes per writing process): it may have been committed; read the key",
+                id.origin, id.incarnation, id.seq
+            )
+        } else {
+            format!(
                 "write {}/{}/{} reached the root after a later write from the same node was committed; \
                  it was not committed (per-node write order)",
                 id.origin, id.incarnation, id.seq
-            ),
-        }))
+            )
+        };
+        Verdict::Decided(WriteResult::Failed { error })
     }
 
     fn record(&mut self, id: &WriteId, result: WriteResult) {
@@ -322,14 +337,16 @@ impl Outcomes {
     }
 
     /// Every remembered outcome as (id, version; 0 for a delete of an
-    /// absent key), for a snapshot of the root's state.
+    /// absent key), for a snapshot of the root's state. A write refused
+    /// for `--min-insync` is not kept: nothing of it is in the log either.
     pub(super) fn export(&self) -> Vec<(WriteId, u64)> {
         let mut out = Vec::new();
         for (&(origin, incarnation), o) in &self.origins {
             for (&seq, r) in &o.results {
                 let version = match r {
                     WriteResult::Committed { version, .. } => *version,
-                    _ => 0,
+                    WriteResult::Absent => 0,
+                    _ => continue,
                 };
                 out.push((WriteId { origin, incarnation, seq }, version));
             }
@@ -384,6 +401,7 @@ impl Node {
             return Err(Error::ShuttingDown);
         }
         let mut joined = Vec::with_capacity(writes.len());
+        let mut queued = false;
         for w in writes {
             if let Some(result) = s.recent.get(&w.id) {
                 joined.push(Joined::Known(result.clone()));
@@ -400,6 +418,7 @@ impl Node {
                     }
                     let waiters = slot.insert(Waiters::default());
                     s.queue.push_back(Pending { write: w.clone(), child: Some(child) });
+                    queued = true;
                     waiters
                 }
             };
@@ -414,7 +433,10 @@ impl Node {
             }
         }
         drop(guard);
-        self.inner.uplink.wake.notify_one();
+        if queued {
+            // Only then: a wake cancels our own poll of the parent.
+            self.inner.uplink.wake.notify_one();
+        }
         Ok(joined)
     }
 
@@ -483,7 +505,7 @@ impl Node {
     /// is covered: the child hears of it after it sent the request, and
     /// resets too.
     fn confirm(&self, key: &str, result: &WriteResult, child: NodeId) -> bool {
-        if !matches!(result, WriteResult::Committed { .. }) {
+        if result.version().is_none() {
             return false;
         }
         match self.place() {
@@ -539,7 +561,7 @@ impl Node {
         let (result, push) = self.commit_one(update, None);
         let committed_us = now_us();
         if let Some((update, _)) = &push {
-            self.make_durable(std::slice::from_ref(&(update.clone(), None))).await?;
+            self.make_durable(vec![(update.clone(), None)]).await?;
         }
         if let Some((update, holders)) = push {
             self.push_committed(&holders, &update, Some(committed_us), mark);
@@ -564,13 +586,24 @@ impl Node {
         // is made durable is reset, and gets none of these pushes.
         let mark = self.inner.store.mark();
         for w in writes {
+            let mut outcomes = self.inner.outcomes.lock();
             if let (true, Some((have, need))) = (w.ack_root, shortfall) {
-                // Not committed and not recorded: the client hears 503 and
-                // may retry; a later write from its node still commits.
-                results.push(WriteResult::InsyncBelowMin { have, need });
+                // Not committed, and decided so: the client hears 503 and
+                // may retry (a new write); a copy of this one still on its
+                // way by another path gets the same answer, never a commit
+                // the client was told did not happen. Later writes from
+                // its node still commit.
+                let result = match outcomes.check(&w.id) {
+                    Verdict::Decided(result) => result,
+                    Verdict::New => {
+                        let result = WriteResult::InsyncBelowMin { have, need };
+                        outcomes.record(&w.id, result.clone());
+                        result
+                    }
+                };
+                results.push(result);
                 continue;
             }
-            let mut outcomes = self.inner.outcomes.lock();
             match outcomes.check(&w.id) {
                 Verdict::Decided(result) => {
                     Metrics::inc(&self.inner.metrics.duplicate_writes);
@@ -593,7 +626,7 @@ impl Node {
         if !durable.is_empty() || seen_before {
             // A write seen before may still be on its way to disk in
             // another batch: waiting covers everything appended so far.
-            self.make_durable(&durable).await?;
+            self.make_durable(durable).await?;
         }
         for (update, holders) in pushes {
             self.push_committed(&holders, &update, Some(committed_us), mark);
@@ -643,14 +676,24 @@ impl Node {
     /// it waits for everything appended so far. With standby roots, also
     /// held by every in-sync standby (DESIGN.md guarantee 3). Without a
     /// commit log or standbys the root's state lives in its memory only.
-    async fn make_durable(&self, records: &[(Update, Option<WriteId>)]) -> Result<()> {
-        let result = self.make_durable_now(records).await;
-        if result.is_ok() {
-            // Durable: readers may see it. On an error (deposed, or the
-            // log stopped) it stays pending: never served by this root.
-            self.pending_remove(records.iter().map(|(u, _)| u.version));
-        }
-        result
+    ///
+    /// It runs as a task of its own: if the request that committed these
+    /// is dropped meanwhile (the client or the child gave up), they still
+    /// reach the log and stop being pending. A version left pending for
+    /// good would hold back the mark every standby serves by.
+    async fn make_durable(&self, records: Vec<(Update, Option<WriteId>)>) -> Result<()> {
+        let node = self.clone();
+        let task = self.inner.runtime.spawn(async move {
+            let result = node.make_durable_now(&records).await;
+            if result.is_ok() {
+                // Durable: readers may see it. On an error (deposed, or
+                // the log stopped) it stays pending: never served by this
+                // root.
+                node.pending_remove(records.iter().map(|(u, _)| u.version));
+            }
+            result
+        });
+        task.await.map_err(|e| Error::Internal(format!("making commits durable: {e}")))?
     }
 
     /// Appends to the commit log and streams to every standby at once,
@@ -924,10 +967,10 @@ impl Node {
     /// is no longer ours (it moved, or the tree turned and it is now our
     /// parent) is not recorded either.
     fn settle(&self, p: &Pending, result: &WriteResult, answer: Answer) {
-        let WriteResult::Committed { version, .. } = result else { return };
+        let Some(version) = result.version() else { return };
         let store = &self.inner.store;
         let Ok(place) = self.place() else { return };
-        let update = Update { version: *version, ..p.write.update.clone() };
+        let update = Update { version, ..p.write.update.clone() };
         log::debug!(
             "settle {}@{} from child {:?} (confirmed {}, gen {})",
             update.key,
@@ -1055,6 +1098,8 @@ mod tests {
         let mut o = Outcomes::default();
         o.record(&id(3), WriteResult::Committed { version: 42, created: true });
         o.record(&id(4), WriteResult::Absent);
+        o.record(&id(5), WriteResult::InsyncBelowMin { have: 1, need: 2 });
+        assert_eq!(o.export().len(), 2, "a refusal is not exported as a delete of an absent key");
         let mut again = Outcomes::default();
         for (id, version) in o.export() {
             let result = match version {
@@ -1065,7 +1110,7 @@ mod tests {
         }
         assert!(matches!(again.check(&id(3)), Verdict::Decided(WriteResult::Committed { version: 42, .. })));
         assert!(matches!(again.check(&id(4)), Verdict::Decided(WriteResult::Absent)));
-        assert!(matches!(again.check(&id(5)), Verdict::New));
+        assert!(matches!(again.check(&id(6)), Verdict::New));
     }
 
     #[test]
@@ -1075,6 +1120,12 @@ mod tests {
             o.record(&id(seq), WriteResult::Absent);
         }
         assert_eq!(o.export().len(), OUTCOMES_PER_ORIGIN);
+        match o.check(&id(1)) {
+            Verdict::Decided(WriteResult::Failed { error }) => {
+                assert!(error.contains("no longer remembers"), "a forgotten outcome is not called a refusal: {error}")
+            }
+            _ => panic!("an old resend is decided"),
+        }
         for origin in 0..(ORIGINS as u64 + 5) {
             o.check(&WriteId { origin, incarnation: 1, seq: 1 });
             o.record(&WriteId { origin, incarnation: 1, seq: 1 }, WriteResult::Absent);
