@@ -1003,7 +1003,12 @@ impl Node {
         let me = self.place()?.topology.id;
         let parent = &link.parent;
         Metrics::inc(&self.inner.metrics.upstream_requests);
-        let url = format!("{}/internal/write?child={me}&seen={seen}", parent.url);
+        // `seen` only once a notice came: a parent built before notices
+        // refuses the parameter, and sends none (upgrades go leaves first).
+        let url = match seen {
+            0 => format!("{}/internal/write?child={me}", parent.url),
+            seen => format!("{}/internal/write?child={me}&seen={seen}", parent.url),
+        };
         let writes: Vec<Write> = batch.iter().map(|p| p.write.clone()).collect();
         let started = std::time::Instant::now();
         // A poll waits up to HOP_WAIT at the parent, as a batch may.
