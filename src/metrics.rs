@@ -186,7 +186,7 @@ metrics! {
     }
     gauges {
         entries: "Entries held (values and tombstones); treecache tree shows it as keys",
-        bytes: "Bytes charged against --max-memory: keys, values, per-entry overhead, holder records, the eviction ring",
+        bytes: "Bytes charged against --max-memory: keys, values, per-entry overhead, holder records, the eviction queues and their ghost",
         max_memory_bytes: "The --max-memory bound (0: none)",
         tombstones: "Entries that are tombstones (deleted keys kept until their horizon)",
         holders: "Holder records: (child, key) pairs this node pushes to",
@@ -229,6 +229,7 @@ impl Metrics {
     }
 
     /// Requests recorded for `route` and `outcome`.
+    #[cfg(test)]
     pub fn requests_count(&self, route: usize, outcome: Outcome) -> u64 {
         self.requests.count([route, outcome as usize])
     }
@@ -396,6 +397,7 @@ impl<const K: usize> HistogramGrid<K> {
         }
     }
 
+    #[cfg(test)]
     fn count(&self, at: [usize; K]) -> u64 {
         self.series(at).map_or(0, Histogram::count)
     }

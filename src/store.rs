@@ -626,10 +626,7 @@ impl Shard {
             }
             _ => {}
         }
-        self.remove(&key);
-        if which == Queue::Small {
-            self.haunt(&key);
-        }
+        self.evict(&key);
         out.freed += before.saturating_sub(self.bytes);
         out.removed.push(key.into());
         Step::Victim
@@ -757,16 +754,18 @@ impl Shard {
         Some(entry)
     }
 
-    /// Removes `key` if nothing needs it here: no holders, no fill or
-    /// write in flight. Returns the bytes freed.
-    fn remove_if_unneeded(&mut self, key: &str, mono: Millis) -> Option<usize> {
-        let entry = self.map.get(key)?;
-        if !entry.holders.is_empty() || self.is_expecting(key, mono) {
-            return None;
+    /// Removes `key` as an eviction: a key still in the small queue
+    /// leaves its fingerprint in the ghost.
+    fn evict(&mut self, key: &str) {
+        if self.remove(key).is_some_and(|entry| !entry.in_main) {
+            self.haunt(key);
         }
-        let before = self.bytes;
-        self.remove(key);
-        Some(before - self.bytes)
+    }
+
+    /// Whether `key` is held here and nothing needs it: no holders, no
+    /// fill or write in flight.
+    fn is_unneeded(&self, key: &str, mono: Millis) -> bool {
+        self.map.get(key).is_some_and(|entry| entry.holders.is_empty()) && !self.is_expecting(key, mono)
     }
 }
 
@@ -1253,7 +1252,7 @@ impl Store {
     /// Forgets every entry: a standby starting over from its leader's
     /// snapshot (what it held may include writes the leader never had).
     pub fn wipe(&self) {
-        for i in 0..SHARDS {
+        for i in 0..self.shards.len() {
             let mut shard = self.lock(i);
             let keys: Vec<Box<str>> = shard.map.keys().cloned().collect();
             for key in keys {
@@ -1325,7 +1324,8 @@ impl Store {
                 .map(|(k, _)| k.to_string())
                 .collect();
             for key in old {
-                if shard.remove_if_unneeded(&key, t.mono).is_some() {
+                if shard.is_unneeded(&key, t.mono) {
+                    shard.remove(&key);
                     collected.push(key);
                 }
             }
@@ -1402,12 +1402,11 @@ impl Store {
     pub fn finish_invalidation(&self, key: &str, cleared: &[NodeId], asked: u64, t: Time) -> Option<usize> {
         let mut shard = self.shard_mut(key);
         shard.unhold(key, |&(c, since)| !cleared.contains(&c) || since >= asked);
-        let in_small = shard.map.get(key).is_some_and(|e| !e.in_main);
-        let before = shard.bytes;
-        shard.remove_if_unneeded(key, t.mono)?;
-        if in_small {
-            shard.haunt(key);
+        if !shard.is_unneeded(key, t.mono) {
+            return None;
         }
+        let before = shard.bytes;
+        shard.evict(key);
         Some(before.saturating_sub(shard.bytes))
     }
 
@@ -1909,6 +1908,16 @@ mod tests {
 
     fn keys(prefix: &str, n: usize) -> Vec<String> {
         (0..n).map(|i| format!("{prefix}{i}")).collect()
+    }
+
+    #[test]
+    fn a_wipe_forgets_every_entry_whatever_the_shard_count() {
+        let s = one_shard(&["a", "b", "c"]);
+        s.wipe();
+        assert!(s.is_empty());
+        assert_eq!(s.get("a", t(0)).version(), None);
+        s.apply(&put("a", 2, "v"), t(0));
+        assert_eq!(s.len(), 1, "the store works on after a wipe");
     }
 
     fn queue_of(s: &Store, key: &str) -> Option<Queue> {

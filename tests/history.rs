@@ -302,28 +302,45 @@ fn verdict(name: &str, seed: u64, history: &h::History, fin: &Final) {
     );
 }
 
+/// How long one history run goes, and how it ends.
+struct Timing {
+    /// Faults happen within this window from the start.
+    faults: Duration,
+    /// The clients go on this long after the last fault.
+    tail: Duration,
+    /// Whether every node's /dump must agree with the root at the end.
+    compare_dumps: bool,
+    /// At most this long for the tree to settle after the clients stop.
+    settle: Duration,
+    /// Then this much more (ttl mode: max-age at every level).
+    fresh_after: Duration,
+}
+
 /// Runs `work` with the fault `plan` on `cluster`, keeps the clients going
-/// `tail` after the last fault, and stops them.
-async fn run(
-    cluster: &mut Cluster,
+/// after the last fault, stops them, lets the tree settle, and checks the
+/// history (printing `seed` with any violation).
+async fn run_and_check(
+    name: &str,
     seed: u64,
+    cluster: &mut Cluster,
     work: &Workload,
     plan: &[(Duration, Step)],
-    fault_window: Duration,
-    tail: Duration,
-) -> (Nodes, h::History, Vec<(usize, String)>) {
+    t: Timing,
+) {
     let nodes = Nodes::of(cluster);
     let history = h::History::new();
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
-    let clients = work.spawn(seed, &nodes, &history, &stop, start + fault_window + tail + Duration::from_secs(30));
-    let unhealthy = workload::run_faults(cluster, &nodes, &history, seed, plan, start + fault_window).await;
-    wait_past(Instant::now() + tail).await;
+    let clients = work.spawn(seed, &nodes, &history, &stop, start + t.faults + t.tail + Duration::from_secs(30));
+    let unhealthy = workload::run_faults(cluster, &nodes, &history, seed, plan, start + t.faults).await;
+    wait_past(Instant::now() + t.tail).await;
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         let _ = c.await;
     }
-    (nodes, history, unhealthy)
+    let keys = work.key_names();
+    let fin = workload::final_state(&nodes, &history, &keys, t.compare_dumps, t.settle, t.fresh_after, unhealthy).await;
+    verdict(name, seed, &history, &fin);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -350,13 +367,14 @@ async fn push_mode_keeps_its_guarantees_under_faults() {
         Step::PauseZk(Duration::from_millis(rng.gen_range(2000..=8000))),
     ];
     let plan = workload::schedule(seed, &steps, (1000, 3000));
-    let work = Workload::default();
-    let (nodes, history, unhealthy) =
-        run(&mut cluster, seed, &work, &plan, Duration::from_secs(60), Duration::from_secs(2)).await;
-    let keys = work.key_names();
-    let fin =
-        workload::final_state(&nodes, &history, &keys, true, Duration::from_secs(20), Duration::ZERO, unhealthy).await;
-    verdict(name, seed, &history, &fin);
+    let timing = Timing {
+        faults: Duration::from_secs(60),
+        tail: Duration::from_secs(2),
+        compare_dumps: true,
+        settle: Duration::from_secs(20),
+        fresh_after: Duration::ZERO,
+    };
+    run_and_check(name, seed, &mut cluster, &Workload::default(), &plan, timing).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -370,16 +388,17 @@ async fn ttl_mode_converges_and_never_goes_back_under_faults() {
     let steps = [Step::KillLeaf, Step::KillInner, Step::PauseZk(Duration::from_millis(rng.gen_range(1000..=3000)))];
     let plan = workload::schedule(seed, &steps, (500, 2000));
     let work = Workload { clients: 4, ..Workload::default() };
-    let (nodes, history, unhealthy) =
-        run(&mut cluster, seed, &work, &plan, Duration::from_secs(25), Duration::from_secs(2)).await;
     // Guarantee 1 in ttl mode holds once max-age has passed at every level
     // after the last commit (the tree is at most this deep after restarts).
-    let depth = nodes.len() as u32;
-    let keys = work.key_names();
-    let fin =
-        workload::final_state(&nodes, &history, &keys, false, Duration::from_secs(10), max_age * depth, unhealthy)
-            .await;
-    verdict(name, seed, &history, &fin);
+    let depth = cluster.len() as u32;
+    let timing = Timing {
+        faults: Duration::from_secs(25),
+        tail: Duration::from_secs(2),
+        compare_dumps: false,
+        settle: Duration::from_secs(10),
+        fresh_after: max_age * depth,
+    };
+    run_and_check(name, seed, &mut cluster, &work, &plan, timing).await;
 }
 
 /// Issue 11's chaos run: two root candidates with commit logs (the leader
@@ -421,10 +440,12 @@ async fn standby_roots_keep_every_acknowledged_write_under_chaos() {
     let plan = workload::schedule(seed, &steps, (2000, 5000));
     let work =
         Workload { ack_root_percent: 100, fresh_percent: 30, timeout: Duration::from_secs(8), ..Workload::default() };
-    let (nodes, history, unhealthy) =
-        run(&mut cluster, seed, &work, &plan, Duration::from_secs(75), Duration::from_secs(3)).await;
-    let keys = work.key_names();
-    let fin =
-        workload::final_state(&nodes, &history, &keys, true, Duration::from_secs(40), Duration::ZERO, unhealthy).await;
-    verdict(name, seed, &history, &fin);
+    let timing = Timing {
+        faults: Duration::from_secs(75),
+        tail: Duration::from_secs(3),
+        compare_dumps: true,
+        settle: Duration::from_secs(40),
+        fresh_after: Duration::ZERO,
+    };
+    run_and_check(name, seed, &mut cluster, &work, &plan, timing).await;
 }

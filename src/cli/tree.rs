@@ -14,6 +14,7 @@ use zookeeper_client::Client;
 use super::{Exit, Failure};
 use crate::cli::local::zk_connect;
 use crate::tree::zk::Paths;
+pub use crate::tree::zk::{parse_root, RootInfo};
 
 /// How long `tree` waits for ZooKeeper: the session, then the whole read.
 const ZK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -114,14 +115,6 @@ impl Record {
     }
 }
 
-/// The current root as `root` records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RootInfo {
-    pub id: u64,
-    pub url: String,
-    pub epoch: u64,
-}
-
 /// Everything `tree` reads from ZooKeeper for one cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -201,16 +194,6 @@ pub fn parse_url(data: &[u8]) -> String {
         .ok()
         .and_then(|v| v["url"].as_str().map(str::to_string))
         .unwrap_or_else(|| "?".into())
-}
-
-/// The root znode's `{"id","url","epoch"}`; `None` when unreadable.
-pub fn parse_root(data: &[u8]) -> Option<RootInfo> {
-    let v: serde_json::Value = serde_json::from_slice(data).ok()?;
-    Some(RootInfo {
-        id: v["id"].as_u64()?,
-        url: v["url"].as_str()?.to_string(),
-        epoch: v["epoch"].as_u64().unwrap_or(0),
-    })
 }
 
 /// One line on the cluster: its name, root, size and how many are alive.

@@ -16,7 +16,7 @@ pub async fn health(node: ThinData<Node>) -> Result<HttpResponse> {
     if let Some(why) = node.refusing() {
         return Err(Error::NoInSyncRoot(why));
     }
-    if node.following().is_some() {
+    if node.is_following() {
         // A standby root: 200 once in sync with its leader, 503 before.
         let f = node.standby_in_sync()?;
         return Ok(HttpResponse::Ok().json(json!({

@@ -1,6 +1,6 @@
 //! `/kv/{key}`: the public read and write routes.
 
-use actix_web::http::header::HeaderValue;
+use actix_web::http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use actix_web::http::{Method, StatusCode};
 use actix_web::web::ThinData;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -25,10 +25,10 @@ fn answer(node: &Node, result: Result<HttpResponse, Error>) -> HttpResponse {
             e.error_response()
         }
     };
-    // A standby root has an id but no place in the tree. A standby's
-    // forwarded answer keeps the leader's X-Node: the leader answered it.
-    let id = node.place().map(|p| p.topology.id).ok().or_else(|| node.node_id());
-    if let Some(id) = id {
+    // A standby root has an id too (but no place in the tree). A
+    // standby's forwarded answer keeps the leader's X-Node: the leader
+    // answered it.
+    if let Some(id) = node.node_id() {
         if !resp.headers().contains_key(X_NODE) {
             resp.headers_mut().insert(X_NODE, HeaderValue::from(id));
         }
@@ -39,20 +39,27 @@ fn answer(node: &Node, result: Result<HttpResponse, Error>) -> HttpResponse {
 /// Every `/kv/...` request: GET reads (HEAD too: the same answer without
 /// the body, which the server leaves out), PUT and POST write, DELETE deletes.
 pub async fn route(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> HttpResponse {
-    if node.following().is_some() {
+    // A standby has no place in the tree; a cache never follows (checked
+    // only then: the hit path takes no lock for it).
+    if node.place().is_err() && node.is_following() {
         return answer(&node, standby_route(&node, &req, body).await);
     }
     let result = match *req.method() {
         Method::GET | Method::HEAD => get_inner(&node, &req).await,
         Method::PUT | Method::POST => put_inner(&node, &req, body).await,
         Method::DELETE => delete_inner(&node, &req).await,
-        _ => Err(Error::MethodNotAllowed {
-            method: req.method().to_string(),
-            path: req.path().to_string(),
-            allowed: super::KV.methods,
-        }),
+        _ => Err(wrong_method(&req)),
     };
     answer(&node, result)
+}
+
+/// 405 for a method `/kv` does not answer.
+fn wrong_method(req: &HttpRequest) -> Error {
+    Error::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: req.path().to_string(),
+        allowed: super::KV.methods,
+    }
 }
 
 /// `/kv` at a standby root: plain reads from its copy; writes and
@@ -64,11 +71,7 @@ async fn standby_route(node: &Node, req: &HttpRequest, body: web::Payload) -> Re
         return Ok(found_response(node.standby_get(&key).await?));
     }
     if !reads && !matches!(*req.method(), Method::PUT | Method::POST | Method::DELETE) {
-        return Err(Error::MethodNotAllowed {
-            method: req.method().to_string(),
-            path: req.path().to_string(),
-            allowed: super::KV.methods,
-        });
+        return Err(wrong_method(req));
     }
     let max = req.app_data::<MaxValue>().map_or(1 << 20, |m| m.0);
     let body = read_body(req, body, max).await?;
@@ -82,9 +85,9 @@ async fn standby_route(node: &Node, req: &HttpRequest, body: web::Payload) -> Re
     let (status, answer_headers, answer) = node.forward_to_leader(req.method().as_str(), path, headers, body).await?;
     let status = StatusCode::from_u16(status).map_err(|e| Error::Internal(format!("the leader answered {e}")))?;
     let mut resp = HttpResponse::build(status);
+    let keep = [CONTENT_TYPE, X_VERSION, X_CACHE, X_NODE, X_EXPIRES_AT, RETRY_AFTER, ALLOW];
     for (name, value) in answer_headers {
-        let keep = ["content-type", "x-version", "x-cache", "x-node", "x-expires-at", "retry-after", "allow"];
-        if keep.contains(&name.as_str()) {
+        if keep.iter().any(|k| k.as_str() == name) {
             if let Ok(v) = HeaderValue::from_bytes(&value) {
                 resp.insert_header((name, v));
             }

@@ -122,11 +122,8 @@ impl Node {
     }
 
     /// This node's id once granted (a standby root's too).
+    /// This node's id: the one it registered with, else `--id`.
     pub fn node_id(&self) -> Option<NodeId> {
-        self.my_id()
-    }
-
-    pub(super) fn my_id(&self) -> Option<NodeId> {
         match self.inner.membership.id.load(Ordering::Acquire) {
             0 => self.args().id,
             id => Some(id),
@@ -137,18 +134,15 @@ impl Node {
         if let Some(url) = &self.args().root_url {
             return Ok(url.trim_end_matches('/').to_string());
         }
-        let path = self.inner.paths.root();
-        let data = zk::read(zk, &path).await?.ok_or_else(|| Error::Internal(format!("no root published at {path}")))?;
-        let root: serde_json::Value =
-            serde_json::from_slice(&data).map_err(|e| Error::Internal(format!("{path} holds bad JSON: {e}")))?;
-        root["url"].as_str().map(str::to_string).ok_or_else(|| Error::Internal(format!("{path} has no url")))
+        let root = zk::read_root(zk, &self.inner.paths).await?;
+        root.map(|r| r.url).ok_or_else(|| Error::Internal(format!("no root published at {}", self.inner.paths.root())))
     }
 
     /// Registers with the root and takes the place it gives.
     async fn join(&self) -> Result<Watches> {
         let zk = self.zk().await?;
         let root_url = self.root_url(&zk).await?;
-        let request = RegisterRequest { url: self.url().to_string(), id: self.my_id() };
+        let request = RegisterRequest { url: self.url().to_string(), id: self.node_id() };
         let url = format!("{root_url}/clients/register");
         let resp = self
             .inner
@@ -389,8 +383,9 @@ impl Node {
         };
         self.inner.membership.mirror.lock().await.clear();
         self.sync_mirror().await?;
-        let root_data = serde_json::json!({ "id": id, "url": self.url(), "epoch": epoch }).to_string();
-        zk::create_ephemeral(&zk, paths, &paths.root(), root_data.as_bytes()).await?;
+        let root = zk::RootInfo { id, url: self.url().to_string(), epoch };
+        let root_data = serde_json::to_vec(&root).map_err(|e| Error::Internal(e.to_string()))?;
+        zk::create_ephemeral(&zk, paths, &paths.root(), &root_data).await?;
         let max_age_ms = self.args().max_age.map(|d| d.as_millis() as u64);
         self.adopt(topology, Coherence::new(self.args().mode, max_age_ms), self.url().to_string(), true);
         log::info!("root: node {id}, epoch {epoch}, mode {}", self.args().mode.as_str());
@@ -520,7 +515,7 @@ impl Node {
             Some(reg) => reg.topologies(epoch),
             None => return,
         };
-        let me = self.my_id();
+        let me = self.node_id();
         let mut sends = Vec::new();
         for t in placement::changed(&before, &after) {
             if Some(t.id) == me {

@@ -38,7 +38,6 @@ use super::Node;
 use crate::clock::{mono_ms, Time};
 use crate::error::{Error, Result};
 use crate::log::codec::Entry;
-use crate::log::Record;
 use crate::replication::{self, Following, Status, Stream};
 use crate::store::{NodeId, Update, Version, WriteId};
 use crate::tree::zk::{self, LeaderRecord};
@@ -87,10 +86,39 @@ pub(super) struct Replica {
     starts: AtomicU64,
     /// Root: versions committed but not yet durable. Standby: versions
     /// applied that the leader has not yet said are durable.
-    pending: Mutex<BTreeSet<Version>>,
-    /// The lowest pending version (`u64::MAX`: none), read without the lock.
-    pending_min: AtomicU64,
-    pending_done: Notify,
+    pending: Pending,
+}
+
+/// A set of versions not yet durable, with its lowest one readable
+/// without the lock (most reads are of older versions) and a wake-up for
+/// whoever waits for one to leave.
+#[derive(Default)]
+struct Pending {
+    set: Mutex<BTreeSet<Version>>,
+    /// The lowest version in `set` (`u64::MAX`: none; 0 before the first
+    /// change, which only skips the shortcut).
+    min: AtomicU64,
+    done: Notify,
+}
+
+impl Pending {
+    /// Changes the set and keeps `min` true.
+    fn change<T>(&self, f: impl FnOnce(&mut BTreeSet<Version>) -> T) -> T {
+        let mut set = self.set.lock();
+        let out = f(&mut set);
+        self.min.store(set.first().copied().unwrap_or(u64::MAX), Ordering::Release);
+        out
+    }
+
+    /// [`Pending::change`] that lets versions go: wakes the waiters.
+    fn release(&self, f: impl FnOnce(&mut BTreeSet<Version>)) {
+        self.change(f);
+        self.done.notify_waiters();
+    }
+
+    fn contains(&self, version: Version) -> bool {
+        version >= self.min.load(Ordering::Acquire) && self.set.lock().contains(&version)
+    }
 }
 
 /// What a commit waits for: streams and the sequence each must hold, and
@@ -138,17 +166,16 @@ impl Node {
     /// pending lock, so [`Node::durable_through`] never counts a version
     /// that exists but is not pending yet.
     pub(super) fn next_version(&self) -> Version {
-        let r = self.replica();
-        let mut p = r.pending.lock();
-        let version = self.inner.versions.fetch_add(1, Ordering::AcqRel) + 1;
-        p.insert(version);
-        r.pending_min.store(p.first().copied().unwrap_or(u64::MAX), Ordering::Release);
-        version
+        self.replica().pending.change(|p| {
+            let version = self.inner.versions.fetch_add(1, Ordering::AcqRel) + 1;
+            p.insert(version);
+            version
+        })
     }
 
     /// The leader: every version up to this one is durable.
     fn durable_through(&self) -> Version {
-        let p = self.replica().pending.lock();
+        let p = self.replica().pending.set.lock();
         match p.first() {
             Some(first) => first - 1,
             None => self.inner.versions.load(Ordering::Acquire),
@@ -159,49 +186,32 @@ impl Node {
     /// is durable (`durable`).
     fn pending_applied(&self, version: Version, durable: Version) {
         if version > durable {
-            let r = self.replica();
-            let mut p = r.pending.lock();
-            p.insert(version);
-            r.pending_min.store(p.first().copied().unwrap_or(u64::MAX), Ordering::Release);
+            self.replica().pending.change(|p| p.insert(version));
         }
     }
 
     /// A standby: the leader says every version up to `durable` is durable.
     fn pending_through(&self, durable: Version) {
-        let r = self.replica();
-        {
-            let mut p = r.pending.lock();
-            *p = p.split_off(&durable.saturating_add(1));
-            r.pending_min.store(p.first().copied().unwrap_or(u64::MAX), Ordering::Release);
-        }
-        r.pending_done.notify_waiters();
+        self.replica().pending.release(|p| *p = p.split_off(&durable.saturating_add(1)));
     }
 
     /// Nothing is pending any more (a standby starting over: what was
     /// pending is gone; a new leader: what it holds is the truth).
     fn pending_clear(&self) {
-        let r = self.replica();
-        r.pending.lock().clear();
-        r.pending_min.store(u64::MAX, Ordering::Release);
-        r.pending_done.notify_waiters();
+        self.replica().pending.release(BTreeSet::clear);
     }
 
     /// These versions are durable (or their commit failed for good).
     pub(super) fn pending_remove(&self, versions: impl Iterator<Item = Version>) {
-        let r = self.replica();
-        {
-            let mut p = r.pending.lock();
+        self.replica().pending.release(|p| {
             for v in versions {
                 p.remove(&v);
             }
-            r.pending_min.store(p.first().copied().unwrap_or(u64::MAX), Ordering::Release);
-        }
-        r.pending_done.notify_waiters();
+        });
     }
 
     fn is_pending(&self, version: Version) -> bool {
-        let r = self.replica();
-        version >= r.pending_min.load(Ordering::Acquire) && r.pending.lock().contains(&version)
+        self.replica().pending.contains(version)
     }
 
     /// Waits until `version` (read from the root's store) is durable, so
@@ -215,10 +225,11 @@ impl Node {
     /// standby never leads, and its versions become durable by the word
     /// of its leader).
     async fn wait_durable(&self, version: Option<Version>, leading: bool) -> Result<()> {
-        let Some(version) = version else { return Ok(()) };
+        // Most reads are of durable versions: one atomic load, nothing more.
+        let Some(version) = version.filter(|&v| self.is_pending(v)) else { return Ok(()) };
         let deadline = tokio::time::Instant::now() + PENDING_WAIT;
         loop {
-            let done = self.replica().pending_done.notified();
+            let done = self.replica().pending.done.notified();
             if !self.is_pending(version) {
                 return Ok(());
             }
@@ -312,7 +323,7 @@ impl Node {
         for s in r.streams.lock().drain() {
             s.1.set_status(Status::Closed);
         }
-        r.pending_done.notify_waiters();
+        r.pending.done.notify_waiters();
     }
 
     /// Rewrites the `leader` znode with `change` applied, if it is still
@@ -413,20 +424,26 @@ impl Node {
         Ok(())
     }
 
-    /// Queues `records` on every open stream; returns the streams a commit
-    /// must wait for, with the sequence to wait for. An empty `records`
-    /// waits for everything queued so far (a barrier).
-    pub(super) fn replicate(&self, records: &[Record]) -> Replicating {
+    /// Whether a commit concerns any standby: a stream is open, or
+    /// another root is in `in_sync`.
+    pub(super) fn has_standbys(&self) -> bool {
+        let me = self.node_id();
+        !self.replica().streams.lock().is_empty() || self.replica().in_sync_ids.lock().iter().any(|&id| Some(id) != me)
+    }
+
+    /// Queues `frames` (one commit each) on every open stream; returns the
+    /// streams a commit must wait for, with the sequence to wait for. An
+    /// empty `frames` waits for everything queued so far (a barrier).
+    pub(super) fn replicate(&self, frames: &[Vec<u8>]) -> Replicating {
+        if !self.has_standbys() {
+            return Replicating::default();
+        }
         let streams: Vec<Arc<Stream>> = self.replica().streams.lock().values().cloned().collect();
         let in_sync = self.replica().in_sync_ids.lock().clone();
         let me = self.node_id();
-        if streams.is_empty() && in_sync.iter().all(|&id| Some(id) == me) {
-            return Replicating::default();
-        }
-        let frames: Vec<Vec<u8>> = records.iter().map(replication::frame_of).collect();
         let mut waits = Vec::new();
         for s in streams {
-            match s.enqueue(&frames) {
+            match s.enqueue(frames) {
                 Some(seq) => {
                     if s.progress().status.is_waited_for() {
                         waits.push((s, seq));
@@ -553,10 +570,17 @@ impl Node {
         let snap = self.snapshot_source();
         let batches = replication::snapshot_batches(self.epoch(), &snap.records, &snap.write_ids);
         drop(snap);
+        // Each batch says what is durable as it leaves.
+        let info = |first, from, to, in_sync| BatchInfo {
+            session: s.session,
+            first,
+            from,
+            to,
+            in_sync,
+            durable: self.durable_through(),
+        };
         for (i, body) in batches.into_iter().enumerate() {
-            let durable = self.durable_through();
-            let info = BatchInfo { session: s.session, first: i == 0, from: 0, to: 0, in_sync: false, durable };
-            if !self.send_until_taken(&s, info, body).await {
+            if !self.send_until_taken(&s, info(i == 0, 0, 0, false), body).await {
                 return;
             }
         }
@@ -579,7 +603,7 @@ impl Node {
                 }
                 // An empty batch when idle (the standby knows we live)
                 // and as soon as more is durable (it may serve it).
-                let durable_moved = self.replica().pending_done.notified();
+                let durable_moved = self.replica().pending.done.notified();
                 let beat = self.durable_through() > told
                     || tokio::select! {
                         _ = s.wake.notified() => false,
@@ -588,22 +612,19 @@ impl Node {
                     };
                 if beat {
                     let last = s.progress().acked;
-                    let durable = self.durable_through();
-                    let info = BatchInfo { session: s.session, first: false, from: last, to: last, in_sync, durable };
-                    if !self.send_until_taken(&s, info, Vec::new()).await {
+                    let beat = info(false, last, last, in_sync);
+                    if !self.send_until_taken(&s, beat, Vec::new()).await {
                         return;
                     }
-                    told = durable;
+                    told = beat.durable;
                 }
                 continue;
             };
-            let durable = self.durable_through();
-            let info =
-                BatchInfo { session: s.session, first: false, from: batch.first, to: batch.last, in_sync, durable };
-            if !self.send_until_taken(&s, info, batch.body).await {
+            let sent = info(false, batch.first, batch.last, in_sync);
+            if !self.send_until_taken(&s, sent, batch.body).await {
                 return;
             }
-            told = durable;
+            told = sent.durable;
             s.acked(batch.last);
             self.maybe_promote(&s).await;
         }
@@ -738,8 +759,8 @@ impl Node {
                 return;
             }
             let watch = zk.check_and_watch_stat(&self.inner.paths.root()).await;
-            let leader = self.read_root_znode(zk).await;
-            if let Some((id, url, epoch)) = leader.filter(|(_, url, _)| url != self.url()) {
+            let leader = zk::read_root(zk, &self.inner.paths).await.ok().flatten();
+            if let Some(zk::RootInfo { id, url, epoch }) = leader.filter(|r| r.url != self.url()) {
                 let stale =
                     self.replica().following.lock().as_ref().is_none_or(|f| {
                         f.leader_url != url || mono_ms().saturating_sub(f.heard_at) > REREGISTER_AFTER_MS
@@ -763,12 +784,6 @@ impl Node {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
-    }
-
-    async fn read_root_znode(&self, zk: &Client) -> Option<(NodeId, String, u64)> {
-        let data = zk::read(zk, &self.inner.paths.root()).await.ok()??;
-        let v: serde_json::Value = serde_json::from_slice(&data).ok()?;
-        Some((v["id"].as_u64()?, v["url"].as_str()?.to_string(), v["epoch"].as_u64()?))
     }
 
     async fn register_standby(&self, me: NodeId, leader: NodeId, url: &str, epoch: u64) -> Result<()> {
@@ -836,6 +851,11 @@ impl Node {
     /// Why this root candidate waits without leading or following, if so.
     pub fn refusing(&self) -> Option<String> {
         self.replica().refusing.lock().clone()
+    }
+
+    /// Whether this root stands by for a leader.
+    pub fn is_following(&self) -> bool {
+        self.replica().following.lock().is_some()
     }
 
     /// The leader a standby follows, when it is one.
@@ -1010,7 +1030,7 @@ impl Node {
     /// directory, else a new one (kept there for the next start).
     pub(super) async fn root_id(&self, zk: &Client) -> Result<NodeId> {
         let paths = &self.inner.paths;
-        if let Some(id) = self.my_id() {
+        if let Some(id) = self.node_id() {
             zk::reserve_id(zk, paths, id).await?;
             return Ok(id);
         }

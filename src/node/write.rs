@@ -702,17 +702,29 @@ impl Node {
     async fn make_durable_now(&self, records: &[(Update, Option<WriteId>)]) -> Result<()> {
         self.check_leading()?;
         let epoch = self.epoch();
-        let records: Vec<crate::log::Record> = records
-            .iter()
-            .map(|(update, write_id)| crate::log::Record { epoch, update: update.clone(), write_id: *write_id })
-            .collect();
-        let waits = self.replicate(&records);
+        // Each commit is encoded once: the same frames go to the log (one
+        // append for the batch) and to every standby.
+        let frames: Vec<Vec<u8>> = if self.inner.log.is_some() || self.has_standbys() {
+            records
+                .iter()
+                .map(|(update, write_id)| {
+                    crate::replication::frame_of(crate::log::Record {
+                        epoch,
+                        update: update.clone(),
+                        write_id: *write_id,
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let waits = self.replicate(&frames);
         if let Some(log) = &self.inner.log {
-            let appends = records.iter().map(|r| log.append(r.clone()));
-            let appended = if records.is_empty() {
+            let appended = if frames.is_empty() {
                 log.barrier().await
             } else {
-                futures::future::try_join_all(appends).await.map(|_| ())
+                let max_version = records.iter().map(|(u, _)| u.version).max().unwrap_or(0);
+                log.append_frames(frames.concat(), frames.len() as u64, max_version, epoch).await
             };
             appended.map_err(|e| Error::Internal(e.to_string()))?;
             self.maybe_snapshot(log);

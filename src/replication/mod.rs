@@ -217,10 +217,10 @@ pub struct Batch {
 }
 
 /// One committed write as a frame of the stream (and of the log).
-pub fn frame_of(record: &Record) -> Vec<u8> {
+pub fn frame_of(record: Record) -> Vec<u8> {
     let mut out =
         Vec::with_capacity(64 + record.update.key.len() + record.update.value.as_ref().map_or(0, |v| v.len()));
-    codec::encode(&Entry::Write(record.clone()), &mut out);
+    codec::encode(&Entry::Write(record), &mut out);
     out
 }
 
@@ -267,8 +267,6 @@ pub struct Following {
     pub session: u64,
     /// The last stream sequence applied and made durable.
     pub applied: u64,
-    /// The snapshot of the session arrived whole.
-    pub caught_up: bool,
     /// The leader's last word on whether we are in `in_sync`.
     pub in_sync: bool,
     /// When the leader was last heard (monotonic ms).
@@ -288,7 +286,7 @@ mod tests {
     fn a_stream_hands_out_batches_in_order_and_forgets_what_was_acked() {
         let s = Stream::new(7, "http://s".into(), 1, true);
         assert_eq!(s.peek_batch(), None);
-        let frames: Vec<Vec<u8>> = (1..=3).map(|v| frame_of(&rec("k", v))).collect();
+        let frames: Vec<Vec<u8>> = (1..=3).map(|v| frame_of(rec("k", v))).collect();
         assert_eq!(s.enqueue(&frames), Some(3));
         let b = s.peek_batch().unwrap();
         assert_eq!((b.first, b.last), (1, 3));
@@ -326,7 +324,7 @@ mod tests {
             },
             write_id: None,
         };
-        s.enqueue(&[frame_of(&big), frame_of(&rec("small", 2))]);
+        s.enqueue(&[frame_of(big), frame_of(rec("small", 2))]);
         let b = s.peek_batch().unwrap();
         assert_eq!((b.first, b.last), (1, 1), "the big frame goes alone");
         s.acked(1);
@@ -340,7 +338,7 @@ mod tests {
         assert!(s.change_status(Status::CatchingUp, Status::Joining));
         assert!(s.progress().status.is_waited_for());
         s.set_status(Status::Closed);
-        assert_eq!(s.enqueue(&[frame_of(&rec("k", 1))]), None);
+        assert_eq!(s.enqueue(&[frame_of(rec("k", 1))]), None);
         assert!(!s.progress().status.is_waited_for());
     }
 
@@ -357,9 +355,9 @@ mod tests {
 
     #[test]
     fn a_damaged_batch_is_refused_whole() {
-        let mut body = frame_of(&rec("k", 1));
+        let mut body = frame_of(rec("k", 1));
         let first = body.len();
-        body.extend(frame_of(&rec("k", 2)));
+        body.extend(frame_of(rec("k", 2)));
         body[first + codec::HEADER + 2] ^= 0xff; // inside the second payload
         assert!(decode_batch(&body).unwrap_err().contains("damaged"));
         assert!(decode_batch(&[]).unwrap().is_empty());

@@ -367,6 +367,38 @@ pub struct LeaderRecord {
     pub without_log: Vec<u64>,
 }
 
+/// The current root as the `root` znode records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RootInfo {
+    pub id: u64,
+    pub url: String,
+    pub epoch: u64,
+}
+
+/// The `root` znode's `{"id","url","epoch"}`; `None` when unreadable.
+pub fn parse_root(data: &[u8]) -> Option<RootInfo> {
+    let v: serde_json::Value = serde_json::from_slice(data).ok()?;
+    Some(RootInfo {
+        id: v["id"].as_u64()?,
+        url: v["url"].as_str()?.to_string(),
+        epoch: v["epoch"].as_u64().unwrap_or(0),
+    })
+}
+
+/// Reads the `root` znode: `None` while no root is published.
+pub async fn read_root(zk: &Client, paths: &Paths) -> Result<Option<RootInfo>> {
+    let path = paths.root();
+    match read(zk, &path).await? {
+        None => Ok(None),
+        Some(data) => parse_root(&data).map(Some).ok_or_else(|| {
+            Error::Internal(format!(
+                "{path} holds {:?}, not {{\"id\",\"url\",\"epoch\"}}",
+                String::from_utf8_lossy(&data)
+            ))
+        }),
+    }
+}
+
 /// Reads the `leader` znode and its version; `None` before any leader.
 pub async fn read_leader(zk: &Client, paths: &Paths) -> Result<Option<(LeaderRecord, i32)>> {
     let path = paths.leader();
