@@ -397,6 +397,37 @@ async fn a_restarted_standby_catches_up_and_rejoins_the_in_sync_set() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_re_elected_in_its_session_republishes_its_epoch_and_a_standby_can_join() {
+    // Found from outside: ZooKeeper paused 4 s, the leader stood again in
+    // the same session and led a new epoch, but left the `root` znode at
+    // the old one (it was its own already). A standby then registered with
+    // that old epoch and was refused (409 stale_epoch) for good; with
+    // --min-insync 2 every ack=root write got 503.
+    let mut c = cluster(1, &[]).await;
+    let before = c.health(0).await["epoch"].as_u64().unwrap();
+    assert!(c.zk.pause());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(c.zk.resume());
+    wait_until(Duration::from_secs(30), "the leader to lead a new epoch", || async {
+        c.http.get(format!("{}/health", c.url(0))).send().await.is_ok_and(|r| r.status() == 200)
+            && c.health(0).await["epoch"].as_u64().unwrap() > before
+    })
+    .await;
+    let epoch = c.health(0).await["epoch"].as_u64().unwrap();
+    wait_until(Duration::from_secs(10), "the root znode to say the leader's epoch", || async {
+        let zk = c.zk.client().await;
+        let root = zk.get_data(&format!("/treecache/{}/root", c.name)).await.map(|(d, _)| d).unwrap_or_default();
+        serde_json::from_slice::<Value>(&root).is_ok_and(|v| v["epoch"].as_u64() == Some(epoch))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = add_standby(&mut c, dir.path(), &[]).await;
+    let mut both = vec![c.id(0).await, c.id(s).await];
+    both.sort();
+    wait_until(Duration::from_secs(20), "the standby in the in-sync set", || async { in_sync(&c).await == both }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_in_sync_root_alive_nobody_takes_over_and_health_says_why() {
     let mut c = cluster(2, &["--insync-timeout", "1s"]).await;
     let dir = tempfile::tempdir().unwrap();

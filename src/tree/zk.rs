@@ -218,8 +218,15 @@ pub async fn create_ephemeral(zk: &Client, paths: &Paths, path: &str, data: &[u8
         match zk.create(path, data, &paths.ephemeral()).await {
             Ok(_) => return Ok(()),
             Err(ZkError::NodeExists) => match zk.check_stat(path).await {
-                // Ours already: leave it (rewriting it would fire our own watch).
-                Ok(Some(stat)) if stat.ephemeral_owner == zk.session_id().0 => return Ok(()),
+                // Ours already (the same session, a new term): rewritten
+                // only if it says something else (a new epoch in `root`),
+                // so an unchanged one fires no watch.
+                Ok(Some(stat)) if stat.ephemeral_owner == zk.session_id().0 => {
+                    if read(zk, path).await?.as_deref() != Some(data) {
+                        zk.set_data(path, data, None).await.map_err(|e| Error::zk("set", path, e))?;
+                    }
+                    return Ok(());
+                }
                 Ok(_) => match zk.delete(path, None).await {
                     Ok(()) | Err(ZkError::NoNode) => continue,
                     Err(e) => return Err(Error::zk("delete", path, e)),
