@@ -13,7 +13,8 @@
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::store::Millis;
+/// Milliseconds: unix time (`wall`) or since this process started (`mono`).
+pub type Millis = u64;
 
 /// Both clocks, read once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

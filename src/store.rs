@@ -25,12 +25,11 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
+use crate::clock::Millis;
 pub use crate::clock::Time;
 
 pub type Version = u64;
 pub type NodeId = u64;
-/// Unix time in milliseconds.
-pub type Millis = u64;
 
 const SHARDS: usize = 64;
 /// Bytes charged per entry beyond key and value, so that `bytes()` (the

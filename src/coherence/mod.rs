@@ -15,7 +15,8 @@
 use std::time::Duration;
 
 use crate::config::Mode;
-use crate::store::{Lookup, Millis, Version};
+use crate::clock::Millis;
+use crate::store::{Lookup, Version};
 
 /// What to do with a read at a non-root node.
 #[derive(Debug, Clone, PartialEq, Eq)]

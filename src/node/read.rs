@@ -21,7 +21,8 @@ use crate::clock::Time;
 use crate::coherence::Decision;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, Upstream};
-use crate::store::{Answer, Applied, Lookup, Millis, NodeId, Update, Version};
+use crate::clock::Millis;
+use crate::store::{Answer, Applied, Lookup, NodeId, Update, Version};
 
 /// Whether a read was answered from this node's store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
