@@ -55,7 +55,7 @@ async fn main() -> Result<(), String> {
     let serving = tokio::spawn(server);
     println!("listening on http://{addr}");
     let _ = std::io::stdout().flush();
-    treecache::node::wait_for_signal().await;
+    treecache::process::wait_for_signal().await;
     handle.stop(true).await;
     let _ = serving.await;
     Ok(())

@@ -15,8 +15,40 @@
 use actix_web::http::header::{HeaderMap, HeaderName, AUTHORIZATION};
 use subtle::ConstantTimeEq;
 
-use crate::config::Secret;
 use crate::error::{Credential, Error, Result};
+
+/// Shortest cluster secret accepted.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// The cluster secret: printable ASCII (it travels in an HTTP header),
+/// at least [`MIN_SECRET_LEN`] characters. Its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: String) -> Result<Secret, String> {
+        if text.is_empty() {
+            return Err("the cluster secret is empty".into());
+        }
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the cluster secret must be printable ASCII without spaces".into());
+        }
+        if text.len() < MIN_SECRET_LEN {
+            return Err(format!("the cluster secret is {} characters; use at least {MIN_SECRET_LEN}", text.len()));
+        }
+        Ok(Secret(text))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
 
 /// The header carrying the cluster secret on internal requests.
 pub const SECRET_HEADER_NAME: &str = "x-treecache-secret";

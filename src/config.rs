@@ -1,69 +1,21 @@
-//! Command-line flags and environment variables, parsed by clap and then
-//! validated into typed settings. Owns every default of DESIGN.md's command
-//! line; nothing else in the crate reads `std::env` for settings.
+//! The node's settings: `treecache node`'s flags and environment variables,
+//! parsed by clap into [`NodeArgs`] and then validated. Owns every default of
+//! DESIGN.md's `treecache node` synopsis; the other subcommands' arguments
+//! live with their commands in [`crate::cli`], and option types with the code
+//! that uses them (`Mode` in coherence, `Fsync` in log, `LogFormat` in trace,
+//! `Secret` in auth). Nothing else in the crate reads `std::env` for a node's
+//! settings.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::Args;
 
-/// treecache: a hierarchical tree cache coordinated by ZooKeeper.
-#[derive(Debug, Parser)]
-#[command(name = "treecache", version, about, long_about = None, after_long_help = crate::cli::EXIT_CODES_HELP)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run one cache node (the root with --root).
-    Node(NodeArgs),
-    /// Start a local tree on loopback: ZooKeeper (unless --zk), a root and N-1 nodes.
-    Up(crate::cli::up::UpArgs),
-    /// Read a key through a node.
-    Get(crate::cli::client::GetArgs),
-    /// Write a key through a node.
-    Put(crate::cli::client::PutArgs),
-    /// Delete a key through a node.
-    Del(crate::cli::client::DelArgs),
-    /// Draw the tree as ZooKeeper records it.
-    Tree(crate::cli::tree::TreeArgs),
-    /// Load generator: hit, miss, write, converge, mixed and scale scenarios.
-    Bench(crate::cli::bench::BenchArgs),
-    /// Shell completions (bash, zsh, fish, ...) on stdout.
-    Completions(crate::cli::docs::CompletionsArgs),
-    /// The man page (roff) on stdout: treecache man > treecache.1
-    Man,
-}
-
-/// Coherence mode, chosen at the root and handed to nodes at registration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// The root pushes every committed write down to the children that hold the key.
-    Push,
-    /// No pushes; entries below the root are fresh for --max-age, then revalidated.
-    Ttl,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Push => "push",
-            Mode::Ttl => "ttl",
-        }
-    }
-}
-
-/// When the root's commit log is fsynced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Fsync {
-    Always,
-    Everysec,
-    Never,
-}
+use crate::auth::Secret;
+use crate::coherence::Mode;
+use crate::log::Fsync;
+use crate::trace::LogFormat;
 
 #[derive(Debug, Clone, Args)]
 pub struct NodeArgs {
@@ -211,6 +163,25 @@ pub struct NodeArgs {
 pub const MAX_VALUE_CEILING: u64 = 64 << 20;
 
 impl NodeArgs {
+    /// `treecache node ARGS..` as clap reads it (`args` without the program
+    /// and subcommand names), defaults and environment variables applied,
+    /// not yet validated: how a program embedding a node, and tests, build
+    /// the settings without the whole command line.
+    pub fn try_parse_from<I, T>(args: I) -> Result<NodeArgs, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(clap::Parser)]
+        #[command(name = "treecache node")]
+        struct Node {
+            #[command(flatten)]
+            args: NodeArgs,
+        }
+        let full = std::iter::once(std::ffi::OsString::from("node")).chain(args.into_iter().map(Into::into));
+        <Node as clap::Parser>::try_parse_from(full).map(|n| n.args)
+    }
+
     /// Checks what clap cannot: combinations of flags.
     pub fn validate(&self) -> Result<(), String> {
         if self.mode == Mode::Ttl && self.max_age.is_none() {
@@ -304,48 +275,6 @@ impl NodeArgs {
     }
 }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// `2025-01-01T00:00:00Z INFO target [request id] message`.
-    Text,
-    /// One JSON object per line: ts, level, target, msg, request_id (when known).
-    Json,
-}
-
-/// Shortest cluster secret accepted.
-pub const MIN_SECRET_LEN: usize = 16;
-
-/// The cluster secret: printable ASCII (it travels in an HTTP header),
-/// at least [`MIN_SECRET_LEN`] characters. Its `Debug` does not show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(text: String) -> Result<Secret, String> {
-        if text.is_empty() {
-            return Err("the cluster secret is empty".into());
-        }
-        if !text.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("the cluster secret must be printable ASCII without spaces".into());
-        }
-        if text.len() < MIN_SECRET_LEN {
-            return Err(format!("the cluster secret is {} characters; use at least {MIN_SECRET_LEN}", text.len()));
-        }
-        Ok(Secret(text))
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
-
 fn check_token(token: &str) -> Result<(), String> {
     if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("--api-token must be non-empty printable ASCII without spaces".into());
@@ -427,15 +356,17 @@ mod tests {
     const SECRET: &str = "0123456789abcdef-test";
 
     fn node(args: &[&str]) -> Result<NodeArgs, String> {
-        let mut full = vec!["treecache", "node", "--zk", "127.0.0.1:2181"];
+        let mut full = vec!["--zk", "127.0.0.1:2181"];
         if !args.iter().any(|a| a.starts_with("--cluster-secret")) {
             full.extend(["--cluster-secret", SECRET]);
         }
         full.extend_from_slice(args);
-        match Cli::try_parse_from(full).map_err(|e| e.to_string())?.command {
-            Command::Node(n) => n.validate().map(|_| n),
-            _ => unreachable!(),
-        }
+        let n = parse(&full)?;
+        n.validate().map(|_| n)
+    }
+
+    fn parse(args: &[&str]) -> Result<NodeArgs, String> {
+        NodeArgs::try_parse_from(args).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -444,26 +375,6 @@ mod tests {
         assert!(node(&["--mode", "ttl", "--max-age", "1s"]).is_ok());
         assert!(node(&["--max-age", "1s"]).is_err());
         assert!(node(&["--mode", "bogus"]).is_err());
-    }
-
-    #[test]
-    fn every_flag_of_every_subcommand_reads_an_environment_variable() {
-        use clap::CommandFactory;
-        let cli = Cli::command();
-        let mut missing = Vec::new();
-        for sub in cli.get_subcommands() {
-            for arg in sub.get_arguments() {
-                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
-                if arg.is_positional() || builtin {
-                    continue;
-                }
-                match arg.get_env().and_then(|e| e.to_str()) {
-                    Some(env) if env.starts_with("TREECACHE_") => {}
-                    _ => missing.push(format!("treecache {} --{}", sub.get_name(), arg.get_id())),
-                }
-            }
-        }
-        assert!(missing.is_empty(), "flags without a TREECACHE_ variable: {missing:?}");
     }
 
     #[test]
@@ -506,8 +417,7 @@ mod tests {
         assert!(node(&["--cluster-secret", "has a space in it, sadly"]).is_err());
         let both = ["--cluster-secret", SECRET, "--cluster-secret-file", good.to_str().unwrap()];
         assert!(node(&both).is_err());
-        let none = Cli::try_parse_from(["treecache", "node", "--zk", "127.0.0.1:2181"]).unwrap();
-        let Command::Node(none) = none.command else { unreachable!() };
+        let none = parse(&["--zk", "127.0.0.1:2181"]).unwrap();
         assert!(none.validate().unwrap_err().contains("cluster secret is required"));
         assert_eq!(format!("{:?}", n.secret().unwrap()), "Secret(..)");
     }

@@ -2,7 +2,8 @@
 //!
 //! The map, one line per component:
 //!
-//! - [`config`]: flags and environment variables into typed settings.
+//! - [`config`]: a node's flags and environment variables into typed,
+//!   validated settings ([`config::NodeArgs`]).
 //! - [`auth`]: the cluster secret and the API token, checked once per request.
 //! - [`trace`]: request ids (`X-Request-Id`) and the log format.
 //! - [`error`]: the one error enum and its HTTP mapping.
@@ -21,8 +22,15 @@
 //!   `/metrics`, `/dump`), registration and the internal node-to-node routes.
 //! - [`metrics`]: one prometheus-client registry per node: counters, gauges,
 //!   `_seconds` histograms (request latency, upstream, push lag), OpenMetrics text.
+//! - [`server`]: `treecache node` as a process, where the node and its HTTP
+//!   front door meet: bind, build the node, serve, leave on SIGTERM.
+//! - [`process`]: child-process plumbing (logs, dying with the parent,
+//!   signals).
 //! - [`zkserver`]: a private ZooKeeper from the installed package (tests, `up`).
-//! - [`cli`]: `up`, `tree`, `get|put|del`, `bench`.
+//! - [`cli`]: `up`, `tree`, `get|put|del`, `bench`, and the clap [`cli::Cli`].
+//!
+//! Layering: a module uses only the modules below it; the table is in
+//! docs/architecture.md ("Layers") and `tests/layers.rs` holds the code to it.
 //!
 //! Task ownership: long-lived tasks (push queues, the write uplink, the
 //! ZooKeeper supervisor, the expiry sweeper) start in [`node::Node::start`]
@@ -40,7 +48,9 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod node;
+pub mod process;
 pub mod replication;
+pub mod server;
 pub mod store;
 pub mod trace;
 pub mod tree;

@@ -3,15 +3,14 @@
 //! lists them; `cli::Exit`).
 
 use clap::Parser;
-use treecache::cli::{Exit, Failure};
-use treecache::config::{Cli, Command};
+use treecache::cli::{Cli, Command, Exit, Failure};
 
 fn main() {
     // Usage errors exit 2 (clap's own code, and Exit::Usage).
     let cli = Cli::parse();
     let format = match &cli.command {
         Command::Node(args) => args.log_format,
-        _ => treecache::config::LogFormat::Text,
+        _ => treecache::trace::LogFormat::Text,
     };
     treecache::trace::init_logging(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -25,7 +24,7 @@ fn main() {
         match cli.command {
             Command::Node(args) => {
                 args.validate().map_err(Failure::usage)?;
-                treecache::node::run_from_args(args).await.map_err(Failure::from)
+                treecache::server::run(args).await.map_err(Failure::from)
             }
             Command::Up(args) => treecache::cli::up::run(args).await,
             Command::Get(args) => treecache::cli::client::get(args).await,

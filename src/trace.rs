@@ -21,7 +21,14 @@ use std::io::Write;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::task::futures::TaskLocalFuture;
 
-use crate::config::LogFormat;
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `2025-01-01T00:00:00Z INFO target [request id] message`.
+    Text,
+    /// One JSON object per line: ts, level, target, msg, request_id (when known).
+    Json,
+}
 
 /// The header carrying a request's id, in and out.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");

@@ -20,7 +20,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Mode;
+use crate::coherence::Mode;
 use crate::store::{NodeId, Update, Version, WriteId};
 
 const HAS_VALUE: u8 = 1;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::cli::local::{die_with_parent, log_tail, open_log};
+use crate::process::{die_with_parent, log_tail, open_log};
 
 const MAIN_CLASS: &str = "org.apache.zookeeper.server.ZooKeeperServerMain";
 /// Where the package puts its config dir (log4j.properties) and jars; the

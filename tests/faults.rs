@@ -353,7 +353,7 @@ async fn internal_messages_from_strangers_are_refused_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_election_retried_in_the_same_session_does_not_wait_for_itself() {
     let zk_server = common::Zk::start().await;
-    let secret = treecache::config::Secret::new("election-test-secret-0123".into()).expect("secret");
+    let secret = treecache::auth::Secret::new("election-test-secret-0123".into()).expect("secret");
     let paths = treecache::tree::zk::Paths::with_secret("elect-test", &secret);
     let zk = treecache::tree::zk::connect(&zk_server.addr(), &paths).await.expect("session");
     treecache::tree::zk::ensure_layout(&zk, &paths).await.expect("layout");

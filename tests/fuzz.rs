@@ -16,10 +16,9 @@ use actix_web::test::{call_service, init_service, read_body, TestRequest};
 use actix_web::web::ThinData;
 use actix_web::App;
 use bytes::Bytes;
-use clap::Parser;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
-use treecache::config::{Cli, Command};
+use treecache::config::NodeArgs;
 use treecache::node::Node;
 use treecache::store::{check_key, Update, WriteId, MAX_KEY_BYTES};
 use treecache::wire::{
@@ -225,17 +224,15 @@ impl Harness<()> {
     fn new() -> Harness<impl Service<Request, Response = ServiceResponse, Error = actix_web::Error>> {
         let system = actix_web::rt::System::new();
         let (node, app) = system.block_on(async {
-            let cli = Cli::parse_from([
-                "treecache",
-                "node",
+            let args = NodeArgs::try_parse_from([
                 "--zk",
                 "127.0.0.1:1",
                 "--max-value-bytes",
                 "64",
                 "--cluster-secret",
                 SECRET,
-            ]);
-            let Command::Node(args) = cli.command else { unreachable!("parsed a node command") };
+            ])
+            .expect("node flags");
             let node = Node::new(args).expect("node");
             let app = init_service(
                 App::new().app_data(ThinData(node.clone())).configure(|cfg| treecache::http::routes(cfg, MAX_VALUE)),

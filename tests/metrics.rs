@@ -186,5 +186,5 @@ async fn a_refused_or_unrouted_request_is_counted_by_its_route_without_its_path(
         .filter(|s| s.family == "treecache_request_duration_seconds")
         .filter_map(|s| s.labels.get("route").map(String::as_str))
         .collect();
-    assert!(routes.iter().all(|r| treecache::http::ROUTE_LABELS.contains(r)), "{routes:?}");
+    assert!(routes.iter().all(|r| treecache::metrics::ROUTE_LABELS.contains(r)), "{routes:?}");
 }

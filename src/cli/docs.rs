@@ -1,12 +1,12 @@
 //! `treecache completions SHELL` and `treecache man`: generated from the
-//! clap definitions in [`crate::config::Cli`], so they never drift from the
+//! clap definitions in [`crate::cli::Cli`], so they never drift from the
 //! flags the binary takes.
 
 use clap::{Args, CommandFactory};
 use clap_complete::Shell;
 
 use super::Failure;
-use crate::config::Cli;
+use crate::cli::Cli;
 
 #[derive(Debug, Clone, Args)]
 pub struct CompletionsArgs {
@@ -115,7 +115,7 @@ pub fn flag_tables() -> String {
 /// node's registry declares (the commit log's included), as scraped.
 pub fn metric_table() -> String {
     let log = std::sync::Arc::new(crate::log::Stats::default());
-    let families = crate::metrics::Metrics::catalog(crate::http::ROUTE_LABELS, log.collector());
+    let families = crate::metrics::Metrics::catalog(crate::metrics::ROUTE_LABELS, log.collector());
     let mut out = String::from("\n| metric | type | meaning |\n| --- | --- | --- |\n");
     for (name, kind, help) in families {
         out.push_str(&format!("| `{name}` | {kind} | {} |\n", help.replace('|', "\\|")));

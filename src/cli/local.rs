@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::process::{die_with_parent, open_log};
+
 /// Log filter handed to nodes unless `RUST_LOG` says otherwise.
 const NODE_LOG_FILTER: &str = "info,zookeeper_client=warn,actix_server=warn";
 const POLL: Duration = Duration::from_millis(50);
@@ -74,34 +76,6 @@ pub fn spawn_node_env(bin: &Path, args: &[String], log: &Path, env: &[(&str, &st
         .process_group(0);
     die_with_parent(&mut cmd);
     cmd.spawn().map_err(|e| format!("cannot start {}: {e}", bin.display()))
-}
-
-/// Opens `log` for appending, twice: one handle for stdout, one for stderr.
-pub fn open_log(log: &Path) -> Result<(std::fs::File, std::fs::File), String> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| format!("cannot open log {}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| format!("cannot open log {}: {e}", log.display()))?;
-    Ok((out, err))
-}
-
-/// Asks the kernel to SIGKILL the child when the thread that spawned it
-/// exits, so an interrupted test run or a killed `up` leaves no orphans.
-/// Spawn from a long-lived thread (a runtime's `block_on` thread or worker),
-/// never from a `spawn_blocking` thread, which exits when idle.
-pub fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: the closure runs between fork and exec; prctl is
-    // async-signal-safe and the closure touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 /// Polls `url/health` every 50 ms until it answers 200 and returns its JSON.
@@ -179,18 +153,6 @@ pub fn stop_all(children: &mut [Child], grace: Duration) {
     }
 }
 
-/// The last `lines` lines of a log file; a note instead when it is unreadable.
-pub fn log_tail(path: &Path, lines: usize) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
-        }
-        Err(e) => format!("(cannot read {}: {e})", path.display()),
-    }
-}
-
 /// Opens a ZooKeeper session at `addr`, giving up after `timeout` (an
 /// unreachable server fails fast instead of being retried forever).
 pub async fn zk_connect(addr: &str, timeout: Duration) -> Result<zookeeper_client::Client, String> {
@@ -205,6 +167,7 @@ pub async fn zk_connect(addr: &str, timeout: Duration) -> Result<zookeeper_clien
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::log_tail;
 
     fn sh(script: &str) -> Child {
         let mut cmd = Command::new("/bin/sh");
@@ -256,16 +219,6 @@ mod tests {
         let mut child = spawn_node(Path::new("/bin/echo"), &["--x".into()], &log).unwrap();
         assert!(child.wait().unwrap().success());
         assert_eq!(log_tail(&log, 5), "node --x");
-    }
-
-    #[test]
-    fn log_tail_keeps_the_last_lines_and_explains_a_missing_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("log");
-        std::fs::write(&log, "a\nb\nc\n").unwrap();
-        assert_eq!(log_tail(&log, 2), "b\nc");
-        assert_eq!(log_tail(&log, 10), "a\nb\nc");
-        assert!(log_tail(&dir.path().join("missing"), 2).starts_with("(cannot read "));
     }
 
     #[test]

@@ -11,6 +11,40 @@ pub mod local;
 pub mod tree;
 pub mod up;
 
+use clap::{Parser, Subcommand};
+
+use crate::config::NodeArgs;
+
+/// treecache: a hierarchical tree cache coordinated by ZooKeeper.
+#[derive(Debug, Parser)]
+#[command(name = "treecache", version, about, long_about = None, after_long_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one cache node (the root with --root).
+    Node(NodeArgs),
+    /// Start a local tree on loopback: ZooKeeper (unless --zk), a root and N-1 nodes.
+    Up(up::UpArgs),
+    /// Read a key through a node.
+    Get(client::GetArgs),
+    /// Write a key through a node.
+    Put(client::PutArgs),
+    /// Delete a key through a node.
+    Del(client::DelArgs),
+    /// Draw the tree as ZooKeeper records it.
+    Tree(tree::TreeArgs),
+    /// Load generator: hit, miss, write, converge, mixed and scale scenarios.
+    Bench(bench::BenchArgs),
+    /// Shell completions (bash, zsh, fish, ...) on stdout.
+    Completions(docs::CompletionsArgs),
+    /// The man page (roff) on stdout: treecache man > treecache.1
+    Man,
+}
+
 /// The exit codes, as `treecache --help` and the man page list them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -75,4 +109,29 @@ pub fn chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_of_every_subcommand_reads_an_environment_variable() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if arg.is_positional() || builtin {
+                    continue;
+                }
+                match arg.get_env().and_then(|e| e.to_str()) {
+                    Some(env) if env.starts_with("TREECACHE_") => {}
+                    _ => missing.push(format!("treecache {} --{}", sub.get_name(), arg.get_id())),
+                }
+            }
+        }
+        assert!(missing.is_empty(), "flags without a TREECACHE_ variable: {missing:?}");
+    }
 }

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use super::local::{self, log_tail, node_args, spawn_node, stop_all, wait_healthy, zk_connect};
+use super::local::{self, node_args, spawn_node, stop_all, wait_healthy, zk_connect};
 use super::{tree, Failure};
-use crate::config::{parse_duration, Mode};
+use crate::coherence::Mode;
+use crate::config::parse_duration;
+use crate::process::log_tail;
 use crate::tree::zk::Paths;
 use crate::zkserver::{free_port, LocalZk};
 
@@ -267,7 +269,7 @@ fn complete(s: &tree::Snapshot, n: usize) -> bool {
 
 /// Waits for Ctrl-C or SIGTERM; meanwhile reports nodes that exit.
 async fn watch(nodes: &mut [Child]) {
-    let signal = crate::node::wait_for_signal();
+    let signal = crate::process::wait_for_signal();
     tokio::pin!(signal);
     let mut reported = vec![false; nodes.len()];
     loop {

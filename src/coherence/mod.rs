@@ -14,9 +14,27 @@
 
 use std::time::Duration;
 
-use crate::config::Mode;
 use crate::clock::Millis;
 use crate::store::{Lookup, Version};
+
+/// Coherence mode, chosen at the root and handed to nodes at registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The root pushes every committed write down to the children that hold the key.
+    Push,
+    /// No pushes; entries below the root are fresh for --max-age, then revalidated.
+    Ttl,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Push => "push",
+            Mode::Ttl => "ttl",
+        }
+    }
+}
 
 /// What to do with a read at a non-root node.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,6 +23,7 @@ use futures::StreamExt;
 use percent_encoding::percent_decode_str;
 
 use crate::error::{Error, Result};
+use crate::metrics::ROUTE_LABELS;
 use crate::store::check_key;
 
 /// One route: its path as `docs/openapi.yaml` writes it, the methods it
@@ -86,30 +87,6 @@ enum Handler {
     Replicate,
 }
 
-/// The `route` label of `treecache_request_duration_seconds`: `/kv` by
-/// what the request does, every other route by its handler's name, `other`
-/// when no route matched. A fixed list: a label never carries a raw path.
-pub const ROUTE_LABELS: &[&str] = &[
-    "kv_read",
-    "kv_write",
-    "kv_delete",
-    "health",
-    "tree",
-    "metrics",
-    "dump",
-    "register",
-    "fill",
-    "write",
-    "push",
-    "topology",
-    "clear",
-    "invalidate",
-    "dropped",
-    "leave",
-    "standby",
-    "replicate",
-    "other",
-];
 const KV_WRITE_LABEL: usize = 1;
 const KV_DELETE_LABEL: usize = 2;
 const OTHER_LABEL: usize = 18;

@@ -2,25 +2,20 @@
 //! nothing, and never panics. The node is not registered (no ZooKeeper), so
 //! these reach only the checks that come before any work.
 
+use crate::config::NodeArgs;
+use crate::node::Node;
 use actix_web::http::StatusCode;
 use actix_web::test::{call_service, init_service, read_body_json, TestRequest};
 use actix_web::web::ThinData;
 use actix_web::App;
-use clap::Parser;
-
-use crate::config::{Cli, Command};
-use crate::node::Node;
 
 const SECRET: &str = "route-test-secret-0123456789";
 
 fn node_with(extra: &[&str]) -> Node {
-    let mut argv = vec!["treecache", "node", "--zk", "127.0.0.1:1", "--max-value-bytes", "16"];
+    let mut argv = vec!["--zk", "127.0.0.1:1", "--max-value-bytes", "16"];
     argv.extend(["--cluster-secret", SECRET]);
     argv.extend_from_slice(extra);
-    match Cli::parse_from(argv).command {
-        Command::Node(args) => Node::new(args).expect("node"),
-        _ => unreachable!(),
-    }
+    Node::new(NodeArgs::try_parse_from(argv).expect("node flags")).expect("node")
 }
 
 fn node() -> Node {
@@ -368,7 +363,7 @@ async fn the_clients_request_id_is_answered_when_sane_and_none_is_made_for_nothi
 #[test]
 fn each_route_has_its_own_label_and_no_path_becomes_one() {
     use actix_web::http::Method;
-    let label = |m: Method, path: &str| super::ROUTE_LABELS[super::route_label(&m, path)];
+    let label = |m: Method, path: &str| crate::metrics::ROUTE_LABELS[super::route_label(&m, path)];
     assert_eq!(label(Method::GET, "/kv/a%2Fb"), "kv_read");
     assert_eq!(label(Method::HEAD, "/kv/k"), "kv_read");
     assert_eq!(label(Method::PUT, "/kv/k"), "kv_write");

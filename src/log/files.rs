@@ -29,8 +29,8 @@ use tokio::sync::mpsc;
 
 use super::codec::{self, Entry};
 use super::replay::{self, SegmentBytes, SnapshotContent};
+use super::Fsync;
 use super::{LogError, Msg, Options, Recovered, Snapshot, Stats};
-use crate::config::Fsync;
 
 pub const SEGMENT_PREFIX: &str = "segment-";
 pub const SNAPSHOT_PREFIX: &str = "snapshot-";

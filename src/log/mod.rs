@@ -22,7 +22,6 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::Fsync;
 use crate::metrics::Histogram;
 use crate::store::{Update, WriteId};
 use prometheus_client::collector::Collector;
@@ -33,6 +32,14 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
 pub use files::{SEGMENT_PREFIX, SNAPSHOT_PREFIX};
+
+/// When the root's commit log is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fsync {
+    Always,
+    Everysec,
+    Never,
+}
 
 /// One committed write as the log keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -26,8 +26,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::web::ThinData;
-use actix_web::{App, HttpServer};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
@@ -48,11 +46,9 @@ pub use write::{answer_body, Ack, BATCH_BYTES, HOP_WAIT};
 
 /// How long a fill or a forwarded write may take before it fails.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the server keeps an idle connection open.
-const SERVER_KEEP_ALIVE: Duration = Duration::from_secs(75);
-/// How long a client keeps an idle pooled connection: less than the server's.
-const CLIENT_POOL_IDLE: Duration = Duration::from_secs(60);
-const _: () = assert!(SERVER_KEEP_ALIVE.as_secs() > CLIENT_POOL_IDLE.as_secs(), "the client must close first");
+/// How long a client keeps an idle pooled connection: less than the
+/// server's keep-alive (`crate::server`).
+pub(crate) const CLIENT_POOL_IDLE: Duration = Duration::from_secs(60);
 /// Header carrying the sender's epoch on internal requests.
 pub const EPOCH_HEADER: &str = "x-treecache-epoch";
 /// Header naming the sending node on pushes and clears: a node takes them
@@ -74,13 +70,6 @@ pub const TICK_HEADER: &str = "x-treecache-tick";
 pub const CONFIRMED_HEADER: &str = "x-treecache-confirmed";
 /// How long a leaving node waits for its queued writes to reach its parent.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
-/// How long a client has to send a request's head before a 408 (slowloris).
-const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a closing connection may take to shut down before it is dropped.
-const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// HTTP worker threads.
-const WORKERS: u32 = 2;
-
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<Inner>,
@@ -422,84 +411,5 @@ impl Node {
     /// Children as peers (empty before registration).
     pub fn children(&self) -> Vec<Peer> {
         self.topology().map(|t| t.children).unwrap_or_default()
-    }
-}
-
-/// `treecache node`: validate, bind, serve, register; on SIGTERM or Ctrl-C
-/// leave the tree cleanly.
-pub async fn run_from_args(args: NodeArgs) -> std::result::Result<(), String> {
-    args.validate()?;
-    let listener =
-        std::net::TcpListener::bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let log = Node::open_log(&args)?;
-    let node = Node::with_log(args, log).map_err(|e| e.to_string())?;
-    let max_body = node.args().max_value_bytes as usize;
-    let app_node = node.clone();
-    let max_connections = (node.args().max_connections / WORKERS).max(1) as usize;
-    raise_open_files_limit();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(ThinData(app_node.clone()))
-            .wrap(crate::http::guard::Track::new(app_node.clone()))
-            .configure(|cfg| crate::http::routes(cfg, max_body))
-    })
-    .workers(WORKERS as usize)
-    // Abuse limits (docs/security.md): connections per worker; a request
-    // head must arrive within CLIENT_REQUEST_TIMEOUT (else 408 and close),
-    // so half-open connections do not pile up; heads over 128 KiB get 431
-    // (actix's fixed buffer).
-    .max_connections(max_connections)
-    .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
-    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
-    // Longer than the clients' pool idle timeout (60 s, build_http): the
-    // client closes an idle connection first. With actix's default (5 s)
-    // a child reusing a pooled connection the parent was closing got a
-    // connection error, and its reader a 503, after any pause over 5 s.
-    .keep_alive(SERVER_KEEP_ALIVE)
-    .disable_signals()
-    .listen(listener)
-    .map_err(|e| format!("cannot serve: {e}"))?
-    .run();
-    let handle = server.handle();
-    let serving = tokio::spawn(server);
-    log::info!("treecache node listening on {} (advertised as {})", node.args().listen, node.url());
-    node.start();
-    wait_for_signal().await;
-    log::info!("shutting down: leaving the tree");
-    node.shutdown().await;
-    handle.stop(true).await;
-    let _ = serving.await;
-    Ok(())
-}
-
-/// Raises this process's soft open-files limit to its hard limit: each
-/// client connection is a descriptor, and a service manager's default soft
-/// limit (often 1024) is below `--max-connections`.
-fn raise_open_files_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit only read or write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                log::warn!("cannot raise the open-files limit: {}", std::io::Error::last_os_error());
-            }
-        }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }

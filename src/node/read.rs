@@ -17,11 +17,11 @@ use reqwest::{Method, StatusCode};
 use tokio::sync::oneshot;
 
 use super::{Node, CONFIRMED_HEADER, UPSTREAM_TIMEOUT};
+use crate::clock::Millis;
 use crate::clock::Time;
 use crate::coherence::Decision;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, Upstream};
-use crate::clock::Millis;
 use crate::store::{Answer, Applied, Lookup, NodeId, Update, Version};
 
 /// Whether a read was answered from this node's store.

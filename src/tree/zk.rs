@@ -25,7 +25,7 @@ use base64::Engine;
 use sha1::{Digest, Sha1};
 use zookeeper_client::{Acl, Acls, AuthId, Client, CreateMode, CreateOptions, Error as ZkError, Permission};
 
-use crate::config::Secret;
+use crate::auth::Secret;
 use crate::error::{Error, Result};
 
 /// The ZooKeeper digest user every node authenticates as.

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
-use treecache::cli::local::{log_tail, node_args, spawn_node_env, stop, wait_healthy, write_new_secret};
+use treecache::cli::local::{node_args, spawn_node_env, stop, wait_healthy, write_new_secret};
+use treecache::process::log_tail;
 use treecache::zkserver::{free_port, LocalZk};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_treecache");

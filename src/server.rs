@@ -1,0 +1,88 @@
+//! `treecache node` as a process: where the node and its HTTP front door
+//! meet. Validates the settings, binds, opens the commit log, builds the
+//! [`Node`], serves [`crate::http::routes`] with the node's limits, starts
+//! the node's tasks, and on SIGTERM or Ctrl-C leaves the tree before the
+//! server stops. The node knows nothing of the server, nor the routes of
+//! the process.
+
+use std::time::Duration;
+
+use actix_web::web::ThinData;
+use actix_web::{App, HttpServer};
+
+use crate::config::NodeArgs;
+use crate::node::{Node, CLIENT_POOL_IDLE};
+use crate::process::wait_for_signal;
+
+/// How long the server keeps an idle connection open.
+const SERVER_KEEP_ALIVE: Duration = Duration::from_secs(75);
+const _: () = assert!(SERVER_KEEP_ALIVE.as_secs() > CLIENT_POOL_IDLE.as_secs(), "the client must close first");
+/// How long a client has to send a request's head before a 408 (slowloris).
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a closing connection may take to shut down before it is dropped.
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// HTTP worker threads.
+const WORKERS: u32 = 2;
+
+/// `treecache node`: validate, bind, serve, register; on SIGTERM or Ctrl-C
+/// leave the tree cleanly.
+pub async fn run(args: NodeArgs) -> std::result::Result<(), String> {
+    args.validate()?;
+    let listener =
+        std::net::TcpListener::bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let log = Node::open_log(&args)?;
+    let node = Node::with_log(args, log).map_err(|e| e.to_string())?;
+    let max_body = node.args().max_value_bytes as usize;
+    let app_node = node.clone();
+    let max_connections = (node.args().max_connections / WORKERS).max(1) as usize;
+    raise_open_files_limit();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(ThinData(app_node.clone()))
+            .wrap(crate::http::guard::Track::new(app_node.clone()))
+            .configure(|cfg| crate::http::routes(cfg, max_body))
+    })
+    .workers(WORKERS as usize)
+    // Abuse limits (docs/security.md): connections per worker; a request
+    // head must arrive within CLIENT_REQUEST_TIMEOUT (else 408 and close),
+    // so half-open connections do not pile up; heads over 128 KiB get 431
+    // (actix's fixed buffer).
+    .max_connections(max_connections)
+    .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+    // Longer than the clients' pool idle timeout (60 s, build_http): the
+    // client closes an idle connection first. With actix's default (5 s)
+    // a child reusing a pooled connection the parent was closing got a
+    // connection error, and its reader a 503, after any pause over 5 s.
+    .keep_alive(SERVER_KEEP_ALIVE)
+    .disable_signals()
+    .listen(listener)
+    .map_err(|e| format!("cannot serve: {e}"))?
+    .run();
+    let handle = server.handle();
+    let serving = tokio::spawn(server);
+    log::info!("treecache node listening on {} (advertised as {})", node.args().listen, node.url());
+    node.start();
+    wait_for_signal().await;
+    log::info!("shutting down: leaving the tree");
+    node.shutdown().await;
+    handle.stop(true).await;
+    let _ = serving.await;
+    Ok(())
+}
+
+/// Raises this process's soft open-files limit to its hard limit: each
+/// client connection is a descriptor, and a service manager's default soft
+/// limit (often 1024) is below `--max-connections`.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                log::warn!("cannot raise the open-files limit: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+}
