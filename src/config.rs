@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::Args;
 
 use crate::auth::Secret;
@@ -32,7 +33,7 @@ pub struct NodeArgs {
     #[arg(long, env = "TREECACHE_ADVERTISE")]
     pub advertise: Option<String>,
     /// Run as a root candidate: the source of truth and the registrar.
-    #[arg(long, env = "TREECACHE_ROOT")]
+    #[arg(long, env = "TREECACHE_ROOT", value_parser = BoolishValueParser::new())]
     pub root: bool,
     /// Root URL to register with, instead of looking it up in ZooKeeper.
     #[arg(long, env = "TREECACHE_ROOT_URL")]
@@ -76,7 +77,7 @@ pub struct NodeArgs {
     pub snapshot_bytes: u64,
     /// Start even though the commit log is corrupt: cut it at the damage,
     /// losing every record after it. An operator's decision, never a default.
-    #[arg(long, env = "TREECACHE_LOG_TRUNCATE_CORRUPT")]
+    #[arg(long, env = "TREECACHE_LOG_TRUNCATE_CORRUPT", value_parser = BoolishValueParser::new())]
     pub log_truncate_corrupt: bool,
     /// Size at which a commit log segment is closed and the next begun.
     #[arg(long, env = "TREECACHE_LOG_SEGMENT_BYTES", hide = true, value_parser = parse_bytes, default_value = "64MiB")]
@@ -149,7 +150,7 @@ pub struct NodeArgs {
     pub fault_lose_write_replies: u64,
     /// Fault injection for tests: every commit log fsync fails (the root
     /// must stop). Never set in production.
-    #[arg(long, env = "TREECACHE_FAULT_FSYNC_ERROR", hide = true)]
+    #[arg(long, env = "TREECACHE_FAULT_FSYNC_ERROR", hide = true, value_parser = BoolishValueParser::new())]
     pub fault_fsync_error: bool,
     /// How long a tombstone is kept after it was stored before it may be
     /// collected (docs/architecture.md, Tombstones). Tests shorten it;
@@ -237,14 +238,56 @@ impl NodeArgs {
         if self.min_insync > 1 && !self.root {
             return Err("--min-insync applies to root candidates (--root) only".into());
         }
-        if self.snapshot_bytes == 0 || self.log_segment_bytes < 4096 {
-            return Err("--snapshot-bytes must be above 0 and --log-segment-bytes at least 4KiB".into());
+        if self.snapshot_bytes == 0 {
+            return Err("--snapshot-bytes must be greater than zero, e.g. 64MiB".into());
+        }
+        if self.log_segment_bytes < 4096 {
+            return Err("--log-segment-bytes must be at least 4KiB".into());
+        }
+        if self.root && self.data_dir.is_none() && self.fsync == Fsync::Always {
+            return Err("--fsync always needs --data-dir: without one this root keeps no commit log and \
+                        holds acknowledged writes in memory only"
+                .into());
         }
         self.secret()?;
         if let Some(token) = &self.api_token {
             check_token(token)?;
         }
         Ok(())
+    }
+
+    /// What the operator should know about these settings that is not an
+    /// error: what kind of node this is when a flag does not apply to it.
+    /// Logged as warnings when the node starts.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.root && self.data_dir.is_none() {
+            notes.push(
+                "this root keeps no commit log (no --data-dir): memory only, its acknowledged writes outlive \
+                 it only on in-sync standby roots"
+                    .into(),
+            );
+        }
+        if let Some(path) = &self.cluster_secret_file {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path) {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    notes.push(format!(
+                        "--cluster-secret-file {} can be read by others (mode {mode:03o}): whoever reads it can \
+                         join and rewrite the tree; chmod 600 it",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        if !self.root && self.fsync != Fsync::Everysec {
+            notes.push(format!(
+                "--fsync {} ignored: only a root keeps a commit log; this node is a cache",
+                self.fsync.as_str()
+            ));
+        }
+        notes
     }
 
     /// The cluster secret, from --cluster-secret or --cluster-secret-file.
@@ -309,12 +352,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Parses `1048576`, `512KiB`, `64MiB`, `1GiB`, `10KB`, `2MB`.
+/// Parses `1048576`, `512KiB`, `64MiB`, `1.5MiB`, `1GiB`, `10KB`, `2MB`;
+/// a fraction is rounded to the nearest byte.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (try 1048576, 512KiB, 64MiB)"))?;
+    let not_a_size = || format!("{s:?} is not a size (try 1048576, 512KiB, 1.5MiB)");
+    if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
+        return Err(not_a_size());
+    }
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1000,
@@ -325,7 +372,16 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "gib" => 1 << 30,
         other => return Err(format!("{s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"));
+    }
+    let n: f64 = num.parse().map_err(|_| not_a_size())?;
+    let bytes = (n * mult as f64).round();
+    // 2^64 as f64: anything at or above it does not fit.
+    if !bytes.is_finite() || bytes >= 18_446_744_073_709_551_616.0 {
+        return Err(format!("{s:?} is too large"));
+    }
+    Ok(bytes as u64)
 }
 
 #[cfg(test)]
@@ -351,6 +407,13 @@ mod tests {
         assert!(parse_bytes("-1").is_err());
         assert!(parse_bytes("1XB").is_err());
         assert!(parse_bytes("99999999999999999999GiB").is_err());
+        assert_eq!(parse_bytes("1.5MiB").unwrap(), 3 << 19);
+        assert_eq!(parse_bytes("0.5KiB").unwrap(), 512);
+        assert_eq!(parse_bytes("1.0001").unwrap(), 1, "rounded to a byte");
+        assert!(parse_bytes("99999999999.5GiB").unwrap_err().contains("too large"));
+        for bad in ["1.2.3MiB", ".5MiB", "5.MiB", "MiB", ""] {
+            assert!(parse_bytes(bad).unwrap_err().contains("is not a size"), "{bad}");
+        }
     }
 
     const SECRET: &str = "0123456789abcdef-test";
@@ -378,6 +441,29 @@ mod tests {
     }
 
     #[test]
+    fn notes_say_what_the_node_is_when_a_flag_does_not_apply() {
+        let memory_root = node(&["--root"]).unwrap().notes();
+        assert!(memory_root.iter().any(|n| n.contains("keeps no commit log")), "{memory_root:?}");
+        assert!(node(&["--root", "--data-dir", "/tmp/x"]).unwrap().notes().is_empty());
+        let cache = node(&["--fsync", "always"]).unwrap().notes();
+        assert_eq!(cache, ["--fsync always ignored: only a root keeps a commit log; this node is a cache"]);
+        assert!(node(&[]).unwrap().notes().is_empty(), "a plain cache has nothing to say");
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+        let with_mode = |mode: u32| {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            node(&["--cluster-secret-file", file.to_str().unwrap()]).unwrap().notes()
+        };
+        let open = with_mode(0o644);
+        assert!(open.len() == 1 && open[0].contains("(mode 644)") && open[0].contains("chmod 600"), "{open:?}");
+        assert_eq!(with_mode(0o640).len(), 1, "group-readable too");
+        assert!(with_mode(0o600).is_empty());
+        assert!(with_mode(0o400).is_empty());
+    }
+
+    #[test]
     fn bad_flags_are_refused() {
         assert!(node(&["--fanout", "0"]).is_err());
         assert!(node(&["--id", "0"]).is_err());
@@ -387,6 +473,11 @@ mod tests {
         assert!(node(&["--snapshot-bytes", "0"]).is_err());
         assert!(node(&["--log-segment-bytes", "1KiB"]).is_err());
         assert!(node(&["--fsync", "sometimes"]).is_err());
+        let always = node(&["--root", "--fsync", "always"]).unwrap_err();
+        assert!(always.contains("--fsync always needs --data-dir"), "{always}");
+        assert!(node(&["--root", "--fsync", "always", "--data-dir", "/tmp/x"]).is_ok());
+        let snap = node(&["--snapshot-bytes", "0"]).unwrap_err();
+        assert!(snap.contains("--snapshot-bytes") && !snap.contains("segment"), "no hidden flag named: {snap}");
         assert_eq!(node(&["--snapshot-bytes", "1MiB"]).unwrap().snapshot_bytes, 1 << 20);
         assert!(node(&["--max-memory", "0"]).is_err());
         let root = node(&["--root", "--max-memory", "64MiB"]).unwrap_err();

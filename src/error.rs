@@ -148,6 +148,12 @@ impl Error {
         Error::ParentUnreachable { url: url.to_string(), reason: err.to_string() }
     }
 
+    /// ZooKeeper refused an operation on the cluster's znodes for want of
+    /// permission: their digest ACL was made from another cluster secret.
+    pub fn is_zk_not_authorized(&self) -> bool {
+        matches!(self, Error::Zk { source: zookeeper_client::Error::NoAuth, .. })
+    }
+
     /// True for the 503 family: the client may retry the same request.
     pub fn is_retryable(&self) -> bool {
         self.status_code() == StatusCode::SERVICE_UNAVAILABLE

@@ -4,13 +4,14 @@
 
 use clap::Parser;
 use treecache::cli::{Cli, Command, Exit, Failure};
+use treecache::trace::LogFormat;
 
 fn main() {
     // Usage errors exit 2 (clap's own code, and Exit::Usage).
     let cli = Cli::parse();
     let format = match &cli.command {
         Command::Node(args) => args.log_format,
-        _ => treecache::trace::LogFormat::Text,
+        _ => LogFormat::Text,
     };
     treecache::trace::init_logging(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -37,7 +38,12 @@ fn main() {
         }
     });
     if let Err(failure) = result {
-        eprintln!("treecache: {}", failure.message);
+        match format {
+            // A node logging JSON ends with a JSON line too: a log shipper
+            // reading its stderr sees why it stopped.
+            LogFormat::Json => log::error!("{}", failure.message),
+            LogFormat::Text => eprintln!("treecache: {}", failure.message),
+        }
         std::process::exit(failure.exit as i32);
     }
 }

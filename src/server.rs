@@ -28,6 +28,9 @@ const WORKERS: u32 = 2;
 /// leave the tree cleanly.
 pub async fn run(args: NodeArgs) -> std::result::Result<(), String> {
     args.validate()?;
+    for note in args.notes() {
+        log::warn!("{note}");
+    }
     let listener =
         std::net::TcpListener::bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let log = Node::open_log(&args)?;

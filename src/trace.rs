@@ -30,6 +30,10 @@ pub enum LogFormat {
     Json,
 }
 
+/// The log filter a node uses unless `RUST_LOG` says otherwise: its own
+/// INFO lines, only warnings from ZooKeeper's client and actix's server.
+pub const DEFAULT_LOG_FILTER: &str = "info,zookeeper_client=warn,actix_server=warn";
+
 /// The header carrying a request's id, in and out.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 /// Longest client-given id kept; longer ones are replaced.
@@ -104,9 +108,7 @@ pub fn new_id() -> String {
 /// Installs the logger. `RUST_LOG` picks levels (default: info, quieter
 /// for the ZooKeeper client and actix's server). Call once, first thing.
 pub fn init_logging(format: LogFormat) {
-    let mut builder = env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,zookeeper_client=warn,actix_server=warn"),
-    );
+    let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER));
     match format {
         LogFormat::Text => builder.format(|buf, record| {
             let ts = buf.timestamp_millis();

@@ -140,6 +140,22 @@ async fn flags_come_from_the_environment_too() {
     assert_exit(&bad, 2);
 }
 
+#[test]
+fn boolean_flags_take_1_0_yes_no_from_the_environment() {
+    // A root without --data-dir refuses --fsync always at once: that says
+    // whether TREECACHE_ROOT made the node a root, without running one.
+    let node = ["node", "--zk", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--fsync", "always"];
+    let secret = ("TREECACHE_CLUSTER_SECRET", "0123456789abcdef-cli");
+    for yes in ["1", "yes", "true", "on"] {
+        let out = run(&node, &[secret, ("TREECACHE_ROOT", yes)]);
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains("--fsync always needs --data-dir"), "TREECACHE_ROOT={yes}: {}", stderr(&out));
+    }
+    let out = run(&node, &[secret, ("TREECACHE_ROOT", "maybe")]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("'maybe' for '--root'"), "{}", stderr(&out));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tree_exit_codes_name_a_missing_cluster_and_an_unreachable_zookeeper() {
     let zk = Zk::start().await;
@@ -152,12 +168,21 @@ async fn tree_exit_codes_name_a_missing_cluster_and_an_unreachable_zookeeper() {
 
 #[test]
 fn completions_and_the_man_page_are_generated_from_the_flags() {
-    for (shell, marker) in [("bash", "_treecache()"), ("zsh", "#compdef treecache"), ("fish", "complete -c treecache")]
-    {
+    let shells = [
+        ("bash", "_treecache()"),
+        ("zsh", "#compdef treecache"),
+        ("fish", "complete -c treecache"),
+        ("elvish", "edit:completion:arg-completer[treecache]"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ];
+    for (shell, marker) in shells {
         let out = run(&["completions", shell], &[]);
         assert_exit(&out, 0);
         assert!(stdout(&out).contains(marker), "{shell}: {}", stdout(&out));
         assert!(stdout(&out).contains("max-value-bytes"), "{shell} completes node flags");
+        for hidden in ["fault-", "tombstone-ttl", "log-segment-bytes"] {
+            assert!(!stdout(&out).contains(hidden), "{shell} offers the hidden --{hidden}");
+        }
     }
     assert_exit(&run(&["completions", "tcsh"], &[]), 2);
     let man = run(&["man"], &[]);

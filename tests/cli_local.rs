@@ -234,11 +234,46 @@ async fn tree_reports_zookeeper_going_away_mid_read() {
 #[tokio::test(flavor = "multi_thread")]
 async fn up_reports_a_node_that_cannot_start_with_its_log() {
     let zk = Zk::start().await;
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port().to_string();
-    let out = treecache(&["up", "--nodes", "2", "--zk", &zk.addr(), "--base-port", &port]);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "short\n").unwrap();
+    let out = treecache(&["up", "--nodes", "2", "--zk", &zk.addr(), "--cluster-secret-file", secret.to_str().unwrap()]);
     let err = stderr(&out);
     assert!(!out.status.success());
-    assert!(err.contains(&format!("http://127.0.0.1:{port} exited with")), "{err}");
+    assert!(err.contains(" exited with"), "{err}");
     assert!(err.contains("last lines of "), "{err}");
+    // The node's own error, from its log.
+    assert!(err.contains("use at least 16"), "{err}");
+}
+
+/// Answers every connection with `200 {}` until dropped: a stranger on a
+/// port that passes a /health probe.
+fn answering_stranger() -> (std::net::TcpListener, u16) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let serving = listener.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for mut conn in serving.incoming().map_while(Result::ok) {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
+        }
+    });
+    (listener, port)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_names_a_taken_port_even_when_its_owner_answers_health() {
+    let zk = Zk::start().await;
+    let (_stranger, port) = answering_stranger();
+    let probe = reqwest::get(format!("http://127.0.0.1:{port}/health")).await.expect("the stranger answers");
+    assert_eq!(probe.status(), 200, "the stranger would pass for a node");
+    let out = treecache(&["up", "--nodes", "2", "--zk", &zk.addr(), "--base-port", &port.to_string()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("cannot start the root on 127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("in use"), "{err}");
+    assert!(err.contains("pick another --base-port"), "{err}");
+    assert!(!err.contains("no root published"), "{err}");
 }

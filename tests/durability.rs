@@ -167,6 +167,9 @@ async fn corruption_in_the_middle_stops_the_start_until_the_operator_cuts() {
 
     c.push_args(0, &["--log-truncate-corrupt"]);
     c.restart(0).await;
+    let log = c.log_text(0);
+    assert!(log.contains("--log-truncate-corrupt: cutting"), "{log}");
+    assert!(!log.contains("cut a torn tail"), "the cut is corruption, not a torn tail: {log}");
     assert!(read_root(&c, "k0").await.is_some(), "what precedes the damage is kept");
     assert_eq!(read_root(&c, "k29").await, None, "what follows it is cut");
     // The log goes on after the cut, and a further restart is clean.
@@ -209,13 +212,15 @@ async fn an_fsync_error_stops_the_root_and_caches_ignore_data_dir() {
     let mut c = Cluster::start_opts(Opts {
         nodes: 2,
         durable_root: true,
-        node_args: vec!["--data-dir".into(), cache_dir.clone()],
+        node_args: vec!["--data-dir".into(), cache_dir.clone(), "--fsync".into(), "never".into()],
         ..Opts::default()
     })
     .await;
     let line = format!("--data-dir {cache_dir} ignored");
     assert!(c.log_text(1).contains(&line), "{}", c.log_text(1));
     assert!(!dir.path().join("cache").exists(), "a cache writes nothing there");
+    let fsync = "--fsync never ignored: only a root keeps a commit log; this node is a cache";
+    assert!(c.log_text(1).contains(fsync), "{}", c.log_text(1));
 
     // The root's first fsync (the epoch record at election) fails: it exits.
     c.push_args(0, &["--fault-fsync-error"]);
@@ -237,4 +242,23 @@ fn a_data_dir_that_cannot_be_made_refuses_the_start() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("commit log create") && err.contains(&dir.display().to_string()), "{err}");
+}
+
+#[test]
+fn with_json_logs_the_refusal_to_start_is_a_json_line_too() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let dir = file.path().join("log");
+    let out = std::process::Command::new(common::BIN)
+        .args(["node", "--zk", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--cluster-secret", "0123456789abcdef"])
+        .args(["--log-format", "json", "--root", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .expect("run treecache");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_else(|| panic!("nothing on stderr"));
+    let line: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last:?}"));
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert!(line["msg"].as_str().is_some_and(|m| m.contains("commit log create")), "{line}");
+    assert!(err.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "only JSON lines: {err}");
 }

@@ -47,6 +47,20 @@ async fn a_node_with_a_wrong_secret_does_not_join_and_says_why() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_root_with_a_wrong_secret_says_the_secret_does_not_match_and_exits() {
+    let mut c = Cluster::start(2, &[]).await;
+    let stranger = c.add_node_unwaited(&["--root", "--cluster-secret", "not-the-cluster-secret-at-all"]);
+    let (code, log) = c.wait_exit(stranger).await;
+    assert_eq!(code, Some(78), "exits as a configuration error (EX_CONFIG): {log}");
+    let fatal = log.lines().find(|l| l.contains("FATAL")).unwrap_or_else(|| panic!("no FATAL line: {log}"));
+    assert!(fatal.contains("does not match") && fatal.contains(&c.name), "{fatal}");
+    assert!(fatal.contains("--cluster-secret-file"), "says what to do: {fatal}");
+    // Nothing changed.
+    assert_eq!(c.zk_tree("tree").await, ["1", "1/2"]);
+    assert_eq!(c.health(0).await["role"], "root");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_stranger_gets_401_from_every_internal_route_of_a_running_node() {
     let c = Cluster::start(2, &[]).await;
     c.put(0, "k", "v", "?ack=root").await;
@@ -343,6 +357,21 @@ async fn with_an_api_token_kv_needs_it_and_the_cli_sends_it() {
         assert_eq!(resp.status(), 401, "{path}");
     }
     assert!(health_ok(&c, 1).await);
+    // `treecache tree` says why it cannot count keys, and counts them with
+    // the token from the flag or the environment.
+    let zk = c.zk.addr();
+    let tree = ["tree", "--zk", zk.as_str(), "--cluster", c.name.as_str()];
+    let drawn = |out: std::process::Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let without = drawn(cli(&tree, None));
+    assert!(without.contains("? keys (401: --api-token)"), "{without}");
+    let with_env = drawn(cli(&tree, Some("s3cret-token")));
+    assert!(with_env.contains("alive, depth 0, 1 key"), "{with_env}");
+    assert!(!with_env.contains("? keys"), "{with_env}");
+    let with_flag = drawn(cli(&[&tree[..], &["--api-token", "s3cret-token"]].concat(), None));
+    assert!(!with_flag.contains("? keys"), "{with_flag}");
     // A consistent read at node 2 goes up the fill chain (internal routes:
     // the secret, not the token) and is answered.
     let resp = c

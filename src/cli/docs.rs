@@ -17,12 +17,30 @@ pub struct CompletionsArgs {
 }
 
 pub fn completions(args: CompletionsArgs) -> Result<(), Failure> {
-    let mut cmd = Cli::command();
+    let mut cmd = visible_only(&Cli::command());
     // Into a buffer first: clap_complete panics when its writer fails
     // (`treecache completions bash | head`).
     let mut out = Vec::new();
     clap_complete::generate(args.shell, &mut cmd, "treecache", &mut out);
     std::io::Write::write_all(&mut std::io::stdout(), &out).map_err(|e| format!("writing stdout: {e}").into())
+}
+
+/// `cmd` without what `--help` hides: clap_complete's generators offer
+/// hidden flags (the `--fault-*` test knobs) and hidden subcommands, so
+/// they get a copy that has none.
+fn visible_only(cmd: &clap::Command) -> clap::Command {
+    // clap's `string` feature: names built at run time.
+    let mut out = clap::Command::new(cmd.get_name().to_string());
+    if let Some(about) = cmd.get_about() {
+        out = out.about(about.clone());
+    }
+    for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+        out = out.arg(arg.clone());
+    }
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        out = out.subcommand(visible_only(sub));
+    }
+    out
 }
 
 /// The man page (roff) of `treecache` and all its subcommands, one page:

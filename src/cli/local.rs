@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use crate::process::{die_with_parent, open_log};
 
-/// Log filter handed to nodes unless `RUST_LOG` says otherwise.
-const NODE_LOG_FILTER: &str = "info,zookeeper_client=warn,actix_server=warn";
 const POLL: Duration = Duration::from_millis(50);
 
 /// The flags every local node needs: where ZooKeeper is, which cluster,
@@ -68,7 +66,7 @@ pub fn spawn_node_env(bin: &Path, args: &[String], log: &Path, env: &[(&str, &st
     }
     cmd.arg("node")
         .args(args)
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| NODE_LOG_FILTER.into()))
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| crate::trace::DEFAULT_LOG_FILTER.into()))
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out)

@@ -29,6 +29,10 @@ pub struct TreeArgs {
     /// Cluster name; the znodes live under /treecache/<cluster>.
     #[arg(long, env = "TREECACHE_CLUSTER", default_value = "default")]
     pub cluster: String,
+    /// The nodes' API token (their --api-token), to read each node's key
+    /// count from its /metrics.
+    #[arg(long, env = "TREECACHE_API_TOKEN")]
+    pub api_token: Option<String>,
 }
 
 pub async fn run(args: TreeArgs) -> Result<(), Failure> {
@@ -36,7 +40,7 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
     if snapshot.records.is_empty() {
         return Err(Failure::new(Exit::NotFound, no_tree(&args.zk, &args.cluster)));
     }
-    let states = probe_all(&snapshot).await;
+    let states = probe_all(&snapshot, args.api_token.as_deref()).await;
     print!("{}\n{}", header(&args.cluster, &snapshot), draw_with(&snapshot, &states));
     Ok(())
 }
@@ -49,7 +53,7 @@ fn no_tree(zk: &str, cluster: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
     /// It answered `/health`: its depth, and the entries `/metrics` counts.
-    Alive { depth: u64, keys: Option<u64> },
+    Alive { depth: u64, keys: Keys },
     /// Live in ZooKeeper, but no answer over HTTP.
     NoAnswer,
 }
@@ -58,7 +62,11 @@ impl State {
     fn text(&self) -> String {
         match self {
             State::Alive { depth, keys } => {
-                let keys = keys.map_or("? keys".to_string(), |k| format!("{k} key{}", if k == 1 { "" } else { "s" }));
+                let keys = match keys {
+                    Keys::Count(k) => format!("{k} key{}", if *k == 1 { "" } else { "s" }),
+                    Keys::Unknown => "? keys".into(),
+                    Keys::TokenRefused => "? keys (401: --api-token)".into(),
+                };
                 format!("alive, depth {depth}, {keys}")
             }
             State::NoAnswer => "(no answer)".into(),
@@ -66,8 +74,20 @@ impl State {
     }
 }
 
-/// Asks every live node for its state, all at once, each within [`PROBE_TIMEOUT`].
-pub async fn probe_all(s: &Snapshot) -> BTreeMap<u64, State> {
+/// How many entries a node holds, as far as its `/metrics` tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keys {
+    Count(u64),
+    /// `/metrics` answered 401: the nodes run with `--api-token`, and this
+    /// one was not given (or not this one).
+    TokenRefused,
+    /// No answer, or no `treecache_entries` in it.
+    Unknown,
+}
+
+/// Asks every live node for its state, all at once, each within
+/// [`PROBE_TIMEOUT`]; `token` is the nodes' API token, for `/metrics`.
+pub async fn probe_all(s: &Snapshot, token: Option<&str>) -> BTreeMap<u64, State> {
     let http = match reqwest::Client::builder().timeout(PROBE_TIMEOUT).build() {
         Ok(http) => http,
         Err(_) => return BTreeMap::new(),
@@ -75,19 +95,28 @@ pub async fn probe_all(s: &Snapshot) -> BTreeMap<u64, State> {
     let live = s.records.iter().filter(|r| s.live.contains(&r.id()));
     let probes = live.map(|r| {
         let http = http.clone();
-        async move { (r.id(), probe(&http, &r.url).await) }
+        async move { (r.id(), probe(&http, &r.url, token).await) }
     });
     futures::future::join_all(probes).await.into_iter().collect()
 }
 
-async fn probe(http: &reqwest::Client, url: &str) -> State {
+async fn probe(http: &reqwest::Client, url: &str, token: Option<&str>) -> State {
     let health = async { http.get(format!("{url}/health")).send().await?.error_for_status()?.json().await };
     let health: serde_json::Value = match health.await {
         Ok(h) => h,
         Err::<_, reqwest::Error>(_) => return State::NoAnswer,
     };
-    let metrics = async { http.get(format!("{url}/metrics")).send().await?.error_for_status()?.text().await };
-    let keys = metrics.await.ok().and_then(|text| gauge(&text, "treecache_entries"));
+    let mut metrics = http.get(format!("{url}/metrics"));
+    if let Some(token) = token {
+        metrics = metrics.bearer_auth(token);
+    }
+    let keys = match metrics.send().await {
+        Ok(resp) if resp.status() == reqwest::StatusCode::UNAUTHORIZED => Keys::TokenRefused,
+        Ok(resp) if resp.status().is_success() => {
+            resp.text().await.ok().and_then(|text| gauge(&text, "treecache_entries")).map_or(Keys::Unknown, Keys::Count)
+        }
+        _ => Keys::Unknown,
+    };
     match health["depth"].as_u64() {
         Some(depth) => State::Alive { depth, keys },
         None => State::NoAnswer,
@@ -318,11 +347,12 @@ mod tests {
 
     #[test]
     fn states_end_the_lines_and_fit_in_80_columns() {
-        let s = snapshot(&[&[1], &[1, 2], &[1, 2, 4], &[1, 3]], &[1, 2, 3], Some(1));
+        let s = snapshot(&[&[1], &[1, 2], &[1, 2, 4], &[1, 3], &[1, 3, 5]], &[1, 2, 3, 5], Some(1));
         let states = BTreeMap::from([
-            (1, State::Alive { depth: 0, keys: Some(12345) }),
-            (2, State::Alive { depth: 1, keys: Some(1) }),
+            (1, State::Alive { depth: 0, keys: Keys::Count(12345) }),
+            (2, State::Alive { depth: 1, keys: Keys::Count(1) }),
             (3, State::NoAnswer),
+            (5, State::Alive { depth: 1, keys: Keys::TokenRefused }),
         ]);
         let drawn = draw_with(&s, &states);
         assert_eq!(
@@ -330,8 +360,10 @@ mod tests {
             "1  http://n1  (root)  alive, depth 0, 12345 keys\n\
              ├── 2  http://n2  alive, depth 1, 1 key\n\
              │   └── 4  http://n4  (dead)\n\
-             └── 3  http://n3  (no answer)\n"
+             └── 3  http://n3  (no answer)\n    \
+                 └── 5  http://n5  alive, depth 1, ? keys (401: --api-token)\n"
         );
+        assert!(drawn.lines().all(|l| l.chars().count() <= 80), "{drawn}");
     }
 
     #[test]

@@ -139,6 +139,9 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
         let url = format!("http://127.0.0.1:{port}");
         let log = logs.join(format!("node-{k}.log"));
         progress.starting(k, &url);
+        // Another process answering /health on the port would pass for
+        // the node, which meanwhile exits with "Address already in use".
+        check_port_free(port, k, args.base_port)?;
         running.nodes.push(spawn_node(&bin, &args.flags(&zk_addr, k, port, &secret), &log)?);
         let child = running.nodes.last_mut();
         wait_healthy(&http, &url, HEALTH_TIMEOUT, child).await.map_err(|e| with_log(e, &log))?;
@@ -178,6 +181,23 @@ async fn start_or_check_zk(zk: Option<&str>) -> Result<Option<LocalZk>, Failure>
         None => {
             eprintln!("starting a private ZooKeeper...");
             Ok(LocalZk::start().await.map(Some)?)
+        }
+    }
+}
+
+/// Fails when something already listens on node `k`'s loopback port.
+fn check_port_free(port: u16, k: u32, base_port: u16) -> Result<(), Failure> {
+    match std::net::TcpListener::bind(("127.0.0.1", port)) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let hint = if base_port == 0 {
+                String::new()
+            } else {
+                " (node k takes --base-port + k): pick another --base-port".into()
+            };
+            let who = if k == 0 { "the root".to_string() } else { format!("node {k}") };
+            let message = format!("cannot start {who} on 127.0.0.1:{port}: {e}{hint}");
+            Err(if base_port == 0 { Failure::from(message) } else { Failure::usage(message) })
         }
     }
 }

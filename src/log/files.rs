@@ -67,8 +67,14 @@ fn lock_dir(dir: &Path) -> Result<File, LogError> {
     // SAFETY: flock on a descriptor we own; no memory is shared.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
-        return Err(LogError::Locked { dir: dir.to_path_buf() });
+        // The holder wrote its pid there when it took the lock.
+        let holder = std::fs::read_to_string(&path).ok().and_then(|text| text.trim().parse().ok());
+        return Err(LogError::Locked { dir: dir.to_path_buf(), holder });
     }
+    // Ours now: say who holds it, for the next process that tries.
+    file.set_len(0)
+        .and_then(|_| (&file).write_all(format!("{}\n", std::process::id()).as_bytes()))
+        .map_err(|e| LogError::io("write", &path, e))?;
     Ok(file)
 }
 

@@ -41,6 +41,17 @@ pub enum Fsync {
     Never,
 }
 
+impl Fsync {
+    /// As the flag takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fsync::Always => "always",
+            Fsync::Everysec => "everysec",
+            Fsync::Never => "never",
+        }
+    }
+}
+
 /// One committed write as the log keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -63,7 +74,8 @@ pub struct Recovered {
     pub write_ids: Vec<(WriteId, u64)>,
     pub max_version: u64,
     pub max_epoch: u64,
-    /// A torn tail that was cut: the file and the offset it now ends at.
+    /// Where the log was cut, a torn tail or (under `--log-truncate-corrupt`)
+    /// corruption: the file and the offset it now ends at.
     pub truncated_tail: Option<(PathBuf, u64)>,
 }
 
@@ -109,12 +121,22 @@ pub enum LogError {
         file.display()
     )]
     Corrupt { file: PathBuf, offset: u64, reason: String },
-    #[error("snapshot {} is bad at offset {offset}: {reason}, and no older snapshot can replace it", file.display())]
+    #[error(
+        "snapshot {} is bad at offset {offset}: {reason}, and no older snapshot can replace it; \
+         restore the data directory from a backup, or, if another root leads with the data, empty the \
+         directory and start this root again: it rejoins as a standby and takes the leader's snapshot",
+        file.display()
+    )]
     BadSnapshot { file: PathBuf, offset: u64, reason: String },
     #[error("commit log {}: segment {missing} is missing (segments must run without gaps)", dir.display())]
     MissingSegment { dir: PathBuf, missing: u64 },
-    #[error("commit log {}: another process holds it", dir.display())]
-    Locked { dir: PathBuf },
+    #[error(
+        "commit log {}: {} holds its lock {}; stop it, or give this root another --data-dir",
+        dir.display(),
+        holder.map_or("another process".to_string(), |pid| format!("another process (pid {pid})")),
+        dir.join("LOCK").display()
+    )]
+    Locked { dir: PathBuf, holder: Option<u32> },
     #[error("the commit log writer has stopped")]
     Stopped,
 }
@@ -564,7 +586,11 @@ mod tests {
     async fn a_missing_segment_or_a_held_directory_refuses() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = reopen(dir.path(), Fsync::Always, opts()).await;
-        assert!(matches!(CommitLog::open(dir.path(), Fsync::Always, opts()), Err(LogError::Locked { .. })));
+        let held = CommitLog::open(dir.path(), Fsync::Always, opts()).map(|_| ()).unwrap_err();
+        assert!(matches!(held, LogError::Locked { holder: Some(pid), .. } if pid == std::process::id()), "{held}");
+        let msg = held.to_string();
+        let lock = dir.path().join("LOCK").display().to_string();
+        assert!(msg.contains(&format!("(pid {})", std::process::id())) && msg.contains(&lock), "{msg}");
         for v in 1..=200 {
             log.append(rec("k", v)).await.unwrap();
         }
@@ -599,6 +625,8 @@ mod tests {
             }
         };
         assert!(matches!(err, LogError::BadSnapshot { offset: 40, .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("restore the data directory") && msg.contains("rejoins as a standby"), "{msg}");
         // A leftover temp file is a snapshot that never got its name: ignored.
         std::fs::write(&snap, b"").unwrap();
         std::fs::remove_file(&snap).unwrap();

@@ -102,9 +102,8 @@ impl Node {
         };
         let started = std::time::Instant::now();
         let (log, recovered) = CommitLog::open(dir, args.fsync, opts).map_err(|e| e.to_string())?;
-        if let Some((file, offset)) = &recovered.truncated_tail {
-            log::warn!("commit log: cut a torn tail of {} at offset {offset}", file.display());
-        }
+        // A cut (torn tail, or corruption under --log-truncate-corrupt) was
+        // logged by the log itself, which knows which of the two it was.
         log::info!("commit log {} opened in {:?}", dir.display(), started.elapsed());
         Ok(Some((log, recovered)))
     }

@@ -80,6 +80,17 @@ impl Node {
                         self.wait_for_change(watches).await;
                     }
                 }
+                Err(e) if e.is_zk_not_authorized() => {
+                    // Retrying cannot help: every node of a cluster needs
+                    // the secret its znodes' ACL was made from.
+                    log::error!(
+                        "FATAL: {e}: this node's cluster secret does not match the one cluster {:?} was created \
+                         with (its znodes' ACL refuses it); start every node of the cluster with the same \
+                         --cluster-secret-file",
+                        self.args().cluster
+                    );
+                    std::process::exit(super::EXIT_CONFIG);
+                }
                 Err(e) => {
                     failures += 1;
                     if failures == 1 || failures.is_multiple_of(20) {

@@ -68,6 +68,9 @@ pub const TICK_HEADER: &str = "x-treecache-tick";
 /// it as current; `0` otherwise (the child stores it, not current). Write
 /// answers carry the same per write in `WriteResults::confirmed`.
 pub const CONFIRMED_HEADER: &str = "x-treecache-confirmed";
+/// Exit status of a node whose configuration cannot work (sysexits'
+/// EX_CONFIG): a cluster secret ZooKeeper refuses.
+pub const EXIT_CONFIG: i32 = 78;
 /// How long a leaving node waits for its queued writes to reach its parent.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 #[derive(Clone)]

@@ -454,7 +454,15 @@ impl Cluster {
     pub async fn restart_expect_exit(&mut self, i: usize) -> (Option<i32>, String) {
         self.kill(i);
         let node = &self.nodes[i];
-        let mut child = self.spawn_process(&node.args, &node.log);
+        let child = self.spawn_process(&node.args, &node.log);
+        self.nodes[i].child = Some(child);
+        self.wait_exit(i).await
+    }
+
+    /// Waits for node `i`'s process to exit by itself (it refuses to run):
+    /// its exit code and its log.
+    pub async fn wait_exit(&mut self, i: usize) -> (Option<i32>, String) {
+        let mut child = self.nodes[i].child.take().unwrap_or_else(|| panic!("node {i} is not running"));
         let until = Instant::now() + HEALTH_TIMEOUT;
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait for the node") {
