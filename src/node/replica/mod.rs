@@ -1,0 +1,236 @@
+//! The node's side of standby roots ([`crate::replication`]).
+//!
+//! Leader: a [`Stream`] per standby and its sender task (snapshot, then
+//! the commits in order, heartbeats when idle); the `leader` znode's
+//! in-sync set, changed only by conditional writes under one lock; and
+//! the wait in `make_durable` for every stream a commit must reach. A
+//! failed conditional write means another root took over: this one is
+//! deposed and acknowledges nothing more.
+//!
+//! Standby: registers with the leader (`POST /internal/standby`), applies
+//! the stream (`POST /internal/replicate`) to its store and its own log,
+//! answers with what it holds durably; serves reads once in sync.
+//!
+//! Takeover ([`Node::may_take_over`]): only a root in the `in_sync` set
+//! that still has what it held then (its log, or the live process).
+//!
+//! Read committed at the root: a version is pending from its commit until
+//! it is durable (log and in-sync standbys); a read of a pending version
+//! waits, so no node or client sees a write that a failover could lose.
+//! The same at a standby: each batch says up to which version everything
+//! is durable on every in-sync root ([`BatchInfo::durable`]); a version the
+//! standby applied above that is pending there until a later batch (or a
+//! heartbeat, sent as soon as the mark moves) covers it. Otherwise a
+//! standby could serve a write that another standby, taking over without
+//! it, never had: the key would go back.
+//!
+//! Split by side: `leader` is the leader's sender side (streams, the
+//! in-sync set, the wait for standbys); `standby` the standby's apply side
+//! (registering, applying batches, reads and forwarded writes);
+//! `takeover` who may take over, and a candidate's id. This file holds the
+//! shared state ([`Replica`]) and the pending versions of read committed;
+//! it must not talk to ZooKeeper or to another root.
+
+mod leader;
+mod standby;
+mod takeover;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::Node;
+use crate::error::{Error, Result};
+use crate::replication::{Following, Stream};
+use crate::store::{NodeId, Version};
+use crate::tree::zk::LeaderRecord;
+
+/// A read of a version not yet durable waits at most this long.
+const PENDING_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+pub(super) struct Replica {
+    /// Leader: a stream per standby.
+    streams: Mutex<HashMap<NodeId, Arc<Stream>>>,
+    /// Leader: the `leader` znode as we last wrote it, and its version.
+    /// Held across each conditional write: in-sync changes are serialized.
+    znode: tokio::sync::Mutex<Option<(LeaderRecord, i32)>>,
+    /// The ids in `in_sync` as we last wrote it (empty when not leading):
+    /// a commit is acknowledged only once each is either waited for or out
+    /// of the znode.
+    in_sync_ids: Mutex<Vec<NodeId>>,
+    /// A conditional write on the `leader` znode failed: another root leads.
+    deposed: AtomicBool,
+    pub(super) deposed_wake: Notify,
+    /// The epoch this process last led (0: never).
+    led_epoch: AtomicU64,
+    /// Standby: the leader we follow, `None` when not a standby.
+    following: Mutex<Option<Following>>,
+    /// A root candidate that may not take over: why (for `/health`).
+    refusing: Mutex<Option<String>>,
+    /// Standby: one batch applied at a time.
+    applying: tokio::sync::Mutex<()>,
+    /// Standby: times it started over (wiped its store), so a read that
+    /// waited can tell whether what it looked up is still there.
+    starts: AtomicU64,
+    /// Root: versions committed but not yet durable. Standby: versions
+    /// applied that the leader has not yet said are durable.
+    pending: Pending,
+}
+
+/// A set of versions not yet durable, with its lowest one readable
+/// without the lock (most reads are of older versions) and a wake-up for
+/// whoever waits for one to leave.
+#[derive(Default)]
+struct Pending {
+    set: Mutex<BTreeSet<Version>>,
+    /// The lowest version in `set` (`u64::MAX`: none; 0 before the first
+    /// change, which only skips the shortcut).
+    min: AtomicU64,
+    done: Notify,
+}
+
+impl Pending {
+    /// Changes the set and keeps `min` true.
+    fn change<T>(&self, f: impl FnOnce(&mut BTreeSet<Version>) -> T) -> T {
+        let mut set = self.set.lock();
+        let out = f(&mut set);
+        self.min.store(set.first().copied().unwrap_or(u64::MAX), Ordering::Release);
+        out
+    }
+
+    /// [`Pending::change`] that lets versions go: wakes the waiters.
+    fn release(&self, f: impl FnOnce(&mut BTreeSet<Version>)) {
+        self.change(f);
+        self.done.notify_waiters();
+    }
+
+    fn contains(&self, version: Version) -> bool {
+        version >= self.min.load(Ordering::Acquire) && self.set.lock().contains(&version)
+    }
+}
+
+/// `POST /internal/standby`: a standby root asks the leader for a stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StandbyRequest {
+    pub id: NodeId,
+    pub url: String,
+    /// The standby keeps a commit log (`--data-dir`).
+    #[serde(default)]
+    pub durable: bool,
+}
+
+/// The query of `POST /internal/replicate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchInfo {
+    pub session: u64,
+    /// The first batch of a session: the standby starts over.
+    pub first: bool,
+    /// The stream sequences the batch spans (0..0: snapshot or heartbeat).
+    pub from: u64,
+    pub to: u64,
+    /// Whether the leader counts this standby in `in_sync`.
+    pub in_sync: bool,
+    /// Every version up to this one is durable on every in-sync root: the
+    /// standby may serve it (0: nothing said).
+    pub durable: Version,
+}
+
+impl Node {
+    fn replica(&self) -> &Replica {
+        &self.inner.replica
+    }
+
+    // ---- read committed ----
+
+    /// The root's next version, pending until durable. Assigned under the
+    /// pending lock, so [`Node::durable_through`] never counts a version
+    /// that exists but is not pending yet.
+    pub(super) fn next_version(&self) -> Version {
+        self.replica().pending.change(|p| {
+            let version = self.inner.versions.fetch_add(1, Ordering::AcqRel) + 1;
+            p.insert(version);
+            version
+        })
+    }
+
+    /// The leader: every version up to this one is durable.
+    fn durable_through(&self) -> Version {
+        let p = self.replica().pending.set.lock();
+        match p.first() {
+            Some(first) => first - 1,
+            None => self.inner.versions.load(Ordering::Acquire),
+        }
+    }
+
+    /// A standby: `version` was applied; pending unless the leader said it
+    /// is durable (`durable`).
+    fn pending_applied(&self, version: Version, durable: Version) {
+        if version > durable {
+            self.replica().pending.change(|p| p.insert(version));
+        }
+    }
+
+    /// A standby: the leader says every version up to `durable` is durable.
+    fn pending_through(&self, durable: Version) {
+        self.replica().pending.release(|p| *p = p.split_off(&durable.saturating_add(1)));
+    }
+
+    /// Nothing is pending any more (a standby starting over: what was
+    /// pending is gone; a new leader: what it holds is the truth).
+    fn pending_clear(&self) {
+        self.replica().pending.release(BTreeSet::clear);
+    }
+
+    /// These versions are durable (or their commit failed for good).
+    pub(super) fn pending_remove(&self, versions: impl Iterator<Item = Version>) {
+        self.replica().pending.release(|p| {
+            for v in versions {
+                p.remove(&v);
+            }
+        });
+    }
+
+    fn is_pending(&self, version: Version) -> bool {
+        self.replica().pending.contains(version)
+    }
+
+    /// Waits until `version` (read from the root's store) is durable, so
+    /// the reader cannot see a write that a failover would lose. 503 if it
+    /// does not become durable in time (a deposed root's last commits).
+    pub(super) async fn wait_committed(&self, version: Option<Version>) -> Result<()> {
+        self.wait_durable(version, true).await
+    }
+
+    /// [`Node::wait_committed`]; `leading`: give up once deposed (a
+    /// standby never leads, and its versions become durable by the word
+    /// of its leader).
+    async fn wait_durable(&self, version: Option<Version>, leading: bool) -> Result<()> {
+        // Most reads are of durable versions: one atomic load, nothing more.
+        let Some(version) = version.filter(|&v| self.is_pending(v)) else { return Ok(()) };
+        let deadline = tokio::time::Instant::now() + PENDING_WAIT;
+        loop {
+            let done = self.replica().pending.done.notified();
+            if !self.is_pending(version) {
+                return Ok(());
+            }
+            if leading && self.is_deposed() {
+                return Err(Error::Deposed);
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return Err(if leading {
+                    Error::Internal(format!("version {version} did not become durable in {PENDING_WAIT:?}"))
+                } else {
+                    Error::NotInSync(format!(
+                        "version {version} is not yet durable on every in-sync root (waited {PENDING_WAIT:?})"
+                    ))
+                });
+            }
+        }
+    }
+}

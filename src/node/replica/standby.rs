@@ -1,0 +1,297 @@
+//! The standby's apply side: following whoever leads (registering with
+//! it, again when it changes or falls silent), applying its stream to the
+//! store and our own log (the first batch of a session starts over), and
+//! serving reads once in sync, only of what the leader said is durable;
+//! writes go to the leader as they came.
+//!
+//! Must not serve a read while catching up or with the leader silent, nor
+//! a version not yet durable on every in-sync root.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use zookeeper_client::Client;
+
+use super::{BatchInfo, StandbyRequest};
+use crate::clock::{mono_ms, Time};
+use crate::error::{Error, Result};
+use crate::log::codec::Entry;
+use crate::node::Node;
+use crate::replication::{self, Following};
+use crate::store::{NodeId, Update, WriteId};
+use crate::tree::zk;
+
+/// A standby that has not heard its leader this long is not in sync (its
+/// `/health` answers 503) and registers again.
+const LEADER_SILENCE_MS: u64 = 3_000;
+/// A standby that has not heard its leader this long registers again (a
+/// new stream, from a snapshot).
+const REREGISTER_AFTER_MS: u64 = 6_000;
+
+impl Node {
+    /// While waiting for our turn in the election: follow whoever leads,
+    /// re-registering when the root znode changes or the leader falls
+    /// silent. Returns only when the node shuts down.
+    pub(in crate::node) async fn follow_leader(&self, zk: &Client, me: NodeId) {
+        loop {
+            if self.is_shutting_down() {
+                return;
+            }
+            let watch = zk.check_and_watch_stat(&self.inner.paths.root()).await;
+            let leader = zk::read_root(zk, &self.inner.paths).await.ok().flatten();
+            if let Some(zk::RootInfo { id, url, epoch }) = leader.filter(|r| r.url != self.url()) {
+                let stale =
+                    self.replica().following.lock().as_ref().is_none_or(|f| {
+                        f.leader_url != url || mono_ms().saturating_sub(f.heard_at) > REREGISTER_AFTER_MS
+                    });
+                if stale && epoch >= self.epoch() {
+                    if let Err(e) = self.register_standby(me, id, &url, epoch).await {
+                        log::warn!("registering as a standby with the leader {url}: {e}");
+                    }
+                }
+            }
+            let fired = async {
+                match watch {
+                    Ok((_, w)) => {
+                        w.changed().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = fired => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn register_standby(&self, me: NodeId, leader: NodeId, url: &str, epoch: u64) -> Result<()> {
+        self.become_standby(leader, url, epoch);
+        let target = format!("{url}/internal/standby");
+        let body = StandbyRequest { id: me, url: self.url().to_string(), durable: self.log().is_some() };
+        let resp = self
+            .request(&self.inner.http, reqwest::Method::POST, &target)
+            .json(&body)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .map_err(|e| Error::parent_unreachable(url, e))?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            return Err(Error::Upstream { url: target, status, body: resp.text().await.unwrap_or_default() });
+        }
+        log::info!("standing by for leader {leader} at {url} (epoch {epoch})");
+        self.set_refusing(None);
+        Ok(())
+    }
+
+    /// This root follows `leader`: whatever it led or held in the tree is
+    /// over (its store is replaced by the leader's snapshot).
+    fn become_standby(&self, leader: NodeId, url: &str, epoch: u64) {
+        let r = self.replica();
+        self.inner.epoch.fetch_max(epoch, Ordering::AcqRel);
+        {
+            let mut f = r.following.lock();
+            let same = f.as_ref().is_some_and(|f| f.leader_url == url && f.epoch == epoch);
+            if !same {
+                *f = Some(Following {
+                    leader,
+                    leader_url: url.to_string(),
+                    epoch,
+                    heard_at: mono_ms(),
+                    ..Following::default()
+                });
+            } else if let Some(f) = f.as_mut() {
+                // Registering again means a new stream that starts us
+                // over: not in sync from now until the leader says so
+                // (`heard_at` only spaces out the registrations).
+                f.in_sync = false;
+                f.heard_at = mono_ms();
+            }
+        }
+        self.stop_leading();
+        if self.inner.place.write().take().is_some() {
+            log::info!("no longer leading: standing by for leader {leader} at {url}");
+            self.drop_queued_pushes();
+        }
+        *self.inner.membership.registry.lock() = None;
+    }
+
+    /// No longer a standby (we lead now, or shut down).
+    pub(in crate::node) fn stop_following(&self) {
+        *self.replica().following.lock() = None;
+    }
+
+    /// Whether this root stands by for a leader.
+    pub fn is_following(&self) -> bool {
+        self.replica().following.lock().is_some()
+    }
+
+    /// The leader a standby follows, when it is one.
+    pub fn following(&self) -> Option<Following> {
+        self.replica().following.lock().clone()
+    }
+
+    /// `GET /kv/{key}` at a standby: from its copy, once in sync, and
+    /// only what the leader said is durable on every in-sync root (a
+    /// newer version waits for that, as at the root).
+    pub async fn standby_get(&self, key: &str) -> Result<crate::node::Found> {
+        loop {
+            let starts = self.replica().starts.load(Ordering::Acquire);
+            self.standby_in_sync()?;
+            let lookup = self.inner.store.get(key, Time::now());
+            if let Some(version) = lookup.version().filter(|&v| self.is_pending(v)) {
+                // What we looked up, once durable (not a newer version
+                // that came meanwhile: a hot key would never be served).
+                self.wait_durable(Some(version), false).await?;
+            }
+            if self.replica().starts.load(Ordering::Acquire) != starts {
+                continue; // wiped meanwhile: what we looked up is gone
+            }
+            return match lookup {
+                crate::store::Lookup::Value { version, value, expires_at, .. } => {
+                    crate::metrics::Metrics::inc(&self.inner.metrics.hits);
+                    Ok(crate::node::Found { version, value, expires_at, cache: crate::node::CacheStatus::Hit })
+                }
+                _ => Err(Error::NotFound(key.to_string())),
+            };
+        }
+    }
+
+    /// A standby passes a client's write (or consistent read) to its
+    /// leader as it came: method, path and query, body, and the headers
+    /// named in `headers`. Returns the leader's status, headers and body.
+    pub async fn forward_to_leader(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: Vec<(&'static str, Vec<u8>)>,
+        body: bytes::Bytes,
+    ) -> Result<(u16, Vec<(String, Vec<u8>)>, bytes::Bytes)> {
+        let f = self.following().ok_or(Error::NotStandby)?;
+        let url = format!("{}{path_and_query}", f.leader_url);
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|_| Error::BadRequest(format!("method {method} cannot be forwarded")))?;
+        let mut req = self.local_http().request(method, &url).timeout(Duration::from_secs(35)).body(body);
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        let resp = req.send().await.map_err(|e| Error::parent_unreachable(&f.leader_url, e))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().iter().map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())).collect();
+        let body = resp.bytes().await.map_err(|e| Error::parent_unreachable(&f.leader_url, e))?;
+        Ok((status, headers, body))
+    }
+
+    /// A standby in sync: its leader says so and was heard lately.
+    pub fn standby_in_sync(&self) -> Result<Following> {
+        let f = self.following().ok_or(Error::NotStandby)?;
+        let silent = mono_ms().saturating_sub(f.heard_at);
+        if !f.in_sync {
+            return Err(Error::NotInSync(format!("catching up with leader {} ({})", f.leader, f.leader_url)));
+        }
+        if silent > LEADER_SILENCE_MS {
+            return Err(Error::NotInSync(format!("leader {} silent for {silent} ms", f.leader)));
+        }
+        Ok(f)
+    }
+
+    /// `POST /internal/replicate` at a standby: applies a batch of the
+    /// leader's stream (the first of a session starts over), makes it
+    /// durable in our own log, and answers once it is.
+    pub async fn receive_replicate(&self, from: NodeId, epoch: u64, info: BatchInfo, body: &[u8]) -> Result<()> {
+        let _one_at_a_time = self.replica().applying.lock().await;
+        if self.epoch() > epoch {
+            return Err(Error::StaleEpoch { got: epoch, have: self.epoch() });
+        }
+        let mut f = self.following().ok_or(Error::NotStandby)?;
+        let entries = replication::decode_batch(body).map_err(Error::BadRequest)?;
+        if info.first {
+            self.start_over(&mut f, from, epoch, info.session).await?;
+        } else if info.session != f.session || f.leader != from {
+            return Err(Error::BadRequest(format!(
+                "batch of stream session {} from node {from}; this standby follows session {} of node {}",
+                info.session, f.session, f.leader
+            )));
+        }
+        self.inner.epoch.fetch_max(epoch, Ordering::AcqRel);
+        let (mut max_version, mut max_epoch, mut records) = (0, epoch, 0);
+        let t = Time::now();
+        for entry in entries {
+            match entry {
+                Entry::Write(rec) => {
+                    records += 1;
+                    max_version = max_version.max(rec.update.version);
+                    max_epoch = max_epoch.max(rec.epoch);
+                    self.pending_applied(rec.update.version, info.durable);
+                    self.apply_replicated(&rec.update, rec.write_id, t);
+                }
+                Entry::WriteOutcome(id, version) => self.restore_write_outcome(id, version),
+                Entry::Epoch(e) => max_epoch = max_epoch.max(e),
+                Entry::SnapshotHeader { .. } | Entry::SnapshotEnd { .. } => {}
+            }
+        }
+        self.inner.versions.fetch_max(max_version, Ordering::AcqRel);
+        self.inner.epoch.fetch_max(max_epoch, Ordering::AcqRel);
+        if let Some(log) = self.log() {
+            if !body.is_empty() {
+                log.append_frames(body.to_vec(), records, max_version, max_epoch)
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                self.maybe_snapshot(log);
+            }
+        }
+        self.pending_through(info.durable);
+        f.applied = f.applied.max(info.to);
+        f.epoch = f.epoch.max(epoch);
+        f.in_sync = info.in_sync;
+        f.heard_at = mono_ms();
+        let mut cur = self.replica().following.lock();
+        match cur.as_mut() {
+            Some(c) if c.leader_url == f.leader_url => *c = f,
+            _ => return Err(Error::NotStandby),
+        }
+        Ok(())
+    }
+
+    fn apply_replicated(&self, update: &Update, write_id: Option<WriteId>, t: Time) {
+        if update.version > 0 {
+            self.inner.store.apply(update, t);
+        }
+        if let Some(id) = write_id {
+            self.restore_write_outcome(id, update.version);
+        }
+    }
+
+    /// A new stream: forget what we held (store, write outcomes, and on
+    /// disk, behind an empty snapshot) and take the leader's instead.
+    async fn start_over(&self, f: &mut Following, from: NodeId, epoch: u64, session: u64) -> Result<()> {
+        log::info!("stream session {session} from leader {from} (epoch {epoch}): starting over from its snapshot");
+        // Not in sync (no reads, /health 503) from before the wipe on.
+        if let Some(cur) = self.replica().following.lock().as_mut() {
+            cur.in_sync = false;
+        }
+        self.replica().starts.fetch_add(1, Ordering::AcqRel);
+        self.inner.store.wipe();
+        self.pending_clear();
+        *self.inner.outcomes.lock() = crate::node::write::Outcomes::default();
+        if let Some(log) = self.log() {
+            // An empty snapshot covers (and deletes) every segment before
+            // it. One already being written (of the store before the wipe)
+            // must finish first, or ours would not be the newest.
+            loop {
+                match log.snapshot(crate::log::Snapshot::default).await {
+                    Ok(Some(_)) => break,
+                    Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Err(e) => return Err(Error::Internal(e.to_string())),
+                }
+            }
+        }
+        f.leader = from;
+        f.epoch = epoch;
+        f.session = session;
+        f.applied = 0;
+        f.in_sync = false;
+        Ok(())
+    }
+}

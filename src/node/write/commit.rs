@@ -1,0 +1,312 @@
+//! The root's side of the write path: each write id committed once
+//! ([`Outcomes`], which also refuses a write overtaken by a later one from
+//! its node), given its version, and made durable (commit log, in-sync
+//! standbys) before it is pushed or answered.
+//!
+//! Must not commit a write id twice or out of its node's order, nor answer
+//! or push a commit before it is durable.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::Ack;
+use crate::clock::{now_us, Time};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::store::{Committed, NodeId, Update, WriteId};
+use crate::wire::{Write, WriteResult};
+
+/// Outcomes the root remembers per writing node (incarnation), and how many
+/// writing nodes.
+pub(super) const OUTCOMES_PER_ORIGIN: usize = 4_096;
+pub(super) const ORIGINS: usize = 4_096;
+
+/// The root's memory of which write ids it committed, with their outcomes.
+#[derive(Default)]
+pub(in crate::node) struct Outcomes {
+    pub(super) origins: HashMap<(NodeId, u64), Origin>,
+    tick: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Origin {
+    /// Highest sequence decided from this node incarnation.
+    high: u64,
+    results: BTreeMap<u64, WriteResult>,
+    used: u64,
+}
+
+/// What the root makes of a write id.
+pub(super) enum Verdict {
+    New,
+    Decided(WriteResult),
+}
+
+impl Outcomes {
+    pub(super) fn check(&mut self, id: &WriteId) -> Verdict {
+        self.tick += 1;
+        let Some(origin) = self.origins.get_mut(&(id.origin, id.incarnation)) else { return Verdict::New };
+        origin.used = self.tick;
+        if id.seq > origin.high {
+            return Verdict::New;
+        }
+        if let Some(result) = origin.results.get(&id.seq) {
+            return Verdict::Decided(result.clone());
+        }
+        let forgotten = origin.results.len() >= OUTCOMES_PER_ORIGIN
+            && origin.results.first_key_value().is_some_and(|(&s, _)| id.seq < s);
+        let error = if forgotten {
+            // A resend of an old write (its sender changed parents with
+            // more than this many unconfirmed): decided, but which way is
+            // no longer known here.
+            format!(
+                "write {}/{}/{} was decided before, but the root no longer remembers how (it keeps the last \
+                 {OUTCOMES_PER_ORIGIN} outcomes per writing process): it may have been committed; read the key",
+                id.origin, id.incarnation, id.seq
+            )
+        } else {
+            format!(
+                "write {}/{}/{} reached the root after a later write from the same node was committed; \
+                 it was not committed (per-node write order)",
+                id.origin, id.incarnation, id.seq
+            )
+        };
+        Verdict::Decided(WriteResult::Failed { error })
+    }
+
+    pub(super) fn record(&mut self, id: &WriteId, result: WriteResult) {
+        let origin = self.origins.entry((id.origin, id.incarnation)).or_default();
+        origin.high = origin.high.max(id.seq);
+        origin.used = self.tick;
+        origin.results.insert(id.seq, result);
+        while origin.results.len() > OUTCOMES_PER_ORIGIN {
+            origin.results.pop_first();
+        }
+        if self.origins.len() > ORIGINS {
+            if let Some(oldest) = self.origins.iter().min_by_key(|(_, o)| o.used).map(|(k, _)| *k) {
+                self.origins.remove(&oldest);
+            }
+        }
+    }
+
+    /// Every remembered outcome as (id, version; 0 for a delete of an
+    /// absent key), for a snapshot of the root's state. A write refused
+    /// for `--min-insync` is not kept: nothing of it is in the log either.
+    pub(in crate::node) fn export(&self) -> Vec<(WriteId, u64)> {
+        let mut out = Vec::new();
+        for (&(origin, incarnation), o) in &self.origins {
+            for (&seq, r) in &o.results {
+                let version = match r {
+                    WriteResult::Committed { version, .. } => *version,
+                    WriteResult::Absent => 0,
+                    _ => continue,
+                };
+                out.push((WriteId { origin, incarnation, seq }, version));
+            }
+        }
+        out
+    }
+}
+
+impl Node {
+    /// The root commits a write from its own client.
+    pub(super) async fn commit_own(&self, update: Update, ack: Ack) -> Result<WriteResult> {
+        self.check_leading()?;
+        if let (Ack::Root, Some((have, need))) = (ack, self.insync_shortfall()) {
+            return Err(Error::InsyncBelowMin { have, need });
+        }
+        let mark = self.inner.store.mark();
+        let (result, push) = self.commit_one(update, None);
+        let committed_us = now_us();
+        if let Some((update, _)) = &push {
+            self.make_durable(vec![(update.clone(), None)]).await?;
+        }
+        if let Some((update, holders)) = push {
+            self.push_committed(&holders, &update, Some(committed_us), mark);
+        }
+        if ack == Ack::Root {
+            return Ok(self.short_after_wait(result));
+        }
+        Ok(result)
+    }
+
+    /// The root commits a batch from `child`, each write id once, in order.
+    /// Nothing is pushed or answered before the batch is durable.
+    pub(in crate::node) async fn commit_batch(
+        &self,
+        child: Option<NodeId>,
+        writes: Vec<Write>,
+    ) -> Result<Vec<WriteResult>> {
+        let mut results = Vec::with_capacity(writes.len());
+        let ack_roots: Vec<bool> = writes.iter().map(|w| w.ack_root).collect();
+        let mut durable = Vec::new();
+        let mut pushes = Vec::new();
+        let mut seen_before = false;
+        self.check_leading()?;
+        let shortfall = self.insync_shortfall();
+        // Before any holder is read: a child added back while the batch
+        // is made durable is reset, and gets none of these pushes.
+        let mark = self.inner.store.mark();
+        for w in writes {
+            let mut outcomes = self.inner.outcomes.lock();
+            if let (true, Some((have, need))) = (w.ack_root, shortfall) {
+                // Not committed, and decided so: the client hears 503 and
+                // may retry (a new write); a copy of this one still on its
+                // way by another path gets the same answer, never a commit
+                // the client was told did not happen. Later writes from
+                // its node still commit.
+                let result = match outcomes.check(&w.id) {
+                    Verdict::Decided(result) => result,
+                    Verdict::New => {
+                        let result = WriteResult::InsyncBelowMin { have, need };
+                        outcomes.record(&w.id, result.clone());
+                        result
+                    }
+                };
+                results.push(result);
+                continue;
+            }
+            match outcomes.check(&w.id) {
+                Verdict::Decided(result) => {
+                    Metrics::inc(&self.inner.metrics.duplicate_writes);
+                    seen_before = true;
+                    results.push(result);
+                }
+                Verdict::New => {
+                    let (result, push) = self.commit_one(w.update, child);
+                    outcomes.record(&w.id, result.clone());
+                    drop(outcomes);
+                    if let Some((update, holders)) = push {
+                        durable.push((update.clone(), Some(w.id)));
+                        pushes.push((update, holders));
+                    }
+                    results.push(result);
+                }
+            }
+        }
+        let committed_us = now_us();
+        if !durable.is_empty() || seen_before {
+            // A write seen before may still be on its way to disk in
+            // another batch: waiting covers everything appended so far.
+            self.make_durable(durable).await?;
+        }
+        for (update, holders) in pushes {
+            self.push_committed(&holders, &update, Some(committed_us), mark);
+        }
+        for (result, _) in results.iter_mut().zip(&ack_roots).filter(|(_, &ack_root)| ack_root) {
+            *result = self.short_after_wait(result.clone());
+        }
+        Ok(results)
+    }
+
+    /// An ack=root commit, after its wait: if a standby left the in-sync
+    /// set meanwhile and fewer roots than `--min-insync` now hold it, the
+    /// client hears so (503, as Kafka's NotEnoughReplicasAfterAppend): it
+    /// is committed, but not as safe as it asked.
+    fn short_after_wait(&self, result: WriteResult) -> WriteResult {
+        match (result, self.insync_shortfall()) {
+            (WriteResult::Committed { version, .. }, Some((have, need))) => {
+                WriteResult::InsyncBelowMinAfter { version, have, need }
+            }
+            (result, _) => result,
+        }
+    }
+
+    /// Gives one write its version and stores it; returns the answer and
+    /// what to push to whom once it is durable.
+    fn commit_one(&self, update: Update, child: Option<NodeId>) -> (WriteResult, Option<(Update, Vec<NodeId>)>) {
+        let pushes = self.place().map(|p| p.coherence.pushes()).unwrap_or(true);
+        let holder = child.filter(|_| pushes);
+        // Pending from the moment it exists: no read sees it before it is
+        // durable (see `replica`).
+        let next = || self.next_version();
+        let Update { key, value, expires_at, .. } = update;
+        match self.inner.store.commit(&key, value.clone(), expires_at, Time::now(), holder, next) {
+            Committed::Done { version, created, holders } => {
+                Metrics::inc(&self.inner.metrics.commits);
+                let update = Update { key, version, value, expires_at };
+                (WriteResult::Committed { version, created }, Some((update, holders)))
+            }
+            Committed::Absent => (WriteResult::Absent, None),
+        }
+    }
+
+    /// Waits until `records` (and everything committed before them) is as
+    /// durable as the root promises: appended to the commit log and, under
+    /// `--fsync always`, fsynced (the appends of one batch, and of batches
+    /// committed meanwhile, share one fsync). An empty slice is a barrier:
+    /// it waits for everything appended so far. With standby roots, also
+    /// held by every in-sync standby (DESIGN.md guarantee 3). Without a
+    /// commit log or standbys the root's state lives in its memory only.
+    ///
+    /// It runs as a task of its own: if the request that committed these
+    /// is dropped meanwhile (the client or the child gave up), they still
+    /// reach the log and stop being pending. A version left pending for
+    /// good would hold back the mark every standby serves by.
+    async fn make_durable(&self, records: Vec<(Update, Option<WriteId>)>) -> Result<()> {
+        let node = self.clone();
+        let task = self.inner.runtime.spawn(async move {
+            let result = node.make_durable_now(&records).await;
+            if result.is_ok() {
+                // Durable: readers may see it. On an error (deposed, or
+                // the log stopped) it stays pending: never served by this
+                // root.
+                node.pending_remove(records.iter().map(|(u, _)| u.version));
+            }
+            result
+        });
+        task.await.map_err(|e| Error::Internal(format!("making commits durable: {e}")))?
+    }
+
+    /// Appends to the commit log and streams to every standby at once,
+    /// then waits for the log and for each in-sync standby (see
+    /// [`Node::await_replicated`]).
+    async fn make_durable_now(&self, records: &[(Update, Option<WriteId>)]) -> Result<()> {
+        self.check_leading()?;
+        let epoch = self.epoch();
+        // Each commit is encoded once: the same frames go to the log (one
+        // append for the batch) and to every standby.
+        let frames: Vec<Vec<u8>> = if self.inner.log.is_some() || self.has_standbys() {
+            records
+                .iter()
+                .map(|(update, write_id)| {
+                    crate::replication::frame_of(crate::log::Record {
+                        epoch,
+                        update: update.clone(),
+                        write_id: *write_id,
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let waits = self.replicate(&frames);
+        if let Some(log) = &self.inner.log {
+            let appended = if frames.is_empty() {
+                log.barrier().await
+            } else {
+                let max_version = records.iter().map(|(u, _)| u.version).max().unwrap_or(0);
+                log.append_frames(frames.concat(), frames.len() as u64, max_version, epoch).await
+            };
+            appended.map_err(|e| Error::Internal(e.to_string()))?;
+            self.maybe_snapshot(log);
+        }
+        self.await_replicated(waits).await?;
+        self.check_leading()
+    }
+
+    /// The root's remembered write outcomes, for a snapshot.
+    pub fn write_outcomes(&self) -> Vec<(WriteId, u64)> {
+        self.inner.outcomes.lock().export()
+    }
+
+    /// Replay: the write `id` was decided before a restart, committed at
+    /// `version` (0: a delete of an absent key). A resend finds it.
+    pub fn restore_write_outcome(&self, id: WriteId, version: u64) {
+        let result = match version {
+            0 => WriteResult::Absent,
+            version => WriteResult::Committed { version, created: false },
+        };
+        self.inner.outcomes.lock().record(&id, result);
+    }
+}

@@ -1,0 +1,129 @@
+//! The write path (DESIGN.md guarantees 5 and 6).
+//!
+//! Every write a non-root node receives, from its own clients or from a
+//! child, whatever its `ack`, joins the node's one FIFO **uplink** and gets
+//! a [`WriteId`](crate::store::WriteId) if it has none (this node, its incarnation, the next
+//! sequence number). One task sends the uplink's head to the parent as a
+//! batch, one batch at a time, and retries it (to whatever parent the node
+//! has by then) until the parent answers: nothing is dropped while the node
+//! lives. The parent appends the batch to its own uplink in order, so the
+//! order in which a node received its writes is the order they reach the
+//! root, hop after hop.
+//!
+//! A parent answers an ack=parent write `Accepted` as soon as it is queued,
+//! and an ack=root write with the root's commit once that comes back, or
+//! `InProgress` if it takes longer than [`HOP_WAIT`]. Either way the write
+//! stays the sender's too (**unconfirmed**) until it hears the outcome:
+//! the parent owes it a [`Notice`](crate::wire::Notice), sent in the answer to the sender's
+//! next request (an empty batch is a poll that waits for one). When the
+//! link to the parent changes (a new parent, or a reset: the parent's
+//! place or epoch changed, or it restarted) the sender sends its
+//! unconfirmed writes again, first and in order, before anything newer.
+//! So a write taken by a parent that then loses its way (it became our
+//! child, it was reaped while paused) is never lost while we live, and the
+//! root sees a node's writes in order on every path. Each hop remembers
+//! the ids it holds and the outcomes it recently settled, so a resend is
+//! never queued twice.
+//!
+//! The root commits each id once ([`Outcomes`]): a resend, or the same
+//! write arriving by a second path after a re-attachment, gets the first
+//! outcome; a write from a node older than one already committed from that
+//! node (it was overtaken on another path) is refused, never committed out
+//! of order. The root pushes each commit to every holder, the writer's
+//! branch included: each hop on the way held the key as expected while the
+//! write was in flight, and records the hop below as a holder when the
+//! commit comes back, so a writer whose reply was lost still learns it.
+//!
+//! Split by side: `uplink` sends this node's writes up (the queue, the
+//! sender task, settling a commit on its way back down); `accept` is a
+//! parent taking a child's batch; `notices` holds the outcomes a parent
+//! owes its children and how the sender takes them; `commit` is the root's
+//! commit, each id once, made durable before anything is answered. This
+//! file is a client's write and the body of its answer; it must not reach
+//! into the uplink's state.
+
+mod accept;
+mod commit;
+mod notices;
+mod uplink;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::Node;
+use crate::clock::now_ms;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::store::Update;
+use crate::wire::WriteResult;
+
+pub(super) use commit::Outcomes;
+pub(super) use uplink::Uplink;
+pub use uplink::BATCH_BYTES;
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// Once the parent has it (the default).
+    Parent,
+    /// Once the root has committed it.
+    Root,
+}
+
+impl Ack {
+    pub fn parse(s: &str) -> Option<Ack> {
+        match s {
+            "parent" => Some(Ack::Parent),
+            "root" => Some(Ack::Root),
+            _ => None,
+        }
+    }
+    fn as_str(self) -> &'static str {
+        match self {
+            Ack::Parent => "parent",
+            Ack::Root => "root",
+        }
+    }
+}
+
+/// How long a parent holds a child's ack=root write request waiting for
+/// the root before it answers `InProgress`.
+pub const HOP_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a client's write waits for its acknowledgement before it is
+/// answered 503 `write_in_flight` (the write stays queued and is delivered).
+const CLIENT_WAIT: Duration = Duration::from_secs(30);
+
+impl Node {
+    /// A client's `PUT`/`POST` (`value` is `Some`) or `DELETE` (`None`).
+    pub async fn write(&self, key: &str, value: Option<Bytes>, ttl_secs: Option<u64>, ack: Ack) -> Result<WriteResult> {
+        Metrics::inc(&self.inner.metrics.writes);
+        let place = self.place()?;
+        let expires_at = ttl_secs.map(|s| now_ms().saturating_add(s.saturating_mul(1000)));
+        let update = Update { key: key.to_string(), version: 0, value, expires_at };
+        if place.topology.is_root() {
+            return self.commit_own(update, ack).await;
+        }
+        let rx = self.join_own(update, ack, place.topology.id)?;
+        match tokio::time::timeout(CLIENT_WAIT, rx).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err(Error::ShuttingDown),
+            Err(_) => Err(Error::WriteInFlight { key: key.to_string() }),
+        }
+    }
+}
+
+/// The JSON body of a write's answer.
+pub fn answer_body(result: &WriteResult, ack: Ack) -> serde_json::Value {
+    match (result, ack) {
+        (WriteResult::Committed { version, .. }, Ack::Root) => serde_json::json!({ "version": version }),
+        (WriteResult::Committed { version, .. }, Ack::Parent) => {
+            serde_json::json!({ "ack": "parent", "version": version })
+        }
+        _ => serde_json::json!({ "ack": ack.as_str() }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+//! Unit tests of the write path's bookkeeping: the root's outcomes per
+//! write id, the uplink's resend over a new link, notices and the
+//! settled ids a hop remembers. Test-only; no I/O.
+
+use super::commit::{Verdict, ORIGINS, OUTCOMES_PER_ORIGIN};
+use super::uplink::{Link, Pending, UplinkState, RECENT_IDS};
+use super::*;
+use crate::store::{NodeId, WriteId};
+use crate::wire::{Peer, Write};
+
+fn id(seq: u64) -> WriteId {
+    WriteId { origin: 7, incarnation: 99, seq }
+}
+
+#[test]
+fn the_root_decides_each_write_id_once() {
+    let mut o = Outcomes::default();
+    assert!(matches!(o.check(&id(1)), Verdict::New));
+    o.record(&id(1), WriteResult::Committed { version: 10, created: true });
+    match o.check(&id(1)) {
+        Verdict::Decided(r) => assert_eq!(r, WriteResult::Committed { version: 10, created: true }),
+        Verdict::New => panic!("a resend must get the first outcome"),
+    }
+    assert!(matches!(o.check(&id(2)), Verdict::New));
+    assert!(matches!(o.check(&WriteId { incarnation: 100, ..id(1) }), Verdict::New), "a new incarnation");
+}
+
+#[test]
+fn a_write_overtaken_by_a_later_one_from_its_node_is_refused() {
+    let mut o = Outcomes::default();
+    o.record(&id(5), WriteResult::Committed { version: 3, created: false });
+    match o.check(&id(4)) {
+        Verdict::Decided(WriteResult::Failed { error }) => assert!(error.contains("per-node write order")),
+        _ => panic!("seq 4 after seq 5 must not commit"),
+    }
+}
+
+#[test]
+fn outcomes_survive_an_export_and_restore() {
+    let mut o = Outcomes::default();
+    o.record(&id(3), WriteResult::Committed { version: 42, created: true });
+    o.record(&id(4), WriteResult::Absent);
+    o.record(&id(5), WriteResult::InsyncBelowMin { have: 1, need: 2 });
+    assert_eq!(o.export().len(), 2, "a refusal is not exported as a delete of an absent key");
+    let mut again = Outcomes::default();
+    for (id, version) in o.export() {
+        let result = match version {
+            0 => WriteResult::Absent,
+            v => WriteResult::Committed { version: v, created: false },
+        };
+        again.record(&id, result);
+    }
+    assert!(matches!(again.check(&id(3)), Verdict::Decided(WriteResult::Committed { version: 42, .. })));
+    assert!(matches!(again.check(&id(4)), Verdict::Decided(WriteResult::Absent)));
+    assert!(matches!(again.check(&id(6)), Verdict::New));
+}
+
+#[test]
+fn outcomes_stay_bounded() {
+    let mut o = Outcomes::default();
+    for seq in 1..=(OUTCOMES_PER_ORIGIN as u64 + 10) {
+        o.record(&id(seq), WriteResult::Absent);
+    }
+    assert_eq!(o.export().len(), OUTCOMES_PER_ORIGIN);
+    match o.check(&id(1)) {
+        Verdict::Decided(WriteResult::Failed { error }) => {
+            assert!(error.contains("no longer remembers"), "a forgotten outcome is not called a refusal: {error}")
+        }
+        _ => panic!("an old resend is decided"),
+    }
+    for origin in 0..(ORIGINS as u64 + 5) {
+        o.check(&WriteId { origin, incarnation: 1, seq: 1 });
+        o.record(&WriteId { origin, incarnation: 1, seq: 1 }, WriteResult::Absent);
+    }
+    assert!(o.origins.len() <= ORIGINS);
+}
+
+fn pending(seq: u64) -> Pending {
+    let update = Update { key: format!("k{seq}"), version: 0, value: None, expires_at: None };
+    Pending { write: Write { update, id: id(seq), ack_root: false }, child: None }
+}
+
+fn link(parent: NodeId, generation: u64) -> Link {
+    Link { parent: Peer { id: parent, url: format!("http://127.0.0.1:{parent}") }, generation }
+}
+
+fn queued(s: &UplinkState) -> Vec<u64> {
+    s.queue.iter().map(|p| p.write.id.seq).collect()
+}
+
+#[test]
+fn writes_a_parent_took_go_again_first_and_in_order_over_a_new_link() {
+    let mut s = UplinkState::default();
+    assert_eq!(s.relink(&link(1, 1)), 0, "the first link has nothing to send again");
+    for seq in [1, 2, 3] {
+        s.hand(pending(seq));
+    }
+    s.queue.push_back(pending(4));
+    assert!(s.unhand(&id(2)).is_some(), "an outcome heard: no longer ours");
+    s.seen = 17;
+    assert_eq!(s.relink(&link(1, 1)), 0, "the same link: nothing goes again");
+    assert_eq!(queued(&s), vec![4]);
+    assert_eq!(s.relink(&link(1, 2)), 2, "a reset is a new link, though the parent is the same");
+    assert_eq!(queued(&s), vec![1, 3, 4], "unconfirmed writes first, in the order they were taken");
+    assert!(s.handed.is_empty() && s.handed_ids.is_empty());
+    assert_eq!(s.seen, 0, "notices are counted per link");
+    s.hand(pending(5));
+    assert_eq!(s.relink(&link(2, 2)), 1, "a new parent");
+    assert_eq!(queued(&s), vec![5, 1, 3, 4]);
+}
+
+#[test]
+fn notices_are_kept_until_the_child_has_them_and_numbered_above_an_earlier_process() {
+    let mut s = UplinkState::default();
+    let committed = WriteResult::Committed { version: 9, created: true };
+    s.owe(3, id(1), "a", &committed);
+    s.owe(3, id(2), "b", &committed);
+    s.owe(4, id(3), "c", &WriteResult::Absent);
+    let first = s.notices[&3][0].seq;
+    assert!(first > 1_000_000_000, "numbered from the clock, not from 1: {first}");
+    s.acked(3, first - 1);
+    assert_eq!(s.notices[&3].len(), 2, "nothing the child has not seen is dropped");
+    s.acked(3, first);
+    assert_eq!(s.notices[&3].iter().map(|o| o.id.seq).collect::<Vec<_>>(), vec![2]);
+    s.acked(3, u64::MAX);
+    assert!(!s.notices.contains_key(&3), "all seen: forgotten");
+    assert_eq!(s.notices[&4].len(), 1, "another child's notices stay");
+}
+
+#[test]
+fn hops_remember_a_bounded_number_of_settled_ids() {
+    let mut s = UplinkState::default();
+    for seq in 0..(RECENT_IDS as u64 + 3) {
+        s.remember(id(seq), WriteResult::Accepted);
+    }
+    assert_eq!(s.recent.len(), RECENT_IDS);
+    assert!(!s.recent.contains_key(&id(0)));
+    assert!(s.recent.contains_key(&id(RECENT_IDS as u64 + 2)));
+}

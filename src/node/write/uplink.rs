@@ -1,0 +1,485 @@
+//! The sender side of the write path: this node's one FIFO uplink (the
+//! queue, what the parent took without an outcome yet, the outcomes
+//! recently settled), the sender task that sends its head as a batch and
+//! retries it until the parent answers, and settling a commit that comes
+//! back down through this node.
+//!
+//! Must not commit (only the root does, in `commit.rs`), and must not drop
+//! a write while the node lives: a write leaves the uplink only with its
+//! outcome.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, Notify};
+
+use super::notices::Owed;
+use super::Ack;
+use crate::clock::{mono_ms, Time};
+use crate::error::{Error, Result};
+use crate::metrics::{Metrics, Upstream};
+use crate::node::Node;
+use crate::store::{Answer, Applied, NodeId, Update, WriteId};
+use crate::wire::{self, Peer, Write, WriteResult, WriteResults};
+
+/// How long an uplink with nothing to send waits before it polls its
+/// parent for the outcomes of its unconfirmed writes.
+const POLL_AFTER: Duration = Duration::from_millis(100);
+/// How long the uplink waits for its parent's answer (longer than HOP_WAIT).
+const UPLINK_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// After an unconfirmed write's outcome was heard, how long pushes for its
+/// key are still welcome here though the key may not be held (the push of
+/// the commit can come after the notice).
+const ACCEPTED_LINGER_MS: u64 = 60_000;
+/// Most writes in one uplink batch, and most bytes (at least one write is
+/// always sent, whatever its size: values are bounded by
+/// `--max-value-bytes`, whose ceiling keeps one write under the internal
+/// body limit).
+const UPLINK_BATCH: usize = 1024;
+pub const BATCH_BYTES: usize = 4 << 20;
+/// Settled ids a hop remembers, so a resend after a lost answer finds its
+/// outcome.
+pub(super) const RECENT_IDS: usize = 65_536;
+
+/// A write in this node's uplink: who gave it to us (`None`: our client).
+pub(super) struct Pending {
+    pub(super) write: Write,
+    pub(super) child: Option<NodeId>,
+}
+
+/// The parent the uplink sends to, and the store generation it sends in.
+/// Writes the parent took over one link are sent again over the next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Link {
+    pub(super) parent: Peer,
+    pub(super) generation: u64,
+}
+
+/// Who waits for one write's outcome.
+#[derive(Default)]
+pub(super) struct Waiters {
+    /// In-request waiters: our client (answered `Accepted` early for an
+    /// ack=parent write), a child's ack=root request.
+    pub(super) txs: Vec<oneshot::Sender<WriteResult>>,
+    /// Children that were answered before the outcome was known: each
+    /// gets a [`Notice`](crate::wire::Notice) of it.
+    pub(super) owed: Vec<NodeId>,
+}
+
+#[derive(Default)]
+pub(super) struct UplinkState {
+    pub(super) queue: VecDeque<Pending>,
+    /// Writes taken by the sender and not answered yet.
+    in_flight: usize,
+    /// Writes the parent took whose outcome we have not heard, in the
+    /// order they were taken (keyed by `handed_seq`), and their ids.
+    pub(super) handed: BTreeMap<u64, Pending>,
+    pub(super) handed_ids: HashMap<WriteId, u64>,
+    handed_seq: u64,
+    /// The link `handed` went over, and the highest notice heard on it.
+    pub(super) link: Option<Link>,
+    pub(super) seen: u64,
+    /// Every id we hold (queued, in flight or unconfirmed), with whoever
+    /// waits for its outcome.
+    pub(super) waiting: HashMap<WriteId, Waiters>,
+    /// Outcomes of recently settled ids, oldest first out.
+    pub(super) recent: HashMap<WriteId, WriteResult>,
+    recent_order: VecDeque<WriteId>,
+    next_seq: u64,
+    /// Outcomes owed to each child, oldest first, and the last number given.
+    pub(super) notices: HashMap<NodeId, VecDeque<Owed>>,
+    pub(super) notice_seq: u64,
+    /// Set on SIGTERM: no new writes are taken.
+    pub(super) draining: bool,
+}
+
+impl UplinkState {
+    pub(super) fn remember(&mut self, id: WriteId, result: WriteResult) {
+        if self.recent.insert(id, result).is_none() {
+            self.recent_order.push_back(id);
+        }
+        while self.recent_order.len() > RECENT_IDS {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent.remove(&old);
+            }
+        }
+    }
+
+    pub(super) fn hand(&mut self, p: Pending) {
+        self.handed_seq += 1;
+        self.handed_ids.insert(p.write.id, self.handed_seq);
+        self.handed.insert(self.handed_seq, p);
+    }
+
+    pub(super) fn unhand(&mut self, id: &WriteId) -> Option<Pending> {
+        let at = self.handed_ids.remove(id)?;
+        self.handed.remove(&at)
+    }
+
+    /// Moves to `link`: what the last link's parent took goes again, first.
+    pub(super) fn relink(&mut self, link: &Link) -> usize {
+        if self.link.as_ref() == Some(link) {
+            return 0;
+        }
+        self.link = Some(link.clone());
+        self.seen = 0;
+        self.handed_ids.clear();
+        let again = std::mem::take(&mut self.handed);
+        let n = again.len();
+        for (_, p) in again.into_iter().rev() {
+            self.queue.push_front(p);
+        }
+        n
+    }
+}
+
+/// This node's FIFO of writes on their way to the root.
+#[derive(Default)]
+pub(in crate::node) struct Uplink {
+    pub(super) state: Mutex<UplinkState>,
+    /// Wakes the sender (a write queued, the link changed) and the drain
+    /// (a batch settled), and children's polls (a notice owed).
+    pub(super) wake: Notify,
+    settled: Notify,
+    pub(super) noticed: Notify,
+}
+
+impl Uplink {
+    pub(in crate::node) fn len(&self) -> usize {
+        let s = self.state.lock();
+        s.queue.len() + s.in_flight
+    }
+
+    pub(in crate::node) fn unconfirmed(&self) -> usize {
+        self.state.lock().handed.len()
+    }
+
+    /// The sender should look again: the link to the parent may have changed.
+    pub(in crate::node) fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Forgets what is owed to nodes that are no longer children.
+    pub(in crate::node) fn keep_children(&self, children: &[Peer]) {
+        self.state.lock().notices.retain(|id, _| children.iter().any(|c| c.id == *id));
+    }
+}
+
+impl Node {
+    /// Queues a write from this node's client with a new id.
+    pub(super) fn join_own(&self, update: Update, ack: Ack, me: NodeId) -> Result<oneshot::Receiver<WriteResult>> {
+        let mut s = self.inner.uplink.state.lock();
+        if s.draining {
+            return Err(Error::ShuttingDown);
+        }
+        s.next_seq += 1;
+        let id = WriteId { origin: me, incarnation: self.inner.incarnation, seq: s.next_seq };
+        let (tx, rx) = oneshot::channel();
+        self.inner.store.expect(&update.key);
+        s.waiting.insert(id, Waiters { txs: vec![tx], owed: Vec::new() });
+        s.queue.push_back(Pending { write: Write { update, id, ack_root: ack == Ack::Root }, child: None });
+        drop(s);
+        self.inner.uplink.wake.notify_one();
+        Ok(rx)
+    }
+
+    /// Sends the uplink's head to the parent, batch after batch, until the
+    /// node stops; retries a batch until the parent answers. With nothing
+    /// to send and writes unconfirmed, polls the parent for their outcomes.
+    pub(in crate::node) async fn run_uplink(self) {
+        let uplink = &self.inner.uplink;
+        let mut backoff = Duration::from_millis(50);
+        let mut failures = 0u32;
+        loop {
+            let Some(link) = self.link() else {
+                // Not placed yet (or the root): nothing can go up.
+                if self.is_shutting_down() {
+                    return;
+                }
+                let mut shutdown = self.subscribe_shutdown();
+                tokio::select! {
+                    _ = uplink.wake.notified() => {}
+                    _ = shutdown.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                continue;
+            };
+            let (batch, seen) = self.take_batch(&link);
+            if batch.is_empty() {
+                if self.is_shutting_down() {
+                    return;
+                }
+                self.idle(&link, seen).await;
+                continue;
+            }
+            let hold = self.args().fault_uplink_delay_ms;
+            if hold > 0 {
+                tokio::time::sleep(Duration::from_millis(hold)).await;
+            }
+            match self.send_writes(&batch, &link, seen).await {
+                Ok(answers) => {
+                    if failures > 0 {
+                        log::info!("the uplink delivers again after {failures} failed tries");
+                    }
+                    failures = 0;
+                    backoff = Duration::from_millis(50);
+                    let delay = self.args().fault_settle_delay_ms;
+                    if delay > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                    }
+                    self.inner.uplink.state.lock().in_flight -= batch.len();
+                    let confirmed = answers.confirmed.iter().copied().chain(std::iter::repeat(false));
+                    for ((p, result), confirmed) in batch.into_iter().zip(answers.results).zip(confirmed) {
+                        match result {
+                            WriteResult::Accepted | WriteResult::InProgress => self.hand(p, &result),
+                            result => {
+                                self.settle(&p, &result, Answer { sent_in: link.generation, confirmed });
+                                self.resolve(p, result, false);
+                            }
+                        }
+                    }
+                    self.take_notices(answers.notices, &link);
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(20) {
+                        log::warn!("sending {} writes up failed (try {failures}; retrying): {e}", batch.len());
+                    }
+                    self.requeue(batch);
+                    if self.is_shutting_down() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// The link the uplink sends over now: the parent, read before the
+    /// store generation (a new place is taken before the reset that
+    /// follows it, so a batch is never bound to a generation older than
+    /// its parent).
+    fn link(&self) -> Option<Link> {
+        let parent = self.place().ok()?.topology.parent.clone()?;
+        Some(Link { parent, generation: self.inner.store.generation() })
+    }
+
+    /// Nothing to send: waits for a write, or, with writes unconfirmed
+    /// and nothing sent for [`POLL_AFTER`], polls the parent for their
+    /// outcomes until a write comes. (Under load the outcomes ride on the
+    /// answers to the next batches; polling at once would start a request
+    /// that the next write cancels, with its connection.)
+    async fn idle(&self, link: &Link, seen: u64) {
+        let uplink = &self.inner.uplink;
+        let mut shutdown = self.subscribe_shutdown();
+        let waiting = !uplink.state.lock().handed.is_empty();
+        let wait = if waiting { POLL_AFTER } else { Duration::MAX };
+        tokio::select! {
+            _ = uplink.wake.notified() => return,
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let poll = async {
+            match self.send_writes(&[], link, seen).await {
+                Ok(answers) => self.take_notices(answers.notices, link),
+                Err(e) => {
+                    log::debug!("polling the parent for write outcomes: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = poll => {}
+            _ = uplink.wake.notified() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+
+    /// Takes the head of the uplink: up to [`UPLINK_BATCH`] writes and
+    /// [`BATCH_BYTES`], at least one; and the highest notice heard. Over a
+    /// new link, the writes the last one took are sent again first.
+    fn take_batch(&self, link: &Link) -> (Vec<Pending>, u64) {
+        let mut s = self.inner.uplink.state.lock();
+        let again = s.relink(link);
+        if again > 0 {
+            Metrics::add(&self.inner.metrics.writes_resent, again as u64);
+            log::info!(
+                "sending {again} writes again to node {} ({}): taken over an earlier link, outcome not heard",
+                link.parent.id,
+                link.parent.url
+            );
+        }
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(front) = s.queue.front() {
+            let size = wire::encoded_len(&front.write.update);
+            if !batch.is_empty() && (batch.len() >= UPLINK_BATCH || bytes + size > BATCH_BYTES) {
+                break;
+            }
+            bytes += size;
+            batch.extend(s.queue.pop_front());
+        }
+        s.in_flight += batch.len();
+        (batch, s.seen)
+    }
+
+    /// Puts unanswered writes back at the head, in their order.
+    fn requeue(&self, batch: Vec<Pending>) {
+        let mut s = self.inner.uplink.state.lock();
+        s.in_flight -= batch.len();
+        for p in batch.into_iter().rev() {
+            s.queue.push_front(p);
+        }
+    }
+
+    /// The parent took `p` without its outcome: ours until we hear it. Our
+    /// client of an ack=parent write has its answer now.
+    fn hand(&self, p: Pending, result: &WriteResult) {
+        let early = {
+            let mut s = self.inner.uplink.state.lock();
+            let early = match (result, s.waiting.get_mut(&p.write.id)) {
+                (WriteResult::Accepted, Some(waiters)) if !p.write.ack_root => std::mem::take(&mut waiters.txs),
+                _ => Vec::new(),
+            };
+            s.hand(p);
+            early
+        };
+        for tx in early {
+            let _ = tx.send(WriteResult::Accepted);
+        }
+        self.inner.uplink.settled.notify_waiters();
+    }
+
+    /// Hands a write's outcome to whoever waits for it, and owes it to
+    /// each child that was answered before it. `linger`: the write was
+    /// unconfirmed here, so its push may still be on its way.
+    pub(super) fn resolve(&self, p: Pending, result: WriteResult, linger: bool) {
+        let linger = if linger { mono_ms() + ACCEPTED_LINGER_MS } else { 0 };
+        self.inner.store.unexpect(&p.write.update.key, linger);
+        let (txs, owed) = {
+            let mut s = self.inner.uplink.state.lock();
+            s.remember(p.write.id, result.clone());
+            let waiters = s.waiting.remove(&p.write.id).unwrap_or_default();
+            let place = if waiters.owed.is_empty() { None } else { self.place().ok() };
+            let mut owed = false;
+            for child in waiters.owed {
+                if place.as_ref().is_some_and(|place| place.topology.child(child).is_some()) {
+                    s.owe(child, p.write.id, &p.write.update.key, &result);
+                    owed = true;
+                }
+            }
+            (waiters.txs, owed)
+        };
+        if owed {
+            self.inner.uplink.noticed.notify_waiters();
+        }
+        for tx in txs {
+            let _ = tx.send(result.clone());
+        }
+        self.inner.uplink.settled.notify_waiters();
+    }
+
+    /// A commit coming back down through this node: store it and record
+    /// the child it came from as a holder, then push it to every holder,
+    /// that child included (it may not get our answer). If this node
+    /// already holds something newer, the child gets that instead. If the
+    /// store was reset since the batch was sent (new parent, new epoch),
+    /// the new parent does not know we hold the key: nothing is stored. If
+    /// the parent did not confirm the commit (it holds no record of us for
+    /// the key), it is stored but not current, and the child is not
+    /// recorded: nothing would keep either up to date (the child gets an
+    /// unconfirmed answer from us too, see [`Node::confirm`]). A child that
+    /// is no longer ours (it moved, or the tree turned and it is now our
+    /// parent) is not recorded either.
+    pub(super) fn settle(&self, p: &Pending, result: &WriteResult, answer: Answer) {
+        let Some(version) = result.version() else { return };
+        let store = &self.inner.store;
+        let Ok(place) = self.place() else { return };
+        let update = Update { version, ..p.write.update.clone() };
+        log::debug!(
+            "settle {}@{} from child {:?} (confirmed {}, gen {})",
+            update.key,
+            update.version,
+            p.child,
+            answer.confirmed,
+            answer.sent_in
+        );
+        let t = Time::now();
+        let mark = store.mark();
+        let child = p.child.filter(|c| place.coherence.pushes() && place.topology.child(*c).is_some());
+        match child {
+            None => {
+                if let Some(Applied::Newer { holders }) = store.apply_answer(&update, t, answer) {
+                    self.push_to(&holders, &update, mark);
+                }
+            }
+            Some(child) => match store.apply_and_hold(&update, child, t, answer) {
+                Some((Applied::Newer { holders }, _)) => self.push_to(&holders, &update, mark),
+                Some((_, Some(current))) => self.push_to(&[child], &current, mark),
+                Some((_, None)) | None => {}
+            },
+        }
+        self.note_growth();
+    }
+
+    /// `POST {parent}/internal/write` with a batch from the uplink (empty:
+    /// a poll for notices), saying the highest notice we have.
+    async fn send_writes(&self, batch: &[Pending], link: &Link, seen: u64) -> Result<WriteResults> {
+        let me = self.place()?.topology.id;
+        let parent = &link.parent;
+        Metrics::inc(&self.inner.metrics.upstream_requests);
+        // `seen` only once a notice came: a parent built before notices
+        // refuses the parameter, and sends none (upgrades go leaves first).
+        let url = match seen {
+            0 => format!("{}/internal/write?child={me}", parent.url),
+            seen => format!("{}/internal/write?child={me}&seen={seen}", parent.url),
+        };
+        let writes: Vec<Write> = batch.iter().map(|p| p.write.clone()).collect();
+        let started = std::time::Instant::now();
+        // A poll waits up to HOP_WAIT at the parent, as a batch may.
+        let results: Result<WriteResults> = self
+            .post_internal(
+                self.inner.http.clone(),
+                &parent.url,
+                &url,
+                wire::encode_writes(&writes),
+                UPLINK_TIMEOUT,
+                link.generation,
+            )
+            .await;
+        if !batch.is_empty() {
+            self.inner.metrics.upstream(Upstream::Write, results.is_ok(), started.elapsed());
+        }
+        let results = results?;
+        if results.results.len() != batch.len() {
+            return Err(Error::Internal(format!(
+                "{url} answered {} results for {} writes",
+                results.results.len(),
+                batch.len()
+            )));
+        }
+        Ok(results)
+    }
+
+    /// SIGTERM: takes no new writes and waits (at most `limit`) until every
+    /// queued write has been handed to the parent.
+    pub(in crate::node) async fn drain_uplink(&self, limit: Duration) {
+        let uplink = &self.inner.uplink;
+        uplink.state.lock().draining = true;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let settled = uplink.settled.notified();
+            let left = uplink.len();
+            if left == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                log::error!("leaving with {left} writes not yet handed to the parent (waited {limit:?})");
+                return;
+            }
+        }
+    }
+}
