@@ -154,6 +154,17 @@ impl Error {
         matches!(self, Error::Zk { source: zookeeper_client::Error::NoAuth, .. })
     }
 
+    /// An upstream refusal that only says the tree is changing under this
+    /// node (the parent moved, a new root or epoch is taking over): a normal
+    /// step of every failover, which the node's new place will resolve.
+    pub fn is_tree_changing(&self) -> bool {
+        let Error::Upstream { status: 409, body, .. } = self else { return false };
+        let code = serde_json::from_str::<serde_json::Value>(body).ok();
+        code.as_ref()
+            .and_then(|v| v["code"].as_str())
+            .is_some_and(|c| matches!(c, "not_parent" | "stale_epoch" | "not_root"))
+    }
+
     /// True for the 503 family: the client may retry the same request.
     pub fn is_retryable(&self) -> bool {
         self.status_code() == StatusCode::SERVICE_UNAVAILABLE
@@ -244,5 +255,22 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers().get(header::RETRY_AFTER).unwrap(), "1");
         assert_eq!(Error::BodyTimeout { secs: 10 }.error_response().status(), StatusCode::REQUEST_TIMEOUT);
+    }
+
+    #[test]
+    fn a_refusal_that_says_the_tree_is_changing_is_told_from_a_real_failure() {
+        let upstream = |status: u16, body: &str| Error::Upstream { url: "http://p".into(), status, body: body.into() };
+        for code in ["not_parent", "stale_epoch", "not_root"] {
+            let body = format!(r#"{{"error":"x","code":"{code}"}}"#);
+            assert!(upstream(409, &body).is_tree_changing(), "{code}");
+        }
+        assert!(!upstream(409, r#"{"error":"x","code":"write_refused"}"#).is_tree_changing());
+        assert!(!upstream(500, r#"{"error":"x","code":"not_parent"}"#).is_tree_changing());
+        assert!(!upstream(409, "not json").is_tree_changing());
+        assert!(!Error::parent_unreachable("http://p", "refused").is_tree_changing());
+        let zk = Error::Zk { op: "mkdir", path: "/t".into(), source: zookeeper_client::Error::NoAuth };
+        assert!(zk.is_zk_not_authorized());
+        let other = Error::Zk { op: "mkdir", path: "/t".into(), source: zookeeper_client::Error::NoNode };
+        assert!(!other.is_zk_not_authorized());
     }
 }

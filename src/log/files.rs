@@ -287,10 +287,16 @@ pub fn write_snapshot(
     sync_dir(dir)?;
     stats.last_snapshot_version.store(max_version, Ordering::Relaxed);
     stats.snapshots.fetch_add(1, Ordering::Relaxed);
-    log::info!(
-        "snapshot {} written: {records} records, {write_ids} write ids, up to version {max_version}",
-        path.display()
-    );
+    if records == 0 && write_ids == 0 {
+        // A standby starting over, or a root that holds nothing: every
+        // record from here on is in the log after it.
+        log::info!("empty snapshot {} written: the log starts afresh after it", path.display());
+    } else {
+        log::info!(
+            "snapshot {} written: {records} records, {write_ids} write ids, up to version {max_version}",
+            path.display()
+        );
+    }
     Ok(max_version)
 }
 

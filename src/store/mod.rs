@@ -629,7 +629,7 @@ impl Store {
         out
     }
 
-    /// All held keys with their versions (for diagnostics and tests).
+    /// How many keys are held, tombstones included (for diagnostics and tests).
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.read().map.len()).sum()
     }

@@ -244,7 +244,9 @@ impl Node {
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || failures.is_multiple_of(20) {
+                    if failures == 1 && e.is_tree_changing() {
+                        log::info!("{} writes go up again once this node has its new place: {e}", batch.len());
+                    } else if failures == 1 || failures.is_multiple_of(20) {
                         log::warn!("sending {} writes up failed (try {failures}; retrying): {e}", batch.len());
                     }
                     self.requeue(batch);
