@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Cluster, Opts};
+use common::{wait_past, wait_until, Cluster, Opts};
 use parking_lot::Mutex;
 use serde_json::Value;
 
@@ -468,4 +468,48 @@ async fn with_no_in_sync_root_alive_nobody_takes_over_and_health_says_why() {
     .await;
     let r = c.get(s, "k", "").await;
     assert_eq!((r.status, r.text().as_str()), (200, "newer"), "the returned leader kept its log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_keeps_its_place_through_zookeeper_pauses_inside_its_session() {
+    let mut c = cluster(2, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = add_standby(&mut c, dir.path(), &[]).await;
+    wait_until(Duration::from_secs(20), "the standby in sync", || async { in_sync(&c).await.len() == 2 }).await;
+    let before = leader_znode(&c).await;
+    let leader = c.id(0).await;
+    assert_eq!(before["id"].as_u64(), Some(leader), "{before}");
+    // ack=root writes at the cache all along; every one must succeed.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (http, url) = (c.http.clone(), c.url(1));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let put = http.put(format!("{url}/kv/k{ok}?ack=root")).body("v").timeout(Duration::from_secs(10));
+                match put.send().await {
+                    Ok(resp) if resp.status().is_success() => ok += 1,
+                    Ok(resp) => failed.push(format!("{} {}", resp.status(), resp.text().await.unwrap_or_default())),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    for round in 0..10 {
+        assert!(c.zk.pause(), "pause ZooKeeper (round {round})");
+        wait_past(Instant::now() + Duration::from_secs(3)).await;
+        assert!(c.zk.resume(), "resume ZooKeeper (round {round})");
+        wait_past(Instant::now() + Duration::from_secs(3)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = writer.await.unwrap();
+    assert!(failed.is_empty(), "writes failed during the pauses: {failed:?}");
+    assert!(ok > 10, "writes went on during the pauses: {ok}");
+    let after = leader_znode(&c).await;
+    assert_eq!((after["id"].as_u64(), after["epoch"].as_u64()), (Some(leader), before["epoch"].as_u64()), "{after}");
+    assert_eq!(c.health(0).await["role"], "root");
+    assert_eq!(c.health(0).await["epoch"], before["epoch"]);
+    assert_eq!(c.health(s).await["role"], "standby");
 }

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use zookeeper_client::{Client, OneshotWatcher};
+use tokio::sync::watch;
+use zookeeper_client::{Client, Error as ZkError, OneshotWatcher, SessionState};
 
 use super::{Node, Place};
 use crate::clock::now_ms;
@@ -61,6 +62,20 @@ struct Watches {
     zk: Client,
     root: Option<OneshotWatcher>,
     live: Option<OneshotWatcher>,
+}
+
+/// An error that says the connection to ZooKeeper is in trouble, not that
+/// the request was refused: the session may still live.
+fn is_connection_trouble(e: &ZkError) -> bool {
+    !matches!(
+        e,
+        ZkError::NoNode
+            | ZkError::NoAuth
+            | ZkError::BadArguments(_)
+            | ZkError::SessionExpired
+            | ZkError::AuthFailed
+            | ZkError::ClientClosed
+    )
 }
 
 impl Node {
@@ -455,6 +470,19 @@ impl Node {
             }
             let (live, watcher) = match zk.list_and_watch_children(&live_dir).await {
                 Ok(found) => found,
+                Err(e) if is_connection_trouble(&e) && !zk.state().is_terminated() => {
+                    // The connection dropped, the session may well live: a
+                    // leader keeps its place (no new epoch, no takeover) and
+                    // watches again once connected. Only an expired session
+                    // (the ephemeral root znode gone) makes it stand again.
+                    log::info!("watching {live_dir}: {e}; keeping the lead while the session lives");
+                    if !self.wait_reconnected(&zk, &mut state, &mut shutdown).await
+                        || !self.pause(Duration::from_millis(100)).await
+                    {
+                        return;
+                    }
+                    continue;
+                }
                 Err(e) => {
                     log::warn!("watching {live_dir}: {e}");
                     return;
@@ -473,6 +501,39 @@ impl Node {
                 _ = self.inner.replica.deposed_wake.notified() => {
                     log::error!("deposed: standing for election again, as a standby");
                     return;
+                }
+            }
+        }
+    }
+
+    /// Waits for a dropped ZooKeeper connection to come back in the same
+    /// session: true once connected again; false when the session ended
+    /// (logged), the node shuts down or the leader was deposed.
+    async fn wait_reconnected(
+        &self,
+        zk: &Client,
+        state: &mut zookeeper_client::StateWatcher,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        loop {
+            let now = zk.state();
+            if now.is_terminated() {
+                log::error!("the root lost its ZooKeeper session ({now:?}); standing for election again");
+                return false;
+            }
+            if matches!(now, SessionState::SyncConnected | SessionState::ConnectedReadOnly) {
+                log::info!("ZooKeeper connection back in the same session: still leading");
+                return true;
+            }
+            tokio::select! {
+                _ = state.changed() => {},
+                // The state watcher reports changes only; look again now
+                // and then in case one came before we subscribed.
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {},
+                _ = shutdown.changed() => return false,
+                _ = self.inner.replica.deposed_wake.notified() => {
+                    log::error!("deposed: standing for election again, as a standby");
+                    return false;
                 }
             }
         }
