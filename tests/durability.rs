@@ -262,3 +262,41 @@ fn with_json_logs_the_refusal_to_start_is_a_json_line_too() {
     assert!(line["msg"].as_str().is_some_and(|m| m.contains("commit log create")), "{line}");
     assert!(err.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "only JSON lines: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_of_an_absent_key_is_decided_once_across_a_root_restart() {
+    // The root decides a delete of an absent key, and its answer is lost
+    // (--fault-lose-write-replies 1). Before the node's resend arrives
+    // (its uplink holds each batch 8 s), the root is killed and started
+    // again, and the key is written at the root. The resend must find the
+    // delete decided (its outcome is in the log), not delete the new value.
+    let mut c = Cluster::start_opts(Opts {
+        nodes: 1,
+        durable_root: true,
+        root_args: vec!["--fault-lose-write-replies".into(), "1".into()],
+        ..Opts::default()
+    })
+    .await;
+    let w = c.add_node_with(&["--fault-uplink-delay-ms", "8000"]).await;
+    let url = format!("{}/kv/gone?ack=root", c.url(w));
+    let http = c.http.clone();
+    // Its answer is lost with the root: only the key's state matters.
+    let delete = tokio::spawn(async move { http.delete(url).send().await.map(|r| r.status().as_u16()) });
+    wait_until(Duration::from_secs(30), "the root to decide the delete and lose its answer", || async {
+        c.log_text(w).contains("this write answer is lost")
+    })
+    .await;
+    c.restart(0).await;
+    let version = put_root(&c, "gone", "written after the delete").await;
+    wait_until(Duration::from_secs(60), "the node to resend the delete and hear its outcome", || async {
+        c.metric(w, "uplink_unconfirmed").await == 0.0 && c.metric(w, "uplink_pending").await == 0.0
+    })
+    .await;
+    let _ = delete.await;
+    assert!(c.metric(0, "duplicate_writes_total").await >= 1.0, "the restarted root knew the resend");
+    assert_eq!(
+        read_root(&c, "gone").await,
+        Some((version, "written after the delete".to_string())),
+        "the resent delete was decided before the restart: it deletes nothing now"
+    );
+}

@@ -224,6 +224,14 @@ pub fn frame_of(record: Record) -> Vec<u8> {
     out
 }
 
+/// One write outcome as a frame (0: a delete of an absent key), the form
+/// the log and the stream carry a decided write that stored nothing.
+pub fn outcome_frame(id: WriteId, version: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    codec::encode(&Entry::WriteOutcome(id, version), &mut out);
+    out
+}
+
 /// The frames that start a stream: the epoch, then the leader's state
 /// (every entry, tombstones included, and every remembered write outcome),
 /// in batches of at most [`BATCH_BYTES`].

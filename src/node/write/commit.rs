@@ -119,7 +119,7 @@ impl Node {
         let (result, push) = self.commit_one(update, None);
         let committed_us = now_us();
         if let Some((update, _)) = &push {
-            self.make_durable(vec![(update.clone(), None)]).await?;
+            self.make_durable(vec![(update.clone(), None)], Vec::new()).await?;
         }
         if let Some((update, holders)) = push {
             self.push_committed(&holders, &update, Some(committed_us), mark);
@@ -140,6 +140,10 @@ impl Node {
         let mut results = Vec::with_capacity(writes.len());
         let ack_roots: Vec<bool> = writes.iter().map(|w| w.ack_root).collect();
         let mut durable = Vec::new();
+        // Deletes of absent keys: nothing to store, but their outcome is
+        // logged and replicated like a commit, so per-node order and
+        // exactly-once hold for them across a restart or a failover.
+        let mut absent = Vec::new();
         let mut pushes = Vec::new();
         let mut seen_before = false;
         self.check_leading()?;
@@ -179,16 +183,18 @@ impl Node {
                     if let Some((update, holders)) = push {
                         durable.push((update.clone(), Some(w.id)));
                         pushes.push((update, holders));
+                    } else if result == WriteResult::Absent {
+                        absent.push(w.id);
                     }
                     results.push(result);
                 }
             }
         }
         let committed_us = now_us();
-        if !durable.is_empty() || seen_before {
+        if !durable.is_empty() || !absent.is_empty() || seen_before {
             // A write seen before may still be on its way to disk in
             // another batch: waiting covers everything appended so far.
-            self.make_durable(durable).await?;
+            self.make_durable(durable, absent).await?;
         }
         for (update, holders) in pushes {
             self.push_committed(&holders, &update, Some(committed_us), mark);
@@ -243,10 +249,10 @@ impl Node {
     /// is dropped meanwhile (the client or the child gave up), they still
     /// reach the log and stop being pending. A version left pending for
     /// good would hold back the mark every standby serves by.
-    async fn make_durable(&self, records: Vec<(Update, Option<WriteId>)>) -> Result<()> {
+    async fn make_durable(&self, records: Vec<(Update, Option<WriteId>)>, absent: Vec<WriteId>) -> Result<()> {
         let node = self.clone();
         let task = self.inner.runtime.spawn(async move {
-            let result = node.make_durable_now(&records).await;
+            let result = node.make_durable_now(&records, &absent).await;
             if result.is_ok() {
                 // Durable: readers may see it. On an error (deposed, or
                 // the log stopped) it stays pending: never served by this
@@ -261,22 +267,16 @@ impl Node {
     /// Appends to the commit log and streams to every standby at once,
     /// then waits for the log and for each in-sync standby (see
     /// [`Node::await_replicated`]).
-    async fn make_durable_now(&self, records: &[(Update, Option<WriteId>)]) -> Result<()> {
+    async fn make_durable_now(&self, records: &[(Update, Option<WriteId>)], absent: &[WriteId]) -> Result<()> {
         self.check_leading()?;
         let epoch = self.epoch();
         // Each commit is encoded once: the same frames go to the log (one
         // append for the batch) and to every standby.
         let frames: Vec<Vec<u8>> = if self.inner.log.is_some() || self.has_standbys() {
-            records
-                .iter()
-                .map(|(update, write_id)| {
-                    crate::replication::frame_of(crate::log::Record {
-                        epoch,
-                        update: update.clone(),
-                        write_id: *write_id,
-                    })
-                })
-                .collect()
+            let commits = records.iter().map(|(update, write_id)| {
+                crate::replication::frame_of(crate::log::Record { epoch, update: update.clone(), write_id: *write_id })
+            });
+            commits.chain(absent.iter().map(|&id| crate::replication::outcome_frame(id, 0))).collect()
         } else {
             Vec::new()
         };
