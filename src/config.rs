@@ -63,6 +63,11 @@ pub struct NodeArgs {
     /// conditional write on the leader znode) and acknowledges without it.
     #[arg(long, env = "TREECACHE_INSYNC_TIMEOUT", value_parser = parse_duration, default_value = "3s")]
     pub insync_timeout: Duration,
+    /// How long a write or a read that needs the leader waits for one while
+    /// none is reachable (a failover, a re-election), before 503 with
+    /// Retry-After; 0: answer 503 at once. Reads of held keys never wait.
+    #[arg(long, env = "TREECACHE_FAILOVER_WAIT", value_parser = parse_duration, default_value = "10s")]
+    pub failover_wait: Duration,
     /// Commit log fsync policy: always (acknowledged = fsynced, group commit),
     /// everysec (fsync at most a second later), never (the OS decides).
     #[arg(long, env = "TREECACHE_FSYNC", value_enum, default_value_t = Fsync::Everysec)]
@@ -231,6 +236,9 @@ impl NodeArgs {
             if extra.is_zero() {
                 return Err("--stale-if-error must be greater than zero (leave it out to answer 503)".into());
             }
+        }
+        if self.failover_wait > Duration::from_secs(300) {
+            return Err(format!("--failover-wait {:?}: at most 5m (0 answers at once)", self.failover_wait));
         }
         if self.insync_timeout < Duration::from_millis(100) || self.insync_timeout > Duration::from_secs(60) {
             return Err(format!("--insync-timeout {:?}: must be 100ms to 60s", self.insync_timeout));
@@ -519,6 +527,9 @@ mod tests {
         assert!(node(&["--api-token", "two words"]).is_err());
         assert_eq!(node(&["--api-token", "t0ken"]).unwrap().api_token.as_deref(), Some("t0ken"));
         assert!(node(&["--max-upstream-requests", "0"]).is_err());
+        assert!(node(&["--failover-wait", "10m"]).unwrap_err().contains("--failover-wait"));
+        assert_eq!(node(&["--failover-wait", "0"]).unwrap().failover_wait, Duration::ZERO);
+        assert_eq!(node(&[]).unwrap().failover_wait, Duration::from_secs(10));
         assert!(node(&["--max-connections", "1"]).is_err());
         assert_eq!(node(&["--log-format", "json"]).unwrap().log_format, LogFormat::Json);
         assert!(node(&["--log-format", "xml"]).is_err());

@@ -165,6 +165,22 @@ impl Error {
             .is_some_and(|c| matches!(c, "not_parent" | "stale_epoch" | "not_root"))
     }
 
+    /// No leader could be reached for now: a failover, a re-election, a
+    /// node re-registering under a new root. Nothing was done by the try
+    /// that met it (a write not yet queued, a read), so the node may hold
+    /// the request and try again (`--failover-wait`).
+    pub fn awaits_leader(&self) -> bool {
+        matches!(
+            self,
+            Error::NotRegistered
+                | Error::ParentUnreachable { .. }
+                | Error::Deposed
+                | Error::NoInSyncRoot(_)
+                | Error::NotInSync(_)
+                | Error::Zk { .. }
+        )
+    }
+
     /// True for the 503 family: the client may retry the same request.
     pub fn is_retryable(&self) -> bool {
         self.status_code() == StatusCode::SERVICE_UNAVAILABLE

@@ -183,6 +183,8 @@ metrics! {
         stale_served: "Reads answered from a stale or unconfirmed entry because the parent was unreachable (--stale-if-error)",
         writes_resent: "Writes sent again, in their order, because the link to the parent changed before their outcome was heard",
         resets: "Times this node's store was reset (new parent or epoch): entries kept, to be revalidated",
+        failover_waits: "Client requests held because no leader was reachable (a failover, a re-election), to be tried again (--failover-wait)",
+        failover_timeouts: "Held client requests answered 503 because --failover-wait passed without a reachable leader",
     }
     gauges {
         entries: "Entries held (values and tombstones); treecache tree shows it as keys",

@@ -4,6 +4,7 @@ use actix_web::http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use actix_web::http::{Method, StatusCode};
 use actix_web::web::ThinData;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use bytes::Bytes;
 
 use super::{key_from, read_body, MaxValue, Query, X_CACHE, X_EXPIRES_AT, X_NODE, X_VERSION};
 use crate::error::Error;
@@ -38,19 +39,43 @@ fn answer(node: &Node, result: Result<HttpResponse, Error>) -> HttpResponse {
 
 /// Every `/kv/...` request: GET reads (HEAD too: the same answer without
 /// the body, which the server leaves out), PUT and POST write, DELETE deletes.
+/// A request that meets no reachable leader (a failover, a re-election, a
+/// node re-registering) is held and tried again, up to `--failover-wait`
+/// ([`Node::through_failover`]): the body is read once, before the first try.
 pub async fn route(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> HttpResponse {
+    let result = async {
+        let body = match *req.method() {
+            Method::PUT | Method::POST => {
+                // Bad input is refused before the body is read.
+                put_params(&req)?;
+                let max = req.app_data::<MaxValue>().map_or(1 << 20, |m| m.0);
+                read_body(&req, body, max).await?
+            }
+            _ => Bytes::new(),
+        };
+        // A plain read of a key held here is answered as it is (from the
+        // store, stale within --stale-if-error, or 503): it never waits.
+        let plain_read = matches!(*req.method(), Method::GET | Method::HEAD) && !consistent_of(&req)?;
+        let may_wait = || !plain_read || key_from(&req, "/kv/").is_ok_and(|key| !node.holds(&key));
+        node.through_failover(may_wait, || once(&node, &req, body.clone())).await
+    };
+    let result = result.await;
+    answer(&node, result)
+}
+
+/// One try of a `/kv` request.
+async fn once(node: &Node, req: &HttpRequest, body: Bytes) -> Result<HttpResponse, Error> {
     // A standby has no place in the tree; a cache never follows (checked
     // only then: the hit path takes no lock for it).
     if node.place().is_err() && node.is_following() {
-        return answer(&node, standby_route(&node, &req, body).await);
+        return standby_route(node, req, body).await;
     }
-    let result = match *req.method() {
-        Method::GET | Method::HEAD => get_inner(&node, &req).await,
-        Method::PUT | Method::POST => put_inner(&node, &req, body).await,
-        Method::DELETE => delete_inner(&node, &req).await,
-        _ => Err(wrong_method(&req)),
-    };
-    answer(&node, result)
+    match *req.method() {
+        Method::GET | Method::HEAD => get_inner(node, req).await,
+        Method::PUT | Method::POST => put_inner(node, req, body).await,
+        Method::DELETE => delete_inner(node, req).await,
+        _ => Err(wrong_method(req)),
+    }
 }
 
 /// 405 for a method `/kv` does not answer.
@@ -64,7 +89,7 @@ fn wrong_method(req: &HttpRequest) -> Error {
 
 /// `/kv` at a standby root: plain reads from its copy; writes and
 /// consistent reads go to the leader as they came.
-async fn standby_route(node: &Node, req: &HttpRequest, body: web::Payload) -> Result<HttpResponse, Error> {
+async fn standby_route(node: &Node, req: &HttpRequest, body: Bytes) -> Result<HttpResponse, Error> {
     let key = key_from(req, "/kv/")?;
     let reads = matches!(*req.method(), Method::GET | Method::HEAD);
     if reads && !consistent_of(req)? {
@@ -73,8 +98,6 @@ async fn standby_route(node: &Node, req: &HttpRequest, body: web::Payload) -> Re
     if !reads && !matches!(*req.method(), Method::PUT | Method::POST | Method::DELETE) {
         return Err(wrong_method(req));
     }
-    let max = req.app_data::<MaxValue>().map_or(1 << 20, |m| m.0);
-    let body = read_body(req, body, max).await?;
     let mut headers = Vec::new();
     for name in ["authorization", "content-type", "x-request-id"] {
         if let Some(v) = req.headers().get(name) {
@@ -130,7 +153,8 @@ fn ack_of(q: &Query) -> Result<Ack, Error> {
     }
 }
 
-async fn put_inner(node: &Node, req: &HttpRequest, body: web::Payload) -> Result<HttpResponse, Error> {
+/// A PUT's key, `?ttl=` and `?ack=`, checked.
+fn put_params(req: &HttpRequest) -> Result<(String, Option<u64>, Ack), Error> {
     let key = key_from(req, "/kv/")?;
     let q = Query::parse(req, &["ttl", "ack"])?;
     let ack = ack_of(&q)?;
@@ -140,8 +164,11 @@ async fn put_inner(node: &Node, req: &HttpRequest, body: web::Payload) -> Result
             return Err(Error::bad_param("ttl", format!("{t}: must be 1 to {MAX_TTL_SECS} seconds")));
         }
     }
-    let max = req.app_data::<MaxValue>().map_or(1 << 20, |m| m.0);
-    let value = read_body(req, body, max).await?;
+    Ok((key, ttl, ack))
+}
+
+async fn put_inner(node: &Node, req: &HttpRequest, value: Bytes) -> Result<HttpResponse, Error> {
+    let (key, ttl, ack) = put_params(req)?;
     let result = node.write(&key, Some(value), ttl, ack).await?;
     write_answer(&key, &result, ack)
 }

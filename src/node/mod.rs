@@ -15,6 +15,7 @@
 
 mod durable;
 mod evict;
+mod failover;
 mod membership;
 mod push;
 pub mod read;

@@ -117,6 +117,11 @@ fn found(lookup: Lookup, cache: CacheStatus) -> Option<Found> {
 
 impl Node {
     /// `GET /kv/{key}`.
+    /// Whether this node holds `key` (a value or a deletion), fresh or not.
+    pub fn holds(&self, key: &str) -> bool {
+        !matches!(self.inner.store.get(key, Time::now()), Lookup::Absent)
+    }
+
     pub async fn get(&self, key: &str, consistent: bool) -> Result<Found> {
         let place = self.place()?;
         let store = &self.inner.store;

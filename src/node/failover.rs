@@ -1,0 +1,57 @@
+//! Holding a request through a failover (`--failover-wait`, DESIGN.md
+//! "Root groups", last point): while no leader can be reached for a key (the
+//! leader died and a standby is taking over, a re-election, this node
+//! re-registering under the new root), a read that needs the leader or a
+//! write is tried again until it gets through or the wait is over, and only
+//! then answered 503 with `Retry-After`. A client sees a slower answer, not
+//! an error. Owns the retry loop; the paths it retries are the read and
+//! write paths as they are, so nothing is done twice that a try had done:
+//! only errors that say no leader was reached are retried
+//! ([`Error::awaits_leader`]).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Node;
+use crate::error::Result;
+use crate::metrics::Metrics;
+
+/// The first pause between tries; each is twice the last, up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(25);
+const MAX_PAUSE: Duration = Duration::from_millis(250);
+
+impl Node {
+    /// Runs `attempt` until it succeeds, fails for another reason than a
+    /// missing leader (or `may_wait` says this request does not wait), or
+    /// `--failover-wait` has passed since its first such failure (then that
+    /// failure, a 503). With `--failover-wait 0` it runs once.
+    pub async fn through_failover<T, F, Fut>(&self, may_wait: impl Fn() -> bool, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut deadline = None;
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let error = match attempt().await {
+                Err(e) if e.awaits_leader() && (deadline.is_some() || may_wait()) => e,
+                done => return done,
+            };
+            let now = Instant::now();
+            let until = *deadline.get_or_insert_with(|| {
+                Metrics::inc(&self.inner.metrics.failover_waits);
+                now + self.args().failover_wait
+            });
+            if now >= until || self.is_shutting_down() {
+                if !self.args().failover_wait.is_zero() {
+                    Metrics::inc(&self.inner.metrics.failover_timeouts);
+                }
+                return Err(error);
+            }
+            tokio::time::sleep(pause.min(until - now)).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
+    }
+}
