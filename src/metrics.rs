@@ -75,6 +75,10 @@ pub enum Upstream {
 const UPSTREAMS: &[&str] = &["fill", "write"];
 const UPSTREAM_OUTCOMES: &[&str] = &["ok", "error"];
 
+/// What a node is, the `role` label of `treecache_role` (`none`: neither
+/// registered nor following a leader yet).
+pub const ROLES: &[&str] = &["none", "root", "standby", "inner", "leaf"];
+
 /// ZooKeeper session states, the `state` label of `treecache_zk_session_state`
 /// (`none`: no session yet).
 pub const ZK_STATES: &[&str] =
@@ -97,6 +101,7 @@ macro_rules! metrics {
             /// `treecache_push_lag_seconds`.
             pub push_lag: Histogram,
             zk_session: Family<[(&'static str, &'static str); 1], Gauge>,
+            role: Family<[(&'static str, &'static str); 1], Gauge>,
         }
 
         impl Metrics {
@@ -144,6 +149,13 @@ macro_rules! metrics {
                      sync_connected, auth_failed, connected_read_only, expired, closed)",
                     zk_session.clone(),
                 );
+                let role = Family::default();
+                registry.register(
+                    "role",
+                    "1 for what this node is now, 0 for the others (none, root: the leader, standby: a standby \
+                     root, inner, leaf)",
+                    role.clone(),
+                );
                 Metrics {
                     registry,
                     $($counter,)*
@@ -152,6 +164,7 @@ macro_rules! metrics {
                     upstream,
                     push_lag,
                     zk_session,
+                    role,
                 }
             }
         }
@@ -192,7 +205,8 @@ metrics! {
         max_memory_bytes: "The --max-memory bound (0: none)",
         tombstones: "Entries that are tombstones (deleted keys kept until their horizon)",
         holders: "Holder records: (child, key) pairs this node pushes to",
-        registered: "1 once the node has its place in the tree",
+        registered: "1 once the node has its place in the tree, or (a standby root) follows a leader",
+        in_sync: "1 on a root that holds every acknowledged write: the leader, and a standby in its in-sync set; 0 elsewhere",
         is_root: "1 on the root",
         depth: "Depth in the tree (root 0)",
         children: "Children attached",
@@ -270,6 +284,13 @@ impl Metrics {
         }
     }
 
+    /// What this node is now, one of [`ROLES`].
+    pub fn set_role(&self, role: &'static str) {
+        for r in ROLES {
+            self.role.get_or_create(&[("role", r)]).set(i64::from(*r == role));
+        }
+    }
+
     /// Adds a collector (the commit log's figures) to the registry.
     pub fn add_collector(&mut self, collector: Box<dyn Collector>) {
         self.registry.register_collector(collector);
@@ -296,6 +317,7 @@ impl Metrics {
         m.request(0, Outcome::Ok, Duration::ZERO);
         m.upstream(Upstream::Fill, true, Duration::ZERO);
         m.set_zk_state("none");
+        m.set_role("none");
         families(&m.render())
     }
 }

@@ -81,6 +81,20 @@ async fn a_standby_syncs_serves_reads_forwards_writes_and_refuses_bad_batches() 
     .await;
     assert_eq!(c.metric(0, "insync_roots").await, 2.0);
     assert_eq!(leader_znode(&c).await["id"].as_u64(), Some(leader_id));
+    // /metrics says what each node is: a healthy standby is registered.
+    wait_until(Duration::from_secs(10), "the standby's metrics to say it is in sync", || async {
+        c.metric(s, "in_sync").await == 1.0
+    })
+    .await;
+    for (i, role, in_sync) in [(0, "root", 1.0), (s, "standby", 1.0), (1, "leaf", 0.0)] {
+        assert_eq!(c.metric(i, &format!("role{{role=\"{role}\"}}")).await, 1.0, "node {i} is a {role}");
+        assert_eq!(c.metric(i, "registered").await, 1.0, "node {i}");
+        assert_eq!(c.metric(i, "in_sync").await, in_sync, "node {i}");
+    }
+    assert_eq!(c.metric(s, "role{role=\"leaf\"}").await, 0.0);
+    // `treecache tree` lists it under the tree.
+    let drawn = treecache::cli::tree::render(&c.zk.addr(), &c.name).await.expect("tree");
+    assert!(drawn.contains(&format!("standby roots:\n  {standby_id}  {}  in sync\n", c.url(s))), "{drawn}");
     // What was written before it came is there (from the snapshot) ...
     let r = c.get(s, "before-7", "").await;
     assert_eq!((r.status, r.text().as_str(), r.cache.as_deref()), (200, "v7", Some("hit")));

@@ -151,6 +151,18 @@ pub struct Snapshot {
     pub records: Vec<Record>,
     pub live: BTreeSet<u64>,
     pub root: Option<RootInfo>,
+    /// The root candidates other than the elected root, in election order.
+    pub standbys: Vec<Standby>,
+}
+
+/// A standby root, as ZooKeeper records it: its candidacy (`election/`),
+/// its id (`live/<id>` with its URL) and whether the `leader` znode counts
+/// it in sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standby {
+    pub id: Option<u64>,
+    pub url: String,
+    pub in_sync: bool,
 }
 
 /// Reads the cluster's tree from ZooKeeper at `zk` and draws it, without
@@ -179,7 +191,44 @@ pub async fn read_with(zk: &Client, paths: &Paths) -> Result<Snapshot, String> {
     collect(zk, &paths.tree(), &mut Vec::new(), &mut records).await?;
     let live = list(zk, &paths.live()).await?.iter().filter_map(|s| s.parse().ok()).collect();
     let root = get(zk, &paths.root()).await?.as_deref().and_then(parse_root);
-    Ok(Snapshot { records, live, root })
+    let standbys = read_standbys(zk, paths, root.as_ref()).await?;
+    Ok(Snapshot { records, live, root, standbys })
+}
+
+/// The root candidates but the elected root, with their ids and in-sync state.
+async fn read_standbys(zk: &Client, paths: &Paths, root: Option<&RootInfo>) -> Result<Vec<Standby>, String> {
+    let mut candidates = list(zk, &paths.election()).await?;
+    candidates.sort(); // n_<sequence>: the order of the election
+    let mut urls = Vec::new();
+    for c in candidates {
+        if let Some(data) = get(zk, &format!("{}/{c}", paths.election())).await? {
+            let url = String::from_utf8_lossy(&data).into_owned();
+            if root.is_none_or(|r| r.url != url) && !urls.contains(&url) {
+                urls.push(url);
+            }
+        }
+    }
+    if urls.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ids = BTreeMap::new();
+    for id in list(zk, &paths.live()).await? {
+        if let Some(data) = get(zk, &format!("{}/{id}", paths.live())).await? {
+            ids.insert(parse_url(&data), id.parse::<u64>().ok());
+        }
+    }
+    let in_sync: Vec<u64> = get(zk, &paths.leader())
+        .await?
+        .and_then(|d| serde_json::from_slice::<crate::tree::zk::LeaderRecord>(&d).ok())
+        .map(|l| l.in_sync)
+        .unwrap_or_default();
+    Ok(urls
+        .into_iter()
+        .map(|url| {
+            let id = ids.get(&url).copied().flatten();
+            Standby { in_sync: id.is_some_and(|id| in_sync.contains(&id)), id, url }
+        })
+        .collect())
 }
 
 /// Children of `path`, sorted as ids; none when the znode does not exist.
@@ -255,6 +304,14 @@ pub fn draw_with(s: &Snapshot, states: &BTreeMap<u64, State>) -> String {
         out.push_str(&line(top, s, states));
         draw_children(top, &children, s, states, "", &mut out);
     }
+    if !s.standbys.is_empty() {
+        out.push_str("standby roots:\n");
+        for sb in &s.standbys {
+            let id = sb.id.map_or("?".to_string(), |id| id.to_string());
+            let state = if sb.in_sync { "in sync" } else { "not in sync (catching up, or left)" };
+            out.push_str(&format!("  {id}  {}  {state}\n", sb.url));
+        }
+    }
     out
 }
 
@@ -307,6 +364,7 @@ mod tests {
             records: paths.iter().map(|p| rec(p)).collect(),
             live: live.iter().copied().collect(),
             root: root.map(|id| RootInfo { id, url: format!("http://n{id}"), epoch: 2 }),
+            standbys: Vec::new(),
         }
     }
 
@@ -329,6 +387,20 @@ mod tests {
         assert_eq!(
             draw(&s),
             "1  http://n1  (root)\n├── 2  http://n2\n└── 3  http://n3\n    └── 6  http://n6\n        └── 8  http://n8\n"
+        );
+    }
+
+    #[test]
+    fn standby_roots_follow_the_tree_with_their_in_sync_state() {
+        let mut s = snapshot(&[&[1], &[1, 2]], &[1, 2, 3, 4], Some(1));
+        s.standbys = vec![
+            Standby { id: Some(3), url: "http://n3".into(), in_sync: true },
+            Standby { id: None, url: "http://n4".into(), in_sync: false },
+        ];
+        assert_eq!(
+            draw(&s),
+            "1  http://n1  (root)\n└── 2  http://n2\nstandby roots:\n  3  http://n3  in sync\n  \
+             ?  http://n4  not in sync (catching up, or left)\n"
         );
     }
 

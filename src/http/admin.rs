@@ -87,8 +87,16 @@ pub async fn metrics(node: ThinData<Node>) -> HttpResponse {
     m.max_memory_bytes.set(i64::try_from(node.args().max_memory.unwrap_or(0)).unwrap_or(i64::MAX));
     m.tombstones.set(count(store.tombstones()));
     m.holders.set(count(store.holder_records()));
-    m.registered.set(i64::from(t.is_some()));
+    let following = if t.is_none() { node.following() } else { None };
+    m.registered.set(i64::from(t.is_some() || following.is_some()));
     m.is_root.set(i64::from(t.as_ref().is_some_and(|t| t.is_root())));
+    let is_root = t.as_ref().is_some_and(|t| t.is_root());
+    m.in_sync.set(i64::from(is_root || node.standby_in_sync().is_ok()));
+    m.set_role(match (&t, &following) {
+        (Some(t), _) => t.role(),
+        (None, Some(_)) => "standby",
+        (None, None) => "none",
+    });
     m.depth.set(t.as_ref().map_or(0, |t| i64::from(t.depth)));
     m.children.set(t.as_ref().map_or(0, |t| count(t.children.len())));
     m.epoch.set(i64::try_from(node.epoch()).unwrap_or(i64::MAX));
