@@ -653,3 +653,68 @@ async fn with_no_leader_a_held_request_gets_503_once_the_failover_wait_passes() 
     let r = c.get(1, "held", "").await;
     assert_eq!((r.status, r.text().as_str()), (200, "v"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_by_sigterm_hands_over_without_waiting_for_its_session() {
+    let mut c = cluster(3, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = add_standby(&mut c, dir.path(), &[]).await;
+    wait_until(Duration::from_secs(20), "the standby in sync", || async { in_sync(&c).await.len() == 2 }).await;
+    let caches = [c.url(1), c.url(2)];
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    type Acked = Vec<(Instant, String, u64)>;
+    let acked: Arc<Mutex<Acked>> = Arc::default();
+    let failed: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (http, caches, stop, acked, failed) =
+            (http.clone(), caches.clone(), stop.clone(), acked.clone(), failed.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("w{w}-{n}");
+                let node = &caches[n % 2];
+                match http.put(format!("{node}/kv/{key}?ack=root")).body(key.clone()).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let body: Value = r.json().await.unwrap_or_default();
+                        acked.lock().push((Instant::now(), key, body["version"].as_u64().unwrap_or(0)));
+                    }
+                    Ok(r) => {
+                        let why = format!("{key}: {} {}", r.status(), r.text().await.unwrap_or_default());
+                        failed.lock().push(why);
+                    }
+                    Err(e) => failed.lock().push(format!("{key}: {e}")),
+                }
+                n += 1;
+            }
+        }));
+    }
+    wait_until(Duration::from_secs(30), "writes before the stop", || async { acked.lock().len() >= 100 }).await;
+    let stopped_at = Instant::now();
+    tokio::task::block_in_place(|| c.stop(0));
+    wait_until(Duration::from_secs(30), "the standby to lead", || async { c.health(s).await["role"] == "root" }).await;
+    let after = acked.lock().len();
+    wait_until(Duration::from_secs(30), "writes at the new leader", || async { acked.lock().len() >= after + 100 })
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().clone();
+    let mut times: Vec<Instant> = acked.iter().map(|(at, _, _)| *at).collect();
+    times.sort();
+    let pause = times.windows(2).filter(|w| w[1] > stopped_at).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    eprintln!("SIGTERM handover: the longest gap between acknowledged writes was {pause:?} ({} writes)", acked.len());
+    assert!(failed.lock().is_empty(), "writes failed: {:?}", failed.lock());
+    // The standby took over once the leader withdrew, not when its
+    // ZooKeeper session (6 s) ran out.
+    assert!(
+        pause < treecache::tree::zk::SESSION_TIMEOUT,
+        "writes paused {pause:?}: the standby waited for the session"
+    );
+    for (_, key, version) in &acked {
+        let r = c.get(s, key, "").await;
+        assert_eq!((r.status, r.text(), r.version), (200, key.clone(), Some(*version)), "acknowledged {key}");
+    }
+}

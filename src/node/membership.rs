@@ -713,12 +713,24 @@ impl Node {
     /// Leaves the tree: the root is told first (children re-attach at once),
     /// then the live znode goes.
     pub(super) async fn leave(&self) {
-        let Some(topology) = self.topology() else { return };
         let Ok(zk) = self.zk().await else { return };
         let paths = &self.inner.paths;
-        if topology.is_root() {
-            let _ = zk.delete(&paths.root(), None).await;
-        } else if let Ok(place) = self.place() {
+        if self.args().root {
+            // Leader or standby: out of the election at once, so the next
+            // candidate's turn comes now, not when our session runs out.
+            if self.topology().is_some_and(|t| t.is_root()) {
+                let _ = zk.delete(&paths.root(), None).await;
+            }
+            if let Err(e) = zk::withdraw_candidacy(&zk, paths, self.url().as_bytes()).await {
+                log::warn!("withdrawing from the root election: {e}");
+            }
+            if let Some(id) = self.node_id() {
+                let _ = zk.delete(&paths.live_node(id), None).await;
+            }
+            return;
+        }
+        let Some(topology) = self.topology() else { return };
+        if let Ok(place) = self.place() {
             let url = format!("{}/internal/leave", place.root_url);
             let body = serde_json::json!({ "id": topology.id });
             if let Err(e) = self.inner.http.post(&url).json(&body).timeout(CONTROL_TIMEOUT).send().await {

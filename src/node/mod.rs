@@ -399,6 +399,7 @@ impl Node {
     /// Hands queued writes to the parent, leaves the tree (children
     /// re-attach at once, znodes removed) and stops the node's tasks.
     pub async fn shutdown(&self) {
+        self.step_down().await;
         self.drain_uplink(DRAIN_LIMIT).await;
         self.leave().await;
         let _ = self.inner.shutdown.send(true);

@@ -84,6 +84,43 @@ impl Node {
         }
     }
 
+    /// Refuses a new commit: deposed, or handing over ([`Node::step_down`]).
+    /// The writer's node sends it again, to the next leader.
+    pub(in crate::node) fn check_accepting(&self) -> Result<()> {
+        self.check_leading()?;
+        if self.replica().stepping_down.load(Ordering::Acquire) {
+            return Err(Error::Deposed);
+        }
+        Ok(())
+    }
+
+    /// A planned stop of the leader (SIGTERM), before it leaves the tree:
+    /// with an in-sync standby, stop taking commits, let what was committed
+    /// reach every in-sync standby (a barrier, within `--insync-timeout`),
+    /// and keep them all in `in_sync`, so that once this root withdraws its
+    /// candidacy ([`Node::leave`]) the next one takes over at once, not
+    /// when this process's ZooKeeper session runs out (as Kafka's
+    /// controlled shutdown moves leadership before the broker stops).
+    /// Without a standby in sync there is nobody to hand over to: nothing
+    /// changes. Returns whether it handed over.
+    pub(in crate::node) async fn step_down(&self) -> bool {
+        let standbys: Vec<NodeId> =
+            self.replica().in_sync_ids.lock().iter().copied().filter(|&id| Some(id) != self.node_id()).collect();
+        if self.is_deposed() || standbys.is_empty() {
+            return false;
+        }
+        self.replica().stepping_down.store(true, Ordering::Release);
+        log::info!(
+            "stopping: handing over to the in-sync standby roots {standbys:?}; new writes go to the next leader"
+        );
+        if let Err(e) = self.await_replicated(self.replicate(&[])).await {
+            // What was acknowledged is on every in-sync root already; only
+            // commits still in flight (never acknowledged) may be missing.
+            log::warn!("handing over: the last commits did not all reach the standbys ({e})");
+        }
+        true
+    }
+
     /// Whether an ack=root write may be committed now (`--min-insync`).
     pub(in crate::node) fn insync_shortfall(&self) -> Option<(usize, usize)> {
         let (have, need) = (self.insync_roots(), self.args().min_insync as usize);
@@ -167,6 +204,12 @@ impl Node {
     /// [`Node::demote`] by id: out of the znode's `in_sync`, and every
     /// stream of it (`s`, and the one the leader has now) back to catching up.
     async fn demote_id(&self, id: NodeId, s: Option<&Stream>) -> Result<()> {
+        if self.replica().stepping_down.load(Ordering::Acquire) {
+            // Handing over: a standby that does not answer stays in sync
+            // (it may be the next leader); what waited for it is not
+            // acknowledged.
+            return Err(Error::Deposed);
+        }
         let mut guard = self.replica().znode.lock().await;
         self.change_leader_record(&mut guard, |rec| {
             let before = rec.in_sync.len();
@@ -325,7 +368,7 @@ impl Node {
     pub async fn add_standby(&self, req: StandbyRequest) -> Result<serde_json::Value> {
         crate::node::membership::check_peer_url(&req.url)?;
         crate::node::membership::check_node_id(req.id)?;
-        self.check_leading()?;
+        self.check_accepting()?;
         let place = self.place()?;
         if !place.topology.is_root() {
             return Err(Error::NotRoot { root: place.root_url.clone() });

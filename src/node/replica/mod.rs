@@ -67,6 +67,9 @@ pub(super) struct Replica {
     /// A conditional write on the `leader` znode failed: another root leads.
     deposed: AtomicBool,
     pub(super) deposed_wake: Notify,
+    /// Leader: stopping (SIGTERM) and handing over to the in-sync standbys:
+    /// no new commit, and nobody leaves `in_sync` (see [`Node::step_down`]).
+    stepping_down: AtomicBool,
     /// The epoch this process last led (0: never).
     led_epoch: AtomicU64,
     /// Standby: the leader we follow, `None` when not a standby.

@@ -111,7 +111,7 @@ impl Outcomes {
 impl Node {
     /// The root commits a write from its own client.
     pub(super) async fn commit_own(&self, update: Update, ack: Ack) -> Result<WriteResult> {
-        self.check_leading()?;
+        self.check_accepting()?;
         if let (Ack::Root, Some((have, need))) = (ack, self.insync_shortfall()) {
             return Err(Error::InsyncBelowMin { have, need });
         }
@@ -146,7 +146,7 @@ impl Node {
         let mut absent = Vec::new();
         let mut pushes = Vec::new();
         let mut seen_before = false;
-        self.check_leading()?;
+        self.check_accepting()?;
         let shortfall = self.insync_shortfall();
         // Before any holder is read: a child added back while the batch
         // is made durable is reset, and gets none of these pushes.
