@@ -22,6 +22,8 @@
 //! - [`metrics`]: one prometheus-client registry per node: counters, gauges,
 //!   `_seconds` histograms (request latency, upstream, push lag), OpenMetrics text.
 //! - [`zkserver`]: a private ZooKeeper from the installed package (tests, `up`).
+//! - [`client`]: the Rust client of `/kv` (get, put, del, consistent reads,
+//!   typed errors); the CLI, the bench and the tests send `/kv` through it.
 //! - [`cli`]: `up`, `tree`, `get|put|del`, `bench`.
 //!
 //! Task ownership: long-lived tasks (push queues, the write uplink, the
@@ -32,6 +34,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod coherence;
 pub mod config;
