@@ -8,42 +8,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+. scripts/lib.sh
+
 provision/install-zookeeper.sh
 cargo build --release --locked
 bin="${CARGO_TARGET_DIR:-target}/release/treecache"
-out=$(mktemp)
-up=""
 
-cleanup() {
-    if [ -n "$up" ] && kill -0 "$up" 2>/dev/null; then
-        kill -TERM "$up" 2>/dev/null || true
-        wait "$up" 2>/dev/null || true
-    fi
-    rm -f "$out"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+tree_up "$bin" --nodes "${NODES:-7}"
+cat "$tree_out"
 
-"$bin" up --nodes "${NODES:-7}" >"$out" 2>&1 &
-up=$!
-
-# Wait (at most two minutes) for the line that says the tree is up.
-for _ in $(seq 1 1200); do
-    grep -q '^Ctrl-C' "$out" && break
-    if ! kill -0 "$up" 2>/dev/null; then
-        cat "$out"
-        echo "treecache up failed" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-cat "$out"
-grep -q '^Ctrl-C' "$out" || { echo "treecache up did not come up within 2 minutes" >&2; exit 1; }
-
-zk=$(awk '$1 == "ZooKeeper" {print $2; exit}' "$out")
-root=$(awk '$1 == "node" && $4 == "root" {print $3; exit}' "$out")
-a=$(awk '$1 == "node" && $4 == "leaf" {print $3}' "$out" | head -n1)
-b=$(awk '$1 == "node" && $4 == "leaf" {print $3}' "$out" | tail -n1)
+zk=$(awk '$1 == "ZooKeeper" {print $2; exit}' "$tree_out")
+root=$(awk '$1 == "node" && $4 == "root" {print $3; exit}' "$tree_out")
+a=$(awk '$1 == "node" && $4 == "leaf" {print $3}' "$tree_out" | head -n1)
+b=$(awk '$1 == "node" && $4 == "leaf" {print $3}' "$tree_out" | tail -n1)
 a=${a:-$root}
 b=${b:-$root}
 
@@ -72,4 +50,4 @@ echo "Tree is up. Try:"
 echo "  $bin get --node $a hello"
 echo "  $bin tree --zk $zk"
 echo "Ctrl-C stops it."
-wait "$up"
+wait "$tree_pid"

@@ -27,6 +27,8 @@
 //! - [`process`]: child-process plumbing (logs, dying with the parent,
 //!   signals).
 //! - [`zkserver`]: a private ZooKeeper from the installed package (tests, `up`).
+//! - [`client`]: the Rust client of `/kv` (get, put, del, consistent reads,
+//!   typed errors); the CLI, the bench and the tests send `/kv` through it.
 //! - [`cli`]: `up`, `tree`, `get|put|del`, `bench`, and the clap [`cli::Cli`].
 //!
 //! Layering: a module uses only the modules below it; the table is in
@@ -40,6 +42,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod coherence;
 pub mod config;

@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 
 use super::{chain, Exit, Failure};
 use crate::cli::bench::AckArg;
+use crate::client::{self, Client, Error, PutOptions};
 use crate::config::parse_duration;
-use crate::node::read::encode_key;
 
 /// How long one request may take, connecting included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,9 +34,7 @@ pub struct Target {
 pub fn auth_headers(token: Option<&str>) -> Result<reqwest::header::HeaderMap, String> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = token {
-        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| "--api-token: not a valid header value".to_string())?;
-        value.set_sensitive(true);
+        let value = client::bearer(token).map_err(|_| "--api-token: not a valid header value".to_string())?;
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
     Ok(headers)
@@ -114,58 +112,40 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
     Ok(d.as_secs())
 }
 
-fn ack_str(ack: AckArg) -> &'static str {
-    match ack {
-        AckArg::Parent => "parent",
-        AckArg::Root => "root",
+fn client(target: &Target) -> Result<Client, Failure> {
+    let mut builder = Client::builder(&target.node).timeout(REQUEST_TIMEOUT);
+    if let Some(token) = &target.api_token {
+        builder = builder.api_token(token);
     }
+    builder.build().map_err(|e| failure("", e))
 }
 
-fn url(target: &Target, key: &str) -> String {
-    format!("{}/kv/{}", target.node.trim_end_matches('/'), encode_key(key))
-}
-
-fn client(target: &Target) -> Result<reqwest::Client, Failure> {
-    reqwest::Client::builder()
-        .default_headers(auth_headers(target.api_token.as_deref()).map_err(Failure::usage)?)
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .map_err(|e| Failure::new(Exit::Other, format!("cannot build an HTTP client: {}", chain(&e))))
-}
-
-/// Sends the request; a node that cannot be reached is [`Exit::Unavailable`],
-/// with the cause ("connection refused") in the message.
-async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<reqwest::Response, Failure> {
-    req.send().await.map_err(|e| {
-        let exit = if e.is_builder() { Exit::Usage } else { Exit::Unavailable };
-        Failure::new(exit, format!("{what}: {}", chain(&e)))
-    })
-}
-
-/// The exit code for a node's error status.
-pub fn exit_for(status: u16) -> Exit {
-    match status {
-        404 => Exit::NotFound,
-        400 | 405 | 413 => Exit::Usage,
-        503 => Exit::Unavailable,
+/// The exit code for a failed request: [`Exit::Unavailable`] for a node
+/// that cannot be reached or answers 503, [`Exit::Usage`] for input it
+/// refuses.
+pub fn exit_for(error: &Error) -> Exit {
+    match error {
+        Error::NotFound { .. } => Exit::NotFound,
+        Error::Refused(_) | Error::InvalidToken => Exit::Usage,
+        Error::Transport { source, .. } if source.is_builder() => Exit::Usage,
+        Error::Unavailable { .. } | Error::Transport { .. } => Exit::Unavailable,
         _ => Exit::Other,
     }
 }
 
-/// Turns a non-2xx answer into a failure carrying the node's own message.
-async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response, Failure> {
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(resp);
-    }
-    let body = resp.text().await.unwrap_or_default();
-    let message =
-        serde_json::from_str::<Value>(&body).ok().and_then(|v| v["error"].as_str().map(str::to_string)).unwrap_or(body);
-    Err(Failure::new(exit_for(status.as_u16()), format!("{what}: {status}: {message}")))
-}
-
-fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+/// `what` failed: the node's own message, or the cause ("connection
+/// refused") of a request that got no answer.
+fn failure(what: &str, error: Error) -> Failure {
+    let message = match &error {
+        Error::Transport { source, .. } => format!("{what}: {}", chain(source)),
+        Error::InvalidToken => "--api-token: not a valid header value".into(),
+        Error::Build(source) => format!("cannot build an HTTP client: {}", chain(source)),
+        other => match other.reply() {
+            Some(reply) => format!("{what}: {}: {}", reply.status, reply.message),
+            None => format!("{what}: {}", chain(other)),
+        },
+    };
+    Failure::new(exit_for(&error), message)
 }
 
 fn print(bytes: &[u8]) -> Result<(), Failure> {
@@ -174,32 +154,35 @@ fn print(bytes: &[u8]) -> Result<(), Failure> {
 }
 
 pub async fn get(args: GetArgs) -> Result<(), Failure> {
-    let mut u = url(&args.target, &args.key);
-    if args.consistent {
-        u.push_str("?consistent=true");
-    }
-    let what = format!("GET {u}");
-    let resp = check(send(client(&args.target)?.get(&u), &what).await?, &what).await?;
-    let (version, cache, node) = (header(&resp, "x-version"), header(&resp, "x-cache"), header(&resp, "x-node"));
-    let body = resp.bytes().await.map_err(|e| Failure::unavailable(format!("{what}: {}", chain(&e))))?;
+    let client = client(&args.target)?;
+    let query = if args.consistent { "?consistent=true" } else { "" };
+    let what = format!("GET {}{query}", client.url(&args.key));
+    let read = if args.consistent { client.get_consistent(&args.key).await } else { client.get(&args.key).await };
+    let found = read.map_err(|e| failure(&what, e))?;
+    let (version, cache, node) = (found.version(), found.cache().map(client::Cache::as_str), found.node());
     match args.output.output {
         Format::Text => {
-            let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-            eprintln!("version {} cache {} node {}", dash(&version), dash(&cache), dash(&node));
-            print(&body)?;
+            let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            eprintln!(
+                "version {} cache {} node {}",
+                dash(version.map(|v| v.to_string())),
+                cache.unwrap_or("-"),
+                dash(node.map(|n| n.to_string()))
+            );
+            print(found.value())?;
             if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                 println!();
             }
         }
         Format::Json => {
-            let number = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<u64>().ok());
             let mut answer = json!({
                 "key": args.key,
-                "version": number(&version),
+                "version": version,
                 "cache": cache,
-                "node": number(&node),
+                "node": node,
             });
-            match std::str::from_utf8(&body) {
+            let body = found.value();
+            match std::str::from_utf8(body) {
                 Ok(text) => answer["value"] = json!(text),
                 Err(_) => answer["value_hex"] = json!(body.iter().map(|b| format!("{b:02x}")).collect::<String>()),
             }
@@ -218,30 +201,27 @@ pub async fn put(args: PutArgs) -> Result<(), Failure> {
             buf
         }
     };
-    let mut query = vec![("ack", ack_str(args.write.ack).to_string())];
-    if let Some(ttl) = args.ttl {
-        query.push(("ttl", ttl.to_string()));
-    }
-    let u = url(&args.target, &args.key);
-    let req = client(&args.target)?.put(&u).query(&query).body(value);
-    write_answer(req, &format!("PUT {u}"), &args.key, args.write.output.output).await
+    let client = client(&args.target)?;
+    let what = format!("PUT {}", client.url(&args.key));
+    let options = PutOptions { ack: args.write.ack.into(), ttl: args.ttl.map(Duration::from_secs) };
+    let written = client.put_with(&args.key, value, options).await.map_err(|e| failure(&what, e))?;
+    write_answer(&written, &what, &args.key, args.write.output.output)
 }
 
 pub async fn del(args: DelArgs) -> Result<(), Failure> {
-    let u = url(&args.target, &args.key);
-    let req = client(&args.target)?.delete(&u).query(&[("ack", ack_str(args.write.ack))]);
-    write_answer(req, &format!("DELETE {u}"), &args.key, args.write.output.output).await
+    let client = client(&args.target)?;
+    let what = format!("DELETE {}", client.url(&args.key));
+    let written = client.del_with(&args.key, args.write.ack.into()).await.map_err(|e| failure(&what, e))?;
+    write_answer(&written, &what, &args.key, args.write.output.output)
 }
 
 /// Prints a write's answer: the version (text; nothing when the parent has
 /// not learned it yet) or the whole answer with key, status and node (json).
-async fn write_answer(req: reqwest::RequestBuilder, what: &str, key: &str, format: Format) -> Result<(), Failure> {
-    let resp = check(send(req, what).await?, what).await?;
-    let status = resp.status().as_u16();
-    let node = header(&resp, "x-node").and_then(|n| n.parse::<u64>().ok());
-    let body = resp.text().await.map_err(|e| Failure::unavailable(format!("{what}: {}", chain(&e))))?;
-    let mut answer: Value = serde_json::from_str(&body)
-        .map_err(|e| Failure::new(Exit::Other, format!("{what}: the answer is not JSON ({e}): {body}")))?;
+fn write_answer(written: &client::Written, what: &str, key: &str, format: Format) -> Result<(), Failure> {
+    let body = written.body();
+    let mut answer: Value = serde_json::from_slice(body).map_err(|e| {
+        Failure::new(Exit::Other, format!("{what}: the answer is not JSON ({e}): {}", String::from_utf8_lossy(body)))
+    })?;
     match format {
         Format::Text => {
             if let Some(version) = answer["version"].as_u64() {
@@ -251,8 +231,8 @@ async fn write_answer(req: reqwest::RequestBuilder, what: &str, key: &str, forma
         Format::Json => {
             if let Some(fields) = answer.as_object_mut() {
                 fields.insert("key".into(), json!(key));
-                fields.insert("status".into(), json!(status));
-                fields.insert("node".into(), json!(node));
+                fields.insert("status".into(), json!(written.status().as_u16()));
+                fields.insert("node".into(), json!(written.node()));
             }
             println!("{answer}");
         }
@@ -276,14 +256,30 @@ mod tests {
         assert!(parse_ttl("soon").is_err());
     }
 
+    /// The error a node's answer with `status` becomes.
+    fn answered(status: u16) -> Error {
+        let reply = client::Reply {
+            method: "GET",
+            url: "http://127.0.0.1:1/kv/k".into(),
+            status: reqwest::StatusCode::from_u16(status).unwrap(),
+            code: None,
+            message: "no".into(),
+            headers: Default::default(),
+        };
+        Error::from_reply("k", reply)
+    }
+
     #[test]
     fn statuses_map_to_documented_exit_codes() {
-        assert_eq!(exit_for(404), Exit::NotFound);
-        assert_eq!(exit_for(400), Exit::Usage);
-        assert_eq!(exit_for(413), Exit::Usage);
-        assert_eq!(exit_for(503), Exit::Unavailable);
-        assert_eq!(exit_for(500), Exit::Other);
-        assert_eq!(exit_for(409), Exit::Other);
+        assert_eq!(exit_for(&answered(404)), Exit::NotFound);
+        assert_eq!(exit_for(&answered(400)), Exit::Usage);
+        assert_eq!(exit_for(&answered(413)), Exit::Usage);
+        assert_eq!(exit_for(&answered(503)), Exit::Unavailable);
+        assert_eq!(exit_for(&answered(500)), Exit::Other);
+        assert_eq!(exit_for(&answered(409)), Exit::Other);
+        assert_eq!(exit_for(&answered(401)), Exit::Other);
+        let failed = failure("GET http://127.0.0.1:1/kv/k", answered(404));
+        assert_eq!(failed.message, "GET http://127.0.0.1:1/kv/k: 404 Not Found: no");
     }
 
     #[tokio::test]

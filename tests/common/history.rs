@@ -87,11 +87,8 @@ impl Kind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ack {
-    Parent,
-    Root,
-}
+/// A write's `ack`, as the client sends it.
+pub use treecache::client::Ack;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

@@ -4,7 +4,9 @@
 //! (`treecache::cli::local`). Readiness is polled (`/health`, or any
 //! condition through [`wait_until`]), never slept for. Dropping a [`Cluster`]
 //! kills and reaps every process; if the test is failing, each node's log
-//! tail (and ZooKeeper's) is printed first.
+//! tail (and ZooKeeper's) is printed first. The `/kv` probes (`get`, `put`,
+//! `del`) go through `treecache::client`, as every caller of the API does;
+//! tests of the HTTP API itself send raw requests with [`Cluster::http`].
 //!
 //! Index `i` is the order nodes were started in: 0 is the root, and since
 //! nodes start one at a time, node `i` gets id `i + 1` unless a test
@@ -24,6 +26,7 @@ use bytes::Bytes;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 use treecache::cli::local::{node_args, spawn_node_env, stop, wait_healthy, write_new_secret};
+use treecache::client::{self, Ack, Client, PutOptions};
 use treecache::process::log_tail;
 use treecache::zkserver::{free_port, LocalZk};
 
@@ -163,7 +166,7 @@ impl Opts {
     }
 }
 
-/// An answer to GET /kv.
+/// An answer to GET /kv, whatever its status.
 #[derive(Debug)]
 pub struct Read {
     pub status: u16,
@@ -175,8 +178,63 @@ pub struct Read {
 }
 
 impl Read {
+    /// The answer as the harness's callers see it: a value, or the node's
+    /// error (its message as the body); no answer at all panics.
+    fn from(result: Result<client::Found, client::Error>) -> Read {
+        let (status, headers, body) = match result {
+            Ok(found) => (200, found.headers().clone(), found.value().clone()),
+            Err(e) => {
+                let reply = e.reply().unwrap_or_else(|| panic!("GET /kv: {e}"));
+                (reply.status.as_u16(), reply.headers.clone(), Bytes::from(reply.message.clone()))
+            }
+        };
+        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (version, cache, node) =
+            (header("x-version").and_then(|v| v.parse().ok()), header("x-cache"), header("x-node"));
+        Read { status, headers, version, cache, node, body }
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A harness query string (`""`, `"?ack=root&ttl=1"`, `"?consistent=true"`)
+/// as client options. Anything else is a test of the HTTP API itself: send
+/// it with raw reqwest (`Cluster::http`).
+#[derive(Default)]
+struct Query {
+    put: PutOptions,
+    consistent: bool,
+}
+
+impl Query {
+    fn parse(query: &str) -> Query {
+        let mut q = Query::default();
+        for pair in query.trim_start_matches('?').split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("ack", "root")) => q.put.ack = Ack::Root,
+                Some(("ack", "parent")) => q.put.ack = Ack::Parent,
+                Some(("ttl", secs)) => {
+                    q.put.ttl = Some(Duration::from_secs(secs.parse().expect("?ttl= in seconds")));
+                }
+                Some(("consistent", "true")) | Some(("use_cache", "false")) => q.consistent = true,
+                _ => panic!("the harness sends ack, ttl and consistent through treecache::client, not {pair:?}"),
+            }
+        }
+        q
+    }
+}
+
+/// A write's answer as `(status, JSON body)`: the node's own answer, or
+/// `{"error","code"}` of its error; no answer at all panics.
+fn written(what: &str, result: Result<client::Written, client::Error>) -> (u16, Value) {
+    match result {
+        Ok(w) => (w.status().as_u16(), serde_json::from_slice(w.body()).unwrap_or(Value::Null)),
+        Err(e) => {
+            let reply = e.reply().unwrap_or_else(|| panic!("{what} /kv: {e}"));
+            (reply.status.as_u16(), serde_json::json!({ "error": reply.message, "code": reply.code }))
+        }
     }
 }
 
@@ -494,33 +552,34 @@ impl Cluster {
         self.health(i).await["id"].as_u64().expect("id in /health")
     }
 
-    /// GET /kv/KEY (percent-encoded) with `query` appended as is ("" or "?...").
+    /// A [`Client`] of node `i`, sharing the harness's connections.
+    pub fn client(&self, i: usize) -> Client {
+        Client::builder(&self.url(i)).http_client(self.http.clone()).build().expect("a client of /kv")
+    }
+
+    /// GET /kv/KEY through the client; `query` is "", "?consistent=true"
+    /// or "?use_cache=false".
     pub async fn get(&self, i: usize, key: &str, query: &str) -> Read {
-        let url = format!("{}/kv/{}{query}", self.url(i), enc(key));
-        let resp = self.http.get(url).send().await.expect("GET /kv");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let (version, cache, node) =
-            (header("x-version").and_then(|v| v.parse().ok()), header("x-cache"), header("x-node"));
-        let body = resp.bytes().await.expect("GET /kv body");
-        Read { status, headers, version, cache, node, body }
+        let client = self.client(i);
+        if Query::parse(query).consistent {
+            Read::from(client.get_consistent(key).await)
+        } else {
+            Read::from(client.get(key).await)
+        }
     }
 
-    /// PUT /kv/KEY; the status and the JSON body (Null when not JSON).
+    /// PUT /kv/KEY through the client (`query`: "", "?ack=root", "?ttl=N",
+    /// both); the status and the JSON body (Null when not JSON).
     pub async fn put(&self, i: usize, key: &str, value: &str, query: &str) -> (u16, Value) {
-        let url = format!("{}/kv/{}{query}", self.url(i), enc(key));
-        let resp = self.http.put(url).body(value.to_string()).send().await.expect("PUT /kv");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        let options = Query::parse(query).put;
+        written("PUT", self.client(i).put_with(key, value.to_string(), options).await)
     }
 
-    /// DELETE /kv/KEY; the status and the JSON body (Null when not JSON).
+    /// DELETE /kv/KEY through the client (`query`: "" or "?ack=root"); the
+    /// status and the JSON body (Null when not JSON).
     pub async fn del(&self, i: usize, key: &str, query: &str) -> (u16, Value) {
-        let url = format!("{}/kv/{}{query}", self.url(i), enc(key));
-        let resp = self.http.delete(url).send().await.expect("DELETE /kv");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        let ack = Query::parse(query).put.ack;
+        written("DELETE", self.client(i).del_with(key, ack).await)
     }
 
     /// A sample from the node's /metrics (`treecache_NAME VALUE`).
@@ -604,7 +663,7 @@ fn send_signal(pid: u32, sig: libc::c_int) -> bool {
     }
 }
 
-/// Percent-encodes a key for a URL path.
+/// Percent-encodes a key for a URL path, as the client does.
 pub fn enc(key: &str) -> String {
-    percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC).to_string()
+    client::encode_key(key).to_string()
 }

@@ -21,7 +21,8 @@ use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
 
 use super::history::{Ack, Final, History, Kind, NodeRef, Outcome, FINAL_PROCESS};
-use super::{enc, Cluster};
+use super::Cluster;
+use treecache::client::{self as kv, Error, PutOptions};
 
 /// The seed: `TREECACHE_SEED` when set, otherwise random; printed either way.
 pub fn seed(test: &str) -> u64 {
@@ -223,7 +224,7 @@ impl Client {
     }
 }
 
-/// One request and what it says about the cluster.
+/// One request, through the client, and what it says about the cluster.
 pub async fn request(
     http: &reqwest::Client,
     url: &str,
@@ -232,43 +233,49 @@ pub async fn request(
     value: Option<String>,
     ack: Option<Ack>,
 ) -> Outcome {
-    let path = format!("{url}/kv/{}", enc(key));
-    let ack = match ack {
-        Some(Ack::Root) => "?ack=root",
-        _ => "",
-    };
-    let req = match kind {
-        Kind::Get => http.get(path),
-        Kind::GetConsistent => http.get(format!("{path}?consistent=true")),
-        Kind::Put => http.put(format!("{path}{ack}")).body(value.unwrap_or_default()),
-        Kind::Delete => http.delete(format!("{path}{ack}")),
-    };
-    let resp = match req.send().await {
-        Ok(resp) => resp,
-        Err(e) => return Outcome::Unknown { why: short(&e) },
-    };
-    let status = resp.status().as_u16();
-    let version = resp.headers().get("x-version").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    let body = match resp.bytes().await {
-        Ok(b) => b,
-        Err(e) => return Outcome::Unknown { why: short(&e) },
-    };
-    if kind.is_read() {
-        return match status {
-            200 => Outcome::Ok { version, value: Some(String::from_utf8_lossy(&body).into_owned()) },
-            404 => Outcome::NotFound { version },
-            s => Outcome::Fail { status: s },
-        };
-    }
-    match status {
-        200 | 201 => {
-            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            Outcome::Written { version: json["version"].as_u64() }
+    let client = kv::Client::builder(url).http_client(http.clone()).build().expect("a client of /kv");
+    let ack = ack.unwrap_or_default();
+    let written = match kind {
+        Kind::Get | Kind::GetConsistent => {
+            let found = match kind {
+                Kind::Get => client.get(key).await,
+                _ => client.get_consistent(key).await,
+            };
+            return match found {
+                Ok(f) => {
+                    Outcome::Ok { version: f.version(), value: Some(String::from_utf8_lossy(f.value()).into_owned()) }
+                }
+                Err(Error::NotFound { reply, .. }) => Outcome::NotFound { version: header_version(&reply.headers) },
+                Err(e) => failed(&e, |status| Outcome::Fail { status }),
+            };
         }
-        404 if kind == Kind::Delete => Outcome::NotFound { version: None },
-        s @ 400..=499 => Outcome::Fail { status: s },
-        s => Outcome::Unknown { why: format!("{s}: {}", String::from_utf8_lossy(&body)) },
+        Kind::Put => client.put_with(key, value.unwrap_or_default(), PutOptions { ack, ttl: None }).await,
+        Kind::Delete => client.del_with(key, ack).await,
+    };
+    match written {
+        Ok(w) => Outcome::Written { version: w.version() },
+        Err(e) if e.is_not_found() && kind == Kind::Delete => Outcome::NotFound { version: None },
+        Err(e) => failed(&e, |status| match status {
+            400..=499 => Outcome::Fail { status },
+            _ => Outcome::Unknown { why: e.to_string() },
+        }),
     }
+}
+
+/// A failed request: no answer is [`Outcome::Unknown`]; an answer's status
+/// goes to `by_status`.
+fn failed(e: &Error, by_status: impl FnOnce(u16) -> Outcome) -> Outcome {
+    match e {
+        Error::Transport { source, .. } => Outcome::Unknown { why: short(source) },
+        e => match e.status() {
+            Some(status) => by_status(status.as_u16()),
+            None => Outcome::Unknown { why: e.to_string() },
+        },
+    }
+}
+
+fn header_version(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers.get("x-version").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
 fn short(e: &reqwest::Error) -> String {

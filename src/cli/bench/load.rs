@@ -9,8 +9,11 @@
 //! (coordinated omission, as wrk2 corrects it).
 //!
 //! A [`Workload`] says what request ticket n is and may look at each answer
-//! (converge does). Every run stops by itself.
+//! (converge does). Every run stops by itself. `/kv` requests go through
+//! [`crate::client`], one [`Client`] per node on each worker's connection;
+//! only `bench url` (any server, not a key) sends a plain GET.
 
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,17 +26,22 @@ use rand::SeedableRng;
 use tokio::time::Instant;
 
 use super::report::{Phase, Tally};
+use crate::client::{self, Ack, Cache, Client, PutOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
+    /// GET a key.
     Get,
+    /// PUT a key.
     Put,
+    /// GET the node's URL as it is, not a key (`bench url`: any server).
+    Url,
 }
 
 impl Method {
     pub fn op(self) -> &'static str {
         match self {
-            Method::Get => "get",
+            Method::Get | Method::Url => "get",
             Method::Put => "put",
         }
     }
@@ -43,12 +51,26 @@ impl Method {
 #[derive(Debug, Clone)]
 pub struct Request {
     pub method: Method,
-    pub url: String,
+    /// Which of the workload's [`Workload::nodes`] it goes to.
+    pub node: usize,
+    /// The key's number: the key is the workload's [`Workload::prefix`]
+    /// followed by it.
+    pub key: u64,
     pub body: Option<Bytes>,
+    /// A write's `?ack=`.
+    pub ack: Ack,
     /// Read the `{"version":N}` answer of an `ack=root` write.
     pub want_version: bool,
-    /// Key index, for workloads that track keys.
-    pub key: u64,
+}
+
+impl Request {
+    pub fn get(node: usize, key: u64) -> Request {
+        Request { method: Method::Get, node, key, body: None, ack: Ack::Parent, want_version: false }
+    }
+
+    pub fn put(node: usize, key: u64, body: Bytes, ack: Ack) -> Request {
+        Request { method: Method::Put, node, key, body: Some(body), ack, want_version: false }
+    }
 }
 
 /// What came back for one request that succeeded.
@@ -61,13 +83,15 @@ pub struct Answer {
     pub sent: Instant,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cache {
-    Hit,
-    Miss,
-}
-
 pub trait Workload: Send + Sync + 'static {
+    /// The nodes (base URLs) the requests go to; [`Request::node`] indexes them.
+    fn nodes(&self) -> &[String];
+
+    /// What every key starts with.
+    fn prefix(&self) -> &str {
+        ""
+    }
+
     /// The request for ticket `n`, sent by `worker`; `None` ends the run
     /// (the workload ran out, e.g. of cold keys).
     fn request(&self, n: u64, worker: usize, rng: &mut StdRng) -> Option<Request>;
@@ -122,6 +146,11 @@ impl Connections {
     }
 }
 
+/// One [`Client`] per node URL, all sending through `http`.
+pub fn clients(urls: &[String], http: &reqwest::Client) -> Result<Vec<Client>, String> {
+    urls.iter().map(|url| Client::builder(url).http_client(http.clone()).build().map_err(|e| e.to_string())).collect()
+}
+
 /// Whether to draw progress: only for a person at a terminal.
 pub fn progress_wanted(json: bool, quiet: bool) -> bool {
     !json && !quiet && std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
@@ -150,6 +179,11 @@ pub async fn run<W: Workload>(
 ) -> Result<(Phase, Tally, bool), String> {
     if load.duration.is_none() && load.requests.is_none() {
         return Err("a run needs a duration or a request count".into());
+    }
+    // Each worker's own connection, to each node of the workload.
+    let mut per_worker = Vec::new();
+    for http in conns.clients.iter().take(load.connections) {
+        per_worker.push((http.clone(), clients(workload.nodes(), http)?));
     }
     let start = Instant::now();
     let shared = Arc::new(Shared {
@@ -184,10 +218,8 @@ pub async fn run<W: Workload>(
         })
     };
     let mut workers = tokio::task::JoinSet::new();
-    for (i, client) in conns.clients.iter().enumerate().take(load.connections) {
-        let shared = shared.clone();
-        let client = client.clone();
-        workers.spawn(worker(i, client, shared));
+    for (i, (http, nodes)) in per_worker.into_iter().enumerate() {
+        workers.spawn(worker(i, http, nodes, shared.clone()));
     }
     let mut total = Tally::default();
     let mut failure = None;
@@ -224,9 +256,11 @@ fn progress_bar(name: &str, load: &Load) -> ProgressBar {
     bar
 }
 
-async fn worker<W: Workload>(index: usize, client: reqwest::Client, shared: Arc<Shared<W>>) -> Tally {
+async fn worker<W: Workload>(index: usize, http: reqwest::Client, nodes: Vec<Client>, shared: Arc<Shared<W>>) -> Tally {
     let mut tally = Tally::default();
     let mut rng = StdRng::from_entropy();
+    // Reused for every key, so naming one allocates nothing.
+    let mut key = String::new();
     loop {
         let n = shared.next.fetch_add(1, Ordering::Relaxed);
         if shared.max.is_some_and(|max| n >= max) {
@@ -251,8 +285,10 @@ async fn worker<W: Workload>(index: usize, client: reqwest::Client, shared: Arc<
             shared.exhausted.store(true, Ordering::Relaxed);
             break;
         };
+        key.clear();
+        let _ = write!(key, "{}{}", shared.workload.prefix(), req.key);
         let sent = Instant::now();
-        let result = send(&client, &req).await;
+        let result = send(&http, &nodes[req.node], &req, &key).await;
         let latency = Instant::now() - if late { due } else { sent };
         shared.done.fetch_add(1, Ordering::Relaxed);
         match result {
@@ -261,7 +297,7 @@ async fn worker<W: Workload>(index: usize, client: reqwest::Client, shared: Arc<
                 match cache {
                     Some(Cache::Hit) => tally.hits += 1,
                     Some(Cache::Miss) => tally.misses += 1,
-                    None => {}
+                    _ => {}
                 }
                 shared.workload.answered(&req, &Answer { version, cache, sent });
             }
@@ -274,35 +310,52 @@ async fn worker<W: Workload>(index: usize, client: reqwest::Client, shared: Arc<
     tally
 }
 
-/// Sends one request and reads the whole answer (so the connection is
-/// reused). Errors come back as their kind, the key of "errors by kind".
-async fn send(client: &reqwest::Client, req: &Request) -> Result<(Option<u64>, Option<Cache>), String> {
-    let builder = match req.method {
-        Method::Get => client.get(&req.url),
-        Method::Put => client.put(&req.url).body(req.body.clone().unwrap_or_default()),
-    };
-    let resp = builder.send().await.map_err(|e| error_kind(&e))?;
+/// Sends one request (the client reads the whole answer, so the
+/// connection is reused). Errors come back as their kind, the key of
+/// "errors by kind". Only what the run uses is parsed: a read's version
+/// and cache, a write's version when asked for.
+async fn send(
+    http: &reqwest::Client,
+    node: &Client,
+    req: &Request,
+    key: &str,
+) -> Result<(Option<u64>, Option<Cache>), String> {
+    match req.method {
+        Method::Get => {
+            let found = node.get(key).await.map_err(|e| failure_kind(&e))?;
+            Ok((found.version(), found.cache()))
+        }
+        Method::Put => {
+            let options = PutOptions { ack: req.ack, ttl: None };
+            let body = req.body.clone().unwrap_or_default();
+            let written = node.put_with(key, body, options).await.map_err(|e| failure_kind(&e))?;
+            if !req.want_version {
+                return Ok((None, None));
+            }
+            written.version().map(|v| (Some(v), None)).ok_or_else(|| "no_version".into())
+        }
+        Method::Url => get_url(http, node.node_url()).await,
+    }
+}
+
+/// `bench url`: a GET of any URL, not a key, so not through [`Client`].
+async fn get_url(http: &reqwest::Client, url: &str) -> Result<(Option<u64>, Option<Cache>), String> {
+    let resp = http.get(url).send().await.map_err(|e| client::no_answer(&e).to_string())?;
     let status = resp.status();
-    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
-    let mut version = header("x-version").and_then(|v| v.parse::<u64>().ok());
-    let cache = match header("x-cache") {
-        Some("hit") => Some(Cache::Hit),
-        Some("miss") => Some(Cache::Miss),
-        _ => None,
-    };
-    let body = resp.bytes().await.map_err(|e| error_kind(&e))?;
+    let cache = resp.headers().get("x-cache").and_then(|v| v.to_str().ok()).and_then(Cache::parse);
+    resp.bytes().await.map_err(|e| client::no_answer(&e).to_string())?;
     if !status.is_success() {
         return Err(status_kind(status.as_u16()));
     }
-    if req.want_version {
-        let parsed: Option<u64> =
-            serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v["version"].as_u64());
-        match parsed {
-            Some(v) => version = Some(v),
-            None => return Err("no_version".into()),
-        }
+    Ok((None, cache))
+}
+
+/// The kind of a failed `/kv` request.
+fn failure_kind(e: &client::Error) -> String {
+    match e {
+        client::Error::Transport { source, .. } => client::no_answer(source).into(),
+        other => other.status().map_or_else(|| "request".into(), |s| status_kind(s.as_u16())),
     }
-    Ok((version, cache))
 }
 
 pub fn status_kind(status: u16) -> String {
@@ -311,19 +364,6 @@ pub fn status_kind(status: u16) -> String {
         503 => "unavailable".into(),
         s => format!("http_{s}"),
     }
-}
-
-pub fn error_kind(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect"
-    } else if e.is_body() || e.is_decode() {
-        "body"
-    } else {
-        "request"
-    }
-    .into()
 }
 
 #[cfg(test)]
@@ -337,17 +377,14 @@ mod tests {
         assert_eq!(status_kind(500), "http_500");
     }
 
-    struct Nowhere;
+    struct Nowhere(Vec<String>);
     impl Workload for Nowhere {
+        fn nodes(&self) -> &[String] {
+            &self.0
+        }
+
         fn request(&self, n: u64, _w: usize, _rng: &mut StdRng) -> Option<Request> {
-            // Port 9 on loopback (discard) is closed here: every request fails to connect.
-            (n < 5).then(|| Request {
-                method: Method::Get,
-                url: "http://127.0.0.1:9/x".into(),
-                body: None,
-                want_version: false,
-                key: n,
-            })
+            (n < 5).then(|| Request::get(0, n))
         }
     }
 
@@ -362,7 +399,9 @@ mod tests {
             progress: false,
         };
         let conns = Connections::new(2, load.timeout, &Default::default()).unwrap();
-        let (phase, _, exhausted) = run("t", vec![], &load, &conns, Arc::new(Nowhere)).await.unwrap();
+        // Port 9 on loopback (discard) is closed here: every request fails to connect.
+        let nowhere = Nowhere(vec!["http://127.0.0.1:9".into()]);
+        let (phase, _, exhausted) = run("t", vec![], &load, &conns, Arc::new(nowhere)).await.unwrap();
         assert!(exhausted, "the workload ran out of requests and ended the run");
         assert_eq!(phase.requests, 5);
         assert_eq!(phase.ok, 0);

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::client::Ack;
 use crate::config::parse_duration;
 use dist::{KeyChooser, Popularity, ValueSizes};
 use load::Load;
@@ -73,6 +74,15 @@ pub enum AckArg {
     Parent,
     /// Once the root has committed it.
     Root,
+}
+
+impl From<AckArg> for Ack {
+    fn from(ack: AckArg) -> Self {
+        match ack {
+            AckArg::Parent => Ack::Parent,
+            AckArg::Root => Ack::Root,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -225,7 +235,7 @@ pub struct Plan {
     pub popularity: Popularity,
     pub theta: f64,
     pub sizes: ValueSizes,
-    pub ack: &'static str,
+    pub ack: Ack,
     pub read_pct: u32,
     pub prefix: String,
     pub prefill: bool,
@@ -361,10 +371,7 @@ impl BenchArgs {
             popularity: self.popularity,
             theta: self.theta,
             sizes,
-            ack: match self.ack {
-                AckArg::Parent => "parent",
-                AckArg::Root => "root",
-            },
+            ack: self.ack.into(),
             read_pct,
             prefix: self.key_prefix.clone(),
             prefill: !self.no_prefill,
@@ -398,7 +405,7 @@ impl Plan {
             },
             theta: (self.popularity == Popularity::Zipfian && self.scenario != Scenario::Miss).then_some(self.theta),
             value_size: self.sizes.label(),
-            ack: matches!(self.scenario, Scenario::Write | Scenario::Mixed).then(|| self.ack.to_string()),
+            ack: matches!(self.scenario, Scenario::Write | Scenario::Mixed).then(|| self.ack.as_str().to_string()),
             read_pct: (self.scenario == Scenario::Mixed).then_some(self.read_pct),
         }
     }

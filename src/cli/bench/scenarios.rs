@@ -21,10 +21,7 @@ use super::load::{self, Answer, Connections, Load, Method, Request, Workload};
 use super::report::{self, Converge, Latency, Level, LevelCost, Phase, Report, Tally};
 use super::topo::{self, TreeNode};
 use super::{Plan, Scenario, Targets};
-
-fn kv_url(base: &str, prefix: &str, key: u64) -> String {
-    format!("{base}/kv/{prefix}{key}")
-}
+use crate::client::{Ack, Client};
 
 /// A prefix no earlier run used, for keys that must be cold.
 fn fresh_prefix(prefix: &str, what: &str) -> String {
@@ -40,46 +37,45 @@ struct Kv {
     chooser: KeyChooser,
     values: ValuePool,
     read_pct: u32,
-    put_query: String,
+    ack: Ack,
 }
 
 impl Workload for Kv {
+    fn nodes(&self) -> &[String] {
+        &self.targets
+    }
+
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn request(&self, n: u64, worker: usize, rng: &mut StdRng) -> Option<Request> {
-        let base = &self.targets[worker % self.targets.len()];
+        let node = worker % self.targets.len();
         let key = self.chooser.pick(n, rng);
         let read = self.read_pct >= 100 || (self.read_pct > 0 && rng.gen_range(0..100) < self.read_pct);
-        let url = kv_url(base, &self.prefix, key);
-        Some(if read {
-            Request { method: Method::Get, url, body: None, want_version: false, key }
-        } else {
-            Request {
-                method: Method::Put,
-                url: url + &self.put_query,
-                body: Some(self.values.value(rng)),
-                want_version: false,
-                key,
-            }
-        })
+        Some(if read { Request::get(node, key) } else { Request::put(node, key, self.values.value(rng), self.ack) })
     }
 }
 
-/// Writes keys `0..keys` once each through `base` with `ack=root`.
+/// Writes keys `0..keys` once each through one node (`base`) with `ack=root`.
 struct Prefill {
-    base: String,
+    base: [String; 1],
     prefix: String,
     keys: u64,
     values: ValuePool,
 }
 
 impl Workload for Prefill {
+    fn nodes(&self) -> &[String] {
+        &self.base
+    }
+
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn request(&self, n: u64, _worker: usize, rng: &mut StdRng) -> Option<Request> {
-        (n < self.keys).then(|| Request {
-            method: Method::Put,
-            url: kv_url(&self.base, &self.prefix, n) + "?ack=root",
-            body: Some(self.values.value(rng)),
-            want_version: false,
-            key: n,
-        })
+        (n < self.keys).then(|| Request::put(0, n, self.values.value(rng), Ack::Root))
     }
 }
 
@@ -91,44 +87,52 @@ struct Warm {
 }
 
 impl Workload for Warm {
+    fn nodes(&self) -> &[String] {
+        &self.targets
+    }
+
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn request(&self, n: u64, _worker: usize, _rng: &mut StdRng) -> Option<Request> {
         let t = self.targets.len() as u64;
         let key = n / t;
-        (key < self.keys).then(|| Request {
-            method: Method::Get,
-            url: kv_url(&self.targets[(n % t) as usize], &self.prefix, key),
-            body: None,
-            want_version: false,
-            key,
-        })
+        (key < self.keys).then(|| Request::get((n % t) as usize, key))
     }
 }
 
 /// Reads each cold key once at one node; runs out after `keys`.
 struct ColdReads {
-    target: String,
+    target: [String; 1],
     prefix: String,
     keys: u64,
 }
 
 impl Workload for ColdReads {
+    fn nodes(&self) -> &[String] {
+        &self.target
+    }
+
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn request(&self, n: u64, _worker: usize, _rng: &mut StdRng) -> Option<Request> {
-        (n < self.keys).then(|| Request {
-            method: Method::Get,
-            url: kv_url(&self.target, &self.prefix, n),
-            body: None,
-            want_version: false,
-            key: n,
-        })
+        (n < self.keys).then(|| Request::get(0, n))
     }
 }
 
-/// GET one URL.
-struct Url(String);
+/// GET one URL, any server's.
+struct Url([String; 1]);
 
 impl Workload for Url {
+    fn nodes(&self) -> &[String] {
+        &self.0
+    }
+
     fn request(&self, n: u64, _worker: usize, _rng: &mut StdRng) -> Option<Request> {
-        Some(Request { method: Method::Get, url: self.0.clone(), body: None, want_version: false, key: n })
+        Some(Request { method: Method::Url, ..Request::get(0, n) })
     }
 }
 
@@ -162,7 +166,7 @@ async fn setup<W: Workload>(
 
 async fn prefill(plan: &Plan, conns: &Connections, base: &str, prefix: &str, keys: u64) -> Result<(), String> {
     let values = ValuePool::new(plan.sizes, &mut StdRng::from_entropy());
-    let w = Prefill { base: base.to_string(), prefix: prefix.to_string(), keys, values };
+    let w = Prefill { base: [base.to_string()], prefix: prefix.to_string(), keys, values };
     setup("prefill", plan, conns, w, keys).await
 }
 
@@ -234,7 +238,7 @@ pub async fn run(plan: &Plan) -> Result<Report, String> {
     match plan.scenario {
         Scenario::Url => {
             let url = plan.url.clone().ok_or("bench url needs --url")?;
-            let (phase, _, _) = measure(plan, "url", vec![url.clone()], &conns, Arc::new(Url(url))).await?;
+            let (phase, _, _) = measure(plan, "url", vec![url.clone()], &conns, Arc::new(Url([url.clone()]))).await?;
             Ok(single(plan, phase))
         }
         Scenario::Hit | Scenario::Write | Scenario::Mixed => kv(plan, &conns).await,
@@ -263,7 +267,7 @@ async fn kv(plan: &Plan, conns: &Connections) -> Result<Report, String> {
         chooser: plan.chooser.clone(),
         values: ValuePool::new(plan.sizes, &mut rng),
         read_pct: plan.read_pct,
-        put_query: format!("?ack={}", plan.ack),
+        ack: plan.ack,
     };
     let (phase, _, _) = measure(plan, plan.scenario.name(), place.targets.clone(), conns, Arc::new(workload)).await?;
     let mut report = single(plan, phase);
@@ -298,7 +302,7 @@ async fn miss(plan: &Plan, conns: &Connections) -> Result<Report, String> {
     for node in &chosen {
         let prefix = fresh_prefix(&plan.prefix, &format!("miss-d{}", node.depth));
         prefill(plan, conns, &place.root, &prefix, plan.keys).await?;
-        let w = ColdReads { target: node.url.clone(), prefix, keys: plan.keys };
+        let w = ColdReads { target: [node.url.clone()], prefix, keys: plan.keys };
         let name = format!("depth {}", node.depth);
         let (phase, tally, exhausted) =
             load::run(&name, vec![node.url.clone()], &plan.load, conns, Arc::new(w)).await?;
@@ -351,9 +355,8 @@ async fn miss(plan: &Plan, conns: &Connections) -> Result<Report, String> {
 
 /// Convergence of one run: the write side records, poll tasks fill in.
 struct Tracker {
-    holders: Vec<String>,
+    holders: Vec<Client>,
     prefix: String,
-    http: reqwest::Client,
     poll_interval: Duration,
     timeout: Duration,
     state: Mutex<TrackState>,
@@ -373,7 +376,8 @@ impl Tracker {
     /// deadline passes; records the time from `sent`.
     async fn follow(self: Arc<Self>, key: u64, version: u64, sent: Instant) {
         let deadline = sent + self.timeout;
-        let waits = self.holders.iter().map(|h| self.until_served(kv_url(h, &self.prefix, key), version, deadline));
+        let key = format!("{}{key}", self.prefix);
+        let waits = self.holders.iter().map(|h| self.until_served(h, &key, version, deadline));
         let results = futures::future::join_all(waits).await;
         let mut state = self.state.lock();
         let mut slowest = Some(Duration::ZERO);
@@ -397,16 +401,19 @@ impl Tracker {
         }
     }
 
-    /// When `url` first answered with `version` or newer, and the polls it took.
-    async fn until_served(&self, url: String, version: u64, deadline: Instant) -> (Option<Instant>, u64) {
+    /// When `holder` first served `key` at `version` or newer, and the polls it took.
+    async fn until_served(
+        &self,
+        holder: &Client,
+        key: &str,
+        version: u64,
+        deadline: Instant,
+    ) -> (Option<Instant>, u64) {
         let mut polls = 0;
         loop {
             polls += 1;
-            if let Ok(resp) = self.http.get(&url).send().await {
-                let v = resp.headers().get("x-version").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-                let ok = resp.status().is_success();
-                let _ = resp.bytes().await;
-                if ok && v.is_some_and(|v| v >= version) {
+            if let Ok(found) = holder.get(key).await {
+                if found.version().is_some_and(|v| v >= version) {
                     return (Some(Instant::now()), polls);
                 }
             }
@@ -420,7 +427,7 @@ impl Tracker {
 
 /// `ack=root` writes at one node; each answered write starts a [`Tracker::follow`].
 struct ConvergeWrites {
-    writer: String,
+    writer: [String; 1],
     prefix: String,
     chooser: KeyChooser,
     values: ValuePool,
@@ -429,15 +436,17 @@ struct ConvergeWrites {
 }
 
 impl Workload for ConvergeWrites {
+    fn nodes(&self) -> &[String] {
+        &self.writer
+    }
+
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn request(&self, n: u64, _worker: usize, rng: &mut StdRng) -> Option<Request> {
         let key = self.chooser.pick(n, rng);
-        Some(Request {
-            method: Method::Put,
-            url: kv_url(&self.writer, &self.prefix, key) + "?ack=root",
-            body: Some(self.values.value(rng)),
-            want_version: true,
-            key,
-        })
+        Some(Request { want_version: true, ..Request::put(0, key, self.values.value(rng), Ack::Root) })
     }
 
     fn answered(&self, req: &Request, answer: &Answer) {
@@ -510,9 +519,8 @@ async fn converge(plan: &Plan, conns: &Connections) -> Result<Report, String> {
         .build()
         .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
     let tracker = Arc::new(Tracker {
-        holders: holders.clone(),
+        holders: load::clients(&holders, &poll_http)?,
         prefix: prefix.clone(),
-        http: poll_http.clone(),
         poll_interval: plan.poll_interval,
         timeout: plan.converge_timeout,
         state: Mutex::new(TrackState {
@@ -525,7 +533,7 @@ async fn converge(plan: &Plan, conns: &Connections) -> Result<Report, String> {
         }),
     });
     let workload = ConvergeWrites {
-        writer: writer.clone(),
+        writer: [writer.clone()],
         prefix,
         chooser: plan.chooser.clone(),
         values: ValuePool::new(plan.sizes, &mut StdRng::from_entropy()),
