@@ -67,6 +67,23 @@ async fn exit_codes_tell_not_found_from_bad_input_from_unreachable() {
     assert_exit(&get, 3);
     assert!(stderr(&get).contains("404"), "{}", stderr(&get));
     assert_exit(&run(&["del", "--node", &leaf, "--ack", "root", "missing"], &[]), 3);
+    // With -o json the failure is an object on stdout too.
+    let get = run(&["get", "--node", &leaf, "-o", "json", "missing"], &[]);
+    assert_exit(&get, 3);
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&get)).expect("a JSON object on stdout");
+    assert_eq!(
+        (answer["key"].as_str(), answer["status"].as_u64(), answer["exit"].as_u64()),
+        (Some("missing"), Some(404), Some(3))
+    );
+    assert_eq!(answer["code"], "not_found", "{answer}");
+    assert!(answer["error"].as_str().is_some_and(|e| e.contains("404")), "{answer}");
+    // A fractional ttl is rounded up to whole seconds, never refused.
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let before = now_ms();
+    assert_exit(&run(&["put", "--node", &leaf, "--ack", "root", "--ttl", "1500ms", "t", "v"], &[]), 0);
+    let after = now_ms();
+    let expires = cluster.get(0, "t", "").await.headers["x-expires-at"].to_str().unwrap().parse::<u64>().unwrap();
+    assert!((before + 2_000..=after + 2_000).contains(&expires), "a 2 s ttl: {before} {expires} {after}");
 
     // 2: a key the node refuses, a value over the limit, a bad flag.
     let bad_key = run(&["get", "--node", &leaf, "a\tb"], &[]);
@@ -74,7 +91,7 @@ async fn exit_codes_tell_not_found_from_bad_input_from_unreachable() {
     assert!(stderr(&bad_key).contains("control character"), "{}", stderr(&bad_key));
     assert_exit(&put_stdin(&leaf, "big", &vec![b'x'; (1 << 20) + 1]), 2);
     assert_exit(&run(&["put", "--node", &leaf, "--ack", "maybe", "k", "v"], &[]), 2);
-    assert_exit(&run(&["put", "--node", &leaf, "--ttl", "500ms", "k", "v"], &[]), 2);
+    assert_exit(&run(&["put", "--node", &leaf, "--ttl", "0s", "k", "v"], &[]), 2);
     assert_exit(&run(&["get"], &[]), 2);
     assert_eq!(cluster.get(0, "big", "").await.status, 404, "a refused write changed nothing");
 
@@ -84,6 +101,9 @@ async fn exit_codes_tell_not_found_from_bad_input_from_unreachable() {
     assert_exit(&refused, 4);
     assert!(stderr(&refused).to_lowercase().contains("connection refused"), "{}", stderr(&refused));
     assert_exit(&run(&["put", "--node", &nowhere, "k1", "v"], &[]), 4);
+    let refused = run(&["put", "--node", &nowhere, "-o", "json", "k1", "v"], &[]);
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&refused)).expect("a JSON object on stdout");
+    assert_eq!((answer["code"].as_str(), answer["exit"].as_u64()), (Some("unreachable"), Some(4)), "{answer}");
 
     // 1: anything else, e.g. a node that cannot bind its port.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

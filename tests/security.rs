@@ -343,7 +343,7 @@ async fn with_an_api_token_kv_needs_it_and_the_cli_sends_it() {
     };
     let node = c.url(1);
     let out = cli(&["put", "k", "v", "--ack", "root", "--node", &node], None);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(5), "exit 5: the API token was refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
     let out = cli(&["put", "k", "v", "--ack", "root", "--node", &node, "--api-token", "s3cret-token"], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

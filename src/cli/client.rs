@@ -63,7 +63,7 @@ pub struct GetArgs {
     #[command(flatten)]
     pub target: Target,
     /// Read at the root, bypassing every cache.
-    #[arg(long, env = "TREECACHE_CONSISTENT")]
+    #[arg(long, env = "TREECACHE_CONSISTENT", value_parser = clap::builder::BoolishValueParser::new())]
     pub consistent: bool,
     #[command(flatten)]
     pub output: OutputArg,
@@ -86,8 +86,8 @@ pub struct PutArgs {
     pub value: Option<String>,
     #[command(flatten)]
     pub target: Target,
-    /// Expire the key after this long: 90s, 5m, 2h (a bare number is
-    /// seconds; the node keeps whole seconds).
+    /// Expire the key after this long: 90s, 5m, 2h, 1.5s (a bare number is
+    /// seconds; the node keeps whole seconds, so a fraction is rounded up).
     #[arg(long, env = "TREECACHE_TTL", value_parser = parse_ttl)]
     pub ttl: Option<u64>,
     #[command(flatten)]
@@ -103,13 +103,15 @@ pub struct DelArgs {
     pub write: WriteArgs,
 }
 
-/// A duration as [`parse_duration`] reads it, in whole seconds, at least one.
+/// A duration as [`parse_duration`] reads it, in whole seconds (the node
+/// keeps no finer ttl): a fraction is rounded up, so a key never expires
+/// before the time asked for.
 pub fn parse_ttl(s: &str) -> Result<u64, String> {
     let d = parse_duration(s)?;
-    if d.subsec_nanos() != 0 || d.as_secs() == 0 {
-        return Err(format!("{s:?}: the ttl is whole seconds, at least 1s"));
+    if d.is_zero() {
+        return Err(format!("{s:?}: the ttl must be more than zero"));
     }
-    Ok(d.as_secs())
+    Ok(d.as_secs() + u64::from(d.subsec_nanos() != 0))
 }
 
 fn client(target: &Target) -> Result<Client, Failure> {
@@ -126,6 +128,7 @@ fn client(target: &Target) -> Result<Client, Failure> {
 pub fn exit_for(error: &Error) -> Exit {
     match error {
         Error::NotFound { .. } => Exit::NotFound,
+        Error::Unauthorized(_) => Exit::Unauthorized,
         Error::Refused(_) | Error::InvalidToken => Exit::Usage,
         Error::Transport { source, .. } if source.is_builder() => Exit::Usage,
         Error::Unavailable { .. } | Error::Transport { .. } => Exit::Unavailable,
@@ -148,6 +151,33 @@ fn failure(what: &str, error: Error) -> Failure {
     Failure::new(exit_for(&error), message)
 }
 
+/// [`failure`], and with `-o json` the error as one JSON object on stdout
+/// too, so a script piping to `jq` gets an object, not empty input:
+/// `{"key", "error", "code", "status", "exit"}` (`status` and `code` as the
+/// node answered; `code` is `unreachable` when no answer came).
+fn failed(what: &str, key: &str, format: Format, error: Error) -> Failure {
+    let json = (format == Format::Json).then(|| {
+        let (status, code) = match error.reply() {
+            Some(reply) => (Some(reply.status.as_u16()), reply.code.clone()),
+            None if matches!(error, Error::Transport { .. }) => (None, Some("unreachable".to_string())),
+            None => (None, None),
+        };
+        (status, code)
+    });
+    let failure = failure(what, error);
+    if let Some((status, code)) = json {
+        let answer = json!({
+            "key": key,
+            "error": failure.message,
+            "code": code,
+            "status": status,
+            "exit": failure.exit as i32,
+        });
+        println!("{answer}");
+    }
+    failure
+}
+
 fn print(bytes: &[u8]) -> Result<(), Failure> {
     let mut out = std::io::stdout();
     out.write_all(bytes).and_then(|_| out.flush()).map_err(|e| format!("writing stdout: {e}").into())
@@ -158,7 +188,7 @@ pub async fn get(args: GetArgs) -> Result<(), Failure> {
     let query = if args.consistent { "?consistent=true" } else { "" };
     let what = format!("GET {}{query}", client.url(&args.key));
     let read = if args.consistent { client.get_consistent(&args.key).await } else { client.get(&args.key).await };
-    let found = read.map_err(|e| failure(&what, e))?;
+    let found = read.map_err(|e| failed(&what, &args.key, args.output.output, e))?;
     let (version, cache, node) = (found.version(), found.cache().map(client::Cache::as_str), found.node());
     match args.output.output {
         Format::Text => {
@@ -204,14 +234,20 @@ pub async fn put(args: PutArgs) -> Result<(), Failure> {
     let client = client(&args.target)?;
     let what = format!("PUT {}", client.url(&args.key));
     let options = PutOptions { ack: args.write.ack.into(), ttl: args.ttl.map(Duration::from_secs) };
-    let written = client.put_with(&args.key, value, options).await.map_err(|e| failure(&what, e))?;
+    let written = client
+        .put_with(&args.key, value, options)
+        .await
+        .map_err(|e| failed(&what, &args.key, args.write.output.output, e))?;
     write_answer(&written, &what, &args.key, args.write.output.output)
 }
 
 pub async fn del(args: DelArgs) -> Result<(), Failure> {
     let client = client(&args.target)?;
     let what = format!("DELETE {}", client.url(&args.key));
-    let written = client.del_with(&args.key, args.write.ack.into()).await.map_err(|e| failure(&what, e))?;
+    let written = client
+        .del_with(&args.key, args.write.ack.into())
+        .await
+        .map_err(|e| failed(&what, &args.key, args.write.output.output, e))?;
     write_answer(&written, &what, &args.key, args.write.output.output)
 }
 
@@ -250,9 +286,12 @@ mod tests {
         assert_eq!(parse_ttl("90"), Ok(90));
         assert_eq!(parse_ttl("5m"), Ok(300));
         assert_eq!(parse_ttl("1h"), Ok(3600));
-        assert!(parse_ttl("500ms").unwrap_err().contains("whole seconds"));
-        assert!(parse_ttl("1.5s").unwrap_err().contains("whole seconds"));
-        assert!(parse_ttl("0").is_err());
+        assert_eq!(parse_ttl("500ms"), Ok(1), "rounded up: never earlier than asked");
+        assert_eq!(parse_ttl("1.5s"), Ok(2));
+        assert_eq!(parse_ttl("1500ms"), Ok(2));
+        assert_eq!(parse_ttl("2000ms"), Ok(2));
+        assert!(parse_ttl("0").unwrap_err().contains("more than zero"));
+        assert!(parse_ttl("0ms").is_err());
         assert!(parse_ttl("soon").is_err());
     }
 
@@ -277,7 +316,7 @@ mod tests {
         assert_eq!(exit_for(&answered(503)), Exit::Unavailable);
         assert_eq!(exit_for(&answered(500)), Exit::Other);
         assert_eq!(exit_for(&answered(409)), Exit::Other);
-        assert_eq!(exit_for(&answered(401)), Exit::Other);
+        assert_eq!(exit_for(&answered(401)), Exit::Unauthorized);
         let failed = failure("GET http://127.0.0.1:1/kv/k", answered(404));
         assert_eq!(failed.message, "GET http://127.0.0.1:1/kv/k: 404 Not Found: no");
     }

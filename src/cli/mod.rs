@@ -56,6 +56,8 @@ pub enum Exit {
     NotFound = 3,
     /// The node or ZooKeeper could not be reached, timed out, or answered 503.
     Unavailable = 4,
+    /// The node refused the API token (401): `--api-token` is missing or wrong.
+    Unauthorized = 5,
 }
 
 /// What `--help` and the man page say about exit codes; kept beside [`Exit`].
@@ -65,7 +67,8 @@ Exit codes:
   1  any other failure (the node answered an error of its own, local I/O)
   2  bad input: a flag, a key or a value refused (HTTP 400, 405, 413)
   3  not found: no such key (HTTP 404), or no tree for the cluster
-  4  unavailable: node or ZooKeeper unreachable, timed out, or HTTP 503";
+  4  unavailable: node or ZooKeeper unreachable, timed out, or HTTP 503
+  5  unauthorized: the node refused the API token (HTTP 401; see --api-token)";
 
 /// A command's failure: what to print and how to exit.
 #[derive(Debug, Clone, PartialEq, Eq)]

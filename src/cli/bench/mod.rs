@@ -174,7 +174,7 @@ pub struct BenchArgs {
     #[arg(long, env = "TREECACHE_BENCH_KEY_PREFIX", default_value = "bench")]
     pub key_prefix: String,
     /// Do not pre-write the keys at the root (they are already there).
-    #[arg(long, env = "TREECACHE_BENCH_NO_PREFILL")]
+    #[arg(long, env = "TREECACHE_BENCH_NO_PREFILL", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_prefill: bool,
     /// Per-request timeout.
     #[arg(long, env = "TREECACHE_BENCH_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
@@ -187,7 +187,7 @@ pub struct BenchArgs {
     pub converge_timeout: Duration,
     /// `converge`: do not poll the holders; read convergence only from
     /// their push-lag histograms (`/metrics`), which costs the tree nothing.
-    #[arg(long, env = "TREECACHE_BENCH_NO_POLL")]
+    #[arg(long, env = "TREECACHE_BENCH_NO_POLL", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_poll: bool,
     /// `scale`: node processes to start, the root included.
     #[arg(long, env = "TREECACHE_BENCH_NODES", default_value_t = 15)]
@@ -205,10 +205,10 @@ pub struct BenchArgs {
     #[arg(long, env = "TREECACHE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
     /// Print the report as JSON.
-    #[arg(long, env = "TREECACHE_BENCH_JSON")]
+    #[arg(long, env = "TREECACHE_BENCH_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
     /// No progress bar (it is drawn only when stdout is a terminal anyway).
-    #[arg(short, long, env = "TREECACHE_BENCH_QUIET")]
+    #[arg(short, long, env = "TREECACHE_BENCH_QUIET", value_parser = clap::builder::BoolishValueParser::new())]
     pub quiet: bool,
     /// `policy`: the cache's size as a percentage of the key space.
     #[arg(long, env = "TREECACHE_BENCH_CACHE_PCT", default_value_t = 10.0)]
