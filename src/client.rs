@@ -55,7 +55,10 @@ use reqwest::StatusCode;
 
 /// How long a request may take, connecting included, on the HTTP client
 /// [`Builder::build`] makes (a caller's own client keeps its settings).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Above a node's `--failover-wait` (10 s by default): a request the node
+/// holds through a failover gets the node's answer (a 503 with
+/// `Retry-After` at worst), not a timeout that leaves a write's fate open.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 const X_VERSION: &str = "x-version";
 const X_CACHE: &str = "x-cache";

@@ -34,6 +34,11 @@ pub enum Error {
     StaleEpoch { got: u64, have: u64 },
     #[error("parent {url} unreachable: {reason}")]
     ParentUnreachable { url: String, reason: String },
+    /// The parent answered, with an error that waiting does not cure (a
+    /// 401, a 500): the same 503 `parent_unreachable` to the client, but
+    /// not held through `--failover-wait`.
+    #[error("parent {url} unreachable: {reason}")]
+    ParentRefused { url: String, reason: String },
     #[error("{url} answered {status}: {body}")]
     Upstream { url: String, status: u16, body: String },
     #[error("zookeeper {op} {path}: {source}")]
@@ -72,6 +77,8 @@ pub enum Error {
     InsyncBelowMinAfter { version: u64, have: usize, need: usize },
     #[error("this root no longer leads: another root took over (the leader znode changed); retry at the new root")]
     Deposed,
+    #[error("this root takes no writes now: it was deposed or is handing over to another root; nothing was done")]
+    NotLeading,
     #[error("this standby root is not in sync with its leader yet: {0}")]
     NotInSync(String),
     #[error("this node is not a standby root")]
@@ -115,7 +122,7 @@ impl Error {
             Error::NotRegistered => "not_registered",
             Error::NotRoot { .. } => "not_root",
             Error::StaleEpoch { .. } => "stale_epoch",
-            Error::ParentUnreachable { .. } => "parent_unreachable",
+            Error::ParentUnreachable { .. } | Error::ParentRefused { .. } => "parent_unreachable",
             Error::Upstream { .. } => "upstream_error",
             Error::Zk { .. } => "zookeeper",
             Error::Unauthorized(_) => "unauthorized",
@@ -129,7 +136,7 @@ impl Error {
             Error::StaleGeneration { .. } => "stale_generation",
             Error::WriteInFlight { .. } => "write_in_flight",
             Error::InsyncBelowMin { .. } | Error::InsyncBelowMinAfter { .. } => "insync_below_min",
-            Error::Deposed => "not_leader",
+            Error::Deposed | Error::NotLeading => "not_leader",
             Error::NotInSync(_) => "not_in_sync",
             Error::NotStandby => "not_standby",
             Error::NoInSyncRoot(_) => "no_insync_root",
@@ -174,7 +181,7 @@ impl Error {
             self,
             Error::NotRegistered
                 | Error::ParentUnreachable { .. }
-                | Error::Deposed
+                | Error::NotLeading
                 | Error::NoInSyncRoot(_)
                 | Error::NotInSync(_)
                 | Error::Zk { .. }
@@ -206,12 +213,14 @@ impl ResponseError for Error {
             Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::NotRegistered
             | Error::ParentUnreachable { .. }
+            | Error::ParentRefused { .. }
             | Error::Zk { .. }
             | Error::ShuttingDown
             | Error::WriteInFlight { .. }
             | Error::InsyncBelowMin { .. }
             | Error::InsyncBelowMinAfter { .. }
             | Error::Deposed
+            | Error::NotLeading
             | Error::NotInSync(_)
             | Error::NoInSyncRoot(_)
             | Error::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -284,6 +293,13 @@ mod tests {
         assert!(!upstream(500, r#"{"error":"x","code":"not_parent"}"#).is_tree_changing());
         assert!(!upstream(409, "not json").is_tree_changing());
         assert!(!Error::parent_unreachable("http://p", "refused").is_tree_changing());
+        // Held through a failover only when nothing was done and waiting helps.
+        assert!(Error::parent_unreachable("http://p", "refused").awaits_leader());
+        assert!(Error::NotLeading.awaits_leader());
+        assert!(!Error::Deposed.awaits_leader(), "a commit may have happened before it");
+        assert!(!Error::ParentRefused { url: "http://p".into(), reason: "401".into() }.awaits_leader());
+        assert_eq!(Error::ParentRefused { url: "u".into(), reason: "r".into() }.code(), "parent_unreachable");
+        assert_eq!(Error::NotLeading.code(), "not_leader");
         let zk = Error::Zk { op: "mkdir", path: "/t".into(), source: zookeeper_client::Error::NoAuth };
         assert!(zk.is_zk_not_authorized());
         let other = Error::Zk { op: "mkdir", path: "/t".into(), source: zookeeper_client::Error::NoNode };

@@ -6,9 +6,9 @@
 //! drawing and the code cannot drift apart.
 //!
 //! Uses are `crate::<module>` paths (in `use` lines, `use crate::{..}` groups
-//! and inline paths) outside comments and test code, as
-//! `../shared/tools/layers.py` counts them: test modules (`#[cfg(test)]` to
-//! the end of the file, `tests.rs`, `tests/` folders) do not shape the
+//! over one line or several, and inline paths) outside comment lines and
+//! test code: an item marked `#[cfg(test)]` (a test module, a test-only
+//! function), `tests.rs` files and `tests/` folders do not shape the
 //! layering.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,35 +57,50 @@ fn scan(src: &Path) -> (BTreeSet<String>, Edges) {
         let top = parts[0].trim_end_matches(".rs").to_string();
         modules.insert(top.clone());
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        for (n, line) in text.lines().enumerate() {
-            if line.trim_start().starts_with("#[cfg(test)]") {
-                break;
-            }
-            if line.trim_start().starts_with("//") {
-                continue;
-            }
-            for used in uses(line) {
-                if used != top {
-                    edges.entry((top.clone(), used)).or_insert_with(|| format!("{}:{}", path.display(), n + 1));
-                }
+        for (used, line) in uses_in(&text) {
+            if used != top {
+                edges.entry((top.clone(), used)).or_insert_with(|| format!("{}:{line}", path.display()));
             }
         }
     }
     (modules, edges)
 }
 
-/// The top-level modules one line names through `crate::`.
-fn uses(line: &str) -> Vec<String> {
+/// The top-level modules `text` names through `crate::`, with the line of
+/// each, leaving out comment lines and every item marked `#[cfg(test)]`
+/// (a test module, or a single test-only function or `use`).
+fn uses_in(text: &str) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut kept: Vec<&str> = lines.clone();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i].trim_start();
+        if line.starts_with("//") {
+            kept[i] = "";
+        } else if line.starts_with("#[cfg(test)]") {
+            let end = item_end(&lines, i + 1);
+            for k in kept.iter_mut().take(end + 1).skip(i) {
+                *k = "";
+            }
+            i = end;
+        }
+        i += 1;
+    }
+    let kept = kept.join("\n");
     let mut found = Vec::new();
-    let mut rest = line;
-    while let Some(at) = rest.find("crate::") {
-        let boundary = rest[..at].chars().next_back().is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
-        rest = &rest[at + "crate::".len()..];
+    let mut at = 0;
+    while let Some(pos) = kept[at..].find("crate::") {
+        let start = at + pos;
+        at = start + "crate::".len();
+        let boundary = kept[..start].chars().next_back().is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
         if !boundary {
             continue;
         }
+        let line = kept[..start].matches('\n').count() + 1;
+        let rest = &kept[at..];
         if let Some(group) = rest.strip_prefix('{') {
-            // `crate::{a::X, b, c::{..}}`: the first name of each item at depth 0.
+            // `crate::{a::X, b, c::{..}}`, over several lines too: the
+            // first name of each item at depth 0.
             let mut depth = 0;
             let mut item_start = true;
             for (i, c) in group.char_indices() {
@@ -95,7 +110,7 @@ fn uses(line: &str) -> Vec<String> {
                     '}' => depth -= 1,
                     ',' if depth == 0 => item_start = true,
                     c if item_start && (c.is_alphabetic() || c == '_') => {
-                        found.push(ident(&group[i..]));
+                        found.push((ident(&group[i..]), line));
                         item_start = false;
                     }
                     _ => {}
@@ -104,11 +119,37 @@ fn uses(line: &str) -> Vec<String> {
         } else {
             let name = ident(rest);
             if !name.is_empty() {
-                found.push(name);
+                found.push((name, line));
             }
         }
     }
     found
+}
+
+/// The last line of the item that starts at `from` (attributes first):
+/// where its braces close, or its `;` when it has none.
+fn item_end(lines: &[&str], from: usize) -> usize {
+    let mut depth = 0i32;
+    let mut braced = false;
+    for (k, line) in lines.iter().enumerate().skip(from) {
+        if line.trim_start().starts_with("#[") && !braced {
+            continue;
+        }
+        for c in line.chars() {
+            match c {
+                '{' => {
+                    depth += 1;
+                    braced = true;
+                }
+                '}' => depth -= 1,
+                _ => {}
+            }
+        }
+        if (braced && depth <= 0) || (!braced && line.trim_end().ends_with(';')) {
+            return k;
+        }
+    }
+    lines.len().saturating_sub(1)
 }
 
 fn ident(s: &str) -> String {
@@ -180,22 +221,31 @@ fn a_use_of_a_higher_or_the_same_layer_and_a_forgotten_module_are_caught() {
     std::fs::write(src.join("node/mod.rs"), "use crate::{store::Store, http};\n").unwrap();
     std::fs::write(src.join("store.rs"), "// crate::node in a comment\nuse crate::clock::Millis;\n").unwrap();
     std::fs::write(src.join("store/tests/t.rs"), "use crate::node::Node;\n").unwrap();
-    std::fs::write(src.join("clock.rs"), "fn f() {}\n#[cfg(test)]\nmod tests { use crate::node::Node; }\n").unwrap();
-    std::fs::write(src.join("http.rs"), "pub fn f(n: crate::node::Node) {}\n").unwrap();
+    std::fs::write(
+        src.join("clock.rs"),
+        "fn f() {}\n#[cfg(test)]\nmod tests {\n    use crate::node::Node;\n}\n#[cfg(test)]\nuse crate::http::X;\n\
+         fn after_tests() -> crate::store::Y {}\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("http.rs"), "use crate::{\n    node::Node,\n    store::{A, B},\n};\n").unwrap();
     std::fs::write(src.join("extra.rs"), "\n").unwrap();
     let table = format!("# x\n{MARKER}\n\n```text\nhttp   # top\nnode\nstore clock # bottom\n```\n");
     let layers = layers_from_doc(&table).expect("table");
     assert_eq!(layers, [vec!["http"], vec!["node"], vec!["store", "clock"]]);
     let (modules, edges) = scan(src);
+    let edge = |a: &str, b: &str| edges.contains_key(&(a.to_string(), b.to_string()));
+    assert!(edge("http", "node") && edge("http", "store"), "a use group over several lines: {edges:?}");
     let wrong = violations(&layers, &modules, &edges);
     let has = |text: &str| wrong.iter().any(|w| w.contains(text));
     assert!(has("node uses http, a higher layer"), "{wrong:?}");
     assert!(has("store uses clock, its own layer"), "{wrong:?}");
+    assert!(has("clock uses store, its own layer"), "code after a test module counts: {wrong:?}");
     assert!(has("module extra is in no layer"), "{wrong:?}");
     assert!(!has("http uses node"), "a use of a lower layer is fine: {wrong:?}");
     assert!(!has("uses node"), "comments, test modules and tests/ folders do not count: {wrong:?}");
     assert!(!wrong.iter().any(|w| w.starts_with("lib")), "the crate root does not count: {wrong:?}");
-    assert_eq!(wrong.len(), 3, "{wrong:?}");
+    assert!(!wrong.iter().any(|w| w.starts_with("clock uses http")), "a test-only use: {wrong:?}");
+    assert_eq!(wrong.len(), 4, "{wrong:?}");
     assert!(layers_from_doc("no table here").unwrap_err().contains("no line"));
     assert!(layers_from_doc(&format!("{MARKER}\n```text\nnode\n")).unwrap_err().contains("not closed"));
 }

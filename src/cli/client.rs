@@ -16,8 +16,9 @@ use crate::cli::bench::AckArg;
 use crate::client::{self, Client, Error, PutOptions};
 use crate::config::parse_duration;
 
-/// How long one request may take, connecting included.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request may take, connecting included: the client's
+/// default, above a node's `--failover-wait`.
+const REQUEST_TIMEOUT: Duration = client::DEFAULT_TIMEOUT;
 
 /// Where the request goes (and, later, how it authenticates).
 #[derive(Debug, Clone, Args)]

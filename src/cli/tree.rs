@@ -31,7 +31,7 @@ pub struct TreeArgs {
     pub cluster: String,
     /// The nodes' API token (their --api-token), to read each node's key
     /// count from its /metrics.
-    #[arg(long, env = "TREECACHE_API_TOKEN")]
+    #[arg(long, env = "TREECACHE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 }
 

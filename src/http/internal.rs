@@ -115,12 +115,19 @@ fn from_of(req: &HttpRequest) -> Result<u64> {
 
 pub async fn write(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
     node.check_epoch(epoch_of(&req)?)?;
-    let q = Query::parse(&req, &["child", "seen"])?;
-    let child = child_of(&q)?;
-    let seen = q.u64("seen")?.unwrap_or(0);
+    let q = Query::parse(&req, &["child", "seen", "standby"])?;
+    // From a child in the tree, or (`?standby=ID`) from a standby root
+    // passing on its clients' writes.
+    let sender = match q.u64("standby")? {
+        Some(standby) => Err(standby),
+        None => Ok((child_of(&q)?, q.u64("seen")?.unwrap_or(0))),
+    };
     let body = read_body(&req, body, MAX_BATCH_BYTES).await?;
     let writes = wire::decode_writes(&body).map_err(Error::BadRequest)?;
-    let answers = node.accept_writes(child, writes, seen).await?;
+    let answers = match sender {
+        Ok((child, seen)) => node.accept_writes(child, writes, seen).await?,
+        Err(standby) => node.accept_standby_writes(standby, writes).await?,
+    };
     let delay = node.args().fault_write_delay_ms;
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;

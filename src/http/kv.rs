@@ -95,8 +95,20 @@ async fn standby_route(node: &Node, req: &HttpRequest, body: Bytes) -> Result<Ht
     if reads && !consistent_of(req)? {
         return Ok(found_response(node.standby_get(&key).await?));
     }
-    if !reads && !matches!(*req.method(), Method::PUT | Method::POST | Method::DELETE) {
-        return Err(wrong_method(req));
+    match *req.method() {
+        // Writes with a write id of the standby's, in order (guarantees 5, 6).
+        Method::PUT | Method::POST => {
+            let (key, ttl, ack) = put_params(req)?;
+            let result = node.standby_write(&key, Some(body), ttl, ack).await?;
+            return write_answer(&key, &result, ack);
+        }
+        Method::DELETE => {
+            let ack = ack_of(&Query::parse(req, &["ack"])?)?;
+            let result = node.standby_write(&key, None, None, ack).await?;
+            return write_answer(&key, &result, ack);
+        }
+        _ if !reads => return Err(wrong_method(req)),
+        _ => {}
     }
     let mut headers = Vec::new();
     for name in ["authorization", "content-type", "x-request-id"] {

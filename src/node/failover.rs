@@ -32,23 +32,26 @@ impl Node {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let mut deadline = None;
+        // Counted from the request's start: a try that took long (an
+        // unanswered fill) uses up the wait too.
+        let until = Instant::now() + self.args().failover_wait;
+        let mut waiting = false;
         let mut pause = FIRST_PAUSE;
         loop {
             let error = match attempt().await {
-                Err(e) if e.awaits_leader() && (deadline.is_some() || may_wait()) => e,
+                Err(e) if e.awaits_leader() && (waiting || may_wait()) => e,
                 done => return done,
             };
             let now = Instant::now();
-            let until = *deadline.get_or_insert_with(|| {
-                Metrics::inc(&self.inner.metrics.failover_waits);
-                now + self.args().failover_wait
-            });
             if now >= until || self.is_shutting_down() {
-                if !self.args().failover_wait.is_zero() {
+                if waiting {
                     Metrics::inc(&self.inner.metrics.failover_timeouts);
                 }
                 return Err(error);
+            }
+            if !waiting {
+                Metrics::inc(&self.inner.metrics.failover_waits);
+                waiting = true;
             }
             tokio::time::sleep(pause.min(until - now)).await;
             pause = (pause * 2).min(MAX_PAUSE);

@@ -65,18 +65,16 @@ struct Watches {
 }
 
 /// An error that says the connection to ZooKeeper is in trouble, not that
-/// the request was refused: the session may still live.
+/// the request was refused: the session may still live. The client reports
+/// a silent server ("no response from connection in 2400ms") as a custom
+/// error.
 fn is_connection_trouble(e: &ZkError) -> bool {
-    !matches!(
-        e,
-        ZkError::NoNode
-            | ZkError::NoAuth
-            | ZkError::BadArguments(_)
-            | ZkError::SessionExpired
-            | ZkError::AuthFailed
-            | ZkError::ClientClosed
-    )
+    matches!(e, ZkError::ConnectionLoss | ZkError::Timeout | ZkError::Custom(_))
 }
+
+/// Tries of watching `live/` that may fail in a row while the connection
+/// says it is fine (100 ms apart) before the leader stands again.
+const WATCH_RETRIES: u32 = 50;
 
 impl Node {
     pub(super) async fn run_membership(self) {
@@ -463,6 +461,7 @@ impl Node {
         let mut state = zk.state_watcher();
         let mut shutdown = self.subscribe_shutdown();
         let live_dir = self.inner.paths.live();
+        let mut troubles = 0u32;
         loop {
             if self.is_deposed() {
                 log::error!("deposed: standing for election again, as a standby");
@@ -470,7 +469,8 @@ impl Node {
             }
             let (live, watcher) = match zk.list_and_watch_children(&live_dir).await {
                 Ok(found) => found,
-                Err(e) if is_connection_trouble(&e) && !zk.state().is_terminated() => {
+                Err(e) if is_connection_trouble(&e) && !zk.state().is_terminated() && troubles < WATCH_RETRIES => {
+                    troubles += 1;
                     // The connection dropped, the session may well live: a
                     // leader keeps its place (no new epoch, no takeover) and
                     // watches again once connected. Only an expired session
@@ -488,6 +488,7 @@ impl Node {
                     return;
                 }
             };
+            troubles = 0;
             let live: HashSet<NodeId> = live.iter().filter_map(|s| s.parse().ok()).collect();
             self.reap(&live).await;
             tokio::select! {

@@ -58,35 +58,24 @@ pub struct Found {
 pub enum FillOutcome {
     /// `confirmed`: the parent recorded us as a holder (see
     /// [`crate::store::Answer`]).
-    Found {
-        version: Version,
-        value: Bytes,
-        expires_at: Option<Millis>,
-        confirmed: bool,
-    },
+    Found { version: Version, value: Bytes, expires_at: Option<Millis>, confirmed: bool },
     /// 304: the version we hold is still current.
-    Unchanged {
-        confirmed: bool,
-    },
+    Unchanged { confirmed: bool },
     /// 404; `deleted_at` when the parent knows the deletion's version.
-    NotFound {
-        deleted_at: Option<Version>,
-    },
-    Failed {
-        url: String,
-        reason: String,
-    },
+    NotFound { deleted_at: Option<Version> },
+    /// No answer, or an error answer; `transient` when waiting may cure it
+    /// (no answer, 503, 409: see [`Error::awaits_leader`]).
+    Failed { url: String, reason: String, transient: bool },
     /// Not asked: `--max-upstream-requests` (`limit`) were in flight.
-    Overloaded {
-        limit: u32,
-    },
+    Overloaded { limit: u32 },
 }
 
 impl FillOutcome {
     /// The error a reader gets from a fill that brought nothing back.
     fn failure(self) -> Error {
         match self {
-            FillOutcome::Failed { url, reason } => Error::ParentUnreachable { url, reason },
+            FillOutcome::Failed { url, reason, transient: true } => Error::ParentUnreachable { url, reason },
+            FillOutcome::Failed { url, reason, transient: false } => Error::ParentRefused { url, reason },
             FillOutcome::Overloaded { limit } => Error::Overloaded { limit },
             _ => Error::Internal("not a failed fill".into()),
         }
@@ -253,7 +242,7 @@ impl Node {
     /// answer is kept.
     async fn fetch_from_parent(&self, key: &str, read: Read) -> FillOutcome {
         let Ok(place) = self.place() else {
-            return FillOutcome::Failed { url: "(none)".into(), reason: "not registered".into() };
+            return FillOutcome::Failed { url: "(none)".into(), reason: "not registered".into(), transient: true };
         };
         let Some(parent) = place.topology.parent.clone() else {
             return FillOutcome::NotFound { deleted_at: None };
@@ -326,7 +315,7 @@ impl Node {
             return FillOutcome::Overloaded { limit: self.args().max_upstream_requests };
         };
         let sent = self.request(&self.local_http(), Method::GET, &url).timeout(UPSTREAM_TIMEOUT).send().await;
-        let failed = |reason: String| FillOutcome::Failed { url: parent.to_string(), reason };
+        let failed = |reason: String| FillOutcome::Failed { url: parent.to_string(), reason, transient: true };
         let resp = match sent {
             Ok(r) => r,
             Err(e) => return failed(e.to_string()),
@@ -346,7 +335,14 @@ impl Node {
             }
             StatusCode::NOT_MODIFIED => FillOutcome::Unchanged { confirmed },
             StatusCode::NOT_FOUND => FillOutcome::NotFound { deleted_at: header_u64(&resp, "x-version") },
-            status => failed(format!("{status}: {}", resp.text().await.unwrap_or_default())),
+            status => {
+                let reason = format!("{status}: {}", resp.text().await.unwrap_or_default());
+                // The parent is down the line from a leader that is gone
+                // (503), or the tree is changing under us (409 not_child):
+                // both pass; a 401 or a 500 does not by waiting.
+                let transient = matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT);
+                FillOutcome::Failed { url: parent.to_string(), reason, transient }
+            }
         }
     }
 

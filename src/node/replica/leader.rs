@@ -87,9 +87,10 @@ impl Node {
     /// Refuses a new commit: deposed, or handing over ([`Node::step_down`]).
     /// The writer's node sends it again, to the next leader.
     pub(in crate::node) fn check_accepting(&self) -> Result<()> {
-        self.check_leading()?;
-        if self.replica().stepping_down.load(Ordering::Acquire) {
-            return Err(Error::Deposed);
+        if self.is_deposed() || self.replica().stepping_down.load(Ordering::Acquire) {
+            // Nothing done yet: the node holding the request may try again
+            // at the next leader (`Error::awaits_leader`).
+            return Err(Error::NotLeading);
         }
         Ok(())
     }
@@ -119,6 +120,11 @@ impl Node {
             log::warn!("handing over: the last commits did not all reach the standbys ({e})");
         }
         true
+    }
+
+    /// Whether this leader streams to standby `id` now.
+    pub(in crate::node) fn streams_to(&self, id: NodeId) -> bool {
+        self.replica().streams.lock().contains_key(&id)
     }
 
     /// Whether an ack=root write may be committed now (`--min-insync`).

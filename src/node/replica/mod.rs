@@ -78,6 +78,9 @@ pub(super) struct Replica {
     refusing: Mutex<Option<String>>,
     /// Standby: one batch applied at a time.
     applying: tokio::sync::Mutex<()>,
+    /// Standby: its clients' writes go to the leader one at a time, in the
+    /// order they came, each until its outcome is known.
+    forwarding: Arc<tokio::sync::Mutex<()>>,
     /// Standby: times it started over (wiped its store), so a read that
     /// waited can tell whether what it looked up is still there.
     starts: AtomicU64,

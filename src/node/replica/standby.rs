@@ -19,6 +19,13 @@ use crate::log::codec::Entry;
 use crate::node::Node;
 use crate::replication::{self, Following};
 use crate::store::{NodeId, Update, WriteId};
+
+/// How long a client's write at a standby waits for its outcome (as at a
+/// cache) before 503 `write_in_flight`; the write goes on.
+const STANDBY_CLIENT_WAIT: Duration = Duration::from_secs(30);
+/// One try of passing a write to the leader: its commit waits for the
+/// standbys (`--insync-timeout`), so well above that.
+const STANDBY_WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 use crate::tree::zk;
 
 /// A standby that has not heard its leader this long is not in sync (its
@@ -155,6 +162,89 @@ impl Node {
                 }
                 _ => Err(Error::NotFound(key.to_string())),
             };
+        }
+    }
+
+    /// A client's write at a standby root (issue 20): it gets a write id of
+    /// this node's and goes to the leader (`/internal/write?standby=ID`),
+    /// one write at a time in the order they came, each sent again with the
+    /// same id until its outcome is known, to whichever root leads then
+    /// (committed here if this root took over meanwhile). So guarantees 5
+    /// and 6 hold through a standby as through any node: a resend after a
+    /// lost answer or a failover is committed once, and a later write never
+    /// overtakes an earlier one. The client waits as at a cache (30 s, then
+    /// 503 `write_in_flight`, the write still on its way).
+    pub async fn standby_write(
+        &self,
+        key: &str,
+        value: Option<bytes::Bytes>,
+        ttl_secs: Option<u64>,
+        ack: crate::node::Ack,
+    ) -> Result<crate::wire::WriteResult> {
+        crate::metrics::Metrics::inc(&self.inner.metrics.writes);
+        let me = self.node_id().ok_or(Error::NotRegistered)?;
+        let expires_at = ttl_secs.map(|s| crate::clock::now_ms().saturating_add(s.saturating_mul(1000)));
+        let update = Update { key: key.to_string(), version: 0, value, expires_at };
+        // In order: the next write waits for this one's outcome. The id is
+        // taken in turn too, so ids rise in the order writes are sent.
+        let turn = self.replica().forwarding.clone().lock_owned().await;
+        let write = crate::wire::Write { update, id: self.next_write_id(me), ack_root: ack == crate::node::Ack::Root };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let node = self.clone();
+        // Its own task: a client that gives up does not stop the write.
+        self.spawn(async move {
+            let _turn = turn;
+            let _ = tx.send(node.send_to_leader(write, me).await);
+        });
+        match tokio::time::timeout(STANDBY_CLIENT_WAIT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::ShuttingDown),
+            Err(_) => Err(Error::WriteInFlight { key: key.to_string() }),
+        }
+    }
+
+    /// Sends `write` to the root that leads now until it answers with the
+    /// write's outcome; commits it here if this root leads.
+    async fn send_to_leader(&self, write: crate::wire::Write, me: NodeId) -> Result<crate::wire::WriteResult> {
+        let body = crate::wire::encode_writes(std::slice::from_ref(&write));
+        let mut pause = Duration::from_millis(50);
+        let mut tries = 0u32;
+        loop {
+            if self.is_shutting_down() {
+                return Err(Error::ShuttingDown);
+            }
+            if self.place().is_ok_and(|p| p.topology.is_root()) {
+                // Took over meanwhile: our table knows the id if the old
+                // leader decided it (its outcomes came with its stream).
+                let mut results = self.commit_batch(None, vec![write.clone()]).await?;
+                return results.pop().ok_or_else(|| Error::Internal("no result for a write".into()));
+            }
+            if let Some(f) = self.following() {
+                let url = format!("{}/internal/write?standby={me}", f.leader_url);
+                let generation = self.inner.store.generation();
+                let sent = self
+                    .post_internal::<crate::wire::WriteResults>(
+                        self.inner.http.clone(),
+                        &f.leader_url,
+                        &url,
+                        body.clone(),
+                        STANDBY_WRITE_TIMEOUT,
+                        generation,
+                    )
+                    .await;
+                match sent.map(|answers| answers.results.into_iter().next()) {
+                    Ok(Some(result)) => return Ok(result),
+                    Ok(None) => log::warn!("leader {} answered a write with no result", f.leader),
+                    Err(e) => {
+                        tries += 1;
+                        if tries == 1 || tries.is_multiple_of(20) {
+                            log::info!("passing a write to leader {} (try {tries}; sent again): {e}", f.leader);
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 

@@ -99,6 +99,28 @@ impl Node {
         Ok(WriteResults { results, confirmed, notices: self.notices_for(child) })
     }
 
+    /// `POST /internal/write?standby=ID` at the leader: writes a standby
+    /// root took from its clients, each with the standby's write id, so a
+    /// resend after a lost answer or a failover is committed once, and in
+    /// the order the standby sends them (one at a time). Nothing is owed
+    /// back: the standby waits for each outcome, and holds no keys as a
+    /// child (its stream brings it every commit).
+    pub async fn accept_standby_writes(&self, standby: NodeId, writes: Vec<Write>) -> Result<WriteResults> {
+        let place = self.place()?;
+        if !place.topology.is_root() {
+            return Err(Error::NotRoot { root: place.root_url.clone() });
+        }
+        if !self.streams_to(standby) {
+            return Err(Error::BadRequest(format!("node {standby} is not a standby root of this leader")));
+        }
+        for w in &writes {
+            check_key(&w.update.key).map_err(Error::BadKey)?;
+        }
+        let results = self.commit_batch(None, writes).await?;
+        let confirmed = vec![false; results.len()];
+        Ok(WriteResults { results, confirmed, notices: Vec::new() })
+    }
+
     /// Commits `writes` here (the root) or queues them on our uplink and
     /// waits for their outcomes as [`HOP_WAIT`] allows.
     async fn hop_or_commit(&self, child: NodeId, writes: Vec<Write>, root: bool) -> Result<Vec<WriteResult>> {

@@ -119,7 +119,7 @@ impl Node {
         let (result, push) = self.commit_one(update, None);
         let committed_us = now_us();
         if let Some((update, _)) = &push {
-            self.make_durable(vec![(update.clone(), None)], Vec::new()).await?;
+            self.make_durable(vec![(update.clone(), None)]).await?;
         }
         if let Some((update, holders)) = push {
             self.push_committed(&holders, &update, Some(committed_us), mark);
@@ -139,11 +139,11 @@ impl Node {
     ) -> Result<Vec<WriteResult>> {
         let mut results = Vec::with_capacity(writes.len());
         let ack_roots: Vec<bool> = writes.iter().map(|w| w.ack_root).collect();
+        // In the batch's order, deletes of absent keys included (version
+        // 0): nothing to store, but their outcome is logged and replicated
+        // like a commit, so per-node order and exactly-once hold for them
+        // across a restart or a failover.
         let mut durable = Vec::new();
-        // Deletes of absent keys: nothing to store, but their outcome is
-        // logged and replicated like a commit, so per-node order and
-        // exactly-once hold for them across a restart or a failover.
-        let mut absent = Vec::new();
         let mut pushes = Vec::new();
         let mut seen_before = false;
         self.check_accepting()?;
@@ -177,24 +177,26 @@ impl Node {
                     results.push(result);
                 }
                 Verdict::New => {
+                    // Only a delete can find its key absent.
+                    let deleted = w.update.value.is_none().then(|| w.update.key.clone());
                     let (result, push) = self.commit_one(w.update, child);
                     outcomes.record(&w.id, result.clone());
                     drop(outcomes);
                     if let Some((update, holders)) = push {
                         durable.push((update.clone(), Some(w.id)));
                         pushes.push((update, holders));
-                    } else if result == WriteResult::Absent {
-                        absent.push(w.id);
+                    } else if let (WriteResult::Absent, Some(key)) = (&result, deleted) {
+                        durable.push((Update { key, version: 0, value: None, expires_at: None }, Some(w.id)));
                     }
                     results.push(result);
                 }
             }
         }
         let committed_us = now_us();
-        if !durable.is_empty() || !absent.is_empty() || seen_before {
+        if !durable.is_empty() || seen_before {
             // A write seen before may still be on its way to disk in
             // another batch: waiting covers everything appended so far.
-            self.make_durable(durable, absent).await?;
+            self.make_durable(durable).await?;
         }
         for (update, holders) in pushes {
             self.push_committed(&holders, &update, Some(committed_us), mark);
@@ -249,15 +251,18 @@ impl Node {
     /// is dropped meanwhile (the client or the child gave up), they still
     /// reach the log and stop being pending. A version left pending for
     /// good would hold back the mark every standby serves by.
-    async fn make_durable(&self, records: Vec<(Update, Option<WriteId>)>, absent: Vec<WriteId>) -> Result<()> {
+    ///
+    /// A record of version 0 is a delete of an absent key: only its outcome
+    /// (write id, 0) is logged and streamed.
+    async fn make_durable(&self, records: Vec<(Update, Option<WriteId>)>) -> Result<()> {
         let node = self.clone();
         let task = self.inner.runtime.spawn(async move {
-            let result = node.make_durable_now(&records, &absent).await;
+            let result = node.make_durable_now(&records).await;
             if result.is_ok() {
                 // Durable: readers may see it. On an error (deposed, or
                 // the log stopped) it stays pending: never served by this
                 // root.
-                node.pending_remove(records.iter().map(|(u, _)| u.version));
+                node.pending_remove(records.iter().map(|(u, _)| u.version).filter(|&v| v > 0));
             }
             result
         });
@@ -267,16 +272,21 @@ impl Node {
     /// Appends to the commit log and streams to every standby at once,
     /// then waits for the log and for each in-sync standby (see
     /// [`Node::await_replicated`]).
-    async fn make_durable_now(&self, records: &[(Update, Option<WriteId>)], absent: &[WriteId]) -> Result<()> {
+    async fn make_durable_now(&self, records: &[(Update, Option<WriteId>)]) -> Result<()> {
         self.check_leading()?;
         let epoch = self.epoch();
         // Each commit is encoded once: the same frames go to the log (one
         // append for the batch) and to every standby.
         let frames: Vec<Vec<u8>> = if self.inner.log.is_some() || self.has_standbys() {
-            let commits = records.iter().map(|(update, write_id)| {
-                crate::replication::frame_of(crate::log::Record { epoch, update: update.clone(), write_id: *write_id })
-            });
-            commits.chain(absent.iter().map(|&id| crate::replication::outcome_frame(id, 0))).collect()
+            let frame = |(update, write_id): &(Update, Option<WriteId>)| match (update.version, write_id) {
+                (0, Some(id)) => crate::replication::outcome_frame(*id, 0),
+                _ => crate::replication::frame_of(crate::log::Record {
+                    epoch,
+                    update: update.clone(),
+                    write_id: *write_id,
+                }),
+            };
+            records.iter().map(frame).collect()
         } else {
             Vec::new()
         };

@@ -98,8 +98,9 @@ const CLIENT_WAIT: Duration = Duration::from_secs(30);
 impl Node {
     /// A client's `PUT`/`POST` (`value` is `Some`) or `DELETE` (`None`).
     pub async fn write(&self, key: &str, value: Option<Bytes>, ttl_secs: Option<u64>, ack: Ack) -> Result<WriteResult> {
-        Metrics::inc(&self.inner.metrics.writes);
         let place = self.place()?;
+        // Counted once taken: a try the failover wait repeats is not.
+        Metrics::inc(&self.inner.metrics.writes);
         let expires_at = ttl_secs.map(|s| now_ms().saturating_add(s.saturating_mul(1000)));
         let update = Update { key: key.to_string(), version: 0, value, expires_at };
         if place.topology.is_root() {

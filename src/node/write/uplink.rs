@@ -168,6 +168,15 @@ impl Uplink {
 }
 
 impl Node {
+    /// A new write id of this node's: `me`, this process's incarnation, and
+    /// the next of the one sequence all its writes share (through its
+    /// uplink, or as a standby root).
+    pub(in crate::node) fn next_write_id(&self, me: NodeId) -> WriteId {
+        let mut s = self.inner.uplink.state.lock();
+        s.next_seq += 1;
+        WriteId { origin: me, incarnation: self.inner.incarnation, seq: s.next_seq }
+    }
+
     /// Queues a write from this node's client with a new id.
     pub(super) fn join_own(&self, update: Update, ack: Ack, me: NodeId) -> Result<oneshot::Receiver<WriteResult>> {
         let mut s = self.inner.uplink.state.lock();
