@@ -352,10 +352,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        other => return Err(format!("{s:?}: unknown unit {other:?} (use ms, s, m or h)")),
+        other => {
+            return Err(format!("{s:?}: unknown unit {other:?} (one number and one unit: ms, s, m or h, e.g. 90s)"))
+        }
     };
     if !secs.is_finite() || !(0.0..=365.0 * 86400.0).contains(&secs) {
-        return Err(format!("{s:?} is out of range"));
+        return Err(format!("{s:?} is out of range (0 to 365 days)"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -404,6 +406,9 @@ mod tests {
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("2 parsecs").is_err());
+        assert!(parse_duration("1m30s").unwrap_err().contains("one number and one unit"));
+        assert!(parse_duration("400d").is_err());
+        assert!(parse_duration("9000h").unwrap_err().contains("0 to 365 days"));
         assert!(parse_duration("").is_err());
     }
 

@@ -116,7 +116,12 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
 }
 
 fn client(target: &Target) -> Result<Client, Failure> {
-    let mut builder = Client::builder(&target.node).timeout(REQUEST_TIMEOUT);
+    // `--node 127.0.0.1:8080` means http://127.0.0.1:8080.
+    let node = match target.node.contains("://") {
+        true => target.node.clone(),
+        false => format!("http://{}", target.node),
+    };
+    let mut builder = Client::builder(&node).timeout(REQUEST_TIMEOUT);
     if let Some(token) = &target.api_token {
         builder = builder.api_token(token);
     }
@@ -143,6 +148,9 @@ fn failure(what: &str, error: Error) -> Failure {
     let message = match &error {
         Error::Transport { source, .. } => format!("{what}: {}", chain(source)),
         Error::InvalidToken => "--api-token: not a valid header value".into(),
+        Error::Unauthorized(reply) => {
+            format!("{what}: {}: {} (pass --api-token or set TREECACHE_API_TOKEN)", reply.status, reply.message)
+        }
         Error::Build(source) => format!("cannot build an HTTP client: {}", chain(source)),
         other => match other.reply() {
             Some(reply) => format!("{what}: {}: {}", reply.status, reply.message),
@@ -227,6 +235,9 @@ pub async fn put(args: PutArgs) -> Result<(), Failure> {
     let value = match args.value {
         Some(v) => v.into_bytes(),
         None => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprintln!("reading the value of {:?} from stdin (end it with Ctrl-D)", args.key);
+            }
             let mut buf = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map_err(|e| format!("reading stdin: {e}"))?;
             buf
@@ -320,6 +331,31 @@ mod tests {
         assert_eq!(exit_for(&answered(401)), Exit::Unauthorized);
         let failed = failure("GET http://127.0.0.1:1/kv/k", answered(404));
         assert_eq!(failed.message, "GET http://127.0.0.1:1/kv/k: 404 Not Found: no");
+    }
+
+    #[test]
+    fn a_refused_token_names_the_flag_and_the_variable() {
+        let failed = failure("GET u", answered(401));
+        assert_eq!(failed.exit, Exit::Unauthorized);
+        assert!(
+            failed.message.contains("--api-token") && failed.message.contains("TREECACHE_API_TOKEN"),
+            "{}",
+            failed.message
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_given_without_a_scheme_is_http() {
+        let port = crate::zkserver::free_port().unwrap();
+        let args = GetArgs {
+            key: "k".into(),
+            target: Target { node: format!("127.0.0.1:{port}"), api_token: None },
+            consistent: false,
+            output: OutputArg { output: Format::Text },
+        };
+        let err = get(args).await.unwrap_err();
+        assert_eq!(err.exit, Exit::Unavailable, "reached for, not refused as a bad URL: {}", err.message);
+        assert!(err.message.contains(&format!("http://127.0.0.1:{port}/kv/k")), "{}", err.message);
     }
 
     #[tokio::test]
