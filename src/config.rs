@@ -16,6 +16,7 @@ use clap::Args;
 use crate::auth::Secret;
 use crate::coherence::Mode;
 use crate::log::Fsync;
+use crate::tls::{ClientAuth, Tls, TlsFiles};
 use crate::trace::LogFormat;
 
 #[derive(Debug, Clone, Args)]
@@ -103,6 +104,26 @@ pub struct NodeArgs {
     /// (`/health` and `/tree` stay open).
     #[arg(long, env = "TREECACHE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// Serve HTTPS with this certificate (PEM, the node's own first, then
+    /// intermediates), and present it to other nodes. Needs --tls-key and
+    /// --tls-ca; reloaded on SIGHUP.
+    #[arg(long, env = "TREECACHE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "TREECACHE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signed every node's certificate: other nodes, and
+    /// clients that present a certificate, are verified against it.
+    #[arg(long, env = "TREECACHE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// What a client must present at the TLS handshake: none, request (one
+    /// presented must be valid), require. Nodes always present theirs.
+    #[arg(long, env = "TREECACHE_TLS_CLIENT_AUTH", value_enum, default_value_t = ClientAuth::None)]
+    pub tls_client_auth: ClientAuth,
+    /// Reach ZooKeeper over TLS (its secureClientPort), verified against
+    /// --tls-ca and presenting --tls-cert.
+    #[arg(long, env = "TREECACHE_ZK_TLS", value_parser = BoolishValueParser::new())]
+    pub zk_tls: bool,
     /// Log lines as text or as one JSON object per line.
     #[arg(long, env = "TREECACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -253,7 +274,61 @@ impl NodeArgs {
         if let Some(token) = &self.api_token {
             check_token(token)?;
         }
+        self.check_tls()?;
         Ok(())
+    }
+
+    /// The TLS flags go together, and the URLs this node gives and dials
+    /// are https; then the files are read and checked ([`Tls::load`]).
+    fn check_tls(&self) -> Result<(), String> {
+        if self.tls_files()?.is_none() {
+            if self.tls_client_auth != ClientAuth::None {
+                return Err("--tls-client-auth needs --tls-cert, --tls-key and --tls-ca".into());
+            }
+            if self.zk_tls {
+                return Err("--zk-tls needs --tls-cert, --tls-key and --tls-ca (ZooKeeper is verified against \
+                            that CA and the node presents that certificate)"
+                    .into());
+            }
+            for (flag, url) in [("--advertise", &self.advertise), ("--root-url", &self.root_url)] {
+                if url.as_deref().is_some_and(|u| u.starts_with("https://")) {
+                    return Err(format!(
+                        "{flag} is https:// but this node has no --tls-cert: nodes of one \
+                                        cluster speak either HTTPS (all of them) or HTTP"
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        for (flag, url) in [("--advertise", &self.advertise), ("--root-url", &self.root_url)] {
+            if url.as_deref().is_some_and(|u| !u.starts_with("https://")) {
+                return Err(format!("{flag} must be https:// with --tls-cert: nodes talk HTTPS to each other"));
+            }
+        }
+        self.tls()?;
+        Ok(())
+    }
+
+    /// The three TLS files, when given; an error when only some are.
+    pub fn tls_files(&self) -> Result<Option<TlsFiles>, String> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(ca)) => {
+                Ok(Some(TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() }))
+            }
+            _ => Err("give --tls-cert, --tls-key and --tls-ca together: the node's certificate, its key, and the \
+                      CA that signed every node's certificate"
+                .into()),
+        }
+    }
+
+    /// The node's TLS, read from its files and checked against the host it
+    /// advertises; `None` without --tls-cert.
+    pub fn tls(&self) -> Result<Option<Tls>, String> {
+        let Some(files) = self.tls_files()? else { return Ok(None) };
+        let url = self.advertise_url();
+        let host = url_host(&url);
+        Tls::load(files, self.tls_client_auth, host.as_deref()).map(Some)
     }
 
     /// What the operator should know about these settings that is not an
@@ -309,13 +384,26 @@ impl NodeArgs {
         Secret::new(text)
     }
 
-    /// The URL this node gives the tree for itself.
+    /// The URL this node gives the tree for itself: https:// with --tls-cert.
     pub fn advertise_url(&self) -> String {
         match &self.advertise {
             Some(url) => url.trim_end_matches('/').to_string(),
+            None if self.tls_cert.is_some() => format!("https://{}", self.listen),
             None => format!("http://{}", self.listen),
         }
     }
+}
+
+/// The host of an http(s) URL (an IPv6 address without its brackets).
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    (!host.is_empty()).then(|| host.to_string())
 }
 
 fn check_token(token: &str) -> Result<(), String> {

@@ -87,6 +87,8 @@ pub enum Credential {
     ClusterSecret,
     /// `/kv`, `/metrics`, `/dump` under `--api-token`: `Authorization: Bearer`.
     ApiToken,
+    /// Internal routes under TLS: a client certificate from `--tls-ca`.
+    NodeCertificate,
 }
 
 impl std::fmt::Display for Credential {
@@ -96,6 +98,9 @@ impl std::fmt::Display for Credential {
                 "internal route: missing or wrong cluster secret (header X-Treecache-Secret, see --cluster-secret)"
             }
             Credential::ApiToken => "missing or wrong API token (header Authorization: Bearer <token>)",
+            Credential::NodeCertificate => {
+                "internal route: this connection presented no client certificate from the cluster's CA (--tls-ca)"
+            }
         })
     }
 }
@@ -216,6 +221,7 @@ impl ResponseError for Error {
             let challenge = match what {
                 Credential::ApiToken => "Bearer realm=\"treecache\"",
                 Credential::ClusterSecret => "X-Treecache-Secret realm=\"treecache-internal\"",
+                Credential::NodeCertificate => "Mutual-TLS realm=\"treecache-internal\"",
             };
             resp.insert_header((header::WWW_AUTHENTICATE, challenge));
         }

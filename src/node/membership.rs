@@ -112,7 +112,8 @@ impl Node {
                 return Ok(client);
             }
         }
-        let client = zk::connect(&self.args().zk, &self.inner.paths).await?;
+        let tls = self.inner.tls.as_ref().filter(|_| self.args().zk_tls).map(|t| t.zk_options());
+        let client = zk::connect(&self.args().zk, &self.inner.paths, tls).await?;
         *self.inner.membership.zk.lock() = Some(client.clone());
         Ok(client)
     }
