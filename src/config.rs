@@ -602,6 +602,50 @@ mod tests {
     }
 
     #[test]
+    fn tls_flags_go_together_and_make_urls_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::tls::certs::Authority::new("test CA").unwrap();
+        let files = ca.write_node_files(dir.path(), "n", &["127.0.0.1"]).unwrap();
+        let (cert, key, ca_file) =
+            (files.cert.to_str().unwrap(), files.key.to_str().unwrap(), files.ca.to_str().unwrap());
+        let tls = ["--tls-cert", cert, "--tls-key", key, "--tls-ca", ca_file];
+        let n = node(&tls).unwrap();
+        assert_eq!(n.advertise_url(), "https://127.0.0.1:8080");
+        assert!(n.tls().unwrap().is_some());
+        assert!(node(&[]).unwrap().tls().unwrap().is_none());
+        let err = node(&["--tls-cert", cert, "--tls-key", key]).unwrap_err();
+        assert!(err.contains("--tls-cert, --tls-key and --tls-ca together"), "{err}");
+        assert!(node(&["--tls-ca", ca_file]).unwrap_err().contains("together"));
+        assert!(node(&["--zk-tls"]).unwrap_err().contains("--zk-tls needs --tls-cert"));
+        assert!(node(&["--tls-client-auth", "require"]).unwrap_err().contains("needs --tls-cert"));
+        assert!(node(&["--tls-client-auth", "sometimes"]).is_err());
+        let mut with = tls.to_vec();
+        with.extend(["--tls-client-auth", "require", "--zk-tls"]);
+        let n = node(&with).unwrap();
+        assert_eq!((n.tls_client_auth, n.zk_tls), (ClientAuth::Require, true));
+        let mut plain_url = tls.to_vec();
+        plain_url.extend(["--advertise", "http://127.0.0.1:8080"]);
+        assert!(node(&plain_url).unwrap_err().contains("--advertise must be https://"));
+        let mut root_url = tls.to_vec();
+        root_url.extend(["--root-url", "http://127.0.0.1:9000"]);
+        assert!(node(&root_url).unwrap_err().contains("--root-url must be https://"));
+        assert!(node(&["--advertise", "https://127.0.0.1:8080"]).unwrap_err().contains("no --tls-cert"));
+        // The certificate must name the host this node advertises.
+        let mut elsewhere = tls.to_vec();
+        elsewhere.extend(["--advertise", "https://node7.example:8080"]);
+        assert!(node(&elsewhere).unwrap_err().contains("cannot serve as node7.example"));
+    }
+
+    #[test]
+    fn url_hosts_are_read_for_the_certificate_check() {
+        assert_eq!(url_host("https://10.0.0.1:8080").as_deref(), Some("10.0.0.1"));
+        assert_eq!(url_host("https://node1/x").as_deref(), Some("node1"));
+        assert_eq!(url_host("https://[::1]:8080").as_deref(), Some("::1"));
+        assert_eq!(url_host("https://u@h:1?q").as_deref(), Some("h"));
+        assert_eq!(url_host("nonsense"), None);
+    }
+
+    #[test]
     fn api_token_and_limits_are_checked() {
         assert!(node(&["--api-token", ""]).is_err());
         assert!(node(&["--api-token", "two words"]).is_err());

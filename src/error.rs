@@ -149,8 +149,20 @@ impl Error {
         Error::BadParam { name, reason: reason.into() }
     }
 
-    pub fn parent_unreachable(url: &str, err: impl std::fmt::Display) -> Self {
-        Error::ParentUnreachable { url: url.to_string(), reason: err.to_string() }
+    /// The reason is the error and its causes: a TLS failure shows as
+    /// what it is (an unknown issuer, an expired certificate), not only as
+    /// "error sending request".
+    pub fn parent_unreachable(url: &str, err: impl std::error::Error) -> Self {
+        let mut reason = err.to_string();
+        let mut cause = err.source();
+        while let Some(e) = cause {
+            let text = e.to_string();
+            if !reason.contains(&text) {
+                reason = format!("{reason}: {text}");
+            }
+            cause = e.source();
+        }
+        Error::ParentUnreachable { url: url.to_string(), reason }
     }
 
     /// ZooKeeper refused an operation on the cluster's znodes for want of
@@ -242,7 +254,7 @@ mod tests {
 
     #[test]
     fn retryable_errors_carry_retry_after() {
-        let err = Error::parent_unreachable("http://10.0.0.1:8080", "connection refused");
+        let err = Error::parent_unreachable("http://10.0.0.1:8080", std::io::Error::other("connection refused"));
         let resp = err.error_response();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers().get(header::RETRY_AFTER).unwrap(), "1");
@@ -273,7 +285,7 @@ mod tests {
         assert!(!upstream(409, r#"{"error":"x","code":"write_refused"}"#).is_tree_changing());
         assert!(!upstream(500, r#"{"error":"x","code":"not_parent"}"#).is_tree_changing());
         assert!(!upstream(409, "not json").is_tree_changing());
-        assert!(!Error::parent_unreachable("http://p", "refused").is_tree_changing());
+        assert!(!Error::parent_unreachable("http://p", std::io::Error::other("refused")).is_tree_changing());
         let zk = Error::Zk { op: "mkdir", path: "/t".into(), source: zookeeper_client::Error::NoAuth };
         assert!(zk.is_zk_not_authorized());
         let other = Error::Zk { op: "mkdir", path: "/t".into(), source: zookeeper_client::Error::NoNode };

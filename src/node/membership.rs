@@ -166,7 +166,14 @@ impl Node {
             .await
             .map_err(|e| Error::parent_unreachable(&root_url, e))?;
         if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
-            return Err(Error::Internal(format!("the root {root_url} refused our cluster secret (401): not joining")));
+            // The root says which credential: the secret, or (under TLS)
+            // our certificate.
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            let what = match body["error"].as_str() {
+                Some(why) if why.contains("certificate") => format!("our certificate: {why}"),
+                _ => "our cluster secret".into(),
+            };
+            return Err(Error::Internal(format!("the root {root_url} refused {what} (401): not joining")));
         }
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
