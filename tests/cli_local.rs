@@ -175,6 +175,10 @@ async fn up_with_tls_runs_the_tree_over_https_with_a_throwaway_ca() {
     assert!(put.status().is_success(), "{}", put.status());
     let got = http.get(format!("{}/kv/greeting", urls[2])).send().await.unwrap();
     assert_eq!((got.status().as_u16(), got.text().await.unwrap().as_str()), (200, "hello"), "a fill over HTTPS");
+    // The CLI, given the CA.
+    let got = treecache(&["get", "greeting", "--node", &urls[0], "--tls-ca", ca]);
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim_end(), "hello");
     let plain = urls[0].replacen("https://", "http://", 1);
     assert!(reqwest::get(format!("{plain}/health")).await.is_err(), "plain HTTP is not served");
 

@@ -28,6 +28,9 @@ pub struct Target {
     /// The node's --api-token, sent as `Authorization: Bearer`.
     #[arg(long, env = "TREECACHE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// The CA (PEM) to verify an https:// node against.
+    #[arg(long, env = "TREECACHE_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Default headers for a client of `/kv`: the API token, when there is one.
@@ -126,9 +129,13 @@ fn url(target: &Target, key: &str) -> String {
 }
 
 fn client(target: &Target) -> Result<reqwest::Client, Failure> {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .default_headers(auth_headers(target.api_token.as_deref()).map_err(Failure::usage)?)
-        .timeout(REQUEST_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT);
+    if let Some(ca) = &target.tls_ca {
+        builder = builder.use_preconfigured_tls(crate::tls::client_config_trusting(ca).map_err(Failure::usage)?);
+    }
+    builder
         .build()
         .map_err(|e| Failure::new(Exit::Other, format!("cannot build an HTTP client: {}", chain(&e))))
 }
@@ -291,7 +298,7 @@ mod tests {
         let port = crate::zkserver::free_port().unwrap();
         let args = DelArgs {
             key: "k".into(),
-            target: Target { node: format!("http://127.0.0.1:{port}"), api_token: None },
+            target: Target { node: format!("http://127.0.0.1:{port}"), api_token: None, tls_ca: None },
             write: WriteArgs { ack: AckArg::Parent, output: OutputArg { output: Format::Text } },
         };
         let err = del(args).await.unwrap_err();

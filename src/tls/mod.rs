@@ -292,6 +292,22 @@ impl Tls {
     }
 }
 
+/// A client configuration that trusts the CA in `ca` (PEM) and presents
+/// no certificate: for clients of nodes (the bench, the CLI) under
+/// `--tls-client-auth none` or `request`.
+pub fn client_config_trusting(ca: &Path) -> Result<ClientConfig, String> {
+    let pem = read("--tls-ca", ca)?;
+    let mut roots = RootCertStore::empty();
+    for cert in certificates("--tls-ca", ca, &pem)? {
+        roots.add(cert).map_err(|e| format!("--tls-ca {}: not a usable CA certificate: {e}", ca.display()))?;
+    }
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .map_err(|e| format!("TLS client configuration: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// Reads a file named by `flag`, for an error that names both.
 fn read(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
