@@ -250,9 +250,18 @@ async fn an_expired_certificate_is_refused() {
     let body: Value = resp.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("no client certificate from the cluster's CA"), "{body}");
     assert_eq!(c.zk_tree("live").await.len(), 1, "nothing registered");
-    // With the secret and a valid certificate, the same route answers.
-    let resp = c.peer_http().get(format!("{}/internal/fill/nope?child=99", c.url(0))).send().await.unwrap();
-    assert_ne!(resp.status().as_u16(), 401, "a valid node certificate and the secret pass the gate");
+    // With the secret and a valid certificate the gate opens, and the
+    // registrar takes https:// URLs only.
+    let resp = c
+        .peer_http()
+        .post(format!("{}/clients/register", c.url(0)))
+        .json(&serde_json::json!({"url": "http://127.0.0.1:9"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("is not https://"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

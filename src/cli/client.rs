@@ -135,9 +135,7 @@ fn client(target: &Target) -> Result<reqwest::Client, Failure> {
     if let Some(ca) = &target.tls_ca {
         builder = builder.use_preconfigured_tls(crate::tls::client_config_trusting(ca).map_err(Failure::usage)?);
     }
-    builder
-        .build()
-        .map_err(|e| Failure::new(Exit::Other, format!("cannot build an HTTP client: {}", chain(&e))))
+    builder.build().map_err(|e| Failure::new(Exit::Other, format!("cannot build an HTTP client: {}", chain(&e))))
 }
 
 /// Sends the request; a node that cannot be reached is [`Exit::Unavailable`],

@@ -567,6 +567,12 @@ impl Node {
     /// `POST /clients/register` at the root.
     pub async fn register(&self, req: RegisterRequest) -> Result<Registration> {
         check_peer_url(&req.url)?;
+        if self.inner.tls.is_some() && !req.url.starts_with("https://") {
+            return Err(Error::BadRequest(format!(
+                "{} is not https://: this tree speaks HTTPS between nodes (--tls-cert)",
+                req.url
+            )));
+        }
         if let Some(id) = req.id {
             check_node_id(id)?;
         }

@@ -90,7 +90,10 @@ pub struct Load {
 
 /// A bench client: the run's headers, no proxy, no Nagle delay, and the
 /// run's TLS configuration (`--tls-ca`) when the nodes serve HTTPS.
-pub fn client_builder(headers: &reqwest::header::HeaderMap, tls: Option<&rustls::ClientConfig>) -> reqwest::ClientBuilder {
+pub fn client_builder(
+    headers: &reqwest::header::HeaderMap,
+    tls: Option<&rustls::ClientConfig>,
+) -> reqwest::ClientBuilder {
     let builder = reqwest::Client::builder().default_headers(headers.clone()).no_proxy().tcp_nodelay(true);
     match tls {
         Some(config) => builder.use_preconfigured_tls(config.clone()),
@@ -373,7 +376,7 @@ mod tests {
             timeout: Duration::from_secs(2),
             progress: false,
         };
-        let conns = Connections::new(2, load.timeout, &Default::default()).unwrap();
+        let conns = Connections::new(2, load.timeout, &Default::default(), None).unwrap();
         let (phase, _, exhausted) = run("t", vec![], &load, &conns, Arc::new(Nowhere)).await.unwrap();
         assert!(exhausted, "the workload ran out of requests and ended the run");
         assert_eq!(phase.requests, 5);
