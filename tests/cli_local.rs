@@ -175,7 +175,13 @@ async fn up_with_tls_runs_the_tree_over_https_with_a_throwaway_ca() {
     assert!(put.status().is_success(), "{}", put.status());
     let got = http.get(format!("{}/kv/greeting", urls[2])).send().await.unwrap();
     assert_eq!((got.status().as_u16(), got.text().await.unwrap().as_str()), (200, "hello"), "a fill over HTTPS");
-    // The CLI, given the CA.
+    // The CLI, given the CA: `tree` reaches every node, `get` reads.
+    let zk = out.lines().find_map(|l| l.strip_prefix("ZooKeeper  ")).expect("ZooKeeper line");
+    let zk = zk.split_whitespace().next().unwrap();
+    let tree = treecache(&["tree", "--zk", zk, "--cluster", "uptls", "--tls-ca", ca]);
+    let drawn = String::from_utf8_lossy(&tree.stdout);
+    assert!(tree.status.success(), "{}", stderr(&tree));
+    assert_eq!(drawn.matches("alive, depth").count(), 3, "{drawn}");
     let got = treecache(&["get", "greeting", "--node", &urls[0], "--tls-ca", ca]);
     assert!(got.status.success(), "{}", stderr(&got));
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim_end(), "hello");
