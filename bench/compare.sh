@@ -6,7 +6,8 @@
 #   baselines   examples/bare (actix-web, constant body), examples/hop (one
 #               reqwest keep-alive hop to bare), Redis GET/SET with
 #               redis-benchmark (no pipelining) when redis-server is installed
-#   treecache   hit, miss (per-level cost), write ack=parent, write ack=root
+#   treecache   hit, hit over TLS (up --tls, keep-alive connections), miss
+#               (per-level cost), write ack=parent, write ack=root
 #               with 64 writers, YCSB A and B, converge in a 63-node tree,
 #               100k x 100 B memory, scale (63 processes); durability: ack=root
 #               with 64 writers at a root with --data-dir under --fsync always
@@ -138,12 +139,16 @@ bench() {
     "$BIN" bench "$@" --json --quiet >"$WORK/$name.json"
 }
 j() { jq -r "$2" "$WORK/$1.json"; }
-# up N NAME: a local tree of N nodes; sets UP_PID and ROOT.
+# up N NAME [FLAGS..]: a local tree of N nodes; sets UP_PID and ROOT (and
+# UP_CA, the CA file, with --tls).
 up() {
-    start "$2" "$BIN" up --nodes "$1"
+    local n=$1 name=$2
+    shift 2
+    start "$name" "$BIN" up --nodes "$n" "$@"
     UP_PID=$LAST_PID
-    wait_log "$WORK/$2.log" 'Ctrl-C stops the tree' $((30 + 2 * $1)) "$UP_PID"
-    ROOT=$(grep -E '^node .* root ' "$WORK/$2.log" | grep -oE 'http://[0-9.:]+' | head -1)
+    wait_log "$WORK/$name.log" 'Ctrl-C stops the tree' $((30 + 2 * n)) "$UP_PID"
+    ROOT=$(grep -E '^node .* root ' "$WORK/$name.log" | grep -oE 'https?://[0-9.:]+' | head -1)
+    UP_CA=$(sed -n 's/^TLS: nodes serve HTTPS; the throwaway CA is \([^ ]*\) .*/\1/p' "$WORK/$name.log")
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)" >&2
@@ -188,6 +193,11 @@ bench write_parent write --root "$ROOT" --ack parent -c "$CONNS" -d "$DUR" --val
 bench write_root write --root "$ROOT" --ack root -c "$WRITERS" -d "$DUR" --value-size "$VALUE"
 bench ycsb_a mixed --root "$ROOT" --ycsb a --popularity zipfian -c "$CONNS" -d "$DUR" --value-size "$VALUE"
 bench ycsb_b mixed --root "$ROOT" --ycsb b --popularity zipfian -c "$CONNS" -d "$DUR" --value-size "$VALUE"
+stop "$UP_PID"
+
+# --- the same hits over TLS: up --tls, the bench trusting its CA ---------------
+up 7 tree7tls --tls
+bench hit_tls hit --root "$ROOT" --tls-ca "$UP_CA" -c "$CONNS" -d "$DUR" --warmup 1s --value-size "$VALUE" --keys 10000
 stop "$UP_PID"
 
 # --- memory: one root, N entries of 100 B -------------------------------------
@@ -304,6 +314,10 @@ r=$(ratio "$HIT_RPS" "$BARE_RPS")
 row "leaf hit GET, throughput" "$HIT_RPS req/s" "bare $BARE_RPS" "$r" "≥ 0.85" "$(verdict "$r" '>=' 0.85)"
 r=$(ratio "$HIT_P99" "$BARE_P99")
 row "leaf hit GET, p99" "$(us2ms "$HIT_P99") ms" "bare $(us2ms "$BARE_P99") ms" "$r" "≤ 1.5" "$(verdict "$r" '<=' 1.5)"
+TLS_RPS=$(j hit_tls .total.throughput_rps); TLS_P50=$(j hit_tls .total.latency.p50_us); TLS_P99=$(j hit_tls .total.latency.p99_us)
+r=$(ratio "$TLS_RPS" "$HIT_RPS")
+row "leaf hit GET over TLS (keep-alive), throughput" "$TLS_RPS req/s" "plaintext $HIT_RPS" "$r" "≥ 0.8" "$(verdict "$r" '>=' 0.8)"
+row "leaf hit GET over TLS (keep-alive), p50 / p99" "$(us2ms "$TLS_P50") / $(us2ms "$TLS_P99") ms" "plaintext $(us2ms "$(j hit .total.latency.p50_us)") / $(us2ms "$HIT_P99") ms" "$(ratio "$TLS_P99" "$HIT_P99")" "(beside)" ""
 if [ $HAVE_REDIS = 1 ]; then
     R_GET=$(csv redis GET 2); R_SET=$(csv redis SET 2); R_SET64=$(csv redis64 SET 2)
     r=$(ratio "$HIT_RPS" "$R_GET")

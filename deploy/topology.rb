@@ -82,8 +82,17 @@ module Treecache
     def zk_address
       "#{zk_row[:ip]}:#{zk_port}"
     end
+    # ZooKeeper's secure client port (TREECACHE_TLS=1).
+    def zk_tls_port
+      Integer(settings.fetch("zk_tls_port", "2281"))
+    end
+    # TREECACHE_TLS=1: HTTPS between nodes, ZooKeeper over TLS, a CA made
+    # by the zk VM (provision/lib.sh).
+    def tls?
+      %w[1 true yes on].include?(env.fetch("TREECACHE_TLS", "").strip.downcase)
+    end
     def url(row)
-      "http://#{row[:ip]}:#{http_port}"
+      "#{tls? ? 'https' : 'http'}://#{row[:ip]}:#{http_port}"
     end
 
     # How many nodes `vagrant up` starts (NODES, default 4, at most the rows).
@@ -103,7 +112,7 @@ module Treecache
     # one spare after them (node5 after a default `vagrant up`).
     def vms
       defined = [nodes, node_rows.rindex { |r| created.include?(r[:name]) }.to_i + 1].max + 1
-      [vm(zk_row, true, "ZK", "ZOOKEEPER_LISTEN" => zk_address)] +
+      [vm(zk_row, true, "ZK", zk_env)] +
         root_rows.each_with_index.map { |r, i| vm(r, i < roots, "VM", node_env(r, root: true)) } +
         node_rows.first(defined).each_with_index.map { |r, i| vm(r, i < nodes, "VM", node_env(r, root: false)) }
     end
@@ -131,10 +140,19 @@ module Treecache
              cpus: size_from("#{size}_CPUS", size == "ZK" ? 2 : 1, 1), env: env)
     end
 
+    # provision/zookeeper.sh's variables. Under TLS the plain port serves
+    # the zk VM's own loopback only (zkCli.sh there); the nodes use the
+    # secure port on the private network.
+    def zk_env
+      return { "ZOOKEEPER_LISTEN" => zk_address } unless tls?
+
+      { "ZOOKEEPER_LISTEN" => "127.0.0.1:#{zk_port}", "ZOOKEEPER_TLS_LISTEN" => "#{zk_row[:ip]}:#{zk_tls_port}" }
+    end
+
     # The variables `treecache node` reads (src/config.rs), as this VM needs them.
     def node_env(row, root:)
       e = {
-        "TREECACHE_ZK" => zk_address,
+        "TREECACHE_ZK" => tls? ? "#{zk_row[:ip]}:#{zk_tls_port}" : zk_address,
         "TREECACHE_CLUSTER" => cluster,
         "TREECACHE_LISTEN" => "#{row[:ip]}:#{http_port}",
         "TREECACHE_ADVERTISE" => url(row),
@@ -147,6 +165,11 @@ module Treecache
         # With one root its address is fixed. With candidates, nodes follow
         # the election through ZooKeeper's root znode instead.
         e["TREECACHE_ROOT_URL"] = url(root_rows.first)
+      end
+      if tls?
+        # provision/treecache.sh makes the certificate; the node gets the files.
+        e.merge!("TREECACHE_TLS" => "1", "TREECACHE_TLS_NAME" => row[:name], "TREECACHE_ZK_TLS" => "true")
+        e["TREECACHE_TLS_CLIENT_AUTH"] = env["TREECACHE_TLS_CLIENT_AUTH"] if env["TREECACHE_TLS_CLIENT_AUTH"]
       end
       PASS_THROUGH.each { |k| e[k] = env[k] if env[k] && !env[k].empty? }
       # The root keeps every key: it refuses a memory bound.

@@ -199,3 +199,80 @@ ensure_secret() {
 shared_build_current() {
     [ -x "$SHARED_BUILD/treecache" ] && [ "$(cat "$SHARED_BUILD/treecache.src" 2>/dev/null)" = "$(source_hash)" ]
 }
+
+# TLS (TREECACHE_TLS=1): one CA for the tree in the synced folder, made by
+# the zk VM (it comes up first) or the first machine that needs it; each
+# machine then makes its own certificate with it. OpenSSL's command line
+# makes them (Debian's openssl, which ca-certificates already depends on);
+# the treecache binary itself uses rustls.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+SHARED_TLS=${TREECACHE_TLS_DIR:-$SHARED_BUILD/tls}
+
+# tls_on: TREECACHE_TLS asks for TLS (1, true, yes, on).
+tls_on() {
+    case "${TREECACHE_TLS:-}" in
+        1 | true | yes | on) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+# ensure_ca DIR: DIR/ca.pem and DIR/ca-key.pem (0600), a P-256 CA made once.
+# A lock directory keeps two machines from making two CAs.
+ensure_ca() {
+    local dir=$1 i
+    [ -s "$dir/ca.pem" ] && [ -s "$dir/ca-key.pem" ] && return 0
+    command -v openssl >/dev/null || apt_install openssl
+    mkdir -p "$dir"
+    if mkdir "$dir/.making-ca" 2>/dev/null; then
+        if [ ! -s "$dir/ca.pem" ]; then
+            (
+                umask 077
+                openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -noenc -days 3650 \
+                    -subj "/CN=treecache deployment CA" -keyout "$dir/ca-key.pem" -out "$dir/ca.pem.tmp" 2>/dev/null
+            )
+            chmod 0644 "$dir/ca.pem.tmp"
+            mv -f "$dir/ca.pem.tmp" "$dir/ca.pem"
+            log "made a new CA in $dir/ca.pem (its key: $dir/ca-key.pem)"
+        fi
+        rmdir "$dir/.making-ca"
+    else
+        for i in $(seq 1 100); do
+            [ -s "$dir/ca.pem" ] && return 0
+            sleep 0.2
+        done
+        die "another machine is making the CA in $dir and has not finished (remove $dir/.making-ca if it died)"
+    fi
+}
+
+# issue_cert CADIR OUTDIR NAME ADDRESS [DNSNAME]: OUTDIR/NAME.pem and
+# OUTDIR/NAME-key.pem (0600), a certificate for both server and client use
+# naming ADDRESS and DNSNAME (default NAME), signed by CADIR's CA;
+# OUTDIR/ca.pem beside them. Kept while it names ADDRESS and the CA still
+# signs it; made again otherwise.
+issue_cert() {
+    local cadir=$1 out=$2 name=$3 address=$4 dns=${5:-$3} ext
+    command -v openssl >/dev/null || apt_install openssl
+    mkdir -p "$out"
+    if [ -s "$out/$name.pem" ] && [ -s "$out/$name-key.pem" ] &&
+        openssl verify -CAfile "$cadir/ca.pem" "$out/$name.pem" >/dev/null 2>&1 &&
+        openssl x509 -in "$out/$name.pem" -noout -ext subjectAltName 2>/dev/null | grep -q "IP Address:$address\$\|IP Address:$address,"; then
+        cmp -s "$cadir/ca.pem" "$out/ca.pem" || install -m 0644 "$cadir/ca.pem" "$out/ca.pem"
+        return 0
+    fi
+    ext=$(mktemp)
+    printf 'subjectAltName=IP:%s,DNS:%s\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=critical,CA:FALSE\n' \
+        "$address" "$dns" >"$ext"
+    (
+        umask 077
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -noenc -subj "/CN=$dns" \
+            -keyout "$out/$name-key.pem" -out "$out/$name.csr" 2>/dev/null
+    )
+    # A random serial: machines signing at once share no serial file.
+    openssl x509 -req -in "$out/$name.csr" -CA "$cadir/ca.pem" -CAkey "$cadir/ca-key.pem" \
+        -set_serial "0x$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')" \
+        -days 825 -extfile "$ext" -out "$out/$name.pem" 2>/dev/null
+    rm -f "$ext" "$out/$name.csr"
+    chmod 0644 "$out/$name.pem"
+    install -m 0644 "$cadir/ca.pem" "$out/ca.pem"
+    log "made a certificate for $dns ($address) in $out/$name.pem"
+}

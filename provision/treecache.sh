@@ -23,16 +23,28 @@
 #                        TREECACHE_CLUSTER_SECRET gives the secret itself. In a VM
 #                        it is copied to /etc/treecache/cluster-secret (0600) and
 #                        handed to the service as a systemd credential.
+#   TREECACHE_TLS        1: serve HTTPS and talk TLS to the other nodes. The
+#                        node gets a certificate for the host of its URL (and
+#                        TREECACHE_TLS_NAME, default the short host name),
+#                        signed by the tree's CA in target/vagrant/tls (or
+#                        TREECACHE_TLS_DIR), made there once if missing. In a VM
+#                        the files go to /etc/treecache/tls/ (the key as a
+#                        systemd credential); `systemctl reload treecache`
+#                        makes the node reload them (SIGHUP).
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 . "$(dirname "$0")/lib.sh"
 
 mode=$(parse_mode "${1:-}")
 listen=${TREECACHE_LISTEN:-127.0.0.1:8080}
-url=${TREECACHE_ADVERTISE:-http://$listen}
+if tls_on; then
+    url=${TREECACHE_ADVERTISE:-https://$listen}
+else
+    url=${TREECACHE_ADVERTISE:-http://$listen}
+fi
 # Variables for this script, not for the node (the secret reaches a VM's
 # node as a credential file, never through the environment file).
-PROVISION_ONLY='^TREECACHE_(BIN|STATE_DIR|BUILD_WAIT|CLUSTER_SECRET|CLUSTER_SECRET_FILE)='
+PROVISION_ONLY='^TREECACHE_(BIN|STATE_DIR|BUILD_WAIT|CLUSTER_SECRET|CLUSTER_SECRET_FILE|TLS|TLS_NAME|TLS_DIR|TLS_KEY)='
 
 # secret_file: the file with the cluster secret, made if needed.
 secret_file() {
@@ -53,9 +65,23 @@ describe() {
     printf '%s at %s, ZooKeeper %s' "$what" "$url" "${TREECACHE_ZK:-(unset)}"
 }
 
+# tls_files DIR: the node's certificate, key and the CA in DIR (made or
+# kept, see issue_cert), exported as TREECACHE_TLS_CERT, _KEY and _CA.
+tls_files() {
+    local dir=$1 host
+    host=${url#*://}
+    host=${host%%/*}
+    host=${host%:*}
+    ensure_ca "$SHARED_TLS"
+    issue_cert "$SHARED_TLS" "$dir" node "$host" "${TREECACHE_TLS_NAME:-$(hostname -s)}"
+    export TREECACHE_TLS_CERT=$dir/node.pem TREECACHE_TLS_KEY=$dir/node-key.pem TREECACHE_TLS_CA=$dir/ca.pem
+    CURL_TLS=(--cacert "$dir/ca.pem")
+}
+CURL_TLS=()
+
 # health: the node answers /health with 200 (it is registered).
 health() {
-    curl -sf --max-time 3 "$url/health" >/dev/null
+    curl -sf --max-time 3 "${CURL_TLS[@]}" "$url/health" >/dev/null
 }
 
 # local_binary: TREECACHE_BIN, or the checkout's release build (built once).
@@ -101,15 +127,26 @@ install_systemd() {
         mv -f /usr/local/bin/treecache.new /usr/local/bin/treecache
         changed=1
     fi
-    local secret
+    local secret tls_unit=""
     secret=$(secret_file)
     write_if_changed /etc/treecache/cluster-secret 0600 <"$secret" && changed=1
+    if tls_on; then
+        local before
+        before=$(cat /etc/treecache/tls/node.pem 2>/dev/null || true)
+        tls_files /etc/treecache/tls
+        [ "$before" = "$(cat /etc/treecache/tls/node.pem)" ] || changed=1
+        # The key reaches the service as a credential, like the secret.
+        tls_unit="LoadCredential=tls-key:/etc/treecache/tls/node-key.pem
+Environment=TREECACHE_TLS_KEY=%d/tls-key
+# systemctl reload: the node reads its certificate, key and CA again.
+ExecReload=/bin/kill -HUP \$MAINPID"
+    fi
     # 0600: it may hold TREECACHE_API_TOKEN. systemd reads it as root.
     {
         echo "# Written by provision/treecache.sh from the environment Vagrant gave it."
         env | grep -E '^(TREECACHE_[A-Z_]+|RUST_LOG)=' | grep -Ev "$PROVISION_ONLY" | LC_ALL=C sort
     } | write_if_changed /etc/treecache/treecache.env 0600 && changed=1
-    write_if_changed /etc/systemd/system/treecache.service 0644 <<'EOF' && changed=1
+    write_if_changed /etc/systemd/system/treecache.service 0644 <<EOF && changed=1
 # Written by provision/treecache.sh.
 [Unit]
 Description=treecache node
@@ -122,6 +159,7 @@ EnvironmentFile=/etc/treecache/treecache.env
 # The cluster secret, readable by this service's dynamic user only.
 LoadCredential=cluster-secret:/etc/treecache/cluster-secret
 Environment=TREECACHE_CLUSTER_SECRET_FILE=%d/cluster-secret
+$tls_unit
 ExecStart=/usr/local/bin/treecache node
 # SIGTERM: the node leaves the tree (its children re-attach at once).
 KillSignal=SIGTERM
@@ -140,7 +178,7 @@ WantedBy=multi-user.target
 EOF
     systemd_unit treecache.service "$changed"
     if wait_for "$(describe) to register" 60 health; then
-        log "$(describe): $(curl -sf --max-time 3 "$url/health")"
+        log "$(describe): $(curl -sf --max-time 3 "${CURL_TLS[@]}" "$url/health")"
     elif systemctl is-active --quiet treecache.service; then
         log "$(describe) runs but has not registered yet (is the root up?): journalctl -u treecache"
     else
@@ -154,6 +192,9 @@ case "$mode" in
         ;;
     foreground)
         bin=$(local_binary)
+        if tls_on; then
+            tls_files "$(state_dir "node-${listen//[:.]/-}")/tls"
+        fi
         TREECACHE_CLUSTER_SECRET_FILE=$(secret_file)
         export TREECACHE_CLUSTER_SECRET_FILE
         unset TREECACHE_CLUSTER_SECRET
@@ -162,6 +203,9 @@ case "$mode" in
         ;;
     background)
         bin=$(local_binary)
+        if tls_on; then
+            tls_files "$(state_dir "node-${listen//[:.]/-}")/tls"
+        fi
         TREECACHE_CLUSTER_SECRET_FILE=$(secret_file)
         export TREECACHE_CLUSTER_SECRET_FILE
         unset TREECACHE_CLUSTER_SECRET

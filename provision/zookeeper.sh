@@ -14,6 +14,11 @@
 #   ZOOKEEPER_LISTEN     ADDRESS:PORT to serve on (default 127.0.0.1:2181);
 #                        Vagrant passes the zk VM's private address
 #   ZOOKEEPER_HEAP       JVM heap (default 256m)
+#   ZOOKEEPER_TLS_LISTEN ADDRESS:PORT of a secure client port (TLS, client
+#                        certificates required), off when unset; Vagrant sets it
+#                        with TREECACHE_TLS=1. The CA is made in the synced
+#                        folder (target/vagrant/tls, or TREECACHE_TLS_DIR), the
+#                        server's certificate from it (provision/lib.sh)
 #   TREECACHE_STATE_DIR  state dir for foreground/background
 #                        (default target/deploy/zookeeper-PORT in the checkout)
 #
@@ -30,12 +35,54 @@ host=${listen%:*}
 port=${listen##*:}
 heap=${ZOOKEEPER_HEAP:-256m}
 [[ $port =~ ^[0-9]+$ && -n $host && $host != "$listen" ]] || die "ZOOKEEPER_LISTEN=$listen: expected ADDRESS:PORT"
+tls_listen=${ZOOKEEPER_TLS_LISTEN:-}
+tls_host=${tls_listen%:*}
+tls_port=${tls_listen##*:}
+if [ -n "$tls_listen" ]; then
+    [[ $tls_port =~ ^[0-9]+$ && -n $tls_host && $tls_host != "$tls_listen" ]] ||
+        die "ZOOKEEPER_TLS_LISTEN=$tls_listen: expected ADDRESS:PORT"
+fi
 
 JARS=/usr/share/java
 SERVER_CP=/etc/zookeeper/conf:$JARS/zookeeper.jar:$JARS/slf4j-log4j12.jar:$JARS/log4j-1.2.jar
+if [ -n "$tls_listen" ]; then
+    # The secure port runs on Netty (Debian's libnetty-java, a dependency
+    # of the zookeeper package).
+    for jar in buffer codec common handler resolver transport transport-native-epoll transport-native-unix-common; do
+        SERVER_CP=$SERVER_CP:$JARS/netty-$jar.jar
+    done
+fi
 CLI_CP=/etc/zookeeper/conf:$JARS/zookeeper.jar:$JARS/slf4j-nop.jar
 
-# zoo_cfg DATADIR: the server's configuration.
+# zoo_tls_cfg TLSDIR: the secure client port's lines (TLSDIR holds
+# keystore.pem, the server's certificate then its key, and ca.pem).
+zoo_tls_cfg() {
+    cat <<EOF
+# The secure client port: TLS, client certificates from the CA required.
+secureClientPortAddress=$tls_host
+secureClientPort=$tls_port
+serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory
+ssl.keyStore.location=$1/keystore.pem
+ssl.keyStore.type=PEM
+ssl.trustStore.location=$1/ca.pem
+ssl.trustStore.type=PEM
+ssl.clientAuth=need
+EOF
+}
+
+# zoo_tls_files TLSDIR [OWNER]: the server's certificate for its secure
+# address, as the key store and trust store in TLSDIR (OWNER may read them).
+zoo_tls_files() {
+    local dir=$1 owner=${2:-}
+    ensure_ca "$SHARED_TLS"
+    issue_cert "$SHARED_TLS" "$dir" zk "$tls_host"
+    cat "$dir/zk.pem" "$dir/zk-key.pem" | write_if_changed "$dir/keystore.pem" 0600 || true
+    if [ -n "$owner" ]; then
+        chown "$owner" "$dir/keystore.pem" "$dir/zk-key.pem"
+    fi
+}
+
+# zoo_cfg DATADIR [TLSDIR]: the server's configuration.
 zoo_cfg() {
     cat <<EOF
 # Written by provision/zookeeper.sh; edit that script, not this file.
@@ -53,6 +100,9 @@ admin.enableServer=false
 autopurge.snapRetainCount=3
 autopurge.purgeInterval=24
 EOF
+    if [ -n "$tls_listen" ]; then
+        zoo_tls_cfg "$2"
+    fi
 }
 
 # server_cmd CFG: the command line of the server.
@@ -91,7 +141,10 @@ ruok() {
 configure_local() {
     local dir=$1
     mkdir -p "$dir/data" "$dir/bin"
-    zoo_cfg "$dir/data" | write_if_changed "$dir/zoo.cfg" 0644 || true
+    if [ -n "$tls_listen" ]; then
+        zoo_tls_files "$dir/tls"
+    fi
+    zoo_cfg "$dir/data" "$dir/tls" | write_if_changed "$dir/zoo.cfg" 0644 || true
     zkcli_wrapper | write_if_changed "$dir/bin/zkCli.sh" 0755 || true
 }
 
@@ -100,7 +153,11 @@ install_systemd() {
     "$PROVISION_DIR/install-zookeeper.sh"
     local changed=0 cmd
     install -d -o zookeeper -g zookeeper -m 0750 /var/lib/zookeeper
-    zoo_cfg /var/lib/zookeeper | write_if_changed /etc/treecache/zoo.cfg 0644 && changed=1
+    if [ -n "$tls_listen" ]; then
+        install -d -m 0755 /etc/treecache/zk-tls
+        zoo_tls_files /etc/treecache/zk-tls zookeeper:zookeeper
+    fi
+    zoo_cfg /var/lib/zookeeper /etc/treecache/zk-tls | write_if_changed /etc/treecache/zoo.cfg 0644 && changed=1
     cmd=$(server_cmd /etc/treecache/zoo.cfg | tr '\n' ' ')
     write_if_changed /etc/systemd/system/zookeeper.service 0644 <<EOF && changed=1
 # Written by provision/zookeeper.sh.

@@ -11,7 +11,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(vagrant shellcheck iproute2 redis-server redis-tools jq curl python3 python3-venv)
+# openssl: the provisioning's CA and certificates (TREECACHE_TLS=1, tests/netns.rs).
+packages=(vagrant shellcheck iproute2 redis-server redis-tools jq curl python3 python3-venv openssl)
 # The version tests/openapi.rs was written against; its CLI changes between majors.
 schemathesis_version=4.32.5
 # The Prometheus project's Python client; tests/metrics.rs uses its parser.
@@ -72,7 +73,7 @@ install_python_tools() {
 
 check_tools() {
     local missing=() t
-    for t in java /usr/share/zookeeper/bin/zkCli.sh vagrant shellcheck ip redis-server redis-cli redis-benchmark jq curl cargo; do
+    for t in java /usr/share/zookeeper/bin/zkCli.sh vagrant shellcheck ip redis-server redis-cli redis-benchmark jq curl openssl cargo; do
         command -v "$t" >/dev/null 2>&1 || missing+=("$t")
     done
     [ -x "$venv/bin/schemathesis" ] || missing+=("$venv/bin/schemathesis")

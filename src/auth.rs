@@ -11,6 +11,9 @@
 //!   no internal route, the secret no `/kv`.
 //! - The API token (`--api-token`, off by default) guards `/kv`, `/metrics`
 //!   and `/dump` as `Authorization: Bearer <token>`.
+//! - Under TLS, internal routes also need a node's certificate: the
+//!   connection's client presented one that chains to `--tls-ca`
+//!   ([`crate::tls::PeerVerified`], set when the connection opened).
 
 use actix_web::http::header::{HeaderMap, HeaderName, AUTHORIZATION};
 use subtle::ConstantTimeEq;
@@ -67,11 +70,28 @@ pub fn ct_eq(presented: &[u8], expected: &[u8]) -> bool {
 pub struct Guard {
     secret: Secret,
     token: Option<String>,
+    /// Internal routes need a verified client certificate (TLS is on).
+    node_certificates: bool,
 }
 
 impl Guard {
     pub fn new(secret: Secret, token: Option<String>) -> Guard {
-        Guard { secret, token }
+        Guard { secret, token, node_certificates: false }
+    }
+
+    /// Internal routes also need a client certificate from `--tls-ca`.
+    pub fn with_node_certificates(mut self) -> Guard {
+        self.node_certificates = true;
+        self
+    }
+
+    /// An internal route under TLS: the connection's client presented a
+    /// certificate that chains to `--tls-ca` (`verified`), or 401.
+    pub fn check_node_certificate(&self, verified: bool) -> Result<()> {
+        if self.node_certificates && !verified {
+            return Err(Error::Unauthorized(Credential::NodeCertificate));
+        }
+        Ok(())
     }
 
     pub fn secret(&self) -> &Secret {
@@ -136,6 +156,14 @@ mod tests {
         assert!(g.check_token(&headers(&[("authorization", "Basic t0k")])).is_err());
         assert!(g.check_token(&headers(&[("authorization", "t0k")])).is_err());
         assert!(g.check_token(&headers(&[])).is_err());
+    }
+
+    #[test]
+    fn a_node_certificate_is_needed_only_under_tls() {
+        assert!(guard(None).check_node_certificate(false).is_ok());
+        let g = guard(None).with_node_certificates();
+        assert!(g.check_node_certificate(true).is_ok());
+        assert_eq!(g.check_node_certificate(false).unwrap_err().code(), "unauthorized");
     }
 
     #[test]

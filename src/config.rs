@@ -16,6 +16,7 @@ use clap::Args;
 use crate::auth::Secret;
 use crate::coherence::Mode;
 use crate::log::Fsync;
+use crate::tls::{ClientAuth, Tls, TlsFiles};
 use crate::trace::LogFormat;
 
 #[derive(Debug, Clone, Args)]
@@ -108,6 +109,26 @@ pub struct NodeArgs {
     /// (`/health` and `/tree` stay open).
     #[arg(long, env = "TREECACHE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// Serve HTTPS with this certificate (PEM, the node's own first, then
+    /// intermediates), and present it to other nodes. Needs --tls-key and
+    /// --tls-ca; reloaded on SIGHUP.
+    #[arg(long, env = "TREECACHE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "TREECACHE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signed every node's certificate: other nodes, and
+    /// clients that present a certificate, are verified against it.
+    #[arg(long, env = "TREECACHE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// What a client must present at the TLS handshake: none, request (one
+    /// presented must be valid), require. Nodes always present theirs.
+    #[arg(long, env = "TREECACHE_TLS_CLIENT_AUTH", value_enum, default_value_t = ClientAuth::None)]
+    pub tls_client_auth: ClientAuth,
+    /// Reach ZooKeeper over TLS (its secureClientPort), verified against
+    /// --tls-ca and presenting --tls-cert.
+    #[arg(long, env = "TREECACHE_ZK_TLS", value_parser = BoolishValueParser::new())]
+    pub zk_tls: bool,
     /// Log lines as text or as one JSON object per line.
     #[arg(long, env = "TREECACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -261,7 +282,61 @@ impl NodeArgs {
         if let Some(token) = &self.api_token {
             check_token(token)?;
         }
+        self.check_tls()?;
         Ok(())
+    }
+
+    /// The TLS flags go together, and the URLs this node gives and dials
+    /// are https; then the files are read and checked ([`Tls::load`]).
+    fn check_tls(&self) -> Result<(), String> {
+        if self.tls_files()?.is_none() {
+            if self.tls_client_auth != ClientAuth::None {
+                return Err("--tls-client-auth needs --tls-cert, --tls-key and --tls-ca".into());
+            }
+            if self.zk_tls {
+                return Err("--zk-tls needs --tls-cert, --tls-key and --tls-ca (ZooKeeper is verified against \
+                            that CA and the node presents that certificate)"
+                    .into());
+            }
+            for (flag, url) in [("--advertise", &self.advertise), ("--root-url", &self.root_url)] {
+                if url.as_deref().is_some_and(|u| u.starts_with("https://")) {
+                    return Err(format!(
+                        "{flag} is https:// but this node has no --tls-cert: nodes of one \
+                                        cluster speak either HTTPS (all of them) or HTTP"
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        for (flag, url) in [("--advertise", &self.advertise), ("--root-url", &self.root_url)] {
+            if url.as_deref().is_some_and(|u| !u.starts_with("https://")) {
+                return Err(format!("{flag} must be https:// with --tls-cert: nodes talk HTTPS to each other"));
+            }
+        }
+        self.tls()?;
+        Ok(())
+    }
+
+    /// The three TLS files, when given; an error when only some are.
+    pub fn tls_files(&self) -> Result<Option<TlsFiles>, String> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(ca)) => {
+                Ok(Some(TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() }))
+            }
+            _ => Err("give --tls-cert, --tls-key and --tls-ca together: the node's certificate, its key, and the \
+                      CA that signed every node's certificate"
+                .into()),
+        }
+    }
+
+    /// The node's TLS, read from its files and checked against the host it
+    /// advertises; `None` without --tls-cert.
+    pub fn tls(&self) -> Result<Option<Tls>, String> {
+        let Some(files) = self.tls_files()? else { return Ok(None) };
+        let url = self.advertise_url();
+        let host = url_host(&url);
+        Tls::load(files, self.tls_client_auth, host.as_deref()).map(Some)
     }
 
     /// What the operator should know about these settings that is not an
@@ -317,13 +392,26 @@ impl NodeArgs {
         Secret::new(text)
     }
 
-    /// The URL this node gives the tree for itself.
+    /// The URL this node gives the tree for itself: https:// with --tls-cert.
     pub fn advertise_url(&self) -> String {
         match &self.advertise {
             Some(url) => url.trim_end_matches('/').to_string(),
+            None if self.tls_cert.is_some() => format!("https://{}", self.listen),
             None => format!("http://{}", self.listen),
         }
     }
+}
+
+/// The host of an http(s) URL (an IPv6 address without its brackets).
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    (!host.is_empty()).then(|| host.to_string())
 }
 
 fn check_token(token: &str) -> Result<(), String> {
@@ -524,6 +612,50 @@ mod tests {
         let none = parse(&["--zk", "127.0.0.1:2181"]).unwrap();
         assert!(none.validate().unwrap_err().contains("cluster secret is required"));
         assert_eq!(format!("{:?}", n.secret().unwrap()), "Secret(..)");
+    }
+
+    #[test]
+    fn tls_flags_go_together_and_make_urls_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::tls::certs::Authority::new("test CA").unwrap();
+        let files = ca.write_node_files(dir.path(), "n", &["127.0.0.1"]).unwrap();
+        let (cert, key, ca_file) =
+            (files.cert.to_str().unwrap(), files.key.to_str().unwrap(), files.ca.to_str().unwrap());
+        let tls = ["--tls-cert", cert, "--tls-key", key, "--tls-ca", ca_file];
+        let n = node(&tls).unwrap();
+        assert_eq!(n.advertise_url(), "https://127.0.0.1:8080");
+        assert!(n.tls().unwrap().is_some());
+        assert!(node(&[]).unwrap().tls().unwrap().is_none());
+        let err = node(&["--tls-cert", cert, "--tls-key", key]).unwrap_err();
+        assert!(err.contains("--tls-cert, --tls-key and --tls-ca together"), "{err}");
+        assert!(node(&["--tls-ca", ca_file]).unwrap_err().contains("together"));
+        assert!(node(&["--zk-tls"]).unwrap_err().contains("--zk-tls needs --tls-cert"));
+        assert!(node(&["--tls-client-auth", "require"]).unwrap_err().contains("needs --tls-cert"));
+        assert!(node(&["--tls-client-auth", "sometimes"]).is_err());
+        let mut with = tls.to_vec();
+        with.extend(["--tls-client-auth", "require", "--zk-tls"]);
+        let n = node(&with).unwrap();
+        assert_eq!((n.tls_client_auth, n.zk_tls), (ClientAuth::Require, true));
+        let mut plain_url = tls.to_vec();
+        plain_url.extend(["--advertise", "http://127.0.0.1:8080"]);
+        assert!(node(&plain_url).unwrap_err().contains("--advertise must be https://"));
+        let mut root_url = tls.to_vec();
+        root_url.extend(["--root-url", "http://127.0.0.1:9000"]);
+        assert!(node(&root_url).unwrap_err().contains("--root-url must be https://"));
+        assert!(node(&["--advertise", "https://127.0.0.1:8080"]).unwrap_err().contains("no --tls-cert"));
+        // The certificate must name the host this node advertises.
+        let mut elsewhere = tls.to_vec();
+        elsewhere.extend(["--advertise", "https://node7.example:8080"]);
+        assert!(node(&elsewhere).unwrap_err().contains("cannot serve as node7.example"));
+    }
+
+    #[test]
+    fn url_hosts_are_read_for_the_certificate_check() {
+        assert_eq!(url_host("https://10.0.0.1:8080").as_deref(), Some("10.0.0.1"));
+        assert_eq!(url_host("https://node1/x").as_deref(), Some("node1"));
+        assert_eq!(url_host("https://[::1]:8080").as_deref(), Some("::1"));
+        assert_eq!(url_host("https://u@h:1?q").as_deref(), Some("h"));
+        assert_eq!(url_host("nonsense"), None);
     }
 
     #[test]

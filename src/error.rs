@@ -94,6 +94,8 @@ pub enum Credential {
     ClusterSecret,
     /// `/kv`, `/metrics`, `/dump` under `--api-token`: `Authorization: Bearer`.
     ApiToken,
+    /// Internal routes under TLS: a client certificate from `--tls-ca`.
+    NodeCertificate,
 }
 
 impl std::fmt::Display for Credential {
@@ -103,6 +105,9 @@ impl std::fmt::Display for Credential {
                 "internal route: missing or wrong cluster secret (header X-Treecache-Secret, see --cluster-secret)"
             }
             Credential::ApiToken => "missing or wrong API token (header Authorization: Bearer <token>)",
+            Credential::NodeCertificate => {
+                "internal route: this connection presented no client certificate from the cluster's CA (--tls-ca)"
+            }
         })
     }
 }
@@ -151,8 +156,20 @@ impl Error {
         Error::BadParam { name, reason: reason.into() }
     }
 
-    pub fn parent_unreachable(url: &str, err: impl std::fmt::Display) -> Self {
-        Error::ParentUnreachable { url: url.to_string(), reason: err.to_string() }
+    /// The reason is the error and its causes: a TLS failure shows as
+    /// what it is (an unknown issuer, an expired certificate), not only as
+    /// "error sending request".
+    pub fn parent_unreachable(url: &str, err: impl std::error::Error) -> Self {
+        let mut reason = err.to_string();
+        let mut cause = err.source();
+        while let Some(e) = cause {
+            let text = e.to_string();
+            if !reason.contains(&text) {
+                reason = format!("{reason}: {text}");
+            }
+            cause = e.source();
+        }
+        Error::ParentUnreachable { url: url.to_string(), reason }
     }
 
     /// ZooKeeper refused an operation on the cluster's znodes for want of
@@ -241,6 +258,7 @@ impl ResponseError for Error {
             let challenge = match what {
                 Credential::ApiToken => "Bearer realm=\"treecache\"",
                 Credential::ClusterSecret => "X-Treecache-Secret realm=\"treecache-internal\"",
+                Credential::NodeCertificate => "Mutual-TLS realm=\"treecache-internal\"",
             };
             resp.insert_header((header::WWW_AUTHENTICATE, challenge));
         }
@@ -261,7 +279,7 @@ mod tests {
 
     #[test]
     fn retryable_errors_carry_retry_after() {
-        let err = Error::parent_unreachable("http://10.0.0.1:8080", "connection refused");
+        let err = Error::parent_unreachable("http://10.0.0.1:8080", std::io::Error::other("connection refused"));
         let resp = err.error_response();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers().get(header::RETRY_AFTER).unwrap(), "1");
@@ -292,9 +310,10 @@ mod tests {
         assert!(!upstream(409, r#"{"error":"x","code":"write_refused"}"#).is_tree_changing());
         assert!(!upstream(500, r#"{"error":"x","code":"not_parent"}"#).is_tree_changing());
         assert!(!upstream(409, "not json").is_tree_changing());
-        assert!(!Error::parent_unreachable("http://p", "refused").is_tree_changing());
+        let refused = || Error::parent_unreachable("http://p", std::io::Error::other("refused"));
+        assert!(!refused().is_tree_changing());
         // Held through a failover only when nothing was done and waiting helps.
-        assert!(Error::parent_unreachable("http://p", "refused").awaits_leader());
+        assert!(refused().awaits_leader());
         assert!(Error::NotLeading.awaits_leader());
         assert!(!Error::Deposed.awaits_leader(), "a commit may have happened before it");
         assert!(!Error::ParentRefused { url: "http://p".into(), reason: "401".into() }.awaits_leader());

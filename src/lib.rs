@@ -7,6 +7,8 @@
 //! - [`auth`]: the cluster secret and the API token, checked once per request.
 //! - [`trace`]: request ids (`X-Request-Id`) and the log format.
 //! - [`error`]: the one error enum and its HTTP mapping.
+//! - [`tls`]: the node's certificate and CA as rustls configurations for
+//!   its listeners, its HTTP client and ZooKeeper; reload on SIGHUP.
 //! - [`store`]: pure versioned store: entries, tombstones, expiry, holder
 //!   directory, S3-FIFO eviction order, "expecting" markers for in-flight
 //!   fills.
@@ -55,6 +57,7 @@ pub mod process;
 pub mod replication;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod trace;
 pub mod tree;
 pub mod wire;

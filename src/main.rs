@@ -14,6 +14,8 @@ fn main() {
         _ => LogFormat::Text,
     };
     treecache::trace::init_logging(format);
+    // One crypto provider for every TLS configuration, ours or a library's.
+    treecache::tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

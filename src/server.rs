@@ -3,7 +3,9 @@
 //! [`Node`], serves [`crate::http::routes`] with the node's limits, starts
 //! the node's tasks, and on SIGTERM or Ctrl-C leaves the tree before the
 //! server stops. The node knows nothing of the server, nor the routes of
-//! the process.
+//! the process. Under TLS the listener takes the node's
+//! [`crate::tls::Tls`] (HTTPS, client certificates marked per connection),
+//! and SIGHUP reloads its files.
 
 use std::time::Duration;
 
@@ -39,6 +41,7 @@ pub async fn run(args: NodeArgs) -> std::result::Result<(), String> {
     let app_node = node.clone();
     let max_connections = (node.args().max_connections / WORKERS).max(1) as usize;
     raise_open_files_limit();
+    let tls = node.tls().cloned();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(ThinData(app_node.clone()))
@@ -58,10 +61,21 @@ pub async fn run(args: NodeArgs) -> std::result::Result<(), String> {
     // a child reusing a pooled connection the parent was closing got a
     // connection error, and its reader a 503, after any pause over 5 s.
     .keep_alive(SERVER_KEEP_ALIVE)
-    .disable_signals()
-    .listen(listener)
+    .disable_signals();
+    let server = match &tls {
+        Some(tls) => {
+            let marks = tls.clone();
+            server
+                .on_connect(move |conn, ext| marks.on_connect(conn, ext))
+                .listen_rustls_0_23(listener, (*tls.server_config()).clone())
+        }
+        None => server.listen(listener),
+    }
     .map_err(|e| format!("cannot serve: {e}"))?
     .run();
+    if let Some(tls) = tls {
+        reload_on_sighup(tls)?;
+    }
     let handle = server.handle();
     let serving = tokio::spawn(server);
     log::info!("treecache node listening on {} (advertised as {})", node.args().listen, node.url());
@@ -71,6 +85,29 @@ pub async fn run(args: NodeArgs) -> std::result::Result<(), String> {
     node.shutdown().await;
     handle.stop(true).await;
     let _ = serving.await;
+    Ok(())
+}
+
+/// Reloads the TLS files on every SIGHUP (a bad file is logged and
+/// changes nothing); open connections are not touched. Installed before
+/// the node starts, so a SIGHUP never kills the process.
+fn reload_on_sighup(tls: crate::tls::Tls) -> std::result::Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let files = tls.files();
+            match tls.reload() {
+                Ok(()) => log::info!(
+                    "SIGHUP: reloaded TLS certificate {}, key {} and CA {}",
+                    files.cert.display(),
+                    files.key.display(),
+                    files.ca.display()
+                ),
+                Err(e) => log::error!("SIGHUP: TLS files not reloaded, the old ones stay in use: {e}"),
+            }
+        }
+    });
     Ok(())
 }
 

@@ -9,6 +9,12 @@
 //!
 //! It owns the server process and its files; it never touches a system-wide
 //! ZooKeeper.
+//!
+//! With [`LocalZk::start_tls`] the server also serves a secure client port
+//! (`secureClientPort`, Netty, PEM key and trust stores, client
+//! certificates required), for nodes started with `--zk-tls`. The plain
+//! port stays, on loopback, for the local tools that read the tree
+//! (`treecache up`, `treecache tree`, the tests' own checks).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +33,18 @@ const PACKAGE_CLASSPATH: [&str; 4] = [
     "/usr/share/java/zookeeper.jar",
     "/usr/share/java/slf4j-log4j12.jar",
     "/usr/share/java/log4j-1.2.jar",
+];
+/// The Netty jars the secure client port needs (Debian's libnetty-java, a
+/// dependency of the zookeeper package).
+const NETTY_CLASSPATH: [&str; 8] = [
+    "/usr/share/java/netty-buffer.jar",
+    "/usr/share/java/netty-codec.jar",
+    "/usr/share/java/netty-common.jar",
+    "/usr/share/java/netty-handler.jar",
+    "/usr/share/java/netty-resolver.jar",
+    "/usr/share/java/netty-transport.jar",
+    "/usr/share/java/netty-transport-native-epoll.jar",
+    "/usr/share/java/netty-transport-native-unix-common.jar",
 ];
 const PORT_ATTEMPTS: usize = 5;
 const LOG_TAIL_LINES: usize = 30;
@@ -84,6 +102,35 @@ impl Launcher {
     }
 }
 
+/// The secure client port's settings: its port and the PEM files.
+#[derive(Debug, Clone)]
+pub struct SecurePort {
+    pub port: u16,
+    /// The server's certificate and key, in one PEM file (ZooKeeper's PEM
+    /// key store).
+    pub keystore: PathBuf,
+    /// The CA every client certificate must chain to.
+    pub truststore: PathBuf,
+}
+
+/// The lines `zoo.cfg` needs for a secure client port on loopback:
+/// Netty, PEM stores, client certificates required.
+pub fn secure_config_text(secure: &SecurePort) -> String {
+    format!(
+        "secureClientPort={}\n\
+         secureClientPortAddress=127.0.0.1\n\
+         serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n\
+         ssl.keyStore.location={}\n\
+         ssl.keyStore.type=PEM\n\
+         ssl.trustStore.location={}\n\
+         ssl.trustStore.type=PEM\n\
+         ssl.clientAuth=need\n",
+        secure.port,
+        secure.keystore.display(),
+        secure.truststore.display()
+    )
+}
+
 /// The server's `zoo.cfg`: standalone, loopback only, 500 ms ticks with
 /// sessions from 1 s to 60 s, the admin server off, every four-letter word on.
 pub fn config_text(data_dir: &Path, port: u16) -> String {
@@ -117,6 +164,8 @@ pub struct LocalZk {
     port: u16,
     launcher: Launcher,
     child: Option<Child>,
+    /// The secure client port, when started with [`LocalZk::start_tls`].
+    secure: Option<SecurePort>,
 }
 
 impl LocalZk {
@@ -128,14 +177,35 @@ impl LocalZk {
 
     /// [`LocalZk::start`] with another java, classpath or timeout.
     pub async fn start_with(launcher: Launcher) -> Result<LocalZk, String> {
+        Self::start_inner(launcher, None).await
+    }
+
+    /// [`LocalZk::start`] plus a secure client port on loopback
+    /// ([`LocalZk::secure_addr`]) with `tls`'s certificate, key and CA:
+    /// clients must present a certificate from that CA. The certificate
+    /// must name 127.0.0.1 (clients check it).
+    pub async fn start_tls(tls: &crate::tls::TlsFiles) -> Result<LocalZk, String> {
+        let mut launcher = Launcher::default();
+        launcher.classpath.extend(NETTY_CLASSPATH.iter().map(PathBuf::from));
+        Self::start_inner(launcher, Some(tls)).await
+    }
+
+    async fn start_inner(launcher: Launcher, tls: Option<&crate::tls::TlsFiles>) -> Result<LocalZk, String> {
         launcher.check_installed()?;
         let dir = tempfile::Builder::new()
             .prefix("treecache-zk-")
             .tempdir()
             .map_err(|e| format!("cannot create a temp dir for ZooKeeper: {e}"))?;
-        let mut zk = LocalZk { dir, port: 0, launcher, child: None };
+        let secure = match tls {
+            Some(tls) => Some(Self::stores(dir.path(), tls)?),
+            None => None,
+        };
+        let mut zk = LocalZk { dir, port: 0, launcher, child: None, secure };
         for _ in 0..PORT_ATTEMPTS {
             zk.port = free_port()?;
+            if let Some(secure) = zk.secure.as_mut() {
+                secure.port = free_port()?;
+            }
             match zk.launch().await {
                 Ok(()) => return Ok(zk),
                 Err(LaunchError::PortTaken) => log::info!("ZooKeeper port {} was taken, trying another", zk.port),
@@ -145,9 +215,26 @@ impl LocalZk {
         Err(format!("ZooKeeper did not start: {PORT_ATTEMPTS} ports in a row were taken"))
     }
 
-    /// `127.0.0.1:PORT`, the connect string.
+    /// The key store (certificate then key, one PEM file) and trust store
+    /// (the CA) of a secure client port, written into `dir`.
+    fn stores(dir: &Path, tls: &crate::tls::TlsFiles) -> Result<SecurePort, String> {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        let keystore = dir.join("keystore.pem");
+        let text = format!("{}\n{}", read(&tls.cert)?.trim_end(), read(&tls.key)?);
+        crate::tls::certs::write_file(&keystore, &text, 0o600)?;
+        let truststore = dir.join("truststore.pem");
+        crate::tls::certs::write_file(&truststore, &read(&tls.ca)?, 0o644)?;
+        Ok(SecurePort { port: 0, keystore, truststore })
+    }
+
+    /// `127.0.0.1:PORT`, the connect string (the plain port).
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:PORT` of the secure client port, when there is one.
+    pub fn secure_addr(&self) -> Option<String> {
+        self.secure.as_ref().map(|s| format!("127.0.0.1:{}", s.port))
     }
 
     pub fn port(&self) -> u16 {
@@ -241,8 +328,11 @@ impl LocalZk {
         let data = self.data_dir();
         std::fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
         let cfg = self.dir.path().join("zoo.cfg");
-        std::fs::write(&cfg, config_text(&data, self.port))
-            .map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
+        let mut text = config_text(&data, self.port);
+        if let Some(secure) = &self.secure {
+            text.push_str(&secure_config_text(secure));
+        }
+        std::fs::write(&cfg, text).map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
         Ok(cfg)
     }
 
@@ -257,7 +347,7 @@ impl LocalZk {
             }
             match serving_data_dir(&self.addr()).await {
                 Some(dir) if dir != self.data_dir() => return Err(LaunchError::PortTaken),
-                Some(_) if client_connects(&self.addr()).await => return Ok(()),
+                Some(_) if client_connects(&self.addr()).await && self.secure_port_listens().await => return Ok(()),
                 _ => {}
             }
             if Instant::now() > deadline {
@@ -268,6 +358,14 @@ impl LocalZk {
                 )));
             }
             tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// True without a secure port, else once it accepts connections.
+    async fn secure_port_listens(&self) -> bool {
+        match self.secure_addr() {
+            Some(addr) => tokio::net::TcpStream::connect(addr).await.is_ok(),
+            None => true,
         }
     }
 

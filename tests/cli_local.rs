@@ -9,6 +9,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Zk, BIN};
+use rustls::pki_types::pem::PemObject;
 use treecache::cli::tree::{read_with, render};
 use treecache::tree::zk::Paths;
 use treecache::zkserver::free_port;
@@ -142,6 +143,56 @@ async fn up_starts_a_tree_prints_it_and_stops_everything_on_sigterm() {
         assert!(reqwest::get(format!("{url}/health")).await.is_err(), "{url} still answers");
     }
     assert!(std::net::TcpStream::connect(&zk).is_err(), "the private ZooKeeper still listens");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_with_tls_runs_the_tree_over_https_with_a_throwaway_ca() {
+    let mut up = Up::start(&["--nodes", "3", "--cluster", "uptls", "--tls"]);
+    up.wait_ready();
+    let out = up.seen.join("\n");
+    let urls: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with("node "))
+        .map(|l| l.split_whitespace().nth(2).unwrap().to_string())
+        .collect();
+    assert_eq!(urls.len(), 3, "{out}");
+    assert!(urls.iter().all(|u| u.starts_with("https://127.0.0.1:")), "{out}");
+    assert!(out.contains("(TLS, the nodes' port)"), "ZooKeeper serves the nodes over TLS: {out}");
+    let ca = out.lines().find_map(|l| l.strip_prefix("TLS: nodes serve HTTPS; the throwaway CA is ")).expect("CA line");
+    let ca = ca.split_whitespace().next().unwrap();
+    // A client that trusts the printed CA, as the printed curl line does.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("the CA file") {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(treecache::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let http = reqwest::Client::builder().use_preconfigured_tls(config).build().unwrap();
+    let put = http.put(format!("{}/kv/greeting?ack=root", urls[1])).body("hello").send().await.unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let got = http.get(format!("{}/kv/greeting", urls[2])).send().await.unwrap();
+    assert_eq!((got.status().as_u16(), got.text().await.unwrap().as_str()), (200, "hello"), "a fill over HTTPS");
+    // The CLI, given the CA: `tree` reaches every node, `get` reads.
+    let zk = out.lines().find_map(|l| l.strip_prefix("ZooKeeper  ")).expect("ZooKeeper line");
+    let zk = zk.split_whitespace().next().unwrap();
+    let tree = treecache(&["tree", "--zk", zk, "--cluster", "uptls", "--tls-ca", ca]);
+    let drawn = String::from_utf8_lossy(&tree.stdout);
+    assert!(tree.status.success(), "{}", stderr(&tree));
+    assert_eq!(drawn.matches("alive, depth").count(), 3, "{drawn}");
+    let got = treecache(&["get", "greeting", "--node", &urls[0], "--tls-ca", ca]);
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim_end(), "hello");
+    let plain = urls[0].replacen("https://", "http://", 1);
+    assert!(reqwest::get(format!("{plain}/health")).await.is_err(), "plain HTTP is not served");
+
+    let status = up.sigterm_and_wait();
+    assert!(status.success(), "treecache up exited with {status}");
+    for url in &urls {
+        assert!(http.get(format!("{url}/health")).send().await.is_err(), "{url} still answers");
+    }
 }
 
 #[test]

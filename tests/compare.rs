@@ -55,6 +55,8 @@ fn compare_sh_prints_every_figure_beside_its_baseline() {
         "leaf hit GET, throughput",
         "leaf hit GET, p99",
         "leaf hit GET vs Redis GET",
+        "leaf hit GET over TLS (keep-alive), throughput",
+        "leaf hit GET over TLS (keep-alive), p50 / p99",
         "miss, cost per extra level, p50",
         "miss, cost per extra level, p99",
         "write ack=parent",
@@ -85,6 +87,7 @@ fn compare_sh_prints_every_figure_beside_its_baseline() {
     assert!(row("ycsb_b")[1].contains("hits 100%"), "{:?}", row("ycsb_b"));
     // Every command that produced a figure is written down.
     assert!(md.contains("treecache bench hit --root"), "{md}");
+    assert!(md.contains("--tls-ca"), "the TLS run's command: {md}");
     assert!(md.contains("redis-benchmark"), "{md}");
     assert!(md.contains("writes/fsync"), "{md}");
     assert!(row("restart, 20000")[1].contains("replayed"), "{:?}", row("restart, 20000"));

@@ -143,3 +143,31 @@ fn shellcheck_passes_over_provision_and_the_other_scripts() {
     let out = run("shellcheck", &args, &[], "install shellcheck: apt-get install shellcheck");
     assert!(out.status.success(), "shellcheck {}:\n{}", args.join(" "), text(&out));
 }
+
+#[test]
+fn with_tls_the_plan_gives_https_urls_and_zookeepers_secure_port() {
+    let p = plan(&[("TREECACHE_TLS", "1"), ("ROOTS", "2")]);
+    let vms = p["vms"].as_array().unwrap();
+    let zk = vms.iter().find(|v| v["role"] == "zookeeper").unwrap();
+    let zk_ip = zk["ip"].as_str().unwrap();
+    let secure = format!("{zk_ip}:{}", p["settings"]["zk_tls_port"].as_str().unwrap());
+    assert_eq!(zk["env"]["ZOOKEEPER_TLS_LISTEN"], secure.as_str());
+    assert!(zk["env"]["ZOOKEEPER_LISTEN"].as_str().unwrap().starts_with("127.0.0.1:"), "plain port on loopback only");
+    for vm in vms.iter().filter(|v| v["role"] != "zookeeper") {
+        let env = &vm["env"];
+        let ip = vm["ip"].as_str().unwrap();
+        assert_eq!(env["TREECACHE_ADVERTISE"], format!("https://{ip}:8080").as_str(), "{vm}");
+        assert_eq!(
+            (&env["TREECACHE_ZK"], &env["TREECACHE_ZK_TLS"]),
+            (&Value::from(secure.clone()), &Value::from("true"))
+        );
+        assert_eq!((&env["TREECACHE_TLS"], &env["TREECACHE_TLS_NAME"]), (&Value::from("1"), &vm["name"]));
+    }
+    // Without it, nothing of TLS.
+    let p = plan(&[]);
+    assert!(p["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v["env"].get("TREECACHE_TLS").is_none() && v["env"].get("ZOOKEEPER_TLS_LISTEN").is_none()));
+}

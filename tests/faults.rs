@@ -355,7 +355,7 @@ async fn an_election_retried_in_the_same_session_does_not_wait_for_itself() {
     let zk_server = common::Zk::start().await;
     let secret = treecache::auth::Secret::new("election-test-secret-0123".into()).expect("secret");
     let paths = treecache::tree::zk::Paths::with_secret("elect-test", &secret);
-    let zk = treecache::tree::zk::connect(&zk_server.addr(), &paths).await.expect("session");
+    let zk = treecache::tree::zk::connect(&zk_server.addr(), &paths, None).await.expect("session");
     treecache::tree::zk::ensure_layout(&zk, &paths).await.expect("layout");
     let me = b"http://127.0.0.1:1";
     let first = tokio::time::timeout(Duration::from_secs(10), treecache::tree::zk::elect(&zk, &paths, me)).await;

@@ -40,13 +40,32 @@ const CONVERGE: Duration = Duration::from_secs(30);
 
 #[test]
 fn the_vagrant_tree_forms_serves_and_heals_across_hosts() {
-    // One thread of our own: it enters the laptop namespace, and no other
-    // test may ever run on it.
+    in_lab(&[], |lab| Box::pin(scenario(lab)));
+}
+
+/// `TREECACHE_TLS=1 vagrant up`: the zk VM's provisioning makes the CA and
+/// serves ZooKeeper's secure port, every other VM makes its certificate;
+/// the tree forms over HTTPS and serves across hosts.
+#[test]
+fn the_vagrant_tree_over_tls_forms_and_serves_across_hosts() {
+    in_lab(&[("TREECACHE_TLS", "1")], |lab| Box::pin(tls_scenario(lab)));
+}
+
+type Scenario<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+
+/// Builds the lab for the plan under `env` and runs `scenario` from the
+/// laptop, on a thread of its own: it enters the laptop namespace, and no
+/// other test may ever run on it.
+fn in_lab(env: &'static [(&'static str, &'static str)], scenario: fn(&Lab) -> Scenario<'_>) {
+    // One lab at a time: namespaces are named per process, and two trees
+    // with their JVMs at once would crowd a 2-core machine.
+    static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _lab = ONE_LAB.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let worker = std::thread::Builder::new()
         .name("netns".into())
-        .spawn(|| {
+        .spawn(move || {
             preflight();
-            let lab = Lab::build(Plan::load());
+            let lab = Lab::build(Plan::load(env));
             lab.enter(LAPTOP);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
             rt.block_on(scenario(&lab));
@@ -55,6 +74,51 @@ fn the_vagrant_tree_forms_serves_and_heals_across_hosts() {
     if let Err(panic) = worker.join() {
         std::panic::resume_unwind(panic);
     }
+}
+
+async fn tls_scenario(lab: &Lab) {
+    let plan = lab.plan.clone();
+    let zk = plan.vm_with_role("zookeeper").clone();
+    let secure = zk.env.get("ZOOKEEPER_TLS_LISTEN").expect("the plan gives ZooKeeper a secure port").clone();
+    assert!(zk.env["ZOOKEEPER_LISTEN"].starts_with("127.0.0.1:"), "the plain port stays on the zk host's loopback");
+    lab.start(&zk, "zookeeper.sh");
+    lab.wait(START, "ZooKeeper's secure port", || async { tokio::net::TcpStream::connect(&secure).await.ok() }).await;
+    // The CA the zk host's provisioning made (in Vagrant: target/vagrant/tls).
+    let web = Web::with_ca(&lab.tls_dir().join("ca.pem"));
+    let hosts: Vec<PlanVm> = plan.vms.iter().filter(|v| v.role != "zookeeper").cloned().collect();
+    for vm in &hosts {
+        assert!(vm.url().starts_with("https://"), "{}: {}", vm.name, vm.url());
+        assert_eq!(vm.env["TREECACHE_ZK"], secure, "{} uses ZooKeeper's secure port", vm.name);
+        lab.start(vm, "treecache.sh");
+        lab.wait(START, &format!("{} to register over HTTPS", vm.name), || web.health(vm)).await;
+    }
+    let expected = bfs_tree(&hosts, plan.fanout);
+    for vm in &hosts {
+        let h = web.health(vm).await.expect("health");
+        assert_eq!((h["id"].as_u64(), h["parent"].as_u64()), (Some(vm.id()), expected[&vm.id()].0), "{}: {h}", vm.name);
+    }
+    let want = paths_of(&expected);
+    lab.wait(CONVERGE, "zkCli.sh on the zk host to show the tree", || async {
+        Some(lab.zkcli_tree(&zk, &plan.cluster).await).filter(|t| *t == want)
+    })
+    .await;
+    // A write at one host, read at a leaf of the other branch, then a
+    // write at the root pushed to it.
+    let (writer, reader, root) = (&hosts[2], &hosts[hosts.len() - 1], &hosts[0]);
+    let (status, body) = web.put(writer, "greeting", "over tls", "?ack=root").await;
+    assert!(status == 200 || status == 201, "PUT at {}: {status} {body}", writer.name);
+    let r = web.get(reader, "greeting").await.expect("GET");
+    assert_eq!((r.status, r.body.as_str()), (200, "over tls"), "{}", reader.name);
+    let (status, _) = web.put(root, "greeting", "pushed", "?ack=root").await;
+    assert!(status == 200 || status == 201);
+    lab.wait(CONVERGE, "the root's write to reach the reader", || async {
+        web.get(reader, "greeting").await.filter(|r| r.body == "pushed").map(|_| ())
+    })
+    .await;
+    // Plain HTTP to a node gets nothing.
+    let plain = reader.url().replacen("https://", "http://", 1);
+    assert!(Web::new().http.get(format!("{plain}/health")).send().await.is_err(), "plain HTTP at {plain}");
+    lab.assert_isolated();
 }
 
 async fn scenario(lab: &Lab) {
@@ -203,14 +267,16 @@ impl PlanVm {
 }
 
 impl Plan {
-    /// `ruby deploy/topology.rb json` with Vagrant's defaults (4 nodes, 1 root).
-    fn load() -> Plan {
+    /// `ruby deploy/topology.rb json` with Vagrant's defaults (4 nodes, 1
+    /// root) and `env` (as an operator sets it for `vagrant up`).
+    fn load(env: &[(&str, &str)]) -> Plan {
         let out = Command::new("ruby")
             .args(["deploy/topology.rb", "json"])
             .current_dir(REPO)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("VAGRANT_DOTFILE_PATH", "/nonexistent/treecache-netns-test")
+            .envs(env.iter().copied())
             .output()
             .unwrap_or_else(|e| panic!("cannot run ruby (the vagrant package brings it): {e}"));
         assert!(out.status.success(), "ruby deploy/topology.rb json: {}", String::from_utf8_lossy(&out.stderr));
@@ -315,6 +381,19 @@ impl Web {
     fn new() -> Web {
         // no_proxy: a proxy from the environment would send requests out.
         let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().expect("HTTP client");
+        Web { http }
+    }
+
+    /// An HTTPS client trusting the CA in `ca` (no certificate of its own:
+    /// the nodes' default --tls-client-auth none serves it).
+    fn with_ca(ca: &Path) -> Web {
+        let config = treecache::tls::client_config_trusting(ca).expect("the deployment's CA");
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .use_preconfigured_tls(config)
+            .build()
+            .expect("HTTPS client");
         Web { http }
     }
 
@@ -531,6 +610,8 @@ impl Lab {
             // One secret for every host, made by the first one's provisioning
             // (in Vagrant: target/vagrant/cluster-secret in the synced folder).
             .env("TREECACHE_CLUSTER_SECRET_FILE", self.dir.path().join("cluster-secret"))
+            // Likewise the CA under TREECACHE_TLS=1 (target/vagrant/tls).
+            .env("TREECACHE_TLS_DIR", self.tls_dir())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -538,6 +619,11 @@ impl Lab {
             .spawn()
             .unwrap_or_else(|e| panic!("start {script} for {}: {e}", vm.name));
         self.procs.borrow_mut().push(Proc { name: vm.name.clone(), child: Some(child), log });
+    }
+
+    /// Where the hosts' provisioning keeps the deployment's CA.
+    fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
     }
 
     /// Panics if a process the test started has exited.

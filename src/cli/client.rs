@@ -29,6 +29,9 @@ pub struct Target {
     /// The node's --api-token, sent as `Authorization: Bearer`.
     #[arg(long, env = "TREECACHE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// The CA (PEM) to verify an https:// node against.
+    #[arg(long, env = "TREECACHE_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Default headers for a client of `/kv`: the API token, when there is one.
@@ -124,6 +127,14 @@ fn client(target: &Target) -> Result<Client, Failure> {
     let mut builder = Client::builder(&node).timeout(REQUEST_TIMEOUT);
     if let Some(token) = &target.api_token {
         builder = builder.api_token(token);
+    }
+    if let Some(ca) = &target.tls_ca {
+        let tls = crate::tls::client_config_trusting(ca).map_err(Failure::usage)?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .map_err(|e| Failure::new(Exit::Other, format!("cannot build an HTTP client: {}", chain(&e))))?;
+        builder = builder.http_client(http);
     }
     builder.build().map_err(|e| failure("", e))
 }
@@ -349,7 +360,7 @@ mod tests {
         let port = crate::zkserver::free_port().unwrap();
         let args = GetArgs {
             key: "k".into(),
-            target: Target { node: format!("127.0.0.1:{port}"), api_token: None },
+            target: Target { node: format!("127.0.0.1:{port}"), api_token: None, tls_ca: None },
             consistent: false,
             output: OutputArg { output: Format::Text },
         };
@@ -363,7 +374,7 @@ mod tests {
         let port = crate::zkserver::free_port().unwrap();
         let args = DelArgs {
             key: "k".into(),
-            target: Target { node: format!("http://127.0.0.1:{port}"), api_token: None },
+            target: Target { node: format!("http://127.0.0.1:{port}"), api_token: None, tls_ca: None },
             write: WriteArgs { ack: AckArg::Parent, output: OutputArg { output: Format::Text } },
         };
         let err = del(args).await.unwrap_err();

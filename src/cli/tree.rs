@@ -33,6 +33,9 @@ pub struct TreeArgs {
     /// count from its /metrics.
     #[arg(long, env = "TREECACHE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// The CA (PEM) of nodes that serve HTTPS, to ask them for their state.
+    #[arg(long, env = "TREECACHE_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: TreeArgs) -> Result<(), Failure> {
@@ -40,7 +43,11 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
     if snapshot.records.is_empty() {
         return Err(Failure::new(Exit::NotFound, no_tree(&args.zk, &args.cluster)));
     }
-    let states = probe_all(&snapshot, args.api_token.as_deref()).await;
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(crate::tls::client_config_trusting(ca).map_err(Failure::usage)?),
+        None => None,
+    };
+    let states = probe_all(&snapshot, args.api_token.as_deref(), tls).await;
     print!("{}\n{}", header(&args.cluster, &snapshot), draw_with(&snapshot, &states));
     Ok(())
 }
@@ -86,9 +93,15 @@ pub enum Keys {
 }
 
 /// Asks every live node for its state, all at once, each within
-/// [`PROBE_TIMEOUT`]; `token` is the nodes' API token, for `/metrics`.
-pub async fn probe_all(s: &Snapshot, token: Option<&str>) -> BTreeMap<u64, State> {
-    let http = match reqwest::Client::builder().timeout(PROBE_TIMEOUT).build() {
+/// [`PROBE_TIMEOUT`]; `token` is the nodes' API token, for `/metrics`;
+/// `tls` how to reach https:// nodes.
+pub async fn probe_all(s: &Snapshot, token: Option<&str>, tls: Option<rustls::ClientConfig>) -> BTreeMap<u64, State> {
+    let builder = reqwest::Client::builder().timeout(PROBE_TIMEOUT);
+    let builder = match tls {
+        Some(config) => builder.use_preconfigured_tls(config),
+        None => builder,
+    };
+    let http = match builder.build() {
         Ok(http) => http,
         Err(_) => return BTreeMap::new(),
     };

@@ -15,6 +15,8 @@ use super::{tree, Failure};
 use crate::coherence::Mode;
 use crate::config::parse_duration;
 use crate::process::log_tail;
+use crate::tls::certs::Authority;
+use crate::tls::{ClientAuth, Tls, TlsFiles};
 use crate::tree::zk::Paths;
 use crate::zkserver::{free_port, LocalZk};
 
@@ -52,6 +54,11 @@ pub struct UpArgs {
     /// The cluster secret's file (default: a new secret in the log directory).
     #[arg(long, env = "TREECACHE_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Run the tree over TLS: a throwaway CA (in the log directory) signs a
+    /// certificate per node; nodes serve HTTPS and verify each other, and the
+    /// private ZooKeeper (without --zk) serves TLS to them too.
+    #[arg(long, env = "TREECACHE_TLS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub tls: bool,
 }
 
 impl UpArgs {
@@ -83,6 +90,9 @@ impl UpArgs {
     /// The `node` flags of node `k`: the root also gets the mode.
     fn flags(&self, zk: &str, k: u32, port: u16, secret: &Path) -> Vec<String> {
         let mut flags = node_args(zk, &self.cluster, port, secret);
+        if self.tls {
+            flags.extend(["--advertise".into(), format!("https://127.0.0.1:{port}")]);
+        }
         flags.extend(["--fanout".into(), self.fanout.to_string()]);
         if k == 0 {
             flags.extend(["--root".into(), "--mode".into(), self.mode.as_str().into()]);
@@ -91,6 +101,54 @@ impl UpArgs {
             }
         }
         flags
+    }
+}
+
+/// `up --tls`: the throwaway CA and where its files go.
+struct Certs {
+    ca: Authority,
+    dir: PathBuf,
+}
+
+/// The names every local certificate carries.
+const LOOPBACK: &[&str] = &["127.0.0.1", "localhost"];
+
+impl Certs {
+    fn new(logs: &Path) -> Result<Certs, String> {
+        let ca = Authority::new("treecache up (throwaway CA)")?;
+        let dir = logs.join("tls");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        crate::tls::certs::write_file(&dir.join("ca.pem"), ca.cert_pem(), 0o644)?;
+        Ok(Certs { ca, dir })
+    }
+
+    /// A certificate for `name`, written under the log directory.
+    fn files(&self, name: &str) -> Result<TlsFiles, String> {
+        self.ca.write_node_files(&self.dir.join(name), name, LOOPBACK)
+    }
+
+    /// `--tls-cert F --tls-key F --tls-ca F` of a new certificate for
+    /// node `k`, plus `--zk-tls` when ZooKeeper serves TLS.
+    fn node_flags(&self, k: u32, zk_tls: bool) -> Result<Vec<String>, String> {
+        let files = self.files(&format!("node-{k}"))?;
+        let mut flags = Vec::new();
+        for (flag, path) in [("--tls-cert", &files.cert), ("--tls-key", &files.key), ("--tls-ca", &files.ca)] {
+            flags.extend([flag.to_string(), path.display().to_string()]);
+        }
+        if zk_tls {
+            flags.push("--zk-tls".into());
+        }
+        Ok(flags)
+    }
+
+    /// The client `up` checks the nodes with: trusts the CA, presents a
+    /// certificate of it.
+    fn client(&self) -> Result<reqwest::Client, String> {
+        let tls = Tls::load(self.files("up")?, ClientAuth::None, None)?;
+        reqwest::Client::builder()
+            .use_preconfigured_tls((*tls.client_config()).clone())
+            .build()
+            .map_err(|e| format!("cannot build the HTTPS client: {e}"))
     }
 }
 
@@ -118,9 +176,14 @@ impl Drop for Running {
 pub async fn run(args: UpArgs) -> Result<(), Failure> {
     args.validate().map_err(Failure::usage)?;
     let bin = std::env::current_exe().map_err(|e| format!("cannot find the treecache binary: {e}"))?;
-    let zk = start_or_check_zk(args.zk.as_deref()).await?;
     let logs = log_dir()?;
+    let certs = if args.tls { Some(Certs::new(&logs)?) } else { None };
+    let zk = start_or_check_zk(args.zk.as_deref(), certs.as_ref()).await?;
+    // Nodes use the secure port of a private ZooKeeper; the tree is drawn
+    // through its plain loopback port.
     let zk_addr = args.zk.clone().or_else(|| zk.as_ref().map(LocalZk::addr)).unwrap_or_default();
+    let node_zk = zk.as_ref().and_then(LocalZk::secure_addr).unwrap_or_else(|| zk_addr.clone());
+    let zk_tls = node_zk != zk_addr;
     let secret = match &args.cluster_secret_file {
         Some(file) => file.clone(),
         None => {
@@ -131,18 +194,29 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     };
     let mut running = Running { nodes: Vec::new(), zk };
     println!("ZooKeeper  {zk_addr}{}", if args.zk.is_some() { "" } else { " (private, stopped with the tree)" });
-    let http = reqwest::Client::new();
+    if zk_tls {
+        println!("ZooKeeper  {node_zk} (TLS, the nodes' port)");
+    }
+    let http = match &certs {
+        Some(certs) => certs.client()?,
+        None => reqwest::Client::new(),
+    };
+    let scheme = if args.tls { "https" } else { "http" };
     let mut urls = Vec::new();
     let progress = Progress::new(args.nodes);
     for k in 0..args.nodes {
         let port = args.port(k)?;
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!("{scheme}://127.0.0.1:{port}");
         let log = logs.join(format!("node-{k}.log"));
         progress.starting(k, &url);
         // Another process answering /health on the port would pass for
         // the node, which meanwhile exits with "Address already in use".
         check_port_free(port, k, args.base_port)?;
-        running.nodes.push(spawn_node(&bin, &args.flags(&zk_addr, k, port, &secret), &log)?);
+        let mut flags = args.flags(&node_zk, k, port, &secret);
+        if let Some(certs) = &certs {
+            flags.extend(certs.node_flags(k, zk_tls)?);
+        }
+        running.nodes.push(spawn_node(&bin, &flags, &log)?);
         let child = running.nodes.last_mut();
         wait_healthy(&http, &url, HEALTH_TIMEOUT, child).await.map_err(|e| with_log(e, &log))?;
         progress.up(k, &url);
@@ -152,6 +226,11 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     print_nodes(&http, &urls).await;
     print_tree(&zk_addr, &args.cluster, urls.len()).await;
     println!("cluster secret in {}", secret.display());
+    if let Some(certs) = &certs {
+        let ca = certs.dir.join("ca.pem");
+        println!("TLS: nodes serve HTTPS; the throwaway CA is {} (its key was never written)", ca.display());
+        println!("  curl --cacert {} {}/health", ca.display(), urls.first().map(String::as_str).unwrap_or(""));
+    }
     println!("(another node joins with --cluster-secret-file and that file)");
     println!("logs in {}\nCtrl-C stops the tree.", logs.display());
     watch(&mut running.nodes).await;
@@ -172,13 +251,18 @@ fn log_dir() -> Result<PathBuf, String> {
 
 /// With `--zk`, checks that it answers (so a typo fails now, not after 30 s
 /// of a root that cannot register); without, starts a private one.
-async fn start_or_check_zk(zk: Option<&str>) -> Result<Option<LocalZk>, Failure> {
-    match zk {
-        Some(addr) => {
+/// With `certs` the private one also serves a secure client port.
+async fn start_or_check_zk(zk: Option<&str>, certs: Option<&Certs>) -> Result<Option<LocalZk>, Failure> {
+    match (zk, certs) {
+        (Some(addr), _) => {
             zk_connect(addr, ZK_TIMEOUT).await.map_err(Failure::unavailable)?;
             Ok(None)
         }
-        None => {
+        (None, Some(certs)) => {
+            eprintln!("starting a private ZooKeeper with a TLS port...");
+            Ok(LocalZk::start_tls(&certs.files("zookeeper")?).await.map(Some)?)
+        }
+        (None, None) => {
             eprintln!("starting a private ZooKeeper...");
             Ok(LocalZk::start().await.map(Some)?)
         }
@@ -328,7 +412,7 @@ mod tests {
     #[test]
     fn defaults_are_seven_nodes_push_mode_free_ports() {
         let a = up(&[]).unwrap();
-        assert_eq!((a.nodes, a.fanout, a.mode, a.base_port, a.zk), (7, 2, Mode::Push, 0, None));
+        assert_eq!((a.nodes, a.fanout, a.mode, a.base_port, a.zk, a.tls), (7, 2, Mode::Push, 0, None, false));
         assert_eq!(a.cluster, "default");
     }
 
@@ -355,6 +439,13 @@ mod tests {
             a.flags("zk:1", 2, 9002, Path::new("/s")).join(" "),
             "--zk zk:1 --cluster c --listen 127.0.0.1:9002 --cluster-secret-file /s --fanout 3"
         );
+    }
+
+    #[test]
+    fn with_tls_every_node_advertises_https() {
+        let a = up(&["--tls"]).unwrap();
+        let flags = a.flags("zk:1", 1, 9001, Path::new("/s")).join(" ");
+        assert!(flags.contains("--advertise https://127.0.0.1:9001"), "{flags}");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   enabled, one access line per request (target `treecache::access`,
 //!   level debug: `RUST_LOG=info,treecache::access=debug`).
 //! - [`require_secret`] wraps the internal scope (`/clients`, `/internal`):
-//!   the cluster secret or 401, before any handler reads the body.
+//!   the cluster secret (and under TLS a node's certificate on the
+//!   connection) or 401, before any handler reads the body.
 //! - [`require_token`] wraps `/kv`, `/metrics` and `/dump`: the API token,
 //!   when one is set, or 401.
 //!
@@ -161,7 +162,11 @@ pub async fn require_secret<B: MessageBody + 'static>(
     req: ServiceRequest,
     next: Next<B>,
 ) -> std::result::Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
-    gate(req, next, |g, req| g.check_secret(req.headers())).await
+    gate(req, next, |g, req| {
+        g.check_node_certificate(req.conn_data::<crate::tls::PeerVerified>().is_some())?;
+        g.check_secret(req.headers())
+    })
+    .await
 }
 
 pub async fn require_token<B: MessageBody + 'static>(

@@ -125,7 +125,8 @@ impl Node {
                 return Ok(client);
             }
         }
-        let client = zk::connect(&self.args().zk, &self.inner.paths).await?;
+        let tls = self.inner.tls.as_ref().filter(|_| self.args().zk_tls).map(|t| t.zk_options());
+        let client = zk::connect(&self.args().zk, &self.inner.paths, tls).await?;
         *self.inner.membership.zk.lock() = Some(client.clone());
         Ok(client)
     }
@@ -178,7 +179,14 @@ impl Node {
             .await
             .map_err(|e| Error::parent_unreachable(&root_url, e))?;
         if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
-            return Err(Error::Internal(format!("the root {root_url} refused our cluster secret (401): not joining")));
+            // The root says which credential: the secret, or (under TLS)
+            // our certificate.
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            let what = match body["error"].as_str() {
+                Some(why) if why.contains("certificate") => format!("our certificate: {why}"),
+                _ => "our cluster secret".into(),
+            };
+            return Err(Error::Internal(format!("the root {root_url} refused {what} (401): not joining")));
         }
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
@@ -621,6 +629,12 @@ impl Node {
     /// `POST /clients/register` at the root.
     pub async fn register(&self, req: RegisterRequest) -> Result<Registration> {
         check_peer_url(&req.url)?;
+        if self.inner.tls.is_some() && !req.url.starts_with("https://") {
+            return Err(Error::BadRequest(format!(
+                "{} is not https://: this tree speaks HTTPS between nodes (--tls-cert)",
+                req.url
+            )));
+        }
         if let Some(id) = req.id {
             check_node_id(id)?;
         }

@@ -87,6 +87,9 @@ struct Inner {
     http: reqwest::Client,
     /// The cluster secret and the API token.
     guard: Guard,
+    /// The node's certificate and CA (`--tls-cert`): its listeners, its
+    /// HTTP client and ZooKeeper use them; `None` for plain HTTP.
+    tls: Option<crate::tls::Tls>,
     /// Permits for requests in flight upstream (`--max-upstream-requests`).
     upstream: Arc<tokio::sync::Semaphore>,
     metrics: Metrics,
@@ -128,7 +131,9 @@ struct Inner {
 /// connect timeout so a dead parent is noticed quickly. Every request it
 /// sends carries the cluster secret as a default header: no call site adds
 /// it. (Nodes call only internal routes, so the API token is not needed.)
-fn build_http(guard: &Guard) -> Result<reqwest::Client> {
+/// Under TLS it speaks only HTTPS, verifies the other node against
+/// `--tls-ca` and presents this node's certificate ([`crate::tls`]).
+fn build_http(guard: &Guard, tls: Option<&crate::tls::Tls>) -> Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     let mut sensitive = |name: reqwest::header::HeaderName, value: &str| {
         let mut v = reqwest::header::HeaderValue::from_str(value)
@@ -138,14 +143,16 @@ fn build_http(guard: &Guard) -> Result<reqwest::Client> {
         Ok::<(), Error>(())
     };
     sensitive(reqwest::header::HeaderName::from_static(SECRET_HEADER_NAME), guard.secret().expose())?;
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .default_headers(headers)
         .pool_idle_timeout(CLIENT_POOL_IDLE)
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))
+        .connect_timeout(Duration::from_secs(2));
+    if let Some(tls) = tls {
+        builder = builder.use_preconfigured_tls((*tls.client_config()).clone()).https_only(true);
+    }
+    builder.build().map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))
 }
 
 /// A registered node's place and rules.
@@ -167,8 +174,12 @@ impl Node {
     pub fn with_log(args: NodeArgs, log: Option<(crate::log::CommitLog, crate::log::Recovered)>) -> Result<Node> {
         let (log, recovered) = log.unzip();
         let secret = args.secret().map_err(Error::Internal)?;
-        let guard = Guard::new(secret, args.api_token.clone());
-        let http = build_http(&guard)?;
+        let tls = args.tls().map_err(Error::Internal)?;
+        let mut guard = Guard::new(secret, args.api_token.clone());
+        if tls.is_some() {
+            guard = guard.with_node_certificates();
+        }
+        let http = build_http(&guard, tls.as_ref())?;
         let upstream = Arc::new(tokio::sync::Semaphore::new(args.max_upstream_requests as usize));
         let (shutdown, _) = watch::channel(false);
         let store = if args.max_memory.is_some() { Store::bounded() } else { Store::new() };
@@ -186,6 +197,7 @@ impl Node {
                 store,
                 http,
                 guard,
+                tls,
                 upstream,
                 metrics,
                 place: RwLock::new(None),
@@ -239,7 +251,10 @@ impl Node {
             return self.inner.http.clone();
         }
         HTTP.with(|cell| {
-            cell.get_or_init(|| build_http(&self.inner.guard).unwrap_or_else(|_| self.inner.http.clone())).clone()
+            cell.get_or_init(|| {
+                build_http(&self.inner.guard, self.inner.tls.as_ref()).unwrap_or_else(|_| self.inner.http.clone())
+            })
+            .clone()
         })
     }
 
@@ -263,6 +278,11 @@ impl Node {
             Some(id) => req.header(crate::trace::REQUEST_ID_HEADER.as_str(), id),
             None => req,
         }
+    }
+
+    /// The node's TLS (`--tls-cert`), shared with its listeners.
+    pub fn tls(&self) -> Option<&crate::tls::Tls> {
+        self.inner.tls.as_ref()
     }
 
     /// The credentials this node checks on its routes.

@@ -121,14 +121,20 @@ impl Paths {
 }
 
 /// Connects with the node session timeout, authenticated with the digest
-/// credential of `paths` when it has one, failing after a deadline rather
-/// than hanging when ZooKeeper is down.
-pub async fn connect(addr: &str, paths: &Paths) -> Result<Client> {
+/// credential of `paths` when it has one, over TLS when `tls` is given
+/// (`--zk-tls`: every server of `addr` is a secure client port), failing
+/// after a deadline rather than hanging when ZooKeeper is down.
+pub async fn connect(addr: &str, paths: &Paths, tls: Option<zookeeper_client::TlsOptions>) -> Result<Client> {
     let mut connector = Client::connector().with_session_timeout(SESSION_TIMEOUT);
     if let Some(credential) = &paths.credential {
         connector = connector.with_auth("digest", credential.as_bytes());
     }
-    let connecting = connector.connect(addr);
+    let connecting = async move {
+        match tls {
+            Some(tls) => connector.with_tls(tls).secure_connect(addr).await,
+            None => connector.connect(addr).await,
+        }
+    };
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(Error::zk("connect", addr, e)),

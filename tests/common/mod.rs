@@ -28,6 +28,8 @@ use serde_json::Value;
 use treecache::cli::local::{node_args, spawn_node_env, stop, wait_healthy, write_new_secret};
 use treecache::client::{self, Ack, Client, PutOptions};
 use treecache::process::log_tail;
+use treecache::tls::certs::Authority;
+use treecache::tls::{ClientAuth, Tls, TlsFiles};
 use treecache::zkserver::{free_port, LocalZk};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_treecache");
@@ -67,6 +69,20 @@ impl Zk {
             Ok(server) => Zk { server },
             Err(e) => panic!("cannot start ZooKeeper: {e}"),
         }
+    }
+
+    /// [`Zk::start`] with a secure client port too ([`Zk::secure_addr`])
+    /// serving `files`' certificate; clients need one from its CA.
+    pub async fn start_tls(files: &TlsFiles) -> Zk {
+        match LocalZk::start_tls(files).await {
+            Ok(server) => Zk { server },
+            Err(e) => panic!("cannot start ZooKeeper with a secure port: {e}"),
+        }
+    }
+
+    /// `127.0.0.1:PORT` of the secure client port.
+    pub fn secure_addr(&self) -> String {
+        self.server.secure_addr().expect("ZooKeeper started with start_tls")
     }
 
     /// `127.0.0.1:PORT`.
@@ -127,6 +143,13 @@ pub struct Opts {
     pub durable_root: bool,
     /// `RUST_LOG` for every node (default: the test's own, else info).
     pub rust_log: Option<&'static str>,
+    /// Every node serves HTTPS with a certificate of its own from a CA
+    /// made for the test (see [`Cluster::ca`]); the harness's client
+    /// trusts that CA and presents a certificate of it.
+    pub tls: bool,
+    /// ZooKeeper serves a secure port too and every node uses it
+    /// (`--zk-tls`); implies `tls`.
+    pub zk_tls: bool,
 }
 
 impl Default for Opts {
@@ -140,6 +163,8 @@ impl Default for Opts {
             node_args: Vec::new(),
             durable_root: false,
             rust_log: None,
+            tls: false,
+            zk_tls: false,
         }
     }
 }
@@ -259,6 +284,9 @@ pub struct Cluster {
     /// The cluster secret every node gets (`--cluster-secret-file`) unless
     /// a test gives a node its own.
     pub secret_file: PathBuf,
+    /// The test's CA when the cluster runs TLS ([`Opts::tls`]).
+    pub ca: Option<Authority>,
+    zk_tls: bool,
     dir: tempfile::TempDir,
 }
 
@@ -288,14 +316,29 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("treecache-test-").tempdir().expect("temp dir");
         let secret_file = dir.path().join("cluster-secret");
         write_new_secret(&secret_file).expect("cluster secret");
+        let ca = (opts.tls || opts.zk_tls).then(|| Authority::new("treecache test CA").expect("test CA"));
+        let zk = match &ca {
+            Some(ca) if opts.zk_tls => {
+                let files =
+                    ca.write_node_files(&dir.path().join("tls/zookeeper"), "zookeeper", LOOPBACK).expect("certs");
+                Zk::start_tls(&files).await
+            }
+            _ => Zk::start().await,
+        };
+        let http = match &ca {
+            Some(ca) => tls_client(&client_files(ca, &dir.path().join("tls/harness"))),
+            None => reqwest::Client::new(),
+        };
         let mut cluster = Cluster {
-            zk: Zk::start().await,
+            zk,
             name: unique_name(),
-            http: reqwest::Client::new(),
+            http,
             nodes: Vec::new(),
             node_args: opts.node_args.clone(),
             rust_log: opts.rust_log,
             secret_file,
+            ca,
+            zk_tls: opts.zk_tls,
             dir,
         };
         let flags = opts.root_flags(&cluster.root_data_dir());
@@ -333,11 +376,35 @@ impl Cluster {
         self.spawn_unwaited(args)
     }
 
+    /// [`Cluster::add_node_unwaited`] without the harness's TLS flags,
+    /// whatever the cluster runs (a node that must refuse its flags).
+    pub fn add_node_unwaited_plain(&mut self, extra: &[&str]) -> usize {
+        let mut args = self.node_args.clone();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn_with(args, false)
+    }
+
     /// Starts a node; `extra` may bring its own cluster secret instead of
     /// the cluster's.
     fn spawn_unwaited(&mut self, extra: Vec<String>) -> usize {
+        self.spawn_with(extra, true)
+    }
+
+    fn spawn_with(&mut self, extra: Vec<String>, tls: bool) -> usize {
         let port = free_port().expect("free port");
-        let mut args = node_args(&self.zk.addr(), &self.name, port, &self.secret_file);
+        let zk = if self.zk_tls && tls { self.zk.secure_addr() } else { self.zk.addr() };
+        let mut args = node_args(&zk, &self.name, port, &self.secret_file);
+        if let Some(ca) = self.ca.as_ref().filter(|_| tls) {
+            // A certificate of its own per node; a test's own --tls-* flags win.
+            if !extra.iter().any(|a| a.starts_with("--tls-cert")) {
+                let dir = self.dir.path().join(format!("tls/node-{}", self.nodes.len()));
+                let files = ca.write_node_files(&dir, "node", LOOPBACK).expect("node certificate");
+                args.extend(tls_flags(&files));
+            }
+            if self.zk_tls {
+                args.push("--zk-tls".into());
+            }
+        }
         if extra.iter().any(|a| a.starts_with("--cluster-secret")) {
             if let Some(at) = args.iter().position(|a| a == "--cluster-secret-file") {
                 args.drain(at..at + 2);
@@ -365,11 +432,32 @@ impl Cluster {
         std::fs::read_to_string(&self.secret_file).expect("cluster secret file").trim().to_string()
     }
 
-    /// An HTTP client that presents the cluster secret, as a peer node does.
+    /// An HTTP client that presents the cluster secret, as a peer node does
+    /// (and under TLS a certificate of the cluster's CA).
     pub fn peer_http(&self) -> reqwest::Client {
         let mut headers = HeaderMap::new();
         headers.insert("x-treecache-secret", self.secret().parse().expect("secret header"));
-        reqwest::Client::builder().default_headers(headers).build().expect("HTTP client")
+        let builder = reqwest::Client::builder().default_headers(headers);
+        let builder = match &self.ca {
+            Some(ca) => {
+                let files = client_files(ca, &self.dir.path().join("tls/peer"));
+                let tls = Tls::load(files, ClientAuth::None, None).expect("peer certificate");
+                builder.use_preconfigured_tls((*tls.client_config()).clone())
+            }
+            None => builder,
+        };
+        builder.build().expect("HTTP client")
+    }
+
+    /// Where the cluster's TLS files live (certificates, keys), under its
+    /// temp dir.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    /// A directory of the test's own under the cluster's temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     /// Node `i`'s whole log so far.
@@ -397,7 +485,8 @@ impl Cluster {
     }
 
     pub fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.nodes[i].port)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.nodes[i].port)
     }
 
     /// Ids of the running nodes, as their /health said when they came up.
@@ -437,6 +526,11 @@ impl Cluster {
     /// SIGCONT after [`Cluster::pause`].
     pub fn resume(&self, i: usize) {
         self.signal(i, libc::SIGCONT);
+    }
+
+    /// SIGHUP: a TLS node reloads its certificate, key and CA.
+    pub fn signal_hup(&self, i: usize) {
+        self.signal(i, libc::SIGHUP);
     }
 
     fn signal(&self, i: usize, sig: i32) {
@@ -652,6 +746,33 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// The names every test certificate carries: nodes listen on loopback.
+pub const LOOPBACK: &[&str] = &["127.0.0.1", "localhost"];
+
+/// `--tls-cert F --tls-key F --tls-ca F`.
+pub fn tls_flags(files: &TlsFiles) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string();
+    vec![
+        "--tls-cert".into(),
+        path(&files.cert),
+        "--tls-key".into(),
+        path(&files.key),
+        "--tls-ca".into(),
+        path(&files.ca),
+    ]
+}
+
+/// A client certificate of `ca` written into `dir`.
+pub fn client_files(ca: &Authority, dir: &Path) -> TlsFiles {
+    ca.write_node_files(dir, "client", LOOPBACK).expect("client certificate")
+}
+
+/// An HTTPS client that trusts `files`' CA and presents its certificate.
+pub fn tls_client(files: &TlsFiles) -> reqwest::Client {
+    let tls = Tls::load(files.clone(), ClientAuth::None, None).expect("client certificate");
+    reqwest::Client::builder().use_preconfigured_tls((*tls.client_config()).clone()).build().expect("HTTPS client")
 }
 
 /// Sends `sig` to a process we started and have not reaped.

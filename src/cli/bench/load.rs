@@ -112,6 +112,19 @@ pub struct Load {
     pub progress: bool,
 }
 
+/// A bench client: the run's headers, no proxy, no Nagle delay, and the
+/// run's TLS configuration (`--tls-ca`) when the nodes serve HTTPS.
+pub fn client_builder(
+    headers: &reqwest::header::HeaderMap,
+    tls: Option<&rustls::ClientConfig>,
+) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder().default_headers(headers.clone()).no_proxy().tcp_nodelay(true);
+    match tls {
+        Some(config) => builder.use_preconfigured_tls(config.clone()),
+        None => builder,
+    }
+}
+
 /// The clients of one run: one per connection, each keeping its one
 /// connection alive. Built once so warm-up and measurement share connections.
 pub struct Connections {
@@ -119,13 +132,15 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn new(n: usize, timeout: Duration, headers: &reqwest::header::HeaderMap) -> Result<Connections, String> {
+    pub fn new(
+        n: usize,
+        timeout: Duration,
+        headers: &reqwest::header::HeaderMap,
+        tls: Option<&rustls::ClientConfig>,
+    ) -> Result<Connections, String> {
         let clients = (0..n)
             .map(|_| {
-                reqwest::Client::builder()
-                    .default_headers(headers.clone())
-                    .no_proxy()
-                    .tcp_nodelay(true)
+                client_builder(headers, tls)
                     .pool_max_idle_per_host(1)
                     .pool_idle_timeout(Duration::from_secs(90))
                     .timeout(timeout)
@@ -398,7 +413,7 @@ mod tests {
             timeout: Duration::from_secs(2),
             progress: false,
         };
-        let conns = Connections::new(2, load.timeout, &Default::default()).unwrap();
+        let conns = Connections::new(2, load.timeout, &Default::default(), None).unwrap();
         // Port 9 on loopback (discard) is closed here: every request fails to connect.
         let nowhere = Nowhere(vec!["http://127.0.0.1:9".into()]);
         let (phase, _, exhausted) = run("t", vec![], &load, &conns, Arc::new(nowhere)).await.unwrap();

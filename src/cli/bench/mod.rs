@@ -204,6 +204,10 @@ pub struct BenchArgs {
     /// The nodes' --api-token, sent as `Authorization: Bearer`.
     #[arg(long, env = "TREECACHE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// The CA (PEM) of nodes that serve HTTPS: their certificates are
+    /// verified against it (e.g. the one `treecache up --tls` prints).
+    #[arg(long, env = "TREECACHE_BENCH_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Print the report as JSON.
     #[arg(long, env = "TREECACHE_BENCH_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
@@ -249,6 +253,8 @@ pub struct Plan {
     pub ready_timeout: Duration,
     /// Headers every request carries (the API token).
     pub headers: reqwest::header::HeaderMap,
+    /// `--tls-ca`: how every client of the run speaks TLS.
+    pub tls: Option<rustls::ClientConfig>,
     pub json: bool,
 }
 
@@ -350,8 +356,13 @@ impl BenchArgs {
             (d, _) => d,
         };
         let headers = crate::cli::client::auth_headers(self.api_token.as_deref())?;
+        let tls = match &self.tls_ca {
+            Some(ca) => Some(crate::tls::client_config_trusting(ca)?),
+            None => None,
+        };
         Ok(Plan {
             headers,
+            tls,
             scenario: s,
             nodes,
             root,

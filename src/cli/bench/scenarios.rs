@@ -199,10 +199,7 @@ async fn place(plan: &Plan, http: &reqwest::Client) -> Result<Place, String> {
 }
 
 fn setup_client(plan: &Plan) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .default_headers(plan.headers.clone())
-        .no_proxy()
-        .tcp_nodelay(true)
+    super::load::client_builder(&plan.headers, plan.tls.as_ref())
         .timeout(plan.load.timeout)
         .build()
         .map_err(|e| format!("cannot build an HTTP client: {e}"))
@@ -234,7 +231,7 @@ fn single(plan: &Plan, phase: Phase) -> Report {
 }
 
 pub async fn run(plan: &Plan) -> Result<Report, String> {
-    let conns = Connections::new(plan.load.connections, plan.load.timeout, &plan.headers)?;
+    let conns = Connections::new(plan.load.connections, plan.load.timeout, &plan.headers, plan.tls.as_ref())?;
     match plan.scenario {
         Scenario::Url => {
             let url = plan.url.clone().ok_or("bench url needs --url")?;
@@ -510,10 +507,7 @@ async fn converge(plan: &Plan, conns: &Connections) -> Result<Report, String> {
     let prefix = fresh_prefix(&plan.prefix, "converge");
     prefill(plan, conns, &place.root, &prefix, plan.keys).await?;
     warm(plan, conns, &holders, &prefix, plan.keys).await?;
-    let poll_http = reqwest::Client::builder()
-        .default_headers(plan.headers.clone())
-        .no_proxy()
-        .tcp_nodelay(true)
+    let poll_http = super::load::client_builder(&plan.headers, plan.tls.as_ref())
         .pool_max_idle_per_host(64)
         .timeout(plan.load.timeout)
         .build()
