@@ -166,6 +166,7 @@ metrics! {
         revalidations_unchanged: "ttl mode: stale entries the parent confirmed unchanged (no body moved)",
         writes: "Client writes (PUT/POST/DELETE) received",
         commits: "Writes committed by this node as root",
+        conditions_failed: "Conditional writes (If-Match, If-None-Match, SET NX/XX) this node as root refused: the condition was false, nothing written",
         pushes_sent: "Updates pushed to children",
         push_batches_sent: "Push requests sent to children (one batch each)",
         pushes_received: "Updates received in pushes from the parent",

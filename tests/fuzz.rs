@@ -20,7 +20,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 use treecache::config::NodeArgs;
 use treecache::node::Node;
-use treecache::store::{check_key, Update, WriteId, MAX_KEY_BYTES};
+use treecache::store::{check_key, Condition, Update, WriteId, MAX_KEY_BYTES};
 use treecache::wire::{
     decode_pushes, decode_writes, encode_pushes, encode_updates, encode_writes, KeyList, Push, PushReply,
     RegisterRequest, Topology, Write, WriteResults,
@@ -103,12 +103,22 @@ fn batches_round_trip() {
         .unwrap();
 }
 
+fn any_condition() -> impl Strategy<Value = Condition> {
+    prop_oneof![
+        Just(Condition::Always),
+        Just(Condition::IfAbsent),
+        Just(Condition::IfPresent),
+        any::<u64>().prop_map(Condition::IfVersion),
+    ]
+}
+
 fn any_write() -> impl Strategy<Value = Write> {
-    (any_update(), any::<(u64, u64, u64)>(), any::<bool>()).prop_map(
-        |(update, (origin, incarnation, seq), ack_root)| Write {
+    (any_update(), any::<(u64, u64, u64)>(), any::<bool>(), any_condition()).prop_map(
+        |(update, (origin, incarnation, seq), ack_root, cond)| Write {
             update,
             id: WriteId { origin, incarnation, seq },
             ack_root,
+            cond,
         },
     )
 }

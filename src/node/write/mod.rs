@@ -55,7 +55,7 @@ use super::Node;
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::store::Update;
+use crate::store::{Condition, Update};
 use crate::wire::WriteResult;
 
 pub(super) use commit::Outcomes;
@@ -96,16 +96,28 @@ pub const HOP_WAIT: Duration = Duration::from_secs(10);
 const CLIENT_WAIT: Duration = Duration::from_secs(30);
 
 impl Node {
-    /// A client's `PUT`/`POST` (`value` is `Some`) or `DELETE` (`None`).
-    pub async fn write(&self, key: &str, value: Option<Bytes>, ttl_secs: Option<u64>, ack: Ack) -> Result<WriteResult> {
+    /// A client's `PUT`/`POST` (`value` is `Some`) or `DELETE` (`None`),
+    /// from either front door (`/kv`, RESP): expiring `ttl_ms` from now,
+    /// committed by the root only if `cond` holds there. A conditional
+    /// write is answered once the root has decided it, whatever `ack`
+    /// says: its answer is that decision.
+    pub async fn write(
+        &self,
+        key: &str,
+        value: Option<Bytes>,
+        ttl_ms: Option<u64>,
+        ack: Ack,
+        cond: Condition,
+    ) -> Result<WriteResult> {
         Metrics::inc(&self.inner.metrics.writes);
         let place = self.place()?;
-        let expires_at = ttl_secs.map(|s| now_ms().saturating_add(s.saturating_mul(1000)));
+        let expires_at = ttl_ms.map(|ms| now_ms().saturating_add(ms));
         let update = Update { key: key.to_string(), version: 0, value, expires_at };
+        let ack = if cond.is_conditional() { Ack::Root } else { ack };
         if place.topology.is_root() {
-            return self.commit_own(update, ack).await;
+            return self.commit_own(update, ack, cond).await;
         }
-        let rx = self.join_own(update, ack, place.topology.id)?;
+        let rx = self.join_own(update, ack, cond, place.topology.id)?;
         match tokio::time::timeout(CLIENT_WAIT, rx).await {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(Error::ShuttingDown),
