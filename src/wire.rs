@@ -47,6 +47,32 @@ pub const UNKNOWN_FLAGS: &str = "unknown flags";
 /// decoder reserve gigabytes.
 pub const MAX_BATCH: usize = 1 << 20;
 
+/// When a write is acknowledged (`?ack=` on `/kv`, `--resp-ack` for RESP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ack {
+    /// Once the parent has it.
+    Parent,
+    /// Once the root has committed it.
+    Root,
+}
+
+impl Ack {
+    pub fn parse(s: &str) -> Option<Ack> {
+        match s {
+            "parent" => Some(Ack::Parent),
+            "root" => Some(Ack::Root),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ack::Parent => "parent",
+            Ack::Root => "root",
+        }
+    }
+}
+
 /// A client write on its way to the root: the change (version 0 until
 /// committed), its id, whether the sender waits for the commit, and the
 /// condition the root must find true to commit it.

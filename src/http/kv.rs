@@ -8,12 +8,9 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use super::{key_from, read_body, MaxValue, Query, X_CACHE, X_EXPIRES_AT, X_NODE, X_VERSION};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::node::{answer_body, Ack, Node};
+use crate::node::{answer_body, refusal, Ack, Node, MAX_TTL_SECS};
 use crate::store::Condition;
 use crate::wire::WriteResult;
-
-/// Longest `?ttl=`: ten years.
-const MAX_TTL_SECS: u64 = 10 * 365 * 86_400;
 
 /// Adds `X-Node` to every answer, errors included, and counts bad input.
 fn answer(node: &Node, result: Result<HttpResponse, Error>) -> HttpResponse {
@@ -192,15 +189,12 @@ fn condition_of(req: &HttpRequest) -> Result<Condition, Error> {
 }
 
 fn write_answer(key: &str, result: &WriteResult, ack: Ack) -> Result<HttpResponse, Error> {
+    if let Some(e) = refusal(key, result) {
+        return Err(e);
+    }
     match result {
         WriteResult::Committed { created: true, .. } => Ok(HttpResponse::Created().json(answer_body(result, ack))),
         WriteResult::Absent if ack == Ack::Root => Err(Error::NotFound(key.to_string())),
-        WriteResult::Failed { error } => Err(Error::WriteRefused { key: key.to_string(), reason: error.clone() }),
-        &WriteResult::ConditionFailed { current } => Err(Error::PreconditionFailed { key: key.to_string(), current }),
-        WriteResult::InsyncBelowMin { have, need } => Err(Error::InsyncBelowMin { have: *have, need: *need }),
-        &WriteResult::InsyncBelowMinAfter { version, have, need } => {
-            Err(Error::InsyncBelowMinAfter { version, have, need })
-        }
         _ => Ok(HttpResponse::Ok().json(answer_body(result, ack))),
     }
 }

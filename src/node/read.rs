@@ -116,6 +116,17 @@ fn found(lookup: Lookup, cache: CacheStatus) -> Option<Found> {
 }
 
 impl Node {
+    /// A plain read as a client's front door serves it (`GET /kv/{key}`
+    /// without `consistent`, RESP GET): a standby root answers from its
+    /// copy, any other node by the read path. (Checked only when the read
+    /// path finds no place: the hit path takes no lock for it.)
+    pub async fn read(&self, key: &str) -> Result<Found> {
+        match self.get(key, false).await {
+            Err(Error::NotRegistered) if self.is_following() => self.standby_get(key).await,
+            result => result,
+        }
+    }
+
     /// `GET /kv/{key}`.
     pub async fn get(&self, key: &str, consistent: bool) -> Result<Found> {
         let place = self.place()?;

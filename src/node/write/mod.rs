@@ -56,36 +56,15 @@ use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::store::{Condition, Update};
+pub use crate::wire::Ack;
 use crate::wire::WriteResult;
 
 pub(super) use commit::Outcomes;
 pub(super) use uplink::Uplink;
 pub use uplink::BATCH_BYTES;
 
-/// When a write is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ack {
-    /// Once the parent has it (the default).
-    Parent,
-    /// Once the root has committed it.
-    Root,
-}
-
-impl Ack {
-    pub fn parse(s: &str) -> Option<Ack> {
-        match s {
-            "parent" => Some(Ack::Parent),
-            "root" => Some(Ack::Root),
-            _ => None,
-        }
-    }
-    fn as_str(self) -> &'static str {
-        match self {
-            Ack::Parent => "parent",
-            Ack::Root => "root",
-        }
-    }
-}
+/// Longest time to live a write may ask for: ten years.
+pub const MAX_TTL_SECS: u64 = 10 * 365 * 86_400;
 
 /// How long a parent holds a child's ack=root write request waiting for
 /// the root before it answers `InProgress`.
@@ -123,6 +102,20 @@ impl Node {
             Ok(Err(_)) => Err(Error::ShuttingDown),
             Err(_) => Err(Error::WriteInFlight { key: key.to_string() }),
         }
+    }
+}
+
+/// A write's result as an error its client hears, whichever front door
+/// (`/kv`, RESP) it came through; `None` when it was not refused.
+pub fn refusal(key: &str, result: &WriteResult) -> Option<Error> {
+    match *result {
+        WriteResult::Failed { ref error } => Some(Error::WriteRefused { key: key.to_string(), reason: error.clone() }),
+        WriteResult::InsyncBelowMin { have, need } => Some(Error::InsyncBelowMin { have, need }),
+        WriteResult::InsyncBelowMinAfter { version, have, need } => {
+            Some(Error::InsyncBelowMinAfter { version, have, need })
+        }
+        WriteResult::ConditionFailed { current } => Some(Error::PreconditionFailed { key: key.to_string(), current }),
+        WriteResult::Committed { .. } | WriteResult::Absent | WriteResult::Accepted | WriteResult::InProgress => None,
     }
 }
 
