@@ -650,7 +650,8 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
             },
             (b"ID", []) => self.out.int(self.session.id as i64),
             (b"INFO", []) => {
-                let line = self.session.info_line(self.out.proto);
+                let query = (self.buf.len(), self.buf.capacity() - self.buf.len());
+                let line = self.session.info_line(self.out.proto, query, self.out.buf.len());
                 self.out.text(&line);
             }
             (b"SETINFO", [attr, value]) => {

@@ -67,18 +67,23 @@ impl Session {
         *self = Session::new(self.id, self.addr, self.local, needs_token);
     }
 
-    /// This connection as CLIENT INFO describes it.
-    pub(super) fn info_line(&self, proto: Proto) -> String {
+    /// This connection as CLIENT INFO describes it: `query` is the read
+    /// buffer (bytes held, room left), `out` the output's bytes.
+    pub(super) fn info_line(&self, proto: Proto, query: (usize, usize), out: usize) -> String {
         let show = |a: Option<SocketAddr>| a.map_or_else(String::new, |a| a.to_string());
         format!(
-            "id={} addr={} laddr={} name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 cmd=client|info \
-             user=default resp={} lib-name={} lib-ver={}\n",
+            "id={} addr={} laddr={} name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf={} \
+             qbuf-free={} argv-mem=0 multi-mem=0 obl={out} oll=0 omem=0 tot-mem={} cmd=client|info user=default \
+             resp={} lib-name={} lib-ver={}\n",
             self.id,
             show(self.addr),
             show(self.local),
             self.name.as_deref().unwrap_or(""),
             self.created.elapsed().as_secs(),
             self.last.elapsed().as_secs(),
+            query.0,
+            query.1,
+            query.0 + query.1 + out,
             proto.number(),
             self.lib_name.as_deref().unwrap_or(""),
             self.lib_ver.as_deref().unwrap_or(""),
@@ -91,7 +96,7 @@ pub(super) struct Conn<S> {
     pub(super) session: Session,
     pub(super) out: Out,
     stream: S,
-    buf: BytesMut,
+    pub(super) buf: BytesMut,
     decoder: Decoder,
 }
 

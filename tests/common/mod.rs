@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod history;
+pub mod resp;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
@@ -124,6 +125,9 @@ pub struct Opts {
     pub durable_root: bool,
     /// `RUST_LOG` for every node (default: the test's own, else info).
     pub rust_log: Option<&'static str>,
+    /// Every node also speaks RESP (`--resp-listen` on a free port; see
+    /// [`Cluster::resp_addr`]).
+    pub resp: bool,
 }
 
 impl Default for Opts {
@@ -137,6 +141,7 @@ impl Default for Opts {
             node_args: Vec::new(),
             durable_root: false,
             rust_log: None,
+            resp: false,
         }
     }
 }
@@ -184,6 +189,8 @@ impl Read {
 /// the id its last healthy /health reported.
 struct NodeProc {
     port: u16,
+    /// `--resp-listen`'s port, when the cluster speaks RESP.
+    resp_port: Option<u16>,
     child: Option<Child>,
     log: PathBuf,
     args: Vec<String>,
@@ -198,6 +205,7 @@ pub struct Cluster {
     nodes: Vec<NodeProc>,
     node_args: Vec<String>,
     rust_log: Option<&'static str>,
+    resp: bool,
     /// The cluster secret every node gets (`--cluster-secret-file`) unless
     /// a test gives a node its own.
     pub secret_file: PathBuf,
@@ -237,6 +245,7 @@ impl Cluster {
             nodes: Vec::new(),
             node_args: opts.node_args.clone(),
             rust_log: opts.rust_log,
+            resp: opts.resp,
             secret_file,
             dir,
         };
@@ -285,11 +294,15 @@ impl Cluster {
                 args.drain(at..at + 2);
             }
         }
+        let resp_port = self.resp.then(|| free_port().expect("free port"));
+        if let Some(p) = resp_port {
+            args.extend(["--resp-listen".to_string(), format!("127.0.0.1:{p}")]);
+        }
         args.extend(extra);
         let i = self.nodes.len();
         let log = self.dir.path().join(format!("node-{i}.log"));
         let child = self.spawn_process(&args, &log);
-        self.nodes.push(NodeProc { port, child: Some(child), log, args, id: None });
+        self.nodes.push(NodeProc { port, resp_port, child: Some(child), log, args, id: None });
         i
     }
 
@@ -340,6 +353,17 @@ impl Cluster {
 
     pub fn url(&self, i: usize) -> String {
         format!("http://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    /// Node `i`'s RESP address (the cluster was started with [`Opts::resp`]).
+    pub fn resp_addr(&self, i: usize) -> String {
+        let port = self.nodes[i].resp_port.unwrap_or_else(|| panic!("node {i} has no --resp-listen (Opts::resp)"));
+        format!("127.0.0.1:{port}")
+    }
+
+    /// Node `i`'s RESP port.
+    pub fn resp_port(&self, i: usize) -> u16 {
+        self.nodes[i].resp_port.unwrap_or_else(|| panic!("node {i} has no --resp-listen (Opts::resp)"))
     }
 
     /// Ids of the running nodes, as their /health said when they came up.
