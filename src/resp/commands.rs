@@ -195,14 +195,14 @@ fn arity_ok(spec: &Spec, n: usize) -> bool {
 }
 
 /// A key as `/kv` takes it: 1–250 bytes of UTF-8, no control characters.
-fn key(arg: &Bytes) -> Result<String, Fail> {
+fn key(arg: &[u8]) -> Result<&str, Fail> {
     let key = std::str::from_utf8(arg).map_err(|_| Error::BadKey("not valid UTF-8".into()))?;
     check_key(key).map_err(Error::BadKey)?;
-    Ok(key.to_string())
+    Ok(key)
 }
 
-fn keys(args: &[Bytes]) -> Result<Vec<String>, Fail> {
-    args.iter().map(key).collect()
+fn keys(args: &[Bytes]) -> Result<Vec<&str>, Fail> {
+    args.iter().map(|a| key(a)).collect()
 }
 
 fn int(arg: &[u8]) -> Result<i64, Fail> {
@@ -347,7 +347,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
 
     async fn get(&mut self, arg: &Bytes) -> Done {
         let key = key(arg)?;
-        match found_or_none(self.shared.node.read(&key).await)? {
+        match found_or_none(self.shared.node.read(key).await)? {
             Some(found) => {
                 self.out.bulk(&found.value);
                 Ok(read_outcome(&found))
@@ -383,13 +383,13 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
             }
         }
         if get {
-            return self.set_get(&key, value, ttl_ms, cond).await;
+            return self.set_get(key, value, ttl_ms, cond).await;
         }
         let ack = self.shared.node.args().resp_ack;
-        let result = self.shared.node.write(&key, Some(value), ttl_ms, ack, cond).await;
+        let result = self.shared.node.write(key, Some(value), ttl_ms, ack, cond).await;
         match result.map_err(|e| self.write_error(e))? {
             WriteResult::ConditionFailed { .. } => self.out.null(),
-            result => match refusal(&key, &result) {
+            result => match refusal(key, &result) {
                 Some(e) => return Err(e.into()),
                 None => self.out.ok(),
             },
@@ -499,7 +499,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
         if !args.len().is_multiple_of(2) {
             return Err(err("wrong number of arguments for 'mset' command"));
         }
-        let pairs: Vec<(String, Bytes)> =
+        let pairs: Vec<(&str, Bytes)> =
             args.chunks(2).map(|p| Ok((key(&p[0])?, p[1].clone()))).collect::<Result<_, Fail>>()?;
         let node = self.shared.node.clone();
         let ack = node.args().resp_ack;
@@ -520,7 +520,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
     /// have, -1 for one that does not expire.
     async fn ttl(&mut self, arg: &Bytes, unit: u64) -> Done {
         let key = key(arg)?;
-        let Some(found) = found_or_none(self.shared.node.read(&key).await)? else {
+        let Some(found) = found_or_none(self.shared.node.read(key).await)? else {
             self.out.int(-2);
             return Ok(Outcome::NotFound);
         };
@@ -889,9 +889,9 @@ mod tests {
 
     #[test]
     fn keys_are_checked_as_kv_checks_them() {
-        assert_eq!(key(&Bytes::from_static(b"a/b c")).ok().as_deref(), Some("a/b c"));
+        assert_eq!(key(b"a/b c").ok(), Some("a/b c"));
         for bad in [&b""[..], b"\xff", b"a\nb", &[b'k'; 251]] {
-            assert!(matches!(key(&Bytes::copy_from_slice(bad)), Err(Fail::Node(Error::BadKey(_)))));
+            assert!(matches!(key(bad), Err(Fail::Node(Error::BadKey(_)))));
         }
     }
 
