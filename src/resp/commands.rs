@@ -349,7 +349,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
         let key = key(arg)?;
         match found_or_none(self.shared.node.read(key).await)? {
             Some(found) => {
-                self.out.bulk(&found.value);
+                self.out.value(&found.value);
                 Ok(read_outcome(&found))
             }
             None => {
@@ -423,7 +423,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
                 }
             }
             match old {
-                Some(f) => self.out.bulk(&f.value),
+                Some(f) => self.out.value(&f.value),
                 None => self.out.null(),
             }
             return Ok(Outcome::Ok);
@@ -481,7 +481,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
             }
             for found in &reads {
                 match found {
-                    Some(f) => self.out.bulk(&f.value),
+                    Some(f) => self.out.value(&f.value),
                     None => self.out.null(),
                 }
             }
@@ -651,7 +651,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
             (b"ID", []) => self.out.int(self.session.id as i64),
             (b"INFO", []) => {
                 let query = (self.buf.len(), self.buf.capacity() - self.buf.len());
-                let line = self.session.info_line(self.out.proto, query, self.out.buf.len());
+                let line = self.session.info_line(self.out.proto, query, self.out.len());
                 self.out.text(&line);
             }
             (b"SETINFO", [attr, value]) => {

@@ -161,16 +161,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.buf.is_empty() {
-            self.stream.write_all(&self.out.buf).await?;
-            self.out.buf.clear();
+        if self.out.parts.is_empty() {
+            if !self.out.buf.is_empty() {
+                self.stream.write_all(&self.out.buf).await?;
+                self.out.buf.clear();
+            }
+            return Ok(());
+        }
+        let mut parts = self.out.take_parts();
+        let mut first = 0;
+        while first < parts.len() {
+            let slices: Vec<std::io::IoSlice<'_>> =
+                parts[first..].iter().take(64).map(|p| std::io::IoSlice::new(p)).collect();
+            let mut n = self.stream.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 {
+                let len = parts[first].len();
+                if n >= len {
+                    n -= len;
+                    first += 1;
+                } else {
+                    bytes::Buf::advance(&mut parts[first], n);
+                    n = 0;
+                }
+            }
         }
         Ok(())
     }
 
     /// Sends the output if it is large (mid-command too: MGET).
     pub(super) async fn flush_if_large(&mut self) -> std::io::Result<()> {
-        if self.out.buf.len() >= FLUSH_AT {
+        if self.out.len() >= FLUSH_AT {
             self.flush().await?;
         }
         Ok(())

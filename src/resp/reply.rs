@@ -7,9 +7,13 @@
 //! errors `/kv` answers 503), and a treecache error's message ends with its
 //! `/kv` code in parentheses: `-ERR bad key: key is empty (bad_key)`.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::Error;
+
+/// A value at least this long goes out by reference (a vectored write),
+/// not copied into the output buffer.
+const BY_REFERENCE: usize = 1024;
 
 /// The protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,15 +31,48 @@ impl Proto {
     }
 }
 
-/// A connection's output: replies appended in order.
+/// A connection's output: replies appended in order. Small replies are
+/// written into `buf`; a large value is kept by reference in `parts`
+/// (after what `buf` held before it), so it is not copied here.
 pub struct Out {
     pub buf: BytesMut,
+    /// What goes out before `buf`, in order.
+    pub parts: Vec<Bytes>,
+    parts_len: usize,
     pub proto: Proto,
 }
 
 impl Out {
     pub fn new() -> Out {
-        Out { buf: BytesMut::with_capacity(16 * 1024), proto: Proto::Resp2 }
+        Out { buf: BytesMut::with_capacity(16 * 1024), parts: Vec::new(), parts_len: 0, proto: Proto::Resp2 }
+    }
+
+    /// Bytes waiting to be sent.
+    pub fn len(&self) -> usize {
+        self.parts_len + self.buf.len()
+    }
+
+    /// Everything waiting, in order, as one list of chunks (`buf` emptied).
+    pub fn take_parts(&mut self) -> Vec<Bytes> {
+        let mut parts = std::mem::take(&mut self.parts);
+        if !self.buf.is_empty() {
+            parts.push(self.buf.split().freeze());
+        }
+        self.parts_len = 0;
+        parts
+    }
+
+    /// A stored value as a bulk string: a large one by reference.
+    pub fn value(&mut self, data: &Bytes) {
+        if data.len() < BY_REFERENCE {
+            return self.bulk(data);
+        }
+        self.int_line(b'$', data.len() as i64);
+        let head = self.buf.split().freeze();
+        self.parts_len += head.len() + data.len();
+        self.parts.push(head);
+        self.parts.push(data.clone());
+        self.buf.put_slice(b"\r\n");
     }
 
     fn line(&mut self, kind: u8, text: &[u8]) {
@@ -143,7 +180,22 @@ mod tests {
         let mut out = Out::new();
         out.proto = proto;
         f(&mut out);
-        String::from_utf8(out.buf.to_vec()).unwrap()
+        let len = out.len();
+        let all: Vec<u8> = out.take_parts().concat();
+        assert_eq!((all.len(), out.len()), (len, 0));
+        String::from_utf8(all).unwrap()
+    }
+
+    #[test]
+    fn a_large_value_goes_by_reference_between_the_replies_around_it() {
+        let big = Bytes::from("v".repeat(BY_REFERENCE));
+        let text = written(Proto::Resp2, |o| {
+            o.ok();
+            o.value(&big);
+            o.value(&Bytes::from_static(b"small"));
+            assert_eq!(o.parts.len(), 2, "the head before it, then the value itself");
+        });
+        assert_eq!(text, format!("+OK\r\n${}\r\n{}\r\n$5\r\nsmall\r\n", BY_REFERENCE, "v".repeat(BY_REFERENCE)));
     }
 
     #[test]
