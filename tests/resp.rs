@@ -234,6 +234,20 @@ async fn a_bad_frame_gets_an_error_and_closes_only_its_connection() {
         assert_eq!(good.read().await, Some(Reply::ok()), "SET {i}");
         assert_eq!(good.read().await, Some(Reply::Bulk(format!("{i:04}").into_bytes())), "GET {i}");
     }
+    // Consecutive SETs are written together, and still in order: the last
+    // of 100 SETs of one key wins, at this node and at the root.
+    let mut burst = Vec::new();
+    for i in 0..100 {
+        burst.extend(format!("*3\r\n$3\r\nSET\r\n$5\r\norder\r\n$3\r\n{i:03}\r\n").as_bytes());
+    }
+    burst.extend(b"*2\r\n$3\r\nGET\r\n$5\r\norder\r\n");
+    good.raw(&burst).await;
+    for i in 0..100 {
+        assert_eq!(good.read().await, Some(Reply::ok()), "SET {i}");
+    }
+    assert_eq!(good.read().await, Some(Reply::bulk("099")));
+    assert_eq!(c.get(0, "order", "").await.text(), "099");
+
     // Inline commands, as typed into telnet.
     good.raw(b"PING\r\nECHO inline\r\n").await;
     assert_eq!(good.read().await, Some(Reply::Simple("PONG".into())));

@@ -231,6 +231,47 @@ fn found_or_none(result: Result<Found, Error>) -> Result<Option<Found>, Fail> {
     }
 }
 
+/// A SET's options.
+struct SetOpts {
+    ttl_ms: Option<u64>,
+    cond: Condition,
+    get: bool,
+}
+
+/// `[EX s | PX ms] [NX | XX] [GET]`, each at most once.
+fn set_opts(opts: &[Bytes]) -> Result<SetOpts, Fail> {
+    let (mut ttl_ms, mut cond, mut get) = (None, Condition::Always, false);
+    let mut opts = opts.iter();
+    while let Some(opt) = opts.next() {
+        let upper = opt.to_ascii_uppercase();
+        match upper.as_slice() {
+            b"EX" | b"PX" if ttl_ms.is_none() => {
+                let n = int(opts.next().ok_or_else(syntax)?)?;
+                let ms = if upper == b"EX" { n.checked_mul(1000) } else { Some(n) };
+                match ms {
+                    Some(ms) if ms > 0 && ms as u64 <= MAX_TTL_SECS * 1000 => ttl_ms = Some(ms as u64),
+                    _ => return Err(err("invalid expire time in 'set' command")),
+                }
+            }
+            b"NX" if cond == Condition::Always => cond = Condition::IfAbsent,
+            b"XX" if cond == Condition::Always => cond = Condition::IfPresent,
+            b"GET" if !get => get = true,
+            _ => return Err(syntax()),
+        }
+    }
+    Ok(SetOpts { ttl_ms, cond, get })
+}
+
+/// Whether `args` is a SET that may be written together with the SETs
+/// around it in a pipeline: a good key, no NX, XX or GET (their replies
+/// depend on what came before), good options.
+pub(super) fn plain_set(args: &[Bytes]) -> bool {
+    args.len() >= 3
+        && args[0].eq_ignore_ascii_case(b"set")
+        && key(&args[1]).is_ok()
+        && set_opts(&args[3..]).is_ok_and(|o| !o.get && o.cond == Condition::Always)
+}
+
 /// The metric label of a command.
 fn label(spec: &Spec) -> usize {
     match spec.name {
@@ -363,30 +404,17 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
     async fn set(&mut self, args: &[Bytes]) -> Done {
         let key = key(&args[1])?;
         let value = args[2].clone();
-        let (mut ttl_ms, mut cond, mut get) = (None, Condition::Always, false);
-        let mut opts = args[3..].iter();
-        while let Some(opt) = opts.next() {
-            let upper = opt.to_ascii_uppercase();
-            match upper.as_slice() {
-                b"EX" | b"PX" if ttl_ms.is_none() => {
-                    let n = int(opts.next().ok_or_else(syntax)?)?;
-                    let ms = if upper == b"EX" { n.checked_mul(1000) } else { Some(n) };
-                    match ms {
-                        Some(ms) if ms > 0 && ms as u64 <= MAX_TTL_SECS * 1000 => ttl_ms = Some(ms as u64),
-                        _ => return Err(err("invalid expire time in 'set' command")),
-                    }
-                }
-                b"NX" if cond == Condition::Always => cond = Condition::IfAbsent,
-                b"XX" if cond == Condition::Always => cond = Condition::IfPresent,
-                b"GET" if !get => get = true,
-                _ => return Err(syntax()),
-            }
-        }
+        let SetOpts { ttl_ms, cond, get } = set_opts(&args[3..])?;
         if get {
             return self.set_get(key, value, ttl_ms, cond).await;
         }
         let ack = self.shared.node.args().resp_ack;
         let result = self.shared.node.write(key, Some(value), ttl_ms, ack, cond).await;
+        self.set_reply(key, result)
+    }
+
+    /// A SET's reply from its write's result: nil when its condition failed.
+    fn set_reply(&mut self, key: &str, result: Result<WriteResult, Error>) -> Done {
         match result.map_err(|e| self.write_error(e))? {
             WriteResult::ConditionFailed { .. } => self.out.null(),
             result => match refusal(key, &result) {
@@ -395,6 +423,34 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
             },
         }
         Ok(Outcome::Ok)
+    }
+
+    /// Consecutive plain SETs of a pipeline (see [`plain_set`]), written
+    /// together: their writes join the uplink in the order they came, as
+    /// one after another would (the futures are first polled in order:
+    /// fewer than `join_all`'s 30), and are awaited together; the replies
+    /// go out in order. A connection's pipelined SETs then share the
+    /// uplink's round trips instead of taking one each.
+    pub(super) async fn sets(&mut self, batch: Vec<Vec<Bytes>>) {
+        let started = Instant::now();
+        let node = self.shared.node.clone();
+        let ack = node.args().resp_ack;
+        let writes = batch.iter().map(|args| {
+            let node = &node;
+            async move {
+                let key = key(&args[1]).map_err(|_| Error::BadKey("checked before".into()))?;
+                let ttl_ms = set_opts(&args[3..]).ok().and_then(|o| o.ttl_ms);
+                node.write(key, Some(args[2].clone()), ttl_ms, ack, Condition::Always).await
+            }
+        });
+        for (args, result) in batch.iter().zip(join_all(writes).await) {
+            let done = self.set_reply(std::str::from_utf8(&args[1]).unwrap_or_default(), result);
+            let outcome = match done {
+                Ok(outcome) => outcome,
+                Err(fail) => self.fail(fail),
+            };
+            node.metrics().request(RESP_WRITE_LABEL, outcome, started.elapsed());
+        }
     }
 
     /// SET ... GET: the old value, read from the root, then the write on

@@ -15,6 +15,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::commands::plain_set;
 use super::frame::{Decoder, Frame, Refused};
 use super::reply::{Out, Proto};
 use super::Shared;
@@ -24,6 +25,9 @@ use crate::error::Error;
 const READ_CHUNK: usize = 16 * 1024;
 /// Send the output once it holds this much.
 const FLUSH_AT: usize = 64 * 1024;
+/// Most pipelined SETs written together (fewer than `join_all`'s 30, so
+/// their writes are first polled, and queued, in order).
+const SETS_AT_ONCE: usize = 16;
 
 /// Whether the connection goes on after a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,9 +113,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Serves the connection until the client leaves, sends QUIT, or sends
     /// what cannot be framed.
     pub(super) async fn run(mut self) {
+        // A frame decoded while gathering SETs, to be handled next.
+        let mut held = None;
         loop {
             loop {
-                match self.decoder.decode(&mut self.buf) {
+                let decoded = match held.take() {
+                    Some(decoded) => decoded,
+                    None => self.decoder.decode(&mut self.buf),
+                };
+                match decoded {
+                    Ok(Some(Frame::Command(args))) if self.session.authed && plain_set(&args) => {
+                        self.shared.count_command();
+                        let mut batch = vec![args];
+                        while batch.len() < SETS_AT_ONCE {
+                            match self.decoder.decode(&mut self.buf) {
+                                Ok(Some(Frame::Command(args))) if plain_set(&args) => {
+                                    self.shared.count_command();
+                                    batch.push(args);
+                                }
+                                other => {
+                                    held = Some(other);
+                                    break;
+                                }
+                            }
+                        }
+                        self.sets(batch).await;
+                        if self.flush_if_large().await.is_err() {
+                            return;
+                        }
+                    }
                     Ok(Some(Frame::Command(args))) => {
                         self.shared.count_command();
                         if self.command(args).await == Flow::Close {
