@@ -14,7 +14,9 @@
 #               and everysec beside Redis appendonly with appendfsync always
 #               and everysec (fsyncs/s and writes per fsync from /metrics),
 #               and restart (replay) of 1M keys x 100 B beside Redis loading
-#               its AOF
+#               its AOF; the Redis protocol: redis-benchmark -t set,get -c 64,
+#               with and without -P 16, against a leaf's RESP port (a 3-node
+#               tree, --resp-ack parent) and against Redis, in the same run
 #
 # Usage: bench/compare.sh [-c CONNECTIONS] [-d DURATION] [--value-size BYTES]
 #                         [--big-tree N] [--quick] [--markdown FILE] [--keep DIR]
@@ -38,6 +40,8 @@ BIG_TREE=63
 MEM_KEYS=100000
 WRITERS=64
 REDIS_N=200000
+RESP_N=400000
+RESP_CONNS=64
 RESTART_KEYS=1000000
 MARKDOWN=""
 KEEP=""
@@ -48,7 +52,7 @@ while [ $# -gt 0 ]; do
         -d) DUR="$2"; shift 2 ;;
         --value-size) VALUE="$2"; shift 2 ;;
         --big-tree) BIG_TREE="$2"; shift 2 ;;
-        --quick) DUR=1s; BIG_TREE=15; MEM_KEYS=10000; REDIS_N=20000; RESTART_KEYS=20000; shift ;;
+        --quick) DUR=1s; BIG_TREE=15; MEM_KEYS=10000; REDIS_N=20000; RESP_N=20000; RESTART_KEYS=20000; shift ;;
         --markdown) MARKDOWN="$2"; shift 2 ;;
         --keep) KEEP="$2"; shift 2 ;;
         --bin-dir) BIN_DIR="$2"; shift 2 ;;
@@ -122,12 +126,16 @@ wait_log() {
         sleep 0.1
     done
 }
-# free_port: a TCP port nothing listens on (iproute2's ss; no python needed).
+# free_port: a TCP port nothing listens on (iproute2's ss; no python needed),
+# below the ephemeral range: a port in it may be some connection's local
+# port by the time a server binds it (Redis then exits "Address already in
+# use"), as the test harness learned too.
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() {
     local port
     while :; do
-        port=$((20000 + RANDOM % 40000))
-        ss -Htln "sport = :$port" | grep -q . || { echo "$port"; return; }
+        port=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
+        ss -Htan "sport = :$port" | grep -q . || { echo "$port"; return; }
     done
 }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
@@ -290,6 +298,54 @@ if [ $HAVE_REDIS = 1 ]; then
     stop "$LAST_PID"
 fi
 
+# --- the Redis protocol: a leaf's RESP port beside Redis ------------------------
+# redis-benchmark -t set,get -c 64 (SET first, so GET finds its keys), one
+# run without pipelining and one with -P 16, against Redis and then against
+# a leaf of a 3-node tree (root and two leaves started by hand, the leaves
+# with --resp-listen and --resp-ack parent); the leaf's hits and misses
+# during the GET runs come from its /metrics.
+RESP_ARGS=(-c "$RESP_CONNS" -n "$RESP_N" -d "$VALUE" -r 10000 -t "set,get" --csv)
+if [ $HAVE_REDIS = 1 ]; then
+    RPORT=$(free_port)
+    start redis_resp redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no
+    wait_log "$WORK/redis_resp.log" 'Ready to accept connections' 30 "$LAST_PID"
+    for pipe in 1 16; do
+        echo "  redis: redis-benchmark ${RESP_ARGS[*]} -P $pipe" >&2
+        redis-benchmark -p "$RPORT" "${RESP_ARGS[@]}" -P "$pipe" >"$WORK/redis_resp_p$pipe.csv"
+    done
+    stop "$LAST_PID"
+fi
+up 1 respzk
+RESP_ZK=$(grep -oE '^ZooKeeper +[0-9.:]+' "$WORK/respzk.log" | awk '{print $2}')
+RESP_SECRET="$WORK/resp-secret"
+(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RESP_SECRET")
+resp_node() {
+    local name=$1; shift
+    start "$name" "$BIN" node --zk "$RESP_ZK" --cluster resp --cluster-secret-file "$RESP_SECRET" "$@"
+}
+RESP_ROOT_PORT=$(free_port)
+resp_node resp_root --root --listen "127.0.0.1:$RESP_ROOT_PORT"
+RESP_ROOT_PID=$LAST_PID
+wait_log "$WORK/resp_root.log" 'root: node' 60 "$RESP_ROOT_PID"
+RESP_LEAF_PIDS=()
+for k in 1 2; do
+    LEAF_HTTP=$(free_port); LEAF_RESP=$(free_port)
+    resp_node "resp_leaf$k" --listen "127.0.0.1:$LEAF_HTTP" --resp-listen "127.0.0.1:$LEAF_RESP" --resp-ack parent
+    RESP_LEAF_PIDS+=("$LAST_PID")
+    wait_log "$WORK/resp_leaf$k.log" 'registered as node' 60 "$LAST_PID"
+done
+LEAF_URL="http://127.0.0.1:$LEAF_HTTP"
+for pipe in 1 16; do
+    echo "  treecache RESP (leaf, --resp-ack parent): redis-benchmark ${RESP_ARGS[*]} -P $pipe" >&2
+    H0=$(metric "$LEAF_URL" hits_total); M0=$(metric "$LEAF_URL" misses_total)
+    redis-benchmark -p "$LEAF_RESP" "${RESP_ARGS[@]}" -P "$pipe" >"$WORK/tc_resp_p$pipe.csv"
+    H1=$(metric "$LEAF_URL" hits_total); M1=$(metric "$LEAF_URL" misses_total)
+    eval "RESP_HITS_$pipe=$(awk -v a="$H0" -v b="$H1" -v c="$M0" -v d="$M1" 'BEGIN { t = (b - a) + (d - c); if (t > 0) printf "%.1f", 100 * (b - a) / t; else print 0 }')"
+done
+for pid in "${RESP_LEAF_PIDS[@]}"; do stop "$pid"; done
+stop "$RESP_ROOT_PID"
+stop "$UP_PID"
+
 # --- converge in a big tree, then scale ---------------------------------------
 up "$BIG_TREE" treebig
 bench converge converge --root "$ROOT" --rate 100 --value-size 1024 -c "$CONNS" -d "$DUR"
@@ -323,6 +379,23 @@ if [ $HAVE_REDIS = 1 ]; then
     r=$(ratio "$HIT_RPS" "$R_GET")
     row "leaf hit GET vs Redis GET" "$HIT_RPS req/s" "redis $R_GET (p50 $(csv redis GET 5) p99 $(csv redis GET 7) ms)" "$r" "≥ 1" "$(verdict "$r" '>=' 1)"
 fi
+for pipe in 1 16; do
+    label="-c $RESP_CONNS"; [ "$pipe" = 16 ] && label="-c $RESP_CONNS -P 16"
+    hits=$(eval echo "\$RESP_HITS_$pipe")
+    T_GET=$(csv "tc_resp_p$pipe" GET 2)
+    T_SET=$(csv "tc_resp_p$pipe" SET 2)
+    tc_get="$T_GET req/s, p50 $(csv "tc_resp_p$pipe" GET 5) p99 $(csv "tc_resp_p$pipe" GET 7) ms, hits $hits%"
+    tc_set="$T_SET req/s, p50 $(csv "tc_resp_p$pipe" SET 5) p99 $(csv "tc_resp_p$pipe" SET 7) ms"
+    if [ $HAVE_REDIS = 1 ]; then
+        RR_GET=$(csv "redis_resp_p$pipe" GET 2); RR_SET=$(csv "redis_resp_p$pipe" SET 2)
+        r=$(ratio "$T_GET" "$RR_GET")
+        row "RESP GET at a leaf, $label" "$tc_get" "redis GET $RR_GET (p50 $(csv "redis_resp_p$pipe" GET 5) p99 $(csv "redis_resp_p$pipe" GET 7) ms)" "$r" "≥ 1" "$(verdict "$r" '>=' 1)"
+        row "RESP SET --resp-ack parent at a leaf, $label" "$tc_set" "redis SET $RR_SET (p50 $(csv "redis_resp_p$pipe" SET 5) p99 $(csv "redis_resp_p$pipe" SET 7) ms)" "$(ratio "$T_SET" "$RR_SET")" "(beside)" ""
+    else
+        row "RESP GET at a leaf, $label" "$tc_get" "" "" "" ""
+        row "RESP SET --resp-ack parent at a leaf, $label" "$tc_set" "" "" "" ""
+    fi
+done
 PL_P50=$(j miss .per_level.p50_us); PL_P99=$(j miss .per_level.p99_us)
 r=$(ratio "$PL_P50" "$HOP_COST_P50")
 row "miss, cost per extra level, p50" "$(us2ms "$PL_P50") ms" "hop $(us2ms "$HOP_COST_P50") ms" "$r" "≤ 2" "$(verdict "$r" '<=' 2)"
@@ -404,6 +477,7 @@ if [ -n "$MARKDOWN" ]; then
         [ $HAVE_REDIS = 1 ] && echo "    redis-benchmark -c $CONNS -n $REDIS_N -d $VALUE -r 10000 -t set,get; -c $WRITERS -t set; DEBUG POPULATE $MEM_KEYS key 100"
         [ $HAVE_REDIS = 1 ] && echo "    redis-server --appendonly yes --appendfsync always|everysec; redis-benchmark -c $WRITERS -n $REDIS_N -d $VALUE -r 10000 -t set; restart: DEBUG POPULATE $RESTART_KEYS key 100, BGREWRITEAOF, SHUTDOWN, start to 'Ready to accept connections'"
         echo "    treecache node --root --data-dir DIR --fsync always|everysec (fsyncs from /metrics); restart: exec to 'replayed' in the node's log"
+        echo "    redis-benchmark ${RESP_ARGS[*]} [-P 16] against Redis and against a leaf's --resp-listen port (3-node tree, leaves with --resp-ack parent)"
     } >"$MARKDOWN"
     echo "table written to $MARKDOWN" >&2
 fi

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use treecache::store::{Store, Time, Update};
+use treecache::store::{Condition, Store, Time, Update};
 use treecache::wire::{decode_pushes, encode_pushes, Push};
 
 const NOW: u64 = 1_700_000_000_000;
@@ -72,7 +72,8 @@ fn store_writes(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 7919) % ENTRIES;
             let mut next = version;
-            black_box(store.commit(&key(i), Some(value.clone()), None, T, Some(2), || {
+            let change = update(i, 0, &value, None);
+            black_box(store.commit(&change, Condition::Always, T, Some(2), || {
                 next += 1;
                 next
             }));

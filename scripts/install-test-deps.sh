@@ -17,6 +17,8 @@ packages=(vagrant shellcheck iproute2 redis-server redis-tools jq curl python3 p
 schemathesis_version=4.32.5
 # The Prometheus project's Python client; tests/metrics.rs uses its parser.
 prometheus_client_version=0.26.0
+# redis-py, the Redis client tests/resp.rs drives against a live tree.
+redis_py_version=5.2.1
 venv="$here/.venv-tests"
 
 installed() {
@@ -61,14 +63,16 @@ version_in_venv() {
 install_python_tools() {
     if [ -x "$venv/bin/schemathesis" ] &&
         [ "$(version_in_venv schemathesis)" = "$schemathesis_version" ] &&
-        [ "$(version_in_venv prometheus-client)" = "$prometheus_client_version" ]; then
+        [ "$(version_in_venv prometheus-client)" = "$prometheus_client_version" ] &&
+        [ "$(version_in_venv redis)" = "$redis_py_version" ]; then
         return 0
     fi
     if [ ! -x "$venv/bin/python" ]; then
         /usr/bin/python3 -m venv "$venv"
     fi
     "$venv/bin/pip" install -q --disable-pip-version-check --no-input \
-        "schemathesis==$schemathesis_version" "prometheus-client==$prometheus_client_version" </dev/null
+        "schemathesis==$schemathesis_version" "prometheus-client==$prometheus_client_version" \
+        "redis==$redis_py_version" </dev/null
 }
 
 check_tools() {
@@ -78,6 +82,7 @@ check_tools() {
     done
     [ -x "$venv/bin/schemathesis" ] || missing+=("$venv/bin/schemathesis")
     [ "$(version_in_venv prometheus-client)" = "$prometheus_client_version" ] || missing+=("prometheus-client in $venv")
+    [ "$(version_in_venv redis)" = "$redis_py_version" ] || missing+=("redis (redis-py) in $venv")
     cargo fmt --version >/dev/null 2>&1 || missing+=("cargo fmt")
     cargo clippy --version >/dev/null 2>&1 || missing+=("cargo clippy")
     if [ ${#missing[@]} -gt 0 ]; then

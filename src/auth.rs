@@ -108,13 +108,24 @@ impl Guard {
 
     /// `/kv`, `/metrics`, `/dump`: the API token when one is set, or 401.
     pub fn check_token(&self, headers: &HeaderMap) -> Result<()> {
-        let Some(token) = &self.token else { return Ok(()) };
         let presented =
             headers.get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).map(|t| t.trim_ascii());
         match presented {
-            Some(t) if ct_eq(t, token.as_bytes()) => Ok(()),
+            _ if !self.needs_token() => Ok(()),
+            Some(t) if self.token_matches(t) => Ok(()),
             _ => Err(Error::Unauthorized(Credential::ApiToken)),
         }
+    }
+
+    /// Whether clients must present the API token (`--api-token` is set).
+    pub fn needs_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Whether `presented` is the API token (RESP's AUTH), in constant
+    /// time; false when none is set.
+    pub fn token_matches(&self, presented: &[u8]) -> bool {
+        self.token.as_ref().is_some_and(|token| ct_eq(presented, token.as_bytes()))
     }
 }
 

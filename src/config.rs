@@ -18,6 +18,7 @@ use crate::coherence::Mode;
 use crate::log::Fsync;
 use crate::tls::{ClientAuth, Tls, TlsFiles};
 use crate::trace::LogFormat;
+use crate::wire::Ack;
 
 #[derive(Debug, Clone, Args)]
 pub struct NodeArgs {
@@ -129,6 +130,16 @@ pub struct NodeArgs {
     /// --tls-ca and presenting --tls-cert.
     #[arg(long, env = "TREECACHE_ZK_TLS", value_parser = BoolishValueParser::new())]
     pub zk_tls: bool,
+    /// Also speak the Redis protocol (RESP2/RESP3) on this address, e.g.
+    /// 127.0.0.1:6379: redis-cli and Redis clients work against this node
+    /// (docs/resp.md). Off by default.
+    #[arg(long, env = "TREECACHE_RESP_LISTEN")]
+    pub resp_listen: Option<SocketAddr>,
+    /// When a RESP SET or MSET is acknowledged: once the parent has it, or
+    /// once the root has committed it (as `?ack=` on /kv). DEL and SET with
+    /// NX, XX or GET always wait for the root: their answer is its decision.
+    #[arg(long, env = "TREECACHE_RESP_ACK", value_enum, default_value_t = Ack::Root)]
+    pub resp_ack: Ack,
     /// Log lines as text or as one JSON object per line.
     #[arg(long, env = "TREECACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -263,6 +274,9 @@ impl NodeArgs {
         }
         if self.insync_timeout < Duration::from_millis(100) || self.insync_timeout > Duration::from_secs(60) {
             return Err(format!("--insync-timeout {:?}: must be 100ms to 60s", self.insync_timeout));
+        }
+        if self.resp_listen.is_some_and(|a| a == self.listen) {
+            return Err(format!("--resp-listen {}: the HTTP server listens there (--listen)", self.listen));
         }
         if self.min_insync > 1 && !self.root {
             return Err("--min-insync applies to root candidates (--root) only".into());

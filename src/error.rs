@@ -85,6 +85,11 @@ pub enum Error {
     NotStandby,
     #[error("no leader: {0}")]
     NoInSyncRoot(String),
+    #[error("the condition on the write of {key:?} is false ({}): nothing was written", match current {
+        Some(v) => format!("its version is {v}"),
+        None => "it has no value".to_string(),
+    })]
+    PreconditionFailed { key: String, current: Option<u64> },
 }
 
 /// What a 401 is about.
@@ -145,6 +150,7 @@ impl Error {
             Error::NotInSync(_) => "not_in_sync",
             Error::NotStandby => "not_standby",
             Error::NoInSyncRoot(_) => "no_insync_root",
+            Error::PreconditionFailed { .. } => "precondition_failed",
         }
     }
 
@@ -227,6 +233,7 @@ impl ResponseError for Error {
             | Error::WriteRefused { .. }
             | Error::NotStandby => StatusCode::CONFLICT,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::NotRegistered
             | Error::ParentUnreachable { .. }
@@ -253,6 +260,10 @@ impl ResponseError for Error {
         }
         if let Error::MethodNotAllowed { allowed, .. } = self {
             resp.insert_header((header::ALLOW, *allowed));
+        }
+        if let Error::PreconditionFailed { current: Some(version), .. } = self {
+            // The key's live version, as a read's X-Version says it.
+            resp.insert_header(("x-version", *version));
         }
         if let Error::Unauthorized(what) = self {
             let challenge = match what {
@@ -298,6 +309,17 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers().get(header::RETRY_AFTER).unwrap(), "1");
         assert_eq!(Error::BodyTimeout { secs: 10 }.error_response().status(), StatusCode::REQUEST_TIMEOUT);
+    }
+
+    #[test]
+    fn a_failed_condition_is_412_with_the_current_version() {
+        let resp = Error::PreconditionFailed { key: "k".into(), current: Some(42) }.error_response();
+        assert_eq!(resp.status(), StatusCode::PRECONDITION_FAILED);
+        assert_eq!(resp.headers().get("x-version").unwrap(), "42");
+        let resp = Error::PreconditionFailed { key: "k".into(), current: None }.error_response();
+        assert_eq!(resp.status(), StatusCode::PRECONDITION_FAILED);
+        assert!(resp.headers().get("x-version").is_none());
+        assert_eq!(Error::PreconditionFailed { key: "k".into(), current: None }.code(), "precondition_failed");
     }
 
     #[test]

@@ -22,10 +22,13 @@
 //!   path: per-child coalescing queues.
 //! - [`http`]: actix routes: public `/kv`, admin (`/health`, `/tree`,
 //!   `/metrics`, `/dump`), registration and the internal node-to-node routes.
+//! - [`resp`]: the Redis protocol front door (`--resp-listen`): RESP
+//!   commands mapped onto the same node calls `/kv` makes.
 //! - [`metrics`]: one prometheus-client registry per node: counters, gauges,
 //!   `_seconds` histograms (request latency, upstream, push lag), OpenMetrics text.
-//! - [`server`]: `treecache node` as a process, where the node and its HTTP
-//!   front door meet: bind, build the node, serve, leave on SIGTERM.
+//! - [`server`]: `treecache node` as a process, where the node and its
+//!   front doors (HTTP, RESP) meet: bind, build the node, serve, leave on
+//!   SIGTERM.
 //! - [`process`]: child-process plumbing (logs, dying with the parent,
 //!   signals).
 //! - [`zkserver`]: a private ZooKeeper from the installed package (tests, `up`).
@@ -55,6 +58,7 @@ pub mod metrics;
 pub mod node;
 pub mod process;
 pub mod replication;
+pub mod resp;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -121,8 +121,9 @@ macro_rules! metrics {
                 registry.register_with_unit(
                     "request_duration",
                     "Requests served, from the head read to the answer made, by route (kv_read, kv_write, \
-                     kv_delete, or the internal or admin route's name; other: no route) and outcome (hit, miss, \
-                     stale, ok, not_found, client_error, error)",
+                     kv_delete, or the internal or admin route's name; other: no route; resp_read, resp_write, \
+                     resp_delete, resp_other: RESP commands) and outcome (hit, miss, stale, ok, not_found, \
+                     client_error, error)",
                     Unit::Seconds,
                     requests.family.clone(),
                 );
@@ -179,6 +180,7 @@ metrics! {
         revalidations_unchanged: "ttl mode: stale entries the parent confirmed unchanged (no body moved)",
         writes: "Client writes (PUT/POST/DELETE) received",
         commits: "Writes committed by this node as root",
+        conditions_failed: "Conditional writes (If-Match, If-None-Match, SET NX/XX) this node as root refused: the condition was false, nothing written",
         pushes_sent: "Updates pushed to children",
         push_batches_sent: "Push requests sent to children (one batch each)",
         pushes_received: "Updates received in pushes from the parent",
@@ -242,8 +244,22 @@ pub const ROUTE_LABELS: &[&str] = &[
     "leave",
     "standby",
     "replicate",
+    "resp_read",
+    "resp_write",
+    "resp_delete",
+    "resp_other",
     "other",
 ];
+
+/// The RESP front door's labels in [`ROUTE_LABELS`]: GET, MGET, EXISTS,
+/// TTL and PTTL read; SET and MSET write; DEL deletes; every other command
+/// is `resp_other`.
+pub const RESP_READ_LABEL: usize = 18;
+pub const RESP_WRITE_LABEL: usize = 19;
+pub const RESP_DELETE_LABEL: usize = 20;
+pub const RESP_OTHER_LABEL: usize = 21;
+const _: () = assert!(matches!(ROUTE_LABELS[RESP_READ_LABEL].as_bytes(), b"resp_read"));
+const _: () = assert!(matches!(ROUTE_LABELS[RESP_OTHER_LABEL].as_bytes(), b"resp_other"));
 
 impl Default for Metrics {
     /// The node's metrics, routes labelled as [`ROUTE_LABELS`].

@@ -1,11 +1,12 @@
-//! `treecache node` as a process: where the node and its HTTP front door
-//! meet. Validates the settings, binds, opens the commit log, builds the
-//! [`Node`], serves [`crate::http::routes`] with the node's limits, starts
-//! the node's tasks, and on SIGTERM or Ctrl-C leaves the tree before the
-//! server stops. The node knows nothing of the server, nor the routes of
-//! the process. Under TLS the listener takes the node's
+//! `treecache node` as a process: where the node and its front doors
+//! meet. Validates the settings, binds (HTTP, and RESP with
+//! `--resp-listen`), opens the commit log, builds the [`Node`], serves
+//! [`crate::http::routes`] with the node's limits and [`RespServer`],
+//! starts the node's tasks, and on SIGTERM or Ctrl-C leaves the tree before
+//! the servers stop. The node knows nothing of the servers, nor the routes
+//! of the process. Under TLS the HTTP listener takes the node's
 //! [`crate::tls::Tls`] (HTTPS, client certificates marked per connection),
-//! and SIGHUP reloads its files.
+//! and SIGHUP reloads its files (RESP has no TLS yet).
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use actix_web::{App, HttpServer};
 use crate::config::NodeArgs;
 use crate::node::{Node, CLIENT_POOL_IDLE};
 use crate::process::wait_for_signal;
+use crate::resp::RespServer;
 
 /// How long the server keeps an idle connection open.
 const SERVER_KEEP_ALIVE: Duration = Duration::from_secs(75);
@@ -35,6 +37,12 @@ pub async fn run(args: NodeArgs) -> std::result::Result<(), String> {
     }
     let listener =
         std::net::TcpListener::bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let resp_listener = match args.resp_listen {
+        Some(addr) => {
+            Some(std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen for RESP on {addr}: {e}"))?)
+        }
+        None => None,
+    };
     let log = Node::open_log(&args)?;
     let node = Node::with_log(args, log).map_err(|e| e.to_string())?;
     let max_body = node.args().max_value_bytes as usize;
@@ -79,10 +87,17 @@ pub async fn run(args: NodeArgs) -> std::result::Result<(), String> {
     let handle = server.handle();
     let serving = tokio::spawn(server);
     log::info!("treecache node listening on {} (advertised as {})", node.args().listen, node.url());
+    let resp = resp_listener.map(|l| RespServer::start(l, node.clone())).transpose()?;
+    if let Some(resp) = &resp {
+        log::info!("RESP (Redis protocol) listening on {}", resp.addr());
+    }
     node.start();
     wait_for_signal().await;
     log::info!("shutting down: leaving the tree");
     node.shutdown().await;
+    if let Some(resp) = resp {
+        resp.stop().await;
+    }
     handle.stop(true).await;
     let _ = serving.await;
     Ok(())

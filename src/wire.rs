@@ -7,6 +7,13 @@
 //! A write batch (up the tree) is the same with a write id after the flags
 //! (`[origin u64][incarnation u64][seq u64]`, flag bit 2) and flag bit 3 for
 //! a write whose sender waits for the root's commit (ack=root).
+//! A conditional write carries its condition after the write id (flag bit
+//! 5, `[kind u8]` then, for kind 3, `[version u64]`; kinds: 1 only if
+//! absent, 2 only if present, 3 only if at that version): the root decides
+//! it. An unconditional write is encoded as before the field existed; a
+//! node built before it refuses the flag as unknown (400), and the sender
+//! then fails those conditional writes instead of retrying them
+//! (docs/architecture.md, rolling upgrades).
 //! A push may carry, per update, the root's wall-clock time of its commit
 //! in microseconds since the Unix epoch (`[committed_at u64]` after the
 //! expiry, flag bit 4), from which each node measures its push lag. The
@@ -21,25 +28,60 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::coherence::Mode;
-use crate::store::{NodeId, Update, Version, WriteId};
+use crate::store::{Condition, NodeId, Update, Version, WriteId};
 
 const HAS_VALUE: u8 = 1;
 const HAS_EXPIRY: u8 = 2;
 const HAS_WRITE_ID: u8 = 4;
 const ACK_ROOT: u8 = 8;
 const HAS_COMMIT_TIME: u8 = 16;
-const KNOWN_FLAGS: u8 = HAS_VALUE | HAS_EXPIRY | HAS_WRITE_ID | ACK_ROOT | HAS_COMMIT_TIME;
+const HAS_CONDITION: u8 = 32;
+const KNOWN_FLAGS: u8 = HAS_VALUE | HAS_EXPIRY | HAS_WRITE_ID | ACK_ROOT | HAS_COMMIT_TIME | HAS_CONDITION;
+const IF_ABSENT: u8 = 1;
+const IF_PRESENT: u8 = 2;
+const IF_VERSION: u8 = 3;
+/// The message a node gives a write batch with flags it does not know
+/// (a 400): how a sender tells a parent built before a flag.
+pub const UNKNOWN_FLAGS: &str = "unknown flags";
 /// Upper bound on updates in one batch, so a corrupt count cannot make the
 /// decoder reserve gigabytes.
 pub const MAX_BATCH: usize = 1 << 20;
 
+/// When a write is acknowledged (`?ack=` on `/kv`, `--resp-ack` for RESP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ack {
+    /// Once the parent has it.
+    Parent,
+    /// Once the root has committed it.
+    Root,
+}
+
+impl Ack {
+    pub fn parse(s: &str) -> Option<Ack> {
+        match s {
+            "parent" => Some(Ack::Parent),
+            "root" => Some(Ack::Root),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ack::Parent => "parent",
+            Ack::Root => "root",
+        }
+    }
+}
+
 /// A client write on its way to the root: the change (version 0 until
-/// committed), its id, and whether the sender waits for the commit.
+/// committed), its id, whether the sender waits for the commit, and the
+/// condition the root must find true to commit it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Write {
     pub update: Update,
     pub id: WriteId,
     pub ack_root: bool,
+    pub cond: Condition,
 }
 
 /// One update in a push, with the root's wall-clock time of its commit
@@ -56,24 +98,35 @@ pub fn encoded_len(u: &Update) -> usize {
     2 + u.key.len() + 8 + 1 + 8 + 8 + 4 + u.value.as_ref().map_or(0, Bytes::len)
 }
 
-const WRITE_ID_LEN: usize = 24;
+/// A write id and, at most, a condition.
+const WRITE_ID_LEN: usize = 24 + 9;
 
-fn put_update(buf: &mut BytesMut, u: &Update, write: Option<(&WriteId, bool)>, committed_us: Option<u64>) {
+fn put_update(buf: &mut BytesMut, u: &Update, write: Option<&Write>, committed_us: Option<u64>) {
     buf.put_u16(u.key.len() as u16);
     buf.put_slice(u.key.as_bytes());
     buf.put_u64(u.version);
     let mut flags = if u.value.is_some() { HAS_VALUE } else { 0 } | if u.expires_at.is_some() { HAS_EXPIRY } else { 0 };
-    if let Some((_, ack_root)) = write {
-        flags |= HAS_WRITE_ID | if ack_root { ACK_ROOT } else { 0 };
+    if let Some(w) = write {
+        flags |= HAS_WRITE_ID | if w.ack_root { ACK_ROOT } else { 0 };
+        flags |= if w.cond.is_conditional() { HAS_CONDITION } else { 0 };
     }
     if committed_us.is_some() {
         flags |= HAS_COMMIT_TIME;
     }
     buf.put_u8(flags);
-    if let Some((id, _)) = write {
-        buf.put_u64(id.origin);
-        buf.put_u64(id.incarnation);
-        buf.put_u64(id.seq);
+    if let Some(w) = write {
+        buf.put_u64(w.id.origin);
+        buf.put_u64(w.id.incarnation);
+        buf.put_u64(w.id.seq);
+        match w.cond {
+            Condition::Always => {}
+            Condition::IfAbsent => buf.put_u8(IF_ABSENT),
+            Condition::IfPresent => buf.put_u8(IF_PRESENT),
+            Condition::IfVersion(v) => {
+                buf.put_u8(IF_VERSION);
+                buf.put_u64(v);
+            }
+        }
     }
     if let Some(at) = u.expires_at {
         buf.put_u64(at);
@@ -115,7 +168,7 @@ pub fn encode_writes(writes: &[Write]) -> Bytes {
     let mut buf = BytesMut::with_capacity(size);
     buf.put_u32(writes.len() as u32);
     for w in writes {
-        put_update(&mut buf, &w.update, Some((&w.id, w.ack_root)), None);
+        put_update(&mut buf, &w.update, Some(w), None);
     }
     buf.freeze()
 }
@@ -123,8 +176,9 @@ pub fn encode_writes(writes: &[Write]) -> Bytes {
 /// One update as a batch carries it.
 struct Taken {
     update: Update,
-    /// Write batches: the write's id and whether it waits for the root.
-    write: Option<(WriteId, bool)>,
+    /// Write batches: the write's id, whether it waits for the root, and
+    /// its condition.
+    write: Option<(WriteId, bool, Condition)>,
     /// Push batches: the root's commit time, µs.
     committed_us: Option<u64>,
 }
@@ -136,10 +190,10 @@ fn take_update(buf: &mut Bytes, i: usize) -> Result<Taken, String> {
     let version = take_u64(buf, "version")?;
     let flags = take_u8(buf, "flags")?;
     if flags & !KNOWN_FLAGS != 0 {
-        return Err(format!("update {i}: unknown flags {flags:#04x}"));
+        return Err(format!("update {i}: {UNKNOWN_FLAGS} {flags:#04x}"));
     }
-    if flags & ACK_ROOT != 0 && flags & HAS_WRITE_ID == 0 {
-        return Err(format!("update {i}: flags {flags:#04x}: ack=root without a write id"));
+    if flags & (ACK_ROOT | HAS_CONDITION) != 0 && flags & HAS_WRITE_ID == 0 {
+        return Err(format!("update {i}: flags {flags:#04x}: ack=root or a condition without a write id"));
     }
     let write = if flags & HAS_WRITE_ID != 0 {
         let id = WriteId {
@@ -147,7 +201,17 @@ fn take_update(buf: &mut Bytes, i: usize) -> Result<Taken, String> {
             incarnation: take_u64(buf, "write incarnation")?,
             seq: take_u64(buf, "write seq")?,
         };
-        Some((id, flags & ACK_ROOT != 0))
+        let cond = if flags & HAS_CONDITION != 0 {
+            match take_u8(buf, "condition")? {
+                IF_ABSENT => Condition::IfAbsent,
+                IF_PRESENT => Condition::IfPresent,
+                IF_VERSION => Condition::IfVersion(take_u64(buf, "condition version")?),
+                kind => return Err(format!("update {i}: unknown condition {kind}")),
+            }
+        } else {
+            Condition::Always
+        };
+        Some((id, flags & ACK_ROOT != 0, cond))
     } else {
         None
     };
@@ -191,7 +255,7 @@ pub fn decode_pushes(body: &Bytes) -> Result<Vec<Push>, String> {
 /// (it is not committed yet).
 pub fn decode_writes(body: &Bytes) -> Result<Vec<Write>, String> {
     decode_batch(body, |i, t| match (t.write, t.committed_us) {
-        (Some((id, ack_root)), None) => Ok(Write { update: t.update, id, ack_root }),
+        (Some((id, ack_root, cond)), None) => Ok(Write { update: t.update, id, ack_root, cond }),
         (None, _) => Err(format!("write {i}: no write id")),
         (Some(_), Some(_)) => Err(format!("write {i}: a write carries no commit time")),
     })
@@ -313,6 +377,9 @@ pub enum WriteResult {
     /// in-sync set while it waited: it is held by fewer roots than
     /// `--min-insync` asks, and may be lost if the leader fails.
     InsyncBelowMinAfter { version: Version, have: usize, need: usize },
+    /// A conditional write whose condition the root found false: nothing
+    /// was written. `current`: the key's live version then, if any.
+    ConditionFailed { current: Option<Version> },
 }
 
 impl WriteResult {
@@ -441,6 +508,7 @@ mod tests {
                 update,
                 id: WriteId { origin: 3, incarnation: u64::MAX - i as u64, seq: i as u64 },
                 ack_root: i % 2 == 0,
+                cond: [Condition::Always, Condition::IfAbsent, Condition::IfVersion(u64::MAX - 1)][i % 3],
             })
             .collect();
         let encoded = encode_writes(&writes);
@@ -454,17 +522,49 @@ mod tests {
 
     #[test]
     fn a_write_with_a_commit_time_is_refused() {
-        let w =
-            Write { update: sample().remove(0), id: WriteId { origin: 1, incarnation: 1, seq: 1 }, ack_root: false };
+        let w = Write {
+            update: sample().remove(0),
+            id: WriteId { origin: 1, incarnation: 1, seq: 1 },
+            ack_root: false,
+            cond: Condition::Always,
+        };
         let mut buf = BytesMut::new();
         buf.put_u32(1);
-        put_update(&mut buf, &w.update, Some((&w.id, false)), Some(5));
+        put_update(&mut buf, &w.update, Some(&w), Some(5));
         assert!(decode_writes(&buf.freeze()).unwrap_err().contains("no commit time"));
+    }
+
+    #[test]
+    fn an_unconditional_write_is_the_format_from_before_conditions_and_conditions_round_trip() {
+        let update = Update { key: "k".into(), version: 0, value: Some(Bytes::from_static(b"v1")), expires_at: None };
+        let id = WriteId { origin: 2, incarnation: 3, seq: 4 };
+        let write = |cond| Write { update: update.clone(), id, ack_root: true, cond };
+        // Byte for byte what a node built before conditions sends.
+        let mut old = one_update_of_key_k(0, HAS_VALUE | HAS_WRITE_ID | ACK_ROOT);
+        old.put_u64(2);
+        old.put_u64(3);
+        old.put_u64(4);
+        old.put_u32(2);
+        old.put_slice(b"v1");
+        assert_eq!(encode_writes(&[write(Condition::Always)]), old.freeze());
+        for cond in [Condition::IfAbsent, Condition::IfPresent, Condition::IfVersion(0), Condition::IfVersion(u64::MAX)]
+        {
+            let encoded = encode_writes(&[write(cond)]);
+            assert_eq!(decode_writes(&encoded).unwrap(), vec![write(cond)]);
+            assert!(decode_pushes(&encoded).is_err());
+        }
+        let mut bad = one_update_of_key_k(0, HAS_WRITE_ID | HAS_CONDITION);
+        bad.put_slice(&[0; 24]);
+        bad.put_u8(9);
+        assert!(decode_writes(&bad.freeze()).unwrap_err().contains("unknown condition 9"));
+        let no_id = one_update_of_key_k(0, HAS_CONDITION);
+        assert!(decode_writes(&no_id.freeze()).unwrap_err().contains("without a write id"));
     }
 
     #[test]
     fn unknown_flags_are_refused() {
         let buf = one_update_of_key_k(1, 0x40);
+        assert_eq!(KNOWN_FLAGS & 0x40, 0);
         assert!(decode_pushes(&buf.freeze()).unwrap_err().contains("unknown flags"));
     }
 

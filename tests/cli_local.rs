@@ -113,6 +113,17 @@ async fn up_starts_a_tree_prints_it_and_stops_everything_on_sigterm() {
     let ids_roles: Vec<(&str, &str)> = nodes.iter().map(|n| (n[1], n[3])).collect();
     assert_eq!(ids_roles, [("1", "root"), ("2", "leaf"), ("3", "leaf")], "{out}");
     let urls: Vec<String> = nodes.iter().map(|n| n[2].to_string()).collect();
+    // Every node speaks RESP on the port its line ends with.
+    for n in &nodes {
+        assert_eq!(n[n.len() - 2], "resp", "{out}");
+        let port = n[n.len() - 1];
+        let mut conn = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await.expect("RESP port");
+        tokio::io::AsyncWriteExt::write_all(&mut conn, b"PING\r\n").await.unwrap();
+        let mut pong = [0u8; 7];
+        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut pong).await.unwrap();
+        assert_eq!(&pong, b"+PONG\r\n", "node {} at RESP port {port}", n[1]);
+    }
+    assert!(out.contains("redis-cli -p "), "{out}");
     // Progress while the nodes started (one line each: stderr is no terminal).
     let progress = up.stderr.lock().unwrap().clone();
     for (k, url) in urls.iter().enumerate() {

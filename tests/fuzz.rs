@@ -20,7 +20,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 use treecache::config::NodeArgs;
 use treecache::node::Node;
-use treecache::store::{check_key, Update, WriteId, MAX_KEY_BYTES};
+use treecache::resp::frame::{encode_command, Decoder, Frame, Limits, Refused, MAX_BULK, MAX_INLINE};
+use treecache::store::{check_key, Condition, Update, WriteId, MAX_KEY_BYTES};
 use treecache::wire::{
     decode_pushes, decode_writes, encode_pushes, encode_updates, encode_writes, KeyList, Push, PushReply,
     RegisterRequest, Topology, Write, WriteResults,
@@ -103,12 +104,22 @@ fn batches_round_trip() {
         .unwrap();
 }
 
+fn any_condition() -> impl Strategy<Value = Condition> {
+    prop_oneof![
+        Just(Condition::Always),
+        Just(Condition::IfAbsent),
+        Just(Condition::IfPresent),
+        any::<u64>().prop_map(Condition::IfVersion),
+    ]
+}
+
 fn any_write() -> impl Strategy<Value = Write> {
-    (any_update(), any::<(u64, u64, u64)>(), any::<bool>()).prop_map(
-        |(update, (origin, incarnation, seq), ack_root)| Write {
+    (any_update(), any::<(u64, u64, u64)>(), any::<bool>(), any_condition()).prop_map(
+        |(update, (origin, incarnation, seq), ack_root, cond)| Write {
             update,
             id: WriteId { origin, incarnation, seq },
             ack_root,
+            cond,
         },
     )
 }
@@ -481,9 +492,13 @@ fn unknown_flag_bits_are_refused() {
     let update = Update { key: "k".into(), version: 1, value: None, expires_at: None };
     let mut bytes = encode_updates(&[update]).to_vec();
     let flags = bytes.len() - 1;
-    bytes[flags] |= 0x20;
+    bytes[flags] |= 0x40;
+    let err = decode_pushes(&Bytes::from(bytes.clone())).unwrap_err();
+    assert!(err.contains("unknown flags 0x40"), "{err}");
+    // 0x20 is a write's condition: no push carries one.
+    bytes[flags] ^= 0x60;
     let err = decode_pushes(&Bytes::from(bytes)).unwrap_err();
-    assert!(err.contains("unknown flags 0x20"), "{err}");
+    assert!(err.contains("without a write id"), "{err}");
 }
 
 #[test]
@@ -494,4 +509,144 @@ fn a_push_flagged_ack_root_without_a_write_id_is_refused() {
     bytes[flags] |= 0x08;
     let err = decode_pushes(&Bytes::from(bytes)).unwrap_err();
     assert!(err.contains("without a write id"), "{err}");
+}
+
+// --- the RESP request decoder (src/resp/frame.rs) -----------------------------
+
+const RESP_LIMITS: Limits = Limits { max_arg: 48, max_command: 600 };
+
+/// Feeds `input` to a decoder in the pieces `cuts` makes, as reads would
+/// bring them; returns the frames, or the error that ends the stream, and
+/// checks the memory bound on the way: the buffer never holds more than
+/// one argument (or an inline line) beyond the piece just read.
+fn decode_in_pieces(input: &[u8], cuts: &[usize]) -> Result<Vec<Frame>, TestCaseError> {
+    let mut decoder = Decoder::new(RESP_LIMITS);
+    let mut buf = bytes::BytesMut::new();
+    let mut frames = Vec::new();
+    let mut at = 0;
+    let mut ends: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+    ends.push(input.len());
+    ends.sort_unstable();
+    for end in ends {
+        let piece = &input[at..end.max(at)];
+        at = end.max(at);
+        buf.extend_from_slice(piece);
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(_) => return Ok(frames),
+            }
+        }
+        prop_assert!(decoder.wants(&buf) <= RESP_LIMITS.max_arg + 2, "wants {}", decoder.wants(&buf));
+        prop_assert!(
+            buf.len() <= (RESP_LIMITS.max_arg + 2 + 64).max(MAX_INLINE) + piece.len(),
+            "{} bytes held after a piece of {}",
+            buf.len(),
+            piece.len()
+        );
+    }
+    Ok(frames)
+}
+
+fn any_command() -> impl Strategy<Value = Vec<Vec<u8>>> {
+    proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..6)
+}
+
+#[test]
+fn resp_commands_round_trip_however_the_stream_is_cut() {
+    let cases = (proptest::collection::vec(any_command(), 1..6), proptest::collection::vec(any::<usize>(), 0..8));
+    TestRunner::new(config())
+        .run(&cases, |(commands, cuts)| {
+            let mut input = Vec::new();
+            for c in &commands {
+                let args: Vec<&[u8]> = c.iter().map(Vec::as_slice).collect();
+                input.extend(encode_command(&args));
+            }
+            let frames = decode_in_pieces(&input, &cuts)?;
+            let want: Vec<Frame> = commands
+                .iter()
+                .map(|c| Frame::Command(c.iter().map(|a| Bytes::copy_from_slice(a)).collect()))
+                .collect();
+            prop_assert_eq!(frames, want);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_resp_argument_over_the_limit_is_refused_and_the_next_command_still_decodes() {
+    let cases = (49usize..400, any::<u8>(), proptest::collection::vec(any::<usize>(), 0..8));
+    TestRunner::new(config())
+        .run(&cases, |(size, fill, cuts)| {
+            let big = vec![fill; size];
+            let mut input = encode_command(&[b"SET", b"k", &big]);
+            input.extend(encode_command(&[b"GET", b"k"]));
+            let frames = decode_in_pieces(&input, &cuts)?;
+            let refused = Refused::ArgTooLarge { index: 2, size, max: RESP_LIMITS.max_arg };
+            let get = Frame::Command(vec![Bytes::from_static(b"GET"), Bytes::from_static(b"k")]);
+            prop_assert_eq!(frames, vec![Frame::Refused(refused), get]);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn arbitrary_resp_bytes_never_panic_and_stay_bounded() {
+    // Also the 1 GB length and the rest of tests/resp.rs's bad frames.
+    let bytes = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..300),
+        // Plausible frames with noise: headers, lengths, CRLFs.
+        proptest::collection::vec(
+            prop_oneof![
+                Just(b"*".to_vec()),
+                Just(b"$".to_vec()),
+                Just(b"\r\n".to_vec()),
+                Just(b"-1".to_vec()),
+                Just(MAX_BULK.to_string().into_bytes()),
+                (0u32..70).prop_map(|n| n.to_string().into_bytes()),
+                proptest::collection::vec(any::<u8>(), 0..8),
+            ],
+            0..40
+        )
+        .prop_map(|parts| parts.concat()),
+    ];
+    TestRunner::new(config())
+        .run(&(bytes, proptest::collection::vec(any::<usize>(), 0..6)), |(bytes, cuts)| {
+            for frame in decode_in_pieces(&bytes, &cuts)? {
+                if let Frame::Command(args) = frame {
+                    prop_assert!(!args.is_empty(), "a command has a name");
+                    prop_assert!(args.iter().all(|a| a.len() <= RESP_LIMITS.max_arg.max(64 * 1024)));
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_resp_stream_with_one_byte_changed_decodes_to_what_it_says_or_is_an_error() {
+    let cases = (proptest::collection::vec(any_command(), 1..4), any::<prop::sample::Index>(), 1u8..=255);
+    TestRunner::new(Config { cases: FLIP_CASES, ..config() })
+        .run(&cases, |(commands, at, flip)| {
+            let mut input = Vec::new();
+            for c in &commands {
+                let args: Vec<&[u8]> = c.iter().map(Vec::as_slice).collect();
+                input.extend(encode_command(&args));
+            }
+            let i = at.index(input.len());
+            input[i] ^= flip;
+            // Whatever frames come out hold only bytes of the stream:
+            // nothing invented, nothing read twice.
+            let mut held = 0;
+            for frame in decode_in_pieces(&input, &[])? {
+                if let Frame::Command(args) = frame {
+                    prop_assert!(!args.is_empty(), "a command has a name");
+                    held += args.iter().map(Bytes::len).sum::<usize>();
+                }
+            }
+            prop_assert!(held <= input.len(), "byte {} ^ {:#x}: {} bytes framed from {}", i, flip, held, input.len());
+            Ok(())
+        })
+        .unwrap();
 }

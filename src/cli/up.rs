@@ -1,7 +1,7 @@
 //! `treecache up`: a local tree on loopback, the quick start. Starts a
 //! private ZooKeeper from the installed package (unless `--zk`), a root and
-//! N-1 nodes as child processes of this binary, prints each node and the
-//! tree, and on Ctrl-C or SIGTERM stops the nodes (leaves first, then the
+//! N-1 nodes as child processes of this binary, each also speaking RESP
+//! (`--resp-listen`), prints each node (with its RESP port) and the tree, and on Ctrl-C or SIGTERM stops the nodes (leaves first, then the
 //! root), then ZooKeeper. Everything it starts, it stops; its logs stay.
 
 use std::path::{Path, PathBuf};
@@ -51,6 +51,10 @@ pub struct UpArgs {
     /// HTTP port of the root; node k takes base-port + k. 0: free ports.
     #[arg(long, env = "TREECACHE_BASE_PORT", default_value_t = 0)]
     pub base_port: u16,
+    /// RESP (Redis protocol) port of the root; node k takes resp-base-port + k.
+    /// 0: free ports.
+    #[arg(long, env = "TREECACHE_RESP_BASE_PORT", default_value_t = 0)]
+    pub resp_base_port: u16,
     /// The cluster secret's file (default: a new secret in the log directory).
     #[arg(long, env = "TREECACHE_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
@@ -73,26 +77,41 @@ impl UpArgs {
         if self.cluster.is_empty() || self.cluster.contains('/') {
             return Err(format!("--cluster {:?}: must be non-empty and contain no '/'", self.cluster));
         }
-        if self.base_port != 0 && u32::from(self.base_port) + self.nodes - 1 > u32::from(u16::MAX) {
-            return Err(format!("--base-port {} leaves no room for {} nodes", self.base_port, self.nodes));
+        for (flag, base) in [("--base-port", self.base_port), ("--resp-base-port", self.resp_base_port)] {
+            if base != 0 && u32::from(base) + self.nodes - 1 > u32::from(u16::MAX) {
+                return Err(format!("{flag} {base} leaves no room for {} nodes", self.nodes));
+            }
+        }
+        let ranges = |base: u16| u32::from(base)..u32::from(base) + self.nodes;
+        if self.base_port != 0 && self.resp_base_port != 0 {
+            let (http, resp) = (ranges(self.base_port), ranges(self.resp_base_port));
+            if http.start < resp.end && resp.start < http.end {
+                return Err(format!(
+                    "--base-port {} and --resp-base-port {} overlap for {} nodes",
+                    self.base_port, self.resp_base_port, self.nodes
+                ));
+            }
         }
         Ok(())
     }
 
     /// The HTTP port of node `k` (0 is the root).
     fn port(&self, k: u32) -> Result<u16, String> {
-        match self.base_port {
-            0 => free_port(),
-            base => u16::try_from(u32::from(base) + k).map_err(|_| format!("port {base} + {k} is out of range")),
-        }
+        port_from(self.base_port, k)
+    }
+
+    /// The RESP port of node `k`.
+    fn resp_port(&self, k: u32) -> Result<u16, String> {
+        port_from(self.resp_base_port, k)
     }
 
     /// The `node` flags of node `k`: the root also gets the mode.
-    fn flags(&self, zk: &str, k: u32, port: u16, secret: &Path) -> Vec<String> {
+    fn flags(&self, zk: &str, k: u32, port: u16, resp_port: u16, secret: &Path) -> Vec<String> {
         let mut flags = node_args(zk, &self.cluster, port, secret);
         if self.tls {
             flags.extend(["--advertise".into(), format!("https://127.0.0.1:{port}")]);
         }
+        flags.extend(["--resp-listen".into(), format!("127.0.0.1:{resp_port}")]);
         flags.extend(["--fanout".into(), self.fanout.to_string()]);
         if k == 0 {
             flags.extend(["--root".into(), "--mode".into(), self.mode.as_str().into()]);
@@ -152,6 +171,14 @@ impl Certs {
     }
 }
 
+/// Port `base + k`, or a free one when `base` is 0.
+fn port_from(base: u16, k: u32) -> Result<u16, String> {
+    match base {
+        0 => free_port(),
+        base => u16::try_from(u32::from(base) + k).map_err(|_| format!("port {base} + {k} is out of range")),
+    }
+}
+
 /// Everything `up` started. Dropped, it stops the nodes (leaves before the
 /// root, so they leave cleanly) and then ZooKeeper.
 struct Running {
@@ -206,13 +233,15 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     let progress = Progress::new(args.nodes);
     for k in 0..args.nodes {
         let port = args.port(k)?;
+        let resp_port = args.resp_port(k)?;
         let url = format!("{scheme}://127.0.0.1:{port}");
         let log = logs.join(format!("node-{k}.log"));
         progress.starting(k, &url);
         // Another process answering /health on the port would pass for
         // the node, which meanwhile exits with "Address already in use".
-        check_port_free(port, k, args.base_port)?;
-        let mut flags = args.flags(&node_zk, k, port, &secret);
+        check_port_free(port, k, args.base_port, "--base-port")?;
+        check_port_free(resp_port, k, args.resp_base_port, "--resp-base-port")?;
+        let mut flags = args.flags(&node_zk, k, port, resp_port, &secret);
         if let Some(certs) = &certs {
             flags.extend(certs.node_flags(k, zk_tls)?);
         }
@@ -220,16 +249,19 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
         let child = running.nodes.last_mut();
         wait_healthy(&http, &url, HEALTH_TIMEOUT, child).await.map_err(|e| with_log(e, &log))?;
         progress.up(k, &url);
-        urls.push(url);
+        urls.push((url, resp_port));
     }
     progress.finish();
     print_nodes(&http, &urls).await;
+    if let Some((_, resp)) = urls.last() {
+        println!("RESP (Redis protocol) on each node's resp port: redis-cli -p {resp}");
+    }
     print_tree(&zk_addr, &args.cluster, urls.len()).await;
     println!("cluster secret in {}", secret.display());
     if let Some(certs) = &certs {
         let ca = certs.dir.join("ca.pem");
         println!("TLS: nodes serve HTTPS; the throwaway CA is {} (its key was never written)", ca.display());
-        println!("  curl --cacert {} {}/health", ca.display(), urls.first().map(String::as_str).unwrap_or(""));
+        println!("  curl --cacert {} {}/health", ca.display(), urls.first().map(|(url, _)| url.as_str()).unwrap_or(""));
     }
     println!("(another node joins with --cluster-secret-file and that file)");
     println!("logs in {}\nCtrl-C stops the tree.", logs.display());
@@ -269,16 +301,14 @@ async fn start_or_check_zk(zk: Option<&str>, certs: Option<&Certs>) -> Result<Op
     }
 }
 
-/// Fails when something already listens on node `k`'s loopback port.
-fn check_port_free(port: u16, k: u32, base_port: u16) -> Result<(), Failure> {
+/// Fails when something already listens on node `k`'s loopback port
+/// (`port`, from `base_port` given as `flag`).
+fn check_port_free(port: u16, k: u32, base_port: u16, flag: &str) -> Result<(), Failure> {
     match std::net::TcpListener::bind(("127.0.0.1", port)) {
         Ok(_) => Ok(()),
         Err(e) => {
-            let hint = if base_port == 0 {
-                String::new()
-            } else {
-                " (node k takes --base-port + k): pick another --base-port".into()
-            };
+            let hint =
+                if base_port == 0 { String::new() } else { format!(" (node k takes {flag} + k): pick another {flag}") };
             let who = if k == 0 { "the root".to_string() } else { format!("node {k}") };
             let message = format!("cannot start {who} on 127.0.0.1:{port}: {e}{hint}");
             Err(if base_port == 0 { Failure::from(message) } else { Failure::usage(message) })
@@ -291,11 +321,11 @@ fn with_log(error: String, log: &Path) -> String {
 }
 
 /// One line per node from its /health, read once all have joined (so roles
-/// are final): `node ID  URL  ROLE  depth D  parent P`.
-async fn print_nodes(http: &reqwest::Client, urls: &[String]) {
-    for url in urls {
+/// are final): `node ID  URL  ROLE  depth D  parent P  resp PORT`.
+async fn print_nodes(http: &reqwest::Client, nodes: &[(String, u16)]) {
+    for (url, resp) in nodes {
         match wait_healthy(http, url, HEALTH_TIMEOUT, None).await {
-            Ok(h) => println!("{}", node_line(url, &h)),
+            Ok(h) => println!("{}  resp {resp}", node_line(url, &h)),
             Err(e) => println!("node ?   {url}  {e}"),
         }
     }
@@ -423,6 +453,9 @@ mod tests {
         assert!(up(&["--mode", "ttl", "--max-age", "0s"]).unwrap_err().contains("greater than zero"));
         assert!(up(&["--cluster", "a/b"]).unwrap_err().contains("no '/'"));
         assert!(up(&["--base-port", "65530", "--nodes", "7"]).unwrap_err().contains("no room"));
+        assert!(up(&["--resp-base-port", "65530", "--nodes", "7"]).unwrap_err().contains("--resp-base-port"));
+        assert!(up(&["--base-port", "9000", "--resp-base-port", "9006"]).unwrap_err().contains("overlap"));
+        assert!(up(&["--base-port", "9000", "--resp-base-port", "9007"]).is_ok());
         assert!(up(&["--nodes", "0"]).is_err());
         assert!(up(&["--base-port", "65529", "--nodes", "7"]).is_ok());
     }
@@ -431,27 +464,29 @@ mod tests {
     fn the_root_gets_the_mode_and_nodes_do_not() {
         let a = up(&["--mode", "ttl", "--max-age", "1.5s", "--fanout", "3", "--cluster", "c"]).unwrap();
         assert_eq!(
-            a.flags("zk:1", 0, 9000, Path::new("/s")).join(" "),
-            "--zk zk:1 --cluster c --listen 127.0.0.1:9000 --cluster-secret-file /s --fanout 3 --root --mode ttl \
-             --max-age 1500ms"
+            a.flags("zk:1", 0, 9000, 6379, Path::new("/s")).join(" "),
+            "--zk zk:1 --cluster c --listen 127.0.0.1:9000 --cluster-secret-file /s --resp-listen 127.0.0.1:6379 \
+             --fanout 3 --root --mode ttl --max-age 1500ms"
         );
         assert_eq!(
-            a.flags("zk:1", 2, 9002, Path::new("/s")).join(" "),
-            "--zk zk:1 --cluster c --listen 127.0.0.1:9002 --cluster-secret-file /s --fanout 3"
+            a.flags("zk:1", 2, 9002, 6381, Path::new("/s")).join(" "),
+            "--zk zk:1 --cluster c --listen 127.0.0.1:9002 --cluster-secret-file /s --resp-listen 127.0.0.1:6381 \
+             --fanout 3"
         );
     }
 
     #[test]
     fn with_tls_every_node_advertises_https() {
         let a = up(&["--tls"]).unwrap();
-        let flags = a.flags("zk:1", 1, 9001, Path::new("/s")).join(" ");
+        let flags = a.flags("zk:1", 1, 9001, 6380, Path::new("/s")).join(" ");
         assert!(flags.contains("--advertise https://127.0.0.1:9001"), "{flags}");
     }
 
     #[test]
     fn ports_count_up_from_the_base_port() {
-        let a = up(&["--base-port", "9000"]).unwrap();
+        let a = up(&["--base-port", "9000", "--resp-base-port", "6379"]).unwrap();
         assert_eq!((a.port(0).unwrap(), a.port(6).unwrap()), (9000, 9006));
+        assert_eq!((a.resp_port(0).unwrap(), a.resp_port(6).unwrap()), (6379, 6385));
         let a = up(&["--base-port", "65535", "--nodes", "1"]).unwrap();
         assert!(a.port(1).unwrap_err().contains("out of range"));
         assert_ne!(up(&[]).unwrap().port(0).unwrap(), 0);

@@ -1,6 +1,6 @@
 //! `/kv/{key}`: the public read and write routes.
 
-use actix_web::http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use actix_web::http::header::{HeaderValue, ALLOW, CONTENT_TYPE, IF_MATCH, IF_NONE_MATCH, RETRY_AFTER};
 use actix_web::http::{Method, StatusCode};
 use actix_web::web::ThinData;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -9,11 +9,9 @@ use bytes::Bytes;
 use super::{key_from, read_body, MaxValue, Query, X_CACHE, X_EXPIRES_AT, X_NODE, X_VERSION};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::node::{answer_body, Ack, Node};
+use crate::node::{answer_body, refusal, Ack, Node, MAX_TTL_SECS};
+use crate::store::Condition;
 use crate::wire::WriteResult;
-
-/// Longest `?ttl=`: ten years.
-const MAX_TTL_SECS: u64 = 10 * 365 * 86_400;
 
 /// Adds `X-Node` to every answer, errors included, and counts bad input.
 fn answer(node: &Node, result: Result<HttpResponse, Error>) -> HttpResponse {
@@ -98,20 +96,20 @@ async fn standby_route(node: &Node, req: &HttpRequest, body: Bytes) -> Result<Ht
     match *req.method() {
         // Writes with a write id of the standby's, in order (guarantees 5, 6).
         Method::PUT | Method::POST => {
-            let (key, ttl, ack) = put_params(req)?;
-            let result = node.standby_write(&key, Some(body), ttl, ack).await?;
+            let (key, ttl, ack, cond) = put_params(req)?;
+            let result = node.standby_write(&key, Some(body), ttl.map(|t| t * 1000), ack, cond).await?;
             return write_answer(&key, &result, ack);
         }
         Method::DELETE => {
             let ack = ack_of(&Query::parse(req, &["ack"])?)?;
-            let result = node.standby_write(&key, None, None, ack).await?;
+            let result = node.standby_write(&key, None, None, ack, condition_of(req)?).await?;
             return write_answer(&key, &result, ack);
         }
         _ if !reads => return Err(wrong_method(req)),
         _ => {}
     }
     let mut headers = Vec::new();
-    for name in ["authorization", "content-type", "x-request-id"] {
+    for name in ["authorization", "content-type", "x-request-id", "if-match", "if-none-match"] {
         if let Some(v) = req.headers().get(name) {
             headers.push((name, v.as_bytes().to_vec()));
         }
@@ -165,8 +163,8 @@ fn ack_of(q: &Query) -> Result<Ack, Error> {
     }
 }
 
-/// A PUT's key, `?ttl=` and `?ack=`, checked.
-fn put_params(req: &HttpRequest) -> Result<(String, Option<u64>, Ack), Error> {
+/// A PUT's key, `?ttl=` (seconds), `?ack=` and condition, checked.
+fn put_params(req: &HttpRequest) -> Result<(String, Option<u64>, Ack, Condition), Error> {
     let key = key_from(req, "/kv/")?;
     let q = Query::parse(req, &["ttl", "ack"])?;
     let ack = ack_of(&q)?;
@@ -176,12 +174,13 @@ fn put_params(req: &HttpRequest) -> Result<(String, Option<u64>, Ack), Error> {
             return Err(Error::bad_param("ttl", format!("{t}: must be 1 to {MAX_TTL_SECS} seconds")));
         }
     }
-    Ok((key, ttl, ack))
+    let cond = condition_of(req)?;
+    Ok((key, ttl, ack, cond))
 }
 
 async fn put_inner(node: &Node, req: &HttpRequest, value: Bytes) -> Result<HttpResponse, Error> {
-    let (key, ttl, ack) = put_params(req)?;
-    let result = node.write(&key, Some(value), ttl, ack).await?;
+    let (key, ttl, ack, cond) = put_params(req)?;
+    let result = node.write(&key, Some(value), ttl.map(|t| t * 1000), ack, cond).await?;
     write_answer(&key, &result, ack)
 }
 
@@ -189,19 +188,52 @@ async fn delete_inner(node: &Node, req: &HttpRequest) -> Result<HttpResponse, Er
     let key = key_from(req, "/kv/")?;
     let q = Query::parse(req, &["ack"])?;
     let ack = ack_of(&q)?;
-    let result = node.write(&key, None, None, ack).await?;
+    let cond = condition_of(req)?;
+    let result = node.write(&key, None, None, ack, cond).await?;
     write_answer(&key, &result, ack)
 }
 
+/// A write's condition from its `If-None-Match: *` (only if absent) or
+/// `If-Match: *` (only if present) or `If-Match: <version>` (only if that
+/// is the live version; quoted as an entity tag or not). One of the two
+/// headers, one value.
+fn condition_of(req: &HttpRequest) -> Result<Condition, Error> {
+    let header = |name| {
+        let mut values = req.headers().get_all(&name);
+        let first = values.next().map(|v| v.to_str().map(str::trim));
+        if values.next().is_some() {
+            return Err(Error::bad_param(
+                if name == IF_MATCH { "If-Match" } else { "If-None-Match" },
+                "one value only",
+            ));
+        }
+        Ok(first)
+    };
+    let bad = |name: &'static str, what: &str| Error::bad_param(name, what.to_string());
+    match (header(IF_MATCH)?, header(IF_NONE_MATCH)?) {
+        (None, None) => Ok(Condition::Always),
+        (Some(_), Some(_)) => Err(Error::BadRequest("If-Match and If-None-Match together: send one".into())),
+        (None, Some(Ok("*"))) => Ok(Condition::IfAbsent),
+        (None, Some(_)) => Err(bad("If-None-Match", "only * is supported (write only if the key is absent)")),
+        (Some(Ok("*")), None) => Ok(Condition::IfPresent),
+        (Some(Ok(v)), None) => {
+            let digits = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+            match digits.parse::<u64>() {
+                Ok(version) if digits.bytes().all(|b| b.is_ascii_digit()) => Ok(Condition::IfVersion(version)),
+                _ => Err(bad("If-Match", "a version as X-Version gives it (digits, quoted or not), or *")),
+            }
+        }
+        (Some(Err(_)), None) => Err(bad("If-Match", "not visible ASCII")),
+    }
+}
+
 fn write_answer(key: &str, result: &WriteResult, ack: Ack) -> Result<HttpResponse, Error> {
+    if let Some(e) = refusal(key, result) {
+        return Err(e);
+    }
     match result {
         WriteResult::Committed { created: true, .. } => Ok(HttpResponse::Created().json(answer_body(result, ack))),
         WriteResult::Absent if ack == Ack::Root => Err(Error::NotFound(key.to_string())),
-        WriteResult::Failed { error } => Err(Error::WriteRefused { key: key.to_string(), reason: error.clone() }),
-        WriteResult::InsyncBelowMin { have, need } => Err(Error::InsyncBelowMin { have: *have, need: *need }),
-        &WriteResult::InsyncBelowMinAfter { version, have, need } => {
-            Err(Error::InsyncBelowMinAfter { version, have, need })
-        }
         _ => Ok(HttpResponse::Ok().json(answer_body(result, ack))),
     }
 }

@@ -89,7 +89,7 @@ enum Handler {
 
 const KV_WRITE_LABEL: usize = 1;
 const KV_DELETE_LABEL: usize = 2;
-const OTHER_LABEL: usize = 18;
+const OTHER_LABEL: usize = 22;
 const _: () = assert!(OTHER_LABEL == ROUTE_LABELS.len() - 1, "other is the last label");
 
 impl Handler {

@@ -73,6 +73,35 @@ async fn bad_keys_are_refused() {
 }
 
 #[actix_web::test]
+async fn bad_write_conditions_are_refused() {
+    let put = |h: &[(&'static str, &'static str)]| {
+        h.iter().fold(TestRequest::put().uri("/kv/k").set_payload("v"), |r, &(n, v)| r.append_header((n, v)))
+    };
+    for bad in [
+        vec![("if-match", "abc")],
+        vec![("if-match", "\"12")],
+        vec![("if-match", "-1")],
+        vec![("if-match", "W/\"3\"")],
+        vec![("if-match", "1, 2")],
+        vec![("if-none-match", "\"5\"")],
+        vec![("if-match", "1"), ("if-match", "2")],
+    ] {
+        expect(put(&bad), StatusCode::BAD_REQUEST, "bad_parameter").await;
+    }
+    expect(put(&[("if-match", "*"), ("if-none-match", "*")]), StatusCode::BAD_REQUEST, "bad_request").await;
+    expect(
+        TestRequest::delete().uri("/kv/k").insert_header(("if-match", "x")),
+        StatusCode::BAD_REQUEST,
+        "bad_parameter",
+    )
+    .await;
+    // Good ones pass every check and meet the unregistered node.
+    for good in [("if-match", "*"), ("if-match", "7"), ("if-match", "\"7\""), ("if-none-match", "*")] {
+        expect(put(&[good]), StatusCode::SERVICE_UNAVAILABLE, "not_registered").await;
+    }
+}
+
+#[actix_web::test]
 async fn bad_parameters_are_refused() {
     expect(TestRequest::put().uri("/kv/k?ttl=abc").set_payload("v"), StatusCode::BAD_REQUEST, "bad_parameter").await;
     expect(TestRequest::put().uri("/kv/k?ttl=0").set_payload("v"), StatusCode::BAD_REQUEST, "bad_parameter").await;

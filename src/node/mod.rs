@@ -43,7 +43,7 @@ use crate::wire::{Peer, Topology};
 pub use evict::{Dropped, Invalidated};
 pub use read::{CacheStatus, Found};
 pub use replica::{BatchInfo, StandbyRequest};
-pub use write::{answer_body, Ack, BATCH_BYTES, HOP_WAIT};
+pub use write::{answer_body, refusal, Ack, BATCH_BYTES, HOP_WAIT, MAX_TTL_SECS};
 
 /// How long a fill or a forwarded write may take before it fails.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);

@@ -105,12 +105,23 @@ fn found(lookup: Lookup, cache: CacheStatus) -> Option<Found> {
 }
 
 impl Node {
-    /// `GET /kv/{key}`.
+    /// A plain read as a client's front door serves it (`GET /kv/{key}`
+    /// without `consistent`, RESP GET): a standby root answers from its
+    /// copy, any other node by the read path. (Checked only when the read
+    /// path finds no place: the hit path takes no lock for it.)
+    pub async fn read(&self, key: &str) -> Result<Found> {
+        match self.get(key, false).await {
+            Err(Error::NotRegistered) if self.is_following() => self.standby_get(key).await,
+            result => result,
+        }
+    }
+
     /// Whether this node holds `key` (a value or a deletion), fresh or not.
     pub fn holds(&self, key: &str) -> bool {
         !matches!(self.inner.store.get(key, Time::now()), Lookup::Absent)
     }
 
+    /// `GET /kv/{key}`.
     pub async fn get(&self, key: &str, consistent: bool) -> Result<Found> {
         let place = self.place()?;
         let store = &self.inner.store;

@@ -132,6 +132,43 @@ pub enum Committed {
     },
     /// A delete of a key the root does not have: nothing committed.
     Absent,
+    /// The write's [`Condition`] did not hold: nothing committed.
+    /// `current` is the key's live version, if it has one.
+    ConditionFailed {
+        current: Option<Version>,
+    },
+}
+
+/// When a write may be committed: decided by the root against the key's
+/// live value (one that is neither deleted nor expired), in the same
+/// critical section as the commit, so in version order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Condition {
+    /// Unconditional.
+    #[default]
+    Always,
+    /// Only if the key has no live value (`If-None-Match: *`, SET NX).
+    IfAbsent,
+    /// Only if the key has a live value (`If-Match: *`, SET XX).
+    IfPresent,
+    /// Only if the key's live value has this version (`If-Match: <version>`).
+    IfVersion(Version),
+}
+
+impl Condition {
+    /// Whether a write may go ahead when the key's live version is `live`.
+    pub fn holds(self, live: Option<Version>) -> bool {
+        match self {
+            Condition::Always => true,
+            Condition::IfAbsent => live.is_none(),
+            Condition::IfPresent => live.is_some(),
+            Condition::IfVersion(v) => live == Some(v),
+        }
+    }
+
+    pub fn is_conditional(self) -> bool {
+        self != Condition::Always
+    }
 }
 
 /// How an answer to a request this node sent its parent (a fill, a write

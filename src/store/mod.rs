@@ -29,13 +29,13 @@ mod shard;
 use std::collections::hash_map::RandomState;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
 use crate::clock::Millis;
 pub use crate::clock::Time;
 pub use entry::{
-    check_key, Answer, Applied, Committed, DropAnswer, DumpEntry, Lookup, Mark, Update, WriteId, MAX_KEY_BYTES,
+    check_key, Answer, Applied, Committed, Condition, DropAnswer, DumpEntry, Lookup, Mark, Update, WriteId,
+    MAX_KEY_BYTES,
 };
 pub use queues::Evicted;
 
@@ -308,30 +308,36 @@ impl Store {
         shard.apply_if_newer(update, t, tick, generation, generation == received_in)
     }
 
-    /// The root's commit: gives the write the next version (from
-    /// `next_version`, called under the shard lock so versions of one key are
-    /// applied in order) and stores it. A delete of an absent key commits
-    /// nothing. `holder`, the child the write came from, is recorded in the
-    /// same critical section, and is among the returned holders: the commit
-    /// is pushed down the writer's branch too, so a writer whose reply is
-    /// lost still learns it (a duplicate is dropped there as stale).
+    /// The root's commit: gives `change` (its version is not looked at)
+    /// the next version (from `next_version`, called under the shard lock
+    /// so versions of one key are applied in order) and stores it, if its
+    /// condition holds against the key's live value in the same critical
+    /// section (otherwise nothing changes and no version is used). A delete
+    /// of an absent key commits nothing. `holder`, the child the write came
+    /// from, is recorded in the same critical section, and is among the
+    /// returned holders: the commit is pushed down the writer's branch too,
+    /// so a writer whose reply is lost still learns it (a duplicate is
+    /// dropped there as stale).
     pub fn commit(
         &self,
-        key: &str,
-        value: Option<Bytes>,
-        expires_at: Option<Millis>,
+        change: &Update,
+        cond: Condition,
         t: Time,
         holder: Option<NodeId>,
         next_version: impl FnOnce() -> Version,
     ) -> Committed {
+        let key = change.key.as_str();
         let tick = self.next_tick();
         let mut shard = self.shard_mut(key);
         let generation = self.generation();
-        let live = shard.map.get(key).is_some_and(|e| e.value.is_some() && !e.is_expired(t.wall));
-        if value.is_none() && !live {
+        let live = shard.map.get(key).filter(|e| e.value.is_some() && !e.is_expired(t.wall)).map(|e| e.version);
+        if !cond.holds(live) {
+            return Committed::ConditionFailed { current: live };
+        }
+        if change.value.is_none() && live.is_none() {
             return Committed::Absent;
         }
-        let update = Update { key: key.to_string(), version: next_version(), value, expires_at };
+        let update = Update { version: next_version(), ..change.clone() };
         match shard.apply_if_newer(&update, t, tick, generation, true) {
             Applied::Newer { mut holders } => {
                 if let Some(child) = holder {
@@ -340,7 +346,7 @@ impl Store {
                         holders.push(child);
                     }
                 }
-                Committed::Done { version: update.version, created: !live, holders }
+                Committed::Done { version: update.version, created: live.is_none(), holders }
             }
             // Versions come from one increasing counter: cannot happen.
             Applied::Stale | Applied::NotHeld => Committed::Absent,

@@ -6,6 +6,8 @@ use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::num::NonZeroU64;
 
+use bytes::Bytes;
+
 use super::entry::{expiry, ENTRY_OVERHEAD};
 use super::queues::{FingerprintHasher, Queue, GHOST_SLOT, QUEUE_SLOT};
 use super::*;
@@ -20,6 +22,11 @@ fn put(key: &str, version: Version, value: &str) -> Update {
 
 fn del(key: &str, version: Version) -> Update {
     Update { key: key.into(), version, value: None, expires_at: None }
+}
+
+/// A client's write before the root gives it a version.
+fn change(key: &str, value: Option<Bytes>, expires_at: Option<Millis>) -> Update {
+    Update { key: key.into(), version: 0, value, expires_at }
 }
 
 #[test]
@@ -290,29 +297,67 @@ fn commit_assigns_versions_and_reports_creation() {
         next += 1;
         next
     };
-    assert_eq!(s.commit("k", None, None, t(0), None, &mut bump), Committed::Absent);
+    assert_eq!(s.commit(&change("k", None, None), Condition::Always, t(0), None, &mut bump), Committed::Absent);
     assert_eq!(
-        s.commit("k", Some(Bytes::from_static(b"a")), None, t(0), None, &mut bump),
+        s.commit(&change("k", Some(Bytes::from_static(b"a")), None), Condition::Always, t(0), None, &mut bump),
         Committed::Done { version: 1, created: true, holders: vec![] }
     );
     s.add_holder("k", 4);
     assert_eq!(
-        s.commit("k", Some(Bytes::from_static(b"b")), None, t(0), Some(5), &mut bump),
+        s.commit(&change("k", Some(Bytes::from_static(b"b")), None), Condition::Always, t(0), Some(5), &mut bump),
         Committed::Done { version: 2, created: false, holders: vec![4, 5] }
     );
     // The writer is pushed its own commit (its reply may be lost) and
     // stays a holder: the next commit pushes to it too.
     assert_eq!(
-        s.commit("k", None, None, t(0), None, &mut bump),
+        s.commit(&change("k", None, None), Condition::Always, t(0), None, &mut bump),
         Committed::Done { version: 3, created: false, holders: vec![4, 5] }
     );
-    assert_eq!(s.commit("k", None, None, t(0), None, &mut bump), Committed::Absent);
+    assert_eq!(s.commit(&change("k", None, None), Condition::Always, t(0), None, &mut bump), Committed::Absent);
     // Writing an expired key creates it anew.
-    s.commit("e", Some(Bytes::from_static(b"x")), Some(10), t(0), None, &mut bump);
+    s.commit(&change("e", Some(Bytes::from_static(b"x")), Some(10)), Condition::Always, t(0), None, &mut bump);
     assert!(matches!(
-        s.commit("e", Some(Bytes::from_static(b"y")), None, t(10), None, &mut bump),
+        s.commit(&change("e", Some(Bytes::from_static(b"y")), None), Condition::Always, t(10), None, &mut bump),
         Committed::Done { created: true, .. }
     ));
+}
+
+#[test]
+fn a_condition_is_decided_against_the_live_value_and_a_refusal_changes_nothing() {
+    let s = Store::new();
+    let mut next = 0;
+    let mut bump = || {
+        next += 1;
+        next
+    };
+    let v = |b: &'static [u8]| Some(Bytes::from_static(b));
+    let mut commit = |key: &str, value, expires_at, cond, at| {
+        s.commit(&change(key, value, expires_at), cond, t(at), None, &mut bump)
+    };
+    assert_eq!(commit("k", v(b"a"), None, Condition::IfPresent, 0), Committed::ConditionFailed { current: None });
+    assert_eq!(commit("k", v(b"a"), None, Condition::IfVersion(1), 0), Committed::ConditionFailed { current: None });
+    assert!(matches!(
+        commit("k", v(b"a"), None, Condition::IfAbsent, 0),
+        Committed::Done { version: 1, created: true, .. }
+    ));
+    assert_eq!(commit("k", v(b"b"), None, Condition::IfAbsent, 0), Committed::ConditionFailed { current: Some(1) });
+    assert_eq!(commit("k", v(b"b"), None, Condition::IfVersion(7), 0), Committed::ConditionFailed { current: Some(1) });
+    // A refusal used no version: the next commit is 2.
+    assert!(matches!(commit("k", v(b"b"), None, Condition::IfVersion(1), 0), Committed::Done { version: 2, .. }));
+    assert!(matches!(commit("k", v(b"c"), None, Condition::IfPresent, 0), Committed::Done { version: 3, .. }));
+    // A conditional delete; then the tombstone counts as absent.
+    assert_eq!(commit("k", None, None, Condition::IfVersion(2), 0), Committed::ConditionFailed { current: Some(3) });
+    assert!(matches!(commit("k", None, None, Condition::IfVersion(3), 0), Committed::Done { version: 4, .. }));
+    assert_eq!(commit("k", v(b"d"), None, Condition::IfVersion(4), 0), Committed::ConditionFailed { current: None });
+    assert!(matches!(
+        commit("k", v(b"d"), None, Condition::IfAbsent, 0),
+        Committed::Done { version: 5, created: true, .. }
+    ));
+    // An expired value is absent too.
+    assert!(matches!(commit("e", v(b"x"), Some(10), Condition::IfAbsent, 0), Committed::Done { version: 6, .. }));
+    assert_eq!(commit("e", v(b"y"), None, Condition::IfAbsent, 5), Committed::ConditionFailed { current: Some(6) });
+    assert!(matches!(commit("e", v(b"y"), None, Condition::IfAbsent, 10), Committed::Done { version: 7, .. }));
+    assert_eq!(s.get("e", t(10)).version(), Some(7));
 }
 
 #[test]

@@ -15,6 +15,7 @@
 #![allow(dead_code)]
 
 pub mod history;
+pub mod resp;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
@@ -150,6 +151,9 @@ pub struct Opts {
     /// ZooKeeper serves a secure port too and every node uses it
     /// (`--zk-tls`); implies `tls`.
     pub zk_tls: bool,
+    /// Every node also speaks RESP (`--resp-listen` on a free port; see
+    /// [`Cluster::resp_addr`]).
+    pub resp: bool,
 }
 
 impl Default for Opts {
@@ -165,6 +169,7 @@ impl Default for Opts {
             rust_log: None,
             tls: false,
             zk_tls: false,
+            resp: false,
         }
     }
 }
@@ -267,6 +272,8 @@ fn written(what: &str, result: Result<client::Written, client::Error>) -> (u16, 
 /// the id its last healthy /health reported.
 struct NodeProc {
     port: u16,
+    /// `--resp-listen`'s port, when the cluster speaks RESP.
+    resp_port: Option<u16>,
     child: Option<Child>,
     log: PathBuf,
     args: Vec<String>,
@@ -281,6 +288,7 @@ pub struct Cluster {
     nodes: Vec<NodeProc>,
     node_args: Vec<String>,
     rust_log: Option<&'static str>,
+    resp: bool,
     /// The cluster secret every node gets (`--cluster-secret-file`) unless
     /// a test gives a node its own.
     pub secret_file: PathBuf,
@@ -336,6 +344,7 @@ impl Cluster {
             nodes: Vec::new(),
             node_args: opts.node_args.clone(),
             rust_log: opts.rust_log,
+            resp: opts.resp,
             secret_file,
             ca,
             zk_tls: opts.zk_tls,
@@ -410,11 +419,15 @@ impl Cluster {
                 args.drain(at..at + 2);
             }
         }
+        let resp_port = self.resp.then(|| free_port().expect("free port"));
+        if let Some(p) = resp_port {
+            args.extend(["--resp-listen".to_string(), format!("127.0.0.1:{p}")]);
+        }
         args.extend(extra);
         let i = self.nodes.len();
         let log = self.dir.path().join(format!("node-{i}.log"));
         let child = self.spawn_process(&args, &log);
-        self.nodes.push(NodeProc { port, child: Some(child), log, args, id: None });
+        self.nodes.push(NodeProc { port, resp_port, child: Some(child), log, args, id: None });
         i
     }
 
@@ -487,6 +500,17 @@ impl Cluster {
     pub fn url(&self, i: usize) -> String {
         let scheme = if self.ca.is_some() { "https" } else { "http" };
         format!("{scheme}://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    /// Node `i`'s RESP address (the cluster was started with [`Opts::resp`]).
+    pub fn resp_addr(&self, i: usize) -> String {
+        let port = self.nodes[i].resp_port.unwrap_or_else(|| panic!("node {i} has no --resp-listen (Opts::resp)"));
+        format!("127.0.0.1:{port}")
+    }
+
+    /// Node `i`'s RESP port.
+    pub fn resp_port(&self, i: usize) -> u16 {
+        self.nodes[i].resp_port.unwrap_or_else(|| panic!("node {i} has no --resp-listen (Opts::resp)"))
     }
 
     /// Ids of the running nodes, as their /health said when they came up.

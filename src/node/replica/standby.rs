@@ -178,17 +178,21 @@ impl Node {
         &self,
         key: &str,
         value: Option<bytes::Bytes>,
-        ttl_secs: Option<u64>,
+        ttl_ms: Option<u64>,
         ack: crate::node::Ack,
+        cond: crate::store::Condition,
     ) -> Result<crate::wire::WriteResult> {
         crate::metrics::Metrics::inc(&self.inner.metrics.writes);
         let me = self.node_id().ok_or(Error::NotRegistered)?;
-        let expires_at = ttl_secs.map(|s| crate::clock::now_ms().saturating_add(s.saturating_mul(1000)));
+        let expires_at = ttl_ms.map(|ms| crate::clock::now_ms().saturating_add(ms));
+        // A conditional write's answer is the root's decision.
+        let ack = if cond.is_conditional() { crate::node::Ack::Root } else { ack };
         let update = Update { key: key.to_string(), version: 0, value, expires_at };
         // In order: the next write waits for this one's outcome. The id is
         // taken in turn too, so ids rise in the order writes are sent.
         let turn = self.replica().forwarding.clone().lock_owned().await;
-        let write = crate::wire::Write { update, id: self.next_write_id(me), ack_root: ack == crate::node::Ack::Root };
+        let write =
+            crate::wire::Write { update, id: self.next_write_id(me), ack_root: ack == crate::node::Ack::Root, cond };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let node = self.clone();
         // Its own task: a client that gives up does not stop the write.

@@ -13,7 +13,7 @@ use crate::clock::{now_us, Time};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::node::Node;
-use crate::store::{Committed, NodeId, Update, WriteId};
+use crate::store::{Committed, Condition, NodeId, Update, WriteId};
 use crate::wire::{Write, WriteResult};
 
 /// Outcomes the root remembers per writing node (incarnation), and how many
@@ -96,6 +96,8 @@ impl Outcomes {
         let mut out = Vec::new();
         for (&(origin, incarnation), o) in &self.origins {
             for (&seq, r) in &o.results {
+                // A refused condition wrote nothing, so it is not in the log
+                // either: after a restart a resend is decided again.
                 let version = match r {
                     WriteResult::Committed { version, .. } => *version,
                     WriteResult::Absent => 0,
@@ -110,16 +112,20 @@ impl Outcomes {
 
 impl Node {
     /// The root commits a write from its own client.
-    pub(super) async fn commit_own(&self, update: Update, ack: Ack) -> Result<WriteResult> {
+    pub(super) async fn commit_own(&self, update: Update, ack: Ack, cond: Condition) -> Result<WriteResult> {
         self.check_accepting()?;
         if let (Ack::Root, Some((have, need))) = (ack, self.insync_shortfall()) {
             return Err(Error::InsyncBelowMin { have, need });
         }
         let mark = self.inner.store.mark();
-        let (result, push) = self.commit_one(update, None);
+        let (result, push) = self.commit_one(update, cond, None);
         let committed_us = now_us();
-        if let Some((update, _)) = &push {
-            self.make_durable(vec![(update.clone(), None)]).await?;
+        match &push {
+            Some((update, _)) => self.make_durable(vec![(update.clone(), None)]).await?,
+            // A refusal names the version it found: that version may still
+            // be on its way to disk, and must be before anyone hears of it.
+            None if matches!(result, WriteResult::ConditionFailed { .. }) => self.make_durable(Vec::new()).await?,
+            None => {}
         }
         if let Some((update, holders)) = push {
             self.push_committed(&holders, &update, Some(committed_us), mark);
@@ -179,9 +185,12 @@ impl Node {
                 Verdict::New => {
                     // Only a delete can find its key absent.
                     let deleted = w.update.value.is_none().then(|| w.update.key.clone());
-                    let (result, push) = self.commit_one(w.update, child);
+                    let (result, push) = self.commit_one(w.update, w.cond, child);
                     outcomes.record(&w.id, result.clone());
                     drop(outcomes);
+                    // A refusal names the version it found, which may be
+                    // on its way to disk still: wait for it, as for a resend.
+                    seen_before |= matches!(result, WriteResult::ConditionFailed { .. });
                     if let Some((update, holders)) = push {
                         durable.push((update.clone(), Some(w.id)));
                         pushes.push((update, holders));
@@ -195,7 +204,8 @@ impl Node {
         let committed_us = now_us();
         if !durable.is_empty() || seen_before {
             // A write seen before may still be on its way to disk in
-            // another batch: waiting covers everything appended so far.
+            // another batch (and so may the version a refused condition
+            // found): waiting covers everything appended so far.
             self.make_durable(durable).await?;
         }
         for (update, holders) in pushes {
@@ -220,22 +230,31 @@ impl Node {
         }
     }
 
-    /// Gives one write its version and stores it; returns the answer and
-    /// what to push to whom once it is durable.
-    fn commit_one(&self, update: Update, child: Option<NodeId>) -> (WriteResult, Option<(Update, Vec<NodeId>)>) {
+    /// Gives one write its version and stores it, if its condition holds
+    /// (decided in the store's critical section, so in version order);
+    /// returns the answer and what to push to whom once it is durable.
+    fn commit_one(
+        &self,
+        update: Update,
+        cond: Condition,
+        child: Option<NodeId>,
+    ) -> (WriteResult, Option<(Update, Vec<NodeId>)>) {
         let pushes = self.place().map(|p| p.coherence.pushes()).unwrap_or(true);
         let holder = child.filter(|_| pushes);
         // Pending from the moment it exists: no read sees it before it is
         // durable (see `replica`).
         let next = || self.next_version();
-        let Update { key, value, expires_at, .. } = update;
-        match self.inner.store.commit(&key, value.clone(), expires_at, Time::now(), holder, next) {
+        match self.inner.store.commit(&update, cond, Time::now(), holder, next) {
             Committed::Done { version, created, holders } => {
                 Metrics::inc(&self.inner.metrics.commits);
-                let update = Update { key, version, value, expires_at };
+                let update = Update { version, ..update };
                 (WriteResult::Committed { version, created }, Some((update, holders)))
             }
             Committed::Absent => (WriteResult::Absent, None),
+            Committed::ConditionFailed { current } => {
+                Metrics::inc(&self.inner.metrics.conditions_failed);
+                (WriteResult::ConditionFailed { current }, None)
+            }
         }
     }
 

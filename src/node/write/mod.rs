@@ -55,37 +55,16 @@ use super::Node;
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::store::Update;
+use crate::store::{Condition, Update};
+pub use crate::wire::Ack;
 use crate::wire::WriteResult;
 
 pub(super) use commit::Outcomes;
 pub(super) use uplink::Uplink;
 pub use uplink::BATCH_BYTES;
 
-/// When a write is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ack {
-    /// Once the parent has it (the default).
-    Parent,
-    /// Once the root has committed it.
-    Root,
-}
-
-impl Ack {
-    pub fn parse(s: &str) -> Option<Ack> {
-        match s {
-            "parent" => Some(Ack::Parent),
-            "root" => Some(Ack::Root),
-            _ => None,
-        }
-    }
-    fn as_str(self) -> &'static str {
-        match self {
-            Ack::Parent => "parent",
-            Ack::Root => "root",
-        }
-    }
-}
+/// Longest time to live a write may ask for: ten years.
+pub const MAX_TTL_SECS: u64 = 10 * 365 * 86_400;
 
 /// How long a parent holds a child's ack=root write request waiting for
 /// the root before it answers `InProgress`.
@@ -96,22 +75,48 @@ pub const HOP_WAIT: Duration = Duration::from_secs(10);
 const CLIENT_WAIT: Duration = Duration::from_secs(30);
 
 impl Node {
-    /// A client's `PUT`/`POST` (`value` is `Some`) or `DELETE` (`None`).
-    pub async fn write(&self, key: &str, value: Option<Bytes>, ttl_secs: Option<u64>, ack: Ack) -> Result<WriteResult> {
+    /// A client's `PUT`/`POST` (`value` is `Some`) or `DELETE` (`None`),
+    /// from either front door (`/kv`, RESP): expiring `ttl_ms` from now,
+    /// committed by the root only if `cond` holds there. A conditional
+    /// write is answered once the root has decided it, whatever `ack`
+    /// says: its answer is that decision.
+    pub async fn write(
+        &self,
+        key: &str,
+        value: Option<Bytes>,
+        ttl_ms: Option<u64>,
+        ack: Ack,
+        cond: Condition,
+    ) -> Result<WriteResult> {
         let place = self.place()?;
         // Counted once taken: a try the failover wait repeats is not.
         Metrics::inc(&self.inner.metrics.writes);
-        let expires_at = ttl_secs.map(|s| now_ms().saturating_add(s.saturating_mul(1000)));
+        let expires_at = ttl_ms.map(|ms| now_ms().saturating_add(ms));
         let update = Update { key: key.to_string(), version: 0, value, expires_at };
+        let ack = if cond.is_conditional() { Ack::Root } else { ack };
         if place.topology.is_root() {
-            return self.commit_own(update, ack).await;
+            return self.commit_own(update, ack, cond).await;
         }
-        let rx = self.join_own(update, ack, place.topology.id)?;
+        let rx = self.join_own(update, ack, cond, place.topology.id)?;
         match tokio::time::timeout(CLIENT_WAIT, rx).await {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(Error::ShuttingDown),
             Err(_) => Err(Error::WriteInFlight { key: key.to_string() }),
         }
+    }
+}
+
+/// A write's result as an error its client hears, whichever front door
+/// (`/kv`, RESP) it came through; `None` when it was not refused.
+pub fn refusal(key: &str, result: &WriteResult) -> Option<Error> {
+    match *result {
+        WriteResult::Failed { ref error } => Some(Error::WriteRefused { key: key.to_string(), reason: error.clone() }),
+        WriteResult::InsyncBelowMin { have, need } => Some(Error::InsyncBelowMin { have, need }),
+        WriteResult::InsyncBelowMinAfter { version, have, need } => {
+            Some(Error::InsyncBelowMinAfter { version, have, need })
+        }
+        WriteResult::ConditionFailed { current } => Some(Error::PreconditionFailed { key: key.to_string(), current }),
+        WriteResult::Committed { .. } | WriteResult::Absent | WriteResult::Accepted | WriteResult::InProgress => None,
     }
 }
 

@@ -20,7 +20,7 @@ use crate::clock::{mono_ms, Time};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, Upstream};
 use crate::node::Node;
-use crate::store::{Answer, Applied, NodeId, Update, WriteId};
+use crate::store::{Answer, Applied, Condition, NodeId, Update, WriteId};
 use crate::wire::{self, Peer, Write, WriteResult, WriteResults};
 
 /// How long an uplink with nothing to send waits before it polls its
@@ -167,6 +167,12 @@ impl Uplink {
     }
 }
 
+/// Whether a parent refused a write batch for a flag it does not know:
+/// one built before conditional writes.
+fn refuses_conditions(e: &Error) -> bool {
+    matches!(e, Error::Upstream { status: 400, body, .. } if body.contains(wire::UNKNOWN_FLAGS))
+}
+
 impl Node {
     /// A new write id of this node's: `me`, this process's incarnation, and
     /// the next of the one sequence all its writes share (through its
@@ -178,7 +184,13 @@ impl Node {
     }
 
     /// Queues a write from this node's client with a new id.
-    pub(super) fn join_own(&self, update: Update, ack: Ack, me: NodeId) -> Result<oneshot::Receiver<WriteResult>> {
+    pub(super) fn join_own(
+        &self,
+        update: Update,
+        ack: Ack,
+        cond: Condition,
+        me: NodeId,
+    ) -> Result<oneshot::Receiver<WriteResult>> {
         let mut s = self.inner.uplink.state.lock();
         if s.draining {
             return Err(Error::ShuttingDown);
@@ -188,7 +200,7 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         self.inner.store.expect(&update.key);
         s.waiting.insert(id, Waiters { txs: vec![tx], owed: Vec::new() });
-        s.queue.push_back(Pending { write: Write { update, id, ack_root: ack == Ack::Root }, child: None });
+        s.queue.push_back(Pending { write: Write { update, id, ack_root: ack == Ack::Root, cond }, child: None });
         drop(s);
         self.inner.uplink.wake.notify_one();
         Ok(rx)
@@ -250,6 +262,29 @@ impl Node {
                         }
                     }
                     self.take_notices(answers.notices, &link);
+                }
+                Err(e) if refuses_conditions(&e) && batch.iter().any(|p| p.write.cond.is_conditional()) => {
+                    // A parent built before conditional writes: they cannot
+                    // go up until it is upgraded. Decided here, not
+                    // retried for ever: nothing of the batch was taken.
+                    let (conditional, rest): (Vec<_>, Vec<_>) =
+                        batch.into_iter().partition(|p| p.write.cond.is_conditional());
+                    log::warn!(
+                        "node {} ({}) refuses conditional writes (built before them): {} refused here",
+                        link.parent.id,
+                        link.parent.url,
+                        conditional.len()
+                    );
+                    self.inner.uplink.state.lock().in_flight -= conditional.len();
+                    for p in conditional {
+                        let error = format!(
+                            "node {} on the way to the root does not know conditional writes yet (upgrade it); \
+                             nothing was written",
+                            link.parent.id
+                        );
+                        self.resolve(p, WriteResult::Failed { error }, false);
+                    }
+                    self.requeue(rest);
                 }
                 Err(e) => {
                     failures += 1;
