@@ -12,7 +12,9 @@ use actix_web::App;
 const SECRET: &str = "route-test-secret-0123456789";
 
 fn node_with(extra: &[&str]) -> Node {
-    let mut argv = vec!["--zk", "127.0.0.1:1", "--max-value-bytes", "16"];
+    // Never registered (no ZooKeeper): answer at once instead of holding
+    // requests for a leader (--failover-wait).
+    let mut argv = vec!["--zk", "127.0.0.1:1", "--max-value-bytes", "16", "--failover-wait", "0"];
     argv.extend(["--cluster-secret", SECRET]);
     argv.extend_from_slice(extra);
     Node::new(NodeArgs::try_parse_from(argv).expect("node flags")).expect("node")
