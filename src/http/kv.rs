@@ -53,8 +53,10 @@ pub async fn route(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -
         };
         // A plain read of a key held here is answered as it is (from the
         // store, stale within --stale-if-error, or 503): it never waits.
-        let plain_read = matches!(*req.method(), Method::GET | Method::HEAD) && !consistent_of(&req)?;
-        let may_wait = || !plain_read || key_from(&req, "/kv/").is_ok_and(|key| !node.holds(&key));
+        // Asked only after a failed try: a hit parses nothing twice.
+        let plain_read =
+            || matches!(*req.method(), Method::GET | Method::HEAD) && consistent_of(&req).is_ok_and(|c| !c);
+        let may_wait = || !plain_read() || key_from(&req, "/kv/").is_ok_and(|key| !node.holds(&key));
         node.through_failover(may_wait, || once(&node, &req, body.clone())).await
     };
     let result = result.await;
@@ -63,10 +65,12 @@ pub async fn route(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -
 
 /// One try of a `/kv` request.
 async fn once(node: &Node, req: &HttpRequest, body: Bytes) -> Result<HttpResponse, Error> {
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
     // A standby has no place in the tree; a cache never follows (checked
-    // only then: the hit path takes no lock for it).
-    if node.place().is_err() && node.is_following() {
-        return standby_route(node, req, body).await;
+    // only then: the hit path takes no lock for it). Its writes go through
+    // `Node::write` like any node's.
+    if reads && node.place().is_err() && node.is_following() {
+        return standby_read(node, req).await;
     }
     match *req.method() {
         Method::GET | Method::HEAD => get_inner(node, req).await,
@@ -85,37 +89,22 @@ fn wrong_method(req: &HttpRequest) -> Error {
     }
 }
 
-/// `/kv` at a standby root: plain reads from its copy; writes and
-/// consistent reads go to the leader as they came.
-async fn standby_route(node: &Node, req: &HttpRequest, body: Bytes) -> Result<HttpResponse, Error> {
+/// A read at a standby root: a plain one from its copy; a consistent one
+/// goes to the leader as it came.
+async fn standby_read(node: &Node, req: &HttpRequest) -> Result<HttpResponse, Error> {
     let key = key_from(req, "/kv/")?;
-    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
-    if reads && !consistent_of(req)? {
+    if !consistent_of(req)? {
         return Ok(found_response(node.standby_get(&key).await?));
     }
-    match *req.method() {
-        // Writes with a write id of the standby's, in order (guarantees 5, 6).
-        Method::PUT | Method::POST => {
-            let (key, ttl, ack, cond) = put_params(req)?;
-            let result = node.standby_write(&key, Some(body), ttl.map(|t| t * 1000), ack, cond).await?;
-            return write_answer(&key, &result, ack);
-        }
-        Method::DELETE => {
-            let ack = ack_of(&Query::parse(req, &["ack"])?)?;
-            let result = node.standby_write(&key, None, None, ack, condition_of(req)?).await?;
-            return write_answer(&key, &result, ack);
-        }
-        _ if !reads => return Err(wrong_method(req)),
-        _ => {}
-    }
     let mut headers = Vec::new();
-    for name in ["authorization", "content-type", "x-request-id", "if-match", "if-none-match"] {
+    for name in ["authorization", "x-request-id"] {
         if let Some(v) = req.headers().get(name) {
             headers.push((name, v.as_bytes().to_vec()));
         }
     }
     let path = req.uri().path_and_query().map_or(req.path(), |p| p.as_str());
-    let (status, answer_headers, answer) = node.forward_to_leader(req.method().as_str(), path, headers, body).await?;
+    let (status, answer_headers, answer) =
+        node.forward_to_leader(req.method().as_str(), path, headers, Bytes::new()).await?;
     let status = StatusCode::from_u16(status).map_err(|e| Error::Internal(format!("the leader answered {e}")))?;
     let mut resp = HttpResponse::build(status);
     let keep = [CONTENT_TYPE, X_VERSION, X_CACHE, X_NODE, X_EXPIRES_AT, RETRY_AFTER, ALLOW];

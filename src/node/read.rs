@@ -12,7 +12,6 @@
 //! (DESIGN.md guarantees 2 and 4).
 
 use bytes::Bytes;
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use reqwest::{Method, StatusCode};
 use tokio::sync::oneshot;
 
@@ -90,11 +89,6 @@ pub enum FillAnswer {
     Value { version: Version, value: Bytes, expires_at: Option<Millis>, confirmed: bool },
     NotModified { version: Version, confirmed: bool },
     NotFound { deleted_at: Option<Version> },
-}
-
-/// Percent-encodes a key for a URL path segment.
-pub fn encode_key(key: &str) -> String {
-    utf8_percent_encode(key, NON_ALPHANUMERIC).to_string()
 }
 
 fn found(lookup: Lookup, cache: CacheStatus) -> Option<Found> {
@@ -316,7 +310,7 @@ impl Node {
 
     async fn request_fill(&self, parent: &str, key: &str, me: NodeId, read: Read, generation: u64) -> FillOutcome {
         Metrics::inc(&self.inner.metrics.upstream_requests);
-        let mut url = format!("{parent}/internal/fill/{}?child={me}", encode_key(key));
+        let mut url = format!("{parent}/internal/fill/{}?child={me}", crate::client::encode_key(key));
         match read {
             Read::Have(v) => url.push_str(&format!("&have={v}")),
             Read::Consistent => url.push_str("&consistent=true"),

@@ -370,8 +370,10 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// A write refused with `NotRegistered` at a standby root: it takes no
-    /// writes of its own (`/kv` forwards them; RESP says where to go).
+    /// A refusal with `NotRegistered` at a standby root: its plain writes
+    /// go to the leader with ids of its own (`Node::write`), but SET .. GET
+    /// needs a consistent read first, which RESP does not pass on: it says
+    /// where to go.
     fn write_error(&self, e: Error) -> Fail {
         match (&e, self.shared.node.following()) {
             (Error::NotRegistered, Some(f)) => Fail::Redis(

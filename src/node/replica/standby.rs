@@ -174,7 +174,7 @@ impl Node {
     /// lost answer or a failover is committed once, and a later write never
     /// overtakes an earlier one. The client waits as at a cache (30 s, then
     /// 503 `write_in_flight`, the write still on its way).
-    pub async fn standby_write(
+    pub(in crate::node) async fn standby_write(
         &self,
         key: &str,
         value: Option<bytes::Bytes>,

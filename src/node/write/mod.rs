@@ -88,7 +88,13 @@ impl Node {
         ack: Ack,
         cond: Condition,
     ) -> Result<WriteResult> {
-        let place = self.place()?;
+        let place = match self.place() {
+            Ok(place) => place,
+            // A standby root has no place; it passes the write on with an
+            // id of its own (`Node::standby_write`), for every front door.
+            Err(_) if self.is_following() => return self.standby_write(key, value, ttl_ms, ack, cond).await,
+            Err(e) => return Err(e),
+        };
         // Counted once taken: a try the failover wait repeats is not.
         Metrics::inc(&self.inner.metrics.writes);
         let expires_at = ttl_ms.map(|ms| now_ms().saturating_add(ms));
