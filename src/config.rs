@@ -37,6 +37,10 @@ pub struct NodeArgs {
     /// Run as a root candidate: the source of truth and the registrar.
     #[arg(long, env = "TREECACHE_ROOT", value_parser = BoolishValueParser::new())]
     pub root: bool,
+    /// The root group this root candidate joins (default 0): each group
+    /// owns a share of the key space's slots, with its own leader.
+    #[arg(long, env = "TREECACHE_GROUP", value_parser = clap::value_parser!(u32).range(0..1024))]
+    pub group: Option<u32>,
     /// Root URL to register with, instead of looking it up in ZooKeeper.
     #[arg(long, env = "TREECACHE_ROOT_URL")]
     pub root_url: Option<String>,
@@ -277,6 +281,11 @@ impl NodeArgs {
         }
         if self.resp_listen.is_some_and(|a| a == self.listen) {
             return Err(format!("--resp-listen {}: the HTTP server listens there (--listen)", self.listen));
+        }
+        if self.group.is_some() && !self.root {
+            return Err("--group applies to root candidates (--root) only: a cache node serves every \
+                        group's keys"
+                .into());
         }
         if self.min_insync > 1 && !self.root {
             return Err("--min-insync applies to root candidates (--root) only".into());

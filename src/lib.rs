@@ -12,6 +12,8 @@
 //! - [`store`]: pure versioned store: entries, tombstones, expiry, holder
 //!   directory, S3-FIFO eviction order, "expecting" markers for in-flight
 //!   fills.
+//! - [`slots`]: the key space cut into 1024 slots (a stable hash) and the
+//!   map of which root group owns each.
 //! - [`wire`]: internal formats between nodes (push batches, write batches).
 //! - [`tree`]: placement (pure), the root's registry of the whole tree and its
 //!   ZooKeeper mirror, and a node's own view of its place ([`tree::Topology`]).
@@ -60,6 +62,7 @@ pub mod process;
 pub mod replication;
 pub mod resp;
 pub mod server;
+pub mod slots;
 pub mod store;
 pub mod tls;
 pub mod trace;

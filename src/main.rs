@@ -34,6 +34,7 @@ fn main() {
             Command::Put(args) => treecache::cli::client::put(args).await,
             Command::Del(args) => treecache::cli::client::del(args).await,
             Command::Tree(args) => treecache::cli::tree::run(args).await,
+            Command::Slots(args) => treecache::cli::slots::run(args).await,
             Command::Bench(args) => treecache::cli::bench::run(args).await.map_err(Failure::from),
             Command::Completions(args) => treecache::cli::docs::completions(args),
             Command::Man => treecache::cli::docs::man(),

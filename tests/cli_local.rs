@@ -254,7 +254,7 @@ async fn tree_draws_what_zookeeper_records() {
     for id in [1, 2, 3, 5, 10] {
         create(&client, &format!("/treecache/c1/live/{id}"), "").await;
     }
-    create(&client, "/treecache/c1/root", r#"{"id":1,"url":"http://n1","epoch":4}"#).await;
+    create(&client, "/treecache/c1/groups/0/root", r#"{"id":1,"url":"http://n1","epoch":4}"#).await;
     let drawn = render(&zk.addr(), "c1").await.unwrap();
     assert_eq!(
         drawn,

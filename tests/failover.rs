@@ -35,7 +35,7 @@ async fn add_standby(c: &mut Cluster, dir: &std::path::Path, extra: &[&str]) -> 
 /// The `leader` znode's JSON.
 async fn leader_znode(c: &Cluster) -> Value {
     let zk = c.zk.client().await;
-    let (data, _) = zk.get_data(&format!("/treecache/{}/leader", c.name)).await.expect("the leader znode");
+    let (data, _) = zk.get_data(&format!("/treecache/{}/groups/0/leader", c.name)).await.expect("the leader znode");
     serde_json::from_slice(&data).expect("leader znode JSON")
 }
 
@@ -431,7 +431,8 @@ async fn after_a_zookeeper_pause_the_root_znode_says_the_leaders_epoch_and_a_sta
     assert_eq!(epoch, before, "the leader kept its epoch through the pause");
     wait_until(Duration::from_secs(10), "the root znode to say the leader's epoch", || async {
         let zk = c.zk.client().await;
-        let root = zk.get_data(&format!("/treecache/{}/root", c.name)).await.map(|(d, _)| d).unwrap_or_default();
+        let root =
+            zk.get_data(&format!("/treecache/{}/groups/0/root", c.name)).await.map(|(d, _)| d).unwrap_or_default();
         serde_json::from_slice::<Value>(&root).is_ok_and(|v| v["epoch"].as_u64() == Some(epoch))
     })
     .await;

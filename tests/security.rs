@@ -140,13 +140,13 @@ async fn anyone_reads_the_znodes_but_only_nodes_change_them() {
         let opts = zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
         let create = zk.create(&format!("{base}/tree/1/2/9"), b"{}", &opts).await;
         assert!(matches!(create, Err(zookeeper_client::Error::NoAuth)), "{create:?}");
-        for path in [format!("{base}/live/2"), format!("{base}/root"), format!("{base}/tree/1/2")] {
+        for path in [format!("{base}/live/2"), format!("{base}/groups/0/root"), format!("{base}/tree/1/2")] {
             let del = zk.delete(&path, None).await;
             assert!(matches!(del, Err(zookeeper_client::Error::NoAuth)), "delete {path}: {del:?}");
         }
     }
     // Every znode treecache made carries the digest ACL.
-    for path in [format!("{base}/tree/1/2"), format!("{base}/live/2"), format!("{base}/root"), base.clone()] {
+    for path in [format!("{base}/tree/1/2"), format!("{base}/live/2"), format!("{base}/groups/0/root"), base.clone()] {
         let (acls, _) = anon.get_acl(&path).await.expect("get acl");
         let schemes: Vec<&str> = acls.iter().map(|a| a.scheme()).collect();
         assert_eq!(schemes, ["world", "digest"], "{path}");

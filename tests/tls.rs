@@ -96,7 +96,7 @@ async fn the_whole_tree_works_over_tls_with_zookeeper_over_tls() {
     // Every node was given ZooKeeper's secure port only, and registered
     // an https URL.
     assert!(c.url(0).starts_with("https://"));
-    let root = znode(&c, "root").await;
+    let root = znode(&c, "groups/0/root").await;
     assert!(root["url"].as_str().unwrap().starts_with("https://127.0.0.1:"), "{root}");
     for rel in c.zk_tree("tree").await {
         let rec = znode(&c, &format!("tree/{rel}")).await;
@@ -136,7 +136,7 @@ async fn the_whole_tree_works_over_tls_with_zookeeper_over_tls() {
     assert_eq!(c.health(s).await["role"], "standby");
     let (leader, standby) = (c.id(0).await, c.id(s).await);
     wait_until(SETTLE, "the standby in sync", || async {
-        let ids = znode(&c, "leader").await["in_sync"].as_array().map(|a| a.len()).unwrap_or(0);
+        let ids = znode(&c, "groups/0/leader").await["in_sync"].as_array().map(|a| a.len()).unwrap_or(0);
         ids == 2
     })
     .await;
@@ -147,7 +147,7 @@ async fn the_whole_tree_works_over_tls_with_zookeeper_over_tls() {
     assert_ne!(leader, standby);
     let r = c.get(s, "after-standby", "").await;
     assert_eq!((r.status, r.text(), r.version), (200, "three".into(), Some(v3)), "replicated before the kill");
-    let new_root = znode(&c, "root").await;
+    let new_root = znode(&c, "groups/0/root").await;
     assert_eq!(new_root["id"].as_u64(), Some(standby));
     assert!(new_root["url"].as_str().unwrap().starts_with("https://"), "{new_root}");
     // The tree goes on under the new root, over HTTPS.

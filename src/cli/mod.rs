@@ -8,6 +8,7 @@ pub mod bench;
 pub mod client;
 pub mod docs;
 pub mod local;
+pub mod slots;
 pub mod tree;
 pub mod up;
 
@@ -37,6 +38,8 @@ pub enum Command {
     Del(client::DelArgs),
     /// Draw the tree as ZooKeeper records it.
     Tree(tree::TreeArgs),
+    /// The slot map of the root groups: slots, keys and bytes per group, moves in progress.
+    Slots(slots::SlotsArgs),
     /// Load generator: hit, miss, write, converge, mixed and scale scenarios.
     Bench(bench::BenchArgs),
     /// Shell completions (bash, zsh, fish, ...) on stdout.

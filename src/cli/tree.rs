@@ -13,6 +13,7 @@ use zookeeper_client::Client;
 
 use super::{Exit, Failure};
 use crate::cli::local::zk_connect;
+use crate::slots::{GroupId, SlotMap};
 use crate::tree::zk::Paths;
 pub use crate::tree::zk::{parse_root, RootInfo};
 
@@ -96,15 +97,7 @@ pub enum Keys {
 /// [`PROBE_TIMEOUT`]; `token` is the nodes' API token, for `/metrics`;
 /// `tls` how to reach https:// nodes.
 pub async fn probe_all(s: &Snapshot, token: Option<&str>, tls: Option<rustls::ClientConfig>) -> BTreeMap<u64, State> {
-    let builder = reqwest::Client::builder().timeout(PROBE_TIMEOUT);
-    let builder = match tls {
-        Some(config) => builder.use_preconfigured_tls(config),
-        None => builder,
-    };
-    let http = match builder.build() {
-        Ok(http) => http,
-        Err(_) => return BTreeMap::new(),
-    };
+    let Some(http) = probe_client(tls) else { return BTreeMap::new() };
     let live = s.records.iter().filter(|r| s.live.contains(&r.id()));
     let probes = live.map(|r| {
         let http = http.clone();
@@ -113,22 +106,40 @@ pub async fn probe_all(s: &Snapshot, token: Option<&str>, tls: Option<rustls::Cl
     futures::future::join_all(probes).await.into_iter().collect()
 }
 
+/// The HTTP client that asks nodes of their state, each request within
+/// [`PROBE_TIMEOUT`].
+pub fn probe_client(tls: Option<rustls::ClientConfig>) -> Option<reqwest::Client> {
+    let builder = reqwest::Client::builder().timeout(PROBE_TIMEOUT);
+    let builder = match tls {
+        Some(config) => builder.use_preconfigured_tls(config),
+        None => builder,
+    };
+    builder.build().ok()
+}
+
+/// A node's `/metrics` text; `Err(true)` when it refused the token.
+pub async fn metrics_text(http: &reqwest::Client, url: &str, token: Option<&str>) -> Result<String, bool> {
+    let mut metrics = http.get(format!("{url}/metrics"));
+    if let Some(token) = token {
+        metrics = metrics.bearer_auth(token);
+    }
+    match metrics.send().await {
+        Ok(resp) if resp.status() == reqwest::StatusCode::UNAUTHORIZED => Err(true),
+        Ok(resp) if resp.status().is_success() => resp.text().await.map_err(|_| false),
+        _ => Err(false),
+    }
+}
+
 async fn probe(http: &reqwest::Client, url: &str, token: Option<&str>) -> State {
     let health = async { http.get(format!("{url}/health")).send().await?.error_for_status()?.json().await };
     let health: serde_json::Value = match health.await {
         Ok(h) => h,
         Err::<_, reqwest::Error>(_) => return State::NoAnswer,
     };
-    let mut metrics = http.get(format!("{url}/metrics"));
-    if let Some(token) = token {
-        metrics = metrics.bearer_auth(token);
-    }
-    let keys = match metrics.send().await {
-        Ok(resp) if resp.status() == reqwest::StatusCode::UNAUTHORIZED => Keys::TokenRefused,
-        Ok(resp) if resp.status().is_success() => {
-            resp.text().await.ok().and_then(|text| gauge(&text, "treecache_entries")).map_or(Keys::Unknown, Keys::Count)
-        }
-        _ => Keys::Unknown,
+    let keys = match metrics_text(http, url, token).await {
+        Err(true) => Keys::TokenRefused,
+        Ok(text) => gauge(&text, "treecache_entries").map_or(Keys::Unknown, Keys::Count),
+        Err(false) => Keys::Unknown,
     };
     match health["depth"].as_u64() {
         Some(depth) => State::Alive { depth, keys },
@@ -165,6 +176,18 @@ pub struct Snapshot {
     pub live: BTreeSet<u64>,
     pub root: Option<RootInfo>,
     /// The root candidates other than the elected root, in election order.
+    pub standbys: Vec<Standby>,
+    /// Root groups other than group 0 (whose root and standbys are above).
+    pub groups: Vec<GroupTier>,
+    /// The slot map, once a leader made one.
+    pub slots: Option<SlotMap>,
+}
+
+/// One root group other than group 0: its leader and its standbys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupTier {
+    pub group: GroupId,
+    pub root: Option<RootInfo>,
     pub standbys: Vec<Standby>,
 }
 
@@ -205,7 +228,18 @@ pub async fn read_with(zk: &Client, paths: &Paths) -> Result<Snapshot, String> {
     let live = list(zk, &paths.live()).await?.iter().filter_map(|s| s.parse().ok()).collect();
     let root = get(zk, &paths.root()).await?.as_deref().and_then(parse_root);
     let standbys = read_standbys(zk, paths, root.as_ref()).await?;
-    Ok(Snapshot { records, live, root, standbys })
+    let mut groups = Vec::new();
+    for group in list(zk, &paths.groups()).await?.iter().filter_map(|g| g.parse::<GroupId>().ok()) {
+        if group == paths.group() {
+            continue;
+        }
+        let paths = paths.in_group(group);
+        let root = get(zk, &paths.root()).await?.as_deref().and_then(parse_root);
+        let standbys = read_standbys(zk, &paths, root.as_ref()).await?;
+        groups.push(GroupTier { group, root, standbys });
+    }
+    let slots = get(zk, &paths.slots()).await?.and_then(|data| SlotMap::from_json(&data).ok());
+    Ok(Snapshot { records, live, root, standbys, groups, slots })
 }
 
 /// The root candidates but the elected root, with their ids and in-sync state.
@@ -317,15 +351,44 @@ pub fn draw_with(s: &Snapshot, states: &BTreeMap<u64, State>) -> String {
         out.push_str(&line(top, s, states));
         draw_children(top, &children, s, states, "", &mut out);
     }
-    if !s.standbys.is_empty() {
-        out.push_str("standby roots:\n");
-        for sb in &s.standbys {
-            let id = sb.id.map_or("?".to_string(), |id| id.to_string());
-            let state = if sb.in_sync { "in sync" } else { "not in sync (catching up, or left)" };
-            out.push_str(&format!("  {id}  {}  {state}\n", sb.url));
-        }
+    draw_standbys(&s.standbys, "standby roots:", "  ", &mut out);
+    if s.groups.is_empty() {
+        return out;
+    }
+    // The root tier: every group's leader, standbys and slots.
+    let epoch = s.slots.as_ref().map_or(String::new(), |m| format!(" (slot map epoch {})", m.epoch()));
+    out.push_str(&format!("root groups{epoch}:\n"));
+    let group0 = GroupTier { group: 0, root: s.root.clone(), standbys: s.standbys.clone() };
+    for g in std::iter::once(&group0).chain(&s.groups) {
+        let leader = match &g.root {
+            Some(r) => format!("leader {} at {} (epoch {})", r.id, r.url, r.epoch),
+            None => "no leader elected".into(),
+        };
+        out.push_str(&format!("  group {}: {leader}; {}\n", g.group, slots_text(s.slots.as_ref(), g.group)));
+        draw_standbys(&g.standbys, "standbys:", "      ", &mut out);
     }
     out
+}
+
+/// `slots 0-511, 600 (513)`, or `no slots`, for `group` in `map`.
+fn slots_text(map: Option<&SlotMap>, group: GroupId) -> String {
+    let Some(map) = map else { return "no slot map yet".into() };
+    match map.ranges_of(group) {
+        ranges if ranges.is_empty() => "no slots".into(),
+        ranges => format!("slots {ranges} ({})", map.count(group)),
+    }
+}
+
+fn draw_standbys(standbys: &[Standby], title: &str, indent: &str, out: &mut String) {
+    if standbys.is_empty() {
+        return;
+    }
+    out.push_str(&format!("{}{title}\n", &indent[2..]));
+    for sb in standbys {
+        let id = sb.id.map_or("?".to_string(), |id| id.to_string());
+        let state = if sb.in_sync { "in sync" } else { "not in sync (catching up, or left)" };
+        out.push_str(&format!("{indent}{id}  {}  {state}\n", sb.url));
+    }
 }
 
 type Children<'a> = BTreeMap<&'a [u64], Vec<&'a Record>>;
@@ -378,6 +441,8 @@ mod tests {
             live: live.iter().copied().collect(),
             root: root.map(|id| RootInfo { id, url: format!("http://n{id}"), epoch: 2 }),
             standbys: Vec::new(),
+            groups: Vec::new(),
+            slots: None,
         }
     }
 
@@ -414,6 +479,28 @@ mod tests {
             draw(&s),
             "1  http://n1  (root)\n└── 2  http://n2\nstandby roots:\n  3  http://n3  in sync\n  \
              ?  http://n4  not in sync (catching up, or left)\n"
+        );
+    }
+
+    #[test]
+    fn the_root_tier_lists_every_group_with_its_leader_standbys_and_slots() {
+        let mut s = snapshot(&[&[1], &[1, 2]], &[1, 2, 3, 4, 5], Some(1));
+        s.groups = vec![
+            GroupTier {
+                group: 1,
+                root: Some(RootInfo { id: 4, url: "http://n4".into(), epoch: 5 }),
+                standbys: vec![Standby { id: Some(5), url: "http://n5".into(), in_sync: true }],
+            },
+            GroupTier { group: 2, root: None, standbys: vec![] },
+        ];
+        s.slots = Some(SlotMap::even(&[0, 1], 1).unwrap().assign(7..=7, 1));
+        assert_eq!(
+            draw(&s),
+            "1  http://n1  (root)\n└── 2  http://n2\nroot groups (slot map epoch 2):\n  \
+             group 0: leader 1 at http://n1 (epoch 2); slots 0-6, 8-511 (511)\n  \
+             group 1: leader 4 at http://n4 (epoch 5); slots 7, 512-1023 (513)\n    standbys:\n      \
+             5  http://n5  in sync\n  \
+             group 2: no leader elected; no slots\n"
         );
     }
 

@@ -399,8 +399,13 @@ impl Node {
         if let Some(log) = &self.inner.log {
             log.append_epoch(epoch).await.map_err(|e| Error::Internal(e.to_string()))?;
         }
-        zk::delete_recursive(&zk, &paths.tree()).await?;
-        zk::ensure_layout(&zk, paths).await?;
+        if paths.group() == 0 {
+            // Group 0's leader is the registrar and the top of `tree/`; it
+            // makes the slot map when the cluster has none.
+            zk::delete_recursive(&zk, &paths.tree()).await?;
+            zk::ensure_layout(&zk, paths).await?;
+            zk::ensure_slots(&zk, paths, 0).await?;
+        }
         self.inner.epoch.store(epoch, Ordering::Release);
         // Versions stay monotonic across root restarts: each epoch starts
         // its sequence above every version of the epochs before it.
@@ -576,6 +581,10 @@ impl Node {
 
     /// Brings ZooKeeper's `tree/` to the registry, as it is now.
     async fn sync_mirror(&self) -> Result<()> {
+        if self.inner.paths.group() != 0 {
+            // Only the registrar (group 0's leader) keeps `tree/`.
+            return Ok(());
+        }
         let zk = self.zk().await?;
         let mut current = self.inner.membership.mirror.lock().await;
         let desired = match self.inner.membership.registry.lock().as_ref() {
@@ -641,6 +650,16 @@ impl Node {
         let place = self.place()?;
         if !place.topology.is_root() {
             return Err(Error::NotRoot { root: place.root_url.clone() });
+        }
+        if self.inner.paths.group() != 0 {
+            // Only group 0's leader places nodes in the tree.
+            let registrar = self.inner.paths.in_group(0);
+            let zk = self.zk().await?;
+            let root = match zk::read_root(&zk, &registrar).await {
+                Ok(Some(root)) => root.url,
+                _ => format!("the leader of root group 0 ({})", registrar.root()),
+            };
+            return Err(Error::NotRoot { root });
         }
         if req.url == self.url() {
             return Err(Error::BadRequest(format!("{} is the root's own URL", req.url)));

@@ -190,7 +190,7 @@ impl Node {
         let node = Node {
             inner: Arc::new(Inner {
                 url: args.advertise_url(),
-                paths: Paths::with_secret(&args.cluster, guard.secret()),
+                paths: Paths::with_secret(&args.cluster, guard.secret()).in_group(args.group.unwrap_or(0)),
                 membership: membership::Membership::new(),
                 replica: replica::Replica::default(),
                 args,

@@ -3,15 +3,22 @@
 //! the decisions (what to write, when) belong to the node and the registry.
 //!
 //! ```text
-//! root          EPHEMERAL   current root {"id","url","epoch"}
-//! leader        PERSISTENT  {"id","url","epoch","in_sync":[ids]}: changed only by
-//!                           conditional writes (see [`LeaderRecord`])
-//! election/n_   EPHEMERAL_SEQUENTIAL root candidates
+//! groups/<G>/root         EPHEMERAL   group G's current leader {"id","url","epoch"}
+//! groups/<G>/leader       PERSISTENT  {"id","url","epoch","in_sync":[ids]}: changed only by
+//!                                     conditional writes (see [`LeaderRecord`])
+//! groups/<G>/election/n_  EPHEMERAL_SEQUENTIAL group G's root candidates
+//! slots         PERSISTENT  the slot map (see [`crate::slots::SlotMap`]), changed only by
+//!                           conditional writes
+//! moves/<slot>  PERSISTENT  a slot move's recorded state
 //! tree/1/2/5    PERSISTENT  one znode per node at its tree path {"id","url","depth"}
 //! live/5        EPHEMERAL   node 5 is alive (its own session) {"url"}
 //! next_id       PERSISTENT  the next id never handed out
-//! epoch         PERSISTENT  the last root epoch
+//! epoch         PERSISTENT  the last root epoch, one line for every group
 //! ```
+//!
+//! A [`Paths`] belongs to one root group (`--group`, 0 for cache nodes and
+//! tools): `root`, `leader` and `election` are that group's, the rest is the
+//! cluster's. Group 0's leader is the registrar and the top of `tree/`.
 //!
 //! Access: every znode treecache creates gets the ACL of [`Paths`]: anyone
 //! may read (`zkCli.sh ls -R`, `get`), only the digest user `treecache`
@@ -27,6 +34,7 @@ use zookeeper_client::{Acl, Acls, AuthId, Client, CreateMode, CreateOptions, Err
 
 use crate::auth::Secret;
 use crate::error::{Error, Result};
+use crate::slots::{GroupId, SlotMap};
 
 /// The ZooKeeper digest user every node authenticates as.
 pub const DIGEST_USER: &str = "treecache";
@@ -54,6 +62,7 @@ pub fn digest_id(user_password: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Paths {
     base: String,
+    group: GroupId,
     acls: Vec<Acl>,
     credential: Option<String>,
 }
@@ -62,7 +71,7 @@ impl Paths {
     /// Paths for reading only (`treecache tree`, `up`): a znode created
     /// through these would be read-only for everyone.
     pub fn new(cluster: &str) -> Self {
-        Paths { base: format!("/treecache/{cluster}"), acls: Acls::anyone_read().to_vec(), credential: None }
+        Paths { base: format!("/treecache/{cluster}"), group: 0, acls: Acls::anyone_read().to_vec(), credential: None }
     }
 
     /// Paths for a node of the cluster: world READ, digest `treecache` ALL.
@@ -72,7 +81,12 @@ impl Paths {
             Acl::new(Permission::READ, AuthId::anyone()),
             Acl::new(Permission::ALL, AuthId::new("digest", &digest_id(&credential))),
         ];
-        Paths { base: format!("/treecache/{cluster}"), acls, credential: Some(credential) }
+        Paths { base: format!("/treecache/{cluster}"), group: 0, acls, credential: Some(credential) }
+    }
+
+    /// The same cluster seen from root group `group`.
+    pub fn in_group(&self, group: GroupId) -> Self {
+        Paths { group, ..self.clone() }
     }
 
     fn persistent(&self) -> CreateOptions<'_> {
@@ -90,14 +104,32 @@ impl Paths {
     pub fn base(&self) -> &str {
         &self.base
     }
+    /// The root group these paths belong to.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+    /// `groups/`: one directory per root group.
+    pub fn groups(&self) -> String {
+        format!("{}/groups", self.base)
+    }
+    /// `groups/<G>`: this group's directory.
+    pub fn group_dir(&self) -> String {
+        format!("{}/groups/{}", self.base, self.group)
+    }
     pub fn root(&self) -> String {
-        format!("{}/root", self.base)
+        format!("{}/root", self.group_dir())
     }
     pub fn leader(&self) -> String {
-        format!("{}/leader", self.base)
+        format!("{}/leader", self.group_dir())
     }
     pub fn election(&self) -> String {
-        format!("{}/election", self.base)
+        format!("{}/election", self.group_dir())
+    }
+    pub fn slots(&self) -> String {
+        format!("{}/slots", self.base)
+    }
+    pub fn moves(&self) -> String {
+        format!("{}/moves", self.base)
     }
     pub fn tree(&self) -> String {
         format!("{}/tree", self.base)
@@ -156,7 +188,7 @@ pub async fn ensure_layout(zk: &Client, paths: &Paths) -> Result<()> {
         Ok(_) | Err(ZkError::NodeExists) => {}
         Err(e) => return Err(Error::zk("create", top, e)),
     }
-    for dir in [paths.tree(), paths.live(), paths.election()] {
+    for dir in [paths.tree(), paths.live(), paths.election(), paths.moves()] {
         zk.mkdir(&dir, &paths.persistent()).await.map_err(|e| Error::zk("mkdir", dir.clone(), e))?;
     }
     Ok(())
@@ -440,6 +472,61 @@ pub async fn write_leader(zk: &Client, paths: &Paths, rec: &LeaderRecord, versio
         Ok(v) => Ok(Some(v)),
         Err(ZkError::BadVersion) | Err(ZkError::NodeExists) | Err(ZkError::NoNode) => Ok(None),
         Err(e) => Err(Error::zk("set", path, e)),
+    }
+}
+
+/// Reads the slot map and its znode version; `None` before any group
+/// leader made one.
+pub async fn read_slots(zk: &Client, paths: &Paths) -> Result<Option<(SlotMap, i32)>> {
+    let path = paths.slots();
+    match zk.get_data(&path).await {
+        Ok((data, stat)) => {
+            let map = SlotMap::from_json(&data).map_err(|e| Error::Internal(format!("{path}: {e}")))?;
+            Ok(Some((map, stat.version)))
+        }
+        Err(ZkError::NoNode) => Ok(None),
+        Err(e) => Err(Error::zk("get", path, e)),
+    }
+}
+
+/// The slot map, made first if the cluster has none: every slot to
+/// `group` (group 0's first leader makes it). Made by a create, so of two
+/// leaders racing one wins and both read the winner's map.
+pub async fn ensure_slots(zk: &Client, paths: &Paths, group: GroupId) -> Result<SlotMap> {
+    loop {
+        if let Some((map, _)) = read_slots(zk, paths).await? {
+            return Ok(map);
+        }
+        let path = paths.slots();
+        match zk.create(&path, &SlotMap::single(group).to_json(), &paths.persistent()).await {
+            Ok(_) | Err(ZkError::NodeExists) => {}
+            Err(e) => return Err(Error::zk("create", path, e)),
+        }
+    }
+}
+
+/// Writes the slot map if its znode is still at `version`. `false`: it
+/// changed since it was read (re-read, decide again).
+pub async fn write_slots(zk: &Client, paths: &Paths, map: &SlotMap, version: i32) -> Result<bool> {
+    let path = paths.slots();
+    match zk.set_data(&path, &map.to_json(), Some(version)).await {
+        Ok(_) => Ok(true),
+        Err(ZkError::BadVersion) => Ok(false),
+        Err(e) => Err(Error::zk("set", path, e)),
+    }
+}
+
+/// The root groups that have a directory under `groups/`, ascending.
+pub async fn list_groups(zk: &Client, paths: &Paths) -> Result<Vec<GroupId>> {
+    let dir = paths.groups();
+    match zk.list_children(&dir).await {
+        Ok(names) => {
+            let mut groups: Vec<GroupId> = names.iter().filter_map(|n| n.parse().ok()).collect();
+            groups.sort_unstable();
+            Ok(groups)
+        }
+        Err(ZkError::NoNode) => Ok(vec![]),
+        Err(e) => Err(Error::zk("list", dir, e)),
     }
 }
 
