@@ -213,6 +213,7 @@ impl Node {
         let uplink = &self.inner.uplink;
         let mut backoff = Duration::from_millis(50);
         let mut failures = 0u32;
+        let mut last_changing = false;
         loop {
             let Some(link) = self.link() else {
                 // Not placed yet (or the root): nothing can go up.
@@ -245,6 +246,7 @@ impl Node {
                         log::info!("the uplink delivers again after {failures} failed tries");
                     }
                     failures = 0;
+                    last_changing = false;
                     backoff = Duration::from_millis(50);
                     let delay = self.args().fault_settle_delay_ms;
                     if delay > 0 {
@@ -288,17 +290,47 @@ impl Node {
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 && e.is_tree_changing() {
+                    let changing = e.is_tree_changing();
+                    if failures == 1 && changing {
                         log::info!("{} writes go up again once this node has its new place: {e}", batch.len());
-                    } else if failures == 1 || failures.is_multiple_of(20) {
+                    } else if failures == 1 || failures.is_multiple_of(20) || changing != last_changing {
                         log::warn!("sending {} writes up failed (try {failures}; retrying): {e}", batch.len());
                     }
+                    last_changing = changing;
                     self.requeue(batch);
                     if self.is_shutting_down() {
                         return;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    if self.moved_during(&link, backoff).await {
+                        // A new parent (or a reset): try it at once.
+                        backoff = Duration::from_millis(50);
+                    } else {
+                        // The tree settling (a parent that has not heard
+                        // of us yet) takes moments: retry soon. A parent
+                        // that is down is tried less often.
+                        let cap = if changing { Duration::from_millis(250) } else { Duration::from_secs(1) };
+                        backoff = (backoff * 2).min(cap);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits out `backoff` after a failed send over `link`, unless the
+    /// link changes first (the node took a new place: a failover, a
+    /// re-attachment): then returns `true` at once, so writes held through
+    /// a takeover go up as soon as there is somewhere to send them, not a
+    /// backoff later. New writes also wake the uplink; they do not cut the
+    /// backoff short, or a dead parent would be retried at the write rate.
+    async fn moved_during(&self, link: &Link, backoff: Duration) -> bool {
+        let until = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return false,
+                _ = self.inner.uplink.wake.notified() => {
+                    if self.link().as_ref() != Some(link) {
+                        return true;
+                    }
                 }
             }
         }
