@@ -140,6 +140,23 @@ async fn a_standby_syncs_serves_reads_forwards_writes_and_refuses_bad_batches() 
     )
     .await;
     assert_eq!(status, 400, "a damaged batch: {body}");
+    // Resuming: only a session's first batch, never with a snapshot, and
+    // only from a position the standby holds.
+    let (status, body) =
+        internal(&c, format!("{url}/internal/replicate?session=5&resume=1&from=1&to=1"), &hdrs, vec![]).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("bad_parameter")), "resume, not first: {body}");
+    let snap_resume = format!("{url}/internal/replicate?session=5&first=true&snapshot=true&resume=1&from=0&to=0");
+    let (status, body) = internal(&c, snap_resume, &hdrs, vec![]).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("bad_parameter")), "resume with a snapshot: {body}");
+    let far = format!("{url}/internal/replicate?session=5&first=true&resume=999999&from=999999&to=999999");
+    let (status, body) = internal(&c, far, &hdrs, vec![]).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("cannot_resume")), "{body}");
+    // A stream position is the standby's own word: never taken in a batch.
+    let position = treecache::log::Position { epoch: epoch.parse().unwrap(), seq: 999_999 };
+    let forged = treecache::replication::position_frame(position);
+    let (status, body) =
+        internal(&c, format!("{url}/internal/replicate?session=5&first=true&from=0&to=0"), &hdrs, forged).await;
+    assert_eq!(status, 400, "a position in a batch: {body}");
     // A cache is no standby; a standby is no leader.
     let (status, body) =
         internal(&c, format!("{}/internal/replicate?session=5&first=true&from=0&to=0", c.url(1)), &hdrs, vec![]).await;
