@@ -86,6 +86,12 @@ pub struct NodeArgs {
     /// Write a snapshot once the commit log has grown this much, e.g. 64MiB.
     #[arg(long, env = "TREECACHE_SNAPSHOT_BYTES", value_parser = parse_bytes, default_value = "64MiB")]
     pub snapshot_bytes: u64,
+    /// Bytes of its newest commits a leader keeps in memory, e.g. 64MiB: a
+    /// standby that returns (a restart with its --data-dir, a pause)
+    /// while they still reach back to what it holds takes only what it
+    /// missed, not a whole snapshot. 0: every return takes a snapshot.
+    #[arg(long, env = "TREECACHE_REPLICATION_TAIL", value_parser = parse_bytes, default_value = "64MiB")]
+    pub replication_tail: u64,
     /// Start even though the commit log is corrupt: cut it at the damage,
     /// losing every record after it. An operator's decision, never a default.
     #[arg(long, env = "TREECACHE_LOG_TRUNCATE_CORRUPT", value_parser = BoolishValueParser::new())]
@@ -292,6 +298,14 @@ impl NodeArgs {
         }
         if self.snapshot_bytes == 0 {
             return Err("--snapshot-bytes must be greater than zero, e.g. 64MiB".into());
+        }
+        if self.replication_tail > crate::replication::MAX_QUEUED_BYTES as u64 {
+            return Err(format!(
+                "--replication-tail {}: at most {}MiB (a standby further behind than a stream holds takes a \
+                 snapshot anyway)",
+                self.replication_tail,
+                crate::replication::MAX_QUEUED_BYTES >> 20
+            ));
         }
         if self.log_segment_bytes < 4096 {
             return Err("--log-segment-bytes must be at least 4KiB".into());
@@ -603,6 +617,12 @@ mod tests {
         let snap = node(&["--snapshot-bytes", "0"]).unwrap_err();
         assert!(snap.contains("--snapshot-bytes") && !snap.contains("segment"), "no hidden flag named: {snap}");
         assert_eq!(node(&["--snapshot-bytes", "1MiB"]).unwrap().snapshot_bytes, 1 << 20);
+        assert_eq!(node(&[]).unwrap().replication_tail, 64 << 20);
+        assert_eq!(node(&["--replication-tail", "0"]).unwrap().replication_tail, 0, "0: always a snapshot");
+        assert_eq!(node(&["--replication-tail", "1.5MiB"]).unwrap().replication_tail, 3 << 19);
+        let big = node(&["--replication-tail", "1GiB"]).unwrap_err();
+        assert!(big.contains("--replication-tail") && big.contains("256MiB"), "{big}");
+        assert!(node(&["--replication-tail", "lots"]).is_err());
         assert!(node(&["--max-memory", "0"]).is_err());
         let root = node(&["--root", "--max-memory", "64MiB"]).unwrap_err();
         assert!(root.contains("source of truth"), "{root}");

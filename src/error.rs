@@ -83,6 +83,8 @@ pub enum Error {
     NotInSync(String),
     #[error("this node is not a standby root")]
     NotStandby,
+    #[error("this standby cannot resume the leader's stream: {0}; it needs a snapshot")]
+    CannotResume(String),
     #[error("no leader: {0}")]
     NoInSyncRoot(String),
     #[error("the condition on the write of {key:?} is false ({}): nothing was written", match current {
@@ -149,6 +151,7 @@ impl Error {
             Error::Deposed | Error::NotLeading => "not_leader",
             Error::NotInSync(_) => "not_in_sync",
             Error::NotStandby => "not_standby",
+            Error::CannotResume(_) => "cannot_resume",
             Error::NoInSyncRoot(_) => "no_insync_root",
             Error::PreconditionFailed { .. } => "precondition_failed",
         }
@@ -231,7 +234,8 @@ impl ResponseError for Error {
             | Error::NotParent { .. }
             | Error::StaleGeneration { .. }
             | Error::WriteRefused { .. }
-            | Error::NotStandby => StatusCode::CONFLICT,
+            | Error::NotStandby
+            | Error::CannotResume(_) => StatusCode::CONFLICT,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,

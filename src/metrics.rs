@@ -79,6 +79,10 @@ const UPSTREAM_OUTCOMES: &[&str] = &["ok", "error"];
 /// registered nor following a leader yet).
 pub const ROLES: &[&str] = &["none", "root", "standby", "inner", "leaf"];
 
+/// What a replication batch carries, the `kind` label of
+/// `treecache_replication_bytes_total`.
+pub const REPLICATION_KINDS: &[&str] = &["snapshot", "tail", "stream"];
+
 /// ZooKeeper session states, the `state` label of `treecache_zk_session_state`
 /// (`none`: no session yet).
 pub const ZK_STATES: &[&str] =
@@ -102,6 +106,8 @@ macro_rules! metrics {
             pub push_lag: Histogram,
             zk_session: Family<[(&'static str, &'static str); 1], Gauge>,
             role: Family<[(&'static str, &'static str); 1], Gauge>,
+            /// `treecache_replication_bytes_total{kind}`, a series per [`REPLICATION_KINDS`].
+            replication_bytes: Family<[(&'static str, &'static str); 1], Counter>,
         }
 
         impl Metrics {
@@ -157,6 +163,18 @@ macro_rules! metrics {
                      root, inner, leaf)",
                     role.clone(),
                 );
+                let replication_bytes = Family::default();
+                registry.register(
+                    "replication_bytes",
+                    "Bytes of replication batches a leader sent its standby roots and they took, by kind \
+                     (snapshot: a standby starting over; tail: what a returning standby missed, from \
+                     --replication-tail; stream: commits as they come)",
+                    replication_bytes.clone(),
+                );
+                for kind in REPLICATION_KINDS {
+                    // Each kind shows (at 0) before its first batch.
+                    drop(replication_bytes.get_or_create(&[("kind", *kind)]));
+                }
                 Metrics {
                     registry,
                     $($counter,)*
@@ -166,6 +184,7 @@ macro_rules! metrics {
                     push_lag,
                     zk_session,
                     role,
+                    replication_bytes,
                 }
             }
         }
@@ -298,6 +317,12 @@ impl Metrics {
         for s in ZK_STATES {
             self.zk_session.get_or_create(&[("state", s)]).set(i64::from(*s == state));
         }
+    }
+
+    /// A replication batch of `bytes` taken by a standby; `kind` one of
+    /// [`REPLICATION_KINDS`].
+    pub fn replication_sent(&self, kind: &'static str, bytes: usize) {
+        self.replication_bytes.get_or_create(&[("kind", kind)]).inc_by(bytes as u64);
     }
 
     /// What this node is now, one of [`ROLES`].

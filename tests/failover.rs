@@ -140,6 +140,23 @@ async fn a_standby_syncs_serves_reads_forwards_writes_and_refuses_bad_batches() 
     )
     .await;
     assert_eq!(status, 400, "a damaged batch: {body}");
+    // Resuming: only a session's first batch, never with a snapshot, and
+    // only from a position the standby holds.
+    let (status, body) =
+        internal(&c, format!("{url}/internal/replicate?session=5&resume=1&from=1&to=1"), &hdrs, vec![]).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("bad_parameter")), "resume, not first: {body}");
+    let snap_resume = format!("{url}/internal/replicate?session=5&first=true&snapshot=true&resume=1&from=0&to=0");
+    let (status, body) = internal(&c, snap_resume, &hdrs, vec![]).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("bad_parameter")), "resume with a snapshot: {body}");
+    let far = format!("{url}/internal/replicate?session=5&first=true&resume=999999&from=999999&to=999999");
+    let (status, body) = internal(&c, far, &hdrs, vec![]).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("cannot_resume")), "{body}");
+    // A stream position is the standby's own word: never taken in a batch.
+    let position = treecache::log::Position { epoch: epoch.parse().unwrap(), seq: 999_999 };
+    let forged = treecache::replication::position_frame(position);
+    let (status, body) =
+        internal(&c, format!("{url}/internal/replicate?session=5&first=true&from=0&to=0"), &hdrs, forged).await;
+    assert_eq!(status, 400, "a position in a batch: {body}");
     // A cache is no standby; a standby is no leader.
     let (status, body) =
         internal(&c, format!("{}/internal/replicate?session=5&first=true&from=0&to=0", c.url(1)), &hdrs, vec![]).await;
@@ -792,4 +809,192 @@ async fn a_plain_read_of_a_held_key_never_waits_for_a_leader() {
     assert_eq!(r.status, 503, "stale, its parent gone: {}", r.text());
     assert!(r.headers.contains_key("retry-after"));
     assert_eq!(c.metric(1, "failover_waits_total").await, 0.0, "the read was not held");
+}
+
+// ---- a returning standby: the tail it missed, or a snapshot ----
+
+/// `treecache_replication_bytes_total{kind}` at node `i`.
+async fn replication_bytes(c: &Cluster, i: usize, kind: &str) -> f64 {
+    c.metric(i, &format!("replication_bytes_total{{kind=\"{kind}\"}}")).await
+}
+
+/// Writes `keys` at node `i`, 32 at a time; panics on a failure.
+async fn put_all(c: &Cluster, i: usize, keys: &[(String, String)]) {
+    use futures::StreamExt;
+    futures::stream::iter(keys)
+        .map(|(k, v)| async move { (k, c.put(i, k, v, "").await) })
+        .buffer_unordered(32)
+        .for_each(|(k, (status, body))| async move {
+            assert!(status == 200 || status == 201, "PUT {k}: {status} {body}");
+        })
+        .await;
+}
+
+/// Every key of `want` (value, or `None`: absent) read at node `i`,
+/// 32 at a time: the ones that differ, as (key, got, want).
+async fn differing(c: &Cluster, i: usize, want: &HashMap<String, Option<String>>) -> Vec<(String, String, String)> {
+    use futures::StreamExt;
+    futures::stream::iter(want)
+        .map(|(k, v)| async move {
+            let r = c.get(i, k, "").await;
+            let got = if r.status == 404 { None } else { Some(r.text()) };
+            (k.clone(), got, v.clone())
+        })
+        .buffer_unordered(32)
+        .filter_map(|(k, got, want)| async move { (got != want).then(|| (k, format!("{got:?}"), format!("{want:?}"))) })
+        .collect()
+        .await
+}
+
+/// Panics unless node `i` holds `want` (see [`differing`]).
+async fn assert_holds(c: &Cluster, i: usize, want: &HashMap<String, Option<String>>) {
+    let wrong = differing(c, i, want).await;
+    assert!(wrong.is_empty(), "{} keys differ at node {i}, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+}
+
+/// A durable leader with `root_args`, an in-sync standby with its own
+/// data directory, and `n` keys written after it joined: the cluster,
+/// the standby's index, its directory and what every key holds.
+async fn with_standby_and_keys(
+    root_args: &[&str],
+    n: usize,
+) -> (Cluster, usize, tempfile::TempDir, HashMap<String, Option<String>>) {
+    let mut c = cluster(1, root_args).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = add_standby(&mut c, dir.path(), &[]).await;
+    wait_until(Duration::from_secs(20), "the standby in sync", || async { in_sync(&c).await.len() == 2 }).await;
+    let keys: Vec<(String, String)> = (0..n).map(|i| (format!("key-{i:05}"), value("first", i))).collect();
+    put_all(&c, 0, &keys).await;
+    let want = keys.into_iter().map(|(k, v)| (k, Some(v))).collect();
+    (c, s, dir, want)
+}
+
+/// A value of about 60 bytes for key `i`, generation `g`.
+fn value(g: &str, i: usize) -> String {
+    format!("{g}-{i:05}-{}", "v".repeat(48))
+}
+
+/// The standby down (kill -9) for at least 2 s while the leader writes
+/// `while_down` (overwrites, deletes and new keys), then back with its
+/// --data-dir and in sync. Returns the leader's replication bytes of each
+/// kind sent meanwhile: (snapshot, tail).
+async fn stop_standby_and_write(
+    c: &mut Cluster,
+    s: usize,
+    want: &mut HashMap<String, Option<String>>,
+    while_down: usize,
+) -> (f64, f64) {
+    let ids = in_sync(c).await;
+    let (snap0, tail0) = (replication_bytes(c, 0, "snapshot").await, replication_bytes(c, 0, "tail").await);
+    c.kill(s);
+    let back_at = Instant::now() + Duration::from_secs(2);
+    let over: Vec<(String, String)> = (0..while_down).map(|i| (format!("key-{i:05}"), value("down", i))).collect();
+    put_all(c, 0, &over).await;
+    want.extend(over.into_iter().map(|(k, v)| (k, Some(v))));
+    for i in while_down..while_down + 20 {
+        let key = format!("key-{i:05}");
+        let (status, body) = c.del(0, &key, "").await;
+        assert_eq!(status, 200, "DELETE {key}: {body}");
+        want.insert(key, None);
+    }
+    let new: Vec<(String, String)> = (0..50).map(|i| (format!("new-{i}"), value("new", i))).collect();
+    put_all(c, 0, &new).await;
+    want.extend(new.into_iter().map(|(k, v)| (k, Some(v))));
+    wait_past(back_at).await;
+    c.restart(s).await;
+    wait_until(Duration::from_secs(30), "the standby back in the in-sync set", || async { in_sync(c).await == ids })
+        .await;
+    (replication_bytes(c, 0, "snapshot").await - snap0, replication_bytes(c, 0, "tail").await - tail0)
+}
+
+/// Issue 20: a standby stopped for 2 s (kill -9, back with its
+/// --data-dir) while 10,000 keys exist takes what it missed from the
+/// leader's tail: less than a tenth of the snapshot it joined with, and
+/// every key right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_back_from_a_kill_takes_only_the_tail_it_missed() {
+    let mut c = cluster(1, &["--insync-timeout", "1s"]).await;
+    let keys: Vec<(String, String)> = (0..10_000).map(|i| (format!("key-{i:05}"), value("first", i))).collect();
+    put_all(&c, 0, &keys).await;
+    let mut want: HashMap<String, Option<String>> = keys.into_iter().map(|(k, v)| (k, Some(v))).collect();
+    // It joins with the 10,000 keys there: its snapshot is the yardstick.
+    let dir = tempfile::tempdir().unwrap();
+    let s = add_standby(&mut c, dir.path(), &[]).await;
+    wait_until(Duration::from_secs(20), "the standby in sync", || async { in_sync(&c).await.len() == 2 }).await;
+    let snapshot = replication_bytes(&c, 0, "snapshot").await;
+    assert!(snapshot > 10_000.0 * 60.0, "a snapshot of 10,000 keys: {snapshot} bytes");
+    assert_eq!(replication_bytes(&c, 0, "tail").await, 0.0);
+
+    let (snapshot_again, tail) = stop_standby_and_write(&mut c, s, &mut want, 200).await;
+    eprintln!("snapshot of 10,000 keys: {snapshot} bytes; the tail on return: {tail} bytes");
+    assert_eq!(snapshot_again, 0.0, "no snapshot on return");
+    assert!(tail > 0.0, "what it missed came from the tail");
+    assert!(tail < snapshot / 10.0, "tail {tail} bytes, not under a tenth of the snapshot's {snapshot}");
+    assert!(c.log_text(0).contains("resuming it from the tail"), "the leader says it resumed");
+    assert_holds(&c, s, &want).await;
+    // Still following the stream: a write now reaches it too.
+    put_root(&c, 0, "after", "a").await.unwrap();
+    assert_eq!(c.get(s, "after", "").await.text(), "a");
+}
+
+/// A tail smaller than what the standby missed: it takes a snapshot, and
+/// every key is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_missed_more_than_the_tail_takes_a_snapshot() {
+    let (mut c, s, _dir, mut want) =
+        with_standby_and_keys(&["--insync-timeout", "1s", "--replication-tail", "4KiB"], 1_000).await;
+    // 300 writes of ~100 bytes each: far more than 4 KiB.
+    let (snapshot, tail) = stop_standby_and_write(&mut c, s, &mut want, 230).await;
+    assert!(snapshot > 1_000.0 * 60.0, "a whole snapshot: {snapshot} bytes");
+    assert_eq!(tail, 0.0, "nothing from the tail");
+    assert!(c.log_text(0).contains("which the tail cannot resume"), "the leader says why");
+    assert_holds(&c, s, &want).await;
+}
+
+/// A root that led an older epoch, and may hold commits the new leader
+/// never had, comes back (kill -9, restart with its --data-dir) after
+/// another root took over and wrote: it does not resume from its own log
+/// (the new leader's stream numbers frames of another epoch), it takes a
+/// snapshot, and holds every key as the new leader does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_leader_back_after_a_takeover_takes_a_snapshot_not_its_diverged_log() {
+    let (mut c, s, _dir, mut want) = with_standby_and_keys(&["--insync-timeout", "1s"], 500).await;
+    let old_epoch = leader_znode(&c).await["epoch"].as_u64().unwrap();
+    c.pause(0);
+    wait_until(Duration::from_secs(40), "the standby to take over", || async {
+        let h = c.health(s).await;
+        h["role"] == "root" && h["epoch"].as_u64() > Some(old_epoch)
+    })
+    .await;
+    // The new leader writes: as many frames as the old one numbered, and more.
+    let over: Vec<(String, String)> = (0..600).map(|i| (format!("key-{:05}", i % 500), value("new", i))).collect();
+    put_all(&c, s, &over).await;
+    want.extend(over.into_iter().map(|(k, v)| (k, Some(v))));
+    for i in 0..10 {
+        let key = format!("key-{i:05}");
+        assert_eq!(c.del(s, &key, "").await.0, 200);
+        want.insert(key, None);
+    }
+    // The old leader wakes and, not yet told, takes writes: whatever it
+    // commits to its own log is not the new leader's (unless the new one
+    // has it: the old one may pass them on once it follows).
+    c.resume(0);
+    let touched = ["key-00100", "only-old"];
+    for key in touched {
+        let _ = c.put(0, key, "from the old leader", "").await;
+    }
+    let (snap0, tail0) = (replication_bytes(&c, s, "snapshot").await, replication_bytes(&c, s, "tail").await);
+    c.restart(0).await;
+    let (leader, old) = (c.id(s).await, c.id(0).await);
+    wait_until(Duration::from_secs(40), "the old leader in sync with the new one", || async {
+        in_sync(&c).await == [leader.min(old), leader.max(old)]
+    })
+    .await;
+    for key in touched {
+        let r = c.get(s, key, "?consistent=true").await;
+        want.insert(key.to_string(), (r.status == 200).then(|| r.text()));
+    }
+    assert_holds(&c, 0, &want).await;
+    assert!(replication_bytes(&c, s, "snapshot").await > snap0, "it took a snapshot");
+    assert_eq!(replication_bytes(&c, s, "tail").await, tail0, "nothing from the tail");
 }

@@ -203,18 +203,20 @@ pub async fn standby(node: ThinData<Node>, req: HttpRequest, body: web::Payload)
     Ok(HttpResponse::Ok().json(node.add_standby(request).await?))
 }
 
-/// `POST /internal/replicate?session=S&first=B&from=F&to=T&in_sync=B` at a
-/// standby: a batch of the leader's stream (log frames); answers once it
-/// is applied and durable here.
+/// `POST /internal/replicate?session=S&first=B[&resume=P][&snapshot=B]&from=F&to=T&in_sync=B`
+/// at a standby: a batch of the leader's stream (log frames); answers once
+/// it is applied and durable here.
 pub async fn replicate(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
     let epoch =
         epoch_of(&req)?.ok_or_else(|| Error::bad_param(crate::node::EPOCH_HEADER, "required: the leader's epoch"))?;
     let from = from_of(&req)?;
-    let q = Query::parse(&req, &["session", "first", "from", "to", "in_sync", "durable"])?;
+    let q = Query::parse(&req, &["session", "first", "resume", "snapshot", "from", "to", "in_sync", "durable"])?;
     let required = |name: &'static str| q.u64(name)?.ok_or_else(|| Error::bad_param(name, "required"));
     let info = crate::node::BatchInfo {
         session: required("session")?,
         first: q.bool("first")?.unwrap_or(false),
+        resume: q.u64("resume")?,
+        snapshot: q.bool("snapshot")?.unwrap_or(false),
         from: required("from")?,
         to: required("to")?,
         in_sync: q.bool("in_sync")?.unwrap_or(false),
@@ -222,6 +224,9 @@ pub async fn replicate(node: ThinData<Node>, req: HttpRequest, body: web::Payloa
     };
     if info.from > info.to {
         return Err(Error::bad_param("from", format!("{} is after to={}", info.from, info.to)));
+    }
+    if info.resume.is_some() && (!info.first || info.snapshot) {
+        return Err(Error::bad_param("resume", "only the first batch of a session resumes, and not with a snapshot"));
     }
     let body = read_body(&req, body, crate::replication::BATCH_BYTES + MAX_BATCH_BYTES).await?;
     node.receive_replicate(from, epoch, info, &body).await?;

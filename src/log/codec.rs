@@ -18,7 +18,7 @@
 
 use bytes::Bytes;
 
-use super::Record;
+use super::{Position, Record};
 use crate::store::{Update, WriteId};
 
 /// Header bytes before the payload.
@@ -35,6 +35,7 @@ const KIND_EPOCH: u8 = 2;
 const KIND_SNAPSHOT_HEADER: u8 = 3;
 const KIND_WRITE_OUTCOME: u8 = 4;
 const KIND_SNAPSHOT_END: u8 = 5;
+const KIND_POSITION: u8 = 6;
 
 const FLAG_VALUE: u8 = 1;
 const FLAG_EXPIRES: u8 = 2;
@@ -55,6 +56,10 @@ pub enum Entry {
     WriteOutcome(WriteId, u64),
     /// Last frame of a snapshot: without it the snapshot is incomplete.
     SnapshotEnd { records: u64, write_ids: u64 },
+    /// A standby's log: everything of its leader's stream up to here is
+    /// in the frames before (see [`Position`]). An [`Entry::Epoch`] after
+    /// it (this root led) makes it void.
+    Position(Position),
 }
 
 /// The frame length for a payload of `len` bytes, padding included.
@@ -129,6 +134,11 @@ fn encode_payload(entry: &Entry, out: &mut Vec<u8>) {
             put_u64(out, *records);
             put_u64(out, *write_ids);
         }
+        Entry::Position(p) => {
+            out.push(KIND_POSITION);
+            put_u64(out, p.epoch);
+            put_u64(out, p.seq);
+        }
     }
 }
 
@@ -195,6 +205,7 @@ pub fn decode_payload(payload: &[u8]) -> Result<Entry, String> {
         }
         KIND_WRITE_OUTCOME => Entry::WriteOutcome(r.write_id()?, r.u64()?),
         KIND_SNAPSHOT_END => Entry::SnapshotEnd { records: r.u64()?, write_ids: r.u64()? },
+        KIND_POSITION => Entry::Position(Position { epoch: r.u64()?, seq: r.u64()? }),
         other => return Err(format!("unknown record kind {other}")),
     };
     if r.pos != payload.len() {
@@ -356,6 +367,7 @@ mod tests {
             Entry::SnapshotHeader { next_segment: 4, max_version: 10, max_epoch: 2 },
             Entry::WriteOutcome(id, 0),
             Entry::SnapshotEnd { records: 1, write_ids: 1 },
+            Entry::Position(crate::log::Position { epoch: 3, seq: 41 }),
         ];
         let buf = file(&entries);
         assert_eq!(buf.len() % ALIGN, 0);

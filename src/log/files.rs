@@ -252,6 +252,9 @@ pub fn write_snapshot(
         Ok(())
     };
     codec::encode(&Entry::SnapshotHeader { next_segment, max_version, max_epoch }, &mut buf);
+    if let Some(p) = snap.position {
+        codec::encode(&Entry::Position(p), &mut buf);
+    }
     for r in &snap.records {
         codec::encode(&Entry::Write(r.clone()), &mut buf);
         if buf.len() >= 60 << 10 {

@@ -63,6 +63,17 @@ pub struct Record {
     pub write_id: Option<WriteId>,
 }
 
+/// A point in a leader's replication stream: the leader of epoch `epoch`
+/// numbers every frame it streams, `seq` from 1 (DESIGN.md "Root
+/// failover"). A standby's log records the position its frames reach
+/// ([`codec::Entry::Position`]), so that after a restart it can ask its
+/// leader for the rest instead of a whole snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
 /// What a start found on disk.
 #[derive(Clone, Debug, Default)]
 pub struct Recovered {
@@ -77,6 +88,10 @@ pub struct Recovered {
     /// Where the log was cut, a torn tail or (under `--log-truncate-corrupt`)
     /// corruption: the file and the offset it now ends at.
     pub truncated_tail: Option<(PathBuf, u64)>,
+    /// A standby's log: the last stream position it recorded, unless an
+    /// epoch began after it (this root led since: what it holds may no
+    /// longer be a prefix of any leader's stream).
+    pub position: Option<Position>,
 }
 
 /// What the node hands a snapshot: its whole state (a fuzzy dump is fine).
@@ -84,6 +99,9 @@ pub struct Recovered {
 pub struct Snapshot {
     pub records: Vec<Record>,
     pub write_ids: Vec<(WriteId, u64)>,
+    /// A standby's stream position, read before the records were: they
+    /// hold everything up to it.
+    pub position: Option<Position>,
 }
 
 /// Settings beyond the fsync policy.
@@ -504,7 +522,7 @@ mod tests {
         // The node's state: the newest version of each key.
         let state: Vec<Record> = (191..=200).map(|v| rec(&format!("k{}", v % 10), v)).collect();
         let id = WriteId { origin: 4, incarnation: 5, seq: 6 };
-        let snap = Snapshot { records: state.clone(), write_ids: vec![(id, 200)] };
+        let snap = Snapshot { records: state.clone(), write_ids: vec![(id, 200)], position: None };
         assert_eq!(log.snapshot(move || snap).await.unwrap(), Some(200));
         assert_eq!(log.stats().segments.load(Ordering::Relaxed), 1, "{before} segments before");
         assert_eq!(log.stats().last_snapshot_version.load(Ordering::Relaxed), 200);
@@ -519,6 +537,47 @@ mod tests {
         assert_eq!(versions(&r), want);
         assert_eq!((r.max_version, r.max_epoch), (205, 2), "the epoch outlives its deleted segment");
         assert_eq!(r.write_ids, vec![(id, 200)]);
+    }
+
+    /// Frames and the position after them, as a standby appends a batch.
+    fn batch_with_position(versions: std::ops::RangeInclusive<u64>, position: Position) -> (Vec<u8>, u64) {
+        let mut frames = Vec::new();
+        for v in versions.clone() {
+            codec::encode(&codec::Entry::Write(rec(&format!("k{v}"), v)), &mut frames);
+        }
+        codec::encode(&codec::Entry::Position(position), &mut frames);
+        (frames, versions.count() as u64)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_standbys_stream_position_survives_a_restart_and_a_snapshot_until_an_epoch_voids_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, r) = reopen(dir.path(), Fsync::Always, opts()).await;
+        assert_eq!(r.position, None);
+        let (p1, p2) = (Position { epoch: 4, seq: 10 }, Position { epoch: 4, seq: 20 });
+        let (frames, n) = batch_with_position(1..=10, p1);
+        log.append_frames(frames, n, 10, 4).await.unwrap();
+        drop(log);
+        let (log, r) = reopen(dir.path(), Fsync::Always, opts()).await;
+        assert_eq!((r.position, r.records.len()), (Some(p1), 10));
+        // A snapshot keeps the position it was given; later frames win.
+        let state: Vec<Record> = (1..=10).map(|v| rec(&format!("k{v}"), v)).collect();
+        let snap = Snapshot { records: state, write_ids: vec![], position: Some(p1) };
+        log.snapshot(move || snap).await.unwrap();
+        drop(log);
+        let (log, r) = reopen(dir.path(), Fsync::Always, opts()).await;
+        assert_eq!(r.position, Some(p1), "from the snapshot");
+        let (frames, n) = batch_with_position(11..=20, p2);
+        log.append_frames(frames, n, 20, 4).await.unwrap();
+        drop(log);
+        let (log, r) = reopen(dir.path(), Fsync::Always, opts()).await;
+        assert_eq!((r.position, r.max_version), (Some(p2), 20));
+        // This root led (an epoch began here): its log is no longer a
+        // prefix of epoch 4's stream.
+        log.append_epoch(5).await.unwrap();
+        drop(log);
+        let (_, r) = reopen(dir.path(), Fsync::Always, opts()).await;
+        assert_eq!((r.position, r.max_epoch), (None, 5));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -611,7 +670,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = reopen(dir.path(), Fsync::Always, opts()).await;
         log.append(rec("k", 1)).await.unwrap();
-        log.snapshot(|| Snapshot { records: vec![rec("k", 1)], write_ids: vec![] }).await.unwrap();
+        log.snapshot(|| Snapshot { records: vec![rec("k", 1)], ..Snapshot::default() }).await.unwrap();
         drop(log);
         let snap = dir.path().join(format!("{SNAPSHOT_PREFIX}{:020}.snap", 2));
         let mut bytes = std::fs::read(&snap).unwrap();

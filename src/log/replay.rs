@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use super::codec::{scan, Damage, Entry};
-use super::{LogError, Record, Recovered};
+use super::{LogError, Position, Record, Recovered};
 use crate::store::WriteId;
 
 /// What a valid snapshot holds.
@@ -22,6 +22,8 @@ pub struct SnapshotContent {
     pub max_epoch: u64,
     pub records: Vec<Record>,
     pub write_ids: Vec<(WriteId, u64)>,
+    /// A standby's stream position when the snapshot was taken.
+    pub position: Option<Position>,
 }
 
 /// Decodes a snapshot file; any damage makes the whole snapshot bad
@@ -44,6 +46,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotContent, (usize, String)>
         match entry {
             Entry::Write(r) => content.records.push(r),
             Entry::WriteOutcome(id, v) => content.write_ids.push((id, v)),
+            Entry::Position(p) => content.position = Some(p),
             Entry::SnapshotEnd { records, write_ids } => {
                 if records != content.records.len() as u64 || write_ids != content.write_ids.len() as u64 {
                     let got = (content.records.len(), content.write_ids.len());
@@ -95,6 +98,7 @@ pub fn replay(
         }
         rec.records = s.records;
         rec.write_ids = s.write_ids;
+        rec.position = s.position;
     }
     let mut cut = None;
     for (i, seg) in segments.iter().enumerate() {
@@ -110,7 +114,14 @@ pub fn replay(
                         rec.records.push(r);
                     }
                 }
-                Entry::Epoch(e) => rec.max_epoch = rec.max_epoch.max(e),
+                // An epoch this root began (it led), or the first frame of
+                // a leader's snapshot stream (no position follows until
+                // the snapshot is whole): what came before is no position.
+                Entry::Epoch(e) => {
+                    rec.max_epoch = rec.max_epoch.max(e);
+                    rec.position = None;
+                }
+                Entry::Position(p) => rec.position = Some(p),
                 // A standby's log holds its leader's stream, which begins
                 // with the leader's snapshot: its write outcomes included.
                 Entry::WriteOutcome(id, version) => rec.write_ids.push((id, version)),

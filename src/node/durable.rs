@@ -32,6 +32,10 @@ impl Node {
         }
         self.inner.versions.fetch_max(recovered.max_version, Ordering::AcqRel);
         self.inner.epoch.fetch_max(recovered.max_epoch, Ordering::AcqRel);
+        self.restore_position(recovered.position, recovered.max_version);
+        if let Some(p) = recovered.position {
+            log::info!("a standby's log: it holds the stream of epoch {}'s leader up to {}", p.epoch, p.seq);
+        }
         log::info!(
             "commit log {}: replayed {} records ({} keys) in {:?}, versions continue above {}, epoch above {}",
             self.log().map_or_else(String::new, |l| l.dir().display().to_string()),
@@ -58,12 +62,14 @@ impl Node {
         });
     }
 
-    /// The store as snapshot records: every entry, tombstones and expired
-    /// ones included (a tombstone must keep beating an older put that the
+    /// The store as snapshot records (and a standby's stream position):
+    /// every entry, tombstones and expired ones included (a tombstone must keep beating an older put that the
     /// log after the snapshot may still hold). Taken shard by shard, so
     /// writes wait at most for one shard's read lock.
     pub(super) fn snapshot_source(&self) -> Snapshot {
         let epoch = self.epoch();
+        // Before the store is read: it holds everything up to it.
+        let position = self.held_position();
         let records = self
             .inner
             .store
@@ -80,7 +86,7 @@ impl Node {
                 write_id: None,
             })
             .collect();
-        Snapshot { records, write_ids: self.write_outcomes() }
+        Snapshot { records, write_ids: self.write_outcomes(), position }
     }
 
     /// Opens the log for a root started with `--data-dir` (blocking, before

@@ -192,7 +192,7 @@ impl Node {
                 url: args.advertise_url(),
                 paths: Paths::with_secret(&args.cluster, guard.secret()).in_group(args.group.unwrap_or(0)),
                 membership: membership::Membership::new(),
-                replica: replica::Replica::default(),
+                replica: replica::Replica::new(args.replication_tail),
                 args,
                 store,
                 http,

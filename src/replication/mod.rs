@@ -8,10 +8,15 @@
 //! stream. The node's sender task for the stream takes the head as a
 //! batch, sends it (one batch in flight: the order holds, and a slow
 //! standby slows only its own stream), and records the standby's
-//! acknowledgement, the highest sequence it holds durably. A stream
-//! begins with a snapshot of the leader's store, so a standby that
-//! (re)joins starts from the leader's state and drops whatever it held
-//! (a returning old leader's unreplicated tail included).
+//! acknowledgement, the highest sequence it holds durably. Sequences are
+//! the leader's, not the stream's: the leader of an epoch numbers every
+//! frame it streams (a [`Position`] is the epoch and a sequence), in one
+//! order for every stream, and keeps the newest of them in a bounded
+//! [`Tail`] (`--replication-tail`). A stream begins either with a
+//! snapshot of the leader's store (the standby drops whatever it held, a
+//! returning old leader's unreplicated commits included), or, when the
+//! standby holds the leader's stream of this very epoch up to a position
+//! the tail still follows on from, with the tail after that position.
 //!
 //! The stream's status says whether a commit waits for it:
 //! [`Status::CatchingUp`] (no), [`Status::Joining`] (yes, and a timeout
@@ -21,20 +26,22 @@
 //! stream per peer instead of a request per batch).
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 
 use crate::log::codec::{self, Entry};
+pub use crate::log::Position;
 use crate::log::Record;
 use crate::store::{NodeId, WriteId};
 
 /// Most bytes of frames one batch carries.
 pub const BATCH_BYTES: usize = 4 << 20;
 /// Most bytes a stream may hold unsent: past it the standby is too far
-/// behind to catch up from the stream; it is dropped and rejoins from a
-/// snapshot.
+/// behind to catch up from the stream; it is dropped and rejoins (from
+/// the tail if the tail still covers it, else from a snapshot).
 pub const MAX_QUEUED_BYTES: usize = 256 << 20;
 
 /// Whether the leader's commits wait for this stream's acknowledgement.
@@ -68,9 +75,10 @@ pub struct Progress {
 
 #[derive(Default)]
 struct Queue {
-    frames: VecDeque<(u64, Vec<u8>)>,
+    frames: VecDeque<(u64, Bytes)>,
     bytes: usize,
-    /// Sequence of the last frame queued.
+    /// Sequence of the last frame queued (or, before any, where the
+    /// stream starts).
     last: u64,
 }
 
@@ -89,38 +97,71 @@ pub struct Stream {
     /// Set once a close is under way (a stream past [`MAX_QUEUED_BYTES`]).
     pub closing: AtomicBool,
     /// Joining: the sequence the standby must hold before it joins `in_sync`.
-    pub join_target: std::sync::atomic::AtomicU64,
+    pub join_target: AtomicU64,
+    /// A resumed stream: the position the standby said it holds (no
+    /// snapshot unless it refuses to resume from there).
+    pub resume: Option<Position>,
+    /// A resumed stream: its backlog from the tail runs up to here (what
+    /// is sent up to it counts as `tail` bytes, not `stream`).
+    pub backlog_through: AtomicU64,
 }
 
 impl Stream {
-    pub fn new(id: NodeId, url: String, session: u64, durable: bool) -> Stream {
+    /// A stream that starts after the leader's sequence `last` (a
+    /// snapshot start: the frames up to `last` are in the leader's store).
+    pub fn new(id: NodeId, url: String, session: u64, durable: bool, last: u64) -> Stream {
         let (progress, _) = watch::channel(Progress { acked: 0, status: Status::CatchingUp });
         Stream {
             id,
             url,
             session,
             durable,
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue { last, ..Queue::default() }),
             progress,
             wake: Notify::new(),
             closing: AtomicBool::new(false),
-            join_target: std::sync::atomic::AtomicU64::new(0),
+            join_target: AtomicU64::new(0),
+            resume: None,
+            backlog_through: AtomicU64::new(0),
         }
     }
 
-    /// Queues frames (one per record), returning the sequence of the last
-    /// one (the stream's last if `frames` is empty), or `None` when the
-    /// stream is closed or has overflowed (the caller closes it).
-    pub fn enqueue(&self, frames: &[Vec<u8>]) -> Option<u64> {
+    /// A stream that resumes a standby holding everything up to `from`:
+    /// `backlog` (the tail after `from`, up to the leader's last sequence)
+    /// is queued first.
+    pub fn resuming(
+        id: NodeId,
+        url: String,
+        session: u64,
+        durable: bool,
+        from: Position,
+        backlog: Vec<(u64, Bytes)>,
+    ) -> Stream {
+        let through = backlog.last().map_or(from.seq, |(seq, _)| *seq);
+        let mut s = Stream::new(id, url, session, durable, from.seq);
+        s.resume = Some(from);
+        s.backlog_through = AtomicU64::new(through);
+        s.progress.send_modify(|p| p.acked = from.seq);
+        s.enqueue(&backlog);
+        s
+    }
+
+    /// Queues frames (one per record, numbered by the leader), returning
+    /// the sequence of the last one (the stream's last if `frames` is
+    /// empty), or `None` when the stream is closed or has overflowed (the
+    /// caller closes it). A frame at or below the last queued is skipped.
+    pub fn enqueue(&self, frames: &[(u64, Bytes)]) -> Option<u64> {
         if self.is_closed() {
             return None;
         }
         let mut q = self.queue.lock();
-        for f in frames {
-            q.last += 1;
+        for (seq, f) in frames {
+            if *seq <= q.last {
+                continue;
+            }
+            q.last = *seq;
             q.bytes += f.len();
-            let seq = q.last;
-            q.frames.push_back((seq, f.clone()));
+            q.frames.push_back((*seq, f.clone()));
         }
         let (last, bytes) = (q.last, q.bytes);
         drop(q);
@@ -128,6 +169,18 @@ impl Stream {
             self.wake.notify_one();
         }
         (bytes <= MAX_QUEUED_BYTES).then_some(last)
+    }
+
+    /// Drops the queued frames up to `seq`: a snapshot taken after the
+    /// leader numbered them carries them.
+    pub fn drop_through(&self, seq: u64) {
+        let mut q = self.queue.lock();
+        while q.frames.front().is_some_and(|(s, _)| *s <= seq) {
+            if let Some((_, f)) = q.frames.pop_front() {
+                q.bytes -= f.len();
+            }
+        }
+        q.last = q.last.max(seq);
     }
 
     /// The head of the queue as one batch, without removing it: the frames
@@ -150,14 +203,7 @@ impl Stream {
     /// The standby holds everything up to `seq`: drop it from the queue
     /// and wake whoever waits for it.
     pub fn acked(&self, seq: u64) {
-        {
-            let mut q = self.queue.lock();
-            while q.frames.front().is_some_and(|(s, _)| *s <= seq) {
-                if let Some((_, f)) = q.frames.pop_front() {
-                    q.bytes -= f.len();
-                }
-            }
-        }
+        self.drop_through(seq);
         self.progress.send_if_modified(|p| {
             let newer = seq > p.acked;
             p.acked = p.acked.max(seq);
@@ -208,12 +254,127 @@ impl Stream {
     }
 }
 
+/// The frame a standby appends after a batch's frames: it holds the
+/// leader's stream up to `position`.
+pub fn position_frame(position: Position) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    codec::encode(&Entry::Position(position), &mut out);
+    out
+}
+
 /// Frames from the head of a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     pub first: u64,
     pub last: u64,
     pub body: Vec<u8>,
+}
+
+/// The leader's newest frames, numbered, at most `cap` bytes of them:
+/// what a standby that returns may resume from. One per leadership: it
+/// begins empty with each epoch this root leads, so a [`Position`] of
+/// another epoch is never found in it (after a failover a standby's
+/// history may hold commits the new leader never had: the old leader's
+/// unreplicated ones, as Raft's and Kafka's leader epochs guard against;
+/// such a standby takes a snapshot).
+#[derive(Debug, Default)]
+pub struct Tail {
+    epoch: u64,
+    /// The sequence of the last frame numbered.
+    last: u64,
+    frames: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+    cap: usize,
+    /// Frames are kept only once a standby has registered this epoch: a
+    /// root without standbys spends no memory on them.
+    keep: bool,
+}
+
+impl Tail {
+    pub fn new(cap: usize) -> Tail {
+        Tail { cap, ..Tail::default() }
+    }
+
+    /// This root leads `epoch`: nothing kept yet. The numbering goes on
+    /// (streams that outlive a re-election in one process keep their
+    /// order); positions name the epoch, so none of an earlier one is
+    /// found here.
+    pub fn begin(&mut self, epoch: u64) {
+        *self = Tail { epoch, last: self.last, ..Tail::new(self.cap) };
+    }
+
+    /// No longer leading: nothing kept (the memory goes).
+    pub fn clear(&mut self) {
+        self.begin(self.epoch);
+    }
+
+    /// A standby registered: keep frames from now on.
+    pub fn keep(&mut self) {
+        self.keep = self.cap > 0;
+    }
+
+    pub fn is_kept(&self) -> bool {
+        self.keep
+    }
+
+    /// The leader's current position.
+    pub fn position(&self) -> Position {
+        Position { epoch: self.epoch, seq: self.last }
+    }
+
+    /// Numbers `frames` (kept while a standby registered, the oldest let
+    /// go past `cap` bytes).
+    pub fn push(&mut self, frames: &[Vec<u8>]) -> Vec<(u64, Bytes)> {
+        let numbered: Vec<(u64, Bytes)> = frames
+            .iter()
+            .map(|f| {
+                self.last += 1;
+                (self.last, Bytes::copy_from_slice(f))
+            })
+            .collect();
+        if self.keep {
+            for (seq, f) in &numbered {
+                self.bytes += f.len();
+                self.frames.push_back((*seq, f.clone()));
+            }
+            while self.bytes > self.cap {
+                match self.frames.pop_front() {
+                    Some((_, f)) => self.bytes -= f.len(),
+                    None => break,
+                }
+            }
+        } else {
+            self.frames.clear();
+            self.bytes = 0;
+        }
+        numbered
+    }
+
+    /// The frames after `from`, if this tail has every one of them (and
+    /// they fit a stream's queue); otherwise why not.
+    pub fn since(&self, from: Position) -> Result<Vec<(u64, Bytes)>, String> {
+        if from.epoch != self.epoch {
+            return Err(format!("it holds epoch {}'s stream, this leader streams epoch {}", from.epoch, self.epoch));
+        }
+        if from.seq > self.last {
+            return Err(format!("it says it holds up to {}, past this leader's last frame {}", from.seq, self.last));
+        }
+        // Everything from `first` on is here (nothing when empty).
+        let first = self.frames.front().map_or(self.last + 1, |(seq, _)| *seq);
+        if from.seq + 1 < first {
+            return Err(format!(
+                "the tail (--replication-tail {} bytes) begins at {first}, after its position {}",
+                self.cap, from.seq
+            ));
+        }
+        let skip = self.frames.partition_point(|(seq, _)| *seq <= from.seq);
+        let backlog: Vec<(u64, Bytes)> = self.frames.iter().skip(skip).cloned().collect();
+        let bytes: usize = backlog.iter().map(|(_, f)| f.len()).sum();
+        if bytes > MAX_QUEUED_BYTES {
+            return Err(format!("{bytes} bytes behind, more than a stream holds"));
+        }
+        Ok(backlog)
+    }
 }
 
 /// One committed write as a frame of the stream (and of the log).
@@ -273,7 +434,7 @@ pub struct Following {
     pub epoch: u64,
     /// The stream session being applied (0: none yet).
     pub session: u64,
-    /// The last stream sequence applied and made durable.
+    /// The last sequence of the leader's stream applied and made durable.
     pub applied: u64,
     /// The leader's last word on whether we are in `in_sync`.
     pub in_sync: bool,
@@ -290,11 +451,71 @@ mod tests {
         crate::log::test_record(key, version, None)
     }
 
+    /// Frames numbered from 1, as a leader's tail numbers them.
+    fn numbered(frames: impl IntoIterator<Item = Vec<u8>>) -> Vec<(u64, Bytes)> {
+        frames.into_iter().zip(1..).map(|(f, seq)| (seq, Bytes::from(f))).collect()
+    }
+
+    fn seqs(frames: &[(u64, Bytes)]) -> Vec<u64> {
+        frames.iter().map(|(seq, _)| *seq).collect()
+    }
+
+    #[test]
+    fn the_tail_resumes_only_its_own_epoch_from_a_position_it_still_covers() {
+        let frame = |v| frame_of(rec("k", v));
+        let one = frame(1).len();
+        let mut tail = Tail::new(3 * one);
+        tail.begin(5);
+        // No standby yet: numbered, not kept.
+        assert_eq!(seqs(&tail.push(&[frame(1), frame(2)])), [1, 2]);
+        assert_eq!(tail.position(), Position { epoch: 5, seq: 2 });
+        assert!(tail.since(Position { epoch: 5, seq: 2 }).unwrap().is_empty(), "caught up: nothing to send");
+        assert!(tail.since(Position { epoch: 5, seq: 1 }).unwrap_err().contains("begins at 3"));
+        tail.keep();
+        tail.push(&[frame(3), frame(4), frame(5), frame(6)]);
+        // Three frames fit: 4, 5, 6.
+        assert_eq!(seqs(&tail.since(Position { epoch: 5, seq: 3 }).unwrap()), [4, 5, 6]);
+        assert_eq!(seqs(&tail.since(Position { epoch: 5, seq: 5 }).unwrap()), [6]);
+        assert!(tail.since(Position { epoch: 5, seq: 2 }).unwrap_err().contains("begins at 4"));
+        assert!(tail.since(Position { epoch: 5, seq: 7 }).unwrap_err().contains("past this leader's last"));
+        // Another epoch's position, even at a sequence this tail holds:
+        // that history may hold what this leader never had.
+        assert!(tail.since(Position { epoch: 4, seq: 5 }).unwrap_err().contains("epoch 4"));
+        tail.begin(6);
+        assert!(tail.since(Position { epoch: 5, seq: 6 }).is_err(), "a new leadership starts empty");
+        assert_eq!(seqs(&tail.push(&[frame(7)])), [7], "and numbers on");
+        assert!(tail.since(Position { epoch: 6, seq: 6 }).unwrap_err().contains("begins at 8"), "not kept yet");
+        // --replication-tail 0: never kept, every return is a snapshot.
+        let mut none = Tail::new(0);
+        none.begin(1);
+        none.keep();
+        none.push(&[frame(1), frame(2)]);
+        assert!(!none.is_kept());
+        assert!(none.since(Position { epoch: 1, seq: 1 }).is_err());
+    }
+
+    #[test]
+    fn a_resumed_stream_starts_with_its_backlog_and_a_cut_drops_what_a_snapshot_carries() {
+        let backlog = numbered((1..=4).map(|v| frame_of(rec("k", v)))).split_off(2);
+        let from = Position { epoch: 3, seq: 2 };
+        let s = Stream::resuming(7, "http://s".into(), 1, true, from, backlog);
+        assert_eq!((s.progress().acked, s.last_queued()), (2, 4));
+        assert_eq!(s.backlog_through.load(std::sync::atomic::Ordering::Relaxed), 4);
+        assert_eq!(s.peek_batch().map(|b| (b.first, b.last)), Some((3, 4)));
+        // Frames the stream already has are not queued twice.
+        assert_eq!(s.enqueue(&numbered((1..=5).map(|v| frame_of(rec("k", v))))), Some(5));
+        assert_eq!(s.peek_batch().map(|b| (b.first, b.last)), Some((3, 5)));
+        s.drop_through(4);
+        assert_eq!(s.peek_batch().map(|b| (b.first, b.last)), Some((5, 5)));
+        let fresh = Stream::new(8, "http://t".into(), 2, true, 9);
+        assert_eq!(fresh.enqueue(&[]), Some(9), "a snapshot start: a barrier waits for what it carries");
+    }
+
     #[test]
     fn a_stream_hands_out_batches_in_order_and_forgets_what_was_acked() {
-        let s = Stream::new(7, "http://s".into(), 1, true);
+        let s = Stream::new(7, "http://s".into(), 1, true, 0);
         assert_eq!(s.peek_batch(), None);
-        let frames: Vec<Vec<u8>> = (1..=3).map(|v| frame_of(rec("k", v))).collect();
+        let frames = numbered((1..=3).map(|v| frame_of(rec("k", v))));
         assert_eq!(s.enqueue(&frames), Some(3));
         let b = s.peek_batch().unwrap();
         assert_eq!((b.first, b.last), (1, 3));
@@ -321,7 +542,7 @@ mod tests {
 
     #[test]
     fn batches_are_capped_by_bytes_but_carry_at_least_one_frame() {
-        let s = Stream::new(7, "http://s".into(), 1, true);
+        let s = Stream::new(7, "http://s".into(), 1, true, 0);
         let big = Record {
             epoch: 1,
             update: Update {
@@ -332,7 +553,7 @@ mod tests {
             },
             write_id: None,
         };
-        s.enqueue(&[frame_of(big), frame_of(rec("small", 2))]);
+        s.enqueue(&numbered([frame_of(big), frame_of(rec("small", 2))]));
         let b = s.peek_batch().unwrap();
         assert_eq!((b.first, b.last), (1, 1), "the big frame goes alone");
         s.acked(1);
@@ -341,12 +562,12 @@ mod tests {
 
     #[test]
     fn a_closed_stream_takes_nothing_and_statuses_change_only_from_the_expected_one() {
-        let s = Stream::new(7, "http://s".into(), 1, true);
+        let s = Stream::new(7, "http://s".into(), 1, true, 0);
         assert!(!s.change_status(Status::Joining, Status::InSync));
         assert!(s.change_status(Status::CatchingUp, Status::Joining));
         assert!(s.progress().status.is_waited_for());
         s.set_status(Status::Closed);
-        assert_eq!(s.enqueue(&[frame_of(rec("k", 1))]), None);
+        assert_eq!(s.enqueue(&numbered([frame_of(rec("k", 1))])), None);
         assert!(!s.progress().status.is_waited_for());
     }
 

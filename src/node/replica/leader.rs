@@ -1,6 +1,7 @@
 //! The leader's sender side of standby roots: a [`Stream`] per standby
-//! and its sender task (snapshot, then the commits in order, heartbeats
-//! when idle), the `leader` znode's in-sync set, changed only by
+//! and its sender task (snapshot, or the tail after what the standby
+//! holds, then the commits in order, heartbeats when idle), the bounded
+//! tail of numbered frames, the `leader` znode's in-sync set, changed only by
 //! conditional writes under one lock, and the wait in `make_durable` for
 //! every stream a commit must reach.
 //!
@@ -28,6 +29,16 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// again when it is back.
 const STREAM_GIVE_UP: Duration = Duration::from_secs(30);
 
+/// How sending one batch ended.
+enum Sent {
+    Taken,
+    /// The stream ended: closed, refused, or failing too long.
+    Ended,
+    /// The standby refused to resume from the position it registered
+    /// with (the error's text).
+    CannotResume(String),
+}
+
 /// What a commit waits for: streams and the sequence each must hold, and
 /// the ids in `in_sync` with no stream waited for (they must leave first).
 #[derive(Default)]
@@ -45,6 +56,11 @@ impl Node {
         r.deposed.store(false, Ordering::Release);
         *r.following.lock() = None;
         *r.refusing.lock() = None;
+        // Our own stream from here: a standby's position of any other
+        // epoch is not found in it. What we held as a standby is now
+        // our own history, no position in anyone's stream.
+        r.tail.lock().begin(rec.epoch);
+        *r.held.lock() = None;
         // Commits of an earlier leadership that never became durable are
         // not waited for any more (their writers were answered 503); a
         // standby's pending versions are ours now: what we hold is the
@@ -150,6 +166,7 @@ impl Node {
         let r = self.replica();
         r.deposed.store(true, Ordering::Release);
         r.in_sync_ids.lock().clear();
+        r.tail.lock().clear();
         for s in r.streams.lock().drain() {
             s.1.set_status(Status::Closed);
         }
@@ -260,26 +277,42 @@ impl Node {
         Ok(())
     }
 
-    /// Whether a commit concerns any standby: a stream is open, or
-    /// another root is in `in_sync`.
+    /// Whether a commit concerns any standby: a stream is open, another
+    /// root is in `in_sync`, or a standby registered this epoch (its
+    /// commits go to the tail, for when it returns).
     pub(in crate::node) fn has_standbys(&self) -> bool {
         let me = self.node_id();
-        !self.replica().streams.lock().is_empty() || self.replica().in_sync_ids.lock().iter().any(|&id| Some(id) != me)
+        !self.replica().streams.lock().is_empty()
+            || self.replica().in_sync_ids.lock().iter().any(|&id| Some(id) != me)
+            || self.replica().tail.lock().is_kept()
     }
 
-    /// Queues `frames` (one commit each) on every open stream; returns the
-    /// streams a commit must wait for, with the sequence to wait for. An
-    /// empty `frames` waits for everything queued so far (a barrier).
+    /// Numbers `frames` (one commit each) in the tail and queues them on
+    /// every open stream, in one step (every stream gets them in the
+    /// tail's order); returns the streams a commit must wait for, with the
+    /// sequence to wait for. An empty `frames` waits for everything queued
+    /// so far (a barrier).
     pub(in crate::node) fn replicate(&self, frames: &[Vec<u8>]) -> Replicating {
         if !self.has_standbys() {
             return Replicating::default();
         }
-        let streams: Vec<Arc<Stream>> = self.replica().streams.lock().values().cloned().collect();
+        let queued: Vec<(Arc<Stream>, Option<u64>)> = {
+            let mut tail = self.replica().tail.lock();
+            let numbered = tail.push(frames);
+            let streams: Vec<Arc<Stream>> = self.replica().streams.lock().values().cloned().collect();
+            streams
+                .into_iter()
+                .map(|s| {
+                    let queued = s.enqueue(&numbered);
+                    (s, queued)
+                })
+                .collect()
+        };
         let in_sync = self.replica().in_sync_ids.lock().clone();
         let me = self.node_id();
         let mut waits = Vec::new();
-        for s in streams {
-            match s.enqueue(frames) {
+        for (s, queued) in queued {
+            match queued {
                 Some(seq) => {
                     if s.progress().status.is_waited_for() {
                         waits.push((s, seq));
@@ -369,8 +402,10 @@ impl Node {
     }
 
     /// `POST /internal/standby` at the leader: (re)starts the stream to a
-    /// standby, from a snapshot. A standby already in sync leaves
-    /// `in_sync` first: the new stream starts it over.
+    /// standby: from the tail after the position it holds when the tail
+    /// has all of that ([`replication::Tail::since`]), else from a
+    /// snapshot. A standby already in sync leaves `in_sync` first: the new
+    /// stream starts it over.
     pub async fn add_standby(&self, req: StandbyRequest) -> Result<serde_json::Value> {
         crate::node::membership::check_peer_url(&req.url)?;
         crate::node::membership::check_node_id(req.id)?;
@@ -383,11 +418,49 @@ impl Node {
             return Err(Error::BadRequest(format!("node {} is this leader's own id", req.id)));
         }
         let session = rand::random::<u64>() | 1;
-        let stream = Arc::new(Stream::new(req.id, req.url.trim_end_matches('/').to_string(), session, req.durable));
-        // Replace and close in one step: whatever stream this replaces is
-        // closed (and out of in_sync) before the new one starts the
+        let url = req.url.trim_end_matches('/').to_string();
+        // Made and added under the tail lock: it gets every frame numbered
+        // after its start, and none twice. Whatever stream this replaces
+        // is closed (and out of in_sync) before the new one starts the
         // standby over, however many registrations race.
-        let old = self.replica().streams.lock().insert(req.id, stream.clone());
+        let (stream, old) = {
+            let mut tail = self.replica().tail.lock();
+            tail.keep();
+            let resumable = req.position.map(|from| (from, tail.since(from)));
+            let stream = match resumable {
+                Some((from, Ok(backlog))) => {
+                    let bytes: usize = backlog.iter().map(|(_, f)| f.len()).sum();
+                    log::info!(
+                        "standby {} at {} returns holding epoch {}'s stream up to {}: resuming it from the tail \
+                         ({} frames, {bytes} bytes), then every commit",
+                        req.id,
+                        req.url,
+                        from.epoch,
+                        from.seq,
+                        backlog.len()
+                    );
+                    Stream::resuming(req.id, url, session, req.durable, from, backlog)
+                }
+                Some((from, Err(why))) => {
+                    log::info!(
+                        "standby {} at {} holds epoch {}'s stream up to {}, which the tail cannot resume \
+                         ({why}): streaming a snapshot, then every commit",
+                        req.id,
+                        req.url,
+                        from.epoch,
+                        from.seq
+                    );
+                    Stream::new(req.id, url, session, req.durable, tail.position().seq)
+                }
+                None => {
+                    log::info!("standby {} at {} joins: streaming a snapshot, then every commit", req.id, req.url);
+                    Stream::new(req.id, url, session, req.durable, tail.position().seq)
+                }
+            };
+            let stream = Arc::new(stream);
+            let old = self.replica().streams.lock().insert(req.id, stream.clone());
+            (stream, old)
+        };
         if let Some(old) = old {
             self.close_stream(&old).await?;
         } else {
@@ -395,30 +468,42 @@ impl Node {
             // ended without leaving): out first.
             self.demote(&stream).await?;
         }
-        log::info!("standby {} at {} joins: streaming a snapshot, then every commit", req.id, req.url);
+        let resume = stream.resume.is_some();
         self.spawn(self.clone().run_stream(stream));
-        Ok(serde_json::json!({ "session": session, "epoch": self.epoch() }))
+        Ok(serde_json::json!({ "session": session, "epoch": self.epoch(), "resume": resume }))
     }
 
-    /// The sender of one stream: the snapshot (taken after the stream was
-    /// opened, so every commit is in one or the other), then the queue.
+    /// The sender of one stream: its start (the tail's backlog after the
+    /// standby's position, or, when it cannot resume from there, a
+    /// snapshot), then the queue.
     async fn run_stream(self, s: Arc<Stream>) {
-        let snap = self.snapshot_source();
-        let batches = replication::snapshot_batches(self.epoch(), &snap.records, &snap.write_ids);
-        drop(snap);
         // Each batch says what is durable as it leaves.
         let info = |first, from, to, in_sync| BatchInfo {
             session: s.session,
             first,
+            resume: None,
+            snapshot: false,
             from,
             to,
             in_sync,
             durable: self.durable_through(),
         };
-        for (i, body) in batches.into_iter().enumerate() {
-            if !self.send_until_taken(&s, info(i == 0, 0, 0, false), body).await {
-                return;
+        let resumed = match s.resume {
+            Some(from) => {
+                let hello = BatchInfo { resume: Some(from.seq), ..info(true, from.seq, from.seq, false) };
+                match self.send_until_taken(&s, hello, Vec::new()).await {
+                    Sent::Taken => true,
+                    Sent::CannotResume(why) => {
+                        log::info!("standby {} cannot resume ({why}): streaming a snapshot instead", s.id);
+                        false
+                    }
+                    Sent::Ended => return,
+                }
             }
+            None => false,
+        };
+        if !resumed && !self.stream_snapshot(&s, &info).await {
+            return;
         }
         let mut told = 0;
         loop {
@@ -449,7 +534,7 @@ impl Node {
                 if beat {
                     let last = s.progress().acked;
                     let beat = info(false, last, last, in_sync);
-                    if !self.send_until_taken(&s, beat, Vec::new()).await {
+                    if !matches!(self.send_until_taken(&s, beat, Vec::new()).await, Sent::Taken) {
                         return;
                     }
                     told = beat.durable;
@@ -457,13 +542,40 @@ impl Node {
                 continue;
             };
             let sent = info(false, batch.first, batch.last, in_sync);
-            if !self.send_until_taken(&s, sent, batch.body).await {
+            let kind = if batch.first <= s.backlog_through.load(Ordering::Acquire) { "tail" } else { "stream" };
+            let bytes = batch.body.len();
+            if !matches!(self.send_until_taken(&s, sent, batch.body).await, Sent::Taken) {
                 return;
             }
+            self.inner.metrics.replication_sent(kind, bytes);
             told = sent.durable;
             s.acked(batch.last);
             self.maybe_promote(&s).await;
         }
+    }
+
+    /// Starts a stream with a snapshot: the standby starts over. Every
+    /// frame numbered so far is in the store the snapshot is taken from
+    /// (a commit is stored before it is numbered), so the queue keeps
+    /// only what comes after; the standby then holds up to there. False
+    /// when the stream ended.
+    async fn stream_snapshot(&self, s: &Arc<Stream>, info: &impl Fn(bool, u64, u64, bool) -> BatchInfo) -> bool {
+        let cut = self.replica().tail.lock().position().seq;
+        s.drop_through(cut);
+        s.backlog_through.store(0, Ordering::Release);
+        let snap = self.snapshot_source();
+        let batches = replication::snapshot_batches(self.epoch(), &snap.records, &snap.write_ids);
+        drop(snap);
+        for (i, body) in batches.into_iter().enumerate() {
+            let bytes = body.len();
+            let batch = BatchInfo { snapshot: true, ..info(i == 0, 0, 0, false) };
+            if !matches!(self.send_until_taken(s, batch, body).await, Sent::Taken) {
+                return false;
+            }
+            self.inner.metrics.replication_sent("snapshot", bytes);
+        }
+        s.acked(cut);
+        true
     }
 
     /// Promotes a joining stream once it holds everything queued before it
@@ -480,40 +592,43 @@ impl Node {
         true
     }
 
-    /// Sends one batch until the standby takes it; false when the stream
+    /// Sends one batch until the standby takes it. Ended: the stream
     /// ended (closed, refused, or failing for [`STREAM_GIVE_UP`]). A
     /// standby in sync that keeps failing leaves `in_sync` after
     /// `--insync-timeout`, whether or not a commit waits for it.
-    async fn send_until_taken(&self, s: &Arc<Stream>, info: BatchInfo, body: Vec<u8>) -> bool {
+    async fn send_until_taken(&self, s: &Arc<Stream>, info: BatchInfo, body: Vec<u8>) -> Sent {
         let body = bytes::Bytes::from(body);
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(50);
         loop {
             if s.is_closed() || self.is_shutting_down() || self.is_deposed() {
-                return false;
+                return Sent::Ended;
             }
             match self.send_batch(s, info, body.clone()).await {
-                Ok(()) => return true,
+                Ok(()) => return Sent::Taken,
+                // It does not hold what it said it held (it started over
+                // meanwhile): a snapshot, on the same stream.
+                Err(Error::CannotResume(why)) if info.resume.is_some() => return Sent::CannotResume(why),
                 Err(e @ Error::NotStandby) => {
                     // A root at a newer epoch, or no longer a standby: if
                     // it is in sync, only a conditional write can tell
                     // whether we still lead.
                     log::warn!("standby {} refused the stream: {e}", s.id);
                     let _ = self.close_stream(s).await;
-                    return false;
+                    return Sent::Ended;
                 }
                 Err(e) => {
                     let failing = started.elapsed();
                     if failing >= self.args().insync_timeout && s.progress().status == Status::InSync {
                         log::warn!("standby {} unreachable for {failing:?}: {e}", s.id);
                         if self.demote(s).await.is_err() {
-                            return false;
+                            return Sent::Ended;
                         }
                     }
                     if failing >= STREAM_GIVE_UP {
                         log::warn!("closing the stream to standby {} after {failing:?}: {e}", s.id);
                         let _ = self.close_stream(s).await;
-                        return false;
+                        return Sent::Ended;
                     }
                 }
             }
@@ -523,10 +638,16 @@ impl Node {
     }
 
     async fn send_batch(&self, s: &Stream, info: BatchInfo, body: bytes::Bytes) -> Result<()> {
-        let url = format!(
+        let mut url = format!(
             "{}/internal/replicate?session={}&first={}&from={}&to={}&in_sync={}&durable={}",
             s.url, info.session, info.first, info.from, info.to, info.in_sync, info.durable
         );
+        if let Some(resume) = info.resume {
+            url.push_str(&format!("&resume={resume}"));
+        }
+        if info.snapshot {
+            url.push_str("&snapshot=true");
+        }
         let me = self.place()?.topology.id;
         let resp = self
             .request(&self.inner.http, reqwest::Method::POST, &url)
@@ -549,6 +670,7 @@ impl Node {
             // A newer epoch there, or no standby any more: it is not ours
             // to stream to (whether we still lead, the znode decides).
             "stale_epoch" | "not_standby" => Error::NotStandby,
+            "cannot_resume" => Error::CannotResume(text),
             _ => Error::Upstream { url, status: status.as_u16(), body: text },
         })
     }

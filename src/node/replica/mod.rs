@@ -1,15 +1,18 @@
 //! The node's side of standby roots ([`crate::replication`]).
 //!
-//! Leader: a [`Stream`] per standby and its sender task (snapshot, then
-//! the commits in order, heartbeats when idle); the `leader` znode's
+//! Leader: a [`Stream`] per standby and its sender task (snapshot, or
+//! the [`Tail`] after the position the standby holds, then the commits
+//! in order, heartbeats when idle); the `leader` znode's
 //! in-sync set, changed only by conditional writes under one lock; and
 //! the wait in `make_durable` for every stream a commit must reach. A
 //! failed conditional write means another root took over: this one is
 //! deposed and acknowledges nothing more.
 //!
-//! Standby: registers with the leader (`POST /internal/standby`), applies
-//! the stream (`POST /internal/replicate`) to its store and its own log,
-//! answers with what it holds durably; serves reads once in sync.
+//! Standby: registers with the leader (`POST /internal/standby`, saying
+//! the stream [`Position`] it holds), applies the stream (`POST
+//! /internal/replicate`) to its store and its own log (with the position
+//! each batch reaches), answers with what it holds durably; serves reads
+//! once in sync.
 //!
 //! Takeover ([`Node::may_take_over`]): only a root in the `in_sync` set
 //! that still has what it held then (its log, or the live process).
@@ -46,17 +49,25 @@ use tokio::sync::Notify;
 
 use super::Node;
 use crate::error::{Error, Result};
-use crate::replication::{Following, Stream};
+use crate::replication::{Following, Position, Stream, Tail};
 use crate::store::{NodeId, Version};
 use crate::tree::zk::LeaderRecord;
 
 /// A read of a version not yet durable waits at most this long.
 const PENDING_WAIT: Duration = Duration::from_secs(5);
 
-#[derive(Default)]
 pub(super) struct Replica {
     /// Leader: a stream per standby.
     streams: Mutex<HashMap<NodeId, Arc<Stream>>>,
+    /// Leader: numbers every frame it streams and keeps the newest
+    /// (`--replication-tail`). Held while frames are numbered and queued
+    /// on every stream, and while a stream is added: each stream gets
+    /// every frame after its start, once, in the tail's order. Taken
+    /// before `streams`, never inside it.
+    tail: Mutex<Tail>,
+    /// Standby: the leader's stream position its store (and log) holds;
+    /// `None` while taking a snapshot, and on a root that led since.
+    held: Mutex<Option<Position>>,
     /// Leader: the `leader` znode as we last wrote it, and its version.
     /// Held across each conditional write: in-sync changes are serialized.
     znode: tokio::sync::Mutex<Option<(LeaderRecord, i32)>>,
@@ -89,6 +100,29 @@ pub(super) struct Replica {
     pending: Pending,
 }
 
+impl Replica {
+    /// `tail_bytes`: `--replication-tail`.
+    pub(super) fn new(tail_bytes: u64) -> Replica {
+        Replica {
+            streams: Mutex::default(),
+            tail: Mutex::new(Tail::new(usize::try_from(tail_bytes).unwrap_or(usize::MAX))),
+            held: Mutex::default(),
+            znode: tokio::sync::Mutex::default(),
+            in_sync_ids: Mutex::default(),
+            deposed: AtomicBool::default(),
+            deposed_wake: Notify::new(),
+            stepping_down: AtomicBool::default(),
+            led_epoch: AtomicU64::default(),
+            following: Mutex::default(),
+            refusing: Mutex::default(),
+            applying: tokio::sync::Mutex::default(),
+            forwarding: Arc::default(),
+            starts: AtomicU64::default(),
+            pending: Pending::default(),
+        }
+    }
+}
+
 /// A set of versions not yet durable, with its lowest one readable
 /// without the lock (most reads are of older versions) and a wake-up for
 /// whoever waits for one to leave.
@@ -98,6 +132,10 @@ struct Pending {
     /// The lowest version in `set` (`u64::MAX`: none; 0 before the first
     /// change, which only skips the shortcut).
     min: AtomicU64,
+    /// Every version up to this one is pending too (0: none): a standby
+    /// restarted from its log does not know which of what it holds its
+    /// leader had made durable, until the leader says so.
+    below: AtomicU64,
     done: Notify,
 }
 
@@ -117,7 +155,8 @@ impl Pending {
     }
 
     fn contains(&self, version: Version) -> bool {
-        version >= self.min.load(Ordering::Acquire) && self.set.lock().contains(&version)
+        version <= self.below.load(Ordering::Acquire)
+            || (version >= self.min.load(Ordering::Acquire) && self.set.lock().contains(&version))
     }
 }
 
@@ -129,15 +168,28 @@ pub struct StandbyRequest {
     /// The standby keeps a commit log (`--data-dir`).
     #[serde(default)]
     pub durable: bool,
+    /// The leader's stream position the standby holds (its store, and its
+    /// log if durable): the leader resumes from there if it can.
+    #[serde(default)]
+    pub position: Option<Position>,
 }
 
 /// The query of `POST /internal/replicate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchInfo {
     pub session: u64,
-    /// The first batch of a session: the standby starts over.
+    /// The first batch of a session: the standby starts over (from a
+    /// snapshot), unless `resume` says otherwise.
     pub first: bool,
-    /// The stream sequences the batch spans (0..0: snapshot or heartbeat).
+    /// The first batch of a resumed session (always empty): the standby
+    /// must hold the leader's stream up to this sequence, and keeps what
+    /// it holds; if it does not, it refuses (`cannot_resume`).
+    pub resume: Option<u64>,
+    /// A batch of the snapshot a session starts with: the standby holds
+    /// no position in the leader's stream until a batch after it.
+    pub snapshot: bool,
+    /// The leader's stream sequences the batch spans (0..0 in a snapshot;
+    /// from = to: a heartbeat, saying the standby holds up to there).
     pub from: u64,
     pub to: u64,
     /// Whether the leader counts this standby in `in_sync`.
@@ -150,6 +202,21 @@ pub struct BatchInfo {
 impl Node {
     fn replica(&self) -> &Replica {
         &self.inner.replica
+    }
+
+    /// A standby: the leader's stream position its store holds.
+    pub(super) fn held_position(&self) -> Option<Position> {
+        *self.replica().held.lock()
+    }
+
+    /// A root restarted from its log: what it recovered is the stream of
+    /// the leader of `position.epoch` up to there (and, until that leader
+    /// says so, not known to be durable on every in-sync root).
+    pub(super) fn restore_position(&self, position: Option<Position>, max_version: Version) {
+        if position.is_some() {
+            self.pending_below(max_version);
+        }
+        *self.replica().held.lock() = position;
     }
 
     // ---- read committed ----
@@ -184,12 +251,21 @@ impl Node {
 
     /// A standby: the leader says every version up to `durable` is durable.
     fn pending_through(&self, durable: Version) {
+        let below = &self.replica().pending.below;
+        let _ = below.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| (b <= durable).then_some(0));
         self.replica().pending.release(|p| *p = p.split_off(&durable.saturating_add(1)));
+    }
+
+    /// A standby restarted from its log: everything it holds, up to
+    /// `version`, is pending until its leader says it is durable.
+    pub(super) fn pending_below(&self, version: Version) {
+        self.replica().pending.below.fetch_max(version, Ordering::AcqRel);
     }
 
     /// Nothing is pending any more (a standby starting over: what was
     /// pending is gone; a new leader: what it holds is the truth).
     fn pending_clear(&self) {
+        self.replica().pending.below.store(0, Ordering::Release);
         self.replica().pending.release(BTreeSet::clear);
     }
 

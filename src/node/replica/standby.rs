@@ -1,6 +1,8 @@
 //! The standby's apply side: following whoever leads (registering with
-//! it, again when it changes or falls silent), applying its stream to the
-//! store and our own log (the first batch of a session starts over), and
+//! it, again when it changes or falls silent, saying the position of its
+//! stream we hold), applying its stream to the store and our own log with
+//! the position each batch reaches (the first batch of a session starts
+//! over from a snapshot, or resumes from that position), and
 //! serving reads once in sync, only of what the leader said is durable;
 //! writes go to the leader as they came.
 //!
@@ -17,7 +19,7 @@ use crate::clock::{mono_ms, Time};
 use crate::error::{Error, Result};
 use crate::log::codec::Entry;
 use crate::node::Node;
-use crate::replication::{self, Following};
+use crate::replication::{self, Following, Position};
 use crate::store::{NodeId, Update, WriteId};
 
 /// How long a client's write at a standby waits for its outcome (as at a
@@ -32,7 +34,8 @@ use crate::tree::zk;
 /// `/health` answers 503) and registers again.
 const LEADER_SILENCE_MS: u64 = 3_000;
 /// A standby that has not heard its leader this long registers again (a
-/// new stream, from a snapshot).
+/// new stream: from where it is if the leader's tail reaches back there,
+/// else from a snapshot).
 const REREGISTER_AFTER_MS: u64 = 6_000;
 
 impl Node {
@@ -75,7 +78,12 @@ impl Node {
     async fn register_standby(&self, me: NodeId, leader: NodeId, url: &str, epoch: u64) -> Result<()> {
         self.become_standby(leader, url, epoch);
         let target = format!("{url}/internal/standby");
-        let body = StandbyRequest { id: me, url: self.url().to_string(), durable: self.log().is_some() };
+        let body = StandbyRequest {
+            id: me,
+            url: self.url().to_string(),
+            durable: self.log().is_some(),
+            position: self.held_position(),
+        };
         let resp = self
             .request(&self.inner.http, reqwest::Method::POST, &target)
             .json(&body)
@@ -93,7 +101,8 @@ impl Node {
     }
 
     /// This root follows `leader`: whatever it led or held in the tree is
-    /// over (its store is replaced by the leader's snapshot).
+    /// over (its store is replaced by the leader's snapshot, or, if it
+    /// holds a prefix of this leader's stream, brought up to date).
     fn become_standby(&self, leader: NodeId, url: &str, epoch: u64) {
         let r = self.replica();
         self.inner.epoch.fetch_max(epoch, Ordering::AcqRel);
@@ -300,7 +309,15 @@ impl Node {
         }
         let mut f = self.following().ok_or(Error::NotStandby)?;
         let entries = replication::decode_batch(body).map_err(Error::BadRequest)?;
-        if info.first {
+        if entries.iter().any(|e| matches!(e, Entry::Position(_))) {
+            // Our log would take it for our own word on what we hold.
+            return Err(Error::BadRequest(
+                "a stream position in a replication batch: only a standby writes one".into(),
+            ));
+        }
+        if let (true, Some(seq)) = (info.first, info.resume) {
+            self.resume_stream(&mut f, from, epoch, info.session, seq)?;
+        } else if info.first {
             self.start_over(&mut f, from, epoch, info.session).await?;
         } else if info.session != f.session || f.leader != from {
             return Err(Error::BadRequest(format!(
@@ -322,18 +339,30 @@ impl Node {
                 }
                 Entry::WriteOutcome(id, version) => self.restore_write_outcome(id, version),
                 Entry::Epoch(e) => max_epoch = max_epoch.max(e),
-                Entry::SnapshotHeader { .. } | Entry::SnapshotEnd { .. } => {}
+                Entry::SnapshotHeader { .. } | Entry::SnapshotEnd { .. } | Entry::Position(_) => {}
             }
         }
         self.inner.versions.fetch_max(max_version, Ordering::AcqRel);
         self.inner.epoch.fetch_max(max_epoch, Ordering::AcqRel);
+        // A batch past the session's snapshot brings us to `to` of the
+        // leader's stream: recorded after its frames, in the same append,
+        // so the log never claims more than it holds.
+        let reached = (!info.snapshot).then_some(Position { epoch, seq: info.to });
+        let moved = reached.filter(|&p| self.held_position() != Some(p));
         if let Some(log) = self.log() {
-            if !body.is_empty() {
-                log.append_frames(body.to_vec(), records, max_version, max_epoch)
+            if !body.is_empty() || moved.is_some() {
+                let mut frames = body.to_vec();
+                if let Some(p) = moved {
+                    frames.extend(replication::position_frame(p));
+                }
+                log.append_frames(frames, records, max_version, max_epoch)
                     .await
                     .map_err(|e| Error::Internal(e.to_string()))?;
                 self.maybe_snapshot(log);
             }
+        }
+        if let Some(p) = moved {
+            *self.replica().held.lock() = Some(p);
         }
         self.pending_through(info.durable);
         f.applied = f.applied.max(info.to);
@@ -357,14 +386,46 @@ impl Node {
         }
     }
 
-    /// A new stream: forget what we held (store, write outcomes, and on
-    /// disk, behind an empty snapshot) and take the leader's instead.
-    async fn start_over(&self, f: &mut Following, from: NodeId, epoch: u64, session: u64) -> Result<()> {
-        log::info!("stream session {session} from leader {from} (epoch {epoch}): starting over from its snapshot");
-        // Not in sync (no reads, /health 503) from before the wipe on.
+    /// A new stream that resumes ours: we must still hold the leader's
+    /// stream of this epoch up to `seq` (we may hold more: an older
+    /// session's batch that came meanwhile; the leader's frames after
+    /// `seq` apply again harmlessly, each only if newer). Otherwise the
+    /// leader sends a snapshot instead.
+    fn resume_stream(&self, f: &mut Following, from: NodeId, epoch: u64, session: u64, seq: u64) -> Result<()> {
+        let held = self.held_position();
+        if !held.is_some_and(|h| h.epoch == epoch && h.seq >= seq) {
+            let held =
+                held.map_or("no position".to_string(), |h| format!("epoch {}'s stream up to {}", h.epoch, h.seq));
+            return Err(Error::CannotResume(format!(
+                "asked to resume epoch {epoch}'s stream after {seq}, this standby holds {held}"
+            )));
+        }
+        log::info!("stream session {session} from leader {from} (epoch {epoch}): resuming after {seq}");
+        self.not_in_sync();
+        f.leader = from;
+        f.epoch = epoch;
+        f.session = session;
+        f.applied = seq;
+        f.in_sync = false;
+        Ok(())
+    }
+
+    /// Not in sync (no reads, /health 503) until the leader says so again.
+    fn not_in_sync(&self) {
         if let Some(cur) = self.replica().following.lock().as_mut() {
             cur.in_sync = false;
         }
+    }
+
+    /// A new stream: forget what we held (store, write outcomes, stream
+    /// position, and on disk, behind an empty snapshot) and take the
+    /// leader's instead.
+    async fn start_over(&self, f: &mut Following, from: NodeId, epoch: u64, session: u64) -> Result<()> {
+        log::info!("stream session {session} from leader {from} (epoch {epoch}): starting over from its snapshot");
+        // Not in sync (no reads, /health 503) from before the wipe on.
+        self.not_in_sync();
+        // No position until the snapshot is whole (the next batch says).
+        *self.replica().held.lock() = None;
         self.replica().starts.fetch_add(1, Ordering::AcqRel);
         self.inner.store.wipe();
         self.pending_clear();
