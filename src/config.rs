@@ -120,7 +120,7 @@ pub struct NodeArgs {
     /// (`/health` and `/tree` stay open).
     #[arg(long, env = "TREECACHE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
-    /// Serve HTTPS with this certificate (PEM, the node's own first, then
+    /// Serve HTTPS (and RESP over TLS) with this certificate (PEM, the node's own first, then
     /// intermediates), and present it to other nodes. Needs --tls-key and
     /// --tls-ca; reloaded on SIGHUP.
     #[arg(long, env = "TREECACHE_TLS_CERT")]
@@ -142,7 +142,8 @@ pub struct NodeArgs {
     pub zk_tls: bool,
     /// Also speak the Redis protocol (RESP2/RESP3) on this address, e.g.
     /// 127.0.0.1:6379: redis-cli and Redis clients work against this node
-    /// (docs/resp.md). Off by default.
+    /// (docs/resp.md). With --tls-cert it speaks TLS only, as the HTTP
+    /// port does. Off by default.
     #[arg(long, env = "TREECACHE_RESP_LISTEN")]
     pub resp_listen: Option<SocketAddr>,
     /// When a RESP SET or MSET is acknowledged: once the parent has it, or

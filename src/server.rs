@@ -6,7 +6,7 @@
 //! the servers stop. The node knows nothing of the servers, nor the routes
 //! of the process. Under TLS the HTTP listener takes the node's
 //! [`crate::tls::Tls`] (HTTPS, client certificates marked per connection),
-//! and SIGHUP reloads its files (RESP has no TLS yet).
+//! and SIGHUP reloads its files; the RESP listener takes the same TLS.
 
 use std::time::Duration;
 
@@ -87,9 +87,10 @@ pub async fn run(args: NodeArgs) -> std::result::Result<(), String> {
     let handle = server.handle();
     let serving = tokio::spawn(server);
     log::info!("treecache node listening on {} (advertised as {})", node.args().listen, node.url());
-    let resp = resp_listener.map(|l| RespServer::start(l, node.clone())).transpose()?;
+    let resp = resp_listener.map(|l| RespServer::start(l, node.clone(), node.tls())).transpose()?;
     if let Some(resp) = &resp {
-        log::info!("RESP (Redis protocol) listening on {}", resp.addr());
+        let over = if node.tls().is_some() { " over TLS" } else { "" };
+        log::info!("RESP (Redis protocol) listening on {}{over}", resp.addr());
     }
     node.start();
     wait_for_signal().await;

@@ -198,6 +198,12 @@ async fn up_with_tls_runs_the_tree_over_https_with_a_throwaway_ca() {
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim_end(), "hello");
     let plain = urls[0].replacen("https://", "http://", 1);
     assert!(reqwest::get(format!("{plain}/health")).await.is_err(), "plain HTTP is not served");
+    // RESP over TLS, as the printed redis-cli line says.
+    let line = out.lines().find_map(|l| l.split_once("resp port: ").map(|(_, cmd)| cmd)).expect("redis-cli line");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words[..3], ["redis-cli", "--tls", "--cacert"], "{line}");
+    let cli = std::process::Command::new("redis-cli").args(&words[1..]).args(["GET", "greeting"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&cli.stdout).trim_end(), "hello", "{line}: {}", stderr(&cli));
 
     let status = up.sigterm_and_wait();
     assert!(status.success(), "treecache up exited with {status}");

@@ -2,8 +2,10 @@
 //! guarantee 3): a standby syncs from its leader and serves reads; the
 //! leader killed under load loses no acknowledged write; a paused leader
 //! that wakes up after a standby took over cannot make a write stick; a
-//! standby that restarts catches up and rejoins the in-sync set; and
-//! `--min-insync` refuses ack=root writes while too few roots are in sync.
+//! standby that restarts catches up and rejoins the in-sync set;
+//! `--min-insync` refuses ack=root writes while too few roots are in sync;
+//! requests, over `/kv` and RESP, are held through a failover
+//! (`--failover-wait`) instead of failing.
 
 mod common;
 
@@ -11,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::resp::{Reply, Resp};
 use common::{wait_past, wait_until, Cluster, Opts};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -997,4 +1000,179 @@ async fn an_old_leader_back_after_a_takeover_takes_a_snapshot_not_its_diverged_l
     assert_holds(&c, 0, &want).await;
     assert!(replication_bytes(&c, s, "snapshot").await > snap0, "it took a snapshot");
     assert_eq!(replication_bytes(&c, s, "tail").await, tail0, "nothing from the tail");
+}
+
+/// One RESP writer of [`resp_during_a_leader_kill`]: `SET`s one at a time,
+/// pipelined `SET`s or `MSET`s (by `w`) at the caches, each followed by a
+/// `GET` of what it wrote at another cache (a miss there: a fill that needs
+/// the leader). Records every acknowledged write and every failure.
+async fn resp_writer(
+    w: usize,
+    caches: Vec<String>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    acked: Arc<Mutex<HashMap<String, String>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+) {
+    let mut conns = Vec::new();
+    for addr in &caches {
+        conns.push(Resp::connect(addr).await);
+    }
+    let mut n = 0usize;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let at = (w + n) % conns.len();
+        let keys: Vec<String> = (0..[1, 8, 4][w % 3]).map(|k| format!("r{w}-{n}-{k}")).collect();
+        let replies = match w % 3 {
+            0 => vec![conns[at].call(&["SET", &keys[0], &keys[0]]).await],
+            1 => {
+                for k in &keys {
+                    conns[at].send(&[b"SET", k.as_bytes(), k.as_bytes()]).await;
+                }
+                let mut replies = Vec::new();
+                for _ in &keys {
+                    replies.push(conns[at].read().await.expect("a reply"));
+                }
+                replies
+            }
+            _ => {
+                let mut args = vec!["MSET"];
+                for k in &keys {
+                    args.extend([k.as_str(), k.as_str()]);
+                }
+                vec![conns[at].call(&args).await]
+            }
+        };
+        for reply in &replies {
+            if *reply != Reply::ok() {
+                failures.lock().push(format!("writer {w} at {}: {reply:?}", caches[at]));
+            }
+        }
+        if replies.iter().all(|r| *r == Reply::ok()) {
+            acked.lock().extend(keys.iter().map(|k| (k.clone(), k.clone())));
+        }
+        let other = (at + 1) % conns.len();
+        let read = conns[other].call(&["GET", &keys[0]]).await;
+        if read != Reply::bulk(&keys[0]) {
+            failures.lock().push(format!("GET {} at {}: {read:?}", keys[0], caches[other]));
+        }
+        n += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp_requests_during_a_leader_kill_wait_for_the_new_leader_and_lose_nothing() {
+    // 20 s, as for /kv above: the takeover must fit on a loaded machine.
+    let wait = vec!["--failover-wait".to_string(), "20s".to_string()];
+    let mut c = Cluster::start_opts(Opts {
+        nodes: 4,
+        durable_root: true,
+        resp: true,
+        root_args: wait.clone(),
+        node_args: wait,
+        ..Opts::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = add_standby(&mut c, dir.path(), &[]).await;
+    wait_until(Duration::from_secs(20), "the standby in sync", || async { in_sync(&c).await.len() == 2 }).await;
+    // At the standby, a SET is passed on to the leader (with an id of the
+    // standby's, as /kv's writes); SET ... GET needs a consistent read the
+    // standby does not pass on: -READONLY at once.
+    let mut standby = Resp::connect(&c.resp_addr(s)).await;
+    assert_eq!(standby.call(&["SET", "via-standby", "v"]).await, Reply::ok());
+    assert_eq!(c.get(0, "via-standby", "").await.text(), "v");
+    let readonly = standby.call(&["SET", "via-standby", "w", "GET"]).await;
+    assert!(readonly.is_error_starting("READONLY this node is a standby root"), "{readonly:?}");
+
+    let caches: Vec<String> = (1..4).map(|i| c.resp_addr(i)).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let writers: Vec<_> = (0..6)
+        .map(|w| tokio::spawn(resp_writer(w, caches.clone(), stop.clone(), acked.clone(), failures.clone())))
+        .collect();
+    wait_until(Duration::from_secs(60), "RESP writes before the kill", || async { acked.lock().len() >= 300 }).await;
+    let waits_before: f64 =
+        futures::future::join_all((1..4).map(|i| c.metric(i, "failover_waits_total"))).await.into_iter().sum();
+    c.kill(0);
+    wait_until(Duration::from_secs(60), "the standby to take over", || async { c.health(s).await["role"] == "root" })
+        .await;
+    let after = acked.lock().len();
+    wait_until(Duration::from_secs(60), "RESP writes after the takeover", || async {
+        acked.lock().len() >= after + 300
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("a writer ended cleanly");
+    }
+    let failures = failures.lock().clone();
+    let waits: f64 =
+        futures::future::join_all((1..4).map(|i| c.metric(i, "failover_waits_total"))).await.into_iter().sum();
+    eprintln!(
+        "leader kill under RESP load: {} writes acknowledged, {} failures, {} requests held",
+        acked.lock().len(),
+        failures.len(),
+        waits - waits_before
+    );
+    assert!(failures.is_empty(), "{} RESP requests failed: {:?}", failures.len(), &failures[..failures.len().min(10)]);
+    assert!(waits > waits_before, "some RESP requests were held through the takeover");
+    // Every acknowledged write is at the new leader.
+    let acked = acked.lock().clone();
+    let mut leader = Resp::connect(&c.resp_addr(s)).await;
+    for (key, value) in &acked {
+        assert_eq!(leader.call(&["GET", key]).await, Reply::bulk(value), "acknowledged write {key} at the new leader");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_leader_a_held_resp_command_gets_tryagain_once_the_failover_wait_passes() {
+    let wait = vec!["--failover-wait".to_string(), "1s".to_string()];
+    let mut c = Cluster::start_opts(Opts { nodes: 2, resp: true, node_args: wait, ..Opts::default() }).await;
+    let mut leaf = Resp::connect(&c.resp_addr(1)).await;
+    assert_eq!(leaf.call(&["SET", "held", "v"]).await, Reply::ok());
+    c.kill(0);
+    let tryagain = |r: &Reply, code: &str| r.is_error_starting("TRYAGAIN") && r.text().ends_with(&format!("({code})"));
+    // Reads that need the leader wait for one, then give up.
+    for cmd in [
+        vec!["GET", "never-read"],
+        vec!["MGET", "held", "never-read"],
+        vec!["EXISTS", "never-read"],
+        vec!["TTL", "never-read"],
+        vec!["SET", "held", "w", "GET"],
+    ] {
+        let r = leaf.call(&cmd).await;
+        assert!(tryagain(&r, "parent_unreachable"), "{cmd:?}: {r:?}");
+    }
+    // A read of a held key never waits.
+    assert_eq!(leaf.call(&["GET", "held"]).await, Reply::bulk("v"));
+    assert!(c.metric(1, "failover_timeouts_total").await >= 5.0);
+
+    // A node that cannot register (no root) holds writes, then gives up:
+    // one at a time, an MSET, a DEL, and a pipeline, whose later SETs wait
+    // behind the first and give up in turn, in order.
+    let lonely = c.add_node_unwaited(&[]);
+    let mut r = wait_for_resp(&c.resp_addr(lonely)).await;
+    for cmd in
+        [vec!["SET", "k", "v"], vec!["MSET", "a", "1", "b", "2"], vec!["DEL", "a", "b"], vec!["SET", "k", "v", "NX"]]
+    {
+        let reply = r.call(&cmd).await;
+        assert!(tryagain(&reply, "not_registered"), "{cmd:?}: {reply:?}");
+    }
+    for k in ["p1", "p2", "p3"] {
+        r.send(&[b"SET", k.as_bytes(), b"v"]).await;
+    }
+    for k in ["p1", "p2", "p3"] {
+        let reply = r.read().await.expect("a reply");
+        assert!(tryagain(&reply, "not_registered"), "pipelined SET {k}: {reply:?}");
+    }
+    assert!(c.metric(lonely, "failover_timeouts_total").await >= 7.0);
+}
+
+/// A RESP connection to `addr` once it listens (a node that is starting).
+async fn wait_for_resp(addr: &str) -> Resp {
+    wait_until(Duration::from_secs(20), "the RESP port to listen", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    Resp::connect(addr).await
 }

@@ -15,8 +15,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::resp::{Reply, Resp};
-use common::{wait_until, Cluster, Opts};
+use common::{client_files, wait_until, Cluster, Opts, LOOPBACK};
 use rand::{Rng, SeedableRng};
+use treecache::tls::TlsFiles;
 
 const MAX_VALUE: usize = 64 * 1024;
 const TOKEN: &str = "resp-test-token-1234";
@@ -35,12 +36,34 @@ async fn tree(n: usize, flags: &[&str]) -> Cluster {
 
 /// redis-cli's output for one command (non-interactive).
 fn cli(port: u16, args: &[&str]) -> String {
-    let out =
-        Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().unwrap_or_else(|e| {
-            panic!("redis-cli cannot run ({e}): scripts/install-test-deps.sh installs redis-tools")
-        });
+    let out = cli_run(port, &[], args);
     assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+/// redis-cli run with `opts` (e.g. `--tls --cacert F`) for one command,
+/// whatever its outcome.
+fn cli_run(port: u16, opts: &[&str], args: &[&str]) -> std::process::Output {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(opts)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("redis-cli cannot run ({e}): scripts/install-test-deps.sh installs redis-tools"))
+}
+
+/// redis-cli's output for one command over TLS with `opts`; what it
+/// printed (stdout and stderr) if it failed.
+fn tls_cli(port: u16, opts: &[&str], args: &[&str]) -> Result<String, String> {
+    let out = cli_run(port, opts, args);
+    let stdout = String::from_utf8_lossy(&out.stdout).trim_end().to_string();
+    // redis-cli prints a failed connection on stderr, a reply's error on
+    // stdout, and exits 0 after either in some versions.
+    if out.status.success() && !stdout.contains("Could not connect") && !stdout.starts_with("Error") {
+        Ok(stdout)
+    } else {
+        Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+    }
 }
 
 fn venv_python() -> PathBuf {
@@ -57,9 +80,11 @@ fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/resp_clients").join(name)
 }
 
-/// Runs tests/resp_clients/redis_py_check.py against `ports` (root first).
-fn redis_py(ports: &[u16], token: Option<&str>) {
-    let cfg = serde_json::json!({ "ports": ports, "max_value": MAX_VALUE, "token": token });
+/// Runs tests/resp_clients/redis_py_check.py against `ports` (root first);
+/// over TLS with `tls` (the CA, and a client certificate if it has one).
+fn redis_py(ports: &[u16], token: Option<&str>, tls: Option<&TlsFiles>) {
+    let tls = tls.map(|f| serde_json::json!({ "ca": f.ca, "cert": f.cert, "key": f.key }));
+    let cfg = serde_json::json!({ "ports": ports, "max_value": MAX_VALUE, "token": token, "tls": tls });
     let out = Command::new(venv_python())
         .arg(script("redis_py_check.py"))
         .arg(cfg.to_string())
@@ -122,7 +147,7 @@ async fn redis_cli_and_redis_py_speak_to_every_node_of_a_live_tree() {
     }
 
     // redis-py: every command, RESP2 and RESP3, pipelines, errors.
-    redis_py(&[root, a, b], None);
+    redis_py(&[root, a, b], None, None);
 
     // The RESP commands are in the node's request metrics.
     let metrics = c.http.get(format!("{}/metrics", c.url(1))).send().await.unwrap().text().await.unwrap();
@@ -169,7 +194,7 @@ async fn with_an_api_token_only_auth_hello_and_ping_answer_before_auth() {
         .output()
         .expect("redis-cli runs");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "by-parent");
-    redis_py(&[c.resp_port(0), c.resp_port(1)], Some(TOKEN));
+    redis_py(&[c.resp_port(0), c.resp_port(1)], Some(TOKEN), None);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -373,4 +398,154 @@ async fn conditional_http_writes_answer_412_with_the_current_version_and_write_n
     }
     assert_eq!(c.metric(0, "conditions_failed_total").await, 4.0);
     assert_eq!(c.metric(0, "commits_total").await, 4.0, "one, three, five and the delete");
+}
+
+// RESP over TLS (issue 23): with --tls-cert the RESP port speaks TLS only,
+// as Redis's tls-port, with the HTTP side's certificate, client policy and
+// reloads.
+
+/// A TLS tree of `n` nodes that all speak RESP, with `flags` on every node.
+async fn tls_tree(n: usize, flags: &[&str]) -> Cluster {
+    let mut common = owned(&["--max-value-bytes", "64KiB"]);
+    common.extend(owned(flags));
+    Cluster::start_opts(Opts {
+        nodes: n,
+        root_args: common.clone(),
+        node_args: common,
+        resp: true,
+        tls: true,
+        ..Opts::default()
+    })
+    .await
+}
+
+/// A client certificate of the cluster's CA, and the CA, in files.
+fn client_cert(c: &Cluster, name: &str) -> TlsFiles {
+    client_files(c.ca.as_ref().expect("a TLS cluster"), &c.tls_dir().join(name))
+}
+
+/// A rustls client that trusts the cluster's CA and presents `identity`
+/// (a PEM certificate and key, of any CA) if given.
+fn tls_config(c: &Cluster, identity: Option<(&str, &str)>) -> std::sync::Arc<rustls::ClientConfig> {
+    std::sync::Arc::new(common::client_config(c.ca.as_ref().expect("a TLS cluster").cert_pem(), identity))
+}
+
+/// [`tls_config`] presenting `files`' certificate.
+fn presenting_tls(c: &Cluster, files: &TlsFiles) -> std::sync::Arc<rustls::ClientConfig> {
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("PEM file");
+    tls_config(c, Some((&read(&files.cert), &read(&files.key))))
+}
+
+fn path(p: &std::path::Path) -> String {
+    p.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_cli_and_redis_py_speak_resp_over_tls_and_a_plaintext_client_is_closed() {
+    let c = tls_tree(3, &[]).await;
+    let files = client_cert(&c, "resp-client");
+    let ca = path(&files.ca);
+    let tls = ["--tls", "--cacert", ca.as_str()];
+    let (root, a, b) = (c.resp_port(0), c.resp_port(1), c.resp_port(2));
+
+    // redis-cli --tls --cacert, no client certificate (--tls-client-auth none).
+    assert_eq!(tls_cli(a, &tls, &["PING"]), Ok("PONG".into()));
+    assert_eq!(tls_cli(a, &tls, &["SET", "over-tls", "sealed"]), Ok("OK".into()));
+    assert_eq!(tls_cli(b, &tls, &["GET", "over-tls"]), Ok("sealed".into()), "a write at one leaf, read at another");
+    assert_eq!(tls_cli(root, &tls, &["GET", "over-tls"]), Ok("sealed".into()));
+    // The HTTP side sees the same key: one store behind both front doors.
+    assert_eq!(c.get(2, "over-tls", "").await.text(), "sealed");
+
+    // redis-py with ssl=True: every check of the plain run, over TLS.
+    redis_py(&[root, a, b], None, Some(&files));
+    let mut r = Resp::connect_tls(&c.resp_addr(1), tls_config(&c, None)).await.expect("handshake");
+    assert_eq!(r.call(&["GET", "over-tls"]).await, Reply::bulk("sealed"));
+
+    // A plaintext client on the TLS port: no reply in clear, the
+    // connection is closed, the node goes on.
+    let mut plain = Resp::connect(&c.resp_addr(1)).await;
+    plain.raw(b"*1\r\n$4\r\nPING\r\n").await;
+    let said = plain.read_until_closed().await.expect("a plaintext client is closed");
+    assert!(!String::from_utf8_lossy(&said).contains("PONG"), "no answer in clear: {said:?}");
+    let out = cli_run(a, &[], &["PING"]);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!said.contains("PONG"), "redis-cli without --tls gets no answer: {said}");
+    // A client that opens a connection and never says anything is closed
+    // after the handshake timeout (5 s), not held for ever.
+    let mut silent = Resp::connect(&c.resp_addr(1)).await;
+    assert!(silent.read_until_closed().await.is_some(), "a silent connection is closed");
+    assert_eq!(r.call(&["PING"]).await, Reply::Simple("PONG".into()), "an open TLS connection goes on");
+    assert_eq!(tls_cli(a, &tls, &["GET", "over-tls"]), Ok("sealed".into()));
+    assert_eq!(c.health(1).await["status"], "ok");
+
+    // SIGHUP: new RESP handshakes get the renewed certificate, the open
+    // connection goes on.
+    let before = r.served().expect("a server certificate").to_vec();
+    let node = c.tls_dir().join("node-1");
+    let renewed = c.ca.as_ref().unwrap().issue("renewed", LOOPBACK).unwrap();
+    std::fs::write(node.join("node-key.pem"), &renewed.key_pem).unwrap();
+    std::fs::write(node.join("node.pem"), &renewed.cert_pem).unwrap();
+    c.signal_hup(1);
+    wait_until(Duration::from_secs(20), "the reload in the log", || async {
+        c.log(1).contains("SIGHUP: reloaded TLS certificate")
+    })
+    .await;
+    let fresh = Resp::connect_tls(&c.resp_addr(1), tls_config(&c, None)).await.expect("handshake");
+    let served = fresh.served().expect("a server certificate").to_vec();
+    assert_ne!(served, before, "a new RESP handshake gets the renewed certificate");
+    assert_eq!(r.call(&["GET", "over-tls"]).await, Reply::bulk("sealed"), "the open connection was not dropped");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_tls_client_auth_require_a_resp_client_without_a_certificate_is_refused() {
+    let c = tls_tree(1, &["--tls-client-auth", "require"]).await;
+    let files = client_cert(&c, "resp-client");
+    let (ca, cert, key) = (path(&files.ca), path(&files.cert), path(&files.key));
+    let port = c.resp_port(0);
+
+    // redis-cli: refused without a certificate, served with one.
+    let refused = tls_cli(port, &["--tls", "--cacert", &ca], &["SET", "k", "v"]);
+    assert_ne!(refused, Ok("OK".into()), "no certificate, no service");
+    assert_eq!(
+        tls_cli(port, &["--tls", "--cacert", &ca, "--cert", &cert, "--key", &key], &["SET", "k", "v"]),
+        Ok("OK".into())
+    );
+
+    // A client without a certificate: the handshake fails, or (TLS 1.3)
+    // the first read finds the connection closed. Nothing was written.
+    if let Ok(mut r) = Resp::connect_tls(&c.resp_addr(0), tls_config(&c, None)).await {
+        let sent = r.try_raw(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$7\r\nnot-set\r\n").await;
+        assert!(sent.is_err() || r.is_closed().await, "a client without a certificate is refused");
+    }
+    // A certificate of another CA is refused too.
+    let other = treecache::tls::certs::Authority::new("another CA").unwrap();
+    let foreign = other.issue("client", LOOPBACK).unwrap();
+    if let Ok(mut r) =
+        Resp::connect_tls(&c.resp_addr(0), tls_config(&c, Some((&foreign.cert_pem, &foreign.key_pem)))).await
+    {
+        let sent = r.try_raw(b"*1\r\n$4\r\nPING\r\n").await;
+        assert!(sent.is_err() || r.is_closed().await, "another CA's certificate is refused");
+    }
+    let mut r = Resp::connect_tls(&c.resp_addr(0), presenting_tls(&c, &files)).await.expect("handshake");
+    assert_eq!(r.call(&["GET", "k"]).await, Reply::bulk("v"), "the refused SET wrote nothing");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_resp_connection_past_max_connections_reads_the_error_after_its_handshake() {
+    let c = tls_tree(1, &["--max-connections", "2"]).await;
+    let files = client_cert(&c, "resp-client");
+    let mut first = Resp::connect_tls(&c.resp_addr(0), presenting_tls(&c, &files)).await.expect("handshake");
+    let mut second = Resp::connect_tls(&c.resp_addr(0), presenting_tls(&c, &files)).await.expect("handshake");
+    assert_eq!(first.call(&["PING"]).await, Reply::Simple("PONG".into()));
+    assert_eq!(second.call(&["PING"]).await, Reply::Simple("PONG".into()));
+    let mut third = Resp::connect_tls(&c.resp_addr(0), presenting_tls(&c, &files)).await.expect("handshake");
+    assert_eq!(third.read().await, Some(Reply::Error("ERR max number of clients reached".into())));
+    assert!(third.is_closed().await);
+    drop(first);
+    wait_until(Duration::from_secs(20), "a slot to come free", || async {
+        let Ok(mut r) = Resp::connect_tls(&c.resp_addr(0), presenting_tls(&c, &files)).await else { return false };
+        r.call(&["PING"]).await == Reply::Simple("PONG".into())
+    })
+    .await;
+    assert_eq!(second.call(&["PING"]).await, Reply::Simple("PONG".into()));
 }

@@ -13,9 +13,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{tls_flags, wait_until, Cluster, Opts, LOOPBACK};
+use common::{client_config, tls_flags, wait_until, Cluster, Opts, LOOPBACK};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use treecache::tls::certs::{Authority, Validity};
@@ -29,28 +29,6 @@ fn tls_opts(nodes: usize) -> Opts {
 
 fn ca(c: &Cluster) -> &Authority {
     c.ca.as_ref().expect("a TLS cluster")
-}
-
-/// A rustls client trusting `trusted` and presenting `identity` (PEM
-/// certificate and key) if any: built by hand, so an expired or foreign
-/// certificate can be presented (a node's own checks would refuse it).
-fn client_config(trusted: &str, identity: Option<(&str, &str)>) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(trusted.as_bytes()) {
-        roots.add(cert.expect("CA PEM")).expect("CA certificate");
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(treecache::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots);
-    match identity {
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_slice_iter(cert.as_bytes()).map(|c| c.expect("cert PEM")).collect();
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key PEM");
-            builder.with_client_auth_cert(chain, key).expect("client certificate")
-        }
-        None => builder.with_no_client_auth(),
-    }
 }
 
 fn https(config: rustls::ClientConfig) -> reqwest::Client {

@@ -254,7 +254,11 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     progress.finish();
     print_nodes(&http, &urls).await;
     if let Some((_, resp)) = urls.last() {
-        println!("RESP (Redis protocol) on each node's resp port: redis-cli -p {resp}");
+        let tls = match &certs {
+            Some(certs) => format!(" --tls --cacert {}", certs.dir.join("ca.pem").display()),
+            None => String::new(),
+        };
+        println!("RESP (Redis protocol) on each node's resp port: redis-cli{tls} -p {resp}");
     }
     print_tree(&zk_addr, &args.cluster, urls.len()).await;
     println!("cluster secret in {}", secret.display());

@@ -4,9 +4,17 @@
 //! the store itself; what a command adds is only what RESP asks on top
 //! (several keys in one command, SET's options, the connection's state).
 //!
+//! Every call is held through a failover as `/kv` holds it
+//! ([`Node::through_failover`], `--failover-wait`): writes and consistent
+//! reads, and plain reads of keys not held here, are tried again while no
+//! leader can be reached, and fail (`-TRYAGAIN`) only once the wait is
+//! over. A batch of writes (pipelined SETs, MSET, DEL) keeps its order
+//! through that: see [`write_in_order`].
+//!
 //! The table [`COMMANDS`] is what COMMAND, COMMAND INFO, COUNT and DOCS
 //! report, and its arity is checked before a command runs.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -17,7 +25,7 @@ use super::reply::Proto;
 use crate::clock::now_ms;
 use crate::error::Error;
 use crate::metrics::{Metrics, Outcome, RESP_DELETE_LABEL, RESP_OTHER_LABEL, RESP_READ_LABEL, RESP_WRITE_LABEL};
-use crate::node::{refusal, Ack, Found, MAX_TTL_SECS};
+use crate::node::{refusal, Ack, Found, Node, MAX_TTL_SECS};
 use crate::store::{check_key, Condition};
 use crate::wire::WriteResult;
 
@@ -272,6 +280,76 @@ pub(super) fn plain_set(args: &[Bytes]) -> bool {
         && set_opts(&args[3..]).is_ok_and(|o| !o.get && o.cond == Condition::Always)
 }
 
+/// A plain read (`GET /kv/key`), held through a failover unless the key
+/// is held here: a held key is answered as it is, as on `/kv`.
+async fn read(node: &Node, key: &str) -> Result<Found, Error> {
+    node.through_failover(|| !node.holds(key), || node.read(key)).await
+}
+
+/// A consistent read (`?consistent=true`), held through a failover; not at
+/// a standby root, which does not pass it on from RESP (its
+/// `NotRegistered` becomes `-READONLY` at once).
+async fn read_consistent(node: &Node, key: &str) -> Result<Found, Error> {
+    node.through_failover(|| !node.is_following(), || node.get(key, true)).await
+}
+
+/// A write (`PUT`/`DELETE /kv/key`), held through a failover.
+async fn write(
+    node: &Node,
+    key: &str,
+    value: Option<Bytes>,
+    ttl_ms: Option<u64>,
+    ack: Ack,
+    cond: Condition,
+) -> Result<WriteResult, Error> {
+    node.through_failover(|| true, || node.write(key, value.clone(), ttl_ms, ack, cond)).await
+}
+
+/// One unconditional write of a batch ([`write_in_order`]).
+struct Plain<'a> {
+    key: &'a str,
+    value: Option<Bytes>,
+    ttl_ms: Option<u64>,
+    ack: Ack,
+}
+
+/// Writes `batch` as one after another would be written, each held through
+/// a failover. All are first tried together: their futures are first
+/// polled in the order given, so they join the uplink in order and share
+/// its round trips. From the first that meets no leader on (it failed before doing
+/// anything, at its first poll: the node is not registered), the later
+/// ones are not tried with it; they are tried after it, one at a time and
+/// in order, each held through the failover. So a write that waited for a
+/// leader is never overtaken by a later one of the same batch (guarantee
+/// 5 for a pipeline, an MSET, a DEL of several keys).
+async fn write_in_order(node: &Node, batch: &[Plain<'_>]) -> Vec<Result<WriteResult, Error>> {
+    let held = AtomicBool::new(false);
+    let first = batch.iter().map(|w| {
+        let held = &held;
+        async move {
+            if held.load(Ordering::Relaxed) {
+                return None;
+            }
+            match node.write(w.key, w.value.clone(), w.ttl_ms, w.ack, Condition::Always).await {
+                Err(e) if e.awaits_leader() => {
+                    held.store(true, Ordering::Relaxed);
+                    None
+                }
+                result => Some(result),
+            }
+        }
+    });
+    let tried = join_all(first).await;
+    let mut results = Vec::with_capacity(batch.len());
+    for (w, result) in batch.iter().zip(tried) {
+        results.push(match result {
+            Some(result) => result,
+            None => write(node, w.key, w.value.clone(), w.ttl_ms, w.ack, Condition::Always).await,
+        });
+    }
+    results
+}
+
 /// The metric label of a command.
 fn label(spec: &Spec) -> usize {
     match spec.name {
@@ -390,7 +468,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
 
     async fn get(&mut self, arg: &Bytes) -> Done {
         let key = key(arg)?;
-        match found_or_none(self.shared.node.read(key).await)? {
+        match found_or_none(read(&self.shared.node, key).await)? {
             Some(found) => {
                 self.out.value(&found.value);
                 Ok(read_outcome(&found))
@@ -410,8 +488,8 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
         if get {
             return self.set_get(key, value, ttl_ms, cond).await;
         }
-        let ack = self.shared.node.args().resp_ack;
-        let result = self.shared.node.write(key, Some(value), ttl_ms, ack, cond).await;
+        let node = &self.shared.node;
+        let result = write(node, key, Some(value), ttl_ms, node.args().resp_ack, cond).await;
         self.set_reply(key, result)
     }
 
@@ -428,24 +506,25 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Consecutive plain SETs of a pipeline (see [`plain_set`]), written
-    /// together: their writes join the uplink in the order they came, as
-    /// one after another would (the futures are first polled in order:
-    /// fewer than `join_all`'s 30), and are awaited together; the replies
-    /// go out in order. A connection's pipelined SETs then share the
-    /// uplink's round trips instead of taking one each.
+    /// together ([`write_in_order`]: in the order they came, as one after
+    /// another would be); the replies go out in order. A connection's
+    /// pipelined SETs then share the uplink's round trips instead of
+    /// taking one each.
     pub(super) async fn sets(&mut self, batch: Vec<Vec<Bytes>>) {
         let started = Instant::now();
         let node = self.shared.node.clone();
         let ack = node.args().resp_ack;
-        let writes = batch.iter().map(|args| {
-            let node = &node;
-            async move {
-                let key = key(&args[1]).map_err(|_| Error::BadKey("checked before".into()))?;
-                let ttl_ms = set_opts(&args[3..]).ok().and_then(|o| o.ttl_ms);
-                node.write(key, Some(args[2].clone()), ttl_ms, ack, Condition::Always).await
-            }
-        });
-        for (args, result) in batch.iter().zip(join_all(writes).await) {
+        let writes: Vec<Plain<'_>> = batch
+            .iter()
+            .map(|args| Plain {
+                // Checked by `plain_set` before the SET joined the batch.
+                key: std::str::from_utf8(&args[1]).unwrap_or_default(),
+                value: Some(args[2].clone()),
+                ttl_ms: set_opts(&args[3..]).ok().and_then(|o| o.ttl_ms),
+                ack,
+            })
+            .collect();
+        for (args, result) in batch.iter().zip(write_in_order(&node, &writes).await) {
             let done = self.set_reply(std::str::from_utf8(&args[1]).unwrap_or_default(), result);
             let outcome = match done {
                 Ok(outcome) => outcome,
@@ -462,7 +541,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
     async fn set_get(&mut self, key: &str, value: Bytes, ttl_ms: Option<u64>, cond: Condition) -> Done {
         let node = self.shared.node.clone();
         for _ in 0..SET_GET_TRIES {
-            let read = node.get(key, true).await;
+            let read = read_consistent(&node, key).await;
             if let Err(Error::NotRegistered) = read {
                 return Err(self.write_error(Error::NotRegistered));
             }
@@ -470,7 +549,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
             let live = old.as_ref().map(|f| f.version);
             if cond.holds(live) {
                 let exact = live.map_or(Condition::IfAbsent, Condition::IfVersion);
-                let result = node.write(key, Some(value.clone()), ttl_ms, Ack::Root, exact).await;
+                let result = write(&node, key, Some(value.clone()), ttl_ms, Ack::Root, exact).await;
                 match result.map_err(|e| self.write_error(e))? {
                     WriteResult::ConditionFailed { .. } => continue,
                     result => {
@@ -496,8 +575,9 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
         let node = self.shared.node.clone();
         let mut deleted = 0;
         for chunk in keys.chunks(KEYS_AT_ONCE) {
-            let writes = chunk.iter().map(|k| node.write(k, None, None, Ack::Root, Condition::Always));
-            for (k, result) in chunk.iter().zip(join_all(writes).await) {
+            let writes: Vec<Plain<'_>> =
+                chunk.iter().map(|&key| Plain { key, value: None, ttl_ms: None, ack: Ack::Root }).collect();
+            for (k, result) in chunk.iter().zip(write_in_order(&node, &writes).await) {
                 let result = result.map_err(|e| self.write_error(e))?;
                 if let Some(e) = refusal(k, &result) {
                     return Err(e.into());
@@ -514,7 +594,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
         let node = self.shared.node.clone();
         let mut n = 0;
         for chunk in keys.chunks(KEYS_AT_ONCE) {
-            for result in join_all(chunk.iter().map(|k| node.read(k))).await {
+            for result in join_all(chunk.iter().map(|k| read(&node, k))).await {
                 n += i64::from(found_or_none(result)?.is_some());
             }
         }
@@ -531,7 +611,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
         let mut reads = Vec::with_capacity(keys.len().min(KEYS_AT_ONCE));
         for (i, chunk) in keys.chunks(KEYS_AT_ONCE).enumerate() {
             reads.clear();
-            for result in join_all(chunk.iter().map(|k| node.read(k))).await {
+            for result in join_all(chunk.iter().map(|k| read(&node, k))).await {
                 reads.push(found_or_none(result)?);
             }
             if i == 0 {
@@ -562,8 +642,9 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
         let node = self.shared.node.clone();
         let ack = node.args().resp_ack;
         for chunk in pairs.chunks(KEYS_AT_ONCE) {
-            let writes = chunk.iter().map(|(k, v)| node.write(k, Some(v.clone()), None, ack, Condition::Always));
-            for ((k, _), result) in chunk.iter().zip(join_all(writes).await) {
+            let writes: Vec<Plain<'_>> =
+                chunk.iter().map(|(key, v)| Plain { key, value: Some(v.clone()), ttl_ms: None, ack }).collect();
+            for ((k, _), result) in chunk.iter().zip(write_in_order(&node, &writes).await) {
                 let result = result.map_err(|e| self.write_error(e))?;
                 if let Some(e) = refusal(k, &result) {
                     return Err(e.into());
@@ -578,7 +659,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
     /// have, -1 for one that does not expire.
     async fn ttl(&mut self, arg: &Bytes, unit: u64) -> Done {
         let key = key(arg)?;
-        let Some(found) = found_or_none(self.shared.node.read(key).await)? else {
+        let Some(found) = found_or_none(read(&self.shared.node, key).await)? else {
             self.out.int(-2);
             return Ok(Outcome::NotFound);
         };

@@ -190,7 +190,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.shared.node.metrics().request(crate::metrics::RESP_OTHER_LABEL, outcome, started.elapsed());
     }
 
+    /// Sends the output, and flushes the stream: a TLS stream may keep
+    /// records back that a write could not send at once.
     async fn flush(&mut self) -> std::io::Result<()> {
+        self.write_out().await?;
+        self.stream.flush().await
+    }
+
+    async fn write_out(&mut self) -> std::io::Result<()> {
         if self.out.parts.is_empty() {
             if !self.out.buf.is_empty() {
                 self.stream.write_all(&self.out.buf).await?;

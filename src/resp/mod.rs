@@ -18,6 +18,14 @@
 //! with `-P 16` (docs/benchmarks.md). Misses and writes wait on the node's
 //! own tasks as HTTP's do. [`RespServer::stop`] ends the thread and every
 //! connection with it. Must not touch the store, nor build HTTP answers.
+//!
+//! Under TLS (`--tls-cert`), the listener speaks only TLS, as Redis's
+//! `tls-port`: each connection is first a handshake through the node's
+//! [`Tls::acceptor`] (the HTTP listener's configuration: the same
+//! certificate, `--tls-client-auth` and SIGHUP reloads), then the same
+//! [`Conn`] over the TLS stream. A handshake that fails (a plaintext
+//! client, a refused certificate) or does not finish within
+//! [`HANDSHAKE_TIMEOUT`] closes that connection only.
 
 mod commands;
 mod conn;
@@ -33,10 +41,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
 use crate::node::{Node, BATCH_BYTES};
+use crate::tls::Tls;
 use conn::{Conn, Session};
 use frame::Limits;
 
 pub use commands::REDIS_VERSION;
+
+/// How long a client has to finish its TLS handshake (as HTTP's request
+/// head timeout): a connection that stalls there holds a client slot.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What every connection of one listener shares.
 pub(crate) struct Shared {
@@ -81,8 +94,9 @@ pub struct RespServer {
 
 impl RespServer {
     /// Serves RESP on `listener` (bound by the caller, so a taken port
-    /// fails before the node starts) for `node`.
-    pub fn start(listener: std::net::TcpListener, node: Node) -> Result<RespServer, String> {
+    /// fails before the node starts) for `node`; over TLS with `tls`.
+    pub fn start(listener: std::net::TcpListener, node: Node, tls: Option<&Tls>) -> Result<RespServer, String> {
+        let acceptor = tls.map(Tls::acceptor);
         let addr = listener.local_addr().map_err(|e| format!("RESP listener: {e}"))?;
         listener.set_nonblocking(true).map_err(|e| format!("RESP listener {addr}: {e}"))?;
         let shared = Arc::new(Shared {
@@ -110,7 +124,7 @@ impl RespServer {
                     match tokio::net::TcpListener::from_std(listener) {
                         Ok(listener) => {
                             tokio::select! {
-                                _ = accept(listener, shared) => {}
+                                _ = accept(listener, shared, acceptor) => {}
                                 _ = stopped => {}
                             }
                         }
@@ -143,28 +157,37 @@ impl Drop for Counted {
 }
 
 /// Takes connections until stopped; owns their tasks (dropped with it).
-async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+/// A connection past `--max-connections` is answered an error and closed
+/// (after its handshake under TLS, so the client can read it).
+async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>, tls: Option<tokio_rustls::TlsAcceptor>) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((mut stream, addr)) => {
+                Ok((stream, addr)) => {
                     shared.total_connections.fetch_add(1, Ordering::Relaxed);
-                    if shared.connected() >= shared.max_clients {
+                    let full = shared.connected() >= shared.max_clients;
+                    let counted = if full {
                         shared.rejected.fetch_add(1, Ordering::Relaxed);
-                        connections.spawn(async move {
-                            let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
-                        });
-                        continue;
-                    }
+                        None
+                    } else {
+                        shared.connected.fetch_add(1, Ordering::Relaxed);
+                        Some(Counted(shared.clone()))
+                    };
                     let _ = stream.set_nodelay(true);
-                    shared.connected.fetch_add(1, Ordering::Relaxed);
-                    let counted = Counted(shared.clone());
-                    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-                    let session = Session::new(id, Some(addr), stream.local_addr().ok(), shared.node.guard().needs_token());
-                    let conn = Conn::new(shared.clone(), stream, session);
+                    let (shared, tls) = (shared.clone(), tls.clone());
                     connections.spawn(async move {
-                        conn.run().await;
+                        let local = stream.local_addr().ok();
+                        match tls {
+                            None => serve(shared, stream, addr, local, full).await,
+                            Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => serve(shared, stream, addr, local, full).await,
+                                Ok(Err(e)) => log::debug!("RESP client {addr}: TLS handshake failed, closed: {e}"),
+                                Err(_) => log::debug!(
+                                    "RESP client {addr}: no TLS handshake within {HANDSHAKE_TIMEOUT:?}, closed"
+                                ),
+                            },
+                        }
                         drop(counted);
                     });
                 }
@@ -177,4 +200,24 @@ async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
+}
+
+/// One connection, plain or TLS: served, or refused when the listener is
+/// `full`.
+async fn serve<S>(shared: Arc<Shared>, mut stream: S, addr: SocketAddr, local: Option<SocketAddr>, full: bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if full {
+        let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+        let _ = stream.shutdown().await;
+        return;
+    }
+    let session = Session::new(
+        shared.next_id.fetch_add(1, Ordering::Relaxed),
+        Some(addr),
+        local,
+        shared.node.guard().needs_token(),
+    );
+    Conn::new(shared, stream, session).run().await;
 }

@@ -799,6 +799,31 @@ pub fn tls_client(files: &TlsFiles) -> reqwest::Client {
     reqwest::Client::builder().use_preconfigured_tls((*tls.client_config()).clone()).build().expect("HTTPS client")
 }
 
+/// A rustls client trusting the CA in `trusted` (PEM) and presenting
+/// `identity` (PEM certificate and key) if any: built by hand, so an
+/// expired or foreign certificate can be presented (a node's own checks
+/// would refuse it).
+pub fn client_config(trusted: &str, identity: Option<(&str, &str)>) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(trusted.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("CA certificate");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(treecache::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots);
+    match identity {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert.as_bytes()).map(|c| c.expect("cert PEM")).collect();
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key PEM");
+            builder.with_client_auth_cert(chain, key).expect("client certificate")
+        }
+        None => builder.with_no_client_auth(),
+    }
+}
+
 /// Sends `sig` to a process we started and have not reaped.
 fn send_signal(pid: u32, sig: libc::c_int) -> bool {
     match libc::pid_t::try_from(pid) {

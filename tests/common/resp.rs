@@ -4,9 +4,10 @@
 //! the wire. (redis-cli and redis-py, in tests/resp.rs, are the clients
 //! people use.)
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// How long a reply may take.
@@ -50,15 +51,40 @@ impl Reply {
     }
 }
 
+/// A plain or TLS connection.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+type Stream = BufReader<Box<dyn Io>>;
+
 pub struct Resp {
-    stream: BufReader<TcpStream>,
+    stream: Stream,
+    /// The certificate the server presented (TLS only).
+    served: Option<Vec<u8>>,
 }
 
 impl Resp {
     pub async fn connect(addr: &str) -> Resp {
         let stream = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect to RESP {addr}: {e}"));
         stream.set_nodelay(true).expect("nodelay");
-        Resp { stream: BufReader::new(stream) }
+        Resp { stream: BufReader::new(Box::new(stream)), served: None }
+    }
+
+    /// A TLS connection to `addr` (a loopback address) with `config`; the
+    /// handshake's error if it fails (under TLS 1.3 a refused client
+    /// certificate shows only at the first read).
+    pub async fn connect_tls(addr: &str, config: Arc<rustls::ClientConfig>) -> std::io::Result<Resp> {
+        let sock = TcpStream::connect(addr).await?;
+        sock.set_nodelay(true)?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("a server name");
+        let stream = tokio_rustls::TlsConnector::from(config).connect(name, sock).await?;
+        let served = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+        Ok(Resp { stream: BufReader::new(Box::new(stream)), served })
+    }
+
+    /// The server's certificate (DER), on a TLS connection.
+    pub fn served(&self) -> Option<&[u8]> {
+        self.served.as_deref()
     }
 
     /// Sends one command and reads its reply.
@@ -86,7 +112,17 @@ impl Resp {
 
     /// Sends bytes as they are.
     pub async fn raw(&mut self, bytes: &[u8]) {
-        self.stream.get_mut().write_all(bytes).await.expect("write to RESP");
+        let stream = self.stream.get_mut();
+        stream.write_all(bytes).await.expect("write to RESP");
+        stream.flush().await.expect("write to RESP");
+    }
+
+    /// [`Resp::raw`] that reports a failed write (a connection the server
+    /// may have closed).
+    pub async fn try_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let stream = self.stream.get_mut();
+        stream.write_all(bytes).await?;
+        stream.flush().await
     }
 
     /// Reads one reply; `None` when the server closed the connection.
@@ -96,6 +132,21 @@ impl Resp {
             .unwrap_or_else(|_| panic!("no RESP reply within {REPLY_TIMEOUT:?}"))
     }
 
+    /// Everything the server sends until it closes the connection (an
+    /// error ends it too); `None` if it is still open after the reply
+    /// timeout.
+    pub async fn read_until_closed(&mut self) -> Option<Vec<u8>> {
+        let mut got = Vec::new();
+        let read = async {
+            let mut chunk = [0u8; 1024];
+            while let Ok(n @ 1..) = self.stream.read(&mut chunk).await {
+                got.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::time::timeout(REPLY_TIMEOUT, read).await.ok()?;
+        Some(got)
+    }
+
     /// Whether the server closed the connection (reads end of stream).
     pub async fn is_closed(&mut self) -> bool {
         let mut byte = [0u8; 1];
@@ -103,9 +154,7 @@ impl Resp {
     }
 }
 
-fn read_reply(
-    r: &mut BufReader<TcpStream>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Reply>> + Send + '_>> {
+fn read_reply(r: &mut Stream) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Reply>> + Send + '_>> {
     Box::pin(async move {
         let mut line = Vec::new();
         if r.read_until(b'\n', &mut line).await.ok()? == 0 {

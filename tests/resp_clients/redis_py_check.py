@@ -4,7 +4,9 @@ Run by tests/resp.rs with the venv's python: every command, RESP2 and
 RESP3, pipelining, errors, binary values, and a write at one node read at
 another. Each check that fails raises; the last line printed is
 "redis-py: N checks passed". Arguments: a JSON object
-{"ports": [root, node, ...], "max_value": N, "token": "..." or null}.
+{"ports": [root, node, ...], "max_value": N, "token": "..." or null,
+"tls": null or {"ca": PEM file, "cert": PEM file or null, "key": ...}}:
+with "tls" every connection is TLS, verified against "ca".
 """
 
 import json
@@ -16,6 +18,7 @@ import redis
 cfg = json.loads(sys.argv[1])
 ports = cfg["ports"]
 token = cfg.get("token")
+tls = cfg.get("tls")
 checks = 0
 
 
@@ -53,8 +56,12 @@ def eventually(what, fn, want, seconds=20):
 
 
 def client(port, protocol):
+    ssl = {}
+    if tls:
+        ssl = {"ssl": True, "ssl_ca_certs": tls["ca"], "ssl_certfile": tls.get("cert"),
+               "ssl_keyfile": tls.get("key")}
     return redis.Redis(host="127.0.0.1", port=port, protocol=protocol, password=token,
-                       socket_timeout=40, client_name=f"check-{protocol}")
+                       socket_timeout=40, client_name=f"check-{protocol}", **ssl)
 
 
 for protocol in (2, 3):
