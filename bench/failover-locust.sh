@@ -135,11 +135,12 @@ import sys
 log, kill = sys.argv[1], float(sys.argv[2])
 rows = [l.split() for l in open(log) if l.strip()]
 fails = [r for r in rows if r[2] == "fail"]
-window = sorted(float(r[1]) for r in rows if kill <= float(r[0]) < kill + 15)
+# In flight at the kill (begun before, answered after) or begun within 15 s after it.
+window = sorted(float(r[1]) for r in rows if float(r[0]) + float(r[1]) / 1000 > kill and float(r[0]) < kill + 15)
 def pct(p):
     return window[min(len(window) - 1, int(p / 100 * len(window)))] if window else float("nan")
 print(f"requests: {len(rows)}, failed: {len(fails)}")
-print(f"begun within 15 s after the kill: {len(window)}, p50 {pct(50):.0f} ms, p99 {pct(99):.0f} ms, "
+print(f"in flight at the kill or begun within 15 s after it: {len(window)}, p50 {pct(50):.0f} ms, p99 {pct(99):.0f} ms, "
       f"max {window[-1] if window else float('nan'):.0f} ms")
 PY
 grep -h 'took over\|root: node' "$dir"/standby.log | tail -2 || true
