@@ -135,16 +135,8 @@ fn gauge(metrics: &str, name: &str) -> Option<u64> {
     metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).map(|v| v as u64)
 }
 
-/// Gauges of a node's bounded tables and of its allocator, read beside
-/// its entries and bytes.
-pub const TABLE_GAUGES: &[&str] = &[
-    "holders",
-    "write_ids_remembered",
-    "write_outcomes",
-    "push_queued",
-    "allocator_allocated_bytes",
-    "allocator_resident_bytes",
-];
+/// Gauges of a node's bounded tables, read beside its entries and bytes.
+pub const TABLE_GAUGES: &[&str] = &["holders", "write_ids_remembered", "write_outcomes", "push_queued"];
 
 /// One node's memory now: RSS of `pid`, gauges from `url/metrics`.
 async fn sample_node(http: &reqwest::Client, url: &str, pid: u32, t_s: f64) -> Option<MemSample> {

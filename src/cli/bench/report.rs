@@ -264,7 +264,7 @@ pub struct MemSample {
     pub tombstones: u64,
     /// `treecache_bytes` (Redis: `used_memory`).
     pub bytes: u64,
-    /// Other gauges of the node's tables and allocator, by name without
+    /// Other gauges of the node's tables, by name without
     /// the `treecache_` prefix (see [`super::churn::TABLE_GAUGES`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tables: BTreeMap<String, u64>,
