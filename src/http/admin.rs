@@ -103,6 +103,8 @@ pub async fn metrics(node: ThinData<Node>) -> HttpResponse {
     m.insync_roots.set(count(node.insync_roots()));
     m.uplink_pending.set(count(node.uplink_pending()));
     m.uplink_unconfirmed.set(count(node.uplink_unconfirmed()));
+    m.write_ids_remembered.set(count(node.write_ids_remembered()));
+    m.write_outcomes.set(count(node.write_outcomes_held()));
     m.push_queued.set(count(node.push_queued()));
     m.set_zk_state(node.zk_state());
     HttpResponse::Ok().content_type(crate::metrics::CONTENT_TYPE).body(m.render())

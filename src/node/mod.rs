@@ -373,6 +373,16 @@ impl Node {
         self.inner.uplink.unconfirmed()
     }
 
+    /// Settled write ids this node remembers so a resend is answered, not queued again.
+    pub fn write_ids_remembered(&self) -> usize {
+        self.inner.uplink.remembered()
+    }
+
+    /// Write outcomes this node remembers as root (0 on any other node).
+    pub fn write_outcomes_held(&self) -> usize {
+        self.inner.outcomes.lock().len()
+    }
+
     /// `--fault-lose-write-replies`: whether to drop this write answer.
     pub fn lose_this_write_reply(&self) -> bool {
         let limit = self.args().fault_lose_write_replies;

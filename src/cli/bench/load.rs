@@ -34,6 +34,8 @@ pub enum Method {
     Get,
     /// PUT a key.
     Put,
+    /// DELETE a key.
+    Delete,
     /// GET the node's URL as it is, not a key (`bench url`: any server).
     Url,
 }
@@ -43,6 +45,7 @@ impl Method {
         match self {
             Method::Get | Method::Url => "get",
             Method::Put => "put",
+            Method::Delete => "delete",
         }
     }
 }
@@ -70,6 +73,10 @@ impl Request {
 
     pub fn put(node: usize, key: u64, body: Bytes, ack: Ack) -> Request {
         Request { method: Method::Put, node, key, body: Some(body), ack, want_version: false }
+    }
+
+    pub fn delete(node: usize, key: u64, ack: Ack) -> Request {
+        Request { method: Method::Delete, node, key, body: None, ack, want_version: false }
     }
 }
 
@@ -110,6 +117,14 @@ pub struct Load {
     pub rate: Option<f64>,
     pub timeout: Duration,
     pub progress: bool,
+    /// Seeds worker i's random numbers with [`worker_seed`]`(seed, i)`, so
+    /// a run's requests can be drawn again (`None`: from entropy).
+    pub seed: Option<u64>,
+}
+
+/// Worker `index`'s seed in a run seeded with `seed`.
+pub fn worker_seed(seed: u64, index: usize) -> u64 {
+    seed.wrapping_add((index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
 /// A bench client: the run's headers, no proxy, no Nagle delay, and the
@@ -181,6 +196,7 @@ struct Shared<W> {
     stop_at: Option<Instant>,
     max: Option<u64>,
     interval: Option<Duration>,
+    seed: Option<u64>,
 }
 
 /// Runs `load` with `workload` over `conns` and returns what was measured.
@@ -209,6 +225,7 @@ pub async fn run<W: Workload>(
         exhausted: AtomicBool::new(false),
         start,
         stop_at: load.duration.map(|d| start + d),
+        seed: load.seed,
         max: load.requests,
         interval: load.rate.map(|r| Duration::from_secs_f64(1.0 / r)),
     });
@@ -273,7 +290,7 @@ fn progress_bar(name: &str, load: &Load) -> ProgressBar {
 
 async fn worker<W: Workload>(index: usize, http: reqwest::Client, nodes: Vec<Client>, shared: Arc<Shared<W>>) -> Tally {
     let mut tally = Tally::default();
-    let mut rng = StdRng::from_entropy();
+    let mut rng = shared.seed.map_or_else(StdRng::from_entropy, |s| StdRng::seed_from_u64(worker_seed(s, index)));
     // Reused for every key, so naming one allocates nothing.
     let mut key = String::new();
     loop {
@@ -349,6 +366,10 @@ async fn send(
             }
             written.version().map(|v| (Some(v), None)).ok_or_else(|| "no_version".into())
         }
+        Method::Delete => {
+            node.del_with(key, req.ack).await.map_err(|e| failure_kind(&e))?;
+            Ok((None, None))
+        }
         Method::Url => get_url(http, node.node_url()).await,
     }
 }
@@ -412,6 +433,7 @@ mod tests {
             rate: None,
             timeout: Duration::from_secs(2),
             progress: false,
+            seed: None,
         };
         let conns = Connections::new(2, load.timeout, &Default::default(), None).unwrap();
         // Port 9 on loopback (discard) is closed here: every request fails to connect.

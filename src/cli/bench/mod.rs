@@ -8,14 +8,18 @@
 //! - [`scenarios`]: hit, miss, write, mixed, converge and url.
 //! - [`lag`]: `converge`'s reading of the nodes' push-lag histograms.
 //! - [`scale`]: start N node processes, time their registration, read their RSS.
+//! - [`churn`]: start a tree, churn its keys, follow every node's RSS (and Redis's).
+//! - [`redis`]: just enough RESP for the scenarios that put Redis beside a node.
 //!
 //! Flags are checked here into a [`Plan`] before any request is sent, so a
 //! bad flag is a clear error and no load.
 
+pub mod churn;
 pub mod dist;
 pub mod lag;
 pub mod load;
 pub mod policy;
+pub mod redis;
 pub mod report;
 pub mod scale;
 pub mod scenarios;
@@ -50,6 +54,12 @@ pub enum Scenario {
     /// (--redis) Redis allkeys-lru, in process: hit ratio and throughput
     /// for zipfian and a scan-heavy mix, the cache at --cache-pct of the keys.
     Policy,
+    /// Start --nodes node processes (default 7), then --writers PUT and
+    /// DELETE (--delete-pct) and --readers GET a fixed key space at random
+    /// nodes for --duration (default 12m); every node's RSS, live entries
+    /// and bytes every --sample-every; RSS growth over the last third and
+    /// RSS per live entry (--redis: the same workload against Redis).
+    Churn,
 }
 
 impl Scenario {
@@ -63,6 +73,7 @@ impl Scenario {
             Scenario::Scale => "scale",
             Scenario::Url => "url",
             Scenario::Policy => "policy",
+            Scenario::Churn => "churn",
         }
     }
 }
@@ -112,6 +123,7 @@ pub enum Targets {
   treecache bench miss --root http://127.0.0.1:8080 -n 2000
   treecache bench converge --root http://127.0.0.1:8080 --rate 100 --value-size 1KiB
   treecache bench scale --nodes 63
+  treecache bench churn --duration 12m --redis 127.0.0.1:6379
   treecache bench url --url http://127.0.0.1:9000/ -c 16 -d 10s")]
 pub struct BenchArgs {
     /// What to measure.
@@ -189,13 +201,14 @@ pub struct BenchArgs {
     /// their push-lag histograms (`/metrics`), which costs the tree nothing.
     #[arg(long, env = "TREECACHE_BENCH_NO_POLL", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_poll: bool,
-    /// `scale`: node processes to start, the root included.
-    #[arg(long, env = "TREECACHE_BENCH_NODES", default_value_t = 15)]
-    pub nodes: usize,
-    /// `scale`: children per node.
+    /// `scale`, `churn`: node processes to start, the root included
+    /// (default: scale 15, churn 7).
+    #[arg(long, env = "TREECACHE_BENCH_NODES")]
+    pub nodes: Option<usize>,
+    /// `scale`, `churn`: children per node.
     #[arg(long, env = "TREECACHE_BENCH_FANOUT", default_value_t = 2)]
     pub fanout: u32,
-    /// `scale`: ZooKeeper to use (default: start a private one).
+    /// `scale`, `churn`: ZooKeeper to use (default: start a private one).
     #[arg(long, env = "TREECACHE_BENCH_ZK")]
     pub zk: Option<String>,
     /// `scale`: how long to wait for every node to register.
@@ -218,10 +231,26 @@ pub struct BenchArgs {
     #[arg(long, env = "TREECACHE_BENCH_CACHE_PCT", default_value_t = 10.0)]
     pub cache_pct: f64,
     /// `policy`: also replay the trace against this Redis (HOST:PORT), set
-    /// to the same byte bound with `maxmemory-policy allkeys-lru`. Its data
-    /// is flushed.
+    /// to the same byte bound with `maxmemory-policy allkeys-lru`; `churn`:
+    /// run the same workload against it afterwards. Its data is flushed.
     #[arg(long, env = "TREECACHE_BENCH_REDIS")]
     pub redis: Option<String>,
+    /// `churn`: connections that write (PUT, or DELETE --delete-pct of the time).
+    #[arg(long, env = "TREECACHE_BENCH_WRITERS", default_value_t = 4)]
+    pub writers: usize,
+    /// `churn`: connections that read.
+    #[arg(long, env = "TREECACHE_BENCH_READERS", default_value_t = 4)]
+    pub readers: usize,
+    /// `churn`: percent of the writers' requests that are DELETEs.
+    #[arg(long, env = "TREECACHE_BENCH_DELETE_PCT", default_value_t = 30, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub delete_pct: u32,
+    /// `churn`: how often to read every node's memory.
+    #[arg(long, env = "TREECACHE_BENCH_SAMPLE_EVERY", value_parser = parse_duration, default_value = "10s")]
+    pub sample_every: Duration,
+    /// `churn`: seed of every random draw (keys, operations, nodes,
+    /// values), so a run can be repeated (default: random, printed).
+    #[arg(long, env = "TREECACHE_BENCH_SEED")]
+    pub seed: Option<u64>,
 }
 
 /// Checked settings: everything a scenario needs, nothing left to parse.
@@ -256,6 +285,11 @@ pub struct Plan {
     /// `--tls-ca`: how every client of the run speaks TLS.
     pub tls: Option<rustls::ClientConfig>,
     pub json: bool,
+    /// `churn`: the first `writers` connections write.
+    pub writers: usize,
+    pub delete_pct: u32,
+    pub sample_every: Duration,
+    pub redis: Option<String>,
 }
 
 const MAX_CONNECTIONS: usize = 10_000;
@@ -273,8 +307,12 @@ impl BenchArgs {
     /// Checks the flags and resolves the scenario's defaults.
     pub fn plan(&self) -> Result<Plan, String> {
         let s = self.scenario;
-        if self.connections == 0 || self.connections > MAX_CONNECTIONS {
-            return Err(format!("--connections {}: must be 1 to {MAX_CONNECTIONS}", self.connections));
+        let connections = match s {
+            Scenario::Churn => self.writers + self.readers,
+            _ => self.connections,
+        };
+        if connections == 0 || connections > MAX_CONNECTIONS {
+            return Err(format!("--connections {connections}: must be 1 to {MAX_CONNECTIONS}"));
         }
         if self.duration.is_some_and(|d| d.is_zero()) {
             return Err("--duration must be greater than zero".into());
@@ -295,7 +333,7 @@ impl BenchArgs {
         let url = self.url.as_deref().map(|u| check_url("--url", u)).transpose()?;
         match s {
             Scenario::Url if url.is_none() => return Err("bench url needs --url URL".into()),
-            Scenario::Url | Scenario::Scale | Scenario::Policy => {}
+            Scenario::Url | Scenario::Scale | Scenario::Policy | Scenario::Churn => {}
             _ if nodes.is_empty() && root.is_none() => {
                 return Err(format!("bench {} needs --root URL or --node URL", s.name()));
             }
@@ -316,18 +354,20 @@ impl BenchArgs {
                 Scenario::Hit | Scenario::Miss | Scenario::Url => 100,
                 Scenario::Write | Scenario::Converge => 0,
                 Scenario::Mixed => 50,
-                Scenario::Scale | Scenario::Policy => 0,
+                Scenario::Scale | Scenario::Policy | Scenario::Churn => 0,
             },
         };
         let keys = match (self.keys, s) {
             (Some(k), _) => k,
             (None, Scenario::Converge) => 100,
             (None, Scenario::Miss) => self.requests.unwrap_or(10_000),
+            (None, Scenario::Churn) => 20_000,
             (None, _) => 10_000,
         };
         let chooser = KeyChooser::new(self.popularity, keys, self.theta)?;
         let sizes = ValueSizes::parse(self.value_size.as_deref().unwrap_or(match s {
             Scenario::Converge => "1024",
+            Scenario::Churn => "100-2000",
             _ => "512-8192",
         }))?;
         if self.key_prefix.is_empty()
@@ -345,13 +385,23 @@ impl BenchArgs {
         if self.converge_timeout.is_zero() {
             return Err("--converge-timeout must be greater than zero".into());
         }
-        if s == Scenario::Scale && !(1..=MAX_SCALE_NODES).contains(&self.nodes) {
-            return Err(format!("--nodes {}: must be 1 to {MAX_SCALE_NODES}", self.nodes));
+        let scale_nodes = self.nodes.unwrap_or(if s == Scenario::Churn { 7 } else { 15 });
+        if matches!(s, Scenario::Scale | Scenario::Churn) && !(1..=MAX_SCALE_NODES).contains(&scale_nodes) {
+            return Err(format!("--nodes {scale_nodes}: must be 1 to {MAX_SCALE_NODES}"));
+        }
+        if s == Scenario::Churn {
+            if self.url.is_some() || !self.node.is_empty() || self.root.is_some() {
+                return Err("bench churn starts its own tree: no --root, --node or --url".into());
+            }
+            if self.sample_every.is_zero() {
+                return Err("--sample-every must be greater than zero".into());
+            }
         }
         if self.fanout == 0 {
             return Err("--fanout must be at least 1".into());
         }
         let duration = match (self.duration, self.requests) {
+            (None, None) if s == Scenario::Churn => Some(Duration::from_secs(12 * 60)),
             (None, None) => Some(Duration::from_secs(10)),
             (d, _) => d,
         };
@@ -369,12 +419,13 @@ impl BenchArgs {
             targets: self.targets,
             url,
             load: Load {
-                connections: self.connections,
+                connections,
                 duration,
                 requests: self.requests,
                 rate,
                 timeout: self.timeout,
                 progress: load::progress_wanted(self.json, self.quiet),
+                seed: self.seed,
             },
             warmup: self.warmup.filter(|w| !w.is_zero()),
             keys,
@@ -389,11 +440,15 @@ impl BenchArgs {
             poll_interval: self.poll_interval,
             converge_timeout: self.converge_timeout,
             poll: !self.no_poll,
-            scale_nodes: self.nodes,
+            scale_nodes,
             fanout: self.fanout,
             zk: self.zk.clone(),
             ready_timeout: self.ready_timeout,
             json: self.json,
+            writers: self.writers,
+            delete_pct: self.delete_pct,
+            sample_every: self.sample_every,
+            redis: self.redis.clone(),
         })
     }
 }
@@ -416,7 +471,8 @@ impl Plan {
             },
             theta: (self.popularity == Popularity::Zipfian && self.scenario != Scenario::Miss).then_some(self.theta),
             value_size: self.sizes.label(),
-            ack: matches!(self.scenario, Scenario::Write | Scenario::Mixed).then(|| self.ack.as_str().to_string()),
+            ack: matches!(self.scenario, Scenario::Write | Scenario::Mixed | Scenario::Churn)
+                .then(|| self.ack.as_str().to_string()),
             read_pct: (self.scenario == Scenario::Mixed).then_some(self.read_pct),
         }
     }
@@ -438,6 +494,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let plan = args.plan()?;
     let report = match plan.scenario {
         Scenario::Scale => scale::run(&plan).await?,
+        Scenario::Churn => churn::run(&plan).await?,
         _ => scenarios::run(&plan).await?,
     };
     let mut report = report;
@@ -486,6 +543,11 @@ mod tests {
         let miss = plan(&["miss", "--root", "http://127.0.0.1:1", "-n", "300"]).unwrap();
         assert_eq!(miss.keys, 300);
         assert_eq!(miss.settings().popularity, "cold");
+        let churn = plan(&["churn", "--seed", "7"]).unwrap();
+        assert_eq!((churn.scale_nodes, churn.load.connections, churn.writers, churn.delete_pct), (7, 8, 4, 30));
+        assert_eq!((churn.keys, churn.sizes), (20_000, ValueSizes { min: 100, max: 2000 }));
+        assert_eq!((churn.load.duration, churn.load.seed), (Some(Duration::from_secs(720)), Some(7)));
+        assert_eq!(churn.settings().ack.as_deref(), Some("parent"));
     }
 
     #[test]
@@ -509,5 +571,8 @@ mod tests {
         assert!(err(&["scale", "--nodes", "0"]).contains("--nodes 0"));
         assert!(err(&["hit", "--url", "http://x:1", "--root", "http://x:1"]).contains("--url is for"));
         assert!(err(&["sideways"]).contains("invalid value"));
+        assert!(err(&["churn", "--root", "http://x:1"]).contains("starts its own tree"));
+        assert!(err(&["churn", "--writers", "0", "--readers", "0"]).contains("--connections 0"));
+        assert!(err(&["churn", "--delete-pct", "101"]).contains("101"));
     }
 }

@@ -19,14 +19,13 @@
 //! trace one request at a time (GET, and SET on a miss).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 
 use super::dist::Zipfian;
+use super::redis::Redis;
 use crate::clock::Time;
 use crate::store::{Store, Update};
 
@@ -236,51 +235,6 @@ fn evict_main(main: &mut VecDeque<u64>, freq: &mut HashMap<u64, u8>, keep: usize
             _ => {
                 freq.remove(&t);
             }
-        }
-    }
-}
-
-/// A Redis connection speaking just enough RESP for this bench.
-struct Redis {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
-    addr: String,
-}
-
-impl Redis {
-    fn connect(addr: &str) -> Result<Redis, String> {
-        let sock: std::net::SocketAddr =
-            addr.parse().map_err(|_| format!("--redis {addr:?}: expected HOST:PORT, e.g. 127.0.0.1:6379"))?;
-        let writer = TcpStream::connect_timeout(&sock, Duration::from_secs(2))
-            .map_err(|e| format!("--redis {addr}: cannot connect: {e}"))?;
-        writer.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| format!("--redis {addr}: {e}"))?;
-        writer.set_nodelay(true).map_err(|e| format!("--redis {addr}: {e}"))?;
-        let reader = BufReader::new(writer.try_clone().map_err(|e| format!("--redis {addr}: {e}"))?);
-        Ok(Redis { writer, reader, addr: addr.to_string() })
-    }
-
-    /// Sends one command; returns the reply's first line and, for a bulk
-    /// string, whether it was present (`$-1` is a miss).
-    fn call(&mut self, args: &[&[u8]]) -> Result<String, String> {
-        let mut cmd = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            cmd.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            cmd.extend_from_slice(a);
-            cmd.extend_from_slice(b"\r\n");
-        }
-        let fail = |e: std::io::Error| format!("--redis {}: {e}", self.addr);
-        self.writer.write_all(&cmd).map_err(fail)?;
-        let mut line = String::new();
-        self.reader.read_line(&mut line).map_err(fail)?;
-        let line = line.trim_end().to_string();
-        if let Some(len) = line.strip_prefix('$').and_then(|n| n.parse::<i64>().ok()).filter(|&n| n >= 0) {
-            let mut body = vec![0u8; len as usize + 2];
-            std::io::Read::read_exact(&mut self.reader, &mut body).map_err(fail)?;
-        }
-        match line.strip_prefix('-') {
-            Some(err) => Err(format!("--redis {}: {err}", self.addr)),
-            None if line.is_empty() => Err(format!("--redis {}: the connection closed", self.addr)),
-            None => Ok(line),
         }
     }
 }

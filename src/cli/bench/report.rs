@@ -251,6 +251,220 @@ pub struct Scale {
     pub private_kib_max: u64,
 }
 
+/// One reading of a process's memory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemSample {
+    /// Seconds since the load started.
+    pub t_s: f64,
+    /// `VmRSS` (Redis: `used_memory_rss`), KiB.
+    pub rss_kib: u64,
+    /// `treecache_entries` (values and tombstones; Redis: DBSIZE).
+    pub entries: u64,
+    /// `treecache_tombstones` (Redis: 0).
+    pub tombstones: u64,
+    /// `treecache_bytes` (Redis: `used_memory`).
+    pub bytes: u64,
+    /// Other gauges of the node's tables, by name without
+    /// the `treecache_` prefix (see [`super::churn::TABLE_GAUGES`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tables: BTreeMap<String, u64>,
+}
+
+impl MemSample {
+    pub fn live(&self) -> u64 {
+        self.entries.saturating_sub(self.tombstones)
+    }
+}
+
+/// Growth over the last third of a run (from the last sample at or before
+/// two thirds of the last sample's time to the last sample), and what
+/// memory costs per live entry at the end.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemSummary {
+    pub from_s: f64,
+    pub to_s: f64,
+    pub rss_kib_from: u64,
+    pub rss_kib_to: u64,
+    pub rss_growth_pct: f64,
+    pub live_from: u64,
+    pub live_to: u64,
+    pub live_growth_pct: f64,
+    pub bytes_from: u64,
+    pub bytes_to: u64,
+    pub bytes_growth_pct: f64,
+    /// RSS over live entries at the end, bytes.
+    pub rss_per_live_entry: Option<f64>,
+    /// RSS over `bytes` at the end.
+    pub rss_per_byte: Option<f64>,
+}
+
+fn growth_pct(from: u64, to: u64) -> f64 {
+    if from == 0 {
+        return 0.0;
+    }
+    ((to as f64 / from as f64 - 1.0) * 1000.0).round() / 10.0
+}
+
+impl MemSummary {
+    /// `None` without two samples in time order.
+    pub fn of(samples: &[MemSample]) -> Option<MemSummary> {
+        let last = samples.last()?;
+        let from = samples.iter().rev().find(|s| s.t_s <= last.t_s * 2.0 / 3.0)?;
+        if from.t_s >= last.t_s {
+            return None;
+        }
+        let per = |n: u64, d: u64| (d > 0).then(|| ((n as f64 / d as f64) * 100.0).round() / 100.0);
+        Some(MemSummary {
+            from_s: from.t_s,
+            to_s: last.t_s,
+            rss_kib_from: from.rss_kib,
+            rss_kib_to: last.rss_kib,
+            rss_growth_pct: growth_pct(from.rss_kib, last.rss_kib),
+            live_from: from.live(),
+            live_to: last.live(),
+            live_growth_pct: growth_pct(from.live(), last.live()),
+            bytes_from: from.bytes,
+            bytes_to: last.bytes,
+            bytes_growth_pct: growth_pct(from.bytes, last.bytes),
+            rss_per_live_entry: per(last.rss_kib * 1024, last.live()).map(f64::round),
+            rss_per_byte: per(last.rss_kib * 1024, last.bytes),
+        })
+    }
+}
+
+/// One node of a churn run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChurnNode {
+    pub id: u64,
+    pub url: String,
+    pub depth: u32,
+    pub pid: u32,
+    pub samples: Vec<MemSample>,
+    pub summary: Option<MemSummary>,
+}
+
+/// Redis under the same churn.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChurnRedis {
+    pub addr: String,
+    pub ops: u64,
+    pub ops_per_s: f64,
+    pub samples: Vec<MemSample>,
+    pub summary: Option<MemSummary>,
+}
+
+/// The churn scenario: memory of every node (and Redis) under churn.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Churn {
+    pub seed: u64,
+    /// The command that repeats the run.
+    pub command: String,
+    pub sample_every_s: f64,
+    pub writers: usize,
+    pub readers: usize,
+    pub delete_pct: u32,
+    pub nodes: Vec<ChurnNode>,
+    pub redis: Option<ChurnRedis>,
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+impl Churn {
+    fn text(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "  churn: {} writers ({}% deletes), {} readers, each request at a random node; seed {}",
+            self.writers, self.delete_pct, self.readers, self.seed
+        );
+        let _ = writeln!(out, "  repeat: {}", self.command);
+        let _ = writeln!(
+            out,
+            "  memory over the last third of the run (RSS: VmRSS; live: treecache_entries - treecache_tombstones; \
+             bytes: treecache_bytes):"
+        );
+        let _ = writeln!(
+            out,
+            "    {:<8} {:>5}  {:<26} {:<22} {:<24} {:>10} {:>9}",
+            "node", "depth", "RSS MiB (growth)", "live entries (growth)", "bytes MB (growth)", "RSS/live", "RSS/bytes"
+        );
+        let row = |out: &mut String, name: &str, depth: &str, s: &MemSummary| {
+            let _ = writeln!(
+                out,
+                "    {:<8} {:>5}  {:<26} {:<22} {:<24} {:>10} {:>9}",
+                name,
+                depth,
+                format!("{} -> {} ({:+.1}%)", mib(s.rss_kib_from), mib(s.rss_kib_to), s.rss_growth_pct),
+                format!("{} -> {} ({:+.1}%)", s.live_from, s.live_to, s.live_growth_pct),
+                format!(
+                    "{:.1} -> {:.1} ({:+.1}%)",
+                    s.bytes_from as f64 / 1e6,
+                    s.bytes_to as f64 / 1e6,
+                    s.bytes_growth_pct
+                ),
+                s.rss_per_live_entry.map_or("-".into(), |b| format!("{b:.0} B")),
+                s.rss_per_byte.map_or("-".into(), |r| format!("{r:.2}x")),
+            );
+        };
+        for n in &self.nodes {
+            match &n.summary {
+                Some(s) => row(out, &format!("node {}", n.id), &n.depth.to_string(), s),
+                None => {
+                    let _ = writeln!(out, "    node {}: too few samples", n.id);
+                }
+            }
+        }
+        if let Some(r) = &self.redis {
+            match &r.summary {
+                Some(s) => row(out, "redis", "-", s),
+                None => {
+                    let _ = writeln!(out, "    redis: too few samples");
+                }
+            }
+            let _ = writeln!(
+                out,
+                "    (redis: RSS is used_memory_rss, bytes used_memory; {} commands, {:.0}/s)",
+                r.ops, r.ops_per_s
+            );
+            let redis_per = r.summary.as_ref().and_then(|s| s.rss_per_live_entry);
+            for n in &self.nodes {
+                if let (Some(a), Some(b)) = (n.summary.as_ref().and_then(|s| s.rss_per_live_entry), redis_per) {
+                    let _ = writeln!(out, "    node {} RSS per live entry / Redis's: {:.2}x", n.id, a / b);
+                }
+            }
+        }
+        for n in &self.nodes {
+            if let Some(last) = n.samples.last().filter(|s| !s.tables.is_empty()) {
+                let list: Vec<String> = last.tables.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                let _ = writeln!(out, "    node {} at the end: {}", n.id, list.join(", "));
+            }
+        }
+        let _ = writeln!(out, "  RSS MiB by time:");
+        let mut header = format!("    {:>7}", "t s");
+        for n in &self.nodes {
+            let _ = write!(header, " {:>7}", format!("node {}", n.id));
+        }
+        if self.redis.is_some() {
+            let _ = write!(header, " {:>7}", "redis");
+        }
+        let _ = writeln!(out, "{header}");
+        let longest = self.nodes.iter().map(|n| n.samples.len()).max().unwrap_or(0);
+        let step = (60.0 / self.sample_every_s.max(1.0)).round().max(1.0) as usize;
+        for i in (0..longest).filter(|i| i % step == 0 || i + 1 == longest) {
+            let t = self.nodes.iter().find_map(|n| n.samples.get(i)).map_or(0.0, |s| s.t_s);
+            let mut line = format!("    {t:>7.0}");
+            for n in &self.nodes {
+                let _ = write!(line, " {:>7}", n.samples.get(i).map_or("-".into(), |s| mib(s.rss_kib)));
+            }
+            if let Some(r) = &self.redis {
+                let _ = write!(line, " {:>7}", r.samples.get(i).map_or("-".into(), |s| mib(s.rss_kib)));
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+}
+
 /// Echo of what was asked, so a JSON report stands on its own.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
@@ -284,6 +498,8 @@ pub struct Report {
     pub converge: Option<Converge>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub scale: Option<Scale>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub churn: Option<Churn>,
     pub notes: Vec<String>,
 }
 
@@ -468,6 +684,9 @@ impl Report {
                 sc.pss_kib_p50, sc.pss_kib_max, sc.private_kib_p50, sc.private_kib_max
             );
         }
+        if let Some(c) = &self.churn {
+            c.text(&mut out);
+        }
         for n in &self.notes {
             let _ = writeln!(out, "  note: {n}");
         }
@@ -584,6 +803,34 @@ mod tests {
         assert!(r.check().unwrap_err().contains("converge"));
         r.converge = Some(Converge { writes: 3, polled: false, ..Default::default() });
         assert!(r.check().is_ok(), "not polled: nothing to add up");
+    }
+
+    fn sample(t_s: f64, rss_kib: u64, entries: u64, tombstones: u64, bytes: u64) -> MemSample {
+        MemSample { t_s, rss_kib, entries, tombstones, bytes, tables: BTreeMap::new() }
+    }
+
+    #[test]
+    fn memory_growth_is_taken_over_the_last_third() {
+        let samples: Vec<MemSample> =
+            (0..=12).map(|m| sample(m as f64 * 60.0, 20_000 + m * 1000, 15_000 + m, 1_000, 13_000_000)).collect();
+        let s = MemSummary::of(&samples).unwrap();
+        // Two thirds of 720 s is 480 s: from the 8th minute's sample to the 12th.
+        assert_eq!((s.from_s, s.to_s), (480.0, 720.0));
+        assert_eq!((s.rss_kib_from, s.rss_kib_to), (28_000, 32_000));
+        assert_eq!(s.rss_growth_pct, 14.3);
+        assert_eq!((s.live_from, s.live_to), (14_008, 14_012));
+        assert_eq!(s.bytes_growth_pct, 0.0);
+        assert_eq!(s.rss_per_live_entry, Some((32_000.0 * 1024.0 / 14_012.0f64).round()));
+        assert_eq!(s.rss_per_byte, Some(2.52));
+    }
+
+    #[test]
+    fn memory_summary_needs_two_samples_and_a_live_entry() {
+        assert_eq!(MemSummary::of(&[]), None);
+        assert_eq!(MemSummary::of(&[sample(0.0, 1, 1, 0, 1)]), None);
+        let empty = MemSummary::of(&[sample(0.0, 100, 0, 0, 0), sample(9.0, 110, 5, 5, 0)]).unwrap();
+        assert_eq!((empty.rss_growth_pct, empty.live_growth_pct), (10.0, 0.0));
+        assert_eq!((empty.rss_per_live_entry, empty.rss_per_byte), (None, None));
     }
 
     #[test]

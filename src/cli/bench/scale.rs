@@ -82,18 +82,48 @@ fn p50_max(mut values: Vec<u64>) -> (u64, u64) {
 /// Pause between the last registration and reading memory.
 const IDLE_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
-pub async fn run(plan: &Plan) -> Result<Report, String> {
+/// Node processes started on loopback under one private cluster, and
+/// how long they took. Dropping it stops the nodes, then the private
+/// ZooKeeper (fields drop in order).
+pub struct LocalTree {
+    procs: Procs,
+    _zk: Option<LocalZk>,
+    /// Node logs; kept on disk when a node failed to register.
+    pub logs: tempfile::TempDir,
+    /// Base URLs, root first, in the order of [`LocalTree::pids`].
+    pub urls: Vec<String>,
+    /// From spawning the root until it answered /health.
+    pub root_ready: Duration,
+    /// From spawning the root until every node answered /health.
+    pub all_registered: Duration,
+    /// Each registered node's depth, root first.
+    pub depths: Vec<u32>,
+    /// Why nodes did not register.
+    pub failures: Vec<String>,
+}
+
+impl LocalTree {
+    /// Every node's pid, in the order of [`LocalTree::urls`].
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.children.iter().map(|c| c.id()).collect()
+    }
+}
+
+/// Starts `nodes` node processes (a root, then the rest at once, `fanout`
+/// children each) using ZooKeeper `zk` or a private one, and waits up to
+/// `ready_timeout` for every one to answer `/health`.
+pub async fn launch(nodes: usize, fanout: u32, zk: Option<&str>, ready_timeout: Duration) -> Result<LocalTree, String> {
     let bin = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
     let logs = tempfile::Builder::new()
-        .prefix("treecache-bench-scale-")
+        .prefix("treecache-bench-")
         .tempdir()
         .map_err(|e| format!("cannot make a log directory: {e}"))?;
-    let private_zk = match &plan.zk {
+    let private_zk = match zk {
         Some(_) => None,
         None => Some(LocalZk::start().await?),
     };
-    let zk = plan.zk.clone().or_else(|| private_zk.as_ref().map(LocalZk::addr)).unwrap_or_default();
-    let cluster = format!("bench-scale-{}-{}", std::process::id(), crate::clock::now_ms());
+    let zk = zk.map(str::to_string).or_else(|| private_zk.as_ref().map(LocalZk::addr)).unwrap_or_default();
+    let cluster = format!("bench-{}-{}", std::process::id(), crate::clock::now_ms());
     let http =
         reqwest::Client::builder().no_proxy().build().map_err(|e| format!("cannot build an HTTP client: {e}"))?;
     let secret = logs.path().join("cluster-secret");
@@ -102,18 +132,8 @@ pub async fn run(plan: &Plan) -> Result<Report, String> {
     let mut urls = Vec::new();
     let spawn = |i: usize, procs: &mut Procs| -> Result<String, String> {
         let port = free_port()?;
-        let mut flags = vec![
-            "--zk".to_string(),
-            zk.clone(),
-            "--cluster".into(),
-            cluster.clone(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--fanout".into(),
-            plan.fanout.to_string(),
-            "--cluster-secret-file".into(),
-            secret.display().to_string(),
-        ];
+        let mut flags = crate::cli::local::node_args(&zk, &cluster, port, &secret);
+        flags.extend(["--fanout".to_string(), fanout.to_string()]);
         if i == 0 {
             flags.push("--root".into());
         }
@@ -125,12 +145,12 @@ pub async fn run(plan: &Plan) -> Result<Report, String> {
 
     let start = Instant::now();
     urls.push(spawn(0, &mut procs)?);
-    wait_healthy(&http, &urls[0], plan.ready_timeout, procs.children.first_mut()).await.map_err(log_hint)?;
+    wait_healthy(&http, &urls[0], ready_timeout, procs.children.first_mut()).await.map_err(log_hint)?;
     let root_ready = start.elapsed();
-    for i in 1..plan.scale_nodes {
+    for i in 1..nodes {
         urls.push(spawn(i, &mut procs)?);
     }
-    let deadline = start + plan.ready_timeout;
+    let deadline = start + ready_timeout;
     let waits = procs.children.iter_mut().zip(&urls).skip(1).map(|(child, url)| {
         let http = http.clone();
         async move {
@@ -140,31 +160,33 @@ pub async fn run(plan: &Plan) -> Result<Report, String> {
     });
     let results = futures::future::join_all(waits).await;
     let all_registered = start.elapsed();
-    let mut depths = Vec::new();
+    let mut depths = vec![0];
     let mut failures = Vec::new();
-    let mut registered = 1;
-    depths.push(0);
     for r in results {
         match r {
-            Ok(health) => {
-                registered += 1;
-                depths.push(health["depth"].as_u64().unwrap_or(0) as u32);
-            }
+            Ok(health) => depths.push(health["depth"].as_u64().unwrap_or(0) as u32),
             Err(e) => failures.push(e),
         }
     }
+    Ok(LocalTree { procs, _zk: private_zk, logs, urls, root_ready, all_registered, depths, failures })
+}
+
+pub async fn run(plan: &Plan) -> Result<Report, String> {
+    let tree = launch(plan.scale_nodes, plan.fanout, plan.zk.as_deref(), plan.ready_timeout).await?;
     // Idle: read once everyone registered and the root's notifications
     // settled, with no load running.
     tokio::time::sleep(IDLE_SETTLE).await;
-    let mut rss: Vec<u64> = procs.children.iter().filter_map(|c| rss_kib(c.id())).collect();
-    let (pss, private): (Vec<u64>, Vec<u64>) = procs.children.iter().filter_map(|c| pss_private_kib(c.id())).unzip();
+    let pids = tree.pids();
+    let mut rss: Vec<u64> = pids.iter().filter_map(|&p| rss_kib(p)).collect();
+    let (pss, private): (Vec<u64>, Vec<u64>) = pids.iter().filter_map(|&p| pss_private_kib(p)).unzip();
     let (pss_kib_p50, pss_kib_max) = p50_max(pss);
     let (private_kib_p50, private_kib_max) = p50_max(private);
     let root_rss = rss.first().copied().unwrap_or(0);
     rss.sort_unstable();
     let mean = if rss.is_empty() { 0 } else { rss.iter().sum::<u64>() / rss.len() as u64 };
+    let LocalTree { procs, _zk, logs, root_ready, all_registered, depths, failures, .. } = tree;
     drop(procs);
-    drop(private_zk);
+    drop(_zk);
     let mut notes = Vec::new();
     if !failures.is_empty() {
         notes.push(format!("{} nodes did not register: {}", failures.len(), failures[0]));
@@ -172,7 +194,7 @@ pub async fn run(plan: &Plan) -> Result<Report, String> {
     }
     let scale = Scale {
         nodes: plan.scale_nodes,
-        registered,
+        registered: depths.len(),
         fanout: plan.fanout,
         max_depth: depths.iter().copied().max().unwrap_or(0),
         root_ready_ms: (root_ready.as_secs_f64() * 1e4).round() / 10.0,

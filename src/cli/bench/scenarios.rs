@@ -151,6 +151,7 @@ async fn setup<W: Workload>(
         rate: None,
         timeout: plan.load.timeout,
         progress: plan.load.progress,
+        seed: None,
     };
     let (phase, _, _) = load::run(what, vec![], &load, conns, Arc::new(workload)).await?;
     if phase.error_count() > 0 {
@@ -242,6 +243,7 @@ pub async fn run(plan: &Plan) -> Result<Report, String> {
         Scenario::Miss => miss(plan, &conns).await,
         Scenario::Converge => converge(plan, &conns).await,
         Scenario::Policy => Err("bench policy runs in process (bench::policy)".into()),
+        Scenario::Churn => Err("churn starts its own tree (bench::churn)".into()),
         Scenario::Scale => Err("scale is not a load scenario".into()),
     }
 }

@@ -89,6 +89,12 @@ impl Outcomes {
         }
     }
 
+    /// Outcomes remembered, over every writing node (at most
+    /// [`OUTCOMES_PER_ORIGIN`] each, of at most [`ORIGINS`] nodes).
+    pub(in crate::node) fn len(&self) -> usize {
+        self.origins.values().map(|o| o.results.len()).sum()
+    }
+
     /// Every remembered outcome as (id, version; 0 for a delete of an
     /// absent key), for a snapshot of the root's state. A write refused
     /// for `--min-insync` is not kept: nothing of it is in the log either.

@@ -156,6 +156,11 @@ impl Uplink {
         self.state.lock().handed.len()
     }
 
+    /// Settled ids remembered for resends (at most [`RECENT_IDS`]).
+    pub(in crate::node) fn remembered(&self) -> usize {
+        self.state.lock().recent.len()
+    }
+
     /// The sender should look again: the link to the parent may have changed.
     pub(in crate::node) fn poke(&self) {
         self.wake.notify_one();
