@@ -3,7 +3,7 @@
 # listening on the private network only, admin server off.
 #
 #   provision/zookeeper.sh systemd     the zk VM: /etc/treecache/zoo.cfg, data in
-#                                      /var/lib/zookeeper, zookeeper.service, and
+#                                      /var/lib/zookeeper/treecache, zookeeper.service, and
 #                                      /usr/local/bin/zkCli.sh aimed at it
 #   provision/zookeeper.sh foreground  config, data and zkCli.sh under the state dir;
 #                                      the server runs in this process
@@ -152,12 +152,16 @@ install_systemd() {
     need_root "$0 systemd"
     "$PROVISION_DIR/install-zookeeper.sh"
     local changed=0 cmd
-    install -d -o zookeeper -g zookeeper -m 0750 /var/lib/zookeeper
+    # A data directory of its own: the package's /var/lib/zookeeper holds a
+    # myid linked to /etc/zookeeper/conf/myid, whose placeholder text
+    # ("replace this text with ...") a standalone 3.8 server refuses to
+    # start with ("serverid ... is not a number").
+    install -d -o zookeeper -g zookeeper -m 0750 /var/lib/zookeeper /var/lib/zookeeper/treecache
     if [ -n "$tls_listen" ]; then
         install -d -m 0755 /etc/treecache/zk-tls
         zoo_tls_files /etc/treecache/zk-tls zookeeper:zookeeper
     fi
-    zoo_cfg /var/lib/zookeeper /etc/treecache/zk-tls | write_if_changed /etc/treecache/zoo.cfg 0644 && changed=1
+    zoo_cfg /var/lib/zookeeper/treecache /etc/treecache/zk-tls | write_if_changed /etc/treecache/zoo.cfg 0644 && changed=1
     cmd=$(server_cmd /etc/treecache/zoo.cfg | tr '\n' ' ')
     write_if_changed /etc/systemd/system/zookeeper.service 0644 <<EOF && changed=1
 # Written by provision/zookeeper.sh.
