@@ -68,8 +68,10 @@ install_packages() {
 # iptables for libvirt's networks, mmdebstrap for the box, rsync for the
 # synced folder.
 e2e_packages=(vagrant vagrant-libvirt mmdebstrap rsync dnsmasq-base iptables e2fsprogs jq curl)
-virt_packages=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-driver-network
-    libvirt-daemon-driver-storage libvirt-clients qemu-system-x86 qemu-utils)
+# bookworm's libvirt 9 has the network and storage drivers and virtlogd in
+# libvirt-daemon; bookworm-backports' 11 splits them out.
+virt_packages=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils)
+virt_packages_bpo=("${virt_packages[@]}" libvirt-daemon-driver-network libvirt-daemon-driver-storage)
 
 # QEMU's packages must come from one release: where qemu-utils is
 # bookworm-backports' (a machine image may bring it), qemu-system-x86 and
@@ -87,7 +89,7 @@ install_virt() {
             >/etc/apt/sources.list.d/bookworm-backports.sources
         apt-get update -q
     fi
-    install_packages -t bookworm-backports -- "${virt_packages[@]}"
+    install_packages -t bookworm-backports -- "${virt_packages_bpo[@]}"
 }
 
 check_e2e_tools() {
