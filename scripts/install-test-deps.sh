@@ -101,7 +101,8 @@ check_e2e_tools() {
     [ -d /usr/lib/x86_64-linux-gnu/libvirt/connection-driver ] &&
         ls /usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so >/dev/null 2>&1 ||
         missing+=("libvirt's QEMU driver")
-    vagrant plugin list 2>/dev/null | grep -q vagrant-libvirt || missing+=("the vagrant-libvirt plugin")
+    # From /: vagrant makes .vagrant/ in a project directory it runs in.
+    (cd / && vagrant plugin list 2>/dev/null) | grep -q vagrant-libvirt || missing+=("the vagrant-libvirt plugin")
     if [ ${#missing[@]} -gt 0 ]; then
         echo "install-test-deps: still missing for the Vagrant e2e run: ${missing[*]}" >&2
         exit 1

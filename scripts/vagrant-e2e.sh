@@ -5,6 +5,9 @@
 #   scripts/vagrant-e2e.sh          the whole run: box, tree of VMs, checks, tear-down
 #   scripts/vagrant-e2e.sh box      only build the box (kept in target/vagrant-e2e-box/)
 #   scripts/vagrant-e2e.sh clean    remove what an interrupted run left behind
+#   scripts/vagrant-e2e.sh stage    only build treecache and stage it with the
+#                                   secret in target/vagrant/ (for a libvirt
+#                                   `vagrant up` by hand, docs/deploy.md)
 #
 # 1. Builds a Debian 12 box with mmdebstrap, from Debian's packages only:
 #    systemd, sshd, sudo, ZooKeeper and a JRE, rsync, the vagrant user with
@@ -685,12 +688,13 @@ case "${1:-run}" in
         preflight
         build_box
         ;;
+    stage) stage_build ;;
     clean)
         teardown
         log "cleaned"
         ;;
     *)
-        echo "usage: $0 [run|box|clean] (see the top of $0)" >&2
+        echo "usage: $0 [run|box|stage|clean] (see the top of $0)" >&2
         exit 2
         ;;
 esac
