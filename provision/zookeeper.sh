@@ -14,6 +14,8 @@
 #   ZOOKEEPER_LISTEN     ADDRESS:PORT to serve on (default 127.0.0.1:2181);
 #                        Vagrant passes the zk VM's private address
 #   ZOOKEEPER_HEAP       JVM heap (default 256m)
+#   ZOOKEEPER_START_WAIT seconds systemd mode waits for the server to answer
+#                        (default 300: a JVM in a slow or emulated VM takes minutes)
 #   ZOOKEEPER_TLS_LISTEN ADDRESS:PORT of a secure client port (TLS, client
 #                        certificates required), off when unset; Vagrant sets it
 #                        with TREECACHE_TLS=1. The CA is made in the synced
@@ -184,7 +186,8 @@ WantedBy=multi-user.target
 EOF
     zkcli_wrapper | write_if_changed /usr/local/bin/zkCli.sh 0755 || true
     systemd_unit zookeeper.service "$changed"
-    wait_for "ZooKeeper on $listen" 120 ruok || die "ZooKeeper does not answer on $listen: journalctl -u zookeeper"
+    wait_for "ZooKeeper on $listen" "${ZOOKEEPER_START_WAIT:-300}" ruok ||
+        die "ZooKeeper does not answer on $listen: journalctl -u zookeeper"
     log "ZooKeeper answers on $listen; try: zkCli.sh ls -R /treecache"
 }
 

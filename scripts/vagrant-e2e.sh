@@ -25,7 +25,8 @@
 #    to anything else: VM traffic cannot leave it.
 # 4. `vagrant up` with the repository's Vagrantfile through
 #    deploy/Vagrantfile.libvirt (VAGRANT_VAGRANTFILE), from inside the namespace.
-# 5. Checks, from inside the namespace: every VM's node is registered; a
+# 5. Checks that the namespace has no link out (only its loopback, libvirt's
+#    bridges, the VMs' taps) and, from inside it: every VM's node is registered; a
 #    write at one node VM is read at another; `zkCli.sh ls -R` on the zk VM
 #    shows every node; `virsh destroy` of an inner node VM, and the tree
 #    heals (its child re-attaches, the value is still read there).
@@ -457,6 +458,22 @@ wait_until() {
     done
 }
 
+# check_isolated: the namespace has no link but its loopback, libvirt's
+# bridges and the VMs' taps (no veth, no device of the host), and no
+# default route: nothing a VM sends can leave it.
+check_isolated() {
+    local links other
+    links=$(ip -n "$NETNS" -d -o link show | awk '{
+        name = $2; sub(":$", "", name); sub("@.*", "", name); kind = "other"
+        if (name == "lo") kind = "loopback"
+        for (i = 3; i <= NF; i++) { if ($i == "bridge") kind = "bridge"; if ($i == "tun") kind = "tap" }
+        print name "(" kind ")" }')
+    other=$(grep -o '[^ ]*(other)' <<<"$links" | tr '\n' ' ')
+    [ -z "$other" ] || die "namespace $NETNS has links that could lead out: $other"
+    [ -z "$(ip -n "$NETNS" route show default)" ] || die "namespace $NETNS has a default route"
+    log "namespace $NETNS: $(tr '\n' ' ' <<<"$links")and no default route"
+}
+
 all_registered() {
     local n
     for n in root $(node_names); do
@@ -660,6 +677,8 @@ run() {
     step "vagrant up (root and $NODES nodes, in parallel)"
     vagrant_run up up
     in_ns vagrant status </dev/null 2>&1 | grep -E '^(zk|root|node)' | sed 's/^/    /' >&2
+    step "check: the VMs' networks stay in the namespace"
+    check_isolated
     step "check: every node registered"
     wait_until 60 "every node to answer /health with status ok" all_registered
     log "every node registered; the tree from /health: $(tree_paths | sort | tr '\n' ' ')"
