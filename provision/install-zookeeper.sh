@@ -22,8 +22,8 @@ export DEBIAN_FRONTEND=noninteractive
 if ! apt-cache policy zookeeper 2>/dev/null | grep -q 'Candidate: [0-9]'; then
     apt-get update -q
 fi
-apt-get install -y -q zookeeper </dev/null
+apt-get install -y -q --no-install-recommends zookeeper </dev/null
 if ! command -v java >/dev/null 2>&1; then
-    apt-get install -y -q default-jre-headless </dev/null
+    apt-get install -y -q --no-install-recommends default-jre-headless </dev/null
 fi
 echo "install-zookeeper: installed zookeeper $(dpkg-query -W -f='${Version}' zookeeper)"

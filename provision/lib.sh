@@ -61,7 +61,7 @@ apt_install() {
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 # systemd_unit NAME CHANGED: reloads units, enables NAME, and restarts it when

@@ -3,7 +3,7 @@
 # listening on the private network only, admin server off.
 #
 #   provision/zookeeper.sh systemd     the zk VM: /etc/treecache/zoo.cfg, data in
-#                                      /var/lib/zookeeper, zookeeper.service, and
+#                                      /var/lib/zookeeper/treecache, zookeeper.service, and
 #                                      /usr/local/bin/zkCli.sh aimed at it
 #   provision/zookeeper.sh foreground  config, data and zkCli.sh under the state dir;
 #                                      the server runs in this process
@@ -14,6 +14,8 @@
 #   ZOOKEEPER_LISTEN     ADDRESS:PORT to serve on (default 127.0.0.1:2181);
 #                        Vagrant passes the zk VM's private address
 #   ZOOKEEPER_HEAP       JVM heap (default 256m)
+#   ZOOKEEPER_START_WAIT seconds systemd mode waits for the server to answer
+#                        (default 300: a JVM in a slow or emulated VM takes minutes)
 #   ZOOKEEPER_TLS_LISTEN ADDRESS:PORT of a secure client port (TLS, client
 #                        certificates required), off when unset; Vagrant sets it
 #                        with TREECACHE_TLS=1. The CA is made in the synced
@@ -152,12 +154,16 @@ install_systemd() {
     need_root "$0 systemd"
     "$PROVISION_DIR/install-zookeeper.sh"
     local changed=0 cmd
-    install -d -o zookeeper -g zookeeper -m 0750 /var/lib/zookeeper
+    # A data directory of its own: the package's /var/lib/zookeeper holds a
+    # myid linked to /etc/zookeeper/conf/myid, whose placeholder text
+    # ("replace this text with ...") a standalone 3.8 server refuses to
+    # start with ("serverid ... is not a number").
+    install -d -o zookeeper -g zookeeper -m 0750 /var/lib/zookeeper /var/lib/zookeeper/treecache
     if [ -n "$tls_listen" ]; then
         install -d -m 0755 /etc/treecache/zk-tls
         zoo_tls_files /etc/treecache/zk-tls zookeeper:zookeeper
     fi
-    zoo_cfg /var/lib/zookeeper /etc/treecache/zk-tls | write_if_changed /etc/treecache/zoo.cfg 0644 && changed=1
+    zoo_cfg /var/lib/zookeeper/treecache /etc/treecache/zk-tls | write_if_changed /etc/treecache/zoo.cfg 0644 && changed=1
     cmd=$(server_cmd /etc/treecache/zoo.cfg | tr '\n' ' ')
     write_if_changed /etc/systemd/system/zookeeper.service 0644 <<EOF && changed=1
 # Written by provision/zookeeper.sh.
@@ -180,7 +186,8 @@ WantedBy=multi-user.target
 EOF
     zkcli_wrapper | write_if_changed /usr/local/bin/zkCli.sh 0755 || true
     systemd_unit zookeeper.service "$changed"
-    wait_for "ZooKeeper on $listen" 120 ruok || die "ZooKeeper does not answer on $listen: journalctl -u zookeeper"
+    wait_for "ZooKeeper on $listen" "${ZOOKEEPER_START_WAIT:-300}" ruok ||
+        die "ZooKeeper does not answer on $listen: journalctl -u zookeeper"
     log "ZooKeeper answers on $listen; try: zkCli.sh ls -R /treecache"
 }
 

@@ -52,6 +52,26 @@ fn vagrant_validate_accepts_the_vagrantfile() {
     }
 }
 
+/// scripts/vagrant-e2e.sh runs the Vagrantfile through
+/// deploy/Vagrantfile.libvirt (rsync synced folder, optional console logs
+/// and emulated CPUs); it must validate, and define the same machines.
+#[test]
+fn the_libvirt_override_validates_and_keeps_the_machines() {
+    for env in [
+        &[("VAGRANT_VAGRANTFILE", "deploy/Vagrantfile.libvirt")][..],
+        &[
+            ("VAGRANT_VAGRANTFILE", "deploy/Vagrantfile.libvirt"),
+            ("LIBVIRT_DRIVER", "qemu"),
+            ("E2E_CONSOLE_DIR", "/tmp"),
+            ("NODES", "3"),
+        ][..],
+    ] {
+        let out = vagrant_validate(env);
+        assert!(out.status.success(), "vagrant validate with {env:?}:\n{}", text(&out));
+        assert!(text(&out).contains("validated successfully"), "{}", text(&out));
+    }
+}
+
 #[test]
 fn vagrant_refuses_more_nodes_than_deploy_hosts_defines() {
     let out = vagrant_validate(&[("NODES", "65")]);
