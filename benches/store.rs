@@ -73,7 +73,7 @@ fn store_writes(c: &mut Criterion) {
             i = (i + 7919) % ENTRIES;
             let mut next = version;
             let change = update(i, 0, &value, None);
-            black_box(store.commit(&change, Condition::Always, T, Some(2), || {
+            black_box(store.commit(&change, Condition::Always, T, Some(2), None, || {
                 next += 1;
                 next
             }));

@@ -99,8 +99,10 @@ pub struct NodeArgs {
     /// Size at which a commit log segment is closed and the next begun.
     #[arg(long, env = "TREECACHE_LOG_SEGMENT_BYTES", hide = true, value_parser = parse_bytes, default_value = "64MiB")]
     pub log_segment_bytes: u64,
-    /// Memory bound for cached entries (non-root), e.g. 64MiB: past it
-    /// entries are evicted in S3-FIFO order (docs/operations-memory.md).
+    /// Memory bound, e.g. 64MiB. At a cache: past it entries are evicted
+    /// in S3-FIFO order. At a root: a write that would pass it is refused
+    /// (507 root_full), deletes and overwrites that do not grow still pass;
+    /// give a standby no less than its leader (docs/operations-memory.md).
     #[arg(long, env = "TREECACHE_MAX_MEMORY", value_parser = parse_bytes)]
     pub max_memory: Option<u64>,
     /// Largest value accepted, e.g. 1MiB.
@@ -266,11 +268,6 @@ impl NodeArgs {
             if !(1..=u64::from(u32::MAX)).contains(&id) {
                 return Err(format!("--id {id}: must be 1 to {}", u32::MAX));
             }
-        }
-        if self.root && self.max_memory.is_some() {
-            return Err("--max-memory applies to caches only: a --root node is the source of truth and \
-                        holds every key (leave --max-memory out on the root)"
-                .into());
         }
         if self.max_memory == Some(0) {
             return Err("--max-memory must be greater than zero".into());
@@ -625,8 +622,8 @@ mod tests {
         assert!(big.contains("--replication-tail") && big.contains("256MiB"), "{big}");
         assert!(node(&["--replication-tail", "lots"]).is_err());
         assert!(node(&["--max-memory", "0"]).is_err());
-        let root = node(&["--root", "--max-memory", "64MiB"]).unwrap_err();
-        assert!(root.contains("source of truth"), "{root}");
+        // A root takes it too: it refuses writes past it.
+        assert_eq!(node(&["--root", "--max-memory", "64MiB"]).unwrap().max_memory, Some(64 << 20));
         assert_eq!(node(&["--max-memory", "64MiB"]).unwrap().max_memory, Some(64 << 20));
         let n = node(&[]).unwrap();
         assert_eq!(n.cluster, "default");

@@ -28,6 +28,11 @@ pub enum Error {
     IdTaken { id: u64, url: String },
     #[error("this node is not registered in the tree yet")]
     NotRegistered,
+    #[error(
+        "root full: writing {key} would pass the root's --max-memory of {max} bytes ({bytes} held); nothing was \
+         written (deletes, and overwrites that do not grow, still pass)"
+    )]
+    RootFull { key: String, bytes: u64, max: u64 },
     #[error("this node is not the root; the root is {root}")]
     NotRoot { root: String },
     #[error("message from epoch {got} refused, this node is at epoch {have}")]
@@ -132,6 +137,7 @@ impl Error {
             Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::IdTaken { .. } => "id_taken",
             Error::NotRegistered => "not_registered",
+            Error::RootFull { .. } => "root_full",
             Error::NotRoot { .. } => "not_root",
             Error::StaleEpoch { .. } => "stale_epoch",
             Error::ParentUnreachable { .. } | Error::ParentRefused { .. } => "parent_unreachable",
@@ -238,6 +244,7 @@ impl ResponseError for Error {
             | Error::CannotResume(_) => StatusCode::CONFLICT,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            Error::RootFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
             Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::NotRegistered
             | Error::ParentUnreachable { .. }

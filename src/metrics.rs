@@ -200,6 +200,8 @@ metrics! {
         writes: "Client writes (PUT/POST/DELETE) received",
         commits: "Writes committed by this node as root",
         conditions_failed: "Conditional writes (If-Match, If-None-Match, SET NX/XX) this node as root refused: the condition was false, nothing written",
+        root_full: "Writes this node as root refused because they would grow its store past --max-memory (507 root_full): nothing written",
+        writes_refused_unheard: "Writes of this node's clients that the root refused after the client had its answer (ack=parent) or stopped waiting: nothing written, not retried; each is logged",
         pushes_sent: "Updates pushed to children",
         push_batches_sent: "Push requests sent to children (one batch each)",
         pushes_received: "Updates received in pushes from the parent",

@@ -380,6 +380,11 @@ pub enum WriteResult {
     /// A conditional write whose condition the root found false: nothing
     /// was written. `current`: the key's live version then, if any.
     ConditionFailed { current: Option<Version> },
+    /// The root refused the write: it would have grown the root's store
+    /// past `--max-memory` (`max`; `bytes` held then). Nothing was written.
+    /// (A node built before it cannot read this answer: upgrade the root
+    /// last, as always.)
+    RootFull { bytes: u64, max: u64 },
 }
 
 impl WriteResult {

@@ -2,7 +2,8 @@
 //! a bounded leaf reads ten times its bound and stays near it; evicted keys
 //! are served fresh after the root changes them; an inner node that evicts
 //! what its leaf holds makes the leaf drop it first (back-invalidation);
-//! tombstones are collected at the root and at a leaf. The tombstone test
+//! tombstones are collected at the root and at a leaf; a root with
+//! `--max-memory` refuses writes past it (507 `root_full`). The tombstone test
 //! shortens the horizon with the hidden `--tombstone-ttl 2s` (default 30 s)
 //! so it runs in seconds; waits are polls, never sleeps.
 
@@ -10,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wait_until, Cluster, Opts, BIN};
+use common::{wait_until, Cluster, Opts};
 use futures::stream::{self, StreamExt};
 use serde_json::Value;
 
@@ -247,13 +248,84 @@ async fn tombstones_of_a_hundred_thousand_deletes_are_collected() {
     assert_eq!(c.get(0, "t7", "").await.status, 404);
 }
 
-#[test]
-fn the_root_refuses_a_memory_bound() {
-    let out = std::process::Command::new(BIN)
-        .args(["node", "--zk", "127.0.0.1:1", "--root", "--max-memory", "64MiB"])
-        .output()
-        .expect("run treecache");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--max-memory") && err.contains("source of truth"), "{err}");
+/// `--max-memory` at a root (issue 19 item 6): the root refuses a write
+/// that would pass it (507 `root_full`, nothing stored anywhere), deletes
+/// and overwrites that do not grow still pass, and its store stays within
+/// the bound. A chain root → inner → leaf (fanout 1), so an ack=parent
+/// write at the leaf is acknowledged by the inner node before the root
+/// decides it: the leaf logs and counts the refusal, and nothing retries it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_with_max_memory_refuses_writes_past_it_and_never_grows_beyond() {
+    const MAX: u64 = 256 << 10;
+    let c = Cluster::start_opts(Opts {
+        nodes: 3,
+        fanout: 1,
+        resp: true,
+        root_args: vec!["--max-memory".into(), MAX.to_string()],
+        ..Opts::default()
+    })
+    .await;
+    let leaf = 2;
+    assert_eq!(c.health(leaf).await["depth"], 2);
+    // Fill through the leaf, ack=root, until the root refuses.
+    let mut stored = 0;
+    let refusal = loop {
+        let (status, body) = c.put(leaf, &key(stored), &value(stored, 1), "?ack=root").await;
+        if status == 507 {
+            break body;
+        }
+        assert_eq!(status, 201, "PUT {}: {body}", key(stored));
+        stored += 1;
+        assert!(stored < 1000, "the root never refused");
+    };
+    assert_eq!(refusal["code"], "root_full", "{refusal}");
+    assert!(refusal["error"].as_str().unwrap().contains(&key(stored)), "{refusal}");
+    assert!(stored as u64 * VALUE_BYTES as u64 > MAX * 8 / 10, "{stored} values of 4 KiB fit in {MAX}");
+    let root_bytes = c.metric(0, "bytes").await;
+    assert!(root_bytes <= MAX as f64, "the root holds {root_bytes} bytes, bound {MAX}");
+    // Nothing of the refused write was stored, at the root or on the way.
+    for i in 0..3 {
+        assert_eq!(c.get(i, &key(stored), "").await.status, 404, "node {i}");
+    }
+    assert_eq!(c.metric(0, "root_full_total").await, 1.0);
+
+    // An overwrite of the same size passes; a growing one does not; a
+    // delete passes.
+    let same = value(0, 2);
+    let (status, body) = c.put(leaf, &key(0), &same, "?ack=root").await;
+    assert_eq!(status, 200, "{body}");
+    // Two values more: more than the room the refused new key left.
+    let grown = same.repeat(3);
+    let (status, body) = c.put(leaf, &key(0), &grown, "?ack=root").await;
+    assert_eq!((status, body["code"].as_str()), (507, Some("root_full")), "{body}");
+    assert_eq!(c.get(0, &key(0), "").await.text(), same, "the refused overwrite changed nothing");
+    assert_eq!(c.del(leaf, &key(1), "?ack=root").await.0, 200);
+    assert_eq!(c.get(0, &key(1), "").await.status, 404);
+
+    // ack=parent at the leaf: the inner node takes the write (200), the
+    // root refuses it; the leaf logs and counts it, and does not retry it.
+    let refused_before = c.metric(0, "root_full_total").await;
+    let big = "x".repeat(VALUE_BYTES * 4);
+    let (status, body) = c.put(leaf, "parent-acked", &big, "?ack=parent").await;
+    assert_eq!(status, 200, "acknowledged by the parent: {body}");
+    wait_until(Duration::from_secs(20), "the leaf to hear of the refusal", || async {
+        c.metric(leaf, "writes_refused_unheard_total").await == 1.0
+    })
+    .await;
+    assert!(c.log(leaf).contains("of parent-acked was refused after its client had its answer"), "logged");
+    assert_eq!(c.metric(leaf, "uplink_unconfirmed").await, 0.0, "nothing left to retry");
+    assert_eq!(c.metric(0, "root_full_total").await, refused_before + 1.0, "decided once");
+    assert_eq!(c.get(leaf, "parent-acked", "?consistent=true").await.status, 404);
+    // At a depth-1 node the parent is the root: ack=parent hears the 507.
+    let (status, body) = c.put(1, "near-root", &big, "?ack=parent").await;
+    assert_eq!((status, body["code"].as_str()), (507, Some("root_full")), "{body}");
+
+    // RESP: Redis's OOM error.
+    let mut r = common::resp::Resp::connect(&c.resp_addr(leaf)).await;
+    let oom = r.call(&["SET", "over-resp", &big]).await;
+    assert!(oom.is_error_starting("OOM root full: writing over-resp"), "{oom:?}");
+    assert!(oom.text().ends_with("(root_full)"), "{oom:?}");
+    assert_eq!(r.call(&["DEL", &key(2)]).await, common::resp::Reply::Int(1), "a delete passes over RESP too");
+    let root_bytes = c.metric(0, "bytes").await;
+    assert!(root_bytes <= MAX as f64, "the root holds {root_bytes} bytes, bound {MAX}");
 }

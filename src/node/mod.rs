@@ -182,7 +182,9 @@ impl Node {
         let http = build_http(&guard, tls.as_ref())?;
         let upstream = Arc::new(tokio::sync::Semaphore::new(args.max_upstream_requests as usize));
         let (shutdown, _) = watch::channel(false);
-        let store = if args.max_memory.is_some() { Store::bounded() } else { Store::new() };
+        // A root's --max-memory refuses writes (`Store::commit`); it never
+        // evicts, so it keeps no eviction queues.
+        let store = if args.max_memory.is_some() && !args.root { Store::bounded() } else { Store::new() };
         let mut metrics = Metrics::default();
         if let Some(log) = &log {
             metrics.add_collector(log.stats().collector());

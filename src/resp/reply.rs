@@ -118,7 +118,12 @@ impl Out {
 
     /// A treecache error, as the kind its `/kv` status calls for.
     pub fn node_error(&mut self, e: &Error) {
-        let kind = if e.is_retryable() { "TRYAGAIN" } else { "ERR" };
+        let kind = match e {
+            // Redis's kind for a write past maxmemory.
+            Error::RootFull { .. } => "OOM",
+            e if e.is_retryable() => "TRYAGAIN",
+            _ => "ERR",
+        };
         self.error(kind, &format!("{e} ({})", e.code()));
     }
 
@@ -219,5 +224,8 @@ mod tests {
         assert_eq!(written(Proto::Resp2, |o| o.node_error(&e)), "-ERR bad key: key is empty (bad_key)\r\n");
         let e = Error::parent_unreachable("http://p", std::io::Error::other("refused"));
         assert!(written(Proto::Resp2, |o| o.node_error(&e)).starts_with("-TRYAGAIN parent http://p unreachable"));
+        let e = Error::RootFull { key: "k".into(), bytes: 10, max: 10 };
+        let full = written(Proto::Resp2, |o| o.node_error(&e));
+        assert!(full.starts_with("-OOM root full: writing k") && full.ends_with("(root_full)\r\n"), "{full}");
     }
 }

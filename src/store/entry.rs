@@ -137,6 +137,13 @@ pub enum Committed {
     ConditionFailed {
         current: Option<Version>,
     },
+    /// The write would grow the store past its bound (`max`, as
+    /// [`Store::bytes`](super::Store::bytes) counts): nothing committed.
+    /// `bytes`: what the store held.
+    Full {
+        bytes: usize,
+        max: usize,
+    },
 }
 
 /// When a write may be committed: decided by the root against the key's

@@ -317,13 +317,17 @@ impl Store {
     /// from, is recorded in the same critical section, and is among the
     /// returned holders: the commit is pushed down the writer's branch too,
     /// so a writer whose reply is lost still learns it (a duplicate is
-    /// dropped there as stale).
+    /// dropped there as stale). With `max_bytes` (a root's
+    /// `--max-memory`), a write that would grow the store past it is
+    /// refused (`Full`) in the same critical section, before it has a
+    /// version; deletes and overwrites that do not grow pass.
     pub fn commit(
         &self,
         change: &Update,
         cond: Condition,
         t: Time,
         holder: Option<NodeId>,
+        max_bytes: Option<usize>,
         next_version: impl FnOnce() -> Version,
     ) -> Committed {
         let key = change.key.as_str();
@@ -336,6 +340,18 @@ impl Store {
         }
         if change.value.is_none() && live.is_none() {
             return Committed::Absent;
+        }
+        if let Some(max) = max_bytes {
+            // What the write adds: its entry less the one it replaces (a
+            // delete, or an overwrite no larger, adds nothing). Other
+            // shards commit meanwhile: the bound may be passed by what
+            // they add at the same moment, never by more.
+            let old = shard.map.get(key).map_or(0, |e| Entry::charge(key, &e.value));
+            let grows = Entry::charge(key, &change.value).saturating_sub(old);
+            let bytes = self.bytes();
+            if grows > 0 && bytes + grows > max {
+                return Committed::Full { bytes, max };
+            }
         }
         let update = Update { version: next_version(), ..change.clone() };
         match shard.apply_if_newer(&update, t, tick, generation, true) {

@@ -297,27 +297,27 @@ fn commit_assigns_versions_and_reports_creation() {
         next += 1;
         next
     };
-    assert_eq!(s.commit(&change("k", None, None), Condition::Always, t(0), None, &mut bump), Committed::Absent);
+    assert_eq!(s.commit(&change("k", None, None), Condition::Always, t(0), None, None, &mut bump), Committed::Absent);
     assert_eq!(
-        s.commit(&change("k", Some(Bytes::from_static(b"a")), None), Condition::Always, t(0), None, &mut bump),
+        s.commit(&change("k", Some(Bytes::from_static(b"a")), None), Condition::Always, t(0), None, None, &mut bump),
         Committed::Done { version: 1, created: true, holders: vec![] }
     );
     s.add_holder("k", 4);
     assert_eq!(
-        s.commit(&change("k", Some(Bytes::from_static(b"b")), None), Condition::Always, t(0), Some(5), &mut bump),
+        s.commit(&change("k", Some(Bytes::from_static(b"b")), None), Condition::Always, t(0), Some(5), None, &mut bump),
         Committed::Done { version: 2, created: false, holders: vec![4, 5] }
     );
     // The writer is pushed its own commit (its reply may be lost) and
     // stays a holder: the next commit pushes to it too.
     assert_eq!(
-        s.commit(&change("k", None, None), Condition::Always, t(0), None, &mut bump),
+        s.commit(&change("k", None, None), Condition::Always, t(0), None, None, &mut bump),
         Committed::Done { version: 3, created: false, holders: vec![4, 5] }
     );
-    assert_eq!(s.commit(&change("k", None, None), Condition::Always, t(0), None, &mut bump), Committed::Absent);
+    assert_eq!(s.commit(&change("k", None, None), Condition::Always, t(0), None, None, &mut bump), Committed::Absent);
     // Writing an expired key creates it anew.
-    s.commit(&change("e", Some(Bytes::from_static(b"x")), Some(10)), Condition::Always, t(0), None, &mut bump);
+    s.commit(&change("e", Some(Bytes::from_static(b"x")), Some(10)), Condition::Always, t(0), None, None, &mut bump);
     assert!(matches!(
-        s.commit(&change("e", Some(Bytes::from_static(b"y")), None), Condition::Always, t(10), None, &mut bump),
+        s.commit(&change("e", Some(Bytes::from_static(b"y")), None), Condition::Always, t(10), None, None, &mut bump),
         Committed::Done { created: true, .. }
     ));
 }
@@ -332,7 +332,7 @@ fn a_condition_is_decided_against_the_live_value_and_a_refusal_changes_nothing()
     };
     let v = |b: &'static [u8]| Some(Bytes::from_static(b));
     let mut commit = |key: &str, value, expires_at, cond, at| {
-        s.commit(&change(key, value, expires_at), cond, t(at), None, &mut bump)
+        s.commit(&change(key, value, expires_at), cond, t(at), None, None, &mut bump)
     };
     assert_eq!(commit("k", v(b"a"), None, Condition::IfPresent, 0), Committed::ConditionFailed { current: None });
     assert_eq!(commit("k", v(b"a"), None, Condition::IfVersion(1), 0), Committed::ConditionFailed { current: None });
@@ -917,4 +917,32 @@ fn dump_says_which_entries_a_reset_left_unconfirmed() {
     s.apply(&put("new", 2, "w"), t(1));
     let current = |s: &Store| s.dump("", None, 10, 0).into_iter().map(|e| (e.key, e.current)).collect::<Vec<_>>();
     assert_eq!(current(&s), vec![("kept".to_string(), false), ("new".to_string(), true)]);
+}
+
+#[test]
+fn a_write_that_would_pass_the_bound_is_refused_without_a_version_and_shrinking_ones_pass() {
+    let s = Store::new();
+    let mut next = 0;
+    let mut bump = || {
+        next += 1;
+        next
+    };
+    let v = |n: usize| Some(Bytes::from(vec![b'x'; n]));
+    let entry = 1 + 100 + ENTRY_OVERHEAD;
+    let max = Some(2 * entry);
+    let mut commit =
+        |key: &str, value| s.commit(&change(key, value, None), Condition::Always, t(0), None, max, &mut bump);
+    assert!(matches!(commit("a", v(100)), Committed::Done { version: 1, .. }));
+    assert!(matches!(commit("b", v(100)), Committed::Done { version: 2, .. }));
+    // A third key would pass the bound: refused, nothing stored, no version used.
+    assert_eq!(commit("c", v(1)), Committed::Full { bytes: 2 * entry, max: 2 * entry });
+    // An overwrite of the same size, or smaller, passes; a larger one does not.
+    assert!(matches!(commit("a", v(100)), Committed::Done { version: 3, .. }));
+    assert_eq!(commit("b", v(101)), Committed::Full { bytes: 2 * entry, max: 2 * entry });
+    assert!(matches!(commit("b", v(50)), Committed::Done { version: 4, .. }));
+    // A delete passes, and makes room.
+    assert!(matches!(commit("a", None), Committed::Done { version: 5, .. }));
+    assert!(matches!(commit("c", v(1)), Committed::Done { version: 6, .. }));
+    assert!(s.bytes() <= 2 * entry);
+    assert_eq!(s.get("b", t(0)).version(), Some(4));
 }

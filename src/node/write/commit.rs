@@ -237,8 +237,11 @@ impl Node {
     }
 
     /// Gives one write its version and stores it, if its condition holds
-    /// (decided in the store's critical section, so in version order);
-    /// returns the answer and what to push to whom once it is durable.
+    /// and it does not grow the store past `--max-memory` (both decided in
+    /// the store's critical section, so in version order, and before the
+    /// write has a version: a refusal is never logged, replicated or
+    /// pushed); returns the answer and what to push to whom once it is
+    /// durable.
     fn commit_one(
         &self,
         update: Update,
@@ -250,7 +253,8 @@ impl Node {
         // Pending from the moment it exists: no read sees it before it is
         // durable (see `replica`).
         let next = || self.next_version();
-        match self.inner.store.commit(&update, cond, Time::now(), holder, next) {
+        let max = self.args().max_memory.map(|m| usize::try_from(m).unwrap_or(usize::MAX));
+        match self.inner.store.commit(&update, cond, Time::now(), holder, max, next) {
             Committed::Done { version, created, holders } => {
                 Metrics::inc(&self.inner.metrics.commits);
                 let update = Update { version, ..update };
@@ -260,6 +264,11 @@ impl Node {
             Committed::ConditionFailed { current } => {
                 Metrics::inc(&self.inner.metrics.conditions_failed);
                 (WriteResult::ConditionFailed { current }, None)
+            }
+            Committed::Full { bytes, max } => {
+                Metrics::inc(&self.inner.metrics.root_full);
+                log::debug!("{}: refused, the store holds {bytes} bytes of --max-memory {max}", update.key);
+                (WriteResult::RootFull { bytes: bytes as u64, max: max as u64 }, None)
             }
         }
     }

@@ -122,6 +122,7 @@ pub fn refusal(key: &str, result: &WriteResult) -> Option<Error> {
             Some(Error::InsyncBelowMinAfter { version, have, need })
         }
         WriteResult::ConditionFailed { current } => Some(Error::PreconditionFailed { key: key.to_string(), current }),
+        WriteResult::RootFull { bytes, max } => Some(Error::RootFull { key: key.to_string(), bytes, max }),
         WriteResult::Committed { .. } | WriteResult::Absent | WriteResult::Accepted | WriteResult::InProgress => None,
     }
 }

@@ -459,10 +459,32 @@ impl Node {
         if owed {
             self.inner.uplink.noticed.notify_waiters();
         }
+        if txs.is_empty() && p.child.is_none() {
+            self.refused_unheard(&p, &result);
+        }
         for tx in txs {
             let _ = tx.send(result.clone());
         }
         self.inner.uplink.settled.notify_waiters();
+    }
+
+    /// A write of this node's own client that nobody waits for any more
+    /// (answered at ack=parent, or the client stopped waiting) and that the
+    /// root refused (e.g. 507 `root_full`): nothing was written and nothing
+    /// will retry it, so the node logs it and counts it.
+    fn refused_unheard(&self, p: &Pending, result: &WriteResult) {
+        if let Some(e) = crate::node::refusal(&p.write.update.key, result) {
+            Metrics::inc(&self.inner.metrics.writes_refused_unheard);
+            let id = &p.write.id;
+            log::warn!(
+                "write {}/{}/{} of {} was refused after its client had its answer (ack=parent), not written: {e} ({})",
+                id.origin,
+                id.incarnation,
+                id.seq,
+                p.write.update.key,
+                e.code()
+            );
+        }
     }
 
     /// A commit coming back down through this node: store it and record
