@@ -468,7 +468,7 @@ check_isolated() {
         if (name == "lo") kind = "loopback"
         for (i = 3; i <= NF; i++) { if ($i == "bridge") kind = "bridge"; if ($i == "tun") kind = "tap" }
         print name "(" kind ")" }')
-    other=$(grep -o '[^ ]*(other)' <<<"$links" | tr '\n' ' ')
+    other=$(grep -o '[^ ]*(other)' <<<"$links" | tr '\n' ' ' || true)
     [ -z "$other" ] || die "namespace $NETNS has links that could lead out: $other"
     [ -z "$(ip -n "$NETNS" route show default)" ] || die "namespace $NETNS has a default route"
     log "namespace $NETNS: $(tr '\n' ' ' <<<"$links")and no default route"
