@@ -233,12 +233,13 @@ async fn an_fsync_error_stops_the_root_and_caches_ignore_data_dir() {
 fn a_data_dir_that_cannot_be_made_refuses_the_start() {
     let file = tempfile::NamedTempFile::new().unwrap();
     let dir = file.path().join("log");
-    let out = std::process::Command::new(common::BIN)
-        .args(["node", "--zk", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--cluster-secret", "0123456789abcdef"])
-        .args(["--root", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .expect("run treecache");
+    let out = common::output_within(
+        std::process::Command::new(common::BIN)
+            .args(["node", "--zk", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--cluster-secret", "0123456789abcdef"])
+            .args(["--root", "--data-dir"])
+            .arg(&dir),
+        Duration::from_secs(30),
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("commit log create") && err.contains(&dir.display().to_string()), "{err}");
@@ -248,12 +249,13 @@ fn a_data_dir_that_cannot_be_made_refuses_the_start() {
 fn with_json_logs_the_refusal_to_start_is_a_json_line_too() {
     let file = tempfile::NamedTempFile::new().unwrap();
     let dir = file.path().join("log");
-    let out = std::process::Command::new(common::BIN)
-        .args(["node", "--zk", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--cluster-secret", "0123456789abcdef"])
-        .args(["--log-format", "json", "--root", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .expect("run treecache");
+    let out = common::output_within(
+        std::process::Command::new(common::BIN)
+            .args(["node", "--zk", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--cluster-secret", "0123456789abcdef"])
+            .args(["--log-format", "json", "--root", "--data-dir"])
+            .arg(&dir),
+        Duration::from_secs(30),
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.lines().last().unwrap_or_else(|| panic!("nothing on stderr"));

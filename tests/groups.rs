@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{wait_until, Cluster, Opts};
@@ -15,7 +15,7 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_treecache");
 
 fn treecache(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).stdin(Stdio::null()).output().expect("run treecache")
+    common::output_within(Command::new(BIN).args(args), Duration::from_secs(60))
 }
 
 fn stdout(out: &Output) -> String {

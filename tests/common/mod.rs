@@ -51,6 +51,45 @@ where
     }
 }
 
+/// Runs `cmd` (stdin closed) to its end and returns what it printed, killing
+/// it and failing the test if it has not exited within `limit`. For commands
+/// expected to refuse at once: a flag combination that starts to be accepted
+/// would otherwise wait forever (for a ZooKeeper at 127.0.0.1:1) and hang
+/// the suite instead of failing one test.
+pub fn output_within(cmd: &mut std::process::Command, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let until = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the command") {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
+            panic!("{cmd:?} still ran after {limit:?} (expected it to exit); its stderr:\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
+}
+
 /// Waits until wall-clock `at` has passed (for bounds that are about time
 /// itself, such as ttl mode's max-age). Waiting longer only makes the
 /// checked property easier to hold, so this cannot flake.
