@@ -97,6 +97,11 @@ pub enum Error {
         None => "it has no value".to_string(),
     })]
     PreconditionFailed { key: String, current: Option<u64> },
+    #[error("key {key:?} belongs to root group {owner}, not to this root's group {mine}{}", match leader {
+        Some(url) => format!(" (its leader is {url})"),
+        None => String::new(),
+    })]
+    WrongGroup { key: String, owner: u32, mine: u32, leader: Option<String> },
 }
 
 /// What a 401 is about.
@@ -160,6 +165,7 @@ impl Error {
             Error::CannotResume(_) => "cannot_resume",
             Error::NoInSyncRoot(_) => "no_insync_root",
             Error::PreconditionFailed { .. } => "precondition_failed",
+            Error::WrongGroup { .. } => "wrong_group",
         }
     }
 
@@ -201,7 +207,7 @@ impl Error {
         let code = serde_json::from_str::<serde_json::Value>(body).ok();
         code.as_ref()
             .and_then(|v| v["code"].as_str())
-            .is_some_and(|c| matches!(c, "not_parent" | "stale_epoch" | "not_root"))
+            .is_some_and(|c| matches!(c, "not_parent" | "stale_epoch" | "not_root" | "wrong_group"))
     }
 
     /// No leader could be reached for now: a failover, a re-election, a
@@ -241,6 +247,7 @@ impl ResponseError for Error {
             | Error::StaleGeneration { .. }
             | Error::WriteRefused { .. }
             | Error::NotStandby
+            | Error::WrongGroup { .. }
             | Error::CannotResume(_) => StatusCode::CONFLICT,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,

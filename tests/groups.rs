@@ -126,3 +126,137 @@ async fn a_group_needs_root_and_slots_needs_a_map() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cluster \"nosuch\" has no slot map"));
 }
+
+/// Splits the slot map evenly over `groups` by a conditional write, as a
+/// node does (with the cluster's digest credential): the step `slots
+/// rebalance` will take for an empty cluster.
+async fn split_map(c: &Cluster, groups: &[u32]) -> treecache::slots::SlotMap {
+    use treecache::tree::zk;
+    let secret = treecache::auth::Secret::new(c.secret()).expect("secret");
+    let paths = zk::Paths::with_secret(&c.name, &secret);
+    let client = zk::connect(&c.zk.addr(), &paths, None).await.expect("ZooKeeper");
+    let (map, version) = zk::read_slots(&client, &paths).await.expect("read slots").expect("a slot map");
+    let split = treecache::slots::SlotMap::even(groups, map.epoch() + 1).expect("even map");
+    assert!(zk::write_slots(&client, &paths, &split, version).await.expect("write slots"), "the map changed meanwhile");
+    split
+}
+
+/// Keys of each group under `map`, `n` of each, named `prefix-i`.
+fn keys_of(map: &treecache::slots::SlotMap, group: u32, prefix: &str, n: usize) -> Vec<String> {
+    (0..).map(|i| format!("{prefix}-{i}")).filter(|k| map.owner_of(k) == group).take(n).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_slots_split_over_two_groups_every_node_reads_and_writes_every_key_at_its_owner() {
+    // Root (group 0) + 2 routers (depth 1) + 2 leaves (depth 2), and group
+    // 1's leader.
+    let mut c = Cluster::start_opts(Opts { nodes: 5, durable_root: true, ..Opts::default() }).await;
+    let g1 = add_group_root(&mut c, "1", "g1-a").await;
+    let map = split_map(&c, &[0, 1]).await;
+    let routers = [1usize, 2];
+    let leaves = [3usize, 4];
+    // Group 1's leader takes the routers as its children.
+    wait_until(Duration::from_secs(20), "group 1's leader adopts the routers", || async {
+        c.health(g1).await["children"].as_array().is_some_and(|a| a.len() == routers.len())
+    })
+    .await;
+
+    let ones = keys_of(&map, 1, "k", 12);
+    let zeros = keys_of(&map, 0, "k", 12);
+    // Writes at every non-root node, both acks.
+    for (n, key) in ones.iter().chain(&zeros).enumerate() {
+        let at = 1 + n % 4;
+        let ack = if n % 2 == 0 { "?ack=root" } else { "" };
+        let (status, body) = c.put(at, key, &format!("v-{key}"), ack).await;
+        assert!(status == 200 || status == 201, "PUT {key} at node {at}: {status} {body}");
+    }
+    // Each key is at its owner's root, and the other root refuses it.
+    for key in &ones {
+        wait_until(Duration::from_secs(10), "group 1 holds its key", || async {
+            c.get(g1, key, "").await.text() == format!("v-{key}")
+        })
+        .await;
+        let read = c.get(0, key, "").await;
+        assert_eq!(read.status, 409, "group 0's root answered {key}: {}", read.text());
+        assert!(read.text().contains("belongs to root group 1"), "{}", read.text());
+    }
+    for key in &zeros {
+        wait_until(Duration::from_secs(10), "group 0 holds its key", || async {
+            c.get(0, key, "").await.text() == format!("v-{key}")
+        })
+        .await;
+        let read = c.get(g1, key, "").await;
+        assert_eq!(read.status, 409, "group 1's leader answered {key}: {}", read.text());
+    }
+    // Every non-root node reads every key; consistent reads too.
+    for i in 1..5 {
+        for key in ones.iter().chain(&zeros) {
+            assert_eq!(c.get(i, key, "").await.text(), format!("v-{key}"), "node {i}, {key}");
+            assert_eq!(c.get(i, key, "?consistent=true").await.text(), format!("v-{key}"), "node {i}, {key}");
+        }
+    }
+    // An overwrite of a group 1 key at one leaf reaches the other leaf,
+    // which holds it, by group 1's push through its router.
+    let key = &ones[0];
+    let (status, _) = c.put(leaves[0], key, "newer", "?ack=root").await;
+    assert_eq!(status, 200);
+    wait_until(Duration::from_secs(10), "the push reaches the other leaf", || async {
+        c.get(leaves[1], key, "").await.text() == "newer"
+    })
+    .await;
+    assert!(c.metric(g1, "pushes_sent_total").await > 0.0, "group 1 pushed nothing");
+    // Writes through one node to one key of group 1 commit in its order.
+    for n in 0..20 {
+        let (status, _) = c.put(leaves[1], &ones[1], &format!("w{n}"), "").await;
+        assert!(status == 200 || status == 201);
+    }
+    wait_until(Duration::from_secs(10), "the last write wins at group 1", || async {
+        c.get(g1, &ones[1], "").await.text() == "w19"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_of_group_1_reroutes_its_slots_and_loses_no_acknowledged_write() {
+    let mut c = Cluster::start_opts(Opts { nodes: 5, durable_root: true, ..Opts::default() }).await;
+    let leader = add_group_root(&mut c, "1", "g1-a").await;
+    let standby = add_group_root(&mut c, "1", "g1-b").await;
+    let standby_id = c.id(standby).await;
+    wait_until(Duration::from_secs(20), "group 1's standby in sync", || async {
+        znode(&c, "groups/1/leader").await.and_then(|r| r["in_sync"].as_array().map(|a| a.len())) == Some(2)
+    })
+    .await;
+    let map = split_map(&c, &[0, 1]).await;
+    wait_until(Duration::from_secs(20), "group 1's leader adopts the routers", || async {
+        c.health(leader).await["children"].as_array().is_some_and(|a| a.len() == 2)
+    })
+    .await;
+    let ones = keys_of(&map, 1, "f", 8);
+    for (n, key) in ones.iter().enumerate() {
+        let (status, body) = c.put(3 + n % 2, key, "before", "?ack=root").await;
+        assert_eq!(status, 201, "{key}: {body}");
+    }
+    // Leaves hold them (read once), so group 1 pushes to the routers.
+    for key in &ones {
+        assert_eq!(c.get(3, key, "").await.text(), "before");
+        assert_eq!(c.get(4, key, "").await.text(), "before");
+    }
+
+    c.kill(leader);
+    // Writes through the leaves wait for group 1's new leader (the
+    // failover wait) and are acknowledged there.
+    for (n, key) in ones.iter().enumerate() {
+        let (status, body) = c.put(3 + n % 2, key, "after", "?ack=root").await;
+        assert_eq!(status, 200, "{key} during group 1's failover: {body}");
+    }
+    assert_eq!(znode(&c, "groups/1/root").await.expect("group 1's root")["id"], standby_id);
+    for key in &ones {
+        assert_eq!(c.get(standby, key, "").await.text(), "after", "{key} at group 1's new leader");
+        for i in 1..5 {
+            wait_until(Duration::from_secs(10), "every node serves the acknowledged value", || async {
+                c.get(i, key, "").await.text() == "after"
+            })
+            .await;
+        }
+    }
+}

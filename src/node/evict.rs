@@ -216,6 +216,15 @@ impl Node {
     async fn send_dropped(&self, generation: u64, tick: u64, keys: Vec<String>) {
         let Ok(place) = self.place() else { return };
         let Some(parent) = place.topology.parent.clone() else { return };
+        // At a router, the keys of other groups are not the parent's; their
+        // leaders are not told either (our tick is not theirs): a leader's
+        // next push for one is answered "not held", and it forgets us then.
+        let view = self.routes();
+        let keys: Vec<String> = if place.topology.depth == 1 && view.is_split() {
+            keys.into_iter().filter(|k| view.owner(k) == 0).collect()
+        } else {
+            keys
+        };
         let url = format!("{}/internal/dropped", parent.url);
         for chunk in keys.chunks(KEYS_PER_MESSAGE) {
             if self.inner.store.generation() != generation {

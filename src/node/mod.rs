@@ -20,6 +20,7 @@ mod membership;
 mod push;
 pub mod read;
 mod replica;
+pub mod routes;
 mod write;
 
 use std::collections::HashMap;
@@ -122,6 +123,8 @@ struct Inner {
     /// Standby roots: the leader's streams and in-sync set, or the leader
     /// a standby follows.
     replica: replica::Replica,
+    /// The slot map and the group leaders, as ZooKeeper says.
+    routes: routes::Routes,
     shutdown: watch::Sender<bool>,
     /// The runtime the node's tasks run on (handlers run on actix workers).
     runtime: tokio::runtime::Handle,
@@ -195,6 +198,7 @@ impl Node {
                 paths: Paths::with_secret(&args.cluster, guard.secret()).in_group(args.group.unwrap_or(0)),
                 membership: membership::Membership::new(),
                 replica: replica::Replica::new(args.replication_tail),
+                routes: routes::Routes::default(),
                 args,
                 store,
                 http,
@@ -231,6 +235,7 @@ impl Node {
         self.spawn(self.clone().run_sweeper());
         self.spawn(self.clone().run_uplink());
         self.spawn(self.clone().run_evictor());
+        self.spawn(self.clone().run_routes());
     }
 
     /// The HTTP client for a request made on a handler's behalf (a fill, a
@@ -275,10 +280,42 @@ impl Node {
     /// client's request, that request's id (`X-Request-Id`). The secret is
     /// a default header of the client (see [`build_http`]).
     fn request(&self, http: &reqwest::Client, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        let req = http.request(method, url).header(EPOCH_HEADER, self.epoch());
+        self.request_at(self.epoch(), http, method, url)
+    }
+
+    fn request_at(
+        &self,
+        epoch: u64,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        url: &str,
+    ) -> reqwest::RequestBuilder {
+        let req = http.request(method, url).header(EPOCH_HEADER, epoch);
         match crate::trace::current() {
             Some(id) => req.header(crate::trace::REQUEST_ID_HEADER.as_str(), id),
             None => req,
+        }
+    }
+
+    /// [`Node::request`] to `upstream`: to a group leader (from a router)
+    /// it carries that group's epoch, which one counter for every group
+    /// may have put above or below our own.
+    fn request_to(
+        &self,
+        upstream: &routes::Route,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        url: &str,
+    ) -> reqwest::RequestBuilder {
+        self.request_at(self.epoch_for(upstream), http, method, url)
+    }
+
+    /// The epoch a request to `upstream` says: ours, or to a group leader
+    /// the higher of ours and that group's.
+    fn epoch_for(&self, upstream: &routes::Route) -> u64 {
+        match upstream {
+            routes::Route::Parent(_) => self.epoch(),
+            routes::Route::Leader { epoch, .. } => (*epoch).max(self.epoch()),
         }
     }
 
@@ -304,9 +341,25 @@ impl Node {
         timeout: Duration,
         generation: u64,
     ) -> Result<T> {
+        self.post_internal_at(self.epoch(), http, peer, url, body, timeout, generation).await
+    }
+
+    /// [`Node::post_internal`] saying `epoch` (a router's to a group
+    /// leader: see [`Node::request_to`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn post_internal_at<T: serde::de::DeserializeOwned>(
+        &self,
+        epoch: u64,
+        http: reqwest::Client,
+        peer: &str,
+        url: &str,
+        body: bytes::Bytes,
+        timeout: Duration,
+        generation: u64,
+    ) -> Result<T> {
         let place = self.inner.place.read().clone();
         let mut req = self
-            .request(&http, reqwest::Method::POST, url)
+            .request_at(epoch, &http, reqwest::Method::POST, url)
             .header(GENERATION_HEADER, generation)
             .header(TICK_HEADER, self.inner.store.tick_now())
             .timeout(timeout)

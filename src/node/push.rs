@@ -336,6 +336,7 @@ impl Node {
     pub fn receive_push(
         &self,
         from: NodeId,
+        epoch: Option<u64>,
         generation: u64,
         pushes: Vec<Push>,
         tick: Option<u64>,
@@ -343,10 +344,28 @@ impl Node {
         let store = &self.inner.store;
         let mark = store.mark();
         let ours = mark.generation;
-        self.check_from_parent(from)?;
-        self.heard_parent_generation(generation)?;
-        if let Some(tick) = tick {
-            store.note_parent_tick(ours, tick);
+        let from_parent = self.place()?.topology.parent.as_ref().is_some_and(|p| p.id == from);
+        match self.check_from_leader(from, epoch)? {
+            // A router takes pushes from every group's leader, each
+            // checked against that group's epoch and generation. (A leader
+            // is a root: it never evicts, so its tick is not kept.)
+            Some(_) if !from_parent => {
+                if self.place()?.topology.depth != 1 {
+                    return Err(Error::NotParent {
+                        from: format!("node {from} (a group leader)"),
+                        parent: "this node is not a router (depth 1)".into(),
+                    });
+                }
+                self.heard_leader_generation(from, generation)?;
+            }
+            _ => {
+                self.check_epoch(epoch)?;
+                self.check_from_parent(from)?;
+                self.heard_parent_generation(generation)?;
+                if let Some(tick) = tick {
+                    store.note_parent_tick(ours, tick);
+                }
+            }
         }
         let metrics = &self.inner.metrics;
         Metrics::add(&metrics.pushes_received, pushes.len() as u64);

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use reqwest::{Method, StatusCode};
 use tokio::sync::oneshot;
 
+use super::routes::Route;
 use super::{Node, CONFIRMED_HEADER, UPSTREAM_TIMEOUT};
 use crate::clock::Millis;
 use crate::clock::Time;
@@ -121,6 +122,7 @@ impl Node {
         let store = &self.inner.store;
         let t = Time::now();
         if place.topology.is_root() {
+            self.check_own_slot(key)?;
             Metrics::inc(&self.inner.metrics.hits);
             let lookup = store.get(key, t);
             self.wait_committed(lookup.version()).await?;
@@ -249,8 +251,11 @@ impl Node {
         let Ok(place) = self.place() else {
             return FillOutcome::Failed { url: "(none)".into(), reason: "not registered".into(), transient: true };
         };
-        let Some(parent) = place.topology.parent.clone() else {
-            return FillOutcome::NotFound { deleted_at: None };
+        // The parent, or at a router the leader of the key's group.
+        let upstream = match self.upstream_for(key, &place.topology) {
+            Ok(Some(upstream)) => upstream,
+            Ok(None) => return FillOutcome::NotFound { deleted_at: None },
+            Err(e) => return FillOutcome::Failed { url: "(none)".into(), reason: e.to_string(), transient: true },
         };
         let store = &self.inner.store;
         let generation = store.generation();
@@ -258,7 +263,7 @@ impl Node {
         let asked = Time::now();
         store.expect(key);
         let started = std::time::Instant::now();
-        let outcome = self.request_fill(&parent.url, key, place.topology.id, read, generation).await;
+        let outcome = self.request_fill(&upstream, key, place.topology.id, read, generation).await;
         match outcome {
             FillOutcome::Overloaded { .. } => {} // not sent
             FillOutcome::Failed { .. } => self.inner.metrics.upstream(Upstream::Fill, false, started.elapsed()),
@@ -308,8 +313,9 @@ impl Node {
         outcome
     }
 
-    async fn request_fill(&self, parent: &str, key: &str, me: NodeId, read: Read, generation: u64) -> FillOutcome {
+    async fn request_fill(&self, upstream: &Route, key: &str, me: NodeId, read: Read, generation: u64) -> FillOutcome {
         Metrics::inc(&self.inner.metrics.upstream_requests);
+        let parent = upstream.peer().url.as_str();
         let mut url = format!("{parent}/internal/fill/{}?child={me}", crate::client::encode_key(key));
         match read {
             Read::Have(v) => url.push_str(&format!("&have={v}")),
@@ -319,13 +325,18 @@ impl Node {
         let Ok(_permit) = self.upstream_permit() else {
             return FillOutcome::Overloaded { limit: self.args().max_upstream_requests };
         };
-        let sent = self.request(&self.local_http(), Method::GET, &url).timeout(UPSTREAM_TIMEOUT).send().await;
+        let sent =
+            self.request_to(upstream, &self.local_http(), Method::GET, &url).timeout(UPSTREAM_TIMEOUT).send().await;
         let failed = |reason: String| FillOutcome::Failed { url: parent.to_string(), reason, transient: true };
         let resp = match sent {
             Ok(r) => r,
             Err(e) => return failed(e.to_string()),
         };
-        self.note_parent_tick(generation, resp.headers());
+        if let Route::Parent(_) = upstream {
+            // A group leader is a root: it never evicts, so its ticks (for
+            // our "dropped" messages) are not kept.
+            self.note_parent_tick(generation, resp.headers());
+        }
         // Missing (not a node of this version): not confirmed, the safe side.
         let confirmed = header_u64(&resp, CONFIRMED_HEADER) == Some(1);
         match resp.status() {
@@ -365,6 +376,9 @@ impl Node {
         let place = self.place()?;
         if place.topology.child(child).is_none() {
             return Err(Error::NotChild { child, me: place.topology.id });
+        }
+        if place.topology.is_root() {
+            self.check_own_slot(key)?;
         }
         Metrics::inc(&self.inner.metrics.fills_served);
         let store = &self.inner.store;

@@ -87,6 +87,11 @@ impl Node {
         }
         for w in &writes {
             check_key(&w.update.key).map_err(Error::BadKey)?;
+            if place.topology.is_root() {
+                // Nothing of the batch is taken: the router sends it again
+                // to the owners once it has read the map.
+                self.check_own_slot(&w.update.key)?;
+            }
         }
         self.inner.uplink.state.lock().acked(child, seen);
         let poll = writes.is_empty();

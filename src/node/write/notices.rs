@@ -102,13 +102,25 @@ impl Node {
 
     /// Outcomes the parent owed us, heard over `link`.
     pub(super) fn take_notices(&self, notices: Vec<Notice>, link: &Link) {
+        self.take_notices_from(notices, link, None)
+    }
+
+    /// [`Node::take_notices`] from `from`: the parent (`None`), or at a
+    /// router another group's leader, which numbers its notices itself.
+    pub(super) fn take_notices_from(&self, notices: Vec<Notice>, link: &Link, from: Option<NodeId>) {
         for n in notices {
             let p = {
                 let mut s = self.inner.uplink.state.lock();
                 if s.link.as_ref() != Some(link) {
                     return; // a new link: all of it goes again
                 }
-                s.seen = s.seen.max(n.seq);
+                match from {
+                    None => s.seen = s.seen.max(n.seq),
+                    Some(leader) => {
+                        let seen = s.seen_by.entry(leader).or_default();
+                        *seen = (*seen).max(n.seq);
+                    }
+                }
                 if matches!(n.result, WriteResult::Accepted | WriteResult::InProgress) {
                     continue; // not an outcome
                 }

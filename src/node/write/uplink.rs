@@ -19,6 +19,7 @@ use super::Ack;
 use crate::clock::{mono_ms, Time};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, Upstream};
+use crate::node::routes::Route;
 use crate::node::Node;
 use crate::store::{Answer, Applied, Condition, NodeId, Update, WriteId};
 use crate::wire::{self, Peer, Write, WriteResult, WriteResults};
@@ -81,6 +82,9 @@ pub(super) struct UplinkState {
     /// The link `handed` went over, and the highest notice heard on it.
     pub(super) link: Option<Link>,
     pub(super) seen: u64,
+    /// At a router, the highest notice heard from each other group's
+    /// leader (by node id) over this link: each numbers its own.
+    pub(super) seen_by: HashMap<NodeId, u64>,
     /// Every id we hold (queued, in flight or unconfirmed), with whoever
     /// waits for its outcome.
     pub(super) waiting: HashMap<WriteId, Waiters>,
@@ -125,6 +129,7 @@ impl UplinkState {
         }
         self.link = Some(link.clone());
         self.seen = 0;
+        self.seen_by.clear();
         self.handed_ids.clear();
         let again = std::mem::take(&mut self.handed);
         let n = again.len();
@@ -530,40 +535,104 @@ impl Node {
         self.note_growth();
     }
 
-    /// `POST {parent}/internal/write` with a batch from the uplink (empty:
-    /// a poll for notices), saying the highest notice we have.
+    /// Sends a batch from the uplink (empty: a poll for notices) up,
+    /// saying the highest notice we have: to the parent, or at a router
+    /// each write to its key's group (the parts at once, the batch answered
+    /// when every part is; a part that fails sends the whole batch again,
+    /// which write ids make safe). Notices from other groups' leaders are
+    /// taken here; the parent's come back in the answer.
     async fn send_writes(&self, batch: &[Pending], link: &Link, seen: u64) -> Result<WriteResults> {
+        let place = self.place()?;
+        let view = self.routes();
+        let parent = Route::Parent(link.parent.clone());
+        if place.topology.depth != 1 || !view.is_split() {
+            let writes = batch.iter().map(|p| p.write.clone()).collect();
+            return self.send_writes_to(writes, &parent, link, seen).await;
+        }
+        let mut parts: Vec<(Route, Vec<usize>)> = Vec::new();
+        for (i, p) in batch.iter().enumerate() {
+            let route = self.upstream_for(&p.write.update.key, &place.topology)?.unwrap_or_else(|| parent.clone());
+            match parts.iter_mut().find(|(r, _)| *r == route) {
+                Some((_, ix)) => ix.push(i),
+                None => parts.push((route, vec![i])),
+            }
+        }
+        if batch.is_empty() {
+            parts.push((parent.clone(), Vec::new()));
+            for (&group, r) in view.leaders.iter().filter(|(&g, _)| g != 0) {
+                let peer = Peer { id: r.id, url: r.url.clone() };
+                parts.push((Route::Leader { group, peer, epoch: r.epoch }, Vec::new()));
+            }
+        }
+        let sends = parts.iter().map(|(route, ix)| {
+            let writes = ix.iter().map(|&i| batch[i].write.clone()).collect();
+            let seen = match route {
+                Route::Parent(_) => seen,
+                Route::Leader { peer, .. } => {
+                    self.inner.uplink.state.lock().seen_by.get(&peer.id).copied().unwrap_or(0)
+                }
+            };
+            self.send_writes_to(writes, route, link, seen)
+        });
+        let answers = futures::future::join_all(sends).await.into_iter().collect::<Result<Vec<_>>>()?;
+        let mut merged = WriteResults {
+            results: vec![WriteResult::InProgress; batch.len()],
+            confirmed: vec![false; batch.len()],
+            notices: Vec::new(),
+        };
+        for ((route, ix), answer) in parts.iter().zip(answers) {
+            for (k, &i) in ix.iter().enumerate() {
+                merged.results[i] = answer.results[k].clone();
+                merged.confirmed[i] = answer.confirmed.get(k).copied().unwrap_or(false);
+            }
+            match route {
+                Route::Parent(_) => merged.notices.extend(answer.notices),
+                Route::Leader { peer, .. } => self.take_notices_from(answer.notices, link, Some(peer.id)),
+            }
+        }
+        Ok(merged)
+    }
+
+    /// `POST {upstream}/internal/write` with `writes`, saying the highest
+    /// notice we have from it.
+    async fn send_writes_to(
+        &self,
+        writes: Vec<Write>,
+        upstream: &Route,
+        link: &Link,
+        seen: u64,
+    ) -> Result<WriteResults> {
         let me = self.place()?.topology.id;
-        let parent = &link.parent;
+        let peer = upstream.peer();
         Metrics::inc(&self.inner.metrics.upstream_requests);
         // `seen` only once a notice came: a parent built before notices
         // refuses the parameter, and sends none (upgrades go leaves first).
         let url = match seen {
-            0 => format!("{}/internal/write?child={me}", parent.url),
-            seen => format!("{}/internal/write?child={me}&seen={seen}", parent.url),
+            0 => format!("{}/internal/write?child={me}", peer.url),
+            seen => format!("{}/internal/write?child={me}&seen={seen}", peer.url),
         };
-        let writes: Vec<Write> = batch.iter().map(|p| p.write.clone()).collect();
         let started = std::time::Instant::now();
         // A poll waits up to HOP_WAIT at the parent, as a batch may.
         let results: Result<WriteResults> = self
-            .post_internal(
+            .post_internal_at(
+                self.epoch_for(upstream),
                 self.inner.http.clone(),
-                &parent.url,
+                &peer.url,
                 &url,
                 wire::encode_writes(&writes),
                 UPLINK_TIMEOUT,
                 link.generation,
             )
             .await;
-        if !batch.is_empty() {
+        if !writes.is_empty() {
             self.inner.metrics.upstream(Upstream::Write, results.is_ok(), started.elapsed());
         }
         let results = results?;
-        if results.results.len() != batch.len() {
+        if results.results.len() != writes.len() {
             return Err(Error::Internal(format!(
                 "{url} answered {} results for {} writes",
                 results.results.len(),
-                batch.len()
+                writes.len()
             )));
         }
         Ok(results)

@@ -1,0 +1,301 @@
+//! The route view: which root group owns each slot, and where each group's
+//! leader is, as ZooKeeper says (`slots`, `groups/<G>/root`), kept current
+//! by watches and a re-read every [`REREAD`].
+//!
+//! With one group (every slot group 0's) nothing routes: every request goes
+//! to the parent as it always did. With several, a *router* (a child of
+//! group 0's leader, the registrar) sends a key's fills and writes to its
+//! slot's group leader and takes that leader's pushes; every root checks
+//! that a key is its own group's before it answers for it
+//! (docs/architecture.md, "Root groups").
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use zookeeper_client::OneshotWatcher;
+
+use super::Node;
+use crate::error::{Error, Result};
+use crate::slots::{GroupId, SlotMap};
+use crate::store::NodeId;
+use crate::tree::zk::{self, RootInfo};
+use crate::wire::{Peer, Topology};
+
+/// How often the view is read again though no watch fired (a watch lost
+/// with a connection is not re-armed until the next read).
+const REREAD: Duration = Duration::from_secs(2);
+
+/// What this node knows of the slot map and the group leaders.
+#[derive(Debug, Clone, Default)]
+pub struct RouteView {
+    pub map: Option<SlotMap>,
+    /// The published leader of each group the map names, when it has one.
+    pub leaders: BTreeMap<GroupId, RootInfo>,
+}
+
+impl RouteView {
+    /// The group that owns `key`'s slot; group 0 before any map is known.
+    pub fn owner(&self, key: &str) -> GroupId {
+        self.map.as_ref().map_or(0, |m| m.owner_of(key))
+    }
+
+    /// Whether any slot is owned by a group other than 0.
+    pub fn is_split(&self) -> bool {
+        self.map.as_ref().is_some_and(|m| m.groups().iter().any(|&g| g != 0))
+    }
+
+    /// The group whose published leader is node `id`, if any.
+    pub fn group_led_by(&self, id: NodeId) -> Option<GroupId> {
+        self.leaders.iter().find(|(_, r)| r.id == id).map(|(&g, _)| g)
+    }
+}
+
+/// Where a request for one key goes from this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// The parent, as always (group 0's slots, or a node below a router).
+    Parent(Peer),
+    /// Group `group`'s leader, from a router: its epoch goes on the request.
+    Leader { group: GroupId, peer: Peer, epoch: u64 },
+}
+
+impl Route {
+    pub fn peer(&self) -> &Peer {
+        match self {
+            Route::Parent(p) | Route::Leader { peer: p, .. } => p,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Routes {
+    view: RwLock<Arc<RouteView>>,
+    /// Highest store generation each group leader (by node id) has sent
+    /// us, as `parent_generation` is for the parent.
+    generations: parking_lot::Mutex<BTreeMap<NodeId, u64>>,
+}
+
+impl Node {
+    /// The route view as last read.
+    pub fn routes(&self) -> Arc<RouteView> {
+        self.inner.routes.view.read().clone()
+    }
+
+    /// Whether this node routes by slot: a child of group 0's leader in a
+    /// cluster whose slots are split among groups.
+    fn is_router(&self, topology: &Topology, view: &RouteView) -> bool {
+        topology.depth == 1 && view.is_split()
+    }
+
+    /// Where `key`'s fills and writes go from here: the parent, or (at a
+    /// router) the leader of the key's group. A router that does not know
+    /// that leader yet gets 503: the request waits for the failover, as it
+    /// would for a parent that is gone.
+    pub(super) fn upstream_for(&self, key: &str, topology: &Topology) -> Result<Option<Route>> {
+        let Some(parent) = topology.parent.clone() else { return Ok(None) };
+        let view = self.routes();
+        let group = view.owner(key);
+        if group == 0 || !self.is_router(topology, &view) {
+            return Ok(Some(Route::Parent(parent)));
+        }
+        match view.leaders.get(&group) {
+            Some(r) => Ok(Some(Route::Leader { group, peer: Peer { id: r.id, url: r.url.clone() }, epoch: r.epoch })),
+            None => Err(Error::NoInSyncRoot(format!("root group {group}, the owner of {key:?}'s slot, has no leader"))),
+        }
+    }
+
+    /// At a root: refuses a key another group owns (a child whose view is
+    /// older than ours asked the wrong group; it asks again once it reads
+    /// the map). 409 `wrong_group`.
+    pub(super) fn check_own_slot(&self, key: &str) -> Result<()> {
+        let view = self.routes();
+        let owner = view.owner(key);
+        let mine = self.args().group.unwrap_or(0);
+        if owner == mine {
+            return Ok(());
+        }
+        Err(Error::WrongGroup {
+            key: key.to_string(),
+            owner,
+            mine,
+            leader: view.leaders.get(&owner).map(|r| r.url.clone()),
+        })
+    }
+
+    /// Accepts a message from a group leader that is not our parent: the
+    /// group it leads if the view knows it as one and we route; its epoch
+    /// must not be older than the one the view has for it.
+    pub(super) fn check_from_leader(&self, from: NodeId, epoch: Option<u64>) -> Result<Option<GroupId>> {
+        let view = self.routes();
+        let Some(group) = view.group_led_by(from) else { return Ok(None) };
+        if group == 0 {
+            return Ok(None);
+        }
+        if let (Some(got), Some(r)) = (epoch, view.leaders.get(&group)) {
+            if got < r.epoch {
+                return Err(Error::StaleEpoch { got, have: r.epoch });
+            }
+        }
+        Ok(Some(group))
+    }
+
+    /// Notes the store generation group leader `from` sends from; refuses a
+    /// push formed before a reset of its that we already heard of.
+    pub(super) fn heard_leader_generation(&self, from: NodeId, generation: u64) -> Result<()> {
+        let mut known = self.inner.routes.generations.lock();
+        let have = known.entry(from).or_default();
+        if generation < *have {
+            return Err(Error::StaleGeneration { got: generation, have: *have });
+        }
+        *have = generation;
+        Ok(())
+    }
+
+    /// Keeps the route view current until the node stops.
+    pub(super) async fn run_routes(self) {
+        loop {
+            if self.is_shutting_down() {
+                return;
+            }
+            let watches = match self.read_routes().await {
+                Ok(w) => w,
+                Err(e) => {
+                    log::debug!("reading the slot map and group leaders: {e}");
+                    Vec::new()
+                }
+            };
+            let fired = async move {
+                if watches.is_empty() {
+                    return std::future::pending::<()>().await;
+                }
+                let changed = watches.into_iter().map(|w| Box::pin(async move { w.changed().await }));
+                futures::future::select_all(changed).await;
+            };
+            let mut shutdown = self.subscribe_shutdown();
+            tokio::select! {
+                _ = fired => {}
+                _ = tokio::time::sleep(REREAD) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Reads the map and each of its groups' `root` znodes, watching them;
+    /// installs the view if it changed.
+    async fn read_routes(&self) -> Result<Vec<OneshotWatcher>> {
+        let zk = self.zk().await?;
+        let paths = &self.inner.paths;
+        let mut watches = Vec::new();
+        let map = match zk.get_and_watch_data(&paths.slots()).await {
+            Ok((data, _, w)) => {
+                watches.push(w);
+                Some(SlotMap::from_json(&data).map_err(|e| Error::Internal(format!("{}: {e}", paths.slots())))?)
+            }
+            Err(zookeeper_client::Error::NoNode) => {
+                let (_, w) =
+                    zk.check_and_watch_stat(&paths.slots()).await.map_err(|e| Error::zk("watch", paths.slots(), e))?;
+                watches.push(w);
+                None
+            }
+            Err(e) => return Err(Error::zk("get", paths.slots(), e)),
+        };
+        let mut leaders = BTreeMap::new();
+        for group in map.as_ref().map(|m| m.groups()).unwrap_or_default() {
+            let path = paths.in_group(group).root();
+            let (found, w) = zk.check_and_watch_stat(&path).await.map_err(|e| Error::zk("watch", path.clone(), e))?;
+            watches.push(w);
+            if found.is_some() {
+                if let Some(data) = zk::read(&zk, &path).await? {
+                    if let Some(info) = zk::parse_root(&data) {
+                        leaders.insert(group, info);
+                    }
+                }
+            }
+        }
+        // A group other than 0's leader takes the registrar's children (the
+        // routers) as its own: it answers their fills and writes and pushes
+        // to them, as the registrar does.
+        let group = self.args().group.unwrap_or(0);
+        let leading = self.place().is_ok_and(|p| p.topology.is_root());
+        if group != 0 && leading && self.args().root {
+            let registrar = match leaders.get(&0) {
+                Some(r) => Some(r.id),
+                None => zk::read_root(&zk, &paths.in_group(0)).await?.map(|r| r.id),
+            };
+            if let Some(registrar) = registrar {
+                let dir = paths.tree_node(&registrar.to_string());
+                match zk.list_and_watch_children(&dir).await {
+                    Ok((names, w)) => {
+                        watches.push(w);
+                        let mut routers = Vec::new();
+                        for name in names {
+                            if let Some(data) = zk::read(&zk, &format!("{dir}/{name}")).await? {
+                                let v: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
+                                if let (Some(id), Some(url)) = (v["id"].as_u64(), v["url"].as_str()) {
+                                    routers.push(Peer { id, url: url.to_string() });
+                                }
+                            }
+                        }
+                        routers.sort_by_key(|p| p.id);
+                        self.adopt_routers(routers);
+                    }
+                    Err(zookeeper_client::Error::NoNode) => {}
+                    Err(e) => return Err(Error::zk("watch", dir, e)),
+                }
+            }
+        }
+        let view = RouteView { map, leaders };
+        let (changed, routed_changed) = {
+            let mut current = self.inner.routes.view.write();
+            let changed = current.map != view.map || current.leaders != view.leaders;
+            // What a router sends elsewhere than its parent changed: the
+            // map, or a leader of a group other than 0.
+            let others = |v: &RouteView| {
+                v.leaders.iter().filter(|(&g, _)| g != 0).map(|(g, r)| (*g, r.clone())).collect::<Vec<_>>()
+            };
+            let routed_changed = (current.is_split() || view.is_split())
+                && (current.map != view.map || others(&current) != others(&view));
+            if changed {
+                *current = Arc::new(view.clone());
+            }
+            (changed, routed_changed)
+        };
+        if routed_changed {
+            self.on_routes_changed();
+        }
+        if changed {
+            log::info!(
+                "slot map epoch {}, group leaders {:?}",
+                view.map.as_ref().map_or(0, |m| m.epoch()),
+                view.leaders.iter().map(|(g, r)| (*g, r.id)).collect::<Vec<_>>()
+            );
+        }
+        Ok(watches)
+    }
+
+    /// At a group ≠ 0 leader: the routers become its children (push queues
+    /// made for new ones, dropped for gone ones; nothing else changes).
+    fn adopt_routers(&self, routers: Vec<Peer>) {
+        let Ok(place) = self.place() else { return };
+        if place.topology.children == routers {
+            return;
+        }
+        log::info!("routers (children of group 0's leader) now {:?}", routers.iter().map(|p| p.id).collect::<Vec<_>>());
+        let topology = Topology { children: routers, seq: place.topology.seq + 1, ..place.topology.clone() };
+        self.adopt(topology, place.coherence, place.root_url.clone(), false);
+    }
+
+    /// After the view changed: a router's upstreams may have changed. What
+    /// it holds of any group is then unknown to that group's (new) leader,
+    /// so it resets, as for a new parent: every entry kept but unconfirmed,
+    /// its subtree told. (Whole-store, not per group: simpler, and a leader
+    /// change is rare; per-slot-range generations are the refinement.)
+    fn on_routes_changed(&self) {
+        let Ok(place) = self.place() else { return };
+        if place.topology.depth == 1 {
+            self.reset_subtree(&place.topology.children);
+        }
+    }
+}
