@@ -100,15 +100,19 @@ impl Drop for Up {
     }
 }
 
+/// From `up`'s output: ZooKeeper's address, and each `node ...` line's words.
+fn zk_and_nodes(out: &str) -> (String, Vec<Vec<&str>>) {
+    let zk = out.lines().find_map(|l| l.strip_prefix("ZooKeeper  ")).expect("ZooKeeper line");
+    let zk = zk.split_whitespace().next().unwrap().to_string();
+    (zk, out.lines().filter(|l| l.starts_with("node ")).map(|l| l.split_whitespace().collect()).collect())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn up_starts_a_tree_prints_it_and_stops_everything_on_sigterm() {
     let mut up = Up::start(&["--nodes", "3", "--cluster", "uptest"]);
     up.wait_ready();
     let out = up.seen.join("\n");
-    let zk = out.lines().find_map(|l| l.strip_prefix("ZooKeeper  ")).expect("ZooKeeper line");
-    let zk = zk.split_whitespace().next().unwrap().to_string();
-    let nodes: Vec<Vec<&str>> =
-        out.lines().filter(|l| l.starts_with("node ")).map(|l| l.split_whitespace().collect()).collect();
+    let (zk, nodes) = zk_and_nodes(&out);
     assert_eq!(nodes.len(), 3, "{out}");
     let ids_roles: Vec<(&str, &str)> = nodes.iter().map(|n| (n[1], n[3])).collect();
     assert_eq!(ids_roles, [("1", "root"), ("2", "leaf"), ("3", "leaf")], "{out}");
@@ -344,4 +348,42 @@ async fn up_names_a_taken_port_even_when_its_owner_answers_health() {
     assert!(err.contains("in use"), "{err}");
     assert!(err.contains("pick another --base-port"), "{err}");
     assert!(!err.contains("no root published"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_with_groups_and_standbys_spreads_the_slots_and_routes_each_key_to_its_group() {
+    let mut up = Up::start(&["--nodes", "3", "--groups", "2", "--standbys", "1", "--cluster", "groupsup"]);
+    up.wait_ready();
+    let out = up.seen.join("\n");
+    let (zk, nodes) = zk_and_nodes(&out);
+    // Group 0's root and standby, group 1's leader and standby, 2 caches.
+    let roles: Vec<&str> = nodes.iter().map(|n| n[3]).collect();
+    assert_eq!(roles, ["root", "standby", "root", "standby", "leaf", "leaf"], "{out}");
+    assert!(out.contains("slots spread over 2 groups (map epoch 2): group 0: 0-511, group 1: 512-1023"), "{out}");
+    let url = |i: usize| nodes[i][2].to_string();
+
+    let slots = treecache(&["slots", "--zk", &zk, "--cluster", "groupsup"]);
+    let text = String::from_utf8_lossy(&slots.stdout);
+    assert!(slots.status.success(), "{text}{}", stderr(&slots));
+    assert!(text.starts_with("cluster groupsup: slot map epoch 2, 2 groups"), "{text}");
+
+    // A key of each group, written at a cache, is at its group's leader.
+    let map = treecache::slots::SlotMap::even(&[0, 1], 2).unwrap();
+    let key_of = |g: u32| (0..).map(|i| format!("up-{i}")).find(|k| map.owner_of(k) == g).unwrap();
+    let http = reqwest::Client::new();
+    for (group, leader) in [(0u32, 0usize), (1, 2)] {
+        let key = key_of(group);
+        let put = http.put(format!("{}/kv/{key}?ack=root", url(4))).body("v").send().await.unwrap();
+        assert_eq!(put.status(), 201, "{key}");
+        let at_leader = http.get(format!("{}/dump", url(leader))).send().await.unwrap().text().await.unwrap();
+        assert!(at_leader.contains(&format!("\"{key}\"")), "group {group}'s leader lacks {key}: {at_leader}");
+        let read = http.get(format!("{}/kv/{key}", url(5))).send().await.unwrap();
+        assert_eq!(read.status(), 200, "{key} at the other cache");
+    }
+
+    let status = up.sigterm_and_wait();
+    assert!(status.success(), "treecache up exited with {status}");
+    for n in &nodes {
+        assert!(reqwest::get(format!("{}/health", n[2])).await.is_err(), "{} still answers", n[2]);
+    }
 }

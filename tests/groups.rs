@@ -170,27 +170,43 @@ async fn with_slots_split_over_two_groups_every_node_reads_and_writes_every_key_
         let (status, body) = c.put(at, key, &format!("v-{key}"), ack).await;
         assert!(status == 200 || status == 201, "PUT {key} at node {at}: {status} {body}");
     }
-    // Each key is at its owner's root, and the other root refuses it.
-    for key in &ones {
-        wait_until(Duration::from_secs(10), "group 1 holds its key", || async {
-            c.get(g1, key, "").await.text() == format!("v-{key}")
-        })
-        .await;
-        let read = c.get(0, key, "").await;
-        assert_eq!(read.status, 409, "group 0's root answered {key}: {}", read.text());
-        assert!(read.text().contains("belongs to root group 1"), "{}", read.text());
+    // Each key is at its owner's root alone: a root's dump holds its own
+    // group's keys, and a root asked for another group's key answers it
+    // from that group's leader (X-Cache: miss), keeping nothing.
+    wait_until(Duration::from_secs(10), "every write reached its owner", || async {
+        let (d0, d1) = (c.dump_keys(0).await, c.dump_keys(g1).await);
+        ones.iter().all(|k| d1.contains(k) && !d0.contains(k))
+            && zeros.iter().all(|k| d0.contains(k) && !d1.contains(k))
+    })
+    .await;
+    for (root, key) in ones.iter().map(|k| (0, k)).chain(zeros.iter().map(|k| (g1, k))) {
+        let read = c.get(root, key, "").await;
+        assert_eq!((read.status, read.text()), (200, format!("v-{key}")), "root {root}, {key}");
+        assert_eq!(read.cache.as_deref(), Some("miss"));
     }
-    for key in &zeros {
-        wait_until(Duration::from_secs(10), "group 0 holds its key", || async {
-            c.get(0, key, "").await.text() == format!("v-{key}")
-        })
-        .await;
-        let read = c.get(g1, key, "").await;
-        assert_eq!(read.status, 409, "group 1's leader answered {key}: {}", read.text());
-    }
+    assert!(!c.dump_keys(0).await.iter().any(|k| ones.contains(k)), "group 0's root kept a proxied read");
+    // Writes at a root of another group's key go to the owner: every
+    // answer as the owner gave it, conditions decided there.
+    let (status, _) = c.put(0, &ones[2], "via-root-0", "?ack=root").await;
+    assert_eq!(status, 200);
+    assert_eq!(c.get(g1, &ones[2], "").await.text(), "via-root-0");
+    let put_if_absent = c
+        .http
+        .put(format!("{}/kv/{}?ack=root", c.url(0), ones[2]))
+        .header("if-none-match", "*")
+        .body("no")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put_if_absent.status(), 412, "the owner decides the condition");
+    let (status, _) = c.del(g1, &zeros[2], "?ack=root").await;
+    assert_eq!(status, 200);
+    assert_eq!(c.get(0, &zeros[2], "").await.status, 404);
+    let (status, _) = c.del(g1, &zeros[2], "?ack=root").await;
+    assert_eq!(status, 404, "a delete of an absent key, through another group's root");
     // Every non-root node reads every key; consistent reads too.
     for i in 1..5 {
-        for key in ones.iter().chain(&zeros) {
+        for key in ones.iter().chain(&zeros).filter(|k| *k != &ones[2] && *k != &zeros[2]) {
             assert_eq!(c.get(i, key, "").await.text(), format!("v-{key}"), "node {i}, {key}");
             assert_eq!(c.get(i, key, "?consistent=true").await.text(), format!("v-{key}"), "node {i}, {key}");
         }

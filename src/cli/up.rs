@@ -63,6 +63,25 @@ pub struct UpArgs {
     /// private ZooKeeper (without --zk) serves TLS to them too.
     #[arg(long, env = "TREECACHE_TLS", value_parser = clap::builder::BoolishValueParser::new())]
     pub tls: bool,
+    /// Root groups: this many groups' leaders, the slots spread evenly over
+    /// them (a fresh cluster's map). Each root keeps a --data-dir in the
+    /// log directory. The extra roots are beside --nodes.
+    #[arg(long, env = "TREECACHE_GROUPS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub groups: u32,
+    /// Standby roots per group (each with a --data-dir in the log directory).
+    #[arg(long, env = "TREECACHE_STANDBYS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=8))]
+    pub standbys: u32,
+}
+
+/// What one process `up` starts is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Group 0's first root: the registrar, the top of the tree.
+    Registrar,
+    /// A root candidate of `group` (its first is its leader).
+    Root { group: u32 },
+    /// A cache node in the tree.
+    Cache,
 }
 
 impl UpArgs {
@@ -77,22 +96,47 @@ impl UpArgs {
         if self.cluster.is_empty() || self.cluster.contains('/') {
             return Err(format!("--cluster {:?}: must be non-empty and contain no '/'", self.cluster));
         }
+        let total = self.processes();
         for (flag, base) in [("--base-port", self.base_port), ("--resp-base-port", self.resp_base_port)] {
-            if base != 0 && u32::from(base) + self.nodes - 1 > u32::from(u16::MAX) {
-                return Err(format!("{flag} {base} leaves no room for {} nodes", self.nodes));
+            if base != 0 && u32::from(base) + total - 1 > u32::from(u16::MAX) {
+                return Err(format!("{flag} {base} leaves no room for {total} nodes"));
             }
         }
-        let ranges = |base: u16| u32::from(base)..u32::from(base) + self.nodes;
+        let ranges = |base: u16| u32::from(base)..u32::from(base) + total;
         if self.base_port != 0 && self.resp_base_port != 0 {
             let (http, resp) = (ranges(self.base_port), ranges(self.resp_base_port));
             if http.start < resp.end && resp.start < http.end {
                 return Err(format!(
-                    "--base-port {} and --resp-base-port {} overlap for {} nodes",
-                    self.base_port, self.resp_base_port, self.nodes
+                    "--base-port {} and --resp-base-port {} overlap for {total} nodes",
+                    self.base_port, self.resp_base_port
                 ));
             }
         }
         Ok(())
+    }
+
+    /// Every process `up` starts: --nodes, plus the other groups' leaders
+    /// and every group's standbys.
+    fn processes(&self) -> u32 {
+        self.nodes + (self.groups - 1) + self.groups * self.standbys
+    }
+
+    /// Whether the roots keep a commit log (a standby or another group
+    /// needs one; a lone root runs in memory as it always did).
+    fn durable_roots(&self) -> bool {
+        self.groups > 1 || self.standbys > 0
+    }
+
+    /// The processes in start order: group 0's root and standbys, each
+    /// other group's leader and standbys, then the caches.
+    fn roles(&self) -> Vec<Role> {
+        let mut roles = vec![Role::Registrar];
+        roles.extend((0..self.standbys).map(|_| Role::Root { group: 0 }));
+        for group in 1..self.groups {
+            roles.extend((0..=self.standbys).map(|_| Role::Root { group }));
+        }
+        roles.extend((1..self.nodes).map(|_| Role::Cache));
+        roles
     }
 
     /// The HTTP port of node `k` (0 is the root).
@@ -105,19 +149,40 @@ impl UpArgs {
         port_from(self.resp_base_port, k)
     }
 
-    /// The `node` flags of node `k`: the root also gets the mode.
-    fn flags(&self, zk: &str, k: u32, port: u16, resp_port: u16, secret: &Path) -> Vec<String> {
+    /// The `node` flags of process `k` in `role`: a root also gets the
+    /// mode, its group and (see [`UpArgs::durable_roots`]) a data dir in
+    /// `logs`.
+    #[allow(clippy::too_many_arguments)]
+    fn flags(
+        &self,
+        zk: &str,
+        k: u32,
+        role: Role,
+        port: u16,
+        resp_port: u16,
+        secret: &Path,
+        logs: &Path,
+    ) -> Vec<String> {
         let mut flags = node_args(zk, &self.cluster, port, secret);
         if self.tls {
             flags.extend(["--advertise".into(), format!("https://127.0.0.1:{port}")]);
         }
         flags.extend(["--resp-listen".into(), format!("127.0.0.1:{resp_port}")]);
         flags.extend(["--fanout".into(), self.fanout.to_string()]);
-        if k == 0 {
-            flags.extend(["--root".into(), "--mode".into(), self.mode.as_str().into()]);
-            if let Some(age) = self.max_age {
-                flags.extend(["--max-age".into(), format!("{}ms", age.as_millis())]);
-            }
+        let group = match role {
+            Role::Cache => return flags,
+            Role::Registrar => 0,
+            Role::Root { group } => group,
+        };
+        flags.extend(["--root".into(), "--mode".into(), self.mode.as_str().into()]);
+        if let Some(age) = self.max_age {
+            flags.extend(["--max-age".into(), format!("{}ms", age.as_millis())]);
+        }
+        if group != 0 {
+            flags.extend(["--group".into(), group.to_string()]);
+        }
+        if self.durable_roots() {
+            flags.extend(["--data-dir".into(), logs.join(format!("node-{k}-data")).display().to_string()]);
         }
         flags
     }
@@ -230,8 +295,16 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     };
     let scheme = if args.tls { "https" } else { "http" };
     let mut urls = Vec::new();
-    let progress = Progress::new(args.nodes);
-    for k in 0..args.nodes {
+    let roles = args.roles();
+    let progress = Progress::new(roles.len() as u32);
+    let mut spread = false;
+    for (k, role) in (0u32..).zip(roles) {
+        if role == Role::Cache && !spread {
+            // Every root is up: spread a fresh cluster's slots over the
+            // groups before any cache (the routers) starts.
+            spread_slots(&args, &zk_addr, &secret).await?;
+            spread = true;
+        }
         let port = args.port(k)?;
         let resp_port = args.resp_port(k)?;
         let url = format!("{scheme}://127.0.0.1:{port}");
@@ -241,7 +314,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
         // the node, which meanwhile exits with "Address already in use".
         check_port_free(port, k, args.base_port, "--base-port")?;
         check_port_free(resp_port, k, args.resp_base_port, "--resp-base-port")?;
-        let mut flags = args.flags(&node_zk, k, port, resp_port, &secret);
+        let mut flags = args.flags(&node_zk, k, role, port, resp_port, &secret, &logs);
         if let Some(certs) = &certs {
             flags.extend(certs.node_flags(k, zk_tls)?);
         }
@@ -252,6 +325,9 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
         urls.push((url, resp_port));
     }
     progress.finish();
+    if !spread {
+        spread_slots(&args, &zk_addr, &secret).await?;
+    }
     print_nodes(&http, &urls).await;
     if let Some((_, resp)) = urls.last() {
         let tls = match &certs {
@@ -260,7 +336,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
         };
         println!("RESP (Redis protocol) on each node's resp port: redis-cli{tls} -p {resp}");
     }
-    print_tree(&zk_addr, &args.cluster, urls.len()).await;
+    print_tree(&zk_addr, &args.cluster, args.nodes as usize).await;
     println!("cluster secret in {}", secret.display());
     if let Some(certs) = &certs {
         let ca = certs.dir.join("ca.pem");
@@ -273,6 +349,38 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     eprintln!("stopping {} nodes{}...", running.nodes.len(), if running.zk.is_some() { " and ZooKeeper" } else { "" });
     drop(running);
     eprintln!("stopped.");
+    Ok(())
+}
+
+/// With `--groups` above 1, spreads the slots evenly over the groups, by a
+/// conditional write, if the map is still the one a new cluster starts
+/// with (every slot to group 0, epoch 1): its slots hold no keys yet, so
+/// nothing needs to move. A cluster that ran before (`--zk`) keeps its map.
+async fn spread_slots(args: &UpArgs, zk_addr: &str, secret_file: &Path) -> Result<(), Failure> {
+    use crate::slots::SlotMap;
+    use crate::tree::zk;
+    if args.groups < 2 {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(secret_file).map_err(|e| format!("{}: {e}", secret_file.display()))?;
+    let secret = crate::auth::Secret::new(text.trim().to_string())?;
+    let paths = Paths::with_secret(&args.cluster, &secret);
+    let client = zk::connect(zk_addr, &paths, None).await.map_err(|e| e.to_string())?;
+    let groups: Vec<u32> = (0..args.groups).collect();
+    let (map, version) = zk::read_slots(&client, &paths)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "group 0's leader made no slot map".to_string())?;
+    if map != SlotMap::single(0) {
+        println!("slot map epoch {} kept (the cluster ran before): `treecache slots` shows it", map.epoch());
+        return Ok(());
+    }
+    let even = SlotMap::even(&groups, map.epoch() + 1)?;
+    if !zk::write_slots(&client, &paths, &even, version).await.map_err(|e| e.to_string())? {
+        return Err("the slot map changed while up spread it; `treecache slots` shows it".to_string().into());
+    }
+    let ranges: Vec<String> = groups.iter().map(|&g| format!("group {g}: {}", even.ranges_of(g))).collect();
+    println!("slots spread over {} groups (map epoch {}): {}", args.groups, even.epoch(), ranges.join(", "));
     Ok(())
 }
 
@@ -468,21 +576,38 @@ mod tests {
     fn the_root_gets_the_mode_and_nodes_do_not() {
         let a = up(&["--mode", "ttl", "--max-age", "1.5s", "--fanout", "3", "--cluster", "c"]).unwrap();
         assert_eq!(
-            a.flags("zk:1", 0, 9000, 6379, Path::new("/s")).join(" "),
+            a.flags("zk:1", 0, Role::Registrar, 9000, 6379, Path::new("/s"), Path::new("/logs")).join(" "),
             "--zk zk:1 --cluster c --listen 127.0.0.1:9000 --cluster-secret-file /s --resp-listen 127.0.0.1:6379 \
              --fanout 3 --root --mode ttl --max-age 1500ms"
         );
         assert_eq!(
-            a.flags("zk:1", 2, 9002, 6381, Path::new("/s")).join(" "),
+            a.flags("zk:1", 2, Role::Cache, 9002, 6381, Path::new("/s"), Path::new("/logs")).join(" "),
             "--zk zk:1 --cluster c --listen 127.0.0.1:9002 --cluster-secret-file /s --resp-listen 127.0.0.1:6381 \
              --fanout 3"
         );
     }
 
     #[test]
+    fn groups_and_standbys_start_every_root_first_each_with_its_group_and_data_dir() {
+        let a = up(&["--nodes", "3", "--groups", "3", "--standbys", "1", "--cluster", "c"]).unwrap();
+        let root = |g| Role::Root { group: g };
+        assert_eq!(a.roles(), [Role::Registrar, root(0), root(1), root(1), root(2), root(2), Role::Cache, Role::Cache]);
+        assert_eq!(a.processes(), 8);
+        let flags = a.flags("zk:1", 4, root(2), 9004, 6383, Path::new("/s"), Path::new("/logs")).join(" ");
+        assert!(flags.ends_with("--root --mode push --group 2 --data-dir /logs/node-4-data"), "{flags}");
+        let flags = a.flags("zk:1", 1, root(0), 9001, 6380, Path::new("/s"), Path::new("/logs")).join(" ");
+        assert!(flags.ends_with("--root --mode push --data-dir /logs/node-1-data"), "{flags}");
+        // Ports for every process, roots included.
+        assert!(up(&["--base-port", "65529", "--nodes", "7", "--standbys", "1"]).unwrap_err().contains("8 nodes"));
+        assert!(up(&["--groups", "0"]).is_err());
+        assert!(up(&["--groups", "65"]).is_err());
+        assert!(up(&["--standbys", "9"]).is_err());
+    }
+
+    #[test]
     fn with_tls_every_node_advertises_https() {
         let a = up(&["--tls"]).unwrap();
-        let flags = a.flags("zk:1", 1, 9001, 6380, Path::new("/s")).join(" ");
+        let flags = a.flags("zk:1", 1, Role::Cache, 9001, 6380, Path::new("/s"), Path::new("/logs")).join(" ");
         assert!(flags.contains("--advertise https://127.0.0.1:9001"), "{flags}");
     }
 

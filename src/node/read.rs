@@ -122,7 +122,10 @@ impl Node {
         let store = &self.inner.store;
         let t = Time::now();
         if place.topology.is_root() {
-            self.check_own_slot(key)?;
+            if let Some(leader) = self.foreign_leader(key)? {
+                Metrics::inc(&self.inner.metrics.misses);
+                return self.proxy_get(&leader, key, consistent).await;
+            }
             Metrics::inc(&self.inner.metrics.hits);
             let lookup = store.get(key, t);
             self.wait_committed(lookup.version()).await?;

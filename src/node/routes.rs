@@ -299,3 +299,139 @@ impl Node {
         }
     }
 }
+
+/// A number in `text` right after `marker`.
+fn number_after(text: &str, marker: &str) -> Option<u64> {
+    let rest = &text[text.find(marker)? + marker.len()..];
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+impl Node {
+    /// At a root (leader or standby): the leader of the group that owns
+    /// `key` when that is another group; `None` for our own keys.
+    pub(super) fn foreign_leader(&self, key: &str) -> Result<Option<String>> {
+        let view = self.routes();
+        let owner = view.owner(key);
+        if owner == self.args().group.unwrap_or(0) {
+            return Ok(None);
+        }
+        match view.leaders.get(&owner) {
+            Some(r) => Ok(Some(r.url.clone())),
+            None => Err(Error::NoInSyncRoot(format!("root group {owner}, the owner of {key:?}'s slot, has no leader"))),
+        }
+    }
+
+    /// A client request at a root for another group's key goes to that
+    /// group's leader as the client sent it (the API token, if any, ours);
+    /// nothing is cached here, so a root holds its own slots only.
+    fn proxy_request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let req = self.request(&self.local_http(), method, url).timeout(super::UPSTREAM_TIMEOUT);
+        match &self.args().api_token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
+    }
+
+    /// The error a proxied request's failure is to the client: held through
+    /// the failover wait only when nothing was done (no connection, or the
+    /// owner says it has no leader or is not the owner any more).
+    async fn proxy_failure(&self, leader: &str, resp: std::result::Result<reqwest::Response, reqwest::Error>) -> Error {
+        match resp {
+            Err(e) if e.is_connect() => Error::parent_unreachable(leader, e),
+            Err(e) => Error::ParentRefused { url: leader.to_string(), reason: e.to_string() },
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                let code = body["code"].as_str().unwrap_or("");
+                let reason = format!("{status} {code}: {}", body["error"].as_str().unwrap_or(""));
+                match code {
+                    "wrong_group" | "no_insync_root" | "not_leader" | "not_registered" => {
+                        Error::ParentUnreachable { url: leader.to_string(), reason }
+                    }
+                    _ => Error::ParentRefused { url: leader.to_string(), reason },
+                }
+            }
+        }
+    }
+
+    /// `GET /kv/{key}` of another group's key at a root.
+    pub(super) async fn proxy_get(&self, leader: &str, key: &str, consistent: bool) -> Result<super::Found> {
+        let query = if consistent { "?consistent=true" } else { "" };
+        let url = format!("{leader}/kv/{}{query}", crate::client::encode_key(key));
+        let resp = self.proxy_request(reqwest::Method::GET, &url).send().await;
+        let header =
+            |r: &reqwest::Response, name: &str| -> Option<u64> { r.headers().get(name)?.to_str().ok()?.parse().ok() };
+        match resp {
+            Ok(r) if r.status() == reqwest::StatusCode::OK => {
+                let (version, expires_at) = (header(&r, "x-version"), header(&r, "x-expires-at"));
+                let value = r.bytes().await.map_err(|e| Error::parent_unreachable(leader, e))?;
+                let version = version.ok_or_else(|| Error::ParentRefused {
+                    url: leader.to_string(),
+                    reason: "an answer without X-Version".into(),
+                })?;
+                Ok(super::Found { version, value, expires_at, cache: super::CacheStatus::Miss })
+            }
+            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Err(Error::NotFound(key.to_string())),
+            other => Err(self.proxy_failure(leader, other).await),
+        }
+    }
+
+    /// A client's write of another group's key at a root, as
+    /// [`Node::write`] takes it. (Sent once: a write whose answer is lost
+    /// is the client's to retry, as if it had written to the owner.)
+    pub(super) async fn proxy_write(
+        &self,
+        leader: &str,
+        key: &str,
+        value: Option<bytes::Bytes>,
+        ttl_ms: Option<u64>,
+        ack: super::Ack,
+        cond: crate::store::Condition,
+    ) -> Result<crate::wire::WriteResult> {
+        use crate::store::Condition;
+        use crate::wire::WriteResult;
+        let ack_text = if ack == super::Ack::Root { "root" } else { "parent" };
+        let mut url = format!("{leader}/kv/{}?ack={ack_text}", crate::client::encode_key(key));
+        if let Some(ms) = ttl_ms {
+            url.push_str(&format!("&ttl={}", ms.div_ceil(1000)));
+        }
+        let deleting = value.is_none();
+        let mut req = match value {
+            Some(v) => self.proxy_request(reqwest::Method::PUT, &url).body(v),
+            None => self.proxy_request(reqwest::Method::DELETE, &url),
+        };
+        req = match cond {
+            Condition::Always => req,
+            Condition::IfAbsent => req.header("if-none-match", "*"),
+            Condition::IfPresent => req.header("if-match", "*"),
+            Condition::IfVersion(v) => req.header("if-match", v.to_string()),
+        };
+        let resp = req.send().await;
+        let version_header =
+            |r: &reqwest::Response| -> Option<u64> { r.headers().get("x-version")?.to_str().ok()?.parse().ok() };
+        match resp {
+            Ok(r) if r.status().is_success() => {
+                let created = r.status() == reqwest::StatusCode::CREATED;
+                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                Ok(match body["version"].as_u64() {
+                    Some(version) => WriteResult::Committed { version, created },
+                    None if deleting => WriteResult::Absent,
+                    None => WriteResult::Accepted,
+                })
+            }
+            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND && deleting => Ok(WriteResult::Absent),
+            Ok(r) if r.status() == reqwest::StatusCode::PRECONDITION_FAILED => {
+                Ok(WriteResult::ConditionFailed { current: version_header(&r) })
+            }
+            Ok(r) if r.status() == reqwest::StatusCode::INSUFFICIENT_STORAGE => {
+                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                let text = body["error"].as_str().unwrap_or("");
+                Ok(WriteResult::RootFull {
+                    bytes: number_after(text, "bytes (").unwrap_or(0),
+                    max: number_after(text, "--max-memory of ").unwrap_or(0),
+                })
+            }
+            other => Err(self.proxy_failure(leader, other).await),
+        }
+    }
+}

@@ -152,6 +152,11 @@ impl Node {
     /// only what the leader said is durable on every in-sync root (a
     /// newer version waits for that, as at the root).
     pub async fn standby_get(&self, key: &str) -> Result<crate::node::Found> {
+        // A standby holds its group's slots only: another group's key is
+        // not absent, it is elsewhere.
+        if let Some(leader) = self.foreign_leader(key)? {
+            return self.proxy_get(&leader, key, false).await;
+        }
         loop {
             let starts = self.replica().starts.load(Ordering::Acquire);
             self.standby_in_sync()?;
@@ -191,6 +196,9 @@ impl Node {
         ack: crate::node::Ack,
         cond: crate::store::Condition,
     ) -> Result<crate::wire::WriteResult> {
+        if let Some(leader) = self.foreign_leader(key)? {
+            return self.proxy_write(&leader, key, value, ttl_ms, ack, cond).await;
+        }
         crate::metrics::Metrics::inc(&self.inner.metrics.writes);
         let me = self.node_id().ok_or(Error::NotRegistered)?;
         let expires_at = ttl_ms.map(|ms| crate::clock::now_ms().saturating_add(ms));

@@ -101,7 +101,9 @@ impl Node {
         let update = Update { key: key.to_string(), version: 0, value, expires_at };
         let ack = if cond.is_conditional() { Ack::Root } else { ack };
         if place.topology.is_root() {
-            self.check_own_slot(key)?;
+            if let Some(leader) = self.foreign_leader(key)? {
+                return self.proxy_write(&leader, key, update.value, ttl_ms, ack, cond).await;
+            }
             return self.commit_own(update, ack, cond).await;
         }
         let rx = self.join_own(update, ack, cond, place.topology.id)?;
