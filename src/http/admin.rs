@@ -103,8 +103,12 @@ pub async fn metrics(node: ThinData<Node>) -> HttpResponse {
     m.insync_roots.set(count(node.insync_roots()));
     m.uplink_pending.set(count(node.uplink_pending()));
     m.uplink_unconfirmed.set(count(node.uplink_unconfirmed()));
-    m.write_ids_remembered.set(count(node.write_ids_remembered()));
-    m.write_outcomes.set(count(node.write_outcomes_held()));
+    let (ids, ids_bytes) = node.write_ids_remembered();
+    m.write_ids_remembered.set(count(ids));
+    m.write_ids_bytes.set(count(ids_bytes));
+    let (outcomes, outcomes_bytes) = node.write_outcomes_held();
+    m.write_outcomes.set(count(outcomes));
+    m.write_outcomes_bytes.set(count(outcomes_bytes));
     m.push_queued.set(count(node.push_queued()));
     m.set_zk_state(node.zk_state());
     HttpResponse::Ok().content_type(crate::metrics::CONTENT_TYPE).body(m.render())

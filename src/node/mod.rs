@@ -428,14 +428,17 @@ impl Node {
         self.inner.uplink.unconfirmed()
     }
 
-    /// Settled write ids this node remembers so a resend is answered, not queued again.
-    pub fn write_ids_remembered(&self) -> usize {
+    /// Settled write ids this node remembers so a resend is answered, not
+    /// queued again, and an estimate of the bytes they take.
+    pub fn write_ids_remembered(&self) -> (usize, usize) {
         self.inner.uplink.remembered()
     }
 
-    /// Write outcomes this node remembers as root (0 on any other node).
-    pub fn write_outcomes_held(&self) -> usize {
-        self.inner.outcomes.lock().len()
+    /// Write outcomes this node remembers as root (0 on any other node),
+    /// and an estimate of the bytes they take.
+    pub fn write_outcomes_held(&self) -> (usize, usize) {
+        let outcomes = self.inner.outcomes.lock();
+        (outcomes.len(), outcomes.bytes())
     }
 
     /// `--fault-lose-write-replies`: whether to drop this write answer.

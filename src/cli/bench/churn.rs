@@ -136,7 +136,8 @@ fn gauge(metrics: &str, name: &str) -> Option<u64> {
 }
 
 /// Gauges of a node's bounded tables, read beside its entries and bytes.
-pub const TABLE_GAUGES: &[&str] = &["holders", "write_ids_remembered", "write_outcomes", "push_queued"];
+pub const TABLE_GAUGES: &[&str] =
+    &["holders", "write_ids_remembered", "write_ids_bytes", "write_outcomes", "write_outcomes_bytes", "push_queued"];
 
 /// One node's memory now: RSS of `pid`, gauges from `url/metrics`.
 async fn sample_node(http: &reqwest::Client, url: &str, pid: u32, t_s: f64) -> Option<MemSample> {

@@ -39,8 +39,8 @@ impl Node {
         let mut joined = Vec::with_capacity(writes.len());
         let mut queued = false;
         for w in writes {
-            if let Some(result) = s.recent.get(&w.id) {
-                joined.push(Joined::Known(result.clone()));
+            if let Some(result) = s.settled.get(&w.id) {
+                joined.push(Joined::Known(result));
                 continue;
             }
             let (tx, rx) = oneshot::channel();
@@ -159,6 +159,6 @@ impl Node {
             }
             return WriteResult::InProgress;
         }
-        s.recent.get(&id).cloned().unwrap_or(WriteResult::InProgress)
+        s.settled.get(&id).unwrap_or(WriteResult::InProgress)
     }
 }

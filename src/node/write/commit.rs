@@ -6,8 +6,10 @@
 //! Must not commit a write id twice or out of its node's order, nor answer
 //! or push a commit before it is durable.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
+use std::mem::size_of;
 
+use super::settled::{map_bytes, Kept};
 use super::Ack;
 use crate::clock::{now_us, Time};
 use crate::error::{Error, Result};
@@ -22,18 +24,37 @@ pub(super) const OUTCOMES_PER_ORIGIN: usize = 4_096;
 pub(super) const ORIGINS: usize = 4_096;
 
 /// The root's memory of which write ids it committed, with their outcomes.
+///
+/// Bounded by count, not by age: a resend can reach the root any time
+/// later (a hop remembers what it settled for a minute, see `settled`),
+/// and `high` keeps an id from being committed twice even once its outcome
+/// is forgotten.
 #[derive(Default)]
 pub(in crate::node) struct Outcomes {
     pub(super) origins: HashMap<(NodeId, u64), Origin>,
     tick: u64,
+    /// Heap bytes of the boxed outcomes, over every origin.
+    boxed: usize,
 }
 
 #[derive(Default)]
 pub(super) struct Origin {
     /// Highest sequence decided from this node incarnation.
     high: u64,
-    results: BTreeMap<u64, WriteResult>,
+    /// Outcomes by sequence, ascending (ids are decided in their node's
+    /// order, so a new one goes at the back).
+    results: VecDeque<(u64, Kept)>,
     used: u64,
+}
+
+impl Origin {
+    fn find(&self, seq: u64) -> Result<usize, usize> {
+        self.results.binary_search_by_key(&seq, |&(s, _)| s)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.results.iter().map(|(_, kept)| kept.heap_bytes()).sum()
+    }
 }
 
 /// What the root makes of a write id.
@@ -50,11 +71,11 @@ impl Outcomes {
         if id.seq > origin.high {
             return Verdict::New;
         }
-        if let Some(result) = origin.results.get(&id.seq) {
-            return Verdict::Decided(result.clone());
+        if let Ok(at) = origin.find(id.seq) {
+            return Verdict::Decided(origin.results[at].1.result());
         }
-        let forgotten = origin.results.len() >= OUTCOMES_PER_ORIGIN
-            && origin.results.first_key_value().is_some_and(|(&s, _)| id.seq < s);
+        let forgotten =
+            origin.results.len() >= OUTCOMES_PER_ORIGIN && origin.results.front().is_some_and(|&(s, _)| id.seq < s);
         let error = if forgotten {
             // A resend of an old write (its sender changed parents with
             // more than this many unconfirmed): decided, but which way is
@@ -78,15 +99,37 @@ impl Outcomes {
         let origin = self.origins.entry((id.origin, id.incarnation)).or_default();
         origin.high = origin.high.max(id.seq);
         origin.used = self.tick;
-        origin.results.insert(id.seq, result);
-        while origin.results.len() > OUTCOMES_PER_ORIGIN {
-            origin.results.pop_first();
-        }
-        if self.origins.len() > ORIGINS {
-            if let Some(oldest) = self.origins.iter().min_by_key(|(_, o)| o.used).map(|(k, _)| *k) {
-                self.origins.remove(&oldest);
+        let kept = Kept::new(&result);
+        let added = kept.heap_bytes();
+        let mut removed = 0;
+        match origin.find(id.seq) {
+            Ok(at) => removed = std::mem::replace(&mut origin.results[at].1, kept).heap_bytes(),
+            // Full, and older than every outcome kept: forgotten at once.
+            Err(0) if origin.results.len() >= OUTCOMES_PER_ORIGIN => removed = added,
+            Err(mut at) => {
+                // The oldest goes first, so the queue never outgrows the bound.
+                if origin.results.len() >= OUTCOMES_PER_ORIGIN {
+                    removed = origin.results.pop_front().map_or(0, |(_, old)| old.heap_bytes());
+                    at -= 1;
+                }
+                origin.results.insert(at, (id.seq, kept));
             }
         }
+        self.boxed = self.boxed + added - removed;
+        if self.origins.len() > ORIGINS {
+            if let Some(oldest) = self.origins.iter().min_by_key(|(_, o)| o.used).map(|(k, _)| *k) {
+                if let Some(gone) = self.origins.remove(&oldest) {
+                    self.boxed -= gone.heap_bytes();
+                }
+            }
+        }
+    }
+
+    /// An estimate of the bytes the table holds: the map of writing nodes,
+    /// each one's outcomes, the boxed outcomes.
+    pub(in crate::node) fn bytes(&self) -> usize {
+        let per_origin: usize = self.origins.values().map(|o| o.results.capacity()).sum();
+        map_bytes::<(NodeId, u64), Origin>(self.origins.capacity()) + per_origin * size_of::<(u64, Kept)>() + self.boxed
     }
 
     /// Outcomes remembered, over every writing node (at most
@@ -101,13 +144,14 @@ impl Outcomes {
     pub(in crate::node) fn export(&self) -> Vec<(WriteId, u64)> {
         let mut out = Vec::new();
         for (&(origin, incarnation), o) in &self.origins {
-            for (&seq, r) in &o.results {
+            for (seq, kept) in &o.results {
+                let seq = *seq;
                 // A refused condition wrote nothing, so it is not in the log
                 // either: after a restart a resend is decided again.
-                let version = match r {
-                    WriteResult::Committed { version, .. } => *version,
-                    WriteResult::Absent => 0,
-                    _ => continue,
+                let version = match kept {
+                    Kept::Committed { version, .. } => *version,
+                    Kept::Absent => 0,
+                    Kept::Other(_) => continue,
                 };
                 out.push((WriteId { origin, incarnation, seq }, version));
             }

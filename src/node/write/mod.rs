@@ -22,8 +22,9 @@
 //! So a write taken by a parent that then loses its way (it became our
 //! child, it was reaped while paused) is never lost while we live, and the
 //! root sees a node's writes in order on every path. Each hop remembers
-//! the ids it holds and the outcomes it recently settled, so a resend is
-//! never queued twice.
+//! the ids it holds and, for a minute, the outcomes it settled
+//! (`settled`), so a resend is not queued twice (one later than that goes
+//! on to the root, which knows).
 //!
 //! The root commits each id once ([`Outcomes`]): a resend, or the same
 //! write arriving by a second path after a re-attachment, gets the first
@@ -45,6 +46,7 @@
 mod accept;
 mod commit;
 mod notices;
+mod settled;
 mod uplink;
 
 use std::time::Duration;

@@ -3,7 +3,8 @@
 //! settled ids a hop remembers. Test-only; no I/O.
 
 use super::commit::{Verdict, ORIGINS, OUTCOMES_PER_ORIGIN};
-use super::uplink::{Link, Pending, UplinkState, RECENT_IDS};
+use super::settled::{Kept, Settled, SETTLED_FOR, SETTLED_MAX};
+use super::uplink::{Link, Pending, UplinkState};
 use super::*;
 use crate::store::{NodeId, WriteId};
 use crate::wire::{Peer, Write};
@@ -127,13 +128,93 @@ fn notices_are_kept_until_the_child_has_them_and_numbered_above_an_earlier_proce
     assert_eq!(s.notices[&4].len(), 1, "another child's notices stay");
 }
 
+const FOR_MS: u64 = SETTLED_FOR.as_millis() as u64;
+
 #[test]
-fn hops_remember_a_bounded_number_of_settled_ids() {
-    let mut s = UplinkState::default();
-    for seq in 0..(RECENT_IDS as u64 + 3) {
-        s.remember(id(seq), WriteResult::Accepted);
+fn a_hop_remembers_a_settled_id_for_its_horizon_and_then_forgets_it() {
+    let mut s = Settled::default();
+    let committed = WriteResult::Committed { version: 8, created: true };
+    s.remember(id(1), &committed, 1_000);
+    s.remember(id(2), &WriteResult::Absent, 1_000 + FOR_MS / 2);
+    s.expire(1_000 + FOR_MS);
+    assert_eq!(s.get(&id(1)), Some(committed), "a resend within the horizon is answered");
+    s.expire(1_000 + FOR_MS + 1);
+    assert_eq!(s.get(&id(1)), None, "past the horizon: forgotten");
+    assert_eq!(s.get(&id(2)), Some(WriteResult::Absent), "a younger one stays");
+    s.remember(id(3), &WriteResult::Absent, 1_000 + 2 * FOR_MS);
+    assert_eq!((s.get(&id(2)), s.len()), (None, 1), "settling one forgets the old ones");
+}
+
+#[test]
+fn a_hop_remembers_at_most_its_count_of_settled_ids() {
+    let mut s = Settled::default();
+    let n = 4 * SETTLED_MAX as u64;
+    for seq in 0..n {
+        s.remember(id(seq), &WriteResult::Absent, 5);
     }
-    assert_eq!(s.recent.len(), RECENT_IDS);
-    assert!(!s.recent.contains_key(&id(0)));
-    assert!(s.recent.contains_key(&id(RECENT_IDS as u64 + 2)));
+    assert_eq!(s.len(), SETTLED_MAX, "all young, yet bounded");
+    assert_eq!(s.get(&id(n - SETTLED_MAX as u64 - 1)), None, "the oldest go first");
+    assert_eq!(s.get(&id(n - SETTLED_MAX as u64)), Some(WriteResult::Absent));
+    let full = s.bytes();
+    assert!(full < 8 << 20, "a full table, its ids coming and going, stays under 8 MiB: {full}");
+    s.expire(5 + FOR_MS + 1);
+    assert_eq!(s.len(), 0);
+    assert!(s.bytes() < full / 16, "an emptied table gives its memory back: {} of {full}", s.bytes());
+}
+
+#[test]
+fn kept_outcomes_are_small_and_answer_as_they_were_settled() {
+    assert!(std::mem::size_of::<Kept>() <= 16, "{}", std::mem::size_of::<Kept>());
+    let failed = WriteResult::Failed { error: "nothing was written".into() };
+    let all = [
+        WriteResult::Committed { version: 3, created: false },
+        WriteResult::Absent,
+        failed.clone(),
+        WriteResult::ConditionFailed { current: Some(4) },
+        WriteResult::RootFull { bytes: 10, max: 9 },
+        WriteResult::InsyncBelowMin { have: 1, need: 2 },
+        WriteResult::InsyncBelowMinAfter { version: 5, have: 1, need: 2 },
+    ];
+    for r in &all {
+        assert_eq!(&Kept::new(r).result(), r);
+    }
+    let mut s = Settled::default();
+    let empty = s.bytes();
+    s.remember(id(1), &failed, 1);
+    let with = s.bytes();
+    s.remember(id(1), &WriteResult::Absent, 2);
+    assert_eq!(s.get(&id(1)), Some(WriteResult::Absent), "settled again: the last outcome");
+    assert!(s.bytes() < with && with > empty, "a boxed outcome is counted while kept");
+    s.remember(id(2), &WriteResult::Absent, 2 + FOR_MS);
+    assert_eq!(s.get(&id(1)), Some(WriteResult::Absent), "settled again: kept from the second time");
+    s.remember(id(3), &WriteResult::Absent, 3 + FOR_MS);
+    assert_eq!(s.get(&id(1)), None);
+}
+
+#[test]
+fn the_roots_outcomes_are_counted_in_bytes() {
+    let mut o = Outcomes::default();
+    assert_eq!(o.bytes(), 0);
+    for seq in 1..=(OUTCOMES_PER_ORIGIN as u64 + 10) {
+        o.record(&id(seq), WriteResult::Committed { version: seq, created: false });
+    }
+    let full = o.bytes();
+    assert!((OUTCOMES_PER_ORIGIN * 24..OUTCOMES_PER_ORIGIN * 40).contains(&full), "{full}");
+    o.record(&id(OUTCOMES_PER_ORIGIN as u64 + 11), WriteResult::Failed { error: "x".repeat(100) });
+    assert!(o.bytes() >= full + 100, "a boxed outcome is counted");
+}
+
+#[test]
+fn outcomes_restored_out_of_order_are_found() {
+    let mut o = Outcomes::default();
+    for seq in [10, 5, 7, 10] {
+        o.record(&id(seq), WriteResult::Committed { version: seq * 2, created: false });
+    }
+    assert_eq!(o.len(), 3, "a seq recorded again replaces its outcome");
+    for seq in [5, 7, 10] {
+        assert!(
+            matches!(o.check(&id(seq)), Verdict::Decided(WriteResult::Committed { version, .. }) if version == seq * 2)
+        );
+    }
+    assert!(matches!(o.check(&id(6)), Verdict::Decided(WriteResult::Failed { .. })), "never committed out of order");
 }

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
 
 use super::notices::Owed;
+use super::settled::Settled;
 use super::Ack;
 use crate::clock::{mono_ms, Time};
 use crate::error::{Error, Result};
@@ -28,7 +29,10 @@ use crate::wire::{self, Peer, Write, WriteResult, WriteResults};
 /// parent for the outcomes of its unconfirmed writes.
 const POLL_AFTER: Duration = Duration::from_millis(100);
 /// How long the uplink waits for its parent's answer (longer than HOP_WAIT).
-const UPLINK_TIMEOUT: Duration = Duration::from_secs(15);
+pub(super) const UPLINK_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest wait before a failed batch is tried again (while the tree
+/// settles, a quarter of it).
+pub(super) const RETRY_CAP: Duration = Duration::from_secs(1);
 
 /// After an unconfirmed write's outcome was heard, how long pushes for its
 /// key are still welcome here though the key may not be held (the push of
@@ -40,9 +44,6 @@ const ACCEPTED_LINGER_MS: u64 = 60_000;
 /// body limit).
 const UPLINK_BATCH: usize = 1024;
 pub const BATCH_BYTES: usize = 4 << 20;
-/// Settled ids a hop remembers, so a resend after a lost answer finds its
-/// outcome.
-pub(super) const RECENT_IDS: usize = 65_536;
 
 /// A write in this node's uplink: who gave it to us (`None`: our client).
 pub(super) struct Pending {
@@ -88,9 +89,9 @@ pub(super) struct UplinkState {
     /// Every id we hold (queued, in flight or unconfirmed), with whoever
     /// waits for its outcome.
     pub(super) waiting: HashMap<WriteId, Waiters>,
-    /// Outcomes of recently settled ids, oldest first out.
-    pub(super) recent: HashMap<WriteId, WriteResult>,
-    recent_order: VecDeque<WriteId>,
+    /// Outcomes of recently settled ids, for resends (bounded by age and
+    /// count, see `settled`).
+    pub(super) settled: Settled,
     next_seq: u64,
     /// Outcomes owed to each child, oldest first, and the last number given.
     pub(super) notices: HashMap<NodeId, VecDeque<Owed>>,
@@ -100,17 +101,6 @@ pub(super) struct UplinkState {
 }
 
 impl UplinkState {
-    pub(super) fn remember(&mut self, id: WriteId, result: WriteResult) {
-        if self.recent.insert(id, result).is_none() {
-            self.recent_order.push_back(id);
-        }
-        while self.recent_order.len() > RECENT_IDS {
-            if let Some(old) = self.recent_order.pop_front() {
-                self.recent.remove(&old);
-            }
-        }
-    }
-
     pub(super) fn hand(&mut self, p: Pending) {
         self.handed_seq += 1;
         self.handed_ids.insert(p.write.id, self.handed_seq);
@@ -161,9 +151,13 @@ impl Uplink {
         self.state.lock().handed.len()
     }
 
-    /// Settled ids remembered for resends (at most [`RECENT_IDS`]).
-    pub(in crate::node) fn remembered(&self) -> usize {
-        self.state.lock().recent.len()
+    /// Settled ids remembered for resends, and the bytes they take (those
+    /// past their time are forgotten first, as on a node that settles
+    /// nothing new).
+    pub(in crate::node) fn remembered(&self) -> (usize, usize) {
+        let mut s = self.state.lock();
+        s.settled.expire(mono_ms());
+        (s.settled.len(), s.settled.bytes())
     }
 
     /// The sender should look again: the link to the parent may have changed.
@@ -318,7 +312,7 @@ impl Node {
                         // The tree settling (a parent that has not heard
                         // of us yet) takes moments: retry soon. A parent
                         // that is down is tried less often.
-                        let cap = if changing { Duration::from_millis(250) } else { Duration::from_secs(1) };
+                        let cap = if changing { RETRY_CAP / 4 } else { RETRY_CAP };
                         backoff = (backoff * 2).min(cap);
                     }
                 }
@@ -449,7 +443,7 @@ impl Node {
         self.inner.store.unexpect(&p.write.update.key, linger);
         let (txs, owed) = {
             let mut s = self.inner.uplink.state.lock();
-            s.remember(p.write.id, result.clone());
+            s.settled.remember(p.write.id, &result, mono_ms());
             let waiters = s.waiting.remove(&p.write.id).unwrap_or_default();
             let place = if waiters.owed.is_empty() { None } else { self.place().ok() };
             let mut owed = false;

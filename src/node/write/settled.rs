@@ -1,0 +1,175 @@
+//! The outcomes of the write ids a hop settled recently, so a resend of one
+//! (its sender did not hear our answer) is answered from memory instead of
+//! being queued again; and [`Kept`], an outcome in the few bytes that such
+//! an answer needs, which the root's [`Outcomes`](super::Outcomes) keeps too.
+//!
+//! Bounded by age and by count. A sender retries a batch its parent did
+//! not answer after at most [`UPLINK_TIMEOUT`](super::uplink::UPLINK_TIMEOUT)
+//! plus its longest backoff, [`RETRY_CAP`](super::uplink::RETRY_CAP): so
+//! while the link works, a resend of an id this hop settled reaches it
+//! within one such interval of the settling (the try before it arrived
+//! before). [`SETTLED_FOR`] covers three of them in a row; the count bound
+//! covers one interval of writes at 3,584 a second. A resend that comes
+//! later (a link down for longer, a child re-attached after its parent was
+//! lost) is queued again and the root, which decides each id once, answers
+//! it with its first outcome: this table saves that trip, it does not make
+//! a write committed once.
+//!
+//! Pure: no I/O, no clock of its own (`now_ms` comes in, `mono_ms` in the
+//! node). Must not forget an id younger than [`SETTLED_FOR`] while it holds
+//! fewer than [`SETTLED_MAX`].
+
+use std::collections::{HashMap, VecDeque};
+use std::mem::size_of;
+use std::time::Duration;
+
+use crate::clock::Millis;
+use crate::store::{Version, WriteId};
+use crate::wire::WriteResult;
+
+/// How long a hop remembers a settled id.
+pub(super) const SETTLED_FOR: Duration = Duration::from_secs(60);
+/// Most settled ids a hop remembers, however young: half of what a hash
+/// map of 131,072 buckets holds, the most it rehashes in place once ids
+/// come and go (more, and the map doubles: 65,536 ids did).
+pub(super) const SETTLED_MAX: usize = 57_344;
+/// Below this many ids a table is not shrunk.
+const SHRINK_FLOOR: usize = 1_024;
+
+const _: () = {
+    let interval = super::uplink::UPLINK_TIMEOUT.as_millis() + super::uplink::RETRY_CAP.as_millis();
+    assert!(SETTLED_FOR.as_millis() >= 3 * interval, "three resend intervals of a sender");
+    assert!(SETTLED_MAX as u128 * 1000 >= 3_584 * interval, "one resend interval at 3,584 writes a second");
+};
+
+/// A write's outcome as it is kept after it settled: 16 bytes for a
+/// commit or a delete of an absent key (nearly every outcome), the rarer
+/// ones boxed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Kept {
+    Committed { version: Version, created: bool },
+    Absent,
+    Other(Box<WriteResult>),
+}
+
+impl Kept {
+    pub(super) fn new(result: &WriteResult) -> Kept {
+        match *result {
+            WriteResult::Committed { version, created } => Kept::Committed { version, created },
+            WriteResult::Absent => Kept::Absent,
+            ref other => Kept::Other(Box::new(other.clone())),
+        }
+    }
+
+    pub(super) fn result(&self) -> WriteResult {
+        match self {
+            &Kept::Committed { version, created } => WriteResult::Committed { version, created },
+            Kept::Absent => WriteResult::Absent,
+            Kept::Other(result) => (**result).clone(),
+        }
+    }
+
+    /// Bytes it holds on the heap (a boxed outcome and its message).
+    pub(super) fn heap_bytes(&self) -> usize {
+        match self {
+            Kept::Other(result) => {
+                size_of::<WriteResult>()
+                    + match &**result {
+                        WriteResult::Failed { error } => error.capacity(),
+                        _ => 0,
+                    }
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// Bytes a hash map of `capacity` entries of `K` → `V` takes: its buckets
+/// (a power of two, at most 7/8 full) with a control byte each.
+pub(super) fn map_bytes<K, V>(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = (capacity * 8 / 7).next_power_of_two();
+    buckets * (size_of::<K>() + size_of::<V>() + 1)
+}
+
+/// The ids a hop settled, with when and how, oldest first out.
+#[derive(Default)]
+pub(super) struct Settled {
+    outcomes: HashMap<WriteId, (Millis, Kept)>,
+    /// Every id in `outcomes`, once, in the order first settled.
+    order: VecDeque<WriteId>,
+    /// Heap bytes of the boxed outcomes.
+    boxed: usize,
+}
+
+impl Settled {
+    /// Remembers that `id` settled with `result` at `now_ms`, and forgets
+    /// what is past the bounds. An id settled again is kept from then (in
+    /// its first place in the order: the ids behind it wait for it, at
+    /// most one [`SETTLED_FOR`] longer, within the count bound).
+    pub(super) fn remember(&mut self, id: WriteId, result: &WriteResult, now_ms: Millis) {
+        self.expire(now_ms);
+        let kept = Kept::new(result);
+        self.boxed += kept.heap_bytes();
+        if let Some(held) = self.outcomes.get_mut(&id) {
+            self.boxed -= held.1.heap_bytes();
+            *held = (now_ms, kept);
+            return;
+        }
+        if self.outcomes.len() >= SETTLED_MAX {
+            // The oldest goes first: the table never grows past its bound.
+            self.forget_oldest();
+        }
+        self.outcomes.insert(id, (now_ms, kept));
+        self.order.push_back(id);
+    }
+
+    /// The outcome `id` settled with, if it is remembered.
+    pub(super) fn get(&self, id: &WriteId) -> Option<WriteResult> {
+        self.outcomes.get(id).map(|(_, kept)| kept.result())
+    }
+
+    /// Forgets ids settled more than [`SETTLED_FOR`] before `now_ms`, and
+    /// the oldest past [`SETTLED_MAX`]; gives memory back once the table
+    /// is a quarter full.
+    pub(super) fn expire(&mut self, now_ms: Millis) {
+        let horizon = SETTLED_FOR.as_millis() as Millis;
+        while let Some(oldest) = self.order.front() {
+            let Some(&(at, _)) = self.outcomes.get(oldest) else {
+                self.order.pop_front();
+                continue;
+            };
+            if self.order.len() <= SETTLED_MAX && now_ms.saturating_sub(at) <= horizon {
+                break;
+            }
+            self.forget_oldest();
+        }
+        let keep = self.outcomes.len().max(SHRINK_FLOOR);
+        if self.outcomes.capacity() > 4 * keep {
+            self.outcomes.shrink_to(2 * keep);
+            self.order.shrink_to(2 * keep);
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some(oldest) = self.order.pop_front() {
+            if let Some((_, kept)) = self.outcomes.remove(&oldest) {
+                self.boxed -= kept.heap_bytes();
+            }
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.outcomes.len()
+    }
+
+    /// An estimate of the bytes the table holds: its buckets, its order
+    /// queue and the boxed outcomes.
+    pub(super) fn bytes(&self) -> usize {
+        map_bytes::<WriteId, (Millis, Kept)>(self.outcomes.capacity())
+            + self.order.capacity() * size_of::<WriteId>()
+            + self.boxed
+    }
+}
