@@ -151,7 +151,10 @@ async fn with_slots_split_over_two_groups_every_node_reads_and_writes_every_key_
     // Root (group 0) + 2 routers (depth 1) + 2 leaves (depth 2), and group
     // 1's leader.
     let mut c = Cluster::start_opts(Opts { nodes: 5, durable_root: true, ..Opts::default() }).await;
-    let g1 = add_group_root(&mut c, "1", "g1-a").await;
+    let dir = c.path("g1-a").display().to_string();
+    // Group 1 takes smaller values than the others: its refusals reach
+    // clients through the roots that pass them on.
+    let g1 = c.add_node_with(&["--root", "--group", "1", "--data-dir", &dir, "--max-value-bytes", "1000"]).await;
     let map = split_map(&c, &[0, 1]).await;
     let routers = [1usize, 2];
     let leaves = [3usize, 4];
@@ -204,6 +207,40 @@ async fn with_slots_split_over_two_groups_every_node_reads_and_writes_every_key_
     assert_eq!(c.get(0, &zeros[2], "").await.status, 404);
     let (status, _) = c.del(g1, &zeros[2], "?ack=root").await;
     assert_eq!(status, 404, "a delete of an absent key, through another group's root");
+    // The owner's refusal is the client's: 400 naming the owner, not a 503
+    // to retry.
+    let (status, body) = c.put(0, &ones[3], &"x".repeat(2000), "?ack=root").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("413"), "{body}");
+    // A request another root passed on is answered or refused, never
+    // passed on again (two roots with different maps would loop).
+    let proxied =
+        |i: usize, key: &str| c.http.get(format!("{}/kv/{key}", c.url(i))).header("x-treecache-proxied", "1").send();
+    let resp = proxied(0, &ones[0]).await.unwrap();
+    assert_eq!(resp.status(), 409);
+    assert_eq!(resp.json::<Value>().await.unwrap()["code"], "wrong_group");
+    assert_eq!(proxied(g1, &ones[0]).await.unwrap().status(), 200);
+    // A router takes a reset from a group leader (one that takes it back
+    // as its child tells it so), and from no other stranger.
+    let leader = znode(&c, "groups/1/root").await.expect("group 1's root znode");
+    let clear = |from: u64, epoch: u64| {
+        c.peer_http()
+            .post(format!("{}/internal/clear", c.url(routers[0])))
+            .header("x-treecache-from", from)
+            .header("x-treecache-generation", 0)
+            .header("x-treecache-epoch", epoch)
+            .send()
+    };
+    let resets = c.metric(routers[0], "resets_total").await;
+    let (id, epoch) = (leader["id"].as_u64().unwrap(), leader["epoch"].as_u64().unwrap());
+    assert_eq!(clear(id, epoch).await.unwrap().status(), 200);
+    assert!(c.metric(routers[0], "resets_total").await > resets);
+    assert_eq!(clear(id, epoch - 1).await.unwrap().status(), 409, "an older epoch of group 1");
+    assert_eq!(clear(9999, epoch).await.unwrap().status(), 409, "not a leader, not the parent");
+    wait_until(Duration::from_secs(10), "the router serves again after its reset", || async {
+        c.get(routers[0], &ones[0], "").await.status == 200
+    })
+    .await;
     // Every non-root node reads every key; consistent reads too.
     for i in 1..5 {
         for key in ones.iter().chain(&zeros).filter(|k| *k != &ones[2] && *k != &zeros[2]) {

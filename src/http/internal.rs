@@ -157,9 +157,10 @@ pub async fn topology(node: ThinData<Node>, req: HttpRequest, body: web::Payload
 }
 
 pub async fn clear(node: ThinData<Node>, req: HttpRequest) -> Result<HttpResponse> {
-    node.check_epoch(epoch_of(&req)?)?;
+    // The epoch is checked against the sender's, as for a push.
+    let epoch = epoch_of(&req)?;
     let (from, generation) = sender_of(&req)?;
-    node.receive_clear(from, generation)?;
+    node.receive_clear(from, epoch, generation)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "ok": true })))
 }
 

@@ -65,6 +65,12 @@ pub async fn route(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -
 
 /// One try of a `/kv` request.
 async fn once(node: &Node, req: &HttpRequest, body: Bytes) -> Result<HttpResponse, Error> {
+    if req.headers().contains_key(crate::node::PROXIED_HEADER) {
+        // Passed on by a root whose map says we own the key: if ours says
+        // otherwise, 409 wrong_group, not another hop (two roots with
+        // different maps would pass it back and forth).
+        node.refuse_second_hop(&key_from(req, "/kv/")?)?;
+    }
     let reads = matches!(*req.method(), Method::GET | Method::HEAD);
     // A standby has no place in the tree; a cache never follows (checked
     // only then: the hit path takes no lock for it). Its writes go through

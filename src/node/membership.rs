@@ -333,13 +333,19 @@ impl Node {
     /// `POST /internal/clear` from node `from`, which must be our parent.
     /// Before registration nothing here is confirmed: nothing to do (the
     /// new parent tells a child it adds, which may not have its answer yet).
-    pub fn receive_clear(&self, from: NodeId, generation: u64) -> Result<()> {
-        if self.place().is_err() {
-            return Ok(());
+    pub fn receive_clear(&self, from: NodeId, epoch: Option<u64>, generation: u64) -> Result<()> {
+        let Ok(place) = self.place() else { return Ok(()) };
+        let from_parent = place.topology.parent.as_ref().is_some_and(|p| p.id == from);
+        match self.check_from_leader(from, epoch)? {
+            // A group leader that (re)takes a router as its child tells it
+            // so: what the router holds of that group is unknown to it.
+            Some(_) if !from_parent && place.topology.depth == 1 => self.heard_leader_generation(from, generation)?,
+            _ => {
+                self.check_epoch(epoch)?;
+                self.check_from_parent(from)?;
+                self.heard_parent_generation(generation)?;
+            }
         }
-        self.check_from_parent(from)?;
-        self.heard_parent_generation(generation)?;
-        let place = self.place()?;
         self.reset_subtree(&place.topology.children);
         Ok(())
     }
@@ -404,7 +410,10 @@ impl Node {
             // makes the slot map when the cluster has none.
             zk::delete_recursive(&zk, &paths.tree()).await?;
             zk::ensure_layout(&zk, paths).await?;
-            zk::ensure_slots(&zk, paths, 0).await?;
+            self.install_map(zk::ensure_slots(&zk, paths, 0).await?);
+        } else if let Some((map, _)) = zk::read_slots(&zk, paths).await? {
+            // Known before the first answer: which keys are this group's.
+            self.install_map(map);
         }
         self.inner.epoch.store(epoch, Ordering::Release);
         // Versions stay monotonic across root restarts: each epoch starts

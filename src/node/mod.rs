@@ -70,6 +70,9 @@ pub const TICK_HEADER: &str = "x-treecache-tick";
 /// it as current; `0` otherwise (the child stores it, not current). Write
 /// answers carry the same per write in `WriteResults::confirmed`.
 pub const CONFIRMED_HEADER: &str = "x-treecache-confirmed";
+/// Header on a client request a root passes to the key's owner (`1`):
+/// the owner answers it itself or refuses it, never passes it on again.
+pub const PROXIED_HEADER: &str = "x-treecache-proxied";
 /// Exit status of a node whose configuration cannot work (sysexits'
 /// EX_CONFIG): a cluster secret ZooKeeper refuses.
 pub const EXIT_CONFIG: i32 = 78;

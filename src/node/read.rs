@@ -356,6 +356,9 @@ impl Node {
             StatusCode::NOT_FOUND => FillOutcome::NotFound { deleted_at: header_u64(&resp, "x-version") },
             status => {
                 let reason = format!("{status}: {}", resp.text().await.unwrap_or_default());
+                if reason.contains("wrong_group") {
+                    self.reread_routes(); // our map is older than that root's
+                }
                 // The parent is down the line from a leader that is gone
                 // (503), or the tree is changing under us (409 not_child):
                 // both pass; a 401 or a 500 does not by waiting.

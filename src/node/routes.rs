@@ -72,6 +72,9 @@ impl Route {
 #[derive(Default)]
 pub(super) struct Routes {
     view: RwLock<Arc<RouteView>>,
+    /// Wakes the reader at once: a root said `wrong_group` (our map is
+    /// older than its).
+    reread: tokio::sync::Notify,
     /// Highest store generation each group leader (by node id) has sent
     /// us, as `parent_generation` is for the parent.
     generations: parking_lot::Mutex<BTreeMap<NodeId, u64>>,
@@ -94,10 +97,16 @@ impl Node {
     /// that leader yet gets 503: the request waits for the failover, as it
     /// would for a parent that is gone.
     pub(super) fn upstream_for(&self, key: &str, topology: &Topology) -> Result<Option<Route>> {
+        self.upstream_in(&self.routes(), key, topology)
+    }
+
+    /// [`Node::upstream_for`] under `view`: a batch routes every write by
+    /// the one view it read, so a view changing meanwhile cannot send one
+    /// group's writes to two leaders at once.
+    pub(super) fn upstream_in(&self, view: &RouteView, key: &str, topology: &Topology) -> Result<Option<Route>> {
         let Some(parent) = topology.parent.clone() else { return Ok(None) };
-        let view = self.routes();
         let group = view.owner(key);
-        if group == 0 || !self.is_router(topology, &view) {
+        if group == 0 || !self.is_router(topology, view) {
             return Ok(Some(Route::Parent(parent)));
         }
         match view.leaders.get(&group) {
@@ -111,6 +120,9 @@ impl Node {
     /// the map). 409 `wrong_group`.
     pub(super) fn check_own_slot(&self, key: &str) -> Result<()> {
         let view = self.routes();
+        if view.map.is_none() {
+            return Err(map_unread());
+        }
         let owner = view.owner(key);
         let mine = self.args().group.unwrap_or(0);
         if owner == mine {
@@ -122,6 +134,16 @@ impl Node {
             mine,
             leader: view.leaders.get(&owner).map(|r| r.url.clone()),
         })
+    }
+
+    /// A client request another root passed here: answered only if the key
+    /// is this root's group's (see [`super::PROXIED_HEADER`]).
+    pub fn refuse_second_hop(&self, key: &str) -> Result<()> {
+        let root = self.place().is_ok_and(|p| p.topology.is_root());
+        if root || self.is_following() {
+            self.check_own_slot(key)?;
+        }
+        Ok(())
     }
 
     /// Accepts a message from a group leader that is not our parent: the
@@ -176,9 +198,24 @@ impl Node {
             let mut shutdown = self.subscribe_shutdown();
             tokio::select! {
                 _ = fired => {}
+                _ = self.inner.routes.reread.notified() => {}
                 _ = tokio::time::sleep(REREAD) => {}
                 _ = shutdown.changed() => {}
             }
+        }
+    }
+
+    /// Has the view read again now (a root answered `wrong_group`).
+    pub(super) fn reread_routes(&self) {
+        self.inner.routes.reread.notify_one();
+    }
+
+    /// Installs the map a root read as it took the lead, before it serves:
+    /// it must know its own slots from its first answer.
+    pub(super) fn install_map(&self, map: SlotMap) {
+        let mut view = self.inner.routes.view.write();
+        if view.map.as_ref().is_none_or(|m| m.epoch() < map.epoch()) {
+            *view = Arc::new(RouteView { map: Some(map), leaders: view.leaders.clone() });
         }
     }
 
@@ -219,7 +256,12 @@ impl Node {
         // to them, as the registrar does.
         let group = self.args().group.unwrap_or(0);
         let leading = self.place().is_ok_and(|p| p.topology.is_root());
-        if group != 0 && leading && self.args().root {
+        let owns = map.as_ref().is_some_and(|m| m.groups().contains(&group));
+        if group != 0 && leading && self.args().root && !owns {
+            // No slots: no routers (they would refuse our resets: we are
+            // nobody's upstream).
+            self.adopt_routers(Vec::new());
+        } else if group != 0 && leading && self.args().root {
             let registrar = match leaders.get(&0) {
                 Some(r) => Some(r.id),
                 None => zk::read_root(&zk, &paths.in_group(0)).await?.map(|r| r.id),
@@ -300,6 +342,12 @@ impl Node {
     }
 }
 
+/// A root that has not read the slot map does not know which keys are its
+/// own: it answers nothing for now (503, held through the failover wait).
+fn map_unread() -> Error {
+    Error::NoInSyncRoot("this root has not read the slot map yet".into())
+}
+
 /// A number in `text` right after `marker`.
 fn number_after(text: &str, marker: &str) -> Option<u64> {
     let rest = &text[text.find(marker)? + marker.len()..];
@@ -311,6 +359,9 @@ impl Node {
     /// `key` when that is another group; `None` for our own keys.
     pub(super) fn foreign_leader(&self, key: &str) -> Result<Option<String>> {
         let view = self.routes();
+        if view.map.is_none() {
+            return Err(map_unread());
+        }
         let owner = view.owner(key);
         if owner == self.args().group.unwrap_or(0) {
             return Ok(None);
@@ -325,30 +376,52 @@ impl Node {
     /// group's leader as the client sent it (the API token, if any, ours);
     /// nothing is cached here, so a root holds its own slots only.
     fn proxy_request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        let req = self.request(&self.local_http(), method, url).timeout(super::UPSTREAM_TIMEOUT);
+        let req = self
+            .request(&self.local_http(), method, url)
+            .header(super::PROXIED_HEADER, "1")
+            .timeout(super::UPSTREAM_TIMEOUT);
         match &self.args().api_token {
             Some(token) => req.bearer_auth(token),
             None => req,
         }
     }
 
-    /// The error a proxied request's failure is to the client: held through
-    /// the failover wait only when nothing was done (no connection, or the
-    /// owner says it has no leader or is not the owner any more).
-    async fn proxy_failure(&self, leader: &str, resp: std::result::Result<reqwest::Response, reqwest::Error>) -> Error {
+    /// The error a proxied request's failure is to the client. Held through
+    /// the failover wait (and so sent again) only when nothing was done: no
+    /// connection, or the owner says it has no leader, is not registered or
+    /// is not the owner. For a write, `not_leader` is not among them: a
+    /// deposed leader may have streamed the write before it found out, and
+    /// the proxied write carries no id a resend could be known by. The
+    /// owner's 4xx answers are the client's (400, naming the owner).
+    async fn proxy_failure(
+        &self,
+        leader: &str,
+        resp: std::result::Result<reqwest::Response, reqwest::Error>,
+        write: bool,
+    ) -> Error {
+        let url = leader.to_string();
         match resp {
             Err(e) if e.is_connect() => Error::parent_unreachable(leader, e),
-            Err(e) => Error::ParentRefused { url: leader.to_string(), reason: e.to_string() },
+            Err(e) if write => Error::ParentRefused {
+                url,
+                reason: format!("{e}; the write may or may not have been committed: read the key to know"),
+            },
+            Err(e) => Error::parent_unreachable(leader, e),
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let body: serde_json::Value = resp.json().await.unwrap_or_default();
                 let code = body["code"].as_str().unwrap_or("");
                 let reason = format!("{status} {code}: {}", body["error"].as_str().unwrap_or(""));
+                if code == "wrong_group" {
+                    self.reread_routes();
+                }
                 match code {
-                    "wrong_group" | "no_insync_root" | "not_leader" | "not_registered" => {
-                        Error::ParentUnreachable { url: leader.to_string(), reason }
+                    "wrong_group" | "no_insync_root" | "not_registered" => Error::ParentUnreachable { url, reason },
+                    "not_leader" if !write => Error::ParentUnreachable { url, reason },
+                    _ if (400..500).contains(&status) => {
+                        Error::BadRequest(format!("the owner of the key, {leader}, refused it: {reason}"))
                     }
-                    _ => Error::ParentRefused { url: leader.to_string(), reason },
+                    _ => Error::ParentRefused { url, reason },
                 }
             }
         }
@@ -372,7 +445,7 @@ impl Node {
                 Ok(super::Found { version, value, expires_at, cache: super::CacheStatus::Miss })
             }
             Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Err(Error::NotFound(key.to_string())),
-            other => Err(self.proxy_failure(leader, other).await),
+            other => Err(self.proxy_failure(leader, other, false).await),
         }
     }
 
@@ -431,7 +504,7 @@ impl Node {
                     max: number_after(text, "--max-memory of ").unwrap_or(0),
                 })
             }
-            other => Err(self.proxy_failure(leader, other).await),
+            other => Err(self.proxy_failure(leader, other, true).await),
         }
     }
 }

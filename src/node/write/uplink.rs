@@ -545,7 +545,8 @@ impl Node {
         }
         let mut parts: Vec<(Route, Vec<usize>)> = Vec::new();
         for (i, p) in batch.iter().enumerate() {
-            let route = self.upstream_for(&p.write.update.key, &place.topology)?.unwrap_or_else(|| parent.clone());
+            let route =
+                self.upstream_in(&view, &p.write.update.key, &place.topology)?.unwrap_or_else(|| parent.clone());
             match parts.iter_mut().find(|(r, _)| *r == route) {
                 Some((_, ix)) => ix.push(i),
                 None => parts.push((route, vec![i])),
@@ -620,6 +621,9 @@ impl Node {
             .await;
         if !writes.is_empty() {
             self.inner.metrics.upstream(Upstream::Write, results.is_ok(), started.elapsed());
+        }
+        if matches!(&results, Err(Error::Upstream { status: 409, body, .. }) if body.contains("wrong_group")) {
+            self.reread_routes(); // our map is older than that root's
         }
         let results = results?;
         if results.results.len() != writes.len() {
