@@ -126,6 +126,9 @@ impl Node {
                 Metrics::inc(&self.inner.metrics.misses);
                 return self.proxy_get(&leader, key, consistent).await;
             }
+            if consistent {
+                self.confirm_leading().await?;
+            }
             Metrics::inc(&self.inner.metrics.hits);
             let lookup = store.get(key, t);
             self.wait_committed(lookup.version()).await?;
@@ -385,6 +388,9 @@ impl Node {
         }
         if place.topology.is_root() {
             self.check_own_slot(key)?;
+            if consistent {
+                self.confirm_leading().await?;
+            }
         }
         Metrics::inc(&self.inner.metrics.fills_served);
         let store = &self.inner.store;

@@ -91,6 +91,31 @@ impl Node {
         self.replica().deposed.load(Ordering::Acquire)
     }
 
+    /// Before a consistent read is answered at the root: confirms with
+    /// ZooKeeper that this root still leads (`sync`, then the `leader`
+    /// znode names it in its epoch). A leader paused past its session that
+    /// has not noticed yet would otherwise answer from a store missing what
+    /// the next leader acknowledged meanwhile (guarantee 4; found by the
+    /// chaos test). A write acknowledged before the read began was taken
+    /// by a leader that had changed the znode by then. 503 `not_leader`
+    /// (nothing done: the failover wait holds the read) when it cannot.
+    pub(in crate::node) async fn confirm_leading(&self) -> Result<()> {
+        self.check_accepting()?;
+        let me = self.node_id();
+        let epoch = self.epoch();
+        let confirmed = async {
+            let zk = self.zk().await.ok()?;
+            let paths = &self.inner.paths;
+            zk.sync(&paths.leader()).await.ok()?;
+            let (rec, _) = crate::tree::zk::read_leader(&zk, paths).await.ok()??;
+            Some(Some(rec.id) == me && rec.epoch == epoch)
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(2), confirmed).await {
+            Ok(Some(true)) => Ok(()),
+            _ => Err(Error::NotLeading),
+        }
+    }
+
     /// Refuses to commit or acknowledge once deposed.
     pub(in crate::node) fn check_leading(&self) -> Result<()> {
         if self.is_deposed() {
