@@ -163,6 +163,12 @@ async fn with_slots_split_over_two_groups_every_node_reads_and_writes_every_key_
         c.health(g1).await["children"].as_array().is_some_and(|a| a.len() == routers.len())
     })
     .await;
+    // Every live node says in its live znode that it routes by the new map.
+    wait_until(Duration::from_secs(20), "every live node on map epoch 2", || async {
+        let out = treecache(&["slots", "--zk", &c.zk.addr(), "--cluster", &c.name]);
+        stdout(&out).contains("live nodes on map epoch 2: 6 of 6")
+    })
+    .await;
 
     let ones = keys_of(&map, 1, "k", 12);
     let zeros = keys_of(&map, 0, "k", 12);

@@ -43,6 +43,15 @@ pub async fn run(args: SlotsArgs) -> Result<(), Failure> {
         for g in &groups {
             leaders.push((*g, zk::read_root(&client, &paths.in_group(*g)).await.map_err(|e| e.to_string())?));
         }
+        // Which map epoch each live node routes by (`live/<id>`'s data).
+        let mut epochs = Vec::new();
+        if let Ok(ids) = client.list_children(&paths.live()).await {
+            for id in ids {
+                let data = zk::read(&client, &format!("{}/{id}", paths.live())).await.ok().flatten();
+                let v = data.and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok());
+                epochs.push(v.and_then(|v| v["map_epoch"].as_u64()).unwrap_or(0));
+            }
+        }
         let moves = match client.list_children(&paths.moves()).await {
             Ok(mut moves) => {
                 moves.sort_by_key(|m| m.parse::<u32>().unwrap_or(u32::MAX));
@@ -51,9 +60,9 @@ pub async fn run(args: SlotsArgs) -> Result<(), Failure> {
             Err(zookeeper_client::Error::NoNode) => vec![],
             Err(e) => return Err(format!("cannot list {}: {e}", paths.moves())),
         };
-        Ok::<_, String>((map, leaders, moves))
+        Ok::<_, String>((map, leaders, moves, epochs))
     };
-    let (map, leaders, moves) = tokio::time::timeout(ZK_TIMEOUT, read)
+    let (map, leaders, moves, epochs) = tokio::time::timeout(ZK_TIMEOUT, read)
         .await
         .map_err(|_| Failure::unavailable(format!("ZooKeeper at {} did not answer within {ZK_TIMEOUT:?}", reach.zk)))?
         .map_err(Failure::unavailable)?;
@@ -87,12 +96,14 @@ pub async fn run(args: SlotsArgs) -> Result<(), Failure> {
         };
         lines.push(GroupLine { group, slots: map.count(group), ranges: map.ranges_of(group), leader, keys });
     }
-    print!("{}", draw(&reach.cluster, &map, &lines, &moves));
+    let on_map = epochs.iter().filter(|&&e| e == map.epoch()).count();
+    print!("{}", draw(&reach.cluster, &map, &lines, (on_map, epochs.len()), &moves));
     Ok(())
 }
 
 /// The table `treecache slots` prints.
-pub fn draw(cluster: &str, map: &SlotMap, lines: &[GroupLine], moves: &[String]) -> String {
+/// `seen`: how many of the live nodes route by this map's epoch, of all.
+pub fn draw(cluster: &str, map: &SlotMap, lines: &[GroupLine], seen: (usize, usize), moves: &[String]) -> String {
     let mut out = format!("cluster {cluster}: slot map epoch {}, {} groups\n", map.epoch(), lines.len());
     out.push_str(&format!("{:<6} {:<32} {:>5} {:>10} {:>12}  ranges\n", "group", "leader", "slots", "keys", "bytes"));
     for l in lines {
@@ -101,6 +112,7 @@ pub fn draw(cluster: &str, map: &SlotMap, lines: &[GroupLine], moves: &[String])
         let ranges = if l.ranges.is_empty() { "-" } else { &l.ranges };
         out.push_str(&format!("{:<6} {leader:<32} {:>5} {keys:>10} {bytes:>12}  {ranges}\n", l.group, l.slots));
     }
+    out.push_str(&format!("live nodes on map epoch {}: {} of {}\n", map.epoch(), seen.0, seen.1));
     match moves {
         [] => out.push_str("moves in progress: none\n"),
         moves => out.push_str(&format!("moves in progress: slots {}\n", moves.join(", "))),
@@ -122,14 +134,16 @@ mod tests {
             GroupLine { group: 2, leader: None, slots: 0, ranges: String::new(), keys: None },
         ];
         assert_eq!(
-            draw("c", &map, &lines, &[]),
+            draw("c", &map, &lines, (4, 5), &[]),
             "cluster c: slot map epoch 1, 3 groups\n\
              group  leader                           slots       keys        bytes  ranges\n\
              0      1 http://127.0.0.1:8001            512         10         2048  0-511\n\
              1      4 http://127.0.0.1:8004            512          ?            ?  512-1023\n\
              2      (none elected)                       0          ?            ?  -\n\
+             live nodes on map epoch 1: 4 of 5\n\
              moves in progress: none\n"
         );
-        assert!(draw("c", &map, &lines[..1], &["7".into(), "9".into()]).ends_with("moves in progress: slots 7, 9\n"));
+        assert!(draw("c", &map, &lines[..1], (0, 0), &["7".into(), "9".into()])
+            .ends_with("moves in progress: slots 7, 9\n"));
     }
 }

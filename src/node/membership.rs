@@ -217,8 +217,12 @@ impl Node {
         Ok(Watches { zk, root, live })
     }
 
-    fn live_data(&self) -> String {
-        serde_json::json!({ "url": self.url() }).to_string()
+    /// The data of our `live/<id>` znode: our URL, and the slot map epoch
+    /// our route view has applied (a move deletes a slot's old copy only
+    /// once every live node is on the map that moved it).
+    pub(super) fn live_data(&self) -> String {
+        let map_epoch = self.routes().map.as_ref().map_or(0, |m| m.epoch());
+        serde_json::json!({ "url": self.url(), "map_epoch": map_epoch }).to_string()
     }
 
     async fn wait_for_change(&self, w: Watches) {

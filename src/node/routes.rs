@@ -314,7 +314,24 @@ impl Node {
                 view.leaders.iter().map(|(g, r)| (*g, r.id)).collect::<Vec<_>>()
             );
         }
+        self.record_map_epoch(&zk, view.map.as_ref().map_or(0, |m| m.epoch())).await;
         Ok(watches)
+    }
+
+    /// Says in our `live/<id>` znode which map epoch we route by, once it
+    /// changed (and again if the znode was made anew without it).
+    async fn record_map_epoch(&self, zk: &zookeeper_client::Client, epoch: u64) {
+        let Some(id) = self.node_id() else { return };
+        let path = self.inner.paths.live_node(id);
+        let Ok((data, stat)) = zk.get_data(&path).await else { return };
+        let recorded = serde_json::from_slice::<serde_json::Value>(&data).ok().and_then(|v| v["map_epoch"].as_u64());
+        if recorded == Some(epoch) {
+            return;
+        }
+        // Conditional: a znode made anew meanwhile keeps what it was made with.
+        if let Err(e) = zk.set_data(&path, self.live_data().as_bytes(), Some(stat.version)).await {
+            log::debug!("recording map epoch {epoch} in {path}: {e}");
+        }
     }
 
     /// At a group ≠ 0 leader: the routers become its children (push queues
