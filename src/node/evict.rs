@@ -170,6 +170,7 @@ impl Node {
                 .map_err(|e| Error::Internal(format!("encoding an invalidation: {e}")))?;
             let answer: Invalidated = self
                 .post_internal(
+                    self.epoch(),
                     self.inner.http.clone(),
                     child_url,
                     &url,
@@ -220,7 +221,7 @@ impl Node {
         // leaders are not told either (our tick is not theirs): a leader's
         // next push for one is answered "not held", and it forgets us then.
         let view = self.routes();
-        let keys: Vec<String> = if place.topology.depth == 1 && view.is_split() {
+        let keys: Vec<String> = if self.is_router(&place.topology, &view) {
             keys.into_iter().filter(|k| view.owner(k) == 0).collect()
         } else {
             keys
@@ -232,7 +233,15 @@ impl Node {
             }
             let Ok(body) = serde_json::to_vec(&Dropped { keys: chunk.to_vec(), tick }) else { return };
             let sent: Result<serde_json::Value> = self
-                .post_internal(self.inner.http.clone(), &parent.url, &url, body.into(), INVALIDATE_TIMEOUT, generation)
+                .post_internal(
+                    self.epoch(),
+                    self.inner.http.clone(),
+                    &parent.url,
+                    &url,
+                    body.into(),
+                    INVALIDATE_TIMEOUT,
+                    generation,
+                )
                 .await;
             if let Err(e) = sent {
                 // Harmless: the parent pushes to us once more, we answer

@@ -318,7 +318,15 @@ impl Node {
                 return; // a newer reset took over, or the child moved on
             }
             let sent: Result<serde_json::Value> = self
-                .post_internal(self.inner.http.clone(), &child.url, &url, Bytes::new(), CONTROL_TIMEOUT, generation)
+                .post_internal(
+                    self.epoch(),
+                    self.inner.http.clone(),
+                    &child.url,
+                    &url,
+                    Bytes::new(),
+                    CONTROL_TIMEOUT,
+                    generation,
+                )
                 .await;
             match sent {
                 Ok(_) => return,
@@ -334,22 +342,14 @@ impl Node {
         }
     }
 
-    /// `POST /internal/clear` from node `from`, which must be our parent.
-    /// Before registration nothing here is confirmed: nothing to do (the
-    /// new parent tells a child it adds, which may not have its answer yet).
+    /// `POST /internal/clear` from node `from`: our parent, or at a router
+    /// a group leader that (re)takes it as its child (what the router holds
+    /// of that group is unknown to it). Before registration nothing here is
+    /// confirmed: nothing to do (the new parent tells a child it adds, which
+    /// may not have its answer yet).
     pub fn receive_clear(&self, from: NodeId, epoch: Option<u64>, generation: u64) -> Result<()> {
         let Ok(place) = self.place() else { return Ok(()) };
-        let from_parent = place.topology.parent.as_ref().is_some_and(|p| p.id == from);
-        match self.check_from_leader(from, epoch)? {
-            // A group leader that (re)takes a router as its child tells it
-            // so: what the router holds of that group is unknown to it.
-            Some(_) if !from_parent && place.topology.depth == 1 => self.heard_leader_generation(from, generation)?,
-            _ => {
-                self.check_epoch(epoch)?;
-                self.check_from_parent(from)?;
-                self.heard_parent_generation(generation)?;
-            }
-        }
+        self.check_upstream_sender(from, epoch, generation)?;
         self.reset_subtree(&place.topology.children);
         Ok(())
     }

@@ -334,23 +334,10 @@ impl Node {
 
     /// POSTs an encoded batch to another node's internal route `url`
     /// (`peer` is its base URL, for errors), saying who sends it, from which
-    /// epoch and store generation, and reads its JSON answer.
-    async fn post_internal<T: serde::de::DeserializeOwned>(
-        &self,
-        http: reqwest::Client,
-        peer: &str,
-        url: &str,
-        body: bytes::Bytes,
-        timeout: Duration,
-        generation: u64,
-    ) -> Result<T> {
-        self.post_internal_at(self.epoch(), http, peer, url, body, timeout, generation).await
-    }
-
-    /// [`Node::post_internal`] saying `epoch` (a router's to a group
-    /// leader: see [`Node::request_to`]).
+    /// epoch (ours; a router's to a group leader, see [`Node::epoch_for`])
+    /// and store generation, and reads its JSON answer.
     #[allow(clippy::too_many_arguments)]
-    async fn post_internal_at<T: serde::de::DeserializeOwned>(
+    async fn post_internal<T: serde::de::DeserializeOwned>(
         &self,
         epoch: u64,
         http: reqwest::Client,

@@ -326,7 +326,8 @@ impl Node {
     async fn send_push(&self, child: &Peer, batch: &[Push], generation: u64) -> Result<PushReply> {
         let url = format!("{}/internal/push", child.url);
         let body = crate::wire::encode_pushes(batch);
-        self.post_internal(self.inner.http.clone(), &child.url, &url, body, PUSH_TIMEOUT, generation).await
+        self.post_internal(self.epoch(), self.inner.http.clone(), &child.url, &url, body, PUSH_TIMEOUT, generation)
+            .await
     }
 
     /// `POST /internal/push` from node `from`: apply what is newer and
@@ -344,27 +345,11 @@ impl Node {
         let store = &self.inner.store;
         let mark = store.mark();
         let ours = mark.generation;
-        let from_parent = self.place()?.topology.parent.as_ref().is_some_and(|p| p.id == from);
-        match self.check_from_leader(from, epoch)? {
-            // A router takes pushes from every group's leader, each
-            // checked against that group's epoch and generation. (A leader
-            // is a root: it never evicts, so its tick is not kept.)
-            Some(_) if !from_parent => {
-                if self.place()?.topology.depth != 1 {
-                    return Err(Error::NotParent {
-                        from: format!("node {from} (a group leader)"),
-                        parent: "this node is not a router (depth 1)".into(),
-                    });
-                }
-                self.heard_leader_generation(from, generation)?;
-            }
-            _ => {
-                self.check_epoch(epoch)?;
-                self.check_from_parent(from)?;
-                self.heard_parent_generation(generation)?;
-                if let Some(tick) = tick {
-                    store.note_parent_tick(ours, tick);
-                }
+        // A group leader is a root: it never evicts, so its tick (for our
+        // "dropped" messages) is not kept.
+        if self.check_upstream_sender(from, epoch, generation)? {
+            if let Some(tick) = tick {
+                store.note_parent_tick(ours, tick);
             }
         }
         let metrics = &self.inner.metrics;

@@ -33,17 +33,29 @@ pub struct RouteView {
     pub map: Option<SlotMap>,
     /// The published leader of each group the map names, when it has one.
     pub leaders: BTreeMap<GroupId, RootInfo>,
+    /// Whether any slot is owned by a group other than 0: decided once per
+    /// view, not per request (every root read and every fill asks).
+    split: bool,
 }
 
 impl RouteView {
-    /// The group that owns `key`'s slot; group 0 before any map is known.
+    pub fn new(map: Option<SlotMap>, leaders: BTreeMap<GroupId, RootInfo>) -> Self {
+        let split = map.as_ref().is_some_and(|m| m.groups().iter().any(|&g| g != 0));
+        RouteView { map, leaders, split }
+    }
+
+    /// The group that owns `key`'s slot; group 0 before any map is known,
+    /// and without hashing the key while every slot is group 0's.
     pub fn owner(&self, key: &str) -> GroupId {
-        self.map.as_ref().map_or(0, |m| m.owner_of(key))
+        match &self.map {
+            Some(m) if self.split => m.owner_of(key),
+            _ => 0,
+        }
     }
 
     /// Whether any slot is owned by a group other than 0.
     pub fn is_split(&self) -> bool {
-        self.map.as_ref().is_some_and(|m| m.groups().iter().any(|&g| g != 0))
+        self.split
     }
 
     /// The group whose published leader is node `id`, if any.
@@ -88,7 +100,7 @@ impl Node {
 
     /// Whether this node routes by slot: a child of group 0's leader in a
     /// cluster whose slots are split among groups.
-    fn is_router(&self, topology: &Topology, view: &RouteView) -> bool {
+    pub(super) fn is_router(&self, topology: &Topology, view: &RouteView) -> bool {
         topology.depth == 1 && view.is_split()
     }
 
@@ -163,6 +175,23 @@ impl Node {
         Ok(Some(group))
     }
 
+    /// Checks the sender of a push or a reset: our parent (its epoch, its
+    /// id, its store generation, as always), or at a router a group leader
+    /// in our view (that group's epoch and that leader's generation). True
+    /// when it is the parent.
+    pub(super) fn check_upstream_sender(&self, from: NodeId, epoch: Option<u64>, generation: u64) -> Result<bool> {
+        let place = self.place()?;
+        let from_parent = place.topology.parent.as_ref().is_some_and(|p| p.id == from);
+        if !from_parent && place.topology.depth == 1 && self.check_from_leader(from, epoch)?.is_some() {
+            self.heard_leader_generation(from, generation)?;
+            return Ok(false);
+        }
+        self.check_epoch(epoch)?;
+        self.check_from_parent(from)?;
+        self.heard_parent_generation(generation)?;
+        Ok(true)
+    }
+
     /// Notes the store generation group leader `from` sends from; refuses a
     /// push formed before a reset of its that we already heard of.
     pub(super) fn heard_leader_generation(&self, from: NodeId, generation: u64) -> Result<()> {
@@ -215,7 +244,7 @@ impl Node {
     pub(super) fn install_map(&self, map: SlotMap) {
         let mut view = self.inner.routes.view.write();
         if view.map.as_ref().is_none_or(|m| m.epoch() < map.epoch()) {
-            *view = Arc::new(RouteView { map: Some(map), leaders: view.leaders.clone() });
+            *view = Arc::new(RouteView::new(Some(map), view.leaders.clone()));
         }
     }
 
@@ -288,7 +317,7 @@ impl Node {
                 }
             }
         }
-        let view = RouteView { map, leaders };
+        let view = RouteView::new(map, leaders);
         let (changed, routed_changed) = {
             let mut current = self.inner.routes.view.write();
             let changed = current.map != view.map || current.leaders != view.leaders;

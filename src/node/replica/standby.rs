@@ -245,6 +245,7 @@ impl Node {
                 let generation = self.inner.store.generation();
                 let sent = self
                     .post_internal::<crate::wire::WriteResults>(
+                        self.epoch(),
                         self.inner.http.clone(),
                         &f.leader_url,
                         &url,

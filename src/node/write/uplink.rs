@@ -539,7 +539,7 @@ impl Node {
         let place = self.place()?;
         let view = self.routes();
         let parent = Route::Parent(link.parent.clone());
-        if place.topology.depth != 1 || !view.is_split() {
+        if !self.is_router(&place.topology, &view) {
             let writes = batch.iter().map(|p| p.write.clone()).collect();
             return self.send_writes_to(writes, &parent, link, seen).await;
         }
@@ -609,7 +609,7 @@ impl Node {
         let started = std::time::Instant::now();
         // A poll waits up to HOP_WAIT at the parent, as a batch may.
         let results: Result<WriteResults> = self
-            .post_internal_at(
+            .post_internal(
                 self.epoch_for(upstream),
                 self.inner.http.clone(),
                 &peer.url,
