@@ -183,6 +183,12 @@ pub struct NodeArgs {
     /// while writes wait here). Never set in production.
     #[arg(long, env = "TREECACHE_FAULT_UPLINK_DELAY_MS", hide = true, default_value_t = 0)]
     pub fault_uplink_delay_ms: u64,
+    /// Fault injection for tests: a source group's leader holds each slot
+    /// move this long once the slots are frozen, before their last copy
+    /// (so a test can kill a root while writes of them wait). Never set in
+    /// production.
+    #[arg(long, env = "TREECACHE_FAULT_MOVE_PAUSE_MS", hide = true, default_value_t = 0)]
+    pub fault_move_pause_ms: u64,
     /// Fault injection for tests: a standby root holds its answer to each
     /// replication batch this long after applying it (so the leader waits
     /// for it while other standbys have the batch). Never set in production.

@@ -102,6 +102,8 @@ pub enum Error {
         None => String::new(),
     })]
     WrongGroup { key: String, owner: u32, mine: u32, leader: Option<String> },
+    #[error("slot {slot} (key {key:?}) is moving to another root group: its writes wait until the move hands it over; retry")]
+    SlotMoving { key: String, slot: u16 },
 }
 
 /// What a 401 is about.
@@ -166,6 +168,7 @@ impl Error {
             Error::NoInSyncRoot(_) => "no_insync_root",
             Error::PreconditionFailed { .. } => "precondition_failed",
             Error::WrongGroup { .. } => "wrong_group",
+            Error::SlotMoving { .. } => "slot_moving",
         }
     }
 
@@ -265,6 +268,7 @@ impl ResponseError for Error {
             | Error::NotLeading
             | Error::NotInSync(_)
             | Error::NoInSyncRoot(_)
+            | Error::SlotMoving { .. }
             | Error::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

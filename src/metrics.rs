@@ -269,6 +269,7 @@ pub const ROUTE_LABELS: &[&str] = &[
     "leave",
     "standby",
     "replicate",
+    "import",
     "resp_read",
     "resp_write",
     "resp_delete",
@@ -279,10 +280,10 @@ pub const ROUTE_LABELS: &[&str] = &[
 /// The RESP front door's labels in [`ROUTE_LABELS`]: GET, MGET, EXISTS,
 /// TTL and PTTL read; SET and MSET write; DEL deletes; every other command
 /// is `resp_other`.
-pub const RESP_READ_LABEL: usize = 18;
-pub const RESP_WRITE_LABEL: usize = 19;
-pub const RESP_DELETE_LABEL: usize = 20;
-pub const RESP_OTHER_LABEL: usize = 21;
+pub const RESP_READ_LABEL: usize = 19;
+pub const RESP_WRITE_LABEL: usize = 20;
+pub const RESP_DELETE_LABEL: usize = 21;
+pub const RESP_OTHER_LABEL: usize = 22;
 const _: () = assert!(matches!(ROUTE_LABELS[RESP_READ_LABEL].as_bytes(), b"resp_read"));
 const _: () = assert!(matches!(ROUTE_LABELS[RESP_OTHER_LABEL].as_bytes(), b"resp_other"));
 

@@ -87,6 +87,18 @@ fn format_range(r: &RangeInclusive<Slot>) -> String {
     }
 }
 
+/// A set of slots as ranges: `3-5, 9, 1023`.
+pub fn ranges_text(slots: &std::collections::BTreeSet<Slot>) -> String {
+    let mut runs: Vec<RangeInclusive<Slot>> = Vec::new();
+    for &s in slots {
+        match runs.last_mut() {
+            Some(r) if *r.end() + 1 == s => *r = *r.start()..=s,
+            _ => runs.push(s..=s),
+        }
+    }
+    runs.iter().map(format_range).collect::<Vec<_>>().join(", ")
+}
+
 /// Which group owns each slot, and the map's epoch (raised by every
 /// change, so a router can tell the newer of two maps).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,6 +200,17 @@ impl SlotMap {
         next
     }
 
+    /// This map with every slot of `slots` given to `group` and the epoch
+    /// raised once.
+    pub fn assign_all(&self, slots: impl IntoIterator<Item = Slot>, group: GroupId) -> Self {
+        let mut next = self.clone();
+        for s in slots {
+            next.owners[s as usize] = group;
+        }
+        next.epoch += 1;
+        next
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         let ranges =
             self.ranges().into_iter().map(|(r, group)| RangeOwner { slots: format_range(&r), group }).collect();
@@ -212,6 +235,56 @@ impl SlotMap {
             .map(|(s, g)| g.ok_or_else(|| format!("slot map: slot {s} has no owner")))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(SlotMap { epoch: map.epoch, owners })
+    }
+}
+
+/// Where a slot move stands, as its `moves/<slot>` znode records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MoveState {
+    /// Asked for: the source copies the slot to the target.
+    Copy,
+    /// Frozen at the source (a record in its replicated log): its writes
+    /// wait; the source sends what it holds of the slot once more.
+    Frozen,
+    /// Handed over (the map names the target, from `map_epoch` on): the
+    /// source drops its copy once every live node routes by that epoch.
+    Done,
+}
+
+impl MoveState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MoveState::Copy => "copy",
+            MoveState::Frozen => "frozen",
+            MoveState::Done => "done",
+        }
+    }
+}
+
+/// A slot move's znode, `moves/<slot>`:
+/// `{"from":0,"to":1,"state":"copy","map_epoch":0}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveRecord {
+    pub from: GroupId,
+    pub to: GroupId,
+    pub state: MoveState,
+    /// The map epoch that handed the slot over (set with `done`).
+    #[serde(default)]
+    pub map_epoch: u64,
+}
+
+impl MoveRecord {
+    pub fn new(from: GroupId, to: GroupId) -> Self {
+        MoveRecord { from, to, state: MoveState::Copy, map_epoch: 0 }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a move record encodes")
+    }
+
+    pub fn from_json(data: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(data).map_err(|e| format!("slot move {:?}: {e}", String::from_utf8_lossy(data)))
     }
 }
 
@@ -288,6 +361,9 @@ mod tests {
         assert_eq!(m.to_string(), "epoch 3: 0-6 → group 0, 7 → group 2, 8-511 → group 0, 512-1023 → group 1");
         assert_eq!(m.ranges_of(0), "0-6, 8-511");
         assert_eq!(m.ranges_of(9), "");
+        let moved = m.assign_all([5, 7, 600], 3);
+        assert_eq!(moved.epoch(), 4);
+        assert_eq!((moved.owner(5), moved.owner(7), moved.owner(600), moved.owner(6)), (3, 3, 3, 0));
     }
 
     #[test]
@@ -297,6 +373,22 @@ mod tests {
         let twice = br#"{"epoch":1,"ranges":[{"slots":"0-1023","group":0},{"slots":"5","group":1}]}"#;
         assert_eq!(SlotMap::from_json(twice).unwrap_err(), "slot map: slot 5 is owned twice (groups 0 and 1)");
         assert!(SlotMap::from_json(b"not json").unwrap_err().starts_with("slot map \"not json\""));
+    }
+
+    #[test]
+    fn slot_sets_print_as_ranges() {
+        let slots = std::collections::BTreeSet::from([3, 4, 5, 9, 11, 12, 1023]);
+        assert_eq!(ranges_text(&slots), "3-5, 9, 11-12, 1023");
+        assert_eq!(ranges_text(&Default::default()), "");
+    }
+
+    #[test]
+    fn a_move_record_reads_as_zkcli_shows_it() {
+        let rec = MoveRecord::new(0, 2);
+        assert_eq!(rec.to_json(), br#"{"from":0,"to":2,"state":"copy","map_epoch":0}"#);
+        let done = MoveRecord { state: MoveState::Done, map_epoch: 7, ..rec };
+        assert_eq!(MoveRecord::from_json(&done.to_json()).unwrap(), done);
+        assert!(MoveRecord::from_json(br#"{"from":0,"to":1,"state":"gone"}"#).unwrap_err().contains("unknown variant"));
     }
 
     #[test]

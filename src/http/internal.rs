@@ -239,3 +239,30 @@ pub async fn replicate(node: ThinData<Node>, req: HttpRequest, body: web::Payloa
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({ "acked": info.to })))
 }
+
+/// Largest import part: a source sends parts of about 4 MiB, each ending
+/// with an entry that may be of the largest value a node takes, and its
+/// last part carries every write outcome it remembers.
+const MAX_IMPORT_BYTES: usize = (64 << 20) + crate::config::MAX_VALUE_CEILING as usize;
+
+/// `POST /internal/import?from=G&slots=A,B,..&last=B&part=N` at a group's
+/// leader: a part of a slot move's copy from group G's leader (log frames:
+/// entries, and write outcomes). Answered once it is durable here.
+pub async fn import(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
+    let q = Query::parse(&req, &["from", "slots", "last", "part"])?;
+    let from = q.u64("from")?.ok_or_else(|| Error::bad_param("from", "required: the source group"))?;
+    let from = u32::try_from(from).map_err(|_| Error::bad_param("from", format!("{from} is not a group number")))?;
+    let slots_text = q.get("slots").ok_or_else(|| Error::bad_param("slots", "required: the slots moved"))?;
+    let mut slots = std::collections::BTreeSet::new();
+    for s in slots_text.split(',') {
+        let slot: u16 = s.parse().ok().filter(|&n| n < crate::slots::SLOTS).ok_or_else(|| {
+            Error::bad_param("slots", format!("{s:?} is not a slot (0 to {})", crate::slots::SLOTS - 1))
+        })?;
+        slots.insert(slot);
+    }
+    let import = crate::node::Import { from, slots, last: q.bool("last")?.unwrap_or(false) };
+    let part = q.u64("part")?.unwrap_or(0);
+    let body = read_body(&req, body, MAX_IMPORT_BYTES).await?;
+    let stored = node.receive_import(import, part, &body).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "stored": stored })))
+}

@@ -85,11 +85,12 @@ enum Handler {
     Leave,
     Standby,
     Replicate,
+    Import,
 }
 
 const KV_WRITE_LABEL: usize = 1;
 const KV_DELETE_LABEL: usize = 2;
-const OTHER_LABEL: usize = 22;
+const OTHER_LABEL: usize = 23;
 const _: () = assert!(OTHER_LABEL == ROUTE_LABELS.len() - 1, "other is the last label");
 
 impl Handler {
@@ -112,6 +113,7 @@ impl Handler {
             Handler::Leave => 15,
             Handler::Standby => 16,
             Handler::Replicate => 17,
+            Handler::Import => 18,
         }
     }
 }
@@ -155,6 +157,7 @@ pub const ROUTES: &[Route] = &[
     route("/internal/leave", "POST", true, Handler::Leave),
     route("/internal/standby", "POST", true, Handler::Standby),
     route("/internal/replicate", "POST", true, Handler::Replicate),
+    route("/internal/import", "POST", true, Handler::Import),
 ];
 
 /// Registers every route of [`ROUTES`]. `max_value` is `--max-value-bytes`.
@@ -202,6 +205,7 @@ fn register(cfg: &mut web::ServiceConfig, route: &'static Route) {
         Handler::Leave => guarded!(resource(web::post().to(internal::leave))),
         Handler::Standby => guarded!(resource(web::post().to(internal::standby))),
         Handler::Replicate => guarded!(resource(web::post().to(internal::replicate))),
+        Handler::Import => guarded!(resource(web::post().to(internal::import))),
     };
 }
 

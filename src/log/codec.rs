@@ -36,6 +36,10 @@ const KIND_SNAPSHOT_HEADER: u8 = 3;
 const KIND_WRITE_OUTCOME: u8 = 4;
 const KIND_SNAPSHOT_END: u8 = 5;
 const KIND_POSITION: u8 = 6;
+const KIND_SLOT: u8 = 7;
+
+const SLOT_FREEZE: u8 = 1;
+const SLOT_DROP: u8 = 2;
 
 const FLAG_VALUE: u8 = 1;
 const FLAG_EXPIRES: u8 = 2;
@@ -60,6 +64,18 @@ pub enum Entry {
     /// in the frames before (see [`Position`]). An [`Entry::Epoch`] after
     /// it (this root led) makes it void.
     Position(Position),
+    /// A slot move at its source (DESIGN.md "Root groups"): the slot's
+    /// writes stop here, or (after the cutover) its keys leave this group.
+    Slot(u16, SlotChange),
+}
+
+/// What an [`Entry::Slot`] does to its slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotChange {
+    /// Frozen: no write of the slot commits after this record.
+    Freeze,
+    /// Handed over: the slot's keys are dropped and it is no longer frozen.
+    Drop,
 }
 
 /// The frame length for a payload of `len` bytes, padding included.
@@ -139,6 +155,14 @@ fn encode_payload(entry: &Entry, out: &mut Vec<u8>) {
             put_u64(out, p.epoch);
             put_u64(out, p.seq);
         }
+        Entry::Slot(slot, change) => {
+            out.push(KIND_SLOT);
+            out.extend_from_slice(&slot.to_le_bytes());
+            out.push(match change {
+                SlotChange::Freeze => SLOT_FREEZE,
+                SlotChange::Drop => SLOT_DROP,
+            });
+        }
     }
 }
 
@@ -206,6 +230,15 @@ pub fn decode_payload(payload: &[u8]) -> Result<Entry, String> {
         KIND_WRITE_OUTCOME => Entry::WriteOutcome(r.write_id()?, r.u64()?),
         KIND_SNAPSHOT_END => Entry::SnapshotEnd { records: r.u64()?, write_ids: r.u64()? },
         KIND_POSITION => Entry::Position(Position { epoch: r.u64()?, seq: r.u64()? }),
+        KIND_SLOT => {
+            let slot = r.u16()?;
+            let change = match r.u8()? {
+                SLOT_FREEZE => SlotChange::Freeze,
+                SLOT_DROP => SlotChange::Drop,
+                other => return Err(format!("unknown slot change {other}")),
+            };
+            Entry::Slot(slot, change)
+        }
         other => return Err(format!("unknown record kind {other}")),
     };
     if r.pos != payload.len() {
@@ -368,11 +401,19 @@ mod tests {
             Entry::WriteOutcome(id, 0),
             Entry::SnapshotEnd { records: 1, write_ids: 1 },
             Entry::Position(crate::log::Position { epoch: 3, seq: 41 }),
+            Entry::Slot(1023, SlotChange::Freeze),
+            Entry::Slot(7, SlotChange::Drop),
         ];
         let buf = file(&entries);
         assert_eq!(buf.len() % ALIGN, 0);
         let scanned = scan(&buf);
         assert_eq!(scanned, Scanned { entries, good_end: buf.len(), damage: None });
+    }
+
+    #[test]
+    fn an_unknown_slot_change_is_refused() {
+        let payload = [KIND_SLOT, 5, 0, 9];
+        assert_eq!(decode_payload(&payload).unwrap_err(), "unknown slot change 9");
     }
 
     #[test]

@@ -264,6 +264,9 @@ pub fn write_snapshot(
     for &(id, v) in &snap.write_ids {
         codec::encode(&Entry::WriteOutcome(id, v), &mut buf);
     }
+    for &slot in &snap.frozen {
+        codec::encode(&Entry::Slot(slot, codec::SlotChange::Freeze), &mut buf);
+    }
     let (records, write_ids) = (snap.records.len() as u64, snap.write_ids.len() as u64);
     codec::encode(&Entry::SnapshotEnd { records, write_ids }, &mut buf);
     flush(&mut buf, &mut out)?;

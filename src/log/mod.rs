@@ -92,6 +92,8 @@ pub struct Recovered {
     /// epoch began after it (this root led since: what it holds may no
     /// longer be a prefix of any leader's stream).
     pub position: Option<Position>,
+    /// Slots frozen for a move out of this group and not yet dropped.
+    pub frozen: std::collections::BTreeSet<u16>,
 }
 
 /// What the node hands a snapshot: its whole state (a fuzzy dump is fine).
@@ -102,6 +104,8 @@ pub struct Snapshot {
     /// A standby's stream position, read before the records were: they
     /// hold everything up to it.
     pub position: Option<Position>,
+    /// Slots frozen for a move (see [`codec::Entry::Slot`]).
+    pub frozen: Vec<u16>,
 }
 
 /// Settings beyond the fsync policy.
@@ -522,7 +526,7 @@ mod tests {
         // The node's state: the newest version of each key.
         let state: Vec<Record> = (191..=200).map(|v| rec(&format!("k{}", v % 10), v)).collect();
         let id = WriteId { origin: 4, incarnation: 5, seq: 6 };
-        let snap = Snapshot { records: state.clone(), write_ids: vec![(id, 200)], position: None };
+        let snap = Snapshot { records: state.clone(), write_ids: vec![(id, 200)], position: None, frozen: vec![3] };
         assert_eq!(log.snapshot(move || snap).await.unwrap(), Some(200));
         assert_eq!(log.stats().segments.load(Ordering::Relaxed), 1, "{before} segments before");
         assert_eq!(log.stats().last_snapshot_version.load(Ordering::Relaxed), 200);
@@ -562,7 +566,7 @@ mod tests {
         assert_eq!((r.position, r.records.len()), (Some(p1), 10));
         // A snapshot keeps the position it was given; later frames win.
         let state: Vec<Record> = (1..=10).map(|v| rec(&format!("k{v}"), v)).collect();
-        let snap = Snapshot { records: state, write_ids: vec![], position: Some(p1) };
+        let snap = Snapshot { records: state, write_ids: vec![], position: Some(p1), frozen: vec![] };
         log.snapshot(move || snap).await.unwrap();
         drop(log);
         let (log, r) = reopen(dir.path(), Fsync::Always, opts()).await;

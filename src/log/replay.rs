@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::codec::{scan, Damage, Entry};
+use super::codec::{scan, Damage, Entry, SlotChange};
 use super::{LogError, Position, Record, Recovered};
 use crate::store::WriteId;
 
@@ -24,6 +24,8 @@ pub struct SnapshotContent {
     pub write_ids: Vec<(WriteId, u64)>,
     /// A standby's stream position when the snapshot was taken.
     pub position: Option<Position>,
+    /// Slots frozen for a move when the snapshot was taken.
+    pub frozen: Vec<u16>,
 }
 
 /// Decodes a snapshot file; any damage makes the whole snapshot bad
@@ -47,6 +49,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotContent, (usize, String)>
             Entry::Write(r) => content.records.push(r),
             Entry::WriteOutcome(id, v) => content.write_ids.push((id, v)),
             Entry::Position(p) => content.position = Some(p),
+            Entry::Slot(slot, SlotChange::Freeze) => content.frozen.push(slot),
             Entry::SnapshotEnd { records, write_ids } => {
                 if records != content.records.len() as u64 || write_ids != content.write_ids.len() as u64 {
                     let got = (content.records.len(), content.write_ids.len());
@@ -99,6 +102,7 @@ pub fn replay(
         rec.records = s.records;
         rec.write_ids = s.write_ids;
         rec.position = s.position;
+        rec.frozen = s.frozen.into_iter().collect();
     }
     let mut cut = None;
     for (i, seg) in segments.iter().enumerate() {
@@ -125,6 +129,15 @@ pub fn replay(
                 // A standby's log holds its leader's stream, which begins
                 // with the leader's snapshot: its write outcomes included.
                 Entry::WriteOutcome(id, version) => rec.write_ids.push((id, version)),
+                Entry::Slot(slot, SlotChange::Freeze) => {
+                    rec.frozen.insert(slot);
+                }
+                // The slot was handed over: what this group held of it
+                // before is gone (a later import of it comes after).
+                Entry::Slot(slot, SlotChange::Drop) => {
+                    rec.frozen.remove(&slot);
+                    rec.records.retain(|r| crate::slots::slot_of(&r.update.key) != slot);
+                }
                 other => return Err(corrupt(seg.path, 0, format!("a snapshot entry in a log segment: {other:?}"))),
             }
         }

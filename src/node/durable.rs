@@ -30,6 +30,7 @@ impl Node {
         for &(id, version) in &recovered.write_ids {
             self.restore_write_outcome(id, version);
         }
+        self.restore_frozen(&recovered.frozen);
         self.inner.versions.fetch_max(recovered.max_version, Ordering::AcqRel);
         self.inner.epoch.fetch_max(recovered.max_epoch, Ordering::AcqRel);
         self.restore_position(recovered.position, recovered.max_version);
@@ -86,7 +87,7 @@ impl Node {
                 write_id: None,
             })
             .collect();
-        Snapshot { records, write_ids: self.write_outcomes(), position }
+        Snapshot { records, write_ids: self.write_outcomes(), position, frozen: self.frozen_slots() }
     }
 
     /// Opens the log for a root started with `--data-dir` (blocking, before

@@ -17,6 +17,7 @@ mod durable;
 mod evict;
 mod failover;
 mod membership;
+mod moves;
 mod push;
 pub mod read;
 mod replica;
@@ -42,6 +43,7 @@ use crate::tree::zk::Paths;
 use crate::wire::{Peer, Topology};
 
 pub use evict::{Dropped, Invalidated};
+pub use moves::{Import, FROZEN_WAIT};
 pub use read::{CacheStatus, Found};
 pub use replica::{BatchInfo, StandbyRequest};
 pub use write::{answer_body, refusal, Ack, BATCH_BYTES, HOP_WAIT, MAX_TTL_SECS};
@@ -128,6 +130,8 @@ struct Inner {
     replica: replica::Replica,
     /// The slot map and the group leaders, as ZooKeeper says.
     routes: routes::Routes,
+    /// Slots frozen here for a move, and a target's imports.
+    moves: moves::Moves,
     shutdown: watch::Sender<bool>,
     /// The runtime the node's tasks run on (handlers run on actix workers).
     runtime: tokio::runtime::Handle,
@@ -202,6 +206,7 @@ impl Node {
                 membership: membership::Membership::new(),
                 replica: replica::Replica::new(args.replication_tail),
                 routes: routes::Routes::default(),
+                moves: moves::Moves::default(),
                 args,
                 store,
                 http,
@@ -239,6 +244,7 @@ impl Node {
         self.spawn(self.clone().run_uplink());
         self.spawn(self.clone().run_evictor());
         self.spawn(self.clone().run_routes());
+        self.spawn(self.clone().run_moves());
     }
 
     /// The HTTP client for a request made on a handler's behalf (a fill, a

@@ -128,6 +128,7 @@ impl Node {
             }
             if consistent {
                 self.confirm_leading().await?;
+                self.settle_slot(key).await?;
             }
             Metrics::inc(&self.inner.metrics.hits);
             let lookup = store.get(key, t);
@@ -390,6 +391,7 @@ impl Node {
             self.check_own_slot(key)?;
             if consistent {
                 self.confirm_leading().await?;
+                self.settle_slot(key).await?;
             }
         }
         Metrics::inc(&self.inner.metrics.fills_served);

@@ -396,7 +396,7 @@ pub fn outcome_frame(id: WriteId, version: u64) -> Vec<u8> {
 /// The frames that start a stream: the epoch, then the leader's state
 /// (every entry, tombstones included, and every remembered write outcome),
 /// in batches of at most [`BATCH_BYTES`].
-pub fn snapshot_batches(epoch: u64, records: &[Record], write_ids: &[(WriteId, u64)]) -> Vec<Vec<u8>> {
+pub fn snapshot_batches(epoch: u64, records: &[Record], write_ids: &[(WriteId, u64)], frozen: &[u16]) -> Vec<Vec<u8>> {
     let mut batches = Vec::new();
     let mut body = Vec::new();
     codec::encode(&Entry::Epoch(epoch), &mut body);
@@ -411,6 +411,9 @@ pub fn snapshot_batches(epoch: u64, records: &[Record], write_ids: &[(WriteId, u
     }
     for &(id, version) in write_ids {
         push(&Entry::WriteOutcome(id, version), &mut body);
+    }
+    for &slot in frozen {
+        push(&Entry::Slot(slot, crate::log::codec::SlotChange::Freeze), &mut body);
     }
     batches.push(body);
     batches
@@ -574,7 +577,7 @@ mod tests {
     #[test]
     fn a_snapshot_starts_with_the_epoch_and_carries_records_and_outcomes() {
         let id = WriteId { origin: 3, incarnation: 5, seq: 9 };
-        let batches = snapshot_batches(4, &[rec("a", 1), rec("b", 2)], &[(id, 2)]);
+        let batches = snapshot_batches(4, &[rec("a", 1), rec("b", 2)], &[(id, 2)], &[9]);
         assert_eq!(batches.len(), 1);
         let entries = decode_batch(&batches[0]).unwrap();
         assert_eq!(entries[0], Entry::Epoch(4));

@@ -651,6 +651,39 @@ impl Store {
         out
     }
 
+    /// Every entry whose key is in one of `slots`: with `live_only`, only
+    /// values not expired at `now` (what a slot move hands over), else
+    /// tombstones and expired entries too (what a handed-over slot drops).
+    /// Unsorted.
+    pub fn slot_entries(
+        &self,
+        slots: &std::collections::BTreeSet<u16>,
+        live_only: bool,
+        now: Millis,
+    ) -> Vec<DumpEntry> {
+        let generation = self.generation();
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            for (key, entry) in shard.map.iter() {
+                if live_only && (entry.value.is_none() || entry.is_expired(now)) {
+                    continue;
+                }
+                if !slots.contains(&crate::slots::slot_of(key)) {
+                    continue;
+                }
+                out.push(DumpEntry {
+                    key: key.to_string(),
+                    version: entry.version,
+                    value: entry.value.clone(),
+                    expires_at: entry.expires_at(),
+                    current: entry.stamp.is_current(generation),
+                });
+            }
+        }
+        out
+    }
+
     /// How many keys are held, tombstones included (for diagnostics and tests).
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.read().map.len()).sum()

@@ -89,7 +89,7 @@ impl Paths {
         Paths { group, ..self.clone() }
     }
 
-    fn persistent(&self) -> CreateOptions<'_> {
+    pub fn persistent(&self) -> CreateOptions<'_> {
         CreateMode::Persistent.with_acls(Acls::new(&self.acls))
     }
 

@@ -589,7 +589,7 @@ impl Node {
         s.drop_through(cut);
         s.backlog_through.store(0, Ordering::Release);
         let snap = self.snapshot_source();
-        let batches = replication::snapshot_batches(self.epoch(), &snap.records, &snap.write_ids);
+        let batches = replication::snapshot_batches(self.epoch(), &snap.records, &snap.write_ids, &snap.frozen);
         drop(snap);
         for (i, body) in batches.into_iter().enumerate() {
             let bytes = body.len();

@@ -241,6 +241,25 @@ impl Node {
         }
     }
 
+    /// The leader: waits until every version up to `version` is durable
+    /// (a slot move, after its freeze: nothing committed before it is
+    /// still on its way to disk when the slot's last copy is taken).
+    pub(super) async fn wait_durable_through(&self, version: Version) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + PENDING_WAIT;
+        loop {
+            let done = self.replica().pending.done.notified();
+            if self.durable_through() >= version {
+                return Ok(());
+            }
+            self.check_leading()?;
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return Err(Error::Internal(format!(
+                    "commits up to version {version} not durable in {PENDING_WAIT:?}"
+                )));
+            }
+        }
+    }
+
     /// A standby: `version` was applied; pending unless the leader said it
     /// is durable (`durable`).
     fn pending_applied(&self, version: Version, durable: Version) {

@@ -347,6 +347,7 @@ impl Node {
                     self.apply_replicated(&rec.update, rec.write_id, t);
                 }
                 Entry::WriteOutcome(id, version) => self.restore_write_outcome(id, version),
+                Entry::Slot(slot, change) => self.apply_slot_change(slot, change),
                 Entry::Epoch(e) => max_epoch = max_epoch.max(e),
                 Entry::SnapshotHeader { .. } | Entry::SnapshotEnd { .. } | Entry::Position(_) => {}
             }
@@ -439,6 +440,7 @@ impl Node {
         self.inner.store.wipe();
         self.pending_clear();
         *self.inner.outcomes.lock() = crate::node::write::Outcomes::default();
+        self.forget_frozen();
         if let Some(log) = self.log() {
             // An empty snapshot covers (and deletes) every segment before
             // it. One already being written (of the store before the wipe)

@@ -57,6 +57,17 @@ impl Origin {
     }
 }
 
+/// A batch decided: the answers, what to make durable, what to push to whom.
+#[derive(Default)]
+struct Decided {
+    results: Vec<WriteResult>,
+    durable: Vec<(Update, Option<WriteId>)>,
+    pushes: Vec<(Update, Vec<NodeId>)>,
+    /// A write was decided before (or a condition found a version): it may
+    /// still be on its way to disk.
+    seen_before: bool,
+}
+
 /// What the root makes of a write id.
 pub(super) enum Verdict {
     New,
@@ -167,8 +178,17 @@ impl Node {
         if let (Ack::Root, Some((have, need))) = (ack, self.insync_shortfall()) {
             return Err(Error::InsyncBelowMin { have, need });
         }
-        let mark = self.inner.store.mark();
-        let (result, push) = self.commit_one(update, cond, None);
+        let keys = [update.key.clone()];
+        let mut update = Some(update);
+        let (mark, (result, push)) = loop {
+            // A slot being handed over takes no write (see `moves`).
+            self.wait_unfrozen(&keys).await?;
+            let mark = self.inner.store.mark();
+            let once = || self.commit_one(update.take().expect("committed once"), cond, None);
+            if let Some(done) = self.if_unfrozen(&keys, once) {
+                break (mark, done);
+            }
+        };
         let committed_us = now_us();
         match &push {
             Some((update, _)) => self.make_durable(vec![(update.clone(), None)]).await?,
@@ -193,20 +213,51 @@ impl Node {
         child: Option<NodeId>,
         writes: Vec<Write>,
     ) -> Result<Vec<WriteResult>> {
-        let mut results = Vec::with_capacity(writes.len());
         let ack_roots: Vec<bool> = writes.iter().map(|w| w.ack_root).collect();
+        self.check_accepting()?;
+        let shortfall = self.insync_shortfall();
+        // A slot being handed over takes no write (see `moves`): the batch
+        // waits, then commits with no freeze between the check and its
+        // last commit.
+        let keys: Vec<String> = writes.iter().map(|w| w.update.key.clone()).collect();
+        let mut writes = Some(writes);
+        let (mark, decided) = loop {
+            self.wait_unfrozen(&keys).await?;
+            // Before any holder is read: a child added back while the
+            // batch is made durable is reset, and gets none of these pushes.
+            let mark = self.inner.store.mark();
+            let decided =
+                self.if_unfrozen(&keys, || self.decide_each(writes.take().expect("decided once"), child, shortfall));
+            if let Some(decided) = decided {
+                break (mark, decided);
+            }
+        };
+        let Decided { mut results, durable, pushes, seen_before } = decided;
+        let committed_us = now_us();
+        if !durable.is_empty() || seen_before {
+            // A write seen before may still be on its way to disk in
+            // another batch (and so may the version a refused condition
+            // found): waiting covers everything appended so far.
+            self.make_durable(durable).await?;
+        }
+        for (update, holders) in pushes {
+            self.push_committed(&holders, &update, Some(committed_us), mark);
+        }
+        for (result, _) in results.iter_mut().zip(&ack_roots).filter(|(_, &ack_root)| ack_root) {
+            *result = self.short_after_wait(result.clone());
+        }
+        Ok(results)
+    }
+
+    /// Decides each write of a batch in order, each id once: what to
+    /// answer, and what to log and push once it is durable. Runs with no
+    /// slot of the batch frozen (see [`Node::commit_batch`]).
+    fn decide_each(&self, writes: Vec<Write>, child: Option<NodeId>, shortfall: Option<(usize, usize)>) -> Decided {
         // In the batch's order, deletes of absent keys included (version
         // 0): nothing to store, but their outcome is logged and replicated
         // like a commit, so per-node order and exactly-once hold for them
         // across a restart or a failover.
-        let mut durable = Vec::new();
-        let mut pushes = Vec::new();
-        let mut seen_before = false;
-        self.check_accepting()?;
-        let shortfall = self.insync_shortfall();
-        // Before any holder is read: a child added back while the batch
-        // is made durable is reset, and gets none of these pushes.
-        let mark = self.inner.store.mark();
+        let mut d = Decided { results: Vec::with_capacity(writes.len()), ..Decided::default() };
         for w in writes {
             let mut outcomes = self.inner.outcomes.lock();
             if let (true, Some((have, need))) = (w.ack_root, shortfall) {
@@ -223,14 +274,14 @@ impl Node {
                         result
                     }
                 };
-                results.push(result);
+                d.results.push(result);
                 continue;
             }
             match outcomes.check(&w.id) {
                 Verdict::Decided(result) => {
                     Metrics::inc(&self.inner.metrics.duplicate_writes);
-                    seen_before = true;
-                    results.push(result);
+                    d.seen_before = true;
+                    d.results.push(result);
                 }
                 Verdict::New => {
                     // Only a delete can find its key absent.
@@ -240,31 +291,18 @@ impl Node {
                     drop(outcomes);
                     // A refusal names the version it found, which may be
                     // on its way to disk still: wait for it, as for a resend.
-                    seen_before |= matches!(result, WriteResult::ConditionFailed { .. });
+                    d.seen_before |= matches!(result, WriteResult::ConditionFailed { .. });
                     if let Some((update, holders)) = push {
-                        durable.push((update.clone(), Some(w.id)));
-                        pushes.push((update, holders));
+                        d.durable.push((update.clone(), Some(w.id)));
+                        d.pushes.push((update, holders));
                     } else if let (WriteResult::Absent, Some(key)) = (&result, deleted) {
-                        durable.push((Update { key, version: 0, value: None, expires_at: None }, Some(w.id)));
+                        d.durable.push((Update { key, version: 0, value: None, expires_at: None }, Some(w.id)));
                     }
-                    results.push(result);
+                    d.results.push(result);
                 }
             }
         }
-        let committed_us = now_us();
-        if !durable.is_empty() || seen_before {
-            // A write seen before may still be on its way to disk in
-            // another batch (and so may the version a refused condition
-            // found): waiting covers everything appended so far.
-            self.make_durable(durable).await?;
-        }
-        for (update, holders) in pushes {
-            self.push_committed(&holders, &update, Some(committed_us), mark);
-        }
-        for (result, _) in results.iter_mut().zip(&ack_roots).filter(|(_, &ack_root)| ack_root) {
-            *result = self.short_after_wait(result.clone());
-        }
-        Ok(results)
+        d
     }
 
     /// An ack=root commit, after its wait: if a standby left the in-sync
@@ -333,9 +371,19 @@ impl Node {
     /// A record of version 0 is a delete of an absent key: only its outcome
     /// (write id, 0) is logged and streamed.
     async fn make_durable(&self, records: Vec<(Update, Option<WriteId>)>) -> Result<()> {
+        self.make_durable_with(records, Vec::new()).await
+    }
+
+    /// [`Node::make_durable`], with `extra` log frames after the records
+    /// (a slot move's: imported outcomes, a freeze, a drop).
+    pub(in crate::node) async fn make_durable_with(
+        &self,
+        records: Vec<(Update, Option<WriteId>)>,
+        extra: Vec<Vec<u8>>,
+    ) -> Result<()> {
         let node = self.clone();
         let task = self.inner.runtime.spawn(async move {
-            let result = node.make_durable_now(&records).await;
+            let result = node.make_durable_now(&records, extra).await;
             if result.is_ok() {
                 // Durable: readers may see it. On an error (deposed, or
                 // the log stopped) it stays pending: never served by this
@@ -350,12 +398,12 @@ impl Node {
     /// Appends to the commit log and streams to every standby at once,
     /// then waits for the log and for each in-sync standby (see
     /// [`Node::await_replicated`]).
-    async fn make_durable_now(&self, records: &[(Update, Option<WriteId>)]) -> Result<()> {
+    async fn make_durable_now(&self, records: &[(Update, Option<WriteId>)], extra: Vec<Vec<u8>>) -> Result<()> {
         self.check_leading()?;
         let epoch = self.epoch();
         // Each commit is encoded once: the same frames go to the log (one
         // append for the batch) and to every standby.
-        let frames: Vec<Vec<u8>> = if self.inner.log.is_some() || self.has_standbys() {
+        let mut frames: Vec<Vec<u8>> = if self.inner.log.is_some() || self.has_standbys() {
             let frame = |(update, write_id): &(Update, Option<WriteId>)| match (update.version, write_id) {
                 (0, Some(id)) => crate::replication::outcome_frame(*id, 0),
                 _ => crate::replication::frame_of(crate::log::Record {
@@ -368,6 +416,9 @@ impl Node {
         } else {
             Vec::new()
         };
+        if self.inner.log.is_some() || self.has_standbys() {
+            frames.extend(extra);
+        }
         let waits = self.replicate(&frames);
         if let Some(log) = &self.inner.log {
             let appended = if frames.is_empty() {

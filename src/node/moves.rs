@@ -1,0 +1,560 @@
+//! Slot moves (DESIGN.md "Root groups"): a slot's keys go from one root
+//! group (the source) to another (the target) while both serve.
+//!
+//! `treecache slots move` records each slot's move in `moves/<slot>`
+//! (state `copy`). The source group's leader drives it, in rounds, from
+//! what ZooKeeper and its own log say, so that a new leader (a failover)
+//! or a restart picks it up where it stood:
+//!
+//! 1. **Copy.** The source sends the target's leader every live entry of
+//!    the slots (`POST /internal/import`), versions kept. The target logs
+//!    and replicates each one newer than what it has, and raises its
+//!    version counter above them, so a key's version keeps rising.
+//! 2. **Freeze.** The source logs a freeze record per slot through its
+//!    replicated log, and from then on commits no write of those slots
+//!    (they wait, at most [`FROZEN_WAIT`], then 503 `slot_moving`); reads
+//!    are served. A standby that takes over holds the freeze too. Every
+//!    commit made before the freeze is waited for until durable.
+//! 3. **Last copy.** The source sends every live entry once more, and
+//!    every write outcome it remembers (so a write retried at the target
+//!    after the cutover is found decided, not committed twice). The target
+//!    also deletes what it holds of the slots that the source no longer
+//!    has (a copy left from an earlier ownership, or a key deleted since
+//!    step 1), and makes it all durable before it answers.
+//! 4. **Cutover.** One ZooKeeper `multi`: the map names the target (its
+//!    epoch rises), each `moves/<slot>` says `done`, checked against the
+//!    source's and the target's `root` znodes as read before step 3, so
+//!    neither a deposed source nor a target that failed over since (and may
+//!    lack step 3) can hand over. The target serves the slots once it
+//!    reads the new map; the source answers `wrong_group` from then on.
+//! 5. **Drop.** Once every live node routes by the new map (its `live/`
+//!    znode says so), the source logs a drop record per slot (its copy and
+//!    its freeze go, at every standby too) and deletes `moves/<slot>`.
+//!
+//! A move does not roll back: it goes on until it finishes (a target that
+//! is down is waited for; writes to its slots wait meanwhile).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
+
+use super::Node;
+use crate::clock::{now_ms, Time};
+use crate::error::{Error, Result};
+use crate::log::codec::{Entry, SlotChange};
+use crate::log::Record;
+use crate::slots::{ranges_text, slot_of, GroupId, MoveRecord, MoveState, Slot};
+use crate::store::{Applied, Update};
+use crate::tree::zk;
+
+/// How long a write of a frozen slot waits for the move to hand it over
+/// before it is answered 503 `slot_moving`.
+pub const FROZEN_WAIT: Duration = Duration::from_secs(2);
+/// How often the source's leader looks at `moves/` (and is woken sooner
+/// by a watch).
+const ROUND_EVERY: Duration = Duration::from_millis(250);
+/// Most slots one round moves: their freeze lasts one last copy of them
+/// all, so a large rebalance goes in steps that each pause little.
+const SLOTS_PER_ROUND: usize = 64;
+/// Longest an import request may take.
+const IMPORT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest import request body: entries are sent in parts of about this.
+const IMPORT_PART_BYTES: usize = 4 << 20;
+
+/// The slots this root holds frozen, and a wake-up when that changes.
+#[derive(Default)]
+pub(super) struct Moves {
+    /// Writes read it while they commit (see [`Node::if_unfrozen`]); a
+    /// freeze takes it for writing, so no commit straddles a freeze.
+    frozen: RwLock<BTreeSet<Slot>>,
+    changed: Notify,
+    /// At a target: the keys each source's current copy has named so far,
+    /// over the parts it came in.
+    seen: Mutex<HashMap<GroupId, HashSet<String>>>,
+}
+
+/// The import a source sends: its group, the slots, and whether this is
+/// the last copy (sent while frozen).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Import {
+    pub from: GroupId,
+    pub slots: BTreeSet<Slot>,
+    pub last: bool,
+}
+
+impl Node {
+    /// Slots frozen here, ascending (for a snapshot, `/health`).
+    pub fn frozen_slots(&self) -> Vec<Slot> {
+        self.inner.moves.frozen.read().iter().copied().collect()
+    }
+
+    /// Runs `commit` if no key of `keys` is in a frozen slot, with freezes
+    /// held off until it returns; `None` if one is (wait, then try again).
+    pub(super) fn if_unfrozen<R>(&self, keys: &[String], commit: impl FnOnce() -> R) -> Option<R> {
+        let frozen = self.inner.moves.frozen.read();
+        if !frozen.is_empty() && keys.iter().any(|k| frozen.contains(&slot_of(k))) {
+            return None;
+        }
+        Some(commit())
+    }
+
+    /// Waits while a key of `keys` is in a frozen slot, at most
+    /// [`FROZEN_WAIT`]: 503 `slot_moving` if it still is then, and
+    /// `wrong_group` if the slot was handed over meanwhile.
+    pub(super) async fn wait_unfrozen(&self, keys: &[String]) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + FROZEN_WAIT;
+        let mut waited = false;
+        loop {
+            let changed = self.inner.moves.changed.notified();
+            let frozen = {
+                let set = self.inner.moves.frozen.read();
+                if set.is_empty() {
+                    None
+                } else {
+                    keys.iter().find(|k| set.contains(&slot_of(k))).cloned()
+                }
+            };
+            let Some(key) = frozen else { break };
+            waited = true;
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                let slot = slot_of(&key);
+                // Handed over while we waited: the sender re-reads the map.
+                self.check_own_slot(&key)?;
+                return Err(Error::SlotMoving { key, slot });
+            }
+        }
+        if waited {
+            for key in keys {
+                self.check_own_slot(key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Before a consistent read at the leader: not while the key's slot is
+    /// frozen (the target may take writes as soon as the cutover is made,
+    /// so a frozen copy is not the latest for long), and still ours.
+    pub(super) async fn settle_slot(&self, key: &str) -> Result<()> {
+        self.wait_unfrozen(&[key.to_string()]).await?;
+        self.check_own_slot(key)
+    }
+
+    /// Applies a slot record from the log, a standby's stream or a
+    /// snapshot: a freeze, or a drop (the slot's keys and freeze go).
+    pub(super) fn apply_slot_change(&self, slot: Slot, change: SlotChange) {
+        match change {
+            SlotChange::Freeze => {
+                self.inner.moves.frozen.write().insert(slot);
+            }
+            SlotChange::Drop => {
+                let slots = BTreeSet::from([slot]);
+                for e in self.inner.store.slot_entries(&slots, false, 0) {
+                    self.inner.store.remove(&e.key);
+                }
+                self.inner.moves.frozen.write().remove(&slot);
+            }
+        }
+        self.inner.moves.changed.notify_waiters();
+    }
+
+    /// A standby starting over from its leader's snapshot, which says
+    /// again which slots are frozen.
+    pub(super) fn forget_frozen(&self) {
+        self.inner.moves.frozen.write().clear();
+        self.inner.moves.changed.notify_waiters();
+    }
+
+    /// At start: the slots the log says are frozen.
+    pub(super) fn restore_frozen(&self, frozen: &BTreeSet<Slot>) {
+        self.inner.moves.frozen.write().extend(frozen.iter().copied());
+    }
+
+    /// The source's leader: drives the moves out of its group, round after
+    /// round, until the node stops.
+    pub(super) async fn run_moves(self) {
+        if !self.args().root {
+            return;
+        }
+        let mut shutdown = self.subscribe_shutdown();
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(ROUND_EVERY) => {}
+                _ = shutdown.changed() => {}
+            }
+            if self.is_shutting_down() {
+                return;
+            }
+            let leading = self.place().is_ok_and(|p| p.topology.is_root()) && !self.is_deposed();
+            if !leading || self.is_following() {
+                continue;
+            }
+            match self.move_round().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(40) {
+                        log::warn!("slot moves: {e} (try {failures}; trying again)");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One round: the moves out of this group, as `moves/` records them.
+    async fn move_round(&self) -> Result<()> {
+        let zk = self.zk().await?;
+        let paths = &self.inner.paths;
+        let mine = self.args().group.unwrap_or(0);
+        let names = match zk.list_children(&paths.moves()).await {
+            Ok(names) => names,
+            Err(zookeeper_client::Error::NoNode) => return Ok(()),
+            Err(e) => return Err(Error::zk("list", paths.moves(), e)),
+        };
+        // Ours, by target, the slots still to move; and those handed over.
+        let mut pending: BTreeMap<GroupId, BTreeMap<Slot, (MoveRecord, i32)>> = BTreeMap::new();
+        let mut done: BTreeMap<Slot, (MoveRecord, i32)> = BTreeMap::new();
+        for name in names {
+            let Ok(slot) = name.parse::<Slot>() else { continue };
+            let path = format!("{}/{name}", paths.moves());
+            let (data, stat) = match zk.get_data(&path).await {
+                Ok(found) => found,
+                Err(zookeeper_client::Error::NoNode) => continue,
+                Err(e) => return Err(Error::zk("get", path, e)),
+            };
+            let rec = MoveRecord::from_json(&data).map_err(Error::Internal)?;
+            if rec.from != mine {
+                continue;
+            }
+            match rec.state {
+                MoveState::Done => {
+                    done.insert(slot, (rec, stat.version));
+                }
+                MoveState::Copy | MoveState::Frozen => {
+                    pending.entry(rec.to).or_default().insert(slot, (rec, stat.version));
+                }
+            }
+        }
+        if let Some((to, moves)) = pending.into_iter().next() {
+            let moves: BTreeMap<Slot, (MoveRecord, i32)> = moves.into_iter().take(SLOTS_PER_ROUND).collect();
+            self.move_slots(&zk, to, moves).await?;
+        }
+        if !done.is_empty() {
+            self.drop_moved(&zk, done).await?;
+        }
+        Ok(())
+    }
+
+    /// Steps 1-4 for `moves` (all to group `to`).
+    async fn move_slots(
+        &self,
+        zk: &zookeeper_client::Client,
+        to: GroupId,
+        moves: BTreeMap<Slot, (MoveRecord, i32)>,
+    ) -> Result<()> {
+        let paths = &self.inner.paths;
+        let mine = self.args().group.unwrap_or(0);
+        let slots: BTreeSet<Slot> = moves.keys().copied().collect();
+        let (own_root, own_version) = root_znode(zk, &paths.in_group(mine)).await?;
+        if Some(own_root.id) != self.node_id() {
+            return Err(Error::NotLeading);
+        }
+        let (target, target_version) = root_znode(zk, &paths.in_group(to)).await?;
+        let import = |last| Import { from: mine, slots: slots.clone(), last };
+        let started = std::time::Instant::now();
+        // 1. Copy, unless frozen already (a round that stopped half-way).
+        let copying: Vec<Slot> =
+            moves.iter().filter(|(_, (r, _))| r.state == MoveState::Copy).map(|(s, _)| *s).collect();
+        if !copying.is_empty() {
+            self.send_import(&target.url, &import(false)).await?;
+        }
+        // 2. Freeze: in the log first, then in `moves/`.
+        self.freeze(&slots).await?;
+        let mut multi = zk.new_multi_writer();
+        for (slot, (rec, version)) in &moves {
+            if rec.state == MoveState::Copy {
+                let frozen = MoveRecord { state: MoveState::Frozen, ..rec.clone() };
+                multi
+                    .add_set_data(&format!("{}/{slot}", paths.moves()), &frozen.to_json(), Some(*version))
+                    .map_err(|e| Error::zk("multi", paths.moves(), e))?;
+            }
+        }
+        let mut versions: BTreeMap<Slot, i32> = moves.iter().map(|(s, (_, v))| (*s, *v)).collect();
+        if !copying.is_empty() {
+            let results = multi.commit().await.map_err(|e| Error::zk("set", paths.moves(), e.into()))?;
+            for (slot, result) in copying.iter().zip(results) {
+                if let zookeeper_client::MultiWriteResult::SetData { stat } = result {
+                    versions.insert(*slot, stat.version);
+                }
+            }
+        }
+        let frozen_at = std::time::Instant::now();
+        let pause = self.args().fault_move_pause_ms;
+        if pause > 0 {
+            log::info!("slots {} frozen: pausing {pause} ms (--fault-move-pause-ms)", ranges_text(&slots));
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        // 3. Everything committed before the freeze is durable; send it all.
+        self.wait_durable_through(self.inner.versions.load(std::sync::atomic::Ordering::Acquire)).await?;
+        self.send_import(&target.url, &import(true)).await?;
+        // 4. Cutover, if neither root changed since we read them.
+        let (map, map_version) =
+            zk::read_slots(zk, paths).await?.ok_or_else(|| Error::Internal(format!("{} is missing", paths.slots())))?;
+        if let Some(&slot) = slots.iter().find(|&&s| map.owner(s) != mine) {
+            return Err(Error::Internal(format!(
+                "slot {slot} is group {}'s in the map, not this group's: its move record is stale",
+                map.owner(slot)
+            )));
+        }
+        let next = map.assign_all(slots.iter().copied(), to);
+        let mut multi = zk.new_multi_writer();
+        let add =
+            |r: std::result::Result<(), zookeeper_client::Error>| r.map_err(|e| Error::zk("multi", paths.slots(), e));
+        add(multi.add_check_version(&paths.in_group(mine).root(), own_version))?;
+        add(multi.add_check_version(&paths.in_group(to).root(), target_version))?;
+        add(multi.add_set_data(&paths.slots(), &next.to_json(), Some(map_version)))?;
+        for (slot, (rec, _)) in &moves {
+            let done = MoveRecord { state: MoveState::Done, map_epoch: next.epoch(), ..rec.clone() };
+            add(multi.add_set_data(&format!("{}/{slot}", paths.moves()), &done.to_json(), Some(versions[slot])))?;
+        }
+        match multi.commit().await {
+            Ok(_) => {}
+            Err(zookeeper_client::MultiWriteError::OperationFailed { index, source }) => {
+                let what = match index {
+                    0 => "this group's root changed (a failover)".to_string(),
+                    1 => format!("group {to}'s root changed (a failover): it may lack the last copy"),
+                    2 => "the slot map changed meanwhile".to_string(),
+                    _ => "a move record changed meanwhile".to_string(),
+                };
+                return Err(Error::Internal(format!("cutover of slots {slots:?} not made ({source}): {what}; again")));
+            }
+            // Connection loss: it may have been made. The next round reads
+            // `moves/` and knows.
+            Err(e) => return Err(Error::zk("multi", paths.slots(), e.into())),
+        }
+        self.install_map(next.clone());
+        log::info!(
+            "slots {} handed over to group {to} (map epoch {}): {:?} in all, writes paused {:?}",
+            ranges_text(&slots),
+            next.epoch(),
+            started.elapsed(),
+            frozen_at.elapsed()
+        );
+        Ok(())
+    }
+
+    /// Step 2: freezes `slots` here (those not frozen yet), durably.
+    async fn freeze(&self, slots: &BTreeSet<Slot>) -> Result<()> {
+        let new: Vec<Slot> = {
+            let mut frozen = self.inner.moves.frozen.write();
+            let new: Vec<Slot> = slots.iter().copied().filter(|s| !frozen.contains(s)).collect();
+            frozen.extend(new.iter().copied());
+            new
+        };
+        self.inner.moves.changed.notify_waiters();
+        let frames = slots.iter().map(|&s| slot_frame(s, SlotChange::Freeze)).collect();
+        if !new.is_empty() {
+            log::info!("slots {} frozen for a move", ranges_text(&new.iter().copied().collect()));
+        }
+        // Logged again if already frozen: cheap, and covers a freeze whose
+        // record did not become durable before a failure.
+        self.make_durable_with(Vec::new(), frames).await
+    }
+
+    /// Sends the target's leader every live entry of the slots (in parts),
+    /// and with the last copy every write outcome remembered here.
+    async fn send_import(&self, target: &str, import: &Import) -> Result<()> {
+        let epoch = self.epoch();
+        let entries = self.inner.store.slot_entries(&import.slots, true, now_ms());
+        let mut parts: Vec<Vec<u8>> = vec![Vec::new()];
+        for e in entries {
+            let record = Record {
+                epoch,
+                update: Update { key: e.key, version: e.version, value: e.value, expires_at: e.expires_at },
+                write_id: None,
+            };
+            let part = parts.last_mut().expect("one part at least");
+            if part.len() >= IMPORT_PART_BYTES {
+                parts.push(Vec::new());
+            }
+            parts.last_mut().expect("one part at least").extend(crate::replication::frame_of(record));
+        }
+        if import.last {
+            let part = parts.last_mut().expect("one part at least");
+            for (id, version) in self.write_outcomes() {
+                part.extend(crate::replication::outcome_frame(id, version));
+            }
+        }
+        let count = parts.len();
+        for (i, body) in parts.into_iter().enumerate() {
+            // Only the last part of the last copy ends the import: the
+            // target deletes what none of the parts named.
+            let last = import.last && i + 1 == count;
+            let slots: Vec<String> = import.slots.iter().map(|s| s.to_string()).collect();
+            let url =
+                format!("{target}/internal/import?from={}&slots={}&last={last}&part={i}", import.from, slots.join(","));
+            let resp = self
+                .request(&self.inner.http, reqwest::Method::POST, &url)
+                .timeout(IMPORT_TIMEOUT)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| Error::parent_unreachable(target, e))?;
+            if !resp.status().is_success() {
+                return Err(Error::Upstream {
+                    url,
+                    status: resp.status().as_u16(),
+                    body: resp.text().await.unwrap_or_default(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `POST /internal/import` at the target's leader: stores each entry
+    /// newer than ours (versions kept, our counter raised above them), the
+    /// write outcomes, and with the last part deletes what we hold of the
+    /// slots that no part of the source's last copy named; durable before
+    /// it answers. Returns how many entries it stored or deleted.
+    pub async fn receive_import(&self, import: Import, part: u64, body: &[u8]) -> Result<usize> {
+        self.check_accepting()?;
+        let place = self.place()?;
+        if !place.topology.is_root() || self.is_following() {
+            return Err(Error::NotLeading);
+        }
+        let mine = self.args().group.unwrap_or(0);
+        let view = self.routes();
+        let Some(map) = view.map.as_ref() else {
+            return Err(Error::NoInSyncRoot("this root has not read the slot map yet".into()));
+        };
+        if import.from == mine {
+            return Err(Error::BadRequest(format!("an import from this root's own group {mine}")));
+        }
+        if let Some(owned) = import.slots.iter().find(|&&s| map.owner(s) == mine) {
+            // Ours already: a late copy from a source that was deposed.
+            return Err(Error::BadRequest(format!(
+                "slot {owned} is this group's ({mine}) already: an import from group {} is late",
+                import.from
+            )));
+        }
+        let entries = crate::replication::decode_batch(body).map_err(Error::BadRequest)?;
+        let mut records = Vec::new();
+        let mut outcomes = Vec::new();
+        for entry in entries {
+            match entry {
+                Entry::Write(r) if r.update.version > 0 && import.slots.contains(&slot_of(&r.update.key)) => {
+                    records.push(r.update)
+                }
+                Entry::Write(r) => {
+                    return Err(Error::BadRequest(format!(
+                        "import: key {:?} (version {}) is in none of slots {}",
+                        r.update.key,
+                        r.update.version,
+                        ranges_text(&import.slots)
+                    )))
+                }
+                Entry::WriteOutcome(id, version) => outcomes.push((id, version)),
+                other => return Err(Error::BadRequest(format!("import: unexpected {other:?}"))),
+            }
+        }
+        let top = records.iter().map(|u| u.version).max().unwrap_or(0);
+        self.inner.versions.fetch_max(top, std::sync::atomic::Ordering::AcqRel);
+        let t = Time::now();
+        let mut durable = Vec::new();
+        // The keys this copy of the source's named so far, over its parts.
+        let named = {
+            let mut seen = self.inner.moves.seen.lock();
+            let named = seen.entry(import.from).or_default();
+            if part == 0 {
+                named.clear();
+            }
+            named.extend(records.iter().map(|u| u.key.clone()));
+            if import.last {
+                std::mem::take(named)
+            } else {
+                HashSet::new()
+            }
+        };
+        for update in records {
+            if let Applied::Newer { .. } = self.inner.store.apply(&update, t) {
+                durable.push((update, None));
+            }
+        }
+        if import.last {
+            // What the source no longer has: a key deleted since the first
+            // copy, or a copy from an earlier ownership of the slot.
+            for e in self.inner.store.slot_entries(&import.slots, true, 0) {
+                if !named.contains(&e.key) {
+                    let delete = Update { key: e.key, version: self.next_version(), value: None, expires_at: None };
+                    self.inner.store.apply(&delete, t);
+                    durable.push((delete, None));
+                }
+            }
+        }
+        let frames = outcomes
+            .iter()
+            .map(|&(id, version)| {
+                self.restore_write_outcome(id, version);
+                crate::replication::outcome_frame(id, version)
+            })
+            .collect();
+        let stored = durable.len();
+        self.make_durable_with(durable, frames).await?;
+        Ok(stored)
+    }
+
+    /// Step 5: once every live node routes by the map that handed them
+    /// over, drops the moved slots here and ends their moves.
+    async fn drop_moved(&self, zk: &zookeeper_client::Client, done: BTreeMap<Slot, (MoveRecord, i32)>) -> Result<()> {
+        let paths = &self.inner.paths;
+        let epoch = done.values().map(|(r, _)| r.map_epoch).max().unwrap_or(0);
+        let live = zk.list_children(&paths.live()).await.map_err(|e| Error::zk("list", paths.live(), e))?;
+        for id in live {
+            let path = format!("{}/{id}", paths.live());
+            let Some(data) = zk::read(zk, &path).await? else { continue };
+            let seen = serde_json::from_slice::<serde_json::Value>(&data).ok().and_then(|v| v["map_epoch"].as_u64());
+            if seen.unwrap_or(0) < epoch {
+                // Not yet: it may still send this group a fill of them.
+                log::debug!("slot moves: node {id} routes by map epoch {seen:?}, not {epoch} yet");
+                return Ok(());
+            }
+        }
+        let slots: BTreeSet<Slot> = done.keys().copied().collect();
+        for &slot in &slots {
+            self.apply_slot_change(slot, SlotChange::Drop);
+        }
+        let frames = slots.iter().map(|&s| slot_frame(s, SlotChange::Drop)).collect();
+        self.make_durable_with(Vec::new(), frames).await?;
+        let mut multi = zk.new_multi_writer();
+        for (slot, (_, version)) in &done {
+            multi
+                .add_delete(&format!("{}/{slot}", paths.moves()), Some(*version))
+                .map_err(|e| Error::zk("multi", paths.moves(), e))?;
+        }
+        multi.commit().await.map_err(|e| Error::zk("delete", paths.moves(), e.into()))?;
+        log::info!("slots {} moved: this group's copy dropped", ranges_text(&slots));
+        Ok(())
+    }
+}
+
+/// A group's `root` znode, and its version (for a `multi`'s check).
+async fn root_znode(zk: &zookeeper_client::Client, paths: &zk::Paths) -> Result<(zk::RootInfo, i32)> {
+    let path = paths.root();
+    match zk.get_data(&path).await {
+        Ok((data, stat)) => zk::parse_root(&data)
+            .map(|r| (r, stat.version))
+            .ok_or_else(|| Error::Internal(format!("{path} holds {:?}", String::from_utf8_lossy(&data)))),
+        Err(zookeeper_client::Error::NoNode) => {
+            Err(Error::NoInSyncRoot(format!("root group {} has no leader", paths.group())))
+        }
+        Err(e) => Err(Error::zk("get", path, e)),
+    }
+}
+
+fn slot_frame(slot: Slot, change: SlotChange) -> Vec<u8> {
+    let mut out = Vec::new();
+    crate::log::codec::encode(&Entry::Slot(slot, change), &mut out);
+    out
+}
