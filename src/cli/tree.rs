@@ -25,17 +25,17 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Args)]
 pub struct TreeArgs {
     /// ZooKeeper connect string, HOST:PORT[,HOST:PORT..].
-    #[arg(long, env = "TREECACHE_ZK", default_value = "127.0.0.1:2181")]
+    #[arg(long, env = "TREECACHE_ZK", default_value = "127.0.0.1:2181", global = true)]
     pub zk: String,
     /// Cluster name; the znodes live under /treecache/<cluster>.
-    #[arg(long, env = "TREECACHE_CLUSTER", default_value = "default")]
+    #[arg(long, env = "TREECACHE_CLUSTER", default_value = "default", global = true)]
     pub cluster: String,
     /// The nodes' API token (their --api-token), to read each node's key
     /// count from its /metrics.
-    #[arg(long, env = "TREECACHE_API_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TREECACHE_API_TOKEN", hide_env_values = true, global = true)]
     pub api_token: Option<String>,
     /// The CA (PEM) of nodes that serve HTTPS, to ask them for their state.
-    #[arg(long, env = "TREECACHE_TLS_CA")]
+    #[arg(long, env = "TREECACHE_TLS_CA", global = true)]
     pub tls_ca: Option<std::path::PathBuf>,
 }
 

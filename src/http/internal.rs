@@ -245,7 +245,7 @@ pub async fn replicate(node: ThinData<Node>, req: HttpRequest, body: web::Payloa
 /// last part carries every write outcome it remembers.
 const MAX_IMPORT_BYTES: usize = (64 << 20) + crate::config::MAX_VALUE_CEILING as usize;
 
-/// `POST /internal/import?from=G&slots=A,B,..&last=B&part=N` at a group's
+/// `POST /internal/import?from=G&slots=A-B,C,..&last=B&part=N` at a group's
 /// leader: a part of a slot move's copy from group G's leader (log frames:
 /// entries, and write outcomes). Answered once it is durable here.
 pub async fn import(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
@@ -254,11 +254,8 @@ pub async fn import(node: ThinData<Node>, req: HttpRequest, body: web::Payload) 
     let from = u32::try_from(from).map_err(|_| Error::bad_param("from", format!("{from} is not a group number")))?;
     let slots_text = q.get("slots").ok_or_else(|| Error::bad_param("slots", "required: the slots moved"))?;
     let mut slots = std::collections::BTreeSet::new();
-    for s in slots_text.split(',') {
-        let slot: u16 = s.parse().ok().filter(|&n| n < crate::slots::SLOTS).ok_or_else(|| {
-            Error::bad_param("slots", format!("{s:?} is not a slot (0 to {})", crate::slots::SLOTS - 1))
-        })?;
-        slots.insert(slot);
+    for range in slots_text.split(',') {
+        slots.extend(crate::slots::parse_range(range).map_err(|e| Error::bad_param("slots", e))?);
     }
     let import = crate::node::Import { from, slots, last: q.bool("last")?.unwrap_or(false) };
     let part = q.u64("part")?.unwrap_or(0);

@@ -179,6 +179,7 @@ impl Node {
         }
         let mut shutdown = self.subscribe_shutdown();
         let mut failures = 0u32;
+        let mut last_error = String::new();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(ROUND_EVERY) => {}
@@ -195,9 +196,11 @@ impl Node {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || failures.is_multiple_of(40) {
-                        log::warn!("slot moves: {e} (try {failures}; trying again)");
+                    let error = e.to_string();
+                    if failures == 1 || failures.is_multiple_of(40) || error != last_error {
+                        log::warn!("slot moves: {error} (try {failures}; trying again)");
                     }
+                    last_error = error;
                 }
             }
         }
@@ -401,7 +404,9 @@ impl Node {
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| Error::parent_unreachable(target, e))?;
+                .map_err(|e| {
+                    Error::NoInSyncRoot(format!("the target group's leader at {target} did not answer: {e}"))
+                })?;
             if !resp.status().is_success() {
                 return Err(Error::Upstream {
                     url,

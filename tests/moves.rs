@@ -1,0 +1,362 @@
+//! Slot moves between root groups (DESIGN.md "Root groups"): `treecache
+//! slots rebalance` and `slots move` under writers, and a root killed -9
+//! while its slots are frozen (`--fault-move-pause-ms`): every
+//! acknowledged write is readable at every node after, at its owner only,
+//! with a version above every version it had, and the source keeps no
+//! copy once every node routes by the new map.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{wait_until, Cluster, Opts};
+use parking_lot::Mutex;
+use serde_json::Value;
+use treecache::slots::{slot_of, SlotMap};
+
+const BIN: &str = env!("CARGO_BIN_EXE_treecache");
+
+fn treecache(args: &[&str]) -> Output {
+    common::output_within(Command::new(BIN).args(args), Duration::from_secs(150))
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+async fn znode(c: &Cluster, rel: &str) -> Option<Value> {
+    let zk = c.zk.client().await;
+    let (data, _) = zk.get_data(&format!("/treecache/{}/{rel}", c.name)).await.ok()?;
+    serde_json::from_slice(&data).ok()
+}
+
+async fn slot_map(c: &Cluster) -> SlotMap {
+    let zk = c.zk.client().await;
+    let (data, _) = zk.get_data(&format!("/treecache/{}/slots", c.name)).await.expect("the slot map");
+    SlotMap::from_json(&data).expect("a slot map")
+}
+
+/// `treecache slots ARGS..` against the cluster, with its secret.
+async fn slots_cmd(c: &Cluster, args: &[&str]) -> Output {
+    let zk = c.zk.addr();
+    let secret = c.secret();
+    let mut all: Vec<String> = vec!["slots".into(), "--zk".into(), zk, "--cluster".into(), c.name.clone()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    if args.first().is_some_and(|a| *a == "move" || *a == "rebalance") {
+        all.extend(["--cluster-secret".into(), secret]);
+    }
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        treecache(&refs)
+    })
+    .await
+    .expect("the slots command ran")
+}
+
+/// A root candidate of `group` with a data directory of its own.
+async fn add_group_root(c: &mut Cluster, group: &str, name: &str, extra: &[&str]) -> usize {
+    let dir = c.path(name).display().to_string();
+    let mut flags = vec!["--root", "--group", group, "--data-dir", &dir];
+    flags.extend_from_slice(extra);
+    c.add_node_with(&flags).await
+}
+
+async fn wait_in_sync(c: &Cluster, group: u32, roots: usize) {
+    wait_until(Duration::from_secs(30), "the group's standbys in its in-sync set", || async {
+        znode(c, &format!("groups/{group}/leader")).await.and_then(|r| r["in_sync"].as_array().map(|a| a.len()))
+            == Some(roots)
+    })
+    .await;
+}
+
+/// What the writers were told: per key, the last acknowledged value and
+/// its version (each acknowledgement's version above the one before).
+type Acked = Arc<Mutex<HashMap<String, (String, u64)>>>;
+
+/// Writes `key` = `value` at node `at` with ack=root until it is
+/// acknowledged (a failover or a frozen slot may answer 503 first; the
+/// same write again is the same value), and records it.
+async fn write_acked(c: &Cluster, at: usize, key: &str, value: &str, acked: &Acked) {
+    for _ in 0..60 {
+        let (status, body) = c.put(at, key, value, "?ack=root").await;
+        if status == 200 || status == 201 {
+            let version = body["version"].as_u64().unwrap_or_else(|| panic!("{key}: no version in {body}"));
+            let mut acked = acked.lock();
+            if let Some((_, before)) = acked.get(key) {
+                assert!(version > *before, "{key}: version {version} acknowledged after {before}");
+            }
+            acked.insert(key.to_string(), (value.to_string(), version));
+            return;
+        }
+        assert_eq!(status, 503, "PUT {key} at node {at}: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("PUT {key} at node {at} was not acknowledged in 60 tries");
+}
+
+/// Writers over `keys` at the non-root nodes `at`, round after round,
+/// until `stop`; each key is one writer's, so its last acknowledgement is
+/// its value.
+fn start_writers(
+    c: &Arc<Cluster>,
+    keys: &[String],
+    at: &[usize],
+    acked: &Acked,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..3)
+        .map(|w| {
+            let (c, acked, stop) = (c.clone(), acked.clone(), stop.clone());
+            let mine: Vec<String> = keys.iter().skip(w).step_by(3).cloned().collect();
+            let at = at.to_vec();
+            tokio::spawn(async move {
+                let mut round = 1;
+                while !stop.load(Ordering::Relaxed) {
+                    for (i, key) in mine.iter().enumerate() {
+                        write_acked(&c, at[(i + w) % at.len()], key, &format!("r{round}-{key}"), &acked).await;
+                    }
+                    round += 1;
+                }
+            })
+        })
+        .collect()
+}
+
+/// After the moves: every acknowledged value at every non-root node and
+/// by a consistent read, each key at its owner's root only, no move left.
+async fn check_after(c: &Cluster, acked: &Acked, roots: &[(u32, usize)], nodes: &[usize]) {
+    let map = slot_map(c).await;
+    wait_until(Duration::from_secs(30), "every move finished and dropped at its source", || async {
+        c.zk_tree("moves").await.is_empty()
+    })
+    .await;
+    let acked = acked.lock().clone();
+    for &(group, root) in roots {
+        let held = c.dump_keys(root).await;
+        for key in acked.keys() {
+            let owner = map.owner_of(key);
+            assert_eq!(
+                held.contains(key),
+                owner == group,
+                "{key} (slot {}, group {owner}'s) at group {group}'s root",
+                slot_of(key)
+            );
+        }
+    }
+    for (key, (value, version)) in &acked {
+        let read = c.get(nodes[0], key, "?consistent=true").await;
+        assert_eq!((read.status, read.text()), (200, value.clone()), "consistent read of {key}");
+        assert!(read.version >= Some(*version), "{key}: read {:?}, acknowledged {version}", read.version);
+    }
+    for &i in nodes {
+        wait_until(Duration::from_secs(20), "every node serves every acknowledged value", || async {
+            for (key, (value, _)) in &acked {
+                if c.get(i, key, "").await.text() != *value {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_under_writers_hands_half_the_slots_over_and_loses_no_acknowledged_write() {
+    // Root (group 0) + 2 routers + 2 leaves; group 1: a leader and a standby.
+    let mut c = Cluster::start_opts(Opts { nodes: 5, durable_root: true, ..Opts::default() }).await;
+    let g1 = add_group_root(&mut c, "1", "g1-a", &[]).await;
+    let g1_standby = add_group_root(&mut c, "1", "g1-b", &[]).await;
+    wait_in_sync(&c, 1, 2).await;
+    let keys: Vec<String> = (0..240).map(|i| format!("m-{i}")).collect();
+    let acked: Acked = Arc::default();
+    for (i, key) in keys.iter().enumerate() {
+        write_acked(&c, 1 + i % 4, key, &format!("r0-{key}"), &acked).await;
+    }
+    // The leaves hold some: pushes and resets reach them through the move.
+    for key in keys.iter().step_by(4) {
+        assert_eq!(c.get(3, key, "").await.status, 200);
+    }
+    let before = slot_map(&c).await;
+
+    let c = Arc::new(c);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&c, &keys, &[1, 2, 3, 4], &acked, &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = slots_cmd(&c, &["rebalance"]).await;
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("-1023 to group 1"), "{said}");
+    // Writes go on to both groups after the cutover.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("a writer");
+    }
+    let map = slot_map(&c).await;
+    // Handed over in rounds of at most 64 slots, an epoch each.
+    assert!(said.contains(&format!("handed over at slot map epoch {}", map.epoch())), "{said}");
+    assert_eq!(map.epoch(), before.epoch() + map.count(1).div_ceil(64) as u64, "{map}");
+    assert!((500..=524).contains(&map.count(1)), "group 1 owns {} slots: {map}", map.count(1));
+    assert_eq!(map.ranges_of(1), format!("{}-1023", 1024 - map.count(1)), "one range, the top");
+    let moved = keys.iter().filter(|k| map.owner_of(k) == 1).count();
+    assert!(moved > 60, "only {moved} of the keys moved");
+    check_after(&c, &acked, &[(0, 0), (1, g1)], &[1, 2, 3, 4]).await;
+    // The standby of group 1 holds the moved keys too (its log took them).
+    let held = c.dump_keys(g1_standby).await;
+    assert!(keys.iter().filter(|k| map.owner_of(k) == 1).all(|k| held.contains(k)), "group 1's standby");
+    // `slots` shows the new map, every node on it, no move left.
+    let out = slots_cmd(&c, &[]).await;
+    let said = text(&out);
+    assert!(said.contains("moves in progress: none"), "{said}");
+    assert!(said.contains(&format!("live nodes on map epoch {}: 7 of 7", map.epoch())), "{said}");
+    // A second rebalance finds nothing to move.
+    let out = slots_cmd(&c, &["rebalance"]).await;
+    assert!(out.status.success() && text(&out).contains("nothing to move"), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_survives_kill_9_of_the_source_leader_after_the_freeze_and_of_the_target_leader() {
+    // Group 0: the root and a standby; group 1: a leader and a standby.
+    // Every root of either group pauses 3 s once its slots are frozen.
+    let pause = ["--fault-move-pause-ms", "3000"];
+    let mut c = Cluster::start_opts(Opts {
+        nodes: 5,
+        durable_root: true,
+        root_args: pause.iter().map(|s| s.to_string()).collect(),
+        ..Opts::default()
+    })
+    .await;
+    let g0_standby = add_group_root(&mut c, "0", "g0-b", &pause).await;
+    let g1 = add_group_root(&mut c, "1", "g1-a", &pause).await;
+    let g1_standby = add_group_root(&mut c, "1", "g1-b", &pause).await;
+    wait_in_sync(&c, 0, 2).await;
+    wait_in_sync(&c, 1, 2).await;
+    let keys: Vec<String> = (0..120).map(|i| format!("f-{i}")).collect();
+    let acked: Acked = Arc::default();
+    for (i, key) in keys.iter().enumerate() {
+        write_acked(&c, 1 + i % 4, key, &format!("r0-{key}"), &acked).await;
+    }
+
+    // Slots 0-99 from group 0 to group 1; group 1's leader dies while the
+    // slots are frozen: its standby takes over, and the cutover waits for
+    // a last copy it holds (the one sent to the dead leader does not count).
+    let moving = move_in_background(&c, "0-99", "1");
+    wait_until(Duration::from_secs(30), "slots 0-99 frozen", || async {
+        znode(&c, "moves/0").await.is_some_and(|m| m["state"] == "frozen")
+    })
+    .await;
+    c.kill(g1);
+    // Writes of the frozen slots wait, then go to the new owner.
+    let frozen_keys: Vec<&String> = keys.iter().filter(|k| slot_of(k) < 100).collect();
+    assert!(!frozen_keys.is_empty());
+    for (i, key) in frozen_keys.iter().enumerate() {
+        write_acked(&c, 1 + i % 4, key, &format!("r1-{key}"), &acked).await;
+    }
+    let out = moving.await.expect("slots move ran");
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("moving slots 0-99 to group 1"), "{said}");
+    assert_eq!(slot_map(&c).await.ranges_of(1), "0-99");
+    let g1_id = c.id(g1_standby).await;
+    assert_eq!(znode(&c, "groups/1/root").await.expect("group 1's root")["id"], g1_id);
+    let log0 = c.log_text(0);
+    assert!(log0.contains("handed over to group 1"), "{log0}");
+
+    // Slots 100-199 the same way; this time the source, group 0's leader
+    // (the registrar), dies frozen: its standby takes over with the freeze
+    // from its log and finishes the move.
+    let moving = move_in_background(&c, "100-199", "1");
+    wait_until(Duration::from_secs(30), "slots 100-199 frozen", || async {
+        znode(&c, "moves/100").await.is_some_and(|m| m["state"] == "frozen")
+    })
+    .await;
+    c.kill(0);
+    let frozen_keys: Vec<&String> = keys.iter().filter(|k| (100..200).contains(&slot_of(k))).collect();
+    assert!(!frozen_keys.is_empty());
+    for (i, key) in frozen_keys.iter().enumerate() {
+        write_acked(&c, 1 + i % 4, key, &format!("r2-{key}"), &acked).await;
+    }
+    let out = moving.await.expect("slots move ran");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(slot_map(&c).await.ranges_of(1), "0-199");
+    let g0_id = c.id(g0_standby).await;
+    assert_eq!(znode(&c, "groups/0/root").await.expect("group 0's root")["id"], g0_id);
+    // The standby took over frozen, from its log, and finished the move.
+    let log = c.log_text(g0_standby);
+    assert!(log.contains("handed over to group 1"), "{log}");
+    check_after(&c, &acked, &[(0, g0_standby), (1, g1_standby)], &[1, 2, 3, 4]).await;
+}
+
+/// `treecache slots move --slots RANGE --to G` in a thread of its own.
+fn move_in_background(c: &Cluster, range: &str, to: &str) -> tokio::task::JoinHandle<Output> {
+    let (zk, name, secret) = (c.zk.addr(), c.name.clone(), c.secret());
+    let (range, to) = (range.to_string(), to.to_string());
+    tokio::task::spawn_blocking(move || {
+        treecache(&[
+            "slots",
+            "move",
+            "--slots",
+            &range,
+            "--to",
+            &to,
+            "--zk",
+            &zk,
+            "--cluster",
+            &name,
+            "--cluster-secret",
+            &secret,
+        ])
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_commands_refuse_what_cannot_work_and_change_nothing() {
+    let mut c = Cluster::start_opts(Opts { nodes: 2, ..Opts::default() }).await;
+    let before = slot_map(&c).await;
+    let refused = |out: &Output, code: i32, says: &str| {
+        assert_eq!(out.status.code(), Some(code), "{}", text(out));
+        assert!(text(out).contains(says), "wanted {says:?} in {}", text(out));
+    };
+    refused(&slots_cmd(&c, &["move", "--slots", "5-3", "--to", "1"]).await, 2, "expected A-B or A");
+    refused(&slots_cmd(&c, &["move", "--slots", "0-1024", "--to", "1"]).await, 2, "expected A-B or A");
+    refused(&slots_cmd(&c, &["move", "--slots", "0-9", "--to", "7"]).await, 2, "root group 7 has no leader");
+    let no_secret = {
+        let (zk, name) = (c.zk.addr(), c.name.clone());
+        tokio::task::spawn_blocking(move || {
+            treecache(&["slots", "move", "--slots", "1", "--to", "1", "--zk", &zk, "--cluster", &name])
+        })
+        .await
+        .unwrap()
+    };
+    refused(&no_secret, 2, "give the cluster's secret");
+    // Moving slots to the group that owns them moves nothing.
+    let out = slots_cmd(&c, &["move", "--slots", "0-9", "--to", "0"]).await;
+    assert!(out.status.success() && text(&out).contains("nothing to move"), "{}", text(&out));
+    // One group: rebalance has nothing to even.
+    let out = slots_cmd(&c, &["rebalance"]).await;
+    assert!(out.status.success() && text(&out).contains("nothing to move"), "{}", text(&out));
+    // A slot whose move is recorded already is refused whole: no other
+    // slot of the command gets a move.
+    let g1 = add_group_root(&mut c, "1", "g1", &[]).await;
+    {
+        use treecache::tree::zk;
+        let secret = treecache::auth::Secret::new(c.secret()).expect("secret");
+        let paths = zk::Paths::with_secret(&c.name, &secret);
+        let client = zk::connect(&c.zk.addr(), &paths, None).await.expect("ZooKeeper");
+        // From a group that does not exist: no leader drives it.
+        let rec = treecache::slots::MoveRecord::new(9, 1);
+        client
+            .create(&format!("{}/5", paths.moves()), &rec.to_json(), &paths.persistent())
+            .await
+            .expect("a move record");
+    }
+    refused(&slots_cmd(&c, &["move", "--slots", "3-7", "--to", "1"]).await, 2, "slot 5 is moving already");
+    assert_eq!(c.zk_tree("moves").await, vec!["5".to_string()]);
+    assert_eq!(slot_map(&c).await, before);
+    assert_eq!(c.health(g1).await["role"], "root");
+}
