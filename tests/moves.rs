@@ -360,3 +360,114 @@ async fn slot_commands_refuse_what_cannot_work_and_change_nothing() {
     assert_eq!(slot_map(&c).await, before);
     assert_eq!(c.health(g1).await["role"], "root");
 }
+
+/// Issue 19's seed scenario: one group with `--max-memory` fills until it
+/// refuses (507); a second group joins and `rebalance` runs while four
+/// writers overwrite; then the cluster takes about twice the keys; then
+/// each group's leader is killed -9 in turn, and every acknowledged key is
+/// readable at every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_group_gets_room_from_a_new_group_and_loses_nothing_when_each_leader_dies() {
+    const MAX: &str = "262144";
+    let bounded = ["--max-memory", MAX];
+    let mut c = Cluster::start_opts(Opts {
+        nodes: 5,
+        durable_root: true,
+        root_args: bounded.iter().map(|s| s.to_string()).collect(),
+        ..Opts::default()
+    })
+    .await;
+    let g0_standby = add_group_root(&mut c, "0", "g0-b", &bounded).await;
+    wait_in_sync(&c, 0, 2).await;
+    let acked: Acked = Arc::default();
+    let next = fill_until_full(&c, 0, &acked).await;
+    let one_group = acked.lock().len();
+    assert!(one_group > 150, "one group of {MAX} bytes held {one_group} keys of 1 KiB");
+
+    // A second group joins; rebalance while four writers overwrite.
+    let g1 = add_group_root(&mut c, "1", "g1-a", &bounded).await;
+    let g1_standby = add_group_root(&mut c, "1", "g1-b", &bounded).await;
+    wait_in_sync(&c, 1, 2).await;
+    let c = Arc::new(c);
+    let stop = Arc::new(AtomicBool::new(false));
+    let keys: Vec<String> = acked.lock().keys().cloned().collect();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (c, acked, stop) = (c.clone(), acked.clone(), stop.clone());
+            let mine: Vec<String> = keys.iter().skip(w).step_by(4).cloned().collect();
+            tokio::spawn(async move {
+                let mut round = 1;
+                while !stop.load(Ordering::Relaxed) {
+                    for key in &mine {
+                        // Same size: an overwrite that does not grow passes.
+                        write_acked(&c, 1 + w, key, &big_value(key, round), &acked).await;
+                    }
+                    round += 1;
+                }
+            })
+        })
+        .collect();
+    let out = slots_cmd(&c, &["rebalance"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("a writer");
+    }
+    wait_until(Duration::from_secs(30), "the moved slots dropped at group 0", || async {
+        c.zk_tree("moves").await.is_empty()
+    })
+    .await;
+    let mut c = Arc::into_inner(c).expect("the writers are done");
+    // Fill again: the two groups hold about twice what one did.
+    fill_until_full(&c, next, &acked).await;
+    let two_groups = acked.lock().len();
+    assert!(
+        two_groups as f64 >= 1.7 * one_group as f64,
+        "two groups hold {two_groups} keys, one held {one_group}"
+    );
+    // Each leader killed -9 in turn: nothing acknowledged is lost.
+    c.kill(g1);
+    let g1_id = c.id(g1_standby).await;
+    wait_until(Duration::from_secs(30), "group 1's standby takes over", || async {
+        znode(&c, "groups/1/root").await.is_some_and(|r| r["id"] == g1_id)
+    })
+    .await;
+    c.kill(0);
+    let g0_id = c.id(g0_standby).await;
+    wait_until(Duration::from_secs(30), "group 0's standby takes over", || async {
+        znode(&c, "groups/0/root").await.is_some_and(|r| r["id"] == g0_id)
+    })
+    .await;
+    check_after(&c, &acked, &[(0, g0_standby), (1, g1_standby)], &[1, 2, 3, 4]).await;
+}
+
+/// A value of about 1 KiB, the same size every round.
+fn big_value(key: &str, round: u32) -> String {
+    format!("{round:04}-{key}-{}", "x".repeat(1000))
+}
+
+/// Writes new keys `s-<from>`, `s-<from+1>`, .. (ack=root, at the non-root
+/// nodes) until 40 in a row are refused 507 `root_full`; records each
+/// acknowledged one. Returns the next key number.
+async fn fill_until_full(c: &Cluster, from: usize, acked: &Acked) -> usize {
+    let (mut i, mut refused_in_a_row) = (from, 0);
+    while refused_in_a_row < 40 {
+        let key = format!("s-{i}");
+        let value = big_value(&key, 0);
+        let (status, body) = c.put(1 + i % 4, &key, &value, "?ack=root").await;
+        match status {
+            201 => {
+                refused_in_a_row = 0;
+                let version = body["version"].as_u64().expect("a version");
+                acked.lock().insert(key, (value, version));
+            }
+            507 => {
+                assert_eq!(body["code"], "root_full", "{body}");
+                refused_in_a_row += 1;
+            }
+            other => panic!("PUT {key}: {other} {body}"),
+        }
+        i += 1;
+    }
+    i
+}
