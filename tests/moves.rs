@@ -421,10 +421,7 @@ async fn a_full_group_gets_room_from_a_new_group_and_loses_nothing_when_each_lea
     // Fill again: the two groups hold about twice what one did.
     fill_until_full(&c, next, &acked).await;
     let two_groups = acked.lock().len();
-    assert!(
-        two_groups as f64 >= 1.7 * one_group as f64,
-        "two groups hold {two_groups} keys, one held {one_group}"
-    );
+    assert!(two_groups as f64 >= 1.7 * one_group as f64, "two groups hold {two_groups} keys, one held {one_group}");
     // Each leader killed -9 in turn: nothing acknowledged is lost.
     c.kill(g1);
     let g1_id = c.id(g1_standby).await;
@@ -470,4 +467,50 @@ async fn fill_until_full(c: &Cluster, from: usize, acked: &Acked) -> usize {
         i += 1;
     }
     i
+}
+
+/// While a slot is frozen its writes wait 2 s, then 503 `slot_moving`
+/// with `Retry-After`; its reads are served; a consistent read waits too;
+/// `treecache slots` shows the move. After the cutover the old owner
+/// passes the key's requests to the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_slot_s_writes_wait_then_get_503_slot_moving_and_its_reads_are_served() {
+    let mut c = Cluster::start_opts(Opts {
+        nodes: 2,
+        durable_root: true,
+        root_args: vec!["--fault-move-pause-ms".into(), "6000".into()],
+        ..Opts::default()
+    })
+    .await;
+    let g1 = add_group_root(&mut c, "1", "g1", &[]).await;
+    let key = (0..).map(|i| format!("z-{i}")).find(|k| slot_of(k) == 7).expect("a key of slot 7");
+    let (status, _) = c.put(0, &key, "before", "?ack=root").await;
+    assert_eq!(status, 201);
+    let moving = move_in_background(&c, "7", "1");
+    wait_until(Duration::from_secs(30), "slot 7 frozen", || async {
+        znode(&c, "moves/7").await.is_some_and(|m| m["state"] == "frozen")
+    })
+    .await;
+    let out = slots_cmd(&c, &[]).await;
+    assert!(text(&out).contains("slots 7: group 0 → group 1, frozen"), "{}", text(&out));
+    let started = std::time::Instant::now();
+    let resp = c.http.put(format!("{}/kv/{key}?ack=root", c.url(0))).body("during").send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "slot_moving", "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(1900), "answered after {:?}", started.elapsed());
+    let read = c.get(0, &key, "").await;
+    assert_eq!((read.status, read.text()), (200, "before".to_string()), "a frozen slot's reads are served");
+    let resp = c.http.get(format!("{}/kv/{key}?consistent=true", c.url(0))).send().await.unwrap();
+    assert_eq!(resp.status(), 503, "a consistent read waits while frozen, then says so");
+    let out = moving.await.expect("slots move ran");
+    assert!(out.status.success(), "{}", text(&out));
+    // Group 1 owns it now: its value came along, and group 0's root
+    // passes the key's requests on.
+    assert_eq!(c.get(g1, &key, "").await.text(), "before");
+    let (status, _) = c.put(0, &key, "after", "?ack=root").await;
+    assert_eq!(status, 200);
+    assert_eq!(c.get(g1, &key, "").await.text(), "after");
+    assert_eq!(c.get(1, &key, "?consistent=true").await.text(), "after");
 }
