@@ -205,6 +205,18 @@ impl Error {
     /// An upstream refusal that only says the tree is changing under this
     /// node (the parent moved, a new root or epoch is taking over): a normal
     /// step of every failover, which the node's new place will resolve.
+    /// A key of another root group: ours (`WrongGroup`), or a node's
+    /// answer that says so (409 `wrong_group`). Nothing was done.
+    pub fn is_wrong_group(&self) -> bool {
+        match self {
+            Error::WrongGroup { .. } => true,
+            Error::Upstream { status: 409, body, .. } => {
+                serde_json::from_str::<serde_json::Value>(body).ok().is_some_and(|v| v["code"] == "wrong_group")
+            }
+            _ => false,
+        }
+    }
+
     pub fn is_tree_changing(&self) -> bool {
         let Error::Upstream { status: 409, body, .. } = self else { return false };
         let code = serde_json::from_str::<serde_json::Value>(body).ok();

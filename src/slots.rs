@@ -33,6 +33,10 @@ pub type GroupId = u32;
 /// A slot: `0..SLOTS`.
 pub type Slot = u16;
 
+/// Where a slot is not known (a write outcome logged before outcomes
+/// carried their key's slot): taken as every slot.
+pub const UNKNOWN_SLOT: Slot = u16::MAX;
+
 /// CRC-16/XMODEM, bit by bit: keys are short and this runs once per
 /// routed request, so a table buys nothing measurable.
 fn crc16(bytes: &[u8]) -> u16 {

@@ -28,11 +28,12 @@ pub async fn health(node: ThinData<Node>) -> Result<HttpResponse> {
             "children": [],
             "epoch": node.epoch(),
             "leader": f.leader,
+            "group": node.args().group.unwrap_or(0),
         })));
     }
     let place = node.place()?;
     let t = &place.topology;
-    Ok(HttpResponse::Ok().json(json!({
+    let mut body = json!({
         "status": "ok",
         "id": t.id,
         "role": t.role(),
@@ -40,7 +41,12 @@ pub async fn health(node: ThinData<Node>) -> Result<HttpResponse> {
         "depth": t.depth,
         "children": t.children.iter().map(|c| c.id).collect::<Vec<_>>(),
         "epoch": t.epoch,
-    })))
+    });
+    if node.args().root {
+        // A root candidate says which root group it leads (or stands by for).
+        body["group"] = json!(node.args().group.unwrap_or(0));
+    }
+    Ok(HttpResponse::Ok().json(body))
 }
 
 pub async fn tree(node: ThinData<Node>) -> Result<HttpResponse> {

@@ -245,11 +245,11 @@ pub async fn replicate(node: ThinData<Node>, req: HttpRequest, body: web::Payloa
 /// last part carries every write outcome it remembers.
 const MAX_IMPORT_BYTES: usize = (64 << 20) + crate::config::MAX_VALUE_CEILING as usize;
 
-/// `POST /internal/import?from=G&slots=A-B,C,..&last=B&part=N` at a group's
+/// `POST /internal/import?from=G&slots=A-B,C,..&last=B&part=N&floor=V` at a group's
 /// leader: a part of a slot move's copy from group G's leader (log frames:
 /// entries, and write outcomes). Answered once it is durable here.
 pub async fn import(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
-    let q = Query::parse(&req, &["from", "slots", "last", "part"])?;
+    let q = Query::parse(&req, &["from", "slots", "last", "part", "floor"])?;
     let from = q.u64("from")?.ok_or_else(|| Error::bad_param("from", "required: the source group"))?;
     let from = u32::try_from(from).map_err(|_| Error::bad_param("from", format!("{from} is not a group number")))?;
     let slots_text = q.get("slots").ok_or_else(|| Error::bad_param("slots", "required: the slots moved"))?;
@@ -257,9 +257,16 @@ pub async fn import(node: ThinData<Node>, req: HttpRequest, body: web::Payload) 
     for range in slots_text.split(',') {
         slots.extend(crate::slots::parse_range(range).map_err(|e| Error::bad_param("slots", e))?);
     }
-    let import = crate::node::Import { from, slots, last: q.bool("last")?.unwrap_or(false) };
+    let import = crate::node::Import {
+        from,
+        slots,
+        last: q.bool("last")?.unwrap_or(false),
+        floor: q.u64("floor")?.unwrap_or(0),
+    };
     let part = q.u64("part")?.unwrap_or(0);
     let body = read_body(&req, body, MAX_IMPORT_BYTES).await?;
-    let stored = node.receive_import(import, part, &body).await?;
+    let epoch = epoch_of(&req)?
+        .ok_or_else(|| Error::bad_param(crate::node::EPOCH_HEADER, "required: the source leader's epoch"))?;
+    let stored = node.receive_import(import, epoch, part, &body).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "stored": stored })))
 }

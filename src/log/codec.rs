@@ -56,8 +56,10 @@ pub enum Entry {
     /// First frame of a snapshot: it covers every log segment below
     /// `next_segment`; the counts are checked against [`Entry::SnapshotEnd`].
     SnapshotHeader { next_segment: u64, max_version: u64, max_epoch: u64 },
-    /// A remembered write id and the version it committed (0: nothing).
-    WriteOutcome(WriteId, u64),
+    /// A remembered write id, the version it committed (0: nothing), and
+    /// its key's slot ([`crate::slots::UNKNOWN_SLOT`] in a frame written
+    /// before outcomes carried it).
+    WriteOutcome(WriteId, u64, u16),
     /// Last frame of a snapshot: without it the snapshot is incomplete.
     SnapshotEnd { records: u64, write_ids: u64 },
     /// A standby's log: everything of its leader's stream up to here is
@@ -72,7 +74,9 @@ pub enum Entry {
 /// What an [`Entry::Slot`] does to its slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotChange {
-    /// Frozen: no write of the slot commits after this record.
+    /// Frozen: no write of the slot commits after this record (commits
+    /// made before it may still be appended after it; the move waits for
+    /// them to be durable before its last copy).
     Freeze,
     /// Handed over: the slot's keys are dropped and it is no longer frozen.
     Drop,
@@ -140,10 +144,11 @@ fn encode_payload(entry: &Entry, out: &mut Vec<u8>) {
             put_u64(out, *max_version);
             put_u64(out, *max_epoch);
         }
-        Entry::WriteOutcome(id, version) => {
+        Entry::WriteOutcome(id, version, slot) => {
             out.push(KIND_WRITE_OUTCOME);
             put_write_id(out, id);
             put_u64(out, *version);
+            out.extend_from_slice(&slot.to_le_bytes());
         }
         Entry::SnapshotEnd { records, write_ids } => {
             out.push(KIND_SNAPSHOT_END);
@@ -227,7 +232,11 @@ pub fn decode_payload(payload: &[u8]) -> Result<Entry, String> {
         KIND_SNAPSHOT_HEADER => {
             Entry::SnapshotHeader { next_segment: r.u64()?, max_version: r.u64()?, max_epoch: r.u64()? }
         }
-        KIND_WRITE_OUTCOME => Entry::WriteOutcome(r.write_id()?, r.u64()?),
+        KIND_WRITE_OUTCOME => {
+            let (id, version) = (r.write_id()?, r.u64()?);
+            let slot = if r.pos < payload.len() { r.u16()? } else { crate::slots::UNKNOWN_SLOT };
+            Entry::WriteOutcome(id, version, slot)
+        }
         KIND_SNAPSHOT_END => Entry::SnapshotEnd { records: r.u64()?, write_ids: r.u64()? },
         KIND_POSITION => Entry::Position(Position { epoch: r.u64()?, seq: r.u64()? }),
         KIND_SLOT => {
@@ -398,7 +407,7 @@ mod tests {
             }),
             Entry::Epoch(5),
             Entry::SnapshotHeader { next_segment: 4, max_version: 10, max_epoch: 2 },
-            Entry::WriteOutcome(id, 0),
+            Entry::WriteOutcome(id, 0, 1023),
             Entry::SnapshotEnd { records: 1, write_ids: 1 },
             Entry::Position(crate::log::Position { epoch: 3, seq: 41 }),
             Entry::Slot(1023, SlotChange::Freeze),
@@ -414,6 +423,15 @@ mod tests {
     fn an_unknown_slot_change_is_refused() {
         let payload = [KIND_SLOT, 5, 0, 9];
         assert_eq!(decode_payload(&payload).unwrap_err(), "unknown slot change 9");
+    }
+
+    #[test]
+    fn a_write_outcome_from_before_slots_reads_with_an_unknown_slot() {
+        let id = WriteId { origin: 1, incarnation: 2, seq: 3 };
+        let mut payload = vec![KIND_WRITE_OUTCOME];
+        put_write_id(&mut payload, &id);
+        put_u64(&mut payload, 9);
+        assert_eq!(decode_payload(&payload).unwrap(), Entry::WriteOutcome(id, 9, crate::slots::UNKNOWN_SLOT));
     }
 
     #[test]

@@ -261,8 +261,8 @@ pub fn write_snapshot(
             flush(&mut buf, &mut out)?;
         }
     }
-    for &(id, v) in &snap.write_ids {
-        codec::encode(&Entry::WriteOutcome(id, v), &mut buf);
+    for &(id, v, slot) in &snap.write_ids {
+        codec::encode(&Entry::WriteOutcome(id, v, slot), &mut buf);
     }
     for &slot in &snap.frozen {
         codec::encode(&Entry::Slot(slot, codec::SlotChange::Freeze), &mut buf);

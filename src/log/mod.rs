@@ -82,7 +82,7 @@ pub struct Recovered {
     /// seen twice (snapshots are fuzzy) changes nothing the second time.
     pub records: Vec<Record>,
     /// Write ids and the version each committed (0: nothing).
-    pub write_ids: Vec<(WriteId, u64)>,
+    pub write_ids: Vec<(WriteId, u64, u16)>,
     pub max_version: u64,
     pub max_epoch: u64,
     /// Where the log was cut, a torn tail or (under `--log-truncate-corrupt`)
@@ -100,7 +100,8 @@ pub struct Recovered {
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub records: Vec<Record>,
-    pub write_ids: Vec<(WriteId, u64)>,
+    /// Write ids, the version each committed (0: nothing), its key's slot.
+    pub write_ids: Vec<(WriteId, u64, u16)>,
     /// A standby's stream position, read before the records were: they
     /// hold everything up to it.
     pub position: Option<Position>,
@@ -526,7 +527,7 @@ mod tests {
         // The node's state: the newest version of each key.
         let state: Vec<Record> = (191..=200).map(|v| rec(&format!("k{}", v % 10), v)).collect();
         let id = WriteId { origin: 4, incarnation: 5, seq: 6 };
-        let snap = Snapshot { records: state.clone(), write_ids: vec![(id, 200)], position: None, frozen: vec![3] };
+        let snap = Snapshot { records: state.clone(), write_ids: vec![(id, 200, 7)], position: None, frozen: vec![3] };
         assert_eq!(log.snapshot(move || snap).await.unwrap(), Some(200));
         assert_eq!(log.stats().segments.load(Ordering::Relaxed), 1, "{before} segments before");
         assert_eq!(log.stats().last_snapshot_version.load(Ordering::Relaxed), 200);
@@ -540,7 +541,7 @@ mod tests {
         want.extend(201..=205);
         assert_eq!(versions(&r), want);
         assert_eq!((r.max_version, r.max_epoch), (205, 2), "the epoch outlives its deleted segment");
-        assert_eq!(r.write_ids, vec![(id, 200)]);
+        assert_eq!(r.write_ids, vec![(id, 200, 7)]);
     }
 
     /// Frames and the position after them, as a standby appends a batch.

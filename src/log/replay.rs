@@ -21,7 +21,7 @@ pub struct SnapshotContent {
     pub max_version: u64,
     pub max_epoch: u64,
     pub records: Vec<Record>,
-    pub write_ids: Vec<(WriteId, u64)>,
+    pub write_ids: Vec<(WriteId, u64, u16)>,
     /// A standby's stream position when the snapshot was taken.
     pub position: Option<Position>,
     /// Slots frozen for a move when the snapshot was taken.
@@ -47,7 +47,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotContent, (usize, String)>
     for entry in entries {
         match entry {
             Entry::Write(r) => content.records.push(r),
-            Entry::WriteOutcome(id, v) => content.write_ids.push((id, v)),
+            Entry::WriteOutcome(id, v, slot) => content.write_ids.push((id, v, slot)),
             Entry::Position(p) => content.position = Some(p),
             Entry::Slot(slot, SlotChange::Freeze) => content.frozen.push(slot),
             Entry::SnapshotEnd { records, write_ids } => {
@@ -112,7 +112,7 @@ pub fn replay(
                 Entry::Write(r) => {
                     note(&mut rec, &r);
                     if let Some(id) = r.write_id {
-                        rec.write_ids.push((id, r.update.version));
+                        rec.write_ids.push((id, r.update.version, crate::slots::slot_of(&r.update.key)));
                     }
                     if r.update.version > 0 {
                         rec.records.push(r);
@@ -128,7 +128,7 @@ pub fn replay(
                 Entry::Position(p) => rec.position = Some(p),
                 // A standby's log holds its leader's stream, which begins
                 // with the leader's snapshot: its write outcomes included.
-                Entry::WriteOutcome(id, version) => rec.write_ids.push((id, version)),
+                Entry::WriteOutcome(id, version, slot) => rec.write_ids.push((id, version, slot)),
                 Entry::Slot(slot, SlotChange::Freeze) => {
                     rec.frozen.insert(slot);
                 }
@@ -271,7 +271,7 @@ mod tests {
         encode(&Entry::Write(absent_delete), &mut seg);
         encode(&Entry::Epoch(5), &mut seg);
         // A standby's segment holds its leader's snapshot stream too.
-        encode(&Entry::WriteOutcome(WriteId { origin: 8, incarnation: 2, seq: 4 }, 6), &mut seg);
+        encode(&Entry::WriteOutcome(WriteId { origin: 8, incarnation: 2, seq: 4 }, 6, 3), &mut seg);
         let r = run(&[seg], false).unwrap().recovered;
         assert_eq!(r.max_epoch, 5);
         assert_eq!(r.max_version, 7);
@@ -279,11 +279,38 @@ mod tests {
         assert_eq!(
             r.write_ids,
             vec![
-                (WriteId { origin: 2, incarnation: 3, seq: 7 }, 7),
-                (WriteId { origin: 9, incarnation: 1, seq: 1 }, 0),
-                (WriteId { origin: 8, incarnation: 2, seq: 4 }, 6)
+                (WriteId { origin: 2, incarnation: 3, seq: 7 }, 7, crate::slots::slot_of("a")),
+                (WriteId { origin: 9, incarnation: 1, seq: 1 }, 0, crate::slots::slot_of("gone")),
+                (WriteId { origin: 8, incarnation: 2, seq: 4 }, 6, 3)
             ]
         );
+    }
+
+    /// A slot move's records: a freeze holds until a drop, and a drop
+    /// takes the slot's records before it, not the ones after (the slot
+    /// came back).
+    #[test]
+    fn a_freeze_holds_until_a_drop_which_takes_the_slot_s_earlier_records() {
+        use crate::log::codec::SlotChange;
+        let slot = crate::slots::slot_of("a");
+        let mut seg = Vec::new();
+        encode(&Entry::Write(rec("a", 1)), &mut seg);
+        encode(&Entry::Write(rec("b", 2)), &mut seg);
+        encode(&Entry::Slot(slot, SlotChange::Freeze), &mut seg);
+        encode(&Entry::Slot(7, SlotChange::Freeze), &mut seg);
+        let r = run(std::slice::from_ref(&seg), false).unwrap().recovered;
+        assert_eq!(r.frozen.iter().copied().collect::<Vec<_>>(), {
+            let mut want = vec![slot, 7];
+            want.sort();
+            want
+        });
+        assert_eq!(r.records.len(), 2);
+        encode(&Entry::Slot(slot, SlotChange::Drop), &mut seg);
+        encode(&Entry::Write(rec("a", 3)), &mut seg);
+        let r = run(&[seg], false).unwrap().recovered;
+        assert_eq!(r.frozen.iter().copied().collect::<Vec<_>>(), vec![7]);
+        let kept: Vec<(String, u64)> = r.records.iter().map(|r| (r.update.key.clone(), r.update.version)).collect();
+        assert_eq!(kept, vec![("b".to_string(), 2), ("a".to_string(), 3)]);
     }
 
     fn snapshot_bytes(next_segment: u64, records: &[Record]) -> Vec<u8> {
@@ -292,7 +319,7 @@ mod tests {
         for r in records {
             encode(&Entry::Write(r.clone()), &mut out);
         }
-        encode(&Entry::WriteOutcome(WriteId { origin: 1, incarnation: 1, seq: 1 }, 3), &mut out);
+        encode(&Entry::WriteOutcome(WriteId { origin: 1, incarnation: 1, seq: 1 }, 3, 3), &mut out);
         encode(&Entry::SnapshotEnd { records: records.len() as u64, write_ids: 1 }, &mut out);
         out
     }

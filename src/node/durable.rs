@@ -27,8 +27,8 @@ impl Node {
         }
         // The root's dedupe memory: a write id retried after the restart
         // learns its outcome instead of committing twice.
-        for &(id, version) in &recovered.write_ids {
-            self.restore_write_outcome(id, version);
+        for &(id, version, slot) in &recovered.write_ids {
+            self.restore_write_outcome(id, version, slot);
         }
         self.restore_frozen(&recovered.frozen);
         self.inner.versions.fetch_max(recovered.max_version, Ordering::AcqRel);
@@ -87,7 +87,7 @@ impl Node {
                 write_id: None,
             })
             .collect();
-        Snapshot { records, write_ids: self.write_outcomes(), position, frozen: self.frozen_slots() }
+        Snapshot { records, write_ids: self.write_outcomes(None), position, frozen: self.frozen_slots() }
     }
 
     /// Opens the log for a root started with `--data-dir` (blocking, before

@@ -23,7 +23,7 @@
 //!    step 1), and makes it all durable before it answers.
 //! 4. **Cutover.** One ZooKeeper `multi`: the map names the target (its
 //!    epoch rises), each `moves/<slot>` says `done`, checked against the
-//!    source's and the target's `root` znodes as read before step 3, so
+//!    source's and the target's `leader` znodes as read before step 3, so
 //!    neither a deposed source nor a target that failed over since (and may
 //!    lack step 3) can hand over. The target serves the slots once it
 //!    reads the new map; the source answers `wrong_group` from then on.
@@ -70,9 +70,22 @@ pub(super) struct Moves {
     /// freeze takes it for writing, so no commit straddles a freeze.
     frozen: RwLock<BTreeSet<Slot>>,
     changed: Notify,
-    /// At a target: the keys each source's current copy has named so far,
-    /// over the parts it came in.
-    seen: Mutex<HashMap<GroupId, HashSet<String>>>,
+    /// At a target: per source group, the epoch of the leader whose copy
+    /// comes in, and the keys its current copy has named so far, over the
+    /// parts it came in.
+    seen: Mutex<HashMap<GroupId, Copying>>,
+}
+
+/// A copy coming in from a source group's leader, part by part.
+#[derive(Default)]
+struct Copying {
+    /// The source leader's epoch.
+    epoch: u64,
+    /// The part expected next: parts come in order from 0, or the copy
+    /// starts over (a target that restarted, a part lost on the way).
+    next_part: u64,
+    /// The keys its parts named so far.
+    named: HashSet<String>,
 }
 
 /// The import a source sends: its group, the slots, and whether this is
@@ -82,6 +95,11 @@ pub struct Import {
     pub from: GroupId,
     pub slots: BTreeSet<Slot>,
     pub last: bool,
+    /// The highest version the source has given: the target's versions go
+    /// above it, so a key's versions keep rising across the move even
+    /// where the source's copy shows none (a deleted or expired key that
+    /// a cache may still hold at its last version).
+    pub floor: u64,
 }
 
 impl Node {
@@ -90,14 +108,18 @@ impl Node {
         self.inner.moves.frozen.read().iter().copied().collect()
     }
 
-    /// Runs `commit` if no key of `keys` is in a frozen slot, with freezes
-    /// held off until it returns; `None` if one is (wait, then try again).
-    pub(super) fn if_unfrozen<R>(&self, keys: &[String], commit: impl FnOnce() -> R) -> Option<R> {
+    /// Runs `commit` if every key of `keys` is in a slot this group owns
+    /// and none is in a frozen slot, with freezes held off until it
+    /// returns: `None` if one is frozen (wait, then try again), 409
+    /// `wrong_group` if one is not ours (handed over, dropped). A freeze
+    /// comes before any cutover, so no commit straddles either.
+    pub(super) fn if_unfrozen<R>(&self, keys: &[String], commit: impl FnOnce() -> R) -> Result<Option<R>> {
         let frozen = self.inner.moves.frozen.read();
         if !frozen.is_empty() && keys.iter().any(|k| frozen.contains(&slot_of(k))) {
-            return None;
+            return Ok(None);
         }
-        Some(commit())
+        self.check_own_slots(keys)?;
+        Ok(Some(commit()))
     }
 
     /// Waits while a key of `keys` is in a frozen slot, at most
@@ -105,7 +127,6 @@ impl Node {
     /// `wrong_group` if the slot was handed over meanwhile.
     pub(super) async fn wait_unfrozen(&self, keys: &[String]) -> Result<()> {
         let deadline = tokio::time::Instant::now() + FROZEN_WAIT;
-        let mut waited = false;
         loop {
             let changed = self.inner.moves.changed.notified();
             let frozen = {
@@ -117,17 +138,13 @@ impl Node {
                 }
             };
             let Some(key) = frozen else { break };
-            waited = true;
+            // Handed over (the map changed, which wakes us): the sender
+            // asks the new owner.
+            self.check_own_slot(&key)?;
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                let slot = slot_of(&key);
-                // Handed over while we waited: the sender re-reads the map.
                 self.check_own_slot(&key)?;
+                let slot = slot_of(&key);
                 return Err(Error::SlotMoving { key, slot });
-            }
-        }
-        if waited {
-            for key in keys {
-                self.check_own_slot(key)?;
             }
         }
         Ok(())
@@ -139,6 +156,12 @@ impl Node {
     pub(super) async fn settle_slot(&self, key: &str) -> Result<()> {
         self.wait_unfrozen(&[key.to_string()]).await?;
         self.check_own_slot(key)
+    }
+
+    /// The slot map changed: writes waiting on a frozen slot look again
+    /// (it may have been handed over).
+    pub(super) fn wake_frozen_waiters(&self) {
+        self.inner.moves.changed.notify_waiters();
     }
 
     /// Applies a slot record from the log, a standby's stream or a
@@ -260,12 +283,12 @@ impl Node {
         let paths = &self.inner.paths;
         let mine = self.args().group.unwrap_or(0);
         let slots: BTreeSet<Slot> = moves.keys().copied().collect();
-        let (own_root, own_version) = root_znode(zk, &paths.in_group(mine)).await?;
-        if Some(own_root.id) != self.node_id() {
+        let (own, own_version) = group_leader(zk, &paths.in_group(mine)).await?;
+        if Some(own.id) != self.node_id() || own.epoch != self.epoch() {
             return Err(Error::NotLeading);
         }
-        let (target, target_version) = root_znode(zk, &paths.in_group(to)).await?;
-        let import = |last| Import { from: mine, slots: slots.clone(), last };
+        let (target, target_version) = group_leader(zk, &paths.in_group(to)).await?;
+        let import = |last| Import { from: mine, slots: slots.clone(), last, floor: 0 };
         let started = std::time::Instant::now();
         // 1. Copy, unless frozen already (a round that stopped half-way).
         let copying: Vec<Slot> =
@@ -315,8 +338,8 @@ impl Node {
         let mut multi = zk.new_multi_writer();
         let add =
             |r: std::result::Result<(), zookeeper_client::Error>| r.map_err(|e| Error::zk("multi", paths.slots(), e));
-        add(multi.add_check_version(&paths.in_group(mine).root(), own_version))?;
-        add(multi.add_check_version(&paths.in_group(to).root(), target_version))?;
+        add(multi.add_check_version(&paths.in_group(mine).leader(), own_version))?;
+        add(multi.add_check_version(&paths.in_group(to).leader(), target_version))?;
         add(multi.add_set_data(&paths.slots(), &next.to_json(), Some(map_version)))?;
         for (slot, (rec, _)) in &moves {
             let done = MoveRecord { state: MoveState::Done, map_epoch: next.epoch(), ..rec.clone() };
@@ -326,8 +349,10 @@ impl Node {
             Ok(_) => {}
             Err(zookeeper_client::MultiWriteError::OperationFailed { index, source }) => {
                 let what = match index {
-                    0 => "this group's root changed (a failover)".to_string(),
-                    1 => format!("group {to}'s root changed (a failover): it may lack the last copy"),
+                    0 => "this group's leader znode changed (a failover, or its in-sync set)".to_string(),
+                    1 => format!(
+                        "group {to}'s leader znode changed (a failover, or its in-sync set): it may lack the last copy"
+                    ),
                     2 => "the slot map changed meanwhile".to_string(),
                     _ => "a move record changed meanwhile".to_string(),
                 };
@@ -367,37 +392,42 @@ impl Node {
     }
 
     /// Sends the target's leader every live entry of the slots (in parts),
-    /// and with the last copy every write outcome remembered here.
+    /// and with the last copy the write outcomes of the slots remembered
+    /// here.
     async fn send_import(&self, target: &str, import: &Import) -> Result<()> {
         let epoch = self.epoch();
         let entries = self.inner.store.slot_entries(&import.slots, true, now_ms());
-        let mut parts: Vec<Vec<u8>> = vec![Vec::new()];
-        for e in entries {
-            let record = Record {
+        let records = entries.into_iter().map(|e| {
+            crate::replication::frame_of(Record {
                 epoch,
                 update: Update { key: e.key, version: e.version, value: e.value, expires_at: e.expires_at },
                 write_id: None,
-            };
-            let part = parts.last_mut().expect("one part at least");
-            if part.len() >= IMPORT_PART_BYTES {
+            })
+        });
+        let outcomes = match import.last {
+            true => self.write_outcomes(Some(&import.slots)),
+            false => Vec::new(),
+        };
+        let outcomes = outcomes.into_iter().map(|(id, v, slot)| crate::replication::outcome_frame(id, v, slot));
+        let mut parts: Vec<Vec<u8>> = vec![Vec::new()];
+        for frame in records.chain(outcomes) {
+            if parts.last().is_some_and(|p| p.len() >= IMPORT_PART_BYTES) {
                 parts.push(Vec::new());
             }
-            parts.last_mut().expect("one part at least").extend(crate::replication::frame_of(record));
-        }
-        if import.last {
-            let part = parts.last_mut().expect("one part at least");
-            for (id, version) in self.write_outcomes() {
-                part.extend(crate::replication::outcome_frame(id, version));
-            }
+            parts.last_mut().expect("one part at least").extend(frame);
         }
         let count = parts.len();
         for (i, body) in parts.into_iter().enumerate() {
             // Only the last part of the last copy ends the import: the
             // target deletes what none of the parts named.
             let last = import.last && i + 1 == count;
-            let slots: Vec<String> = import.slots.iter().map(|s| s.to_string()).collect();
-            let url =
-                format!("{target}/internal/import?from={}&slots={}&last={last}&part={i}", import.from, slots.join(","));
+            let slots = ranges_text(&import.slots).replace(' ', "");
+            // Read now: every version given before the freeze is below it.
+            let floor = self.inner.versions.load(std::sync::atomic::Ordering::Acquire).max(import.floor);
+            let url = format!(
+                "{target}/internal/import?from={}&slots={slots}&last={last}&part={i}&floor={floor}",
+                import.from
+            );
             let resp = self
                 .request(&self.inner.http, reqwest::Method::POST, &url)
                 .timeout(IMPORT_TIMEOUT)
@@ -423,7 +453,7 @@ impl Node {
     /// write outcomes, and with the last part deletes what we hold of the
     /// slots that no part of the source's last copy named; durable before
     /// it answers. Returns how many entries it stored or deleted.
-    pub async fn receive_import(&self, import: Import, part: u64, body: &[u8]) -> Result<usize> {
+    pub async fn receive_import(&self, import: Import, epoch: u64, part: u64, body: &[u8]) -> Result<usize> {
         self.check_accepting()?;
         let place = self.place()?;
         if !place.topology.is_root() || self.is_following() {
@@ -436,6 +466,11 @@ impl Node {
         };
         if import.from == mine {
             return Err(Error::BadRequest(format!("an import from this root's own group {mine}")));
+        }
+        // A source leader deposed since (a newer one leads its group) sends
+        // nothing more: its copy could interleave with the new one's.
+        if let Some(leader) = view.leaders.get(&import.from).filter(|l| l.epoch > epoch) {
+            return Err(Error::StaleEpoch { got: epoch, have: leader.epoch });
         }
         if let Some(owned) = import.slots.iter().find(|&&s| map.owner(s) == mine) {
             // Ours already: a late copy from a source that was deposed.
@@ -460,24 +495,47 @@ impl Node {
                         ranges_text(&import.slots)
                     )))
                 }
-                Entry::WriteOutcome(id, version) => outcomes.push((id, version)),
+                Entry::WriteOutcome(id, version, slot) => outcomes.push((id, version, slot)),
                 other => return Err(Error::BadRequest(format!("import: unexpected {other:?}"))),
             }
         }
-        let top = records.iter().map(|u| u.version).max().unwrap_or(0);
+        // A root never passes its --max-memory, for a move neither: the
+        // move waits (and says why) until the group has room.
+        if let Some(max) = self.args().max_memory {
+            let (bytes, grows) = (self.inner.store.bytes(), self.inner.store.growth_of(&records));
+            if grows > 0 && (bytes + grows) as u64 > max {
+                return Err(Error::RootFull {
+                    key: format!("(a move of slots {} from group {})", ranges_text(&import.slots), import.from),
+                    bytes: bytes as u64,
+                    max,
+                });
+            }
+        }
+        let top = records.iter().map(|u| u.version).max().unwrap_or(0).max(import.floor);
         self.inner.versions.fetch_max(top, std::sync::atomic::Ordering::AcqRel);
         let t = Time::now();
         let mut durable = Vec::new();
         // The keys this copy of the source's named so far, over its parts.
         let named = {
             let mut seen = self.inner.moves.seen.lock();
-            let named = seen.entry(import.from).or_default();
-            if part == 0 {
-                named.clear();
+            let copy = seen.entry(import.from).or_default();
+            if epoch < copy.epoch {
+                return Err(Error::StaleEpoch { got: epoch, have: copy.epoch });
             }
-            named.extend(records.iter().map(|u| u.key.clone()));
+            if part == 0 {
+                *copy = Copying { epoch, ..Copying::default() };
+            } else if epoch != copy.epoch || part != copy.next_part {
+                // The deletions of a last part need every part before it.
+                return Err(Error::BadRequest(format!(
+                    "import part {part} from group {}'s leader (epoch {epoch}): this root expected part {} of \
+                     epoch {}; the copy starts over",
+                    import.from, copy.next_part, copy.epoch
+                )));
+            }
+            copy.next_part = part + 1;
+            copy.named.extend(records.iter().map(|u| u.key.clone()));
             if import.last {
-                std::mem::take(named)
+                std::mem::take(&mut copy.named)
             } else {
                 HashSet::new()
             }
@@ -500,9 +558,9 @@ impl Node {
         }
         let frames = outcomes
             .iter()
-            .map(|&(id, version)| {
-                self.restore_write_outcome(id, version);
-                crate::replication::outcome_frame(id, version)
+            .map(|&(id, version, slot)| {
+                self.restore_write_outcome(id, version, slot);
+                crate::replication::outcome_frame(id, version, slot)
             })
             .collect();
         let stored = durable.len();
@@ -544,18 +602,15 @@ impl Node {
     }
 }
 
-/// A group's `root` znode, and its version (for a `multi`'s check).
-async fn root_znode(zk: &zookeeper_client::Client, paths: &zk::Paths) -> Result<(zk::RootInfo, i32)> {
-    let path = paths.root();
-    match zk.get_data(&path).await {
-        Ok((data, stat)) => zk::parse_root(&data)
-            .map(|r| (r, stat.version))
-            .ok_or_else(|| Error::Internal(format!("{path} holds {:?}", String::from_utf8_lossy(&data)))),
-        Err(zookeeper_client::Error::NoNode) => {
-            Err(Error::NoInSyncRoot(format!("root group {} has no leader", paths.group())))
-        }
-        Err(e) => Err(Error::zk("get", path, e)),
-    }
+/// A group's leader as its `leader` znode names it, and that znode's
+/// version, for the cutover's check: the znode is persistent, and every
+/// takeover (and every change of the in-sync set) writes it, so the check
+/// fails after any failover. (The ephemeral `root` znode would not do: a
+/// new leader makes it anew, at version 0 again.)
+async fn group_leader(zk: &zookeeper_client::Client, paths: &zk::Paths) -> Result<(zk::LeaderRecord, i32)> {
+    zk::read_leader(zk, paths)
+        .await?
+        .ok_or_else(|| Error::NoInSyncRoot(format!("root group {} has no leader", paths.group())))
 }
 
 fn slot_frame(slot: Slot, change: SlotChange) -> Vec<u8> {

@@ -128,7 +128,13 @@ impl Node {
             }
             if consistent {
                 self.confirm_leading().await?;
-                self.settle_slot(key).await?;
+                if let Err(e) = self.settle_slot(key).await {
+                    // Handed over while it waited on the move.
+                    return match (e.is_wrong_group(), self.foreign_leader(key)?) {
+                        (true, Some(leader)) => self.proxy_get(&leader, key, consistent).await,
+                        _ => Err(e),
+                    };
+                }
             }
             Metrics::inc(&self.inner.metrics.hits);
             let lookup = store.get(key, t);

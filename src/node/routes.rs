@@ -148,6 +148,19 @@ impl Node {
         })
     }
 
+    /// [`Node::check_own_slot`] for every key, by one view.
+    pub(super) fn check_own_slots(&self, keys: &[String]) -> Result<()> {
+        let view = self.routes();
+        if view.map.is_none() {
+            return Err(map_unread());
+        }
+        let mine = self.args().group.unwrap_or(0);
+        match keys.iter().find(|k| view.owner(k) != mine) {
+            None => Ok(()),
+            Some(key) => self.check_own_slot(key),
+        }
+    }
+
     /// A client request another root passed here: answered only if the key
     /// is this root's group's (see [`super::PROXIED_HEADER`]).
     pub fn refuse_second_hop(&self, key: &str) -> Result<()> {
@@ -245,6 +258,8 @@ impl Node {
         let mut view = self.inner.routes.view.write();
         if view.map.as_ref().is_none_or(|m| m.epoch() < map.epoch()) {
             *view = Arc::new(RouteView::new(Some(map), view.leaders.clone()));
+            drop(view);
+            self.wake_frozen_waiters();
         }
     }
 
@@ -335,6 +350,9 @@ impl Node {
         };
         if routed_changed {
             self.on_routes_changed();
+        }
+        if changed {
+            self.wake_frozen_waiters();
         }
         if changed {
             log::info!(

@@ -385,18 +385,24 @@ pub fn frame_of(record: Record) -> Vec<u8> {
     out
 }
 
-/// One write outcome as a frame (0: a delete of an absent key), the form
-/// the log and the stream carry a decided write that stored nothing.
-pub fn outcome_frame(id: WriteId, version: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32);
-    codec::encode(&Entry::WriteOutcome(id, version), &mut out);
+/// One write outcome as a frame (0: a delete of an absent key), with its
+/// key's slot: the form the log and the stream carry a decided write that
+/// stored nothing, and a snapshot or a slot move every remembered outcome.
+pub fn outcome_frame(id: WriteId, version: u64, slot: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(40);
+    codec::encode(&Entry::WriteOutcome(id, version, slot), &mut out);
     out
 }
 
 /// The frames that start a stream: the epoch, then the leader's state
 /// (every entry, tombstones included, and every remembered write outcome),
 /// in batches of at most [`BATCH_BYTES`].
-pub fn snapshot_batches(epoch: u64, records: &[Record], write_ids: &[(WriteId, u64)], frozen: &[u16]) -> Vec<Vec<u8>> {
+pub fn snapshot_batches(
+    epoch: u64,
+    records: &[Record],
+    write_ids: &[(WriteId, u64, u16)],
+    frozen: &[u16],
+) -> Vec<Vec<u8>> {
     let mut batches = Vec::new();
     let mut body = Vec::new();
     codec::encode(&Entry::Epoch(epoch), &mut body);
@@ -409,8 +415,8 @@ pub fn snapshot_batches(epoch: u64, records: &[Record], write_ids: &[(WriteId, u
     for r in records {
         push(&Entry::Write(r.clone()), &mut body);
     }
-    for &(id, version) in write_ids {
-        push(&Entry::WriteOutcome(id, version), &mut body);
+    for &(id, version, slot) in write_ids {
+        push(&Entry::WriteOutcome(id, version, slot), &mut body);
     }
     for &slot in frozen {
         push(&Entry::Slot(slot, crate::log::codec::SlotChange::Freeze), &mut body);
@@ -577,12 +583,13 @@ mod tests {
     #[test]
     fn a_snapshot_starts_with_the_epoch_and_carries_records_and_outcomes() {
         let id = WriteId { origin: 3, incarnation: 5, seq: 9 };
-        let batches = snapshot_batches(4, &[rec("a", 1), rec("b", 2)], &[(id, 2)], &[9]);
+        let batches = snapshot_batches(4, &[rec("a", 1), rec("b", 2)], &[(id, 2, 5)], &[9]);
         assert_eq!(batches.len(), 1);
         let entries = decode_batch(&batches[0]).unwrap();
         assert_eq!(entries[0], Entry::Epoch(4));
         assert!(matches!(&entries[1], Entry::Write(r) if r.update.key == "a"));
-        assert_eq!(entries[3], Entry::WriteOutcome(id, 2));
+        assert_eq!(entries[3], Entry::WriteOutcome(id, 2, 5));
+        assert_eq!(entries[4], Entry::Slot(9, crate::log::codec::SlotChange::Freeze));
     }
 
     #[test]

@@ -651,6 +651,23 @@ impl Store {
         out
     }
 
+    /// What storing `updates` would add to [`Store::bytes`]: each one's
+    /// entry less the one it replaces, where it is newer (a slot move's
+    /// import, held to a root's `--max-memory`).
+    pub fn growth_of(&self, updates: &[Update]) -> usize {
+        updates
+            .iter()
+            .map(|u| {
+                let shard = self.shard(&u.key).read();
+                match shard.map.get(u.key.as_str()) {
+                    Some(e) if e.version >= u.version => 0,
+                    Some(e) => Entry::charge(&u.key, &u.value).saturating_sub(Entry::charge(&u.key, &e.value)),
+                    None => Entry::charge(&u.key, &u.value),
+                }
+            })
+            .sum()
+    }
+
     /// Every entry whose key is in one of `slots`: with `live_only`, only
     /// values not expired at `now` (what a slot move hands over), else
     /// tombstones and expired entries too (what a handed-over slot drops).

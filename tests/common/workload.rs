@@ -302,6 +302,12 @@ pub enum Step {
     PauseRoot(Duration),
     /// SIGSTOP ZooKeeper for this long, then SIGCONT.
     PauseZk(Duration),
+    /// `treecache slots move` of a few slots around a workload key's to
+    /// another root group (two groups, 0 and 1), waited for.
+    MoveSlots,
+    /// kill -9 root group G's leader and start it again (its standby
+    /// takes over; it comes back as a standby).
+    KillGroupLeader(u32),
 }
 
 /// The session timeout of every node (`SESSION_TIMEOUT` in src/tree/zk.rs).
@@ -366,6 +372,26 @@ pub async fn run_faults(
                 cluster.zk.resume();
                 history.fault_end(f);
             }
+            Step::MoveSlots => {
+                let key = format!("k{}", rng.gen_range(0..24));
+                let slot = treecache::slots::slot_of(&key);
+                let (a, b) = (slot.saturating_sub(rng.gen_range(0..40)), (slot + rng.gen_range(0..40)).min(1023));
+                let map = slot_map(cluster).await;
+                let to = 1 - map.owner(slot).min(1);
+                let f = history.fault(
+                    format!("slots move --slots {a}-{b} --to {to} (around {key}'s slot {slot})"),
+                    None,
+                    false,
+                );
+                let out = move_slots(cluster, a, b, to).await;
+                history.fault_end(f);
+                assert!(out.status.success(), "slots move {a}-{b} to {to}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Step::KillGroupLeader(group) => {
+                let Some(i) = group_leader(cluster, nodes, group).await else { continue };
+                let what = format!("kill -9 group {group}'s leader (node {i}) and restart");
+                unhealthy.extend(kill_and_restart(cluster, nodes, history, i, what).await);
+            }
         }
     }
     unhealthy
@@ -401,7 +427,12 @@ async fn tree_settled(http: &reqwest::Client, nodes: &Nodes, root_url: &str) -> 
     let Some(epoch) = health(http, root_url).await.and_then(|h| h["epoch"].as_u64()) else { return false };
     for i in nodes.up() {
         let url = nodes.node(i).1;
-        if health(http, &url).await.and_then(|h| h["epoch"].as_u64()) != Some(epoch) {
+        let Some(h) = health(http, &url).await else { return false };
+        if other_group(&h) {
+            // Another group's root: its own epoch line, nothing queued up.
+            continue;
+        }
+        if h["epoch"].as_u64() != Some(epoch) {
             return false;
         }
         let metrics = match http.get(format!("{url}/metrics")).timeout(Duration::from_secs(2)).send().await {
@@ -438,13 +469,67 @@ async fn pick_role(cluster: &Cluster, nodes: &Nodes, role: &str, rng: &mut StdRn
     (!candidates.is_empty()).then(|| candidates[rng.gen_range(0..candidates.len())])
 }
 
+/// The root: group 0's leader (the registrar; the tree hangs below it).
 async fn root_index(cluster: &Cluster, nodes: &Nodes) -> Option<usize> {
+    group_leader(cluster, nodes, 0).await
+}
+
+/// The live leader of root group `group`.
+async fn group_leader(cluster: &Cluster, nodes: &Nodes, group: u32) -> Option<usize> {
     for i in nodes.up() {
-        if health(&cluster.http, &cluster.url(i)).await.is_some_and(|h| h["role"] == "root") {
+        if health(&cluster.http, &cluster.url(i)).await.is_some_and(|h| is_leader_of(&h, group)) {
             return Some(i);
         }
     }
     None
+}
+
+/// A `/health` that says: root of `group` (no `group`: group 0).
+fn is_leader_of(h: &serde_json::Value, group: u32) -> bool {
+    h["role"] == "root" && h["group"].as_u64().unwrap_or(0) == u64::from(group)
+}
+
+/// A root of a group other than 0 (leader or standby): not in the tree
+/// below group 0's root, on an epoch of its own.
+fn other_group(h: &serde_json::Value) -> bool {
+    h["group"].as_u64().unwrap_or(0) != 0
+}
+
+async fn slot_map(cluster: &Cluster) -> treecache::slots::SlotMap {
+    let zk = cluster.zk.client().await;
+    let (data, _) = zk.get_data(&format!("/treecache/{}/slots", cluster.name)).await.expect("the slot map");
+    treecache::slots::SlotMap::from_json(&data).expect("a slot map")
+}
+
+/// `treecache slots move --slots A-B --to G`, waited for (in a thread).
+async fn move_slots(cluster: &Cluster, a: u16, b: u16, to: u32) -> std::process::Output {
+    let args: Vec<String> = [
+        "slots",
+        "move",
+        "--slots",
+        &format!("{a}-{b}"),
+        "--to",
+        &to.to_string(),
+        "--zk",
+        &cluster.zk.addr(),
+        "--cluster",
+        &cluster.name,
+        "--cluster-secret",
+        &cluster.secret(),
+        "--timeout",
+        "90s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    tokio::task::spawn_blocking(move || {
+        super::output_within(
+            std::process::Command::new(env!("CARGO_BIN_EXE_treecache")).args(&args),
+            Duration::from_secs(120),
+        )
+    })
+    .await
+    .expect("slots move ran")
 }
 
 /// One node's `/dump`: (key, version, value or None for a tombstone,
@@ -499,7 +584,7 @@ pub async fn final_state(
     while Instant::now() < deadline {
         let mut found = None;
         for i in nodes.up() {
-            if health(&http, &nodes.node(i).1).await.is_some_and(|h| h["role"] == "root") {
+            if health(&http, &nodes.node(i).1).await.is_some_and(|h| is_leader_of(&h, 0)) {
                 found = Some(i);
                 break;
             }

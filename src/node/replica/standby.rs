@@ -204,6 +204,7 @@ impl Node {
         let expires_at = ttl_ms.map(|ms| crate::clock::now_ms().saturating_add(ms));
         // A conditional write's answer is the root's decision.
         let ack = if cond.is_conditional() { crate::node::Ack::Root } else { ack };
+        let retry_value = value.clone();
         let update = Update { key: key.to_string(), version: 0, value, expires_at };
         // In order: the next write waits for this one's outcome. The id is
         // taken in turn too, so ids rise in the order writes are sent.
@@ -218,6 +219,12 @@ impl Node {
             let _ = tx.send(node.send_to_leader(write, me).await);
         });
         match tokio::time::timeout(STANDBY_CLIENT_WAIT, rx).await {
+            // The key's slot went to another group: nothing was done; the
+            // write goes to the new owner, as a write that came after.
+            Ok(Ok(Err(e))) if e.is_wrong_group() => match self.foreign_leader(key)? {
+                Some(leader) => self.proxy_write(&leader, key, retry_value, ttl_ms, ack, cond).await,
+                None => Err(e),
+            },
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::ShuttingDown),
             Err(_) => Err(Error::WriteInFlight { key: key.to_string() }),
@@ -257,6 +264,9 @@ impl Node {
                 match sent.map(|answers| answers.results.into_iter().next()) {
                     Ok(Some(result)) => return Ok(result),
                     Ok(None) => log::warn!("leader {} answered a write with no result", f.leader),
+                    // Not our group's key any more (a slot move): decided
+                    // not committed; the caller sends it to the owner.
+                    Err(e) if e.is_wrong_group() => return Err(e),
                     Err(e) => {
                         tries += 1;
                         if tries == 1 || tries.is_multiple_of(20) {
@@ -346,7 +356,7 @@ impl Node {
                     self.pending_applied(rec.update.version, info.durable);
                     self.apply_replicated(&rec.update, rec.write_id, t);
                 }
-                Entry::WriteOutcome(id, version) => self.restore_write_outcome(id, version),
+                Entry::WriteOutcome(id, version, slot) => self.restore_write_outcome(id, version, slot),
                 Entry::Slot(slot, change) => self.apply_slot_change(slot, change),
                 Entry::Epoch(e) => max_epoch = max_epoch.max(e),
                 Entry::SnapshotHeader { .. } | Entry::SnapshotEnd { .. } | Entry::Position(_) => {}
@@ -392,7 +402,7 @@ impl Node {
             self.inner.store.apply(update, t);
         }
         if let Some(id) = write_id {
-            self.restore_write_outcome(id, update.version);
+            self.restore_write_outcome(id, update.version, crate::slots::slot_of(&update.key));
         }
     }
 

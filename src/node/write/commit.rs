@@ -15,6 +15,7 @@ use crate::clock::{now_us, Time};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::slots::{slot_of, Slot, UNKNOWN_SLOT};
 use crate::store::{Committed, Condition, NodeId, Update, WriteId};
 use crate::wire::{Write, WriteResult};
 
@@ -75,42 +76,60 @@ pub(super) enum Verdict {
 }
 
 impl Outcomes {
-    pub(super) fn check(&mut self, id: &WriteId) -> Verdict {
+    /// What the root makes of write `id`, of a key in `slot`: decided
+    /// before (its outcome); refused, because a later write of the same
+    /// slot from its node was decided here first (per-(node, slot) order,
+    /// guarantee 5); or new. Writes of other slots may come in any order:
+    /// a router's batch goes to each group apart, and a slot that moves
+    /// brings its later writes to a group that took earlier ones of others.
+    pub(super) fn check(&mut self, id: &WriteId, slot: Slot) -> Verdict {
         self.tick += 1;
         let Some(origin) = self.origins.get_mut(&(id.origin, id.incarnation)) else { return Verdict::New };
         origin.used = self.tick;
+        let at = match origin.find(id.seq) {
+            Ok(at) => return Verdict::Decided(origin.results[at].1.result()),
+            Err(at) => at,
+        };
         if id.seq > origin.high {
             return Verdict::New;
         }
-        if let Ok(at) = origin.find(id.seq) {
-            return Verdict::Decided(origin.results[at].1.result());
-        }
         let forgotten =
             origin.results.len() >= OUTCOMES_PER_ORIGIN && origin.results.front().is_some_and(|&(s, _)| id.seq < s);
-        let error = if forgotten {
+        if forgotten {
             // A resend of an old write (its sender changed parents with
             // more than this many unconfirmed): decided, but which way is
             // no longer known here.
-            format!(
-                "write {}/{}/{} was decided before, but the root no longer remembers how (it keeps the last \
-                 {OUTCOMES_PER_ORIGIN} outcomes per writing process): it may have been committed; read the key",
-                id.origin, id.incarnation, id.seq
-            )
-        } else {
-            format!(
-                "write {}/{}/{} reached the root after a later write from the same node was committed; \
-                 it was not committed (per-node write order)",
-                id.origin, id.incarnation, id.seq
-            )
-        };
-        Verdict::Decided(WriteResult::Failed { error })
+            return Verdict::Decided(WriteResult::Failed {
+                error: format!(
+                    "write {}/{}/{} was decided before, but the root no longer remembers how (it keeps the last \
+                     {OUTCOMES_PER_ORIGIN} outcomes per writing process): it may have been committed; read the key",
+                    id.origin, id.incarnation, id.seq
+                ),
+            });
+        }
+        let same = |other: Slot| other == slot || other == UNKNOWN_SLOT || slot == UNKNOWN_SLOT;
+        if origin.results.range(at..).any(|(_, kept)| same(kept.slot())) {
+            return Verdict::Decided(WriteResult::Failed {
+                error: format!(
+                    "write {}/{}/{} reached the root after a later write of its slot from the same node was \
+                     committed; it was not committed (per-node write order)",
+                    id.origin, id.incarnation, id.seq
+                ),
+            });
+        }
+        Verdict::New
     }
 
-    pub(super) fn record(&mut self, id: &WriteId, result: WriteResult) {
+    /// Whether `id`'s outcome is remembered here.
+    pub(super) fn is_decided(&self, id: &WriteId) -> bool {
+        self.origins.get(&(id.origin, id.incarnation)).is_some_and(|o| o.find(id.seq).is_ok())
+    }
+
+    pub(super) fn record(&mut self, id: &WriteId, result: WriteResult, slot: Slot) {
         let origin = self.origins.entry((id.origin, id.incarnation)).or_default();
         origin.high = origin.high.max(id.seq);
         origin.used = self.tick;
-        let kept = Kept::new(&result);
+        let kept = Kept::new(&result, slot);
         let added = kept.heap_bytes();
         let mut removed = 0;
         match origin.find(id.seq) {
@@ -150,21 +169,26 @@ impl Outcomes {
     }
 
     /// Every remembered outcome as (id, version; 0 for a delete of an
-    /// absent key), for a snapshot of the root's state. A write refused
-    /// for `--min-insync` is not kept: nothing of it is in the log either.
-    pub(in crate::node) fn export(&self) -> Vec<(WriteId, u64)> {
+    /// absent key; its key's slot), for a snapshot of the root's state, or
+    /// of the slots in `only` (and those of unknown slot) for a slot move.
+    /// A write refused for `--min-insync` is not kept: nothing of it is in
+    /// the log either.
+    pub(in crate::node) fn export(&self, only: Option<&std::collections::BTreeSet<Slot>>) -> Vec<(WriteId, u64, Slot)> {
         let mut out = Vec::new();
         for (&(origin, incarnation), o) in &self.origins {
             for (seq, kept) in &o.results {
-                let seq = *seq;
+                let (seq, slot) = (*seq, kept.slot());
+                if only.is_some_and(|only| slot != UNKNOWN_SLOT && !only.contains(&slot)) {
+                    continue;
+                }
                 // A refused condition wrote nothing, so it is not in the log
                 // either: after a restart a resend is decided again.
                 let version = match kept {
                     Kept::Committed { version, .. } => *version,
-                    Kept::Absent => 0,
-                    Kept::Other(_) => continue,
+                    Kept::Absent { .. } => 0,
+                    Kept::Other(..) => continue,
                 };
-                out.push((WriteId { origin, incarnation, seq }, version));
+                out.push((WriteId { origin, incarnation, seq }, version, slot));
             }
         }
         out
@@ -185,7 +209,7 @@ impl Node {
             self.wait_unfrozen(&keys).await?;
             let mark = self.inner.store.mark();
             let once = || self.commit_one(update.take().expect("committed once"), cond, None);
-            if let Some(done) = self.if_unfrozen(&keys, once) {
+            if let Some(done) = self.if_unfrozen(&keys, once)? {
                 break (mark, done);
             }
         };
@@ -215,20 +239,31 @@ impl Node {
     ) -> Result<Vec<WriteResult>> {
         let ack_roots: Vec<bool> = writes.iter().map(|w| w.ack_root).collect();
         self.check_accepting()?;
-        let shortfall = self.insync_shortfall();
         // A slot being handed over takes no write (see `moves`): the batch
         // waits, then commits with no freeze between the check and its
         // last commit.
         let keys: Vec<String> = writes.iter().map(|w| w.update.key.clone()).collect();
+        // A resend of writes all decided here gets their outcomes, even if
+        // their slots have gone to another group since: sent there as new
+        // writes they would commit twice.
+        let resend = {
+            let outcomes = self.inner.outcomes.lock();
+            writes.iter().all(|w| outcomes.is_decided(&w.id))
+        };
         let mut writes = Some(writes);
         let (mark, decided) = loop {
-            self.wait_unfrozen(&keys).await?;
+            if !resend {
+                self.wait_unfrozen(&keys).await?;
+            }
             // Before any holder is read: a child added back while the
             // batch is made durable is reset, and gets none of these pushes.
             let mark = self.inner.store.mark();
-            let decided =
-                self.if_unfrozen(&keys, || self.decide_each(writes.take().expect("decided once"), child, shortfall));
-            if let Some(decided) = decided {
+            let shortfall = self.insync_shortfall();
+            if resend {
+                break (mark, self.decide_each(writes.take().expect("decided once"), child, shortfall));
+            }
+            let decide = || self.decide_each(writes.take().expect("decided once"), child, shortfall);
+            if let Some(decided) = self.if_unfrozen(&keys, decide)? {
                 break (mark, decided);
             }
         };
@@ -259,6 +294,7 @@ impl Node {
         // across a restart or a failover.
         let mut d = Decided { results: Vec::with_capacity(writes.len()), ..Decided::default() };
         for w in writes {
+            let slot = slot_of(&w.update.key);
             let mut outcomes = self.inner.outcomes.lock();
             if let (true, Some((have, need))) = (w.ack_root, shortfall) {
                 // Not committed, and decided so: the client hears 503 and
@@ -266,18 +302,18 @@ impl Node {
                 // way by another path gets the same answer, never a commit
                 // the client was told did not happen. Later writes from
                 // its node still commit.
-                let result = match outcomes.check(&w.id) {
+                let result = match outcomes.check(&w.id, slot) {
                     Verdict::Decided(result) => result,
                     Verdict::New => {
                         let result = WriteResult::InsyncBelowMin { have, need };
-                        outcomes.record(&w.id, result.clone());
+                        outcomes.record(&w.id, result.clone(), slot);
                         result
                     }
                 };
                 d.results.push(result);
                 continue;
             }
-            match outcomes.check(&w.id) {
+            match outcomes.check(&w.id, slot) {
                 Verdict::Decided(result) => {
                     Metrics::inc(&self.inner.metrics.duplicate_writes);
                     d.seen_before = true;
@@ -287,7 +323,7 @@ impl Node {
                     // Only a delete can find its key absent.
                     let deleted = w.update.value.is_none().then(|| w.update.key.clone());
                     let (result, push) = self.commit_one(w.update, w.cond, child);
-                    outcomes.record(&w.id, result.clone());
+                    outcomes.record(&w.id, result.clone(), slot);
                     drop(outcomes);
                     // A refusal names the version it found, which may be
                     // on its way to disk still: wait for it, as for a resend.
@@ -405,7 +441,7 @@ impl Node {
         // append for the batch) and to every standby.
         let mut frames: Vec<Vec<u8>> = if self.inner.log.is_some() || self.has_standbys() {
             let frame = |(update, write_id): &(Update, Option<WriteId>)| match (update.version, write_id) {
-                (0, Some(id)) => crate::replication::outcome_frame(*id, 0),
+                (0, Some(id)) => crate::replication::outcome_frame(*id, 0, slot_of(&update.key)),
                 _ => crate::replication::frame_of(crate::log::Record {
                     epoch,
                     update: update.clone(),
@@ -434,18 +470,20 @@ impl Node {
         self.check_leading()
     }
 
-    /// The root's remembered write outcomes, for a snapshot.
-    pub fn write_outcomes(&self) -> Vec<(WriteId, u64)> {
-        self.inner.outcomes.lock().export()
+    /// The root's remembered write outcomes (of the slots in `only`, or
+    /// all), for a snapshot or a slot move.
+    pub fn write_outcomes(&self, only: Option<&std::collections::BTreeSet<Slot>>) -> Vec<(WriteId, u64, Slot)> {
+        self.inner.outcomes.lock().export(only)
     }
 
-    /// Replay: the write `id` was decided before a restart, committed at
-    /// `version` (0: a delete of an absent key). A resend finds it.
-    pub fn restore_write_outcome(&self, id: WriteId, version: u64) {
+    /// Replay, a standby's stream, a slot move: the write `id` of a key in
+    /// `slot` was decided, committed at `version` (0: a delete of an absent
+    /// key). A resend finds it.
+    pub fn restore_write_outcome(&self, id: WriteId, version: u64, slot: Slot) {
         let result = match version {
             0 => WriteResult::Absent,
             version => WriteResult::Committed { version, created: false },
         };
-        self.inner.outcomes.lock().record(&id, result);
+        self.inner.outcomes.lock().record(&id, result, slot);
     }
 }

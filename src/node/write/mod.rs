@@ -106,7 +106,16 @@ impl Node {
             if let Some(leader) = self.foreign_leader(key)? {
                 return self.proxy_write(&leader, key, update.value, ttl_ms, ack, cond).await;
             }
-            return self.commit_own(update, ack, cond).await;
+            let value = update.value.clone();
+            return match self.commit_own(update, ack, cond).await {
+                // Handed over to another group while it waited on the
+                // move: it goes to the new owner, as if it came after.
+                Err(e) if e.is_wrong_group() => match self.foreign_leader(key)? {
+                    Some(leader) => self.proxy_write(&leader, key, value, ttl_ms, ack, cond).await,
+                    None => Err(e),
+                },
+                done => done,
+            };
         }
         let rx = self.join_own(update, ack, cond, place.topology.id)?;
         match tokio::time::timeout(CLIENT_WAIT, rx).await {

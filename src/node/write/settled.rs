@@ -24,6 +24,7 @@ use std::mem::size_of;
 use std::time::Duration;
 
 use crate::clock::Millis;
+use crate::slots::{Slot, UNKNOWN_SLOT};
 use crate::store::{Version, WriteId};
 use crate::wire::WriteResult;
 
@@ -42,37 +43,46 @@ const _: () = {
     assert!(SETTLED_MAX as u128 * 1000 >= 3_584 * interval, "one resend interval at 3,584 writes a second");
 };
 
-/// A write's outcome as it is kept after it settled: 16 bytes for a
-/// commit or a delete of an absent key (nearly every outcome), the rarer
-/// ones boxed.
+/// A write's outcome as it is kept after it settled, with its key's slot
+/// (the root orders each writer's writes per slot; a hop keeps
+/// [`UNKNOWN_SLOT`]): 16 bytes for a commit or a delete of an absent key
+/// (nearly every outcome), the rarer ones boxed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Kept {
-    Committed { version: Version, created: bool },
-    Absent,
-    Other(Box<WriteResult>),
+    Committed { version: Version, created: bool, slot: Slot },
+    Absent { slot: Slot },
+    Other(Box<WriteResult>, Slot),
 }
 
+const _: () = assert!(size_of::<Kept>() == 16, "a kept outcome stays 16 bytes");
+
 impl Kept {
-    pub(super) fn new(result: &WriteResult) -> Kept {
+    pub(super) fn new(result: &WriteResult, slot: Slot) -> Kept {
         match *result {
-            WriteResult::Committed { version, created } => Kept::Committed { version, created },
-            WriteResult::Absent => Kept::Absent,
-            ref other => Kept::Other(Box::new(other.clone())),
+            WriteResult::Committed { version, created } => Kept::Committed { version, created, slot },
+            WriteResult::Absent => Kept::Absent { slot },
+            ref other => Kept::Other(Box::new(other.clone()), slot),
+        }
+    }
+
+    pub(super) fn slot(&self) -> Slot {
+        match *self {
+            Kept::Committed { slot, .. } | Kept::Absent { slot } | Kept::Other(_, slot) => slot,
         }
     }
 
     pub(super) fn result(&self) -> WriteResult {
         match self {
-            &Kept::Committed { version, created } => WriteResult::Committed { version, created },
-            Kept::Absent => WriteResult::Absent,
-            Kept::Other(result) => (**result).clone(),
+            &Kept::Committed { version, created, .. } => WriteResult::Committed { version, created },
+            Kept::Absent { .. } => WriteResult::Absent,
+            Kept::Other(result, _) => (**result).clone(),
         }
     }
 
     /// Bytes it holds on the heap (a boxed outcome and its message).
     pub(super) fn heap_bytes(&self) -> usize {
         match self {
-            Kept::Other(result) => {
+            Kept::Other(result, _) => {
                 size_of::<WriteResult>()
                     + match &**result {
                         WriteResult::Failed { error } => error.capacity(),
@@ -111,7 +121,7 @@ impl Settled {
     /// most one [`SETTLED_FOR`] longer, within the count bound).
     pub(super) fn remember(&mut self, id: WriteId, result: &WriteResult, now_ms: Millis) {
         self.expire(now_ms);
-        let kept = Kept::new(result);
+        let kept = Kept::new(result, UNKNOWN_SLOT);
         self.boxed += kept.heap_bytes();
         if let Some(held) = self.outcomes.get_mut(&id) {
             self.boxed -= held.1.heap_bytes();

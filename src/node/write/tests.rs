@@ -16,62 +16,83 @@ fn id(seq: u64) -> WriteId {
 #[test]
 fn the_root_decides_each_write_id_once() {
     let mut o = Outcomes::default();
-    assert!(matches!(o.check(&id(1)), Verdict::New));
-    o.record(&id(1), WriteResult::Committed { version: 10, created: true });
-    match o.check(&id(1)) {
+    assert!(matches!(o.check(&id(1), 1), Verdict::New));
+    o.record(&id(1), WriteResult::Committed { version: 10, created: true }, 1);
+    match o.check(&id(1), 1) {
         Verdict::Decided(r) => assert_eq!(r, WriteResult::Committed { version: 10, created: true }),
         Verdict::New => panic!("a resend must get the first outcome"),
     }
-    assert!(matches!(o.check(&id(2)), Verdict::New));
-    assert!(matches!(o.check(&WriteId { incarnation: 100, ..id(1) }), Verdict::New), "a new incarnation");
+    assert!(matches!(o.check(&id(2), 1), Verdict::New));
+    assert!(matches!(o.check(&WriteId { incarnation: 100, ..id(1) }, 1), Verdict::New), "a new incarnation");
 }
 
 #[test]
 fn a_write_overtaken_by_a_later_one_from_its_node_is_refused() {
     let mut o = Outcomes::default();
-    o.record(&id(5), WriteResult::Committed { version: 3, created: false });
-    match o.check(&id(4)) {
+    o.record(&id(5), WriteResult::Committed { version: 3, created: false }, 1);
+    match o.check(&id(4), 1) {
         Verdict::Decided(WriteResult::Failed { error }) => assert!(error.contains("per-node write order")),
         _ => panic!("seq 4 after seq 5 must not commit"),
     }
 }
 
 #[test]
+fn write_order_is_kept_per_slot_not_across_slots() {
+    let mut o = Outcomes::default();
+    o.record(&id(5), WriteResult::Committed { version: 3, created: false }, 1);
+    // Seq 4 of another slot (a router's batch went to two groups, or the
+    // slot moved here): not overtaken by seq 5 of slot 1.
+    assert!(matches!(o.check(&id(4), 2), Verdict::New));
+    o.record(&id(4), WriteResult::Committed { version: 4, created: false }, 2);
+    assert!(matches!(o.check(&id(4), 2), Verdict::Decided(WriteResult::Committed { version: 4, .. })));
+    // Seq 3 of slot 2 comes after seq 4 of slot 2: refused.
+    assert!(matches!(o.check(&id(3), 2), Verdict::Decided(WriteResult::Failed { .. })));
+    // An outcome whose slot is not known (an old log) stands for every slot.
+    o.record(&id(9), WriteResult::Absent, crate::slots::UNKNOWN_SLOT);
+    assert!(matches!(o.check(&id(8), 6), Verdict::Decided(WriteResult::Failed { .. })));
+    // Only the slots asked for (and the unknown ones) go with a move.
+    let moved: Vec<u64> =
+        o.export(Some(&std::collections::BTreeSet::from([2]))).iter().map(|(id, _, _)| id.seq).collect();
+    assert_eq!(moved, vec![4, 9]);
+    assert!(o.is_decided(&id(4)) && !o.is_decided(&id(3)));
+}
+
+#[test]
 fn outcomes_survive_an_export_and_restore() {
     let mut o = Outcomes::default();
-    o.record(&id(3), WriteResult::Committed { version: 42, created: true });
-    o.record(&id(4), WriteResult::Absent);
-    o.record(&id(5), WriteResult::InsyncBelowMin { have: 1, need: 2 });
-    assert_eq!(o.export().len(), 2, "a refusal is not exported as a delete of an absent key");
+    o.record(&id(3), WriteResult::Committed { version: 42, created: true }, 1);
+    o.record(&id(4), WriteResult::Absent, 1);
+    o.record(&id(5), WriteResult::InsyncBelowMin { have: 1, need: 2 }, 1);
+    assert_eq!(o.export(None).len(), 2, "a refusal is not exported as a delete of an absent key");
     let mut again = Outcomes::default();
-    for (id, version) in o.export() {
+    for (id, version, slot) in o.export(None) {
         let result = match version {
             0 => WriteResult::Absent,
             v => WriteResult::Committed { version: v, created: false },
         };
-        again.record(&id, result);
+        again.record(&id, result, slot);
     }
-    assert!(matches!(again.check(&id(3)), Verdict::Decided(WriteResult::Committed { version: 42, .. })));
-    assert!(matches!(again.check(&id(4)), Verdict::Decided(WriteResult::Absent)));
-    assert!(matches!(again.check(&id(6)), Verdict::New));
+    assert!(matches!(again.check(&id(3), 1), Verdict::Decided(WriteResult::Committed { version: 42, .. })));
+    assert!(matches!(again.check(&id(4), 1), Verdict::Decided(WriteResult::Absent)));
+    assert!(matches!(again.check(&id(6), 1), Verdict::New));
 }
 
 #[test]
 fn outcomes_stay_bounded() {
     let mut o = Outcomes::default();
     for seq in 1..=(OUTCOMES_PER_ORIGIN as u64 + 10) {
-        o.record(&id(seq), WriteResult::Absent);
+        o.record(&id(seq), WriteResult::Absent, 1);
     }
-    assert_eq!(o.export().len(), OUTCOMES_PER_ORIGIN);
-    match o.check(&id(1)) {
+    assert_eq!(o.export(None).len(), OUTCOMES_PER_ORIGIN);
+    match o.check(&id(1), 1) {
         Verdict::Decided(WriteResult::Failed { error }) => {
             assert!(error.contains("no longer remembers"), "a forgotten outcome is not called a refusal: {error}")
         }
         _ => panic!("an old resend is decided"),
     }
     for origin in 0..(ORIGINS as u64 + 5) {
-        o.check(&WriteId { origin, incarnation: 1, seq: 1 });
-        o.record(&WriteId { origin, incarnation: 1, seq: 1 }, WriteResult::Absent);
+        o.check(&WriteId { origin, incarnation: 1, seq: 1 }, 1);
+        o.record(&WriteId { origin, incarnation: 1, seq: 1 }, WriteResult::Absent, 1);
     }
     assert!(o.origins.len() <= ORIGINS);
 }
@@ -176,7 +197,8 @@ fn kept_outcomes_are_small_and_answer_as_they_were_settled() {
         WriteResult::InsyncBelowMinAfter { version: 5, have: 1, need: 2 },
     ];
     for r in &all {
-        assert_eq!(&Kept::new(r).result(), r);
+        assert_eq!(&Kept::new(r, 7).result(), r);
+        assert_eq!(Kept::new(r, 7).slot(), 7);
     }
     let mut s = Settled::default();
     let empty = s.bytes();
@@ -196,11 +218,11 @@ fn the_roots_outcomes_are_counted_in_bytes() {
     let mut o = Outcomes::default();
     assert_eq!(o.bytes(), 0);
     for seq in 1..=(OUTCOMES_PER_ORIGIN as u64 + 10) {
-        o.record(&id(seq), WriteResult::Committed { version: seq, created: false });
+        o.record(&id(seq), WriteResult::Committed { version: seq, created: false }, 1);
     }
     let full = o.bytes();
     assert!((OUTCOMES_PER_ORIGIN * 24..OUTCOMES_PER_ORIGIN * 40).contains(&full), "{full}");
-    o.record(&id(OUTCOMES_PER_ORIGIN as u64 + 11), WriteResult::Failed { error: "x".repeat(100) });
+    o.record(&id(OUTCOMES_PER_ORIGIN as u64 + 11), WriteResult::Failed { error: "x".repeat(100) }, 1);
     assert!(o.bytes() >= full + 100, "a boxed outcome is counted");
 }
 
@@ -208,13 +230,13 @@ fn the_roots_outcomes_are_counted_in_bytes() {
 fn outcomes_restored_out_of_order_are_found() {
     let mut o = Outcomes::default();
     for seq in [10, 5, 7, 10] {
-        o.record(&id(seq), WriteResult::Committed { version: seq * 2, created: false });
+        o.record(&id(seq), WriteResult::Committed { version: seq * 2, created: false }, 1);
     }
     assert_eq!(o.len(), 3, "a seq recorded again replaces its outcome");
     for seq in [5, 7, 10] {
         assert!(
-            matches!(o.check(&id(seq)), Verdict::Decided(WriteResult::Committed { version, .. }) if version == seq * 2)
+            matches!(o.check(&id(seq), 1), Verdict::Decided(WriteResult::Committed { version, .. }) if version == seq * 2)
         );
     }
-    assert!(matches!(o.check(&id(6)), Verdict::Decided(WriteResult::Failed { .. })), "never committed out of order");
+    assert!(matches!(o.check(&id(6), 1), Verdict::Decided(WriteResult::Failed { .. })), "never committed out of order");
 }
