@@ -147,6 +147,12 @@ async fn change(
         }
     }
     let moves: Vec<(Slot, GroupId)> = plan(&map, &bytes).into_iter().filter(|&(s, to)| map.owner(s) != to).collect();
+    if let Some(&(slot, _)) = moves.iter().find(|&&(s, _)| !leaders.contains_key(&map.owner(s))) {
+        let from = map.owner(slot);
+        return Err(Failure::usage(format!(
+            "slot {slot}'s group {from} has no leader to hand it over: start a root with --group {from} first"
+        )));
+    }
     if let Some((_, to)) = moves.iter().find(|(_, to)| !leaders.contains_key(to)) {
         return Err(Failure::usage(format!(
             "root group {to} has no leader: start a root with --group {to} first (`treecache slots` lists the groups)"

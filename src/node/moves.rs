@@ -52,8 +52,7 @@ use crate::tree::zk;
 /// How long a write of a frozen slot waits for the move to hand it over
 /// before it is answered 503 `slot_moving`.
 pub const FROZEN_WAIT: Duration = Duration::from_secs(2);
-/// How often the source's leader looks at `moves/` (and is woken sooner
-/// by a watch).
+/// How often the source's leader looks at `moves/`.
 const ROUND_EVERY: Duration = Duration::from_millis(250);
 /// Most slots one round moves: their freeze lasts one last copy of them
 /// all, so a large rebalance goes in steps that each pause little.
@@ -74,6 +73,9 @@ pub(super) struct Moves {
     /// comes in, and the keys its current copy has named so far, over the
     /// parts it came in.
     seen: Mutex<HashMap<GroupId, Copying>>,
+    /// Rounds a drop has waited for a node to read the new map (logged
+    /// every 40th, about every 10 s).
+    drop_waits: std::sync::atomic::AtomicU64,
 }
 
 /// A copy coming in from a source group's leader, part by part.
@@ -103,7 +105,7 @@ pub struct Import {
 }
 
 impl Node {
-    /// Slots frozen here, ascending (for a snapshot, `/health`).
+    /// Slots frozen here, ascending (for a snapshot).
     pub fn frozen_slots(&self) -> Vec<Slot> {
         self.inner.moves.frozen.read().iter().copied().collect()
     }
@@ -356,7 +358,10 @@ impl Node {
                     2 => "the slot map changed meanwhile".to_string(),
                     _ => "a move record changed meanwhile".to_string(),
                 };
-                return Err(Error::Internal(format!("cutover of slots {slots:?} not made ({source}): {what}; again")));
+                return Err(Error::Internal(format!(
+                    "cutover of slots {} not made ({source}): {what}; again",
+                    ranges_text(&slots)
+                )));
             }
             // Connection loss: it may have been made. The next round reads
             // `moves/` and knows.
@@ -397,7 +402,9 @@ impl Node {
     async fn send_import(&self, target: &str, import: &Import) -> Result<()> {
         let epoch = self.epoch();
         let entries = self.inner.store.slot_entries(&import.slots, true, now_ms());
-        let records = entries.into_iter().map(|e| {
+        // Not a commit still on its way to disk (it may not survive a
+        // failover here): the last copy, after the wait, has every one.
+        let records = entries.into_iter().filter(|e| !self.is_pending(e.version)).map(|e| {
             crate::replication::frame_of(Record {
                 epoch,
                 update: Update { key: e.key, version: e.version, value: e.value, expires_at: e.expires_at },
@@ -511,10 +518,6 @@ impl Node {
                 });
             }
         }
-        let top = records.iter().map(|u| u.version).max().unwrap_or(0).max(import.floor);
-        self.inner.versions.fetch_max(top, std::sync::atomic::Ordering::AcqRel);
-        let t = Time::now();
-        let mut durable = Vec::new();
         // The keys this copy of the source's named so far, over its parts.
         let named = {
             let mut seen = self.inner.moves.seen.lock();
@@ -540,6 +543,11 @@ impl Node {
                 HashSet::new()
             }
         };
+        // Our versions go above every version the source has given.
+        let top = records.iter().map(|u| u.version).max().unwrap_or(0).max(import.floor);
+        self.inner.versions.fetch_max(top, std::sync::atomic::Ordering::AcqRel);
+        let t = Time::now();
+        let mut durable = Vec::new();
         for update in records {
             if let Applied::Newer { .. } = self.inner.store.apply(&update, t) {
                 durable.push((update, None));
@@ -580,7 +588,15 @@ impl Node {
             let seen = serde_json::from_slice::<serde_json::Value>(&data).ok().and_then(|v| v["map_epoch"].as_u64());
             if seen.unwrap_or(0) < epoch {
                 // Not yet: it may still send this group a fill of them.
-                log::debug!("slot moves: node {id} routes by map epoch {seen:?}, not {epoch} yet");
+                let waits = self.inner.moves.drop_waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if waits.is_multiple_of(40) {
+                    log::info!(
+                        "slot moves: slots {} handed over; their copy here is dropped once node {id} routes by map \
+                         epoch {epoch} (it says {})",
+                        ranges_text(&done.keys().copied().collect()),
+                        seen.map_or("nothing".to_string(), |e| e.to_string())
+                    );
+                }
                 return Ok(());
             }
         }

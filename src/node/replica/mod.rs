@@ -297,7 +297,7 @@ impl Node {
         });
     }
 
-    fn is_pending(&self, version: Version) -> bool {
+    pub(super) fn is_pending(&self, version: Version) -> bool {
         self.replica().pending.contains(version)
     }
 
