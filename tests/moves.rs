@@ -589,3 +589,52 @@ async fn two_rebalances_at_once_move_each_slot_once() {
         assert_eq!(c.get(2, &format!("r-{i}"), "?consistent=true").await.text(), "v");
     }
 }
+
+/// The source's leader paused (SIGSTOP) past its ZooKeeper session while
+/// its slots are frozen: its standby takes over frozen and finishes the
+/// move; the old leader wakes deposed, and what it was doing of the move
+/// (a last copy, a cutover) is refused. Writes of the frozen slots wait,
+/// then land at the new owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_survives_its_source_leader_paused_past_its_session() {
+    let pause = ["--fault-move-pause-ms", "2000"];
+    let mut c = Cluster::start_opts(Opts { nodes: 3, durable_root: true, ..Opts::default() }).await;
+    let g1 = add_group_root(&mut c, "1", "g1-a", &pause).await;
+    let g1_standby = add_group_root(&mut c, "1", "g1-b", &pause).await;
+    wait_in_sync(&c, 1, 2).await;
+    // Group 1 owns 512-1023 (the first move's source is group 0: no pause).
+    let out = slots_cmd(&c, &["move", "--slots", "512-1023", "--to", "1"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let keys: Vec<String> =
+        (0..).map(|i| format!("p-{i}")).filter(|k| (512..576).contains(&slot_of(k))).take(12).collect();
+    let acked: Acked = Arc::default();
+    for (i, key) in keys.iter().enumerate() {
+        write_acked(&c, 1 + i % 2, key, &format!("r0-{key}"), &acked).await;
+    }
+    // Slots 512-575 back to group 0; group 1's leader stops once frozen.
+    let moving = move_in_background(&c, "512-575", "0");
+    wait_until(Duration::from_secs(30), "slots 512-575 frozen", || async {
+        znode(&c, "moves/512").await.is_some_and(|m| m["state"] == "frozen")
+    })
+    .await;
+    c.pause(g1);
+    let standby_id = c.id(g1_standby).await;
+    // Writes of the frozen slots wait through the takeover and the move.
+    for (i, key) in keys.iter().enumerate() {
+        write_acked(&c, 1 + i % 2, key, &format!("r1-{key}"), &acked).await;
+    }
+    let out = moving.await.expect("slots move ran");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(znode(&c, "groups/1/root").await.expect("group 1's root")["id"], standby_id);
+    c.resume(g1);
+    // The old leader wakes deposed and follows the new one.
+    wait_until(Duration::from_secs(40), "the old leader back as a standby", || async {
+        c.health(g1).await["role"] == "standby"
+    })
+    .await;
+    let map = slot_map(&c).await;
+    assert_eq!(map.ranges_of(1), "576-1023", "{map}");
+    check_after(&c, &acked, &[(0, 0), (1, g1_standby)], &[1, 2]).await;
+    let log = c.log_text(g1_standby);
+    assert!(log.contains("slots 512-575 handed over to group 0"), "{log}");
+}
