@@ -455,7 +455,8 @@ async fn standby_roots_keep_every_acknowledged_write_under_chaos() {
 /// consistent reads, puts and deletes, both acks) at random nodes while
 /// slots move back and forth between the groups (`slots move`, a range
 /// around a workload key's slot each time), each group's leader is killed
-/// -9 and restarted (its standby takes over), and ZooKeeper pauses. Then
+/// -9 and restarted (its standby takes over), group 1's leader is paused
+/// past its session, and ZooKeeper pauses. Then
 /// quiet: the checker as above (one value per version, so no version
 /// carries two values across groups; values only from writes; no node
 /// going back, so no 404 for a key that exists; consistent reads see every
@@ -479,6 +480,7 @@ async fn root_groups_keep_their_guarantees_while_slots_move_under_faults() {
         Step::MoveSlots,
         Step::KillGroupLeader(0),
         Step::KillGroupLeader(1),
+        Step::PauseGroupLeader(1, SESSION + Duration::from_millis(rng.gen_range(1000..=2500))),
         Step::PauseZk(Duration::from_millis(rng.gen_range(1000..=3000))),
     ];
     let plan = workload::schedule(seed, &steps, (1000, 3000));

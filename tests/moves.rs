@@ -638,3 +638,53 @@ async fn a_move_survives_its_source_leader_paused_past_its_session() {
     let log = c.log_text(g1_standby);
     assert!(log.contains("slots 512-575 handed over to group 0"), "{log}");
 }
+
+/// ZooKeeper stops answering (SIGSTOP, within the sessions' timeout)
+/// just as the source makes its cutover: the `multi` waits for it, or is
+/// lost and read back from `moves/` by the next round; the move finishes
+/// and the frozen slot's write waiting meanwhile lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_survives_zookeeper_pausing_at_its_cutover() {
+    let mut c = Cluster::start_opts(Opts {
+        nodes: 2,
+        durable_root: true,
+        root_args: vec!["--fault-move-pause-ms".into(), "1500".into()],
+        ..Opts::default()
+    })
+    .await;
+    let g1 = add_group_root(&mut c, "1", "g1", &[]).await;
+    let key = (0..).map(|i| format!("zk-{i}")).find(|k| slot_of(k) == 9).expect("a key of slot 9");
+    let acked: Acked = Arc::default();
+    write_acked(&c, 1, &key, "before", &acked).await;
+    let moving = move_in_background(&c, "9", "1");
+    wait_until(Duration::from_secs(30), "slot 9 frozen", || async {
+        znode(&c, "moves/9").await.is_some_and(|m| m["state"] == "frozen")
+    })
+    .await;
+    // The source sleeps 1.5 s frozen, then copies and cuts over: ZooKeeper
+    // is stopped from now for 3.5 s, past the cutover.
+    assert!(c.zk.pause(), "SIGSTOP ZooKeeper");
+    let writing = {
+        let (url, key) = (c.url(1), key.clone());
+        tokio::spawn(async move {
+            let client = treecache::client::Client::new(&url).expect("a client");
+            let root = treecache::client::PutOptions { ack: treecache::client::Ack::Root, ttl: None };
+            client.put_with(&key, "during".to_string(), root).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(c.zk.resume(), "SIGCONT ZooKeeper");
+    let out = moving.await.expect("slots move ran");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(writing.await.expect("the write").is_ok(), "the write of the frozen slot");
+    assert_eq!(slot_map(&c).await.owner(9), 1);
+    wait_until(Duration::from_secs(20), "the write at its new owner, everywhere", || async {
+        c.get(g1, &key, "").await.text() == "during" && c.get(1, &key, "").await.text() == "during"
+    })
+    .await;
+    wait_until(Duration::from_secs(30), "the move dropped at the source", || async {
+        c.zk_tree("moves").await.is_empty()
+    })
+    .await;
+    assert!(!c.dump_keys(0).await.contains(&key), "group 0 kept a copy of slot 9");
+}

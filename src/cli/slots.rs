@@ -192,20 +192,42 @@ async fn change(
     let deadline = tokio::time::Instant::now() + args.timeout;
     let mut left: Vec<Slot> = moves.iter().map(|&(s, _)| s).collect();
     let mut epoch = map.epoch();
+    let mut client = client;
+    // ZooKeeper may stop answering for a while (a pause, a new leader of
+    // its own): the moves go on without us, so we ask again, with a new
+    // session if need be, until the timeout.
+    let mut trouble: Option<String> = None;
     loop {
         let mut still = Vec::new();
+        let mut unread = false;
         for &slot in &left {
-            match zk::read(&client, &format!("{}/{slot}", paths.moves()))
-                .await
-                .map_err(|e| unavailable(e.to_string()))?
-            {
-                None => {}
-                Some(data) => match MoveRecord::from_json(&data) {
+            match zk::read(&client, &format!("{}/{slot}", paths.moves())).await {
+                Ok(None) => {}
+                Ok(Some(data)) => match MoveRecord::from_json(&data) {
                     Ok(rec) if rec.state == MoveState::Done => epoch = epoch.max(rec.map_epoch),
                     Ok(rec) => still.push((slot, rec.state)),
                     Err(e) => return Err(Failure::new(Exit::Other, e)),
                 },
+                Err(e) => {
+                    trouble = Some(e.to_string());
+                    unread = true;
+                    break;
+                }
             }
+        }
+        if unread {
+            if tokio::time::Instant::now() >= deadline {
+                let why = trouble.unwrap_or_default();
+                return Err(unavailable(format!(
+                    "ZooKeeper did not answer within {:?} ({why}); the moves go on: `treecache slots` shows them",
+                    args.timeout
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Ok(Ok(fresh)) = tokio::time::timeout(ZK_TIMEOUT, zk::connect(&reach.zk, &paths, None)).await {
+                client = fresh;
+            }
+            continue;
         }
         if still.is_empty() {
             break;

@@ -308,6 +308,8 @@ pub enum Step {
     /// kill -9 root group G's leader and start it again (its standby
     /// takes over; it comes back as a standby).
     KillGroupLeader(u32),
+    /// SIGSTOP root group G's leader for this long, then SIGCONT.
+    PauseGroupLeader(u32, Duration),
 }
 
 /// The session timeout of every node (`SESSION_TIMEOUT` in src/tree/zk.rs).
@@ -386,6 +388,15 @@ pub async fn run_faults(
                 let out = move_slots(cluster, a, b, to).await;
                 history.fault_end(f);
                 assert!(out.status.success(), "slots move {a}-{b} to {to}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Step::PauseGroupLeader(group, hold) => {
+                let Some(i) = group_leader(cluster, nodes, group).await else { continue };
+                let f =
+                    history.fault(format!("SIGSTOP group {group}'s leader (node {i}) for {hold:?}"), Some(i), false);
+                cluster.pause(i);
+                tokio::time::sleep(hold).await;
+                cluster.resume(i);
+                history.fault_end(f);
             }
             Step::KillGroupLeader(group) => {
                 let Some(i) = group_leader(cluster, nodes, group).await else { continue };
