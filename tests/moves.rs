@@ -475,15 +475,7 @@ async fn fill_until_full(c: &Cluster, from: usize, acked: &Acked) -> usize {
 /// passes the key's requests to the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_slot_s_writes_wait_then_get_503_slot_moving_and_its_reads_are_served() {
-    let mut c = Cluster::start_opts(Opts {
-        nodes: 2,
-        durable_root: true,
-        root_args: vec!["--fault-move-pause-ms".into(), "6000".into()],
-        ..Opts::default()
-    })
-    .await;
-    let g1 = add_group_root(&mut c, "1", "g1", &[]).await;
-    let key = (0..).map(|i| format!("z-{i}")).find(|k| slot_of(k) == 7).expect("a key of slot 7");
+    let (c, g1, key) = frozen_move_setup(6000, 7).await;
     let (status, _) = c.put(0, &key, "before", "?ack=root").await;
     assert_eq!(status, 201);
     let moving = move_in_background(&c, "7", "1");
@@ -645,15 +637,7 @@ async fn a_move_survives_its_source_leader_paused_past_its_session() {
 /// and the frozen slot's write waiting meanwhile lands once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_survives_zookeeper_pausing_at_its_cutover() {
-    let mut c = Cluster::start_opts(Opts {
-        nodes: 2,
-        durable_root: true,
-        root_args: vec!["--fault-move-pause-ms".into(), "1500".into()],
-        ..Opts::default()
-    })
-    .await;
-    let g1 = add_group_root(&mut c, "1", "g1", &[]).await;
-    let key = (0..).map(|i| format!("zk-{i}")).find(|k| slot_of(k) == 9).expect("a key of slot 9");
+    let (mut c, g1, key) = frozen_move_setup(1500, 9).await;
     let acked: Acked = Arc::default();
     write_acked(&c, 1, &key, "before", &acked).await;
     let moving = move_in_background(&c, "9", "1");
@@ -687,4 +671,19 @@ async fn a_move_survives_zookeeper_pausing_at_its_cutover() {
     })
     .await;
     assert!(!c.dump_keys(0).await.contains(&key), "group 0 kept a copy of slot 9");
+}
+
+/// Group 0's root (pausing `pause_ms` once a move's slots are frozen) and
+/// one router, group 1's leader, and a key of `slot`.
+async fn frozen_move_setup(pause_ms: u64, slot: u16) -> (Cluster, usize, String) {
+    let mut c = Cluster::start_opts(Opts {
+        nodes: 2,
+        durable_root: true,
+        root_args: vec!["--fault-move-pause-ms".into(), pause_ms.to_string()],
+        ..Opts::default()
+    })
+    .await;
+    let g1 = add_group_root(&mut c, "1", "g1", &[]).await;
+    let key = (0..).map(|i| format!("key-{i}")).find(|k| slot_of(k) == slot).expect("a key of the slot");
+    (c, g1, key)
 }
