@@ -14,7 +14,8 @@
 #               and everysec beside Redis appendonly with appendfsync always
 #               and everysec (fsyncs/s and writes per fsync from /metrics),
 #               and restart (replay) of 1M keys x 100 B beside Redis loading
-#               its AOF; the Redis protocol: redis-benchmark -t set,get -c 64,
+#               its AOF; capacity with 1, 2 and 4 root groups (keys held,
+#               ack=root writes, a 1,000-key slot moved under load); the Redis protocol: redis-benchmark -t set,get -c 64,
 #               with and without -P 16, against a leaf's RESP port (a 3-node
 #               tree, --resp-ack parent) and against Redis, in the same run
 #
@@ -38,6 +39,8 @@ DUR=10s
 VALUE=1024
 BIG_TREE=63
 MEM_KEYS=100000
+CAP_GROUPS=1,2,4
+CAP_MEMORY=8MiB
 WRITERS=64
 REDIS_N=200000
 RESP_N=400000
@@ -52,7 +55,7 @@ while [ $# -gt 0 ]; do
         -d) DUR="$2"; shift 2 ;;
         --value-size) VALUE="$2"; shift 2 ;;
         --big-tree) BIG_TREE="$2"; shift 2 ;;
-        --quick) DUR=1s; BIG_TREE=15; MEM_KEYS=10000; REDIS_N=20000; RESP_N=20000; RESTART_KEYS=20000; shift ;;
+        --quick) DUR=1s; BIG_TREE=15; MEM_KEYS=10000; REDIS_N=20000; RESP_N=20000; RESTART_KEYS=20000; CAP_GROUPS=1,2; CAP_MEMORY=3MiB; shift ;;
         --markdown) MARKDOWN="$2"; shift 2 ;;
         --keep) KEEP="$2"; shift 2 ;;
         --bin-dir) BIN_DIR="$2"; shift 2 ;;
@@ -352,6 +355,9 @@ bench converge converge --root "$ROOT" --rate 100 --value-size 1024 -c "$CONNS" 
 stop "$UP_PID"
 bench scale scale --nodes "$BIG_TREE"
 
+# --- capacity with root groups --------------------------------------------------
+bench capacity capacity --groups "$CAP_GROUPS" --group-memory "$CAP_MEMORY" --group-cpu 25 -c 16 -d "$DUR" --value-size 1024
+
 # --- the table ------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.2f", a / b }'; }
 us2ms() { awk -v u="$1" 'BEGIN { printf "%.3f", u / 1000 }'; }
@@ -447,6 +453,24 @@ SC_MS=$(j scale .scale.all_registered_ms); SC_MAX=$(j scale .scale.rss_kib_max)
 row "scale: $(j scale .scale.registered)/$BIG_TREE registered" "$SC_MS ms" "30000 ms" "$(ratio "$SC_MS" 30000)" "< 30 s" "$(verdict "$SC_MS" '<=' 30000)"
 row "scale: idle RSS per node, max (p50)" "$SC_MAX KiB ($(j scale .scale.rss_kib_p50) KiB)" "10240 KiB" "$(ratio "$SC_MAX" 10240)" "≤ 10 MiB" "$(verdict "$SC_MAX" '<=' 10240)"
 row "scale: idle PSS per node, max (p50); private max" "$(j scale .scale.pss_kib_max) KiB ($(j scale .scale.pss_kib_p50) KiB); $(j scale .scale.private_kib_max) KiB" "" "" "" ""
+# capacity: one row per G for keys held and writes, the move at G = 2.
+CAP_BOUND=$(jq -r '.[0].cpu_bound' "$WORK/capacity.json")
+CAP_K1=$(jq -r '.[] | select(.groups == 1) | .keys_held' "$WORK/capacity.json")
+CAP_W1=$(jq -r '.[] | select(.groups == 1) | .writes_per_s' "$WORK/capacity.json")
+for g in $(jq -r '.[] | select(.groups > 1) | .groups' "$WORK/capacity.json"); do
+    k=$(jq -r ".[] | select(.groups == $g) | .keys_held" "$WORK/capacity.json")
+    w=$(jq -r ".[] | select(.groups == $g) | .writes_per_s | floor" "$WORK/capacity.json")
+    cpu=$(jq -r ".[] | select(.groups == $g) | .root_cpu_us_per_write | floor" "$WORK/capacity.json")
+    r=$(awk -v k="$k" -v k1="$CAP_K1" -v g="$g" 'BEGIN { printf "%.2f", k / (g * k1) }')
+    row "capacity: $g groups, keys held until root_full ($CAP_MEMORY, CPU: $CAP_BOUND)" "$k keys" "$g x $CAP_K1 (1 group)" "$r" "≥ 0.9" "$(verdict "$r" '>=' 0.9)"
+    r=$(awk -v w="$w" -v w1="$CAP_W1" -v g="$g" 'BEGIN { printf "%.2f", w / (g * w1) }')
+    row "capacity: $g groups, ack=root writes/s (root CPU per write)" "$w w/s ($cpu µs)" "$g x $(printf '%.0f' "$CAP_W1") (1 group)" "$r" "≥ 0.8" "$(verdict "$r" '>=' 0.8)"
+done
+if [ "$(jq -r '[.[] | select(.groups == 2)] | length' "$WORK/capacity.json")" = 1 ]; then
+    MV_P99=$(jq -r '.[] | select(.groups == 2) | .moved.pause_p99_ms' "$WORK/capacity.json")
+    MV_LOST=$(jq -r '.[] | select(.groups == 2) | .moved.lost' "$WORK/capacity.json")
+    row "capacity: a 1,000-key slot moved under load (2 groups): write pause p99, lost acks" "$MV_P99 ms, $MV_LOST lost ($(jq -r '.[] | select(.groups == 2) | .moved.took_ms | floor' "$WORK/capacity.json") ms)" "100 ms, 0" "$(ratio "$MV_P99" 100)" "≤ 100 ms, 0 lost" "$(awk -v p="$MV_P99" -v l="$MV_LOST" 'BEGIN { print (p <= 100 && l == 0) ? "yes" : "NO" }')"
+fi
 
 print_table() {
     printf '| %s | %s | %s | %s | %s | %s |\n' figure treecache baseline ratio target met

@@ -72,6 +72,9 @@ fn compare_sh_prints_every_figure_beside_its_baseline() {
         "ack=root --fsync always",
         "ack=root --fsync everysec",
         "restart, 20000 x 100 B: replay",
+        "capacity: 2 groups, keys held until root_full",
+        "capacity: 2 groups, ack=root writes/s",
+        "capacity: a 1,000-key slot moved under load",
     ] {
         let r = row(figure);
         assert!(r[1].chars().any(|c| c.is_ascii_digit()), "{figure}: no figure in {r:?}");
@@ -90,5 +93,6 @@ fn compare_sh_prints_every_figure_beside_its_baseline() {
     assert!(md.contains("--tls-ca"), "the TLS run's command: {md}");
     assert!(md.contains("redis-benchmark"), "{md}");
     assert!(md.contains("writes/fsync"), "{md}");
+    assert!(md.contains("treecache bench capacity --groups 1,2"), "{md}");
     assert!(row("restart, 20000")[1].contains("replayed"), "{:?}", row("restart, 20000"));
 }

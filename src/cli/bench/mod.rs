@@ -9,11 +9,13 @@
 //! - [`lag`]: `converge`'s reading of the nodes' push-lag histograms.
 //! - [`scale`]: start N node processes, time their registration, read their RSS.
 //! - [`churn`]: start a tree, churn its keys, follow every node's RSS (and Redis's).
+//! - [`capacity`]: 1, 2, 4 root groups on equal shares: keys held, writes, a slot move.
 //! - [`redis`]: just enough RESP for the scenarios that put Redis beside a node.
 //!
 //! Flags are checked here into a [`Plan`] before any request is sent, so a
 //! bad flag is a clear error and no load.
 
+pub mod capacity;
 pub mod churn;
 pub mod dist;
 pub mod lag;
@@ -60,6 +62,12 @@ pub enum Scenario {
     /// and bytes every --sample-every; RSS growth over the last third and
     /// RSS per live entry (--redis: the same workload against Redis).
     Churn,
+    /// For each G of --groups (1,2,4): start G root groups, each root held
+    /// to --group-memory and --group-cpu; ack=root keys held until
+    /// root_full, overwrites/s for --duration with root CPU per write, and
+    /// (G >= 2) a move of a 1,000-key slot under load: write pause and lost
+    /// acknowledgements.
+    Capacity,
 }
 
 impl Scenario {
@@ -74,6 +82,7 @@ impl Scenario {
             Scenario::Url => "url",
             Scenario::Policy => "policy",
             Scenario::Churn => "churn",
+            Scenario::Capacity => "capacity",
         }
     }
 }
@@ -124,6 +133,7 @@ pub enum Targets {
   treecache bench converge --root http://127.0.0.1:8080 --rate 100 --value-size 1KiB
   treecache bench scale --nodes 63
   treecache bench churn --duration 12m --redis 127.0.0.1:6379
+  treecache bench capacity --groups 1,2,4 --group-memory 4MiB --group-cpu 25
   treecache bench url --url http://127.0.0.1:9000/ -c 16 -d 10s")]
 pub struct BenchArgs {
     /// What to measure.
@@ -247,6 +257,16 @@ pub struct BenchArgs {
     /// `churn`: how often to read every node's memory.
     #[arg(long, env = "TREECACHE_BENCH_SAMPLE_EVERY", value_parser = parse_duration, default_value = "10s")]
     pub sample_every: Duration,
+    /// `capacity`: how many root groups to try, one run each.
+    #[arg(long, env = "TREECACHE_BENCH_GROUPS", value_delimiter = ',', default_value = "1,2,4")]
+    pub groups: Vec<u32>,
+    /// `capacity`: each root's --max-memory.
+    #[arg(long, env = "TREECACHE_BENCH_GROUP_MEMORY", value_parser = crate::config::parse_bytes, default_value = "4MiB")]
+    pub group_memory: u64,
+    /// `capacity`: each root's CPU, percent of one core (a cgroup v1 quota
+    /// where /sys/fs/cgroup/cpu is writable).
+    #[arg(long, env = "TREECACHE_BENCH_GROUP_CPU", default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub group_cpu: u32,
     /// `churn`: seed of every random draw (keys, operations, nodes,
     /// values), so a run can be repeated (default: random, printed).
     #[arg(long, env = "TREECACHE_BENCH_SEED")]
@@ -333,7 +353,7 @@ impl BenchArgs {
         let url = self.url.as_deref().map(|u| check_url("--url", u)).transpose()?;
         match s {
             Scenario::Url if url.is_none() => return Err("bench url needs --url URL".into()),
-            Scenario::Url | Scenario::Scale | Scenario::Policy | Scenario::Churn => {}
+            Scenario::Url | Scenario::Scale | Scenario::Policy | Scenario::Churn | Scenario::Capacity => {}
             _ if nodes.is_empty() && root.is_none() => {
                 return Err(format!("bench {} needs --root URL or --node URL", s.name()));
             }
@@ -354,7 +374,7 @@ impl BenchArgs {
                 Scenario::Hit | Scenario::Miss | Scenario::Url => 100,
                 Scenario::Write | Scenario::Converge => 0,
                 Scenario::Mixed => 50,
-                Scenario::Scale | Scenario::Policy | Scenario::Churn => 0,
+                Scenario::Scale | Scenario::Policy | Scenario::Churn | Scenario::Capacity => 0,
             },
         };
         let keys = match (self.keys, s) {
@@ -490,6 +510,23 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             size.max,
             args.redis.as_deref(),
         );
+    }
+    if args.scenario == Scenario::Capacity {
+        let size = ValueSizes::parse(args.value_size.as_deref().unwrap_or("1KiB"))?;
+        if size.min != size.max {
+            return Err("bench capacity: --value-size takes one size (1KiB), not a range".into());
+        }
+        return capacity::run(&capacity::CapacityPlan {
+            groups: args.groups.clone(),
+            group_memory: args.group_memory,
+            group_cpu_pct: args.group_cpu,
+            writers: args.connections,
+            duration: args.duration.unwrap_or(Duration::from_secs(10)),
+            value_size: size.max,
+            zk: args.zk.clone(),
+            json: args.json,
+        })
+        .await;
     }
     let plan = args.plan()?;
     let report = match plan.scenario {

@@ -17,8 +17,8 @@ use crate::zkserver::{free_port, LocalZk};
 
 /// The node processes of one run; dropping it stops them all: SIGTERM to
 /// every one, then SIGKILL to whatever is left after the grace period.
-struct Procs {
-    children: Vec<Child>,
+pub(super) struct Procs {
+    pub(super) children: Vec<Child>,
 }
 
 impl Drop for Procs {

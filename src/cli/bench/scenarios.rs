@@ -245,6 +245,7 @@ pub async fn run(plan: &Plan) -> Result<Report, String> {
         Scenario::Policy => Err("bench policy runs in process (bench::policy)".into()),
         Scenario::Churn => Err("churn starts its own tree (bench::churn)".into()),
         Scenario::Scale => Err("scale is not a load scenario".into()),
+        Scenario::Capacity => Err("capacity starts its own clusters (bench::capacity)".into()),
     }
 }
 
