@@ -169,7 +169,15 @@ impl CpuGroup {
 
 impl Drop for CpuGroup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.dir);
+        // A process just reaped may still count in the cgroup for a moment
+        // (EBUSY): try again, for a second at most.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("bench capacity: could not remove {} (rmdir it)", self.dir.display());
     }
 }
 
