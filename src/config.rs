@@ -416,21 +416,12 @@ impl NodeArgs {
 
     /// The cluster secret, from --cluster-secret or --cluster-secret-file.
     pub fn secret(&self) -> Result<Secret, String> {
-        let text = match (&self.cluster_secret, &self.cluster_secret_file) {
-            (Some(s), None) => s.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| format!("--cluster-secret-file {}: {e}", path.display()))?
-                .trim()
-                .to_string(),
-            (Some(_), Some(_)) => return Err("give --cluster-secret or --cluster-secret-file, not both".into()),
-            (None, None) => {
-                return Err("a cluster secret is required: --cluster-secret-file FILE (or --cluster-secret S, \
-                            TREECACHE_CLUSTER_SECRET); every node of the cluster gets the same one, e.g. made \
-                            with `head -c 32 /dev/urandom | base64 > FILE`"
-                    .into())
-            }
-        };
-        Secret::new(text)
+        read_secret(self.cluster_secret.as_deref(), self.cluster_secret_file.as_deref())?.ok_or_else(|| {
+            "a cluster secret is required: --cluster-secret-file FILE (or --cluster-secret S, \
+             TREECACHE_CLUSTER_SECRET); every node of the cluster gets the same one, e.g. made \
+             with `head -c 32 /dev/urandom | base64 > FILE`"
+                .to_string()
+        })
     }
 
     /// The URL this node gives the tree for itself: https:// with --tls-cert.
@@ -441,6 +432,21 @@ impl NodeArgs {
             None => format!("http://{}", self.listen),
         }
     }
+}
+
+/// The cluster secret from `--cluster-secret` or `--cluster-secret-file`
+/// (surrounding whitespace ignored), checked; `None` when neither is given.
+pub fn read_secret(value: Option<&str>, file: Option<&std::path::Path>) -> Result<Option<Secret>, String> {
+    let text = match (value, file) {
+        (Some(s), None) => s.to_string(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("--cluster-secret-file {}: {e}", path.display()))?
+            .trim()
+            .to_string(),
+        (Some(_), Some(_)) => return Err("give --cluster-secret or --cluster-secret-file, not both".into()),
+        (None, None) => return Ok(None),
+    };
+    Secret::new(text).map(Some)
 }
 
 /// The host of an http(s) URL (an IPv6 address without its brackets).

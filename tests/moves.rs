@@ -98,32 +98,40 @@ async fn write_acked(c: &Cluster, at: usize, key: &str, value: &str, acked: &Ack
     panic!("PUT {key} at node {at} was not acknowledged in 60 tries");
 }
 
-/// Writers over `keys` at the non-root nodes `at`, round after round,
-/// until `stop`; each key is one writer's, so its last acknowledgement is
-/// its value.
+/// `writers` writers over `keys` at the non-root nodes `at`, round after
+/// round, until `stop`, writer `w` writing `value(key, round)` to every
+/// `writers`-th key from the `w`-th; each key is one writer's, so its last
+/// acknowledgement is its value.
 fn start_writers(
     c: &Arc<Cluster>,
     keys: &[String],
+    writers: usize,
     at: &[usize],
+    value: fn(&str, u32) -> String,
     acked: &Acked,
     stop: &Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..3)
+    (0..writers)
         .map(|w| {
             let (c, acked, stop) = (c.clone(), acked.clone(), stop.clone());
-            let mine: Vec<String> = keys.iter().skip(w).step_by(3).cloned().collect();
+            let mine: Vec<String> = keys.iter().skip(w).step_by(writers).cloned().collect();
             let at = at.to_vec();
             tokio::spawn(async move {
                 let mut round = 1;
                 while !stop.load(Ordering::Relaxed) {
                     for (i, key) in mine.iter().enumerate() {
-                        write_acked(&c, at[(i + w) % at.len()], key, &format!("r{round}-{key}"), &acked).await;
+                        write_acked(&c, at[(i + w) % at.len()], key, &value(key, round), &acked).await;
                     }
                     round += 1;
                 }
             })
         })
         .collect()
+}
+
+/// A round's value of `key`: `r<round>-<key>`.
+fn round_value(key: &str, round: u32) -> String {
+    format!("r{round}-{key}")
 }
 
 /// After the moves: every acknowledged value at every non-root node and
@@ -185,14 +193,28 @@ async fn a_rebalance_under_writers_hands_half_the_slots_over_and_loses_no_acknow
 
     let c = Arc::new(c);
     let stop = Arc::new(AtomicBool::new(false));
-    let writers = start_writers(&c, &keys, &[1, 2, 3, 4], &acked, &stop);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writers = start_writers(&c, &keys, 3, &[1, 2, 3, 4], round_value, &acked, &stop);
+    // The writers are under way (some key acknowledged a second time).
+    wait_until(Duration::from_secs(20), "the writers write", || async {
+        acked.lock().values().any(|(v, _)| v.starts_with("r1-"))
+    })
+    .await;
     let out = slots_cmd(&c, &["rebalance"]).await;
     let said = text(&out);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("-1023 to group 1"), "{said}");
-    // Writes go on to both groups after the cutover.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Writes go on to both groups after the cutover: a key of each group
+    // acknowledged again after the rebalance returned.
+    let at_handover = acked.lock().clone();
+    let moved = slot_map(&c).await;
+    wait_until(Duration::from_secs(30), "writes to both groups after the cutover", || async {
+        let now = acked.lock().clone();
+        let again = |group: u32| {
+            now.iter().any(|(k, (_, v))| moved.owner_of(k) == group && at_handover.get(k).is_some_and(|(_, b)| v > b))
+        };
+        again(0) && again(1)
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.expect("a writer");
@@ -391,22 +413,8 @@ async fn a_full_group_gets_room_from_a_new_group_and_loses_nothing_when_each_lea
     let c = Arc::new(c);
     let stop = Arc::new(AtomicBool::new(false));
     let keys: Vec<String> = acked.lock().keys().cloned().collect();
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let (c, acked, stop) = (c.clone(), acked.clone(), stop.clone());
-            let mine: Vec<String> = keys.iter().skip(w).step_by(4).cloned().collect();
-            tokio::spawn(async move {
-                let mut round = 1;
-                while !stop.load(Ordering::Relaxed) {
-                    for key in &mine {
-                        // Same size: an overwrite that does not grow passes.
-                        write_acked(&c, 1 + w, key, &big_value(key, round), &acked).await;
-                    }
-                    round += 1;
-                }
-            })
-        })
-        .collect();
+    // Same size every round: an overwrite that does not grow passes.
+    let writers = start_writers(&c, &keys, 4, &[1, 2, 3, 4], big_value, &acked, &stop);
     let out = slots_cmd(&c, &["rebalance"]).await;
     assert!(out.status.success(), "{}", text(&out));
     stop.store(true, Ordering::Relaxed);

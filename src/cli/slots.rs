@@ -98,20 +98,14 @@ async fn change(
     weigh: bool,
     plan: impl Fn(&SlotMap, &BTreeMap<GroupId, u64>) -> Vec<(Slot, GroupId)>,
 ) -> Result<(), Failure> {
-    let secret = match (&args.cluster_secret, &args.cluster_secret_file) {
-        (Some(s), _) => s.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| Failure::usage(format!("--cluster-secret-file {}: {e}", path.display())))?
-            .trim()
-            .to_string(),
-        (None, None) => {
-            return Err(Failure::usage(
+    let secret = crate::config::read_secret(args.cluster_secret.as_deref(), args.cluster_secret_file.as_deref())
+        .map_err(Failure::usage)?
+        .ok_or_else(|| {
+            Failure::usage(
                 "moving slots changes the cluster's znodes: give the cluster's secret (--cluster-secret-file F or \
                  --cluster-secret S)",
-            ))
-        }
-    };
-    let secret = crate::auth::Secret::new(secret).map_err(Failure::usage)?;
+            )
+        })?;
     let paths = Paths::with_secret(&reach.cluster, &secret);
     let unavailable = |e: String| Failure::unavailable(e);
     let client = tokio::time::timeout(ZK_TIMEOUT, zk::connect(&reach.zk, &paths, None))

@@ -424,13 +424,13 @@ impl Node {
             parts.last_mut().expect("one part at least").extend(frame);
         }
         let count = parts.len();
+        let slots = ranges_text(&import.slots).replace(' ', "");
         for (i, body) in parts.into_iter().enumerate() {
             // Only the last part of the last copy ends the import: the
             // target deletes what none of the parts named.
             let last = import.last && i + 1 == count;
-            let slots = ranges_text(&import.slots).replace(' ', "");
             // Read now: every version given before the freeze is below it.
-            let floor = self.inner.versions.load(std::sync::atomic::Ordering::Acquire).max(import.floor);
+            let floor = self.inner.versions.load(std::sync::atomic::Ordering::Acquire);
             let url = format!(
                 "{target}/internal/import?from={}&slots={slots}&last={last}&part={i}&floor={floor}",
                 import.from

@@ -629,14 +629,21 @@ impl Store {
 
     /// Entries in key order after `after`, starting with `prefix`, at most `limit`.
     pub fn dump(&self, prefix: &str, after: Option<&str>, limit: usize, now: Millis) -> Vec<DumpEntry> {
-        let mut out: Vec<DumpEntry> = Vec::new();
+        let mut out = self.entries_where(|key, entry| {
+            key.starts_with(prefix) && after.is_none_or(|a| key > a) && !entry.is_expired(now)
+        });
+        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        out.truncate(limit);
+        out
+    }
+
+    /// Every entry `keep` takes, shard by shard (a read lock each), unsorted.
+    fn entries_where(&self, keep: impl Fn(&str, &Entry) -> bool) -> Vec<DumpEntry> {
         let generation = self.generation();
+        let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.read();
-            for (key, entry) in shard.map.iter() {
-                if !key.starts_with(prefix) || after.is_some_and(|a| &**key <= a) || entry.is_expired(now) {
-                    continue;
-                }
+            for (key, entry) in shard.map.iter().filter(|(key, entry)| keep(key, entry)) {
                 out.push(DumpEntry {
                     key: key.to_string(),
                     version: entry.version,
@@ -646,8 +653,6 @@ impl Store {
                 });
             }
         }
-        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        out.truncate(limit);
         out
     }
 
@@ -678,27 +683,10 @@ impl Store {
         live_only: bool,
         now: Millis,
     ) -> Vec<DumpEntry> {
-        let generation = self.generation();
-        let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = shard.read();
-            for (key, entry) in shard.map.iter() {
-                if live_only && (entry.value.is_none() || entry.is_expired(now)) {
-                    continue;
-                }
-                if !slots.contains(&crate::slots::slot_of(key)) {
-                    continue;
-                }
-                out.push(DumpEntry {
-                    key: key.to_string(),
-                    version: entry.version,
-                    value: entry.value.clone(),
-                    expires_at: entry.expires_at(),
-                    current: entry.stamp.is_current(generation),
-                });
-            }
-        }
-        out
+        self.entries_where(|key, entry| {
+            (!live_only || (entry.value.is_some() && !entry.is_expired(now)))
+                && slots.contains(&crate::slots::slot_of(key))
+        })
     }
 
     /// How many keys are held, tombstones included (for diagnostics and tests).
