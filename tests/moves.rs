@@ -506,6 +506,10 @@ async fn a_frozen_slot_s_writes_wait_then_get_503_slot_moving_and_its_reads_are_
     assert_eq!(resp.status(), 503, "a consistent read waits while frozen, then says so");
     let out = moving.await.expect("slots move ran");
     assert!(out.status.success(), "{}", text(&out));
+    // The key did not change after the first copy: the last copy, while
+    // writes waited, named it and sent no value.
+    let log = c.log_text(0);
+    assert!(log.contains("the last copy sent 0 entries whole and named 1 unchanged"), "{log}");
     // Group 1 owns it now: its value came along, and group 0's root
     // passes the key's requests on.
     assert_eq!(c.get(g1, &key, "").await.text(), "before");
@@ -694,4 +698,122 @@ async fn frozen_move_setup(pause_ms: u64, slot: u16) -> (Cluster, usize, String)
     let g1 = add_group_root(&mut c, "1", "g1", &[]).await;
     let key = (0..).map(|i| format!("key-{i}")).find(|k| slot_of(k) == slot).expect("a key of the slot");
     (c, g1, key)
+}
+
+/// A target that lost the first copy (a memory-only root restarted while
+/// the source's slot is frozen) refuses the tail that
+/// builds on it; the source sends the whole copy, and the move hands
+/// every key over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_lost_the_first_copy_gets_the_whole_copy_and_the_move_loses_nothing() {
+    let mut c = Cluster::start_opts(Opts {
+        nodes: 2,
+        durable_root: true,
+        root_args: vec!["--fault-move-pause-ms".into(), "6000".into()],
+        ..Opts::default()
+    })
+    .await;
+    // Memory only: a restart forgets what the first copy brought.
+    let g1 = c.add_node_with(&["--root", "--group", "1"]).await;
+    let keys: Vec<String> = (0..).map(|i| format!("lost-{i}")).filter(|k| slot_of(k) == 9).take(20).collect();
+    for key in &keys {
+        let (status, body) = c.put(0, key, key, "?ack=root").await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let moving = move_in_background(&c, "9", "1");
+    wait_until(Duration::from_secs(30), "slot 9 frozen", || async {
+        znode(&c, "moves/9").await.is_some_and(|m| m["state"] == "frozen")
+    })
+    .await;
+    let before = c.health(g1).await["epoch"].as_u64();
+    // A clean stop ends its ZooKeeper session at once, so it leads again
+    // well within the pause.
+    c.stop(g1);
+    c.restart(g1).await;
+    // Leading again (a new epoch) before the source's pause ends.
+    wait_until(Duration::from_secs(20), "group 1's root leading again", || async {
+        let health = c.health(g1).await;
+        health["role"] == "root" && health["epoch"].as_u64() > before
+    })
+    .await;
+    let out = moving.await.expect("slots move ran");
+    assert!(out.status.success(), "{}", text(&out));
+    let log = c.log_text(0);
+    assert!(log.contains("slots 9: the target lacks part of the first copy; sending it all"), "{log}");
+    assert_eq!(slot_map(&c).await.owner(9), 1);
+    for key in &keys {
+        for at in [g1, 1] {
+            let read = c.get(at, key, "").await;
+            assert_eq!((read.status, read.text()), (200, key.clone()), "{key} at node {at}");
+        }
+    }
+}
+
+/// `POST /internal/import` refuses, storing nothing, what it cannot
+/// apply: a tail naming an entry this root does not hold at that
+/// version (409 `cannot_resume`: the source then sends the whole copy),
+/// a tail entry on the wrong side of `since`, a part out of order, an
+/// import from its own group or of a slot it owns, a deposed source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_the_target_cannot_apply_is_refused_and_stores_nothing() {
+    use treecache::log::Record;
+    use treecache::store::Update;
+    let mut c = Cluster::start_opts(Opts { nodes: 1, durable_root: true, ..Opts::default() }).await;
+    let g1 = add_group_root(&mut c, "1", "g1", &[]).await;
+    let epoch = c.health(0).await["epoch"].as_u64().expect("group 0's epoch");
+    let epoch1 = c.health(g1).await["epoch"].as_u64().expect("group 1's epoch");
+    let key = (0..).map(|i| format!("imp-{i}")).find(|k| slot_of(k) == 11).expect("a key of slot 11");
+    let frame = |version: u64, value: Option<&str>| {
+        treecache::replication::frame_of(Record {
+            epoch,
+            update: Update {
+                key: key.clone(),
+                version,
+                value: value.map(|v| bytes::Bytes::from(v.to_string())),
+                expires_at: None,
+            },
+            write_id: None,
+        })
+    };
+    let http = c.peer_http();
+    let post = |at: usize, query: &str, epoch: u64, body: Vec<u8>| {
+        let url = format!("{}/internal/import?{query}", c.url(at));
+        let http = http.clone();
+        async move {
+            let resp = http.post(url).header("x-treecache-epoch", epoch).body(body).send().await.expect("answered");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let cases: Vec<(usize, &str, u64, Vec<u8>, u16, &str, &str)> = vec![
+        (g1, "from=0&slots=11&last=true&part=0&since=50", epoch, frame(7, None), 409, "cannot_resume", "not held here"),
+        (
+            g1,
+            "from=0&slots=11&last=true&part=0&since=50",
+            epoch,
+            frame(7, Some("v")),
+            400,
+            "bad_request",
+            "comes with a value",
+        ),
+        (g1, "from=0&slots=11&last=true&part=0", epoch, frame(7, None), 400, "bad_request", "comes without a value"),
+        (g1, "from=0&slots=11&last=true&part=3", epoch, frame(70, Some("v")), 400, "bad_request", "expected part 0"),
+        (g1, "from=0&slots=12&part=0", epoch, frame(70, Some("v")), 400, "bad_request", "in none of slots"),
+        (g1, "from=0&slots=11&part=0", 0, frame(70, Some("v")), 409, "stale_epoch", ""),
+        (g1, "from=1&slots=11&part=0", epoch, frame(70, Some("v")), 400, "bad_request", "own group"),
+        (0, "from=1&slots=11&part=0", epoch1, frame(70, Some("v")), 400, "bad_request", "already"),
+    ];
+    for (at, query, epoch, body, status, code, says) in cases {
+        let (got, answer) = post(at, query, epoch, body).await;
+        assert_eq!((got, answer["code"].as_str()), (status, Some(code)), "{query}: {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| e.contains(says)), "{query}: {answer}");
+    }
+    assert!(c.dump_keys(g1).await.is_empty(), "a refused import stores nothing");
+    // The same entry, whole, in order, from the leader: stored.
+    let (got, answer) = post(g1, "from=0&slots=11&part=0", epoch, frame(70, Some("v"))).await;
+    assert_eq!((got, answer["stored"].as_u64()), (200, Some(1)), "{answer}");
+    assert_eq!(c.dump_keys(g1).await, vec![key.clone()]);
+    // And a tail that names it as held now passes.
+    let (got, answer) = post(g1, "from=0&slots=11&last=false&part=0&since=80", epoch, frame(70, None)).await;
+    assert_eq!((got, answer["stored"].as_u64()), (200, Some(0)), "{answer}");
 }

@@ -245,11 +245,12 @@ pub async fn replicate(node: ThinData<Node>, req: HttpRequest, body: web::Payloa
 /// last part carries every write outcome it remembers.
 const MAX_IMPORT_BYTES: usize = (64 << 20) + crate::config::MAX_VALUE_CEILING as usize;
 
-/// `POST /internal/import?from=G&slots=A-B,C,..&last=B&part=N&floor=V` at a group's
-/// leader: a part of a slot move's copy from group G's leader (log frames:
-/// entries, and write outcomes). Answered once it is durable here.
+/// `POST /internal/import?from=G&slots=A-B,C,..&last=B&part=N&floor=V&since=T` at a
+/// group's leader: a part of a slot move's copy from group G's leader (log
+/// frames: entries, and write outcomes; with `since`, a tail: entries older
+/// than T named only). Answered once it is durable here.
 pub async fn import(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
-    let q = Query::parse(&req, &["from", "slots", "last", "part", "floor"])?;
+    let q = Query::parse(&req, &["from", "slots", "last", "part", "floor", "since"])?;
     let from = q.u64("from")?.ok_or_else(|| Error::bad_param("from", "required: the source group"))?;
     let from = u32::try_from(from).map_err(|_| Error::bad_param("from", format!("{from} is not a group number")))?;
     let slots_text = q.get("slots").ok_or_else(|| Error::bad_param("slots", "required: the slots moved"))?;
@@ -262,6 +263,7 @@ pub async fn import(node: ThinData<Node>, req: HttpRequest, body: web::Payload) 
         slots,
         last: q.bool("last")?.unwrap_or(false),
         floor: q.u64("floor")?.unwrap_or(0),
+        since: q.u64("since")?.unwrap_or(0),
     };
     let part = q.u64("part")?.unwrap_or(0);
     let body = read_body(&req, body, MAX_IMPORT_BYTES).await?;

@@ -102,6 +102,20 @@ pub struct Import {
     /// where the source's copy shows none (a deleted or expired key that
     /// a cache may still hold at its last version).
     pub floor: u64,
+    /// A tail (0: a whole copy): every entry of version `since` or later
+    /// comes with its value; an older one is only named (key and version),
+    /// as the first copy gave it to the target, which must hold exactly
+    /// that version of it, or refuses (409 `cannot_resume`) and the
+    /// source sends the whole copy instead.
+    pub since: u64,
+}
+
+/// What a copy sent: entries whole and named only, and where a tail after
+/// it starts (every entry of an older version was sent whole).
+struct Sent {
+    tail_from: u64,
+    whole: usize,
+    named: usize,
 }
 
 impl Node {
@@ -290,13 +304,15 @@ impl Node {
             return Err(Error::NotLeading);
         }
         let (target, target_version) = group_leader(zk, &paths.in_group(to)).await?;
-        let import = |last| Import { from: mine, slots: slots.clone(), last, floor: 0 };
+        let import = |last, since| Import { from: mine, slots: slots.clone(), last, floor: 0, since };
         let started = std::time::Instant::now();
-        // 1. Copy, unless frozen already (a round that stopped half-way).
+        // 1. Copy, unless frozen already (a round that stopped half-way:
+        // then the last copy is a whole one).
         let copying: Vec<Slot> =
             moves.iter().filter(|(_, (r, _))| r.state == MoveState::Copy).map(|(s, _)| *s).collect();
+        let mut since = 0;
         if !copying.is_empty() {
-            self.send_import(&target.url, &import(false)).await?;
+            since = self.send_import(&target.url, &import(false, 0)).await?.tail_from;
         }
         // 2. Freeze: in the log first, then in `moves/`.
         self.freeze(&slots).await?;
@@ -324,9 +340,17 @@ impl Node {
             log::info!("slots {} frozen: pausing {pause} ms (--fault-move-pause-ms)", ranges_text(&slots));
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
-        // 3. Everything committed before the freeze is durable; send it all.
+        // 3. Everything committed before the freeze is durable; send what
+        // changed since the first copy (and the names of what did not), or
+        // all of it if the target lacks part of the first copy.
         self.wait_durable_through(self.inner.versions.load(std::sync::atomic::Ordering::Acquire)).await?;
-        self.send_import(&target.url, &import(true)).await?;
+        let last = match self.send_import(&target.url, &import(true, since)).await {
+            Err(Error::Upstream { status: 409, body, .. }) if since > 0 && body.contains("cannot_resume") => {
+                log::info!("slots {}: the target lacks part of the first copy; sending it all", ranges_text(&slots));
+                self.send_import(&target.url, &import(true, 0)).await?
+            }
+            sent => sent?,
+        };
         // 4. Cutover, if neither root changed since we read them.
         let (map, map_version) =
             zk::read_slots(zk, paths).await?.ok_or_else(|| Error::Internal(format!("{} is missing", paths.slots())))?;
@@ -369,11 +393,14 @@ impl Node {
         }
         self.install_map(next.clone());
         log::info!(
-            "slots {} handed over to group {to} (map epoch {}): {:?} in all, writes paused {:?}",
+            "slots {} handed over to group {to} (map epoch {}): {:?} in all, writes paused {:?}; the last copy \
+             sent {} entries whole and named {} unchanged",
             ranges_text(&slots),
             next.epoch(),
             started.elapsed(),
-            frozen_at.elapsed()
+            frozen_at.elapsed(),
+            last.whole,
+            last.named
         );
         Ok(())
     }
@@ -396,28 +423,48 @@ impl Node {
         self.make_durable_with(Vec::new(), frames).await
     }
 
-    /// Sends the target's leader every live entry of the slots (in parts),
-    /// and with the last copy the write outcomes of the slots remembered
-    /// here.
-    async fn send_import(&self, target: &str, import: &Import) -> Result<()> {
+    /// Sends the target's leader every live entry of the slots (in parts;
+    /// from `import.since` on with values, older ones named), and with the
+    /// last copy the write outcomes of the slots remembered here. Returns
+    /// where a tail after this copy starts: every entry of an older
+    /// version was sent whole.
+    async fn send_import(&self, target: &str, import: &Import) -> Result<Sent> {
         let epoch = self.epoch();
+        // Read before the scan: what is committed after it has a newer
+        // version, so a tail from here has it.
+        let mut tail_from = self.inner.versions.load(std::sync::atomic::Ordering::Acquire) + 1;
         let entries = self.inner.store.slot_entries(&import.slots, true, now_ms());
-        // Not a commit still on its way to disk (it may not survive a
-        // failover here): the last copy, after the wait, has every one.
-        let records = entries.into_iter().filter(|e| !self.is_pending(e.version)).map(|e| {
-            crate::replication::frame_of(Record {
+        let mut records = Vec::with_capacity(entries.len());
+        let mut named = 0;
+        for e in entries {
+            // Not a commit still on its way to disk (it may not survive a
+            // failover here): the last copy, after the wait, has every one.
+            if self.is_pending(e.version) {
+                tail_from = tail_from.min(e.version);
+                continue;
+            }
+            // Unchanged since the copy before: its name and version only.
+            let (value, expires_at) = match e.version < import.since {
+                true => {
+                    named += 1;
+                    (None, None)
+                }
+                false => (e.value, e.expires_at),
+            };
+            records.push(crate::replication::frame_of(Record {
                 epoch,
-                update: Update { key: e.key, version: e.version, value: e.value, expires_at: e.expires_at },
+                update: Update { key: e.key, version: e.version, value, expires_at },
                 write_id: None,
-            })
-        });
+            }));
+        }
         let outcomes = match import.last {
             true => self.write_outcomes(Some(&import.slots)),
             false => Vec::new(),
         };
         let outcomes = outcomes.into_iter().map(|(id, v, slot)| crate::replication::outcome_frame(id, v, slot));
+        let sent = Sent { tail_from, whole: records.len() - named, named };
         let mut parts: Vec<Vec<u8>> = vec![Vec::new()];
-        for frame in records.chain(outcomes) {
+        for frame in records.into_iter().chain(outcomes) {
             if parts.last().is_some_and(|p| p.len() >= IMPORT_PART_BYTES) {
                 parts.push(Vec::new());
             }
@@ -432,8 +479,8 @@ impl Node {
             // Read now: every version given before the freeze is below it.
             let floor = self.inner.versions.load(std::sync::atomic::Ordering::Acquire);
             let url = format!(
-                "{target}/internal/import?from={}&slots={slots}&last={last}&part={i}&floor={floor}",
-                import.from
+                "{target}/internal/import?from={}&slots={slots}&last={last}&part={i}&floor={floor}&since={}",
+                import.from, import.since
             );
             let resp = self
                 .request(&self.inner.http, reqwest::Method::POST, &url)
@@ -452,7 +499,7 @@ impl Node {
                 });
             }
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// `POST /internal/import` at the target's leader: stores each entry
@@ -488,11 +535,25 @@ impl Node {
         }
         let entries = crate::replication::decode_batch(body).map_err(Error::BadRequest)?;
         let mut records = Vec::new();
+        // A tail's names: entries the first copy gave, unchanged since.
+        let mut names = Vec::new();
         let mut outcomes = Vec::new();
         for entry in entries {
             match entry {
                 Entry::Write(r) if r.update.version > 0 && import.slots.contains(&slot_of(&r.update.key)) => {
-                    records.push(r.update)
+                    match (r.update.version < import.since, r.update.value.is_some()) {
+                        (false, true) => records.push(r.update),
+                        (true, false) => names.push((r.update.key, r.update.version)),
+                        (tail, _) => {
+                            return Err(Error::BadRequest(format!(
+                                "import: key {:?} (version {}) {} a value in a copy from version {}",
+                                r.update.key,
+                                r.update.version,
+                                if tail { "comes with" } else { "comes without" },
+                                import.since
+                            )))
+                        }
+                    }
                 }
                 Entry::Write(r) => {
                     return Err(Error::BadRequest(format!(
@@ -518,6 +579,21 @@ impl Node {
                 });
             }
         }
+        // A tail builds on the first copy: every entry it names must be
+        // here as that copy gave it. One that is not (this root lost it:
+        // a restart without a commit log, a standby that took over before
+        // it had it) asks for the whole copy.
+        if !names.is_empty() {
+            let held: HashMap<String, u64> =
+                self.inner.store.slot_entries(&import.slots, true, 0).into_iter().map(|e| (e.key, e.version)).collect();
+            if let Some((key, version)) = names.iter().find(|(k, v)| held.get(k) != Some(v)) {
+                return Err(Error::CannotResume(format!(
+                    "import from group {}: key {key:?} at version {version}, which the tail names as copied                      before, is not held here at that version (here: {}); send the whole copy",
+                    import.from,
+                    held.get(key).map_or("absent".to_string(), |v| format!("version {v}"))
+                )));
+            }
+        }
         // The keys this copy of the source's named so far, over its parts.
         let named = {
             let mut seen = self.inner.moves.seen.lock();
@@ -537,6 +613,7 @@ impl Node {
             }
             copy.next_part = part + 1;
             copy.named.extend(records.iter().map(|u| u.key.clone()));
+            copy.named.extend(names.into_iter().map(|(key, _)| key));
             if import.last {
                 std::mem::take(&mut copy.named)
             } else {
