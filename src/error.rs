@@ -202,9 +202,6 @@ impl Error {
         matches!(self, Error::Zk { source: zookeeper_client::Error::NoAuth, .. })
     }
 
-    /// An upstream refusal that only says the tree is changing under this
-    /// node (the parent moved, a new root or epoch is taking over): a normal
-    /// step of every failover, which the node's new place will resolve.
     /// A key of another root group: ours (`WrongGroup`), or a node's
     /// answer that says so (409 `wrong_group`). Nothing was done.
     pub fn is_wrong_group(&self) -> bool {
@@ -217,6 +214,16 @@ impl Error {
         }
     }
 
+    /// A request passed to the key's owner, whose map is newer than ours
+    /// and names another group (just after a slot move's cutover): nothing
+    /// was done, and ours is being read again.
+    pub fn is_stale_route(&self) -> bool {
+        matches!(self, Error::ParentUnreachable { reason, .. } if reason.contains("wrong_group"))
+    }
+
+    /// An upstream refusal that only says the tree is changing under this
+    /// node (the parent moved, a new root or epoch is taking over): a normal
+    /// step of every failover, which the node's new place will resolve.
     pub fn is_tree_changing(&self) -> bool {
         let Error::Upstream { status: 409, body, .. } = self else { return false };
         let code = serde_json::from_str::<serde_json::Value>(body).ok();
@@ -379,5 +386,10 @@ mod tests {
         assert!(zk.is_zk_not_authorized());
         let other = Error::Zk { op: "mkdir", path: "/t".into(), source: zookeeper_client::Error::NoNode };
         assert!(!other.is_zk_not_authorized());
+        // A root passed a request to an owner whose map is newer than ours.
+        let stale = Error::ParentUnreachable { url: "http://p".into(), reason: "409 wrong_group: key".into() };
+        assert!(stale.is_stale_route() && stale.awaits_leader());
+        assert!(!refused().is_stale_route());
+        assert!(!Error::WrongGroup { key: "k".into(), owner: 1, mine: 0, leader: None }.is_stale_route());
     }
 }

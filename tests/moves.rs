@@ -646,7 +646,8 @@ async fn a_move_survives_its_source_leader_paused_past_its_session() {
 /// ZooKeeper stops answering (SIGSTOP, within the sessions' timeout)
 /// just as the source makes its cutover: the `multi` waits for it, or is
 /// lost and read back from `moves/` by the next round; the move finishes
-/// and the frozen slot's write waiting meanwhile lands once.
+/// and the frozen slot's write waiting meanwhile (503 `slot_moving` after
+/// 2 s, then sent again as its Retry-After says) lands once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_survives_zookeeper_pausing_at_its_cutover() {
     let (mut c, g1, key) = frozen_move_setup(1500, 9).await;
@@ -664,8 +665,17 @@ async fn a_move_survives_zookeeper_pausing_at_its_cutover() {
         let (url, key) = (c.url(1), key.clone());
         tokio::spawn(async move {
             let client = treecache::client::Client::new(&url).expect("a client");
-            let root = treecache::client::PutOptions { ack: treecache::client::Ack::Root, ttl: None };
-            client.put_with(&key, "during".to_string(), root).await
+            loop {
+                let root = treecache::client::PutOptions { ack: treecache::client::Ack::Root, ttl: None };
+                match client.put_with(&key, "during".to_string(), root).await {
+                    // Frozen past its 2 s (the cutover waits for
+                    // ZooKeeper): nothing written; again after Retry-After.
+                    Err(e) if e.code() == Some("slot_moving") => {
+                        tokio::time::sleep(e.retry_after().expect("Retry-After")).await
+                    }
+                    done => return done,
+                }
+            }
         })
     };
     tokio::time::sleep(Duration::from_millis(3500)).await;
@@ -785,26 +795,20 @@ async fn an_import_the_target_cannot_apply_is_refused_and_stores_nothing() {
             (status, resp.json::<Value>().await.unwrap_or(Value::Null))
         }
     };
-    let cases: Vec<(usize, &str, u64, Vec<u8>, u16, &str, &str)> = vec![
-        (g1, "from=0&slots=11&last=true&part=0&since=50", epoch, frame(7, None), 409, "cannot_resume", "not held here"),
-        (
-            g1,
-            "from=0&slots=11&last=true&part=0&since=50",
-            epoch,
-            frame(7, Some("v")),
-            400,
-            "bad_request",
-            "comes with a value",
-        ),
-        (g1, "from=0&slots=11&last=true&part=0", epoch, frame(7, None), 400, "bad_request", "comes without a value"),
-        (g1, "from=0&slots=11&last=true&part=3", epoch, frame(70, Some("v")), 400, "bad_request", "expected part 0"),
-        (g1, "from=0&slots=12&part=0", epoch, frame(70, Some("v")), 400, "bad_request", "in none of slots"),
-        (g1, "from=0&slots=11&part=0", 0, frame(70, Some("v")), 409, "stale_epoch", ""),
-        (g1, "from=1&slots=11&part=0", epoch, frame(70, Some("v")), 400, "bad_request", "own group"),
-        (0, "from=1&slots=11&part=0", epoch1, frame(70, Some("v")), 400, "bad_request", "already"),
+    // (at node, query, epoch, entry version, value) -> (status, code, error says)
+    type Case<'a> = ((usize, &'a str, u64, u64, Option<&'a str>), (u16, &'a str, &'a str));
+    let cases: Vec<Case> = vec![
+        ((g1, "from=0&slots=11&last=true&part=0&since=50", epoch, 7, None), (409, "cannot_resume", "not held here")),
+        ((g1, "from=0&slots=11&last=true&part=0&since=50", epoch, 7, Some("v")), (400, "bad_request", "comes with")),
+        ((g1, "from=0&slots=11&last=true&part=0", epoch, 7, None), (400, "bad_request", "comes without a value")),
+        ((g1, "from=0&slots=11&last=true&part=3", epoch, 70, Some("v")), (400, "bad_request", "expected part 0")),
+        ((g1, "from=0&slots=12&part=0", epoch, 70, Some("v")), (400, "bad_request", "in none of slots")),
+        ((g1, "from=0&slots=11&part=0", 0, 70, Some("v")), (409, "stale_epoch", "")),
+        ((g1, "from=1&slots=11&part=0", epoch, 70, Some("v")), (400, "bad_request", "own group")),
+        ((0, "from=1&slots=11&part=0", epoch1, 70, Some("v")), (400, "bad_request", "already")),
     ];
-    for (at, query, epoch, body, status, code, says) in cases {
-        let (got, answer) = post(at, query, epoch, body).await;
+    for ((at, query, epoch, version, value), (status, code, says)) in cases {
+        let (got, answer) = post(at, query, epoch, frame(version, value)).await;
         assert_eq!((got, answer["code"].as_str()), (status, Some(code)), "{query}: {answer}");
         assert!(answer["error"].as_str().is_some_and(|e| e.contains(says)), "{query}: {answer}");
     }
@@ -816,4 +820,70 @@ async fn an_import_the_target_cannot_apply_is_refused_and_stores_nothing() {
     // And a tail that names it as held now passes.
     let (got, answer) = post(g1, "from=0&slots=11&last=false&part=0&since=80", epoch, frame(70, None)).await;
     assert_eq!((got, answer["stored"].as_u64()), (200, Some(0)), "{answer}");
+}
+
+/// Through the tree, a frozen slot holds back only its own writes: at a
+/// depth-1 node (its parent a root) and at a depth-2 node under it, a
+/// write of another slot commits while the slot is still frozen, and the
+/// frozen slot's writes get 503 `slot_moving` after their wait (not
+/// `write_in_flight` after 30 s), with nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_tree_a_frozen_slot_holds_back_only_its_own_writes() {
+    let mut c = Cluster::start_opts(Opts {
+        nodes: 3,
+        fanout: 1,
+        durable_root: true,
+        root_args: vec!["--fault-move-pause-ms".into(), "8000".into()],
+        ..Opts::default()
+    })
+    .await;
+    assert_eq!(c.health(2).await["depth"], 2, "node 2 is under node 1");
+    let g1 = add_group_root(&mut c, "1", "g1", &[]).await;
+    let key_of = |slot: u16| (0..).map(|i| format!("tree-{i}")).find(|k| slot_of(k) == slot).expect("a key");
+    let (frozen, other) = (key_of(7), key_of(8));
+    let (status, _) = c.put(0, &frozen, "before", "?ack=root").await;
+    assert_eq!(status, 201);
+    let moving = move_in_background(&c, "7", "1");
+    wait_until(Duration::from_secs(30), "slot 7 frozen", || async {
+        znode(&c, "moves/7").await.is_some_and(|m| m["state"] == "frozen")
+    })
+    .await;
+    let held: Vec<_> = [1, 2]
+        .into_iter()
+        .map(|at| {
+            let (http, url) = (c.http.clone(), format!("{}/kv/{frozen}?ack=root", c.url(at)));
+            tokio::spawn(async move {
+                let resp = http.put(url).body("during").send().await.expect("answered");
+                let retry = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+                (resp.status().as_u16(), retry, resp.json::<Value>().await.unwrap_or(Value::Null))
+            })
+        })
+        .collect();
+    for at in [1, 2] {
+        let (status, body) = c.put(at, &other, &format!("from {at}"), "?ack=root").await;
+        assert!(status == 200 || status == 201, "another slot's write at node {at}: {status} {body}");
+    }
+    assert_eq!(
+        znode(&c, "moves/7").await.map(|m| m["state"].clone()),
+        Some(Value::from("frozen")),
+        "the other slot's writes were answered while slot 7 was still frozen"
+    );
+    for (at, task) in [1, 2].into_iter().zip(held) {
+        let (status, retry, body) = task.await.expect("the frozen slot's write ran");
+        assert_eq!(
+            (status, retry.as_deref(), body["code"].as_str()),
+            (503, Some("1"), Some("slot_moving")),
+            "node {at}: {body}"
+        );
+    }
+    let out = moving.await.expect("slots move ran");
+    assert!(out.status.success(), "{}", text(&out));
+    for at in [0, 1, 2, g1] {
+        let read = c.get(at, &frozen, "?consistent=true").await;
+        assert_eq!((read.status, read.text()), (200, "before".to_string()), "nothing written, at node {at}");
+        assert_eq!(c.get(at, &other, "?consistent=true").await.text(), "from 2", "at node {at}");
+    }
+    let (status, body) = c.put(2, &frozen, "after", "?ack=root").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(c.get(g1, &frozen, "").await.text(), "after");
 }

@@ -39,7 +39,11 @@ impl Node {
         let mut pause = FIRST_PAUSE;
         loop {
             let error = match attempt().await {
-                Err(e) if e.awaits_leader() && (waiting || may_wait()) => e,
+                // A stale route waits whatever the request, a plain read
+                // of a key held here too: the key's slot has a new owner
+                // (maybe this root, once it reads the map again), and the
+                // copy held here is not the answer.
+                Err(e) if e.awaits_leader() && (waiting || e.is_stale_route() || may_wait()) => e,
                 done => return done,
             };
             let now = Instant::now();

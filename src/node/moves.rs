@@ -138,6 +138,17 @@ impl Node {
         Ok(Some(commit()))
     }
 
+    /// Runs `decide` with the frozen slots (none of which a freeze can add
+    /// to until it returns) if every key of `keys` is in a slot this group
+    /// owns: 409 `wrong_group` if one is not ours. A child's batch takes
+    /// this path: its writes of frozen slots are answered at once (the
+    /// child tries them again), and the rest commit, not held back by them.
+    pub(super) fn with_frozen<R>(&self, keys: &[String], decide: impl FnOnce(&BTreeSet<Slot>) -> R) -> Result<R> {
+        let frozen = self.inner.moves.frozen.read();
+        self.check_own_slots(keys)?;
+        Ok(decide(&frozen))
+    }
+
     /// Waits while a key of `keys` is in a frozen slot, at most
     /// [`FROZEN_WAIT`]: 503 `slot_moving` if it still is then, and
     /// `wrong_group` if the slot was handed over meanwhile.

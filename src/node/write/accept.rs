@@ -53,7 +53,7 @@ impl Node {
                         self.inner.store.expect(&w.update.key);
                     }
                     let waiters = slot.insert(Waiters::default());
-                    s.queue.push_back(Pending { write: w.clone(), child: Some(child) });
+                    s.queue.push_back(Pending::new(w.clone(), Some(child)));
                     queued = true;
                     waiters
                 }

@@ -231,7 +231,11 @@ impl Node {
     }
 
     /// The root commits a batch from `child`, each write id once, in order.
-    /// Nothing is pushed or answered before the batch is durable.
+    /// Nothing is pushed or answered before the batch is durable. A write
+    /// of a frozen slot (a slot move's) is answered `SlotMoving` at once,
+    /// undecided: the child sends it again, and the batch's other writes
+    /// are not held back by it. Without a child (a standby's writes, one
+    /// at a time) the batch waits for the slot, as a client's write does.
     pub(in crate::node) async fn commit_batch(
         &self,
         child: Option<NodeId>,
@@ -252,17 +256,24 @@ impl Node {
         };
         let mut writes = Some(writes);
         let (mark, decided) = loop {
-            if !resend {
+            if !resend && child.is_none() {
                 self.wait_unfrozen(&keys).await?;
             }
             // Before any holder is read: a child added back while the
             // batch is made durable is reset, and gets none of these pushes.
             let mark = self.inner.store.mark();
             let shortfall = self.insync_shortfall();
+            let none = std::collections::BTreeSet::new();
             if resend {
-                break (mark, self.decide_each(writes.take().expect("decided once"), child, shortfall));
+                break (mark, self.decide_each(writes.take().expect("decided once"), child, shortfall, &none));
             }
-            let decide = || self.decide_each(writes.take().expect("decided once"), child, shortfall);
+            if child.is_some() {
+                let decide = |frozen: &std::collections::BTreeSet<Slot>| {
+                    self.decide_each(writes.take().expect("decided once"), child, shortfall, frozen)
+                };
+                break (mark, self.with_frozen(&keys, decide)?);
+            }
+            let decide = || self.decide_each(writes.take().expect("decided once"), child, shortfall, &none);
             if let Some(decided) = self.if_unfrozen(&keys, decide)? {
                 break (mark, decided);
             }
@@ -286,8 +297,15 @@ impl Node {
 
     /// Decides each write of a batch in order, each id once: what to
     /// answer, and what to log and push once it is durable. Runs with no
-    /// slot of the batch frozen (see [`Node::commit_batch`]).
-    fn decide_each(&self, writes: Vec<Write>, child: Option<NodeId>, shortfall: Option<(usize, usize)>) -> Decided {
+    /// slot frozen but those of `frozen` (see [`Node::commit_batch`]),
+    /// whose new writes are answered `SlotMoving`, undecided.
+    fn decide_each(
+        &self,
+        writes: Vec<Write>,
+        child: Option<NodeId>,
+        shortfall: Option<(usize, usize)>,
+        frozen: &std::collections::BTreeSet<Slot>,
+    ) -> Decided {
         // In the batch's order, deletes of absent keys included (version
         // 0): nothing to store, but their outcome is logged and replicated
         // like a commit, so per-node order and exactly-once hold for them
@@ -304,6 +322,7 @@ impl Node {
                 // its node still commit.
                 let result = match outcomes.check(&w.id, slot) {
                     Verdict::Decided(result) => result,
+                    Verdict::New if frozen.contains(&slot) => WriteResult::SlotMoving { slot },
                     Verdict::New => {
                         let result = WriteResult::InsyncBelowMin { have, need };
                         outcomes.record(&w.id, result.clone(), slot);
@@ -319,6 +338,9 @@ impl Node {
                     d.seen_before = true;
                     d.results.push(result);
                 }
+                // Not decided: the sender tries it again (once the slot is
+                // handed over, at its new owner).
+                Verdict::New if frozen.contains(&slot) => d.results.push(WriteResult::SlotMoving { slot }),
                 Verdict::New => {
                     // Only a delete can find its key absent.
                     let deleted = w.update.value.is_none().then(|| w.update.key.clone());

@@ -137,6 +137,7 @@ pub fn refusal(key: &str, result: &WriteResult) -> Option<Error> {
         }
         WriteResult::ConditionFailed { current } => Some(Error::PreconditionFailed { key: key.to_string(), current }),
         WriteResult::RootFull { bytes, max } => Some(Error::RootFull { key: key.to_string(), bytes, max }),
+        WriteResult::SlotMoving { slot } => Some(Error::SlotMoving { key: key.to_string(), slot }),
         WriteResult::Committed { .. } | WriteResult::Absent | WriteResult::Accepted | WriteResult::InProgress => None,
     }
 }

@@ -99,7 +99,7 @@ fn outcomes_stay_bounded() {
 
 fn pending(seq: u64) -> Pending {
     let update = Update { key: format!("k{seq}"), version: 0, value: None, expires_at: None };
-    Pending { write: Write { update, id: id(seq), ack_root: false, cond: Condition::Always }, child: None }
+    Pending::new(Write { update, id: id(seq), ack_root: false, cond: Condition::Always }, None)
 }
 
 fn link(parent: NodeId, generation: u64) -> Link {

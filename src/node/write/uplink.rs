@@ -21,7 +21,8 @@ use crate::clock::{mono_ms, Time};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, Upstream};
 use crate::node::routes::Route;
-use crate::node::Node;
+use crate::node::{Node, FROZEN_WAIT};
+use crate::slots::{slot_of, Slot};
 use crate::store::{Answer, Applied, Condition, NodeId, Update, WriteId};
 use crate::wire::{self, Peer, Write, WriteResult, WriteResults};
 
@@ -45,10 +46,26 @@ const ACCEPTED_LINGER_MS: u64 = 60_000;
 const UPLINK_BATCH: usize = 1024;
 pub const BATCH_BYTES: usize = 4 << 20;
 
+/// How soon a write a root answered `SlotMoving` goes up again (its
+/// slot's later writes wait with it; other slots' go on).
+const MOVING_RETRY_MS: u64 = 50;
+
 /// A write in this node's uplink: who gave it to us (`None`: our client).
 pub(super) struct Pending {
     pub(super) write: Write,
     pub(super) child: Option<NodeId>,
+    /// When a root first answered it `SlotMoving` (monotonic ms; 0: not
+    /// yet): it is given up [`FROZEN_WAIT`] after.
+    moving_since: u64,
+    /// A parent took it once without its outcome: a copy of it may still
+    /// be on its way by that path, so it is never given up here.
+    handed_before: bool,
+}
+
+impl Pending {
+    pub(super) fn new(write: Write, child: Option<NodeId>) -> Pending {
+        Pending { write, child, moving_since: 0, handed_before: false }
+    }
 }
 
 /// The parent the uplink sends to, and the store generation it sends in.
@@ -98,10 +115,15 @@ pub(super) struct UplinkState {
     pub(super) notice_seq: u64,
     /// Set on SIGTERM: no new writes are taken.
     pub(super) draining: bool,
+    /// Slots a root answered `SlotMoving` for (frozen for a move), and
+    /// when their writes go up again (monotonic ms): until then they stay
+    /// queued, in order, and other writes pass them.
+    moving: HashMap<Slot, u64>,
 }
 
 impl UplinkState {
-    pub(super) fn hand(&mut self, p: Pending) {
+    pub(super) fn hand(&mut self, mut p: Pending) {
+        p.handed_before = true;
         self.handed_seq += 1;
         self.handed_ids.insert(p.write.id, self.handed_seq);
         self.handed.insert(self.handed_seq, p);
@@ -204,7 +226,7 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         self.inner.store.expect(&update.key);
         s.waiting.insert(id, Waiters { txs: vec![tx], owed: Vec::new() });
-        s.queue.push_back(Pending { write: Write { update, id, ack_root: ack == Ack::Root, cond }, child: None });
+        s.queue.push_back(Pending::new(Write { update, id, ack_root: ack == Ack::Root, cond }, None));
         drop(s);
         self.inner.uplink.wake.notify_one();
         Ok(rx)
@@ -244,6 +266,10 @@ impl Node {
             if hold > 0 {
                 tokio::time::sleep(Duration::from_millis(hold)).await;
             }
+            // A depth-1 node's writes go to roots (its parent, or at a
+            // router each group's leader): a `SlotMoving` from one is
+            // undecided. From any other parent it is the outcome.
+            let answers_from_roots = self.place().is_ok_and(|p| p.topology.depth == 1);
             match self.send_writes(&batch, &link, seen).await {
                 Ok(answers) => {
                     if failures > 0 {
@@ -258,15 +284,19 @@ impl Node {
                     }
                     self.inner.uplink.state.lock().in_flight -= batch.len();
                     let confirmed = answers.confirmed.iter().copied().chain(std::iter::repeat(false));
+                    let mut moving = Vec::new();
                     for ((p, result), confirmed) in batch.into_iter().zip(answers.results).zip(confirmed) {
                         match result {
                             WriteResult::Accepted | WriteResult::InProgress => self.hand(p, &result),
+                            // Undecided at a root: again shortly.
+                            WriteResult::SlotMoving { slot } if answers_from_roots => moving.push((p, slot)),
                             result => {
                                 self.settle(&p, &result, Answer { sent_in: link.generation, confirmed });
                                 self.resolve(p, result, false);
                             }
                         }
                     }
+                    self.hold_moving(moving);
                     self.take_notices(answers.notices, &link);
                 }
                 Err(e) if refuses_conditions(&e) && batch.iter().any(|p| p.write.cond.is_conditional()) => {
@@ -349,15 +379,63 @@ impl Node {
         Some(Link { parent, generation: self.inner.store.generation() })
     }
 
+    /// Writes a root answered `SlotMoving`: back at the head of the queue,
+    /// in order, their slots held back for [`MOVING_RETRY_MS`] (the batch
+    /// that follows passes them); one that has waited [`FROZEN_WAIT`] for
+    /// its slot is given up, answered `SlotMoving` (503 `slot_moving` for a
+    /// client, whichever node it came in at): nothing was written. Not one
+    /// a parent once took without its outcome: that may still commit by
+    /// the other path, and waits for its outcome as any write does.
+    fn hold_moving(&self, moving: Vec<(Pending, Slot)>) {
+        if moving.is_empty() {
+            return;
+        }
+        let now = mono_ms();
+        let wait = FROZEN_WAIT.as_millis() as u64;
+        let mut given_up = Vec::new();
+        {
+            let mut s = self.inner.uplink.state.lock();
+            for (mut p, slot) in moving.into_iter().rev() {
+                if p.moving_since == 0 {
+                    p.moving_since = now;
+                }
+                if !p.handed_before && now >= p.moving_since + wait {
+                    given_up.push((p, slot));
+                    continue;
+                }
+                s.moving.insert(slot, now + MOVING_RETRY_MS);
+                s.queue.push_front(p);
+            }
+        }
+        for (p, slot) in given_up.into_iter().rev() {
+            log::debug!("write of {} given up: slot {slot} stayed frozen for {FROZEN_WAIT:?}", p.write.update.key);
+            self.resolve(p, WriteResult::SlotMoving { slot }, false);
+        }
+    }
+
     /// Nothing to send: waits for a write, or, with writes unconfirmed
     /// and nothing sent for [`POLL_AFTER`], polls the parent for their
     /// outcomes until a write comes. (Under load the outcomes ride on the
     /// answers to the next batches; polling at once would start a request
-    /// that the next write cancels, with its connection.)
+    /// that the next write cancels, with its connection.) Writes held back
+    /// for a frozen slot go again when their time comes.
     async fn idle(&self, link: &Link, seen: u64) {
         let uplink = &self.inner.uplink;
         let mut shutdown = self.subscribe_shutdown();
-        let waiting = !uplink.state.lock().handed.is_empty();
+        let (waiting, held_until) = {
+            let s = uplink.state.lock();
+            let held = if s.queue.is_empty() { None } else { s.moving.values().min().copied() };
+            (!s.handed.is_empty(), held)
+        };
+        if let Some(at) = held_until {
+            let wait = Duration::from_millis(at.saturating_sub(mono_ms()).max(1));
+            tokio::select! {
+                _ = uplink.wake.notified() => {}
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            return;
+        }
         let wait = if waiting { POLL_AFTER } else { Duration::MAX };
         tokio::select! {
             _ = uplink.wake.notified() => return,
@@ -396,13 +474,26 @@ impl Node {
         }
         let mut batch = Vec::new();
         let mut bytes = 0;
-        while let Some(front) = s.queue.front() {
+        // Writes of a slot held back (frozen for a move) stay, in order;
+        // the rest pass them (guarantee 5 orders a node's writes per slot).
+        let now = mono_ms();
+        s.moving.retain(|_, until| *until > now);
+        let mut held = VecDeque::new();
+        while let Some(front) = s.queue.pop_front() {
+            if !s.moving.is_empty() && s.moving.contains_key(&slot_of(&front.write.update.key)) {
+                held.push_back(front);
+                continue;
+            }
             let size = wire::encoded_len(&front.write.update);
             if !batch.is_empty() && (batch.len() >= UPLINK_BATCH || bytes + size > BATCH_BYTES) {
+                s.queue.push_front(front);
                 break;
             }
             bytes += size;
-            batch.extend(s.queue.pop_front());
+            batch.push(front);
+        }
+        while let Some(p) = held.pop_back() {
+            s.queue.push_front(p);
         }
         s.in_flight += batch.len();
         (batch, s.seen)
