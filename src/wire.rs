@@ -385,10 +385,11 @@ pub enum WriteResult {
     /// (A node built before it cannot read this answer: upgrade the root
     /// last, as always.)
     RootFull { bytes: u64, max: u64 },
-    /// The key's slot is frozen for a move. From a root to its child (a
-    /// depth-1 node): not decided, send it again shortly (once handed over
-    /// it goes to the new owner). From any other parent: the write waited
-    /// [`FROZEN_WAIT`](crate::node::FROZEN_WAIT) for it and was given up; nothing was written.
+    /// The key's slot is frozen for a move: not decided, send it again
+    /// shortly (once handed over it goes to the new owner). Only a root
+    /// answers it, to its child (a depth-1 node); as a write's outcome it
+    /// means the write waited [`FROZEN_WAIT`](crate::node::FROZEN_WAIT)
+    /// and was given up, nothing written (a node's own client hears that).
     SlotMoving { slot: u16 },
 }
 

@@ -23,6 +23,12 @@ const FIRST_PAUSE: Duration = Duration::from_millis(25);
 const MAX_PAUSE: Duration = Duration::from_millis(250);
 
 impl Node {
+    /// A request a root passed to the owner it knew, who no longer owns
+    /// the key (see [`crate::error::Error::is_stale_route`]).
+    fn stale_at_root(&self, e: &crate::error::Error) -> bool {
+        e.is_stale_route() && self.place().is_ok_and(|p| p.topology.is_root())
+    }
+
     /// Runs `attempt` until it succeeds, fails for another reason than a
     /// missing leader (or `may_wait` says this request does not wait), or
     /// `--failover-wait` has passed since its first such failure (then that
@@ -39,11 +45,11 @@ impl Node {
         let mut pause = FIRST_PAUSE;
         loop {
             let error = match attempt().await {
-                // A stale route waits whatever the request, a plain read
-                // of a key held here too: the key's slot has a new owner
-                // (maybe this root, once it reads the map again), and the
-                // copy held here is not the answer.
-                Err(e) if e.awaits_leader() && (waiting || e.is_stale_route() || may_wait()) => e,
+                // At a root, a stale route waits whatever the request, a
+                // plain read of a key held here too: the key's slot has a
+                // new owner (maybe this root, once it reads the map again),
+                // and the copy held here is not the answer.
+                Err(e) if e.awaits_leader() && (waiting || may_wait() || self.stale_at_root(&e)) => e,
                 done => return done,
             };
             let now = Instant::now();

@@ -15,12 +15,14 @@
 //!    (they wait, at most [`FROZEN_WAIT`], then 503 `slot_moving`); reads
 //!    are served. A standby that takes over holds the freeze too. Every
 //!    commit made before the freeze is waited for until durable.
-//! 3. **Last copy.** The source sends every live entry once more, and
-//!    every write outcome it remembers (so a write retried at the target
-//!    after the cutover is found decided, not committed twice). The target
-//!    also deletes what it holds of the slots that the source no longer
-//!    has (a copy left from an earlier ownership, or a key deleted since
-//!    step 1), and makes it all durable before it answers.
+//! 3. **Last copy, a tail.** The source sends whole the entries changed
+//!    since the first copy and names the others (key and version: the
+//!    target must hold them so, or asks for the whole copy), and every
+//!    write outcome it remembers (so a write retried at the target after
+//!    the cutover is found decided, not committed twice). The target also
+//!    deletes what it holds of the slots that the source no longer has (a
+//!    copy left from an earlier ownership, or a key deleted since step 1),
+//!    and makes it all durable before it answers.
 //! 4. **Cutover.** One ZooKeeper `multi`: the map names the target (its
 //!    epoch rises), each `moves/<slot>` says `done`, checked against the
 //!    source's and the target's `leader` znodes as read before step 3, so
@@ -489,9 +491,14 @@ impl Node {
             let last = import.last && i + 1 == count;
             // Read now: every version given before the freeze is below it.
             let floor = self.inner.versions.load(std::sync::atomic::Ordering::Acquire);
+            // `since` only for a tail: a target built before tails refuses it.
+            let since = match import.since {
+                0 => String::new(),
+                since => format!("&since={since}"),
+            };
             let url = format!(
-                "{target}/internal/import?from={}&slots={slots}&last={last}&part={i}&floor={floor}&since={}",
-                import.from, import.since
+                "{target}/internal/import?from={}&slots={slots}&last={last}&part={i}&floor={floor}{since}",
+                import.from
             );
             let resp = self
                 .request(&self.inner.http, reqwest::Method::POST, &url)
@@ -594,14 +601,18 @@ impl Node {
         // here as that copy gave it. One that is not (this root lost it:
         // a restart without a commit log, a standby that took over before
         // it had it) asks for the whole copy.
-        if !names.is_empty() {
-            let held: HashMap<String, u64> =
-                self.inner.store.slot_entries(&import.slots, true, 0).into_iter().map(|e| (e.key, e.version)).collect();
-            if let Some((key, version)) = names.iter().find(|(k, v)| held.get(k) != Some(v)) {
+        let t = Time::now();
+        for (key, version) in &names {
+            let here = match self.inner.store.get(key, t) {
+                crate::store::Lookup::Value { version, .. } => Some(version),
+                _ => None,
+            };
+            if here != Some(*version) {
+                let here = here.map_or("absent".to_string(), |v| format!("version {v}"));
                 return Err(Error::CannotResume(format!(
-                    "import from group {}: key {key:?} at version {version}, which the tail names as copied                      before, is not held here at that version (here: {}); send the whole copy",
-                    import.from,
-                    held.get(key).map_or("absent".to_string(), |v| format!("version {v}"))
+                    "import from group {}: key {key:?} at version {version}, named by the tail as copied before, \
+                     is not held here at that version ({here}); send the whole copy",
+                    import.from
                 )));
             }
         }
@@ -634,7 +645,6 @@ impl Node {
         // Our versions go above every version the source has given.
         let top = records.iter().map(|u| u.version).max().unwrap_or(0).max(import.floor);
         self.inner.versions.fetch_max(top, std::sync::atomic::Ordering::AcqRel);
-        let t = Time::now();
         let mut durable = Vec::new();
         for update in records {
             if let Applied::Newer { .. } = self.inner.store.apply(&update, t) {

@@ -48,7 +48,7 @@ pub const BATCH_BYTES: usize = 4 << 20;
 
 /// How soon a write a root answered `SlotMoving` goes up again (its
 /// slot's later writes wait with it; other slots' go on).
-const MOVING_RETRY_MS: u64 = 50;
+const MOVING_RETRY_MS: u64 = 10;
 
 /// A write in this node's uplink: who gave it to us (`None`: our client).
 pub(super) struct Pending {
@@ -266,10 +266,6 @@ impl Node {
             if hold > 0 {
                 tokio::time::sleep(Duration::from_millis(hold)).await;
             }
-            // A depth-1 node's writes go to roots (its parent, or at a
-            // router each group's leader): a `SlotMoving` from one is
-            // undecided. From any other parent it is the outcome.
-            let answers_from_roots = self.place().is_ok_and(|p| p.topology.depth == 1);
             match self.send_writes(&batch, &link, seen).await {
                 Ok(answers) => {
                     if failures > 0 {
@@ -282,14 +278,17 @@ impl Node {
                     if delay > 0 {
                         tokio::time::sleep(Duration::from_millis(delay)).await;
                     }
-                    self.inner.uplink.state.lock().in_flight -= batch.len();
+                    // Writes held for a frozen slot stay counted until they
+                    // are queued again (a drain must not see them gone).
+                    let held = answers.results.iter().filter(|r| matches!(r, WriteResult::SlotMoving { .. })).count();
+                    self.inner.uplink.state.lock().in_flight -= batch.len() - held;
                     let confirmed = answers.confirmed.iter().copied().chain(std::iter::repeat(false));
                     let mut moving = Vec::new();
                     for ((p, result), confirmed) in batch.into_iter().zip(answers.results).zip(confirmed) {
                         match result {
                             WriteResult::Accepted | WriteResult::InProgress => self.hand(p, &result),
-                            // Undecided at a root: again shortly.
-                            WriteResult::SlotMoving { slot } if answers_from_roots => moving.push((p, slot)),
+                            // Only a root answers it: undecided, again shortly.
+                            WriteResult::SlotMoving { slot } => moving.push((p, slot)),
                             result => {
                                 self.settle(&p, &result, Answer { sent_in: link.generation, confirmed });
                                 self.resolve(p, result, false);
@@ -379,13 +378,19 @@ impl Node {
         Some(Link { parent, generation: self.inner.store.generation() })
     }
 
-    /// Writes a root answered `SlotMoving`: back at the head of the queue,
-    /// in order, their slots held back for [`MOVING_RETRY_MS`] (the batch
-    /// that follows passes them); one that has waited [`FROZEN_WAIT`] for
-    /// its slot is given up, answered `SlotMoving` (503 `slot_moving` for a
-    /// client, whichever node it came in at): nothing was written. Not one
-    /// a parent once took without its outcome: that may still commit by
-    /// the other path, and waits for its outcome as any write does.
+    /// Writes a root answered `SlotMoving` (still counted in flight):
+    /// back at the head of the queue, in order, their slots held back for
+    /// [`MOVING_RETRY_MS`] (the batch that follows passes them).
+    ///
+    /// A child waiting for one (ack=root) is answered `InProgress` now and
+    /// owed a notice, so its next batch, other slots' writes, goes up at
+    /// once. A child's write is never given up here: the child may have
+    /// handed it to another parent before it came here, and ack=parent
+    /// ones were answered already. One of this node's own clients that
+    /// has waited [`FROZEN_WAIT`] for its slot is given up, answered
+    /// `SlotMoving` (503 `slot_moving`): nothing was written, unless a
+    /// parent once took it without its outcome (a copy may still commit by
+    /// that path): that one waits for its outcome as any write does.
     fn hold_moving(&self, moving: Vec<(Pending, Slot)>) {
         if moving.is_empty() {
             return;
@@ -393,19 +398,32 @@ impl Node {
         let now = mono_ms();
         let wait = FROZEN_WAIT.as_millis() as u64;
         let mut given_up = Vec::new();
+        let mut answered = Vec::new();
         {
             let mut s = self.inner.uplink.state.lock();
+            s.in_flight -= moving.len();
             for (mut p, slot) in moving.into_iter().rev() {
                 if p.moving_since == 0 {
                     p.moving_since = now;
                 }
-                if !p.handed_before && now >= p.moving_since + wait {
+                if p.child.is_none() && !p.handed_before && now >= p.moving_since + wait {
                     given_up.push((p, slot));
                     continue;
+                }
+                if let (Some(child), Some(waiters)) = (p.child, s.waiting.get_mut(&p.write.id)) {
+                    if !waiters.txs.is_empty() {
+                        answered.append(&mut waiters.txs);
+                        if !waiters.owed.contains(&child) {
+                            waiters.owed.push(child);
+                        }
+                    }
                 }
                 s.moving.insert(slot, now + MOVING_RETRY_MS);
                 s.queue.push_front(p);
             }
+        }
+        for tx in answered {
+            let _ = tx.send(WriteResult::InProgress);
         }
         for (p, slot) in given_up.into_iter().rev() {
             log::debug!("write of {} given up: slot {slot} stayed frozen for {FROZEN_WAIT:?}", p.write.update.key);
