@@ -72,6 +72,9 @@ pub struct Moved {
     pub writes: usize,
     pub pause_p99_ms: f64,
     pub pause_max_ms: f64,
+    /// The same writers' p99 in the half second before the move began:
+    /// what the roots' CPU bound costs them anyway.
+    pub before_p99_ms: f64,
     /// Acknowledged values of the slot not found at the new owner after.
     pub lost: usize,
 }
@@ -126,8 +129,8 @@ pub fn table(rows: &[Row]) -> String {
         };
         let moved = match &r.moved {
             Some(m) => format!(
-                "{:.0} ms, {} writes, pause p99 {:.1} ms max {:.1} ms, {} lost",
-                m.took_ms, m.writes, m.pause_p99_ms, m.pause_max_ms, m.lost
+                "{:.0} ms, {} writes, pause p99 {:.1} ms max {:.1} ms (before: p99 {:.1} ms), {} lost",
+                m.took_ms, m.writes, m.pause_p99_ms, m.pause_max_ms, m.before_p99_ms, m.lost
             ),
             None => "-".into(),
         };
@@ -443,8 +446,11 @@ async fn move_hot(
     let mut during: Vec<Duration> =
         latencies.lock().iter().filter(|(s, d)| *s + *d >= began && *s <= ended).map(|(_, d)| *d).collect();
     during.sort_unstable();
+    let mut before: Vec<Duration> = latencies.lock().iter().filter(|(s, d)| *s + *d < began).map(|(_, d)| *d).collect();
+    before.sort_unstable();
     let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
-    let p99 = ms(during.get((during.len() * 99 / 100).min(during.len().saturating_sub(1))));
+    let p99_of = |v: &[Duration]| ms(v.get((v.len() * 99 / 100).min(v.len().saturating_sub(1))));
+    let p99 = p99_of(&during);
     let mut lost = 0;
     let acked = acked.lock().clone();
     for (key, v) in &acked {
@@ -460,6 +466,7 @@ async fn move_hot(
         writes: during.len(),
         pause_p99_ms: p99,
         pause_max_ms: ms(during.last()),
+        before_p99_ms: p99_of(&before),
         lost,
     })
 }
@@ -486,13 +493,14 @@ mod tests {
             writes: 30,
             pause_p99_ms: 45.5,
             pause_max_ms: 50.0,
+            before_p99_ms: 30.25,
             lost: 0,
         });
         let text = table(&[row(1, 1000, 1000.0), two]);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[1].contains("1000") && lines[1].contains("1.00"), "{text}");
         assert!(lines[2].contains("1.90") && lines[2].contains("0.90"), "{text}");
-        assert!(lines[2].contains("pause p99 45.5 ms max 50.0 ms, 0 lost"), "{text}");
+        assert!(lines[2].contains("pause p99 45.5 ms max 50.0 ms (before: p99 30.2 ms), 0 lost"), "{text}");
         assert_eq!(lines[3], "cpu bound per root: 25% of one core");
     }
 
