@@ -315,9 +315,9 @@ impl Store {
     /// section (otherwise nothing changes and no version is used). A delete
     /// of an absent key commits nothing. `holder`, the child the write came
     /// from, is recorded in the same critical section, and is among the
-    /// returned holders: the commit is pushed down the writer's branch too,
-    /// so a writer whose reply is lost still learns it (a duplicate is
-    /// dropped there as stale). With `max_bytes` (a root's
+    /// returned holders (the root pushes to it only what other writers
+    /// commit: the writer's hop learns its own commit from the answer, or
+    /// from the answer to its resend). With `max_bytes` (a root's
     /// `--max-memory`), a write that would grow the store past it is
     /// refused (`Full`) in the same critical section, before it has a
     /// version; deletes and overwrites that do not grow pass.

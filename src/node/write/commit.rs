@@ -350,8 +350,14 @@ impl Node {
                     // A refusal names the version it found, which may be
                     // on its way to disk still: wait for it, as for a resend.
                     d.seen_before |= matches!(result, WriteResult::ConditionFailed { .. });
-                    if let Some((update, holders)) = push {
+                    if let Some((update, mut holders)) = push {
                         d.durable.push((update.clone(), Some(w.id)));
+                        // The sender learns the commit from this batch's
+                        // answer, or, if that is lost, from the answer to
+                        // the same batch sent again (its uplink sends it
+                        // until answered; the outcome is kept): a push to
+                        // it too would double the root's requests per write.
+                        holders.retain(|&h| Some(h) != child);
                         d.pushes.push((update, holders));
                     } else if let (WriteResult::Absent, Some(key)) = (&result, deleted) {
                         d.durable.push((Update { key, version: 0, value: None, expires_at: None }, Some(w.id)));

@@ -30,10 +30,13 @@
 //! write arriving by a second path after a re-attachment, gets the first
 //! outcome; a write from a node older than one already committed from that
 //! node (it was overtaken on another path) is refused, never committed out
-//! of order. The root pushes each commit to every holder, the writer's
-//! branch included: each hop on the way held the key as expected while the
-//! write was in flight, and records the hop below as a holder when the
-//! commit comes back, so a writer whose reply was lost still learns it.
+//! of order. The root pushes each commit to every holder but the child it
+//! came from, which learns it from the answer (or, if that is lost, from
+//! the answer to the resend its uplink makes until answered). Each hop on
+//! the way held the key as expected while the write was in flight,
+//! records the hop below as a holder when the commit comes back, and
+//! pushes it down the writer's branch, so a writer whose reply was lost
+//! still learns it.
 //!
 //! Split by side: `uplink` sends this node's writes up (the queue, the
 //! sender task, settling a commit on its way back down); `accept` is a
