@@ -470,6 +470,10 @@ if [ "$(jq -r '[.[] | select(.groups == 2)] | length' "$WORK/capacity.json")" = 
     MV_P99=$(jq -r '.[] | select(.groups == 2) | .moved.pause_p99_ms' "$WORK/capacity.json")
     MV_LOST=$(jq -r '.[] | select(.groups == 2) | .moved.lost' "$WORK/capacity.json")
     row "capacity: a 1,000-key slot moved under load (2 groups): write pause p99, lost acks" "$MV_P99 ms, $MV_LOST lost ($(jq -r '.[] | select(.groups == 2) | .moved.took_ms | floor' "$WORK/capacity.json") ms)" "100 ms, 0" "$(ratio "$MV_P99" 100)" "≤ 100 ms, 0 lost" "$(awk -v p="$MV_P99" -v l="$MV_LOST" 'BEGIN { print (p <= 100 && l == 0) ? "yes" : "NO" }')"
+    OS_P99=$(jq -r '.[] | select(.groups == 2) | .moved.others_p99_ms' "$WORK/capacity.json")
+    OS_BEFORE=$(jq -r '.[] | select(.groups == 2) | .moved.others_before_p99_ms' "$WORK/capacity.json")
+    r=$(ratio "$OS_P99" "$OS_BEFORE")
+    row "capacity: other slots' write p99 while a slot moves (2 groups)" "$OS_P99 ms" "$OS_BEFORE ms before the move" "$r" "≤ 1.2" "$(verdict "$r" '<=' 1.2)"
 fi
 
 print_table() {

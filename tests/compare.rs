@@ -75,6 +75,7 @@ fn compare_sh_prints_every_figure_beside_its_baseline() {
         "capacity: 2 groups, keys held until root_full",
         "capacity: 2 groups, ack=root writes/s",
         "capacity: a 1,000-key slot moved under load",
+        "capacity: other slots' write p99 while a slot moves",
     ] {
         let r = row(figure);
         assert!(r[1].chars().any(|c| c.is_ascii_digit()), "{figure}: no figure in {r:?}");

@@ -15,9 +15,11 @@
 //! 3. **A move under load** (G ≥ 2, first, while the groups have room): 1,000
 //!    keys sharing one slot (a hash tag) are overwritten while `treecache
 //!    slots move` hands that slot to another group; each of its writes' latency during
-//!    the move (the write pause: p99 and max), and afterwards each of its
-//!    keys read back at the new owner: an acknowledged value that is not
-//!    there is a lost acknowledgement.
+//!    the move (the write pause: p99 and max, beside their p99 in the half
+//!    second before), the p99 of writers of other slots meanwhile (during
+//!    and before the move), and afterwards each of the slot's keys read
+//!    back at the new owner: an acknowledged value that is not there is a
+//!    lost acknowledgement.
 //!
 //! Every process it started, and every cgroup it made, is gone when it
 //! returns.
@@ -75,6 +77,10 @@ pub struct Moved {
     /// The same writers' p99 in the half second before the move began:
     /// what the roots' CPU bound costs them anyway.
     pub before_p99_ms: f64,
+    /// Writers of other slots (of every group) meanwhile: their p99 while
+    /// the slot moved, and before.
+    pub others_p99_ms: f64,
+    pub others_before_p99_ms: f64,
     /// Acknowledged values of the slot not found at the new owner after.
     pub lost: usize,
 }
@@ -129,8 +135,16 @@ pub fn table(rows: &[Row]) -> String {
         };
         let moved = match &r.moved {
             Some(m) => format!(
-                "{:.0} ms, {} writes, pause p99 {:.1} ms max {:.1} ms (before: p99 {:.1} ms), {} lost",
-                m.took_ms, m.writes, m.pause_p99_ms, m.pause_max_ms, m.before_p99_ms, m.lost
+                "{:.0} ms, {} writes, pause p99 {:.1} ms max {:.1} ms (before: p99 {:.1} ms), other slots p99 {:.1} ms \
+                 (before: {:.1} ms), {} lost",
+                m.took_ms,
+                m.writes,
+                m.pause_p99_ms,
+                m.pause_max_ms,
+                m.before_p99_ms,
+                m.others_p99_ms,
+                m.others_before_p99_ms,
+                m.lost
             ),
             None => "-".into(),
         };
@@ -393,26 +407,51 @@ async fn move_hot(
     // their start times.
     let acked = Arc::new(Mutex::new(std::collections::HashMap::<String, String>::new()));
     let latencies = Arc::new(Mutex::new(Vec::<(Instant, Duration)>::new()));
-    let tasks: Vec<_> = (0..plan.writers)
+    // Other slots' writers: half as many, over 1,000 keys of other slots.
+    let others = Arc::new(Mutex::new(Vec::<(Instant, Duration)>::new()));
+    let cold: Vec<String> =
+        (0..).map(|i| format!("capacity-other-{i}")).filter(|k| slot_of(k) != slot).take(HOT_KEYS).collect();
+    let other_writers = (plan.writers / 2).max(2);
+    let mut tasks: Vec<_> = (0..other_writers)
         .map(|w| {
-            let (clients, stop, acked, latencies) = (clients.clone(), stop.clone(), acked.clone(), latencies.clone());
-            let mine: Vec<String> = hot.iter().skip(w).step_by(plan.writers).cloned().collect();
-            let base = value.to_string();
+            let (clients, stop, others) = (clients.clone(), stop.clone(), others.clone());
+            let mine: Vec<String> = cold.iter().skip(w).step_by(other_writers).cloned().collect();
+            let value = value.to_string();
             tokio::spawn(async move {
-                let mut round = 0u64;
-                while !stop.load(Ordering::Relaxed) && !mine.is_empty() {
-                    let key = &mine[(round as usize) % mine.len()];
-                    let v = format!("{round}-{base}");
+                let mut round = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = &mine[round % mine.len()];
                     let started = Instant::now();
-                    if clients[w % 2].put_with(key, v.clone(), PutOptions { ack: Ack::Root, ttl: None }).await.is_ok() {
-                        latencies.lock().push((started, started.elapsed()));
-                        acked.lock().insert(key.clone(), v);
+                    if clients[w % 2]
+                        .put_with(key, value.clone(), PutOptions { ack: Ack::Root, ttl: None })
+                        .await
+                        .is_ok()
+                    {
+                        others.lock().push((started, started.elapsed()));
                     }
                     round += 1;
                 }
             })
         })
         .collect();
+    tasks.extend((0..plan.writers).map(|w| {
+        let (clients, stop, acked, latencies) = (clients.clone(), stop.clone(), acked.clone(), latencies.clone());
+        let mine: Vec<String> = hot.iter().skip(w).step_by(plan.writers).cloned().collect();
+        let base = value.to_string();
+        tokio::spawn(async move {
+            let mut round = 0u64;
+            while !stop.load(Ordering::Relaxed) && !mine.is_empty() {
+                let key = &mine[(round as usize) % mine.len()];
+                let v = format!("{round}-{base}");
+                let started = Instant::now();
+                if clients[w % 2].put_with(key, v.clone(), PutOptions { ack: Ack::Root, ttl: None }).await.is_ok() {
+                    latencies.lock().push((started, started.elapsed()));
+                    acked.lock().insert(key.clone(), v);
+                }
+                round += 1;
+            }
+        })
+    }));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let began = Instant::now();
     let out = tokio::process::Command::new(bin)
@@ -443,11 +482,18 @@ async fn move_hot(
     for t in tasks {
         let _ = t.await;
     }
-    let mut during: Vec<Duration> =
-        latencies.lock().iter().filter(|(s, d)| *s + *d >= began && *s <= ended).map(|(_, d)| *d).collect();
-    during.sort_unstable();
-    let mut before: Vec<Duration> = latencies.lock().iter().filter(|(s, d)| *s + *d < began).map(|(_, d)| *d).collect();
-    before.sort_unstable();
+    // Latencies (sorted) of writes that overlapped the move, and of those
+    // done before it began.
+    let split = |all: &[(Instant, Duration)]| {
+        let mut during: Vec<Duration> =
+            all.iter().filter(|(s, d)| *s + *d >= began && *s <= ended).map(|(_, d)| *d).collect();
+        let mut before: Vec<Duration> = all.iter().filter(|(s, d)| *s + *d < began).map(|(_, d)| *d).collect();
+        during.sort_unstable();
+        before.sort_unstable();
+        (during, before)
+    };
+    let (during, before) = split(&latencies.lock());
+    let (others_during, others_before) = split(&others.lock());
     let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
     let p99_of = |v: &[Duration]| ms(v.get((v.len() * 99 / 100).min(v.len().saturating_sub(1))));
     let p99 = p99_of(&during);
@@ -459,6 +505,14 @@ async fn move_hot(
             _ => lost += 1,
         }
     }
+    // The other slots' keys go: the fill that follows counts keys held
+    // from the same start as a run without a move.
+    for (i, key) in cold.iter().enumerate() {
+        match clients[i % 2].del_with(key, Ack::Root).await {
+            Err(e) if e.code() != Some("not_found") => return Err(format!("deleting {key}: {e}")),
+            _ => {}
+        }
+    }
     Ok(Moved {
         slot,
         keys: hot.len(),
@@ -467,6 +521,8 @@ async fn move_hot(
         pause_p99_ms: p99,
         pause_max_ms: ms(during.last()),
         before_p99_ms: p99_of(&before),
+        others_p99_ms: p99_of(&others_during),
+        others_before_p99_ms: p99_of(&others_before),
         lost,
     })
 }
@@ -494,13 +550,20 @@ mod tests {
             pause_p99_ms: 45.5,
             pause_max_ms: 50.0,
             before_p99_ms: 30.25,
+            others_p99_ms: 12.0,
+            others_before_p99_ms: 10.0,
             lost: 0,
         });
         let text = table(&[row(1, 1000, 1000.0), two]);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[1].contains("1000") && lines[1].contains("1.00"), "{text}");
         assert!(lines[2].contains("1.90") && lines[2].contains("0.90"), "{text}");
-        assert!(lines[2].contains("pause p99 45.5 ms max 50.0 ms (before: p99 30.2 ms), 0 lost"), "{text}");
+        assert!(
+        lines[2].contains(
+            "pause p99 45.5 ms max 50.0 ms (before: p99 30.2 ms), other slots p99 12.0 ms (before: 10.0 ms), 0 lost"
+        ),
+        "{text}"
+    );
         assert_eq!(lines[3], "cpu bound per root: 25% of one core");
     }
 
