@@ -241,13 +241,14 @@ async fn a_rebalance_under_writers_hands_half_the_slots_over_and_loses_no_acknow
     assert!(out.status.success() && text(&out).contains("nothing to move"), "{}", text(&out));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_move_survives_kill_9_of_the_source_leader_after_the_freeze_and_of_the_target_leader() {
-    // Group 0: the root and a standby; group 1: a leader and a standby.
-    // Every root of either group pauses 3 s once its slots are frozen.
+/// Group 0: the root (`nodes` - 1 routers under it) and a standby; group
+/// 1: a leader and a standby; both groups in sync. Every root pauses 3 s
+/// once its slots are frozen. Returns the cluster, group 0's standby,
+/// group 1's leader and group 1's standby.
+async fn two_groups_with_standbys(nodes: usize) -> (Cluster, usize, usize, usize) {
     let pause = ["--fault-move-pause-ms", "3000"];
     let mut c = Cluster::start_opts(Opts {
-        nodes: 5,
+        nodes,
         durable_root: true,
         root_args: pause.iter().map(|s| s.to_string()).collect(),
         ..Opts::default()
@@ -258,27 +259,45 @@ async fn a_move_survives_kill_9_of_the_source_leader_after_the_freeze_and_of_the
     let g1_standby = add_group_root(&mut c, "1", "g1-b", &pause).await;
     wait_in_sync(&c, 0, 2).await;
     wait_in_sync(&c, 1, 2).await;
+    (c, g0_standby, g1, g1_standby)
+}
+
+/// Writes `r<round>-<key>` to each of `keys`, acknowledged, at the routers
+/// 1..=`routers` in turn.
+async fn write_round(c: &Cluster, keys: &[&String], routers: usize, round: u32, acked: &Acked) {
+    for (i, key) in keys.iter().enumerate() {
+        write_acked(c, 1 + i % routers, key, &format!("r{round}-{key}"), acked).await;
+    }
+}
+
+/// `slots move --slots RANGE --to TO` in the background, returned once
+/// the range's first slot is frozen.
+async fn move_until_frozen(c: &Cluster, range: &str, to: &str) -> tokio::task::JoinHandle<Output> {
+    let first = range.split('-').next().expect("a range");
+    let moving = move_in_background(c, range, to);
+    wait_until(Duration::from_secs(30), &format!("slots {range} frozen"), || async {
+        znode(c, &format!("moves/{first}")).await.is_some_and(|m| m["state"] == "frozen")
+    })
+    .await;
+    moving
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_survives_kill_9_of_the_source_leader_after_the_freeze_and_of_the_target_leader() {
+    let (mut c, g0_standby, g1, g1_standby) = two_groups_with_standbys(5).await;
     let keys: Vec<String> = (0..120).map(|i| format!("f-{i}")).collect();
     let acked: Acked = Arc::default();
-    for (i, key) in keys.iter().enumerate() {
-        write_acked(&c, 1 + i % 4, key, &format!("r0-{key}"), &acked).await;
-    }
+    write_round(&c, &keys.iter().collect::<Vec<_>>(), 4, 0, &acked).await;
 
     // Slots 0-99 from group 0 to group 1; group 1's leader dies while the
     // slots are frozen: its standby takes over, and the cutover waits for
     // a last copy it holds (the one sent to the dead leader does not count).
-    let moving = move_in_background(&c, "0-99", "1");
-    wait_until(Duration::from_secs(30), "slots 0-99 frozen", || async {
-        znode(&c, "moves/0").await.is_some_and(|m| m["state"] == "frozen")
-    })
-    .await;
+    let moving = move_until_frozen(&c, "0-99", "1").await;
     c.kill(g1);
     // Writes of the frozen slots wait, then go to the new owner.
     let frozen_keys: Vec<&String> = keys.iter().filter(|k| slot_of(k) < 100).collect();
     assert!(!frozen_keys.is_empty());
-    for (i, key) in frozen_keys.iter().enumerate() {
-        write_acked(&c, 1 + i % 4, key, &format!("r1-{key}"), &acked).await;
-    }
+    write_round(&c, &frozen_keys, 4, 1, &acked).await;
     let out = moving.await.expect("slots move ran");
     let said = text(&out);
     assert!(out.status.success(), "{said}");
@@ -292,17 +311,11 @@ async fn a_move_survives_kill_9_of_the_source_leader_after_the_freeze_and_of_the
     // Slots 100-199 the same way; this time the source, group 0's leader
     // (the registrar), dies frozen: its standby takes over with the freeze
     // from its log and finishes the move.
-    let moving = move_in_background(&c, "100-199", "1");
-    wait_until(Duration::from_secs(30), "slots 100-199 frozen", || async {
-        znode(&c, "moves/100").await.is_some_and(|m| m["state"] == "frozen")
-    })
-    .await;
+    let moving = move_until_frozen(&c, "100-199", "1").await;
     c.kill(0);
     let frozen_keys: Vec<&String> = keys.iter().filter(|k| (100..200).contains(&slot_of(k))).collect();
     assert!(!frozen_keys.is_empty());
-    for (i, key) in frozen_keys.iter().enumerate() {
-        write_acked(&c, 1 + i % 4, key, &format!("r2-{key}"), &acked).await;
-    }
+    write_round(&c, &frozen_keys, 4, 2, &acked).await;
     let out = moving.await.expect("slots move ran");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(slot_map(&c).await.ranges_of(1), "0-199");
@@ -486,11 +499,7 @@ async fn a_frozen_slot_s_writes_wait_then_get_503_slot_moving_and_its_reads_are_
     let (c, g1, key) = frozen_move_setup(6000, 7).await;
     let (status, _) = c.put(0, &key, "before", "?ack=root").await;
     assert_eq!(status, 201);
-    let moving = move_in_background(&c, "7", "1");
-    wait_until(Duration::from_secs(30), "slot 7 frozen", || async {
-        znode(&c, "moves/7").await.is_some_and(|m| m["state"] == "frozen")
-    })
-    .await;
+    let moving = move_until_frozen(&c, "7", "1").await;
     let out = slots_cmd(&c, &[]).await;
     assert!(text(&out).contains("slots 7: group 0 → group 1, frozen"), "{}", text(&out));
     let started = std::time::Instant::now();
@@ -616,11 +625,7 @@ async fn a_move_survives_its_source_leader_paused_past_its_session() {
         write_acked(&c, 1 + i % 2, key, &format!("r0-{key}"), &acked).await;
     }
     // Slots 512-575 back to group 0; group 1's leader stops once frozen.
-    let moving = move_in_background(&c, "512-575", "0");
-    wait_until(Duration::from_secs(30), "slots 512-575 frozen", || async {
-        znode(&c, "moves/512").await.is_some_and(|m| m["state"] == "frozen")
-    })
-    .await;
+    let moving = move_until_frozen(&c, "512-575", "0").await;
     c.pause(g1);
     let standby_id = c.id(g1_standby).await;
     // Writes of the frozen slots wait through the takeover and the move.
@@ -653,11 +658,7 @@ async fn a_move_survives_zookeeper_pausing_at_its_cutover() {
     let (mut c, g1, key) = frozen_move_setup(1500, 9).await;
     let acked: Acked = Arc::default();
     write_acked(&c, 1, &key, "before", &acked).await;
-    let moving = move_in_background(&c, "9", "1");
-    wait_until(Duration::from_secs(30), "slot 9 frozen", || async {
-        znode(&c, "moves/9").await.is_some_and(|m| m["state"] == "frozen")
-    })
-    .await;
+    let moving = move_until_frozen(&c, "9", "1").await;
     // The source sleeps 1.5 s frozen, then copies and cuts over: ZooKeeper
     // is stopped from now for 3.5 s, past the cutover.
     assert!(c.zk.pause(), "SIGSTOP ZooKeeper");
@@ -730,11 +731,7 @@ async fn a_target_that_lost_the_first_copy_gets_the_whole_copy_and_the_move_lose
         let (status, body) = c.put(0, key, key, "?ack=root").await;
         assert_eq!(status, 201, "{body}");
     }
-    let moving = move_in_background(&c, "9", "1");
-    wait_until(Duration::from_secs(30), "slot 9 frozen", || async {
-        znode(&c, "moves/9").await.is_some_and(|m| m["state"] == "frozen")
-    })
-    .await;
+    let moving = move_until_frozen(&c, "9", "1").await;
     let before = c.health(g1).await["epoch"].as_u64();
     // A clean stop ends its ZooKeeper session at once, so it leads again
     // well within the pause.
@@ -846,11 +843,7 @@ async fn through_the_tree_a_frozen_slot_holds_back_only_its_own_writes() {
     let other = (0..).map(|i| format!("tree-{i}")).find(|k| slot_of(k) == 8).expect("a key of slot 8");
     let (status, _) = c.put(0, &frozen, "before", "?ack=root").await;
     assert_eq!(status, 201);
-    let moving = move_in_background(&c, "7", "1");
-    wait_until(Duration::from_secs(30), "slot 7 frozen", || async {
-        znode(&c, "moves/7").await.is_some_and(|m| m["state"] == "frozen")
-    })
-    .await;
+    let moving = move_until_frozen(&c, "7", "1").await;
     let held: Vec<_> = [1, 2]
         .into_iter()
         .map(|at| {
@@ -899,36 +892,16 @@ async fn through_the_tree_a_frozen_slot_holds_back_only_its_own_writes() {
 /// back, catch up, and hold what their group owns, nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_survives_kill_9_of_a_standby_of_each_group_while_frozen() {
-    let pause = ["--fault-move-pause-ms", "3000"];
-    let mut c = Cluster::start_opts(Opts {
-        nodes: 3,
-        durable_root: true,
-        root_args: pause.iter().map(|s| s.to_string()).collect(),
-        ..Opts::default()
-    })
-    .await;
-    let g0_standby = add_group_root(&mut c, "0", "g0-b", &pause).await;
-    let g1 = add_group_root(&mut c, "1", "g1-a", &pause).await;
-    let g1_standby = add_group_root(&mut c, "1", "g1-b", &pause).await;
-    wait_in_sync(&c, 0, 2).await;
-    wait_in_sync(&c, 1, 2).await;
+    let (mut c, g0_standby, g1, g1_standby) = two_groups_with_standbys(3).await;
     let keys: Vec<String> = (0..80).map(|i| format!("s-{i}")).collect();
     let acked: Acked = Arc::default();
-    for (i, key) in keys.iter().enumerate() {
-        write_acked(&c, 1 + i % 2, key, &format!("r0-{key}"), &acked).await;
-    }
-    let moving = move_in_background(&c, "0-199", "1");
-    wait_until(Duration::from_secs(30), "slots 0-199 frozen", || async {
-        znode(&c, "moves/0").await.is_some_and(|m| m["state"] == "frozen")
-    })
-    .await;
+    write_round(&c, &keys.iter().collect::<Vec<_>>(), 2, 0, &acked).await;
+    let moving = move_until_frozen(&c, "0-199", "1").await;
     c.kill(g0_standby);
     c.kill(g1_standby);
     let frozen_keys: Vec<&String> = keys.iter().filter(|k| slot_of(k) < 200).collect();
     assert!(!frozen_keys.is_empty());
-    for (i, key) in frozen_keys.iter().enumerate() {
-        write_acked(&c, 1 + i % 2, key, &format!("r1-{key}"), &acked).await;
-    }
+    write_round(&c, &frozen_keys, 2, 1, &acked).await;
     let out = moving.await.expect("slots move ran");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(slot_map(&c).await.ranges_of(1), "0-199");

@@ -132,12 +132,10 @@ impl Node {
     /// `wrong_group` if one is not ours (handed over, dropped). A freeze
     /// comes before any cutover, so no commit straddles either.
     pub(super) fn if_unfrozen<R>(&self, keys: &[String], commit: impl FnOnce() -> R) -> Result<Option<R>> {
-        let frozen = self.inner.moves.frozen.read();
-        if !frozen.is_empty() && keys.iter().any(|k| frozen.contains(&slot_of(k))) {
-            return Ok(None);
-        }
-        self.check_own_slots(keys)?;
-        Ok(Some(commit()))
+        self.with_frozen(keys, |frozen| {
+            let any_frozen = !frozen.is_empty() && keys.iter().any(|k| frozen.contains(&slot_of(k)));
+            (!any_frozen).then(commit)
+        })
     }
 
     /// Runs `decide` with the frozen slots (none of which a freeze can add
