@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::{wait_until, Cluster, Opts};
 use serde_json::Value;
+use treecache::client::{Ack, PutOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_treecache");
 
@@ -302,6 +303,29 @@ async fn a_failover_of_group_1_reroutes_its_slots_and_loses_no_acknowledged_writ
     }
 
     c.kill(leader);
+    // A write of group 1 at a router waits for group 1's new leader;
+    // meanwhile the same router's writes of group 0 are acknowledged (each
+    // group's writes go up in their own lane).
+    let router = c.client(1);
+    let (first, value) = (ones[0].clone(), "after".to_string());
+    let waiting = tokio::spawn(async move {
+        router.put_with(&first, value, PutOptions { ack: Ack::Root, ttl: None }).await.map(|w| w.version())
+    });
+    wait_until(Duration::from_secs(10), "the router holds group 1's write", || async {
+        c.metric(1, "uplink_pending").await >= 1.0
+    })
+    .await;
+    for key in keys_of(&map, 0, "during", 3) {
+        let (status, body) = c.put(1, &key, "v", "?ack=root").await;
+        assert_eq!(status, 201, "{key} of group 0 while group 1 fails over: {body}");
+    }
+    let group_1 = znode(&c, "groups/1/root").await;
+    assert!(
+        group_1.as_ref().is_none_or(|root| root["id"] != standby_id),
+        "group 0's writes waited for group 1's failover ({group_1:?})"
+    );
+    let version = waiting.await.expect("the writer").expect("group 1's write, after its failover");
+    assert!(version.is_some_and(|v| v > 0), "an ack=root write answers its version");
     // Writes through the leaves wait for group 1's new leader (the
     // failover wait) and are acknowledged there.
     for (n, key) in ones.iter().enumerate() {

@@ -44,6 +44,7 @@ impl Node {
                 continue;
             }
             let (tx, rx) = oneshot::channel();
+            let mut fresh = None;
             let waiters = match s.waiting.entry(w.id) {
                 std::collections::hash_map::Entry::Occupied(held) => held.into_mut(),
                 std::collections::hash_map::Entry::Vacant(slot) => {
@@ -52,10 +53,8 @@ impl Node {
                     } else {
                         self.inner.store.expect(&w.update.key);
                     }
-                    let waiters = slot.insert(Waiters::default());
-                    s.queue.push_back(Pending::new(w.clone(), Some(child)));
-                    queued = true;
-                    waiters
+                    fresh = Some(Pending::new(w.clone(), Some(child)));
+                    slot.insert(Waiters::default())
                 }
             };
             if w.ack_root {
@@ -66,6 +65,10 @@ impl Node {
                     waiters.owed.push(child);
                 }
                 joined.push(Joined::Queued);
+            }
+            if let Some(p) = fresh {
+                s.enqueue(p);
+                queued = true;
             }
         }
         drop(guard);

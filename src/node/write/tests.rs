@@ -4,7 +4,7 @@
 
 use super::commit::{Verdict, ORIGINS, OUTCOMES_PER_ORIGIN};
 use super::settled::{Kept, Settled, SETTLED_FOR, SETTLED_MAX};
-use super::uplink::{Link, Pending, UplinkState};
+use super::uplink::{Lane, Laning, Link, Pending, UplinkState};
 use super::*;
 use crate::store::{NodeId, WriteId};
 use crate::wire::{Peer, Write};
@@ -107,7 +107,87 @@ fn link(parent: NodeId, generation: u64) -> Link {
 }
 
 fn queued(s: &UplinkState) -> Vec<u64> {
-    s.queue.iter().map(|p| p.write.id.seq).collect()
+    s.queued_seqs()
+}
+
+/// A write of `key` with id `seq`.
+fn write_of(key: &str, seq: u64) -> Pending {
+    let update = Update { key: key.to_string(), version: 0, value: None, expires_at: None };
+    Pending::new(Write { update, id: id(seq), ack_root: true, cond: Condition::Always }, None)
+}
+
+/// Each part's lane and its writes' ids.
+fn parts_of(parts: &[(Lane, Vec<Pending>)]) -> Vec<(Lane, Vec<u64>)> {
+    parts.iter().map(|(lane, batch)| (*lane, batch.iter().map(|p| p.write.id.seq).collect())).collect()
+}
+
+/// At a router: keys tagged `{a}` are group 1's, the rest group 2's.
+fn by_tag(key: &str) -> Lane {
+    if key.starts_with("{a}") {
+        1
+    } else {
+        2
+    }
+}
+
+const ROUTER: Laning = Laning { router: true, map_epoch: 1 };
+
+#[test]
+fn each_lane_sends_its_own_batch_and_a_lane_that_waits_holds_back_only_its_own() {
+    let mut s = UplinkState::default();
+    for (seq, key) in [(1, "{a}1"), (2, "{b}1"), (3, "{a}2"), (4, "{b}2")] {
+        s.enqueue(write_of(key, seq));
+    }
+    // Group 2's lane is busy (a batch in flight, or failing over).
+    let first = s.take_parts(ROUTER, &by_tag, &|lane| lane == 1, 0);
+    assert_eq!(parts_of(&first), vec![(1, vec![1, 3])], "group 1's writes pass group 2's");
+    s.enqueue(write_of("{a}3", 5));
+    let second = s.take_parts(ROUTER, &by_tag, &|lane| lane == 2, 0);
+    assert_eq!(parts_of(&second), vec![(2, vec![2, 4])]);
+    assert_eq!(queued(&s), vec![5]);
+    // Group 1's batch was not answered: it goes again before the write
+    // of its slot queued meanwhile, in one batch.
+    let (_, batch) = first.into_iter().next().unwrap();
+    s.release(&batch);
+    s.give_back(batch);
+    assert_eq!(queued(&s), vec![1, 3, 5]);
+    let third = s.take_parts(ROUTER, &by_tag, &|_| true, 0);
+    assert_eq!(parts_of(&third), vec![(1, vec![1, 3, 5])]);
+    assert_eq!(s.queued(), 0);
+}
+
+#[test]
+fn a_slot_whose_writes_are_in_flight_waits_for_them_in_its_new_lane() {
+    let mut s = UplinkState::default();
+    s.enqueue(write_of("{a}1", 1));
+    let before = s.take_parts(ROUTER, &by_tag, &|_| true, 0);
+    assert_eq!(parts_of(&before), vec![(1, vec![1])]);
+    // The slot moved to group 2 while its write was in flight to group 1.
+    s.enqueue(write_of("{a}2", 2));
+    s.enqueue(write_of("{b}1", 3));
+    let moved = Laning { router: true, map_epoch: 2 };
+    let to_two = |_: &str| 2;
+    let during = s.take_parts(moved, &to_two, &|_| true, 0);
+    assert_eq!(parts_of(&during), vec![(2, vec![3])], "the slot's next write waits for the one in flight");
+    // The old owner answered `wrong_group`: the write goes again, first.
+    let (_, batch) = before.into_iter().next().unwrap();
+    s.release(&batch);
+    s.give_back(batch);
+    let (_, batch) = during.into_iter().next().unwrap();
+    s.release(&batch);
+    s.give_back(batch);
+    let after = s.take_parts(moved, &to_two, &|_| true, 0);
+    assert_eq!(parts_of(&after), vec![(2, vec![1, 2, 3])]);
+}
+
+#[test]
+fn a_node_that_does_not_route_has_one_lane() {
+    let mut s = UplinkState::default();
+    for (seq, key) in [(1, "{a}1"), (2, "{b}1")] {
+        s.enqueue(write_of(key, seq));
+    }
+    let parts = s.take_parts(Laning::default(), &|_| 0, &|_| true, 0);
+    assert_eq!(parts_of(&parts), vec![(0, vec![1, 2])]);
 }
 
 #[test]
@@ -115,20 +195,28 @@ fn writes_a_parent_took_go_again_first_and_in_order_over_a_new_link() {
     let mut s = UplinkState::default();
     assert_eq!(s.relink(&link(1, 1)), 0, "the first link has nothing to send again");
     for seq in [1, 2, 3] {
-        s.hand(pending(seq));
+        s.enqueue(pending(seq));
     }
-    s.queue.push_back(pending(4));
+    let taken = s.take_parts(Laning::default(), &|_| 0, &|_| true, 0);
+    for p in taken.into_iter().flat_map(|(_, batch)| batch) {
+        s.hand(p);
+    }
+    s.enqueue(pending(4));
     assert!(s.unhand(&id(2)).is_some(), "an outcome heard: no longer ours");
     s.seen = 17;
     assert_eq!(s.relink(&link(1, 1)), 0, "the same link: nothing goes again");
     assert_eq!(queued(&s), vec![4]);
     assert_eq!(s.relink(&link(1, 2)), 2, "a reset is a new link, though the parent is the same");
-    assert_eq!(queued(&s), vec![1, 3, 4], "unconfirmed writes first, in the order they were taken");
+    assert_eq!(queued(&s), vec![1, 3, 4], "unconfirmed writes go again, in the order they were queued");
     assert!(s.handed.is_empty() && s.handed_ids.is_empty());
     assert_eq!(s.seen, 0, "notices are counted per link");
-    s.hand(pending(5));
-    assert_eq!(s.relink(&link(2, 2)), 1, "a new parent");
-    assert_eq!(queued(&s), vec![5, 1, 3, 4]);
+    let taken = s.take_parts(Laning::default(), &|_| 0, &|_| true, 0);
+    assert_eq!(parts_of(&taken), vec![(0, vec![1, 3, 4])], "before any later write");
+    for p in taken.into_iter().flat_map(|(_, batch)| batch) {
+        s.hand(p);
+    }
+    assert_eq!(s.relink(&link(2, 2)), 3, "a new parent");
+    assert_eq!(queued(&s), vec![1, 3, 4]);
 }
 
 #[test]

@@ -1,15 +1,18 @@
-//! The sender side of the write path: this node's one FIFO uplink (the
-//! queue, what the parent took without an outcome yet, the outcomes
-//! recently settled), the sender task that sends its head as a batch and
-//! retries it until the parent answers, and settling a commit that comes
-//! back down through this node.
+//! The sender side of the write path: this node's uplink (the queue, FIFO
+//! per slot, in lanes; what the parent took without an outcome yet; the
+//! outcomes recently settled), the sender task that sends each lane's head
+//! as a batch and retries it until its parent or group leader answers, and
+//! settling a commit that comes back down through this node.
 //!
 //! Must not commit (only the root does, in `commit.rs`), and must not drop
 //! a write while the node lives: a write leaves the uplink only with its
 //! outcome.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
@@ -20,9 +23,9 @@ use super::Ack;
 use crate::clock::{mono_ms, Time};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, Upstream};
-use crate::node::routes::Route;
+use crate::node::routes::{Route, RouteView};
 use crate::node::{Node, FROZEN_WAIT};
-use crate::slots::{slot_of, Slot};
+use crate::slots::{slot_of, GroupId, Slot};
 use crate::store::{Answer, Applied, Condition, NodeId, Update, WriteId};
 use crate::wire::{self, Peer, Write, WriteResult, WriteResults};
 
@@ -34,6 +37,8 @@ pub(super) const UPLINK_TIMEOUT: Duration = Duration::from_secs(15);
 /// The longest wait before a failed batch is tried again (while the tree
 /// settles, a quarter of it).
 pub(super) const RETRY_CAP: Duration = Duration::from_secs(1);
+/// The first wait before a failed batch is tried again.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// After an unconfirmed write's outcome was heard, how long pushes for its
 /// key are still welcome here though the key may not be held (the push of
@@ -60,11 +65,49 @@ pub(super) struct Pending {
     /// A parent took it once without its outcome: a copy of it may still
     /// be on its way by that path, so it is never given up here.
     handed_before: bool,
+    /// Its place in the order the uplink took writes in (set when queued):
+    /// writes given back are put back in this order.
+    order: u64,
 }
 
 impl Pending {
     pub(super) fn new(write: Write, child: Option<NodeId>) -> Pending {
-        Pending { write, child, moving_since: 0, handed_before: false }
+        Pending { write, child, moving_since: 0, handed_before: false, order: 0 }
+    }
+}
+
+/// One sender lane of the uplink. At a router, one per root group (group
+/// 0's writes go to the parent, group 0's leader): each has at most one
+/// batch in flight, so a group that is slow, frozen or failing over holds
+/// back its own writes only. Elsewhere every write is lane 0's.
+pub(super) type Lane = GroupId;
+
+/// A batch taken from one lane.
+pub(super) type Taken = (Lane, Vec<Pending>);
+
+/// How the queued writes were sorted into lanes: whether this node routed
+/// then, and by which slot map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Laning {
+    pub(super) router: bool,
+    pub(super) map_epoch: u64,
+}
+
+impl Laning {
+    pub(super) fn of(router: bool, view: &RouteView) -> Laning {
+        match (router, &view.map) {
+            (true, Some(map)) => Laning { router, map_epoch: map.epoch() },
+            _ => Laning::default(),
+        }
+    }
+
+    /// The lane `key`'s writes go in under `view`.
+    pub(super) fn lane(&self, view: &RouteView, key: &str) -> Lane {
+        if self.router {
+            view.owner(key)
+        } else {
+            0
+        }
     }
 }
 
@@ -89,9 +132,23 @@ pub(super) struct Waiters {
 
 #[derive(Default)]
 pub(super) struct UplinkState {
-    pub(super) queue: VecDeque<Pending>,
+    /// Writes queued since the sender last looked, in order.
+    inbox: VecDeque<Pending>,
+    /// The queued writes by lane, each lane in order (FIFO per slot), as
+    /// `laning` sorted them.
+    lanes: BTreeMap<Lane, VecDeque<Pending>>,
+    laning: Laning,
+    /// Writes given back unsent or unanswered (a failed batch, a frozen
+    /// slot's writes, what an earlier link's parent took): put back in
+    /// the lanes in their order before the next batch is taken.
+    given_back: Vec<Pending>,
+    next_order: u64,
     /// Writes taken by the sender and not answered yet.
     in_flight: usize,
+    /// At a router, the slots of the writes in flight, and how many: a
+    /// slot's later writes wait for them (a map change can put them in
+    /// another lane meanwhile).
+    busy: HashMap<Slot, u32>,
     /// Writes the parent took whose outcome we have not heard, in the
     /// order they were taken (keyed by `handed_seq`), and their ids.
     pub(super) handed: BTreeMap<u64, Pending>,
@@ -134,7 +191,8 @@ impl UplinkState {
         self.handed.remove(&at)
     }
 
-    /// Moves to `link`: what the last link's parent took goes again, first.
+    /// Moves to `link`: what the last link's parent took goes again, in
+    /// the order it was first queued (before later writes of its slot).
     pub(super) fn relink(&mut self, link: &Link) -> usize {
         if self.link.as_ref() == Some(link) {
             return 0;
@@ -145,10 +203,129 @@ impl UplinkState {
         self.handed_ids.clear();
         let again = std::mem::take(&mut self.handed);
         let n = again.len();
-        for (_, p) in again.into_iter().rev() {
-            self.queue.push_front(p);
-        }
+        self.given_back.extend(again.into_values());
         n
+    }
+
+    /// Queues a new write, after every write queued before it.
+    pub(super) fn enqueue(&mut self, mut p: Pending) {
+        self.next_order += 1;
+        p.order = self.next_order;
+        self.inbox.push_back(p);
+    }
+
+    /// Writes queued and not taken.
+    pub(super) fn queued(&self) -> usize {
+        self.inbox.len() + self.given_back.len() + self.lanes.values().map(VecDeque::len).sum::<usize>()
+    }
+
+    /// Sorts the queued writes into lanes: new ones at their lane's tail;
+    /// after writes were given back or under a new `laning`, every queued
+    /// write again, in the order they were queued.
+    fn sort_into_lanes(&mut self, laning: Laning, lane_of: &dyn Fn(&str) -> Lane) {
+        if laning != self.laning || !self.given_back.is_empty() {
+            let mut all = std::mem::take(&mut self.given_back);
+            all.extend(std::mem::take(&mut self.lanes).into_values().flatten());
+            all.extend(self.inbox.drain(..));
+            all.sort_by_key(|p| p.order);
+            self.laning = laning;
+            self.inbox = all.into();
+        }
+        for p in self.inbox.drain(..) {
+            self.lanes.entry(lane_of(&p.write.update.key)).or_default().push_back(p);
+        }
+        self.lanes.retain(|_, q| !q.is_empty());
+    }
+
+    /// Takes a batch from the head of each lane `open` allows: up to
+    /// [`UPLINK_BATCH`] writes and [`BATCH_BYTES`], at least one. Writes of
+    /// a slot held back (frozen for a move) or with a write in flight (in
+    /// another lane, before a map change) stay, in order; the rest of
+    /// their lane passes them (guarantee 5 orders a node's writes per
+    /// slot).
+    pub(super) fn take_parts(
+        &mut self,
+        laning: Laning,
+        lane_of: &dyn Fn(&str) -> Lane,
+        open: &dyn Fn(Lane) -> bool,
+        now: u64,
+    ) -> Vec<Taken> {
+        self.sort_into_lanes(laning, lane_of);
+        self.moving.retain(|_, until| *until > now);
+        let mut parts = Vec::new();
+        for (&lane, queue) in self.lanes.iter_mut() {
+            if !open(lane) {
+                continue;
+            }
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            let mut held = VecDeque::new();
+            while let Some(front) = queue.pop_front() {
+                let skip = (!self.moving.is_empty() || !self.busy.is_empty()) && {
+                    let slot = slot_of(&front.write.update.key);
+                    self.moving.contains_key(&slot) || self.busy.contains_key(&slot)
+                };
+                if skip {
+                    held.push_back(front);
+                    continue;
+                }
+                let size = wire::encoded_len(&front.write.update);
+                if !batch.is_empty() && (batch.len() >= UPLINK_BATCH || bytes + size > BATCH_BYTES) {
+                    queue.push_front(front);
+                    break;
+                }
+                bytes += size;
+                batch.push(front);
+            }
+            while let Some(p) = held.pop_back() {
+                queue.push_front(p);
+            }
+            if !batch.is_empty() {
+                parts.push((lane, batch));
+            }
+        }
+        self.lanes.retain(|_, q| !q.is_empty());
+        for (_, batch) in &parts {
+            self.in_flight += batch.len();
+            if laning.router {
+                for p in batch {
+                    *self.busy.entry(slot_of(&p.write.update.key)).or_default() += 1;
+                }
+            }
+        }
+        parts
+    }
+
+    /// Unanswered writes taken from the lanes: they go again, in their
+    /// order.
+    pub(super) fn give_back(&mut self, batch: Vec<Pending>) {
+        self.in_flight -= batch.len();
+        self.given_back.extend(batch);
+    }
+
+    /// The ids of the writes queued, in the order they were queued.
+    #[cfg(test)]
+    pub(super) fn queued_seqs(&self) -> Vec<u64> {
+        let mut all: Vec<&Pending> =
+            self.inbox.iter().chain(&self.given_back).chain(self.lanes.values().flatten()).collect();
+        all.sort_by_key(|p| p.order);
+        all.iter().map(|p| p.write.id.seq).collect()
+    }
+
+    /// A batch came back (answered or not): its slots are no longer busy.
+    pub(super) fn release(&mut self, batch: &[Pending]) {
+        if self.busy.is_empty() {
+            return;
+        }
+        for p in batch {
+            let slot = slot_of(&p.write.update.key);
+            if let Some(n) = self.busy.get_mut(&slot) {
+                *n -= 1;
+                if *n == 0 {
+                    self.busy.remove(&slot);
+                }
+            }
+        }
     }
 }
 
@@ -166,7 +343,7 @@ pub(in crate::node) struct Uplink {
 impl Uplink {
     pub(in crate::node) fn len(&self) -> usize {
         let s = self.state.lock();
-        s.queue.len() + s.in_flight
+        s.queued() + s.in_flight
     }
 
     pub(in crate::node) fn unconfirmed(&self) -> usize {
@@ -190,6 +367,72 @@ impl Uplink {
     /// Forgets what is owed to nodes that are no longer children.
     pub(in crate::node) fn keep_children(&self, children: &[Peer]) {
         self.state.lock().notices.retain(|id, _| children.iter().any(|c| c.id == *id));
+    }
+}
+
+/// One lane's batch on its way up, and (once back) its answer.
+struct Part {
+    lane: Lane,
+    route: Route,
+    batch: Vec<Pending>,
+    link: Link,
+    answer: Result<WriteResults>,
+}
+
+/// A lane's sending state: a batch in flight, or how it failed and when
+/// it tries again.
+struct Retry {
+    sending: bool,
+    failures: u32,
+    backoff: Duration,
+    at: Option<tokio::time::Instant>,
+    last_changing: bool,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { sending: false, failures: 0, backoff: FIRST_BACKOFF, at: None, last_changing: false }
+    }
+}
+
+impl Retry {
+    /// Whether the lane may send a batch now.
+    fn open(&self, now: tokio::time::Instant) -> bool {
+        !self.sending && self.at.is_none_or(|at| at <= now)
+    }
+
+    /// Delivered, or a new parent to try: no waiting.
+    fn reset(&mut self) {
+        let sending = self.sending;
+        *self = Retry { sending, ..Retry::default() };
+    }
+
+    /// The lane's batch of `n` writes was not answered: it waits before it
+    /// tries again. The tree settling (a parent that has not heard of us
+    /// yet) takes moments: retried soon. A parent that is down is tried
+    /// less often. New writes do not cut the wait short, or a dead parent
+    /// would be retried at the write rate.
+    fn failed(&mut self, lane: Lane, n: usize, e: &Error) {
+        self.failures += 1;
+        let changing = e.is_tree_changing();
+        let to = if lane == 0 { String::new() } else { format!(" (to root group {lane})") };
+        if self.failures == 1 && changing {
+            log::info!("{n} writes{to} go up again once this node has its new place: {e}");
+        } else if self.failures == 1 || self.failures.is_multiple_of(20) || changing != self.last_changing {
+            log::warn!("sending {n} writes up{to} failed (try {}; retrying): {e}", self.failures);
+        }
+        self.last_changing = changing;
+        self.at = Some(tokio::time::Instant::now() + self.backoff);
+        let cap = if changing { RETRY_CAP / 4 } else { RETRY_CAP };
+        self.backoff = (self.backoff * 2).min(cap);
+    }
+}
+
+/// Sleeps until `at`; never, without one.
+async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -226,145 +469,167 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         self.inner.store.expect(&update.key);
         s.waiting.insert(id, Waiters { txs: vec![tx], owed: Vec::new() });
-        s.queue.push_back(Pending::new(Write { update, id, ack_root: ack == Ack::Root, cond }, None));
+        s.enqueue(Pending::new(Write { update, id, ack_root: ack == Ack::Root, cond }, None));
         drop(s);
         self.inner.uplink.wake.notify_one();
         Ok(rx)
     }
 
-    /// Sends the uplink's head to the parent, batch after batch, until the
-    /// node stops; retries a batch until the parent answers. With nothing
-    /// to send and writes unconfirmed, polls the parent for their outcomes.
+    /// Sends the uplink's writes up, batch after batch, until the node
+    /// stops: each lane's head to its parent or group leader, one batch in
+    /// flight per lane, a batch retried until it is answered. With nothing
+    /// to send and writes unconfirmed, polls for their outcomes.
     pub(in crate::node) async fn run_uplink(self) {
         let uplink = &self.inner.uplink;
-        let mut backoff = Duration::from_millis(50);
-        let mut failures = 0u32;
-        let mut last_changing = false;
+        let mut sending = FuturesUnordered::new();
+        let mut retries: HashMap<Lane, Retry> = HashMap::new();
+        let mut last_link: Option<Link> = None;
         loop {
-            let Some(link) = self.link() else {
-                // Not placed yet (or the root): nothing can go up.
-                if self.is_shutting_down() {
-                    return;
-                }
-                let mut shutdown = self.subscribe_shutdown();
-                tokio::select! {
-                    _ = uplink.wake.notified() => {}
-                    _ = shutdown.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
-                continue;
-            };
-            let (batch, seen) = self.take_batch(&link);
-            if batch.is_empty() {
-                if self.is_shutting_down() {
-                    return;
-                }
-                self.idle(&link, seen).await;
-                continue;
+            let link = self.link();
+            if link != last_link {
+                // A new parent (or a reset): every lane tries it at once.
+                retries.values_mut().for_each(Retry::reset);
+                last_link = link.clone();
             }
-            let hold = self.args().fault_uplink_delay_ms;
-            if hold > 0 {
-                tokio::time::sleep(Duration::from_millis(hold)).await;
-            }
-            match self.send_writes(&batch, &link, seen).await {
-                Ok(answers) => {
-                    if failures > 0 {
-                        log::info!("the uplink delivers again after {failures} failed tries");
-                    }
-                    failures = 0;
-                    last_changing = false;
-                    backoff = Duration::from_millis(50);
-                    let delay = self.args().fault_settle_delay_ms;
-                    if delay > 0 {
-                        tokio::time::sleep(Duration::from_millis(delay)).await;
-                    }
-                    // Writes held for a frozen slot stay counted until they
-                    // are queued again (a drain must not see them gone).
-                    let held = answers.results.iter().filter(|r| matches!(r, WriteResult::SlotMoving { .. })).count();
-                    self.inner.uplink.state.lock().in_flight -= batch.len() - held;
-                    let confirmed = answers.confirmed.iter().copied().chain(std::iter::repeat(false));
-                    let mut moving = Vec::new();
-                    for ((p, result), confirmed) in batch.into_iter().zip(answers.results).zip(confirmed) {
-                        match result {
-                            WriteResult::Accepted | WriteResult::InProgress => self.hand(p, &result),
-                            // Only a root answers it: undecided, again shortly.
-                            WriteResult::SlotMoving { slot } => moving.push((p, slot)),
-                            result => {
-                                self.settle(&p, &result, Answer { sent_in: link.generation, confirmed });
-                                self.resolve(p, result, false);
-                            }
+            let now = tokio::time::Instant::now();
+            let mut seen = 0;
+            if let Some(link) = &link {
+                let (parts, view, s) = self.take_parts(link, &|lane| retries.get(&lane).is_none_or(|r| r.open(now)));
+                seen = s;
+                for (lane, batch) in parts {
+                    retries.entry(lane).or_default().sending = true;
+                    match self.lane_route(lane, link, &view) {
+                        Ok(route) => sending.push(self.send_part(lane, route, batch, link.clone(), seen)),
+                        Err(e) => {
+                            let retry = retries.get_mut(&lane).expect("just made");
+                            retry.sending = false;
+                            retry.failed(lane, batch.len(), &e);
+                            self.inner.uplink.state.lock().release(&batch);
+                            self.give_back(batch);
                         }
                     }
-                    self.hold_moving(moving);
-                    self.take_notices(answers.notices, &link);
                 }
-                Err(e) if refuses_conditions(&e) && batch.iter().any(|p| p.write.cond.is_conditional()) => {
-                    // A parent built before conditional writes: they cannot
-                    // go up until it is upgraded. Decided here, not
-                    // retried for ever: nothing of the batch was taken.
-                    let (conditional, rest): (Vec<_>, Vec<_>) =
-                        batch.into_iter().partition(|p| p.write.cond.is_conditional());
-                    log::warn!(
-                        "node {} ({}) refuses conditional writes (built before them): {} refused here",
-                        link.parent.id,
-                        link.parent.url,
-                        conditional.len()
-                    );
-                    self.inner.uplink.state.lock().in_flight -= conditional.len();
-                    for p in conditional {
-                        let error = format!(
-                            "node {} on the way to the root does not know conditional writes yet (upgrade it); \
-                             nothing was written",
-                            link.parent.id
-                        );
-                        self.resolve(p, WriteResult::Failed { error }, false);
-                    }
-                    self.requeue(rest);
+            }
+            let next_retry = retries.values().filter_map(|r| r.at).filter(|&at| at > now).min();
+            if sending.is_empty() {
+                if self.is_shutting_down() {
+                    return;
                 }
-                Err(e) => {
-                    failures += 1;
-                    let changing = e.is_tree_changing();
-                    if failures == 1 && changing {
-                        log::info!("{} writes go up again once this node has its new place: {e}", batch.len());
-                    } else if failures == 1 || failures.is_multiple_of(20) || changing != last_changing {
-                        log::warn!("sending {} writes up failed (try {failures}; retrying): {e}", batch.len());
-                    }
-                    last_changing = changing;
-                    self.requeue(batch);
-                    if self.is_shutting_down() {
-                        return;
-                    }
-                    if self.moved_during(&link, backoff).await {
-                        // A new parent (or a reset): try it at once.
-                        backoff = Duration::from_millis(50);
-                    } else {
-                        // The tree settling (a parent that has not heard
-                        // of us yet) takes moments: retry soon. A parent
-                        // that is down is tried less often.
-                        let cap = if changing { RETRY_CAP / 4 } else { RETRY_CAP };
-                        backoff = (backoff * 2).min(cap);
+                match &link {
+                    Some(link) => self.idle(link, seen, next_retry).await,
+                    None => {
+                        // Not placed yet (or the root): nothing can go up.
+                        let mut shutdown = self.subscribe_shutdown();
+                        tokio::select! {
+                            _ = uplink.wake.notified() => {}
+                            _ = shutdown.changed() => {}
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        }
                     }
                 }
+                continue;
+            }
+            let held_until = self.held_until().map(|at| now + Duration::from_millis(at.saturating_sub(mono_ms())));
+            let wake_at = [next_retry, held_until].into_iter().flatten().min();
+            tokio::select! {
+                Some(part) = sending.next() => {
+                    let retry = retries.entry(part.lane).or_default();
+                    retry.sending = false;
+                    self.part_answered(part, retry);
+                }
+                _ = uplink.wake.notified() => {}
+                _ = sleep_until_or_never(wake_at) => {}
             }
         }
     }
 
-    /// Waits out `backoff` after a failed send over `link`, unless the
-    /// link changes first (the node took a new place: a failover, a
-    /// re-attachment): then returns `true` at once, so writes held through
-    /// a takeover go up as soon as there is somewhere to send them, not a
-    /// backoff later. New writes also wake the uplink; they do not cut the
-    /// backoff short, or a dead parent would be retried at the write rate.
-    async fn moved_during(&self, link: &Link, backoff: Duration) -> bool {
-        let until = tokio::time::Instant::now() + backoff;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => return false,
-                _ = self.inner.uplink.wake.notified() => {
-                    if self.link().as_ref() != Some(link) {
-                        return true;
+    /// Where `lane`'s writes go: the parent, or at a router another
+    /// group's leader (none known: 503, and the lane waits for one).
+    fn lane_route(&self, lane: Lane, link: &Link, view: &RouteView) -> Result<Route> {
+        if lane == 0 {
+            return Ok(Route::Parent(link.parent.clone()));
+        }
+        match view.leaders.get(&lane) {
+            Some(r) => Ok(Route::Leader { group: lane, peer: Peer { id: r.id, url: r.url.clone() }, epoch: r.epoch }),
+            None => Err(Error::NoInSyncRoot(format!("root group {lane} has no leader"))),
+        }
+    }
+
+    /// Sends one lane's batch, and brings it back with the answer.
+    async fn send_part(&self, lane: Lane, route: Route, batch: Vec<Pending>, link: Link, seen: u64) -> Part {
+        let hold = self.args().fault_uplink_delay_ms;
+        if hold > 0 {
+            tokio::time::sleep(Duration::from_millis(hold)).await;
+        }
+        let seen = self.seen_from(&route, seen);
+        let writes = batch.iter().map(|p| p.write.clone()).collect();
+        let answer = self.send_writes_to(writes, &route, &link, seen).await;
+        let delay = self.args().fault_settle_delay_ms;
+        if delay > 0 && answer.is_ok() {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        Part { lane, route, batch, link, answer }
+    }
+
+    /// A lane's batch came back: each write answered is settled, handed
+    /// (the parent took it) or held (its slot is frozen); unanswered, the
+    /// batch is given back and the lane waits before it tries again.
+    fn part_answered(&self, part: Part, retry: &mut Retry) {
+        let Part { lane, route, batch, link, answer } = part;
+        self.inner.uplink.state.lock().release(&batch);
+        match answer {
+            Ok(answers) => {
+                if retry.failures > 0 {
+                    log::info!("the uplink delivers again after {} failed tries", retry.failures);
+                }
+                retry.reset();
+                // Writes held for a frozen slot stay counted until they
+                // are queued again (a drain must not see them gone).
+                let held = answers.results.iter().filter(|r| matches!(r, WriteResult::SlotMoving { .. })).count();
+                self.inner.uplink.state.lock().in_flight -= batch.len() - held;
+                let confirmed = answers.confirmed.iter().copied().chain(std::iter::repeat(false));
+                let mut moving = Vec::new();
+                for ((p, result), confirmed) in batch.into_iter().zip(answers.results).zip(confirmed) {
+                    match result {
+                        WriteResult::Accepted | WriteResult::InProgress => self.hand(p, &result),
+                        // Only a root answers it: undecided, again shortly.
+                        WriteResult::SlotMoving { slot } => moving.push((p, slot)),
+                        result => {
+                            self.settle(&p, &result, Answer { sent_in: link.generation, confirmed });
+                            self.resolve(p, result, false);
+                        }
                     }
                 }
+                self.hold_moving(moving);
+                self.take_notices_over(&route, answers.notices, &link);
+            }
+            Err(e) if refuses_conditions(&e) && batch.iter().any(|p| p.write.cond.is_conditional()) => {
+                // A parent built before conditional writes: they cannot
+                // go up until it is upgraded. Decided here, not retried
+                // for ever: nothing of the batch was taken.
+                let (conditional, rest): (Vec<_>, Vec<_>) =
+                    batch.into_iter().partition(|p| p.write.cond.is_conditional());
+                let peer = route.peer();
+                log::warn!(
+                    "node {} ({}) refuses conditional writes (built before them): {} refused here",
+                    peer.id,
+                    peer.url,
+                    conditional.len()
+                );
+                self.inner.uplink.state.lock().in_flight -= conditional.len();
+                for p in conditional {
+                    let error = format!(
+                        "node {} on the way to the root does not know conditional writes yet (upgrade it); \
+                         nothing was written",
+                        peer.id
+                    );
+                    self.resolve(p, WriteResult::Failed { error }, false);
+                }
+                self.give_back(rest);
+            }
+            Err(e) => {
+                retry.failed(lane, batch.len(), &e);
+                self.give_back(batch);
             }
         }
     }
@@ -419,7 +684,7 @@ impl Node {
                     }
                 }
                 s.moving.insert(slot, now + MOVING_RETRY_MS);
-                s.queue.push_front(p);
+                s.given_back.push(p);
             }
         }
         for tx in answered {
@@ -437,20 +702,20 @@ impl Node {
     /// answers to the next batches; polling at once would start a request
     /// that the next write cancels, with its connection.) Writes held back
     /// for a frozen slot go again when their time comes.
-    async fn idle(&self, link: &Link, seen: u64) {
+    async fn idle(&self, link: &Link, seen: u64, retry_at: Option<tokio::time::Instant>) {
         let uplink = &self.inner.uplink;
         let mut shutdown = self.subscribe_shutdown();
-        let (waiting, held_until) = {
-            let s = uplink.state.lock();
-            let held = if s.queue.is_empty() { None } else { s.moving.values().min().copied() };
-            (!s.handed.is_empty(), held)
-        };
-        if let Some(at) = held_until {
-            let wait = Duration::from_millis(at.saturating_sub(mono_ms()).max(1));
+        let waiting = !uplink.state.lock().handed.is_empty();
+        let held_until = self
+            .held_until()
+            .map(|at| tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(mono_ms()).max(1)));
+        if let Some(at) = [held_until, retry_at].into_iter().flatten().min() {
+            // Writes wait for their slot or their lane: until then, or a
+            // new write.
             tokio::select! {
                 _ = uplink.wake.notified() => {}
                 _ = shutdown.changed() => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep_until(at) => {}
             }
             return;
         }
@@ -460,27 +725,26 @@ impl Node {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        let poll = async {
-            match self.send_writes(&[], link, seen).await {
-                Ok(answers) => self.take_notices(answers.notices, link),
-                Err(e) => {
-                    log::debug!("polling the parent for write outcomes: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        };
         tokio::select! {
-            _ = poll => {}
+            _ = self.poll_upstreams(link, seen) => {}
             _ = uplink.wake.notified() => {}
             _ = shutdown.changed() => {}
         }
     }
 
-    /// Takes the head of the uplink: up to [`UPLINK_BATCH`] writes and
-    /// [`BATCH_BYTES`], at least one; and the highest notice heard. Over a
-    /// new link, the writes the last one took are sent again first.
-    fn take_batch(&self, link: &Link) -> (Vec<Pending>, u64) {
+    /// Takes a batch from each lane `open` allows (see
+    /// [`UplinkState::take_parts`]), with the view the lanes were sorted
+    /// by and the highest notice heard. Over a new link, the writes the
+    /// last one took are sent again first; not while batches are still in
+    /// flight over the old one (their answers are settled over it).
+    fn take_parts(&self, link: &Link, open: &dyn Fn(Lane) -> bool) -> (Vec<Taken>, Arc<RouteView>, u64) {
+        let view = self.routes();
+        let router = self.place().is_ok_and(|place| self.is_router(&place.topology, &view));
+        let laning = Laning::of(router, &view);
         let mut s = self.inner.uplink.state.lock();
+        if s.link.as_ref() != Some(link) && s.in_flight > 0 {
+            return (Vec::new(), view, s.seen);
+        }
         let again = s.relink(link);
         if again > 0 {
             Metrics::add(&self.inner.metrics.writes_resent, again as u64);
@@ -490,40 +754,25 @@ impl Node {
                 link.parent.url
             );
         }
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        // Writes of a slot held back (frozen for a move) stay, in order;
-        // the rest pass them (guarantee 5 orders a node's writes per slot).
-        let now = mono_ms();
-        s.moving.retain(|_, until| *until > now);
-        let mut held = VecDeque::new();
-        while let Some(front) = s.queue.pop_front() {
-            if !s.moving.is_empty() && s.moving.contains_key(&slot_of(&front.write.update.key)) {
-                held.push_back(front);
-                continue;
-            }
-            let size = wire::encoded_len(&front.write.update);
-            if !batch.is_empty() && (batch.len() >= UPLINK_BATCH || bytes + size > BATCH_BYTES) {
-                s.queue.push_front(front);
-                break;
-            }
-            bytes += size;
-            batch.push(front);
-        }
-        while let Some(p) = held.pop_back() {
-            s.queue.push_front(p);
-        }
-        s.in_flight += batch.len();
-        (batch, s.seen)
+        let parts = s.take_parts(laning, &|key| laning.lane(&view, key), open, mono_ms());
+        let seen = s.seen;
+        drop(s);
+        (parts, view, seen)
     }
 
-    /// Puts unanswered writes back at the head, in their order.
-    fn requeue(&self, batch: Vec<Pending>) {
-        let mut s = self.inner.uplink.state.lock();
-        s.in_flight -= batch.len();
-        for p in batch.into_iter().rev() {
-            s.queue.push_front(p);
+    /// Gives unanswered writes back: they go again, in their order.
+    fn give_back(&self, batch: Vec<Pending>) {
+        self.inner.uplink.state.lock().give_back(batch);
+    }
+
+    /// When the earliest slot held back for a move goes again (monotonic
+    /// ms), if any write waits.
+    fn held_until(&self) -> Option<u64> {
+        let s = self.inner.uplink.state.lock();
+        if s.queued() == 0 {
+            return None;
         }
+        s.moving.values().min().copied()
     }
 
     /// The parent took `p` without its outcome: ours until we hear it. Our
@@ -638,63 +887,54 @@ impl Node {
         self.note_growth();
     }
 
-    /// Sends a batch from the uplink (empty: a poll for notices) up,
-    /// saying the highest notice we have: to the parent, or at a router
-    /// each write to its key's group (the parts at once, the batch answered
-    /// when every part is; a part that fails sends the whole batch again,
-    /// which write ids make safe). Notices from other groups' leaders are
-    /// taken here; the parent's come back in the answer.
-    async fn send_writes(&self, batch: &[Pending], link: &Link, seen: u64) -> Result<WriteResults> {
-        let place = self.place()?;
+    /// Asks the parent, and at a router every other group's leader, for
+    /// the outcomes of writes they took unanswered: an empty batch saying
+    /// the highest notice heard from each, which waits up to HOP_WAIT for
+    /// one. One that fails is asked again a second later.
+    async fn poll_upstreams(&self, link: &Link, seen: u64) {
         let view = self.routes();
-        let parent = Route::Parent(link.parent.clone());
-        if !self.is_router(&place.topology, &view) {
-            let writes = batch.iter().map(|p| p.write.clone()).collect();
-            return self.send_writes_to(writes, &parent, link, seen).await;
-        }
-        let mut parts: Vec<(Route, Vec<usize>)> = Vec::new();
-        for (i, p) in batch.iter().enumerate() {
-            let route =
-                self.upstream_in(&view, &p.write.update.key, &place.topology)?.unwrap_or_else(|| parent.clone());
-            match parts.iter_mut().find(|(r, _)| *r == route) {
-                Some((_, ix)) => ix.push(i),
-                None => parts.push((route, vec![i])),
-            }
-        }
-        if batch.is_empty() {
-            parts.push((parent.clone(), Vec::new()));
+        let mut routes = vec![Route::Parent(link.parent.clone())];
+        if self.place().is_ok_and(|place| self.is_router(&place.topology, &view)) {
             for (&group, r) in view.leaders.iter().filter(|(&g, _)| g != 0) {
                 let peer = Peer { id: r.id, url: r.url.clone() };
-                parts.push((Route::Leader { group, peer, epoch: r.epoch }, Vec::new()));
+                routes.push(Route::Leader { group, peer, epoch: r.epoch });
             }
         }
-        let sends = parts.iter().map(|(route, ix)| {
-            let writes = ix.iter().map(|&i| batch[i].write.clone()).collect();
-            let seen = match route {
-                Route::Parent(_) => seen,
-                Route::Leader { peer, .. } => {
-                    self.inner.uplink.state.lock().seen_by.get(&peer.id).copied().unwrap_or(0)
-                }
-            };
-            self.send_writes_to(writes, route, link, seen)
+        let polls = routes.into_iter().map(|route| async move {
+            let seen = self.seen_from(&route, seen);
+            let answer = self.send_writes_to(Vec::new(), &route, link, seen).await;
+            (route, answer)
         });
-        let answers = futures::future::join_all(sends).await.into_iter().collect::<Result<Vec<_>>>()?;
-        let mut merged = WriteResults {
-            results: vec![WriteResult::InProgress; batch.len()],
-            confirmed: vec![false; batch.len()],
-            notices: Vec::new(),
-        };
-        for ((route, ix), answer) in parts.iter().zip(answers) {
-            for (k, &i) in ix.iter().enumerate() {
-                merged.results[i] = answer.results[k].clone();
-                merged.confirmed[i] = answer.confirmed.get(k).copied().unwrap_or(false);
-            }
-            match route {
-                Route::Parent(_) => merged.notices.extend(answer.notices),
-                Route::Leader { peer, .. } => self.take_notices_from(answer.notices, link, Some(peer.id)),
+        let mut failed = false;
+        for (route, answer) in futures::future::join_all(polls).await {
+            match answer {
+                Ok(answer) => self.take_notices_over(&route, answer.notices, link),
+                Err(e) => {
+                    log::debug!("polling {} for write outcomes: {e}", route.peer().url);
+                    failed = true;
+                }
             }
         }
-        Ok(merged)
+        if failed {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// The highest notice heard from `route`'s node (`parent_seen` from the
+    /// parent; each other group's leader numbers its own).
+    fn seen_from(&self, route: &Route, parent_seen: u64) -> u64 {
+        match route {
+            Route::Parent(_) => parent_seen,
+            Route::Leader { peer, .. } => self.inner.uplink.state.lock().seen_by.get(&peer.id).copied().unwrap_or(0),
+        }
+    }
+
+    /// Takes the notices `route`'s node sent over `link`.
+    fn take_notices_over(&self, route: &Route, notices: Vec<wire::Notice>, link: &Link) {
+        match route {
+            Route::Parent(_) => self.take_notices(notices, link),
+            Route::Leader { peer, .. } => self.take_notices_from(notices, link, Some(peer.id)),
+        }
     }
 
     /// `POST {upstream}/internal/write` with `writes`, saying the highest
