@@ -461,10 +461,12 @@ for g in $(jq -r '.[] | select(.groups > 1) | .groups' "$WORK/capacity.json"); d
     k=$(jq -r ".[] | select(.groups == $g) | .keys_held" "$WORK/capacity.json")
     w=$(jq -r ".[] | select(.groups == $g) | .writes_per_s | floor" "$WORK/capacity.json")
     cpu=$(jq -r ".[] | select(.groups == $g) | .root_cpu_us_per_write | floor" "$WORK/capacity.json")
+    busy=$(jq -r ".[] | select(.groups == $g) | .machine_busy_pct | floor" "$WORK/capacity.json")
+    writers=$(jq -r ".[] | select(.groups == $g) | .writers" "$WORK/capacity.json")
     r=$(awk -v k="$k" -v k1="$CAP_K1" -v g="$g" 'BEGIN { printf "%.2f", k / (g * k1) }')
     row "capacity: $g groups, keys held until root_full ($CAP_MEMORY, CPU: $CAP_BOUND)" "$k keys" "$g x $CAP_K1 (1 group)" "$r" "≥ 0.9" "$(verdict "$r" '>=' 0.9)"
     r=$(awk -v w="$w" -v w1="$CAP_W1" -v g="$g" 'BEGIN { printf "%.2f", w / (g * w1) }')
-    row "capacity: $g groups, ack=root writes/s (root CPU per write)" "$w w/s ($cpu µs)" "$g x $(printf '%.0f' "$CAP_W1") (1 group)" "$r" "≥ 0.8" "$(verdict "$r" '>=' 0.8)"
+    row "capacity: $g groups, ack=root writes/s by $writers writers (root CPU per write; machine busy)" "$w w/s ($cpu µs; $busy%)" "$g x $(printf '%.0f' "$CAP_W1") (1 group)" "$r" "≥ 0.8" "$(verdict "$r" '>=' 0.8)"
 done
 if [ "$(jq -r '[.[] | select(.groups == 2)] | length' "$WORK/capacity.json")" = 1 ]; then
     MV_P99=$(jq -r '.[] | select(.groups == 2) | .moved.pause_p99_ms' "$WORK/capacity.json")

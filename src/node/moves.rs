@@ -63,6 +63,12 @@ const SLOTS_PER_ROUND: usize = 64;
 const IMPORT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest import request body: entries are sent in parts of about this.
 const IMPORT_PART_BYTES: usize = 4 << 20;
+/// Parts of a copy made before the freeze are smaller, and paced: after
+/// each, the source waits as long as it took (the source's scan, the
+/// target's store and log), so the copy takes at most about half of
+/// either root, and other slots' writes at both keep their latency. The
+/// last copy, during the freeze, is not paced: it is what pauses writes.
+const PACED_PART_BYTES: usize = 128 << 10;
 
 /// The slots this root holds frozen, and a wake-up when that changes.
 #[derive(Default)]
@@ -474,16 +480,22 @@ impl Node {
         };
         let outcomes = outcomes.into_iter().map(|(id, v, slot)| crate::replication::outcome_frame(id, v, slot));
         let sent = Sent { tail_from, whole: records.len() - named, named };
+        let part_bytes = if import.last { IMPORT_PART_BYTES } else { PACED_PART_BYTES };
         let mut parts: Vec<Vec<u8>> = vec![Vec::new()];
         for frame in records.into_iter().chain(outcomes) {
-            if parts.last().is_some_and(|p| p.len() >= IMPORT_PART_BYTES) {
+            if parts.last().is_some_and(|p| p.len() >= part_bytes) {
                 parts.push(Vec::new());
             }
             parts.last_mut().expect("one part at least").extend(frame);
         }
         let count = parts.len();
         let slots = ranges_text(&import.slots).replace(' ', "");
+        let mut took = Duration::ZERO;
         for (i, body) in parts.into_iter().enumerate() {
+            if !import.last {
+                tokio::time::sleep(took).await;
+            }
+            let started = std::time::Instant::now();
             // Only the last part of the last copy ends the import: the
             // target deletes what none of the parts named.
             let last = import.last && i + 1 == count;
@@ -514,6 +526,7 @@ impl Node {
                     body: resp.text().await.unwrap_or_default(),
                 });
             }
+            took = started.elapsed();
         }
         Ok(sent)
     }

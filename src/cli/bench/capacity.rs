@@ -10,8 +10,13 @@
 //! 1. **Keys held**: new keys of `--value-size` until each writer has been
 //!    refused 507 `root_full` 20 times in a row.
 //! 2. **Writes**: overwrites of the keys held (same size, never refused)
-//!    for `--duration`; writes/s, and CPU per write summed over the roots
-//!    (utime + stime from /proc around the phase).
+//!    for `--duration` by `-c` writers *per group* (G groups take G times
+//!    one group's writers: the offered load grows with the capacity, as
+//!    it must for W(G) to measure capacity, not one client's latency);
+//!    writes/s, CPU per write summed over the roots and over the routers
+//!    (utime + stime from /proc around the phase), and how busy the whole
+//!    machine was (/proc/stat): at 100% the machine, not the roots, bounds
+//!    W(G).
 //! 3. **A move under load** (G ≥ 2, first, while the groups have room): 1,000
 //!    keys sharing one slot (a hash tag) are overwritten while `treecache
 //!    slots move` hands that slot to another group; each of its writes' latency during
@@ -58,9 +63,16 @@ pub struct Row {
     /// How each root was held to its share of CPU.
     pub cpu_bound: String,
     pub keys_held: u64,
+    /// Writers in the writes phase (`-c` per group).
+    pub writers: usize,
     pub writes_per_s: f64,
     /// CPU (user + system) of every root, per acknowledged write.
     pub root_cpu_us_per_write: f64,
+    /// The same of the two routers.
+    pub router_cpu_us_per_write: f64,
+    /// How busy the machine's CPUs were during the writes phase (percent
+    /// of all of them; steal and iowait count as idle).
+    pub machine_busy_pct: f64,
     pub moved: Option<Moved>,
 }
 
@@ -122,8 +134,17 @@ pub async fn run(plan: &CapacityPlan) -> Result<(), String> {
 pub fn table(rows: &[Row]) -> String {
     let base = rows.iter().find(|r| r.groups == 1);
     let mut out = format!(
-        "{:>6} {:>10} {:>7} {:>10} {:>10} {:>12}  {}\n",
-        "groups", "keys held", "x G=1", "writes/s", "eff", "root us/wr", "move of a 1,000-key slot"
+        "{:>6} {:>10} {:>7} {:>8} {:>10} {:>6} {:>11} {:>13} {:>6}  {}\n",
+        "groups",
+        "keys held",
+        "x G=1",
+        "writers",
+        "writes/s",
+        "eff",
+        "root us/wr",
+        "router us/wr",
+        "busy",
+        "move of a 1,000-key slot"
     );
     for r in rows {
         let (keys_x, eff) = match base {
@@ -149,8 +170,16 @@ pub fn table(rows: &[Row]) -> String {
             None => "-".into(),
         };
         out.push_str(&format!(
-            "{:>6} {:>10} {:>7} {:>10.0} {:>10} {:>12.1}  {moved}\n",
-            r.groups, r.keys_held, keys_x, r.writes_per_s, eff, r.root_cpu_us_per_write
+            "{:>6} {:>10} {:>7} {:>8} {:>10.0} {:>6} {:>11.1} {:>13.1} {:>5.0}%  {moved}\n",
+            r.groups,
+            r.keys_held,
+            keys_x,
+            r.writers,
+            r.writes_per_s,
+            eff,
+            r.root_cpu_us_per_write,
+            r.router_cpu_us_per_write,
+            r.machine_busy_pct
         ));
     }
     if let Some(r) = rows.first() {
@@ -195,6 +224,31 @@ impl Drop for CpuGroup {
             std::thread::sleep(Duration::from_millis(20));
         }
         eprintln!("bench capacity: could not remove {} (rmdir it)", self.dir.display());
+    }
+}
+
+/// The machine's CPU time so far, from /proc/stat's `cpu` line: (busy,
+/// all) in clock ticks. Idle, iowait and steal are not busy.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    ticks_of(stat.lines().next().unwrap_or_default())
+}
+
+/// (busy, all) of a /proc/stat `cpu` line: user nice system idle iowait
+/// irq softirq steal (guest time is already in user).
+fn ticks_of(line: &str) -> (u64, u64) {
+    let fields: Vec<u64> = line.split_whitespace().skip(1).take(8).filter_map(|f| f.parse().ok()).collect();
+    let all: u64 = fields.iter().sum();
+    let idle: u64 = [3, 4, 7].iter().filter_map(|&i| fields.get(i)).sum();
+    (all - idle, all)
+}
+
+/// Percent of the machine busy between two [`machine_ticks`].
+fn busy_pct(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let all = after.1.saturating_sub(before.1);
+    match all {
+        0 => 0.0,
+        all => 100.0 * after.0.saturating_sub(before.0) as f64 / all as f64,
     }
 }
 
@@ -260,10 +314,12 @@ async fn run_one(plan: &CapacityPlan, g: u32) -> Result<Row, String> {
     }
     spread(&zk, &cluster, &secret, g).await?;
     let mut routers = Vec::new();
+    let mut router_pids = Vec::new();
     for r in 0..2 {
         let url = start(Vec::new(), format!("router-{r}"), &mut procs)?;
         let child = procs.children.last_mut().expect("just started");
         wait_healthy(&http, &url, Duration::from_secs(60), Some(child)).await?;
+        router_pids.push(child.id());
         routers.push(url);
     }
     let clients: Vec<Client> = routers
@@ -317,20 +373,35 @@ async fn run_one(plan: &CapacityPlan, g: u32) -> Result<Row, String> {
     let held: Vec<String> = held.lock().clone();
     let keys_held = (held.len() + if g >= 2 { HOT_KEYS } else { 0 }) as u64;
 
-    // 2. Overwrites for --duration.
-    let cpu_before: u64 = root_pids.iter().map(|&p| cpu_us(p)).sum();
-    let (done, errors) = overwrite(&clients, &held, &value, plan.writers, plan.duration).await;
-    let cpu_after: u64 = root_pids.iter().map(|&p| cpu_us(p)).sum();
+    // 2. Overwrites for --duration, by -c writers per group.
+    let writers = plan.writers * g as usize;
+    let cpu = |pids: &[u32]| -> u64 { pids.iter().map(|&p| cpu_us(p)).sum() };
+    let (roots_before, routers_before, machine_before) = (cpu(&root_pids), cpu(&router_pids), machine_ticks());
+    let (done, errors) = overwrite(&clients, &held, &value, writers, plan.duration).await;
+    let (roots_after, routers_after, machine_after) = (cpu(&root_pids), cpu(&router_pids), machine_ticks());
     if errors > 0 {
         eprintln!("bench capacity: {errors} overwrites failed");
     }
     let writes_per_s = done as f64 / plan.duration.as_secs_f64();
-    let root_cpu_us_per_write = if done > 0 { (cpu_after - cpu_before) as f64 / done as f64 } else { 0.0 };
+    let per_write = |us: u64| if done > 0 { us as f64 / done as f64 } else { 0.0 };
+    let root_cpu_us_per_write = per_write(roots_after - roots_before);
+    let router_cpu_us_per_write = per_write(routers_after - routers_before);
+    let machine_busy_pct = busy_pct(machine_before, machine_after);
 
     drop(procs);
     drop(cgroups);
     drop(private_zk);
-    Ok(Row { groups: g, cpu_bound, keys_held, writes_per_s, root_cpu_us_per_write, moved })
+    Ok(Row {
+        groups: g,
+        cpu_bound,
+        keys_held,
+        writers,
+        writes_per_s,
+        root_cpu_us_per_write,
+        router_cpu_us_per_write,
+        machine_busy_pct,
+        moved,
+    })
 }
 
 /// Spreads the slots evenly over `g` groups, as `treecache up --groups`.
@@ -537,8 +608,11 @@ mod tests {
             groups,
             cpu_bound: "25% of one core".into(),
             keys_held,
+            writers: 16 * groups as usize,
             writes_per_s,
             root_cpu_us_per_write: 40.0,
+            router_cpu_us_per_write: 30.0,
+            machine_busy_pct: 97.4,
             moved: None,
         };
         let mut two = row(2, 1900, 1800.0);
@@ -558,6 +632,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[1].contains("1000") && lines[1].contains("1.00"), "{text}");
         assert!(lines[2].contains("1.90") && lines[2].contains("0.90"), "{text}");
+        assert!(lines[2].contains(" 32 ") && lines[2].contains("30.0") && lines[2].contains("97%"), "{text}");
         assert!(
         lines[2].contains(
             "pause p99 45.5 ms max 50.0 ms (before: p99 30.2 ms), other slots p99 12.0 ms (before: 10.0 ms), 0 lost"
@@ -565,6 +640,16 @@ mod tests {
         "{text}"
     );
         assert_eq!(lines[3], "cpu bound per root: 25% of one core");
+    }
+
+    #[test]
+    fn the_machine_is_busy_for_all_but_idle_iowait_and_steal() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        assert_eq!(ticks_of("cpu  100 5 50 800 20 3 2 20 0 0"), (160, 1000));
+        assert_eq!(busy_pct((160, 1000), (660, 2000)), 50.0);
+        assert_eq!(busy_pct((160, 1000), (160, 1000)), 0.0, "no time passed");
+        let (busy, all) = machine_ticks();
+        assert!(all > 0 && busy <= all, "{busy} of {all}");
     }
 
     #[test]

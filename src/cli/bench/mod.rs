@@ -153,7 +153,9 @@ pub struct BenchArgs {
     /// The URL for the `url` scenario.
     #[arg(long, env = "TREECACHE_BENCH_URL")]
     pub url: Option<String>,
-    /// Concurrent connections (each one keep-alive connection).
+    /// Concurrent connections (each one keep-alive connection). `capacity`:
+    /// writers per group in its writes phase, and writers of the moving
+    /// slot.
     #[arg(short = 'c', long, env = "TREECACHE_BENCH_CONNECTIONS", default_value_t = 16)]
     pub connections: usize,
     /// How long to load, e.g. 10s, 500ms (default 10s unless --requests).
