@@ -64,9 +64,10 @@ const IMPORT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest import request body: entries are sent in parts of about this.
 const IMPORT_PART_BYTES: usize = 4 << 20;
 /// Parts of a copy made before the freeze are smaller, and paced: after
-/// each, the source waits as long as it took (the source's scan, the
-/// target's store and log), so the copy takes at most about half of
-/// either root, and other slots' writes at both keep their latency. The
+/// each, the source waits as long as the part took to be sent, stored and
+/// logged at the target, so the copy takes about half of the target's
+/// time at most, and other slots' writes there keep their latency (the
+/// scan and encoding at the source run once, before the first part). The
 /// last copy, during the freeze, is not paced: it is what pauses writes.
 const PACED_PART_BYTES: usize = 128 << 10;
 

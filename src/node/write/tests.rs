@@ -177,7 +177,24 @@ fn a_slot_whose_writes_are_in_flight_waits_for_them_in_its_new_lane() {
     s.release(&batch);
     s.give_back(batch);
     let after = s.take_parts(moved, &to_two, &|_| true, 0);
-    assert_eq!(parts_of(&after), vec![(2, vec![1, 2, 3])]);
+    assert_eq!(parts_of(&after), vec![(2, vec![1, 3, 2])], "writes given back first, each slot in order");
+}
+
+#[test]
+fn a_write_sent_before_the_node_routed_holds_its_slot_back_in_its_new_lane() {
+    let mut s = UplinkState::default();
+    s.enqueue(write_of("{a}1", 1));
+    let before = s.take_parts(Laning::default(), &|_| 0, &|_| true, 0);
+    assert_eq!(parts_of(&before), vec![(0, vec![1])]);
+    // The first cutover: the node routes now, and {a} is group 1's.
+    s.enqueue(write_of("{a}2", 2));
+    let during = s.take_parts(ROUTER, &by_tag, &|_| true, 0);
+    assert!(during.is_empty(), "{{a}}2 went up before {{a}}1 was answered: {:?}", parts_of(&during));
+    let (_, batch) = before.into_iter().next().unwrap();
+    s.release(&batch);
+    s.give_back(batch);
+    let after = s.take_parts(ROUTER, &by_tag, &|_| true, 0);
+    assert_eq!(parts_of(&after), vec![(1, vec![1, 2])]);
 }
 
 #[test]
@@ -198,8 +215,9 @@ fn writes_a_parent_took_go_again_first_and_in_order_over_a_new_link() {
         s.enqueue(pending(seq));
     }
     let taken = s.take_parts(Laning::default(), &|_| 0, &|_| true, 0);
-    for p in taken.into_iter().flat_map(|(_, batch)| batch) {
-        s.hand(p);
+    for (_, batch) in taken {
+        s.release(&batch);
+        batch.into_iter().for_each(|p| s.hand(p));
     }
     s.enqueue(pending(4));
     assert!(s.unhand(&id(2)).is_some(), "an outcome heard: no longer ours");
@@ -212,8 +230,9 @@ fn writes_a_parent_took_go_again_first_and_in_order_over_a_new_link() {
     assert_eq!(s.seen, 0, "notices are counted per link");
     let taken = s.take_parts(Laning::default(), &|_| 0, &|_| true, 0);
     assert_eq!(parts_of(&taken), vec![(0, vec![1, 3, 4])], "before any later write");
-    for p in taken.into_iter().flat_map(|(_, batch)| batch) {
-        s.hand(p);
+    for (_, batch) in taken {
+        s.release(&batch);
+        batch.into_iter().for_each(|p| s.hand(p));
     }
     assert_eq!(s.relink(&link(2, 2)), 3, "a new parent");
     assert_eq!(queued(&s), vec![1, 3, 4]);

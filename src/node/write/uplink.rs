@@ -145,9 +145,9 @@ pub(super) struct UplinkState {
     next_order: u64,
     /// Writes taken by the sender and not answered yet.
     in_flight: usize,
-    /// At a router, the slots of the writes in flight, and how many: a
-    /// slot's later writes wait for them (a map change can put them in
-    /// another lane meanwhile).
+    /// The slots of the writes in flight, and how many: a slot's later
+    /// writes wait for them (a map change, or the node becoming a router,
+    /// can put them in another lane meanwhile).
     busy: HashMap<Slot, u32>,
     /// Writes the parent took whose outcome we have not heard, in the
     /// order they were taken (keyed by `handed_seq`), and their ids.
@@ -219,17 +219,24 @@ impl UplinkState {
         self.inbox.len() + self.given_back.len() + self.lanes.values().map(VecDeque::len).sum::<usize>()
     }
 
-    /// Sorts the queued writes into lanes: new ones at their lane's tail;
-    /// after writes were given back or under a new `laning`, every queued
-    /// write again, in the order they were queued.
+    /// Sorts the queued writes into lanes: new ones at their lane's tail,
+    /// writes given back at its head (each was taken before every write of
+    /// its slot still queued), in the order they were queued; under a new
+    /// `laning`, every queued write again, in that order.
     fn sort_into_lanes(&mut self, laning: Laning, lane_of: &dyn Fn(&str) -> Lane) {
-        if laning != self.laning || !self.given_back.is_empty() {
+        if laning != self.laning {
             let mut all = std::mem::take(&mut self.given_back);
             all.extend(std::mem::take(&mut self.lanes).into_values().flatten());
             all.extend(self.inbox.drain(..));
             all.sort_by_key(|p| p.order);
             self.laning = laning;
             self.inbox = all.into();
+        } else if !self.given_back.is_empty() {
+            let mut back = std::mem::take(&mut self.given_back);
+            back.sort_by_key(|p| p.order);
+            for p in back.into_iter().rev() {
+                self.lanes.entry(lane_of(&p.write.update.key)).or_default().push_front(p);
+            }
         }
         for p in self.inbox.drain(..) {
             self.lanes.entry(lane_of(&p.write.update.key)).or_default().push_back(p);
@@ -287,10 +294,8 @@ impl UplinkState {
         self.lanes.retain(|_, q| !q.is_empty());
         for (_, batch) in &parts {
             self.in_flight += batch.len();
-            if laning.router {
-                for p in batch {
-                    *self.busy.entry(slot_of(&p.write.update.key)).or_default() += 1;
-                }
+            for p in batch {
+                *self.busy.entry(slot_of(&p.write.update.key)).or_default() += 1;
             }
         }
         parts
@@ -314,9 +319,6 @@ impl UplinkState {
 
     /// A batch came back (answered or not): its slots are no longer busy.
     pub(super) fn release(&mut self, batch: &[Pending]) {
-        if self.busy.is_empty() {
-            return;
-        }
         for p in batch {
             let slot = slot_of(&p.write.update.key);
             if let Some(n) = self.busy.get_mut(&slot) {
@@ -529,7 +531,8 @@ impl Node {
                 }
                 continue;
             }
-            let held_until = self.held_until().map(|at| now + Duration::from_millis(at.saturating_sub(mono_ms())));
+            let held_until =
+                self.held_until().map(|at| now + Duration::from_millis(at.saturating_sub(mono_ms()).max(1)));
             let wake_at = [next_retry, held_until].into_iter().flatten().min();
             tokio::select! {
                 Some(part) = sending.next() => {
@@ -696,12 +699,13 @@ impl Node {
         }
     }
 
-    /// Nothing to send: waits for a write, or, with writes unconfirmed
-    /// and nothing sent for [`POLL_AFTER`], polls the parent for their
-    /// outcomes until a write comes. (Under load the outcomes ride on the
-    /// answers to the next batches; polling at once would start a request
-    /// that the next write cancels, with its connection.) Writes held back
-    /// for a frozen slot go again when their time comes.
+    /// Nothing to send: waits for a write, for a lane's retry or a held
+    /// slot's time, and, with writes unconfirmed and nothing sent for
+    /// [`POLL_AFTER`], polls the parents for their outcomes meanwhile (one
+    /// lane waiting for its group must not keep the others' outcomes
+    /// away). Under load the outcomes ride on the answers to the next
+    /// batches; polling at once would start a request that the next write
+    /// cancels, with its connection.
     async fn idle(&self, link: &Link, seen: u64, retry_at: Option<tokio::time::Instant>) {
         let uplink = &self.inner.uplink;
         let mut shutdown = self.subscribe_shutdown();
@@ -709,26 +713,19 @@ impl Node {
         let held_until = self
             .held_until()
             .map(|at| tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(mono_ms()).max(1)));
-        if let Some(at) = [held_until, retry_at].into_iter().flatten().min() {
-            // Writes wait for their slot or their lane: until then, or a
-            // new write.
-            tokio::select! {
-                _ = uplink.wake.notified() => {}
-                _ = shutdown.changed() => {}
-                _ = tokio::time::sleep_until(at) => {}
+        let until = [held_until, retry_at].into_iter().flatten().min();
+        let poll = async {
+            if !waiting {
+                return std::future::pending().await;
             }
-            return;
-        }
-        let wait = if waiting { POLL_AFTER } else { Duration::MAX };
+            tokio::time::sleep(POLL_AFTER).await;
+            self.poll_upstreams(link, seen).await
+        };
         tokio::select! {
-            _ = uplink.wake.notified() => return,
-            _ = shutdown.changed() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        tokio::select! {
-            _ = self.poll_upstreams(link, seen) => {}
             _ = uplink.wake.notified() => {}
             _ = shutdown.changed() => {}
+            _ = sleep_until_or_never(until) => {}
+            _ = poll => {}
         }
     }
 
@@ -768,7 +765,9 @@ impl Node {
     /// When the earliest slot held back for a move goes again (monotonic
     /// ms), if any write waits.
     fn held_until(&self) -> Option<u64> {
-        let s = self.inner.uplink.state.lock();
+        let mut s = self.inner.uplink.state.lock();
+        let now = mono_ms();
+        s.moving.retain(|_, until| *until > now);
         if s.queued() == 0 {
             return None;
         }
