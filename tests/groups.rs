@@ -319,13 +319,32 @@ async fn a_failover_of_group_1_reroutes_its_slots_and_loses_no_acknowledged_writ
         let (status, body) = c.put(1, &key, "v", "?ack=root").await;
         assert_eq!(status, 201, "{key} of group 0 while group 1 fails over: {body}");
     }
+    // The same below a router: a leaf's write of group 1 does not hold
+    // back its next writes (one batch in flight to its router): the
+    // router answers it in progress once its lane fails, and owes it the
+    // outcome.
+    let leaf = c.client(3);
+    let (second, value) = (ones[1].clone(), "after".to_string());
+    let leaf_waiting = tokio::spawn(async move {
+        leaf.put_with(&second, value, PutOptions { ack: Ack::Root, ttl: None }).await.map(|w| w.version())
+    });
+    wait_until(Duration::from_secs(10), "the leaf sent group 1's write", || async {
+        c.metric(3, "uplink_pending").await + c.metric(3, "uplink_unconfirmed").await >= 1.0
+    })
+    .await;
+    for key in keys_of(&map, 0, "below", 3) {
+        let (status, body) = c.put(3, &key, "v", "?ack=root").await;
+        assert_eq!(status, 201, "{key} of group 0 at a leaf while group 1 fails over: {body}");
+    }
     let group_1 = znode(&c, "groups/1/root").await;
     assert!(
         group_1.as_ref().is_none_or(|root| root["id"] != standby_id),
         "group 0's writes waited for group 1's failover ({group_1:?})"
     );
-    let version = waiting.await.expect("the writer").expect("group 1's write, after its failover");
-    assert!(version.is_some_and(|v| v > 0), "an ack=root write answers its version");
+    for (at, waiting) in [("router", waiting), ("leaf", leaf_waiting)] {
+        let version = waiting.await.expect("the writer").unwrap_or_else(|e| panic!("group 1's write at the {at}: {e}"));
+        assert!(version.is_some_and(|v| v > 0), "an ack=root write answers its version");
+    }
     // Writes through the leaves wait for group 1's new leader (the
     // failover wait) and are acknowledged there.
     for (n, key) in ones.iter().enumerate() {

@@ -317,6 +317,22 @@ impl UplinkState {
         all.iter().map(|p| p.write.id.seq).collect()
     }
 
+    /// A child's write that will wait here (its slot frozen, its lane
+    /// failing): the child's requests waiting for it are to be answered
+    /// `InProgress` now (the senders, to answer outside the lock), and the
+    /// child is owed a notice of its outcome instead, so the child's own
+    /// uplink, one batch in flight, is not held by it.
+    fn answer_child_later(&mut self, p: &Pending) -> Vec<oneshot::Sender<WriteResult>> {
+        let (Some(child), Some(waiters)) = (p.child, self.waiting.get_mut(&p.write.id)) else { return Vec::new() };
+        if waiters.txs.is_empty() {
+            return Vec::new();
+        }
+        if !waiters.owed.contains(&child) {
+            waiters.owed.push(child);
+        }
+        std::mem::take(&mut waiters.txs)
+    }
+
     /// A batch came back (answered or not): its slots are no longer busy.
     pub(super) fn release(&mut self, batch: &[Pending]) {
         for p in batch {
@@ -507,7 +523,7 @@ impl Node {
                             retry.sending = false;
                             retry.failed(lane, batch.len(), &e);
                             self.inner.uplink.state.lock().release(&batch);
-                            self.give_back(batch);
+                            self.give_back_failed(batch);
                         }
                     }
                 }
@@ -632,7 +648,7 @@ impl Node {
             }
             Err(e) => {
                 retry.failed(lane, batch.len(), &e);
-                self.give_back(batch);
+                self.give_back_failed(batch);
             }
         }
     }
@@ -678,14 +694,7 @@ impl Node {
                     given_up.push((p, slot));
                     continue;
                 }
-                if let (Some(child), Some(waiters)) = (p.child, s.waiting.get_mut(&p.write.id)) {
-                    if !waiters.txs.is_empty() {
-                        answered.append(&mut waiters.txs);
-                        if !waiters.owed.contains(&child) {
-                            waiters.owed.push(child);
-                        }
-                    }
-                }
+                answered.extend(s.answer_child_later(&p));
                 s.moving.insert(slot, now + MOVING_RETRY_MS);
                 s.given_back.push(p);
             }
@@ -760,6 +769,23 @@ impl Node {
     /// Gives unanswered writes back: they go again, in their order.
     fn give_back(&self, batch: Vec<Pending>) {
         self.inner.uplink.state.lock().give_back(batch);
+    }
+
+    /// Gives back a batch its lane failed to send: it goes again after the
+    /// lane's backoff. Children waiting for its writes are answered
+    /// `InProgress` and owed notices: a cache below a router must not have
+    /// its writes to other groups held behind one to a group that is
+    /// failing over.
+    fn give_back_failed(&self, batch: Vec<Pending>) {
+        let answered: Vec<_> = {
+            let mut s = self.inner.uplink.state.lock();
+            let answered = batch.iter().flat_map(|p| s.answer_child_later(p)).collect();
+            s.give_back(batch);
+            answered
+        };
+        for tx in answered {
+            let _ = tx.send(WriteResult::InProgress);
+        }
     }
 
     /// When the earliest slot held back for a move goes again (monotonic
