@@ -188,6 +188,24 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// The CFS period each root's quota is given in: 10 ms. A root held to
+/// 25% runs 2.5 ms of every 10 and waits at most 7.5 ms, as a slower CPU
+/// would. With the kernel's default 100 ms period it would wait up to 75
+/// ms mid-request, a stall no machine of its own has, and every step of a
+/// protocol that crosses two roots (a move's freeze, copy and cutover)
+/// would add one.
+const CFS_PERIOD_US: u64 = 10_000;
+
+/// The period for a quota of `pct`% of one core: [`CFS_PERIOD_US`], or
+/// the kernel's default 100 ms where the quota would be under its 1 ms
+/// minimum (below 10%).
+fn cfs_period_us(pct: u32) -> u64 {
+    match pct as u64 * CFS_PERIOD_US / 100 {
+        quota if quota >= 1_000 => CFS_PERIOD_US,
+        _ => 100_000,
+    }
+}
+
 /// A CPU cgroup (v1) holding processes; removed on drop (its processes
 /// gone first: a cgroup with tasks cannot be removed).
 struct CpuGroup {
@@ -202,8 +220,9 @@ impl CpuGroup {
         let write = |file: &str, value: String| {
             std::fs::write(group.dir.join(file), value).map_err(|e| format!("{}/{file}: {e}", group.dir.display()))
         };
-        write("cpu.cfs_period_us", "100000".into())?;
-        write("cpu.cfs_quota_us", (pct as u64 * 1000).to_string())?;
+        let period = cfs_period_us(pct);
+        write("cpu.cfs_period_us", period.to_string())?;
+        write("cpu.cfs_quota_us", (pct as u64 * period / 100).to_string())?;
         Ok(group)
     }
 
@@ -280,7 +299,11 @@ async fn run_one(plan: &CapacityPlan, g: u32) -> Result<Row, String> {
     // processes in it cannot be removed), on every path out.
     let mut cgroups = Vec::new();
     let mut procs = Procs { children: Vec::new() };
-    let mut cpu_bound = format!("{}% of one core (cgroup v1 cpu.cfs_quota_us)", plan.group_cpu_pct);
+    let mut cpu_bound = format!(
+        "{}% of one core (cgroup v1 cpu.cfs_quota_us, {} ms period)",
+        plan.group_cpu_pct,
+        cfs_period_us(plan.group_cpu_pct) / 1000
+    );
     let mut root_pids = Vec::new();
     let start = |args: Vec<String>, name: String, procs: &mut Procs| -> Result<String, String> {
         let port = free_port()?;
@@ -650,6 +673,13 @@ mod tests {
         assert_eq!(busy_pct((160, 1000), (160, 1000)), 0.0, "no time passed");
         let (busy, all) = machine_ticks();
         assert!(all > 0 && busy <= all, "{busy} of {all}");
+    }
+
+    #[test]
+    fn a_quota_s_period_is_10_ms_unless_the_quota_would_be_under_1_ms() {
+        assert_eq!(cfs_period_us(25), 10_000);
+        assert_eq!(cfs_period_us(10), 10_000);
+        assert_eq!(cfs_period_us(5), 100_000, "0.5 ms is under the kernel's minimum quota");
     }
 
     #[test]
