@@ -74,6 +74,11 @@ pub enum Route {
 }
 
 impl Route {
+    /// To group `group`'s leader `r`, with its epoch.
+    pub fn leader(group: GroupId, r: &RootInfo) -> Route {
+        Route::Leader { group, peer: Peer { id: r.id, url: r.url.clone() }, epoch: r.epoch }
+    }
+
     pub fn peer(&self) -> &Peer {
         match self {
             Route::Parent(p) | Route::Leader { peer: p, .. } => p,
@@ -122,7 +127,7 @@ impl Node {
             return Ok(Some(Route::Parent(parent)));
         }
         match view.leaders.get(&group) {
-            Some(r) => Ok(Some(Route::Leader { group, peer: Peer { id: r.id, url: r.url.clone() }, epoch: r.epoch })),
+            Some(r) => Ok(Some(Route::leader(group, r))),
             None => Err(Error::NoInSyncRoot(format!("root group {group}, the owner of {key:?}'s slot, has no leader"))),
         }
     }

@@ -547,9 +547,7 @@ impl Node {
                 }
                 continue;
             }
-            let held_until =
-                self.held_until().map(|at| now + Duration::from_millis(at.saturating_sub(mono_ms()).max(1)));
-            let wake_at = [next_retry, held_until].into_iter().flatten().min();
+            let wake_at = [next_retry, self.held_until()].into_iter().flatten().min();
             tokio::select! {
                 Some(part) = sending.next() => {
                     let retry = retries.entry(part.lane).or_default();
@@ -569,7 +567,7 @@ impl Node {
             return Ok(Route::Parent(link.parent.clone()));
         }
         match view.leaders.get(&lane) {
-            Some(r) => Ok(Route::Leader { group: lane, peer: Peer { id: r.id, url: r.url.clone() }, epoch: r.epoch }),
+            Some(r) => Ok(Route::leader(lane, r)),
             None => Err(Error::NoInSyncRoot(format!("root group {lane} has no leader"))),
         }
     }
@@ -719,10 +717,7 @@ impl Node {
         let uplink = &self.inner.uplink;
         let mut shutdown = self.subscribe_shutdown();
         let waiting = !uplink.state.lock().handed.is_empty();
-        let held_until = self
-            .held_until()
-            .map(|at| tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(mono_ms()).max(1)));
-        let until = [held_until, retry_at].into_iter().flatten().min();
+        let until = [self.held_until(), retry_at].into_iter().flatten().min();
         let poll = async {
             if !waiting {
                 return std::future::pending().await;
@@ -788,16 +783,17 @@ impl Node {
         }
     }
 
-    /// When the earliest slot held back for a move goes again (monotonic
-    /// ms), if any write waits.
-    fn held_until(&self) -> Option<u64> {
+    /// When the earliest slot held back for a move goes again, if any
+    /// write waits (expired holds are dropped: never a time past).
+    fn held_until(&self) -> Option<tokio::time::Instant> {
         let mut s = self.inner.uplink.state.lock();
         let now = mono_ms();
         s.moving.retain(|_, until| *until > now);
         if s.queued() == 0 {
             return None;
         }
-        s.moving.values().min().copied()
+        let at = s.moving.values().min().copied()?;
+        Some(tokio::time::Instant::now() + Duration::from_millis(at - now))
     }
 
     /// The parent took `p` without its outcome: ours until we hear it. Our
@@ -920,10 +916,7 @@ impl Node {
         let view = self.routes();
         let mut routes = vec![Route::Parent(link.parent.clone())];
         if self.place().is_ok_and(|place| self.is_router(&place.topology, &view)) {
-            for (&group, r) in view.leaders.iter().filter(|(&g, _)| g != 0) {
-                let peer = Peer { id: r.id, url: r.url.clone() };
-                routes.push(Route::Leader { group, peer, epoch: r.epoch });
-            }
+            routes.extend(view.leaders.iter().filter(|(&g, _)| g != 0).map(|(&g, r)| Route::leader(g, r)));
         }
         let polls = routes.into_iter().map(|route| async move {
             let seen = self.seen_from(&route, seen);
