@@ -189,6 +189,13 @@ pub struct NodeArgs {
     /// production.
     #[arg(long, env = "TREECACHE_FAULT_MOVE_PAUSE_MS", hide = true, default_value_t = 0)]
     pub fault_move_pause_ms: u64,
+    /// Fault injection for tests: a node holds each new slot map (or set
+    /// of group leaders) it reads from ZooKeeper this long before it
+    /// routes by it (so a test can have a router, or a move's target, act
+    /// on the map before a cutover while others act on the one after).
+    /// Never set in production.
+    #[arg(long, env = "TREECACHE_FAULT_ROUTES_DELAY_MS", hide = true, default_value_t = 0)]
+    pub fault_routes_delay_ms: u64,
     /// Fault injection for tests: a standby root holds its answer to each
     /// replication batch this long after applying it (so the leader waits
     /// for it while other standbys have the batch). Never set in production.

@@ -518,7 +518,7 @@ async fn a_frozen_slot_s_writes_wait_then_get_503_slot_moving_and_its_reads_are_
     // The key did not change after the first copy: the last copy, while
     // writes waited, named it and sent no value.
     let log = c.log_text(0);
-    assert!(log.contains("the last copy sent 0 entries whole and named 1 unchanged"), "{log}");
+    assert!(log.contains(": 0 entries whole, 1 named unchanged)"), "{log}");
     // Group 1 owns it now: its value came along, and group 0's root
     // passes the key's requests on.
     assert_eq!(c.get(g1, &key, "").await.text(), "before");
@@ -746,7 +746,7 @@ async fn a_target_that_lost_the_first_copy_gets_the_whole_copy_and_the_move_lose
     let out = moving.await.expect("slots move ran");
     assert!(out.status.success(), "{}", text(&out));
     let log = c.log_text(0);
-    assert!(log.contains("slots 9: the target lacks part of the first copy; sending it all"), "{log}");
+    assert!(log.contains("slots 9: the target lacks part of the copies before; sending it all"), "{log}");
     assert_eq!(slot_map(&c).await.owner(9), 1);
     for key in &keys {
         for at in [g1, 1] {
@@ -910,4 +910,105 @@ async fn a_move_survives_kill_9_of_a_standby_of_each_group_while_frozen() {
     wait_in_sync(&c, 0, 2).await;
     wait_in_sync(&c, 1, 2).await;
     check_after(&c, &acked, &[(0, 0), (1, g1), (0, g0_standby), (1, g1_standby)], &[1, 2]).await;
+}
+
+/// The map epoch node `i` says (in its `live/` znode) it routes by.
+async fn routes_by(c: &Cluster, i: usize) -> u64 {
+    let id = c.health(i).await["id"].as_u64().expect("a node id");
+    znode(c, &format!("live/{id}")).await.and_then(|v| v["map_epoch"].as_u64()).unwrap_or(0)
+}
+
+/// Around a cutover, a router and the move's target read the new map at
+/// different times (`--fault-routes-delay-ms` at one router and at the
+/// target). A router still on the old map sends the moved slot's writes
+/// to the source, and a router on the new one sends them to a target that
+/// has not read it: each root answers those writes `SlotMoving`, and
+/// commits the rest of the router's batch at once (before: the whole
+/// batch was refused 409 `wrong_group`, and the router's lane to that
+/// group stood until both had the new map). The moved slot's writes wait
+/// as a frozen slot's do: 503 `slot_moving` after 2 s, nothing written;
+/// once every node has the new map they commit at the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn around_a_cutover_only_the_moved_slot_s_writes_wait_for_the_new_map() {
+    const DELAY: &str = "5000";
+    let mut c = Cluster::start_opts(Opts { nodes: 1, durable_root: true, ..Opts::default() }).await;
+    let stale = c.add_node_with(&["--fault-routes-delay-ms", DELAY]).await;
+    let fresh = c.add_node().await;
+    let target = add_group_root(&mut c, "1", "g1", &["--fault-routes-delay-ms", DELAY]).await;
+    let key_of = |slot: u16, tag: &str| {
+        (0..).map(|i| format!("{tag}-{i}")).find(|k| slot_of(k) == slot).expect("a key of the slot")
+    };
+    let all_route_by = |epoch: u64| {
+        let c = &c;
+        async move {
+            for i in [0, stale, fresh, target] {
+                wait_until(Duration::from_secs(30), &format!("node {i} routes by map epoch {epoch}"), || async {
+                    routes_by(c, i).await >= epoch
+                })
+                .await;
+            }
+        }
+    };
+    // Group 1 owns slot 8 first: both routers route by slot.
+    let out = slots_cmd(&c, &["move", "--slots", "8", "--to", "1"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let epoch = slot_map(&c).await.epoch();
+    all_route_by(epoch).await;
+    let (moved_at_stale, moved_at_fresh) = (key_of(7, "stale"), key_of(7, "fresh"));
+    let (status, _) = c.put(0, &moved_at_stale, "before", "?ack=root").await;
+    assert_eq!(status, 201);
+    let out = slots_cmd(&c, &["move", "--slots", "7", "--to", "1"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let moved = slot_map(&c).await.epoch();
+    assert!(moved > epoch);
+    let put_later = |i: usize, key: &String| {
+        let (http, url) = (c.http.clone(), format!("{}/kv/{key}?ack=root", c.url(i)));
+        tokio::spawn(async move {
+            let resp = http.put(url).body("during").send().await.expect("answered");
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+        })
+    };
+    // A new key's write at node `at` commits while node `behind` still
+    // routes by the map before the cutover.
+    let commits_while_behind = |at: usize, key: &String, behind: usize| {
+        let (c, key) = (&c, key.clone());
+        async move {
+            let (status, body) = c.put(at, &key, "v", "?ack=root").await;
+            assert_eq!(status, 201, "{key} at node {at}: {body}");
+            assert!(routes_by(c, behind).await < moved, "{key} committed only once node {behind} read the new map");
+        }
+    };
+    // The stale router still sends slot 7 to the source: that write waits,
+    // and the router's write of a slot the source keeps commits meanwhile.
+    let waiting_at_stale = put_later(stale, &moved_at_stale);
+    let kept = key_of(9, "kept");
+    commits_while_behind(stale, &kept, stale).await;
+    // The fresh router sends slot 7 to the target, which has not read that
+    // it owns it: that write waits, and a write of group 1's slot 8
+    // commits meanwhile.
+    wait_until(Duration::from_secs(10), "the fresh router routes by the new map", || async {
+        routes_by(&c, fresh).await >= moved
+    })
+    .await;
+    let waiting_at_fresh = put_later(fresh, &moved_at_fresh);
+    let owned = key_of(8, "owned");
+    commits_while_behind(fresh, &owned, target).await;
+    // Slot 7's writes waited 2 s for a map that came later: refused,
+    // nothing written.
+    for (waiting, at) in [(waiting_at_stale, "stale"), (waiting_at_fresh, "fresh")] {
+        let (status, body) = waiting.await.expect("the write ran");
+        assert_eq!((status, body["code"].as_str()), (503, Some("slot_moving")), "at the {at} router: {body}");
+    }
+    all_route_by(moved).await;
+    assert_eq!(c.get(target, &moved_at_stale, "?consistent=true").await.text(), "before");
+    assert_eq!(c.get(target, &moved_at_fresh, "?consistent=true").await.status, 404);
+    for (i, key) in [(stale, &moved_at_stale), (fresh, &moved_at_fresh)] {
+        let (status, body) = c.put(i, key, "after", "?ack=root").await;
+        assert!(status == 200 || status == 201, "node {i}: {status} {body}");
+    }
+    for i in [0, stale, fresh, target] {
+        for (key, value) in [(&moved_at_stale, "after"), (&moved_at_fresh, "after"), (&kept, "v"), (&owned, "v")] {
+            assert_eq!(c.get(i, key, "?consistent=true").await.text(), value, "{key} at node {i}");
+        }
+    }
 }

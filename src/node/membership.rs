@@ -238,12 +238,30 @@ impl Node {
         };
         tokio::select! {
             _ = fired(w.root) => log::info!("the root znode changed: re-joining"),
-            _ = fired(w.live) => log::info!("our live znode changed: re-joining"),
+            _ = self.live_gone(&w.zk, w.live) => log::info!("our live znode changed: re-joining"),
             s = state.changed() => if s.is_terminated() {
                 log::warn!("ZooKeeper session {s:?}: reconnecting and re-joining");
             },
             _ = tokio::time::sleep(CHECK_EVERY) => {},
             _ = shutdown.changed() => {},
+        }
+    }
+
+    /// Waits until our `live/` znode changes other than by our own record
+    /// of the map epoch we route by (which every node writes at every
+    /// slot map change: a re-join for it would have every node register
+    /// again at every cutover).
+    async fn live_gone(&self, zk: &Client, mut w: Option<OneshotWatcher>) {
+        loop {
+            let Some(watcher) = w.take() else { return std::future::pending().await };
+            if watcher.changed().await.event_type != zookeeper_client::EventType::NodeDataChanged {
+                return;
+            }
+            let Some(id) = self.node_id() else { return };
+            match zk.check_and_watch_stat(&self.inner.paths.live_node(id)).await {
+                Ok((Some(_), next)) => w = Some(next),
+                _ => return,
+            }
         }
     }
 

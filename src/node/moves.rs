@@ -9,14 +9,16 @@
 //! 1. **Copy.** The source sends the target's leader every live entry of
 //!    the slots (`POST /internal/import`), versions kept. The target logs
 //!    and replicates each one newer than what it has, and raises its
-//!    version counter above them, so a key's version keeps rising.
+//!    version counter above them, so a key's version keeps rising. Then
+//!    tails of what changed since (still unfrozen, [`CATCH_UP_ROUNDS`] at
+//!    most), until one sends little: the frozen copy is then short.
 //! 2. **Freeze.** The source logs a freeze record per slot through its
 //!    replicated log, and from then on commits no write of those slots
 //!    (they wait, at most [`FROZEN_WAIT`], then 503 `slot_moving`); reads
 //!    are served. A standby that takes over holds the freeze too. Every
 //!    commit made before the freeze is waited for until durable.
 //! 3. **Last copy, a tail.** The source sends whole the entries changed
-//!    since the first copy and names the others (key and version: the
+//!    since the last tail and names the others (key and version: the
 //!    target must hold them so, or asks for the whole copy), and every
 //!    write outcome it remembers (so a write retried at the target after
 //!    the cutover is found decided, not committed twice). The target also
@@ -28,7 +30,12 @@
 //!    source's and the target's `leader` znodes as read before step 3, so
 //!    neither a deposed source nor a target that failed over since (and may
 //!    lack step 3) can hand over. The target serves the slots once it
-//!    reads the new map; the source answers `wrong_group` from then on.
+//!    reads the new map. Until the source drops the slots (5.) it
+//!    answers a child's writes of them `SlotMoving`, undecided, as while
+//!    frozen, and so does the target for [`INCOMING_FOR`] after the last
+//!    copy until it reads the new map: a router reads the map again and
+//!    sends them to the new owner, and the rest of its batch commits.
+//!    Other requests of the slots get `wrong_group` at the source.
 //! 5. **Drop.** Once every live node routes by the new map (its `live/`
 //!    znode says so), the source logs a drop record per slot (its copy and
 //!    its freeze go, at every standby too) and deletes `moves/<slot>`.
@@ -64,12 +71,21 @@ const IMPORT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest import request body: entries are sent in parts of about this.
 const IMPORT_PART_BYTES: usize = 4 << 20;
 /// Parts of a copy made before the freeze are smaller, and paced: after
-/// each, the source waits as long as the part took to be sent, stored and
-/// logged at the target, so the copy takes about half of the target's
-/// time at most, and other slots' writes there keep their latency (the
-/// scan and encoding at the source run once, before the first part). The
-/// last copy, during the freeze, is not paced: it is what pauses writes.
+/// each, the source waits [`PACE`] times as long as the part took to be
+/// sent, stored and logged at the target, so the copy takes a quarter of
+/// the target's time at most, and other slots' writes there keep their
+/// latency (the scan and encoding at the source run once, before the
+/// first part). The last copy, during the freeze, is not paced: it is
+/// what pauses writes.
 const PACED_PART_BYTES: usize = 128 << 10;
+/// How many times a paced part's own time the source waits after it.
+const PACE: u32 = 3;
+
+/// Most tails sent after the first copy, before the freeze.
+const CATCH_UP_ROUNDS: usize = 4;
+/// A tail that sent at most this many entries whole caught up: the next
+/// one is the last, frozen.
+const CAUGHT_UP: usize = 32;
 
 /// The slots this root holds frozen, and a wake-up when that changes.
 #[derive(Default)]
@@ -85,7 +101,17 @@ pub(super) struct Moves {
     /// Rounds a drop has waited for a node to read the new map (logged
     /// every 40th, about every 10 s).
     drop_waits: std::sync::atomic::AtomicU64,
+    /// At a target: slots whose last copy it has taken, and when (the
+    /// cutover follows at once): until its map names it their owner, a
+    /// router that read the new map first has their writes answered
+    /// `SlotMoving` here, not its whole batch refused `wrong_group`.
+    incoming: Mutex<HashMap<Slot, std::time::Instant>>,
 }
+
+/// How long after a slot's last copy its target treats it as coming (the
+/// cutover is one ZooKeeper write after it; a move stuck longer than this
+/// has its writes refused `wrong_group` again until the map says).
+const INCOMING_FOR: Duration = Duration::from_secs(10);
 
 /// A copy coming in from a source group's leader, part by part.
 #[derive(Default)]
@@ -147,13 +173,69 @@ impl Node {
 
     /// Runs `decide` with the frozen slots (none of which a freeze can add
     /// to until it returns) if every key of `keys` is in a slot this group
-    /// owns: 409 `wrong_group` if one is not ours. A child's batch takes
-    /// this path: its writes of frozen slots are answered at once (the
-    /// child tries them again), and the rest commit, not held back by them.
-    pub(super) fn with_frozen<R>(&self, keys: &[String], decide: impl FnOnce(&BTreeSet<Slot>) -> R) -> Result<R> {
+    /// owns: 409 `wrong_group` if one is not ours.
+    fn with_frozen<R>(&self, keys: &[String], decide: impl FnOnce(&BTreeSet<Slot>) -> R) -> Result<R> {
         let frozen = self.inner.moves.frozen.read();
         self.check_own_slots(keys)?;
         Ok(decide(&frozen))
+    }
+
+    /// A child's batch: runs `decide` with the slots whose writes are
+    /// answered `SlotMoving` at once, undecided (the child tries them
+    /// again, and the rest of its batch commits, not held back by them):
+    /// those frozen here (moving out, or handed over and not dropped yet)
+    /// and those coming in whose cutover this root has not read yet (see
+    /// [`Node::slot_in_transit`]). 409 `wrong_group` for a key of any other
+    /// slot that is not ours. No freeze can start until it returns.
+    pub(super) fn with_held<R>(&self, keys: &[String], decide: impl FnOnce(&BTreeSet<Slot>) -> R) -> Result<R> {
+        let frozen = self.inner.moves.frozen.read();
+        let coming = self.coming_in(keys.iter().map(|k| slot_of(k)));
+        let others: Vec<String> = keys
+            .iter()
+            .filter(|k| {
+                let slot = slot_of(k);
+                !frozen.contains(&slot) && !coming.contains(&slot)
+            })
+            .cloned()
+            .collect();
+        self.check_own_slots(&others)?;
+        if coming.is_empty() {
+            return Ok(decide(&frozen));
+        }
+        let mut held = frozen.clone();
+        held.extend(coming);
+        Ok(decide(&held))
+    }
+
+    /// At a root: whether `key`'s writes from a child are answered
+    /// `SlotMoving` here (its slot is frozen, or coming in) rather than
+    /// refused `wrong_group`.
+    pub(super) fn slot_in_transit(&self, key: &str) -> bool {
+        let slot = slot_of(key);
+        self.inner.moves.frozen.read().contains(&slot) || !self.coming_in(std::iter::once(slot)).is_empty()
+    }
+
+    /// Of `slots`, those whose last copy this root took lately and that
+    /// its map does not name it the owner of yet: the cutover was made, or
+    /// is about to be, and a router read it first. The map is read again
+    /// at once if there are any.
+    fn coming_in(&self, slots: impl Iterator<Item = Slot>) -> BTreeSet<Slot> {
+        let coming: BTreeSet<Slot> = {
+            let mut incoming = self.inner.moves.incoming.lock();
+            if incoming.is_empty() {
+                return BTreeSet::new();
+            }
+            incoming.retain(|_, at| at.elapsed() < INCOMING_FOR);
+            let view = self.routes();
+            let mine = self.args().group.unwrap_or(0);
+            slots
+                .filter(|s| incoming.contains_key(s) && view.map.as_ref().is_some_and(|m| m.owner(*s) != mine))
+                .collect()
+        };
+        if !coming.is_empty() {
+            self.reread_routes();
+        }
+        coming
     }
 
     /// Waits while a key of `keys` is in a frozen slot, at most
@@ -331,45 +413,25 @@ impl Node {
         let mut since = 0;
         if !copying.is_empty() {
             since = self.send_import(&target.url, &import(false, 0)).await?.tail_from;
-        }
-        // 2. Freeze: in the log first, then in `moves/`.
-        self.freeze(&slots).await?;
-        let mut multi = zk.new_multi_writer();
-        for (slot, (rec, version)) in &moves {
-            if rec.state == MoveState::Copy {
-                let frozen = MoveRecord { state: MoveState::Frozen, ..rec.clone() };
-                multi
-                    .add_set_data(&format!("{}/{slot}", paths.moves()), &frozen.to_json(), Some(*version))
-                    .map_err(|e| Error::zk("multi", paths.moves(), e))?;
-            }
-        }
-        let mut versions: BTreeMap<Slot, i32> = moves.iter().map(|(s, (_, v))| (*s, *v)).collect();
-        if !copying.is_empty() {
-            let results = multi.commit().await.map_err(|e| Error::zk("set", paths.moves(), e.into()))?;
-            for (slot, result) in copying.iter().zip(results) {
-                if let zookeeper_client::MultiWriteResult::SetData { stat } = result {
-                    versions.insert(*slot, stat.version);
+            // Catch up while the slots still take writes, until little
+            // changed during the last tail: the last one, sent frozen,
+            // then carries only that little.
+            for _ in 0..CATCH_UP_ROUNDS {
+                let sent = match self.send_import(&target.url, &import(false, since)).await {
+                    Err(Error::Upstream { status: 409, body, .. }) if body.contains("cannot_resume") => {
+                        since = 0; // the last copy goes whole
+                        break;
+                    }
+                    sent => sent?,
+                };
+                since = sent.tail_from;
+                if sent.whole <= CAUGHT_UP {
+                    break;
                 }
             }
         }
-        let frozen_at = std::time::Instant::now();
-        let pause = self.args().fault_move_pause_ms;
-        if pause > 0 {
-            log::info!("slots {} frozen: pausing {pause} ms (--fault-move-pause-ms)", ranges_text(&slots));
-            tokio::time::sleep(Duration::from_millis(pause)).await;
-        }
-        // 3. Everything committed before the freeze is durable; send what
-        // changed since the first copy (and the names of what did not), or
-        // all of it if the target lacks part of the first copy.
-        self.wait_durable_through(self.inner.versions.load(std::sync::atomic::Ordering::Acquire)).await?;
-        let last = match self.send_import(&target.url, &import(true, since)).await {
-            Err(Error::Upstream { status: 409, body, .. }) if since > 0 && body.contains("cannot_resume") => {
-                log::info!("slots {}: the target lacks part of the first copy; sending it all", ranges_text(&slots));
-                self.send_import(&target.url, &import(true, 0)).await?
-            }
-            sent => sent?,
-        };
-        // 4. Cutover, if neither root changed since we read them.
+        // Read before the freeze (one ZooKeeper round trip less while
+        // frozen): the cutover's multi checks that it did not change.
         let (map, map_version) =
             zk::read_slots(zk, paths).await?.ok_or_else(|| Error::Internal(format!("{} is missing", paths.slots())))?;
         if let Some(&slot) = slots.iter().find(|&&s| map.owner(s) != mine) {
@@ -378,6 +440,62 @@ impl Node {
                 map.owner(slot)
             )));
         }
+        // 2. Freeze: from here no write of the slots commits. The freeze
+        // goes into the log (a standby that takes over holds it) and into
+        // `moves/` while the last copy (3.) goes: the cutover waits for all
+        // three, and writes of the slots wait for the slowest, not the sum.
+        let frozen_at = std::time::Instant::now();
+        let frames = self.freeze(&slots);
+        let logged = async {
+            self.make_durable_with(Vec::new(), frames).await?;
+            Ok::<_, Error>(frozen_at.elapsed())
+        };
+        let marked = async {
+            let mut versions: BTreeMap<Slot, i32> = moves.iter().map(|(s, (_, v))| (*s, *v)).collect();
+            if copying.is_empty() {
+                return Ok((versions, Duration::ZERO));
+            }
+            let mut multi = zk.new_multi_writer();
+            for slot in &copying {
+                let (rec, version) = &moves[slot];
+                let frozen = MoveRecord { state: MoveState::Frozen, ..rec.clone() };
+                multi
+                    .add_set_data(&format!("{}/{slot}", paths.moves()), &frozen.to_json(), Some(*version))
+                    .map_err(|e| Error::zk("multi", paths.moves(), e))?;
+            }
+            let results = multi.commit().await.map_err(|e| Error::zk("set", paths.moves(), e.into()))?;
+            for (slot, result) in copying.iter().zip(results) {
+                if let zookeeper_client::MultiWriteResult::SetData { stat } = result {
+                    versions.insert(*slot, stat.version);
+                }
+            }
+            Ok::<_, Error>((versions, frozen_at.elapsed()))
+        };
+        // 3. Everything committed before the freeze is durable; send what
+        // changed since the last tail (and the names of what did not), or
+        // all of it if the target lacks part of the copies before.
+        let copied = async {
+            let pause = self.args().fault_move_pause_ms;
+            if pause > 0 {
+                log::info!("slots {} frozen: pausing {pause} ms (--fault-move-pause-ms)", ranges_text(&slots));
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            self.wait_durable_through(self.inner.versions.load(std::sync::atomic::Ordering::Acquire)).await?;
+            let last = match self.send_import(&target.url, &import(true, since)).await {
+                Err(Error::Upstream { status: 409, body, .. }) if since > 0 && body.contains("cannot_resume") => {
+                    log::info!(
+                        "slots {}: the target lacks part of the copies before; sending it all",
+                        ranges_text(&slots)
+                    );
+                    self.send_import(&target.url, &import(true, 0)).await?
+                }
+                sent => sent?,
+            };
+            Ok::<_, Error>((last, frozen_at.elapsed()))
+        };
+        let (logged, marked, copied) = tokio::join!(logged, marked, copied);
+        let (logged, (versions, marked), (last, copied)) = (logged?, marked?, copied?);
+        // 4. Cutover, if neither root nor the map changed since we read them.
         let next = map.assign_all(slots.iter().copied(), to);
         let mut multi = zk.new_multi_writer();
         let add =
@@ -410,21 +528,26 @@ impl Node {
             Err(e) => return Err(Error::zk("multi", paths.slots(), e.into())),
         }
         self.install_map(next.clone());
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         log::info!(
-            "slots {} handed over to group {to} (map epoch {}): {:?} in all, writes paused {:?}; the last copy \
-             sent {} entries whole and named {} unchanged",
+            "slots {} handed over to group {to} (map epoch {}): {:.1} ms in all, writes paused {:.1} ms (freeze \
+             logged at {:.1}, move records at {:.1}, last copy at {:.1}: {} entries whole, {} named unchanged)",
             ranges_text(&slots),
             next.epoch(),
-            started.elapsed(),
-            frozen_at.elapsed(),
+            ms(started.elapsed()),
+            ms(frozen_at.elapsed()),
+            ms(logged),
+            ms(marked),
+            ms(copied),
             last.whole,
             last.named
         );
         Ok(())
     }
 
-    /// Step 2: freezes `slots` here (those not frozen yet), durably.
-    async fn freeze(&self, slots: &BTreeSet<Slot>) -> Result<()> {
+    /// Step 2: freezes `slots` here (those not frozen yet), and returns
+    /// the log records that make it durable.
+    fn freeze(&self, slots: &BTreeSet<Slot>) -> Vec<Vec<u8>> {
         let new: Vec<Slot> = {
             let mut frozen = self.inner.moves.frozen.write();
             let new: Vec<Slot> = slots.iter().copied().filter(|s| !frozen.contains(s)).collect();
@@ -438,7 +561,7 @@ impl Node {
         }
         // Logged again if already frozen: cheap, and covers a freeze whose
         // record did not become durable before a failure.
-        self.make_durable_with(Vec::new(), frames).await
+        frames
     }
 
     /// Sends the target's leader every live entry of the slots (in parts;
@@ -494,7 +617,7 @@ impl Node {
         let mut took = Duration::ZERO;
         for (i, body) in parts.into_iter().enumerate() {
             if !import.last {
-                tokio::time::sleep(took).await;
+                tokio::time::sleep(took * PACE).await;
             }
             let started = std::time::Instant::now();
             // Only the last part of the last copy ends the import: the
@@ -683,6 +806,10 @@ impl Node {
             .collect();
         let stored = durable.len();
         self.make_durable_with(durable, frames).await?;
+        if import.last {
+            let now = std::time::Instant::now();
+            self.inner.moves.incoming.lock().extend(import.slots.iter().map(|&s| (s, now)));
+        }
         Ok(stored)
     }
 

@@ -287,17 +287,20 @@ impl Node {
             }
             Err(e) => return Err(Error::zk("get", paths.slots(), e)),
         };
+        // Every group's `root` znode at once: one round trip to ZooKeeper,
+        // not two per group one after another (a router learns a cutover
+        // that much sooner, and writes of the moved slot wait that much less).
+        let groups = map.as_ref().map(|m| m.groups()).unwrap_or_default();
+        let reads = groups.iter().map(|&group| {
+            let zk = &zk;
+            async move { (group, watch_root(zk, &paths.in_group(group).root()).await) }
+        });
         let mut leaders = BTreeMap::new();
-        for group in map.as_ref().map(|m| m.groups()).unwrap_or_default() {
-            let path = paths.in_group(group).root();
-            let (found, w) = zk.check_and_watch_stat(&path).await.map_err(|e| Error::zk("watch", path.clone(), e))?;
+        for (group, read) in futures::future::join_all(reads).await {
+            let (found, w) = read?;
             watches.push(w);
-            if found.is_some() {
-                if let Some(data) = zk::read(&zk, &path).await? {
-                    if let Some(info) = zk::parse_root(&data) {
-                        leaders.insert(group, info);
-                    }
-                }
+            if let Some(info) = found {
+                leaders.insert(group, info);
             }
         }
         // A group other than 0's leader takes the registrar's children (the
@@ -338,6 +341,13 @@ impl Node {
             }
         }
         let view = RouteView::new(map, leaders);
+        let delay = self.args().fault_routes_delay_ms;
+        if delay > 0 && {
+            let current = self.routes();
+            current.map != view.map || current.leaders != view.leaders
+        } {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         let (changed, routed_changed) = {
             let mut current = self.inner.routes.view.write();
             let changed = current.map != view.map || current.leaders != view.leaders;
@@ -407,6 +417,24 @@ impl Node {
         let Ok(place) = self.place() else { return };
         if place.topology.depth == 1 {
             self.reset_subtree(&place.topology.children);
+        }
+    }
+}
+
+/// A group's `root` znode (`None` while none is published, or it cannot be
+/// parsed), watched for its next change: one read where it exists.
+async fn watch_root(zk: &zookeeper_client::Client, path: &str) -> Result<(Option<RootInfo>, OneshotWatcher)> {
+    loop {
+        match zk.get_and_watch_data(path).await {
+            Ok((data, _, w)) => return Ok((zk::parse_root(&data), w)),
+            Err(zookeeper_client::Error::NoNode) => {}
+            Err(e) => return Err(Error::zk("watch", path, e)),
+        }
+        match zk.check_and_watch_stat(path).await {
+            Ok((None, w)) => return Ok((None, w)),
+            // Made between the two reads: read it.
+            Ok((Some(_), _)) => continue,
+            Err(e) => return Err(Error::zk("watch", path, e)),
         }
     }
 }

@@ -93,6 +93,11 @@ pub struct Moved {
     /// the slot moved, and before.
     pub others_p99_ms: f64,
     pub others_before_p99_ms: f64,
+    /// Of those, the writers of slots of the two groups the move involves
+    /// (the copy costs their CPU) and of the other groups: p99 while the
+    /// slot moved (0 where there were none).
+    pub others_moving_groups_p99_ms: f64,
+    pub others_other_groups_p99_ms: f64,
     /// Acknowledged values of the slot not found at the new owner after.
     pub lost: usize,
 }
@@ -157,7 +162,7 @@ pub fn table(rows: &[Row]) -> String {
         let moved = match &r.moved {
             Some(m) => format!(
                 "{:.0} ms, {} writes, pause p99 {:.1} ms max {:.1} ms (before: p99 {:.1} ms), other slots p99 {:.1} ms \
-                 (before: {:.1} ms), {} lost",
+                 (before: {:.1} ms; source and target groups' {:.1}, other groups' {:.1}), {} lost",
                 m.took_ms,
                 m.writes,
                 m.pause_p99_ms,
@@ -165,6 +170,8 @@ pub fn table(rows: &[Row]) -> String {
                 m.before_p99_ms,
                 m.others_p99_ms,
                 m.others_before_p99_ms,
+                m.others_moving_groups_p99_ms,
+                m.others_other_groups_p99_ms,
                 m.lost
             ),
             None => "-".into(),
@@ -414,6 +421,7 @@ async fn run_one(plan: &CapacityPlan, g: u32) -> Result<Row, String> {
     drop(procs);
     drop(cgroups);
     drop(private_zk);
+    keep_logs(dir.path(), g);
     Ok(Row {
         groups: g,
         cpu_bound,
@@ -425,6 +433,27 @@ async fn run_one(plan: &CapacityPlan, g: u32) -> Result<Row, String> {
         machine_busy_pct,
         moved,
     })
+}
+
+/// With `TREECACHE_KEEP_LOGS=DIR` (as the tests read it), copies each
+/// process's log to `DIR/capacity-G/` (where a move's pause went: the
+/// source's "writes paused" line, the routers' retries).
+fn keep_logs(from: &std::path::Path, g: u32) {
+    let Ok(to) = std::env::var("TREECACHE_KEEP_LOGS") else { return };
+    let to = std::path::Path::new(&to).join(format!("capacity-{g}"));
+    let copied = std::fs::create_dir_all(&to).and_then(|()| {
+        for entry in std::fs::read_dir(from)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                std::fs::copy(&path, to.join(path.file_name().expect("a file")))?;
+            }
+        }
+        Ok(())
+    });
+    match copied {
+        Ok(()) => eprintln!("bench capacity: logs of G={g} kept in {}", to.display()),
+        Err(e) => eprintln!("bench capacity: keeping logs in {}: {e}", to.display()),
+    }
 }
 
 /// Spreads the slots evenly over `g` groups, as `treecache up --groups`.
@@ -503,6 +532,10 @@ async fn move_hot(
     let latencies = Arc::new(Mutex::new(Vec::<(Instant, Duration)>::new()));
     // Other slots' writers: half as many, over 1,000 keys of other slots.
     let others = Arc::new(Mutex::new(Vec::<(Instant, Duration)>::new()));
+    // Whether each other write's slot is the source's or the target's.
+    let moving_group = Arc::new(Mutex::new(Vec::<bool>::new()));
+    let spread = SlotMap::even(&groups, 1)?;
+    let from = spread.owner(slot);
     let cold: Vec<String> =
         (0..).map(|i| format!("capacity-other-{i}")).filter(|k| slot_of(k) != slot).take(HOT_KEYS).collect();
     let other_writers = (plan.writers / 2).max(2);
@@ -510,6 +543,8 @@ async fn move_hot(
         .map(|w| {
             let (clients, stop, others) = (clients.clone(), stop.clone(), others.clone());
             let mine: Vec<String> = cold.iter().skip(w).step_by(other_writers).cloned().collect();
+            let involved: Vec<bool> = mine.iter().map(|k| [from, to].contains(&spread.owner(slot_of(k)))).collect();
+            let moving_group = moving_group.clone();
             let value = value.to_string();
             tokio::spawn(async move {
                 let mut round = 0usize;
@@ -521,7 +556,9 @@ async fn move_hot(
                         .await
                         .is_ok()
                     {
-                        others.lock().push((started, started.elapsed()));
+                        let mut others = others.lock();
+                        others.push((started, started.elapsed()));
+                        moving_group.lock().push(involved[round % mine.len()]);
                     }
                     round += 1;
                 }
@@ -588,6 +625,12 @@ async fn move_hot(
     };
     let (during, before) = split(&latencies.lock());
     let (others_during, others_before) = split(&others.lock());
+    let (involved, uninvolved): (Vec<_>, Vec<_>) = {
+        let (all, moving_group) = (others.lock().clone(), moving_group.lock().clone());
+        all.into_iter().zip(moving_group).partition(|&(_, m)| m)
+    };
+    let (involved_during, _) = split(&involved.into_iter().map(|(w, _)| w).collect::<Vec<_>>());
+    let (uninvolved_during, _) = split(&uninvolved.into_iter().map(|(w, _)| w).collect::<Vec<_>>());
     let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
     let p99_of = |v: &[Duration]| ms(v.get((v.len() * 99 / 100).min(v.len().saturating_sub(1))));
     let p99 = p99_of(&during);
@@ -617,6 +660,8 @@ async fn move_hot(
         before_p99_ms: p99_of(&before),
         others_p99_ms: p99_of(&others_during),
         others_before_p99_ms: p99_of(&others_before),
+        others_moving_groups_p99_ms: p99_of(&involved_during),
+        others_other_groups_p99_ms: p99_of(&uninvolved_during),
         lost,
     })
 }
@@ -649,6 +694,8 @@ mod tests {
             before_p99_ms: 30.25,
             others_p99_ms: 12.0,
             others_before_p99_ms: 10.0,
+            others_moving_groups_p99_ms: 13.0,
+            others_other_groups_p99_ms: 11.0,
             lost: 0,
         });
         let text = table(&[row(1, 1000, 1000.0), two]);
@@ -657,11 +704,12 @@ mod tests {
         assert!(lines[2].contains("1.90") && lines[2].contains("0.90"), "{text}");
         assert!(lines[2].contains(" 32 ") && lines[2].contains("30.0") && lines[2].contains("97%"), "{text}");
         assert!(
-        lines[2].contains(
-            "pause p99 45.5 ms max 50.0 ms (before: p99 30.2 ms), other slots p99 12.0 ms (before: 10.0 ms), 0 lost"
-        ),
-        "{text}"
-    );
+            lines[2].contains(
+                "pause p99 45.5 ms max 50.0 ms (before: p99 30.2 ms), other slots p99 12.0 ms (before: 10.0 ms; \
+             source and target groups' 13.0, other groups' 11.0), 0 lost"
+            ),
+            "{text}"
+        );
         assert_eq!(lines[3], "cpu bound per root: 25% of one core");
     }
 

@@ -90,9 +90,11 @@ impl Node {
         }
         for w in &writes {
             check_key(&w.update.key).map_err(Error::BadKey)?;
-            if place.topology.is_root() {
+            if place.topology.is_root() && !self.slot_in_transit(&w.update.key) {
                 // Nothing of the batch is taken: the router sends it again
-                // to the owners once it has read the map.
+                // to the owners once it has read the map. (A slot moving
+                // out or coming in: its writes are answered `SlotMoving`,
+                // and the rest of the batch commits.)
                 self.check_own_slot(&w.update.key)?;
             }
         }

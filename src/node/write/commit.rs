@@ -271,7 +271,7 @@ impl Node {
                 let decide = |frozen: &std::collections::BTreeSet<Slot>| {
                     self.decide_each(writes.take().expect("decided once"), child, shortfall, frozen)
                 };
-                break (mark, self.with_frozen(&keys, decide)?);
+                break (mark, self.with_held(&keys, decide)?);
             }
             let decide = || self.decide_each(writes.take().expect("decided once"), child, shortfall, &none);
             if let Some(decided) = self.if_unfrozen(&keys, decide)? {

@@ -54,6 +54,12 @@ pub const BATCH_BYTES: usize = 4 << 20;
 /// How soon a write a root answered `SlotMoving` goes up again (its
 /// slot's later writes wait with it; other slots' go on).
 const MOVING_RETRY_MS: u64 = 10;
+/// How often `SlotMoving` answers have the route view read again: the
+/// slot may have been handed over (its source and its target answer so
+/// until both have read the cutover), and a router that reads it before
+/// its watch fires sends the slot's writes to the new owner that much
+/// sooner. Not at every retry: a freeze can last seconds.
+const MOVING_REREAD_MS: u64 = 25;
 
 /// A write in this node's uplink: who gave it to us (`None`: our client).
 pub(super) struct Pending {
@@ -176,6 +182,9 @@ pub(super) struct UplinkState {
     /// when their writes go up again (monotonic ms): until then they stay
     /// queued, in order, and other writes pass them.
     moving: HashMap<Slot, u64>,
+    /// When a `SlotMoving` answer last had the route view read again
+    /// (monotonic ms).
+    moving_reread: u64,
 }
 
 impl UplinkState {
@@ -331,6 +340,15 @@ impl UplinkState {
             waiters.owed.push(child);
         }
         std::mem::take(&mut waiters.txs)
+    }
+
+    /// A parent took `p`: our client of an ack=parent write has its
+    /// answer now (the senders, to answer outside the lock).
+    fn early_answer(&mut self, p: &Pending, result: &WriteResult) -> Vec<oneshot::Sender<WriteResult>> {
+        match (result, self.waiting.get_mut(&p.write.id)) {
+            (WriteResult::Accepted, Some(waiters)) if !p.write.ack_root => std::mem::take(&mut waiters.txs),
+            _ => Vec::new(),
+        }
     }
 
     /// A batch came back (answered or not): its slots are no longer busy.
@@ -605,9 +623,14 @@ impl Node {
                 let held = answers.results.iter().filter(|r| matches!(r, WriteResult::SlotMoving { .. })).count();
                 self.inner.uplink.state.lock().in_flight -= batch.len() - held;
                 let confirmed = answers.confirmed.iter().copied().chain(std::iter::repeat(false));
+                // Sent over a link the uplink has left since (a reset, a
+                // new parent): what the old parent took goes again over
+                // the new one, as what it took before the relink did.
+                let relinked = self.inner.uplink.state.lock().link.as_ref() != Some(&link);
                 let mut moving = Vec::new();
                 for ((p, result), confirmed) in batch.into_iter().zip(answers.results).zip(confirmed) {
                     match result {
+                        WriteResult::Accepted | WriteResult::InProgress if relinked => self.hand_again(p, &result),
                         WriteResult::Accepted | WriteResult::InProgress => self.hand(p, &result),
                         // Only a root answers it: undecided, again shortly.
                         WriteResult::SlotMoving { slot } => moving.push((p, slot)),
@@ -681,7 +704,7 @@ impl Node {
         let wait = FROZEN_WAIT.as_millis() as u64;
         let mut given_up = Vec::new();
         let mut answered = Vec::new();
-        {
+        let reread = {
             let mut s = self.inner.uplink.state.lock();
             s.in_flight -= moving.len();
             for (mut p, slot) in moving.into_iter().rev() {
@@ -696,6 +719,14 @@ impl Node {
                 s.moving.insert(slot, now + MOVING_RETRY_MS);
                 s.given_back.push(p);
             }
+            let reread = now >= s.moving_reread + MOVING_REREAD_MS;
+            if reread {
+                s.moving_reread = now;
+            }
+            reread
+        };
+        if reread {
+            self.reread_routes();
         }
         for tx in answered {
             let _ = tx.send(WriteResult::InProgress);
@@ -736,16 +767,16 @@ impl Node {
     /// Takes a batch from each lane `open` allows (see
     /// [`UplinkState::take_parts`]), with the view the lanes were sorted
     /// by and the highest notice heard. Over a new link, the writes the
-    /// last one took are sent again first; not while batches are still in
-    /// flight over the old one (their answers are settled over it).
+    /// last one took are sent again first, at once: batches still in
+    /// flight over the old link keep their slots busy until they come
+    /// back (see [`Node::part_answered`]), so no later write of a slot
+    /// overtakes them, and the other lanes (a router resets at every new
+    /// slot map) do not wait for them.
     fn take_parts(&self, link: &Link, open: &dyn Fn(Lane) -> bool) -> (Vec<Taken>, Arc<RouteView>, u64) {
         let view = self.routes();
         let router = self.place().is_ok_and(|place| self.is_router(&place.topology, &view));
         let laning = Laning::of(router, &view);
         let mut s = self.inner.uplink.state.lock();
-        if s.link.as_ref() != Some(link) && s.in_flight > 0 {
-            return (Vec::new(), view, s.seen);
-        }
         let again = s.relink(link);
         if again > 0 {
             Metrics::add(&self.inner.metrics.writes_resent, again as u64);
@@ -801,11 +832,27 @@ impl Node {
     fn hand(&self, p: Pending, result: &WriteResult) {
         let early = {
             let mut s = self.inner.uplink.state.lock();
-            let early = match (result, s.waiting.get_mut(&p.write.id)) {
-                (WriteResult::Accepted, Some(waiters)) if !p.write.ack_root => std::mem::take(&mut waiters.txs),
-                _ => Vec::new(),
-            };
+            let early = s.early_answer(&p, result);
             s.hand(p);
+            early
+        };
+        for tx in early {
+            let _ = tx.send(WriteResult::Accepted);
+        }
+        self.inner.uplink.settled.notify_waiters();
+    }
+
+    /// The parent of a link the uplink has left took `p` without its
+    /// outcome: as [`Node::hand`], and then as a relink does with what the
+    /// old parent took, it goes again (over the new link) until it is
+    /// answered.
+    fn hand_again(&self, p: Pending, result: &WriteResult) {
+        let early = {
+            let mut s = self.inner.uplink.state.lock();
+            let early = s.early_answer(&p, result);
+            let mut p = p;
+            p.handed_before = true;
+            s.given_back.push(p);
             early
         };
         for tx in early {
