@@ -1012,3 +1012,40 @@ async fn around_a_cutover_only_the_moved_slot_s_writes_wait_for_the_new_map() {
         }
     }
 }
+
+/// Another move's cutover while a slot is frozen changes the slot map the
+/// frozen move read before its freeze: its cutover reads the map again
+/// and is made in the same round (before: refused, and the next round
+/// sent the whole copy again, frozen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_made_while_another_slot_is_frozen_does_not_undo_that_slot_s_move() {
+    let (c, g1, key) = frozen_move_setup(3000, 7).await;
+    let (status, _) = c.put(0, &key, "before", "?ack=root").await;
+    assert_eq!(status, 201);
+    // Group 1 owns slot 8 first (group 0's move of it pauses too).
+    let out = slots_cmd(&c, &["move", "--slots", "8", "--to", "1"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until(Duration::from_secs(30), "slot 8's move ended", || async { znode(&c, "moves/8").await.is_none() }).await;
+    let moving = move_until_frozen(&c, "7", "1").await;
+    // While slot 7 is frozen, group 1 hands slot 8 back: the map changes.
+    let before = slot_map(&c).await.epoch();
+    let out = slots_cmd(&c, &["move", "--slots", "8", "--to", "0"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        znode(&c, "moves/7").await.map(|m| m["state"].clone()),
+        Some(Value::from("frozen")),
+        "slot 8 went back while slot 7 was frozen"
+    );
+    let out = moving.await.expect("slots move ran");
+    assert!(out.status.success(), "{}", text(&out));
+    let map = slot_map(&c).await;
+    assert!(map.epoch() >= before + 2, "both cutovers made");
+    assert_eq!((map.owner(7), map.owner(8)), (1, 0));
+    let log = c.log_text(0);
+    assert!(!log.contains("cutover of slots 7 not made"), "{log}");
+    assert_eq!(log.matches("slots 7 frozen: pausing").count(), 1, "one round moved slot 7: {log}");
+    assert_eq!(c.get(g1, &key, "?consistent=true").await.text(), "before");
+    let (status, body) = c.put(1, &key, "after", "?ack=root").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(c.get(g1, &key, "").await.text(), "after");
+}

@@ -81,6 +81,9 @@ const PACED_PART_BYTES: usize = 128 << 10;
 /// How many times a paced part's own time the source waits after it.
 const PACE: u32 = 3;
 
+/// How often a cutover is tried again at once when only the slot map
+/// changed meanwhile (another move's cutover).
+const CUTOVER_TRIES: u32 = 3;
 /// Most tails sent after the first copy, before the freeze.
 const CATCH_UP_ROUNDS: usize = 4;
 /// A tail that sent at most this many entries whole caught up: the next
@@ -106,7 +109,14 @@ pub(super) struct Moves {
     /// router that read the new map first has their writes answered
     /// `SlotMoving` here, not its whole batch refused `wrong_group`.
     incoming: Mutex<HashMap<Slot, std::time::Instant>>,
+    /// When a write of a slot coming in last had the map read again
+    /// (monotonic ms).
+    coming_reread: std::sync::atomic::AtomicU64,
 }
+
+/// How often writes of a slot coming in have the target read the map
+/// again (a hot slot's writes arrive every few ms).
+const COMING_REREAD_MS: u64 = 25;
 
 /// How long after a slot's last copy its target treats it as coming (the
 /// cutover is one ZooKeeper write after it; a move stuck longer than this
@@ -225,14 +235,18 @@ impl Node {
             if incoming.is_empty() {
                 return BTreeSet::new();
             }
-            incoming.retain(|_, at| at.elapsed() < INCOMING_FOR);
             let view = self.routes();
+            let Some(map) = view.map.as_ref() else { return BTreeSet::new() };
             let mine = self.args().group.unwrap_or(0);
-            slots
-                .filter(|s| incoming.contains_key(s) && view.map.as_ref().is_some_and(|m| m.owner(*s) != mine))
-                .collect()
+            // Once the map names us, the slot has come: a later move of it
+            // away must not find it here.
+            incoming.retain(|&s, at| at.elapsed() < INCOMING_FOR && map.owner(s) != mine);
+            slots.filter(|s| incoming.contains_key(s)).collect()
         };
-        if !coming.is_empty() {
+        let now = crate::clock::mono_ms();
+        let last = self.inner.moves.coming_reread.load(std::sync::atomic::Ordering::Relaxed);
+        if !coming.is_empty() && now >= last + COMING_REREAD_MS {
+            self.inner.moves.coming_reread.store(now, std::sync::atomic::Ordering::Relaxed);
             self.reread_routes();
         }
         coming
@@ -410,8 +424,16 @@ impl Node {
         // then the last copy is a whole one).
         let copying: Vec<Slot> =
             moves.iter().filter(|(_, (r, _))| r.state == MoveState::Copy).map(|(s, _)| *s).collect();
+        // A slot frozen here already (a round that stopped after the
+        // freeze, before its record said so; a standby that took over
+        // frozen from the log): no copy while it takes no writes, only
+        // the last, whole and unpaced.
+        let resumed = {
+            let frozen = self.inner.moves.frozen.read();
+            slots.iter().any(|s| frozen.contains(s))
+        };
         let mut since = 0;
-        if !copying.is_empty() {
+        if !copying.is_empty() && !resumed {
             since = self.send_import(&target.url, &import(false, 0)).await?.tail_from;
             // Catch up while the slots still take writes, until little
             // changed during the last tail: the last one, sent frozen,
@@ -432,14 +454,7 @@ impl Node {
         }
         // Read before the freeze (one ZooKeeper round trip less while
         // frozen): the cutover's multi checks that it did not change.
-        let (map, map_version) =
-            zk::read_slots(zk, paths).await?.ok_or_else(|| Error::Internal(format!("{} is missing", paths.slots())))?;
-        if let Some(&slot) = slots.iter().find(|&&s| map.owner(s) != mine) {
-            return Err(Error::Internal(format!(
-                "slot {slot} is group {}'s in the map, not this group's: its move record is stale",
-                map.owner(slot)
-            )));
-        }
+        let (mut map, mut map_version) = self.read_map_owning(zk, &slots).await?;
         // 2. Freeze: from here no write of the slots commits. The freeze
         // goes into the log (a standby that takes over holds it) and into
         // `moves/` while the last copy (3.) goes: the cutover waits for all
@@ -495,38 +510,51 @@ impl Node {
         };
         let (logged, marked, copied) = tokio::join!(logged, marked, copied);
         let (logged, (versions, marked), (last, copied)) = (logged?, marked?, copied?);
-        // 4. Cutover, if neither root nor the map changed since we read them.
-        let next = map.assign_all(slots.iter().copied(), to);
-        let mut multi = zk.new_multi_writer();
-        let add =
-            |r: std::result::Result<(), zookeeper_client::Error>| r.map_err(|e| Error::zk("multi", paths.slots(), e));
-        add(multi.add_check_version(&paths.in_group(mine).leader(), own_version))?;
-        add(multi.add_check_version(&paths.in_group(to).leader(), target_version))?;
-        add(multi.add_set_data(&paths.slots(), &next.to_json(), Some(map_version)))?;
-        for (slot, (rec, _)) in &moves {
-            let done = MoveRecord { state: MoveState::Done, map_epoch: next.epoch(), ..rec.clone() };
-            add(multi.add_set_data(&format!("{}/{slot}", paths.moves()), &done.to_json(), Some(versions[slot])))?;
-        }
-        match multi.commit().await {
-            Ok(_) => {}
-            Err(zookeeper_client::MultiWriteError::OperationFailed { index, source }) => {
-                let what = match index {
-                    0 => "this group's leader znode changed (a failover, or its in-sync set)".to_string(),
-                    1 => format!(
-                        "group {to}'s leader znode changed (a failover, or its in-sync set): it may lack the last copy"
-                    ),
-                    2 => "the slot map changed meanwhile".to_string(),
-                    _ => "a move record changed meanwhile".to_string(),
-                };
-                return Err(Error::Internal(format!(
-                    "cutover of slots {} not made ({source}): {what}; again",
-                    ranges_text(&slots)
-                )));
+        // 4. Cutover, if neither root nor the map changed since we read
+        // them. Another move's cutover while these slots were frozen
+        // changes the map but nothing this one rests on (the freeze, the
+        // last copy, both leaders): the map is read again and the cutover
+        // made on it, rather than a new round with a whole copy, frozen.
+        let mut tries = 0;
+        let next = loop {
+            let next = map.assign_all(slots.iter().copied(), to);
+            let mut multi = zk.new_multi_writer();
+            let add = |r: std::result::Result<(), zookeeper_client::Error>| {
+                r.map_err(|e| Error::zk("multi", paths.slots(), e))
+            };
+            add(multi.add_check_version(&paths.in_group(mine).leader(), own_version))?;
+            add(multi.add_check_version(&paths.in_group(to).leader(), target_version))?;
+            add(multi.add_set_data(&paths.slots(), &next.to_json(), Some(map_version)))?;
+            for (slot, (rec, _)) in &moves {
+                let done = MoveRecord { state: MoveState::Done, map_epoch: next.epoch(), ..rec.clone() };
+                add(multi.add_set_data(&format!("{}/{slot}", paths.moves()), &done.to_json(), Some(versions[slot])))?;
             }
-            // Connection loss: it may have been made. The next round reads
-            // `moves/` and knows.
-            Err(e) => return Err(Error::zk("multi", paths.slots(), e.into())),
-        }
+            match multi.commit().await {
+                Ok(_) => break next,
+                Err(zookeeper_client::MultiWriteError::OperationFailed { index: 2, .. }) if tries < CUTOVER_TRIES => {
+                    tries += 1;
+                    (map, map_version) = self.read_map_owning(zk, &slots).await?;
+                }
+                Err(zookeeper_client::MultiWriteError::OperationFailed { index, source }) => {
+                    let what = match index {
+                        0 => "this group's leader znode changed (a failover, or its in-sync set)".to_string(),
+                        1 => format!(
+                            "group {to}'s leader znode changed (a failover, or its in-sync set): it may lack the \
+                             last copy"
+                        ),
+                        2 => "the slot map changed meanwhile, again and again".to_string(),
+                        _ => "a move record changed meanwhile".to_string(),
+                    };
+                    return Err(Error::Internal(format!(
+                        "cutover of slots {} not made ({source}): {what}; again",
+                        ranges_text(&slots)
+                    )));
+                }
+                // Connection loss: it may have been made. The next round
+                // reads `moves/` and knows.
+                Err(e) => return Err(Error::zk("multi", paths.slots(), e.into())),
+            }
+        };
         self.install_map(next.clone());
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         log::info!(
@@ -543,6 +571,26 @@ impl Node {
             last.named
         );
         Ok(())
+    }
+
+    /// The slot map and its version, if it still gives this group every
+    /// slot of `slots`.
+    async fn read_map_owning(
+        &self,
+        zk: &zookeeper_client::Client,
+        slots: &BTreeSet<Slot>,
+    ) -> Result<(crate::slots::SlotMap, i32)> {
+        let paths = &self.inner.paths;
+        let mine = self.args().group.unwrap_or(0);
+        let (map, version) =
+            zk::read_slots(zk, paths).await?.ok_or_else(|| Error::Internal(format!("{} is missing", paths.slots())))?;
+        if let Some(&slot) = slots.iter().find(|&&s| map.owner(s) != mine) {
+            return Err(Error::Internal(format!(
+                "slot {slot} is group {}'s in the map, not this group's: its move record is stale",
+                map.owner(slot)
+            )));
+        }
+        Ok((map, version))
     }
 
     /// Step 2: freezes `slots` here (those not frozen yet), and returns

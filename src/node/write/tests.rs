@@ -177,7 +177,7 @@ fn a_slot_whose_writes_are_in_flight_waits_for_them_in_its_new_lane() {
     s.release(&batch);
     s.give_back(batch);
     let after = s.take_parts(moved, &to_two, &|_| true, 0);
-    assert_eq!(parts_of(&after), vec![(2, vec![1, 3, 2])], "writes given back first, each slot in order");
+    assert_eq!(parts_of(&after), vec![(2, vec![1, 2, 3])], "in the order they were queued, each slot in order");
 }
 
 #[test]
@@ -236,6 +236,34 @@ fn writes_a_parent_took_go_again_first_and_in_order_over_a_new_link() {
     }
     assert_eq!(s.relink(&link(2, 2)), 3, "a new parent");
     assert_eq!(queued(&s), vec![1, 3, 4]);
+}
+
+/// A relink while a later write of the same slot is still in flight: what
+/// the old parent took goes again first, and the later write, given back
+/// when it comes back unanswered, goes after it (not before: the root
+/// would commit the later one and refuse the earlier as overtaken).
+#[test]
+fn a_write_in_flight_across_a_relink_goes_again_after_what_the_old_parent_took() {
+    let mut s = UplinkState::default();
+    s.relink(&link(1, 1));
+    s.enqueue(write_of("{s}0", 1));
+    let taken = s.take_parts(Laning::default(), &|_| 0, &|_| true, 0);
+    for (_, batch) in taken {
+        s.release(&batch);
+        batch.into_iter().for_each(|p| s.hand(p));
+    }
+    s.enqueue(write_of("{s}1", 2));
+    let in_flight = s.take_parts(Laning::default(), &|_| 0, &|_| true, 0);
+    assert_eq!(parts_of(&in_flight), vec![(0, vec![2])]);
+    assert_eq!(s.relink(&link(2, 2)), 1, "a new parent: write 1 goes again");
+    s.enqueue(write_of("{s}2", 3));
+    assert!(s.take_parts(Laning::default(), &|_| 0, &|_| true, 0).is_empty(), "the slot waits for write 2");
+    for (_, batch) in in_flight {
+        s.release(&batch);
+        s.give_back(batch);
+    }
+    let taken = s.take_parts(Laning::default(), &|_| 0, &|_| true, 0);
+    assert_eq!(parts_of(&taken), vec![(0, vec![1, 2, 3])], "in the order they were queued");
 }
 
 #[test]

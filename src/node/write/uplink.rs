@@ -229,9 +229,10 @@ impl UplinkState {
     }
 
     /// Sorts the queued writes into lanes: new ones at their lane's tail,
-    /// writes given back at its head (each was taken before every write of
-    /// its slot still queued), in the order they were queued; under a new
-    /// `laning`, every queued write again, in that order.
+    /// writes given back merged in by the order they were queued (so at
+    /// the head, but for writes given back earlier that came later), each
+    /// lane in that order; under a new `laning`, every queued write again,
+    /// in that order.
     fn sort_into_lanes(&mut self, laning: Laning, lane_of: &dyn Fn(&str) -> Lane) {
         if laning != self.laning {
             let mut all = std::mem::take(&mut self.given_back);
@@ -241,10 +242,28 @@ impl UplinkState {
             self.laning = laning;
             self.inbox = all.into();
         } else if !self.given_back.is_empty() {
-            let mut back = std::mem::take(&mut self.given_back);
-            back.sort_by_key(|p| p.order);
-            for p in back.into_iter().rev() {
-                self.lanes.entry(lane_of(&p.write.update.key)).or_default().push_front(p);
+            // Merged into their lanes by order: each lane stays in the
+            // order its writes were queued. (Not simply at the head: after
+            // a relink, what the old parent took is given back before a
+            // later write of its slot still in flight comes back.)
+            let mut by_lane: BTreeMap<Lane, Vec<Pending>> = BTreeMap::new();
+            for p in std::mem::take(&mut self.given_back) {
+                by_lane.entry(lane_of(&p.write.update.key)).or_default().push(p);
+            }
+            for (lane, mut back) in by_lane {
+                let queue = self.lanes.entry(lane).or_default();
+                let last = back.iter().map(|p| p.order).max().unwrap_or(0);
+                while let Some(front) = queue.pop_front() {
+                    if front.order > last {
+                        queue.push_front(front);
+                        break;
+                    }
+                    back.push(front);
+                }
+                back.sort_by_key(|p| p.order);
+                for p in back.into_iter().rev() {
+                    queue.push_front(p);
+                }
             }
         }
         for p in self.inbox.drain(..) {
@@ -620,13 +639,22 @@ impl Node {
                 retry.reset();
                 // Writes held for a frozen slot stay counted until they
                 // are queued again (a drain must not see them gone).
-                let held = answers.results.iter().filter(|r| matches!(r, WriteResult::SlotMoving { .. })).count();
-                self.inner.uplink.state.lock().in_flight -= batch.len() - held;
-                let confirmed = answers.confirmed.iter().copied().chain(std::iter::repeat(false));
                 // Sent over a link the uplink has left since (a reset, a
                 // new parent): what the old parent took goes again over
-                // the new one, as what it took before the relink did.
+                // the new one, as what it took before the relink did, and
+                // stays counted until it is queued again too.
                 let relinked = self.inner.uplink.state.lock().link.as_ref() != Some(&link);
+                let held = answers
+                    .results
+                    .iter()
+                    .filter(|r| match r {
+                        WriteResult::SlotMoving { .. } => true,
+                        WriteResult::Accepted | WriteResult::InProgress => relinked,
+                        _ => false,
+                    })
+                    .count();
+                self.inner.uplink.state.lock().in_flight -= batch.len() - held;
+                let confirmed = answers.confirmed.iter().copied().chain(std::iter::repeat(false));
                 let mut moving = Vec::new();
                 for ((p, result), confirmed) in batch.into_iter().zip(answers.results).zip(confirmed) {
                     match result {
@@ -852,7 +880,7 @@ impl Node {
             let early = s.early_answer(&p, result);
             let mut p = p;
             p.handed_before = true;
-            s.given_back.push(p);
+            s.give_back(vec![p]);
             early
         };
         for tx in early {
