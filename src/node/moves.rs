@@ -72,14 +72,18 @@ const IMPORT_TIMEOUT: Duration = Duration::from_secs(30);
 const IMPORT_PART_BYTES: usize = 4 << 20;
 /// Parts of a copy made before the freeze are smaller, and paced: after
 /// each, the source waits [`PACE`] times as long as the part took to be
-/// sent, stored and logged at the target, so the copy takes a quarter of
-/// the target's time at most, and other slots' writes there keep their
+/// sent, stored and logged at the target, so the copy takes a seventh of
+/// either root's time at most, and other slots' writes there keep their
 /// latency (the scan and encoding at the source run once, before the
 /// first part). The last copy, during the freeze, is not paced: it is
-/// what pauses writes.
+/// what pauses writes. (32 KiB parts were tried: the copy took twice as
+/// long, its tails caught up less, and other slots gained nothing
+/// measurable; docs/benchmarks.md.)
 const PACED_PART_BYTES: usize = 128 << 10;
-/// How many times a paced part's own time the source waits after it.
-const PACE: u32 = 3;
+/// How many times a paced part's own time the source waits after it (at
+/// 3, a source held to a quarter of a core gave its other slots' writers
+/// a p99 1.5-2.9x theirs before the move; at 6, 1.2-1.4x at 4 groups).
+const PACE: u32 = 6;
 
 /// How often a cutover is tried again at once when only the slot map
 /// changed meanwhile (another move's cutover).

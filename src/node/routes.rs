@@ -303,44 +303,16 @@ impl Node {
                 leaders.insert(group, info);
             }
         }
-        // A group other than 0's leader takes the registrar's children (the
-        // routers) as its own: it answers their fills and writes and pushes
-        // to them, as the registrar does.
-        let group = self.args().group.unwrap_or(0);
-        let leading = self.place().is_ok_and(|p| p.topology.is_root());
-        let owns = map.as_ref().is_some_and(|m| m.groups().contains(&group));
-        if group != 0 && leading && self.args().root && !owns {
-            // No slots: no routers (they would refuse our resets: we are
-            // nobody's upstream).
-            self.adopt_routers(Vec::new());
-        } else if group != 0 && leading && self.args().root {
-            let registrar = match leaders.get(&0) {
-                Some(r) => Some(r.id),
-                None => zk::read_root(&zk, &paths.in_group(0)).await?.map(|r| r.id),
-            };
-            if let Some(registrar) = registrar {
-                let dir = paths.tree_node(&registrar.to_string());
-                match zk.list_and_watch_children(&dir).await {
-                    Ok((names, w)) => {
-                        watches.push(w);
-                        let mut routers = Vec::new();
-                        for name in names {
-                            if let Some(data) = zk::read(&zk, &format!("{dir}/{name}")).await? {
-                                let v: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
-                                if let (Some(id), Some(url)) = (v["id"].as_u64(), v["url"].as_str()) {
-                                    routers.push(Peer { id, url: url.to_string() });
-                                }
-                            }
-                        }
-                        routers.sort_by_key(|p| p.id);
-                        self.adopt_routers(routers);
-                    }
-                    Err(zookeeper_client::Error::NoNode) => {}
-                    Err(e) => return Err(Error::zk("watch", dir, e)),
-                }
-            }
-        }
         let view = RouteView::new(map, leaders);
+        // A group leader with routers already (it owned slots before)
+        // routes by the new view first and reads the routers after: a
+        // target learns its new slots two round trips sooner. One with
+        // none yet takes them first, or their first writes of its first
+        // slots would be refused as not its children's.
+        let routers_first = self.place().map_or(true, |p| p.topology.children.is_empty());
+        if routers_first {
+            self.read_routers(&zk, &view, &mut watches).await?;
+        }
         let delay = self.args().fault_routes_delay_ms;
         if delay > 0 && {
             let current = self.routes();
@@ -376,8 +348,62 @@ impl Node {
                 view.leaders.iter().map(|(g, r)| (*g, r.id)).collect::<Vec<_>>()
             );
         }
+        if !routers_first {
+            self.read_routers(&zk, &view, &mut watches).await?;
+        }
         self.record_map_epoch(&zk, view.map.as_ref().map_or(0, |m| m.epoch())).await;
         Ok(watches)
+    }
+
+    /// At a group ≠ 0 leader: reads (and watches) the registrar's children,
+    /// the routers, and takes them as its own: it answers their fills and
+    /// writes and pushes to them, as the registrar does.
+    async fn read_routers(
+        &self,
+        zk: &zookeeper_client::Client,
+        view: &RouteView,
+        watches: &mut Vec<OneshotWatcher>,
+    ) -> Result<()> {
+        let paths = &self.inner.paths;
+        let (map, leaders) = (&view.map, &view.leaders);
+        let group = self.args().group.unwrap_or(0);
+        let leading = self.place().is_ok_and(|p| p.topology.is_root());
+        let owns = map.as_ref().is_some_and(|m| m.groups().contains(&group));
+        if group != 0 && leading && self.args().root && !owns {
+            // No slots: no routers (they would refuse our resets: we are
+            // nobody's upstream).
+            self.adopt_routers(Vec::new());
+        } else if group != 0 && leading && self.args().root {
+            let registrar = match leaders.get(&0) {
+                Some(r) => Some(r.id),
+                None => zk::read_root(zk, &paths.in_group(0)).await?.map(|r| r.id),
+            };
+            if let Some(registrar) = registrar {
+                let dir = paths.tree_node(&registrar.to_string());
+                match zk.list_and_watch_children(&dir).await {
+                    Ok((names, w)) => {
+                        watches.push(w);
+                        // All at once, as the groups' `root` znodes above.
+                        let znodes: Vec<String> = names.iter().map(|name| format!("{dir}/{name}")).collect();
+                        let reads = znodes.iter().map(|path| zk::read(zk, path));
+                        let mut routers = Vec::new();
+                        for data in futures::future::join_all(reads).await {
+                            if let Some(data) = data? {
+                                let v: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
+                                if let (Some(id), Some(url)) = (v["id"].as_u64(), v["url"].as_str()) {
+                                    routers.push(Peer { id, url: url.to_string() });
+                                }
+                            }
+                        }
+                        routers.sort_by_key(|p| p.id);
+                        self.adopt_routers(routers);
+                    }
+                    Err(zookeeper_client::Error::NoNode) => {}
+                    Err(e) => return Err(Error::zk("watch", dir, e)),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Says in our `live/<id>` znode which map epoch we route by, once it

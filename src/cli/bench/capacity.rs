@@ -93,10 +93,12 @@ pub struct Moved {
     /// the slot moved, and before.
     pub others_p99_ms: f64,
     pub others_before_p99_ms: f64,
-    /// Of those, the writers of slots of the two groups the move involves
-    /// (the copy costs their CPU) and of the other groups: p99 while the
-    /// slot moved (0 where there were none).
-    pub others_moving_groups_p99_ms: f64,
+    /// Of those, the writers of the source group's slots (the copy costs
+    /// its CPU), of the target group's (the copy, then the moved slot's
+    /// load), and of the other groups': p99 while the slot moved (0 where
+    /// there were none).
+    pub others_source_p99_ms: f64,
+    pub others_target_p99_ms: f64,
     pub others_other_groups_p99_ms: f64,
     /// Acknowledged values of the slot not found at the new owner after.
     pub lost: usize,
@@ -162,7 +164,7 @@ pub fn table(rows: &[Row]) -> String {
         let moved = match &r.moved {
             Some(m) => format!(
                 "{:.0} ms, {} writes, pause p99 {:.1} ms max {:.1} ms (before: p99 {:.1} ms), other slots p99 {:.1} ms \
-                 (before: {:.1} ms; source and target groups' {:.1}, other groups' {:.1}), {} lost",
+                 (before: {:.1} ms; source group's {:.1}, target group's {:.1}, other groups' {:.1}), {} lost",
                 m.took_ms,
                 m.writes,
                 m.pause_p99_ms,
@@ -170,7 +172,8 @@ pub fn table(rows: &[Row]) -> String {
                 m.before_p99_ms,
                 m.others_p99_ms,
                 m.others_before_p99_ms,
-                m.others_moving_groups_p99_ms,
+                m.others_source_p99_ms,
+                m.others_target_p99_ms,
                 m.others_other_groups_p99_ms,
                 m.lost
             ),
@@ -532,8 +535,8 @@ async fn move_hot(
     let latencies = Arc::new(Mutex::new(Vec::<(Instant, Duration)>::new()));
     // Other slots' writers: half as many, over 1,000 keys of other slots.
     let others = Arc::new(Mutex::new(Vec::<(Instant, Duration)>::new()));
-    // Whether each other write's slot is the source's or the target's.
-    let moving_group = Arc::new(Mutex::new(Vec::<bool>::new()));
+    // Each other write's slot's group at the start.
+    let owner_of = Arc::new(Mutex::new(Vec::<u32>::new()));
     let spread = SlotMap::even(&groups, 1)?;
     let from = spread.owner(slot);
     let cold: Vec<String> =
@@ -543,8 +546,8 @@ async fn move_hot(
         .map(|w| {
             let (clients, stop, others) = (clients.clone(), stop.clone(), others.clone());
             let mine: Vec<String> = cold.iter().skip(w).step_by(other_writers).cloned().collect();
-            let involved: Vec<bool> = mine.iter().map(|k| [from, to].contains(&spread.owner(slot_of(k)))).collect();
-            let moving_group = moving_group.clone();
+            let owners: Vec<u32> = mine.iter().map(|k| spread.owner(slot_of(k))).collect();
+            let owner_of = owner_of.clone();
             let value = value.to_string();
             tokio::spawn(async move {
                 let mut round = 0usize;
@@ -558,7 +561,7 @@ async fn move_hot(
                     {
                         let mut others = others.lock();
                         others.push((started, started.elapsed()));
-                        moving_group.lock().push(involved[round % mine.len()]);
+                        owner_of.lock().push(owners[round % mine.len()]);
                     }
                     round += 1;
                 }
@@ -625,14 +628,13 @@ async fn move_hot(
     };
     let (during, before) = split(&latencies.lock());
     let (others_during, others_before) = split(&others.lock());
-    let (involved, uninvolved): (Vec<_>, Vec<_>) = {
-        let (all, moving_group) = (others.lock().clone(), moving_group.lock().clone());
-        all.into_iter().zip(moving_group).partition(|&(_, m)| m)
-    };
-    let (involved_during, _) = split(&involved.into_iter().map(|(w, _)| w).collect::<Vec<_>>());
-    let (uninvolved_during, _) = split(&uninvolved.into_iter().map(|(w, _)| w).collect::<Vec<_>>());
     let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
     let p99_of = |v: &[Duration]| ms(v.get((v.len() * 99 / 100).min(v.len().saturating_sub(1))));
+    let others_of = |keep: &dyn Fn(u32) -> bool| {
+        let (all, owner_of) = (others.lock(), owner_of.lock());
+        let theirs: Vec<_> = all.iter().zip(owner_of.iter()).filter(|(_, &g)| keep(g)).map(|(w, _)| *w).collect();
+        p99_of(&split(&theirs).0)
+    };
     let p99 = p99_of(&during);
     let mut lost = 0;
     let acked = acked.lock().clone();
@@ -660,8 +662,9 @@ async fn move_hot(
         before_p99_ms: p99_of(&before),
         others_p99_ms: p99_of(&others_during),
         others_before_p99_ms: p99_of(&others_before),
-        others_moving_groups_p99_ms: p99_of(&involved_during),
-        others_other_groups_p99_ms: p99_of(&uninvolved_during),
+        others_source_p99_ms: others_of(&|g| g == from),
+        others_target_p99_ms: others_of(&|g| g == to),
+        others_other_groups_p99_ms: others_of(&|g| g != from && g != to),
         lost,
     })
 }
@@ -694,7 +697,8 @@ mod tests {
             before_p99_ms: 30.25,
             others_p99_ms: 12.0,
             others_before_p99_ms: 10.0,
-            others_moving_groups_p99_ms: 13.0,
+            others_source_p99_ms: 13.0,
+            others_target_p99_ms: 14.0,
             others_other_groups_p99_ms: 11.0,
             lost: 0,
         });
@@ -706,7 +710,7 @@ mod tests {
         assert!(
             lines[2].contains(
                 "pause p99 45.5 ms max 50.0 ms (before: p99 30.2 ms), other slots p99 12.0 ms (before: 10.0 ms; \
-             source and target groups' 13.0, other groups' 11.0), 0 lost"
+             source group's 13.0, target group's 14.0, other groups' 11.0), 0 lost"
             ),
             "{text}"
         );
