@@ -78,11 +78,12 @@ const IMPORT_PART_BYTES: usize = 4 << 20;
 /// first part). The last copy, during the freeze, is not paced: it is
 /// what pauses writes. (32 KiB parts were tried: the copy took twice as
 /// long, its tails caught up less, and other slots gained nothing
-/// measurable; docs/benchmarks.md.)
+/// measurable.)
 const PACED_PART_BYTES: usize = 128 << 10;
 /// How many times a paced part's own time the source waits after it (at
 /// 3, a source held to a quarter of a core gave its other slots' writers
-/// a p99 1.5-2.9x theirs before the move; at 6, 1.2-1.4x at 4 groups).
+/// a p99 1.5-2.9x theirs before the move; at 6, 0.95-2.7x over four
+/// runs: docs/benchmarks.md).
 const PACE: u32 = 6;
 
 /// How often a cutover is tried again at once when only the slot map
@@ -219,6 +220,15 @@ impl Node {
         let mut held = frozen.clone();
         held.extend(coming);
         Ok(decide(&held))
+    }
+
+    /// Forgets the slots coming in that the map now names this group the
+    /// owner of (they came; a later move of them away must find nothing
+    /// here). Run at every new map.
+    pub(super) fn arrived(&self) {
+        let view = self.routes();
+        let (Some(map), mine) = (view.map.as_ref(), self.args().group.unwrap_or(0)) else { return };
+        self.inner.moves.incoming.lock().retain(|&s, _| map.owner(s) != mine);
     }
 
     /// At a root: whether `key`'s writes from a child are answered
@@ -416,6 +426,18 @@ impl Node {
     ) -> Result<()> {
         let paths = &self.inner.paths;
         let mine = self.args().group.unwrap_or(0);
+        // Slots frozen here already (a round that stopped after the
+        // freeze, before its record said so; a standby that took over
+        // frozen from the log) go first and alone: no copy while they
+        // take no writes, only the last, whole and unpaced; slots not
+        // frozen yet wait for the next round, and their paced copy.
+        let moves: BTreeMap<Slot, (MoveRecord, i32)> = {
+            let frozen = self.inner.moves.frozen.read();
+            match moves.keys().any(|s| frozen.contains(s)) {
+                true => moves.into_iter().filter(|(s, _)| frozen.contains(s)).collect(),
+                false => moves,
+            }
+        };
         let slots: BTreeSet<Slot> = moves.keys().copied().collect();
         let (own, own_version) = group_leader(zk, &paths.in_group(mine)).await?;
         if Some(own.id) != self.node_id() || own.epoch != self.epoch() {
@@ -428,13 +450,10 @@ impl Node {
         // then the last copy is a whole one).
         let copying: Vec<Slot> =
             moves.iter().filter(|(_, (r, _))| r.state == MoveState::Copy).map(|(s, _)| *s).collect();
-        // A slot frozen here already (a round that stopped after the
-        // freeze, before its record said so; a standby that took over
-        // frozen from the log): no copy while it takes no writes, only
-        // the last, whole and unpaced.
+        // Frozen here already (above): straight to the last copy.
         let resumed = {
             let frozen = self.inner.moves.frozen.read();
-            slots.iter().any(|s| frozen.contains(s))
+            slots.iter().all(|s| frozen.contains(s))
         };
         let mut since = 0;
         if !copying.is_empty() && !resumed {

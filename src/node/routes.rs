@@ -264,6 +264,7 @@ impl Node {
         if view.map.as_ref().is_none_or(|m| m.epoch() < map.epoch()) {
             *view = Arc::new(RouteView::new(Some(map), view.leaders.clone()));
             drop(view);
+            self.arrived();
             self.wake_frozen_waiters();
         }
     }
@@ -339,6 +340,7 @@ impl Node {
             self.on_routes_changed();
         }
         if changed {
+            self.arrived();
             self.wake_frozen_waiters();
         }
         if changed {
@@ -349,7 +351,11 @@ impl Node {
             );
         }
         if !routers_first {
-            self.read_routers(&zk, &view, &mut watches).await?;
+            // The view is ours already: a failure here must not keep its
+            // epoch out of our `live/` znode (a move's drop waits for it).
+            if let Err(e) = self.read_routers(&zk, &view, &mut watches).await {
+                log::debug!("reading the routers: {e}");
+            }
         }
         self.record_map_epoch(&zk, view.map.as_ref().map_or(0, |m| m.epoch())).await;
         Ok(watches)
