@@ -114,14 +114,7 @@ pub(super) struct Moves {
     /// router that read the new map first has their writes answered
     /// `SlotMoving` here, not its whole batch refused `wrong_group`.
     incoming: Mutex<HashMap<Slot, std::time::Instant>>,
-    /// When a write of a slot coming in last had the map read again
-    /// (monotonic ms).
-    coming_reread: std::sync::atomic::AtomicU64,
 }
-
-/// How often writes of a slot coming in have the target read the map
-/// again (a hot slot's writes arrive every few ms).
-const COMING_REREAD_MS: u64 = 25;
 
 /// How long after a slot's last copy its target treats it as coming (the
 /// cutover is one ZooKeeper write after it; a move stuck longer than this
@@ -224,8 +217,8 @@ impl Node {
 
     /// Forgets the slots coming in that the map now names this group the
     /// owner of (they came; a later move of them away must find nothing
-    /// here). Run at every new map.
-    pub(super) fn arrived(&self) {
+    /// here).
+    fn arrived(&self) {
         let view = self.routes();
         let (Some(map), mine) = (view.map.as_ref(), self.args().group.unwrap_or(0)) else { return };
         self.inner.moves.incoming.lock().retain(|&s, _| map.owner(s) != mine);
@@ -257,11 +250,8 @@ impl Node {
             incoming.retain(|&s, at| at.elapsed() < INCOMING_FOR && map.owner(s) != mine);
             slots.filter(|s| incoming.contains_key(s)).collect()
         };
-        let now = crate::clock::mono_ms();
-        let last = self.inner.moves.coming_reread.load(std::sync::atomic::Ordering::Relaxed);
-        if !coming.is_empty() && now >= last + COMING_REREAD_MS {
-            self.inner.moves.coming_reread.store(now, std::sync::atomic::Ordering::Relaxed);
-            self.reread_routes();
+        if !coming.is_empty() {
+            self.reread_routes_soon();
         }
         coming
     }
@@ -302,9 +292,11 @@ impl Node {
         self.check_own_slot(key)
     }
 
-    /// The slot map changed: writes waiting on a frozen slot look again
-    /// (it may have been handed over).
-    pub(super) fn wake_frozen_waiters(&self) {
+    /// The slot map changed: slots coming in that it names ours have
+    /// come (see [`Node::arrived`]), and writes waiting on a frozen slot
+    /// look again (it may have been handed over).
+    pub(super) fn map_changed(&self) {
+        self.arrived();
         self.inner.moves.changed.notify_waiters();
     }
 
@@ -431,11 +423,11 @@ impl Node {
         // frozen from the log) go first and alone: no copy while they
         // take no writes, only the last, whole and unpaced; slots not
         // frozen yet wait for the next round, and their paced copy.
-        let moves: BTreeMap<Slot, (MoveRecord, i32)> = {
+        let (moves, resumed) = {
             let frozen = self.inner.moves.frozen.read();
             match moves.keys().any(|s| frozen.contains(s)) {
-                true => moves.into_iter().filter(|(s, _)| frozen.contains(s)).collect(),
-                false => moves,
+                true => (moves.into_iter().filter(|(s, _)| frozen.contains(s)).collect(), true),
+                false => (moves, false),
             }
         };
         let slots: BTreeSet<Slot> = moves.keys().copied().collect();
@@ -450,11 +442,6 @@ impl Node {
         // then the last copy is a whole one).
         let copying: Vec<Slot> =
             moves.iter().filter(|(_, (r, _))| r.state == MoveState::Copy).map(|(s, _)| *s).collect();
-        // Frozen here already (above): straight to the last copy.
-        let resumed = {
-            let frozen = self.inner.moves.frozen.read();
-            slots.iter().all(|s| frozen.contains(s))
-        };
         let mut since = 0;
         if !copying.is_empty() && !resumed {
             since = self.send_import(&target.url, &import(false, 0)).await?.tail_from;

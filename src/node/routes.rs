@@ -92,10 +92,15 @@ pub(super) struct Routes {
     /// Wakes the reader at once: a root said `wrong_group` (our map is
     /// older than its).
     reread: tokio::sync::Notify,
+    /// When [`Node::reread_routes_soon`] last asked (monotonic ms).
+    reread_soon_at: std::sync::atomic::AtomicU64,
     /// Highest store generation each group leader (by node id) has sent
     /// us, as `parent_generation` is for the parent.
     generations: parking_lot::Mutex<BTreeMap<NodeId, u64>>,
 }
+
+/// See [`Node::reread_routes_soon`].
+const REREAD_SOON_MS: u64 = 25;
 
 impl Node {
     /// The route view as last read.
@@ -257,6 +262,20 @@ impl Node {
         self.inner.routes.reread.notify_one();
     }
 
+    /// Has the view read again, at most every [`REREAD_SOON_MS`]: a slot
+    /// in the middle of a move (a router answered `SlotMoving` for it, a
+    /// target taking writes of a slot coming in) may have been handed
+    /// over, and reading the map before the watch fires routes its writes
+    /// that much sooner. Not at every write: a freeze can last seconds.
+    pub(super) fn reread_routes_soon(&self) {
+        use std::sync::atomic::Ordering;
+        let (now, last) = (crate::clock::mono_ms(), &self.inner.routes.reread_soon_at);
+        if now >= last.load(Ordering::Relaxed) + REREAD_SOON_MS {
+            last.store(now, Ordering::Relaxed);
+            self.reread_routes();
+        }
+    }
+
     /// Installs the map a root read as it took the lead, before it serves:
     /// it must know its own slots from its first answer.
     pub(super) fn install_map(&self, map: SlotMap) {
@@ -264,8 +283,7 @@ impl Node {
         if view.map.as_ref().is_none_or(|m| m.epoch() < map.epoch()) {
             *view = Arc::new(RouteView::new(Some(map), view.leaders.clone()));
             drop(view);
-            self.arrived();
-            self.wake_frozen_waiters();
+            self.map_changed();
         }
     }
 
@@ -340,8 +358,7 @@ impl Node {
             self.on_routes_changed();
         }
         if changed {
-            self.arrived();
-            self.wake_frozen_waiters();
+            self.map_changed();
         }
         if changed {
             log::info!(

@@ -533,10 +533,9 @@ async fn move_hot(
     // their start times.
     let acked = Arc::new(Mutex::new(std::collections::HashMap::<String, String>::new()));
     let latencies = Arc::new(Mutex::new(Vec::<(Instant, Duration)>::new()));
-    // Other slots' writers: half as many, over 1,000 keys of other slots.
-    let others = Arc::new(Mutex::new(Vec::<(Instant, Duration)>::new()));
-    // Each other write's slot's group at the start.
-    let owner_of = Arc::new(Mutex::new(Vec::<u32>::new()));
+    // Other slots' writers: half as many, over 1,000 keys of other slots;
+    // each write's latency with its start and its slot's group.
+    let others = Arc::new(Mutex::new(Vec::<(Instant, Duration, u32)>::new()));
     let spread = SlotMap::even(&groups, 1)?;
     let from = spread.owner(slot);
     let cold: Vec<String> =
@@ -547,7 +546,6 @@ async fn move_hot(
             let (clients, stop, others) = (clients.clone(), stop.clone(), others.clone());
             let mine: Vec<String> = cold.iter().skip(w).step_by(other_writers).cloned().collect();
             let owners: Vec<u32> = mine.iter().map(|k| spread.owner(slot_of(k))).collect();
-            let owner_of = owner_of.clone();
             let value = value.to_string();
             tokio::spawn(async move {
                 let mut round = 0usize;
@@ -559,9 +557,7 @@ async fn move_hot(
                         .await
                         .is_ok()
                     {
-                        let mut others = others.lock();
-                        others.push((started, started.elapsed()));
-                        owner_of.lock().push(owners[round % mine.len()]);
+                        others.lock().push((started, started.elapsed(), owners[round % mine.len()]));
                     }
                     round += 1;
                 }
@@ -627,14 +623,13 @@ async fn move_hot(
         (during, before)
     };
     let (during, before) = split(&latencies.lock());
-    let (others_during, others_before) = split(&others.lock());
+    let others_of = |keep: &dyn Fn(u32) -> bool| -> Vec<(Instant, Duration)> {
+        others.lock().iter().filter(|(_, _, g)| keep(*g)).map(|&(s, d, _)| (s, d)).collect()
+    };
+    let (others_during, others_before) = split(&others_of(&|_| true));
     let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
     let p99_of = |v: &[Duration]| ms(v.get((v.len() * 99 / 100).min(v.len().saturating_sub(1))));
-    let others_of = |keep: &dyn Fn(u32) -> bool| {
-        let (all, owner_of) = (others.lock(), owner_of.lock());
-        let theirs: Vec<_> = all.iter().zip(owner_of.iter()).filter(|(_, &g)| keep(g)).map(|(w, _)| *w).collect();
-        p99_of(&split(&theirs).0)
-    };
+    let p99_during = |keep: &dyn Fn(u32) -> bool| p99_of(&split(&others_of(keep)).0);
     let p99 = p99_of(&during);
     let mut lost = 0;
     let acked = acked.lock().clone();
@@ -662,9 +657,9 @@ async fn move_hot(
         before_p99_ms: p99_of(&before),
         others_p99_ms: p99_of(&others_during),
         others_before_p99_ms: p99_of(&others_before),
-        others_source_p99_ms: others_of(&|g| g == from),
-        others_target_p99_ms: others_of(&|g| g == to),
-        others_other_groups_p99_ms: others_of(&|g| g != from && g != to),
+        others_source_p99_ms: p99_during(&|g| g == from),
+        others_target_p99_ms: p99_during(&|g| g == to),
+        others_other_groups_p99_ms: p99_during(&|g| g != from && g != to),
         lost,
     })
 }

@@ -92,9 +92,10 @@ impl Node {
             check_key(&w.update.key).map_err(Error::BadKey)?;
             if place.topology.is_root() && !self.slot_in_transit(&w.update.key) {
                 // Nothing of the batch is taken: the router sends it again
-                // to the owners once it has read the map. (A slot moving
+                // to the owners once it has read the map (a resend too: the
+                // new owner has its outcome from the move). A slot moving
                 // out or coming in: its writes are answered `SlotMoving`,
-                // and the rest of the batch commits.)
+                // and the rest of the batch commits.
                 self.check_own_slot(&w.update.key)?;
             }
         }

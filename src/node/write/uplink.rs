@@ -54,12 +54,6 @@ pub const BATCH_BYTES: usize = 4 << 20;
 /// How soon a write a root answered `SlotMoving` goes up again (its
 /// slot's later writes wait with it; other slots' go on).
 const MOVING_RETRY_MS: u64 = 10;
-/// How often `SlotMoving` answers have the route view read again: the
-/// slot may have been handed over (its source and its target answer so
-/// until both have read the cutover), and a router that reads it before
-/// its watch fires sends the slot's writes to the new owner that much
-/// sooner. Not at every retry: a freeze can last seconds.
-const MOVING_REREAD_MS: u64 = 25;
 
 /// A write in this node's uplink: who gave it to us (`None`: our client).
 pub(super) struct Pending {
@@ -182,9 +176,6 @@ pub(super) struct UplinkState {
     /// when their writes go up again (monotonic ms): until then they stay
     /// queued, in order, and other writes pass them.
     moving: HashMap<Slot, u64>,
-    /// When a `SlotMoving` answer last had the route view read again
-    /// (monotonic ms).
-    moving_reread: u64,
 }
 
 impl UplinkState {
@@ -732,7 +723,7 @@ impl Node {
         let wait = FROZEN_WAIT.as_millis() as u64;
         let mut given_up = Vec::new();
         let mut answered = Vec::new();
-        let reread = {
+        {
             let mut s = self.inner.uplink.state.lock();
             s.in_flight -= moving.len();
             for (mut p, slot) in moving.into_iter().rev() {
@@ -747,15 +738,10 @@ impl Node {
                 s.moving.insert(slot, now + MOVING_RETRY_MS);
                 s.given_back.push(p);
             }
-            let reread = now >= s.moving_reread + MOVING_REREAD_MS;
-            if reread {
-                s.moving_reread = now;
-            }
-            reread
-        };
-        if reread {
-            self.reread_routes();
         }
+        // Its source and its target answer so until both have read the
+        // cutover.
+        self.reread_routes_soon();
         for tx in answered {
             let _ = tx.send(WriteResult::InProgress);
         }
