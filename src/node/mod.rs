@@ -16,6 +16,7 @@
 mod durable;
 mod evict;
 mod failover;
+mod finish;
 mod membership;
 mod moves;
 mod push;

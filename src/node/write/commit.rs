@@ -14,6 +14,7 @@ use super::Ack;
 use crate::clock::{now_us, Time};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::node::finish::Finish;
 use crate::node::Node;
 use crate::slots::{slot_of, Slot, UNKNOWN_SLOT};
 use crate::store::{Committed, Condition, NodeId, Update, WriteId};
@@ -427,10 +428,12 @@ impl Node {
     /// held by every in-sync standby (DESIGN.md guarantee 3). Without a
     /// commit log or standbys the root's state lives in its memory only.
     ///
-    /// It runs as a task of its own: if the request that committed these
-    /// is dropped meanwhile (the client or the child gave up), they still
-    /// reach the log and stop being pending. A version left pending for
-    /// good would hold back the mark every standby serves by.
+    /// It finishes even if the request that committed these is dropped
+    /// meanwhile (the client or the child gave up): they still reach the
+    /// log and stop being pending. A version left pending for good would
+    /// hold back the mark every standby serves by. Without standbys it runs
+    /// where it is awaited, and as a task of its own only once dropped
+    /// ([`Finish`]); with standbys, as a task from the start.
     ///
     /// A record of version 0 is a delete of an absent key: only its outcome
     /// (write id, 0) is logged and streamed.
@@ -446,7 +449,7 @@ impl Node {
         extra: Vec<Vec<u8>>,
     ) -> Result<()> {
         let node = self.clone();
-        let task = self.inner.runtime.spawn(async move {
+        let work = async move {
             let result = node.make_durable_now(&records, extra).await;
             if result.is_ok() {
                 // Durable: readers may see it. On an error (deposed, or
@@ -455,8 +458,17 @@ impl Node {
                 node.pending_remove(records.iter().map(|(u, _)| u.version).filter(|&v| v > 0));
             }
             result
-        });
-        task.await.map_err(|e| Error::Internal(format!("making commits durable: {e}")))?
+        };
+        if self.has_standbys() {
+            // Waits for standbys' acknowledgements, and each one wakes
+            // every waiter of its stream (a watch): on the runtime that
+            // reads them, a waiter not yet reached costs no thread hop.
+            // Inline, 64 writers at a root with one standby lost 5-8% of
+            // their throughput.
+            let task = self.inner.runtime.spawn(work);
+            return task.await.map_err(|e| Error::Internal(format!("making commits durable: {e}")))?;
+        }
+        Finish::new(self.inner.runtime.clone(), work).await
     }
 
     /// Appends to the commit log and streams to every standby at once,
