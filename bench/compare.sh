@@ -12,7 +12,9 @@
 #               100k x 100 B memory, scale (63 processes); durability: ack=root
 #               with 64 writers at a root with --data-dir under --fsync always
 #               and everysec beside Redis appendonly with appendfsync always
-#               and everysec (fsyncs/s and writes per fsync from /metrics),
+#               and everysec (fsyncs/s and writes per fsync from /metrics,
+#               the root's CPU per write), the same root over RESP with
+#               redis-benchmark,
 #               and restart (replay) of 1M keys x 100 B beside Redis loading
 #               its AOF; capacity with 1, 2 and 4 root groups (keys held,
 #               ack=root writes, a 1,000-key slot moved under load); the Redis protocol: redis-benchmark -t set,get -c 64,
@@ -241,11 +243,28 @@ durable_root() {
     DR_PID=$LAST_PID; DR_URL="http://127.0.0.1:$port"
     wait_log "$WORK/$name.log" 'root: node' 60 "$DR_PID"
 }
+# ticks PID: the process's utime+stime, in clock ticks.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# cpu_us T0 T1 N: microseconds of CPU per operation for N operations.
+cpu_us() { awk -v a="$1" -v b="$2" -v hz="$(getconf CLK_TCK)" -v n="$3" 'BEGIN { if (n > 0) printf "%.1f", (b - a) / hz * 1e6 / n; else print "?" }'; }
 for policy in always everysec; do
-    durable_root "dur_$policy" "$policy"
+    DUR_RESP_PORT=$(free_port)
+    durable_root "dur_$policy" "$policy" --resp-listen "127.0.0.1:$DUR_RESP_PORT"
     F0=$(metric "$DR_URL" log_fsyncs_total); S0=$(metric "$DR_URL" log_records_synced_total)
+    C0=$(ticks "$DR_PID")
     bench "dur_$policy" write --root "$DR_URL" --ack root -c "$WRITERS" -d "$DUR" --value-size "$VALUE"
+    C1=$(ticks "$DR_PID")
+    eval "DUR_CPU_$policy=$(cpu_us "$C0" "$C1" "$(j "dur_$policy" .total.ok)")"
     F1=$(metric "$DR_URL" log_fsyncs_total); S1=$(metric "$DR_URL" log_records_synced_total)
+    if [ $HAVE_REDIS = 1 ]; then
+        # The same root over RESP (SET acknowledged at the root, the
+        # default --resp-ack), driven as Redis is below.
+        echo "  treecache RESP (root, --fsync $policy): redis-benchmark -c $WRITERS -n $REDIS_N -d $VALUE -t set" >&2
+        C0=$(ticks "$DR_PID")
+        redis-benchmark -p "$DUR_RESP_PORT" -c "$WRITERS" -n "$REDIS_N" -d "$VALUE" -r 10000 -t set --csv >"$WORK/tc_resp_aof_$policy.csv"
+        C1=$(ticks "$DR_PID")
+        eval "DUR_RESP_CPU_$policy=$(cpu_us "$C0" "$C1" "$REDIS_N")"
+    fi
     eval "DUR_FSYNCS_$policy=$(awk -v a="$F0" -v b="$F1" -v d="$DUR_S" 'BEGIN { printf "%.0f", (b - a) / d }')"
     eval "DUR_PER_$policy=$(awk -v a="$F0" -v b="$F1" -v x="$S0" -v y="$S1" 'BEGIN { if (b > a) printf "%.1f", (y - x) / (b - a); else print 0 }')"
     stop "$DR_PID"
@@ -434,11 +453,15 @@ fi
 for policy in always everysec; do
     rps=$(j "dur_$policy" .total.throughput_rps); p99=$(j "dur_$policy" .total.latency.p99_us)
     fs=$(eval echo "\$DUR_FSYNCS_$policy"); per=$(eval echo "\$DUR_PER_$policy")
-    fig="$rps req/s, p99 $(us2ms "$p99") ms, $fs fsyncs/s, $per writes/fsync"
+    cpu=$(eval echo "\$DUR_CPU_$policy")
+    fig="$rps req/s, p99 $(us2ms "$p99") ms, $fs fsyncs/s, $per writes/fsync, root CPU $cpu µs/write"
     if [ $HAVE_REDIS = 1 ]; then
         rr=$(csv "redis_aof_$policy" SET 2)
         r=$(ratio "$rps" "$rr")
         row "ack=root --fsync $policy, $WRITERS writers" "$fig" "redis appendfsync $policy $rr req/s, p99 $(csv "redis_aof_$policy" SET 7) ms" "$r" "≥ 1" "$(verdict "$r" '>=' 1)"
+        tr=$(csv "tc_resp_aof_$policy" SET 2)
+        r=$(ratio "$tr" "$rr")
+        row "ack=root --fsync $policy over RESP (SET), $WRITERS conns" "$tr req/s, p99 $(csv "tc_resp_aof_$policy" SET 7) ms, root CPU $(eval echo "\$DUR_RESP_CPU_$policy") µs/write" "redis appendfsync $policy $rr req/s" "$r" "≥ 1" "$(verdict "$r" '>=' 1)"
     else
         row "ack=root --fsync $policy, $WRITERS writers" "$fig" "" "" "" ""
     fi
@@ -506,7 +529,7 @@ if [ -n "$MARKDOWN" ]; then
         for f in "$WORK"/*.cmd; do echo "    $(cat "$f")"; done
         [ $HAVE_REDIS = 1 ] && echo "    redis-benchmark -c $CONNS -n $REDIS_N -d $VALUE -r 10000 -t set,get; -c $WRITERS -t set; DEBUG POPULATE $MEM_KEYS key 100"
         [ $HAVE_REDIS = 1 ] && echo "    redis-server --appendonly yes --appendfsync always|everysec; redis-benchmark -c $WRITERS -n $REDIS_N -d $VALUE -r 10000 -t set; restart: DEBUG POPULATE $RESTART_KEYS key 100, BGREWRITEAOF, SHUTDOWN, start to 'Ready to accept connections'"
-        echo "    treecache node --root --data-dir DIR --fsync always|everysec (fsyncs from /metrics); restart: exec to 'replayed' in the node's log"
+        echo "    treecache node --root --data-dir DIR --fsync always|everysec --resp-listen ADDR (fsyncs from /metrics; root CPU per write: utime+stime from /proc around each run); over RESP: redis-benchmark -p RESP_PORT -c $WRITERS -n $REDIS_N -d $VALUE -r 10000 -t set; restart: exec to 'replayed' in the node's log"
         echo "    redis-benchmark ${RESP_ARGS[*]} [-P 16] against Redis and against a leaf's --resp-listen port (3-node tree, leaves with --resp-ack parent)"
     } >"$MARKDOWN"
     echo "table written to $MARKDOWN" >&2

@@ -71,6 +71,8 @@ fn compare_sh_prints_every_figure_beside_its_baseline() {
         "scale: idle PSS per node",
         "ack=root --fsync always",
         "ack=root --fsync everysec",
+        "ack=root --fsync always over RESP",
+        "ack=root --fsync everysec over RESP",
         "restart, 20000 x 100 B: replay",
         "capacity: 2 groups, keys held until root_full",
         "capacity: 2 groups, ack=root writes/s",
@@ -94,6 +96,10 @@ fn compare_sh_prints_every_figure_beside_its_baseline() {
     assert!(md.contains("--tls-ca"), "the TLS run's command: {md}");
     assert!(md.contains("redis-benchmark"), "{md}");
     assert!(md.contains("writes/fsync"), "{md}");
+    for policy in ["always", "everysec"] {
+        let r = row(&format!("ack=root --fsync {policy}, "));
+        assert!(r[1].contains("root CPU") && r[1].contains("µs/write"), "{r:?}");
+    }
     assert!(md.contains("treecache bench capacity --groups 1,2"), "{md}");
     assert!(row("restart, 20000")[1].contains("replayed"), "{:?}", row("restart, 20000"));
 }

@@ -25,12 +25,12 @@
 //! The same stream shape serves pushes to children later (one ordered
 //! stream per peer instead of a request per batch).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::log::codec::{self, Entry};
 pub use crate::log::Position;
@@ -92,6 +92,10 @@ pub struct Stream {
     pub durable: bool,
     queue: Mutex<Queue>,
     progress: watch::Sender<Progress>,
+    /// Commits waiting for the standby, by the sequence each waits for:
+    /// an acknowledgement wakes only those it reaches (a watch woke every
+    /// waiter at each one), a status no longer waited for wakes them all.
+    waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
     /// Wakes the sender: frames queued, or the stream closed.
     pub wake: Notify,
     /// Set once a close is under way (a stream past [`MAX_QUEUED_BYTES`]).
@@ -118,6 +122,7 @@ impl Stream {
             durable,
             queue: Mutex::new(Queue { last, ..Queue::default() }),
             progress,
+            waiters: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
             closing: AtomicBool::new(false),
             join_target: AtomicU64::new(0),
@@ -204,11 +209,47 @@ impl Stream {
     /// and wake whoever waits for it.
     pub fn acked(&self, seq: u64) {
         self.drop_through(seq);
-        self.progress.send_if_modified(|p| {
+        let newer = self.progress.send_if_modified(|p| {
             let newer = seq > p.acked;
             p.acked = p.acked.max(seq);
             newer
         });
+        if newer {
+            self.wake_waiters();
+        }
+    }
+
+    /// `None` once the standby holds `seq` or is no longer waited for
+    /// (see [`Status::is_waited_for`]); else a receiver that resolves when
+    /// either becomes true (read [`Stream::progress`] to learn which).
+    pub fn wait_for(&self, seq: u64) -> Option<oneshot::Receiver<()>> {
+        let mut waiters = self.waiters.lock();
+        // Read under the waiters' lock: a change made after this read
+        // wakes the waiter added below (see `wake_waiters`).
+        let p = self.progress();
+        if p.acked >= seq || !p.status.is_waited_for() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        waiters.entry(seq).or_default().push(tx);
+        Some(rx)
+    }
+
+    /// Wakes the waiters the progress now answers. Called after every
+    /// change to it.
+    fn wake_waiters(&self) {
+        let mut waiters = self.waiters.lock();
+        let p = self.progress();
+        let woken = if p.status.is_waited_for() {
+            let later = waiters.split_off(&p.acked.saturating_add(1));
+            std::mem::replace(&mut *waiters, later)
+        } else {
+            std::mem::take(&mut *waiters)
+        };
+        drop(waiters);
+        for tx in woken.into_values().flatten() {
+            let _ = tx.send(());
+        }
     }
 
     /// Sequence of the last frame queued.
@@ -220,19 +261,18 @@ impl Stream {
         *self.progress.borrow()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Progress> {
-        self.progress.subscribe()
-    }
-
     /// Sets the status; Closed is final.
     pub fn set_status(&self, status: Status) {
-        self.progress.send_if_modified(|p| {
+        let changed = self.progress.send_if_modified(|p| {
             let change = p.status != Status::Closed && p.status != status;
             if change {
                 p.status = status;
             }
             change
         });
+        if changed {
+            self.wake_waiters();
+        }
         if status == Status::Closed {
             self.wake.notify_one();
         }
@@ -240,13 +280,17 @@ impl Stream {
 
     /// Moves from `from` to `to` only if the status is still `from`.
     pub fn change_status(&self, from: Status, to: Status) -> bool {
-        self.progress.send_if_modified(|p| {
+        let changed = self.progress.send_if_modified(|p| {
             let ok = p.status == from;
             if ok {
                 p.status = to;
             }
             ok
-        })
+        });
+        if changed {
+            self.wake_waiters();
+        }
+        changed
     }
 
     pub fn is_closed(&self) -> bool {
@@ -578,6 +622,30 @@ mod tests {
         s.set_status(Status::Closed);
         assert_eq!(s.enqueue(&numbered([frame_of(rec("k", 1))])), None);
         assert!(!s.progress().status.is_waited_for());
+    }
+
+    #[test]
+    fn an_acknowledgement_wakes_only_the_waiters_it_reaches_and_a_status_change_wakes_all() {
+        let s = Stream::new(7, "http://s".into(), 1, true, 0);
+        // Not waited for yet (catching up): nothing to wait on.
+        assert!(s.wait_for(1).is_none());
+        assert!(s.change_status(Status::CatchingUp, Status::InSync));
+        let mut first = s.wait_for(2).expect("not acked yet");
+        let mut second = s.wait_for(5).expect("not acked yet");
+        s.acked(3);
+        assert_eq!(first.try_recv(), Ok(()), "3 reaches 2");
+        assert!(second.try_recv().is_err(), "3 does not reach 5");
+        assert!(s.wait_for(3).is_none(), "held already");
+        // An acknowledgement that is not newer wakes nothing.
+        s.acked(2);
+        assert!(second.try_recv().is_err());
+        // Leaving the set wakes every waiter: the commit goes on without it.
+        let mut third = s.wait_for(9).expect("not acked yet");
+        s.set_status(Status::CatchingUp);
+        assert_eq!(second.try_recv(), Ok(()));
+        assert_eq!(third.try_recv(), Ok(()));
+        assert!(s.wait_for(9).is_none(), "not waited for any more");
+        assert!(s.waiters.lock().is_empty());
     }
 
     #[test]

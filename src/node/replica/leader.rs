@@ -387,16 +387,17 @@ impl Node {
                 self.close_stream(&s).await?;
                 continue;
             }
-            let mut rx = s.subscribe();
             let reached = loop {
-                let p = *rx.borrow_and_update();
+                let p = s.progress();
                 if p.acked >= seq {
                     break true;
                 }
                 if !p.status.is_waited_for() {
                     break false; // it left the set: confirmed below
                 }
-                match tokio::time::timeout_at(deadline, rx.changed()).await {
+                // Woken only when `seq` is reached or the status changes.
+                let Some(woken) = s.wait_for(seq) else { continue };
+                match tokio::time::timeout_at(deadline, woken).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) | Err(_) => break false,
                 }
