@@ -5,7 +5,9 @@
 #
 #   baselines   examples/bare (actix-web, constant body), examples/hop (one
 #               reqwest keep-alive hop to bare), Redis GET/SET with
-#               redis-benchmark (no pipelining) when redis-server is installed
+#               redis-benchmark (no pipelining) when redis-server is installed,
+#               nginx serving a static 100 B file, driven by wrk -c 64 beside
+#               a leaf hit of a 100 B key driven the same way
 #   treecache   hit, hit over TLS (up --tls, keep-alive connections), miss
 #               (per-level cost), write ack=parent, write ack=root
 #               with 64 writers, YCSB A and B, converge in a 63-node tree,
@@ -72,11 +74,12 @@ done
 ROOT_DIR=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT_DIR"
 # What the runs need, installed when missing (Debian packages; root then):
-# jq reads the reports, curl the metrics, Redis is a baseline, and
+# jq reads the reports, curl the metrics, Redis and nginx (driven by wrk)
+# are baselines, and
 # ZooKeeper comes with `treecache up` through provision/install-zookeeper.sh.
 # shellcheck source=provision/lib.sh
 . provision/lib.sh
-apt_install jq curl iproute2 redis-server redis-tools
+apt_install jq curl iproute2 redis-server redis-tools nginx wrk
 provision/install-zookeeper.sh
 if [ -z "$BIN_DIR" ]; then
     echo "building release binaries..." >&2
@@ -206,7 +209,49 @@ bench write_parent write --root "$ROOT" --ack parent -c "$CONNS" -d "$DUR" --val
 bench write_root write --root "$ROOT" --ack root -c "$WRITERS" -d "$DUR" --value-size "$VALUE"
 bench ycsb_a mixed --root "$ROOT" --ycsb a --popularity zipfian -c "$CONNS" -d "$DUR" --value-size "$VALUE"
 bench ycsb_b mixed --root "$ROOT" --ycsb b --popularity zipfian -c "$CONNS" -d "$DUR" --value-size "$VALUE"
+# A leaf hit beside nginx, both driven by wrk (a C load generator, as
+# nginx's users measure it): one 100 B key, held at a leaf.
+WRK_CONNS=64
+# wrk_run NAME URL: wrk's --latency report in $WORK/NAME.wrk.
+wrk_run() {
+    echo "  $1: wrk -t2 -c$WRK_CONNS -d$DUR --latency $2" >&2
+    wrk -t2 -c"$WRK_CONNS" -d"$DUR" --latency "$2" >"$WORK/$1.wrk"
+}
+LEAF=$(grep -E '^node .* leaf ' "$WORK/tree7.log" | grep -oE 'https?://[0-9.:]+' | head -1)
+WRK_BODY=$(head -c 100 /dev/zero | tr '\0' v)
+curl -sf -X PUT --data-binary "$WRK_BODY" "$LEAF/kv/wrk-hit?ack=root" >/dev/null
+curl -sf "$LEAF/kv/wrk-hit" >/dev/null
+[ "$(curl -s -o /dev/null -D - "$LEAF/kv/wrk-hit" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-cache" {print $2}')" = hit ] ||
+    { echo "compare.sh: $LEAF/kv/wrk-hit is not a hit at the leaf" >&2; exit 1; }
+wrk_run wrk_hit "$LEAF/kv/wrk-hit"
 stop "$UP_PID"
+mkdir -p "$WORK/nginx/html" "$WORK/nginx/tmp"
+printf '%s' "$WRK_BODY" >"$WORK/nginx/html/v"
+NGINX_PORT=$(free_port)
+# Its workers run as the user running this (as root, nginx would take
+# www-data, which cannot read $WORK).
+cat >"$WORK/nginx/nginx.conf" <<NGINX
+user $(id -un) $(id -gn);
+worker_processes auto;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/tmp;
+    proxy_temp_path $WORK/nginx/tmp;
+    fastcgi_temp_path $WORK/nginx/tmp;
+    uwsgi_temp_path $WORK/nginx/tmp;
+    scgi_temp_path $WORK/nginx/tmp;
+    server { listen 127.0.0.1:$NGINX_PORT; root $WORK/nginx/html; }
+}
+NGINX
+start nginx /usr/sbin/nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;'
+NGINX_PID=$LAST_PID
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$NGINX_PORT/v" >/dev/null && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$NGINX_PORT/v" >/dev/null || { echo "compare.sh: nginx did not answer:" >&2; cat "$WORK/nginx.log" "$WORK/nginx/error.log" >&2; exit 1; }
+wrk_run wrk_nginx "http://127.0.0.1:$NGINX_PORT/v"
+stop "$NGINX_PID"
 
 # --- the same hits over TLS: up --tls, the bench trusting its CA ---------------
 up 7 tree7tls --tls
@@ -381,7 +426,7 @@ bench scale scale --nodes "$BIG_TREE"
 # write) and the load generator beside them: 12% on 2 cores with 4 groups,
 # never more than 25%. At 25% on 2 cores, 4 groups left the machine 92-99%
 # busy and the efficiency measured the machine (docs/benchmarks.md).
-CAP_MAX_G=${CAP_GROUPS##*,}
+CAP_MAX_G=$(tr , '\n' <<<"$CAP_GROUPS" | sort -n | tail -1)
 CAP_CPU=$(( $(nproc) * 100 / (4 * CAP_MAX_G) ))
 [ "$CAP_CPU" -gt 25 ] && CAP_CPU=25
 [ "$CAP_CPU" -lt 5 ] && CAP_CPU=5
@@ -405,6 +450,18 @@ r=$(ratio "$HIT_RPS" "$BARE_RPS")
 row "leaf hit GET, throughput" "$HIT_RPS req/s" "bare $BARE_RPS" "$r" "≥ 0.85" "$(verdict "$r" '>=' 0.85)"
 r=$(ratio "$HIT_P99" "$BARE_P99")
 row "leaf hit GET, p99" "$(us2ms "$HIT_P99") ms" "bare $(us2ms "$BARE_P99") ms" "$r" "≤ 1.5" "$(verdict "$r" '<=' 1.5)"
+# wrk_rps NAME, wrk_p99_ms NAME: from wrk's report (latency in us, ms or s).
+wrk_rps() { awk '/^Requests\/sec:/ {print $2}' "$WORK/$1.wrk"; }
+wrk_p99_ms() {
+    awk '$1 == "99%" { v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
+        printf "%.3f", (u == "us") ? v / 1000 : (u == "s") ? v * 1000 : v }' "$WORK/$1.wrk"
+}
+W_HIT=$(wrk_rps wrk_hit); W_NGX=$(wrk_rps wrk_nginx)
+r=$(ratio "$W_HIT" "$W_NGX")
+row "leaf hit GET (wrk -c $WRK_CONNS), throughput" "$W_HIT req/s" "nginx static 100 B $W_NGX req/s" "$r" "≥ 1.2" "$(verdict "$r" '>=' 1.2)"
+W_HIT99=$(wrk_p99_ms wrk_hit); W_NGX99=$(wrk_p99_ms wrk_nginx)
+r=$(ratio "$W_HIT99" "$W_NGX99")
+row "leaf hit GET (wrk -c $WRK_CONNS), p99" "$W_HIT99 ms" "nginx $W_NGX99 ms" "$r" "≤ 1.0" "$(verdict "$r" '<=' 1.0)"
 TLS_RPS=$(j hit_tls .total.throughput_rps); TLS_P50=$(j hit_tls .total.latency.p50_us); TLS_P99=$(j hit_tls .total.latency.p99_us)
 r=$(ratio "$TLS_RPS" "$HIT_RPS")
 row "leaf hit GET over TLS (keep-alive), throughput" "$TLS_RPS req/s" "plaintext $HIT_RPS" "$r" "≥ 0.8" "$(verdict "$r" '>=' 0.8)"
@@ -540,6 +597,7 @@ if [ -n "$MARKDOWN" ]; then
         [ $HAVE_REDIS = 1 ] && echo "    redis-benchmark -c $CONNS -n $REDIS_N -d $VALUE -r 10000 -t set,get; -c $WRITERS -t set; DEBUG POPULATE $MEM_KEYS key 100"
         [ $HAVE_REDIS = 1 ] && echo "    redis-server --appendonly yes --appendfsync always|everysec; redis-benchmark -c $WRITERS -n $REDIS_N -d $VALUE -r 10000 -t set; restart: DEBUG POPULATE $RESTART_KEYS key 100, BGREWRITEAOF, SHUTDOWN, start to 'Ready to accept connections'"
         echo "    treecache node --root --data-dir DIR --fsync always|everysec --resp-listen ADDR (fsyncs from /metrics; root CPU per write: utime+stime from /proc around each run); over RESP: redis-benchmark -p RESP_PORT -c $WRITERS -n $REDIS_N -d $VALUE -r 10000 -t set; restart: exec to 'replayed' in the node's log"
+        echo "    wrk -t2 -c$WRK_CONNS -d$DUR --latency LEAF/kv/wrk-hit (one 100 B key a leaf of the 7-node tree holds) and nginx (worker_processes auto, access_log off) serving a 100 B file"
         echo "    redis-benchmark ${RESP_ARGS[*]} [-P 16] against Redis and against a leaf's --resp-listen port (3-node tree, leaves with --resp-ack parent)"
     } >"$MARKDOWN"
     echo "table written to $MARKDOWN" >&2

@@ -55,6 +55,8 @@ fn compare_sh_prints_every_figure_beside_its_baseline() {
         "leaf hit GET, throughput",
         "leaf hit GET, p99",
         "leaf hit GET vs Redis GET",
+        "leaf hit GET (wrk -c 64), throughput",
+        "leaf hit GET (wrk -c 64), p99",
         "leaf hit GET over TLS (keep-alive), throughput",
         "leaf hit GET over TLS (keep-alive), p50 / p99",
         "miss, cost per extra level, p50",

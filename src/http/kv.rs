@@ -75,13 +75,15 @@ async fn once(node: &Node, req: &HttpRequest, body: Bytes) -> Result<HttpRespons
     // A standby has no place in the tree; a cache never follows (checked
     // only then: the hit path takes no lock for it). Its writes go through
     // `Node::write` like any node's.
+    // All but the read's future are boxed: a hit's future stays small
+    // (see `Node::get`).
     if reads && node.place().is_err() && node.is_following() {
-        return standby_read(node, req).await;
+        return Box::pin(standby_read(node, req)).await;
     }
     match *req.method() {
         Method::GET | Method::HEAD => get_inner(node, req).await,
-        Method::PUT | Method::POST => put_inner(node, req, body).await,
-        Method::DELETE => delete_inner(node, req).await,
+        Method::PUT | Method::POST => Box::pin(put_inner(node, req, body)).await,
+        Method::DELETE => Box::pin(delete_inner(node, req)).await,
         _ => Err(wrong_method(req)),
     }
 }

@@ -19,8 +19,11 @@ use tokio::runtime::Handle;
 /// rest of `work` runs as a task on `runtime` (its output is dropped).
 ///
 /// Whatever `work` registered where it was first polled stays registered
-/// there: a tokio timer created inside it keeps its first runtime's
-/// driver, which lives as long as the node's HTTP workers do.
+/// there: a tokio timer created inside it keeps the driver of the runtime
+/// that polled it (an HTTP worker's, the RESP thread's), and fails if that
+/// runtime stops first (a worker restarted, the node shutting down). The
+/// work given here waits on channels only (the commit log's); work that
+/// waits on standbys, with a timeout, is spawned instead.
 pub(crate) struct Finish<T: Send + 'static> {
     work: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
     runtime: Handle,
@@ -36,10 +39,12 @@ impl<T: Send + 'static> Future for Finish<T> {
     type Output = T;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let work = self.work.as_mut().expect("Finish polled after it finished");
+        // Out while it is polled: work that panics is dropped with the
+        // panic, not handed to the runtime to panic again when resumed.
+        let mut work = self.work.take().expect("Finish polled after it finished");
         let done = work.as_mut().poll(cx);
-        if done.is_ready() {
-            self.work = None;
+        if done.is_pending() {
+            self.work = Some(work);
         }
         done
     }
@@ -85,6 +90,19 @@ mod tests {
         go.send(()).expect("the work is still there, on the runtime");
         done_rx.await.expect("the work finished");
         assert!(finished.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_that_panicked_is_not_handed_to_the_runtime() {
+        let mut work = Box::pin(Finish::new(Handle::current(), async {
+            panic!("the work failed");
+        }));
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let waker = futures::task::noop_waker();
+            let _ = work.as_mut().poll(&mut Context::from_waker(&waker));
+        }));
+        assert!(polled.is_err(), "the panic reaches whoever awaited it");
+        assert!(work.work.is_none(), "nothing left to resume on the runtime");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

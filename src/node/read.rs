@@ -117,6 +117,10 @@ impl Node {
     }
 
     /// `GET /kv/{key}`.
+    ///
+    /// The miss paths' futures are boxed: a hit's future (moved into a box
+    /// by actix for every request) stays small. Unboxed, copying it was
+    /// 4.5% of a leaf's CPU under wrk.
     pub async fn get(&self, key: &str, consistent: bool) -> Result<Found> {
         let place = self.place()?;
         let store = &self.inner.store;
@@ -124,7 +128,7 @@ impl Node {
         if place.topology.is_root() {
             if let Some(leader) = self.foreign_leader(key)? {
                 Metrics::inc(&self.inner.metrics.misses);
-                return self.proxy_get(&leader, key, consistent).await;
+                return Box::pin(self.proxy_get(&leader, key, consistent)).await;
             }
             if consistent {
                 self.confirm_leading().await?;
@@ -144,7 +148,7 @@ impl Node {
         let lookup = store.get(key, t);
         if consistent {
             Metrics::inc(&self.inner.metrics.misses);
-            return self.fill_and_read(key, Read::Consistent, &lookup).await;
+            return Box::pin(self.fill_and_read(key, Read::Consistent, &lookup)).await;
         }
         match place.coherence.judge(&lookup, t.mono) {
             Decision::Serve => {
@@ -157,11 +161,11 @@ impl Node {
             }
             Decision::Revalidate(have) => {
                 Metrics::inc(&self.inner.metrics.misses);
-                self.fill_and_read(key, Read::Have(have), &lookup).await
+                Box::pin(self.fill_and_read(key, Read::Have(have), &lookup)).await
             }
             Decision::Fetch => {
                 Metrics::inc(&self.inner.metrics.misses);
-                self.fill_and_read(key, Read::Fetch, &lookup).await
+                Box::pin(self.fill_and_read(key, Read::Fetch, &lookup)).await
             }
         }
     }

@@ -395,7 +395,8 @@ impl Node {
                 if !p.status.is_waited_for() {
                     break false; // it left the set: confirmed below
                 }
-                // Woken only when `seq` is reached or the status changes.
+                // Woken only when `seq` is reached or the stream is no
+                // longer waited for.
                 let Some(woken) = s.wait_for(seq) else { continue };
                 match tokio::time::timeout_at(deadline, woken).await {
                     Ok(Ok(())) => {}
