@@ -196,6 +196,16 @@ pub struct NodeArgs {
     /// Never set in production.
     #[arg(long, env = "TREECACHE_FAULT_ROUTES_DELAY_MS", hide = true, default_value_t = 0)]
     pub fault_routes_delay_ms: u64,
+    /// Fault injection for tests: the root holds each listing of `live/`
+    /// this long before it reaps by it (a listing answered late, as by a
+    /// ZooKeeper or a root starved of CPU). Never set in production.
+    #[arg(long, env = "TREECACHE_FAULT_LIVE_LIST_DELAY_MS", hide = true, default_value_t = 0)]
+    pub fault_live_list_delay_ms: u64,
+    /// Fault injection for tests: a node checks its place (registers
+    /// again, which also renews the root's grace for its live znode) every
+    /// N ms instead of every 5 s. Never set in production.
+    #[arg(long, env = "TREECACHE_FAULT_REJOIN_EVERY_MS", hide = true, default_value_t = 0)]
+    pub fault_rejoin_every_ms: u64,
     /// Fault injection for tests: a standby root holds its answer to each
     /// replication batch this long after applying it (so the leader waits
     /// for it while other standbys have the batch). Never set in production.

@@ -549,3 +549,42 @@ async fn a_push_formed_before_a_child_was_reaped_never_reaches_it_after_it_rejoi
     })
     .await;
 }
+
+/// A listing of `live/` that comes back late (held 7 s here by
+/// `--fault-live-list-delay-ms`, as a ZooKeeper or a root short of CPU may
+/// answer late) must not reap a node that registered, and made its live
+/// znode, after the listing was asked for. Judged by the time the listing
+/// arrived, the node had been placed past the 5 s grace and was reaped:
+/// its place and what it held reset. Seen once in CI
+/// (`tombstones_of_a_hundred_thousand_deletes_are_collected`), in the few
+/// milliseconds between the grace's end and the node's next periodic
+/// registration, which renews it; here the node registers again only
+/// every 60 s (`--fault-rejoin-every-ms`), so the window stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_listing_of_live_nodes_does_not_reap_a_node_that_joined_after_it_was_asked() {
+    let mut c = Cluster::start_with(1, &["--fault-live-list-delay-ms", "7000"], &[]).await;
+    // The node joins just after a listing was asked; the root reaps by
+    // that listing 7 s later.
+    let held = |c: &Cluster| c.log(0).matches("fault: holding a listing").count();
+    let before = held(&c);
+    wait_until(Duration::from_secs(20), "the root to ask for a listing", || {
+        let c = &c;
+        async move { held(c) > before }
+    })
+    .await;
+    let joined = Instant::now();
+    c.add_node_with(&["--fault-rejoin-every-ms", "60000"]).await;
+    let (status, _) = c.put(1, "kept", "v1", "?ack=root").await;
+    assert!(status == 200 || status == 201, "PUT: {status}");
+    wait_past(joined + Duration::from_secs(16)).await;
+    let root_log = c.log(0);
+    assert!(!root_log.contains("are gone; re-attaching"), "the root reaped a live node:\n{root_log}");
+    let node_log = c.log(1);
+    assert!(
+        !node_log.contains("our place in the tree changed"),
+        "the node lost its place though it never left:\n{node_log}"
+    );
+    // Still in its place, holding what it wrote.
+    let got = c.get(1, "kept", "").await;
+    assert_eq!((got.status, got.cache.as_deref()), (200, Some("hit")), "{:?}", got.body);
+}

@@ -242,8 +242,17 @@ impl Node {
             s = state.changed() => if s.is_terminated() {
                 log::warn!("ZooKeeper session {s:?}: reconnecting and re-joining");
             },
-            _ = tokio::time::sleep(CHECK_EVERY) => {},
+            _ = tokio::time::sleep(self.check_every()) => {},
             _ = shutdown.changed() => {},
+        }
+    }
+
+    /// How often a node registers again while nothing changed:
+    /// [`CHECK_EVERY`], or the hidden `--fault-rejoin-every-ms`.
+    fn check_every(&self) -> Duration {
+        match self.args().fault_rejoin_every_ms {
+            0 => CHECK_EVERY,
+            ms => Duration::from_millis(ms),
         }
     }
 
@@ -511,6 +520,10 @@ impl Node {
                 log::error!("deposed: standing for election again, as a standby");
                 return;
             }
+            // The listing says who was live when it was asked, not when it
+            // arrives: a node that registered in between is judged by when
+            // it was asked (see `reap`).
+            let asked = now_ms();
             let (live, watcher) = match zk.list_and_watch_children(&live_dir).await {
                 Ok(found) => found,
                 Err(e) if is_connection_trouble(&e) && !zk.state().is_terminated() && troubles < WATCH_RETRIES => {
@@ -534,7 +547,12 @@ impl Node {
             };
             troubles = 0;
             let live: HashSet<NodeId> = live.iter().filter_map(|s| s.parse().ok()).collect();
-            self.reap(&live).await;
+            let delay = self.args().fault_live_list_delay_ms;
+            if delay > 0 {
+                log::info!("fault: holding a listing of {} live nodes for {delay} ms", live.len());
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            self.reap(&live, asked).await;
             tokio::select! {
                 _ = watcher.changed() => {},
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {},
@@ -584,10 +602,14 @@ impl Node {
         }
     }
 
-    /// Removes registered nodes that have no live znode (past the grace
-    /// period after placement); their children re-attach.
-    async fn reap(&self, live: &HashSet<NodeId>) {
-        let now = now_ms();
+    /// Removes registered nodes that have no live znode in `live` (a
+    /// listing of `live/` asked for at `asked`, ms) and had been placed
+    /// for longer than the grace period by then; their children re-attach.
+    /// Judged by `now` instead, a listing that came back late (ZooKeeper
+    /// or this root short of CPU) reaped a node that registered, and made
+    /// its live znode, after the listing was asked for: the node lost its
+    /// place and what it held was reset.
+    async fn reap(&self, live: &HashSet<NodeId>, asked: u64) {
         let epoch = self.epoch();
         let (before, dead) = {
             let mut guard = self.inner.membership.registry.lock();
@@ -595,7 +617,7 @@ impl Node {
             let dead: Vec<NodeId> = reg
                 .ids()
                 .filter(|&id| id != reg.root() && !live.contains(&id))
-                .filter(|&id| reg.get(id).is_some_and(|n| now.saturating_sub(n.registered_at) > LIVE_GRACE_MS))
+                .filter(|&id| reg.get(id).is_some_and(|n| asked.saturating_sub(n.registered_at) > LIVE_GRACE_MS))
                 .collect();
             if dead.is_empty() {
                 return;
