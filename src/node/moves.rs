@@ -217,11 +217,17 @@ impl Node {
 
     /// Forgets the slots coming in that the map now names this group the
     /// owner of (they came; a later move of them away must find nothing
-    /// here).
+    /// here), and those copied too long ago.
     fn arrived(&self) {
+        self.still_incoming(&mut self.inner.moves.incoming.lock());
+    }
+
+    /// Keeps in `incoming` the slots still coming: copied here less than
+    /// [`INCOMING_FOR`] ago and not yet ours by the map.
+    fn still_incoming(&self, incoming: &mut HashMap<Slot, std::time::Instant>) {
         let view = self.routes();
         let (Some(map), mine) = (view.map.as_ref(), self.args().group.unwrap_or(0)) else { return };
-        self.inner.moves.incoming.lock().retain(|&s, _| map.owner(s) != mine);
+        incoming.retain(|&s, at| at.elapsed() < INCOMING_FOR && map.owner(s) != mine);
     }
 
     /// At a root: whether `key`'s writes from a child are answered
@@ -239,15 +245,12 @@ impl Node {
     fn coming_in(&self, slots: impl Iterator<Item = Slot>) -> BTreeSet<Slot> {
         let coming: BTreeSet<Slot> = {
             let mut incoming = self.inner.moves.incoming.lock();
-            if incoming.is_empty() {
+            if incoming.is_empty() || self.routes().map.is_none() {
                 return BTreeSet::new();
             }
-            let view = self.routes();
-            let Some(map) = view.map.as_ref() else { return BTreeSet::new() };
-            let mine = self.args().group.unwrap_or(0);
             // Once the map names us, the slot has come: a later move of it
             // away must not find it here.
-            incoming.retain(|&s, at| at.elapsed() < INCOMING_FOR && map.owner(s) != mine);
+            self.still_incoming(&mut incoming);
             slots.filter(|s| incoming.contains_key(s)).collect()
         };
         if !coming.is_empty() {

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{oneshot, Notify};
 
 use crate::log::codec::{self, Entry};
 pub use crate::log::Position;
@@ -82,6 +82,36 @@ struct Queue {
     last: u64,
 }
 
+/// A stream's progress with the commits waiting on it, under one lock: a
+/// change and the wake-ups it owes are decided together.
+struct Watched {
+    now: Progress,
+    /// By the sequence each waits for: an acknowledgement wakes only those
+    /// it reaches (a watch woke every waiter at each one), a status no
+    /// longer waited for wakes them all.
+    waiters: BTreeMap<u64, Vec<oneshot::Sender<()>>>,
+}
+
+impl Watched {
+    /// Changes the progress with `change` (true if it did), and wakes the
+    /// waiters the new progress answers.
+    fn change(&mut self, change: impl FnOnce(&mut Progress) -> bool) -> bool {
+        if !change(&mut self.now) {
+            return false;
+        }
+        let woken = if self.now.status.is_waited_for() {
+            let later = self.waiters.split_off(&self.now.acked.saturating_add(1));
+            std::mem::replace(&mut self.waiters, later)
+        } else {
+            std::mem::take(&mut self.waiters)
+        };
+        for tx in woken.into_values().flatten() {
+            let _ = tx.send(());
+        }
+        true
+    }
+}
+
 /// The leader's ordered stream to one standby.
 pub struct Stream {
     pub id: NodeId,
@@ -91,11 +121,8 @@ pub struct Stream {
     /// The standby keeps a commit log.
     pub durable: bool,
     queue: Mutex<Queue>,
-    progress: watch::Sender<Progress>,
-    /// Commits waiting for the standby, by the sequence each waits for:
-    /// an acknowledgement wakes only those it reaches (a watch woke every
-    /// waiter at each one), a status no longer waited for wakes them all.
-    waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
+    /// The standby's progress, and the commits waiting on it.
+    progress: Mutex<Watched>,
     /// Wakes the sender: frames queued, or the stream closed.
     pub wake: Notify,
     /// Set once a close is under way (a stream past [`MAX_QUEUED_BYTES`]).
@@ -114,7 +141,8 @@ impl Stream {
     /// A stream that starts after the leader's sequence `last` (a
     /// snapshot start: the frames up to `last` are in the leader's store).
     pub fn new(id: NodeId, url: String, session: u64, durable: bool, last: u64) -> Stream {
-        let (progress, _) = watch::channel(Progress { acked: 0, status: Status::CatchingUp });
+        let progress =
+            Mutex::new(Watched { now: Progress { acked: 0, status: Status::CatchingUp }, waiters: BTreeMap::new() });
         Stream {
             id,
             url,
@@ -122,7 +150,6 @@ impl Stream {
             durable,
             queue: Mutex::new(Queue { last, ..Queue::default() }),
             progress,
-            waiters: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
             closing: AtomicBool::new(false),
             join_target: AtomicU64::new(0),
@@ -146,7 +173,7 @@ impl Stream {
         let mut s = Stream::new(id, url, session, durable, from.seq);
         s.resume = Some(from);
         s.backlog_through = AtomicU64::new(through);
-        s.progress.send_modify(|p| p.acked = from.seq);
+        s.progress.get_mut().now.acked = from.seq;
         s.enqueue(&backlog);
         s
     }
@@ -209,47 +236,25 @@ impl Stream {
     /// and wake whoever waits for it.
     pub fn acked(&self, seq: u64) {
         self.drop_through(seq);
-        let newer = self.progress.send_if_modified(|p| {
+        self.progress.lock().change(|p| {
             let newer = seq > p.acked;
             p.acked = p.acked.max(seq);
             newer
         });
-        if newer {
-            self.wake_waiters();
-        }
     }
 
     /// `None` once the standby holds `seq` or is no longer waited for
     /// (see [`Status::is_waited_for`]); else a receiver that resolves when
     /// either becomes true (read [`Stream::progress`] to learn which).
     pub fn wait_for(&self, seq: u64) -> Option<oneshot::Receiver<()>> {
-        let mut waiters = self.waiters.lock();
-        // Read under the waiters' lock: a change made after this read
-        // wakes the waiter added below (see `wake_waiters`).
-        let p = self.progress();
+        let mut watched = self.progress.lock();
+        let p = watched.now;
         if p.acked >= seq || !p.status.is_waited_for() {
             return None;
         }
         let (tx, rx) = oneshot::channel();
-        waiters.entry(seq).or_default().push(tx);
+        watched.waiters.entry(seq).or_default().push(tx);
         Some(rx)
-    }
-
-    /// Wakes the waiters the progress now answers. Called after every
-    /// change to it.
-    fn wake_waiters(&self) {
-        let mut waiters = self.waiters.lock();
-        let p = self.progress();
-        let woken = if p.status.is_waited_for() {
-            let later = waiters.split_off(&p.acked.saturating_add(1));
-            std::mem::replace(&mut *waiters, later)
-        } else {
-            std::mem::take(&mut *waiters)
-        };
-        drop(waiters);
-        for tx in woken.into_values().flatten() {
-            let _ = tx.send(());
-        }
     }
 
     /// Sequence of the last frame queued.
@@ -258,21 +263,18 @@ impl Stream {
     }
 
     pub fn progress(&self) -> Progress {
-        *self.progress.borrow()
+        self.progress.lock().now
     }
 
     /// Sets the status; Closed is final.
     pub fn set_status(&self, status: Status) {
-        let changed = self.progress.send_if_modified(|p| {
+        self.progress.lock().change(|p| {
             let change = p.status != Status::Closed && p.status != status;
             if change {
                 p.status = status;
             }
             change
         });
-        if changed {
-            self.wake_waiters();
-        }
         if status == Status::Closed {
             self.wake.notify_one();
         }
@@ -280,21 +282,17 @@ impl Stream {
 
     /// Moves from `from` to `to` only if the status is still `from`.
     pub fn change_status(&self, from: Status, to: Status) -> bool {
-        let changed = self.progress.send_if_modified(|p| {
+        self.progress.lock().change(|p| {
             let ok = p.status == from;
             if ok {
                 p.status = to;
             }
             ok
-        });
-        if changed {
-            self.wake_waiters();
-        }
-        changed
+        })
     }
 
     pub fn is_closed(&self) -> bool {
-        self.progress.borrow().status == Status::Closed
+        self.progress().status == Status::Closed
     }
 }
 
@@ -645,7 +643,7 @@ mod tests {
         assert_eq!(second.try_recv(), Ok(()));
         assert_eq!(third.try_recv(), Ok(()));
         assert!(s.wait_for(9).is_none(), "not waited for any more");
-        assert!(s.waiters.lock().is_empty());
+        assert!(s.progress.lock().waiters.is_empty());
     }
 
     #[test]
