@@ -189,6 +189,11 @@ pub struct NodeArgs {
     /// production.
     #[arg(long, env = "TREECACHE_FAULT_MOVE_PAUSE_MS", hide = true, default_value_t = 0)]
     pub fault_move_pause_ms: u64,
+    /// Fault injection for tests: a move whose slots stay frozen this long
+    /// without a cutover (its target down, or unreachable) is rolled back
+    /// after N ms instead of the usual 30 s. Never set in production.
+    #[arg(long, env = "TREECACHE_FAULT_MOVE_ROLLBACK_MS", hide = true, default_value_t = 0)]
+    pub fault_move_rollback_ms: u64,
     /// Fault injection for tests: a node holds each new slot map (or set
     /// of group leaders) it reads from ZooKeeper this long before it
     /// routes by it (so a test can have a router, or a move's target, act

@@ -817,6 +817,75 @@ async fn an_import_the_target_cannot_apply_is_refused_and_stores_nothing() {
     // And a tail that names it as held now passes.
     let (got, answer) = post(g1, "from=0&slots=11&last=false&part=0&since=80", epoch, frame(70, None)).await;
     assert_eq!((got, answer["stored"].as_u64()), (200, Some(0)), "{answer}");
+
+    // The move rolls back: an abort that cannot be taken drops nothing.
+    type AbortCase<'a> = ((usize, &'a str, u64, Vec<u8>), (u16, &'a str, &'a str));
+    let cases: Vec<AbortCase> = vec![
+        ((g1, "from=0&slots=11&abort=true", epoch, frame(70, Some("v"))), (400, "bad_parameter", "no body")),
+        ((g1, "from=0&slots=11&abort=true", 0, Vec::new()), (409, "stale_epoch", "")),
+        ((g1, "from=1&slots=11&abort=true", epoch, Vec::new()), (400, "bad_request", "own group")),
+        ((0, "from=1&slots=11&abort=true", epoch1, Vec::new()), (400, "bad_request", "is late")),
+    ];
+    for ((at, query, epoch, body), (status, code, says)) in cases {
+        let (got, answer) = post(at, query, epoch, body).await;
+        assert_eq!((got, answer["code"].as_str()), (status, Some(code)), "{query}: {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| e.contains(says)), "{query}: {answer}");
+    }
+    assert_eq!(c.dump_keys(g1).await, vec![key.clone()], "a refused abort drops nothing");
+    assert!(c.dump_keys(0).await.is_empty(), "nor does one at the owner");
+    // From the source's leader: what the copies brought goes.
+    let (got, answer) = post(g1, "from=0&slots=11&abort=true", epoch, Vec::new()).await;
+    assert_eq!((got, answer["dropped"].as_u64()), (200, Some(1)), "{answer}");
+    assert!(c.dump_keys(g1).await.is_empty(), "the rolled-back copy dropped");
+}
+
+/// A move whose target's leader dies once the slot is frozen, with no
+/// standby to take over, rolls back after `--fault-move-rollback-ms`
+/// (30 s without it): the slot is thawed through the source's log, its
+/// move record deleted, `slots move` says so, and the slot's writes
+/// (waiting, or answered 503 and tried again) commit at the source,
+/// none acknowledged lost. Once the target leads again it is told to drop
+/// what the first copy brought it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_target_dies_frozen_rolls_back_and_the_slot_takes_writes_again() {
+    let mut c = Cluster::start_opts(Opts {
+        nodes: 2,
+        durable_root: true,
+        root_args: ["--fault-move-pause-ms", "1000", "--fault-move-rollback-ms", "4000"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ..Opts::default()
+    })
+    .await;
+    let g1 = add_group_root(&mut c, "1", "g1", &[]).await;
+    let keys: Vec<String> = (0..).map(|i| format!("rb-{i}")).filter(|k| slot_of(k) == 13).take(10).collect();
+    let acked: Acked = Arc::default();
+    write_round(&c, &keys.iter().collect::<Vec<_>>(), 1, 0, &acked).await;
+    let moving = move_until_frozen(&c, "13", "1").await;
+    c.kill(g1);
+    // Frozen: the writes wait (503 `slot_moving` after 2 s, tried again)
+    // until the move rolls back, then commit at the source.
+    write_round(&c, &keys.iter().collect::<Vec<_>>(), 1, 1, &acked).await;
+    let out = moving.await.expect("slots move ran");
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{said}");
+    assert!(said.contains("slots 13 not moved: the move rolled back"), "{said}");
+    assert!(znode(&c, "moves/13").await.is_none(), "the move record is gone");
+    assert_eq!(slot_map(&c).await.owner(13), 0);
+    let log = c.log_text(0);
+    assert!(log.contains("slots 13: the move to group 1 rolled back"), "{log}");
+    let out = slots_cmd(&c, &[]).await;
+    assert!(!text(&out).contains("slots 13: group 0"), "no move shown: {}", text(&out));
+
+    // Back, group 1's leader is told to drop its copy of slot 13.
+    c.restart(g1).await;
+    wait_until(Duration::from_secs(30), "group 1 dropped the rolled-back copy", || async {
+        c.log_text(g1).contains("slots 13: group 0's move of them here rolled back")
+    })
+    .await;
+    write_round(&c, &keys.iter().collect::<Vec<_>>(), 1, 2, &acked).await;
+    check_after(&c, &acked, &[(0, 0), (1, g1)], &[1]).await;
 }
 
 /// Through the tree, a frozen slot holds back only its own writes: at a

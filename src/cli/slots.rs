@@ -241,6 +241,23 @@ async fn change(
         left = still.into_iter().map(|(s, _)| s).collect();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A record gone with its slot still the source's: the move rolled
+    // back (frozen too long without a cutover; the source's leader logs why).
+    let now = match zk::read_slots(&client, &paths).await {
+        Ok(Some((now, _))) => now,
+        Ok(None) => return Err(unavailable(format!("{} is gone", paths.slots()))),
+        Err(e) => return Err(unavailable(e.to_string())),
+    };
+    let back: std::collections::BTreeSet<Slot> =
+        moves.iter().filter(|&&(s, to)| now.owner(s) != to && now.owner(s) == map.owner(s)).map(|&(s, _)| s).collect();
+    if !back.is_empty() {
+        return Err(unavailable(format!(
+            "slots {} not moved: the move rolled back (frozen too long without a cutover: the target group's \
+             leader did not answer; the source group's leader logs why); they stay where they were and take writes; \
+             run the command again once the target group answers",
+            ranges_text(&back)
+        )));
+    }
     println!("handed over at slot map epoch {epoch}: each source drops its copy once every node routes by that map");
     Ok(())
 }

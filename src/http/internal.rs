@@ -249,8 +249,10 @@ const MAX_IMPORT_BYTES: usize = (64 << 20) + crate::config::MAX_VALUE_CEILING as
 /// group's leader: a part of a slot move's copy from group G's leader (log
 /// frames: entries, and write outcomes; with `since`, a tail: entries older
 /// than T named only). Answered once it is durable here.
+/// `POST /internal/import?from=G&slots=..&abort=true`, no body: that move
+/// rolled back; what its copies brought is dropped (`{"dropped": N}`).
 pub async fn import(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
-    let q = Query::parse(&req, &["from", "slots", "last", "part", "floor", "since"])?;
+    let q = Query::parse(&req, &["from", "slots", "last", "part", "floor", "since", "abort"])?;
     let from = q.u64("from")?.ok_or_else(|| Error::bad_param("from", "required: the source group"))?;
     let from = u32::try_from(from).map_err(|_| Error::bad_param("from", format!("{from} is not a group number")))?;
     let slots_text = q.get("slots").ok_or_else(|| Error::bad_param("slots", "required: the slots moved"))?;
@@ -269,6 +271,13 @@ pub async fn import(node: ThinData<Node>, req: HttpRequest, body: web::Payload) 
     let body = read_body(&req, body, MAX_IMPORT_BYTES).await?;
     let epoch = epoch_of(&req)?
         .ok_or_else(|| Error::bad_param(crate::node::EPOCH_HEADER, "required: the source leader's epoch"))?;
+    if q.bool("abort")?.unwrap_or(false) {
+        if !body.is_empty() {
+            return Err(Error::bad_param("abort", "an abort has no body"));
+        }
+        let dropped = node.abort_import(import.from, import.slots, epoch).await?;
+        return Ok(HttpResponse::Ok().json(serde_json::json!({ "dropped": dropped })));
+    }
     let stored = node.receive_import(import, epoch, part, &body).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "stored": stored })))
 }

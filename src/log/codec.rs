@@ -40,6 +40,7 @@ const KIND_SLOT: u8 = 7;
 
 const SLOT_FREEZE: u8 = 1;
 const SLOT_DROP: u8 = 2;
+const SLOT_THAW: u8 = 3;
 
 const FLAG_VALUE: u8 = 1;
 const FLAG_EXPIRES: u8 = 2;
@@ -80,6 +81,9 @@ pub enum SlotChange {
     Freeze,
     /// Handed over: the slot's keys are dropped and it is no longer frozen.
     Drop,
+    /// Its move rolled back: the slot is no longer frozen and stays this
+    /// group's, its keys kept.
+    Thaw,
 }
 
 /// The frame length for a payload of `len` bytes, padding included.
@@ -166,6 +170,7 @@ fn encode_payload(entry: &Entry, out: &mut Vec<u8>) {
             out.push(match change {
                 SlotChange::Freeze => SLOT_FREEZE,
                 SlotChange::Drop => SLOT_DROP,
+                SlotChange::Thaw => SLOT_THAW,
             });
         }
     }
@@ -244,6 +249,7 @@ pub fn decode_payload(payload: &[u8]) -> Result<Entry, String> {
             let change = match r.u8()? {
                 SLOT_FREEZE => SlotChange::Freeze,
                 SLOT_DROP => SlotChange::Drop,
+                SLOT_THAW => SlotChange::Thaw,
                 other => return Err(format!("unknown slot change {other}")),
             };
             Entry::Slot(slot, change)
@@ -412,6 +418,7 @@ mod tests {
             Entry::Position(crate::log::Position { epoch: 3, seq: 41 }),
             Entry::Slot(1023, SlotChange::Freeze),
             Entry::Slot(7, SlotChange::Drop),
+            Entry::Slot(9, SlotChange::Thaw),
         ];
         let buf = file(&entries);
         assert_eq!(buf.len() % ALIGN, 0);

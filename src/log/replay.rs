@@ -138,6 +138,10 @@ pub fn replay(
                     rec.frozen.remove(&slot);
                     rec.records.retain(|r| crate::slots::slot_of(&r.update.key) != slot);
                 }
+                // The move rolled back: the slot takes writes again.
+                Entry::Slot(slot, SlotChange::Thaw) => {
+                    rec.frozen.remove(&slot);
+                }
                 other => return Err(corrupt(seg.path, 0, format!("a snapshot entry in a log segment: {other:?}"))),
             }
         }
@@ -311,6 +315,23 @@ mod tests {
         assert_eq!(r.frozen.iter().copied().collect::<Vec<_>>(), vec![7]);
         let kept: Vec<(String, u64)> = r.records.iter().map(|r| (r.update.key.clone(), r.update.version)).collect();
         assert_eq!(kept, vec![("b".to_string(), 2), ("a".to_string(), 3)]);
+    }
+
+    /// A rolled-back move's thaw ends the freeze and keeps the slot's
+    /// records, before and after it.
+    #[test]
+    fn a_thaw_ends_a_freeze_and_keeps_the_slot_s_records() {
+        use crate::log::codec::SlotChange;
+        let slot = crate::slots::slot_of("a");
+        let mut seg = Vec::new();
+        encode(&Entry::Write(rec("a", 1)), &mut seg);
+        encode(&Entry::Slot(slot, SlotChange::Freeze), &mut seg);
+        encode(&Entry::Slot(slot, SlotChange::Thaw), &mut seg);
+        encode(&Entry::Write(rec("a", 2)), &mut seg);
+        let r = run(&[seg], false).unwrap().recovered;
+        assert!(r.frozen.is_empty());
+        let kept: Vec<(String, u64)> = r.records.iter().map(|r| (r.update.key.clone(), r.update.version)).collect();
+        assert_eq!(kept, vec![("a".to_string(), 1), ("a".to_string(), 2)]);
     }
 
     fn snapshot_bytes(next_segment: u64, records: &[Record]) -> Vec<u8> {

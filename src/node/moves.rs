@@ -40,8 +40,17 @@
 //!    znode says so), the source logs a drop record per slot (its copy and
 //!    its freeze go, at every standby too) and deletes `moves/<slot>`.
 //!
-//! A move does not roll back: it goes on until it finishes (a target that
-//! is down is waited for; writes to its slots wait meanwhile).
+//! A move waits for a target that is down while it copies (nothing is
+//! frozen then). Once frozen, it finishes or rolls back: slots frozen
+//! [`ROLL_BACK_AFTER`] without a cutover (the target down or unreachable
+//! all that while, its leader changing again and again) are thawed
+//! through the replicated log (a thaw record: they take writes again,
+//! their keys kept), and their `moves/<slot>` records deleted, checked
+//! against this group's leader znode and the map (no cutover was made:
+//! only this group's leader makes one, and it is making none). The target
+//! is then told, until it answers, to drop what the copies brought it
+//! (`POST /internal/import?abort=true`). `treecache slots move` reports a
+//! rolled-back slot, and the operator may move it again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -61,6 +70,14 @@ use crate::tree::zk;
 /// How long a write of a frozen slot waits for the move to hand it over
 /// before it is answered 503 `slot_moving`.
 pub const FROZEN_WAIT: Duration = Duration::from_secs(2);
+/// How long a move's slots stay frozen without a cutover before the move
+/// rolls back (see the module's docs). Well above a failover of either
+/// group (a ZooKeeper session's expiry and an election), so a move whose
+/// target fails over finishes instead.
+pub const ROLL_BACK_AFTER: Duration = Duration::from_secs(30);
+/// Longest a rolled-back move's target may take to answer that it
+/// dropped its copy (it is asked again next round).
+const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the source's leader looks at `moves/`.
 const ROUND_EVERY: Duration = Duration::from_millis(250);
 /// Most slots one round moves: their freeze lasts one last copy of them
@@ -114,6 +131,15 @@ pub(super) struct Moves {
     /// router that read the new map first has their writes answered
     /// `SlotMoving` here, not its whole batch refused `wrong_group`.
     incoming: Mutex<HashMap<Slot, std::time::Instant>>,
+    /// When each frozen slot froze here (restored from the log, or from
+    /// a leader's stream at a standby: when this root learned of it). A
+    /// move whose slots stay frozen [`ROLL_BACK_AFTER`] rolls back.
+    frozen_at: Mutex<HashMap<Slot, std::time::Instant>>,
+    /// Rolled-back moves whose target has not said yet that it dropped
+    /// what their copies brought it: the slots, by target group. Asked
+    /// again each round; forgotten once a new move of a slot to that
+    /// target starts (its copy replaces what is there).
+    aborts: Mutex<BTreeMap<GroupId, BTreeSet<Slot>>>,
 }
 
 /// How long after a slot's last copy its target treats it as coming (the
@@ -309,28 +335,62 @@ impl Node {
         match change {
             SlotChange::Freeze => {
                 self.inner.moves.frozen.write().insert(slot);
+                self.mark_frozen(std::iter::once(slot));
             }
             SlotChange::Drop => {
                 let slots = BTreeSet::from([slot]);
                 for e in self.inner.store.slot_entries(&slots, false, 0) {
                     self.inner.store.remove(&e.key);
                 }
-                self.inner.moves.frozen.write().remove(&slot);
+                self.thaw(slot);
             }
+            SlotChange::Thaw => self.thaw(slot),
         }
         self.inner.moves.changed.notify_waiters();
+    }
+
+    /// `slot` takes writes again (handed over and dropped, or its move
+    /// rolled back).
+    fn thaw(&self, slot: Slot) {
+        self.inner.moves.frozen.write().remove(&slot);
+        self.inner.moves.frozen_at.lock().remove(&slot);
+    }
+
+    /// Notes when `slots` froze, for those not frozen before.
+    fn mark_frozen(&self, slots: impl Iterator<Item = Slot>) {
+        let now = std::time::Instant::now();
+        let mut at = self.inner.moves.frozen_at.lock();
+        for slot in slots {
+            at.entry(slot).or_insert(now);
+        }
+    }
+
+    /// When the first of `slots` froze here (now, if none is frozen).
+    fn frozen_since(&self, slots: &BTreeSet<Slot>) -> std::time::Instant {
+        let at = self.inner.moves.frozen_at.lock();
+        slots.iter().filter_map(|s| at.get(s)).min().copied().unwrap_or_else(std::time::Instant::now)
+    }
+
+    /// How long a move's slots may stay frozen without a cutover.
+    fn roll_back_after(&self) -> Duration {
+        match self.args().fault_move_rollback_ms {
+            0 => ROLL_BACK_AFTER,
+            ms => Duration::from_millis(ms),
+        }
     }
 
     /// A standby starting over from its leader's snapshot, which says
     /// again which slots are frozen.
     pub(super) fn forget_frozen(&self) {
         self.inner.moves.frozen.write().clear();
+        self.inner.moves.frozen_at.lock().clear();
         self.inner.moves.changed.notify_waiters();
     }
 
     /// At start: the slots the log says are frozen.
     pub(super) fn restore_frozen(&self, frozen: &BTreeSet<Slot>) {
         self.inner.moves.frozen.write().extend(frozen.iter().copied());
+        self.mark_frozen(frozen.iter().copied());
     }
 
     /// The source's leader: drives the moves out of its group, round after
@@ -402,6 +462,7 @@ impl Node {
                 }
             }
         }
+        self.send_aborts(&zk, &pending).await;
         if let Some((to, moves)) = pending.into_iter().next() {
             let moves: BTreeMap<Slot, (MoveRecord, i32)> = moves.into_iter().take(SLOTS_PER_ROUND).collect();
             self.move_slots(&zk, to, moves).await?;
@@ -434,6 +495,11 @@ impl Node {
             }
         };
         let slots: BTreeSet<Slot> = moves.keys().copied().collect();
+        // Frozen too long without a cutover (the target down all that
+        // while, or failing over again and again): roll back.
+        if resumed && self.frozen_since(&slots).elapsed() >= self.roll_back_after() {
+            return self.roll_back(zk, to, &slots).await;
+        }
         let (own, own_version) = group_leader(zk, &paths.in_group(mine)).await?;
         if Some(own.id) != self.node_id() || own.epoch != self.epoch() {
             return Err(Error::NotLeading);
@@ -474,6 +540,8 @@ impl Node {
         // three, and writes of the slots wait for the slowest, not the sum.
         let frozen_at = std::time::Instant::now();
         let frames = self.freeze(&slots);
+        // From the first of them frozen (this round, or one before).
+        let deadline = self.frozen_since(&slots) + self.roll_back_after();
         let logged = async {
             self.make_durable_with(Vec::new(), frames).await?;
             Ok::<_, Error>(frozen_at.elapsed())
@@ -521,7 +589,21 @@ impl Node {
             };
             Ok::<_, Error>((last, frozen_at.elapsed()))
         };
-        let (logged, marked, copied) = tokio::join!(logged, marked, copied);
+        // Not done by the deadline (a target that stopped answering): the
+        // move rolls back. The freeze record's way to disk goes on (see
+        // `make_durable_with`); a last copy on its way is abandoned, and
+        // the target told to drop what it has of it.
+        let joined = tokio::time::timeout_at(deadline.into(), async { tokio::join!(logged, marked, copied) }).await;
+        let Ok((logged, marked, copied)) = joined else {
+            log::warn!(
+                "slots {}: the freeze, its records and the last copy to group {to}'s leader at {} not done within \
+                 {:?}",
+                ranges_text(&slots),
+                target.url,
+                self.roll_back_after()
+            );
+            return self.roll_back(zk, to, &slots).await;
+        };
         let (logged, (versions, marked), (last, copied)) = (logged?, marked?, copied?);
         // 4. Cutover, if neither root nor the map changed since we read
         // them. Another move's cutover while these slots were frozen
@@ -615,6 +697,7 @@ impl Node {
             frozen.extend(new.iter().copied());
             new
         };
+        self.mark_frozen(new.iter().copied());
         self.inner.moves.changed.notify_waiters();
         let frames = slots.iter().map(|&s| slot_frame(s, SlotChange::Freeze)).collect();
         if !new.is_empty() {
@@ -722,31 +805,7 @@ impl Node {
     /// slots that no part of the source's last copy named; durable before
     /// it answers. Returns how many entries it stored or deleted.
     pub async fn receive_import(&self, import: Import, epoch: u64, part: u64, body: &[u8]) -> Result<usize> {
-        self.check_accepting()?;
-        let place = self.place()?;
-        if !place.topology.is_root() || self.is_following() {
-            return Err(Error::NotLeading);
-        }
-        let mine = self.args().group.unwrap_or(0);
-        let view = self.routes();
-        let Some(map) = view.map.as_ref() else {
-            return Err(Error::NoInSyncRoot("this root has not read the slot map yet".into()));
-        };
-        if import.from == mine {
-            return Err(Error::BadRequest(format!("an import from this root's own group {mine}")));
-        }
-        // A source leader deposed since (a newer one leads its group) sends
-        // nothing more: its copy could interleave with the new one's.
-        if let Some(leader) = view.leaders.get(&import.from).filter(|l| l.epoch > epoch) {
-            return Err(Error::StaleEpoch { got: epoch, have: leader.epoch });
-        }
-        if let Some(owned) = import.slots.iter().find(|&&s| map.owner(s) == mine) {
-            // Ours already: a late copy from a source that was deposed.
-            return Err(Error::BadRequest(format!(
-                "slot {owned} is this group's ({mine}) already: an import from group {} is late",
-                import.from
-            )));
-        }
+        self.check_move_message("an import", import.from, &import.slots, epoch)?;
         let entries = crate::replication::decode_batch(body).map_err(Error::BadRequest)?;
         let mut records = Vec::new();
         // A tail's names: entries the first copy gave, unchanged since.
@@ -872,6 +931,200 @@ impl Node {
             self.inner.moves.incoming.lock().extend(import.slots.iter().map(|&s| (s, now)));
         }
         Ok(stored)
+    }
+
+    /// Rolls back the move of `slots` to group `to`, frozen here too long
+    /// without a cutover: thawed through the log first (from then on
+    /// their writes commit here again, and a standby that takes over holds
+    /// the thaw too), then their move records deleted, checked against this
+    /// group's leader znode and the map, in one `multi`. A round that stops
+    /// between the two finds the records and tries the move again, frozen
+    /// only once its copy reached the target. The target is told to drop
+    /// what it was copied (see [`Node::send_aborts`]).
+    async fn roll_back(&self, zk: &zookeeper_client::Client, to: GroupId, slots: &BTreeSet<Slot>) -> Result<()> {
+        let paths = &self.inner.paths;
+        let mine = self.args().group.unwrap_or(0);
+        let (own, own_version) = group_leader(zk, &paths.in_group(mine)).await?;
+        if Some(own.id) != self.node_id() || own.epoch != self.epoch() {
+            return Err(Error::NotLeading);
+        }
+        // Still ours by the map: no cutover of them was made.
+        let (_, mut map_version) = self.read_map_owning(zk, slots).await?;
+        let frozen_for = self.frozen_since(slots).elapsed();
+        let frames = slots.iter().map(|&s| slot_frame(s, SlotChange::Thaw)).collect();
+        self.make_durable_with(Vec::new(), frames).await?;
+        for &slot in slots {
+            self.apply_slot_change(slot, SlotChange::Thaw);
+        }
+        let mut tries = 0;
+        loop {
+            let mut multi = zk.new_multi_writer();
+            let add = |r: std::result::Result<(), zookeeper_client::Error>| {
+                r.map_err(|e| Error::zk("multi", paths.moves(), e))
+            };
+            add(multi.add_check_version(&paths.in_group(mine).leader(), own_version))?;
+            add(multi.add_check_version(&paths.slots(), map_version))?;
+            for slot in slots {
+                add(multi.add_delete(&format!("{}/{slot}", paths.moves()), None))?;
+            }
+            match multi.commit().await {
+                Ok(_) => break,
+                // Another move's cutover changed the map meanwhile.
+                Err(zookeeper_client::MultiWriteError::OperationFailed { index: 1, .. }) if tries < CUTOVER_TRIES => {
+                    tries += 1;
+                    (_, map_version) = self.read_map_owning(zk, slots).await?;
+                }
+                Err(e) => {
+                    return Err(Error::Internal(format!(
+                        "slots {} thawed, but their move records not deleted ({e}): the move is tried again",
+                        ranges_text(slots)
+                    )))
+                }
+            }
+        }
+        self.inner.moves.aborts.lock().entry(to).or_default().extend(slots.iter().copied());
+        log::warn!(
+            "slots {}: the move to group {to} rolled back, frozen {:.1} s without a cutover (the reason is logged \
+             above): they stay this group's and take writes again; move them again once group {to} has a leader \
+             that answers",
+            ranges_text(slots),
+            frozen_for.as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// Tells the targets of rolled-back moves to drop what the copies
+    /// brought them, each target once per round until it answers; a slot
+    /// that a move of `pending` sends to the same target again is not
+    /// asked for (its copy replaces what is there). A failure is logged and
+    /// asked again; a refusal (the target owns the slot, or a newer leader
+    /// of this group copies to it) ends the asking.
+    async fn send_aborts(
+        &self,
+        zk: &zookeeper_client::Client,
+        pending: &BTreeMap<GroupId, BTreeMap<Slot, (MoveRecord, i32)>>,
+    ) {
+        let asks: Vec<(GroupId, BTreeSet<Slot>)> = {
+            let mut aborts = self.inner.moves.aborts.lock();
+            for (to, slots) in aborts.iter_mut() {
+                if let Some(moving) = pending.get(to) {
+                    slots.retain(|s| !moving.contains_key(s));
+                }
+            }
+            aborts.retain(|_, slots| !slots.is_empty());
+            aborts.iter().map(|(to, slots)| (*to, slots.clone())).collect()
+        };
+        let mine = self.args().group.unwrap_or(0);
+        for (to, slots) in asks {
+            let target = match group_leader(zk, &self.inner.paths.in_group(to)).await {
+                Ok((target, _)) => target,
+                Err(e) => {
+                    log::debug!("slots {}: group {to} not asked to drop its copy yet: {e}", ranges_text(&slots));
+                    continue;
+                }
+            };
+            let url = format!(
+                "{}/internal/import?from={mine}&slots={}&abort=true",
+                target.url,
+                ranges_text(&slots).replace(' ', "")
+            );
+            let sent = self.request(&self.inner.http, reqwest::Method::POST, &url).timeout(ABORT_TIMEOUT).send().await;
+            let done = match sent {
+                Ok(resp) if resp.status().is_success() => {
+                    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                    log::info!(
+                        "slots {}: group {to}'s leader dropped what the rolled-back move copied to it ({} entries)",
+                        ranges_text(&slots),
+                        body["dropped"]
+                    );
+                    true
+                }
+                Ok(resp) if resp.status().is_client_error() => {
+                    let status = resp.status();
+                    log::warn!(
+                        "slots {}: group {to}'s leader refused to drop the rolled-back move's copy ({status}: {})",
+                        ranges_text(&slots),
+                        resp.text().await.unwrap_or_default()
+                    );
+                    true
+                }
+                Ok(resp) => {
+                    log::debug!("slots {}: group {to} answered the abort {}", ranges_text(&slots), resp.status());
+                    false
+                }
+                Err(e) => {
+                    log::debug!("slots {}: group {to} did not answer the abort: {e}", ranges_text(&slots));
+                    false
+                }
+            };
+            if done {
+                let mut aborts = self.inner.moves.aborts.lock();
+                if let Some(left) = aborts.get_mut(&to) {
+                    left.retain(|s| !slots.contains(s));
+                }
+                aborts.retain(|_, slots| !slots.is_empty());
+            }
+        }
+    }
+
+    /// What a move's target checks of every message from the source
+    /// (`what`, "an import" or "an abort"): this root leads its group and
+    /// has read the map; the message is from another group, from no leader
+    /// of it deposed since (a newer one leads it: an old one's copy could
+    /// interleave with the new one's), and of none of this group's slots
+    /// (a late message from a source deposed since).
+    fn check_move_message(&self, what: &str, from: GroupId, slots: &BTreeSet<Slot>, epoch: u64) -> Result<()> {
+        self.check_accepting()?;
+        let place = self.place()?;
+        if !place.topology.is_root() || self.is_following() {
+            return Err(Error::NotLeading);
+        }
+        let mine = self.args().group.unwrap_or(0);
+        let view = self.routes();
+        let Some(map) = view.map.as_ref() else {
+            return Err(Error::NoInSyncRoot("this root has not read the slot map yet".into()));
+        };
+        if from == mine {
+            return Err(Error::BadRequest(format!("{what} from this root's own group {mine}")));
+        }
+        if let Some(leader) = view.leaders.get(&from).filter(|l| l.epoch > epoch) {
+            return Err(Error::StaleEpoch { got: epoch, have: leader.epoch });
+        }
+        if let Some(owned) = slots.iter().find(|&&s| map.owner(s) == mine) {
+            return Err(Error::BadRequest(format!(
+                "slot {owned} is this group's ({mine}) already: {what} from group {from} is late"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `POST /internal/import?abort=true` at a group's leader: the move of
+    /// `slots` from group `from` rolled back; drops what its copies
+    /// brought here (a drop record per slot, logged before the answer, so
+    /// the standbys drop it too) and forgets the copy. Refused, dropping
+    /// nothing, if this group owns one of the slots (a late abort) or a
+    /// newer leader of `from` copies here. Returns the entries dropped.
+    pub async fn abort_import(&self, from: GroupId, slots: BTreeSet<Slot>, epoch: u64) -> Result<usize> {
+        self.check_move_message("an abort", from, &slots, epoch)?;
+        {
+            let mut seen = self.inner.moves.seen.lock();
+            if let Some(copy) = seen.get(&from).filter(|c| epoch < c.epoch) {
+                return Err(Error::StaleEpoch { got: epoch, have: copy.epoch });
+            }
+            seen.remove(&from);
+        }
+        self.inner.moves.incoming.lock().retain(|s, _| !slots.contains(s));
+        let dropped = self.inner.store.slot_entries(&slots, false, 0).len();
+        for &slot in &slots {
+            self.apply_slot_change(slot, SlotChange::Drop);
+        }
+        let frames = slots.iter().map(|&s| slot_frame(s, SlotChange::Drop)).collect();
+        self.make_durable_with(Vec::new(), frames).await?;
+        log::info!(
+            "slots {}: group {from}'s move of them here rolled back; dropped the {dropped} entries its copies brought",
+            ranges_text(&slots)
+        );
+        Ok(dropped)
     }
 
     /// Step 5: once every live node routes by the map that handed them
