@@ -254,6 +254,11 @@ pub enum MoveState {
     /// Handed over (the map names the target, from `map_epoch` on): the
     /// source drops its copy once every live node routes by that epoch.
     Done,
+    /// Frozen too long without a cutover: rolling back. Set before the
+    /// source thaws the slot (it fences off any cutover of the move: those
+    /// check the record's version); deleted once it has.
+    #[serde(rename = "rolling_back")]
+    RollingBack,
 }
 
 impl MoveState {
@@ -262,6 +267,7 @@ impl MoveState {
             MoveState::Copy => "copy",
             MoveState::Frozen => "frozen",
             MoveState::Done => "done",
+            MoveState::RollingBack => "rolling_back",
         }
     }
 }

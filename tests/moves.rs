@@ -818,13 +818,19 @@ async fn an_import_the_target_cannot_apply_is_refused_and_stores_nothing() {
     let (got, answer) = post(g1, "from=0&slots=11&last=false&part=0&since=80", epoch, frame(70, None)).await;
     assert_eq!((got, answer["stored"].as_u64()), (200, Some(0)), "{answer}");
 
+    // A tail of the source leader's round 5 of moves.
+    let (got, answer) = post(g1, "from=0&slots=11&part=0&since=80&round=5", epoch, frame(70, None)).await;
+    assert_eq!(got, 200, "{answer}");
+
     // The move rolls back: an abort that cannot be taken drops nothing.
     type AbortCase<'a> = ((usize, &'a str, u64, Vec<u8>), (u16, &'a str, &'a str));
     let cases: Vec<AbortCase> = vec![
-        ((g1, "from=0&slots=11&abort=true", epoch, frame(70, Some("v"))), (400, "bad_parameter", "no body")),
-        ((g1, "from=0&slots=11&abort=true", 0, Vec::new()), (409, "stale_epoch", "")),
-        ((g1, "from=1&slots=11&abort=true", epoch, Vec::new()), (400, "bad_request", "own group")),
-        ((0, "from=1&slots=11&abort=true", epoch1, Vec::new()), (400, "bad_request", "is late")),
+        ((g1, "from=0&slots=11&abort=true&round=5", epoch, frame(70, Some("v"))), (400, "bad_parameter", "no body")),
+        ((g1, "from=0&slots=11&abort=true&round=5", 0, Vec::new()), (409, "stale_epoch", "")),
+        ((g1, "from=1&slots=11&abort=true&round=5", epoch, Vec::new()), (400, "bad_request", "own group")),
+        ((0, "from=1&slots=11&abort=true&round=5", epoch1, Vec::new()), (400, "bad_request", "is late")),
+        ((g1, "from=2&slots=11&abort=true&round=5", epoch, Vec::new()), (400, "bad_request", "not group 2's")),
+        ((g1, "from=0&slots=11&abort=true&round=4", epoch, Vec::new()), (400, "bad_request", "a newer move")),
     ];
     for ((at, query, epoch, body), (status, code, says)) in cases {
         let (got, answer) = post(at, query, epoch, body).await;
@@ -833,10 +839,58 @@ async fn an_import_the_target_cannot_apply_is_refused_and_stores_nothing() {
     }
     assert_eq!(c.dump_keys(g1).await, vec![key.clone()], "a refused abort drops nothing");
     assert!(c.dump_keys(0).await.is_empty(), "nor does one at the owner");
-    // From the source's leader: what the copies brought goes.
-    let (got, answer) = post(g1, "from=0&slots=11&abort=true", epoch, Vec::new()).await;
+    // From the source's leader, of its latest round: what the copies
+    // brought goes, and what is left of that round's copy is refused.
+    let (got, answer) = post(g1, "from=0&slots=11&abort=true&round=5", epoch, Vec::new()).await;
     assert_eq!((got, answer["dropped"].as_u64()), (200, Some(1)), "{answer}");
     assert!(c.dump_keys(g1).await.is_empty(), "the rolled-back copy dropped");
+    for round in [4, 5] {
+        let (got, answer) =
+            post(g1, &format!("from=0&slots=11&part=0&round={round}"), epoch, frame(70, Some("v"))).await;
+        assert_eq!((got, answer["code"].as_str()), (400, Some("bad_request")), "round {round}: {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| e.contains("this root has round 5")), "{answer}");
+    }
+    assert!(c.dump_keys(g1).await.is_empty(), "an abandoned copy does not land after the abort");
+    // A newer move's copy is taken; another group's copy of the slot
+    // coming in makes a late abort of group 0's move refused.
+    let (got, answer) = post(g1, "from=0&slots=11&part=0&round=6", epoch, frame(70, Some("v"))).await;
+    assert_eq!((got, answer["stored"].as_u64()), (200, Some(1)), "{answer}");
+    let (got, answer) = post(g1, "from=2&slots=11&part=0&round=1", epoch, frame(71, Some("w"))).await;
+    assert_eq!(got, 200, "{answer}");
+    let (got, answer) = post(g1, "from=0&slots=11&abort=true&round=6", epoch, Vec::new()).await;
+    assert_eq!((got, answer["code"].as_str()), (400, Some("bad_request")), "{answer}");
+    assert!(answer["error"].as_str().is_some_and(|e| e.contains("group 2 copies slots 11 here")), "{answer}");
+    assert_eq!(c.dump_keys(g1).await, vec![key.clone()], "nothing dropped");
+}
+
+/// A move record deleted by hand (zkCli) while its slot is frozen ends
+/// the move: nothing would ever end the freeze, so the source's leader
+/// thaws a frozen slot that no record names and the map gives it, and
+/// the slot takes writes again; `slots move` says the move rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_slot_whose_move_record_is_deleted_by_hand_is_thawed() {
+    let (c, _g1, key) = frozen_move_setup(3000, 17).await;
+    let (status, _) = c.put(0, &key, "before", "?ack=root").await;
+    assert_eq!(status, 201);
+    let moving = move_until_frozen(&c, "17", "1").await;
+    {
+        use treecache::tree::zk;
+        let secret = treecache::auth::Secret::new(c.secret()).expect("secret");
+        let paths = zk::Paths::with_secret(&c.name, &secret);
+        let client = zk::connect(&c.zk.addr(), &paths, None).await.expect("ZooKeeper");
+        client.delete(&format!("{}/17", paths.moves()), None).await.expect("the record deleted");
+    }
+    wait_until(Duration::from_secs(30), "slot 17 thawed at its source", || async {
+        c.log_text(0).contains("slots 17 were frozen with no move record")
+    })
+    .await;
+    let (status, body) = c.put(0, &key, "after", "?ack=root").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(c.get(1, &key, "?consistent=true").await.text(), "after");
+    assert_eq!(slot_map(&c).await.owner(17), 0);
+    let out = moving.await.expect("slots move ran");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("slots 17 not moved: the move rolled back"), "{}", text(&out));
 }
 
 /// A move whose target's leader dies once the slot is frozen, with no

@@ -252,9 +252,10 @@ async fn change(
         moves.iter().filter(|&&(s, to)| now.owner(s) != to && now.owner(s) == map.owner(s)).map(|&(s, _)| s).collect();
     if !back.is_empty() {
         return Err(unavailable(format!(
-            "slots {} not moved: the move rolled back (frozen too long without a cutover: the target group's \
-             leader did not answer; the source group's leader logs why); they stay where they were and take writes; \
-             run the command again once the target group answers",
+            "slots {} not moved: the move rolled back (frozen 30 s without a cutover: the target group did not \
+             take the last copy, being down, full or failing over, or the move record was deleted; the source \
+             group's leader logs why); they stay where they were and take writes; run the command again once the \
+             target group takes them",
             ranges_text(&back)
         )));
     }

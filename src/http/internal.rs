@@ -249,10 +249,12 @@ const MAX_IMPORT_BYTES: usize = (64 << 20) + crate::config::MAX_VALUE_CEILING as
 /// group's leader: a part of a slot move's copy from group G's leader (log
 /// frames: entries, and write outcomes; with `since`, a tail: entries older
 /// than T named only). Answered once it is durable here.
-/// `POST /internal/import?from=G&slots=..&abort=true`, no body: that move
-/// rolled back; what its copies brought is dropped (`{"dropped": N}`).
+/// `round=R` names the source leader's round of moves the copy is of.
+/// `POST /internal/import?from=G&slots=..&abort=true&round=R`, no body:
+/// that move rolled back; what its copies up to round R brought is
+/// dropped (`{"dropped": N}`).
 pub async fn import(node: ThinData<Node>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse> {
-    let q = Query::parse(&req, &["from", "slots", "last", "part", "floor", "since", "abort"])?;
+    let q = Query::parse(&req, &["from", "slots", "last", "part", "floor", "since", "abort", "round"])?;
     let from = q.u64("from")?.ok_or_else(|| Error::bad_param("from", "required: the source group"))?;
     let from = u32::try_from(from).map_err(|_| Error::bad_param("from", format!("{from} is not a group number")))?;
     let slots_text = q.get("slots").ok_or_else(|| Error::bad_param("slots", "required: the slots moved"))?;
@@ -266,6 +268,7 @@ pub async fn import(node: ThinData<Node>, req: HttpRequest, body: web::Payload) 
         last: q.bool("last")?.unwrap_or(false),
         floor: q.u64("floor")?.unwrap_or(0),
         since: q.u64("since")?.unwrap_or(0),
+        round: q.u64("round")?.unwrap_or(0),
     };
     let part = q.u64("part")?.unwrap_or(0);
     let body = read_body(&req, body, MAX_IMPORT_BYTES).await?;
@@ -275,7 +278,7 @@ pub async fn import(node: ThinData<Node>, req: HttpRequest, body: web::Payload) 
         if !body.is_empty() {
             return Err(Error::bad_param("abort", "an abort has no body"));
         }
-        let dropped = node.abort_import(import.from, import.slots, epoch).await?;
+        let dropped = node.abort_import(import.from, import.slots, epoch, import.round).await?;
         return Ok(HttpResponse::Ok().json(serde_json::json!({ "dropped": dropped })));
     }
     let stored = node.receive_import(import, epoch, part, &body).await?;

@@ -67,6 +67,9 @@ use crate::slots::{ranges_text, slot_of, GroupId, MoveRecord, MoveState, Slot};
 use crate::store::{Applied, Update};
 use crate::tree::zk;
 
+/// Move records by slot, each with its znode's version.
+type Recorded = BTreeMap<Slot, (MoveRecord, i32)>;
+
 /// How long a write of a frozen slot waits for the move to hand it over
 /// before it is answered 503 `slot_moving`.
 pub const FROZEN_WAIT: Duration = Duration::from_secs(2);
@@ -77,7 +80,7 @@ pub const FROZEN_WAIT: Duration = Duration::from_secs(2);
 pub const ROLL_BACK_AFTER: Duration = Duration::from_secs(30);
 /// Longest a rolled-back move's target may take to answer that it
 /// dropped its copy (it is asked again next round).
-const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
+const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the source's leader looks at `moves/`.
 const ROUND_EVERY: Duration = Duration::from_millis(250);
 /// Most slots one round moves: their freeze lasts one last copy of them
@@ -136,10 +139,21 @@ pub(super) struct Moves {
     /// move whose slots stay frozen [`ROLL_BACK_AFTER`] rolls back.
     frozen_at: Mutex<HashMap<Slot, std::time::Instant>>,
     /// Rolled-back moves whose target has not said yet that it dropped
-    /// what their copies brought it: the slots, by target group. Asked
-    /// again each round; forgotten once a new move of a slot to that
-    /// target starts (its copy replaces what is there).
-    aborts: Mutex<BTreeMap<GroupId, BTreeSet<Slot>>>,
+    /// what their copies brought it, by target group. Asked again each
+    /// round; a slot is forgotten once a new move of it to that target
+    /// starts (its copy replaces what is there) or it is not ours.
+    aborts: Mutex<BTreeMap<GroupId, Abort>>,
+    /// Rounds of moves this root has begun (see [`Import::round`]).
+    rounds: std::sync::atomic::AtomicU64,
+}
+
+/// What a rolled-back move's target is asked to drop: the slots, and the
+/// round of the last copy it may hold of them (a copy of a later round is
+/// a newer move's, which the target keeps).
+#[derive(Default)]
+struct Abort {
+    slots: BTreeSet<Slot>,
+    round: u64,
 }
 
 /// How long after a slot's last copy its target treats it as coming (the
@@ -152,11 +166,18 @@ const INCOMING_FOR: Duration = Duration::from_secs(10);
 struct Copying {
     /// The source leader's epoch.
     epoch: u64,
+    /// The source leader's round (see [`Import::round`]).
+    round: u64,
+    /// That round's move rolled back (an abort came): what is left of its
+    /// copy on the way is refused.
+    aborted: bool,
     /// The part expected next: parts come in order from 0, or the copy
     /// starts over (a target that restarted, a part lost on the way).
     next_part: u64,
     /// The keys its parts named so far.
     named: HashSet<String>,
+    /// The slots it copies.
+    slots: BTreeSet<Slot>,
 }
 
 /// The import a source sends: its group, the slots, and whether this is
@@ -177,6 +198,11 @@ pub struct Import {
     /// that version of it, or refuses (409 `cannot_resume`) and the
     /// source sends the whole copy instead.
     pub since: u64,
+    /// The source leader's round of moves this copy is of (rising, from 1,
+    /// per leader: with its epoch, it orders the copies of one source). A
+    /// target refuses a part of a round older than one it has seen, or of
+    /// one rolled back: a copy abandoned on the way must not land after.
+    pub round: u64,
 }
 
 /// What a copy sent: entries whole and named only, and where a tail after
@@ -438,9 +464,12 @@ impl Node {
             Err(zookeeper_client::Error::NoNode) => return Ok(()),
             Err(e) => return Err(Error::zk("list", paths.moves(), e)),
         };
-        // Ours, by target, the slots still to move; and those handed over.
-        let mut pending: BTreeMap<GroupId, BTreeMap<Slot, (MoveRecord, i32)>> = BTreeMap::new();
-        let mut done: BTreeMap<Slot, (MoveRecord, i32)> = BTreeMap::new();
+        // Ours, by target, the slots still to move and those rolling back;
+        // and those handed over.
+        let mut pending: BTreeMap<GroupId, Recorded> = BTreeMap::new();
+        let mut rolling: BTreeMap<GroupId, Recorded> = BTreeMap::new();
+        let mut done: Recorded = BTreeMap::new();
+        let mut recorded = BTreeSet::new();
         for name in names {
             let Ok(slot) = name.parse::<Slot>() else { continue };
             let path = format!("{}/{name}", paths.moves());
@@ -453,6 +482,7 @@ impl Node {
             if rec.from != mine {
                 continue;
             }
+            recorded.insert(slot);
             match rec.state {
                 MoveState::Done => {
                     done.insert(slot, (rec, stat.version));
@@ -460,11 +490,35 @@ impl Node {
                 MoveState::Copy | MoveState::Frozen => {
                     pending.entry(rec.to).or_default().insert(slot, (rec, stat.version));
                 }
+                MoveState::RollingBack => {
+                    rolling.entry(rec.to).or_default().insert(slot, (rec, stat.version));
+                }
             }
         }
+        // A rollback a round before stopped in (fenced, maybe not thawed).
+        for (to, moves) in rolling {
+            self.finish_roll_back(&zk, to, moves).await?;
+        }
+        self.thaw_unrecorded(&zk, &recorded).await?;
+        // Frozen too long without a cutover, whichever target: roll back
+        // (a move to another target that keeps failing must not hold it).
+        let frozen = self.inner.moves.frozen.read().clone();
+        for (to, moves) in pending.iter_mut() {
+            let stuck: Recorded =
+                moves.iter().filter(|(s, _)| frozen.contains(s)).map(|(s, m)| (*s, m.clone())).collect();
+            let slots: BTreeSet<Slot> = stuck.keys().copied().collect();
+            if !stuck.is_empty() && self.frozen_since(&slots).elapsed() >= self.roll_back_after() {
+                moves.retain(|s, _| !slots.contains(s));
+                self.roll_back(&zk, *to, stuck).await?;
+            }
+        }
+        pending.retain(|_, moves| !moves.is_empty());
         self.send_aborts(&zk, &pending).await;
-        if let Some((to, moves)) = pending.into_iter().next() {
-            let moves: BTreeMap<Slot, (MoveRecord, i32)> = moves.into_iter().take(SLOTS_PER_ROUND).collect();
+        // Slots frozen here go first: their writes wait.
+        let first = pending.iter().find(|(_, m)| m.keys().any(|s| frozen.contains(s))).map(|(to, _)| *to);
+        if let Some(to) = first.or_else(|| pending.keys().next().copied()) {
+            let moves = pending.remove(&to).unwrap_or_default();
+            let moves: Recorded = moves.into_iter().take(SLOTS_PER_ROUND).collect();
             self.move_slots(&zk, to, moves).await?;
         }
         if !done.is_empty() {
@@ -474,12 +528,7 @@ impl Node {
     }
 
     /// Steps 1-4 for `moves` (all to group `to`).
-    async fn move_slots(
-        &self,
-        zk: &zookeeper_client::Client,
-        to: GroupId,
-        moves: BTreeMap<Slot, (MoveRecord, i32)>,
-    ) -> Result<()> {
+    async fn move_slots(&self, zk: &zookeeper_client::Client, to: GroupId, moves: Recorded) -> Result<()> {
         let paths = &self.inner.paths;
         let mine = self.args().group.unwrap_or(0);
         // Slots frozen here already (a round that stopped after the
@@ -495,17 +544,13 @@ impl Node {
             }
         };
         let slots: BTreeSet<Slot> = moves.keys().copied().collect();
-        // Frozen too long without a cutover (the target down all that
-        // while, or failing over again and again): roll back.
-        if resumed && self.frozen_since(&slots).elapsed() >= self.roll_back_after() {
-            return self.roll_back(zk, to, &slots).await;
-        }
         let (own, own_version) = group_leader(zk, &paths.in_group(mine)).await?;
         if Some(own.id) != self.node_id() || own.epoch != self.epoch() {
             return Err(Error::NotLeading);
         }
         let (target, target_version) = group_leader(zk, &paths.in_group(to)).await?;
-        let import = |last, since| Import { from: mine, slots: slots.clone(), last, floor: 0, since };
+        let round = self.inner.moves.rounds.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        let import = |last, since| Import { from: mine, slots: slots.clone(), last, floor: 0, since, round };
         let started = std::time::Instant::now();
         // 1. Copy, unless frozen already (a round that stopped half-way:
         // then the last copy is a whole one).
@@ -590,19 +635,19 @@ impl Node {
             Ok::<_, Error>((last, frozen_at.elapsed()))
         };
         // Not done by the deadline (a target that stopped answering): the
-        // move rolls back. The freeze record's way to disk goes on (see
-        // `make_durable_with`); a last copy on its way is abandoned, and
-        // the target told to drop what it has of it.
+        // next round rolls the move back, from what ZooKeeper says then.
+        // The freeze record's way to disk goes on (see `make_durable_with`);
+        // a last copy on its way is abandoned (the target refuses what is
+        // left of it once told of the rollback, or of a newer round).
         let joined = tokio::time::timeout_at(deadline.into(), async { tokio::join!(logged, marked, copied) }).await;
         let Ok((logged, marked, copied)) = joined else {
-            log::warn!(
+            return Err(Error::Internal(format!(
                 "slots {}: the freeze, its records and the last copy to group {to}'s leader at {} not done within \
-                 {:?}",
+                 {:?} of the freeze: rolling back",
                 ranges_text(&slots),
                 target.url,
                 self.roll_back_after()
-            );
-            return self.roll_back(zk, to, &slots).await;
+            )));
         };
         let (logged, (versions, marked), (last, copied)) = (logged?, marked?, copied?);
         // 4. Cutover, if neither root nor the map changed since we read
@@ -614,9 +659,7 @@ impl Node {
         let next = loop {
             let next = map.assign_all(slots.iter().copied(), to);
             let mut multi = zk.new_multi_writer();
-            let add = |r: std::result::Result<(), zookeeper_client::Error>| {
-                r.map_err(|e| Error::zk("multi", paths.slots(), e))
-            };
+            let add = multi_op(paths.slots());
             add(multi.add_check_version(&paths.in_group(mine).leader(), own_version))?;
             add(multi.add_check_version(&paths.in_group(to).leader(), target_version))?;
             add(multi.add_set_data(&paths.slots(), &next.to_json(), Some(map_version)))?;
@@ -775,8 +818,8 @@ impl Node {
                 since => format!("&since={since}"),
             };
             let url = format!(
-                "{target}/internal/import?from={}&slots={slots}&last={last}&part={i}&floor={floor}{since}",
-                import.from
+                "{target}/internal/import?from={}&slots={slots}&last={last}&part={i}&floor={floor}{since}&round={}",
+                import.from, import.round
             );
             let resp = self
                 .request(&self.inner.http, reqwest::Method::POST, &url)
@@ -878,9 +921,18 @@ impl Node {
             if epoch < copy.epoch {
                 return Err(Error::StaleEpoch { got: epoch, have: copy.epoch });
             }
+            if epoch == copy.epoch && (import.round < copy.round || (import.round == copy.round && copy.aborted)) {
+                return Err(Error::BadRequest(format!(
+                    "import of round {} from group {}'s leader (epoch {epoch}): this root has round {} of it{}",
+                    import.round,
+                    import.from,
+                    copy.round,
+                    if copy.aborted { ", rolled back" } else { "" }
+                )));
+            }
             if part == 0 {
-                *copy = Copying { epoch, ..Copying::default() };
-            } else if epoch != copy.epoch || part != copy.next_part {
+                *copy = Copying { epoch, round: import.round, slots: import.slots.clone(), ..Copying::default() };
+            } else if epoch != copy.epoch || import.round != copy.round || part != copy.next_part {
                 // The deletions of a last part need every part before it.
                 return Err(Error::BadRequest(format!(
                     "import part {part} from group {}'s leader (epoch {epoch}): this root expected part {} of \
@@ -933,89 +985,180 @@ impl Node {
         Ok(stored)
     }
 
-    /// Rolls back the move of `slots` to group `to`, frozen here too long
-    /// without a cutover: thawed through the log first (from then on
-    /// their writes commit here again, and a standby that takes over holds
-    /// the thaw too), then their move records deleted, checked against this
-    /// group's leader znode and the map, in one `multi`. A round that stops
-    /// between the two finds the records and tries the move again, frozen
-    /// only once its copy reached the target. The target is told to drop
-    /// what it was copied (see [`Node::send_aborts`]).
-    async fn roll_back(&self, zk: &zookeeper_client::Client, to: GroupId, slots: &BTreeSet<Slot>) -> Result<()> {
+    /// Rolls back the move of `moves` (all to group `to`; versions as read
+    /// this round), frozen here too long without a cutover. First a fence:
+    /// one `multi`, checked against this group's `leader` znode, the map
+    /// (still giving us every slot) and each record's version, sets the
+    /// records to `rolling_back`. A cutover of the move checks those
+    /// versions, so none can be made after it (nor was one made before:
+    /// the map would say so), whatever ZooKeeper server answers whom. Then
+    /// [`Node::finish_roll_back`].
+    async fn roll_back(&self, zk: &zookeeper_client::Client, to: GroupId, moves: Recorded) -> Result<()> {
         let paths = &self.inner.paths;
-        let mine = self.args().group.unwrap_or(0);
-        let (own, own_version) = group_leader(zk, &paths.in_group(mine)).await?;
-        if Some(own.id) != self.node_id() || own.epoch != self.epoch() {
-            return Err(Error::NotLeading);
-        }
-        // Still ours by the map: no cutover of them was made.
-        let (_, mut map_version) = self.read_map_owning(zk, slots).await?;
-        let frozen_for = self.frozen_since(slots).elapsed();
-        let frames = slots.iter().map(|&s| slot_frame(s, SlotChange::Thaw)).collect();
-        self.make_durable_with(Vec::new(), frames).await?;
-        for &slot in slots {
-            self.apply_slot_change(slot, SlotChange::Thaw);
-        }
+        let slots: BTreeSet<Slot> = moves.keys().copied().collect();
         let mut tries = 0;
-        loop {
+        let results = loop {
+            let own_version = self.own_leader_version(zk).await?;
+            let (_, map_version) = self.read_map_owning(zk, &slots).await?;
             let mut multi = zk.new_multi_writer();
-            let add = |r: std::result::Result<(), zookeeper_client::Error>| {
-                r.map_err(|e| Error::zk("multi", paths.moves(), e))
-            };
-            add(multi.add_check_version(&paths.in_group(mine).leader(), own_version))?;
+            let add = multi_op(paths.moves());
+            add(multi.add_check_version(&paths.in_group(self.args().group.unwrap_or(0)).leader(), own_version))?;
             add(multi.add_check_version(&paths.slots(), map_version))?;
-            for slot in slots {
-                add(multi.add_delete(&format!("{}/{slot}", paths.moves()), None))?;
+            for (slot, (rec, version)) in &moves {
+                let rolling = MoveRecord { state: MoveState::RollingBack, ..rec.clone() };
+                add(multi.add_set_data(&format!("{}/{slot}", paths.moves()), &rolling.to_json(), Some(*version)))?;
             }
             match multi.commit().await {
-                Ok(_) => break,
-                // Another move's cutover changed the map meanwhile.
-                Err(zookeeper_client::MultiWriteError::OperationFailed { index: 1, .. }) if tries < CUTOVER_TRIES => {
+                Ok(results) => break results,
+                // Our in-sync set, or the map (another move's cutover),
+                // changed meanwhile: nothing this rests on.
+                Err(zookeeper_client::MultiWriteError::OperationFailed { index: 0 | 1, .. })
+                    if tries < CUTOVER_TRIES =>
+                {
                     tries += 1;
-                    (_, map_version) = self.read_map_owning(zk, slots).await?;
                 }
                 Err(e) => {
                     return Err(Error::Internal(format!(
-                        "slots {} thawed, but their move records not deleted ({e}): the move is tried again",
-                        ranges_text(slots)
+                        "slots {}: the rollback of their move not fenced ({e}); the next round looks again",
+                        ranges_text(&slots)
+                    )))
+                }
+            }
+        };
+        let mut fenced = moves;
+        for ((_, (rec, version)), result) in fenced.iter_mut().zip(results.into_iter().skip(2)) {
+            rec.state = MoveState::RollingBack;
+            if let zookeeper_client::MultiWriteResult::SetData { stat } = result {
+                *version = stat.version;
+            }
+        }
+        self.finish_roll_back(zk, to, fenced).await
+    }
+
+    /// The rest of a rollback whose records say `rolling_back` (fenced):
+    /// thaws the slots through the log first (from then on their writes
+    /// commit here again, and a standby that takes over holds the thaw
+    /// too), then deletes the records. A round that stops between the two
+    /// finds `rolling_back` and does this again. The target is then told to
+    /// drop what the copies brought it (see [`Node::send_aborts`]).
+    async fn finish_roll_back(&self, zk: &zookeeper_client::Client, to: GroupId, moves: Recorded) -> Result<()> {
+        let paths = &self.inner.paths;
+        let slots: BTreeSet<Slot> = moves.keys().copied().collect();
+        let frozen_for = self.frozen_since(&slots).elapsed();
+        self.own_leader_version(zk).await?;
+        self.thaw_logged(&slots).await?;
+        let mut tries = 0;
+        loop {
+            let own_version = self.own_leader_version(zk).await?;
+            let mut multi = zk.new_multi_writer();
+            let add = multi_op(paths.moves());
+            add(multi.add_check_version(&paths.in_group(self.args().group.unwrap_or(0)).leader(), own_version))?;
+            for (slot, (_, version)) in &moves {
+                add(multi.add_delete(&format!("{}/{slot}", paths.moves()), Some(*version)))?;
+            }
+            match multi.commit().await {
+                Ok(_) => break,
+                Err(zookeeper_client::MultiWriteError::OperationFailed { index: 0, .. }) if tries < CUTOVER_TRIES => {
+                    tries += 1;
+                }
+                Err(e) => {
+                    return Err(Error::Internal(format!(
+                        "slots {} thawed, but their move records not deleted ({e}); the next round does it",
+                        ranges_text(&slots)
                     )))
                 }
             }
         }
-        self.inner.moves.aborts.lock().entry(to).or_default().extend(slots.iter().copied());
+        let round = self.inner.moves.rounds.load(std::sync::atomic::Ordering::Acquire);
+        {
+            let mut aborts = self.inner.moves.aborts.lock();
+            let abort = aborts.entry(to).or_default();
+            abort.slots.extend(slots.iter().copied());
+            abort.round = abort.round.max(round);
+        }
         log::warn!(
             "slots {}: the move to group {to} rolled back, frozen {:.1} s without a cutover (the reason is logged \
-             above): they stay this group's and take writes again; move them again once group {to} has a leader \
-             that answers",
-            ranges_text(slots),
+             above): they stay this group's and take writes again; move them again once group {to} takes them",
+            ranges_text(&slots),
             frozen_for.as_secs_f64()
         );
         Ok(())
     }
 
-    /// Tells the targets of rolled-back moves to drop what the copies
-    /// brought them, each target once per round until it answers; a slot
-    /// that a move of `pending` sends to the same target again is not
-    /// asked for (its copy replaces what is there). A failure is logged and
-    /// asked again; a refusal (the target owns the slot, or a newer leader
-    /// of this group copies to it) ends the asking.
-    async fn send_aborts(
-        &self,
-        zk: &zookeeper_client::Client,
-        pending: &BTreeMap<GroupId, BTreeMap<Slot, (MoveRecord, i32)>>,
-    ) {
-        let asks: Vec<(GroupId, BTreeSet<Slot>)> = {
-            let mut aborts = self.inner.moves.aborts.lock();
-            for (to, slots) in aborts.iter_mut() {
-                if let Some(moving) = pending.get(to) {
-                    slots.retain(|s| !moving.contains_key(s));
-                }
-            }
-            aborts.retain(|_, slots| !slots.is_empty());
-            aborts.iter().map(|(to, slots)| (*to, slots.clone())).collect()
+    /// The version of this group's `leader` znode, if it names this root
+    /// in its epoch (else `NotLeading`).
+    async fn own_leader_version(&self, zk: &zookeeper_client::Client) -> Result<i32> {
+        let (own, version) = group_leader(zk, &self.inner.paths.in_group(self.args().group.unwrap_or(0))).await?;
+        if Some(own.id) != self.node_id() || own.epoch != self.epoch() {
+            return Err(Error::NotLeading);
+        }
+        Ok(version)
+    }
+
+    /// Thaws `slots` here (those frozen), a thaw record logged first.
+    async fn thaw_logged(&self, slots: &BTreeSet<Slot>) -> Result<()> {
+        let frozen: BTreeSet<Slot> = {
+            let set = self.inner.moves.frozen.read();
+            slots.iter().copied().filter(|s| set.contains(s)).collect()
         };
+        if frozen.is_empty() {
+            return Ok(());
+        }
+        let frames = frozen.iter().map(|&s| slot_frame(s, SlotChange::Thaw)).collect();
+        self.make_durable_with(Vec::new(), frames).await?;
+        for &slot in &frozen {
+            self.apply_slot_change(slot, SlotChange::Thaw);
+        }
+        Ok(())
+    }
+
+    /// Thaws the slots frozen here that no move record of this group names
+    /// and the map gives this group (their record deleted by hand): nothing
+    /// would ever end their freeze otherwise. `recorded`: the slots with a
+    /// record of ours, read this round (a freeze comes only after its
+    /// record is read, in this same task).
+    async fn thaw_unrecorded(&self, zk: &zookeeper_client::Client, recorded: &BTreeSet<Slot>) -> Result<()> {
+        let orphans: BTreeSet<Slot> =
+            self.inner.moves.frozen.read().iter().copied().filter(|s| !recorded.contains(s)).collect();
+        if orphans.is_empty() {
+            return Ok(());
+        }
         let mine = self.args().group.unwrap_or(0);
-        for (to, slots) in asks {
+        let paths = &self.inner.paths;
+        let (map, _) =
+            zk::read_slots(zk, paths).await?.ok_or_else(|| Error::Internal(format!("{} is missing", paths.slots())))?;
+        let ours: BTreeSet<Slot> = orphans.into_iter().filter(|&s| map.owner(s) == mine).collect();
+        if ours.is_empty() {
+            return Ok(());
+        }
+        self.own_leader_version(zk).await?;
+        self.thaw_logged(&ours).await?;
+        log::warn!("slots {} were frozen with no move record (deleted by hand?): thawed", ranges_text(&ours));
+        Ok(())
+    }
+
+    /// Tells the targets of rolled-back moves to drop what the copies
+    /// brought them, each target once per round until it answers. Not
+    /// asked for: a slot that a move of `pending` sends to the same target
+    /// again (its copy replaces what is there), or that is no longer ours
+    /// (moved on since: the target's copy may be a newer move's). A
+    /// failure is asked again; a refusal (400, 409: the target owns the
+    /// slot, another move of it is coming in) ends the asking.
+    async fn send_aborts(&self, zk: &zookeeper_client::Client, pending: &BTreeMap<GroupId, Recorded>) {
+        let mine = self.args().group.unwrap_or(0);
+        let view = self.routes();
+        let asks: Vec<(GroupId, BTreeSet<Slot>, u64)> = {
+            let mut aborts = self.inner.moves.aborts.lock();
+            for (to, abort) in aborts.iter_mut() {
+                abort.slots.retain(|s| {
+                    !pending.get(to).is_some_and(|moving| moving.contains_key(s))
+                        && view.map.as_ref().is_none_or(|map| map.owner(*s) == mine)
+                });
+            }
+            aborts.retain(|_, abort| !abort.slots.is_empty());
+            aborts.iter().map(|(to, abort)| (*to, abort.slots.clone(), abort.round)).collect()
+        };
+        for (to, slots, round) in asks {
             let target = match group_leader(zk, &self.inner.paths.in_group(to)).await {
                 Ok((target, _)) => target,
                 Err(e) => {
@@ -1024,7 +1167,7 @@ impl Node {
                 }
             };
             let url = format!(
-                "{}/internal/import?from={mine}&slots={}&abort=true",
+                "{}/internal/import?from={mine}&slots={}&abort=true&round={round}",
                 target.url,
                 ranges_text(&slots).replace(' ', "")
             );
@@ -1039,10 +1182,11 @@ impl Node {
                     );
                     true
                 }
-                Ok(resp) if resp.status().is_client_error() => {
+                Ok(resp) if matches!(resp.status().as_u16(), 400 | 409) => {
                     let status = resp.status();
                     log::warn!(
-                        "slots {}: group {to}'s leader refused to drop the rolled-back move's copy ({status}: {})",
+                        "slots {}: group {to}'s leader refused to drop the rolled-back move's copy ({status}: {}); \
+                         not asked again",
                         ranges_text(&slots),
                         resp.text().await.unwrap_or_default()
                     );
@@ -1060,9 +1204,9 @@ impl Node {
             if done {
                 let mut aborts = self.inner.moves.aborts.lock();
                 if let Some(left) = aborts.get_mut(&to) {
-                    left.retain(|s| !slots.contains(s));
+                    left.slots.retain(|s| !slots.contains(s));
                 }
-                aborts.retain(|_, slots| !slots.is_empty());
+                aborts.retain(|_, abort| !abort.slots.is_empty());
             }
         }
     }
@@ -1099,19 +1243,42 @@ impl Node {
     }
 
     /// `POST /internal/import?abort=true` at a group's leader: the move of
-    /// `slots` from group `from` rolled back; drops what its copies
-    /// brought here (a drop record per slot, logged before the answer, so
-    /// the standbys drop it too) and forgets the copy. Refused, dropping
-    /// nothing, if this group owns one of the slots (a late abort) or a
-    /// newer leader of `from` copies here. Returns the entries dropped.
-    pub async fn abort_import(&self, from: GroupId, slots: BTreeSet<Slot>, epoch: u64) -> Result<usize> {
+    /// `slots` from group `from` rolled back, its copies of rounds up to
+    /// `round` (see [`Import::round`]); drops what they brought here (a
+    /// drop record per slot, logged before the answer, so the standbys
+    /// drop it too), and refuses what is left of that copy on its way.
+    /// Refused, dropping nothing, unless the map gives `from` every slot
+    /// (a late abort: the slot moved on since, and another group's copy
+    /// of it may be coming in), if another group copies one of them here,
+    /// or if `from` copies here in a later round or by a newer leader (a
+    /// newer move of them). Returns the entries dropped.
+    pub async fn abort_import(&self, from: GroupId, slots: BTreeSet<Slot>, epoch: u64, round: u64) -> Result<usize> {
         self.check_move_message("an abort", from, &slots, epoch)?;
+        if let Some(map) = self.routes().map.as_ref() {
+            if let Some(&moved) = slots.iter().find(|&&s| map.owner(s) != from) {
+                return Err(Error::BadRequest(format!(
+                    "slot {moved} is group {}'s, not group {from}'s: an abort of its move from group {from} is late",
+                    map.owner(moved)
+                )));
+            }
+        }
         {
             let mut seen = self.inner.moves.seen.lock();
-            if let Some(copy) = seen.get(&from).filter(|c| epoch < c.epoch) {
-                return Err(Error::StaleEpoch { got: epoch, have: copy.epoch });
+            if let Some((g, _)) = seen.iter().find(|(g, c)| **g != from && !c.aborted && !c.slots.is_disjoint(&slots)) {
+                return Err(Error::BadRequest(format!(
+                    "group {g} copies slots {} here: an abort of group {from}'s move of them is late",
+                    ranges_text(&slots)
+                )));
             }
-            seen.remove(&from);
+            let copy = seen.entry(from).or_default();
+            if (epoch, round) < (copy.epoch, copy.round) {
+                return Err(Error::BadRequest(format!(
+                    "an abort of round {round} from group {from}'s leader (epoch {epoch}): this root has its copy of \
+                     round {} (epoch {}), a newer move",
+                    copy.round, copy.epoch
+                )));
+            }
+            *copy = Copying { epoch, round, aborted: true, ..Copying::default() };
         }
         self.inner.moves.incoming.lock().retain(|s, _| !slots.contains(s));
         let dropped = self.inner.store.slot_entries(&slots, false, 0).len();
@@ -1129,7 +1296,7 @@ impl Node {
 
     /// Step 5: once every live node routes by the map that handed them
     /// over, drops the moved slots here and ends their moves.
-    async fn drop_moved(&self, zk: &zookeeper_client::Client, done: BTreeMap<Slot, (MoveRecord, i32)>) -> Result<()> {
+    async fn drop_moved(&self, zk: &zookeeper_client::Client, done: Recorded) -> Result<()> {
         let paths = &self.inner.paths;
         let epoch = done.values().map(|(r, _)| r.map_epoch).max().unwrap_or(0);
         let live = zk.list_children(&paths.live()).await.map_err(|e| Error::zk("list", paths.live(), e))?;
@@ -1178,6 +1345,11 @@ async fn group_leader(zk: &zookeeper_client::Client, paths: &zk::Paths) -> Resul
     zk::read_leader(zk, paths)
         .await?
         .ok_or_else(|| Error::NoInSyncRoot(format!("root group {} has no leader", paths.group())))
+}
+
+/// Adds an operation to a ZooKeeper `multi` on `path`, its error said so.
+fn multi_op(path: String) -> impl Fn(std::result::Result<(), zookeeper_client::Error>) -> Result<()> {
+    move |r| r.map_err(|e| Error::zk("multi", path.clone(), e))
 }
 
 fn slot_frame(slot: Slot, change: SlotChange) -> Vec<u8> {
