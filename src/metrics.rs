@@ -9,6 +9,11 @@
 //! use, so recording a request neither locks, hashes, formats nor
 //! allocates. Gauges that describe state (entries, depth, ...) are set when
 //! `/metrics` is scraped, by the handler that renders them.
+//!
+//! Every name starts `treecache_` but two: `process_cpu_seconds_total` and
+//! `process_resident_memory_bytes`, the names every Prometheus client
+//! library gives a process's CPU time and memory, which dashboards expect
+//! unprefixed. They are read from /proc at each scrape ([`ProcessMetrics`]).
 
 use std::fmt;
 use std::iter::once;
@@ -17,10 +22,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{text, EncodeMetric, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{text, DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -96,6 +101,8 @@ macro_rules! metrics {
         /// Every metric of a node. Clone-free: the node owns one.
         pub struct Metrics {
             registry: Registry,
+            /// Unprefixed: [`ProcessMetrics`].
+            process: Registry,
             $(pub $counter: Counter,)*
             $(pub $gauge: Gauge,)*
             /// `treecache_request_duration_seconds{route, outcome}`.
@@ -175,8 +182,11 @@ macro_rules! metrics {
                     // Each kind shows (at 0) before its first batch.
                     drop(replication_bytes.get_or_create(&[("kind", *kind)]));
                 }
+                let mut process = Registry::default();
+                process.register_collector(Box::new(ProcessMetrics));
                 Metrics {
                     registry,
+                    process,
                     $($counter,)*
                     $($gauge,)*
                     requests,
@@ -348,7 +358,9 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Writing to a String cannot fail.
-        let _ = text::encode(&mut out, &self.registry);
+        let _ = text::encode_registry(&mut out, &self.registry);
+        let _ = text::encode_registry(&mut out, &self.process);
+        let _ = text::encode_eof(&mut out);
         out
     }
 
@@ -368,6 +380,39 @@ impl Metrics {
         m.set_role("none");
         families(&m.render())
     }
+}
+
+/// `process_cpu_seconds_total` (utime + stime) and
+/// `process_resident_memory_bytes` (`VmRSS`) of this process, read from
+/// /proc when scraped; a figure /proc does not give is left out.
+#[derive(Debug)]
+struct ProcessMetrics;
+
+impl Collector for ProcessMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        if let Some(seconds) = crate::process::own_cpu_seconds() {
+            let help = "Total user and system CPU time spent in seconds (utime + stime of /proc/self/stat).";
+            encode_one(&mut encoder, "process_cpu", help, Unit::Seconds, &ConstCounter::new(seconds))?;
+        }
+        if let Some(bytes) = crate::process::own_resident_bytes() {
+            let help = "Resident memory size in bytes (VmRSS of /proc/self/status).";
+            let bytes = ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX));
+            encode_one(&mut encoder, "process_resident_memory", help, Unit::Bytes, &bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// One metric of a collector: its `# HELP`, `# TYPE` and `# UNIT` lines
+/// (the unit joins the name) and its sample.
+fn encode_one(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Unit,
+    metric: &impl EncodeMetric,
+) -> fmt::Result {
+    metric.encode(encoder.encode_descriptor(name, help, Some(&unit), metric.metric_type())?)
 }
 
 /// Name (as its samples are named: a counter's with `_total`), type and
@@ -591,6 +636,22 @@ mod tests {
     }
 
     #[test]
+    fn process_cpu_and_memory_render_unprefixed_and_positive() {
+        let text = Metrics::new(ROUTES).render();
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+        };
+        assert!(text.contains("# TYPE process_cpu_seconds counter\n# UNIT process_cpu_seconds seconds\n"), "{text}");
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        assert!(text.contains("# TYPE process_resident_memory_bytes gauge\n"), "{text}");
+        assert!(value("process_resident_memory_bytes") > 0.0);
+        assert!(text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1, "{text}");
+    }
+
+    #[test]
     fn the_catalog_names_samples_as_scraped() {
         let log = std::sync::Arc::new(crate::log::Stats::default());
         let c = Metrics::catalog(ROUTES, log.collector());
@@ -602,6 +663,8 @@ mod tests {
         assert_eq!(find("treecache_zk_session_state"), Some("gauge"));
         assert_eq!(find("treecache_log_fsync_seconds"), Some("histogram"));
         assert_eq!(find("treecache_log_fsyncs_total"), Some("counter"));
+        assert_eq!(find("process_cpu_seconds_total"), Some("counter"));
+        assert_eq!(find("process_resident_memory_bytes"), Some("gauge"));
         assert!(c.iter().all(|(_, _, help)| !help.is_empty() && !help.ends_with("..")), "{c:?}");
     }
 }

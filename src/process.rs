@@ -1,7 +1,9 @@
 //! Process plumbing shared by everything that runs child processes or is
 //! one: the private ZooKeeper ([`crate::zkserver`]), `treecache up`, the
 //! bench and the test harness ([`crate::cli::local`]), and a serving node
-//! ([`crate::server`]). Knows nothing of what the processes are.
+//! ([`crate::server`]); and what /proc says of a process (CPU time,
+//! resident set), for a node's `/metrics` and the bench. Knows nothing of
+//! what the processes are.
 
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -48,6 +50,44 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     }
 }
 
+/// utime + stime in clock ticks, from the text of `/proc/<pid>/stat`:
+/// fields 14 and 15, counted after the command's closing parenthesis (a
+/// command may hold spaces and parentheses). `None` when the text is not
+/// such a line.
+pub fn cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // The fields after the command start at field 3 (state).
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    utime.checked_add(stime)
+}
+
+/// Clock ticks per second, the unit of [`cpu_ticks`] (`sysconf(_SC_CLK_TCK)`).
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(hz).ok().filter(|&hz| hz > 0).unwrap_or(100)
+}
+
+/// A `Name:   1234 kB` line's number, in KiB (`/proc/<pid>/status`,
+/// `smaps_rollup`); `name` includes the colon.
+pub fn kib_field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// User and system CPU time this process has used, in seconds.
+pub fn own_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    Some(cpu_ticks(&stat)? as f64 / clock_ticks_per_second() as f64)
+}
+
+/// This process's resident set (`VmRSS`), in bytes.
+pub fn own_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    kib_field(&status, "VmRSS:")?.checked_mul(1024)
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -76,5 +116,28 @@ mod tests {
         assert_eq!(log_tail(&log, 2), "b\nc");
         assert_eq!(log_tail(&log, 10), "a\nb\nc");
         assert!(log_tail(&dir.path().join("missing"), 2).starts_with("(cannot read "));
+    }
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime_counted_past_the_command() {
+        // A command with a space and a parenthesis: fields are counted
+        // from the last ')'.
+        let stat = "4242 (tree cache) x) S 1 4242 4242 0 -1 4194560 1200 0 0 0 731 269 0 0 20 0 5 0 99 \
+                    123456 789 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n";
+        assert_eq!(cpu_ticks(stat), Some(1000));
+        for bad in ["", "4242 (treecache S 1", "4242 (treecache) S 1 2 3", "4242 (t) S 1 2 3 4 5 6 7 8 9 10 x 5 0"] {
+            assert_eq!(cpu_ticks(bad), None, "{bad:?}");
+        }
+        assert!(clock_ticks_per_second() > 0);
+        assert!(own_cpu_seconds().is_some_and(|s| s >= 0.0));
+    }
+
+    #[test]
+    fn the_resident_set_is_read_from_vm_rss() {
+        let status = "Name:\ttreecache\nVmPeak:\t  20000 kB\nVmRSS:\t    7312 kB\nThreads:\t5\n";
+        assert_eq!(kib_field(status, "VmRSS:"), Some(7312));
+        assert_eq!(kib_field("Name: x\n", "VmRSS:"), None);
+        assert_eq!(kib_field("VmRSS:\t  lots kB\n", "VmRSS:"), None, "a number that is none");
+        assert!(own_resident_bytes().is_some_and(|b| b > 0));
     }
 }

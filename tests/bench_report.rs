@@ -122,12 +122,16 @@ async fn every_load_scenario_reports_complete_consistent_figures() {
     assert_eq!(lag.nodes, 7);
     assert!(lag.updates > 0 && lag.updates <= 6 * cv.writes, "{lag:?} for {} writes", cv.writes);
     assert!(lag.p50_us <= lag.p90_us && lag.p90_us <= lag.p99_us, "{lag:?}");
+    // The same scrapes give every node's CPU time: summed over all seven.
+    assert_eq!(cv.processes, 7);
+    assert!(cv.cpu_us_per_write.is_some_and(|us| us > 0.0), "{cv:?}");
     // Without polling, the histograms alone.
     let quiet = bench(&["converge", "--root", &root, "--no-poll", "-d", "1s", "--rate", "40", "--keys", "20"]).await;
     no_errors(&quiet);
     let qv = quiet.converge.as_ref().expect("converge section");
     assert!(!qv.polled && qv.polls == 0 && qv.converged == 0);
     assert!(qv.push_lag.as_ref().is_some_and(|l| l.updates > 0 && l.updates <= 6 * qv.writes), "{qv:?}");
+    assert!(qv.processes == 7 && qv.cpu_us_per_write.is_some_and(|us| us > 0.0), "{qv:?}");
 
     // url, a baseline: any URL; no cache header, so no hit ratio.
     let url = bench(&["url", "--url", &format!("{root}/health"), "-c", "2", "-n", "100"]).await;

@@ -66,6 +66,10 @@ fn compare_sh_prints_every_figure_beside_its_baseline() {
         "ycsb_a",
         "ycsb_b",
         "converge",
+        "converge at 1000 w/s, accepted writes/s",
+        "converge at 1000 w/s, write p99",
+        "converge at 1000 w/s, push lag p99",
+        "converge at 1000 w/s, CPU per write summed over 15 processes",
         "10000 x 100 B, node's own accounting",
         "10000 x 100 B, RSS growth",
         "scale: 15/15 registered",
@@ -103,5 +107,10 @@ fn compare_sh_prints_every_figure_beside_its_baseline() {
         assert!(r[1].contains("root CPU") && r[1].contains("µs/write"), "{r:?}");
     }
     assert!(md.contains("treecache bench capacity --groups 1,2"), "{md}");
+    assert!(md.contains("--rate 1000 --value-size 1024 -c 64 -d 1s --no-poll"), "the 1,000 w/s converge run: {md}");
+    // The push lag has a target; the CPU per write is beside it, no target.
+    assert_eq!(row("converge at 1000 w/s, push lag p99")[4], "≤ 20 ms");
+    let cpu = row("converge at 1000 w/s, CPU per write");
+    assert!(cpu[1].ends_with(" µs") && cpu[4].is_empty(), "{cpu:?}");
     assert!(row("restart, 20000")[1].contains("replayed"), "{:?}", row("restart, 20000"));
 }

@@ -262,6 +262,25 @@ async fn docs_operations_md_lists_every_metric_the_node_renders() {
     assert!(missing.is_empty(), "docs/operations.md does not list {missing:?}");
 }
 
+#[actix_web::test]
+async fn metrics_give_the_process_cpu_time_and_resident_memory() {
+    // CPU time counts in clock ticks (10 ms at 100 Hz): a test run alone
+    // may not have spent one yet. Reading /proc spends some.
+    let spin = std::time::Instant::now();
+    while crate::process::own_cpu_seconds().unwrap_or(0.0) == 0.0 && spin.elapsed().as_secs() < 5 {}
+    let n = node();
+    let app = app!(n).await;
+    let resp = call_service(&app, TestRequest::get().uri("/metrics").to_request()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8_lossy(&actix_web::test::read_body(resp).await).into_owned();
+    for name in ["process_cpu_seconds_total", "process_resident_memory_bytes"] {
+        let value = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok());
+        assert!(value.is_some_and(|v| v > 0.0), "{name}: {value:?} in\n{text}");
+    }
+    assert!(text.contains("# HELP process_cpu_seconds "), "{text}");
+    assert!(text.contains("# TYPE process_resident_memory_bytes gauge\n"), "{text}");
+}
+
 /// Every internal route, as a peer would call it (with a well-formed body).
 fn internal_requests() -> Vec<TestRequest> {
     let batch = crate::wire::encode_updates(&[crate::store::Update {

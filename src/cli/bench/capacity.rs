@@ -283,14 +283,8 @@ fn busy_pct(before: (u64, u64), after: (u64, u64)) -> f64 {
 
 /// utime + stime of `pid`, in microseconds.
 fn cpu_us(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
-    // After the command's closing parenthesis: state is field 3, utime 14.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return 0 };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    ticks * 1_000_000 / hz
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    crate::process::cpu_ticks(&stat).unwrap_or(0) * 1_000_000 / crate::process::clock_ticks_per_second()
 }
 
 async fn run_one(plan: &CapacityPlan, g: u32) -> Result<Row, String> {

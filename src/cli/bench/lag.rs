@@ -4,12 +4,39 @@
 //! after its writes; the difference, summed over the nodes, is the lag of
 //! the run's pushes, and its percentiles are read off the buckets as
 //! Prometheus's `histogram_quantile` does (linear within a bucket, so
-//! they are as coarse as the buckets: 2–2.5× apart).
+//! they are as coarse as the buckets: 2–2.5× apart). The same scrapes give
+//! each node's `process_cpu_seconds_total`: what the tree's processes spent
+//! on the run, per write.
 
 use serde::{Deserialize, Serialize};
 
 const BUCKET: &str = "treecache_push_lag_seconds_bucket{le=\"";
 const SUM: &str = "treecache_push_lag_seconds_sum ";
+const CPU: &str = "process_cpu_seconds_total ";
+
+/// What converge reads from one node's `/metrics`: its push-lag histogram
+/// and its CPU time so far (each `None` when the node exports none).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeScrape {
+    pub lag: Option<LagHistogram>,
+    pub cpu_seconds: Option<f64>,
+}
+
+impl NodeScrape {
+    pub fn parse(text: &str) -> NodeScrape {
+        let cpu_seconds = text.lines().find_map(|l| l.strip_prefix(CPU)?.trim().parse().ok());
+        NodeScrape { lag: LagHistogram::parse(text), cpu_seconds }
+    }
+}
+
+/// CPU seconds the nodes spent between two scrapes of each (`None`: the
+/// node did not answer), summed over the nodes that gave their CPU time
+/// both times; and how many those were.
+pub fn cpu_spent(before: &[Option<NodeScrape>], after: &[Option<NodeScrape>]) -> (f64, usize) {
+    let cpu = |s: &Option<NodeScrape>| s.as_ref().and_then(|s| s.cpu_seconds);
+    let spent: Vec<f64> = before.iter().zip(after).filter_map(|(b, a)| Some((cpu(a)? - cpu(b)?).max(0.0))).collect();
+    (spent.iter().sum(), spent.len())
+}
 
 /// One node's push-lag histogram: cumulative counts per upper bound
 /// (seconds, ascending, the last `+Inf`) and the sum of seconds.
@@ -131,6 +158,21 @@ mod tests {
         assert_eq!(total.count(), 18);
         assert_eq!(LagHistogram::parse("treecache_hits_total 3\n# EOF\n"), None);
         assert_eq!(LagHistogram::parse(&text(&[("x", 1)], 0.0)), None, "a bound that is no number");
+    }
+
+    #[test]
+    fn cpu_is_summed_over_the_nodes_scraped_both_times() {
+        let scrape = |cpu: f64| Some(NodeScrape::parse(&format!("process_cpu_seconds_total {cpu}\n# EOF\n")));
+        let lagless = scrape(1.5).unwrap();
+        assert_eq!((lagless.cpu_seconds, lagless.lag), (Some(1.5), None));
+        let with_lag = NodeScrape::parse(&text(&[("+Inf", 2)], 0.1));
+        assert!(with_lag.lag.is_some() && with_lag.cpu_seconds.is_none());
+        assert_eq!(NodeScrape::parse("process_cpu_seconds_total lots\n").cpu_seconds, None);
+        // Node 3 did not answer after, node 4 exports no CPU time: two counted.
+        let before = [scrape(1.0), scrape(2.0), scrape(3.0), Some(with_lag.clone())];
+        let after = [scrape(1.5), scrape(2.25), None, Some(with_lag)];
+        assert_eq!(cpu_spent(&before, &after), (0.75, 2));
+        assert_eq!(cpu_spent(&[], &[]), (0.0, 0));
     }
 
     #[test]

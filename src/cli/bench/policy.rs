@@ -295,9 +295,7 @@ fn rss() -> Option<u64> {
     unsafe {
         libc::malloc_trim(0);
     }
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
-    Some(kib << 10)
+    crate::process::own_resident_bytes()
 }
 
 /// Runs both workloads and prints a table.

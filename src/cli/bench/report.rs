@@ -215,6 +215,16 @@ pub struct Converge {
     /// when no node exported `treecache_push_lag_seconds`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub push_lag: Option<super::lag::PushLag>,
+    /// CPU (user + system) the node processes spent per write, in µs,
+    /// summed over `processes` nodes: each node's `process_cpu_seconds_total`
+    /// from the same scrapes as the push lag; `None` when no node gave it.
+    #[serde(default)]
+    pub cpu_us_per_write: Option<f64>,
+    /// Nodes summed into `cpu_us_per_write`: the ones that gave their CPU
+    /// time before and after the writes (fewer than `holders`: the others
+    /// did not answer, and a note says so).
+    #[serde(default)]
+    pub processes: usize,
 }
 
 /// Reports from before `--no-poll` always polled.
@@ -563,6 +573,11 @@ impl Report {
                 return Err("converge: latency count differs from converged writes".into());
             }
         }
+        if let Some(c) = &self.converge {
+            if c.processes > c.holders {
+                return Err(format!("converge: CPU summed over {} processes, {} holders", c.processes, c.holders));
+            }
+        }
         if let Some(s) = &self.scale {
             if s.registered > s.nodes {
                 return Err("scale: more nodes registered than started".into());
@@ -665,6 +680,13 @@ impl Report {
                     ms(l.p99_us),
                     ms(l.mean_us)
                 );
+            }
+            if let Some(us) = c.cpu_us_per_write {
+                let missing = match c.holders - c.processes.min(c.holders) {
+                    0 => String::new(),
+                    n => format!(" ({n} of {} nodes not scraped, not counted)", c.holders),
+                };
+                let _ = writeln!(out, "    CPU per write, summed over {} processes: {us:.1} µs{missing}", c.processes);
             }
         }
         if let Some(sc) = &self.scale {
@@ -803,6 +825,29 @@ mod tests {
         assert!(r.check().unwrap_err().contains("converge"));
         r.converge = Some(Converge { writes: 3, polled: false, ..Default::default() });
         assert!(r.check().is_ok(), "not polled: nothing to add up");
+        r.converge = Some(Converge { writes: 3, polled: false, holders: 2, processes: 3, ..Default::default() });
+        assert!(r.check().unwrap_err().contains("processes"));
+    }
+
+    #[test]
+    fn converge_names_the_processes_its_cpu_per_write_sums_and_those_it_lacks() {
+        let mut r = report(&[tally(3, 0, 0, 0, &[])]);
+        let c =
+            Converge { writes: 3, holders: 63, processes: 63, cpu_us_per_write: Some(1887.31), ..Default::default() };
+        r.converge = Some(c.clone());
+        let text = r.text();
+        assert!(text.contains("CPU per write, summed over 63 processes: 1887.3 µs\n"), "{text}");
+        r.converge = Some(Converge { processes: 61, ..c });
+        let text = r.text();
+        assert!(
+            text.contains("summed over 61 processes: 1887.3 µs (2 of 63 nodes not scraped, not counted)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            (json["converge"]["cpu_us_per_write"].as_f64(), json["converge"]["processes"].as_u64()),
+            (Some(1887.31), Some(61))
+        );
     }
 
     fn sample(t_s: f64, rss_kib: u64, entries: u64, tombstones: u64, bytes: u64) -> MemSample {

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::report::{Report, Scale};
 use super::Plan;
 use crate::cli::local::{spawn_node, wait_healthy};
+use crate::process::kib_field;
 use crate::zkserver::{free_port, LocalZk};
 
 /// The node processes of one run; dropping it stops them all: SIGTERM to
@@ -51,11 +52,6 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 fn parse_vm_rss(status: &str) -> Option<u64> {
     kib_field(status, "VmRSS:")
-}
-
-/// A `Name:   1234 kB` line's number.
-fn kib_field(text: &str, name: &str) -> Option<u64> {
-    text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// What a process costs beyond what it shares, from /proc/<pid>/smaps_rollup:

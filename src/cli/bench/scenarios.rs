@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use super::dist::{KeyChooser, ValuePool};
-use super::lag::{LagHistogram, PushLag};
+use super::lag::{self, LagHistogram, NodeScrape, PushLag};
 use super::load::{self, Answer, Connections, Load, Method, Request, Workload};
 use super::report::{self, Converge, Latency, Level, LevelCost, Phase, Report, Tally};
 use super::topo::{self, TreeNode};
@@ -457,28 +457,28 @@ impl Workload for ConvergeWrites {
     }
 }
 
-/// Every node's push-lag histogram (`None` for a node that did not answer
-/// or exports none).
-async fn scrape_lags(http: &reqwest::Client, nodes: &[String]) -> Vec<Option<LagHistogram>> {
+/// Every node's `/metrics` as converge reads it (`None` for a node that
+/// did not answer).
+async fn scrape_nodes(http: &reqwest::Client, nodes: &[String]) -> Vec<Option<NodeScrape>> {
     let scrapes = nodes.iter().map(|n| async move {
         let text = http.get(format!("{n}/metrics")).send().await.ok()?.text().await.ok()?;
-        LagHistogram::parse(&text)
+        Some(NodeScrape::parse(&text))
     });
     futures::future::join_all(scrapes).await
 }
 
-fn total_count(lags: &[Option<LagHistogram>]) -> u64 {
-    lags.iter().flatten().map(LagHistogram::count).sum()
+fn total_count(scrapes: &[Option<NodeScrape>]) -> u64 {
+    scrapes.iter().flatten().filter_map(|s| s.lag.as_ref()).map(LagHistogram::count).sum()
 }
 
-/// The histograms once pushes have stopped arriving: scraped until two
+/// The scrapes once pushes have stopped arriving: scraped until two
 /// scrapes a little apart count the same (or `limit` passes).
-async fn settled_lags(http: &reqwest::Client, nodes: &[String], limit: Duration) -> Vec<Option<LagHistogram>> {
+async fn settled_scrapes(http: &reqwest::Client, nodes: &[String], limit: Duration) -> Vec<Option<NodeScrape>> {
     let deadline = Instant::now() + limit;
-    let mut last = scrape_lags(http, nodes).await;
+    let mut last = scrape_nodes(http, nodes).await;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = scrape_lags(http, nodes).await;
+        let now = scrape_nodes(http, nodes).await;
         if total_count(&now) == total_count(&last) || Instant::now() >= deadline {
             return now;
         }
@@ -487,12 +487,13 @@ async fn settled_lags(http: &reqwest::Client, nodes: &[String], limit: Duration)
 }
 
 /// The run's push lag over every node scraped both before and after.
-fn push_lag(before: &[Option<LagHistogram>], after: &[Option<LagHistogram>]) -> Option<PushLag> {
+fn push_lag(before: &[Option<NodeScrape>], after: &[Option<NodeScrape>]) -> Option<PushLag> {
+    let lag = |s: &Option<NodeScrape>| s.as_ref().and_then(|s| s.lag.clone());
     let mut total = LagHistogram::default();
     let mut nodes = 0;
     for (b, a) in before.iter().zip(after) {
-        if let (Some(b), Some(a)) = (b, a) {
-            total.add(&a.since(b));
+        if let (Some(b), Some(a)) = (lag(b), lag(a)) {
+            total.add(&a.since(&b));
             nodes += 1;
         }
     }
@@ -536,14 +537,15 @@ async fn converge(plan: &Plan, conns: &Connections) -> Result<Report, String> {
         values: ValuePool::new(plan.sizes, &mut StdRng::from_entropy()),
         tracker: plan.poll.then(|| tracker.clone()),
     };
-    let lags_before = scrape_lags(&poll_http, &holders).await;
+    let scrapes_before = scrape_nodes(&poll_http, &holders).await;
     let (phase, _, _) = load::run("writes", vec![writer.clone()], &plan.load, conns, Arc::new(workload)).await?;
     // Every follow ends by its deadline, so this wait is bounded.
     let tasks = std::mem::take(&mut tracker.state.lock().tasks);
     for t in tasks {
         let _ = t.await;
     }
-    let lags_after = settled_lags(&poll_http, &holders, plan.converge_timeout).await;
+    let scrapes_after = settled_scrapes(&poll_http, &holders, plan.converge_timeout).await;
+    let (cpu_seconds, processes) = lag::cpu_spent(&scrapes_before, &scrapes_after);
     let state = tracker.state.lock();
     let converge = Converge {
         writer,
@@ -555,7 +557,9 @@ async fn converge(plan: &Plan, conns: &Connections) -> Result<Report, String> {
         all_holders: Latency::of(&state.all),
         per_holder: Latency::of(&state.each),
         polls: state.polls,
-        push_lag: push_lag(&lags_before, &lags_after),
+        push_lag: push_lag(&scrapes_before, &scrapes_after),
+        cpu_us_per_write: (processes > 0 && phase.ok > 0).then(|| cpu_seconds * 1e6 / phase.ok as f64),
+        processes,
     };
     let mut report = single(plan, phase);
     if converge.not_converged > 0 {
@@ -566,6 +570,14 @@ async fn converge(plan: &Plan, conns: &Connections) -> Result<Report, String> {
     }
     if converge.push_lag.is_none() {
         report.notes.push("no node exported treecache_push_lag_seconds: no push lag".into());
+    }
+    if processes < holders.len() {
+        report.notes.push(format!(
+            "CPU per write: {} of {} nodes did not answer /metrics with process_cpu_seconds_total before and \
+             after the writes; their CPU is not in the sum",
+            holders.len() - processes,
+            holders.len()
+        ));
     }
     report.notes.push(format!("tree: {} nodes, depth {}", place.tree.len(), max_depth(&place.tree)));
     report.converge = Some(converge);
