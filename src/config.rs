@@ -194,6 +194,11 @@ pub struct NodeArgs {
     /// after N ms instead of the usual 30 s. Never set in production.
     #[arg(long, env = "TREECACHE_FAULT_MOVE_ROLLBACK_MS", hide = true, default_value_t = 0)]
     pub fault_move_rollback_ms: u64,
+    /// Fault injection for tests: a source group's leader dies (exits at
+    /// once, as if killed -9) right after it fenced a move's rollback in
+    /// ZooKeeper, before the thaw. Never set in production.
+    #[arg(long, env = "TREECACHE_FAULT_DIE_AFTER_ROLLBACK_FENCE", hide = true, value_parser = BoolishValueParser::new())]
+    pub fault_die_after_rollback_fence: bool,
     /// Fault injection for tests: a node holds each new slot map (or set
     /// of group leaders) it reads from ZooKeeper this long before it
     /// routes by it (so a test can have a router, or a move's target, act

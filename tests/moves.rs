@@ -863,6 +863,39 @@ async fn an_import_the_target_cannot_apply_is_refused_and_stores_nothing() {
     assert_eq!(c.dump_keys(g1).await, vec![key.clone()], "nothing dropped");
 }
 
+/// A rollback cut short right after its fence (the source's leader dies
+/// with the records `rolling_back`, the slot still frozen) is finished by
+/// the standby that takes over: frozen from its log, it finds the records,
+/// thaws the slot and deletes them; the slot's writes, waiting meanwhile,
+/// commit at the new leader, none acknowledged lost. The target had no
+/// standby and stays down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_cut_short_after_its_fence_is_finished_by_the_standby_that_takes_over() {
+    let knobs = ["--fault-move-pause-ms", "1000", "--fault-move-rollback-ms", "3000"];
+    let mut root_args: Vec<String> = knobs.iter().map(|s| s.to_string()).collect();
+    root_args.push("--fault-die-after-rollback-fence".into());
+    let mut c = Cluster::start_opts(Opts { nodes: 3, durable_root: true, root_args, ..Opts::default() }).await;
+    let g0_standby = add_group_root(&mut c, "0", "g0-b", &knobs).await;
+    let g1 = add_group_root(&mut c, "1", "g1", &[]).await;
+    wait_in_sync(&c, 0, 2).await;
+    let keys: Vec<String> = (0..).map(|i| format!("cut-{i}")).filter(|k| slot_of(k) == 19).take(8).collect();
+    let acked: Acked = Arc::default();
+    write_round(&c, &keys.iter().collect::<Vec<_>>(), 2, 0, &acked).await;
+    let moving = move_until_frozen(&c, "19", "1").await;
+    c.kill(g1);
+    write_round(&c, &keys.iter().collect::<Vec<_>>(), 2, 1, &acked).await;
+    let out = moving.await.expect("slots move ran");
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{said}");
+    assert!(said.contains("slots 19 not moved: the move rolled back"), "{said}");
+    assert!(c.log_text(0).contains("slots 19: rollback fenced; dying now"), "{}", c.log_text(0));
+    let log = c.log_text(g0_standby);
+    assert!(log.contains("slots 19: the move to group 1 rolled back"), "{log}");
+    assert_eq!(slot_map(&c).await.owner(19), 0);
+    write_round(&c, &keys.iter().collect::<Vec<_>>(), 2, 2, &acked).await;
+    check_after(&c, &acked, &[(0, g0_standby)], &[1, 2]).await;
+}
+
 /// A move record deleted by hand (zkCli) while its slot is frozen ends
 /// the move: nothing would ever end the freeze, so the source's leader
 /// thaws a frozen slot that no record names and the map gives it, and

@@ -219,7 +219,12 @@ async fn change(
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
             if let Ok(Ok(fresh)) = tokio::time::timeout(ZK_TIMEOUT, zk::connect(&reach.zk, &paths, None)).await {
-                client = fresh;
+                // A new session may reach a server behind the one before:
+                // it catches up first, or a record seen gone (and the map
+                // not changed yet) would read as a rollback.
+                if let Ok(Ok(())) = tokio::time::timeout(ZK_TIMEOUT, fresh.sync(&paths.moves())).await {
+                    client = fresh;
+                }
             }
             continue;
         }

@@ -145,6 +145,8 @@ pub(super) struct Moves {
     aborts: Mutex<BTreeMap<GroupId, Abort>>,
     /// Rounds of moves this root has begun (see [`Import::round`]).
     rounds: std::sync::atomic::AtomicU64,
+    /// A task asks the targets of `aborts` (one at a time).
+    aborting: std::sync::atomic::AtomicBool,
 }
 
 /// What a rolled-back move's target is asked to drop: the slots, and the
@@ -272,6 +274,13 @@ impl Node {
     /// here), and those copied too long ago.
     fn arrived(&self) {
         self.still_incoming(&mut self.inner.moves.incoming.lock());
+        // Copies of slots now ours have come: they no longer hold back an
+        // abort of another group's move of them.
+        let view = self.routes();
+        let (Some(map), mine) = (view.map.as_ref(), self.args().group.unwrap_or(0)) else { return };
+        for copy in self.inner.moves.seen.lock().values_mut() {
+            copy.slots.retain(|&s| map.owner(s) != mine);
+        }
     }
 
     /// Keeps in `incoming` the slots still coming: copied here less than
@@ -461,7 +470,9 @@ impl Node {
         let mine = self.args().group.unwrap_or(0);
         let names = match zk.list_children(&paths.moves()).await {
             Ok(names) => names,
-            Err(zookeeper_client::Error::NoNode) => return Ok(()),
+            // No moves at all (`moves/` deleted by hand): nothing may
+            // stay frozen.
+            Err(zookeeper_client::Error::NoNode) => Vec::new(),
             Err(e) => return Err(Error::zk("list", paths.moves(), e)),
         };
         // Ours, by target, the slots still to move and those rolling back;
@@ -478,7 +489,14 @@ impl Node {
                 Err(zookeeper_client::Error::NoNode) => continue,
                 Err(e) => return Err(Error::zk("get", path, e)),
             };
-            let rec = MoveRecord::from_json(&data).map_err(Error::Internal)?;
+            // One this build cannot read (a newer root's) stops no other.
+            let rec = match MoveRecord::from_json(&data) {
+                Ok(rec) => rec,
+                Err(e) => {
+                    log::warn!("slot moves: {path} not read ({e}); skipped");
+                    continue;
+                }
+            };
             if rec.from != mine {
                 continue;
             }
@@ -495,11 +513,20 @@ impl Node {
                 }
             }
         }
+        // Each step below is tried whatever the others' outcome (one
+        // target's trouble holds no other's slots); the first error is
+        // the round's.
+        let mut first_error = None;
+        let mut note = |r: Result<()>| {
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
+            }
+        };
         // A rollback a round before stopped in (fenced, maybe not thawed).
         for (to, moves) in rolling {
-            self.finish_roll_back(&zk, to, moves).await?;
+            note(self.finish_roll_back(&zk, to, moves).await);
         }
-        self.thaw_unrecorded(&zk, &recorded).await?;
+        note(self.thaw_unrecorded(&zk, &recorded).await);
         // Frozen too long without a cutover, whichever target: roll back
         // (a move to another target that keeps failing must not hold it).
         let frozen = self.inner.moves.frozen.read().clone();
@@ -509,22 +536,22 @@ impl Node {
             let slots: BTreeSet<Slot> = stuck.keys().copied().collect();
             if !stuck.is_empty() && self.frozen_since(&slots).elapsed() >= self.roll_back_after() {
                 moves.retain(|s, _| !slots.contains(s));
-                self.roll_back(&zk, *to, stuck).await?;
+                note(self.roll_back(&zk, *to, stuck).await);
             }
         }
         pending.retain(|_, moves| !moves.is_empty());
-        self.send_aborts(&zk, &pending).await;
+        self.spawn_aborts(&pending);
         // Slots frozen here go first: their writes wait.
         let first = pending.iter().find(|(_, m)| m.keys().any(|s| frozen.contains(s))).map(|(to, _)| *to);
         if let Some(to) = first.or_else(|| pending.keys().next().copied()) {
             let moves = pending.remove(&to).unwrap_or_default();
             let moves: Recorded = moves.into_iter().take(SLOTS_PER_ROUND).collect();
-            self.move_slots(&zk, to, moves).await?;
+            note(self.move_slots(&zk, to, moves).await);
         }
         if !done.is_empty() {
-            self.drop_moved(&zk, done).await?;
+            note(self.drop_moved(&zk, done).await);
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Steps 1-4 for `moves` (all to group `to`).
@@ -1025,6 +1052,10 @@ impl Node {
                 }
             }
         };
+        if self.args().fault_die_after_rollback_fence {
+            log::warn!("slots {}: rollback fenced; dying now (--fault-die-after-rollback-fence)", ranges_text(&slots));
+            std::process::abort();
+        }
         let mut fenced = moves;
         for ((_, (rec, version)), result) in fenced.iter_mut().zip(results.into_iter().skip(2)) {
             rec.state = MoveState::RollingBack;
@@ -1061,6 +1092,12 @@ impl Node {
                 Err(zookeeper_client::MultiWriteError::OperationFailed { index: 0, .. }) if tries < CUTOVER_TRIES => {
                     tries += 1;
                 }
+                // Deleted already (a round before, its answer lost; or by
+                // hand): the rest of the rollback still holds.
+                Err(zookeeper_client::MultiWriteError::OperationFailed {
+                    source: zookeeper_client::Error::NoNode,
+                    ..
+                }) => break,
                 Err(e) => {
                     return Err(Error::Internal(format!(
                         "slots {} thawed, but their move records not deleted ({e}); the next round does it",
@@ -1137,6 +1174,27 @@ impl Node {
         Ok(())
     }
 
+    /// Runs [`Node::send_aborts`] in a task of its own, one at a time: a
+    /// target that does not answer (2 s each) must not hold up the moves.
+    /// A new move's copy racing an abort to the same target is safe: its
+    /// round is newer, so the target refuses an abort that comes after it
+    /// and the copy comes whole after one that came first.
+    fn spawn_aborts(&self, pending: &BTreeMap<GroupId, Recorded>) {
+        use std::sync::atomic::Ordering;
+        if self.inner.moves.aborts.lock().is_empty() || self.inner.moves.aborting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let moving: BTreeMap<GroupId, BTreeSet<Slot>> =
+            pending.iter().map(|(to, moves)| (*to, moves.keys().copied().collect())).collect();
+        let node = self.clone();
+        self.spawn(async move {
+            if let Ok(zk) = node.zk().await {
+                node.send_aborts(&zk, &moving).await;
+            }
+            node.inner.moves.aborting.store(false, Ordering::Release);
+        });
+    }
+
     /// Tells the targets of rolled-back moves to drop what the copies
     /// brought them, each target once per round until it answers. Not
     /// asked for: a slot that a move of `pending` sends to the same target
@@ -1144,14 +1202,14 @@ impl Node {
     /// (moved on since: the target's copy may be a newer move's). A
     /// failure is asked again; a refusal (400, 409: the target owns the
     /// slot, another move of it is coming in) ends the asking.
-    async fn send_aborts(&self, zk: &zookeeper_client::Client, pending: &BTreeMap<GroupId, Recorded>) {
+    async fn send_aborts(&self, zk: &zookeeper_client::Client, pending: &BTreeMap<GroupId, BTreeSet<Slot>>) {
         let mine = self.args().group.unwrap_or(0);
         let view = self.routes();
         let asks: Vec<(GroupId, BTreeSet<Slot>, u64)> = {
             let mut aborts = self.inner.moves.aborts.lock();
             for (to, abort) in aborts.iter_mut() {
                 abort.slots.retain(|s| {
-                    !pending.get(to).is_some_and(|moving| moving.contains_key(s))
+                    !pending.get(to).is_some_and(|moving| moving.contains(s))
                         && view.map.as_ref().is_none_or(|map| map.owner(*s) == mine)
                 });
             }
@@ -1272,13 +1330,18 @@ impl Node {
             }
             let copy = seen.entry(from).or_default();
             if (epoch, round) < (copy.epoch, copy.round) {
-                return Err(Error::BadRequest(format!(
-                    "an abort of round {round} from group {from}'s leader (epoch {epoch}): this root has its copy of \
-                     round {} (epoch {}), a newer move",
-                    copy.round, copy.epoch
-                )));
+                if !copy.slots.is_disjoint(&slots) {
+                    return Err(Error::BadRequest(format!(
+                        "an abort of round {round} from group {from}'s leader (epoch {epoch}): this root has its \
+                         copy of round {} (epoch {}) of them, a newer move",
+                        copy.round, copy.epoch
+                    )));
+                }
+                // A newer copy of other slots: kept (what is left of the
+                // rolled-back one is of an older round, refused anyway).
+            } else {
+                *copy = Copying { epoch, round, aborted: true, ..Copying::default() };
             }
-            *copy = Copying { epoch, round, aborted: true, ..Copying::default() };
         }
         self.inner.moves.incoming.lock().retain(|s, _| !slots.contains(s));
         let dropped = self.inner.store.slot_entries(&slots, false, 0).len();
