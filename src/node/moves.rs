@@ -43,14 +43,18 @@
 //! A move waits for a target that is down while it copies (nothing is
 //! frozen then). Once frozen, it finishes or rolls back: slots frozen
 //! [`ROLL_BACK_AFTER`] without a cutover (the target down or unreachable
-//! all that while, its leader changing again and again) are thawed
-//! through the replicated log (a thaw record: they take writes again,
-//! their keys kept), and their `moves/<slot>` records deleted, checked
-//! against this group's leader znode and the map (no cutover was made:
-//! only this group's leader makes one, and it is making none). The target
+//! all that while, full, its leader changing again and again) roll back
+//! ([`Node::roll_back`]): their `moves/<slot>` records are set to
+//! `rolling_back` in one `multi` checked against this group's leader
+//! znode, the map and each record's version (a fence: a cutover checks
+//! those versions, so none follows, and the map shows none came before),
+//! then thawed through the replicated log (a thaw record: they take
+//! writes again, their keys kept), then the records deleted. The target
 //! is then told, until it answers, to drop what the copies brought it
-//! (`POST /internal/import?abort=true`). `treecache slots move` reports a
-//! rolled-back slot, and the operator may move it again.
+//! (`POST /internal/import?abort=true&round=R`; copies carry the source
+//! leader's round, so one abandoned on the way is refused after the
+//! abort). `treecache slots move` reports a rolled-back slot, and the
+//! operator may move it again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
