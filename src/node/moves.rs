@@ -122,9 +122,12 @@ const CAUGHT_UP: usize = 32;
 /// The slots this root holds frozen, and a wake-up when that changes.
 #[derive(Default)]
 pub(super) struct Moves {
-    /// Writes read it while they commit (see [`Node::if_unfrozen`]); a
-    /// freeze takes it for writing, so no commit straddles a freeze.
-    frozen: RwLock<BTreeSet<Slot>>,
+    /// The slots frozen here, each with when it froze (restored from the
+    /// log, or from a leader's stream at a standby: when this root learned
+    /// of it; a move frozen [`ROLL_BACK_AFTER`] rolls back). Writes read it
+    /// while they commit (see [`Node::if_unfrozen`]); a freeze takes it for
+    /// writing, so no commit straddles a freeze.
+    frozen: RwLock<BTreeMap<Slot, std::time::Instant>>,
     changed: Notify,
     /// At a target: per source group, the epoch of the leader whose copy
     /// comes in, and the keys its current copy has named so far, over the
@@ -138,10 +141,6 @@ pub(super) struct Moves {
     /// router that read the new map first has their writes answered
     /// `SlotMoving` here, not its whole batch refused `wrong_group`.
     incoming: Mutex<HashMap<Slot, std::time::Instant>>,
-    /// When each frozen slot froze here (restored from the log, or from
-    /// a leader's stream at a standby: when this root learned of it). A
-    /// move whose slots stay frozen [`ROLL_BACK_AFTER`] rolls back.
-    frozen_at: Mutex<HashMap<Slot, std::time::Instant>>,
     /// Rolled-back moves whose target has not said yet that it dropped
     /// what their copies brought it, by target group. Asked again each
     /// round; a slot is forgotten once a new move of it to that target
@@ -222,7 +221,7 @@ struct Sent {
 impl Node {
     /// Slots frozen here, ascending (for a snapshot).
     pub fn frozen_slots(&self) -> Vec<Slot> {
-        self.inner.moves.frozen.read().iter().copied().collect()
+        self.inner.moves.frozen.read().keys().copied().collect()
     }
 
     /// Runs `commit` if every key of `keys` is in a slot this group owns
@@ -232,7 +231,7 @@ impl Node {
     /// comes before any cutover, so no commit straddles either.
     pub(super) fn if_unfrozen<R>(&self, keys: &[String], commit: impl FnOnce() -> R) -> Result<Option<R>> {
         self.with_frozen(keys, |frozen| {
-            let any_frozen = !frozen.is_empty() && keys.iter().any(|k| frozen.contains(&slot_of(k)));
+            let any_frozen = !frozen.is_empty() && keys.iter().any(|k| frozen.contains_key(&slot_of(k)));
             (!any_frozen).then(commit)
         })
     }
@@ -240,7 +239,11 @@ impl Node {
     /// Runs `decide` with the frozen slots (none of which a freeze can add
     /// to until it returns) if every key of `keys` is in a slot this group
     /// owns: 409 `wrong_group` if one is not ours.
-    fn with_frozen<R>(&self, keys: &[String], decide: impl FnOnce(&BTreeSet<Slot>) -> R) -> Result<R> {
+    fn with_frozen<R>(
+        &self,
+        keys: &[String],
+        decide: impl FnOnce(&BTreeMap<Slot, std::time::Instant>) -> R,
+    ) -> Result<R> {
         let frozen = self.inner.moves.frozen.read();
         self.check_own_slots(keys)?;
         Ok(decide(&frozen))
@@ -260,16 +263,13 @@ impl Node {
             .iter()
             .filter(|k| {
                 let slot = slot_of(k);
-                !frozen.contains(&slot) && !coming.contains(&slot)
+                !frozen.contains_key(&slot) && !coming.contains(&slot)
             })
             .cloned()
             .collect();
         self.check_own_slots(&others)?;
-        if coming.is_empty() {
-            return Ok(decide(&frozen));
-        }
-        let mut held = frozen.clone();
-        held.extend(coming);
+        let mut held = coming;
+        held.extend(frozen.keys().copied());
         Ok(decide(&held))
     }
 
@@ -300,7 +300,7 @@ impl Node {
     /// refused `wrong_group`.
     pub(super) fn slot_in_transit(&self, key: &str) -> bool {
         let slot = slot_of(key);
-        self.inner.moves.frozen.read().contains(&slot) || !self.coming_in(std::iter::once(slot)).is_empty()
+        self.inner.moves.frozen.read().contains_key(&slot) || !self.coming_in(std::iter::once(slot)).is_empty()
     }
 
     /// Of `slots`, those whose last copy this root took lately and that
@@ -336,7 +336,7 @@ impl Node {
                 if set.is_empty() {
                     None
                 } else {
-                    keys.iter().find(|k| set.contains(&slot_of(k))).cloned()
+                    keys.iter().find(|k| set.contains_key(&slot_of(k))).cloned()
                 }
             };
             let Some(key) = frozen else { break };
@@ -373,7 +373,6 @@ impl Node {
     pub(super) fn apply_slot_change(&self, slot: Slot, change: SlotChange) {
         match change {
             SlotChange::Freeze => {
-                self.inner.moves.frozen.write().insert(slot);
                 self.mark_frozen(std::iter::once(slot));
             }
             SlotChange::Drop => {
@@ -392,21 +391,26 @@ impl Node {
     /// rolled back).
     fn thaw(&self, slot: Slot) {
         self.inner.moves.frozen.write().remove(&slot);
-        self.inner.moves.frozen_at.lock().remove(&slot);
     }
 
-    /// Notes when `slots` froze, for those not frozen before.
-    fn mark_frozen(&self, slots: impl Iterator<Item = Slot>) {
+    /// Freezes `slots` here, noting when for those not frozen before;
+    /// returns those.
+    fn mark_frozen(&self, slots: impl Iterator<Item = Slot>) -> Vec<Slot> {
         let now = std::time::Instant::now();
-        let mut at = self.inner.moves.frozen_at.lock();
+        let mut frozen = self.inner.moves.frozen.write();
+        let mut new = Vec::new();
         for slot in slots {
-            at.entry(slot).or_insert(now);
+            if let std::collections::btree_map::Entry::Vacant(at) = frozen.entry(slot) {
+                at.insert(now);
+                new.push(slot);
+            }
         }
+        new
     }
 
     /// When the first of `slots` froze here (now, if none is frozen).
     fn frozen_since(&self, slots: &BTreeSet<Slot>) -> std::time::Instant {
-        let at = self.inner.moves.frozen_at.lock();
+        let at = self.inner.moves.frozen.read();
         slots.iter().filter_map(|s| at.get(s)).min().copied().unwrap_or_else(std::time::Instant::now)
     }
 
@@ -422,13 +426,11 @@ impl Node {
     /// again which slots are frozen.
     pub(super) fn forget_frozen(&self) {
         self.inner.moves.frozen.write().clear();
-        self.inner.moves.frozen_at.lock().clear();
         self.inner.moves.changed.notify_waiters();
     }
 
     /// At start: the slots the log says are frozen.
     pub(super) fn restore_frozen(&self, frozen: &BTreeSet<Slot>) {
-        self.inner.moves.frozen.write().extend(frozen.iter().copied());
         self.mark_frozen(frozen.iter().copied());
     }
 
@@ -533,7 +535,7 @@ impl Node {
         note(self.thaw_unrecorded(&zk, &recorded).await);
         // Frozen too long without a cutover, whichever target: roll back
         // (a move to another target that keeps failing must not hold it).
-        let frozen = self.inner.moves.frozen.read().clone();
+        let frozen: BTreeSet<Slot> = self.inner.moves.frozen.read().keys().copied().collect();
         for (to, moves) in pending.iter_mut() {
             let stuck: Recorded =
                 moves.iter().filter(|(s, _)| frozen.contains(s)).map(|(s, m)| (*s, m.clone())).collect();
@@ -569,8 +571,8 @@ impl Node {
         // frozen yet wait for the next round, and their paced copy.
         let (moves, resumed) = {
             let frozen = self.inner.moves.frozen.read();
-            match moves.keys().any(|s| frozen.contains(s)) {
-                true => (moves.into_iter().filter(|(s, _)| frozen.contains(s)).collect(), true),
+            match moves.keys().any(|s| frozen.contains_key(s)) {
+                true => (moves.into_iter().filter(|(s, _)| frozen.contains_key(s)).collect(), true),
                 false => (moves, false),
             }
         };
@@ -765,13 +767,7 @@ impl Node {
     /// Step 2: freezes `slots` here (those not frozen yet), and returns
     /// the log records that make it durable.
     fn freeze(&self, slots: &BTreeSet<Slot>) -> Vec<Vec<u8>> {
-        let new: Vec<Slot> = {
-            let mut frozen = self.inner.moves.frozen.write();
-            let new: Vec<Slot> = slots.iter().copied().filter(|s| !frozen.contains(s)).collect();
-            frozen.extend(new.iter().copied());
-            new
-        };
-        self.mark_frozen(new.iter().copied());
+        let new = self.mark_frozen(slots.iter().copied());
         self.inner.moves.changed.notify_waiters();
         let frames = slots.iter().map(|&s| slot_frame(s, SlotChange::Freeze)).collect();
         if !new.is_empty() {
@@ -1140,7 +1136,7 @@ impl Node {
     async fn thaw_logged(&self, slots: &BTreeSet<Slot>) -> Result<()> {
         let frozen: BTreeSet<Slot> = {
             let set = self.inner.moves.frozen.read();
-            slots.iter().copied().filter(|s| set.contains(s)).collect()
+            slots.iter().copied().filter(|s| set.contains_key(s)).collect()
         };
         if frozen.is_empty() {
             return Ok(());
@@ -1160,7 +1156,7 @@ impl Node {
     /// record is read, in this same task).
     async fn thaw_unrecorded(&self, zk: &zookeeper_client::Client, recorded: &BTreeSet<Slot>) -> Result<()> {
         let orphans: BTreeSet<Slot> =
-            self.inner.moves.frozen.read().iter().copied().filter(|s| !recorded.contains(s)).collect();
+            self.inner.moves.frozen.read().keys().copied().filter(|s| !recorded.contains(s)).collect();
         if orphans.is_empty() {
             return Ok(());
         }
