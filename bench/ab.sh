@@ -3,7 +3,7 @@
 # that load from anything else falls on both alike. Each round starts a
 # 7-node tree with `up` for each build, measures, and stops it.
 #
-# usage: bench/ab.sh write|hit OLD_BIN NEW_BIN [ROUNDS]   (needs jq)
+# usage: bench/ab.sh write|hit|memory OLD_BIN NEW_BIN [ROUNDS]   (needs jq)
 #   write: ack=parent (16 conns) and ack=root (64 writers) at the deepest node;
 #          each with the tree's CPU per write (node processes' utime+stime
 #          over the run, divided by the writes)
@@ -12,11 +12,15 @@
 #          leaves hold, divided by the hits (steadier than throughput on a
 #          shared machine: a neighbour's load slows a run, it does not add
 #          to our processes' CPU time)
+#   memory: a 1-node tree; 100,000 keys of 100 B written once each
+#          (ack=root, sequential keys, 16 conns) at the root; its RSS
+#          growth (VmRSS) and its own accounting (treecache_bytes) per
+#          entry: compare.sh's memory rows, without the rest of compare.sh
 # AB_CLIENT=BIN: the load generator for both builds (default: each build's
 # own `treecache bench`, which then differs too).
 set -euo pipefail
 SCENARIO=$1; OLD=$2; NEW=$3; ROUNDS=${4:-2}
-case "$SCENARIO" in write|hit) ;; *) echo "bench/ab.sh: scenario is write or hit, not '$SCENARIO'" >&2; exit 2;; esac
+case "$SCENARIO" in write|hit|memory) ;; *) echo "bench/ab.sh: scenario is write, hit or memory, not '$SCENARIO'" >&2; exit 2;; esac
 WORK=$(mktemp -d)
 UP_PID=
 cleanup() {
@@ -61,12 +65,26 @@ measure() {
             t1=$(node_ticks "$UP_PID")
             echo "leaf hit(16 conns) $rate req/s   cpu/hit $(awk -v t=$((t1 - t0)) -v hz="$TICKS" -v n="$hits" 'BEGIN {printf "%.2f", t / hz * 1e6 / (n + 4000)}') us"
             ;;
+        memory)
+            local pid rss0 rss1 metrics bytes entries
+            pid=$(ps --ppid "$UP_PID" -o pid=,comm= | awk '$2 == "treecache" {print $1; exit}')
+            rss0=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
+            "$client" bench write --root "$root" --ack root --popularity sequential --keys 100000 -n 100000 \
+                --value-size 100 -c 16 --quiet >/dev/null
+            rss1=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
+            metrics=$(curl -s "$root/metrics")
+            bytes=$(awk '$1 == "treecache_bytes" {print $2 + 0}' <<<"$metrics")
+            entries=$(awk '$1 == "treecache_entries" {print $2 + 0}' <<<"$metrics")
+            echo "100k x 100 B: $entries entries, RSS +$(( (rss1 - rss0) * 1024 / entries )) B/entry, accounting $((bytes / entries)) B/entry"
+            ;;
     esac
 }
 # Starts a tree with `up`; true once it is up (within 90 s).
 start_tree() {
     local label=$1 bin=$2
-    "$bin" up --nodes 7 >"$WORK/up-$label.log" 2>&1 &
+    local nodes=7
+    [ "$SCENARIO" = memory ] && nodes=1
+    "$bin" up --nodes "$nodes" >"$WORK/up-$label.log" 2>&1 &
     UP_PID=$!
     local deadline=$((SECONDS + 90))
     until grep -q 'Ctrl-C stops the tree' "$WORK/up-$label.log" 2>/dev/null; do

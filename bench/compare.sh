@@ -532,9 +532,9 @@ TC_RSS_D=$(( (TC_RSS1 - TC_RSS0) * 1024 ))
 if [ $HAVE_REDIS = 1 ]; then
     R_MEM=$((REDIS_MEM1 - REDIS_MEM0)); R_RSS_D=$(( (REDIS_RSS1 - REDIS_RSS0) * 1024 ))
     r=$(ratio "$TC_BYTES" "$R_MEM")
-    row "$MEM_KEYS x 100 B, node's own accounting" "$TC_BYTES B ($TC_ENTRIES entries)" "redis used_memory +$R_MEM B" "$r" "≤ 1.5" "$(verdict "$r" '<=' 1.5)"
+    row "$MEM_KEYS x 100 B, node's own accounting" "$TC_BYTES B ($TC_ENTRIES entries)" "redis used_memory +$R_MEM B" "$r" "≤ 1.0" "$(verdict "$r" '<=' 1.0)"
     r=$(ratio "$TC_RSS_D" "$R_MEM")
-    row "$MEM_KEYS x 100 B, RSS growth" "$TC_RSS_D B" "redis used_memory +$R_MEM B (RSS +$R_RSS_D)" "$r" "≤ 1.5" "$(verdict "$r" '<=' 1.5)"
+    row "$MEM_KEYS x 100 B, RSS growth" "$TC_RSS_D B" "redis used_memory +$R_MEM B (RSS +$R_RSS_D)" "$r" "≤ 1.0" "$(verdict "$r" '<=' 1.0)"
 else
     row "$MEM_KEYS x 100 B" "accounting $TC_BYTES B, RSS +$TC_RSS_D B" "" "" "" ""
 fi

@@ -3,7 +3,7 @@
 # provision/install-zookeeper.sh), the tools the deployment and baseline
 # tests call (vagrant with its libvirt provider for `vagrant validate`,
 # iproute2, redis, nginx and wrk (baselines of bench/compare.sh), jq, curl,
-# and ShellCheck), schemathesis for tests/openapi.rs and prometheus-client (its OpenMetrics parser) for
+# ShellCheck, and valgrind for tests/store_valgrind.rs), schemathesis for tests/openapi.rs and prometheus-client (its OpenMetrics parser) for
 # tests/metrics.rs (PyPI, pinned, in a venv at .venv-tests/ so Debian's pip
 # need not touch the system Python), and the cargo components for the lint
 # steps. Then checks that every one of them is there, and fails naming what
@@ -23,7 +23,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 
 # openssl: the provisioning's CA and certificates (TREECACHE_TLS=1, tests/netns.rs).
-packages=(vagrant vagrant-libvirt shellcheck iproute2 redis-server redis-tools nginx wrk jq curl python3 python3-venv openssl)
+packages=(vagrant vagrant-libvirt shellcheck iproute2 redis-server redis-tools nginx wrk jq curl python3 python3-venv openssl valgrind)
 # The version tests/openapi.rs was written against; its CLI changes between majors.
 schemathesis_version=4.32.5
 # The Prometheus project's Python client; tests/metrics.rs uses its parser.
@@ -149,7 +149,7 @@ install_python_tools() {
 
 check_tools() {
     local missing=() t
-    for t in java /usr/share/zookeeper/bin/zkCli.sh vagrant shellcheck ip redis-server redis-cli redis-benchmark /usr/sbin/nginx wrk jq curl openssl cargo; do
+    for t in java /usr/share/zookeeper/bin/zkCli.sh vagrant shellcheck ip redis-server redis-cli redis-benchmark /usr/sbin/nginx wrk jq curl openssl valgrind cargo; do
         command -v "$t" >/dev/null 2>&1 || missing+=("$t")
     done
     [ -x "$venv/bin/schemathesis" ] || missing+=("$venv/bin/schemathesis")

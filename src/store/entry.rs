@@ -1,14 +1,17 @@
 //! Entries and versions: what one key holds ([`Entry`], with its arrival
 //! time and generation packed in a [`Stamp`]), the values the store's API
 //! takes and gives ([`Update`], [`Lookup`], [`Applied`], [`Answer`] and the
-//! rest), the key check, and the compaction of a stored value into an
-//! allocation of its own.
+//! rest), and the key check. An [`Entry`] is one allocation (its fields,
+//! key and value) behind one thin pointer: the only `unsafe` code of the
+//! store, kept to this file, with the layout private to it.
 //!
 //! Must not: lock, reach into a shard or the eviction queues, or do I/O.
 //! Everything here is a value; what stores or changes it is in `shard.rs`
 //! and the store's API in `mod.rs`.
 
+use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::num::NonZeroU64;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use bytes::Bytes;
@@ -19,12 +22,13 @@ use super::{NodeId, Time, Version};
 use crate::clock::Millis;
 
 /// Bytes charged per entry beyond key and value, so that `bytes()` (the
-/// `treecache_bytes` gauge) tracks what the process really holds: an
-/// 88-byte map slot (16 key pointer + 72 `Entry`) at the map's typical
-/// load of ~0.7, plus the allocator's headers on the key and value
-/// allocations. Measured: 100k entries of 100 B with 11-byte keys grew the
-/// RSS by 264 B each, 111 of them key and value.
-pub(super) const ENTRY_OVERHEAD: usize = 144;
+/// `treecache_bytes` gauge) tracks what the process really holds: the
+/// entry's 40-byte head, the allocator's header and rounding on its one
+/// allocation (8, and 8 on average), and its 8-byte map slot and control
+/// byte at the map's typical load of ~0.75. Measured (release build, one
+/// root): 100k entries of 100 B with 10-byte keys grew the RSS by 175-177
+/// B each, 110 of them key and value.
+pub(super) const ENTRY_OVERHEAD: usize = 64;
 
 /// Longest key in bytes (DESIGN.md: 1–250 bytes of UTF-8).
 pub const MAX_KEY_BYTES: usize = 250;
@@ -226,28 +230,288 @@ pub enum DropAnswer {
     Held(Vec<NodeId>),
 }
 
-/// One slot of the map. Kept small (72 bytes; a 100k-entry node pays for
-/// it in every slot): expiry as a non-zero niche, holders boxed because
-/// most entries (every leaf's) have none, and the arrival time and the
-/// generation it was confirmed in packed into one word ([`Stamp`]). The
-/// eviction state (a byte of access count, a flag and a slot number) fits
-/// in the word the CLOCK tick took before.
-pub(super) struct Entry {
+/// Values up to this many bytes live in the entry's own allocation and
+/// are copied out on each read (a copy of a few KiB costs less than the
+/// pointer, counter and allocator header a shared buffer would cost every
+/// entry); larger ones are kept as a shared [`Bytes`], read without a copy.
+pub(super) const INLINE_MAX: usize = 4096;
+
+/// The fields of an entry the store reads and changes in place. Kept in
+/// one word each, or less: the arrival time and the generation it was
+/// confirmed in share one ([`Stamp`]), holders are one pointer while none
+/// are recorded (every leaf's entries), and the eviction state (a byte of
+/// access count, a flag and a slot number) shares another.
+#[repr(C)]
+pub(super) struct Fields {
     pub(super) version: Version,
-    pub(super) value: Option<Bytes>,
-    pub(super) expires_at: Option<NonZeroU64>,
     pub(super) stamp: Stamp,
     /// Children holding the key, each with the store tick when recorded.
     pub(super) holders: Holders,
+    /// The number of the entry's queue slot: a slot with another number
+    /// is left over from an earlier life of the key, and is skipped.
+    pub(super) slot: u32,
     /// Reads since the entry was queued or last passed over (S3-FIFO's
     /// frequency, 0 to [`MAX_FREQ`]); atomic so reads need only the
     /// shard's read lock.
     pub(super) freq: AtomicU8,
     /// In the main queue (else the small one); bounded stores only.
     pub(super) in_main: bool,
-    /// The number of the entry's queue slot: a slot with another number
-    /// is left over from an earlier life of the key, and is skipped.
-    pub(super) slot: u32,
+}
+
+/// How the rest of an entry's allocation is laid out. Set when the
+/// allocation is made and private to this file: nothing outside can make
+/// it disagree with the allocation.
+#[repr(C)]
+struct Shape {
+    /// Bytes of the value stored inline (0 for a tombstone or a shared value).
+    value_len: u32,
+    key_len: u16,
+    flags: u8,
+}
+
+/// Not a tombstone.
+const VALUE: u8 = 1;
+/// The value is a [`Bytes`] in the tail, not inline.
+const SHARED: u8 = 2;
+/// An expiry time (`u64`, wall ms) opens the tail.
+const EXPIRES: u8 = 4;
+
+#[repr(C)]
+struct Head {
+    fields: Fields,
+    shape: Shape,
+}
+
+/// Where the tail starts: the expiry if any, the shared value if any, the
+/// key, then an inline value. 8-aligned, so the expiry and the `Bytes`
+/// are aligned; and past the head's own padding, so writing a whole
+/// [`Fields`] or `Head` cannot touch the tail.
+const HEAD: usize = std::mem::size_of::<Head>();
+
+/// One key's entry: a single allocation (the head, then key and value) owned
+/// through one thin pointer, so a map slot is 8 bytes. Before, a slot was a
+/// 16-byte key pointer and a 72-byte struct, and key and value had
+/// allocations of their own: 265 B of RSS per 100 B entry against Redis's
+/// 187 (docs/benchmarks.md). Its [`Fields`] are reached through `Deref`;
+/// key, value and expiry through methods, and a new value or expiry is
+/// set by [`Entry::set_value`] (in place when the size and shape stay).
+pub(super) struct Entry(NonNull<Head>);
+
+// SAFETY: an `Entry` owns its allocation alone, like a `Box`; what it holds
+// (integers, an atomic, `Holders`, `Bytes`) is `Send` and `Sync`, and
+// `&Entry` only reads, except the atomic access count.
+unsafe impl Send for Entry {}
+unsafe impl Sync for Entry {}
+
+impl Entry {
+    /// A new entry for `key`: `value` `None` is a tombstone. The value is
+    /// copied (a value read from a socket is a slice of the reader's
+    /// buffer, and keeping the slice would pin the whole buffer: 60,000
+    /// 1 KiB values once took 340 MB of RSS for 69 MB of data).
+    pub(super) fn new(key: &str, value: Option<&[u8]>, expires_at: Option<NonZeroU64>, fields: Fields) -> Entry {
+        let key_len = u16::try_from(key.len()).expect("keys are checked to be at most 250 bytes");
+        let (mut flags, value_len, shared) = match value {
+            None => (0, 0, None),
+            Some(v) if v.len() <= INLINE_MAX => (VALUE, v.len() as u32, None),
+            Some(v) => (VALUE | SHARED, 0, Some(Bytes::copy_from_slice(v))),
+        };
+        if expires_at.is_some() {
+            flags |= EXPIRES;
+        }
+        let shape = Shape { value_len, key_len, flags };
+        let layout = shape.layout();
+        // SAFETY: the layout is at least HEAD bytes, aligned for `Head`;
+        // every byte of the tail the shape describes is written below,
+        // each at the offset the accessors read it from.
+        unsafe {
+            let head = alloc(layout).cast::<Head>();
+            let Some(head) = NonNull::new(head) else { handle_alloc_error(layout) };
+            head.as_ptr().write(Head { fields, shape });
+            let mut at = head.as_ptr().cast::<u8>().add(HEAD);
+            if let Some(expires_at) = expires_at {
+                at.cast::<u64>().write(expires_at.get());
+                at = at.add(EXPIRY_BYTES);
+            }
+            if let Some(shared) = shared {
+                at.cast::<Bytes>().write(shared);
+                at = at.add(SHARED_BYTES);
+            }
+            std::ptr::copy_nonoverlapping(key.as_ptr(), at, key.len());
+            if let Some(v) = value.filter(|_| flags & SHARED == 0) {
+                std::ptr::copy_nonoverlapping(v.as_ptr(), at.add(key.len()), v.len());
+            }
+            Entry(head)
+        }
+    }
+
+    fn shape(&self) -> &Shape {
+        // SAFETY: the pointer is to a live head this entry owns.
+        unsafe { &self.0.as_ref().shape }
+    }
+
+    /// The start of the tail, and where in it the key starts.
+    fn tail(&self) -> (*mut u8, usize) {
+        let flags = self.shape().flags;
+        let skip =
+            if flags & EXPIRES != 0 { EXPIRY_BYTES } else { 0 } + if flags & SHARED != 0 { SHARED_BYTES } else { 0 };
+        // SAFETY: the allocation is at least HEAD bytes long.
+        (unsafe { self.0.as_ptr().cast::<u8>().add(HEAD) }, skip)
+    }
+
+    /// Where the shared value is, if the value is shared: a raw pointer
+    /// from the allocation's own, so that drop may take it by value.
+    fn shared_ptr(&self) -> Option<*mut Bytes> {
+        let flags = self.shape().flags;
+        if flags & SHARED == 0 {
+            return None;
+        }
+        let (tail, _) = self.tail();
+        let at = if flags & EXPIRES != 0 { EXPIRY_BYTES } else { 0 };
+        // SAFETY: within the allocation: a shared value was written there
+        // when the entry was made.
+        Some(unsafe { tail.add(at).cast::<Bytes>() })
+    }
+
+    fn shared(&self) -> Option<&Bytes> {
+        // SAFETY: a live `Bytes` the entry owns, borrowed as long as the entry.
+        self.shared_ptr().map(|p| unsafe { &*p })
+    }
+
+    pub(super) fn key(&self) -> &str {
+        let (tail, skip) = self.tail();
+        // SAFETY: the key's bytes, copied from a `&str`, follow the skipped part.
+        unsafe {
+            let bytes = std::slice::from_raw_parts(tail.add(skip), usize::from(self.shape().key_len));
+            std::str::from_utf8_unchecked(bytes)
+        }
+    }
+
+    fn inline_value(&self) -> &[u8] {
+        let (tail, skip) = self.tail();
+        let shape = self.shape();
+        // SAFETY: the inline value's bytes follow the key (none unless VALUE without SHARED).
+        unsafe { std::slice::from_raw_parts(tail.add(skip + usize::from(shape.key_len)), shape.value_len as usize) }
+    }
+
+    /// The value (`None`: a tombstone): an inline one copied out, a
+    /// shared one shared.
+    pub(super) fn value(&self) -> Option<Bytes> {
+        if self.is_tombstone() {
+            return None;
+        }
+        Some(match self.shared() {
+            Some(shared) => shared.clone(),
+            None => Bytes::copy_from_slice(self.inline_value()),
+        })
+    }
+
+    /// The value's length (`None`: a tombstone).
+    pub(super) fn value_len(&self) -> Option<usize> {
+        if self.is_tombstone() {
+            return None;
+        }
+        Some(self.shared().map_or(self.shape().value_len as usize, Bytes::len))
+    }
+
+    pub(super) fn is_tombstone(&self) -> bool {
+        self.shape().flags & VALUE == 0
+    }
+
+    pub(super) fn expires_at(&self) -> Option<Millis> {
+        if self.shape().flags & EXPIRES == 0 {
+            return None;
+        }
+        // SAFETY: the expiry opens the tail when EXPIRES is set.
+        Some(unsafe { self.tail().0.cast::<u64>().read() })
+    }
+
+    /// Gives the entry a new value (`None`: a tombstone) and expiry,
+    /// keeping its key and fields. Written in place when the value stays
+    /// inline and the tail keeps its size and shape (a counter, a
+    /// same-size overwrite); otherwise the entry moves to a new allocation.
+    pub(super) fn set_value(&mut self, value: Option<&[u8]>, expires_at: Option<NonZeroU64>) {
+        let shape = self.shape();
+        let same_shape = shape.flags & SHARED == 0
+            && (shape.flags & EXPIRES != 0) == expires_at.is_some()
+            && value.map_or(0, <[u8]>::len) == shape.value_len as usize
+            && value.is_none_or(|v| v.len() <= INLINE_MAX);
+        if same_shape {
+            let key_len = usize::from(shape.key_len);
+            let (tail, skip) = self.tail();
+            // SAFETY: same shape, so the expiry slot (if any) and the
+            // inline value's bytes are where they were, and this is the
+            // only reference to the entry (`&mut self`).
+            unsafe {
+                if let Some(at) = expires_at {
+                    tail.cast::<u64>().write(at.get());
+                }
+                if let Some(v) = value {
+                    std::ptr::copy_nonoverlapping(v.as_ptr(), tail.add(skip + key_len), v.len());
+                }
+                let shape = &mut (*self.0.as_ptr()).shape;
+                shape.flags = if value.is_some() { shape.flags | VALUE } else { shape.flags & !VALUE };
+            }
+            return;
+        }
+        let fields = Fields {
+            version: self.version,
+            stamp: self.stamp,
+            holders: std::mem::take(&mut self.holders),
+            slot: self.slot,
+            freq: AtomicU8::new(self.freq.load(Ordering::Relaxed)),
+            in_main: self.in_main,
+        };
+        *self = Entry::new(self.key(), value, expires_at, fields);
+    }
+}
+
+/// Bytes of the tail an expiry takes, and a shared value.
+const EXPIRY_BYTES: usize = std::mem::size_of::<u64>();
+const SHARED_BYTES: usize = std::mem::size_of::<Bytes>();
+
+impl Shape {
+    fn layout(&self) -> Layout {
+        let mut size = HEAD + usize::from(self.key_len) + self.value_len as usize;
+        if self.flags & EXPIRES != 0 {
+            size += EXPIRY_BYTES;
+        }
+        if self.flags & SHARED != 0 {
+            size += SHARED_BYTES;
+        }
+        Layout::from_size_align(size, std::mem::align_of::<Head>()).expect("an entry's size fits a layout")
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        let layout = self.shape().layout();
+        let shared = self.shared_ptr();
+        // SAFETY: this entry owns the allocation; the shared value and the
+        // head's fields are dropped once each, then the memory is freed
+        // with the layout it was allocated with.
+        unsafe {
+            if let Some(shared) = shared {
+                std::ptr::drop_in_place(shared);
+            }
+            std::ptr::drop_in_place(self.0.as_ptr());
+            dealloc(self.0.as_ptr().cast::<u8>(), layout);
+        }
+    }
+}
+
+impl std::ops::Deref for Entry {
+    type Target = Fields;
+    fn deref(&self) -> &Fields {
+        // SAFETY: the pointer is to a live head this entry owns.
+        unsafe { &self.0.as_ref().fields }
+    }
+}
+
+impl std::ops::DerefMut for Entry {
+    fn deref_mut(&mut self) -> &mut Fields {
+        // SAFETY: as above, and `&mut self` makes this the only reference.
+        unsafe { &mut self.0.as_mut().fields }
+    }
 }
 
 /// When an entry arrived (monotonic ms, low 44 bits: 557 years) and the
@@ -289,13 +553,15 @@ impl Entry {
         }
     }
     pub(super) fn is_expired(&self, now: Millis) -> bool {
-        self.expires_at.is_some_and(|at| at.get() <= now)
+        self.expires_at().is_some_and(|at| at <= now)
     }
-    pub(super) fn expires_at(&self) -> Option<Millis> {
-        self.expires_at.map(NonZeroU64::get)
-    }
+    /// What an entry of `key` with `value` is charged.
     pub(super) fn charge(key: &str, value: &Option<Bytes>) -> usize {
         key.len() + value.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD
+    }
+    /// What this entry is charged (as [`Entry::charge`] of its key and value).
+    pub(super) fn charged(&self) -> usize {
+        usize::from(self.shape().key_len) + self.value_len().unwrap_or(0) + ENTRY_OVERHEAD
     }
     pub(super) fn lookup(&self, t: Time, generation: u64) -> Lookup {
         if self.is_expired(t.wall) {
@@ -303,40 +569,24 @@ impl Entry {
         }
         let received_at = self.stamp.received_at();
         let current = self.stamp.is_current(generation);
-        match &self.value {
-            Some(value) => Lookup::Value {
-                version: self.version,
-                value: value.clone(),
-                expires_at: self.expires_at(),
-                received_at,
-                current,
-            },
+        match self.value() {
+            Some(value) => {
+                Lookup::Value { version: self.version, value, expires_at: self.expires_at(), received_at, current }
+            }
             None => Lookup::Tombstone { version: self.version, received_at, current },
         }
     }
-}
-
-impl Entry {
-    pub(super) fn is_tombstone(&self) -> bool {
-        self.value.is_none()
-    }
-    pub(super) fn as_update(&self, key: &str) -> Update {
-        Update { key: key.to_string(), version: self.version, value: self.value.clone(), expires_at: self.expires_at() }
+    pub(super) fn as_update(&self) -> Update {
+        Update {
+            key: self.key().to_string(),
+            version: self.version,
+            value: self.value(),
+            expires_at: self.expires_at(),
+        }
     }
 }
 
 /// An expiry time as stored: `Some(0)` (already past) becomes 1 ms, still past.
 pub(super) fn expiry(at: Option<Millis>) -> Option<NonZeroU64> {
     at.map(|t| NonZeroU64::new(t.max(1)).expect("at least 1"))
-}
-
-/// The value in an allocation of its own, exactly its size. A value read
-/// from a socket is a slice of the reader's buffer (hyper's 8 KiB and up,
-/// a push batch's whole body); storing that slice would pin the whole
-/// buffer for as long as the entry lives. Measured before this copy: 60,000
-/// 1 KiB values filled at a node took 340 MB of RSS for 69 MB of data. One
-/// memcpy per stored write is the price; reads, fills served and pushes
-/// share the stored copy without copying.
-pub(super) fn compact(value: &Option<Bytes>) -> Option<Bytes> {
-    value.as_deref().map(Bytes::copy_from_slice)
 }

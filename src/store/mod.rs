@@ -25,6 +25,7 @@ mod entry;
 mod holders;
 mod queues;
 mod shard;
+mod table;
 
 use std::collections::hash_map::RandomState;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -268,7 +269,7 @@ impl Store {
         }
         let applied = shard.apply_if_newer(update, t, tick, generation, answer.confirmed);
         let current = shard.map.get(update.key.as_str()).filter(|e| e.stamp.is_current(generation));
-        let Some(now) = current.map(|e| e.as_update(&update.key)) else { return Some((applied, None)) };
+        let Some(now) = current.map(Entry::as_update) else { return Some((applied, None)) };
         shard.hold(&update.key, child, tick);
         let applied = match applied {
             Applied::Newer { mut holders } => {
@@ -334,7 +335,7 @@ impl Store {
         let tick = self.next_tick();
         let mut shard = self.shard_mut(key);
         let generation = self.generation();
-        let live = shard.map.get(key).filter(|e| e.value.is_some() && !e.is_expired(t.wall)).map(|e| e.version);
+        let live = shard.map.get(key).filter(|e| !e.is_tombstone() && !e.is_expired(t.wall)).map(|e| e.version);
         if !cond.holds(live) {
             return Committed::ConditionFailed { current: live };
         }
@@ -346,7 +347,7 @@ impl Store {
             // delete, or an overwrite no larger, adds nothing). Other
             // shards commit meanwhile: the bound may be passed by what
             // they add at the same moment, never by more.
-            let old = shard.map.get(key).map_or(0, |e| Entry::charge(key, &e.value));
+            let old = shard.map.get(key).map_or(0, Entry::charged);
             let grows = Entry::charge(key, &change.value).saturating_sub(old);
             let bytes = self.bytes();
             if grows > 0 && bytes + grows > max {
@@ -371,7 +372,7 @@ impl Store {
 
     /// What the store has for `key`, as an update (for pushing it on).
     pub fn current(&self, key: &str) -> Option<Update> {
-        self.shard(key).read().map.get(key).map(|e| e.as_update(key))
+        self.shard(key).read().map.get(key).map(Entry::as_update)
     }
 
     /// The parent answered that `version` is still the key's version (a
@@ -449,13 +450,13 @@ impl Store {
         }
         for i in 0..self.shards.len() {
             let mut shard = self.lock(i);
-            let tombstones: Vec<Box<str>> =
-                shard.map.iter().filter(|(_, e)| e.value.is_none()).map(|(k, _)| k.clone()).collect();
+            let tombstones: Vec<String> =
+                shard.map.iter().filter(|e| e.is_tombstone()).map(|e| e.key().to_string()).collect();
             for key in tombstones {
                 shard.remove(&key);
             }
             let shard = &mut *shard;
-            for entry in shard.map.values_mut() {
+            for entry in shard.map.iter_mut() {
                 entry.holders = Holders::default();
             }
             shard.bytes -= shard.holders * HOLDER_BYTES;
@@ -471,7 +472,7 @@ impl Store {
     pub fn wipe(&self) {
         for i in 0..self.shards.len() {
             let mut shard = self.lock(i);
-            let keys: Vec<Box<str>> = shard.map.keys().cloned().collect();
+            let keys: Vec<String> = shard.map.iter().map(|e| e.key().to_string()).collect();
             for key in keys {
                 shard.remove(&key);
             }
@@ -512,7 +513,7 @@ impl Store {
         for i in 0..self.shards.len() {
             let mut shard = self.lock(i);
             let expired: Vec<String> =
-                shard.map.iter().filter(|(_, e)| e.is_expired(t.wall)).map(|(k, _)| k.to_string()).collect();
+                shard.map.iter().filter(|e| e.is_expired(t.wall)).map(|e| e.key().to_string()).collect();
             for key in expired {
                 shard.remove(&key);
                 removed += 1;
@@ -536,9 +537,9 @@ impl Store {
             let old: Vec<String> = shard
                 .map
                 .iter()
-                .filter(|(_, e)| e.is_tombstone() && e.holders.is_empty())
-                .filter(|(_, e)| e.stamp.received_at().saturating_add(horizon_ms) <= t.mono)
-                .map(|(k, _)| k.to_string())
+                .filter(|e| e.is_tombstone() && e.holders.is_empty())
+                .filter(|e| e.stamp.received_at().saturating_add(horizon_ms) <= t.mono)
+                .map(|e| e.key().to_string())
                 .collect();
             for key in old {
                 if shard.is_unneeded(&key, t.mono) {
@@ -643,11 +644,11 @@ impl Store {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.read();
-            for (key, entry) in shard.map.iter().filter(|(key, entry)| keep(key, entry)) {
+            for entry in shard.map.iter().filter(|entry| keep(entry.key(), entry)) {
                 out.push(DumpEntry {
-                    key: key.to_string(),
+                    key: entry.key().to_string(),
                     version: entry.version,
-                    value: entry.value.clone(),
+                    value: entry.value(),
                     expires_at: entry.expires_at(),
                     current: entry.stamp.is_current(generation),
                 });
@@ -666,7 +667,7 @@ impl Store {
                 let shard = self.shard(&u.key).read();
                 match shard.map.get(u.key.as_str()) {
                     Some(e) if e.version >= u.version => 0,
-                    Some(e) => Entry::charge(&u.key, &u.value).saturating_sub(Entry::charge(&u.key, &e.value)),
+                    Some(e) => Entry::charge(&u.key, &u.value).saturating_sub(e.charged()),
                     None => Entry::charge(&u.key, &u.value),
                 }
             })
@@ -684,7 +685,7 @@ impl Store {
         now: Millis,
     ) -> Vec<DumpEntry> {
         self.entries_where(|key, entry| {
-            (!live_only || (entry.value.is_some() && !entry.is_expired(now)))
+            (!live_only || (!entry.is_tombstone() && !entry.is_expired(now)))
                 && slots.contains(&crate::slots::slot_of(key))
         })
     }
@@ -720,7 +721,7 @@ impl Store {
             let mut guard = self.lock(i);
             let shard = &mut *guard;
             let mut removed = 0;
-            for entry in shard.map.values_mut() {
+            for entry in shard.map.iter_mut() {
                 removed += entry.holders.retain(|&(c, _)| c != child);
             }
             shard.holders -= removed;

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
-use super::entry::Entry;
 use super::holders::HOLDER_BYTES;
 use super::shard::Shard;
 use super::NodeId;
@@ -208,9 +207,9 @@ impl Shard {
         if entry.slot != slot || entry.in_main != (which == Queue::Main) {
             return Step::Spared; // left over from an earlier life of the key
         }
-        let freq = entry.freq.get_mut();
         let in_flight = self.expecting.get(&*key).is_some_and(|e| e.is_live(mono));
         let held = !entry.holders.is_empty();
+        let freq = entry.freq.get_mut();
         let mut back = |to: Queue, key: Box<str>| {
             q.queue(to).push_back((key, slot));
             self.bytes += slot_bytes;
@@ -263,10 +262,9 @@ impl Shard {
         q.main.retain(|s| live(s, true));
         q.trim_ghost(ghost_cap(map.len()));
         let queued = q.small.iter().chain(q.main.iter()).map(|(k, _)| QUEUE_SLOT + k.len()).sum::<usize>();
-        self.bytes =
-            map.iter().map(|(k, e)| Entry::charge(k, &e.value) + e.holders.len() * HOLDER_BYTES).sum::<usize>()
-                + queued
-                + q.ghost.len() * GHOST_SLOT;
+        self.bytes = map.iter().map(|e| e.charged() + e.holders.len() * HOLDER_BYTES).sum::<usize>()
+            + queued
+            + q.ghost.len() * GHOST_SLOT;
     }
 
     pub(super) fn queued_slots(&self) -> usize {

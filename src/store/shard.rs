@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use parking_lot::{RwLock, RwLockWriteGuard};
 
-use super::entry::{compact, expiry, Applied, Entry, Stamp, Update};
+use super::entry::{expiry, Applied, Entry, Fields, Stamp, Update};
 use super::holders::{Holders, HOLDER_BYTES};
 use super::queues::Queues;
+use super::table::Table;
 use super::{NodeId, Store, Time};
 use crate::clock::Millis;
 
@@ -41,7 +42,7 @@ impl Expecting {
 
 #[derive(Default)]
 pub(super) struct Shard {
-    pub(super) map: HashMap<Box<str>, Entry>,
+    pub(super) map: Table,
     /// Keys with fills or writes in flight: pushes for them are accepted.
     pub(super) expecting: HashMap<String, Expecting>,
     /// Bytes charged: entries (key, value, overhead), holder records and
@@ -112,12 +113,11 @@ impl Shard {
                 Applied::Stale
             }
             Some(entry) => {
-                self.bytes = self.bytes + charge - Entry::charge(&update.key, &entry.value);
+                self.bytes = self.bytes + charge - entry.charged();
                 self.tombstones =
                     self.tombstones + usize::from(update.value.is_none()) - usize::from(entry.is_tombstone());
                 entry.version = update.version;
-                entry.value = compact(&update.value);
-                entry.expires_at = expiry(update.expires_at);
+                entry.set_value(update.value.as_deref(), expiry(update.expires_at));
                 // Unconfirmed: as current, and as fresh, as it was.
                 if confirmed {
                     entry.stamp = stamp;
@@ -128,19 +128,16 @@ impl Shard {
                 self.bytes += charge;
                 self.tombstones += usize::from(update.value.is_none());
                 let (slot, in_main) = self.admit(&update.key);
-                self.map.insert(
-                    update.key.as_str().into(),
-                    Entry {
-                        version: update.version,
-                        value: compact(&update.value),
-                        expires_at: expiry(update.expires_at),
-                        stamp: if confirmed { stamp } else { Stamp::unconfirmed(t.mono, generation) },
-                        holders: Holders::default(),
-                        freq: AtomicU8::new(0),
-                        in_main,
-                        slot,
-                    },
-                );
+                let fields = Fields {
+                    version: update.version,
+                    stamp: if confirmed { stamp } else { Stamp::unconfirmed(t.mono, generation) },
+                    holders: Holders::default(),
+                    slot,
+                    freq: AtomicU8::new(0),
+                    in_main,
+                };
+                let entry = Entry::new(&update.key, update.value.as_deref(), expiry(update.expires_at), fields);
+                self.map.insert_new(entry);
                 Applied::Newer { holders: Vec::new() }
             }
         }
@@ -150,7 +147,7 @@ impl Shard {
     /// (or [`Shard::compact_queues`] drops it), skipped as left over.
     pub(super) fn remove(&mut self, key: &str) -> Option<Entry> {
         let entry = self.map.remove(key)?;
-        self.bytes -= Entry::charge(key, &entry.value) + entry.holders.len() * HOLDER_BYTES;
+        self.bytes -= entry.charged() + entry.holders.len() * HOLDER_BYTES;
         self.tombstones -= usize::from(entry.is_tombstone());
         self.holders -= entry.holders.len();
         if let Some(q) = self.queues.as_mut().filter(|_| !entry.in_main) {

@@ -43,8 +43,11 @@ fn keys_are_checked() {
 
 #[test]
 fn an_entry_stays_small() {
-    // Every slot of a big store pays for these bytes; see `Entry`.
-    assert!(std::mem::size_of::<Entry>() <= 72, "{}", std::mem::size_of::<Entry>());
+    // Every slot of a big store pays for these bytes; see `Entry`: one
+    // pointer in the map, the fields at the head of the entry's allocation.
+    assert_eq!(std::mem::size_of::<Entry>(), 8);
+    assert_eq!(std::mem::size_of::<Option<Entry>>(), 8);
+    assert!(std::mem::size_of::<super::entry::Fields>() <= 32, "{}", std::mem::size_of::<super::entry::Fields>());
     assert_eq!(std::mem::size_of::<Holders>(), 8);
     let mut h = Holders::default();
     h.push((3, 1));
@@ -55,6 +58,99 @@ fn an_entry_stays_small() {
     assert!(h.0.is_none(), "an emptied list gives its allocation back");
     assert_eq!(expiry(Some(0)).map(NonZeroU64::get), Some(1));
     assert_eq!(expiry(None), None);
+}
+
+fn fields(version: Version) -> super::entry::Fields {
+    super::entry::Fields {
+        version,
+        stamp: Stamp::new(7, 3),
+        holders: Holders::default(),
+        slot: 9,
+        freq: std::sync::atomic::AtomicU8::new(2),
+        in_main: true,
+    }
+}
+
+/// Every shape an entry's one allocation can take: keys of 1 and 250
+/// bytes; a tombstone, an empty value, small ones, one at the inline
+/// limit and one past it (shared); with and without an expiry. Each
+/// reads back whole, and is charged what [`Entry::charge`] says.
+#[test]
+fn an_entry_reads_back_its_key_value_and_expiry_in_every_shape() {
+    let long_key = "k".repeat(MAX_KEY_BYTES);
+    let values: Vec<Option<Vec<u8>>> = vec![
+        None,
+        Some(vec![]),
+        Some(b"v".to_vec()),
+        Some((0..100u8).collect()),
+        Some(vec![0xab; super::entry::INLINE_MAX]),
+        Some(vec![0xcd; super::entry::INLINE_MAX + 1]),
+    ];
+    for key in ["a", "ключ", long_key.as_str()] {
+        for value in &values {
+            for expires in [None, NonZeroU64::new(1), NonZeroU64::new(u64::MAX)] {
+                let e = Entry::new(key, value.as_deref(), expires, fields(5));
+                assert_eq!(e.key(), key);
+                assert_eq!(e.value().as_deref(), value.as_deref(), "{key:?}");
+                assert_eq!(e.value_len(), value.as_ref().map(Vec::len));
+                assert_eq!(e.is_tombstone(), value.is_none());
+                assert_eq!(e.expires_at(), expires.map(NonZeroU64::get));
+                assert_eq!(e.charged(), Entry::charge(key, &value.clone().map(Bytes::from)));
+                assert_eq!((e.version, e.stamp, e.slot, e.in_main), (5, Stamp::new(7, 3), 9, true));
+            }
+        }
+    }
+}
+
+/// A new value or expiry keeps the key and every field (holders, access
+/// count, queue slot), whether it is written in place or the entry moves
+/// to a new allocation, between every pair of shapes.
+#[test]
+fn an_entry_given_a_new_value_keeps_its_key_and_fields_in_every_change_of_shape() {
+    let shapes: Vec<(Option<Vec<u8>>, Option<NonZeroU64>)> = vec![
+        (None, None),
+        (None, NonZeroU64::new(9)),
+        (Some(b"abc".to_vec()), None),
+        (Some(b"xyz".to_vec()), None),
+        (Some(b"abc".to_vec()), NonZeroU64::new(9)),
+        (Some(b"abcd".to_vec()), None),
+        (Some(vec![1; super::entry::INLINE_MAX + 10]), None),
+        (Some(vec![2; super::entry::INLINE_MAX + 10]), NonZeroU64::new(4)),
+    ];
+    for (from, from_exp) in &shapes {
+        for (to, to_exp) in &shapes {
+            let mut e = Entry::new("key", from.as_deref(), *from_exp, fields(1));
+            e.holders.push((42, 3));
+            e.touch();
+            e.version = 2;
+            e.set_value(to.as_deref(), *to_exp);
+            assert_eq!(e.key(), "key");
+            assert_eq!(e.value().as_deref(), to.as_deref(), "{from:?} -> {to:?}");
+            assert_eq!(e.is_tombstone(), to.is_none());
+            assert_eq!(e.expires_at(), to_exp.map(NonZeroU64::get));
+            assert_eq!(e.holder_ids(), vec![42]);
+            assert_eq!(e.freq.load(std::sync::atomic::Ordering::Relaxed), 3);
+            assert_eq!((e.version, e.slot, e.in_main), (2, 9, true));
+        }
+    }
+}
+
+/// A shared (large) value handed out by a read outlives its entry, and
+/// the entry gives its reference back when dropped or given a new value.
+#[test]
+fn a_large_value_is_shared_with_readers_and_released_with_its_entry() {
+    let big = vec![7u8; super::entry::INLINE_MAX * 2];
+    let mut e = Entry::new("big", Some(&big), None, fields(1));
+    let read = e.value().expect("a value");
+    assert!(!read.is_unique(), "shared with the entry, not copied");
+    e.set_value(Some(b"small"), None);
+    assert!(read.is_unique(), "the entry's new value let go of the old one");
+    let e2 = Entry::new("big", Some(&big), None, fields(1));
+    let read2 = e2.value().expect("a value");
+    drop(e2);
+    assert!(read2.is_unique(), "a dropped entry lets go of its value");
+    assert_eq!(&read2[..], &big[..]);
+    assert_eq!(e.value().as_deref(), Some(&b"small"[..]));
 }
 
 #[test]
@@ -516,26 +612,26 @@ fn audit(s: &Store) {
     for shard in s.shards.iter() {
         let sh = shard.read();
         let entries: usize =
-            sh.map.iter().map(|(k, e)| Entry::charge(k, &e.value) + e.holders.len() * HOLDER_BYTES).sum();
+            sh.map.iter().map(|e| Entry::charge(e.key(), &e.value()) + e.holders.len() * HOLDER_BYTES).sum();
         let mut queued = 0;
         if let Some(q) = &sh.queues {
             queued = q.small.iter().chain(q.main.iter()).map(|(k, _)| QUEUE_SLOT + k.len()).sum::<usize>()
                 + q.ghost.len() * GHOST_SLOT;
-            assert_eq!(q.in_small, sh.map.values().filter(|e| !e.in_main).count(), "entries in small");
+            assert_eq!(q.in_small, sh.map.iter().filter(|e| !e.in_main).count(), "entries in small");
             let slots: HashSet<(&str, u32, bool)> = q
                 .small
                 .iter()
                 .map(|(k, n)| (&**k, *n, false))
                 .chain(q.main.iter().map(|(k, n)| (&**k, *n, true)))
                 .collect();
-            for (k, e) in &sh.map {
-                assert!(slots.contains(&(&**k, e.slot, e.in_main)), "{k} has no slot in its queue");
+            for e in sh.map.iter() {
+                assert!(slots.contains(&(e.key(), e.slot, e.in_main)), "{} has no slot in its queue", e.key());
             }
             assert!(q.ghost_at.len() <= q.ghost.len());
         }
         assert_eq!(sh.bytes, entries + queued, "the shard's bytes");
-        assert_eq!(sh.tombstones, sh.map.values().filter(|e| e.is_tombstone()).count());
-        assert_eq!(sh.holders, sh.map.values().map(|e| e.holders.len()).sum::<usize>());
+        assert_eq!(sh.tombstones, sh.map.iter().filter(|e| e.is_tombstone()).count());
+        assert_eq!(sh.holders, sh.map.iter().map(|e| e.holders.len()).sum::<usize>());
         total += sh.bytes;
     }
     assert_eq!(s.bytes(), total, "the store's total is the sum of its shards");
