@@ -246,7 +246,7 @@ metrics! {
         epoch: "Root epoch this node follows",
         uplink_pending: "Writes this node holds that its parent has not taken yet (queued or in flight)",
         uplink_unconfirmed: "Writes the parent has taken whose outcome this node has not heard yet (sent again, first, to a new parent)",
-        write_ids_remembered: "Settled write ids this node remembers, so a resend is answered with its outcome, not queued again (for 60 s, at most 65,536; docs/operations-memory.md)",
+        write_ids_remembered: "Settled write ids this node remembers, so a resend is answered with its outcome, not queued again (for 60 s, at most 57,344; docs/operations-memory.md)",
         write_ids_bytes: "Bytes the table of treecache_write_ids_remembered takes, estimated (not in treecache_bytes)",
         write_outcomes: "Write outcomes the root remembers per write id, so it commits each id once (a bounded table, docs/operations-memory.md; 0 off the root)",
         write_outcomes_bytes: "Bytes the table of treecache_write_outcomes takes, estimated (not in treecache_bytes; 0 off the root)",

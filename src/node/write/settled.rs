@@ -19,9 +19,13 @@
 //! node). Must not forget an id younger than [`SETTLED_FOR`] while it holds
 //! fewer than [`SETTLED_MAX`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::mem::size_of;
 use std::time::Duration;
+
+use hashbrown::HashTable;
 
 use crate::clock::Millis;
 use crate::slots::{Slot, UNKNOWN_SLOT};
@@ -104,17 +108,42 @@ pub(super) fn map_bytes<K, V>(capacity: usize) -> usize {
     buckets * (size_of::<K>() + size_of::<V>() + 1)
 }
 
-/// The ids a hop settled, with when and how, oldest first out.
+/// One settled id: when (last) and how.
+struct Record {
+    id: WriteId,
+    at: Millis,
+    kept: Kept,
+}
+
+/// The ids a hop settled, with when and how, oldest first out. The
+/// records sit in one queue in the order first settled, and a hash table
+/// of their numbers finds one by its id: 48 bytes a record and 5 a bucket,
+/// where a map from id to outcome beside a queue of the ids took 49 a
+/// bucket and 24 more a record (8 MB for ~44,000 ids at an inner node of
+/// the churn bench, docs/benchmarks.md).
 #[derive(Default)]
 pub(super) struct Settled {
-    outcomes: HashMap<WriteId, (Millis, Kept)>,
-    /// Every id in `outcomes`, once, in the order first settled.
-    order: VecDeque<WriteId>,
+    /// Every remembered id, once, oldest at the front.
+    records: VecDeque<Record>,
+    /// Records ever taken from the front, modulo 2^32: record number `n`
+    /// (counted from the first ever settled, modulo 2^32) is
+    /// `records[n - popped]`, as far fewer than 2^32 are ever held.
+    popped: u32,
+    /// The number of each record, by its id's hash.
+    index: HashTable<u32>,
+    hasher: RandomState,
     /// Heap bytes of the boxed outcomes.
     boxed: usize,
 }
 
 impl Settled {
+    /// An empty table whose record numbers start at `popped` (a test of
+    /// their wrap past 2^32).
+    #[cfg(test)]
+    pub(super) fn numbered_from(popped: u32) -> Settled {
+        Settled { popped, ..Settled::default() }
+    }
+
     /// Remembers that `id` settled with `result` at `now_ms`, and forgets
     /// what is past the bounds. An id settled again is kept from then (in
     /// its first place in the order: the ids behind it wait for it, at
@@ -123,22 +152,30 @@ impl Settled {
         self.expire(now_ms);
         let kept = Kept::new(result, UNKNOWN_SLOT);
         self.boxed += kept.heap_bytes();
-        if let Some(held) = self.outcomes.get_mut(&id) {
-            self.boxed -= held.1.heap_bytes();
-            *held = (now_ms, kept);
+        if let Some(held) = self.find(&id).map(|at| &mut self.records[at]) {
+            self.boxed -= held.kept.heap_bytes();
+            (held.at, held.kept) = (now_ms, kept);
             return;
         }
-        if self.outcomes.len() >= SETTLED_MAX {
+        if self.records.len() >= SETTLED_MAX {
             // The oldest goes first: the table never grows past its bound.
             self.forget_oldest();
         }
-        self.outcomes.insert(id, (now_ms, kept));
-        self.order.push_back(id);
+        let number = self.popped.wrapping_add(self.records.len() as u32);
+        self.records.push_back(Record { id, at: now_ms, kept });
+        let Settled { records, popped, index, hasher, .. } = self;
+        index.insert_unique(hasher.hash_one(id), number, |&n| hasher.hash_one(records[at(n, *popped)].id));
+    }
+
+    /// Where `id`'s record is in the queue, if it is remembered.
+    fn find(&self, id: &WriteId) -> Option<usize> {
+        let found = self.index.find(self.hasher.hash_one(id), |&n| self.records[at(n, self.popped)].id == *id);
+        found.map(|&n| at(n, self.popped))
     }
 
     /// The outcome `id` settled with, if it is remembered.
     pub(super) fn get(&self, id: &WriteId) -> Option<WriteResult> {
-        self.outcomes.get(id).map(|(_, kept)| kept.result())
+        self.find(id).map(|at| self.records[at].kept.result())
     }
 
     /// Forgets ids settled more than [`SETTLED_FOR`] before `now_ms`, and
@@ -146,40 +183,42 @@ impl Settled {
     /// is a quarter full.
     pub(super) fn expire(&mut self, now_ms: Millis) {
         let horizon = SETTLED_FOR.as_millis() as Millis;
-        while let Some(oldest) = self.order.front() {
-            let Some(&(at, _)) = self.outcomes.get(oldest) else {
-                self.order.pop_front();
-                continue;
-            };
-            if self.order.len() <= SETTLED_MAX && now_ms.saturating_sub(at) <= horizon {
+        while let Some(oldest) = self.records.front() {
+            if self.records.len() <= SETTLED_MAX && now_ms.saturating_sub(oldest.at) <= horizon {
                 break;
             }
             self.forget_oldest();
         }
-        let keep = self.outcomes.len().max(SHRINK_FLOOR);
-        if self.outcomes.capacity() > 4 * keep {
-            self.outcomes.shrink_to(2 * keep);
-            self.order.shrink_to(2 * keep);
+        let keep = self.records.len().max(SHRINK_FLOOR);
+        if self.index.capacity() > 4 * keep {
+            let Settled { records, popped, index, hasher, .. } = self;
+            index.shrink_to(2 * keep, |&n| hasher.hash_one(records[at(n, *popped)].id));
+            records.shrink_to(2 * keep);
         }
     }
 
     fn forget_oldest(&mut self) {
-        if let Some(oldest) = self.order.pop_front() {
-            if let Some((_, kept)) = self.outcomes.remove(&oldest) {
-                self.boxed -= kept.heap_bytes();
-            }
+        let Some(oldest) = self.records.pop_front() else { return };
+        let number = self.popped;
+        self.popped = self.popped.wrapping_add(1);
+        if let Ok(found) = self.index.find_entry(self.hasher.hash_one(oldest.id), |&n| n == number) {
+            found.remove();
         }
+        self.boxed -= oldest.kept.heap_bytes();
     }
 
     pub(super) fn len(&self) -> usize {
-        self.outcomes.len()
+        self.records.len()
     }
 
-    /// An estimate of the bytes the table holds: its buckets, its order
-    /// queue and the boxed outcomes.
+    /// An estimate of the bytes the table holds: its records, its index's
+    /// buckets and the boxed outcomes.
     pub(super) fn bytes(&self) -> usize {
-        map_bytes::<WriteId, (Millis, Kept)>(self.outcomes.capacity())
-            + self.order.capacity() * size_of::<WriteId>()
-            + self.boxed
+        self.records.capacity() * size_of::<Record>() + map_bytes::<u32, ()>(self.index.capacity()) + self.boxed
     }
+}
+
+/// Where record number `n` is in the queue when `popped` have left it.
+fn at(n: u32, popped: u32) -> usize {
+    n.wrapping_sub(popped) as usize
 }

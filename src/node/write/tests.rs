@@ -305,17 +305,37 @@ fn a_hop_remembers_a_settled_id_for_its_horizon_and_then_forgets_it() {
 fn a_hop_remembers_at_most_its_count_of_settled_ids() {
     let mut s = Settled::default();
     let n = 4 * SETTLED_MAX as u64;
+    let outcome = |seq: u64| WriteResult::Committed { version: seq, created: seq.is_multiple_of(2) };
     for seq in 0..n {
-        s.remember(id(seq), &WriteResult::Absent, 5);
+        s.remember(id(seq), &outcome(seq), 5);
     }
     assert_eq!(s.len(), SETTLED_MAX, "all young, yet bounded");
     assert_eq!(s.get(&id(n - SETTLED_MAX as u64 - 1)), None, "the oldest go first");
-    assert_eq!(s.get(&id(n - SETTLED_MAX as u64)), Some(WriteResult::Absent));
+    for seq in n - SETTLED_MAX as u64..n {
+        assert_eq!(s.get(&id(seq)), Some(outcome(seq)), "each kept id answers with its own outcome");
+    }
     let full = s.bytes();
-    assert!(full < 8 << 20, "a full table, its ids coming and going, stays under 8 MiB: {full}");
+    assert!(full < 4 << 20, "a full table, its ids coming and going, stays under 4 MiB: {full}");
     s.expire(5 + FOR_MS + 1);
     assert_eq!(s.len(), 0);
     assert!(s.bytes() < full / 16, "an emptied table gives its memory back: {} of {full}", s.bytes());
+}
+
+#[test]
+fn settled_ids_are_found_across_the_wrap_of_their_record_numbers() {
+    let mut s = Settled::numbered_from(u32::MAX - 10);
+    let outcome = |seq: u64| WriteResult::Committed { version: seq, created: false };
+    for seq in 0..100 {
+        s.remember(id(seq), &outcome(seq), 1_000 + seq);
+    }
+    for seq in 0..100 {
+        assert_eq!(s.get(&id(seq)), Some(outcome(seq)));
+    }
+    s.expire(1_000 + 50 + FOR_MS);
+    assert_eq!(s.len(), 50, "the 50 oldest went, across the wrap");
+    assert_eq!((s.get(&id(49)), s.get(&id(50))), (None, Some(outcome(50))));
+    s.remember(id(50), &WriteResult::Absent, 1_000 + 60 + FOR_MS);
+    assert_eq!(s.get(&id(50)), Some(WriteResult::Absent), "settled again, in its place");
 }
 
 #[test]
