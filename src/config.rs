@@ -189,6 +189,11 @@ pub struct NodeArgs {
     /// production.
     #[arg(long, env = "TREECACHE_FAULT_MOVE_PAUSE_MS", hide = true, default_value_t = 0)]
     pub fault_move_pause_ms: u64,
+    /// Fault injection for tests: a target holds each part of a slot
+    /// move's copy N ms after its checks passed, before it stores it.
+    /// Never set in production.
+    #[arg(long, env = "TREECACHE_FAULT_IMPORT_APPLY_DELAY_MS", hide = true, default_value_t = 0)]
+    pub fault_import_apply_delay_ms: u64,
     /// Fault injection for tests: a move whose slots stay frozen this long
     /// without a cutover (its target down, or unreachable) is rolled back
     /// after N ms instead of the usual 30 s. Never set in production.

@@ -65,6 +65,14 @@ async fn add_group_root(c: &mut Cluster, group: &str, name: &str, extra: &[&str]
     c.add_node_with(&flags).await
 }
 
+/// `POST /internal/import` (`url`, its query included) as group leader of
+/// `epoch` would send it: the status and the JSON answer.
+async fn post_import(http: reqwest::Client, url: String, epoch: u64, body: Vec<u8>) -> (u16, Value) {
+    let resp = http.post(url).header("x-treecache-epoch", epoch).body(body).send().await.expect("answered");
+    let status = resp.status().as_u16();
+    (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+}
+
 async fn wait_in_sync(c: &Cluster, group: u32, roots: usize) {
     wait_until(Duration::from_secs(30), "the group's standbys in its in-sync set", || async {
         znode(c, &format!("groups/{group}/leader")).await.and_then(|r| r["in_sync"].as_array().map(|a| a.len()))
@@ -761,6 +769,46 @@ async fn a_target_that_lost_the_first_copy_gets_the_whole_copy_and_the_move_lose
 /// version (409 `cannot_resume`: the source then sends the whole copy),
 /// a tail entry on the wrong side of `since`, a part out of order, an
 /// import from its own group or of a slot it owns, a deposed source.
+/// An abort that comes while a copy's part is being applied (it passed
+/// its checks, then the target was slow: `--fault-import-apply-delay-ms`
+/// holds it there) must not be overtaken by it: either the part lands
+/// first and the abort drops it, or the abort comes first and the part is
+/// refused. Before, the part landed after the abort's drop and stayed, a
+/// copy of a slot the target does not own, in its store and in its log
+/// after the drop record (so a restart kept it too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_racing_a_copy_being_applied_leaves_no_copy_behind() {
+    use treecache::log::Record;
+    use treecache::store::Update;
+    let mut c = Cluster::start_opts(Opts { nodes: 1, durable_root: true, ..Opts::default() }).await;
+    let g1 = add_group_root(&mut c, "1", "g1", &["--fault-import-apply-delay-ms", "3000"]).await;
+    let epoch = c.health(0).await["epoch"].as_u64().expect("group 0's epoch");
+    let key = (0..).map(|i| format!("race-{i}")).find(|k| slot_of(k) == 11).expect("a key of slot 11");
+    let frame = treecache::replication::frame_of(Record {
+        epoch,
+        update: Update { key: key.clone(), version: 70, value: Some(bytes::Bytes::from("v")), expires_at: None },
+        write_id: None,
+    });
+    let http = c.peer_http();
+    let post = |query: &str, body: Vec<u8>| {
+        post_import(http.clone(), format!("{}/internal/import?{query}", c.url(g1)), epoch, body)
+    };
+    let copy = tokio::spawn(post("from=0&slots=11&part=0&round=5", frame));
+    // The part is in the target's delay (3 s) well before this.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (status, aborted) = post("from=0&slots=11&abort=true&round=5", Vec::new()).await;
+    assert_eq!(status, 200, "{aborted}");
+    let (status, copied) = copy.await.expect("the copy's request");
+    assert!(
+        (status == 200 && aborted["dropped"] == 1) || (status == 400 && aborted["dropped"] == 0),
+        "the copy ({status}: {copied}) and the abort ({aborted}) were not one after the other"
+    );
+    assert!(c.dump_keys(g1).await.is_empty(), "no copy of slot 11 left at group 1 after the abort");
+    // Nor in its log: the drop was logged after what it dropped.
+    c.restart(g1).await;
+    assert!(c.dump_keys(g1).await.is_empty(), "no copy of slot 11 back at group 1 after a restart");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_the_target_cannot_apply_is_refused_and_stores_nothing() {
     use treecache::log::Record;
@@ -784,13 +832,7 @@ async fn an_import_the_target_cannot_apply_is_refused_and_stores_nothing() {
     };
     let http = c.peer_http();
     let post = |at: usize, query: &str, epoch: u64, body: Vec<u8>| {
-        let url = format!("{}/internal/import?{query}", c.url(at));
-        let http = http.clone();
-        async move {
-            let resp = http.post(url).header("x-treecache-epoch", epoch).body(body).send().await.expect("answered");
-            let status = resp.status().as_u16();
-            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
-        }
+        post_import(http.clone(), format!("{}/internal/import?{query}", c.url(at)), epoch, body)
     };
     // (at node, query, epoch, entry version, value) -> (status, code, error says)
     type Case<'a> = ((usize, &'a str, u64, u64, Option<&'a str>), (u16, &'a str, &'a str));

@@ -150,6 +150,12 @@ pub(super) struct Moves {
     rounds: std::sync::atomic::AtomicU64,
     /// A task asks the targets of `aborts` (one at a time).
     aborting: std::sync::atomic::AtomicBool,
+    /// At a target: held by each copy part it takes and each abort, from
+    /// their checks to their log records, so they happen one after the
+    /// other: a part that passed its checks can neither land after an
+    /// abort's drop (a copy left behind of a slot the target does not own)
+    /// nor be logged after it (a restart would bring the copy back).
+    imports: tokio::sync::Mutex<()>,
 }
 
 /// What a rolled-back move's target is asked to drop: the slots, and the
@@ -377,8 +383,8 @@ impl Node {
             }
             SlotChange::Drop => {
                 let slots = BTreeSet::from([slot]);
-                for e in self.inner.store.slot_entries(&slots, false, 0) {
-                    self.inner.store.remove(&e.key);
+                for key in self.inner.store.slot_keys(&slots, false, 0) {
+                    self.inner.store.remove(&key);
                 }
                 self.thaw(slot);
             }
@@ -875,6 +881,7 @@ impl Node {
     /// slots that no part of the source's last copy named; durable before
     /// it answers. Returns how many entries it stored or deleted.
     pub async fn receive_import(&self, import: Import, epoch: u64, part: u64, body: &[u8]) -> Result<usize> {
+        let _one_at_a_time = self.inner.moves.imports.lock().await;
         self.check_move_message("an import", import.from, &import.slots, epoch)?;
         let entries = crate::replication::decode_batch(body).map_err(Error::BadRequest)?;
         let mut records = Vec::new();
@@ -976,6 +983,9 @@ impl Node {
                 HashSet::new()
             }
         };
+        if self.args().fault_import_apply_delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.args().fault_import_apply_delay_ms)).await;
+        }
         // Our versions go above every version the source has given.
         let top = records.iter().map(|u| u.version).max().unwrap_or(0).max(import.floor);
         self.inner.versions.fetch_max(top, std::sync::atomic::Ordering::AcqRel);
@@ -988,9 +998,9 @@ impl Node {
         if import.last {
             // What the source no longer has: a key deleted since the first
             // copy, or a copy from an earlier ownership of the slot.
-            for e in self.inner.store.slot_entries(&import.slots, true, 0) {
-                if !named.contains(&e.key) {
-                    let delete = Update { key: e.key, version: self.next_version(), value: None, expires_at: None };
+            for key in self.inner.store.slot_keys(&import.slots, true, 0) {
+                if !named.contains(&key) {
+                    let delete = Update { key, version: self.next_version(), value: None, expires_at: None };
                     self.inner.store.apply(&delete, t);
                     durable.push((delete, None));
                 }
@@ -1311,6 +1321,7 @@ impl Node {
     /// or if `from` copies here in a later round or by a newer leader (a
     /// newer move of them). Returns the entries dropped.
     pub async fn abort_import(&self, from: GroupId, slots: BTreeSet<Slot>, epoch: u64, round: u64) -> Result<usize> {
+        let _one_at_a_time = self.inner.moves.imports.lock().await;
         self.check_move_message("an abort", from, &slots, epoch)?;
         if let Some(map) = self.routes().map.as_ref() {
             if let Some(&moved) = slots.iter().find(|&&s| map.owner(s) != from) {
@@ -1344,7 +1355,7 @@ impl Node {
             }
         }
         self.inner.moves.incoming.lock().retain(|s, _| !slots.contains(s));
-        let dropped = self.inner.store.slot_entries(&slots, false, 0).len();
+        let dropped = self.inner.store.slot_keys(&slots, false, 0).len();
         for &slot in &slots {
             self.apply_slot_change(slot, SlotChange::Drop);
         }

@@ -22,12 +22,14 @@ use super::{NodeId, Time, Version};
 use crate::clock::Millis;
 
 /// Bytes charged per entry beyond key and value, so that `bytes()` (the
-/// `treecache_bytes` gauge) tracks what the process really holds: the
-/// entry's 40-byte head, the allocator's header and rounding on its one
-/// allocation (8, and 8 on average), and its 8-byte map slot and control
-/// byte at the map's typical load of ~0.75. Measured (release build, one
-/// root): 100k entries of 100 B with 10-byte keys grew the RSS by 175-177
-/// B each, 110 of them key and value.
+/// `treecache_bytes` gauge) tracks what the process really holds: fit to
+/// the measurement, 100k entries of 100 B with 10-byte keys growing a
+/// root's RSS by 176-177 B each (release build), 110 of them key and
+/// value: the entry's 40-byte head, the allocator's header and rounding
+/// on its one allocation (a 150-byte allocation takes a 160-byte chunk),
+/// and its 8-byte map slot and control byte at the map's load of ~0.76.
+/// Not charged: an expiry's 8 bytes, and a shared value's `Bytes` (32)
+/// and its allocation's header, under 2% of a value over 4 KiB.
 pub(super) const ENTRY_OVERHEAD: usize = 64;
 
 /// Longest key in bytes (DESIGN.md: 1–250 bytes of UTF-8).
@@ -291,17 +293,29 @@ const HEAD: usize = std::mem::size_of::<Head>();
 /// One key's entry: a single allocation (the head, then key and value) owned
 /// through one thin pointer, so a map slot is 8 bytes. Before, a slot was a
 /// 16-byte key pointer and a 72-byte struct, and key and value had
-/// allocations of their own: 265 B of RSS per 100 B entry against Redis's
-/// 187 (docs/benchmarks.md). Its [`Fields`] are reached through `Deref`;
+/// allocations of their own: 266 B of RSS per 100 B entry against Redis's
+/// 186 (docs/benchmarks.md). Its [`Fields`] are reached through `Deref`;
 /// key, value and expiry through methods, and a new value or expiry is
 /// set by [`Entry::set_value`] (in place when the size and shape stay).
 pub(super) struct Entry(NonNull<Head>);
 
 // SAFETY: an `Entry` owns its allocation alone, like a `Box`; what it holds
-// (integers, an atomic, `Holders`, `Bytes`) is `Send` and `Sync`, and
-// `&Entry` only reads, except the atomic access count.
+// (integers, an atomic, `Holders`, `Bytes`) is `Send` and `Sync` (checked
+// below: a field that stopped being so fails the build), and `&Entry`
+// only reads, except the atomic access count.
 unsafe impl Send for Entry {}
 unsafe impl Sync for Entry {}
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<Fields>();
+    send_and_sync::<Bytes>();
+    // The tail's layout: an expiry (`u64`) and a `Bytes` at its start are
+    // aligned, and the head's padding ends where the tail begins.
+    assert!(HEAD == 40);
+    assert!(HEAD.is_multiple_of(std::mem::align_of::<u64>()) && HEAD.is_multiple_of(std::mem::align_of::<Bytes>()));
+    assert!(std::mem::align_of::<Head>() >= std::mem::align_of::<Bytes>());
+    assert!(EXPIRY_BYTES.is_multiple_of(std::mem::align_of::<Bytes>()));
+};
 
 impl Entry {
     /// A new entry for `key`: `value` `None` is a tombstone. The value is
@@ -309,7 +323,9 @@ impl Entry {
     /// buffer, and keeping the slice would pin the whole buffer: 60,000
     /// 1 KiB values once took 340 MB of RSS for 69 MB of data).
     pub(super) fn new(key: &str, value: Option<&[u8]>, expires_at: Option<NonZeroU64>, fields: Fields) -> Entry {
-        let key_len = u16::try_from(key.len()).expect("keys are checked to be at most 250 bytes");
+        // A client's key is at most 250 bytes (`check_key`); a peer's is
+        // bounded by the wire format's 16-bit length.
+        let key_len = u16::try_from(key.len()).expect("a key fits a 16-bit length");
         let (mut flags, value_len, shared) = match value {
             None => (0, 0, None),
             Some(v) if v.len() <= INLINE_MAX => (VALUE, v.len() as u32, None),
@@ -456,12 +472,15 @@ impl Entry {
         let fields = Fields {
             version: self.version,
             stamp: self.stamp,
-            holders: std::mem::take(&mut self.holders),
+            holders: Holders::default(),
             slot: self.slot,
             freq: AtomicU8::new(self.freq.load(Ordering::Relaxed)),
             in_main: self.in_main,
         };
-        *self = Entry::new(self.key(), value, expires_at, fields);
+        // Made before anything moves: the holders go over once it exists.
+        let mut moved = Entry::new(self.key(), value, expires_at, fields);
+        std::mem::swap(&mut moved.holders, &mut self.holders);
+        *self = moved;
     }
 }
 

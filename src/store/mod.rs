@@ -628,31 +628,46 @@ impl Store {
         Some(before.saturating_sub(shard.bytes))
     }
 
-    /// Entries in key order after `after`, starting with `prefix`, at most `limit`.
+    /// Entries in key order after `after`, starting with `prefix`, at most
+    /// `limit`. With a limit, the keys are chosen first and only theirs
+    /// are read whole: a value is copied out of its entry (see
+    /// [`Entry::value`]), and a page of a big store must not copy the rest.
     pub fn dump(&self, prefix: &str, after: Option<&str>, limit: usize, now: Millis) -> Vec<DumpEntry> {
-        let mut out = self.entries_where(|key, entry| {
+        let keep = |key: &str, entry: &Entry| {
             key.starts_with(prefix) && after.is_none_or(|a| key > a) && !entry.is_expired(now)
-        });
-        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        out.truncate(limit);
-        out
+        };
+        if limit == usize::MAX {
+            let mut out = self.entries_where(keep);
+            out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+            return out;
+        }
+        let mut keys = self.collect_where(keep, |entry| entry.key().to_string());
+        keys.sort_unstable();
+        keys.truncate(limit);
+        let generation = self.generation();
+        // A key changed or gone since it was chosen is read as it is now,
+        // or left out.
+        keys.iter()
+            .filter_map(|key| {
+                let shard = self.shard(key).read();
+                shard.map.get(key).filter(|entry| keep(key, entry)).map(|entry| dump_entry(entry, generation))
+            })
+            .collect()
     }
 
     /// Every entry `keep` takes, shard by shard (a read lock each), unsorted.
     fn entries_where(&self, keep: impl Fn(&str, &Entry) -> bool) -> Vec<DumpEntry> {
         let generation = self.generation();
+        self.collect_where(keep, |entry| dump_entry(entry, generation))
+    }
+
+    /// `take` of every entry `keep` takes, shard by shard (a read lock
+    /// each), unsorted.
+    fn collect_where<T>(&self, keep: impl Fn(&str, &Entry) -> bool, take: impl Fn(&Entry) -> T) -> Vec<T> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.read();
-            for entry in shard.map.iter().filter(|entry| keep(entry.key(), entry)) {
-                out.push(DumpEntry {
-                    key: entry.key().to_string(),
-                    version: entry.version,
-                    value: entry.value(),
-                    expires_at: entry.expires_at(),
-                    current: entry.stamp.is_current(generation),
-                });
-            }
+            out.extend(shard.map.iter().filter(|entry| keep(entry.key(), entry)).map(&take));
         }
         out
     }
@@ -684,10 +699,12 @@ impl Store {
         live_only: bool,
         now: Millis,
     ) -> Vec<DumpEntry> {
-        self.entries_where(|key, entry| {
-            (!live_only || (!entry.is_tombstone() && !entry.is_expired(now)))
-                && slots.contains(&crate::slots::slot_of(key))
-        })
+        self.entries_where(in_slots(slots, live_only, now))
+    }
+
+    /// The keys [`Store::slot_entries`] would give, without copying a value.
+    pub fn slot_keys(&self, slots: &std::collections::BTreeSet<u16>, live_only: bool, now: Millis) -> Vec<String> {
+        self.collect_where(in_slots(slots, live_only, now), |entry| entry.key().to_string())
     }
 
     /// How many keys are held, tombstones included (for diagnostics and tests).
@@ -727,6 +744,29 @@ impl Store {
             shard.holders -= removed;
             shard.bytes -= removed * HOLDER_BYTES;
         }
+    }
+}
+
+/// An entry as `/dump`, a snapshot or a move shows it (its value copied out).
+fn dump_entry(entry: &Entry, generation: u64) -> DumpEntry {
+    DumpEntry {
+        key: entry.key().to_string(),
+        version: entry.version,
+        value: entry.value(),
+        expires_at: entry.expires_at(),
+        current: entry.stamp.is_current(generation),
+    }
+}
+
+/// Whether an entry is in one of `slots` (and, with `live_only`, a value
+/// not expired at `now`).
+fn in_slots(
+    slots: &std::collections::BTreeSet<u16>,
+    live_only: bool,
+    now: Millis,
+) -> impl Fn(&str, &Entry) -> bool + '_ {
+    move |key, entry| {
+        (!live_only || (!entry.is_tombstone() && !entry.is_expired(now))) && slots.contains(&crate::slots::slot_of(key))
     }
 }
 

@@ -125,18 +125,19 @@ impl Shard {
                 Applied::Newer { holders: entry.holder_ids() }
             }
             None => {
-                self.bytes += charge;
-                self.tombstones += usize::from(update.value.is_none());
-                let (slot, in_main) = self.admit(&update.key);
+                // Made first: nothing is counted for an entry that is not.
                 let fields = Fields {
                     version: update.version,
                     stamp: if confirmed { stamp } else { Stamp::unconfirmed(t.mono, generation) },
                     holders: Holders::default(),
-                    slot,
+                    slot: 0,
                     freq: AtomicU8::new(0),
-                    in_main,
+                    in_main: false,
                 };
-                let entry = Entry::new(&update.key, update.value.as_deref(), expiry(update.expires_at), fields);
+                let mut entry = Entry::new(&update.key, update.value.as_deref(), expiry(update.expires_at), fields);
+                self.bytes += charge;
+                self.tombstones += usize::from(update.value.is_none());
+                (entry.slot, entry.in_main) = self.admit(&update.key);
                 self.map.insert_new(entry);
                 Applied::Newer { holders: Vec::new() }
             }

@@ -42,6 +42,7 @@ impl Table {
 
     /// Adds an entry whose key is not in the table yet (the caller looked).
     pub(super) fn insert_new(&mut self, entry: Entry) {
+        debug_assert!(!self.contains_key(entry.key()), "{:?} is in the table already", entry.key());
         let hash = self.hash(entry.key());
         let hasher = &self.hasher;
         self.entries.insert_unique(hash, entry, |e| hasher.hash_one(e.key()));

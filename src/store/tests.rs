@@ -102,6 +102,22 @@ fn an_entry_reads_back_its_key_value_and_expiry_in_every_shape() {
     }
 }
 
+/// A key past the 16-bit length an entry keeps cannot be stored (none
+/// reaches the store: clients' keys are checked, peers' bounded by the
+/// wire format); the refusal leaves the shard's counts as they were.
+#[test]
+fn an_entry_too_long_to_make_leaves_the_counts_as_they_were() {
+    for store in [Store::new(), Store::bounded()] {
+        store.apply(&put("kept", 1, "v"), t(0));
+        let before = (store.len(), store.bytes(), store.tombstones());
+        let long = Update { key: "k".repeat(70_000), version: 2, value: None, expires_at: None };
+        let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.apply(&long, t(0))));
+        assert!(refused.is_err());
+        assert_eq!((store.len(), store.bytes(), store.tombstones()), before);
+        audit(&store);
+    }
+}
+
 /// A new value or expiry keeps the key and every field (holders, access
 /// count, queue slot), whether it is written in place or the entry moves
 /// to a new allocation, between every pair of shapes.
@@ -138,7 +154,7 @@ fn an_entry_given_a_new_value_keeps_its_key_and_fields_in_every_change_of_shape(
 /// A shared (large) value handed out by a read outlives its entry, and
 /// the entry gives its reference back when dropped or given a new value.
 #[test]
-fn a_large_value_is_shared_with_readers_and_released_with_its_entry() {
+fn an_entry_shares_a_large_value_with_readers_and_releases_it_when_dropped() {
     let big = vec![7u8; super::entry::INLINE_MAX * 2];
     let mut e = Entry::new("big", Some(&big), None, fields(1));
     let read = e.value().expect("a value");
