@@ -238,10 +238,9 @@ pub fn write_snapshot(
     next_segment: u64,
     max_version: u64,
     max_epoch: u64,
-    snap: &Snapshot,
+    snap: Snapshot,
     stats: &Stats,
 ) -> Result<u64, LogError> {
-    let max_version = snap.records.iter().map(|r| r.update.version).fold(max_version, u64::max);
     let tmp = dir.join(SNAPSHOT_TMP);
     let file = File::create(&tmp).map_err(|e| LogError::io("create", &tmp, e))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
@@ -255,10 +254,18 @@ pub fn write_snapshot(
     if let Some(p) = snap.position {
         codec::encode(&Entry::Position(p), &mut buf);
     }
-    for r in &snap.records {
-        codec::encode(&Entry::Write(r.clone()), &mut buf);
-        if buf.len() >= 60 << 10 {
-            flush(&mut buf, &mut out)?;
+    // The header has the log's highest version; a record read later may
+    // be newer (committed since): replay takes each record's own too.
+    let mut max_version = max_version;
+    let mut records = 0u64;
+    for batch in snap.records.0 {
+        for r in batch {
+            max_version = max_version.max(r.update.version);
+            records += 1;
+            codec::encode(&Entry::Write(r), &mut buf);
+            if buf.len() >= 60 << 10 {
+                flush(&mut buf, &mut out)?;
+            }
         }
     }
     for &(id, v, slot) in &snap.write_ids {
@@ -267,7 +274,7 @@ pub fn write_snapshot(
     for &slot in &snap.frozen {
         codec::encode(&Entry::Slot(slot, codec::SlotChange::Freeze), &mut buf);
     }
-    let (records, write_ids) = (snap.records.len() as u64, snap.write_ids.len() as u64);
+    let write_ids = snap.write_ids.len() as u64;
     codec::encode(&Entry::SnapshotEnd { records, write_ids }, &mut buf);
     flush(&mut buf, &mut out)?;
     let file = out.into_inner().map_err(|e| LogError::io("write", &tmp, e.into_error()))?;

@@ -97,9 +97,12 @@ pub struct Recovered {
 }
 
 /// What the node hands a snapshot: its whole state (a fuzzy dump is fine).
-#[derive(Clone, Debug, Default)]
+#[derive(Default)]
 pub struct Snapshot {
-    pub records: Vec<Record>,
+    /// The records, a batch at a time, each batch read as it is written
+    /// (the node's: one shard of its store), so that a snapshot holds one
+    /// batch's copies of values at a time, not a copy of the whole store.
+    pub records: Records,
     /// Write ids, the version each committed (0: nothing), its key's slot.
     pub write_ids: Vec<(WriteId, u64, u16)>,
     /// A standby's stream position, read before the records were: they
@@ -107,6 +110,22 @@ pub struct Snapshot {
     pub position: Option<Position>,
     /// Slots frozen for a move (see [`codec::Entry::Slot`]).
     pub frozen: Vec<u16>,
+}
+
+/// A snapshot's records, batch by batch.
+pub struct Records(pub Box<dyn Iterator<Item = Vec<Record>> + Send>);
+
+impl Records {
+    /// Records already at hand, as one batch.
+    pub fn of(records: Vec<Record>) -> Records {
+        Records(Box::new(std::iter::once(records)))
+    }
+}
+
+impl Default for Records {
+    fn default() -> Records {
+        Records(Box::new(std::iter::empty()))
+    }
 }
 
 /// Settings beyond the fsync policy.
@@ -394,7 +413,7 @@ impl CommitLog {
         let max_epoch = shared.max_epoch.load(Ordering::Acquire);
         let written = tokio::task::spawn_blocking(move || {
             let snap = source();
-            files::write_snapshot(&dir, next_segment, max_version, max_epoch, &snap, &stats)
+            files::write_snapshot(&dir, next_segment, max_version, max_epoch, snap, &stats)
         })
         .await
         .map_err(|_| LogError::Stopped)??;
@@ -527,7 +546,12 @@ mod tests {
         // The node's state: the newest version of each key.
         let state: Vec<Record> = (191..=200).map(|v| rec(&format!("k{}", v % 10), v)).collect();
         let id = WriteId { origin: 4, incarnation: 5, seq: 6 };
-        let snap = Snapshot { records: state.clone(), write_ids: vec![(id, 200, 7)], position: None, frozen: vec![3] };
+        let snap = Snapshot {
+            records: Records::of(state.clone()),
+            write_ids: vec![(id, 200, 7)],
+            position: None,
+            frozen: vec![3],
+        };
         assert_eq!(log.snapshot(move || snap).await.unwrap(), Some(200));
         assert_eq!(log.stats().segments.load(Ordering::Relaxed), 1, "{before} segments before");
         assert_eq!(log.stats().last_snapshot_version.load(Ordering::Relaxed), 200);
@@ -567,7 +591,7 @@ mod tests {
         assert_eq!((r.position, r.records.len()), (Some(p1), 10));
         // A snapshot keeps the position it was given; later frames win.
         let state: Vec<Record> = (1..=10).map(|v| rec(&format!("k{v}"), v)).collect();
-        let snap = Snapshot { records: state, write_ids: vec![], position: Some(p1), frozen: vec![] };
+        let snap = Snapshot { records: Records::of(state), write_ids: vec![], position: Some(p1), frozen: vec![] };
         log.snapshot(move || snap).await.unwrap();
         drop(log);
         let (log, r) = reopen(dir.path(), Fsync::Always, opts()).await;
@@ -675,7 +699,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = reopen(dir.path(), Fsync::Always, opts()).await;
         log.append(rec("k", 1)).await.unwrap();
-        log.snapshot(|| Snapshot { records: vec![rec("k", 1)], ..Snapshot::default() }).await.unwrap();
+        log.snapshot(|| Snapshot { records: Records::of(vec![rec("k", 1)]), ..Snapshot::default() }).await.unwrap();
         drop(log);
         let snap = dir.path().join(format!("{SNAPSHOT_PREFIX}{:020}.snap", 2));
         let mut bytes = std::fs::read(&snap).unwrap();

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::Node;
 use crate::clock::Time;
-use crate::log::{CommitLog, Record, Recovered, Snapshot};
+use crate::log::{CommitLog, Record, Records, Recovered, Snapshot};
 
 impl Node {
     /// The commit log, at a root started with `--data-dir`.
@@ -64,19 +64,19 @@ impl Node {
     }
 
     /// The store as snapshot records (and a standby's stream position):
-    /// every entry, tombstones and expired ones included (a tombstone must keep beating an older put that the
-    /// log after the snapshot may still hold). Taken shard by shard, so
-    /// writes wait at most for one shard's read lock.
+    /// every entry, tombstones and expired ones included (a tombstone must
+    /// keep beating an older put that the log after the snapshot may still
+    /// hold). Read a shard at a time as the snapshot is written, so writes
+    /// wait at most for one shard's read lock, and the snapshot holds the
+    /// copies of one shard's values at a time (a value is copied out of
+    /// its entry: [`crate::store`]), not of the whole store.
     pub(super) fn snapshot_source(&self) -> Snapshot {
         let epoch = self.epoch();
         // Before the store is read: it holds everything up to it.
         let position = self.held_position();
-        let records = self
-            .inner
-            .store
-            .dump("", None, usize::MAX, 0)
-            .into_iter()
-            .map(|e| Record {
+        let node = self.clone();
+        let shards = (0..self.inner.store.shard_count()).map(move |index| {
+            let record = |e: crate::store::DumpEntry| Record {
                 epoch,
                 update: crate::store::Update {
                     key: e.key,
@@ -85,9 +85,15 @@ impl Node {
                     expires_at: e.expires_at,
                 },
                 write_id: None,
-            })
-            .collect();
-        Snapshot { records, write_ids: self.write_outcomes(None), position, frozen: self.frozen_slots() }
+            };
+            node.inner.store.shard_entries(index).into_iter().map(record).collect()
+        });
+        Snapshot {
+            records: Records(Box::new(shards)),
+            write_ids: self.write_outcomes(None),
+            position,
+            frozen: self.frozen_slots(),
+        }
     }
 
     /// Opens the log for a root started with `--data-dir` (blocking, before

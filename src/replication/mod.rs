@@ -438,13 +438,9 @@ pub fn outcome_frame(id: WriteId, version: u64, slot: u16) -> Vec<u8> {
 
 /// The frames that start a stream: the epoch, then the leader's state
 /// (every entry, tombstones included, and every remembered write outcome),
-/// in batches of at most [`BATCH_BYTES`].
-pub fn snapshot_batches(
-    epoch: u64,
-    records: &[Record],
-    write_ids: &[(WriteId, u64, u16)],
-    frozen: &[u16],
-) -> Vec<Vec<u8>> {
+/// in batches of at most [`BATCH_BYTES`]. The snapshot's records are
+/// encoded as they are read, a shard of the store at a time.
+pub fn snapshot_batches(epoch: u64, snap: crate::log::Snapshot) -> Vec<Vec<u8>> {
     let mut batches = Vec::new();
     let mut body = Vec::new();
     codec::encode(&Entry::Epoch(epoch), &mut body);
@@ -454,13 +450,13 @@ pub fn snapshot_batches(
         }
         codec::encode(entry, body);
     };
-    for r in records {
-        push(&Entry::Write(r.clone()), &mut body);
+    for r in snap.records.0.flatten() {
+        push(&Entry::Write(r), &mut body);
     }
-    for &(id, version, slot) in write_ids {
+    for (id, version, slot) in snap.write_ids {
         push(&Entry::WriteOutcome(id, version, slot), &mut body);
     }
-    for &slot in frozen {
+    for slot in snap.frozen {
         push(&Entry::Slot(slot, crate::log::codec::SlotChange::Freeze), &mut body);
     }
     batches.push(body);
@@ -649,7 +645,13 @@ mod tests {
     #[test]
     fn a_snapshot_starts_with_the_epoch_and_carries_records_and_outcomes() {
         let id = WriteId { origin: 3, incarnation: 5, seq: 9 };
-        let batches = snapshot_batches(4, &[rec("a", 1), rec("b", 2)], &[(id, 2, 5)], &[9]);
+        let snap = crate::log::Snapshot {
+            records: crate::log::Records(Box::new(vec![vec![rec("a", 1)], vec![], vec![rec("b", 2)]].into_iter())),
+            write_ids: vec![(id, 2, 5)],
+            position: None,
+            frozen: vec![9],
+        };
+        let batches = snapshot_batches(4, snap);
         assert_eq!(batches.len(), 1);
         let entries = decode_batch(&batches[0]).unwrap();
         assert_eq!(entries[0], Entry::Epoch(4));

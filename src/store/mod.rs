@@ -655,6 +655,19 @@ impl Store {
             .collect()
     }
 
+    /// How many shards the store has: [`Store::shard_entries`] takes 0 up to it.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Every entry of shard `index`, tombstones and expired ones included,
+    /// unsorted: a snapshot reads the store this way, a shard at a time,
+    /// so it holds copies of one shard's values at once.
+    pub fn shard_entries(&self, index: usize) -> Vec<DumpEntry> {
+        let generation = self.generation();
+        self.shards[index].read().map.iter().map(|entry| dump_entry(entry, generation)).collect()
+    }
+
     /// Every entry `keep` takes, shard by shard (a read lock each), unsorted.
     fn entries_where(&self, keep: impl Fn(&str, &Entry) -> bool) -> Vec<DumpEntry> {
         let generation = self.generation();

@@ -102,6 +102,26 @@ fn an_entry_reads_back_its_key_value_and_expiry_in_every_shape() {
     }
 }
 
+/// A snapshot reads the store a shard at a time: together the shards give
+/// every entry once, tombstones and expired ones included.
+#[test]
+fn the_shards_entries_together_are_every_entry_once() {
+    let s = Store::new();
+    for i in 0..500u64 {
+        let update = match i % 3 {
+            0 => del(&format!("k{i}"), i + 1),
+            1 => Update { expires_at: Some(5), ..put(&format!("k{i}"), i + 1, "v") },
+            _ => put(&format!("k{i}"), i + 1, "v"),
+        };
+        s.apply(&update, t(0));
+    }
+    let mut all: Vec<DumpEntry> = (0..s.shard_count()).flat_map(|i| s.shard_entries(i)).collect();
+    all.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(all, s.dump("", None, usize::MAX, 0));
+    assert_eq!(all.len(), 500);
+    assert_eq!(all.iter().filter(|e| e.value.is_none()).count(), 167);
+}
+
 /// A key past the 16-bit length an entry keeps cannot be stored (none
 /// reaches the store: clients' keys are checked, peers' bounded by the
 /// wire format); the refusal leaves the shard's counts as they were.

@@ -591,8 +591,7 @@ impl Node {
         s.drop_through(cut);
         s.backlog_through.store(0, Ordering::Release);
         let snap = self.snapshot_source();
-        let batches = replication::snapshot_batches(self.epoch(), &snap.records, &snap.write_ids, &snap.frozen);
-        drop(snap);
+        let batches = replication::snapshot_batches(self.epoch(), snap);
         for (i, body) in batches.into_iter().enumerate() {
             let bytes = body.len();
             let batch = BatchInfo { snapshot: true, ..info(i == 0, 0, 0, false) };
