@@ -56,6 +56,8 @@ pub enum Entry {
     Epoch(u64),
     /// First frame of a snapshot: it covers every log segment below
     /// `next_segment`; the counts are checked against [`Entry::SnapshotEnd`].
+    /// `max_version` is the log's highest when the snapshot began, a lower
+    /// bound: records read after it may be newer (replay notes each one's).
     SnapshotHeader { next_segment: u64, max_version: u64, max_epoch: u64 },
     /// A remembered write id, the version it committed (0: nothing), and
     /// its key's slot ([`crate::slots::UNKNOWN_SLOT`] in a frame written

@@ -268,13 +268,15 @@ pub fn write_snapshot(
             }
         }
     }
-    for &(id, v, slot) in &snap.write_ids {
+    // After the records: see `After`.
+    let after = (snap.after.0)().map_err(LogError::Abandoned)?;
+    for &(id, v, slot) in &after.write_ids {
         codec::encode(&Entry::WriteOutcome(id, v, slot), &mut buf);
     }
-    for &slot in &snap.frozen {
+    for &slot in &after.frozen {
         codec::encode(&Entry::Slot(slot, codec::SlotChange::Freeze), &mut buf);
     }
-    let write_ids = snap.write_ids.len() as u64;
+    let write_ids = after.write_ids.len() as u64;
     codec::encode(&Entry::SnapshotEnd { records, write_ids }, &mut buf);
     flush(&mut buf, &mut out)?;
     let file = out.into_inner().map_err(|e| LogError::io("write", &tmp, e.into_error()))?;

@@ -103,13 +103,42 @@ pub struct Snapshot {
     /// (the node's: one shard of its store), so that a snapshot holds one
     /// batch's copies of values at a time, not a copy of the whole store.
     pub records: Records,
-    /// Write ids, the version each committed (0: nothing), its key's slot.
-    pub write_ids: Vec<(WriteId, u64, u16)>,
+    /// What is read once every record has been (see [`After`]).
+    pub after: Later,
     /// A standby's stream position, read before the records were: they
     /// hold everything up to it.
     pub position: Option<Position>,
+}
+
+/// What a snapshot holds besides its records, read after them: a write
+/// is stored and its outcome recorded at once, so every write whose record
+/// the snapshot holds has its outcome there too (read before the records,
+/// a write decided between the two would be in the snapshot without its
+/// outcome, and committed again if resent after a restart).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct After {
+    /// Write ids, the version each committed (0: nothing), its key's slot.
+    pub write_ids: Vec<(WriteId, u64, u16)>,
     /// Slots frozen for a move (see [`codec::Entry::Slot`]).
     pub frozen: Vec<u16>,
+}
+
+/// Reads a snapshot's [`After`] once its records are read; an error
+/// abandons the snapshot before it replaces anything (the state it was
+/// reading changed under it: a standby starting over).
+pub struct Later(pub Box<dyn FnOnce() -> Result<After, String> + Send>);
+
+impl Later {
+    /// Already at hand.
+    pub fn of(after: After) -> Later {
+        Later(Box::new(move || Ok(after)))
+    }
+}
+
+impl Default for Later {
+    fn default() -> Later {
+        Later::of(After::default())
+    }
 }
 
 /// A snapshot's records, batch by batch.
@@ -181,6 +210,8 @@ pub enum LogError {
     Locked { dir: PathBuf, holder: Option<u32> },
     #[error("the commit log writer has stopped")]
     Stopped,
+    #[error("snapshot abandoned before it replaced anything: {0}")]
+    Abandoned(String),
 }
 
 impl LogError {
@@ -546,12 +577,8 @@ mod tests {
         // The node's state: the newest version of each key.
         let state: Vec<Record> = (191..=200).map(|v| rec(&format!("k{}", v % 10), v)).collect();
         let id = WriteId { origin: 4, incarnation: 5, seq: 6 };
-        let snap = Snapshot {
-            records: Records::of(state.clone()),
-            write_ids: vec![(id, 200, 7)],
-            position: None,
-            frozen: vec![3],
-        };
+        let after = After { write_ids: vec![(id, 200, 7)], frozen: vec![3] };
+        let snap = Snapshot { records: Records::of(state.clone()), after: Later::of(after), position: None };
         assert_eq!(log.snapshot(move || snap).await.unwrap(), Some(200));
         assert_eq!(log.stats().segments.load(Ordering::Relaxed), 1, "{before} segments before");
         assert_eq!(log.stats().last_snapshot_version.load(Ordering::Relaxed), 200);
@@ -566,6 +593,46 @@ mod tests {
         assert_eq!(versions(&r), want);
         assert_eq!((r.max_version, r.max_epoch), (205, 2), "the epoch outlives its deleted segment");
         assert_eq!(r.write_ids, vec![(id, 200, 7)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_reads_what_follows_its_records_after_them_and_an_error_there_abandons_it() {
+        use std::sync::atomic::AtomicUsize;
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = reopen(dir.path(), Fsync::Always, opts()).await;
+        for v in 1..=20 {
+            log.append(rec(&format!("k{v}"), v)).await.unwrap();
+        }
+        let batches_read = Arc::new(AtomicUsize::new(0));
+        let counted = batches_read.clone();
+        let records = Records(Box::new((1..=4u64).map(move |b| {
+            counted.fetch_add(1, Ordering::AcqRel);
+            (5 * b - 4..=5 * b).map(|v| rec(&format!("k{v}"), v)).collect()
+        })));
+        let seen = batches_read.clone();
+        let after = Later(Box::new(move || match seen.load(Ordering::Acquire) {
+            4 => Ok(After { write_ids: vec![], frozen: vec![7] }),
+            n => Err(format!("read after {n} of 4 batches")),
+        }));
+        assert_eq!(log.snapshot(move || Snapshot { records, after, position: None }).await.unwrap(), Some(20));
+        for v in 21..=25 {
+            log.append(rec("k1", v)).await.unwrap();
+        }
+        // Abandoned: nothing replaced, nothing lost.
+        let abandoned = || Snapshot {
+            records: Records::of(vec![rec("never", 99)]),
+            after: Later(Box::new(|| Err("the store changed under it".to_string()))),
+            position: None,
+        };
+        let err = log.snapshot(abandoned).await.unwrap_err();
+        assert!(matches!(err, LogError::Abandoned(ref why) if why.contains("changed under it")), "{err}");
+        log.append(rec("k2", 26)).await.unwrap();
+        drop(log);
+        let (_, r) = reopen(dir.path(), Fsync::Always, opts()).await;
+        let mut want: Vec<u64> = (1..=20).collect();
+        want.extend(21..=26);
+        assert_eq!(versions(&r), want);
+        assert_eq!(r.frozen, std::collections::BTreeSet::from([7]));
     }
 
     /// Frames and the position after them, as a standby appends a batch.
@@ -591,7 +658,7 @@ mod tests {
         assert_eq!((r.position, r.records.len()), (Some(p1), 10));
         // A snapshot keeps the position it was given; later frames win.
         let state: Vec<Record> = (1..=10).map(|v| rec(&format!("k{v}"), v)).collect();
-        let snap = Snapshot { records: Records::of(state), write_ids: vec![], position: Some(p1), frozen: vec![] };
+        let snap = Snapshot { records: Records::of(state), after: Later::default(), position: Some(p1) };
         log.snapshot(move || snap).await.unwrap();
         drop(log);
         let (log, r) = reopen(dir.path(), Fsync::Always, opts()).await;

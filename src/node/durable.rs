@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::Node;
 use crate::clock::Time;
-use crate::log::{CommitLog, Record, Records, Recovered, Snapshot};
+use crate::log::{After, CommitLog, Later, Record, Records, Recovered, Snapshot};
 
 impl Node {
     /// The commit log, at a root started with `--data-dir`.
@@ -58,6 +58,7 @@ impl Node {
             match log.snapshot(move || node.snapshot_source()).await {
                 Ok(_) => {}
                 // The log goes on without it; the next append asks again.
+                Err(e @ crate::log::LogError::Abandoned(_)) => log::info!("{e}; the next append asks again"),
                 Err(e) => log::error!("snapshot failed: {e}"),
             }
         });
@@ -74,6 +75,7 @@ impl Node {
         let epoch = self.epoch();
         // Before the store is read: it holds everything up to it.
         let position = self.held_position();
+        let starts = self.starts_over();
         let node = self.clone();
         let shards = (0..self.inner.store.shard_count()).map(move |index| {
             let record = |e: crate::store::DumpEntry| Record {
@@ -88,12 +90,18 @@ impl Node {
             };
             node.inner.store.shard_entries(index).into_iter().map(record).collect()
         });
-        Snapshot {
-            records: Records(Box::new(shards)),
-            write_ids: self.write_outcomes(None),
-            position,
-            frozen: self.frozen_slots(),
-        }
+        // Outcomes after the records (see `After`); and a standby that
+        // started over meanwhile wiped the store under the snapshot, which
+        // is then part old store, part nothing: abandoned (its start-over
+        // writes an empty one next).
+        let node = self.clone();
+        let after = move || {
+            if node.starts_over() != starts {
+                return Err("the standby started over (wiped its store) while the snapshot read it".to_string());
+            }
+            Ok(After { write_ids: node.write_outcomes(None), frozen: node.frozen_slots() })
+        };
+        Snapshot { records: Records(Box::new(shards)), after: Later(Box::new(after)), position }
     }
 
     /// Opens the log for a root started with `--data-dir` (blocking, before

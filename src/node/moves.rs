@@ -57,6 +57,7 @@
 //! operator may move it again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
@@ -83,8 +84,11 @@ pub const FROZEN_WAIT: Duration = Duration::from_secs(2);
 /// target fails over finishes instead.
 pub const ROLL_BACK_AFTER: Duration = Duration::from_secs(30);
 /// Longest a rolled-back move's target may take to answer that it
-/// dropped its copy (it is asked again next round).
-const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
+/// dropped its copy (it is asked again next round). Above what the abort
+/// may wait for there: a copy part before it (it holds `Moves::imports`
+/// until its records are durable: the log, and standbys' acks, up to
+/// `--insync-timeout`, 3 s by default), then its own drop records.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the source's leader looks at `moves/`.
 const ROUND_EVERY: Duration = Duration::from_millis(250);
 /// Most slots one round moves: their freeze lasts one last copy of them
@@ -151,11 +155,13 @@ pub(super) struct Moves {
     /// A task asks the targets of `aborts` (one at a time).
     aborting: std::sync::atomic::AtomicBool,
     /// At a target: held by each copy part it takes and each abort, from
-    /// their checks to their log records, so they happen one after the
-    /// other: a part that passed its checks can neither land after an
-    /// abort's drop (a copy left behind of a slot the target does not own)
-    /// nor be logged after it (a restart would bring the copy back).
-    imports: tokio::sync::Mutex<()>,
+    /// their checks until their log records are durable (released by the
+    /// durable work itself, which goes on if the request is dropped), so
+    /// they happen one after the other: a part that passed its checks can
+    /// neither land after an abort's drop (a copy left behind of a slot the
+    /// target does not own) nor be logged after it (a restart would bring
+    /// the copy back).
+    imports: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What a rolled-back move's target is asked to drop: the slots, and the
@@ -881,7 +887,7 @@ impl Node {
     /// slots that no part of the source's last copy named; durable before
     /// it answers. Returns how many entries it stored or deleted.
     pub async fn receive_import(&self, import: Import, epoch: u64, part: u64, body: &[u8]) -> Result<usize> {
-        let _one_at_a_time = self.inner.moves.imports.lock().await;
+        let one_at_a_time = self.inner.moves.imports.clone().lock_owned().await;
         self.check_move_message("an import", import.from, &import.slots, epoch)?;
         let entries = crate::replication::decode_batch(body).map_err(Error::BadRequest)?;
         let mut records = Vec::new();
@@ -983,8 +989,10 @@ impl Node {
                 HashSet::new()
             }
         };
-        if self.args().fault_import_apply_delay_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(self.args().fault_import_apply_delay_ms)).await;
+        let delay = self.args().fault_import_apply_delay_ms;
+        if delay > 0 {
+            log::info!("fault: holding an import part from group {} for {delay} ms", import.from);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         // Our versions go above every version the source has given.
         let top = records.iter().map(|u| u.version).max().unwrap_or(0).max(import.floor);
@@ -1014,11 +1022,15 @@ impl Node {
             })
             .collect();
         let stored = durable.len();
-        self.make_durable_with(durable, frames).await?;
         if import.last {
+            // Under the lock, as an abort clears it. Marked before the
+            // records are durable: a part that then fails leaves the mark
+            // for at most INCOMING_FOR (routers' writes of the slots are
+            // answered `SlotMoving` instead of `wrong_group` meanwhile).
             let now = std::time::Instant::now();
             self.inner.moves.incoming.lock().extend(import.slots.iter().map(|&s| (s, now)));
         }
+        self.make_durable_holding(durable, frames, Some(one_at_a_time)).await?;
         Ok(stored)
     }
 
@@ -1321,7 +1333,7 @@ impl Node {
     /// or if `from` copies here in a later round or by a newer leader (a
     /// newer move of them). Returns the entries dropped.
     pub async fn abort_import(&self, from: GroupId, slots: BTreeSet<Slot>, epoch: u64, round: u64) -> Result<usize> {
-        let _one_at_a_time = self.inner.moves.imports.lock().await;
+        let one_at_a_time = self.inner.moves.imports.clone().lock_owned().await;
         self.check_move_message("an abort", from, &slots, epoch)?;
         if let Some(map) = self.routes().map.as_ref() {
             if let Some(&moved) = slots.iter().find(|&&s| map.owner(s) != from) {
@@ -1360,7 +1372,7 @@ impl Node {
             self.apply_slot_change(slot, SlotChange::Drop);
         }
         let frames = slots.iter().map(|&s| slot_frame(s, SlotChange::Drop)).collect();
-        self.make_durable_with(Vec::new(), frames).await?;
+        self.make_durable_holding(Vec::new(), frames, Some(one_at_a_time)).await?;
         log::info!(
             "slots {}: group {from}'s move of them here rolled back; dropped the {dropped} entries its copies brought",
             ranges_text(&slots)

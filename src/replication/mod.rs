@@ -440,7 +440,7 @@ pub fn outcome_frame(id: WriteId, version: u64, slot: u16) -> Vec<u8> {
 /// (every entry, tombstones included, and every remembered write outcome),
 /// in batches of at most [`BATCH_BYTES`]. The snapshot's records are
 /// encoded as they are read, a shard of the store at a time.
-pub fn snapshot_batches(epoch: u64, snap: crate::log::Snapshot) -> Vec<Vec<u8>> {
+pub fn snapshot_batches(epoch: u64, snap: crate::log::Snapshot) -> Result<Vec<Vec<u8>>, String> {
     let mut batches = Vec::new();
     let mut body = Vec::new();
     codec::encode(&Entry::Epoch(epoch), &mut body);
@@ -453,14 +453,16 @@ pub fn snapshot_batches(epoch: u64, snap: crate::log::Snapshot) -> Vec<Vec<u8>> 
     for r in snap.records.0.flatten() {
         push(&Entry::Write(r), &mut body);
     }
-    for (id, version, slot) in snap.write_ids {
+    // After the records: see `crate::log::After`.
+    let after = (snap.after.0)()?;
+    for (id, version, slot) in after.write_ids {
         push(&Entry::WriteOutcome(id, version, slot), &mut body);
     }
-    for slot in snap.frozen {
+    for slot in after.frozen {
         push(&Entry::Slot(slot, crate::log::codec::SlotChange::Freeze), &mut body);
     }
     batches.push(body);
-    batches
+    Ok(batches)
 }
 
 /// Decodes a batch a standby received: every frame must be whole and
@@ -647,11 +649,10 @@ mod tests {
         let id = WriteId { origin: 3, incarnation: 5, seq: 9 };
         let snap = crate::log::Snapshot {
             records: crate::log::Records(Box::new(vec![vec![rec("a", 1)], vec![], vec![rec("b", 2)]].into_iter())),
-            write_ids: vec![(id, 2, 5)],
+            after: crate::log::Later::of(crate::log::After { write_ids: vec![(id, 2, 5)], frozen: vec![9] }),
             position: None,
-            frozen: vec![9],
         };
-        let batches = snapshot_batches(4, snap);
+        let batches = snapshot_batches(4, snap).expect("nothing abandons it");
         assert_eq!(batches.len(), 1);
         let entries = decode_batch(&batches[0]).unwrap();
         assert_eq!(entries[0], Entry::Epoch(4));

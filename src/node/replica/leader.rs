@@ -591,7 +591,13 @@ impl Node {
         s.drop_through(cut);
         s.backlog_through.store(0, Ordering::Release);
         let snap = self.snapshot_source();
-        let batches = replication::snapshot_batches(self.epoch(), snap);
+        let batches = match replication::snapshot_batches(self.epoch(), snap) {
+            Ok(batches) => batches,
+            Err(e) => {
+                log::warn!("snapshot for a standby not sent: {e}");
+                return false;
+            }
+        };
         for (i, body) in batches.into_iter().enumerate() {
             let bytes = body.len();
             let batch = BatchInfo { snapshot: true, ..info(i == 0, 0, 0, false) };

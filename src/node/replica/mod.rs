@@ -204,6 +204,13 @@ impl Node {
         &self.inner.replica
     }
 
+    /// How many times this node, as a standby, started over (wiped its
+    /// store for a new stream): a snapshot that sees it change while it
+    /// reads the store holds part of the old store and part of nothing.
+    pub(in crate::node) fn starts_over(&self) -> u64 {
+        self.replica().starts.load(Ordering::Acquire)
+    }
+
     /// A standby: the leader's stream position its store holds.
     pub(super) fn held_position(&self) -> Option<Position> {
         *self.replica().held.lock()

@@ -448,8 +448,22 @@ impl Node {
         records: Vec<(Update, Option<WriteId>)>,
         extra: Vec<Vec<u8>>,
     ) -> Result<()> {
+        self.make_durable_holding(records, extra, None).await
+    }
+
+    /// [`Node::make_durable_with`], holding `held` (a lock that orders
+    /// this change against others, a slot move's) until the work is done,
+    /// even if the caller is dropped meanwhile: the work goes on, and so
+    /// does the order.
+    pub(in crate::node) async fn make_durable_holding(
+        &self,
+        records: Vec<(Update, Option<WriteId>)>,
+        extra: Vec<Vec<u8>>,
+        held: Option<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Result<()> {
         let node = self.clone();
         let work = async move {
+            let _held = held;
             let result = node.make_durable_now(&records, extra).await;
             if result.is_ok() {
                 // Durable: readers may see it. On an error (deposed, or

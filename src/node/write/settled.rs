@@ -201,8 +201,9 @@ impl Settled {
         let Some(oldest) = self.records.pop_front() else { return };
         let number = self.popped;
         self.popped = self.popped.wrapping_add(1);
-        if let Ok(found) = self.index.find_entry(self.hasher.hash_one(oldest.id), |&n| n == number) {
-            found.remove();
+        match self.index.find_entry(self.hasher.hash_one(oldest.id), |&n| n == number) {
+            Ok(found) => drop(found.remove()),
+            Err(_) => debug_assert!(false, "settled id {:?} (record {number}) was not in the index", oldest.id),
         }
         self.boxed -= oldest.kept.heap_bytes();
     }
@@ -214,7 +215,7 @@ impl Settled {
     /// An estimate of the bytes the table holds: its records, its index's
     /// buckets and the boxed outcomes.
     pub(super) fn bytes(&self) -> usize {
-        self.records.capacity() * size_of::<Record>() + map_bytes::<u32, ()>(self.index.capacity()) + self.boxed
+        self.records.capacity() * size_of::<Record>() + self.index.allocation_size() + self.boxed
     }
 }
 
