@@ -576,11 +576,11 @@ impl Entry {
     }
     /// What an entry of `key` with `value` is charged.
     pub(super) fn charge(key: &str, value: &Option<Bytes>) -> usize {
-        key.len() + value.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD
+        charge_of(key.len(), value.as_ref().map_or(0, Bytes::len))
     }
     /// What this entry is charged (as [`Entry::charge`] of its key and value).
     pub(super) fn charged(&self) -> usize {
-        usize::from(self.shape().key_len) + self.value_len().unwrap_or(0) + ENTRY_OVERHEAD
+        charge_of(usize::from(self.shape().key_len), self.value_len().unwrap_or(0))
     }
     pub(super) fn lookup(&self, t: Time, generation: u64) -> Lookup {
         if self.is_expired(t.wall) {
@@ -603,6 +603,11 @@ impl Entry {
             expires_at: self.expires_at(),
         }
     }
+}
+
+/// The charge of an entry with a key and a value of these lengths.
+fn charge_of(key_len: usize, value_len: usize) -> usize {
+    key_len + value_len + ENTRY_OVERHEAD
 }
 
 /// An expiry time as stored: `Some(0)` (already past) becomes 1 ms, still past.

@@ -629,30 +629,33 @@ impl Store {
     }
 
     /// Entries in key order after `after`, starting with `prefix`, at most
-    /// `limit`. With a limit, the keys are chosen first and only theirs
-    /// are read whole: a value is copied out of its entry (see
-    /// [`Entry::value`]), and a page of a big store must not copy the rest.
+    /// `limit`. The keys are chosen first and only theirs are read whole:
+    /// a value is copied out of its entry (see [`Entry::value`]), and a
+    /// page of a big store must not copy the rest. A chosen key gone by
+    /// the time it is read is made up for by the next ones, so a page is
+    /// short only at the end (a pager stops at a short page).
     pub fn dump(&self, prefix: &str, after: Option<&str>, limit: usize, now: Millis) -> Vec<DumpEntry> {
-        let keep = |key: &str, entry: &Entry| {
-            key.starts_with(prefix) && after.is_none_or(|a| key > a) && !entry.is_expired(now)
-        };
-        if limit == usize::MAX {
-            let mut out = self.entries_where(keep);
-            out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-            return out;
-        }
-        let mut keys = self.collect_where(keep, |entry| entry.key().to_string());
-        keys.sort_unstable();
-        keys.truncate(limit);
         let generation = self.generation();
-        // A key changed or gone since it was chosen is read as it is now,
-        // or left out.
-        keys.iter()
-            .filter_map(|key| {
+        let mut out = Vec::new();
+        let mut after = after.map(str::to_string);
+        while out.len() < limit {
+            let keep = |key: &str, entry: &Entry| {
+                key.starts_with(prefix) && after.as_deref().is_none_or(|a| key > a) && !entry.is_expired(now)
+            };
+            let want = limit - out.len();
+            let mut keys = self.collect_where(keep, |entry| entry.key().to_string());
+            keys.sort_unstable();
+            keys.truncate(want);
+            out.extend(keys.iter().filter_map(|key| {
                 let shard = self.shard(key).read();
                 shard.map.get(key).filter(|entry| keep(key, entry)).map(|entry| dump_entry(entry, generation))
-            })
-            .collect()
+            }));
+            if keys.len() < want {
+                break; // no more keys
+            }
+            after = keys.pop();
+        }
+        out
     }
 
     /// How many shards the store has: [`Store::shard_entries`] takes 0 up to it.
