@@ -137,7 +137,10 @@ pub fn recover(dir: &Path, opts: &Options, stats: &Stats) -> Result<(Recovered, 
     let bytes: Vec<Vec<u8>> = paths.iter().map(|p| read_file(p)).collect::<Result<_, _>>()?;
     let input: Vec<SegmentBytes<'_>> =
         paths.iter().zip(&bytes).map(|(path, bytes)| SegmentBytes { path, bytes }).collect();
-    let last_snapshot_version = snapshot.as_ref().map_or(0, |s| s.max_version);
+    // The header's is the log's highest when the snapshot began; a record
+    // read after may be newer.
+    let last_snapshot_version =
+        snapshot.as_ref().map_or(0, |s| s.records.iter().map(|r| r.update.version).fold(s.max_version, u64::max));
     let replayed = replay::replay(snapshot, &input, opts.truncate_corrupt)?;
     let mut recovered = replayed.recovered;
     let mut kept = live.len();
